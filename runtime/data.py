@@ -1,0 +1,176 @@
+"""Datasets and microbatch iterators on megatron-core's GPT datasets.
+
+Every rank that needs data builds the same datasets (they are deterministic
+and cached on disk), so no broadcast across tensor-parallel ranks is needed.
+Samples are dealt out the way Megatron-LM's pretraining sampler deals them:
+a step consumes ``global_batch_size`` consecutive samples; microbatch ``m``
+of data-parallel rank ``d`` takes samples
+``consumed + m x (micro x data) + d x micro + [0, micro)``. The position is
+a single number (samples consumed), which is what a checkpoint stores.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import attrs
+import torch
+from megatron.core.datasets.blended_megatron_dataset_builder import BlendedMegatronDatasetBuilder
+from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig, MockGPTDataset
+from megatron.core.datasets.indexed_dataset import IndexedDataset
+
+from bridgec.runtime.errors import ExitCode, RunError
+
+
+@attrs.frozen(kw_only=True)
+class TokenIds:
+    """The special-token facts megatron's GPT datasets read from a tokenizer (duck-typed)."""
+
+    vocab_size: int
+    eod: int
+
+    @property
+    def unique_identifiers(self) -> dict[str, int]:
+        """Part of the dataset cache key (megatron_dataset.py serialises the config with it)."""
+        return {"vocab_size": self.vocab_size, "eod": self.eod}
+
+
+@attrs.frozen(kw_only=True)
+class Splits:
+    """Datasets per split; a split that was not asked for is None."""
+
+    train: GPTDataset
+    valid: GPTDataset | None
+    test: GPTDataset | None
+
+
+def check_sources(prefixes: Sequence[str]) -> None:
+    """Reject missing, empty or unreadable indexed datasets before megatron-core sees them.
+
+    megatron-core loops forever on a dataset with zero tokens
+    (gpt_dataset.py ``_get_num_epochs``), and fails deep inside numpy on a
+    missing file; both get a message naming the file here.
+    """
+    problems = []
+    for prefix in prefixes:
+        for suffix in (".bin", ".idx"):
+            path = Path(prefix + suffix)
+            if not path.is_file():
+                problems.append(f"{path}: no such file (an indexed dataset needs {prefix}.bin and {prefix}.idx)")
+            elif path.stat().st_size == 0:
+                problems.append(f"{path}: file is empty")
+        if problems:
+            continue
+        try:
+            index = IndexedDataset(prefix, mmap=True)
+            tokens = int(index.sequence_lengths.sum())
+        except Exception as error:  # noqa: BLE001 - any decoding failure means a damaged file
+            problems.append(f"{prefix}.idx: cannot be read as a megatron indexed dataset ({error})")
+            continue
+        if tokens == 0:
+            problems.append(f"{prefix}: holds no tokens (megatron-core would loop forever on it)")
+    if problems:
+        raise RunError(ExitCode.DATA_ERROR, "bad data:\n  " + "\n  ".join(problems))
+
+
+def build_splits(
+    *,
+    kind: str,
+    prefixes: Sequence[str],
+    weights: Sequence[float],
+    split: Sequence[float],
+    seq_length: int,
+    seed: int,
+    token_ids: TokenIds,
+    eod_mask_loss: bool,
+    num_samples: tuple[int, int, int],
+    cache_dir: str,
+) -> Splits:
+    """Build train/valid/test datasets of exactly ``num_samples`` sequences each (0: not built)."""
+    if kind == "indexed":
+        check_sources(prefixes)
+        blend = (list(prefixes), list(weights) if len(prefixes) > 1 else None)
+    else:
+        blend = None
+    config = GPTDatasetConfig(
+        random_seed=seed,
+        sequence_length=seq_length,
+        blend=blend,
+        split=",".join(f"{part:g}" for part in split),
+        path_to_cache=cache_dir,
+        tokenizer=token_ids,  # type: ignore[arg-type]  # megatron reads .eod and .vocab_size only
+        reset_position_ids=False,
+        reset_attention_mask=False,
+        eod_mask_loss=eod_mask_loss,
+        create_attention_mask=False,
+        mid_level_dataset_surplus=0.005,
+    )
+    dataset_class = MockGPTDataset if kind == "mock" else GPTDataset
+    os.makedirs(cache_dir, exist_ok=True)
+    train, valid, test = BlendedMegatronDatasetBuilder(
+        dataset_class, list(num_samples), lambda: True, config
+    ).build()
+    if train is None:
+        raise RunError(ExitCode.DATA_ERROR, "the training split is empty: give it a share in [data] split")
+    return Splits(train=train, valid=valid, test=test)
+
+
+class MicrobatchIterator(Iterator[dict[str, torch.Tensor]]):
+    """This data-parallel rank's microbatches, in Megatron-LM sampler order, from ``consumed`` on."""
+
+    def __init__(
+        self,
+        dataset: GPTDataset,
+        *,
+        micro_batch_size: int,
+        data_parallel_size: int,
+        data_rank: int,
+        consumed: int = 0,
+    ) -> None:
+        self.dataset = dataset
+        self.micro_batch_size = micro_batch_size
+        self.data_parallel_size = data_parallel_size
+        self.data_rank = data_rank
+        self.consumed = consumed
+
+    def __next__(self) -> dict[str, torch.Tensor]:
+        start = self.consumed + self.data_rank * self.micro_batch_size
+        if self.consumed + self.micro_batch_size * self.data_parallel_size > len(self.dataset):
+            raise StopIteration
+        samples = [self.dataset[index] for index in range(start, start + self.micro_batch_size)]
+        self.consumed += self.micro_batch_size * self.data_parallel_size
+        return {key: torch.stack([sample[key] for sample in samples]) for key in samples[0]}
+
+
+@attrs.frozen(kw_only=True)
+class Batch:
+    """One microbatch as the model needs it; fields a stage does not use are None."""
+
+    tokens: torch.Tensor | None
+    position_ids: torch.Tensor | None
+    labels: torch.Tensor | None
+    loss_mask: torch.Tensor | None
+
+
+def next_batch(
+    data_iterator: Iterator[dict[str, torch.Tensor]] | None,
+    *,
+    pre_process: bool,
+    post_process: bool,
+    device: torch.device,
+) -> Batch:
+    """Take the next microbatch for a model chunk: inputs on the first stage, targets on the last.
+
+    Middle pipeline chunks read nothing (their input arrives from the previous stage).
+    """
+    if not (pre_process or post_process) or data_iterator is None:
+        return Batch(tokens=None, position_ids=None, labels=None, loss_mask=None)
+    raw = next(data_iterator)
+    return Batch(
+        tokens=raw["tokens"].to(device) if pre_process else None,
+        position_ids=raw["position_ids"].to(device) if pre_process else None,
+        labels=raw["labels"].to(device) if post_process else None,
+        loss_mask=raw["loss_mask"].to(device) if post_process else None,
+    )

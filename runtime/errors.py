@@ -1,0 +1,37 @@
+"""Exit codes of a generated training script, and the error that carries one.
+
+A generated script never shows a traceback for a problem the user can fix:
+the runtime raises :class:`RunError` with a message and one of these codes,
+and the script's entry point prints the message on stderr (every rank, prefixed
+with the rank) and exits with the code. The codes are documented in the README.
+"""
+
+from __future__ import annotations
+
+import enum
+
+
+class ExitCode(enum.IntEnum):
+    OK = 0
+    """All iterations ran."""
+    LAUNCH_MISMATCH = 4
+    """torchrun started a different number of processes than the script was compiled for."""
+    DATA_ERROR = 5
+    """A data file is missing, empty or unreadable."""
+    CHECKPOINT_ERROR = 6
+    """A checkpoint does not match this run or is damaged; nothing was loaded."""
+    NONFINITE_STOP = 7
+    """A non-finite loss or gradient with on_nonfinite = "stop"; the last good state was saved."""
+    PEER_FAILED = 8
+    """Another rank died or a collective timed out."""
+    STOPPED_TO_RESUME = 75
+    """Stopped early on purpose (SIGTERM/SIGINT, exit_interval, exit_duration_minutes) after a checkpoint; launch again to resume."""
+
+
+class RunError(Exception):
+    """A problem the user can act on; the message says what and how."""
+
+    def __init__(self, code: ExitCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message

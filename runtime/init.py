@@ -1,0 +1,120 @@
+"""Portable weight initialisation: the same initial model whatever the layout.
+
+megatron-core initialises each rank's shard from that rank's RNG, so TP=1 and
+TP=2, or PP=1 and PP=2, start from different weights. bridgec's ``portable``
+scheme instead draws every parameter's *full* tensor from a generator seeded by
+``(seed, global parameter name)`` and keeps this rank's shard of it:
+
+* the global name replaces the stage-local layer index with the global one
+  (``decoder.layers.{layer_number - 1}``), so a layer has the same name on
+  whichever pipeline stage or virtual chunk holds it;
+* the shard is cut the way megatron-core cuts its CPU master weights
+  (``_initialize_affine_weight_cpu``): split along ``partition_dim`` into
+  ``tensor x stride`` pieces and take pieces ``rank::tensor``. Stride 2 is the
+  gated MLP's ``[gate; up]`` input projection;
+* a tied output layer on the last stage takes the embedding's name, so it equals
+  the first stage's embedding exactly.
+
+Distributions follow megatron-core: weights ~ N(0, std), the two residual
+output projections (``linear_proj``, ``linear_fc2``) ~ N(0, std / sqrt(2 x
+layers)), norm scales 1, biases 0. Cost: one full tensor per parameter is
+generated on each rank at start-up (transient), which is why ``[init] scheme =
+"megatron"`` exists for very large runs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+
+import torch
+
+_LAYER = re.compile(r"^(?P<head>(?:.*\.)?decoder\.layers\.)(?P<index>\d+)(?P<tail>\..*)$")
+_RESIDUAL_OUTPUTS = ("self_attention.linear_proj.weight", "mlp.linear_fc2.weight")
+
+
+def name_seed(seed: int, name: str) -> int:
+    """A 63-bit generator seed from the run seed and a global parameter name (stable across runs and machines)."""
+    digest = hashlib.sha256(f"{seed}/{name}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+def global_name(local_name: str, layer_numbers: dict[int, int]) -> str:
+    """Map a stage-local parameter name to its layout-independent name.
+
+    ``layer_numbers`` maps the local layer index to megatron's 1-based global
+    ``layer_number`` for this model chunk.
+    """
+    match = _LAYER.match(local_name)
+    if match is None:
+        return local_name
+    index = int(match["index"])
+    return f"{match['head']}{layer_numbers[index] - 1}{match['tail']}"
+
+
+def full_shape(param: torch.Tensor, tensor_parallel: int) -> tuple[int, ...]:
+    """The parameter's shape at TP=1."""
+    shape = list(param.shape)
+    if getattr(param, "tensor_model_parallel", False) and tensor_parallel > 1:
+        shape[param.partition_dim] *= tensor_parallel  # type: ignore[attr-defined]
+    return tuple(shape)
+
+
+def shard(full: torch.Tensor, param: torch.Tensor, tensor_parallel: int, tensor_rank: int) -> torch.Tensor:
+    """This rank's piece of a full tensor, cut as megatron-core cuts its master weights."""
+    if not getattr(param, "tensor_model_parallel", False) or tensor_parallel == 1:
+        return full
+    dim: int = param.partition_dim  # type: ignore[attr-defined]
+    stride: int = getattr(param, "partition_stride", 1)
+    piece = full.shape[dim] // (tensor_parallel * stride)
+    pieces = torch.split(full, piece, dim=dim)
+    return torch.cat(pieces[tensor_rank::tensor_parallel], dim=dim)
+
+
+def draw(name: str, shape: tuple[int, ...], *, seed: int, std: float, num_layers: int) -> torch.Tensor:
+    """The full fp32 initial value of one parameter, by megatron-core's rules for its kind."""
+    leaf = name.rsplit(".", 1)[-1]
+    if len(shape) == 1:
+        if leaf in ("bias", "layer_norm_bias"):
+            return torch.zeros(shape)
+        if leaf in ("weight", "layer_norm_weight"):
+            return torch.ones(shape)
+    if leaf == "bias":
+        return torch.zeros(shape)
+    generator = torch.Generator().manual_seed(name_seed(seed, name))
+    scale = std / math.sqrt(2.0 * num_layers) if name.endswith(_RESIDUAL_OUTPUTS) else std
+    return torch.randn(shape, generator=generator, dtype=torch.float32) * scale
+
+
+def layer_numbers(chunk: torch.nn.Module) -> dict[int, int]:
+    """Local layer index -> global 1-based layer number for a GPTModel chunk."""
+    decoder = getattr(chunk, "decoder", None)
+    if decoder is None:
+        return {}
+    return {index: layer.layer_number for index, layer in enumerate(decoder.layers)}
+
+
+@torch.no_grad()
+def portable_init(
+    chunks: list[torch.nn.Module],
+    *,
+    seed: int,
+    std: float,
+    num_layers: int,
+    tensor_parallel: int,
+    tensor_rank: int,
+    tied_output: bool,
+) -> int:
+    """Overwrite every parameter of the (unwrapped) model chunks; return how many were set."""
+    count = 0
+    for chunk in chunks:
+        numbers = layer_numbers(chunk)
+        for local, param in chunk.named_parameters():
+            name = global_name(local, numbers)
+            if tied_output and name == "output_layer.weight":
+                name = "embedding.word_embeddings.weight"
+            full = draw(name, full_shape(param, tensor_parallel), seed=seed, std=std, num_layers=num_layers)
+            param.copy_(shard(full, param, tensor_parallel, tensor_rank).to(param.dtype))
+            count += 1
+    return count

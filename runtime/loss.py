@@ -1,0 +1,88 @@
+"""Loss functions and the reduction of their results across microbatches and ranks.
+
+The three patterns megatron-core's schedules accept from a ``loss_func``
+(Megatron Bridge's entry-points docs):
+
+1. standard ``(loss, metadata)``: ``loss`` is this microbatch's mean; the schedule
+   divides it by the number of microbatches before backward, and DDP averages
+   gradients over data-parallel ranks. Reported loss: the mean of the
+   microbatch means over microbatches and data-parallel ranks.
+2. token-aware ``(loss, num_tokens, metadata)``: ``loss`` is this microbatch's
+   *sum* over real tokens. With ``calculate_per_token_loss`` the schedule leaves
+   it alone, DDP sums gradients, and ``finalize_model_grads`` divides them by
+   the global token count. Reported loss: sum of sums / sum of counts, over
+   microbatches and data (and context) parallel ranks.
+3. forward-only with ``collect_non_loss_data``: ``loss_func(output,
+   non_loss_data=True)`` returns anything; nothing is reduced.
+
+Loss functions put ``[sum, count]`` (pattern 2) or ``[mean, 1]`` (pattern 1)
+into the metadata under ``"lm loss"``; :func:`reduce_metadata` adds them up and
+divides once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from megatron.core import parallel_state
+
+LOSS_KEY = "lm loss"
+
+
+def masked_token_loss(
+    loss_mask: torch.Tensor, output_tensor: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+    """Token-aware loss (pattern 2): sum of per-token losses over real tokens, and their count.
+
+    ``output_tensor`` is GPTModel's per-token cross entropy [batch, seq] (it
+    returns losses when given labels); ``loss_mask`` is 1 for tokens that count.
+    """
+    mask = loss_mask.reshape(-1).float()
+    losses = output_tensor.float().reshape(-1)
+    loss_sum = torch.sum(losses * mask)
+    num_tokens = mask.sum().to(torch.int)
+    return loss_sum, num_tokens, {LOSS_KEY: torch.stack([loss_sum.detach(), mask.sum()])}
+
+
+def masked_mean_loss(
+    loss_mask: torch.Tensor, output_tensor: torch.Tensor
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Standard loss (pattern 1): the mean per-token loss of this microbatch."""
+    mask = loss_mask.reshape(-1).float()
+    losses = output_tensor.float().reshape(-1)
+    # A microbatch whose tokens are all masked contributes 0, not NaN.
+    loss = torch.sum(losses * mask) / torch.clamp(mask.sum(), min=1.0)
+    return loss, {LOSS_KEY: torch.stack([loss.detach(), torch.ones_like(loss)])}
+
+
+def reduce_metadata(forward_data: Sequence[dict[str, Any]], *, key: str = LOSS_KEY) -> float | None:
+    """Reduce the ``[numerator, denominator]`` pairs of a step to one number.
+
+    Math (once): loss = (sum over microbatches m and data/context ranks r of
+    numerator[m, r]) / (sum of denominator[m, r]). For token-aware losses the
+    numerator is a token-loss sum and the denominator a token count, giving the
+    global per-token mean; for standard losses they are a microbatch mean and 1,
+    giving the mean of means.
+
+    Collective over the data+context parallel group; call it on the last
+    pipeline stage only (the others hold no loss and get None).
+    """
+    if not parallel_state.is_pipeline_last_stage(ignore_virtual=True):
+        return None
+    if forward_data:
+        total = torch.stack([entry[key].reshape(2).double() for entry in forward_data]).sum(dim=0)
+    else:
+        total = torch.zeros(2, dtype=torch.float64)
+    group = parallel_state.get_data_parallel_group(with_context_parallel=True)
+    if dist.get_world_size(group) > 1:
+        dist.all_reduce(total, group=group)
+    numerator, denominator = total.tolist()
+    return numerator / denominator if denominator > 0 else float("nan")
+
+
+def tokens_in(forward_data: Sequence[dict[str, Any]], *, key: str = LOSS_KEY) -> int:
+    """Loss-bearing tokens this rank saw in a step (token-aware metadata only)."""
+    return int(sum(float(entry[key].reshape(2)[1]) for entry in forward_data))

@@ -1,0 +1,102 @@
+"""Training logs: a human line every log_interval and a JSON-lines file with every step.
+
+Only the rank that holds the reduced loss writes (last pipeline stage, first
+tensor/context/data rank); the others stay silent, so a log reads like a
+single-process run's whatever the layout.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+from typing import IO, Any
+
+import attrs
+
+from bridgec.runtime.step import EvalResult, StepResult
+
+
+def _number(value: float | None) -> float | str | None:
+    # JSON has no NaN/Infinity; keep them readable and parseable as strings.
+    if value is None or math.isfinite(value):
+        return value
+    return str(value)
+
+
+@attrs.define(kw_only=True)
+class MetricsLog:
+    """Writes metrics for the rank that holds the loss; a no-op elsewhere."""
+
+    path: Path
+    enabled: bool
+    log_interval: int
+    total_iters: int
+    stream: IO[str] = sys.stdout
+    skipped_total: int = 0
+    _file: IO[str] | None = None
+
+    def open(self, *, resume: bool) -> None:
+        """Open the JSON-lines file (appending on resume, fresh otherwise)."""
+        if not self.enabled:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = self.path.open("a" if resume else "w", encoding="utf-8")
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def _write(self, record: dict[str, Any]) -> None:
+        assert self._file is not None, "MetricsLog.open() first"
+        self._file.write(json.dumps(record, sort_keys=True) + "\n")
+        self._file.flush()
+
+    def step(self, step: int, result: StepResult, *, tokens: int, seconds: float) -> None:
+        """Record step ``step`` (1-based) that processed ``tokens`` tokens in ``seconds``."""
+        self.skipped_total += int(result.skipped)
+        if not self.enabled:
+            return
+        tokens_per_second = tokens / seconds if seconds > 0 else 0.0
+        self._write(
+            {
+                "kind": "train",
+                "step": step,
+                "loss": _number(result.loss),
+                "lr": result.learning_rate,
+                "grad_norm": _number(result.grad_norm),
+                "skipped": result.skipped,
+                "skipped_total": self.skipped_total,
+                "tokens": tokens,
+                "tokens_per_second": tokens_per_second,
+                "ms_per_step": seconds * 1000.0,
+            }
+        )
+        if step % self.log_interval == 0 or step == self.total_iters:
+            loss = "n/a" if result.loss is None else f"{result.loss:.6f}"
+            print(
+                f"step {step:>6}/{self.total_iters} | loss {loss} | lr {result.learning_rate:.3e} | "
+                f"grad norm {result.grad_norm:.4f} | {tokens_per_second:,.0f} tokens/s | "
+                f"{seconds * 1000.0:.1f} ms/step | skipped {self.skipped_total}",
+                file=self.stream,
+                flush=True,
+            )
+
+    def evaluation(self, step: int, result: EvalResult) -> None:
+        if not self.enabled:
+            return
+        self._write(
+            {"kind": "valid", "step": step, "loss": _number(result.loss), "perplexity": _number(result.perplexity)}
+        )
+        print(
+            f"step {step:>6}/{self.total_iters} | validation loss {result.loss:.6f} | "
+            f"perplexity {result.perplexity:.3f}",
+            file=self.stream,
+            flush=True,
+        )
+
+    def message(self, text: str) -> None:
+        if self.enabled:
+            print(text, file=self.stream, flush=True)

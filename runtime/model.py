@@ -1,0 +1,89 @@
+"""Build the model chunks this rank holds, initialise them, wrap them for training."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from megatron.core import parallel_state
+from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
+from megatron.core.transformer.module import Float16Module, MegatronModule
+
+from bridgec.runtime.init import portable_init
+from bridgec.runtime.parallel import Layout
+
+ModelProvider = Callable[[bool, bool, "int | None"], MegatronModule]
+"""(pre_process, post_process, vp_stage) -> model chunk; the generated script's model_provider."""
+
+
+def build_chunks(provider: ModelProvider, layout: Layout) -> list[MegatronModule]:
+    """One model chunk per virtual pipeline stage (one when there is no virtual pipeline).
+
+    Chunk ``i`` on pipeline rank ``p`` holds layers of virtual stage ``i x pipeline + p``;
+    only the very first holds the embedding and only the very last the output layer.
+    """
+    chunks = []
+    for vp_stage in range(layout.num_chunks):
+        stage = vp_stage if layout.virtual_pipeline else None
+        pre = parallel_state.is_pipeline_first_stage(ignore_virtual=False, vp_stage=stage)
+        post = parallel_state.is_pipeline_last_stage(ignore_virtual=False, vp_stage=stage)
+        chunks.append(provider(pre, post, stage))
+    return chunks
+
+
+def build_model(
+    provider: ModelProvider,
+    *,
+    layout: Layout,
+    init_scheme: str,
+    seed: int,
+    init_std: float,
+    num_layers: int,
+    tied_output: bool,
+    dtype: str,
+    distributed_optimizer: bool,
+) -> list[DistributedDataParallel]:
+    """Build, initialise, cast and wrap this rank's chunks in megatron's DDP.
+
+    ``init_scheme`` "portable" redraws every weight from (seed, global name)
+    (see :mod:`bridgec.runtime.init`); "megatron" keeps megatron-core's own init.
+    Gradients are reduced in fp32; bucketing is only kept for the first chunk,
+    as Megatron-LM does, so interleaved schedules overlap nothing they cannot.
+    """
+    chunks = build_chunks(provider, layout)
+    if init_scheme == "portable":
+        portable_init(
+            chunks,
+            seed=seed,
+            std=init_std,
+            num_layers=num_layers,
+            tensor_parallel=layout.tensor,
+            tensor_rank=layout.tensor_rank,
+            tied_output=tied_output,
+        )
+    if layout.device.type == "cuda":
+        chunks = [chunk.cuda(layout.device) for chunk in chunks]
+    if dtype in ("bf16", "fp16"):
+        chunks = [Float16Module(chunk.config, chunk) for chunk in chunks]
+    ddp_config = DistributedDataParallelConfig(
+        grad_reduce_in_fp32=True,
+        overlap_grad_reduce=False,
+        use_distributed_optimizer=distributed_optimizer,
+        check_for_nan_in_grad=False,
+    )
+    return [
+        DistributedDataParallel(chunk.config, ddp_config, chunk, disable_bucketing=index > 0)
+        for index, chunk in enumerate(chunks)
+    ]
+
+
+def unwrap(chunk: torch.nn.Module) -> torch.nn.Module:
+    """The GPTModel inside DDP and Float16Module wrappers."""
+    while hasattr(chunk, "module") and isinstance(chunk, (DistributedDataParallel, Float16Module)):
+        chunk = chunk.module
+    return chunk
+
+
+def count_parameters(model: list[DistributedDataParallel]) -> int:
+    """Parameters held by this rank."""
+    return sum(p.numel() for chunk in model for p in chunk.parameters())

@@ -1,0 +1,108 @@
+"""Optimizer and learning-rate schedule on megatron-core's OptimizerConfig,
+get_megatron_optimizer and OptimizerParamScheduler."""
+
+from __future__ import annotations
+
+import attrs
+from megatron.core.distributed import DistributedDataParallel
+from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
+from megatron.core.optimizer.optimizer import ChainedOptimizer
+from megatron.core.optimizer.optimizer_config import ParamKey, ParamWithNamePredicate
+from megatron.core.optimizer_param_scheduler import ParamGroupOverride
+from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
+
+
+def no_decay(name: str, shape_rank: int) -> bool:
+    """Megatron's weight-decay exclusions, stated once: biases and 1-D parameters (norm scales)."""
+    return name.endswith(".bias") or shape_rank == 1
+
+
+@attrs.frozen(kw_only=True)
+class OptimizerSettings:
+    """Everything the optimizer needs, resolved by the compiler."""
+
+    name: str
+    lr: float
+    min_lr: float
+    weight_decay: float
+    adam_beta1: float
+    adam_beta2: float
+    adam_eps: float
+    sgd_momentum: float
+    clip_grad: float
+    dtype: str
+    distributed_optimizer: bool
+
+
+@attrs.frozen(kw_only=True)
+class ScheduleSettings:
+    """The learning-rate schedule, in optimizer steps."""
+
+    warmup_iters: int
+    warmup_init_lr: float
+    decay: str
+    decay_iters: int
+    wsd_decay_iters: int | None
+    wsd_decay_style: str
+
+
+def build_optimizer(model: list[DistributedDataParallel], settings: OptimizerSettings) -> ChainedOptimizer:
+    """megatron-core's optimizer over the model chunks, with clipping left to train_step.
+
+    ``clip_grad`` is not handed to megatron: :func:`bridgec.runtime.step.train_step`
+    computes the global norm once, decides on non-finite gradients, then clips.
+    """
+    config = OptimizerConfig(
+        optimizer=settings.name,
+        lr=settings.lr,
+        min_lr=settings.min_lr,
+        weight_decay=settings.weight_decay,
+        adam_beta1=settings.adam_beta1,
+        adam_beta2=settings.adam_beta2,
+        adam_eps=settings.adam_eps,
+        sgd_momentum=settings.sgd_momentum,
+        clip_grad=0.0,
+        bf16=settings.dtype == "bf16",
+        fp16=settings.dtype == "fp16",
+        params_dtype=_torch_dtype(settings.dtype),
+        use_distributed_optimizer=settings.distributed_optimizer,
+    )
+    exclusions = ParamKey(
+        with_name_predicate=ParamWithNamePredicate(
+            name="bias_or_1d", fn=lambda param, name: no_decay(name, param.dim())
+        )
+    )
+    overrides = {exclusions: ParamGroupOverride(wd_mult=0.0)}
+    return get_megatron_optimizer(config, model, config_overrides=overrides)
+
+
+def build_scheduler(
+    optimizer: ChainedOptimizer, optimizer_settings: OptimizerSettings, schedule: ScheduleSettings
+) -> OptimizerParamScheduler:
+    """OptimizerParamScheduler counted in optimizer steps (train_step advances it by 1)."""
+    return OptimizerParamScheduler(
+        optimizer,
+        init_lr=schedule.warmup_init_lr,
+        max_lr=optimizer_settings.lr,
+        min_lr=optimizer_settings.min_lr,
+        lr_warmup_steps=schedule.warmup_iters,
+        lr_decay_steps=schedule.decay_iters,
+        lr_decay_style=schedule.decay,
+        start_wd=optimizer_settings.weight_decay,
+        end_wd=optimizer_settings.weight_decay,
+        wd_incr_steps=schedule.decay_iters,
+        wd_incr_style="constant",
+        wsd_decay_steps=schedule.wsd_decay_iters,
+        lr_wsd_decay_style=schedule.wsd_decay_style,
+    )
+
+
+def current_lr(optimizer: ChainedOptimizer) -> float:
+    """The learning rate the next update will use (first parameter group)."""
+    return float(optimizer.param_groups[0]["lr"])
+
+
+def _torch_dtype(dtype: str):  # noqa: ANN202 - torch dtype
+    import torch
+
+    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype]

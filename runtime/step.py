@@ -1,0 +1,153 @@
+"""One optimizer step over all microbatches, and forward-only evaluation.
+
+The pipeline schedule (none, 1F1B, or interleaved with a virtual pipeline) comes
+from megatron-core's ``get_forward_backward_func``; so do gradient reduction
+(DDP, ``finalize_model_grads``) and the optimizer. What train_step adds is the
+order of decisions: compute the global gradient norm once, skip the update when
+it is not finite, clip, step the optimizer, step the schedule.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import attrs
+import torch
+from megatron.core.distributed import DistributedDataParallel
+from megatron.core.optimizer.optimizer import ChainedOptimizer
+from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
+from megatron.core.pipeline_parallel import get_forward_backward_func
+
+from bridgec.runtime.loss import reduce_metadata
+from bridgec.runtime.optim import current_lr
+
+ForwardStep = Callable[[Iterator[Any], torch.nn.Module], tuple[torch.Tensor, Callable[..., Any]]]
+"""The two-argument forward step megatron-core's schedules call (state already bound)."""
+
+MEGATRON_CLIP_EPSILON = 1e-6
+"""megatron-core's clip coefficient is max_norm / (norm + 1e-6) (clip_grads.py)."""
+
+
+@attrs.frozen(kw_only=True)
+class StepResult:
+    """What one training step did. ``loss`` is None on ranks that hold no loss (not the last stage)."""
+
+    loss: float | None
+    grad_norm: float
+    learning_rate: float
+    skipped: bool
+    """No update was applied (non-finite gradients, or an fp16 loss-scale overflow)."""
+    nonfinite: bool
+    """The gradients were not finite for a reason other than an fp16 loss-scale overflow."""
+
+
+@attrs.frozen(kw_only=True)
+class EvalResult:
+    loss: float | None
+
+    @property
+    def perplexity(self) -> float | None:
+        if self.loss is None:
+            return None
+        return math.exp(self.loss) if self.loss < 700 else math.inf
+
+
+def _iterators(data_iterators: Sequence[Iterator[Any] | None]) -> Any:
+    # megatron-core expects one iterator without a virtual pipeline and a list with one.
+    return list(data_iterators) if len(data_iterators) > 1 else data_iterators[0]
+
+
+def clip_gradients(optimizer: ChainedOptimizer, *, max_norm: float, grad_norm: float, epsilon: float) -> float:
+    """Scale the main gradients by max_norm / (grad_norm + epsilon) when that is below 1; return the factor.
+
+    epsilon = 1e-6 is megatron-core's rule; 0 is optax's clip_by_global_norm.
+    """
+    coefficient = max_norm / (grad_norm + epsilon)
+    if coefficient >= 1.0:
+        return 1.0
+    for sub in optimizer.chained_optimizers:
+        for param in sub.get_parameters():
+            if param.grad is not None:
+                param.grad.mul_(coefficient)
+    return coefficient
+
+
+def train_step(
+    forward_step: ForwardStep,
+    data_iterators: Sequence[Iterator[Any] | None],
+    model: list[DistributedDataParallel],
+    optimizer: ChainedOptimizer,
+    scheduler: OptimizerParamScheduler,
+    *,
+    num_microbatches: int,
+    micro_batch_size: int,
+    seq_length: int,
+    clip_grad: float,
+    clip_epsilon: float = MEGATRON_CLIP_EPSILON,
+) -> StepResult:
+    """Forward and backward over ``num_microbatches``, then (unless skipped) clip and update."""
+    for chunk in model:
+        chunk.zero_grad_buffer()
+    optimizer.zero_grad()
+    forward_backward = get_forward_backward_func()
+    forward_data = forward_backward(
+        forward_step_func=forward_step,
+        data_iterator=_iterators(data_iterators),
+        model=model,
+        num_microbatches=num_microbatches,
+        seq_length=seq_length,
+        micro_batch_size=micro_batch_size,
+        decoder_seq_length=seq_length,
+        forward_only=False,
+    )
+    learning_rate = current_lr(optimizer)
+    overflow = optimizer.prepare_grads()  # fp16: unscales and updates the loss scale
+    grad_norm = float(optimizer.get_grad_norm())  # global: every rank gets the same value
+    nonfinite = not overflow and not math.isfinite(grad_norm)
+    skipped = overflow or nonfinite
+    if not skipped:
+        if clip_grad > 0.0:
+            clip_gradients(optimizer, max_norm=clip_grad, grad_norm=grad_norm, epsilon=clip_epsilon)
+        optimizer.step_with_ready_grads()
+        scheduler.step(increment=1)
+    return StepResult(
+        loss=reduce_metadata(forward_data),
+        grad_norm=grad_norm,
+        learning_rate=learning_rate,
+        skipped=skipped,
+        nonfinite=nonfinite,
+    )
+
+
+@torch.no_grad()
+def evaluate(
+    forward_step: ForwardStep,
+    data_iterators: Sequence[Iterator[Any] | None],
+    model: list[DistributedDataParallel],
+    *,
+    num_batches: int,
+    num_microbatches: int,
+    micro_batch_size: int,
+    seq_length: int,
+) -> EvalResult:
+    """Forward-only over ``num_batches`` global batches, reduced like the training loss."""
+    for chunk in model:
+        chunk.eval()
+    forward_backward = get_forward_backward_func()
+    forward_data: list[Any] = []
+    for _ in range(num_batches):
+        forward_data += forward_backward(
+            forward_step_func=forward_step,
+            data_iterator=_iterators(data_iterators),
+            model=model,
+            num_microbatches=num_microbatches,
+            seq_length=seq_length,
+            micro_batch_size=micro_batch_size,
+            decoder_seq_length=seq_length,
+            forward_only=True,
+        )
+    for chunk in model:
+        chunk.train()
+    return EvalResult(loss=reduce_metadata(forward_data))
