@@ -27,6 +27,8 @@ DataKind = Literal["mock", "indexed"]
 LossKind = Literal["cross_entropy"]
 Reduction = Literal["per_token", "per_microbatch"]
 InitScheme = Literal["portable", "megatron"]
+CheckpointFormat = Literal["orbax"]
+CheckpointLayout = Literal["maxtext"]
 NonFinitePolicy = Literal["skip", "stop"]
 
 
@@ -271,11 +273,27 @@ class Hooks:
 
 
 @attrs.frozen(kw_only=True)
+class InitCheckpoint:
+    """[init.checkpoint]: start from weights written by another framework."""
+
+    format: CheckpointFormat
+    """orbax: an Orbax/Flax checkpoint read with tensorstore (no JAX needed)."""
+    path: str
+    """The checkpoint item folder, e.g. ckpt/1000/items (relative to the spec's folder)."""
+    layout: CheckpointLayout = "maxtext"
+    """How the tree is laid out: maxtext (MaxText's decoder parameter names, scanned or not)."""
+    optimizer_state: bool = False
+    """Also load Adam moments and the step count from opt_state, so the schedule continues where it was."""
+
+
+@attrs.frozen(kw_only=True)
 class Init:
     """[init]: where the initial weights come from."""
 
     scheme: InitScheme = "portable"
     """portable: every weight drawn from (seed, its global name), so every layout starts identical. megatron: each rank's own init (faster at scale, layout-dependent)."""
+    checkpoint: InitCheckpoint | None = None
+    """Load initial weights (and optionally optimizer state) from a checkpoint instead; see [init.checkpoint]."""
 
 
 @attrs.frozen(kw_only=True)
