@@ -1,0 +1,250 @@
+"""The ``bridgec`` command line: argument parsing and I/O around the pure compiler stages.
+
+Exit codes (documented in the README):
+  0  success (for ``check``: everything is fresh)
+  1  ``check`` found a stale generated file (a unified diff is printed)
+  2  the spec, the input files or the command line have errors (all are printed)
+  3  internal error in bridgec (a bug; please report it)
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import traceback
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import attrs
+
+from bridgec.compiler.errors import Diagnostic, format_diagnostic, is_error
+from bridgec.compiler.version import __version__
+
+EXIT_OK = 0
+EXIT_STALE = 1
+EXIT_SPEC_ERROR = 2
+EXIT_INTERNAL = 3
+
+
+class UserError(Exception):
+    """A problem with the command line or input files: printed without a traceback, exit 2."""
+
+
+@attrs.frozen
+class DiskFiles:
+    """The read-only file-system view validation and lowering use."""
+
+    def exists(self, path: Path) -> bool:
+        return Path(path).exists()
+
+    def read_text(self, path: Path) -> str:
+        return Path(path).read_text(encoding="utf-8")
+
+
+def _err(text: str) -> None:
+    print(text, file=sys.stderr)
+
+
+def _print_diagnostics(diagnostics: Sequence[Diagnostic]) -> None:
+    for diagnostic in diagnostics:
+        _err(format_diagnostic(diagnostic))
+
+
+def _read_spec_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UserError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise UserError(f"{path}: is a folder, not a spec file") from None
+    except UnicodeDecodeError as error:
+        raise UserError(f"{path}: not UTF-8 text ({error.reason} at byte {error.start})") from None
+    except OSError as error:
+        raise UserError(f"{path}: cannot be read ({error.strerror})") from None
+
+
+def _compile(spec_path: Path, output_path: Path):  # noqa: ANN202 - CompileResult
+    from bridgec.compiler.compile import compile_spec
+
+    text = _read_spec_text(spec_path)
+    return compile_spec(text, spec_name=str(spec_path), spec_path=spec_path, output_path=output_path, files=DiskFiles())
+
+
+def cmd_compile(args: argparse.Namespace) -> int:
+    from bridgec.compiler.emit import write_atomic
+
+    result = _compile(Path(args.spec), Path(args.output))
+    _print_diagnostics(result.diagnostics)
+    if result.source is None:
+        _err(f"bridgec: {Path(args.output)} not written: the spec has errors")
+        return EXIT_SPEC_ERROR
+    write_atomic(Path(args.output), result.source)
+    return EXIT_OK
+
+
+def _check_one(spec_path: Path, output_path: Path) -> int:
+    from bridgec.compiler.emit import unified_diff
+
+    result = _compile(spec_path, output_path)
+    if result.source is None:
+        _print_diagnostics(result.diagnostics)
+        _err(f"bridgec: cannot check {output_path}: its spec {spec_path} has errors")
+        return EXIT_SPEC_ERROR
+    try:
+        current = output_path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        _err(f"bridgec: {output_path} is missing; create it with: bridgec compile {spec_path} -o {output_path}")
+        return EXIT_STALE
+    if current == result.source:
+        return EXIT_OK
+    sys.stdout.write(unified_diff(current, result.source, str(output_path)))
+    _err(f"bridgec: {output_path} is stale; regenerate it with: bridgec compile {spec_path} -o {output_path}")
+    return EXIT_STALE
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from bridgec.compiler.emit import find_generated
+
+    if args.all is not None:
+        if args.spec is not None or args.output is not None:
+            raise UserError("check --all DIR takes no SPEC or OUT")
+        root = Path(args.all)
+        if not root.is_dir():
+            raise UserError(f"{root}: not a folder")
+        worst = EXIT_OK
+        found = 0
+        for generated in find_generated(root):
+            found += 1
+            if not generated.spec.is_file():
+                _err(f"bridgec: {generated.path} names its spec {generated.spec}, which does not exist")
+                worst = max(worst, EXIT_SPEC_ERROR)
+                continue
+            worst = max(worst, _check_one(generated.spec, generated.path))
+        if found == 0:
+            _err(f"bridgec: no generated files under {root}")
+        else:
+            print(f"checked {found} generated file(s) under {root}: " + ("all fresh" if worst == EXIT_OK else "see above"))
+        return worst
+    if args.spec is None or args.output is None:
+        raise UserError("check needs SPEC OUT, or --all DIR")
+    return _check_one(Path(args.spec), Path(args.output))
+
+
+def _front(spec_path: Path):  # noqa: ANN202 - FrontendResult
+    from bridgec.compiler.frontend import read_spec
+    from bridgec.compiler.validate import SpecContext
+
+    text = _read_spec_text(spec_path)
+    context = SpecContext(file=str(spec_path), spec_dir=spec_path.resolve().parent, files=DiskFiles())
+    return read_spec(text, str(spec_path), context)
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    result = _front(Path(args.spec))
+    _print_diagnostics(result.diagnostics)
+    if result.spec is None or any(is_error(d) for d in result.diagnostics):
+        errors = sum(1 for d in result.diagnostics if is_error(d))
+        _err(f"bridgec: {args.spec}: {errors} error(s)")
+        return EXIT_SPEC_ERROR
+    print(f"{args.spec}: ok")
+    return EXIT_OK
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    from bridgec.compiler.explain import explain_text
+
+    result = _front(Path(args.spec))
+    _print_diagnostics(result.diagnostics)
+    if result.spec is None or any(is_error(d) for d in result.diagnostics):
+        return EXIT_SPEC_ERROR
+    sys.stdout.write(explain_text(result.spec))
+    return EXIT_OK
+
+
+def cmd_data_build(args: argparse.Namespace) -> int:
+    from bridgec.runtime.data_build import DataBuildError, build_indexed_dataset
+
+    try:
+        report = build_indexed_dataset(Path(args.input), Path(args.output), text_key=args.text_key)
+    except DataBuildError as error:
+        raise UserError(str(error)) from None
+    print(
+        f"wrote {report.prefix}.bin, {report.prefix}.idx and {report.prefix}.json: "
+        f"{report.documents} documents, {report.tokens} tokens, tokenizer {report.tokenizer} "
+        f"(vocab {report.vocab_size}, eod {report.eod})"
+    )
+    return EXIT_OK
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="bridgec",
+        description="Compile a training spec (spec.toml) into a readable megatron-core training script.",
+        epilog="exit codes: 0 ok, 1 stale (check), 2 spec or input error, 3 internal error",
+    )
+    parser.add_argument("--version", action="version", version=f"bridgec {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    compile_ = commands.add_parser("compile", help="validate SPEC and write the training script")
+    compile_.add_argument("spec", metavar="SPEC")
+    compile_.add_argument("-o", "--output", metavar="OUT", required=True, help="the script to write (e.g. run.py)")
+    compile_.set_defaults(handler=cmd_compile)
+
+    check = commands.add_parser(
+        "check", help="regenerate in memory and compare (exit 1 with a diff when stale)"
+    )
+    check.add_argument("spec", metavar="SPEC", nargs="?")
+    check.add_argument("output", metavar="OUT", nargs="?")
+    check.add_argument("--all", metavar="DIR", help="check every generated file under DIR against its spec")
+    check.set_defaults(handler=cmd_check)
+
+    validate = commands.add_parser("validate", help="print every diagnostic of SPEC (exit 2 on errors)")
+    validate.add_argument("spec", metavar="SPEC")
+    validate.set_defaults(handler=cmd_validate)
+
+    explain = commands.add_parser(
+        "explain", help="rank layout, batch arithmetic, parameters, FLOPs and memory of SPEC"
+    )
+    explain.add_argument("spec", metavar="SPEC")
+    explain.set_defaults(handler=cmd_explain)
+
+    data = commands.add_parser("data", help="data tools")
+    data_commands = data.add_subparsers(dest="data_command", metavar="DATA_COMMAND", required=True)
+    build = data_commands.add_parser(
+        "build", help="turn a JSON-lines text file into a megatron indexed dataset (byte-level tokenizer)"
+    )
+    build.add_argument("--input", required=True, metavar="DOCS.jsonl", help="one JSON object per line")
+    build.add_argument("--output", required=True, metavar="PREFIX", help="writes PREFIX.bin, PREFIX.idx, PREFIX.json")
+    build.add_argument("--text-key", default="text", help="the JSON key holding each document's text")
+    build.set_defaults(handler=cmd_data_build)
+    return parser
+
+
+def run_command(argv: Sequence[str] | None, extra: Callable[[argparse.ArgumentParser], None] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.handler(args))
+    except UserError as error:
+        _err(f"bridgec: {error}")
+        return EXIT_SPEC_ERROR
+    except KeyboardInterrupt:
+        _err("bridgec: interrupted")
+        return 130
+    except Exception as error:  # noqa: BLE001 - the last line of defence: no traceback for users
+        if os.environ.get("BRIDGEC_DEBUG"):
+            traceback.print_exc()
+        _err(
+            f"bridgec: internal error: {type(error).__name__}: {error}\n"
+            "this is a bug in bridgec; rerun with BRIDGEC_DEBUG=1 for the traceback and report it"
+        )
+        return EXIT_INTERNAL
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_command(argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

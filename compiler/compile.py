@@ -1,0 +1,77 @@
+"""compile: spec text -> generated script text, through every stage. Pure but for a file view.
+
+load -> validate (``frontend.read_spec``) -> lower -> render -> verify. The
+caller (the CLI) reads the spec and hands in a read-only view of the file
+system for the checks that need one (data files exist, hooks parse, the
+tokenizer sidecar); nothing here writes anything.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import posixpath
+from pathlib import Path
+
+import attrs
+
+from bridgec.compiler.errors import Diagnostic, is_error
+from bridgec.compiler.frontend import read_spec
+from bridgec.compiler.lower import Target, TokenizerInfo, lower
+from bridgec.compiler.render import render
+from bridgec.compiler.spec import Spec
+from bridgec.compiler.validate import FileView, SpecContext
+from bridgec.compiler.verify import verify
+
+
+class InternalError(Exception):
+    """The compiler produced something it should not have (a bug in bridgec, not in the spec)."""
+
+
+@attrs.frozen(kw_only=True)
+class CompileResult:
+    source: str | None
+    """The script, or None when the spec has errors."""
+    diagnostics: tuple[Diagnostic, ...]
+    spec: Spec | None
+
+
+def relative_spec_path(spec_path: Path, output_path: Path) -> str:
+    """The spec as seen from the output file's folder, '/'-separated (no absolute paths in output)."""
+    relative = os.path.relpath(spec_path.resolve(), output_path.resolve().parent)
+    return posixpath.join(*relative.split(os.sep))
+
+
+def tokenizer_info(spec: Spec, spec_dir: Path, files: FileView) -> TokenizerInfo | None:
+    """The tokenizer sidecar of the first indexed source (prefix.json), when there is one."""
+    if spec.data.kind != "indexed" or not spec.data.sources:
+        return None
+    sidecar = spec_dir / (spec.data.sources[0].prefix + ".json")
+    if not files.exists(sidecar):
+        return None
+    try:
+        raw = json.loads(files.read_text(sidecar))
+        return TokenizerInfo(name=str(raw["tokenizer"]), vocab_size=int(raw["vocab_size"]), eod=int(raw["eod"]))
+    except (ValueError, KeyError, TypeError):
+        return None  # validate reports a damaged sidecar; lower then needs eod_token from the spec
+
+
+def compile_spec(text: str, *, spec_name: str, spec_path: Path, output_path: Path, files: FileView) -> CompileResult:
+    """Compile the spec ``text`` (read from ``spec_path``, shown as ``spec_name``) for ``output_path``."""
+    spec_dir = spec_path.resolve().parent
+    front = read_spec(text, spec_name, SpecContext(file=spec_name, spec_dir=spec_dir, files=files))
+    if front.spec is None or any(is_error(d) for d in front.diagnostics):
+        return CompileResult(source=None, diagnostics=front.diagnostics, spec=front.spec)
+    target = Target(
+        spec_sha256=hashlib.sha256(text.encode("utf-8")).hexdigest(),
+        spec_path=relative_spec_path(spec_path, output_path),
+        output_name=output_path.name,
+        tokenizer=tokenizer_info(front.spec, spec_dir, files),
+    )
+    plan = lower(front.spec, target)
+    source = render(plan)
+    problems = verify(source, plan.user_strings)
+    if problems:
+        raise InternalError("; ".join(problems))
+    return CompileResult(source=source, diagnostics=front.diagnostics, spec=front.spec)

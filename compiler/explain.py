@@ -1,0 +1,291 @@
+"""What a spec means for a human: rank layout, batch arithmetic, parameters, FLOPs, memory.
+
+Pure functions of a validated Spec (no torch). Parameter counts are exact for
+megatron-core's GPTModel with the local or TE layer spec; the memory estimate
+follows Megatron-LM's ``theoretical_memory_usage`` (weights, gradients and
+optimizer state per parameter of the most loaded rank; activations by
+Korthikanti et al. 2022, Table 2, for the first pipeline stage).
+"""
+
+from __future__ import annotations
+
+import math
+
+import attrs
+
+from bridgec.compiler.spec import Spec
+
+MiB = 1024 * 1024
+
+
+@attrs.frozen(kw_only=True)
+class ParameterCounts:
+    embedding: int
+    """Word (+ learned position) embeddings."""
+    per_layer: int
+    layers: int
+    """All transformer layers."""
+    final_norm: int
+    output: int
+    """The untied output projection (0 when tied)."""
+
+    @property
+    def total(self) -> int:
+        return self.embedding + self.layers + self.final_norm + self.output
+
+
+def _dims(spec: Spec) -> tuple[int, int, int, int]:
+    m = spec.model
+    heads = m.num_attention_heads
+    groups = m.num_query_groups or heads
+    head_dim = m.head_dim or m.hidden_size // heads
+    ffn = m.ffn_hidden_size or 4 * m.hidden_size
+    return heads, groups, head_dim, ffn
+
+
+def _padded_vocab(spec: Spec) -> int:
+    multiple = spec.model.make_vocab_size_divisible_by * spec.parallel.tensor
+    return -(-spec.model.vocab_size // multiple) * multiple
+
+
+def parameter_counts(spec: Spec) -> ParameterCounts:
+    m = spec.model
+    h = m.hidden_size
+    heads, groups, head_dim, ffn = _dims(spec)
+    bias = m.add_bias_linear
+    norm = h * (2 if m.normalization == "layernorm" else 1)
+    qkv_out = (heads + 2 * groups) * head_dim
+    attention = h * qkv_out + (qkv_out if bias else 0) + heads * head_dim * h + (h if bias else 0)
+    fc1_out = ffn * (2 if m.activation == "swiglu" else 1)
+    mlp = h * fc1_out + (fc1_out if bias else 0) + ffn * h + (h if bias else 0)
+    if m.num_experts is not None:
+        mlp = mlp * m.num_experts + h * m.num_experts  # experts + router
+    per_layer = 2 * norm + attention + mlp
+    vocab = _padded_vocab(spec)
+    embedding = vocab * h + (m.seq_length * h if m.position_embedding == "learned" else 0)
+    return ParameterCounts(
+        embedding=embedding,
+        per_layer=per_layer,
+        layers=per_layer * m.num_layers,
+        final_norm=norm,
+        output=0 if m.tie_embeddings else vocab * h,
+    )
+
+
+@attrs.frozen(kw_only=True)
+class Flops:
+    matmul_params_per_token: int
+    attention_per_token: int
+    """Forward FLOPs of the score and value products per token."""
+
+    @property
+    def forward_per_token(self) -> int:
+        return 2 * self.matmul_params_per_token + self.attention_per_token
+
+    @property
+    def train_per_token(self) -> int:
+        """Forward + backward (backward = 2 x forward)."""
+        return 3 * self.forward_per_token
+
+
+def flops(spec: Spec) -> Flops:
+    """FLOPs per token: 2 per multiply-add of each matmul parameter a token touches, plus attention."""
+    m = spec.model
+    counts = parameter_counts(spec)
+    heads, _, head_dim, ffn = _dims(spec)
+    vocab = _padded_vocab(spec)
+    per_layer = counts.per_layer
+    if m.num_experts is not None:
+        # A token only goes through top-k experts.
+        h = m.hidden_size
+        fc1_out = ffn * (2 if m.activation == "swiglu" else 1)
+        expert = h * fc1_out + ffn * h
+        per_layer = per_layer - expert * (m.num_experts - m.moe_router_topk)
+    matmul = per_layer * m.num_layers + vocab * m.hidden_size  # layers + output projection (tied or not)
+    attention = 4 * m.num_layers * m.seq_length * heads * head_dim  # QK^T and PV, 2 FLOPs per MAC
+    return Flops(matmul_params_per_token=matmul, attention_per_token=attention)
+
+
+@attrs.frozen(kw_only=True)
+class Memory:
+    """Estimated bytes on the most loaded GPU (first pipeline stage)."""
+
+    params_on_rank: int
+    weights: float
+    gradients: float
+    optimizer: float
+    activations: float
+    weight_bytes: int
+    grad_bytes: int
+    optimizer_bytes_per_param: float
+    in_flight_microbatches: float
+
+    @property
+    def total(self) -> float:
+        return self.weights + self.gradients + self.optimizer + self.activations
+
+
+def memory(spec: Spec) -> Memory:
+    m = spec.model
+    p = spec.parallel
+    counts = parameter_counts(spec)
+    dp = spec.launch.nodes * spec.launch.procs_per_node // (p.tensor * p.pipeline * p.context)
+    # Most loaded rank: its share of the layers plus the embedding (and the untied output when pp = 1).
+    params = counts.layers / p.pipeline + counts.embedding
+    if p.pipeline == 1:
+        params += counts.output + counts.final_norm
+    params_on_rank = int(params / p.tensor)
+    mixed = spec.precision.dtype in ("bf16", "fp16")
+    weight_bytes = 2 if mixed else 4
+    grad_bytes = 4  # gradients are reduced in fp32
+    # Adam keeps two fp32 moments (+ an fp32 master copy under mixed precision); SGD one momentum buffer.
+    state = (8 if spec.optimizer.name == "adam" else 4) + (4 if mixed else 0)
+    if p.distributed_optimizer:
+        state = state / dp
+    micro = spec.batch.micro_batch_size
+    s, h = m.seq_length, m.hidden_size
+    _, _, _, ffn = _dims(spec)
+    per_layer = s * micro * h * (18 + 4 * ffn / h)
+    activations = per_layer * m.num_layers / p.pipeline
+    microbatches = spec.batch.global_batch_size // (micro * dp)
+    if p.virtual_pipeline is not None:
+        in_flight = p.pipeline * (1 + (p.pipeline - 1) / (p.pipeline * p.virtual_pipeline))
+    else:
+        in_flight = min(microbatches, p.pipeline)
+    activations *= in_flight
+    activations += 8 * s * micro * p.pipeline + s * micro * h * p.pipeline  # embedding input and dropout
+    if p.pipeline == 1:
+        activations += s * micro * h * 4 * (1 + _padded_vocab(spec) / h)  # output layer and cross entropy
+    activations /= p.tensor * p.context
+    if not mixed:
+        activations *= 2  # the formula counts 16-bit activations
+    return Memory(
+        params_on_rank=params_on_rank,
+        weights=params_on_rank * weight_bytes,
+        gradients=params_on_rank * grad_bytes,
+        optimizer=params_on_rank * state,
+        activations=activations,
+        weight_bytes=weight_bytes,
+        grad_bytes=grad_bytes,
+        optimizer_bytes_per_param=state,
+        in_flight_microbatches=in_flight,
+    )
+
+
+@attrs.frozen(kw_only=True)
+class RankCoordinates:
+    rank: int
+    node: int
+    tensor: int
+    context: int
+    expert: int
+    data: int
+    pipeline: int
+
+
+def rank_layout(spec: Spec) -> tuple[RankCoordinates, ...]:
+    """Each global rank's coordinates in megatron-core's default order tp-cp-ep-dp-pp (tp fastest).
+
+    Expert parallelism is carved out of data x context, so the ep coordinate is
+    the data rank modulo the expert size (how megatron builds its expert groups).
+    """
+    p = spec.parallel
+    world = spec.launch.nodes * spec.launch.procs_per_node
+    dp = world // (p.tensor * p.pipeline * p.context)
+    rows = []
+    for rank in range(world):
+        tensor = rank % p.tensor
+        context = (rank // p.tensor) % p.context
+        data = (rank // (p.tensor * p.context)) % dp
+        pipeline = rank // (p.tensor * p.context * dp)
+        rows.append(
+            RankCoordinates(
+                rank=rank,
+                node=rank // spec.launch.procs_per_node,
+                tensor=tensor,
+                context=context,
+                expert=data % p.expert,
+                data=data,
+                pipeline=pipeline,
+            )
+        )
+    return tuple(rows)
+
+
+def human_count(n: float) -> str:
+    for unit, size in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= size:
+            return f"{n / size:.2f}{unit}"
+    return str(int(n))
+
+
+def human_bytes(n: float) -> str:
+    if n >= 1024 * MiB:
+        return f"{n / (1024 * MiB):.2f} GiB"
+    return f"{n / MiB:.2f} MiB"
+
+
+def explain_text(spec: Spec, *, extra: tuple[str, ...] = ()) -> str:
+    """The report ``bridgec explain`` prints."""
+    p = spec.parallel
+    world = spec.launch.nodes * spec.launch.procs_per_node
+    dp = world // (p.tensor * p.pipeline * p.context)
+    micro = spec.batch.micro_batch_size
+    g = spec.batch.global_batch_size
+    counts = parameter_counts(spec)
+    f = flops(spec)
+    mem = memory(spec)
+    tokens = g * spec.model.seq_length
+    lines = [
+        f"run {spec.run.name!r}",
+        "",
+        "Layout",
+        f"  world = nodes {spec.launch.nodes} x procs_per_node {spec.launch.procs_per_node} = {world}",
+        f"  data  = world {world} / (tensor {p.tensor} x pipeline {p.pipeline} x context {p.context}) = {dp}",
+        "  rank  node  tp  cp  ep  dp  pp",
+    ]
+    layout = rank_layout(spec)
+    shown = layout if len(layout) <= 64 else layout[:32] + layout[-8:]
+    for index, row in enumerate(shown):
+        if len(layout) > 64 and index == 32:
+            lines.append(f"  ... ({len(layout) - 40} more ranks)")
+        lines.append(
+            f"  {row.rank:>4}  {row.node:>4}  {row.tensor:>2}  {row.context:>2}  {row.expert:>2}  {row.data:>2}  {row.pipeline:>2}"
+        )
+    lines += [
+        "",
+        "Batch",
+        f"  microbatches per step = global {g} / (micro {micro} x data {dp}) = {g // (micro * dp)}",
+        f"  tokens per step = global {g} x seq_length {spec.model.seq_length} = {tokens}",
+        "",
+        "Parameters",
+        f"  embedding {counts.embedding:,}",
+        f"  per layer {counts.per_layer:,} x {spec.model.num_layers} layers = {counts.layers:,}",
+        f"  final norm {counts.final_norm:,}",
+        f"  output layer {counts.output:,}" + (" (tied to the embedding)" if spec.model.tie_embeddings else ""),
+        f"  total {counts.total:,} ({human_count(counts.total)})",
+        "",
+        "FLOPs per token",
+        f"  forward = 2 x {f.matmul_params_per_token:,} matmul parameters + {f.attention_per_token:,} attention"
+        f" = {f.forward_per_token:,}",
+        f"  training (forward + backward = 3 x forward) = {f.train_per_token:,}",
+        f"  per step = {f.train_per_token:,} x {tokens} tokens = {f.train_per_token * tokens:.3e}",
+        "",
+        "Memory on the most loaded rank (estimate, Megatron-LM's theoretical_memory_usage)",
+        f"  parameters on rank {mem.params_on_rank:,}",
+        f"  weights    {human_bytes(mem.weights)} ({mem.weight_bytes} bytes/param)",
+        f"  gradients  {human_bytes(mem.gradients)} ({mem.grad_bytes} bytes/param, fp32 reduction)",
+        f"  optimizer  {human_bytes(mem.optimizer)} ({mem.optimizer_bytes_per_param:g} bytes/param"
+        + (f", sharded over data {dp})" if p.distributed_optimizer else ")"),
+        f"  activations {human_bytes(mem.activations)} ({mem.in_flight_microbatches:g} microbatches in flight,"
+        " no recomputation)",
+        f"  total      {human_bytes(mem.total)}",
+    ]
+    lines += list(extra)
+    return "\n".join(lines) + "\n"
+
+
+def mfu(tokens_per_second: float, spec: Spec, peak_flops: float) -> float:
+    """Model FLOPs utilisation: achieved training FLOP/s over the peak (per device)."""
+    world = spec.launch.nodes * spec.launch.procs_per_node
+    return tokens_per_second * flops(spec).train_per_token / (peak_flops * world) if peak_flops > 0 else math.nan

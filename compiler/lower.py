@@ -1,0 +1,403 @@
+"""Lower a validated Spec to a Plan: resolve defaults, derive numbers, keep their arithmetic.
+
+This is the one place derived values are computed. Each derived constant
+carries the arithmetic that produced it, which the script prints as a comment
+(``NUM_MICROBATCHES = 2  # global 8 / (micro 2 x data 2)``). Lowering assumes
+validation passed (divisibility holds); it never rewrites a value the user set.
+"""
+
+from __future__ import annotations
+
+import posixpath
+
+import attrs
+
+from bridgec.compiler import explain
+from bridgec.compiler.plan import Constant, Header, HooksPlan, ModelPlan, Plan, Section, Value
+from bridgec.compiler.spec import Spec
+from bridgec.compiler.version import __version__
+
+
+@attrs.frozen(kw_only=True)
+class TokenizerInfo:
+    """What an indexed dataset's tokenizer sidecar (prefix.json) says."""
+
+    name: str
+    vocab_size: int
+    eod: int
+
+
+@attrs.frozen(kw_only=True)
+class Target:
+    """Where the script goes, relative to where the spec is; everything lower needs besides the Spec."""
+
+    spec_sha256: str
+    spec_path: str
+    """The spec relative to the output file's folder, '/'-separated."""
+    output_name: str
+    """The output file's name (run.py)."""
+    tokenizer: TokenizerInfo | None = None
+
+
+def _c(name: str, value: Value, why: str | None = None, *, text: bool = False) -> Constant:
+    return Constant(name=name, value=value, why=why, from_spec_text=text)
+
+
+def world_size(spec: Spec) -> int:
+    return spec.launch.nodes * spec.launch.procs_per_node
+
+
+def data_parallel(spec: Spec) -> int:
+    return world_size(spec) // (spec.parallel.tensor * spec.parallel.pipeline * spec.parallel.context)
+
+
+def padded_vocab(spec: Spec) -> int:
+    multiple = spec.model.make_vocab_size_divisible_by * spec.parallel.tensor
+    return -(-spec.model.vocab_size // multiple) * multiple
+
+
+def launch_command(spec: Spec, output_name: str) -> str:
+    if spec.launch.nodes == 1:
+        return f"torchrun --nnodes 1 --nproc-per-node {spec.launch.procs_per_node} {output_name}"
+    return (
+        f"torchrun --nnodes {spec.launch.nodes} --nproc-per-node {spec.launch.procs_per_node} "
+        f"--rdzv-backend c10d --rdzv-endpoint HOST_OF_NODE_0:29500 {output_name}"
+    )
+
+
+def _run_sections(spec: Spec, target: Target) -> list[Section]:
+    world = world_size(spec)
+    launch = spec.launch
+    return [
+        Section(
+            title="Run",
+            constants=(
+                _c("RUN_NAME", spec.run.name, text=True),
+                _c("SEED", spec.run.seed),
+            ),
+        ),
+        Section(
+            title="Launch",
+            constants=(
+                _c("DEVICE", launch.device),
+                _c("NODES", launch.nodes),
+                _c("PROCS_PER_NODE", launch.procs_per_node),
+                _c("WORLD_SIZE", world, f"nodes {launch.nodes} x procs_per_node {launch.procs_per_node}"),
+                _c("TIMEOUT_MINUTES", launch.timeout_minutes),
+                _c("LAUNCH_COMMAND", launch_command(spec, target.output_name)),
+            ),
+        ),
+    ]
+
+
+def _parallel_section(spec: Spec) -> Section:
+    p = spec.parallel
+    world = world_size(spec)
+    dp = data_parallel(spec)
+    constants = [
+        _c("TENSOR_PARALLEL", p.tensor),
+        _c("PIPELINE_PARALLEL", p.pipeline),
+    ]
+    if p.virtual_pipeline is not None:
+        constants.append(_c("VIRTUAL_PIPELINE", p.virtual_pipeline))
+    constants += [
+        _c("CONTEXT_PARALLEL", p.context),
+        _c("EXPERT_PARALLEL", p.expert),
+        _c(
+            "DATA_PARALLEL",
+            dp,
+            f"world {world} / (tensor {p.tensor} x pipeline {p.pipeline} x context {p.context})",
+        ),
+        _c("SEQUENCE_PARALLEL", p.sequence_parallel),
+        _c("DISTRIBUTED_OPTIMIZER", p.distributed_optimizer),
+    ]
+    return Section(title="Parallel layout (megatron rank order tp-cp-ep-dp-pp)", constants=tuple(constants))
+
+
+def _batch_section(spec: Spec) -> Section:
+    b = spec.batch
+    dp = data_parallel(spec)
+    micro = b.micro_batch_size
+    return Section(
+        title="Batch (in sequences)",
+        constants=(
+            _c("GLOBAL_BATCH_SIZE", b.global_batch_size),
+            _c("MICRO_BATCH_SIZE", micro),
+            _c(
+                "NUM_MICROBATCHES",
+                b.global_batch_size // (micro * dp),
+                f"global {b.global_batch_size} / (micro {micro} x data {dp})",
+            ),
+            _c(
+                "TOKENS_PER_STEP",
+                b.global_batch_size * spec.model.seq_length,
+                f"global {b.global_batch_size} x seq_length {spec.model.seq_length}",
+            ),
+        ),
+    )
+
+
+def _model_section(spec: Spec) -> Section:
+    m = spec.model
+    p = spec.parallel
+    heads = m.num_attention_heads
+    constants = [
+        _c("NUM_LAYERS", m.num_layers),
+    ]
+    if p.pipeline > 1:
+        chunks = p.pipeline * (p.virtual_pipeline or 1)
+        arithmetic = f"layers {m.num_layers} / (pipeline {p.pipeline}"
+        arithmetic += f" x virtual {p.virtual_pipeline})" if p.virtual_pipeline else ")"
+        constants.append(_c("LAYERS_PER_CHUNK", m.num_layers // chunks, arithmetic))
+    constants += [
+        _c("HIDDEN_SIZE", m.hidden_size),
+        _c("NUM_ATTENTION_HEADS", heads),
+        (
+            _c("NUM_QUERY_GROUPS", m.num_query_groups)
+            if m.num_query_groups is not None
+            else _c("NUM_QUERY_GROUPS", heads, f"default: num_attention_heads {heads}")
+        ),
+        (
+            _c("HEAD_DIM", m.head_dim)
+            if m.head_dim is not None
+            else _c("HEAD_DIM", m.hidden_size // heads, f"hidden {m.hidden_size} / heads {heads}")
+        ),
+        (
+            _c("FFN_HIDDEN_SIZE", m.ffn_hidden_size)
+            if m.ffn_hidden_size is not None
+            else _c("FFN_HIDDEN_SIZE", 4 * m.hidden_size, f"default: 4 x hidden {m.hidden_size}")
+        ),
+        _c("VOCAB_SIZE", m.vocab_size),
+        _c(
+            "PADDED_VOCAB_SIZE",
+            padded_vocab(spec),
+            f"vocab {m.vocab_size} rounded up to a multiple of "
+            f"{m.make_vocab_size_divisible_by * p.tensor} "
+            f"(make_vocab_size_divisible_by {m.make_vocab_size_divisible_by} x tensor {p.tensor})",
+        ),
+        _c("SEQ_LENGTH", m.seq_length),
+        _c("NORM_EPSILON", m.norm_epsilon),
+        _c("DROPOUT", m.dropout),
+        _c("INIT_METHOD_STD", m.init_method_std),
+    ]
+    if m.position_embedding == "rope":
+        constants.append(_c("ROTARY_BASE", m.rotary_base))
+    if m.num_experts is not None:
+        constants += [_c("NUM_EXPERTS", m.num_experts), _c("MOE_ROUTER_TOPK", m.moe_router_topk)]
+    constants.append(_c("INIT_SCHEME", spec.init.scheme))
+    return Section(title="Model", constants=tuple(constants))
+
+
+def _train_section(spec: Spec) -> Section:
+    t = spec.train
+    constants = [
+        _c("TRAIN_ITERS", t.iters),
+        _c("LOG_INTERVAL", t.log_interval),
+        _c("EVAL_INTERVAL", t.eval_interval),
+    ]
+    if t.eval_interval is not None:
+        constants.append(_c("EVAL_ITERS", t.eval_iters))
+    constants += [
+        _c("EXIT_INTERVAL", t.exit_interval),
+        _c("EXIT_DURATION_MINUTES", t.exit_duration_minutes),
+        _c("ON_NONFINITE", t.on_nonfinite),
+    ]
+    return Section(title="Training loop", constants=tuple(constants))
+
+
+def _optimizer_sections(spec: Spec) -> list[Section]:
+    o = spec.optimizer
+    s = spec.scheduler
+    optimizer = [
+        _c("OPTIMIZER", o.name),
+        _c("LR", o.lr),
+        _c("MIN_LR", o.min_lr),
+        _c("WEIGHT_DECAY", o.weight_decay),
+    ]
+    if o.name == "adam":
+        optimizer += [_c("ADAM_BETA1", o.betas[0]), _c("ADAM_BETA2", o.betas[1]), _c("ADAM_EPS", o.eps)]
+    else:
+        optimizer.append(_c("SGD_MOMENTUM", o.sgd_momentum))
+    optimizer += [
+        _c("CLIP_GRAD", o.clip_grad),
+        _c("CLIP_EPSILON", 1e-6, "megatron-core: coefficient = clip_grad / (norm + 1e-6)"),
+    ]
+    decay_iters = s.decay_iters if s.decay_iters is not None else spec.train.iters
+    schedule = [
+        _c("LR_WARMUP_ITERS", s.warmup_iters),
+        _c("LR_WARMUP_INIT", s.warmup_init_lr),
+        _c("LR_DECAY_STYLE", s.decay),
+        (
+            _c("LR_DECAY_ITERS", decay_iters)
+            if s.decay_iters is not None
+            else _c("LR_DECAY_ITERS", decay_iters, f"default: train.iters {spec.train.iters}")
+        ),
+    ]
+    if s.decay == "wsd":
+        schedule += [_c("LR_WSD_DECAY_ITERS", s.wsd_decay_iters), _c("LR_WSD_DECAY_STYLE", s.wsd_decay_style)]
+    return [
+        Section(title="Optimizer", constants=tuple(optimizer)),
+        Section(title="Learning-rate schedule (in optimizer steps)", constants=tuple(schedule)),
+    ]
+
+
+def _data_section(spec: Spec, target: Target) -> Section:
+    d = spec.data
+    g = spec.batch.global_batch_size
+    t = spec.train
+    constants = [_c("DATA_KIND", d.kind)]
+    if d.kind == "indexed":
+        constants += [
+            _c("DATA_PREFIXES", tuple(source.prefix for source in d.sources), text=True),
+            _c("DATA_WEIGHTS", tuple(source.weight for source in d.sources)),
+        ]
+    constants.append(_c("DATA_SPLIT", tuple(float(part) for part in d.split)))
+    if d.eod_token is not None:
+        constants.append(_c("EOD_TOKEN", d.eod_token))
+    elif d.kind == "indexed" and target.tokenizer is not None:
+        constants.append(
+            _c("EOD_TOKEN", target.tokenizer.eod, f"from the dataset's tokenizer file ({target.tokenizer.name})")
+        )
+    else:
+        constants.append(_c("EOD_TOKEN", spec.model.vocab_size - 1, f"default for mock data: vocab {spec.model.vocab_size} - 1"))
+    constants.append(_c("EOD_MASK_LOSS", d.eod_mask_loss))
+    constants.append(_c("TRAIN_SAMPLES", t.iters * g, f"train.iters {t.iters} x global {g}"))
+    if t.eval_interval is not None:
+        constants.append(_c("VALID_SAMPLES", t.eval_iters * g, f"eval_iters {t.eval_iters} x global {g}"))
+    else:
+        constants.append(_c("VALID_SAMPLES", 0, "no evaluation"))
+    constants.append(_c("LOSS_REDUCTION", spec.loss.reduction))
+    return Section(title="Data and loss", constants=tuple(constants))
+
+
+def _output_section(spec: Spec) -> Section:
+    output = spec.run.output_dir if spec.run.output_dir is not None else f"out/{spec.run.name}"
+    constants = [
+        (
+            _c("OUTPUT_DIR", output, text=True)
+            if spec.run.output_dir is not None
+            else Constant(name="OUTPUT_DIR", value=output, why="default: out/<run.name>", from_spec_text=True)
+        )
+    ]
+    c = spec.checkpoint
+    if c.dir is not None:
+        constants += [
+            _c("CHECKPOINT_DIR", c.dir, text=True),
+            _c("SAVE_INTERVAL", c.save_interval),
+            _c("RESUME", c.resume),
+            _c("KEEP_LAST", c.keep_last),
+        ]
+    return Section(title="Outputs (paths relative to the spec's folder)", constants=tuple(constants))
+
+
+def _model_plan(spec: Spec) -> ModelPlan:
+    m = spec.model
+    return ModelPlan(
+        transformer_impl=m.transformer_impl,
+        normalization="RMSNorm" if m.normalization == "rmsnorm" else "LayerNorm",
+        gated=m.activation == "swiglu",
+        activation="silu" if m.activation == "swiglu" else "gelu",
+        position_embedding_type="rope" if m.position_embedding == "rope" else "learned_absolute",
+        tie_embeddings=m.tie_embeddings,
+        add_bias_linear=m.add_bias_linear,
+        qk_layernorm=False,
+        moe=m.num_experts is not None,
+        head_dim_explicit=m.head_dim is not None,
+    )
+
+
+def _hooks_plan(spec: Spec, spec_folder: str) -> HooksPlan | None:
+    h = spec.hooks
+    if h.file is None or (h.forward_step is None and h.loss is None):
+        return None
+    folder, name = posixpath.split(h.file)
+    module = name[: -len(".py")] if name.endswith(".py") else name
+    return HooksPlan(
+        module=module,
+        folder=posixpath.normpath(posixpath.join(spec_folder, folder)) if folder else spec_folder,
+        forward_step=h.forward_step,
+        loss=h.loss,
+    )
+
+
+def _user_strings(spec: Spec) -> tuple[str, ...]:
+    strings = [spec.run.name, spec.run.description]
+    strings += [source.prefix for source in spec.data.sources]
+    for value in (spec.run.output_dir, spec.checkpoint.dir, spec.hooks.file, spec.hooks.forward_step, spec.hooks.loss):
+        if value is not None:
+            strings.append(value)
+    return tuple(s for s in strings if s)
+
+
+def _summary(spec: Spec) -> tuple[str, ...]:
+    m = spec.model
+    p = spec.parallel
+    counts = explain.parameter_counts(spec)
+    groups = m.num_query_groups or m.num_attention_heads
+    attention = "multi-head" if groups == m.num_attention_heads else f"grouped-query, {groups} groups"
+    layout = [f"tensor {p.tensor}", f"pipeline {p.pipeline}"]
+    if p.virtual_pipeline:
+        layout.append(f"virtual pipeline {p.virtual_pipeline}")
+    if p.context > 1:
+        layout.append(f"context {p.context}")
+    if p.expert > 1:
+        layout.append(f"expert {p.expert}")
+    layout.append(f"data {data_parallel(spec)}")
+    backend = "gloo" if spec.launch.device == "cpu" else "nccl"
+    dp = data_parallel(spec)
+    micro = spec.batch.micro_batch_size
+    microbatches = spec.batch.global_batch_size // (micro * dp)
+    return (
+        f"Model: GPT, {m.num_layers} layers, hidden {m.hidden_size}, {m.num_attention_heads} heads ({attention}), "
+        f"{m.activation}, {m.normalization}, {m.position_embedding} positions, sequence {m.seq_length}, "
+        f"vocab {m.vocab_size}; {explain.human_count(counts.total)} parameters.",
+        f"Layout: {world_size(spec)} processes on {spec.launch.nodes} node(s), {spec.launch.device} ({backend}): "
+        + ", ".join(layout)
+        + ".",
+        f"Training: {spec.train.iters} steps of {spec.batch.global_batch_size} sequences "
+        f"({microbatches} microbatches of {micro} per data-parallel rank), {spec.data.kind} data, "
+        f"{spec.optimizer.name} at lr {spec.optimizer.lr:g} ({spec.scheduler.decay} schedule), "
+        f"{spec.precision.dtype}.",
+    )
+
+
+def lower(spec: Spec, target: Target) -> Plan:
+    """Resolve every value the generated script needs. Pure: no I/O."""
+    spec_folder = posixpath.dirname(target.spec_path) or "."
+    sections = [
+        *_run_sections(spec, target),
+        _parallel_section(spec),
+        _batch_section(spec),
+        _model_section(spec),
+        _train_section(spec),
+        *_optimizer_sections(spec),
+        _data_section(spec, target),
+        _output_section(spec),
+    ]
+    regenerate = f"bridgec compile {target.spec_path} -o {target.output_name}"
+    return Plan(
+        header=Header(
+            version=__version__,
+            spec_path=target.spec_path,
+            spec_sha256=target.spec_sha256,
+            regenerate=regenerate,
+        ),
+        run_name=spec.run.name,
+        description=spec.run.description,
+        launch_command=launch_command(spec, target.output_name),
+        summary=_summary(spec),
+        device=spec.launch.device,
+        sections=tuple(sections),
+        model=_model_plan(spec),
+        data_kind=spec.data.kind,
+        per_token_loss=spec.loss.reduction == "per_token",
+        virtual_pipeline=spec.parallel.virtual_pipeline is not None,
+        pipeline=spec.parallel.pipeline > 1,
+        context_parallel=spec.parallel.context > 1,
+        dtype=spec.precision.dtype,
+        fp8=spec.precision.fp8,
+        checkpointing=spec.checkpoint.dir is not None,
+        evaluation=spec.train.eval_interval is not None,
+        hooks=_hooks_plan(spec, spec_folder),
+        user_strings=_user_strings(spec),
+    )

@@ -1,0 +1,104 @@
+"""The resolved plan: every number the generated script uses, decided, with its arithmetic.
+
+``lower`` builds it from a validated Spec; the templates see nothing else. A
+:class:`Constant` is one ``NAME = value  # arithmetic`` line of the script;
+everything structural (which layer spec, which loss, which branches exist) is
+a plain field here so templates only test booleans and print values.
+"""
+
+from __future__ import annotations
+
+from typing import Union
+
+import attrs
+
+Value = Union[int, float, str, bool, None, tuple["Value", ...]]
+
+
+@attrs.frozen(kw_only=True)
+class Constant:
+    """One named value of the generated script."""
+
+    name: str
+    value: Value
+    why: str | None = None
+    """The arithmetic or default that produced it (a comment in the script); None for values copied from the spec."""
+    from_spec_text: bool = False
+    """A string typed by the user: it may only ever appear inside a string literal."""
+
+
+@attrs.frozen(kw_only=True)
+class Section:
+    title: str
+    constants: tuple[Constant, ...]
+
+
+@attrs.frozen(kw_only=True)
+class Header:
+    version: str
+    spec_path: str
+    """The spec, relative to the generated file's folder, '/'-separated."""
+    spec_sha256: str
+    regenerate: str
+    """The command that regenerates the file, run from its folder."""
+
+
+@attrs.frozen(kw_only=True)
+class ModelPlan:
+    transformer_impl: str
+    normalization: str
+    """megatron-core's spelling: LayerNorm or RMSNorm."""
+    gated: bool
+    activation: str
+    """The torch.nn.functional name: gelu or silu."""
+    position_embedding_type: str
+    tie_embeddings: bool
+    add_bias_linear: bool
+    qk_layernorm: bool
+    moe: bool
+    head_dim_explicit: bool
+
+
+@attrs.frozen(kw_only=True)
+class HooksPlan:
+    module: str
+    """Importable module name of the hooks file (its stem)."""
+    folder: str
+    """The hooks file's folder relative to the generated file's folder ('.' when beside it)."""
+    forward_step: str | None
+    loss: str | None
+
+
+@attrs.frozen(kw_only=True)
+class Plan:
+    header: Header
+    run_name: str
+    description: str
+    launch_command: str
+    summary: tuple[str, ...]
+    """Sentences for the script's docstring: what runs."""
+    device: str
+    sections: tuple[Section, ...]
+    model: ModelPlan
+    data_kind: str
+    per_token_loss: bool
+    virtual_pipeline: bool
+    pipeline: bool
+    context_parallel: bool
+    dtype: str
+    fp8: str | None
+    checkpointing: bool
+    evaluation: bool
+    hooks: HooksPlan | None
+    user_strings: tuple[str, ...]
+    """Every string that came from the spec, for the verify stage."""
+
+    def constant(self, name: str) -> Constant:
+        for section in self.sections:
+            for constant in section.constants:
+                if constant.name == name:
+                    return constant
+        raise KeyError(name)
+
+    def value(self, name: str) -> Value:
+        return self.constant(name).value

@@ -1,0 +1,66 @@
+"""Render a Plan to Python source with jinja2, one template per section of the script.
+
+Templates see only the Plan (StrictUndefined: a missing name is an error, not
+an empty string). Values reach the text through :func:`py_literal`, which
+writes Python literals (``repr``), so a string from the spec can only ever
+become a string literal.
+"""
+
+from __future__ import annotations
+
+import functools
+from importlib import resources
+
+import jinja2
+
+from bridgec.compiler.plan import Plan, Value
+
+TEMPLATE = "script.py.j2"
+
+
+def py_literal(value: Value) -> str:
+    """A Python literal for a plan value; deterministic (repr of floats, tuples as tuples)."""
+    if isinstance(value, tuple):
+        inner = ", ".join(py_literal(item) for item in value)
+        return f"({inner},)" if len(value) == 1 else f"({inner})"
+    if isinstance(value, str):
+        return _string_literal(value)
+    if isinstance(value, (bool, int, float)) or value is None:
+        return repr(value)
+    raise TypeError(f"not a plan value: {value!r}")
+
+
+def _string_literal(text: str) -> str:
+    """repr(), but double-quoted like the rest of the script when the text has no double quote."""
+    literal = repr(text)
+    if literal.startswith("'") and '"' not in text:
+        literal = '"' + literal[1:-1].replace("\\'", "'") + '"'
+    return literal
+
+
+def docstring_text(text: str) -> str:
+    """Text made safe inside a triple-double-quoted docstring (backslashes and quote runs escaped)."""
+    return text.replace("\\", "\\\\").replace('"', '\\"')
+
+
+@functools.cache
+def environment() -> jinja2.Environment:
+    loader = jinja2.FunctionLoader(
+        lambda name: resources.files("bridgec.templates").joinpath(name).read_text(encoding="utf-8")
+    )
+    env = jinja2.Environment(
+        loader=loader,
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+        autoescape=False,
+    )
+    env.filters["py"] = py_literal
+    env.filters["doc"] = docstring_text
+    return env
+
+
+def render(plan: Plan) -> str:
+    """The generated script's text."""
+    return environment().get_template(TEMPLATE).render(plan=plan)
