@@ -164,7 +164,7 @@ SCOPED_MODULES: tuple[Substitution, ...] = (
     Substitution(
         module="megatron.core.pipeline_parallel.p2p_communication",
         answers=(
-            "190: torch.empty((3,), device=torch.cuda.current_device(), dtype=torch.int64)",
+            "190: (3,), device=torch.cuda.current_device(), dtype=torch.int64",
             "242: torch.cuda.synchronize()",
         ),
     ),
@@ -177,7 +177,7 @@ SCOPED_MODULES: tuple[Substitution, ...] = (
     ),
     Substitution(
         module="megatron.core.optimizer.distrib_optimizer",
-        answers=("791: torch.empty((numel,), dtype=dtype, device=torch.cuda.current_device())",),
+        answers=("791: (numel,), dtype=dtype, device=torch.cuda.current_device()",),
     ),
     Substitution(
         module="megatron.core.optimizer.clip_grads",

@@ -1,0 +1,40 @@
+"""Fixtures shared by every test folder."""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Iterator
+
+import pytest
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def megatron_world1() -> Iterator[None]:
+    """torch.distributed (gloo, one process) and megatron's parallel state at TP = PP = 1, CPU compat applied.
+
+    For in-process tests of runtime pieces that need a process group; layouts
+    with several ranks are tested through torchrun instead.
+    """
+    import torch.distributed as dist
+    from megatron.core import parallel_state
+
+    from bridgec.runtime import cpu_compat
+
+    cpu_compat.apply()
+    if not dist.is_initialized():
+        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", str(free_port()))
+        dist.init_process_group("gloo", rank=0, world_size=1)
+    if not parallel_state.model_parallel_is_initialized():
+        parallel_state.initialize_model_parallel(1, 1)
+    from megatron.core.tensor_parallel import model_parallel_cuda_manual_seed
+
+    model_parallel_cuda_manual_seed(1234)
+    yield

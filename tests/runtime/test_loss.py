@@ -1,0 +1,39 @@
+"""Loss functions and the one place their results are reduced."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from bridgec.runtime.loss import LOSS_KEY, masked_mean_loss, masked_token_loss, reduce_metadata, tokens_in
+
+
+def test_token_loss_sums_real_tokens_and_counts_them() -> None:
+    losses = torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]])
+    mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
+    loss_sum, count, metadata = masked_token_loss(mask, losses)
+    assert loss_sum.item() == 7.0
+    assert count.item() == 3
+    assert metadata[LOSS_KEY].tolist() == [7.0, 3.0]
+
+
+def test_mean_loss_is_the_microbatch_mean_and_zero_when_all_masked() -> None:
+    losses = torch.tensor([[1.0, 2.0, 3.0]])
+    loss, metadata = masked_mean_loss(torch.tensor([[1.0, 0.0, 1.0]]), losses)
+    assert loss.item() == 2.0
+    assert metadata[LOSS_KEY].tolist() == [2.0, 1.0]
+    empty, _ = masked_mean_loss(torch.zeros(1, 3), losses)
+    assert empty.item() == 0.0
+
+
+def test_reduce_divides_once_over_all_microbatches(megatron_world1: None) -> None:
+    """Token-aware: sum of sums / sum of counts, not the mean of per-microbatch means."""
+    mask_a = torch.tensor([[1.0, 1.0, 1.0, 1.0]])
+    mask_b = torch.tensor([[1.0, 0.0, 0.0, 0.0]])
+    a = masked_token_loss(mask_a, torch.full((1, 4), 2.0))[2]
+    b = masked_token_loss(mask_b, torch.full((1, 4), 7.0))[2]
+    assert reduce_metadata([a, b]) == pytest.approx((8.0 + 7.0) / 5.0)
+    assert tokens_in([a, b]) == 5
+    mean_a = masked_mean_loss(mask_a, torch.full((1, 4), 2.0))[1]
+    mean_b = masked_mean_loss(mask_b, torch.full((1, 4), 7.0))[1]
+    assert reduce_metadata([mean_a, mean_b]) == pytest.approx((2.0 + 7.0) / 2.0)
