@@ -1,0 +1,156 @@
+"""Check a user's hook file without importing it.
+
+The compiler must not run user code, so a hook is found by reading the file:
+Python's own parser decides whether it is valid (its messages and lines are the
+ones the user will see at run time), and libcst finds the top-level ``def`` and
+its parameters, which are compared with how the runtime calls the hook.
+"""
+
+from __future__ import annotations
+
+import ast
+from collections.abc import Mapping
+from typing import Literal
+
+import attrs
+import libcst as cst
+from libcst.metadata import MetadataWrapper, PositionProvider
+
+ParamKind = Literal["positional_only", "positional", "var_positional", "keyword_only", "var_keyword"]
+
+
+@attrs.frozen(kw_only=True)
+class HookSignature:
+    """How the runtime calls a hook."""
+
+    positional: tuple[str, ...]
+    """Arguments always passed by position (the hook may name them anything)."""
+    keyword: tuple[str, ...] = ()
+    """Arguments sometimes passed by keyword, so they need defaults."""
+
+    def render(self) -> str:
+        return ", ".join([*self.positional, *(f"{name}=False" for name in self.keyword)])
+
+
+FORWARD_STEP = HookSignature(positional=("state", "data_iterator", "model"), keyword=("return_schedule_plan",))
+"""The runtime binds state; megatron-core's schedules pass the rest, return_schedule_plan=True by keyword."""
+LOSS = HookSignature(positional=("loss_mask", "output_tensor"))
+"""The runtime binds loss_mask; megatron-core passes output_tensor."""
+
+
+@attrs.frozen(kw_only=True)
+class Param:
+    name: str
+    kind: ParamKind
+    has_default: bool
+
+
+@attrs.frozen(kw_only=True)
+class Function:
+    """A top-level ``def`` of the hook file."""
+
+    name: str
+    line: int
+    is_async: bool
+    params: tuple[Param, ...]
+
+    def render(self) -> str:
+        """``def name(a, b=..., *args, **kwargs)``, as a message can show it."""
+        parts: list[str] = []
+        for index, param in enumerate(self.params):
+            if param.kind == "keyword_only" and (index == 0 or self.params[index - 1].kind
+                                                 not in ("keyword_only", "var_positional")):
+                parts.append("*")
+            parts.append({"var_positional": "*", "var_keyword": "**"}.get(param.kind, "") + param.name
+                         + ("=..." if param.has_default else ""))
+            if param.kind == "positional_only" and (index + 1 == len(self.params)
+                                                    or self.params[index + 1].kind != "positional_only"):
+                parts.append("/")
+        return f"{'async ' if self.is_async else ''}def {self.name}({', '.join(parts)})"
+
+
+@attrs.frozen(kw_only=True)
+class HookFile:
+    """A hook file that parses: its top-level functions by name (the last definition wins, as in Python)."""
+
+    functions: Mapping[str, Function]
+
+
+@attrs.frozen(kw_only=True)
+class Unparsable:
+    """A hook file that is not valid Python."""
+
+    line: int | None
+    column: int | None
+    message: str
+
+
+def read_hook_file(source: str) -> HookFile | Unparsable:
+    """Parse ``source`` and list its top-level functions."""
+    try:
+        ast.parse(source)
+    except SyntaxError as exc:
+        return Unparsable(line=exc.lineno, column=exc.offset, message=exc.msg)
+    except ValueError as exc:  # e.g. null bytes, on some Python versions
+        return Unparsable(line=None, column=None, message=str(exc))
+    try:
+        wrapper = MetadataWrapper(cst.parse_module(source))
+    except cst.ParserSyntaxError as exc:  # syntax newer than libcst knows
+        return Unparsable(line=exc.raw_line, column=exc.raw_column + 1, message=exc.message)
+    positions = wrapper.resolve(PositionProvider)
+    functions: dict[str, Function] = {}
+    for statement in wrapper.module.body:
+        if isinstance(statement, cst.FunctionDef):
+            name = statement.name.value
+            functions[name] = Function(name=name, line=positions[statement.name].start.line,
+                                       is_async=statement.asynchronous is not None,
+                                       params=_params(statement.params))
+    return HookFile(functions=functions)
+
+
+def _params(params: cst.Parameters) -> tuple[Param, ...]:
+    found = [Param(name=p.name.value, kind="positional_only", has_default=p.default is not None)
+             for p in params.posonly_params]
+    found += [Param(name=p.name.value, kind="positional", has_default=p.default is not None) for p in params.params]
+    if isinstance(params.star_arg, cst.Param):
+        found.append(Param(name=params.star_arg.name.value, kind="var_positional", has_default=False))
+    found += [Param(name=p.name.value, kind="keyword_only", has_default=p.default is not None)
+              for p in params.kwonly_params]
+    if params.star_kwarg is not None:
+        found.append(Param(name=params.star_kwarg.name.value, kind="var_keyword", has_default=False))
+    return tuple(found)
+
+
+def signature_problem(function: Function, expected: HookSignature) -> str | None:
+    """Why ``function`` cannot be called the way ``expected`` says, or None when it can."""
+    if function.is_async:
+        return "is async, but the training loop calls it synchronously"
+    count = len(expected.positional)
+    slots = [p for p in function.params if p.kind in ("positional_only", "positional")]
+    takes_args = any(p.kind == "var_positional" for p in function.params)
+    takes_kwargs = any(p.kind == "var_keyword" for p in function.params)
+    if len(slots) < count and not takes_args:
+        return (f"takes {len(slots)} positional parameter{'s' if len(slots) != 1 else ''}, "
+                f"but is called with {count}: ({', '.join(expected.positional)})")
+    for param in slots[count:]:
+        if not param.has_default and param.name not in expected.keyword:
+            return f"has a parameter {param.name!r} with no default, but only {count} arguments are passed"
+    for param in function.params:
+        if param.kind == "keyword_only" and not param.has_default and param.name not in expected.keyword:
+            return f"has a keyword-only parameter {param.name!r} with no default, which is never passed"
+    for keyword in expected.keyword:
+        problem = _keyword_problem(keyword, slots[:count], function.params, takes_kwargs)
+        if problem is not None:
+            return problem
+    return None
+
+
+def _keyword_problem(keyword: str, first: list[Param], params: tuple[Param, ...], takes_kwargs: bool) -> str | None:
+    named = [p for p in params if p.name == keyword and p.kind in ("positional", "keyword_only")]
+    if any(p.name == keyword for p in first):
+        return f"takes {keyword!r} among its first {len(first)} parameters, but {keyword} is passed by keyword"
+    if named and not named[0].has_default:
+        return f"needs a default for {keyword!r}: it is passed only sometimes, as {keyword}=True"
+    if not named and not takes_kwargs:
+        return f"does not accept {keyword}=True, which megatron-core passes by keyword"
+    return None
