@@ -1,0 +1,144 @@
+"""The megatron-core GPTModel that matches tests/runtime/flax_llama.py, and helpers to run it on CPU.
+
+Shared by the in-process tests (TP=1, gloo world of one) and the torchrun
+scripts beside this file (TP=2, PP=2). No JAX here.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from megatron.core.distributed import finalize_model_grads
+from megatron.core.models.gpt import GPTModel
+from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
+from megatron.core.transformer import TransformerConfig
+
+from bridgec.runtime import cpu_compat
+from bridgec.runtime.loss import masked_token_loss
+from bridgec.runtime.parallel import Layout, initialize
+
+CASE_CONFIG = "case.json"
+
+
+def read_case(folder: Path) -> tuple[dict, dict]:
+    """(the Flax LlamaConfig as a dict, the rest of case.json)."""
+    data = json.loads((Path(folder) / CASE_CONFIG).read_text())
+    return data.pop("config"), data
+
+
+def padded_vocab(vocab_size: int, tensor_parallel: int, divisible_by: int = 128) -> int:
+    """megatron's rule: pad to a multiple of divisible_by x TP."""
+    multiple = divisible_by * tensor_parallel
+    return -(-vocab_size // multiple) * multiple
+
+
+def transformer_config(config: dict, *, tensor: int, pipeline: int, query_scaling: str) -> TransformerConfig:
+    return TransformerConfig(
+        num_layers=config["num_layers"],
+        hidden_size=config["emb_dim"],
+        num_attention_heads=config["num_heads"],
+        num_query_groups=config["num_kv_heads"],
+        kv_channels=config["head_dim"],
+        ffn_hidden_size=config["mlp_dim"],
+        normalization="RMSNorm",
+        layernorm_epsilon=config["epsilon"],
+        gated_linear_unit=True,
+        activation_func=F.silu,
+        bias_activation_fusion=False,
+        add_bias_linear=False,
+        hidden_dropout=0.0,
+        attention_dropout=0.0,
+        softmax_scale=1.0 if query_scaling == "keep" else None,
+        tensor_model_parallel_size=tensor,
+        pipeline_model_parallel_size=pipeline,
+        pipeline_dtype=torch.float32,
+        params_dtype=torch.float32,
+        use_cpu_initialization=True,
+        calculate_per_token_loss=True,
+        batch_p2p_sync=False,
+        finalize_model_grads_func=finalize_model_grads,
+    )
+
+
+def provider(config: dict, *, tensor: int, pipeline: int, query_scaling: str) -> Any:
+    """(pre_process, post_process, vp_stage) -> GPTModel, as a generated script's model_provider."""
+
+    def build(pre_process: bool, post_process: bool, vp_stage: int | None = None) -> GPTModel:
+        return GPTModel(
+            config=transformer_config(config, tensor=tensor, pipeline=pipeline, query_scaling=query_scaling),
+            transformer_layer_spec=get_gpt_layer_local_spec(normalization="RMSNorm"),
+            vocab_size=padded_vocab(config["vocab_size"], tensor),
+            max_sequence_length=64,
+            pre_process=pre_process,
+            post_process=post_process,
+            share_embeddings_and_output_weights=config["tied"],
+            position_embedding_type="rope",
+            rotary_base=int(config["rope_theta"]),
+            rope_scaling=config["rope_type"] == "llama3.1",
+            rope_scaling_factor=8.0,
+            vp_stage=vp_stage,
+        )
+
+    return build
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def start_single_process() -> Layout:
+    """gloo world of one, megatron's groups at TP=PP=1 (for in-process tests)."""
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    os.environ.setdefault("MASTER_PORT", str(free_port()))
+    os.environ.setdefault("RANK", "0")
+    os.environ.setdefault("LOCAL_RANK", "0")
+    os.environ.setdefault("WORLD_SIZE", "1")
+    cpu_compat.apply()
+    return start(tensor=1, pipeline=1)
+
+
+def start(*, tensor: int, pipeline: int) -> Layout:
+    cpu_compat.apply()
+    return initialize(
+        device="cpu", tensor=tensor, pipeline=pipeline, virtual_pipeline=None, context=1, expert=1, seed=1234, timeout_minutes=2
+    )
+
+
+@torch.no_grad()
+def logits(chunk: GPTModel, tokens: torch.Tensor) -> torch.Tensor:
+    """Full-vocabulary logits [batch, seq, padded vocab] of a single-stage chunk (gathered over TP)."""
+    chunk.eval()
+    positions = torch.arange(tokens.shape[1]).expand_as(tokens)
+    local = chunk(tokens, positions, None)
+    return gather_vocab(local)
+
+
+def gather_vocab(local: torch.Tensor) -> torch.Tensor:
+    from megatron.core import parallel_state
+
+    group = parallel_state.get_tensor_model_parallel_group()
+    size = torch.distributed.get_world_size(group)
+    if size == 1:
+        return local
+    parts = [torch.empty_like(local) for _ in range(size)]
+    torch.distributed.all_gather(parts, local.contiguous(), group=group)
+    return torch.cat(parts, dim=-1)
+
+
+def forward_step(data_iterator: Iterator[dict[str, torch.Tensor]], model: Any) -> Any:
+    """Next-token cross entropy, token-weighted (runtime.loss pattern 2), for runtime.step.train_step."""
+    batch = next(data_iterator)
+    tokens, labels = batch["tokens"], batch["labels"]
+    positions = torch.arange(tokens.shape[1]).expand_as(tokens)
+    output = model(tokens, positions, None, labels=labels)
+    return output, functools.partial(masked_token_loss, torch.ones_like(labels, dtype=torch.float32))
