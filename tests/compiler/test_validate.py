@@ -1,0 +1,585 @@
+"""validate: one test per rule (``test_<rule name>``), each asserting the exact diagnostics.
+
+Specs come from ``spec_toml`` (conftest): MINIMAL's lines are
+1 [run] / 2 name / 3 [model] / 4 num_layers / 5 hidden_size / 6 num_attention_heads /
+7 vocab_size / 8 seq_length / 9 [batch] / 10 global_batch_size / 11 micro_batch_size /
+12 [train] / 13 iters / 14 [optimizer] / 15 lr. New keys follow their table's last key;
+new tables follow from line 16, in the order given.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bridgec.compiler import validate as validate_module
+from bridgec.compiler.errors import format_diagnostic
+from bridgec.compiler.frontend import read_spec
+from bridgec.compiler.validate import RULES, SpecContext, TokenizerSidecar, parse_tokenizer_sidecar
+from tests.compiler.conftest import MemoryFiles, front, messages, spec_toml
+
+TE = "transformer_engine"
+DATA = {"data/tok.bin": "", "data/tok.idx": ""}
+INDEXED = {"kind": "indexed", "sources": [{"prefix": "data/tok"}]}
+
+
+def check(tables: dict[str, Any], expected: list[str], files: dict[str, str] | None = None) -> None:
+    assert messages(spec_toml(**tables), MemoryFiles(files)) == expected
+
+
+def test_every_rule_is_registered_once_and_tested() -> None:
+    defined = {name for name in vars(validate_module) if name.startswith("rule_")}
+    registered = [rule.__name__ for rule in RULES]
+    assert sorted(registered) == sorted(defined)
+    untested = [name for name in registered if f"test_{name}" not in globals()]
+    assert untested == []
+
+
+def test_minimal_spec_is_clean() -> None:
+    result = front(spec_toml())
+    assert result.spec is not None and result.diagnostics == ()
+
+
+def test_diagnostics_are_sorted_by_line_and_carry_path_and_line() -> None:
+    result = front(spec_toml(model={"hidden_size": 66}, optimizer={"lr": 0.0}))
+    assert [(d.line, d.path, d.severity) for d in result.diagnostics] == [
+        (5, "$.model.hidden_size", "error"), (15, "$.optimizer.lr", "error")]
+
+
+def test_findings_land_on_the_first_key_the_spec_writes() -> None:
+    # [launch] is absent, so the world-size finding goes to parallel.tensor, its next key.
+    result = front(spec_toml(parallel={"tensor": 2}))
+    assert [(d.line, d.path) for d in result.diagnostics] == [(17, "$.parallel.tensor")]
+
+
+def test_validate_reads_files_only_through_the_context() -> None:
+    class Refuses:
+        def exists(self, path: object) -> bool:
+            raise AssertionError(f"looked at {path}")
+
+        def read_text(self, path: object) -> str:
+            raise AssertionError(f"read {path}")
+
+    context = SpecContext(file="spec.toml", spec_dir=Path("/nowhere"), files=Refuses())
+    assert read_spec(spec_toml(), "spec.toml", context).diagnostics == ()
+
+
+# -- parallel layout ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("tables", "expected"), [
+    ({"launch": {"procs_per_node": 3}, "parallel": {"tensor": 2}},
+     "spec.toml:17: world size = launch.nodes x procs_per_node = 1 x 3 = 3 is not divisible by parallel.tensor x "
+     "pipeline x context = 2 x 1 x 1 = 2, so the ranks do not form whole data-parallel groups; "
+     "hint: procs_per_node = 4 (data parallel 2), or tensor x pipeline x context = 1 or 3"),
+    ({"launch": {"nodes": 3, "procs_per_node": 2}, "parallel": {"tensor": 4}},
+     "spec.toml:18: world size = launch.nodes x procs_per_node = 3 x 2 = 6 is not divisible by parallel.tensor x "
+     "pipeline x context = 4 x 1 x 1 = 4, so the ranks do not form whole data-parallel groups; "
+     "hint: procs_per_node = 4 (data parallel 3), or tensor x pipeline x context = 1, 2, 3 or 6"),
+], ids=["one-node", "three-nodes"])
+def test_rule_world_divisible(tables: dict[str, Any], expected: str) -> None:
+    check(tables, [expected])
+
+
+def test_rule_global_batch_divisible() -> None:
+    check({"launch": {"procs_per_node": 2}, "batch": {"global_batch_size": 10}}, [
+        "spec.toml:10: $.batch.global_batch_size = 10 is not divisible by batch.micro_batch_size x data parallel = "
+        "2 x 2 = 4 (each data-parallel rank runs whole microbatches; data parallel = world size 2 / (tensor x "
+        "pipeline x context) 1); hint: global_batch_size = 8 or 12"])
+
+
+@pytest.mark.parametrize(("tables", "expected"), [
+    ({"model": {"num_layers": 3}, "parallel": {"pipeline": 2}, "launch": {"procs_per_node": 2}},
+     "spec.toml:4: $.model.num_layers = 3 is not divisible by parallel.pipeline = 2 (each pipeline stage holds "
+     "the same number of layers); hint: num_layers = 2 or 4, or pipeline = 1 or 3"),
+    ({"model": {"num_layers": 4}, "parallel": {"pipeline": 2, "virtual_pipeline": 4},
+      "launch": {"procs_per_node": 2}},
+     "spec.toml:4: $.model.num_layers = 4 is not divisible by parallel.pipeline x virtual_pipeline = 2 x 4 = 8 "
+     "(each model chunk holds the same number of layers); hint: num_layers = 8, or a virtual_pipeline that "
+     "divides 2"),
+], ids=["pipeline", "virtual-pipeline"])
+def test_rule_layers_divisible(tables: dict[str, Any], expected: str) -> None:
+    check(tables, [expected])
+
+
+@pytest.mark.parametrize(("tables", "expected"), [
+    ({"parallel": {"virtual_pipeline": 1}},
+     "spec.toml:17: $.parallel.virtual_pipeline = 1 must be at least 2 (it is the number of model chunks per "
+     "pipeline stage; one chunk is the plain pipeline schedule); hint: remove virtual_pipeline, or set it to 2 "
+     "or more"),
+    ({"parallel": {"virtual_pipeline": 2}},
+     "spec.toml:17: $.parallel.virtual_pipeline = 2 needs parallel.pipeline > 1 (the interleaved schedule splits "
+     "each pipeline stage into chunks); hint: set pipeline = 2 or more, or remove virtual_pipeline"),
+    ({"model": {"num_layers": 4}, "parallel": {"pipeline": 2, "virtual_pipeline": 2},
+      "launch": {"procs_per_node": 2}, "batch": {"global_batch_size": 6}},
+     "spec.toml:10: the interleaved pipeline schedule (parallel.virtual_pipeline = 2) needs the number of "
+     "microbatches to be a multiple of parallel.pipeline = 2, but global_batch_size / (micro_batch_size x data "
+     "parallel) = 6 / (2 x 1) = 3; hint: global_batch_size = 4 or 8"),
+], ids=["one-chunk", "no-pipeline", "microbatches"])
+def test_rule_virtual_pipeline(tables: dict[str, Any], expected: str) -> None:
+    check(tables, [expected])
+
+
+@pytest.mark.parametrize(("tables", "expected"), [
+    ({"model": {"hidden_size": 96, "num_attention_heads": 6}, "parallel": {"tensor": 4},
+      "launch": {"procs_per_node": 4}},
+     "spec.toml:6: $.model.num_attention_heads = 6 is not divisible by parallel.tensor = 4 (each tensor-parallel "
+     "rank needs whole heads); hint: tensor = 2 or 3, or 8 heads"),
+    ({"model": {"num_attention_heads": 8, "num_query_groups": 2}, "parallel": {"tensor": 4},
+      "launch": {"procs_per_node": 4}},
+     "spec.toml:9: $.model.num_query_groups = 2 is not divisible by parallel.tensor = 4 (each tensor-parallel "
+     "rank needs whole key/value groups); hint: tensor = 2, or 4 query groups"),
+], ids=["heads", "query-groups"])
+def test_rule_heads_divisible_by_tensor(tables: dict[str, Any], expected: str) -> None:
+    check(tables, [expected])
+
+
+def test_rule_heads_divisible_by_groups() -> None:
+    check({"model": {"num_query_groups": 3}}, [
+        "spec.toml:9: $.model.num_attention_heads = 4 is not divisible by model.num_query_groups = 3 (each "
+        "key/value group serves the same number of query heads); hint: num_query_groups = 1, 2 or 4"])
+
+
+def test_rule_hidden_divisible_by_heads() -> None:
+    check({"model": {"hidden_size": 66}}, [
+        "spec.toml:5: $.model.hidden_size = 66 is not divisible by model.num_attention_heads = 4, so a head has no "
+        "whole width (head_dim defaults to hidden_size / num_attention_heads); hint: hidden_size = 64 or 68, or set "
+        "head_dim under [model]"])
+    check({"model": {"hidden_size": 66, "head_dim": 16}}, [])
+
+
+def test_rule_sequence_divisible_by_context() -> None:
+    check({"model": {"seq_length": 30, "transformer_impl": TE}, "parallel": {"context": 2},
+           "launch": {"device": "cuda", "procs_per_node": 2}}, [
+        "spec.toml:8: $.model.seq_length = 30 is not divisible by 2 x parallel.context = 4 (context parallelism "
+        "cuts each sequence into 2 x context chunks to balance causal attention); hint: seq_length = 28 or 32"])
+
+
+def test_rule_sequence_parallel_needs_tensor() -> None:
+    check({"parallel": {"sequence_parallel": True}}, [
+        "spec.toml:17: $.parallel.sequence_parallel = true needs parallel.tensor > 1 (it splits norms and dropout "
+        "along the sequence inside tensor-parallel regions); hint: set tensor = 2 or more, or remove "
+        "sequence_parallel"])
+
+
+@pytest.mark.parametrize(("tables", "expected"), [
+    ({"parallel": {"expert": 2}, "launch": {"procs_per_node": 2}},
+     "spec.toml:17: $.parallel.expert = 2 needs model.num_experts (expert parallelism splits the experts of MoE "
+     "layers, and this model is dense); hint: set num_experts under [model] to a multiple of 2, or remove expert"),
+    ({"model": {"num_experts": 3}, "parallel": {"expert": 2}, "launch": {"procs_per_node": 2}},
+     "spec.toml:9: $.model.num_experts = 3 is not divisible by parallel.expert = 2 (each expert-parallel rank "
+     "holds the same number of experts); hint: num_experts = 2 or 4, or expert = 1 or 3"),
+    ({"model": {"num_experts": 2, "moe_router_topk": 4}},
+     "spec.toml:10: $.model.moe_router_topk = 4 is more than model.num_experts = 2 (a token cannot be routed to "
+     "more experts than there are); hint: moe_router_topk = 2 or less"),
+    ({"model": {"num_experts": 4}, "parallel": {"tensor": 2}, "launch": {"procs_per_node": 2}},
+     "spec.toml:18: MoE layers (model.num_experts = 4) with parallel.tensor = 2 need parallel.sequence_parallel = "
+     "true (megatron-core refuses to train MoE with tensor parallelism but without sequence parallelism); "
+     "hint: set sequence_parallel = true under [parallel]"),
+], ids=["dense", "not-divisible", "topk", "tensor-without-sequence-parallel"])
+def test_rule_experts(tables: dict[str, Any], expected: str) -> None:
+    check(tables, [expected])
+
+
+def test_rule_expert_fits_data_parallel() -> None:
+    check({"model": {"num_experts": 4}, "parallel": {"expert": 4}, "launch": {"procs_per_node": 2}}, [
+        "spec.toml:18: $.parallel.expert = 4 does not divide data parallel x context = 2 x 1 = 2 (expert "
+        "parallelism is carved out of the data- and context-parallel ranks); hint: expert = 1 or 2"])
+
+
+# -- devices and number formats ----------------------------------------------------------------------
+
+
+def test_rule_fp8_needs_cuda_and_transformer_engine() -> None:
+    check({"precision": {"fp8": "delayed"}}, [
+        'spec.toml:17: $.precision.fp8 = "delayed" needs launch.device = "cuda" (FP8 runs on GPU tensor cores); '
+        'hint: set device = "cuda" under [launch], or remove fp8',
+        'spec.toml:17: $.precision.fp8 = "delayed" needs model.transformer_impl = "transformer_engine" (the local '
+        'layers have no FP8 path); hint: set transformer_impl = "transformer_engine" under [model], or remove fp8'])
+    check({"precision": {"fp8": "delayed"}, "model": {"transformer_impl": TE}, "launch": {"device": "cuda"}}, [])
+
+
+def test_rule_transformer_engine_needs_cuda() -> None:
+    check({"model": {"transformer_impl": TE}}, [
+        'spec.toml:9: $.model.transformer_impl = "transformer_engine" needs launch.device = "cuda" '
+        "(transformer_engine's kernels run only on GPUs); hint: set device = \"cuda\" under [launch], or "
+        'transformer_impl = "local"'])
+
+
+def test_rule_context_needs_transformer_engine() -> None:
+    check({"parallel": {"context": 2}, "launch": {"procs_per_node": 2}}, [
+        'spec.toml:17: $.parallel.context = 2 needs model.transformer_impl = "transformer_engine" (megatron-core\'s '
+        "context parallelism runs through transformer_engine attention); hint: set transformer_impl = "
+        '"transformer_engine" under [model] (cuda only), or context = 1'])
+
+
+def test_rule_fp16_needs_cuda() -> None:
+    check({"precision": {"dtype": "fp16"}}, [
+        'spec.toml:17: $.precision.dtype = "fp16" is not supported with launch.device = "cpu" (PyTorch has no '
+        'fp16 matrix multiplies on CPU); hint: dtype = "bf16" or "fp32" on cpu, or device = "cuda"'])
+    check({"precision": {"dtype": "bf16"}}, [])
+    check({"precision": {"dtype": "fp16"}, "launch": {"device": "cuda"}}, [])
+
+
+# -- schedule and optimizer ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("scheduler", "expected"), [
+    ({"warmup_iters": 10},
+     "spec.toml:17: $.scheduler.warmup_iters = 10 must be less than train.iters = 10 (where decay ends when "
+     "scheduler.decay_iters is unset): warmup has to end before the decay does; hint: warmup_iters below 10, e.g. 1"),
+    ({"warmup_iters": 30, "decay_iters": 20},
+     "spec.toml:17: $.scheduler.warmup_iters = 30 must be less than scheduler.decay_iters = 20: warmup has to end "
+     "before the decay does; hint: warmup_iters below 20, e.g. 2"),
+    ({"warmup_iters": 20, "decay_iters": 30},
+     "spec.toml:17: $.scheduler.warmup_iters = 20 is more than train.iters = 10, so training would end during "
+     "warmup; hint: warmup_iters = 10 or less, e.g. 1"),
+    ({"decay": "wsd"},
+     'spec.toml:17: $.scheduler.decay = "wsd" needs scheduler.wsd_decay_iters (the length of the final decay '
+     "phase); hint: add wsd_decay_iters = 1 under [scheduler]"),
+    ({"decay": "wsd", "wsd_decay_iters": 20},
+     "spec.toml:18: $.scheduler.wsd_decay_iters = 20 is more than train.iters = 10 (where decay ends when "
+     "scheduler.decay_iters is unset): the final decay phase is part of the decay; hint: wsd_decay_iters = 10 or "
+     "less"),
+], ids=["warmup-reaches-default-decay", "warmup-after-decay", "warmup-after-training", "wsd-without-length",
+        "wsd-too-long"])
+def test_rule_schedule_lengths(scheduler: dict[str, Any], expected: str) -> None:
+    check({"scheduler": scheduler}, [expected])
+
+
+@pytest.mark.parametrize(("tables", "expected"), [
+    ({"optimizer": {"lr": 0.0}},
+     "spec.toml:15: $.optimizer.lr = 0.0 must be greater than 0; hint: lr = 3e-4 is a common start for small GPT "
+     "models"),
+    ({"optimizer": {"min_lr": -1e-4}},
+     "spec.toml:16: $.optimizer.min_lr = -0.0001 must be 0 or more; hint: min_lr = 0.0 decays all the way down"),
+    ({"optimizer": {"min_lr": 0.01}},
+     "spec.toml:16: $.optimizer.min_lr = 0.01 is more than optimizer.lr = 0.001 (the schedule decays from lr "
+     "down to min_lr); hint: min_lr = 0.0, or anything up to 0.001"),
+    ({"scheduler": {"warmup_iters": 2, "warmup_init_lr": -0.1}},
+     "spec.toml:18: $.scheduler.warmup_init_lr = -0.1 must be 0 or more; hint: warmup_init_lr = 0.0 warms up from "
+     "zero"),
+], ids=["lr", "min-lr-negative", "min-lr-above-lr", "warmup-init-lr"])
+def test_rule_learning_rates(tables: dict[str, Any], expected: str) -> None:
+    check(tables, [expected])
+
+
+@pytest.mark.parametrize(("optimizer", "expected"), [
+    ({"betas": [1.0, -0.1]},
+     ["spec.toml:16: $.optimizer.betas[0] = 1.0 must be in [0, 1) (it is the decay rate of Adam's running average "
+      "of the gradient); hint: betas = [0.9, 0.95] or [0.9, 0.999]",
+      "spec.toml:16: $.optimizer.betas[1] = -0.1 must be in [0, 1) (it is the decay rate of Adam's running average "
+      "of the squared gradient); hint: betas = [0.9, 0.95] or [0.9, 0.999]"]),
+    ({"eps": 0.0},
+     ["spec.toml:16: $.optimizer.eps = 0.0 must be greater than 0 (it keeps Adam's update finite where the "
+      "squared gradient average is 0); hint: eps = 1e-8"]),
+    ({"weight_decay": -0.1},
+     ["spec.toml:16: $.optimizer.weight_decay = -0.1 must be 0 or more; hint: weight_decay = 0.0 turns it off; "
+      "0.1 is common for GPT pretraining"]),
+    ({"clip_grad": -1.0},
+     ["spec.toml:16: $.optimizer.clip_grad = -1.0 must be 0 or more (0 turns clipping off); hint: clip_grad = "
+      "1.0, or 0.0 for no clipping"]),
+    ({"name": "sgd", "sgd_momentum": 1.0},
+     ["spec.toml:17: $.optimizer.sgd_momentum = 1.0 must be in [0, 1); hint: sgd_momentum = 0.9, or 0.0 for "
+      "plain SGD"]),
+], ids=["betas", "eps", "weight-decay", "clip-grad", "sgd-momentum"])
+def test_rule_optimizer_settings(optimizer: dict[str, Any], expected: list[str]) -> None:
+    check({"optimizer": optimizer}, expected)
+
+
+# -- counts, intervals and sizes ----------------------------------------------------------------------
+
+_COUNTS = [
+    ("launch", "nodes", 17), ("launch", "procs_per_node", 17), ("model", "num_layers", 4),
+    ("model", "hidden_size", 5), ("model", "num_attention_heads", 6), ("model", "num_query_groups", 9),
+    ("model", "head_dim", 9), ("model", "ffn_hidden_size", 9), ("model", "vocab_size", 7),
+    ("model", "make_vocab_size_divisible_by", 9), ("model", "seq_length", 8), ("model", "num_experts", 9),
+    ("parallel", "tensor", 17), ("parallel", "pipeline", 17), ("parallel", "context", 17),
+    ("parallel", "expert", 17), ("batch", "global_batch_size", 10), ("batch", "micro_batch_size", 11),
+    ("train", "iters", 13), ("train", "log_interval", 14), ("train", "eval_interval", 14),
+    ("train", "exit_interval", 14), ("scheduler", "decay_iters", 17), ("checkpoint", "save_interval", 18),
+    ("checkpoint", "keep_last", 18),
+]
+
+
+@pytest.mark.parametrize(("table", "key", "line"), _COUNTS, ids=[f"{t}.{k}" for t, k, _ in _COUNTS])
+def test_rule_counts_at_least_one(table: str, key: str, line: int) -> None:
+    extra = {"checkpoint": {"dir": "ck"}} if table == "checkpoint" else {}
+    diagnostics = messages(spec_toml(**{**extra, table: {**extra.get(table, {}), key: 0}}))
+    expected = f"spec.toml:{line}: $.{table}.{key} = 0 must be at least 1; hint: set {key} to 1 or more"
+    assert expected in diagnostics
+    # the other rules skip sizes below 1 instead of reporting them again (exit_interval also warns: no dir)
+    assert [d for d in diagnostics if "warning" not in d] == [expected]
+
+
+@pytest.mark.parametrize(("tables", "expected"), [
+    ({"train": {"eval_interval": 5, "eval_iters": 0}},
+     "spec.toml:15: $.train.eval_iters = 0 must be at least 1; hint: set eval_iters to 1 or more"),
+    ({"model": {"num_experts": 2, "moe_router_topk": 0}},
+     "spec.toml:10: $.model.moe_router_topk = 0 must be at least 1; hint: set moe_router_topk to 1 or more"),
+    ({"scheduler": {"decay": "wsd", "wsd_decay_iters": 0}},
+     "spec.toml:18: $.scheduler.wsd_decay_iters = 0 must be at least 1; hint: set wsd_decay_iters to 1 or more"),
+], ids=["eval-iters", "moe-router-topk", "wsd-decay-iters"])
+def test_rule_counts_at_least_one_when_they_are_used(tables: dict[str, Any], expected: str) -> None:
+    check(tables, [expected])
+
+
+def test_rule_counts_at_least_one_skips_unused_settings() -> None:
+    check({"train": {"eval_iters": 0}}, [
+        "spec.toml:14: warning: $.train.eval_iters = 0 has no effect: it is only used with eval_interval; "
+        "hint: remove it, or set eval_interval"])
+
+
+@pytest.mark.parametrize(("tables", "expected"), [
+    ({"scheduler": {"warmup_iters": -1}},
+     "spec.toml:17: $.scheduler.warmup_iters = -1 must be 0 or more; hint: set warmup_iters to 0 or more"),
+    ({"data": {"eod_token": -1}},
+     "spec.toml:17: $.data.eod_token = -1 must be 0 or more; hint: set eod_token to 0 or more"),
+], ids=["warmup-iters", "eod-token"])
+def test_rule_amounts_not_negative(tables: dict[str, Any], expected: str) -> None:
+    check(tables, [expected])
+
+
+@pytest.mark.parametrize(("tables", "expected"), [
+    ({"launch": {"timeout_minutes": 0.0}},
+     "spec.toml:17: $.launch.timeout_minutes = 0.0 must be greater than 0; hint: timeout_minutes is in minutes, "
+     "e.g. timeout_minutes = 10.0"),
+    ({"train": {"exit_duration_minutes": -1.0}, "checkpoint": {"dir": "ck"}},
+     "spec.toml:14: $.train.exit_duration_minutes = -1.0 must be greater than 0; hint: exit_duration_minutes is "
+     "in minutes, e.g. exit_duration_minutes = 10.0"),
+], ids=["timeout", "exit-duration"])
+def test_rule_durations_positive(tables: dict[str, Any], expected: str) -> None:
+    check(tables, [expected])
+
+
+@pytest.mark.parametrize(("model", "expected"), [
+    ({"dropout": 1.0},
+     "spec.toml:9: $.model.dropout = 1.0 must be in [0, 1) (it is the probability of zeroing an activation); "
+     "hint: dropout = 0.0 turns it off; Megatron's default is 0.1"),
+    ({"norm_epsilon": 0.0},
+     "spec.toml:9: $.model.norm_epsilon = 0.0 must be greater than 0 (it keeps the norm finite for an all-zero "
+     "input); hint: norm_epsilon = 1e-5"),
+    ({"init_method_std": 0.0},
+     "spec.toml:9: $.model.init_method_std = 0.0 must be greater than 0; hint: init_method_std = 0.02"),
+    ({"rotary_base": 0, "position_embedding": "rope"},
+     "spec.toml:9: $.model.rotary_base = 0 must be at least 1; hint: rotary_base = 10000"),
+], ids=["dropout", "norm-epsilon", "init-method-std", "rotary-base"])
+def test_rule_model_numbers(model: dict[str, Any], expected: str) -> None:
+    check({"model": model}, [expected])
+
+
+@pytest.mark.parametrize(("run", "expected"), [
+    ({"name": " "},
+     'spec.toml:2: $.run.name = " " must be a non-empty name without slashes (it names the run\'s output folder, '
+     'out/<name>); hint: name = "quickstart"'),
+    ({"name": "a/b"},
+     'spec.toml:2: $.run.name = "a/b" must be a non-empty name without slashes (it names the run\'s output '
+     'folder, out/<name>); hint: name = "quickstart"'),
+    ({"seed": -1},
+     "spec.toml:3: $.run.seed = -1 must be in [0, 2^31) (numpy's and megatron-core's seeding need it, with "
+     "per-rank offsets added, to fit in 32 bits); hint: seed = 1234"),
+], ids=["blank-name", "slash", "seed"])
+def test_rule_run_identity(run: dict[str, Any], expected: str) -> None:
+    check({"run": run}, [expected])
+
+
+# -- data -------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("data", "expected"), [
+    ({"kind": "indexed"},
+     'spec.toml:17: $.data.kind = "indexed" needs at least one [[data.sources]] table (it names the .bin/.idx '
+     "files to read); hint: add [[data.sources]] with prefix = \"path/to/tokens\" (the files' path without "
+     ".bin/.idx)"),
+    ({"sources": [{"prefix": "data/tok"}]},
+     'spec.toml:17: $.data.sources has 1 entry, but data.kind = "mock" reads no files (mock data is synthetic); '
+     'hint: set kind = "indexed" under [data], or remove the [[data.sources]] tables'),
+], ids=["indexed-without-sources", "mock-with-sources"])
+def test_rule_data_sources_match_kind(data: dict[str, Any], expected: str) -> None:
+    check({"data": data}, [expected])
+
+
+def test_rule_data_files_exist() -> None:
+    sources = [{"prefix": "data/tok"}, {"prefix": "data/b.bin"}, {"prefix": "/abs/c"}, {"prefix": "data/half"}]
+    check({"data": {"kind": "indexed", "eod_token": 0, "sources": sources}}, [
+        'spec.toml:20: $.data.sources[0].prefix = "data/tok": data/tok.bin and data/tok.idx do not exist (paths '
+        "are relative to the spec's folder); hint: fix the prefix, or build the files with `bridgec data build`",
+        'spec.toml:22: $.data.sources[1].prefix = "data/b.bin": data/b.bin.bin and data/b.bin.idx do not exist '
+        "(paths are relative to the spec's folder); hint: leave out the extension: prefix = \"data/b\"",
+        'spec.toml:24: $.data.sources[2].prefix = "/abs/c": /abs/c.bin and /abs/c.idx do not exist; hint: fix the '
+        "prefix, or build the files with `bridgec data build`",
+        'spec.toml:26: $.data.sources[3].prefix = "data/half": data/half.idx does not exist (paths are relative '
+        "to the spec's folder); hint: fix the prefix, or build the files with `bridgec data build`",
+    ], files={"data/half.bin": ""})
+    check({"data": {**INDEXED, "eod_token": 0}}, [], files=DATA)
+
+
+def test_rule_source_weights_positive() -> None:
+    check({"data": {**INDEXED, "eod_token": 0, "sources": [{"prefix": "data/tok", "weight": 0.0}]}}, [
+        "spec.toml:21: $.data.sources[0].weight = 0.0 must be greater than 0 (weights are shares of the blend, "
+        "normalised over all sources); hint: weight = 1.0, or remove the source"], files=DATA)
+
+
+@pytest.mark.parametrize(("tables", "expected"), [
+    ({"data": {"split": [98.0, -1.0, 1.0]}},
+     "spec.toml:17: $.data.split = [98.0, -1.0, 1.0] must be three shares of 0 or more (train, validation, test); "
+     "hint: split = [98.0, 1.0, 1.0]"),
+    ({"data": {"split": [0.0, 1.0, 1.0]}},
+     "spec.toml:17: $.data.split = [0.0, 1.0, 1.0] leaves no training data (the first share is the training "
+     "share); hint: split = [98.0, 1.0, 1.0]"),
+    ({"data": {"split": [1.0, 0.0, 0.0]}, "train": {"eval_interval": 5}},
+     "spec.toml:18: $.data.split = [1.0, 0.0, 0.0] leaves no validation data, but train.eval_interval = 5 "
+     "evaluates on it; hint: give validation a share, as in split = [98.0, 1.0, 1.0], or remove eval_interval"),
+], ids=["negative", "no-train", "no-validation"])
+def test_rule_split(tables: dict[str, Any], expected: str) -> None:
+    check(tables, [expected])
+
+
+def test_rule_eod_token_in_vocab() -> None:
+    check({"data": {"eod_token": 128}}, [
+        "spec.toml:17: $.data.eod_token = 128 is not a token id of model.vocab_size = 128 (ids run from 0 to 127); "
+        "hint: eod_token = 127 or less, or a larger vocab_size"])
+
+
+GPT2 = '{"tokenizer": "gpt2", "vocab_size": 50257, "eod": 50256}'
+
+
+@pytest.mark.parametrize(("eod", "sidecar", "expected"), [
+    (None, None,
+     ["spec.toml:19: $.data.eod_token is not set, and there is no tokenizer file data/tok.json next to the first "
+      "source to read it from; hint: set eod_token under [data] to your tokenizer's end-of-document id, or "
+      "rebuild the data with `bridgec data build`, which writes data/tok.json"]),
+    (5, None, []),
+    (None, "{", [
+        "spec.toml:19: data/tok.json is not a tokenizer file bridgec can read: invalid JSON at line 1: Expecting "
+        "property name enclosed in double quotes; hint: rebuild the data with `bridgec data build`, or delete the "
+        "file and set eod_token under [data]"]),
+    (None, GPT2, [
+        "spec.toml:7: $.model.vocab_size = 128 is smaller than the vocabulary of the data's tokenizer, 50257 "
+        "(data/tok.json), so some token ids would fall outside the embedding; hint: vocab_size = 50257"]),
+    (None, '{"tokenizer": "byte", "vocab_size": 100, "eod": 3}', []),
+    (5, '{"tokenizer": "byte", "vocab_size": 100, "eod": 3}', [
+        "spec.toml:18: warning: $.data.eod_token = 5 differs from the end-of-document id of the data's tokenizer, "
+        "3 (data/tok.json); hint: remove eod_token to use 3"]),
+], ids=["no-sidecar-no-eod", "no-sidecar-eod", "damaged", "vocab-too-small", "fine", "eod-differs"])
+def test_rule_tokenizer_sidecar(eod: int | None, sidecar: str | None, expected: list[str]) -> None:
+    files = DATA if sidecar is None else {**DATA, "data/tok.json": sidecar}
+    check({"data": {**INDEXED, "eod_token": eod}}, expected, files=files)
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    (GPT2, TokenizerSidecar(tokenizer="gpt2", vocab_size=50257, eod=50256)),
+    ("[]", "it is not a JSON object"),
+    ('{"tokenizer": "gpt2", "vocab_size": 10}', "it has no 'eod'"),
+    ('{"tokenizer": "gpt2", "vocab_size": "10", "eod": 1}', "'vocab_size' is not an integer"),
+    ('{"tokenizer": "gpt2", "vocab_size": 10, "eod": 10}', "eod = 10 is not a token id of vocab_size = 10"),
+])
+def test_parse_tokenizer_sidecar(text: str, expected: TokenizerSidecar | str) -> None:
+    assert parse_tokenizer_sidecar(text) == expected
+
+
+# -- checkpoints ----------------------------------------------------------------------------------
+
+
+def test_rule_checkpoint_needs_dir() -> None:
+    hint = 'hint: add dir = "checkpoints" under [checkpoint]'
+    check({"checkpoint": {"save_interval": 5, "resume": True, "keep_last": 2}}, [
+        "spec.toml:17: $.checkpoint.save_interval = 5 needs checkpoint.dir (the folder checkpoints are saved in "
+        f"and resumed from); {hint}",
+        "spec.toml:18: $.checkpoint.resume = true needs checkpoint.dir (the folder checkpoints are saved in and "
+        f"resumed from); {hint}",
+        "spec.toml:19: $.checkpoint.keep_last = 2 needs checkpoint.dir (the folder checkpoints are saved in and "
+        f"resumed from); {hint}"])
+    check({"checkpoint": {"dir": "ck", "save_interval": 5, "resume": True, "keep_last": 2}}, [])
+
+
+def test_rule_stopping_saves_a_checkpoint() -> None:
+    tail = ("saves a checkpoint before stopping, but checkpoint.dir is not set: nothing is saved and the run cannot "
+            'resume; hint: add dir = "checkpoints" under [checkpoint]')
+    check({"train": {"exit_interval": 5, "exit_duration_minutes": 60.0, "on_nonfinite": "stop"}}, [
+        f"spec.toml:14: warning: $.train.exit_interval = 5 {tail}",
+        f"spec.toml:15: warning: $.train.exit_duration_minutes = 60.0 {tail}",
+        f'spec.toml:16: warning: $.train.on_nonfinite = "stop" {tail}'])
+
+
+# -- hooks ----------------------------------------------------------------------------------------
+
+HOOKS = {"file": "hooks.py", "forward_step": "forward_step", "loss": "my_loss"}
+GOOD_HOOKS = ("def forward_step(state, data_iterator, model, return_schedule_plan=False):\n    pass\n\n\n"
+              "def my_loss(loss_mask, output_tensor):\n    pass\n")
+
+
+def test_rule_hooks_need_file() -> None:
+    check({"hooks": {"forward_step": "step", "loss": "my_loss"}}, [
+        'spec.toml:17: $.hooks.forward_step = "step" needs hooks.file (the Python file that defines it); hint: add '
+        'file = "hooks.py" under [hooks]',
+        'spec.toml:18: $.hooks.loss = "my_loss" needs hooks.file (the Python file that defines it); hint: add '
+        'file = "hooks.py" under [hooks]'])
+
+
+@pytest.mark.parametrize(("hooks", "source", "expected"), [
+    (HOOKS, GOOD_HOOKS, []),
+    (HOOKS, None, ['spec.toml:17: $.hooks.file = "hooks.py" does not exist (paths are relative to the spec\'s '
+                   "folder); hint: create it, or fix the path"]),
+    (HOOKS, "def forward_step(:\n    pass\n",
+     ['spec.toml:17: $.hooks.file = "hooks.py" is not valid Python: hooks.py:1:18: invalid syntax; hint: fix '
+      "line 1 of hooks.py"]),
+    (HOOKS, GOOD_HOOKS.replace("def my_loss(loss_mask, ", "def my_loss("),
+     ['spec.toml:19: $.hooks.loss = "my_loss": def my_loss(output_tensor) at hooks.py:5 takes 1 positional '
+      "parameter, but is called with 2: (loss_mask, output_tensor); hint: define it as def my_loss(loss_mask, "
+      "output_tensor)"]),
+    (HOOKS, GOOD_HOOKS.replace("def forward_step", "def forwrd_step"),
+     ['spec.toml:18: $.hooks.forward_step = "forward_step" is not a top-level function of hooks.py; hint: did you '
+      "mean 'forwrd_step'?"]),
+    (HOOKS, "x = 1\n",
+     ['spec.toml:18: $.hooks.forward_step = "forward_step" is not a top-level function of hooks.py; hint: define '
+      "def forward_step(state, data_iterator, model, return_schedule_plan=False) at the top level of hooks.py",
+      'spec.toml:19: $.hooks.loss = "my_loss" is not a top-level function of hooks.py; hint: define def '
+      "my_loss(loss_mask, output_tensor) at the top level of hooks.py"]),
+    ({"file": "hooks.py"}, GOOD_HOOKS,
+     ['spec.toml:17: warning: $.hooks.file = "hooks.py" is not used: neither hooks.forward_step nor hooks.loss '
+      'names a function in it; hint: name one, as forward_step = "my_forward_step", or remove file']),
+], ids=["fine", "missing", "syntax-error", "signature", "did-you-mean", "not-defined", "unused"])
+def test_rule_hook_functions(hooks: dict[str, str], source: str | None, expected: list[str]) -> None:
+    check({"hooks": hooks}, expected, files=None if source is None else {"hooks.py": source})
+
+
+def test_rule_hook_functions_reports_unreadable_files() -> None:
+    class Undecodable(MemoryFiles):
+        def read_text(self, path: object) -> str:
+            raise UnicodeDecodeError("utf-8", b"\xff", 0, 1, "invalid start byte")
+
+    result = front(spec_toml(hooks=HOOKS), Undecodable({"hooks.py": ""}))
+    assert [format_diagnostic(d) for d in result.diagnostics] == [
+        'spec.toml:17: $.hooks.file = "hooks.py" is not UTF-8 text; hint: save it as UTF-8']
+
+
+# -- settings that do nothing -----------------------------------------------------------------------
+
+
+def test_rule_unused_settings() -> None:
+    check({"model": {"rotary_base": 500, "moe_router_topk": 1},
+           "optimizer": {"name": "sgd", "betas": [0.8, 0.9], "eps": 1e-6},
+           "scheduler": {"wsd_decay_iters": 2, "wsd_decay_style": "cosine", "warmup_init_lr": 1e-5},
+           "train": {"eval_iters": 3}}, [
+        'spec.toml:9: warning: $.model.rotary_base = 500 has no effect: it is only used with position_embedding = '
+        '"rope"; hint: remove it, or set position_embedding = "rope"',
+        "spec.toml:10: warning: $.model.moe_router_topk = 1 has no effect: it is only used with num_experts (an MoE "
+        "model); hint: remove it, or set num_experts",
+        "spec.toml:16: warning: $.train.eval_iters = 3 has no effect: it is only used with eval_interval; hint: "
+        "remove it, or set eval_interval",
+        'spec.toml:20: warning: $.optimizer.betas = [0.8, 0.9] has no effect: it is only used with name = "adam"; '
+        "hint: remove it",
+        'spec.toml:21: warning: $.optimizer.eps = 1e-06 has no effect: it is only used with name = "adam"; hint: '
+        "remove it",
+        'spec.toml:23: warning: $.scheduler.wsd_decay_iters = 2 has no effect: it is only used with decay = "wsd"; '
+        'hint: remove it, or set decay = "wsd"',
+        'spec.toml:24: warning: $.scheduler.wsd_decay_style = "cosine" has no effect: it is only used with decay = '
+        '"wsd"; hint: remove it, or set decay = "wsd"',
+        "spec.toml:25: warning: $.scheduler.warmup_init_lr = 1e-05 has no effect: it is only used with "
+        "warmup_iters > 0; hint: remove it, or set warmup_iters"])
+    check({"optimizer": {"sgd_momentum": 0.5}}, [
+        'spec.toml:16: warning: $.optimizer.sgd_momentum = 0.5 has no effect: it is only used with name = "sgd"; '
+        "hint: remove it"])
