@@ -149,6 +149,7 @@ def kind_of(value: object) -> str:
 
 
 def close_match(word: str, candidates: Sequence[str]) -> str | None:
-    """The candidate ``word`` was most likely meant to be, if any is close (difflib)."""
-    matches = difflib.get_close_matches(word, candidates, n=1, cutoff=0.6)
-    return matches[0] if matches else None
+    """The candidate ``word`` was most likely meant to be, if any is close (difflib, ignoring case)."""
+    by_lower = {candidate.lower(): candidate for candidate in reversed(candidates)}  # first one wins
+    matches = difflib.get_close_matches(word.lower(), list(by_lower), n=1, cutoff=0.6)
+    return by_lower[matches[0]] if matches else None

@@ -104,6 +104,10 @@ def _syntax_diagnostic(message: str, text: str, filename: str) -> Diagnostic:
     else:
         line = max(1, text.count("\n") + (0 if text.endswith("\n") else 1))  # TOML lines end at \n only
         where = "invalid TOML at the end of the file"
+    if not (position and position.group(1)) and reason == "Invalid value":
+        # tomllib's word for a file that ends inside an array or right after '='
+        return Diagnostic(file=filename, line=line, path="$", message=f"{where}: a value is cut off",
+                          hint="close every array with ] and give the last key a value")
     for pattern, meaning, hint in _SYNTAX_ADVICE:
         if re.match(pattern, reason):
             return Diagnostic(file=filename, line=line, path="$", message=f"{where}: {meaning}", hint=hint)

@@ -143,7 +143,7 @@ def _split_hint(value: int, size: int, noun: str) -> str:
     """``tensor = 2 or 3, or 8 heads``: smaller tensor sizes that divide, or the count rounded up."""
     smaller = [d for d in _divisors(value) if 1 < d < size]
     rounded = f"{-(-value // size) * size} {noun}"
-    return f"tensor = {_or_list(smaller)}, or {rounded}" if smaller else rounded
+    return f"tensor = {_or_list(smaller)}, or {rounded}" if smaller else f"{rounded}, or tensor = 1"
 
 
 # -- parallel layout -------------------------------------------------------------------------
