@@ -48,7 +48,7 @@ Index = Sequence["slice | int"]
 
 _ARRAY_VALUE_TYPES = ("jax.Array", "np.ndarray", "scalar")
 _METADATA_FILE = "_METADATA"
-_OCDBT_MANIFEST = "manifest.ocdbt"
+_CACHE_BYTES = 64 << 20
 
 
 @attrs.frozen(kw_only=True)
@@ -114,8 +114,8 @@ class OrbaxItem:
                 and not entry.get("value_metadata", {}).get("skip_deserialize", False)
             )
         )
-        # No chunk cache: a box is decoded, copied out and the chunk dropped.
-        self._context = ts.Context({"cache_pool": {"total_bytes_limit": 0}})
+        # A small cache keeps OCDBT tree nodes (read by every leaf) without holding many chunks.
+        self._context = ts.Context({"cache_pool": {"total_bytes_limit": _CACHE_BYTES}})
         self._stores: dict[str, ts.TensorStore] = {}
 
     def _read_metadata(self) -> dict:
