@@ -292,10 +292,10 @@ def _diagnose(problem: _Problem, raw: dict[str, Any], index: LineIndex, filename
             yield _at(path + (name,), message, hint, index, filename)
         return
     if isinstance(error, KeyError):
-        message, hint = _missing(path, problem.type)
+        message, hint = _missing(path, _present(problem.type))
     elif isinstance(error, _BadValue):
         message = f"{format_path(path)} = {render_value(error.value)} {error}"
-        hint = error.hint or _shape_hint(path, problem.type) or _default_hint(path, problem.owner)
+        hint = error.hint or _shape_hint(path, _present(problem.type)) or _default_hint(path, problem.owner)
     else:  # a hook outside this module failed; still say where
         message = f"{format_path(path)} = {render_value(_lookup(raw, path))} is not valid: {error}"
         hint = _default_hint(path, problem.owner)
@@ -326,9 +326,15 @@ def _unknown(table: KeyPath, name: str, value: object, cl: type) -> tuple[str, s
 
 @functools.cache
 def _field_types(cl: type) -> dict[str, Any]:
-    """Field name -> resolved type, in declaration order (spec.py postpones annotations)."""
+    """Field name -> the type a written value must have, in declaration order (spec.py postpones annotations)."""
     hints = typing.get_type_hints(cl)
-    return {field.name: hints[field.name] for field in attrs.fields(cl)}
+    return {field.name: _present(hints[field.name]) for field in attrs.fields(cl)}
+
+
+def _present(type_: Any) -> Any:
+    """``X`` for ``X | None``: TOML has no null, so None only ever means the key is absent."""
+    args = [arg for arg in typing.get_args(type_) if arg is not type(None)]
+    return args[0] if len(args) == 1 and len(typing.get_args(type_)) == 2 else type_
 
 
 def _tables(cl: type, path: KeyPath) -> Iterator[tuple[str, type]]:

@@ -735,6 +735,16 @@ def rule_stopping_saves_a_checkpoint(spec: Spec, ctx: SpecContext) -> Iterator[F
                           hint='add dir = "checkpoints" under [checkpoint]')
 
 
+def rule_init_checkpoint_exists(spec: Spec, ctx: SpecContext) -> Iterator[Finding]:
+    checkpoint = spec.init.checkpoint
+    if checkpoint is None or ctx.files.exists(ctx.resolve(checkpoint.path)):
+        return
+    relative = "" if os.path.isabs(checkpoint.path) else " (paths are relative to the spec's folder)"
+    yield Finding(about=(("init", "checkpoint", "path"),),
+                  message=f"$.init.checkpoint.path = {render_value(checkpoint.path)} does not exist{relative}",
+                  hint="point it at the checkpoint's item folder, e.g. ckpt/1000/items")
+
+
 # -- hooks ----------------------------------------------------------------------------------------
 
 
@@ -863,6 +873,7 @@ RULES: tuple[Rule, ...] = (
     rule_tokenizer_sidecar,
     rule_checkpoint_needs_dir,
     rule_stopping_saves_a_checkpoint,
+    rule_init_checkpoint_exists,
     rule_hooks_need_file,
     rule_hook_functions,
     rule_unused_settings,

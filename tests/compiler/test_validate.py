@@ -504,6 +504,14 @@ def test_rule_stopping_saves_a_checkpoint() -> None:
         f'spec.toml:16: warning: $.train.on_nonfinite = "stop" {tail}'])
 
 
+def test_rule_init_checkpoint_exists() -> None:
+    checkpoint = {"checkpoint": {"format": "orbax", "path": "ckpt/1000/items"}}
+    check({"init": checkpoint}, [
+        'spec.toml:17: $.init.checkpoint.path = "ckpt/1000/items" does not exist (paths are relative to the spec\'s '
+        "folder); hint: point it at the checkpoint's item folder, e.g. ckpt/1000/items"])
+    check({"init": checkpoint}, [], files={"ckpt/1000/items": ""})
+
+
 # -- hooks ----------------------------------------------------------------------------------------
 
 HOOKS = {"file": "hooks.py", "forward_step": "forward_step", "loss": "my_loss"}
