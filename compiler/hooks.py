@@ -16,6 +16,8 @@ import attrs
 import libcst as cst
 from libcst.metadata import MetadataWrapper, PositionProvider
 
+from bridgec.compiler.errors import close_match
+
 ParamKind = Literal["positional_only", "positional", "var_positional", "keyword_only", "var_keyword"]
 
 
@@ -36,6 +38,8 @@ FORWARD_STEP = HookSignature(positional=("state", "data_iterator", "model"), key
 """The runtime binds state; megatron-core's schedules pass the rest, return_schedule_plan=True by keyword."""
 LOSS = HookSignature(positional=("loss_mask", "output_tensor"))
 """The runtime binds loss_mask; megatron-core passes output_tensor."""
+SIGNATURES: Mapping[str, HookSignature] = {"forward_step": FORWARD_STEP, "loss": LOSS}
+"""[hooks] key -> how the runtime calls the function it names."""
 
 
 @attrs.frozen(kw_only=True)
@@ -74,6 +78,33 @@ class HookFile:
     """A hook file that parses: its top-level functions by name (the last definition wins, as in Python)."""
 
     functions: Mapping[str, Function]
+
+
+@attrs.frozen(kw_only=True)
+class Found:
+    """The hook is defined and can be called the way the runtime calls it."""
+
+    function: Function
+
+
+@attrs.frozen(kw_only=True)
+class NotFound:
+    """No top-level ``def`` has the hook's name."""
+
+    suggestion: str | None
+    """A defined function with a close name, if any."""
+
+
+@attrs.frozen(kw_only=True)
+class BadSignature:
+    """The hook is defined, but calling it the runtime's way would fail."""
+
+    function: Function
+    problem: str
+    """Why, as a phrase that follows the function: ``takes 2 positional parameters, but ...``."""
+
+
+HookLookup = Found | NotFound | BadSignature
 
 
 @attrs.frozen(kw_only=True)
@@ -119,6 +150,15 @@ def _params(params: cst.Parameters) -> tuple[Param, ...]:
     if params.star_kwarg is not None:
         found.append(Param(name=params.star_kwarg.name.value, kind="var_keyword", has_default=False))
     return tuple(found)
+
+
+def find_hook(hook_file: HookFile, name: str, expected: HookSignature) -> HookLookup:
+    """Look up the hook ``name`` and check it can be called as ``expected`` says."""
+    function = hook_file.functions.get(name)
+    if function is None:
+        return NotFound(suggestion=close_match(name, sorted(hook_file.functions)))
+    problem = signature_problem(function, expected)
+    return Found(function=function) if problem is None else BadSignature(function=function, problem=problem)
 
 
 def signature_problem(function: Function, expected: HookSignature) -> str | None:

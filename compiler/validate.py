@@ -22,9 +22,7 @@ from typing import Protocol
 
 import attrs
 
-from bridgec.compiler.errors import Diagnostic, KeyPath, Severity, close_match, format_path, render_value, sort_key
-from bridgec.compiler.hooks import (FORWARD_STEP, LOSS, HookFile, HookSignature, Unparsable, read_hook_file,
-                                    signature_problem)
+from bridgec.compiler.errors import Diagnostic, KeyPath, Severity, format_path, render_value, sort_key
 from bridgec.compiler.locate import LineIndex
 from bridgec.compiler.spec import Spec
 
@@ -748,16 +746,16 @@ def rule_init_checkpoint_exists(spec: Spec, ctx: SpecContext) -> Iterator[Findin
 # -- hooks ----------------------------------------------------------------------------------------
 
 
-def _named_hooks(spec: Spec) -> dict[str, tuple[str, HookSignature]]:
-    """hooks key -> (function name, how the runtime calls it), for the hooks the spec names."""
-    named = {"forward_step": (spec.hooks.forward_step, FORWARD_STEP), "loss": (spec.hooks.loss, LOSS)}
-    return {key: (name, signature) for key, (name, signature) in named.items() if name is not None}
+def _named_hooks(spec: Spec) -> dict[str, str]:
+    """[hooks] key -> function name, for the hooks the spec names."""
+    named = {"forward_step": spec.hooks.forward_step, "loss": spec.hooks.loss}
+    return {key: name for key, name in named.items() if name is not None}
 
 
 def rule_hooks_need_file(spec: Spec, ctx: SpecContext) -> Iterator[Finding]:
     if spec.hooks.file is not None:
         return
-    for key, (name, _) in _named_hooks(spec).items():
+    for key, name in _named_hooks(spec).items():
         yield Finding(about=(("hooks", key),),
                       message=f"$.hooks.{key} = {render_value(name)} needs hooks.file (the Python file that "
                               f"defines it)",
@@ -778,8 +776,11 @@ def rule_hook_functions(spec: Spec, ctx: SpecContext) -> Iterator[Finding]:
         relative = "" if os.path.isabs(file) else " (paths are relative to the spec's folder)"
         yield Finding(about=about, message=f"{shown} does not exist{relative}", hint="create it, or fix the path")
         return
+    # libcst takes a noticeable part of a second to import: only specs that name a hook file pay for it.
+    from bridgec.compiler import hooks
+
     try:
-        parsed = read_hook_file(ctx.files.read_text(ctx.resolve(file)))
+        parsed = hooks.read_hook_file(ctx.files.read_text(ctx.resolve(file)))
     except UnicodeDecodeError:
         yield Finding(about=about, message=f"{shown} is not UTF-8 text", hint="save it as UTF-8")
         return
@@ -787,28 +788,24 @@ def rule_hook_functions(spec: Spec, ctx: SpecContext) -> Iterator[Finding]:
         yield Finding(about=about, message=f"{shown} cannot be read ({exc.strerror or type(exc).__name__})",
                       hint="check the file's permissions")
         return
-    if isinstance(parsed, Unparsable):
+    if isinstance(parsed, hooks.Unparsable):
         where = file if parsed.line is None else f"{file}:{parsed.line}:{parsed.column}"
         yield Finding(about=about, message=f"{shown} is not valid Python: {where}: {parsed.message}",
                       hint=f"fix line {parsed.line} of {file}" if parsed.line else f"fix {file}")
         return
-    for key, (name, signature) in named.items():
-        yield from _check_hook(parsed, file, key, name, signature)
-
-
-def _check_hook(parsed: HookFile, file: str, key: str, name: str, signature: HookSignature) -> Iterator[Finding]:
-    about, shown = (("hooks", key),), f"$.hooks.{key} = {render_value(name)}"
-    function = parsed.functions.get(name)
-    if function is None:
-        match = close_match(name, sorted(parsed.functions))
-        yield Finding(about=about, message=f"{shown} is not a top-level function of {file}",
-                      hint=f"did you mean {match!r}?" if match
-                      else f"define def {name}({signature.render()}) at the top level of {file}")
-        return
-    problem = signature_problem(function, signature)
-    if problem is not None:
-        yield Finding(about=about, message=f"{shown}: {function.render()} at {file}:{function.line} {problem}",
-                      hint=f"define it as def {name}({signature.render()})")
+    for key, name in named.items():
+        signature = hooks.SIGNATURES[key]
+        found = hooks.find_hook(parsed, name, signature)
+        hook, shown = (("hooks", key),), f"$.hooks.{key} = {render_value(name)}"
+        if isinstance(found, hooks.NotFound):
+            yield Finding(about=hook, message=f"{shown} is not a top-level function of {file}",
+                          hint=f"did you mean {found.suggestion!r}?" if found.suggestion
+                          else f"define def {name}({signature.render()}) at the top level of {file}")
+        elif isinstance(found, hooks.BadSignature):
+            function = found.function
+            yield Finding(about=hook,
+                          message=f"{shown}: {function.render()} at {file}:{function.line} {found.problem}",
+                          hint=f"define it as def {name}({signature.render()})")
 
 
 # -- settings that do nothing -----------------------------------------------------------------------

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from bridgec.compiler.hooks import (FORWARD_STEP, LOSS, Function, HookFile, Unparsable, read_hook_file,
-                                    signature_problem)
+from bridgec.compiler.hooks import (FORWARD_STEP, LOSS, BadSignature, Found, Function, HookFile, NotFound,
+                                    Unparsable, find_hook, read_hook_file, signature_problem)
 
 
 def _function(source: str, name: str) -> Function:
@@ -106,3 +106,14 @@ def test_loss_signatures(source: str, problem: str | None) -> None:
 def test_expected_signatures_render_as_a_definition_to_copy() -> None:
     assert FORWARD_STEP.render() == "state, data_iterator, model, return_schedule_plan=False"
     assert LOSS.render() == "loss_mask, output_tensor"
+
+
+def test_find_hook() -> None:
+    parsed = read_hook_file("def forward_stp(a): pass\ndef loss(loss_mask, output_tensor): pass\n")
+    assert isinstance(parsed, HookFile)
+    assert find_hook(parsed, "loss", LOSS) == Found(function=parsed.functions["loss"])
+    assert find_hook(parsed, "forward_step", FORWARD_STEP) == NotFound(suggestion="forward_stp")
+    assert find_hook(parsed, "zzz", LOSS) == NotFound(suggestion=None)
+    assert find_hook(parsed, "forward_stp", FORWARD_STEP) == BadSignature(
+        function=parsed.functions["forward_stp"],
+        problem="takes 1 positional parameter, but is called with 3: (state, data_iterator, model)")
