@@ -194,25 +194,30 @@ def _is_array(type_: Any) -> bool:
     return typing.get_origin(type_) in (tuple, list)
 
 
-def _structure_array(value: object, type_: Any) -> tuple[Any, ...] | list[Any]:
+def _array_hook(type_: Any, converter: cattrs.Converter) -> Any:
+    """Arrays must be TOML arrays (cattrs would iterate a string) of the right length; elements are collected."""
     args = typing.get_args(type_)
     homogeneous = typing.get_origin(type_) is list or (len(args) == 2 and args[1] is Ellipsis)
     requirement = _array_requirement(args[0] if homogeneous else args, homogeneous)
-    if not isinstance(value, list):
-        raise _BadValue(value, requirement)
-    if not homogeneous and len(value) != len(args):
-        raise _BadValue(value, requirement, got=f"an array of {len(value)}")
-    element_types = [args[0]] * len(value) if homogeneous else list(args)
-    result, errors = [], []
-    for index, (element, element_type) in enumerate(zip(value, element_types)):
-        try:
-            result.append(_CONVERTER.structure(element, element_type))
-        except Exception as exc:  # noqa: BLE001 - collected, like cattrs does for its own iterables
-            exc.add_note(IterableValidationNote(f"Structuring {type_!r} @ index {index}", index, element_type))
-            errors.append(exc)
-    if errors:
-        raise IterableValidationError(f"While structuring {type_!r}", errors, type_)
-    return result if typing.get_origin(type_) is list else tuple(result)
+
+    def structure(value: object, _: Any) -> tuple[Any, ...] | list[Any]:
+        if not isinstance(value, list):
+            raise _BadValue(value, requirement)
+        if not homogeneous and len(value) != len(args):
+            raise _BadValue(value, requirement, got=f"an array of {len(value)}")
+        element_types = [args[0]] * len(value) if homogeneous else list(args)
+        result, errors = [], []
+        for index, (element, element_type) in enumerate(zip(value, element_types)):
+            try:
+                result.append(converter.structure(element, element_type))
+            except Exception as exc:  # noqa: BLE001 - collected with its index, as cattrs does for iterables
+                exc.add_note(IterableValidationNote(f"Structuring {type_!r} @ index {index}", index, element_type))
+                errors.append(exc)
+        if errors:
+            raise IterableValidationError(f"While structuring {type_!r}", errors, type_)
+        return result if typing.get_origin(type_) is list else tuple(result)
+
+    return structure
 
 
 def _array_requirement(element: Any, homogeneous: bool) -> str:
@@ -227,8 +232,9 @@ def _plural(type_: Any) -> str:
     return {int: "integers", float: "numbers", bool: "booleans", str: "strings"}.get(type_, "values")
 
 
-def _structure_table_factory(cl: type) -> Any:
-    inner = make_dict_structure_fn(cl, _CONVERTER, _cattrs_forbid_extra_keys=True, _cattrs_detailed_validation=True)
+def _table_hook(cl: type, converter: cattrs.Converter) -> Any:
+    """cattrs' own hook for the class, once the value is known to be a table."""
+    inner = make_dict_structure_fn(cl, converter, _cattrs_forbid_extra_keys=True, _cattrs_detailed_validation=True)
 
     def structure(value: object, type_: type) -> Any:
         if not isinstance(value, dict):
@@ -245,8 +251,8 @@ def _make_converter() -> cattrs.Converter:
     converter.register_structure_hook(bool, _structure_bool)
     converter.register_structure_hook(str, _structure_str)
     converter.register_structure_hook_func(_is_literal, _structure_literal)
-    converter.register_structure_hook_func(_is_array, _structure_array)
-    converter.register_structure_hook_factory(attrs.has, _structure_table_factory)
+    converter.register_structure_hook_factory(_is_array, _array_hook)
+    converter.register_structure_hook_factory(attrs.has, _table_hook)
     return converter
 
 

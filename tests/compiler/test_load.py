@@ -167,7 +167,8 @@ def test_array_of_tables_errors_point_at_each_element() -> None:
 
 
 @pytest.mark.parametrize(("tables", "expected"), [
-    ({"model": {"hiden_size": 64}}, "spec.toml:9: unknown key 'hiden_size' in [model]; hint: did you mean 'hidden_size'?"),
+    ({"model": {"hiden_size": 64}},
+     "spec.toml:9: unknown key 'hiden_size' in [model]; hint: did you mean 'hidden_size'?"),
     ({"model": {"tensor": 2}}, "spec.toml:9: unknown key 'tensor' in [model]; hint: tensor belongs in [parallel]"),
     ({"model": {"colour": "blue"}},
      "spec.toml:9: unknown key 'colour' in [model]; hint: valid keys in [model]: kind, num_layers, hidden_size, "

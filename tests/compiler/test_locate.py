@@ -130,7 +130,10 @@ def _key(key: str) -> str:
 
 
 def _string(text: str, variant: int) -> str:
-    if variant == 1 and "'''" not in text and not text.endswith("'") and re.fullmatch(r"[^\x00-\x08\x0b-\x1f\x7f]*", text):
+    if text.startswith("\n"):  # a multi-line string drops a newline right after its opening quotes
+        return _basic(text)
+    literal_ok = "'''" not in text and not text.endswith("'") and re.fullmatch(r"[^\x00-\x08\x0b-\x1f\x7f]*", text)
+    if variant == 1 and literal_ok:
         return f"'''{text}'''"
     if variant == 2:
         body = _basic(text)[1:-1].replace("\\n", "\n")
