@@ -196,7 +196,7 @@ def rule_layers_divisible(spec: Spec, ctx: SpecContext) -> Iterator[Finding]:
             message=(f"$.model.num_layers = {layers} is not divisible by parallel.pipeline x virtual_pipeline "
                      f"= {pp} x {vpp} = {pp * vpp} (each model chunk holds the same number of layers)"),
             hint=f"num_layers = {_multiples_near(layers, pp * vpp)}, or a virtual_pipeline that divides "
-                 f"{layers // pp if layers % pp == 0 else layers}",
+                 f"{layers // pp} (the layers per stage)",
         )
 
 

@@ -98,7 +98,7 @@ def test_rule_global_batch_divisible() -> None:
       "launch": {"procs_per_node": 2}},
      "spec.toml:4: $.model.num_layers = 4 is not divisible by parallel.pipeline x virtual_pipeline = 2 x 4 = 8 "
      "(each model chunk holds the same number of layers); hint: num_layers = 8, or a virtual_pipeline that "
-     "divides 2"),
+     "divides 2 (the layers per stage)"),
 ], ids=["pipeline", "virtual-pipeline"])
 def test_rule_layers_divisible(tables: dict[str, Any], expected: str) -> None:
     check(tables, [expected])
