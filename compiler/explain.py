@@ -278,7 +278,7 @@ def explain_text(spec: Spec, *, extra: tuple[str, ...] = ()) -> str:
         f"  optimizer  {human_bytes(mem.optimizer)} ({mem.optimizer_bytes_per_param:g} bytes/param"
         + (f", sharded over data {dp})" if p.distributed_optimizer else ")"),
         f"  activations {human_bytes(mem.activations)} ({mem.in_flight_microbatches:g} microbatches in flight,"
-        " no recomputation)",
+        " flash attention, no recomputation)",
         f"  total      {human_bytes(mem.total)}",
     ]
     lines += list(extra)

@@ -213,6 +213,10 @@ SCOPED_MODULES: tuple[Substitution, ...] = (
         ),
     ),
     Substitution(
+        module="megatron.core.models.common.embeddings.rotary_pos_embedding",
+        answers=("162: self.inv_freq = self.inv_freq.to(device=torch.cuda.current_device())",),
+    ),
+    Substitution(
         module="megatron.core.transformer.utils",
         answers=('35: return torch.triu(torch.ones(sq, sq, device="cuda"), diagonal=1).bool()',),
     ),
@@ -223,6 +227,15 @@ SCOPED_MODULES: tuple[Substitution, ...] = (
     Substitution(
         module="megatron.core.rerun_state_machine",
         answers=("261: torch.tensor(value, dtype=torch.int32, device='cuda')",),
+    ),
+    # The checkpoint path (dist_checkpointing save with the torch_dist backend).
+    Substitution(
+        module="megatron.core.dist_checkpointing.strategies.filesystem_async",
+        answers=("230: torch.cuda.synchronize()",),
+    ),
+    Substitution(
+        module="megatron.core.dist_checkpointing.strategies.state_dict_saver",
+        answers=("252: [int(len(node_failures) > 0)], dtype=torch.int, device=torch.cuda.current_device()",),
     ),
 )
 

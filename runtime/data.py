@@ -20,6 +20,7 @@ import torch
 from megatron.core.datasets.blended_megatron_dataset_builder import BlendedMegatronDatasetBuilder
 from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig, MockGPTDataset
 from megatron.core.datasets.indexed_dataset import IndexedDataset
+from megatron.core.utils import get_batch_on_this_cp_rank
 
 from bridgec.runtime.errors import ExitCode, RunError
 
@@ -160,14 +161,19 @@ def next_batch(
     pre_process: bool,
     post_process: bool,
     device: torch.device,
+    context_parallel: bool = False,
 ) -> Batch:
     """Take the next microbatch for a model chunk: inputs on the first stage, targets on the last.
 
     Middle pipeline chunks read nothing (their input arrives from the previous stage).
+    With context parallelism each rank keeps its two load-balanced sequence chunks
+    (megatron-core's ``get_batch_on_this_cp_rank``).
     """
     if not (pre_process or post_process) or data_iterator is None:
         return Batch(tokens=None, position_ids=None, labels=None, loss_mask=None)
     raw = next(data_iterator)
+    if context_parallel:
+        raw = get_batch_on_this_cp_rank(dict(raw))
     return Batch(
         tokens=raw["tokens"].to(device) if pre_process else None,
         position_ids=raw["position_ids"].to(device) if pre_process else None,

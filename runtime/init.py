@@ -15,6 +15,11 @@ scheme instead draws every parameter's *full* tensor from a generator seeded by
 * a tied output layer on the last stage takes the embedding's name, so it equals
   the first stage's embedding exactly.
 
+megatron-core must still run its own initialisation first (``perform_initialization``
+left on): only then does it mark tensor-parallel parameters with
+``tensor_model_parallel``/``partition_dim``/``partition_stride``, which both the
+shard cut here and megatron's gradient-norm de-duplication rely on.
+
 Distributions follow megatron-core: weights ~ N(0, std), the two residual
 output projections (``linear_proj``, ``linear_fc2``) ~ N(0, std / sqrt(2 x
 layers)), norm scales 1, biases 0. Cost: one full tensor per parameter is

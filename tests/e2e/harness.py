@@ -1,0 +1,81 @@
+"""Compile specs into a temporary folder and launch them with torchrun, as a user would.
+
+Every end-to-end test goes through these two functions: ``compile_to`` runs the
+real ``bridgec compile`` (in-process, same code path as the CLI) and ``launch``
+runs ``torchrun`` in a subprocess with a generous hang guard (never a timing
+assertion).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from bridgec.compiler.cli import main as bridgec
+
+BIN = Path(sys.executable).parent
+TORCHRUN = BIN / "torchrun"
+HANG_GUARD_SECONDS = 600
+
+
+def compile_to(folder: Path, spec_text: str, *, name: str = "spec.toml", output: str = "run.py") -> Path:
+    """Write ``spec_text`` into ``folder`` and compile it; return the script's path."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / name).write_text(spec_text, encoding="utf-8")
+    code = bridgec(["compile", str(folder / name), "-o", str(folder / output)])
+    assert code == 0, f"bridgec compile {folder / name} exited {code}"
+    return folder / output
+
+
+@attrs.frozen(kw_only=True)
+class Launch:
+    returncode: int
+    stdout: str
+    stderr: str
+    folder: Path
+
+    def metrics(self, output_dir: str) -> list[dict[str, Any]]:
+        path = self.folder / output_dir / "metrics.jsonl"
+        return [json.loads(line) for line in path.read_text().splitlines()]
+
+    def train_losses(self, output_dir: str) -> list[float]:
+        return [m["loss"] for m in self.metrics(output_dir) if m["kind"] == "train"]
+
+    def explain(self) -> str:
+        return f"exit {self.returncode}\n--- stdout\n{self.stdout[-4000:]}\n--- stderr\n{self.stderr[-6000:]}"
+
+
+def launch(script: Path, nprocs: int, *, env: dict[str, str] | None = None, args: tuple[str, ...] = ()) -> Launch:
+    """``torchrun --nproc-per-node N script`` from the script's folder."""
+    environment = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", **(env or {})}
+    completed = subprocess.run(
+        [str(TORCHRUN), "--nproc-per-node", str(nprocs), "--master-port", str(_free_port()), script.name, *args],
+        cwd=script.parent,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=HANG_GUARD_SECONDS,
+    )
+    return Launch(
+        returncode=completed.returncode, stdout=completed.stdout, stderr=completed.stderr, folder=script.parent
+    )
+
+
+def _free_port() -> int:
+    from tests.conftest import free_port
+
+    return free_port()
+
+
+def copy_example(name: str, folder: Path) -> Path:
+    """Copy examples/<name>/spec.toml into ``folder``; return the copy."""
+    source = Path(__file__).resolve().parents[2] / "examples" / name / "spec.toml"
+    folder.mkdir(parents=True, exist_ok=True)
+    return Path(shutil.copy(source, folder / "spec.toml"))
