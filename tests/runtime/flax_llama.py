@@ -398,6 +398,17 @@ def _forward_case(out: Path, name: str, config: LlamaConfig, params: dict, token
     _write_case(out / name, config, items=str(items.relative_to(out / name)), dtype=dtype, zarr3=use_zarr3)
 
 
+def _broken_case(out: Path, params: dict) -> None:
+    """A MaxText tree with mlp/wi_1 missing and an unknown mlp/wi_2 instead."""
+    import copy
+
+    broken = copy.deepcopy(params)
+    mlp = broken["params"]["decoder"]["layers"]["mlp"]
+    mlp["wi_2"] = mlp.pop("wi_1")
+    items = save(out / "missing_leaf" / "ckpt", 0, {"params": broken}, use_zarr3=True)
+    _write_case(out / "missing_leaf", LlamaConfig(), items=str(items.relative_to(out / "missing_leaf")))
+
+
 def _synthetic_cases(out: Path) -> None:
     """Small trees of every kind of leaf for the reader's own tests."""
     import jax.numpy as jnp
@@ -441,6 +452,7 @@ def make_cases(out: Path) -> None:
     llama31 = dataclasses.replace(base, rope_type="llama3.1")
     _forward_case(out, "llama31", llama31, params, tokens, use_zarr3=True)
     _forward_case(out, "bf16", base, params, tokens, use_zarr3=True, dtype="bfloat16")
+    _broken_case(out, params)
     _training_case(out, "adamw_resume", base, "adamw", use_zarr3=True)
     _training_case(out, "adam_pax_resume", unscanned, "adam_pax", use_zarr3=False)
     _synthetic_cases(out)
@@ -450,13 +462,18 @@ def make_cases(out: Path) -> None:
 # Reading back an exported checkpoint the way MaxText's load_parameters_path does.
 
 
-def restore_like_maxtext(items: Path, config: LlamaConfig) -> dict:
-    """checkpointing.load_params_from_path: Checkpointer(PyTreeCheckpointHandler) restoring only ``params``."""
+def restore_like_maxtext(items: Path, config: LlamaConfig, dtype: str) -> dict:
+    """checkpointing.load_params_from_path: Checkpointer(PyTreeCheckpointHandler) restoring only ``params``.
+
+    The abstract tree has the model's weight dtype (MaxText's weight_dtype), as MaxText's has.
+    """
     import jax
+    import jax.numpy as jnp
     import numpy as np
     import orbax.checkpoint as ocp
 
     abstract = jax.eval_shape(_model(config).init, jax.random.key(0), np.zeros((1, 4), np.int32))
+    abstract = jax.tree_util.tree_map(lambda leaf: jax.ShapeDtypeStruct(leaf.shape, jnp.dtype(dtype)), abstract)
     restore_args = ocp.checkpoint_utils.construct_restore_args(abstract)
     checkpointer = ocp.Checkpointer(ocp.PyTreeCheckpointHandler(use_ocdbt=True, use_zarr3=True))
     restored = checkpointer.restore(
@@ -465,15 +482,16 @@ def restore_like_maxtext(items: Path, config: LlamaConfig) -> dict:
     return restored["params"]
 
 
-def compare_restored(items: Path, case: Path, dtype: str) -> dict:
+def compare_restored(items: Path, case: Path) -> dict:
     """Restore ``items`` as MaxText would and compare with the case's own checkpoint, bit for bit, and its logits."""
     import jax
     import jax.numpy as jnp
     import numpy as np
 
     config, data = read_case(case)
-    restored = restore_like_maxtext(items, dataclasses.replace(config))
-    original = restore_like_maxtext(case / data["items"], config)
+    dtype = data.get("dtype", "float32")
+    restored = restore_like_maxtext(items, config, dtype)
+    original = restore_like_maxtext(case / data["items"], config, dtype)
     mismatched = []
 
     def check(path: tuple, a: Any, b: Any) -> None:
@@ -482,7 +500,8 @@ def compare_restored(items: Path, case: Path, dtype: str) -> dict:
             mismatched.append(jax.tree_util.keystr(path))
 
     jax.tree_util.tree_map_with_path(check, restored, original)
-    logits = np.asarray(forward(config, restored, jnp.asarray(np.load(case.parent / "tokens.npy") % config.vocab_size)))
+    as_fp32 = jax.tree_util.tree_map(lambda leaf: jnp.asarray(leaf, jnp.float32), restored)
+    logits = np.asarray(forward(config, as_fp32, jnp.asarray(np.load(case.parent / "tokens.npy") % config.vocab_size)))
     expected = np.load(case / "logits.npy")
     dtypes = sorted({str(np.asarray(leaf).dtype) for leaf in jax.tree_util.tree_leaves(restored)})
     return {"mismatched": mismatched, "logits_max_diff": float(np.max(np.abs(logits - expected))), "dtypes": dtypes}
@@ -493,16 +512,39 @@ def main(argv: list[str]) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     make = sub.add_parser("make")
     make.add_argument("out", type=Path)
-    restore = sub.add_parser("restore")
-    restore.add_argument("items", type=Path)
-    restore.add_argument("case", type=Path)
-    restore.add_argument("--dtype", default="float32")
+    restore = sub.add_parser("restore", help="pairs of (exported item folder, case folder)")
+    restore.add_argument("pairs", type=Path, nargs="+")
     args = parser.parse_args(argv)
     if args.command == "make":
         make_cases(args.out)
     else:
-        print(json.dumps(compare_restored(args.items, args.case, args.dtype)))
+        pairs = zip(args.pairs[0::2], args.pairs[1::2], strict=True)
+        print(json.dumps({str(items): compare_restored(items, case) for items, case in pairs}))
     return 0
+
+
+_built: dict[str, Path] = {}
+
+
+def build_cases(root: Path) -> Path:
+    """Write every case under ``root`` once per test session (in a JAX subprocess); returns the folder."""
+    if "cases" not in _built:
+        import subprocess
+
+        out = Path(root) / "maxtext_cases"
+        out.mkdir(parents=True, exist_ok=True)
+        subprocess.run([sys.executable, __file__, "make", str(out)], check=True, capture_output=True, text=True)
+        _built["cases"] = out
+    return _built["cases"]
+
+
+def restore_in_jax(pairs: list[tuple[Path, Path]]) -> dict:
+    """Run ``restore`` in a JAX subprocess for (exported items, case) pairs; returns its JSON."""
+    import subprocess
+
+    args = [str(p) for pair in pairs for p in pair]
+    done = subprocess.run([sys.executable, __file__, "restore", *args], check=True, capture_output=True, text=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 if __name__ == "__main__":

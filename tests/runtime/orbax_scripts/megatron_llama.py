@@ -40,8 +40,10 @@ def padded_vocab(vocab_size: int, tensor_parallel: int, divisible_by: int = 64) 
     return -(-vocab_size // multiple) * multiple
 
 
-def transformer_config(config: dict, *, tensor: int, pipeline: int, query_scaling: str) -> TransformerConfig:
+def transformer_config(config: dict, *, tensor: int, pipeline: int, query_scaling: str, dtype: str = "fp32") -> TransformerConfig:
+    bf16 = dtype == "bf16"
     return TransformerConfig(
+        bf16=bf16,
         num_layers=config["num_layers"],
         hidden_size=config["emb_dim"],
         num_attention_heads=config["num_heads"],
@@ -59,7 +61,7 @@ def transformer_config(config: dict, *, tensor: int, pipeline: int, query_scalin
         softmax_scale=1.0 if query_scaling == "keep" else None,
         tensor_model_parallel_size=tensor,
         pipeline_model_parallel_size=pipeline,
-        pipeline_dtype=torch.float32,
+        pipeline_dtype=torch.bfloat16 if bf16 else torch.float32,
         params_dtype=torch.float32,
         use_cpu_initialization=True,
         calculate_per_token_loss=True,
@@ -68,12 +70,12 @@ def transformer_config(config: dict, *, tensor: int, pipeline: int, query_scalin
     )
 
 
-def provider(config: dict, *, tensor: int, pipeline: int, query_scaling: str) -> Any:
+def provider(config: dict, *, tensor: int, pipeline: int, query_scaling: str, dtype: str = "fp32") -> Any:
     """(pre_process, post_process, vp_stage) -> GPTModel, as a generated script's model_provider."""
 
     def build(pre_process: bool, post_process: bool, vp_stage: int | None = None) -> GPTModel:
         return GPTModel(
-            config=transformer_config(config, tensor=tensor, pipeline=pipeline, query_scaling=query_scaling),
+            config=transformer_config(config, tensor=tensor, pipeline=pipeline, query_scaling=query_scaling, dtype=dtype),
             transformer_layer_spec=get_gpt_layer_local_spec(normalization="RMSNorm"),
             vocab_size=padded_vocab(config["vocab_size"], tensor),
             max_sequence_length=64,
@@ -142,3 +144,35 @@ def forward_step(data_iterator: Iterator[dict[str, torch.Tensor]], model: Any) -
     positions = torch.arange(tokens.shape[1]).expand_as(tokens)
     output = model(tokens, positions, None, labels=labels)
     return output, functools.partial(masked_token_loss, torch.ones_like(labels, dtype=torch.float32))
+
+
+_parallel: dict[str, dict] = {}
+
+
+def run_parallel(cases: Path, out: Path) -> dict[int, dict]:
+    """Run parallel_import.py under torchrun (2 processes; TP=2 then PP=2) once per session; per-rank results."""
+    if "results" not in _parallel:
+        import subprocess
+        import sys
+
+        script = Path(__file__).with_name("parallel_import.py")
+        command = [
+            str(Path(sys.executable).with_name("torchrun")),
+            "--nproc-per-node", "2", "--master-port", str(free_port()),
+            str(script), str(cases), str(out),
+        ]
+        done = subprocess.run(command, capture_output=True, text=True, cwd=script.parent)
+        if done.returncode != 0:
+            raise AssertionError(f"{' '.join(command)} failed:\n{done.stderr[-4000:]}")
+        _parallel["results"] = {rank: json.loads((out / f"rank{rank}.json").read_text()) for rank in (0, 1)}
+    return _parallel["results"]
+
+
+def single_process_layout() -> Layout:
+    """The Layout of the single-process world (tests/conftest.py's megatron_world1)."""
+    from megatron.core import parallel_state
+
+    return Layout(
+        device=torch.device("cpu"), world_size=1, rank=0, tensor=1, pipeline=1, virtual_pipeline=None, context=1, expert=1,
+        data=1, tensor_rank=0, pipeline_rank=0, context_rank=0, data_rank=parallel_state.get_data_parallel_rank(),
+    )
