@@ -15,12 +15,20 @@ import attrs
 
 Device = Literal["cpu", "cuda"]
 Normalization = Literal["layernorm", "rmsnorm"]
-Activation = Literal["gelu", "swiglu"]
+Activation = Literal["gelu", "swiglu", "geglu"]
+GeluApproximation = Literal["none", "tanh"]
 PositionEmbedding = Literal["learned", "rope"]
 TransformerImpl = Literal["local", "transformer_engine"]
 OptimizerName = Literal["adam", "sgd"]
+OptimizerSemantics = Literal["megatron", "optax"]
+DecayMaskPaths = Literal["linen", "nnx"]
 Decay = Literal["constant", "linear", "cosine", "wsd"]
 WsdDecayStyle = Literal["linear", "cosine", "exponential", "minus_sqrt"]
+SchedulerStyle = Literal["megatron", "maxtext", "optax"]
+MaxTextScheduleKind = Literal["cosine", "wsd"]
+MaxTextWsdDecayStyle = Literal["linear", "cosine"]
+MaxTextScheduleVariant = Literal["2026-02", "2026-01", "2025"]
+OptaxScheduleKind = Literal["constant", "linear", "cosine_decay", "warmup_cosine_decay"]
 DType = Literal["fp32", "bf16", "fp16"]
 Fp8Recipe = Literal["delayed", "tensorwise", "blockwise", "mxfp8"]
 DataKind = Literal["mock", "indexed"]
@@ -76,6 +84,8 @@ class Model:
     """Key/value heads for grouped-query attention. Default: num_attention_heads (plain multi-head)."""
     head_dim: int | None = None
     """Width of one head. Default: hidden_size / num_attention_heads."""
+    qk_layernorm: bool = False
+    """Normalise queries and keys per head (with the model's normalization) before RoPE: Qwen3, MaxText's use_qk_norm."""
     ffn_hidden_size: int | None = None
     """MLP inner width. Default: 4 x hidden_size."""
     vocab_size: int
@@ -88,14 +98,20 @@ class Model:
     """layernorm or rmsnorm."""
     norm_epsilon: float = 1e-5
     """Epsilon inside the norms."""
+    norm_zero_centered: bool = False
+    """Norm scales are stored as (scale - 1), start at 0 and are applied as 1 + scale (MaxText's gpt3 LayerNorm, megatron's layernorm_zero_centered_gamma). Same function; weight decay then pulls the scale towards 1, not 0."""
     activation: Activation = "gelu"
-    """gelu, or swiglu (gated SiLU, with ffn_hidden_size per branch)."""
+    """gelu, swiglu (gated SiLU) or geglu (gated GELU, MaxText's ["gelu", "linear"]); gated ones have ffn_hidden_size per branch."""
+    gelu_approximation: GeluApproximation = "none"
+    """GELU (gelu, geglu): none is the exact erf form (torch's and megatron's default); tanh is jax.nn.gelu's default, so MaxText's "gelu"."""
     position_embedding: PositionEmbedding = "learned"
     """learned absolute positions, or rope."""
     rotary_base: int = 10000
     """RoPE theta (rope only)."""
     tie_embeddings: bool = True
     """Share the input embedding with the output projection."""
+    logits_multiplier: float = 1.0
+    """Multiply the output logits by this before the loss. MaxText's normalize_embedding_logits with tied embeddings is 1 / sqrt(hidden_size); megatron-core has no such option, so the runtime applies it in the loss."""
     add_bias_linear: bool = True
     """Biases in the linear layers (GPT-2 style true; Llama style false)."""
     dropout: float = 0.0
@@ -128,6 +144,10 @@ class Parallel:
     """Split norms and dropout along the sequence inside tensor-parallel regions. Needs tensor > 1."""
     distributed_optimizer: bool = False
     """Shard optimizer state over data-parallel ranks (ZeRO-1)."""
+    mesh: dict[str, int] | None = None
+    """The layout as a JAX/MaxText mesh inside one node, e.g. { data = -1, fsdp = 1, tensor = 2, stage = 2 } (MaxText's ici_* sizes). Axis names are MaxText's mesh_axes; at most one -1, filled from launch.procs_per_node. Lowered to tensor, pipeline, context, expert, sequence_parallel and distributed_optimizer (fsdp > 1), which are then left at their defaults; bridgec explain shows the mapping. Axes without a Megatron counterpart (diloco, fsdp_transpose, autoregressive, context_autoregressive) must be 1."""
+    dcn_mesh: dict[str, int] | None = None
+    """mesh only: axis sizes across nodes (MaxText's dcn_*), multiplied with mesh's; at most one -1, filled from launch.nodes. Default: { data = -1 }, MaxText's."""
 
 
 @attrs.frozen(kw_only=True)
@@ -161,6 +181,18 @@ class Train:
 
 
 @attrs.frozen(kw_only=True)
+class DecayMask:
+    """[optimizer.decay_mask] (semantics = "optax"): which parameters weight decay skips, in MaxText's adamw_mask terms."""
+
+    exclude: tuple[str, ...] = ()
+    """Regexes (Python re.search) over MaxText parameter paths: a parameter whose path any of them finds is not decayed (MaxText's adamw_mask). Empty: every parameter decays, as in MaxText. A pattern that matches some leaves of a fused Megatron parameter (linear_qkv = query/key/value, linear_fc1 = wi_0/wi_1) and not others is an error. bridgec explain prints the no-decay set."""
+    paths: DecayMaskPaths = "linen"
+    """How the paths are spelled: linen ("params/decoder/layers/mlp/wi_0/kernel": MaxText with pure_nnx = false) or nnx ("decoder/layers/mlp/wi_0/kernel": pure_nnx = true)."""
+    scan_layers: bool = True
+    """MaxText's scan_layers: one stacked leaf per kind under decoder/layers/; false: decoder/layers_{i}/ per layer."""
+
+
+@attrs.frozen(kw_only=True)
 class Optimizer:
     """[optimizer]: the update rule (megatron-core's optimizer)."""
 
@@ -180,6 +212,62 @@ class Optimizer:
     """Momentum (sgd only)."""
     clip_grad: float = 1.0
     """Clip the global gradient norm to this; 0 disables."""
+    semantics: OptimizerSemantics = "megatron"
+    """megatron: megatron-core's optimizer (decay skips biases and 1-D parameters; clip coefficient max / (norm + 1e-6)). optax (adam only): optax.adamw exactly, as MaxText runs it: eps_root inside the square root after bias correction, decay = lr x weight_decay x parameter on the parameters [optimizer.decay_mask] keeps, optax.clip_by_global_norm (no epsilon), the learning rate read at the pre-increment update count."""
+    eps_root: float = 0.0
+    """optax only: added to the bias-corrected second moment inside the square root (MaxText's adam_eps_root)."""
+    decay_mask: DecayMask = attrs.field(factory=DecayMask)
+    """optax only: [optimizer.decay_mask]."""
+
+
+@attrs.frozen(kw_only=True)
+class MaxTextSchedule:
+    """[scheduler.maxtext] (style = "maxtext"): MaxText's create_learning_rate_schedule; the peak is optimizer.lr."""
+
+    kind: MaxTextScheduleKind = "cosine"
+    """MaxText's lr_schedule_type: cosine (warmup from 0, cosine to the final lr) or wsd (warmup, constant, decay)."""
+    warmup_steps_fraction: float = 0.1
+    """Warmup takes int(schedule_steps x this) updates, from lr 0 at the first update."""
+    final_fraction: float = 0.1
+    """The decay ends at optimizer.lr x this (MaxText's learning_rate_final_fraction)."""
+    schedule_steps: int | None = None
+    """MaxText's learning_rate_schedule_steps: the schedule's length; from this update on the lr is 0. Default: train.iters."""
+    wsd_decay_steps_fraction: float = 0.1
+    """wsd only: the decay takes int(schedule_steps x this) updates."""
+    wsd_decay_style: MaxTextWsdDecayStyle = "linear"
+    """wsd only: linear or cosine decay."""
+    variant: MaxTextScheduleVariant = "2026-02"
+    """Which MaxText version's formula: 2026-02 (current, commit 31015aa on); 2026-01 (e886dd2 to 31015aa: warmup reaches lr one update early); 2025 (before e886dd2: cosine reaches the final lr only at schedule_steps; no wsd). They differ by up to ~0.9% of the peak."""
+
+
+@attrs.frozen(kw_only=True)
+class OptaxSchedulePiece:
+    """One [[scheduler.optax]] piece: an optax schedule; several are joined with optax.join_schedules."""
+
+    kind: OptaxScheduleKind
+    """constant, linear (optax.linear_schedule), cosine_decay or warmup_cosine_decay. Required."""
+    value: float | None = None
+    """constant: the learning rate."""
+    init_value: float | None = None
+    """linear, cosine_decay, warmup_cosine_decay: the value at the piece's update 0."""
+    end_value: float | None = None
+    """linear: the value after transition_steps; warmup_cosine_decay: the value at decay_steps (default 0)."""
+    peak_value: float | None = None
+    """warmup_cosine_decay: the value at the end of warmup."""
+    transition_steps: int | None = None
+    """linear: updates from init_value to end_value (<= 0: constant init_value, as optax)."""
+    transition_begin: int = 0
+    """linear: updates held at init_value first."""
+    warmup_steps: int | None = None
+    """warmup_cosine_decay: updates of linear warmup."""
+    decay_steps: int | None = None
+    """cosine_decay: updates of decay; warmup_cosine_decay: total updates including the warmup (optax's meaning)."""
+    alpha: float = 0.0
+    """cosine_decay: the final value as a fraction of init_value."""
+    exponent: float = 1.0
+    """cosine_decay, warmup_cosine_decay: power applied to the cosine."""
+    boundary: int | None = None
+    """The update count at which the next piece takes over (optax.join_schedules; the next piece counts from 0 there). Every piece but the last needs one."""
 
 
 @attrs.frozen(kw_only=True)
@@ -198,6 +286,12 @@ class Scheduler:
     """wsd only: length of the final decay phase."""
     wsd_decay_style: WsdDecayStyle = "linear"
     """wsd only: shape of the final decay."""
+    style: SchedulerStyle = "megatron"
+    """megatron: the fields above, megatron-core's OptimizerParamScheduler. maxtext: [scheduler.maxtext]. optax: [[scheduler.optax]] pieces. maxtext and optax set the learning rate of update k to schedule(k) (optax's count, read before it increments)."""
+    maxtext: MaxTextSchedule | None = None
+    """style = "maxtext": [scheduler.maxtext]."""
+    optax: tuple[OptaxSchedulePiece, ...] = ()
+    """style = "optax": [[scheduler.optax]] pieces, joined at their boundaries."""
 
 
 @attrs.frozen(kw_only=True)
@@ -244,6 +338,8 @@ class Loss:
     """Next-token cross entropy over the loss mask."""
     reduction: Reduction = "per_token"
     """per_token: sum over all microbatches / real tokens of the global batch. per_microbatch: mean per microbatch, then mean over microbatches."""
+    z_loss_multiplier: float = 0.0
+    """Add this x logsumexp(logits)^2 to every token's loss (MaxText's z_loss_multiplier; it keeps the softmax normaliser near 1)."""
 
 
 @attrs.frozen(kw_only=True)
