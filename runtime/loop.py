@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import functools
+import json
+import os
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -55,14 +57,26 @@ class LoopSettings:
     metrics_path: Path
 
 
+@attrs.frozen(kw_only=True)
+class Progress:
+    """Where training stands after ``step`` steps; a checkpoint stores it next to the state."""
+
+    step: int
+    """Steps completed (skipped ones included)."""
+    consumed_samples: int
+    """Training samples consumed, over all data-parallel ranks: the data position."""
+    skipped_steps: int
+    """Steps whose update was skipped (non-finite gradients), for the metrics' running count."""
+
+
 class Checkpointer(Protocol):
     """Saves and restores the whole training state (see bridgec.runtime.checkpoint)."""
 
-    def load_latest(self) -> tuple[int, int] | None:
-        """Restore the newest complete checkpoint; return (step, consumed_samples), or None if there is none."""
+    def load_latest(self) -> Progress | None:
+        """Restore the newest complete checkpoint and return its progress, or None if there is none."""
 
-    def save(self, *, step: int, consumed_samples: int) -> None:
-        """Write a complete checkpoint of step ``step`` (atomically)."""
+    def save(self, progress: Progress) -> None:
+        """Write a complete checkpoint of ``progress.step`` (atomically)."""
 
 
 def _iterators(splits_dataset: Any, layout: Layout, settings: LoopSettings, consumed: int) -> list[Iterator[Any] | None]:
@@ -92,27 +106,41 @@ def train(
     checkpointer: Checkpointer | None = None,
     resume: bool = False,
 ) -> ExitCode:
-    """Run steps until ``settings.iters``, an early stop, or a non-finite stop; return the exit code."""
+    """Run steps until ``settings.iters``, an early stop, or a non-finite stop; return the exit code.
+
+    With a checkpointer: saves every ``save_interval`` steps, at an early stop and
+    at the end (never the step it resumed from again); ``resume`` restores the
+    latest checkpoint first, or says that it starts fresh.
+    """
     log = MetricsLog(
         path=settings.metrics_path,
         enabled=layout.holds_loss,
         log_interval=settings.log_interval,
         total_iters=settings.iters,
     )
-    start_step, consumed = 0, 0
+    start = Progress(step=0, consumed_samples=0, skipped_steps=0)
     if checkpointer is not None and resume:
         restored = checkpointer.load_latest()
         if restored is None:
             log.message("resume: no checkpoint found, starting fresh")
         else:
-            start_step, consumed = restored
-            log.message(f"resume: continuing from step {start_step} ({consumed} samples consumed)")
-    log.open(resume=start_step > 0)
+            start = restored
+            log.message(f"resume: continuing from step {start.step} ({start.consumed_samples} samples consumed)")
+    if start.step > 0 and layout.holds_loss:
+        truncate_metrics(settings.metrics_path, after_step=start.step)
+    log.open(resume=start.step > 0)
+    log.skipped_total = start.skipped_steps
+    step, consumed = start.step, start.consumed_samples
+    if step >= settings.iters:
+        # Nothing left to train (a finished run launched again): evaluate what was loaded.
+        log.message(f"all {settings.iters} steps were already done; nothing to train")
+        _evaluate(forward_step, model, splits, layout, settings, log, step=step, consumed=consumed)
+        log.close()
+        return ExitCode.OK
     train_iterators = _iterators(splits.train, layout, settings, consumed)
     signals = StopSignals.install()
     started = time.monotonic()
     tokens_per_step = settings.global_batch_size * settings.seq_length
-    step = start_step
     try:
         while step < settings.iters:
             state = TrainState(step=step, consumed_samples=consumed, layout=layout)
@@ -131,44 +159,93 @@ def train(
             )
             seconds = time.perf_counter() - began
             if result.nonfinite and settings.on_nonfinite == "stop":
-                message = (
-                    f"step {step + 1}: non-finite gradient norm ({result.grad_norm}); stopped without applying it"
-                )
-                if checkpointer is not None:
-                    checkpointer.save(step=step, consumed_samples=consumed)
-                    message += f"; the last good state (step {step}) is saved"
-                raise RunError(ExitCode.NONFINITE_STOP, message)
+                good = Progress(step=step, consumed_samples=consumed, skipped_steps=log.skipped_total)
+                log.step(step + 1, result, tokens=tokens_per_step, seconds=seconds)
+                raise RunError(ExitCode.NONFINITE_STOP, _nonfinite_stop(checkpointer, good, start, result.grad_norm))
             step += 1
             consumed += settings.global_batch_size
             log.step(step, result, tokens=tokens_per_step, seconds=seconds)
-            if settings.eval_interval and step % settings.eval_interval == 0 and splits.valid is not None:
-                evaluation = evaluate(
-                    functools.partial(forward_step, TrainState(step=step, consumed_samples=consumed, layout=layout)),
-                    _iterators(splits.valid, layout, settings, 0),
-                    model,
-                    num_batches=settings.eval_iters,
-                    num_microbatches=settings.num_microbatches,
-                    micro_batch_size=settings.micro_batch_size,
-                    seq_length=settings.seq_length,
-                )
-                log.evaluation(step, evaluation)
+            if settings.eval_interval and step % settings.eval_interval == 0:
+                _evaluate(forward_step, model, splits, layout, settings, log, step=step, consumed=consumed)
+            progress = Progress(step=step, consumed_samples=consumed, skipped_steps=log.skipped_total)
             if step == settings.iters:
                 break
-            stop_reason = _early_stop(signals, settings, step - start_step, started)
+            stop_reason = _early_stop(signals, settings, step - start.step, started)
             if checkpointer is not None and (
                 stop_reason is not None or (settings.save_interval and step % settings.save_interval == 0)
             ):
-                checkpointer.save(step=step, consumed_samples=consumed)
+                checkpointer.save(progress)
             if stop_reason is not None:
                 saved = "checkpoint saved" if checkpointer is not None else "no [checkpoint] dir, nothing saved"
                 log.message(f"stopping after step {step}: {stop_reason}; {saved}; launch again to resume")
                 return ExitCode.STOPPED_TO_RESUME
         if checkpointer is not None:
-            checkpointer.save(step=step, consumed_samples=consumed)
+            checkpointer.save(Progress(step=step, consumed_samples=consumed, skipped_steps=log.skipped_total))
         return ExitCode.OK
     finally:
         signals.restore()
         log.close()
+
+
+def _nonfinite_stop(checkpointer: Checkpointer | None, good: Progress, start: Progress, grad_norm: float) -> str:
+    """Save the state before the bad step (unless it is the one just loaded) and say what happened."""
+    message = (
+        f"step {good.step + 1}: non-finite gradient norm ({grad_norm}); stopped without applying it "
+        '(on_nonfinite = "stop")'
+    )
+    if checkpointer is None:
+        return message + "; no [checkpoint] dir, nothing saved"
+    if good.step == start.step and start.step > 0:
+        return message + f"; the last good state (step {good.step}) is the checkpoint this run resumed from"
+    checkpointer.save(good)
+    return message + f"; the last good state (step {good.step}) is saved"
+
+
+def _evaluate(
+    forward_step: UserForwardStep,
+    model: list[DistributedDataParallel],
+    splits: Splits,
+    layout: Layout,
+    settings: LoopSettings,
+    log: MetricsLog,
+    *,
+    step: int,
+    consumed: int,
+) -> None:
+    if splits.valid is None:
+        return
+    evaluation = evaluate(
+        functools.partial(forward_step, TrainState(step=step, consumed_samples=consumed, layout=layout)),
+        _iterators(splits.valid, layout, settings, 0),
+        model,
+        num_batches=settings.eval_iters,
+        num_microbatches=settings.num_microbatches,
+        micro_batch_size=settings.micro_batch_size,
+        seq_length=settings.seq_length,
+    )
+    log.evaluation(step, evaluation)
+
+
+def truncate_metrics(path: Path, *, after_step: int) -> None:
+    """Drop the records of steps after ``after_step``: a resumed run writes them again.
+
+    A run killed after its last checkpoint logged steps that the resumed run
+    repeats; without this the file would hold those steps twice. Rewritten
+    through a temporary file so a crash here cannot lose the earlier records.
+    """
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text(encoding="utf-8").splitlines(keepends=True):
+        try:
+            record_step = json.loads(line)["step"]
+        except (ValueError, KeyError, TypeError):
+            continue  # a line cut short by the kill
+        if record_step <= after_step:
+            kept.append(line if line.endswith("\n") else line + "\n")
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text("".join(kept), encoding="utf-8")
+    os.replace(temporary, path)
 
 
 def _early_stop(signals: StopSignals, settings: LoopSettings, steps_this_launch: int, started: float) -> str | None:

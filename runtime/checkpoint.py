@@ -1,0 +1,490 @@
+"""Checkpoints on megatron-core's dist_checkpointing: atomic saves, validated loads, exact resume.
+
+A checkpoint holds the model chunks, the optimizer (plain or distributed), the
+learning-rate schedule, every rank's RNG states and the data position; the
+manifest next to it records the layout, the model's architecture and the
+spec/script hashes (folder layout and atomicity: :mod:`bridgec.runtime.checkpoint_files`).
+
+Tensors are saved with the ``torch_dist`` backend, sharded: each rank writes its
+own shards, replicas are split over the data-parallel ranks. Model and plain
+optimizer state are stored in model space (global tensors by global name), so
+they load into any tensor/pipeline layout. The distributed optimizer's state is
+stored ``dp_reshardable`` (megatron-core's fully parallel format, as Megatron-LM
+does by default): it loads when only the data-parallel size changed.
+
+Loading first compares the manifest and every tensor this rank will read with
+the checkpoint's index, on all ranks, and refuses with a message naming each
+difference before a single tensor is read.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from megatron.core import dist_checkpointing, parallel_state, tensor_parallel
+from megatron.core.dist_checkpointing.dict_utils import nested_values
+from megatron.core.dist_checkpointing.mapping import ShardedObject, ShardedTensor, ShardedTensorFactory
+from megatron.core.dist_checkpointing.strategies.fully_parallel import FullyParallelSaveStrategyWrapper
+from megatron.core.dist_checkpointing.strategies.torch import TorchDistSaveShardedStrategy
+from megatron.core.distributed import DistributedDataParallel
+from megatron.core.optimizer.distrib_optimizer import DistributedOptimizer
+from megatron.core.optimizer.optimizer import ChainedOptimizer
+from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
+from torch.distributed.checkpoint.metadata import Metadata, TensorStorageMetadata
+
+from bridgec.runtime import checkpoint_files as files
+from bridgec.runtime.errors import ExitCode, RunError
+from bridgec.runtime.loop import Progress
+from bridgec.runtime.model import unwrap
+from bridgec.runtime.parallel import Layout
+
+SHARDED_METADATA = {
+    "distrib_optim_sharding_type": "dp_reshardable",
+    "chained_optim_avoid_prefix": True,
+    "singleton_local_shards": False,
+}
+"""How megatron-core shapes the sharded state dicts (the same for save and load)."""
+
+ARCHITECTURE = (
+    "num_layers",
+    "hidden_size",
+    "ffn_hidden_size",
+    "num_attention_heads",
+    "num_query_groups",
+    "kv_channels",
+    "normalization",
+    "layernorm_epsilon",
+    "gated_linear_unit",
+    "add_bias_linear",
+    "add_qkv_bias",
+    "qk_layernorm",
+    "num_moe_experts",
+    "moe_router_topk",
+)
+"""TransformerConfig fields a checkpoint must agree on (layout fields excluded)."""
+
+_DISTRIBUTED_OPTIMIZER_SIZES = ("tensor", "pipeline", "virtual_pipeline", "context", "expert")
+
+PAUSE_FOR_TESTS = "BRIDGEC_TEST_PAUSE_SAVE"
+"""Test-only: "STEP:MARKER" makes the save of STEP stop after its tensors are written, before it is
+published, create MARKER and sleep (a test then kills the job mid-save)."""
+
+
+def file_sha256(path: Path) -> str:
+    """The sha256 of a file: the generated script passes ``file_sha256(Path(__file__))`` as script_sha256."""
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def model_signature(model: list[DistributedDataParallel]) -> dict[str, Any]:
+    """The architecture of the model, in JSON-able values: what a checkpoint must match."""
+    gpt = unwrap(model[0])
+    config = gpt.config
+    signature = {name: getattr(config, name) for name in ARCHITECTURE}
+    signature["activation"] = config.activation_func.__name__
+    signature["params_dtype"] = str(config.params_dtype).removeprefix("torch.")
+    signature["vocab_size"] = gpt.vocab_size
+    signature["max_sequence_length"] = gpt.max_sequence_length
+    signature["position_embedding_type"] = gpt.position_embedding_type
+    signature["tied_output"] = gpt.share_embeddings_and_output_weights
+    return signature
+
+
+def layout_record(layout: Layout) -> dict[str, int | None]:
+    return {
+        "world_size": layout.world_size,
+        "tensor": layout.tensor,
+        "pipeline": layout.pipeline,
+        "virtual_pipeline": layout.virtual_pipeline,
+        "context": layout.context,
+        "expert": layout.expert,
+        "data": layout.data,
+    }
+
+
+def rng_states() -> dict[str, Any]:
+    """This rank's generators: Python, NumPy, torch (CPU and CUDA) and megatron's tensor-parallel tracker."""
+    return {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "tracker": {name: state.clone() for name, state in tensor_parallel.get_cuda_rng_tracker().get_states().items()},
+    }
+
+
+def restore_rng_states(states: dict[str, Any]) -> None:
+    random.setstate(states["python"])
+    np.random.set_state(states["numpy"])
+    torch.set_rng_state(states["torch"])
+    if states["cuda"]:
+        torch.cuda.set_rng_state_all(states["cuda"])
+    tensor_parallel.get_cuda_rng_tracker().set_states(states["tracker"])
+
+
+class DistCheckpointer:
+    """Saves and restores the whole training state in ``directory`` (see :class:`bridgec.runtime.loop.Checkpointer`).
+
+    Every rank constructs it with the same arguments and calls ``save`` and
+    ``load_latest`` together (both are collective).
+    """
+
+    def __init__(
+        self,
+        *,
+        directory: Path,
+        keep_last: int | None,
+        model: list[DistributedDataParallel],
+        optimizer: ChainedOptimizer,
+        scheduler: OptimizerParamScheduler,
+        layout: Layout,
+        spec_sha256: str,
+        script_sha256: str,
+        spec_text: str | None = None,
+    ) -> None:
+        if not directory.is_absolute():
+            raise ValueError(f"checkpoint directory must be absolute (resolved by the script), got {directory}")
+        if keep_last is not None and keep_last < 1:
+            raise ValueError(f"keep_last must be at least 1, got {keep_last}")
+        for sub in optimizer.chained_optimizers:
+            if sub.init_state_fn is None:
+                # megatron-core 0.16.1 optimizer.py calls init_state_fn when building a state dict to load.
+                raise RunError(
+                    ExitCode.CHECKPOINT_ERROR,
+                    f"megatron-core cannot checkpoint the {type(sub.optimizer).__name__} optimizer "
+                    "(it has no state initialiser); use adam, or remove [checkpoint] dir",
+                )
+        self.directory = directory
+        self.keep_last = keep_last
+        self.model = model
+        self.optimizer = optimizer
+        self.scheduler = scheduler
+        self.layout = layout
+        self.spec_sha256 = spec_sha256
+        self.script_sha256 = script_sha256
+        self.spec_text = spec_text
+        self.distributed_optimizer = any(isinstance(sub, DistributedOptimizer) for sub in optimizer.chained_optimizers)
+        self._strategy: Any = None
+
+    # -- saving ---------------------------------------------------------------
+
+    def save(self, progress: Progress) -> None:
+        """Write a complete checkpoint of ``progress.step``; publish it only once every rank has finished."""
+        began = time.perf_counter()
+        name = files.checkpoint_name(progress.step)
+        partial = self.directory / (name + files.PARTIAL_SUFFIX)
+        rank = dist.get_rank()
+        has_state = self._optimizer_has_state()
+        try:
+            if rank == 0:
+                self.directory.mkdir(parents=True, exist_ok=True)
+                files.remove_partials(self.directory)
+                partial.mkdir()
+            dist.barrier()
+            state = self._sharded_state(loading=False, with_optimizer=has_state, with_rng=True)
+            state["progress"] = {
+                "step": progress.step,
+                "consumed_samples": progress.consumed_samples,
+                "skipped_steps": progress.skipped_steps,
+            }
+            dist_checkpointing.save(state, str(partial), sharded_strategy=self._save_strategy())
+            _pause_for_tests(progress.step)
+            dist.barrier()  # every rank's shards are on disk
+            if rank == 0:
+                self._publish(progress, partial, self.directory / name, has_state=has_state)
+            dist.barrier()
+        except OSError as error:
+            raise RunError(
+                ExitCode.CHECKPOINT_ERROR,
+                f"saving step {progress.step} to {partial} failed ({error}); the previous checkpoint is intact",
+            ) from None
+        _say(f"checkpoint: saved step {progress.step} to {self.directory / name} in {time.perf_counter() - began:.2f} s")
+
+    def _publish(self, progress: Progress, partial: Path, final: Path, *, has_state: bool) -> None:
+        if self.spec_text is not None:
+            (partial / files.SPEC_COPY).write_text(self.spec_text, encoding="utf-8")
+        files.fsync_files(partial)
+        manifest = self._manifest(progress, files.file_sizes(partial), has_state=has_state)
+        files.write_atomic(partial / files.MANIFEST, manifest.to_json())
+        files.publish(partial, final)
+        if self.keep_last is not None:
+            files.prune(self.directory, self.keep_last)
+
+    def _manifest(self, progress: Progress, sizes: dict[str, int], *, has_state: bool) -> files.Manifest:
+        import megatron.core
+
+        return files.Manifest(
+            format=files.FORMAT,
+            step=progress.step,
+            consumed_samples=progress.consumed_samples,
+            skipped_steps=progress.skipped_steps,
+            layout=layout_record(self.layout),
+            model=model_signature(self.model),
+            optimizer=self._optimizer_record(has_state),
+            spec_sha256=self.spec_sha256,
+            script_sha256=self.script_sha256,
+            versions={"megatron-core": megatron.core.__version__, "torch": torch.__version__},
+            files=sizes,
+        )
+
+    def _optimizer_record(self, has_state: bool) -> dict[str, Any]:
+        return {
+            "kind": "distributed" if self.distributed_optimizer else "plain",
+            "class": type(self.optimizer.chained_optimizers[0].optimizer).__name__,
+            "sharding": SHARDED_METADATA["distrib_optim_sharding_type"] if self.distributed_optimizer else "model_space",
+            "has_state": has_state,
+        }
+
+    def _optimizer_has_state(self) -> bool:
+        """Whether every rank's optimizer has taken a step (before that there is no state to save)."""
+        local = all(len(sub.optimizer.state) > 0 for sub in self.optimizer.chained_optimizers)
+        flag = torch.tensor([int(local)], dtype=torch.int64, device=self.layout.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+        return bool(flag.item())
+
+    def _save_strategy(self) -> Any:
+        # One strategy for the whole run; replicated shards are split over the data-parallel ranks.
+        if self._strategy is None:
+            strategy: Any = TorchDistSaveShardedStrategy("torch_dist", 1)
+            if self.layout.data * self.layout.context > 1:
+                group = parallel_state.get_data_parallel_group(with_context_parallel=True)
+                strategy = FullyParallelSaveStrategyWrapper(strategy, group)
+            self._strategy = strategy
+        return self._strategy
+
+    def _sharded_state(self, *, loading: bool, with_optimizer: bool, with_rng: bool) -> dict[str, Any]:
+        model_state = {
+            _model_key(index, len(self.model)): unwrap(chunk).sharded_state_dict(metadata=SHARDED_METADATA)
+            for index, chunk in enumerate(self.model)
+        }
+        state: dict[str, Any] = dict(model_state)
+        if with_optimizer:
+            if loading:
+                self._allocate_optimizer_state()
+            state["optimizer"] = self.optimizer.sharded_state_dict(
+                model_state, is_loading=loading, metadata=SHARDED_METADATA
+            )
+        state["scheduler"] = self.scheduler.state_dict()
+        if with_rng:
+            state["rng_state"] = ShardedObject(
+                "rng_state",
+                None if loading else rng_states(),
+                (self.layout.world_size,),
+                (self.layout.rank,),
+                replica_id=0,
+            )
+        return state
+
+    def _allocate_optimizer_state(self) -> None:
+        """Give a fresh distributed optimizer its state tensors before loading into them.
+
+        megatron-core 0.16.1 without Apex/TE (distrib_optimizer.py:642, ``assert
+        len(steps) == 1``) cannot build a state dict until the optimizer has
+        state; its own load_state_dict allocates it from param groups with a step.
+        """
+        for sub in self.optimizer.chained_optimizers:
+            if isinstance(sub, DistributedOptimizer) and len(sub.optimizer.state) == 0:
+                groups = []
+                for group in sub.optimizer.state_dict()["param_groups"]:
+                    groups.append({**{k: v for k, v in group.items() if k != "params"}, "step": 0})
+                sub.load_state_dict({"optimizer": {"param_groups": groups}})
+
+    # -- loading --------------------------------------------------------------
+
+    def load_latest(self) -> Progress | None:
+        """Restore the checkpoint ``latest`` names; None when the directory holds none.
+
+        Raises RunError(CHECKPOINT_ERROR) naming every difference when the
+        checkpoint does not fit this run or is damaged; nothing is loaded then.
+        """
+        path = files.find_latest(self.directory)
+        if path is None:
+            return None
+        began = time.perf_counter()
+        manifest = files.read_manifest(path)
+        problems = files.file_problems(path, manifest)
+        if problems:
+            raise RunError(ExitCode.CHECKPOINT_ERROR, _cannot_load(path, problems))
+        problems = self._manifest_problems(manifest)
+        same_layout = manifest.layout == layout_record(self.layout)
+        with_optimizer = manifest.optimizer["has_state"]
+        state = self._sharded_state(loading=True, with_optimizer=with_optimizer, with_rng=same_layout)
+        if not problems:
+            problems = _tensor_problems(state, files.read_tensor_metadata(path))
+        problems = _gather(problems)
+        if problems:
+            raise RunError(ExitCode.CHECKPOINT_ERROR, _cannot_load(path, problems))
+        try:
+            loaded = self._load(path, state, with_optimizer=with_optimizer)
+        except Exception as error:  # noqa: BLE001 - whatever broke, this run must not continue half-loaded
+            raise RunError(
+                ExitCode.CHECKPOINT_ERROR,
+                f"loading {path} failed ({type(error).__name__}: {str(error).strip()[:500]}); "
+                "the run stops rather than continue from a partly loaded state",
+            ) from None
+        self._restore_schedule(loaded["scheduler"])
+        if same_layout:
+            restore_rng_states(loaded["rng_state"])
+        else:
+            _say(
+                "checkpoint: the layout changed since the save; RNG states are per rank and were not restored "
+                "(dropout differs from an uninterrupted run)"
+            )
+        if manifest.spec_sha256 != self.spec_sha256:
+            _say(f"checkpoint: written from a different spec (sha256 {manifest.spec_sha256[:12]}...)")
+        progress = loaded["progress"]
+        _say(f"checkpoint: loaded step {progress['step']} from {path} in {time.perf_counter() - began:.2f} s")
+        return Progress(
+            step=progress["step"],
+            consumed_samples=progress["consumed_samples"],
+            skipped_steps=progress["skipped_steps"],
+        )
+
+    @torch.no_grad()  # the fp32 distributed optimizer's main params are views of the model's
+    def _load(self, path: Path, state: dict[str, Any], *, with_optimizer: bool) -> dict[str, Any]:
+        loaded = dist_checkpointing.load(state, str(path))
+        for index, chunk in enumerate(self.model):
+            unwrap(chunk).load_state_dict(loaded[_model_key(index, len(self.model))], strict=True)
+        if with_optimizer:
+            self.optimizer.load_state_dict(loaded["optimizer"])
+            self._restore_distributed_steps(loaded["optimizer"])
+        return loaded
+
+    def _restore_distributed_steps(self, loaded: Any) -> None:
+        """Give torch Adam's per-parameter ``step`` of a distributed optimizer the checkpoint's value, one tensor each.
+
+        megatron-core 0.16.1 without TE/Apex gets this wrong twice:
+        distrib_optimizer.py:938-940 copies the pre-load ``step`` over the loaded
+        one, and :822 hands one shared step tensor to every parameter, which torch
+        Adam then increments once per parameter. Either would change Adam's bias
+        correction after a resume. (TE/Apex Adam keep no per-parameter step.)
+        """
+        subs = self.optimizer.chained_optimizers
+        parts = [loaded] if len(subs) == 1 else [loaded[index] for index in range(len(subs))]
+        for sub, part in zip(subs, parts):
+            if not isinstance(sub, DistributedOptimizer):
+                continue
+            steps = {group["step"] for group in part["optimizer"]["param_groups"] if "step" in group}
+            if len(steps) != 1:
+                continue
+            step = float(steps.pop())
+            for state in sub.optimizer.state.values():
+                if "step" in state:
+                    state["step"] = torch.tensor(step, dtype=state["step"].dtype, device=state["step"].device)
+
+    def _restore_schedule(self, saved: dict[str, Any]) -> None:
+        """Continue the schedule at the saved step, with this run's settings (a longer run may change them)."""
+        current = self.scheduler.state_dict()
+        changed = [f"{key} {saved[key]} -> {value}" for key, value in current.items() if key != "num_steps" and saved.get(key) != value]
+        if changed:
+            _say("checkpoint: the learning-rate schedule changed since the save; using this run's: " + ", ".join(changed))
+        self.scheduler.load_state_dict({**current, "num_steps": saved["num_steps"]})
+
+    def _manifest_problems(self, manifest: files.Manifest) -> list[str]:
+        problems = []
+        running = model_signature(self.model)
+        for key in sorted(set(running) | set(manifest.model)):
+            if manifest.model.get(key) != running.get(key):
+                problems.append(f"model {key}: the checkpoint has {manifest.model.get(key)!r}, this run {running.get(key)!r}")
+        saved_kind = manifest.optimizer["kind"]
+        kind = "distributed" if self.distributed_optimizer else "plain"
+        if saved_kind != kind:
+            problems.append(
+                f"optimizer: the checkpoint was written with the {saved_kind} optimizer, this run uses the {kind} one "
+                "([parallel] distributed_optimizer must match)"
+            )
+        saved_class = manifest.optimizer["class"]
+        running_class = type(self.optimizer.chained_optimizers[0].optimizer).__name__
+        if saved_class != running_class:
+            problems.append(f"optimizer: the checkpoint holds {saved_class} state, this run uses {running_class}")
+        if saved_kind == "distributed" and kind == "distributed" and manifest.optimizer["has_state"]:
+            running_layout = layout_record(self.layout)
+            for size in _DISTRIBUTED_OPTIMIZER_SIZES:
+                if manifest.layout[size] != running_layout[size]:
+                    problems.append(
+                        f"layout {size}: the checkpoint has {manifest.layout[size]}, this run {running_layout[size]}; "
+                        "distributed-optimizer state only loads when just the data-parallel size changes"
+                    )
+        return problems
+
+
+def _model_key(index: int, count: int) -> str:
+    # Megatron-LM's names: "model" for one chunk, "model0", "model1", ... with a virtual pipeline.
+    return "model" if count == 1 else f"model{index}"
+
+
+def _sharded_items(state: dict[str, Any]) -> Iterator[ShardedTensor | ShardedObject]:
+    for item in nested_values(state):
+        if isinstance(item, ShardedTensorFactory):
+            yield from (built for built in nested_values(item.build()) if isinstance(built, (ShardedTensor, ShardedObject)))
+        elif isinstance(item, (ShardedTensor, ShardedObject)):
+            yield item
+
+
+def _tensor_problems(state: dict[str, Any], metadata: Metadata) -> list[str]:
+    """What this rank would read that the checkpoint lacks or stores with another shape or dtype."""
+    stored = metadata.state_dict_metadata
+    missing: list[str] = []
+    problems: list[str] = []
+    for item in _sharded_items(state):
+        if isinstance(item, ShardedObject):
+            if item.unique_key not in stored:
+                missing.append(item.key)
+            continue
+        entry = stored.get(item.key)
+        if not isinstance(entry, TensorStorageMetadata):
+            missing.append(item.key)
+        elif tuple(entry.size) != tuple(item.global_shape) or entry.properties.dtype != item.dtype:
+            problems.append(
+                f"tensor {item.key}: the checkpoint has {_shape(entry.size)} {entry.properties.dtype}, "
+                f"this run {_shape(item.global_shape)} {item.dtype}"
+            )
+    if missing:
+        unique = sorted(set(missing))
+        shown = ", ".join(unique[:8]) + (f" and {len(unique) - 8} more" if len(unique) > 8 else "")
+        problems.append(f"not in the checkpoint: {shown}")
+    return problems
+
+
+def _shape(shape: Any) -> str:
+    return "x".join(str(size) for size in shape)
+
+
+def _gather(problems: list[str]) -> list[str]:
+    """Every rank's problems on every rank, so that all of them stop (or go on) together."""
+    gathered: list[list[str] | None] = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, problems)
+    merged: list[str] = []
+    for rank_problems in gathered:
+        for problem in rank_problems or []:
+            if problem not in merged:
+                merged.append(problem)
+    return merged
+
+
+def _cannot_load(path: Path, problems: list[str]) -> str:
+    shown = problems[:20] + ([f"... and {len(problems) - 20} more"] if len(problems) > 20 else [])
+    return f"cannot resume from {path}; nothing was loaded:\n  " + "\n  ".join(shown)
+
+
+def _say(text: str) -> None:
+    if dist.get_rank() == 0:
+        print(text, flush=True)
+
+
+def _pause_for_tests(step: int) -> None:
+    setting = os.environ.get(PAUSE_FOR_TESTS)
+    if not setting:
+        return
+    pause_step, marker = setting.split(":", 1)
+    if int(pause_step) == step:
+        Path(marker).touch()
+        time.sleep(3600)
