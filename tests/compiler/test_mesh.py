@@ -124,6 +124,6 @@ def test_explain_table() -> None:
 
 
 def test_compiler_side_modules_import_no_torch_jax_or_megatron() -> None:
-    code = ("import sys, bridgec.compiler.mesh; "
+    code = ("import sys, bridgec.compiler.mesh, bridgec.compiler.maxtext; "
             "bad = [m for m in ('torch', 'jax', 'megatron') if m in sys.modules]; assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True)
