@@ -140,6 +140,7 @@ def layout_of_this_rank() -> Layout:
         pipeline_rank=0,
         context_rank=0,
         data_rank=parallel_state.get_data_parallel_rank(),
+        expert_rank=parallel_state.get_expert_model_parallel_rank(),
     )
 
 
@@ -240,6 +241,29 @@ def run(case: dict[str, Any], *, dtype: str, distributed_optimizer: bool) -> flo
         float((main.get(param, param).detach().float() - cut(name, case["expected"][name])).abs().max())
         for name, param in params.items()
     )
+
+
+def clipped_gradients(grads: dict[str, torch.Tensor], *, max_norm: float, epsilon: float) -> dict[str, torch.Tensor]:
+    """Load ``grads`` as main grads, then megatron's global norm and train_step's clip_gradients (world of one)."""
+    from bridgec.runtime.step import clip_gradients
+
+    layout = layout_of_this_rank()
+    model = build_model(
+        _provider(SHAPE, 1, "fp32"), layout=layout, init_scheme="megatron", seed=0, init_std=0.02,
+        num_layers=SHAPE.num_layers, tied_output=False, dtype="fp32", distributed_optimizer=False,
+    )
+    optimizer = build_optax_optimizer(
+        model, lr=1.0, beta1=0.9, beta2=0.95, eps=1e-8, eps_root=0.0, weight_decay=0.0, decay_exclude=[],
+        gated_mlp=True, scan_layers=False, tied_output=False, path_style="linen", dtype="fp32",
+        distributed_optimizer=False,
+    )
+    params = _named(model)
+    for name, param in params.items():
+        param.main_grad.copy_(grads[name])
+    optimizer.prepare_grads()
+    norm = float(optimizer.get_grad_norm())
+    clip_gradients(optimizer, max_norm=max_norm, grad_norm=norm, epsilon=epsilon)
+    return {name: param.grad.detach().clone() for name, param in params.items()}
 
 
 def main_parameters(optimizer: Any) -> dict[torch.nn.Parameter, torch.Tensor]:

@@ -150,6 +150,34 @@ def test_the_comparison_sees_eps_root(megatron_world1: None, cases: dict) -> Non
     assert optax_worker.run(wrong, dtype="fp32", distributed_optimizer=False) > 100 * TOLERANCE
 
 
+def _optax_clipped(grads: dict[str, np.ndarray], max_norm: float) -> dict[str, np.ndarray]:
+    tree = {name: jnp.asarray(value) for name, value in grads.items()}
+    clip = optax.clip_by_global_norm(max_norm)
+    clipped, _ = clip.update(tree, clip.init(tree))
+    return {name: np.asarray(value) for name, value in clipped.items()}
+
+
+@pytest.mark.parametrize("scale", [0.5, 1.0, 3.0])
+def test_clip_epsilon_zero_is_optax_clip_by_global_norm(megatron_world1: None, scale: float) -> None:
+    """train_step's clip_gradients with epsilon 0 (optax semantics) against optax.clip_by_global_norm, elementwise."""
+    rng = np.random.default_rng(1)
+    raw = {name: rng.normal(size=shape) for name, shape in full_shapes(SHAPE).items()}
+    norm = math.sqrt(sum(float((g**2).sum()) for g in raw.values()))
+    # A small norm (0.05), where megatron's + 1e-6 is visible in fp32 (2e-5 relative).
+    grads = {name: (g * (0.05 / norm)).astype(np.float32) for name, g in raw.items()}
+    max_norm = 0.05 / scale  # scale > 1 clips, scale < 1 does not, 1.0 is the boundary
+    expected = _optax_clipped(grads, max_norm)
+    ours = optax_worker.clipped_gradients({k: torch.from_numpy(v) for k, v in grads.items()}, max_norm=max_norm,
+                                          epsilon=0.0)
+    relative = max(float(np.max(np.abs(ours[k].numpy() - expected[k]) / np.maximum(np.abs(expected[k]), 1e-3)))
+                   for k in grads)
+    assert relative <= 1e-6
+    if scale > 1.0:  # megatron's own rule, max / (norm + 1e-6), is measurably different
+        megatron = optax_worker.clipped_gradients({k: torch.from_numpy(v) for k, v in grads.items()},
+                                                  max_norm=max_norm, epsilon=1e-6)
+        assert any(not torch.equal(megatron[k], ours[k]) for k in grads)
+
+
 @pytest.mark.parametrize("layout", ["dp2_distributed_optimizer", "tp2"])
 def test_two_ranks_match_optax(cases: dict, tmp_path: Path, layout: str) -> None:
     case_file = tmp_path / "case.pt"
