@@ -13,6 +13,7 @@ import argparse
 import os
 import sys
 import traceback
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -163,7 +164,10 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
 
 def cmd_data_build(args: argparse.Namespace) -> int:
-    from bridgec.runtime.data_build import DataBuildError, build_indexed_dataset
+    with warnings.catch_warnings():
+        # megatron-core announces at import that Transformer Engine and Apex are absent; irrelevant here.
+        warnings.simplefilter("ignore")
+        from bridgec.runtime.data_build import DataBuildError, build_indexed_dataset
 
     try:
         report = build_indexed_dataset(Path(args.input), Path(args.output), text_key=args.text_key)
@@ -171,7 +175,7 @@ def cmd_data_build(args: argparse.Namespace) -> int:
         raise UserError(str(error)) from None
     print(
         f"wrote {report.prefix}.bin, {report.prefix}.idx and {report.prefix}.json: "
-        f"{report.documents} documents, {report.tokens} tokens, tokenizer {report.tokenizer} "
+        f"{report.documents} document(s), {report.tokens} tokens, tokenizer {report.tokenizer} "
         f"(vocab {report.vocab_size}, eod {report.eod})"
     )
     return EXIT_OK

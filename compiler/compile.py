@@ -9,7 +9,6 @@ tokenizer sidecar); nothing here writes anything.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import posixpath
 from pathlib import Path
@@ -21,7 +20,7 @@ from bridgec.compiler.frontend import read_spec
 from bridgec.compiler.lower import Target, TokenizerInfo, lower
 from bridgec.compiler.render import render
 from bridgec.compiler.spec import Spec
-from bridgec.compiler.validate import FileView, SpecContext
+from bridgec.compiler.validate import FileView, SpecContext, parse_tokenizer_sidecar
 from bridgec.compiler.verify import verify
 
 
@@ -50,11 +49,10 @@ def tokenizer_info(spec: Spec, spec_dir: Path, files: FileView) -> TokenizerInfo
     sidecar = spec_dir / (spec.data.sources[0].prefix + ".json")
     if not files.exists(sidecar):
         return None
-    try:
-        raw = json.loads(files.read_text(sidecar))
-        return TokenizerInfo(name=str(raw["tokenizer"]), vocab_size=int(raw["vocab_size"]), eod=int(raw["eod"]))
-    except (ValueError, KeyError, TypeError):
-        return None  # validate reports a damaged sidecar; lower then needs eod_token from the spec
+    parsed = parse_tokenizer_sidecar(files.read_text(sidecar))
+    if isinstance(parsed, str):
+        return None  # validation already reported what is wrong with it
+    return TokenizerInfo(name=parsed.tokenizer, vocab_size=parsed.vocab_size, eod=parsed.eod)
 
 
 def compile_spec(text: str, *, spec_name: str, spec_path: Path, output_path: Path, files: FileView) -> CompileResult:

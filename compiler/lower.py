@@ -8,8 +8,6 @@ validation passed (divisibility holds); it never rewrites a value the user set.
 
 from __future__ import annotations
 
-import posixpath
-
 import attrs
 
 from bridgec.compiler import explain
@@ -306,18 +304,11 @@ def _model_plan(spec: Spec) -> ModelPlan:
     )
 
 
-def _hooks_plan(spec: Spec, spec_folder: str) -> HooksPlan | None:
+def _hooks_plan(spec: Spec) -> HooksPlan | None:
     h = spec.hooks
     if h.file is None or (h.forward_step is None and h.loss is None):
         return None
-    folder, name = posixpath.split(h.file)
-    module = name[: -len(".py")] if name.endswith(".py") else name
-    return HooksPlan(
-        module=module,
-        folder=posixpath.normpath(posixpath.join(spec_folder, folder)) if folder else spec_folder,
-        forward_step=h.forward_step,
-        loss=h.loss,
-    )
+    return HooksPlan(file=h.file, forward_step=h.forward_step, loss=h.loss)
 
 
 def _user_strings(spec: Spec) -> tuple[str, ...]:
@@ -363,7 +354,6 @@ def _summary(spec: Spec) -> tuple[str, ...]:
 
 def lower(spec: Spec, target: Target) -> Plan:
     """Resolve every value the generated script needs. Pure: no I/O."""
-    spec_folder = posixpath.dirname(target.spec_path) or "."
     sections = [
         *_run_sections(spec, target),
         _parallel_section(spec),
@@ -398,6 +388,6 @@ def lower(spec: Spec, target: Target) -> Plan:
         fp8=spec.precision.fp8,
         checkpointing=spec.checkpoint.dir is not None,
         evaluation=spec.train.eval_interval is not None,
-        hooks=_hooks_plan(spec, spec_folder),
+        hooks=_hooks_plan(spec),
         user_strings=_user_strings(spec),
     )

@@ -61,10 +61,8 @@ class ModelPlan:
 
 @attrs.frozen(kw_only=True)
 class HooksPlan:
-    module: str
-    """Importable module name of the hooks file (its stem)."""
-    folder: str
-    """The hooks file's folder relative to the generated file's folder ('.' when beside it)."""
+    file: str
+    """The hooks file as the spec names it (relative to the spec's folder)."""
     forward_step: str | None
     loss: str | None
 

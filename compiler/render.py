@@ -39,8 +39,23 @@ def _string_literal(text: str) -> str:
 
 
 def docstring_text(text: str) -> str:
-    """Text made safe inside a triple-double-quoted docstring (backslashes and quote runs escaped)."""
-    return text.replace("\\", "\\\\").replace('"', '\\"')
+    """Text made safe inside a triple-double-quoted docstring.
+
+    Backslashes and double quotes are escaped; characters that are not
+    printable (NUL, carriage returns, line separators...) are written as escapes,
+    so the docstring's value is exactly ``text``.
+    """
+    out = []
+    for char in text:
+        if char == "\\":
+            out.append("\\\\")
+        elif char == '"':
+            out.append('\\"')
+        elif char in "\n\t" or char.isprintable():
+            out.append(char)
+        else:
+            out.append(repr(char)[1:-1])
+    return "".join(out)
 
 
 @functools.cache

@@ -324,6 +324,16 @@ def rule_experts(spec: Spec, ctx: SpecContext) -> Iterator[Finding]:
                       hint="set sequence_parallel = true under [parallel]")
 
 
+def rule_experts_without_biases(spec: Spec, ctx: SpecContext) -> Iterator[Finding]:
+    if spec.model.num_experts is None or spec.model.num_experts < 1 or not spec.model.add_bias_linear:
+        return
+    yield Finding(about=(("model", "add_bias_linear"), ("model", "num_experts")),
+                  message=f"MoE layers (model.num_experts = {spec.model.num_experts}) need model.add_bias_linear = "
+                          f"false (megatron-core adds expert biases in place, which autograd rejects in the "
+                          f"backward pass)",
+                  hint="set add_bias_linear = false under [model] (MoE models use no linear biases)")
+
+
 def rule_expert_fits_data_parallel(spec: Spec, ctx: SpecContext) -> Iterator[Finding]:
     dp, e, c = _data_parallel(spec), spec.parallel.expert, spec.parallel.context
     if dp is None or e < 1 or spec.model.num_experts is None or (dp * c) % e == 0:
@@ -849,6 +859,7 @@ RULES: tuple[Rule, ...] = (
     rule_sequence_divisible_by_context,
     rule_sequence_parallel_needs_tensor,
     rule_experts,
+    rule_experts_without_biases,
     rule_expert_fits_data_parallel,
     rule_fp8_needs_cuda_and_transformer_engine,
     rule_transformer_engine_needs_cuda,

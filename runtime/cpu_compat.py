@@ -114,8 +114,21 @@ class _NullStream:
     def synchronize(self) -> None:
         return None
 
-    def record_event(self, event: Any = None) -> None:
+    def record_event(self, event: Any = None) -> _NullEvent:
+        return _NullEvent()
+
+
+class _NullEvent:
+    """A CUDA event recorded on a :class:`_NullStream`: always already complete."""
+
+    def synchronize(self) -> None:
         return None
+
+    def wait(self, stream: Any = None) -> None:
+        return None
+
+    def query(self) -> bool:
+        return True
 
 
 def _factory(name: str) -> Any:
@@ -217,6 +230,18 @@ SCOPED_MODULES: tuple[Substitution, ...] = (
         answers=("162: self.inv_freq = self.inv_freq.to(device=torch.cuda.current_device())",),
     ),
     Substitution(
+        module="megatron.core.transformer.moe.token_dispatcher",
+        answers=("445: MoEAlltoAllTokenDispatcher.cuda_dtoh_stream = torch.cuda.Stream()",),
+    ),
+    Substitution(
+        module="megatron.core.transformer.moe.router",
+        answers=("90: self.weight.data = self.weight.data.to(device=torch.cuda.current_device())",),
+    ),
+    Substitution(
+        module="megatron.core.transformer.moe.moe_utils",
+        answers=('998: tracker[key]["values"] = torch.zeros(num_layers, device="cuda")',),
+    ),
+    Substitution(
         module="megatron.core.transformer.utils",
         answers=('35: return torch.triu(torch.ones(sq, sq, device="cuda"), diagonal=1).bool()',),
     ),
@@ -294,6 +319,11 @@ def apply() -> None:
     random = importlib.import_module("megatron.core.tensor_parallel.random")
     random._get_cuda_rng_state = _cpu_get_rng_state  # type: ignore[attr-defined]
     random._set_cuda_rng_state = _cpu_set_rng_state  # type: ignore[attr-defined]
+    # transformer/moe/moe_utils.py:1192 tests ``te_general_gemm is not None``, but the name is only
+    # bound when Transformer Engine imports (:34); without TE the MoE router raises NameError.
+    moe_utils = importlib.import_module("megatron.core.transformer.moe.moe_utils")
+    if not hasattr(moe_utils, "te_general_gemm"):
+        moe_utils.te_general_gemm = None  # type: ignore[attr-defined]
     _applied = True
 
 

@@ -36,7 +36,8 @@ import re
 import torch
 
 _LAYER = re.compile(r"^(?P<head>(?:.*\.)?decoder\.layers\.)(?P<index>\d+)(?P<tail>\..*)$")
-_RESIDUAL_OUTPUTS = ("self_attention.linear_proj.weight", "mlp.linear_fc2.weight")
+_LOCAL_EXPERT = re.compile(r"\.experts\.local_experts\.(\d+)\.")
+_RESIDUAL_OUTPUTS = ("self_attention.linear_proj.weight", "linear_fc2.weight")
 
 
 def name_seed(seed: int, name: str) -> int:
@@ -45,17 +46,21 @@ def name_seed(seed: int, name: str) -> int:
     return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
 
 
-def global_name(local_name: str, layer_numbers: dict[int, int]) -> str:
+def global_name(
+    local_name: str, layer_numbers: dict[int, int], *, expert_rank: int = 0, local_experts: int = 0
+) -> str:
     """Map a stage-local parameter name to its layout-independent name.
 
     ``layer_numbers`` maps the local layer index to megatron's 1-based global
-    ``layer_number`` for this model chunk.
+    ``layer_number`` for this model chunk. MoE experts are numbered locally on
+    each expert-parallel rank; rank ``r`` holds experts ``r x local_experts + i``.
     """
     match = _LAYER.match(local_name)
     if match is None:
         return local_name
     index = int(match["index"])
-    return f"{match['head']}{layer_numbers[index] - 1}{match['tail']}"
+    name = f"{match['head']}{layer_numbers[index] - 1}{match['tail']}"
+    return _LOCAL_EXPERT.sub(lambda m: f".experts.{expert_rank * local_experts + int(m[1])}.", name)
 
 
 def full_shape(param: torch.Tensor, tensor_parallel: int) -> tuple[int, ...]:
@@ -110,13 +115,15 @@ def portable_init(
     tensor_parallel: int,
     tensor_rank: int,
     tied_output: bool,
+    expert_rank: int = 0,
+    local_experts: int = 0,
 ) -> int:
     """Overwrite every parameter of the (unwrapped) model chunks; return how many were set."""
     count = 0
     for chunk in chunks:
         numbers = layer_numbers(chunk)
         for local, param in chunk.named_parameters():
-            name = global_name(local, numbers)
+            name = global_name(local, numbers, expert_rank=expert_rank, local_experts=local_experts)
             if tied_output and name == "output_layer.weight":
                 name = "embedding.word_embeddings.weight"
             full = draw(name, full_shape(param, tensor_parallel), seed=seed, std=std, num_layers=num_layers)

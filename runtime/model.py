@@ -42,6 +42,7 @@ def build_model(
     tied_output: bool,
     dtype: str,
     distributed_optimizer: bool,
+    num_experts: int | None = None,
 ) -> list[DistributedDataParallel]:
     """Build, initialise, cast and wrap this rank's chunks in megatron's DDP.
 
@@ -60,6 +61,8 @@ def build_model(
             tensor_parallel=layout.tensor,
             tensor_rank=layout.tensor_rank,
             tied_output=tied_output,
+            expert_rank=layout.expert_rank,
+            local_experts=(num_experts or 0) // layout.expert,
         )
     if layout.device.type == "cuda":
         chunks = [chunk.cuda(layout.device) for chunk in chunks]

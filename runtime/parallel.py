@@ -34,6 +34,7 @@ class Layout:
     pipeline_rank: int
     context_rank: int
     data_rank: int
+    expert_rank: int
 
     @property
     def is_first_stage(self) -> bool:
@@ -124,6 +125,7 @@ def initialize(
         pipeline_rank=parallel_state.get_pipeline_model_parallel_rank(),
         context_rank=parallel_state.get_context_parallel_rank(),
         data_rank=parallel_state.get_data_parallel_rank(),
+        expert_rank=parallel_state.get_expert_model_parallel_rank(),
     )
 
 

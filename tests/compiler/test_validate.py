@@ -168,14 +168,14 @@ def test_rule_sequence_parallel_needs_tensor() -> None:
     ({"parallel": {"expert": 2}, "launch": {"procs_per_node": 2}},
      "spec.toml:17: $.parallel.expert = 2 needs model.num_experts (expert parallelism splits the experts of MoE "
      "layers, and this model is dense); hint: set num_experts under [model] to a multiple of 2, or remove expert"),
-    ({"model": {"num_experts": 3}, "parallel": {"expert": 2}, "launch": {"procs_per_node": 2}},
+    ({"model": {"num_experts": 3, "add_bias_linear": False}, "parallel": {"expert": 2}, "launch": {"procs_per_node": 2}},
      "spec.toml:9: $.model.num_experts = 3 is not divisible by parallel.expert = 2 (each expert-parallel rank "
      "holds the same number of experts); hint: num_experts = 2 or 4, or expert = 1 or 3"),
-    ({"model": {"num_experts": 2, "moe_router_topk": 4}},
+    ({"model": {"num_experts": 2, "moe_router_topk": 4, "add_bias_linear": False}},
      "spec.toml:10: $.model.moe_router_topk = 4 is more than model.num_experts = 2 (a token cannot be routed to "
      "more experts than there are); hint: moe_router_topk = 2 or less"),
-    ({"model": {"num_experts": 4}, "parallel": {"tensor": 2}, "launch": {"procs_per_node": 2}},
-     "spec.toml:18: MoE layers (model.num_experts = 4) with parallel.tensor = 2 need parallel.sequence_parallel = "
+    ({"model": {"num_experts": 4, "add_bias_linear": False}, "parallel": {"tensor": 2}, "launch": {"procs_per_node": 2}},
+     "spec.toml:19: MoE layers (model.num_experts = 4) with parallel.tensor = 2 need parallel.sequence_parallel = "
      "true (megatron-core refuses to train MoE with tensor parallelism but without sequence parallelism); "
      "hint: set sequence_parallel = true under [parallel]"),
 ], ids=["dense", "not-divisible", "topk", "tensor-without-sequence-parallel"])
@@ -183,9 +183,16 @@ def test_rule_experts(tables: dict[str, Any], expected: str) -> None:
     check(tables, [expected])
 
 
+def test_rule_experts_without_biases() -> None:
+    check({"model": {"num_experts": 4}}, [
+        "spec.toml:9: MoE layers (model.num_experts = 4) need model.add_bias_linear = false (megatron-core adds "
+        "expert biases in place, which autograd rejects in the backward pass); hint: set add_bias_linear = false "
+        "under [model] (MoE models use no linear biases)"])
+
+
 def test_rule_expert_fits_data_parallel() -> None:
-    check({"model": {"num_experts": 4}, "parallel": {"expert": 4}, "launch": {"procs_per_node": 2}}, [
-        "spec.toml:18: $.parallel.expert = 4 does not divide data parallel x context = 2 x 1 = 2 (expert "
+    check({"model": {"num_experts": 4, "add_bias_linear": False}, "parallel": {"expert": 4}, "launch": {"procs_per_node": 2}}, [
+        "spec.toml:19: $.parallel.expert = 4 does not divide data parallel x context = 2 x 1 = 2 (expert "
         "parallelism is carved out of the data- and context-parallel ranks); hint: expert = 1 or 2"])
 
 
@@ -317,7 +324,7 @@ def test_rule_counts_at_least_one(table: str, key: str, line: int) -> None:
 @pytest.mark.parametrize(("tables", "expected"), [
     ({"train": {"eval_interval": 5, "eval_iters": 0}},
      "spec.toml:15: $.train.eval_iters = 0 must be at least 1; hint: set eval_iters to 1 or more"),
-    ({"model": {"num_experts": 2, "moe_router_topk": 0}},
+    ({"model": {"num_experts": 2, "moe_router_topk": 0, "add_bias_linear": False}},
      "spec.toml:10: $.model.moe_router_topk = 0 must be at least 1; hint: set moe_router_topk to 1 or more"),
     ({"scheduler": {"decay": "wsd", "wsd_decay_iters": 0}},
      "spec.toml:18: $.scheduler.wsd_decay_iters = 0 must be at least 1; hint: set wsd_decay_iters to 1 or more"),

@@ -88,3 +88,44 @@ def test_layout_matches_single_process(layout: str, reference: list[float], tmp_
     differences = [abs(a - b) for a, b in zip(reference, losses)]
     assert max(differences) <= TOLERANCE, f"{layout}: per-step |loss - single process| = {differences}"
     assert reference[-1] < reference[0]  # it trains, so the comparison is not between two constants
+
+
+MOE_SPEC = """
+[run]
+name = "moe"
+
+[launch]
+procs_per_node = {procs}
+
+[model]
+num_layers = 2
+hidden_size = 64
+num_attention_heads = 4
+vocab_size = 128
+seq_length = 32
+num_experts = 4
+moe_router_topk = 2
+
+[parallel]
+expert = {expert}
+
+[batch]
+global_batch_size = 8
+
+[train]
+iters = 4
+
+[optimizer]
+lr = 1e-3
+"""
+
+
+def test_expert_parallel_matches_one_process(tmp_path: Path) -> None:
+    """MoE: experts split over 2 expert-parallel ranks (4 processes) train like all experts on one."""
+    runs = []
+    for procs, expert in ((1, 1), (4, 2)):
+        script = compile_to(tmp_path / f"ep{expert}", MOE_SPEC.format(procs=procs, expert=expert))
+        result = launch(script, procs)
+        assert result.returncode == 0, result.explain()
+        runs.append(result.train_losses("out/moe"))
+    assert max(abs(a - b) for a, b in zip(*runs)) <= TOLERANCE, runs
