@@ -123,7 +123,8 @@ def test_explain_table() -> None:
                          "sequence_parallel=false, distributed_optimizer=false")
 
 
-def test_compiler_side_modules_import_no_torch_jax_or_megatron() -> None:
-    code = ("import sys, bridgec.compiler.mesh, bridgec.compiler.maxtext; "
+def test_modules_explain_and_import_use_load_no_torch_jax_or_megatron() -> None:
+    code = ("import sys, bridgec.compiler.mesh, bridgec.compiler.maxtext, bridgec.runtime.decay_mask, "
+            "bridgec.runtime.schedules; "
             "bad = [m for m in ('torch', 'jax', 'megatron') if m in sys.modules]; assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True)
