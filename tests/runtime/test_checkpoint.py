@@ -1,0 +1,202 @@
+"""Checkpoints: exact resume, atomic saves, keep_last, resharding, refusals and inspect.
+
+The torchrun launches are few and tiny (2 layers, hidden 64, 6 steps); each
+straight run is shared by the tests that compare against it. Losses are
+compared bit for bit (fp32 on CPU is deterministic).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import attrs
+import pytest
+
+from bridgec.runtime import checkpoint_files as files
+from bridgec.runtime.errors import ExitCode, RunError
+from tests.runtime import launch as runs
+
+
+@pytest.fixture(scope="module")
+def straight_dp1(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """6 steps, one process, plain optimizer; checkpoints at 3 and 6, evaluations at 3 and 6."""
+    folder = runs.prepare(tmp_path_factory.mktemp("straight_dp1"))
+    result = runs.launch(folder, 1, ITERS=6, SAVE_INTERVAL=3, EVAL_INTERVAL=3)
+    assert result.returncode == 0, result.explain()
+    return folder
+
+
+@attrs.frozen(kw_only=True)
+class Killed:
+    folder: Path
+    reference: dict[int, float]
+    """Losses the killed run logged for every step: its own straight-run reference."""
+
+
+DP2_KNOBS = {"ITERS": 6, "DISTOPT": 1, "SAVE_INTERVAL": 2, "KEEP_LAST": 2, "RESUME": 1}
+
+
+@pytest.fixture(scope="module")
+def killed_dp2(tmp_path_factory: pytest.TempPathFactory) -> Killed:
+    """Data parallel 2, distributed optimizer: saves at 2 and 4, then kill -9 while step 6 is being saved."""
+    folder = runs.prepare(tmp_path_factory.mktemp("killed_dp2"))
+    marker = folder / "paused"
+    process = runs.start(folder, 2, **DP2_KNOBS, BRIDGEC_TEST_PAUSE_SAVE=f"6:{marker}")
+    runs.wait_for(marker, process)
+    runs.kill(process)
+    return Killed(folder=folder, reference=runs.losses(folder))
+
+
+def test_exit_interval_stops_with_a_checkpoint_and_resume_is_exact(straight_dp1: Path, tmp_path: Path) -> None:
+    folder = runs.prepare(tmp_path)
+    first = runs.launch(folder, 1, ITERS=6, EVAL_INTERVAL=3, RESUME=1, EXIT_INTERVAL=3)
+    assert first.code() == ExitCode.STOPPED_TO_RESUME, first.explain()
+    assert "resume: no checkpoint found, starting fresh" in first.output
+    assert "stopping after step 3: exit_interval 3 reached; checkpoint saved" in first.output
+    assert (folder / "ckpt" / "latest").read_text() == "iter_0000003\n"
+
+    second = runs.launch(folder, 1, ITERS=6, EVAL_INTERVAL=3, RESUME=1, EXIT_INTERVAL=3)
+    assert second.returncode == 0, second.explain()  # the last step comes before exit_interval
+    assert "resume: continuing from step 3 (24 samples consumed)" in second.output
+    assert runs.losses(folder) == runs.losses(straight_dp1)  # bit-identical, every step
+    assert runs.losses(folder, "valid") == runs.losses(straight_dp1, "valid")
+    assert files.find_latest(folder / "ckpt") == folder / "ckpt" / "iter_0000006"
+
+
+def test_kill_during_save_keeps_the_previous_checkpoint(killed_dp2: Killed) -> None:
+    """kill -9 while step 6 is being written: iter 4 stays the latest; resuming from it repeats steps 5-6 exactly."""
+    folder, root = killed_dp2.folder, killed_dp2.folder / "ckpt"
+    partial = root / "iter_0000006.partial"
+    assert (root / "latest").read_text() == "iter_0000004\n"
+    assert any(partial.glob("*.distcp")) and not (partial / files.MANIFEST).exists()
+    assert not (root / "iter_0000006").exists()
+    assert files.inspect(root).manifest.step == 4
+    assert sorted(killed_dp2.reference) == [1, 2, 3, 4, 5, 6]
+
+    resumed = runs.launch(folder, 2, **DP2_KNOBS)
+    assert resumed.returncode == 0, resumed.explain()
+    assert "resume: continuing from step 4 (32 samples consumed)" in resumed.output
+    assert runs.losses(folder) == killed_dp2.reference  # bit-identical; every step logged once
+    # keep_last = 2: iter 2 went once 6 was complete; the dead save's folder is gone.
+    assert sorted(p.name for p in root.iterdir()) == ["iter_0000004", "iter_0000006", "latest"]
+
+
+@pytest.mark.parametrize("layout", [{"TP": 2}, {"PP": 2}], ids=["tp1-to-tp2", "tp1-to-pp2"])
+def test_resharded_checkpoint_gives_the_same_eval_loss(straight_dp1: Path, tmp_path: Path, layout: dict) -> None:
+    """A TP1/PP1 checkpoint of a finished run loads into TP2 or PP2; the run only evaluates."""
+    folder = runs.prepare(tmp_path)
+    runs.copy_checkpoint(straight_dp1, folder, "iter_0000006")
+    result = runs.launch(folder, 2, ITERS=6, EVAL_INTERVAL=3, RESUME=1, **layout)
+    assert result.returncode == 0, result.explain()
+    assert "all 6 steps were already done" in result.output
+    assert "RNG states are per rank and were not restored" in result.output
+    resharded = runs.losses(folder, "valid")[6]
+    assert resharded == pytest.approx(runs.losses(straight_dp1, "valid")[6], abs=1e-6)
+
+
+def test_checkpoint_that_cannot_load_names_every_mismatch(killed_dp2: Killed, tmp_path: Path) -> None:
+    """Another hidden size, and distributed-optimizer state across a tensor-parallel change: exit 6, no traceback."""
+    folder = runs.prepare(tmp_path)
+    runs.copy_checkpoint(killed_dp2.folder, folder, "iter_0000004")
+    result = runs.launch(folder, 2, ITERS=8, RESUME=1, DISTOPT=1, TP=2, HIDDEN=32)
+    assert runs.failed_with(result, ExitCode.CHECKPOINT_ERROR), result.explain()
+    assert "cannot resume from" in result.output and "nothing was loaded" in result.output
+    assert "model hidden_size: the checkpoint has 64, this run 32" in result.output
+    assert "layout tensor: the checkpoint has 1, this run 2" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_truncated_file_is_refused_before_anything_loads(straight_dp1: Path, tmp_path: Path) -> None:
+    folder = runs.prepare(tmp_path)
+    runs.copy_checkpoint(straight_dp1, folder, "iter_0000006")
+    damaged = next((folder / "ckpt" / "iter_0000006").glob("*.distcp"))
+    damaged.write_bytes(damaged.read_bytes()[:1000])
+    result = runs.launch(folder, 1, ITERS=8, RESUME=1)
+    assert result.code() == ExitCode.CHECKPOINT_ERROR, result.explain()
+    assert f"{damaged}: 1000 bytes, the save wrote" in result.output
+    assert "Traceback" not in result.output
+
+
+# -- the folder protocol and inspect, without a launch --------------------------------------------
+
+
+def _complete(root: Path, step: int) -> Path:
+    """A stand-in checkpoint folder with a manifest (enough for the folder protocol)."""
+    path = root / files.checkpoint_name(step)
+    path.mkdir(parents=True)
+    (path / "data.bin").write_bytes(b"x" * 10)
+    manifest = files.Manifest(
+        format=files.FORMAT, step=step, consumed_samples=8 * step, skipped_steps=0,
+        layout={"world_size": 1, "tensor": 1, "pipeline": 1, "virtual_pipeline": None, "context": 1, "expert": 1, "data": 1},
+        model={"hidden_size": 64}, optimizer={"kind": "plain", "class": "AdamW", "sharding": "model_space", "has_state": True},
+        spec_sha256="a" * 64, script_sha256="b" * 64, versions={}, files={"data.bin": 10},
+    )  # fmt: skip
+    (path / files.MANIFEST).write_text(manifest.to_json())
+    return path
+
+
+def test_latest_follows_the_pointer_and_ignores_unfinished_saves(tmp_path: Path) -> None:
+    assert files.find_latest(tmp_path) is None  # an empty (or unrelated) folder: start fresh
+    two, four = _complete(tmp_path, 2), _complete(tmp_path, 4)
+    (tmp_path / "iter_0000006.partial").mkdir()
+    assert files.find_latest(tmp_path) == four  # no pointer: the newest complete one
+    (tmp_path / files.POINTER).write_text("iter_0000002\n")
+    assert files.find_latest(tmp_path) == two
+
+
+def test_publish_moves_the_pointer_last_and_prune_keeps_the_newest(tmp_path: Path) -> None:
+    for step in (2, 4, 6):
+        _complete(tmp_path, step)
+    (tmp_path / files.POINTER).write_text("iter_0000006\n")
+    partial = tmp_path / "iter_0000008.partial"
+    shutil.copytree(tmp_path / "iter_0000006", partial)
+    files.publish(partial, tmp_path / "iter_0000008")
+    assert (tmp_path / files.POINTER).read_text() == "iter_0000008\n"
+    files.prune(tmp_path, keep_last=2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["iter_0000006", "iter_0000008", "latest"]
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        ("pointer", "should name a checkpoint folder like iter_0000010"),
+        ("garbage_folder", "is not a complete bridgec checkpoint: it has no bridgec.json"),
+        ("manifest", "bridgec.json is damaged"),
+        ("missing", "iter_0000002 does not exist"),
+    ],
+)
+def test_damaged_checkpoint_directories_give_clear_errors(tmp_path: Path, damage: str, message: str) -> None:
+    if damage == "pointer":
+        (tmp_path / files.POINTER).write_bytes(b"\x00\x17garbage")
+    elif damage == "garbage_folder":
+        (tmp_path / "iter_0000002").mkdir()
+        (tmp_path / "iter_0000002" / "junk").write_bytes(b"junk")
+        (tmp_path / files.POINTER).write_text("iter_0000002\n")
+    elif damage == "manifest":
+        path = _complete(tmp_path, 2)
+        (path / files.MANIFEST).write_text('{"format": "bridgec-checkpoint/1", "step": ')
+    else:
+        (tmp_path / files.POINTER).write_text("iter_0000002\n")
+    with pytest.raises(RunError) as raised:
+        files.read_manifest(files.find_latest(tmp_path))  # type: ignore[arg-type]
+    assert raised.value.code == ExitCode.CHECKPOINT_ERROR
+    assert message in raised.value.message
+
+
+def test_inspect_reads_a_checkpoint_without_a_run(straight_dp1: Path) -> None:
+    report = files.inspect(straight_dp1 / "ckpt")
+    text = files.format_report(report)
+    assert report.path.name == "iter_0000006" and not report.problems
+    assert "step         6 (48 samples consumed, 0 steps skipped)" in text
+    assert "world 1 = tensor 1 x pipeline 1 x data 1 x context 1" in text
+    assert f"sha256 {report.manifest.spec_sha256}" in text
+    assert "hidden_size=64" in text and "num_layers=2" in text
+    by_key = {entry.key: entry for entry in report.tensors}
+    assert by_key["embedding.word_embeddings.weight"].shape == (128, 64)
+    assert by_key["decoder.layers.mlp.linear_fc1.weight"].shape == (2, 256, 64)  # layers stacked
+    assert any(key.startswith("optimizer.state.exp_avg.") for key in by_key)
+    assert "also here    iter_0000003" in text
+    manifest = json.loads((report.path / files.MANIFEST).read_text())
+    assert manifest["layout"]["tensor"] == 1 and manifest["optimizer"]["kind"] == "plain"

@@ -1,0 +1,86 @@
+"""Faults: SIGTERM, non-finite steps (skip and stop) and a rank that dies, under torchrun on CPU."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+
+from bridgec.runtime import checkpoint_files as files
+from bridgec.runtime.entry import peer_failure
+from bridgec.runtime.errors import ExitCode
+from bridgec.runtime.loop import truncate_metrics
+from tests.runtime import launch as runs
+
+
+def test_sigterm_finishes_the_step_saves_and_the_next_launch_resumes_exactly(tmp_path: Path) -> None:
+    """Tensor parallel 2: rank 0 gets SIGTERM during step 3; both ranks stop after it, saved, with exit 75."""
+    straight = runs.prepare(tmp_path / "straight")
+    reference = runs.launch(straight, 2, TP=2, ITERS=6)
+    assert reference.returncode == 0, reference.explain()
+
+    folder = runs.prepare(tmp_path / "preempted")
+    stopped = runs.launch(folder, 2, TP=2, ITERS=6, RESUME=1, SIGTERM_STEP=3)
+    assert runs.failed_with(stopped, ExitCode.STOPPED_TO_RESUME), stopped.explain()
+    assert "stopping after step 3: received SIGTERM; checkpoint saved; launch again to resume" in stopped.output
+    assert files.read_manifest(files.find_latest(folder / "ckpt")).step == 3  # type: ignore[arg-type]
+
+    resumed = runs.launch(folder, 2, TP=2, ITERS=6, RESUME=1)
+    assert resumed.returncode == 0, resumed.explain()
+    assert runs.losses(folder) == runs.losses(straight)  # bit-identical
+
+
+def test_nonfinite_skip_counts_the_step_and_leaves_the_optimizer_untouched(tmp_path: Path) -> None:
+    folder = runs.prepare(tmp_path)
+    result = runs.launch(folder, 1, ITERS=4, NAN_STEP=3, ON_NONFINITE="skip", SAVE_INTERVAL=1)
+    assert result.returncode == 0, result.explain()
+    records = {r["step"]: r for r in runs.metrics(folder) if r["kind"] == "train"}
+    assert records[3]["skipped"] and records[3]["loss"] == "nan" and records[3]["skipped_total"] == 1
+    assert not records[4]["skipped"] and records[4]["skipped_total"] == 1 and math.isfinite(records[4]["loss"])
+
+    # Checkpoints before and after the skipped step: model and optimizer state bit-identical.
+    before = runs.read_checkpoint(folder / "ckpt" / "iter_0000002")
+    after = runs.read_checkpoint(folder / "ckpt" / "iter_0000003")
+    tensors = [key for key, value in before.items() if isinstance(value, torch.Tensor)]
+    assert any(key.startswith("optimizer.state.exp_avg.") for key in tensors)
+    assert any(key.startswith("decoder.layers.") for key in tensors)
+    assert [key for key in tensors if not torch.equal(before[key], after[key])] == []
+    assert before["scheduler"]["num_steps"] == after["scheduler"]["num_steps"] == 2
+    manifest = files.read_manifest(folder / "ckpt" / "iter_0000003")
+    assert (manifest.step, manifest.consumed_samples, manifest.skipped_steps) == (3, 24, 1)
+
+
+def test_nonfinite_stop_saves_the_last_good_state_and_names_the_step(tmp_path: Path) -> None:
+    folder = runs.prepare(tmp_path)
+    result = runs.launch(folder, 1, ITERS=4, NAN_STEP=3, ON_NONFINITE="stop")
+    assert result.code() == ExitCode.NONFINITE_STOP, result.explain()
+    assert "step 3: non-finite gradient norm (nan); stopped without applying it" in result.output
+    assert "the last good state (step 2) is saved" in result.output
+    assert "Traceback" not in result.output
+    manifest = files.read_manifest(files.find_latest(folder / "ckpt"))  # type: ignore[arg-type]
+    assert (manifest.step, manifest.consumed_samples) == (2, 16)
+
+
+def test_a_rank_that_dies_ends_the_job_with_a_message(tmp_path: Path) -> None:
+    """Rank 1 is SIGKILLed in step 3; rank 0 says so and exits 8 (the launch's hang guard is the only clock)."""
+    folder = runs.prepare(tmp_path)
+    result = runs.launch(folder, 2, ITERS=6, DIE_STEP=3, DIE_RANK=1, TIMEOUT_MINUTES=0.5)
+    assert result.returncode != 0
+    assert result.exit_codes.get(1) == -9, result.explain()
+    assert result.exit_codes.get(0) == ExitCode.PEER_FAILED, result.explain()
+    assert "bridgec [rank 0]: a collective failed" in result.output
+    assert "another rank probably died or the [launch] timeout_minutes expired" in result.output
+
+
+def test_peer_failures_are_recognised_by_type_or_gloo_text() -> None:
+    assert peer_failure(RuntimeError("[../gloo/transport/tcp/pair.cc:537] Read error: Connection reset by peer"))
+    assert not peer_failure(RuntimeError("shape mismatch"))
+
+
+def test_truncate_metrics_drops_steps_after_the_checkpoint(tmp_path: Path) -> None:
+    path = tmp_path / "metrics.jsonl"
+    lines = [f'{{"kind": "train", "step": {step}}}\n' for step in (1, 2, 3, 4)] + ['{"kind": "tr']
+    path.write_text("".join(lines))
+    truncate_metrics(path, after_step=2)
+    assert path.read_text() == "".join(lines[:2])
