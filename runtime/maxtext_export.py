@@ -43,6 +43,7 @@ from bridgec.runtime.maxtext_import import (
     Dims,
     QueryScaling,
     RopeLayout,
+    canonical_name,
     expected_leaves,
     layer_suffixes,
     orbax_name,
@@ -270,9 +271,9 @@ def gather_full_params(
     for chunk in chunks:
         numbers = layer_numbers(chunk)
         for local, param in chunk.named_parameters():
-            name = global_name(local, numbers)
-            if tied and name == "output_layer.weight":
+            if tied and global_name(local, numbers) == "output_layer.weight":
                 continue  # the embedding's copy
+            name = canonical_name(local, numbers, tied=tied)
             value = param.detach().float()
             if getattr(param, "tensor_model_parallel", False) and tensor_size > 1:
                 pieces = [torch.empty_like(value) for _ in range(tensor_size)]

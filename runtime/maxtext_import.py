@@ -75,6 +75,11 @@ _EMBEDDING = "embedding.word_embeddings.weight"
 _OUTPUT = "output_layer.weight"
 _FINAL_NORM = "decoder.final_layernorm.weight"
 _LAYER = re.compile(r"^decoder\.layers\.(?P<index>\d+)\.(?P<rest>.+)$")
+# transformer_engine layer specs fuse the norms into the next linear layer: same leaves, other names.
+_TE_NORMS = {
+    "self_attention.linear_qkv.layer_norm_weight": "input_layernorm.weight",
+    "mlp.linear_fc1.layer_norm_weight": "pre_mlp_layernorm.weight",
+}
 _SUPPORTED_DTYPES = ("float32", "bfloat16", "float16")
 
 
@@ -390,15 +395,28 @@ class Target:
     suffix: str
 
 
+def canonical_name(local: str, numbers: dict[int, int], *, tied: bool) -> str:
+    """A parameter's layout-independent name in local-layer-spec terms.
+
+    Global layer index (runtime.init.global_name); a tied output layer is the
+    embedding; transformer_engine's fused norm weights get the local spec's names.
+    """
+    name = global_name(local, numbers)
+    if tied and name == _OUTPUT:
+        return _EMBEDDING
+    match = _LAYER.match(name)
+    if match and match["rest"] in _TE_NORMS:
+        return f"decoder.layers.{match['index']}.{_TE_NORMS[match['rest']]}"
+    return name
+
+
 def targets(chunks: Sequence[torch.nn.Module], dims: Dims) -> list[Target]:
-    """Every parameter of this rank's chunks, by global name (a tied output layer takes the embedding's)."""
+    """Every parameter of this rank's chunks, by canonical name."""
     found = []
     for chunk in chunks:
         numbers = layer_numbers(chunk)
         for local, param in chunk.named_parameters():
-            name = global_name(local, numbers)
-            if dims.tied and name == _OUTPUT:
-                name = _EMBEDDING
+            name = canonical_name(local, numbers, tied=dims.tied)
             match = _LAYER.match(name)
             layer, suffix = (int(match["index"]), match["rest"]) if match else (None, name)
             found.append(Target(name=name, param=param, layer=layer, suffix=suffix))
@@ -561,10 +579,6 @@ class ImportReport:
     """The checkpoint's ``step`` leaf, if it has one."""
 
 
-def _open(path: str, stats: ReadStats | None) -> OrbaxItem:
-    return OrbaxItem(path, stats=stats)
-
-
 @torch.no_grad()
 def load_maxtext_weights(
     chunks: Sequence[torch.nn.Module],
@@ -589,7 +603,7 @@ def load_maxtext_weights(
     (CHECKPOINT_ERROR) listing every difference before copying anything.
     """
     dims = Dims.of(chunks[0], vocab_size=vocab_size)
-    item = _open(path, stats)
+    item = OrbaxItem(path, stats=stats)
     scanned = detect_scanned(item, PARAMS_FIELD)
     found = targets(chunks, dims)
     problems = check_model(dims, chunks[0], query_scaling=query_scaling) + _check_targets(found, dims)
@@ -671,7 +685,7 @@ def read_maxtext_adam_state(
     exp_avg = m^ (1 - b1^t), exp_avg_sq = v^ (1 - b2^t) with t = count.
     """
     dims = Dims.of(chunks[0], vocab_size=vocab_size)
-    item = _open(path, stats)
+    item = OrbaxItem(path, stats=stats)
     prefix = moment_prefix(item)
     scanned = detect_scanned(item, PARAMS_FIELD)
     found = targets(chunks, dims)

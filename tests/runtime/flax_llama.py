@@ -453,8 +453,11 @@ def make_cases(out: Path) -> None:
     _forward_case(out, "llama31", llama31, params, tokens, use_zarr3=True)
     _forward_case(out, "bf16", base, params, tokens, use_zarr3=True, dtype="bfloat16")
     _broken_case(out, params)
-    _training_case(out, "adamw_resume", base, "adamw", use_zarr3=True)
-    _training_case(out, "adam_pax_resume", unscanned, "adam_pax", use_zarr3=False)
+    # Three layers: megatron's distributed optimizer then splits a parameter between two
+    # data-parallel ranks (with an even count the split falls between two layers).
+    three = dataclasses.replace(base, num_layers=3)
+    _training_case(out, "adamw_resume", three, "adamw", use_zarr3=True)
+    _training_case(out, "adam_pax_resume", dataclasses.replace(three, scanned=False), "adam_pax", use_zarr3=False)
     _synthetic_cases(out)
 
 

@@ -131,9 +131,11 @@ def test_unshard_inverts_init_shard(dim: int, stride: int, tensor: int) -> None:
     assert torch.equal(unshard(pieces, dim=dim, stride=stride), full)
 
 
-def test_tp2_export_is_bit_exact(cases: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
-    """Exported from two tensor-parallel ranks (gathered on rank 0) by orbax_scripts/parallel_import.py."""
+@pytest.mark.parametrize("layout_name", ["tp2", "pp2"])
+def test_export_from_two_ranks_is_bit_exact(cases: Path, tmp_path_factory: pytest.TempPathFactory, layout_name: str) -> None:
+    """Exported from two tensor-parallel ranks or two pipeline stages (gathered on rank 0) by orbax_scripts/parallel_import.py."""
     results = ml.run_parallel(cases, tmp_path_factory.mktemp("parallel"))
     for name in ("scanned", "unscanned"):
-        assert results[0]["tp2"][name]["export_mismatched"] == []
-        assert results[0]["tp2"][name]["export_leaves"] > 0
+        assert results[0][layout_name][name]["export_mismatched"] == []
+        assert results[0][layout_name][name]["export_leaves"] > 0
+        assert "export_leaves" not in results[1][layout_name][name]

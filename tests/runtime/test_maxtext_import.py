@@ -22,7 +22,7 @@ from bridgec.runtime.maxtext_import import (
     read_maxtext_adam_state,
 )
 from bridgec.runtime.model import build_chunks, build_model, unwrap
-from bridgec.runtime.optim import OptimizerSettings, ScheduleSettings, build_optimizer, build_scheduler
+from bridgec.runtime.optim import build_optimizer, build_scheduler
 from bridgec.runtime.step import train_step
 from tests.runtime import flax_llama
 from tests.runtime.orbax_scripts import megatron_llama as ml
@@ -132,28 +132,12 @@ def _megatron_model(layout: ml.Layout, config: dict, *, query_scaling: str, dtyp
     )
 
 
-def _settings(data: dict, *, dtype: str, distributed: bool) -> OptimizerSettings:
-    return OptimizerSettings(
-        name="adam",
-        lr=data.get("lr", 1e-3),
-        min_lr=data.get("lr", 1e-3),
-        weight_decay=data.get("weight_decay", 0.0),
-        adam_beta1=data.get("betas", (0.9, 0.999))[0],
-        adam_beta2=data.get("betas", (0.9, 0.999))[1],
-        adam_eps=data.get("eps", 1e-8),
-        sgd_momentum=0.0,
-        clip_grad=0.0,
-        dtype=dtype,
-        distributed_optimizer=distributed,
-    )
-
-
 @pytest.mark.parametrize("distributed", [False, True])
 def test_mixed_precision_main_params_get_the_fp32_values(cases: Path, layout: ml.Layout, distributed: bool) -> None:
     """bf16 model + fp32 main params: the model holds the bf16 rounding, the optimizer the exact fp32 weights."""
     config, data, path = _case(cases, "scanned")
     model = _megatron_model(layout, config, query_scaling="keep", dtype="bf16", distributed=distributed)
-    optimizer = build_optimizer(model, _settings(data, dtype="bf16", distributed=distributed))
+    optimizer = build_optimizer(model, ml.adam_settings(data, dtype="bf16", distributed=distributed))
     chunks = [unwrap(chunk) for chunk in model]
     _load(chunks, config, path, "keep", optimizer=optimizer)
     reference = _chunks(layout, config, "keep")
@@ -178,7 +162,7 @@ def test_resume_from_jax_optimizer_state_matches_optax(cases: Path, layout: ml.L
     """
     config, data, path = _case(cases, name)
     model = _megatron_model(layout, config, query_scaling="keep", dtype="fp32", distributed=distributed)
-    settings = _settings(data, dtype="fp32", distributed=distributed)
+    settings = ml.adam_settings(data, dtype="fp32", distributed=distributed)
     optimizer = build_optimizer(model, settings)
     chunks = [unwrap(chunk) for chunk in model]
     common = dict(path=path, vocab_size=config["vocab_size"], tensor_parallel=1, tensor_rank=0, query_scaling="keep", rope_layout="rotate_half")
@@ -187,8 +171,7 @@ def test_resume_from_jax_optimizer_state_matches_optax(cases: Path, layout: ml.L
         chunks, optimizer, opt_type=data["optimizer"], adam_beta1=data["betas"][0], adam_beta2=data["betas"][1], **common
     )
     assert step == data["steps_before"]
-    schedule = ScheduleSettings(warmup_iters=0, warmup_init_lr=settings.lr, decay="constant", decay_iters=100, wsd_decay_iters=None, wsd_decay_style="linear")
-    scheduler = build_scheduler(optimizer, settings, schedule)
+    scheduler = build_scheduler(optimizer, settings, ml.constant_schedule(settings.lr))
     batches = torch.from_numpy(np.load(cases / name / "batches.npy").astype(np.int64))
     expected = np.load(cases / name / "losses.npy")[step:]
     losses = []
@@ -335,3 +318,14 @@ def test_pp2_stage_reads_only_its_layers(parallel: dict[int, dict]) -> None:
     stacked = parallel[0]["pp2"]["scanned"]
     query = "params.params.decoder.layers.self_attention.query.kernel"
     assert stacked["per_leaf"][query] == stacked["leaf_bytes"][query] / 2
+
+
+def test_dp2_distributed_optimizer_resumes_like_optax(parallel: dict[int, dict]) -> None:
+    """Each data-parallel rank keeps only its range of the Adam state (one parameter is split between them)."""
+    for rank in (0, 1):
+        resume = parallel[rank]["dp2"]["resume"]
+        diff = np.abs(np.array(resume["losses"]) - np.array(resume["expected"]))
+        print(f"dp2 rank {rank}: per-step |loss - optax loss| = {[f'{d:.1e}' for d in diff]}")
+        assert diff.max() <= TOLERANCE
+        assert resume["params_with_partial_range"] >= 1
+        assert 0.45 < resume["owned_fraction"] < 0.55

@@ -23,6 +23,7 @@ from megatron.core.transformer import TransformerConfig
 
 from bridgec.runtime import cpu_compat
 from bridgec.runtime.loss import masked_token_loss
+from bridgec.runtime.optim import OptimizerSettings, ScheduleSettings
 from bridgec.runtime.parallel import Layout, initialize
 
 CASE_CONFIG = "case.json"
@@ -90,6 +91,28 @@ def provider(config: dict, *, tensor: int, pipeline: int, query_scaling: str, dt
         )
 
     return build
+
+
+def adam_settings(data: dict, *, dtype: str, distributed: bool) -> OptimizerSettings:
+    """Megatron's Adam with the JAX case's hyper-parameters (case.json), no clipping."""
+    lr, betas = data.get("lr", 1e-3), data.get("betas", (0.9, 0.999))
+    return OptimizerSettings(
+        name="adam",
+        lr=lr,
+        min_lr=lr,
+        weight_decay=data.get("weight_decay", 0.0),
+        adam_beta1=betas[0],
+        adam_beta2=betas[1],
+        adam_eps=data.get("eps", 1e-8),
+        sgd_momentum=0.0,
+        clip_grad=0.0,
+        dtype=dtype,
+        distributed_optimizer=distributed,
+    )
+
+
+def constant_schedule(lr: float) -> ScheduleSettings:
+    return ScheduleSettings(warmup_iters=0, warmup_init_lr=lr, decay="constant", decay_iters=100, wsd_decay_iters=None, wsd_decay_style="linear")
 
 
 def free_port() -> int:
@@ -169,10 +192,11 @@ def run_parallel(cases: Path, out: Path) -> dict[int, dict]:
 
 
 def single_process_layout() -> Layout:
-    """The Layout of the single-process world (tests/conftest.py's megatron_world1)."""
-    from megatron.core import parallel_state
+    """The Layout of the single-process world (tests/conftest.py's megatron_world1): every size 1, every rank 0."""
+    import attrs
 
-    return Layout(
-        device=torch.device("cpu"), world_size=1, rank=0, tensor=1, pipeline=1, virtual_pipeline=None, context=1, expert=1,
-        data=1, tensor_rank=0, pipeline_rank=0, context_rank=0, data_rank=parallel_state.get_data_parallel_rank(),
-    )
+    values: dict[str, Any] = {"device": torch.device("cpu"), "virtual_pipeline": None}
+    for field in attrs.fields(Layout):
+        if field.name not in values:
+            values[field.name] = 0 if field.name == "rank" or field.name.endswith("_rank") else 1
+    return Layout(**values)

@@ -1,15 +1,17 @@
-"""torchrun script: import MaxText test checkpoints at TP=2 and PP=2 and measure parity and per-rank reads.
+"""torchrun script: import MaxText test checkpoints at TP=2, PP=2 and DP=2 and measure parity and per-rank reads.
 
-    torchrun --nproc-per-node 2 parallel_import.py CASES OUT --layouts tp2 pp2
+    torchrun --nproc-per-node 2 parallel_import.py CASES OUT --layouts tp2 pp2 dp2
 
 Per layout (megatron's groups are rebuilt in the same processes, which saves a
 launch) and per case it builds this rank's chunks, loads the checkpoint, computes the
 logits (gathered over TP; sent from stage 0 to stage 1 under PP) and writes
 OUT/rank<r>.json with, per layout and case: the max |logit - Flax logit|, the decoded bytes
 this rank read per leaf, tensorstore's file bytes read, and the checkpoint's
-data size. At TP=2 it also exports the model back (gathered on rank 0) and
-compares every leaf with the original, bit for bit. Finally it records whether
-JAX was ever imported (it must not be).
+data size. At TP=2 and PP=2 it also exports the model back (gathered on rank
+0) and compares every leaf with the original, bit for bit. At DP=2 it resumes the
+adamw case's JAX optimizer state into the distributed optimizer and trains the
+remaining steps (:func:`run_resume`). Finally it records whether JAX was ever
+imported (it must not be).
 """
 
 from __future__ import annotations
@@ -27,12 +29,14 @@ from megatron.core import parallel_state
 
 import megatron_llama as ml
 from bridgec.runtime.maxtext_export import export_maxtext, gather_full_params
-from bridgec.runtime.maxtext_import import Dims, load_maxtext_weights
-from bridgec.runtime.model import build_chunks
+from bridgec.runtime.maxtext_import import Dims, load_maxtext_optimizer_state, load_maxtext_weights, main_slots
+from bridgec.runtime.model import build_chunks, build_model, unwrap
+from bridgec.runtime.optim import build_optimizer, build_scheduler
 from bridgec.runtime.orbax_read import OrbaxItem, ReadStats
+from bridgec.runtime.step import train_step
 
 CASES = ("scanned", "unscanned")
-LAYOUTS = {"tp2": (2, 1), "pp2": (1, 2)}
+LAYOUTS = {"tp2": (2, 1), "pp2": (1, 2), "dp2": (1, 1)}
 
 
 def file_bytes_read() -> int:
@@ -88,9 +92,12 @@ def run_case(cases: Path, name: str, layout: ml.Layout, export_dir: Path) -> dic
     logits = ml.logits(chunks[0], tokens) if layout.pipeline == 1 else pipeline_logits(chunks[0], tokens, layout)
     if logits is not None:
         result["max_logit_diff"] = float(np.abs(logits[..., : config["vocab_size"]].numpy() - expected).max())
-    if layout.tensor > 1:
+    if layout.tensor > 1 or layout.pipeline > 1:
         full = gather_full_params(
-            chunks, tensor_group=parallel_state.get_tensor_model_parallel_group(), pipeline_group=None, tied=config["tied"]
+            chunks,
+            tensor_group=parallel_state.get_tensor_model_parallel_group(),
+            pipeline_group=parallel_state.get_pipeline_model_parallel_group(),
+            tied=config["tied"],
         )
         if full is not None:
             exported = export_maxtext(
@@ -111,6 +118,40 @@ def run_case(cases: Path, name: str, layout: ml.Layout, export_dir: Path) -> dic
     return result
 
 
+def run_resume(cases: Path, layout: ml.Layout) -> dict:
+    """DP=2 with the distributed optimizer: resume the adamw case's JAX state and train its remaining steps.
+
+    Each data-parallel rank holds only its range of every flattened parameter's
+    Adam state; each takes one of the two sequences of a step.
+    """
+    config, data = ml.read_case(cases / "adamw_resume")
+    path = str(cases / "adamw_resume" / data["items"])
+    model = build_model(
+        ml.provider(config, tensor=1, pipeline=1, query_scaling="keep"),
+        layout=layout, init_scheme="megatron", seed=1, init_std=0.02, num_layers=config["num_layers"],
+        tied_output=config["tied"], dtype="fp32", distributed_optimizer=True,
+    )
+    settings = ml.adam_settings(data, dtype="fp32", distributed=True)
+    optimizer = build_optimizer(model, settings)
+    chunks = [unwrap(chunk) for chunk in model]
+    common = dict(path=path, vocab_size=config["vocab_size"], tensor_parallel=1, tensor_rank=0, query_scaling="keep", rope_layout="rotate_half")
+    load_maxtext_weights(chunks, optimizer=optimizer, **common)
+    step = load_maxtext_optimizer_state(chunks, optimizer, opt_type="adamw", adam_beta1=data["betas"][0], adam_beta2=data["betas"][1], **common)
+    slots = main_slots(optimizer)
+    partial = sum(1 for param, slot in slots.items() if slot.end - slot.start < param.numel())
+    scheduler = build_scheduler(optimizer, settings, ml.constant_schedule(settings.lr))
+    batches = torch.from_numpy(np.load(cases / "adamw_resume" / "batches.npy").astype(np.int64))
+    losses = []
+    for batch in batches[step:, layout.data_rank : layout.data_rank + 1]:
+        iterator = iter([{"tokens": batch[:, :-1], "labels": batch[:, 1:]}])
+        result = train_step(ml.forward_step, [iterator], model, optimizer, scheduler, num_microbatches=1, micro_batch_size=1, seq_length=16, clip_grad=0.0)
+        losses.append(result.loss)
+    expected = np.load(cases / "adamw_resume" / "losses.npy")[step:]
+    owned = sum(slot.end - slot.start for slot in slots.values())
+    total = sum(p.numel() for chunk in chunks for p in chunk.parameters())
+    return {"losses": losses, "expected": expected.tolist(), "owned_fraction": owned / total, "params_with_partial_range": partial}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("cases", type=Path)
@@ -121,7 +162,10 @@ def main() -> int:
     for name in args.layouts:
         tensor, pipeline = LAYOUTS[name]
         layout = ml.start(tensor=tensor, pipeline=pipeline)
-        results[name] = {case: run_case(args.cases, case, layout, args.out / f"export-{name}") for case in CASES}
+        if name == "dp2":
+            results[name] = {"resume": run_resume(args.cases, layout)}
+        else:
+            results[name] = {case: run_case(args.cases, case, layout, args.out / f"export-{name}") for case in CASES}
         results[name]["ranks"] = {"tensor": layout.tensor_rank, "pipeline": layout.pipeline_rank}
         parallel_state.destroy_model_parallel()
     results["jax_imported"] = any(module == "jax" or module.startswith("jax.") for module in sys.modules)
