@@ -372,8 +372,16 @@ class _Importer:
             self.refuse("base_num_kv_heads", f"{heads} query heads are not a multiple of {kv_heads} key/value heads")
         self.put("model", "num_query_groups", kv_heads, comment)
         self.put("model", "head_dim", int(self.get("head_dim")), self.src("head_dim"))
-        if self.get("use_qk_norm"):
+        qk_norm = bool(self.get("use_qk_norm"))
+        if qk_norm:
             self.put("model", "qk_layernorm", True, self.src("use_qk_norm") + ": per-head RMSNorm before RoPE")
+        if block in ("llama2", "mistral", "mixtral", "gemma"):
+            # attentions.py init_query_w: the 1/sqrt(head_dim) goes into the query kernel's init, not the scores,
+            # and nowhere at all under use_qk_norm (these blocks pass no query_pre_attn_scalar).
+            scaling = "none" if qk_norm else "initial_weights"
+            self.put("model", "query_scaling", scaling,
+                     f"{block} attention does not scale its scores; init_query_w "
+                     + ("skips the 1/sqrt(head_dim) under use_qk_norm" if qk_norm else "divides the query kernel by sqrt(head_dim)"))
         mlp, comment = scaled("base_mlp_dim", mlp_scale)
         self.put("model", "ffn_hidden_size", mlp, comment)
         self.vocab = int(self.get("vocab_size"))

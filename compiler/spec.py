@@ -17,6 +17,7 @@ Device = Literal["cpu", "cuda"]
 Normalization = Literal["layernorm", "rmsnorm"]
 Activation = Literal["gelu", "swiglu", "geglu"]
 GeluApproximation = Literal["none", "tanh"]
+QueryScaling = Literal["attention", "initial_weights", "none"]
 PositionEmbedding = Literal["learned", "rope"]
 TransformerImpl = Literal["local", "transformer_engine"]
 OptimizerName = Literal["adam", "sgd"]
@@ -86,6 +87,8 @@ class Model:
     """Width of one head. Default: hidden_size / num_attention_heads."""
     qk_layernorm: bool = False
     """Normalise queries and keys per head (with the model's normalization) before RoPE: Qwen3, MaxText's use_qk_norm."""
+    query_scaling: QueryScaling = "attention"
+    """Where attention's 1/sqrt(head_dim) lives. attention: in the attention scores (megatron's default; MaxText's qwen3 and gpt3 blocks). initial_weights: the scores are not scaled and the query projection starts at 1/sqrt(head_dim) of its drawn init instead (MaxText's llama2, mistral, mixtral and gemma blocks, init_query_w); the same function at step 0, but Adam then moves the query weights as MaxText does. none: not scaled anywhere (those MaxText blocks with use_qk_norm)."""
     ffn_hidden_size: int | None = None
     """MLP inner width. Default: 4 x hidden_size."""
     vocab_size: int

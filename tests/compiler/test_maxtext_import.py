@@ -109,6 +109,19 @@ def test_imported_spec_compiles(model: str, tmp_path: Path) -> None:
     assert result.source is not None, [d.message for d in result.diagnostics]
 
 
+@pytest.mark.parametrize("model", MODELS)
+def test_query_scaling_follows_the_decoder_block(model: str) -> None:
+    """llama2/mistral/mixtral/gemma fold 1/sqrt(head_dim) into the query kernel's init; qwen3 and gpt3 scale scores."""
+    _, spec = imported(model)
+    folded = model.startswith(("llama", "mistral", "mixtral", "gemma"))
+    assert spec.model.query_scaling == ("initial_weights" if folded else "attention")
+
+
+def test_query_scaling_with_qk_norm_in_a_llama_block_is_none() -> None:
+    _, spec = imported("llama3-8b", "use_qk_norm=true")
+    assert (spec.model.qk_layernorm, spec.model.query_scaling) == (True, "none")
+
+
 def test_optimizer_schedule_loss_and_batch_of_the_base_config() -> None:
     _, spec = imported("llama2-7b", "steps=1000", "z_loss_multiplier=1e-4", "gradient_accumulation_steps=4",
                        "adam_eps_root=1e-8", "learning_rate_schedule_steps=800")
