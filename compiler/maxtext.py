@@ -34,6 +34,10 @@ import yaml
 
 from bridgec.compiler.maxtext_keys import GATES, ignored_reason
 from bridgec.compiler.maxtext_map import ConfigMapper, ImportProblem, maxtext_value, show
+
+__all__ = ["ImportProblem", "ImportResult", "import_maxtext", "model_file_name", "parse_overrides"]
+
+
 @attrs.frozen(kw_only=True)
 class ImportResult:
     toml: str | None
