@@ -57,7 +57,6 @@ class ImportProblem:
     hint: str | None = None
 
 
-
 def maxtext_value(value: Any) -> Any:
     """MaxText turns the string "none" (any case) into None (pyconfig._prepare_for_pydantic)."""
     return None if isinstance(value, str) and value.lower() == "none" else value
