@@ -86,7 +86,9 @@ def _unrope(tensor: torch.Tensor, interleaved: bool) -> torch.Tensor:
     return tensor[..., inverse]
 
 
-def split_qkv(weight: torch.Tensor, dims: Dims, *, query_factor: float, interleaved: bool) -> tuple[torch.Tensor, ...]:
+def split_qkv(
+    weight: torch.Tensor, dims: Dims, *, query_factor: float, interleaved: bool
+) -> tuple[torch.Tensor, ...]:
     """linear_qkv [G (H/G + 2) D, E] -> query [E, H, D], key, value [E, G, D] (query_factor divides the query)."""
     per_group = dims.heads // dims.groups
     grouped = weight.t().reshape(dims.hidden, dims.groups, per_group + 2, dims.head_dim)
@@ -97,7 +99,9 @@ def split_qkv(weight: torch.Tensor, dims: Dims, *, query_factor: float, interlea
     return _unrope(query, interleaved), _unrope(key, interleaved), value
 
 
-def layer_leaves(suffix: str, weight: torch.Tensor, dims: Dims, *, query_factor: float, interleaved: bool) -> tuple[torch.Tensor, ...]:
+def layer_leaves(
+    suffix: str, weight: torch.Tensor, dims: Dims, *, query_factor: float, interleaved: bool
+) -> tuple[torch.Tensor, ...]:
     """One layer's megatron parameter -> its MaxText leaves, in param_paths order."""
     if suffix == "self_attention.linear_qkv.weight":
         return split_qkv(weight, dims, query_factor=query_factor, interleaved=interleaved)
@@ -136,19 +140,31 @@ def _chunk_shape(shape: tuple[int, ...], layer_axis: int | None, itemsize: int) 
     return chunk
 
 
-def _array_spec(items: Path, name: str, shape: tuple[int, ...], dtype: ExportDType, chunk: list[int], zarr3: bool) -> dict:
+def _array_spec(
+    items: Path, name: str, shape: tuple[int, ...], dtype: ExportDType, chunk: list[int], zarr3: bool
+) -> dict:
     kvstore = {"driver": "ocdbt", "base": f"file://{items.absolute()}/", "path": f"{name}/", "config": _OCDBT_CONFIG}
     if zarr3:
         metadata = {
             "shape": list(shape),
             "data_type": dtype,
             "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": chunk}},
-            "codecs": [{"name": "bytes", "configuration": {"endian": "little"}}, {"name": "zstd", "configuration": {"level": 3, "checksum": False}}],
+            "codecs": [
+                {"name": "bytes", "configuration": {"endian": "little"}},
+                {"name": "zstd", "configuration": {"level": 3, "checksum": False}},
+            ],
             "fill_value": 0,
         }
         return {"driver": "zarr3", "kvstore": kvstore, "metadata": metadata, "create": True}
     zarr2_dtype = {"float32": "<f4", "bfloat16": "bfloat16"}[dtype]
-    metadata = {"shape": list(shape), "chunks": chunk, "dtype": zarr2_dtype, "compressor": {"id": "zstd", "level": 1}, "fill_value": None, "order": "C"}
+    metadata = {
+        "shape": list(shape),
+        "chunks": chunk,
+        "dtype": zarr2_dtype,
+        "compressor": {"id": "zstd", "level": 1},
+        "fill_value": None,
+        "order": "C",
+    }
     return {"driver": "zarr", "kvstore": kvstore, "metadata": metadata, "create": True}
 
 
@@ -207,7 +223,8 @@ def export_maxtext(
     stores = {}
     for path, shape in expected.items():
         layer_axis = param_scan_axis if stacked(path, scanned) else None
-        spec = _array_spec(items, orbax_name(_PARAMS_FIELD, path), shape, dtype, _chunk_shape(shape, layer_axis, itemsize), zarr3)
+        chunk = _chunk_shape(shape, layer_axis, itemsize)
+        spec = _array_spec(items, orbax_name(_PARAMS_FIELD, path), shape, dtype, chunk, zarr3)
         stores[path] = ts.open(spec, context=context).result()
 
     written = 0
@@ -222,7 +239,9 @@ def export_maxtext(
 
     interleaved = rope_layout == "interleaved"
     query_factor = math.sqrt(dims.head_dim) if query_scaling == "undo" else 1.0
-    tops = ["embedding.word_embeddings.weight", "decoder.final_layernorm.weight"] + ([] if dims.tied else ["output_layer.weight"])
+    tops = ["embedding.word_embeddings.weight", "decoder.final_layernorm.weight"]
+    if not dims.tied:
+        tops.append("output_layer.weight")
     for name in tops:
         (path,) = maxtext_paths(name, gated_mlp=dims.gated, scanned=scanned)
         write(path, top_leaf(name, fetch(name), dims))
@@ -237,9 +256,20 @@ def export_maxtext(
     (items / "_METADATA").write_text(json.dumps(_tree_metadata(names, zarr3)))
     now = time.time_ns()
     (step_dir / "_CHECKPOINT_METADATA").write_text(
-        json.dumps({"item_handlers": {ITEM: _HANDLER}, "metrics": {}, "performance_metrics": {}, "init_timestamp_nsecs": now, "commit_timestamp_nsecs": now, "custom_metadata": {}})
+        json.dumps(
+            {
+                "item_handlers": {ITEM: _HANDLER},
+                "metrics": {},
+                "performance_metrics": {},
+                "init_timestamp_nsecs": now,
+                "commit_timestamp_nsecs": now,
+                "custom_metadata": {},
+            }
+        )
     )
-    return ExportReport(items=str(items), leaves=len(stores), bytes_written=written, scanned=scanned, zarr3=zarr3, dtype=dtype)
+    return ExportReport(
+        items=str(items), leaves=len(stores), bytes_written=written, scanned=scanned, zarr3=zarr3, dtype=dtype
+    )
 
 
 # --------------------------------------------------------------------------------------------

@@ -17,8 +17,10 @@ heads, D head_dim, F ffn, V vocab; shapes of one unscanned MaxText layer):
   gate rows and the up rows of its slice (megatron's stride-2 split);
   ``linear_fc2`` [E, F] <- wo [F, E]; norms take the ``scale`` vectors;
 * the embedding [V', E] <- ``token_embedder/embedding`` [V, E]; megatron's
-  padded vocabulary V' >= V gets zero rows (never looked up; their logits are 0
-  and only export drops them); an untied ``output_layer`` <- ``logits_dense``
+  padded vocabulary V' >= V gets zero rows (never looked up; export drops them).
+  Their logits are 0, which megatron's cross entropy still counts, so a loss
+  that matches MaxText's needs V' = V (make_vocab_size_divisible_by dividing
+  V / TP); an untied ``output_layer`` <- ``logits_dense``
   [E, V] transposed, padded the same way; a tied output layer on the last
   pipeline stage takes the embedding, as in :mod:`bridgec.runtime.init`;
 * scanned checkpoints stack layers at ``param_scan_axis`` (MaxText default 1:
@@ -223,25 +225,32 @@ def check_model(dims: Dims, chunk: torch.nn.Module, *, query_scaling: QueryScali
     if config.add_bias_linear:
         problems.append("model has linear biases (add_bias_linear); MaxText Llama-family checkpoints have none")
     if getattr(chunk, "position_embedding_type", "rope") != "rope":
-        problems.append(f"model position embedding is {chunk.position_embedding_type}; MaxText Llama-family uses rope")
+        problems.append(
+            f"model position embedding is {chunk.position_embedding_type}; MaxText Llama-family uses rope"
+        )
     if dims.padded_vocab < dims.vocab:
         problems.append(f"model vocabulary {dims.padded_vocab} is smaller than the checkpoint's {dims.vocab}")
     if dims.qk_norm and query_scaling == "undo":
-        problems.append("query_scaling 'undo' with qk norms: MaxText does not pre-scale queries under use_qk_norm; use 'keep'")
+        problems.append(
+            "query_scaling 'undo' with qk norms: MaxText does not pre-scale queries under use_qk_norm; use 'keep'"
+        )
     softmax_scale = config.softmax_scale
     if query_scaling == "keep" and not dims.qk_norm and softmax_scale != 1.0:
         problems.append(
-            f"query_scaling 'keep' needs TransformerConfig(softmax_scale=1.0) (the query kernel carries 1/sqrt(head_dim)); "
-            f"model has softmax_scale={softmax_scale}"
+            "query_scaling 'keep' needs TransformerConfig(softmax_scale=1.0) "
+            f"(the query kernel carries 1/sqrt(head_dim)); model has softmax_scale={softmax_scale}"
         )
     if query_scaling == "undo" and softmax_scale not in (None, 1.0 / math.sqrt(dims.head_dim)):
-        problems.append(f"query_scaling 'undo' needs megatron's default softmax scale; model has softmax_scale={softmax_scale}")
+        problems.append(
+            f"query_scaling 'undo' needs megatron's default softmax scale; model has softmax_scale={softmax_scale}"
+        )
     return problems
 
 
 def check_tree(item: OrbaxItem, dims: Dims, *, prefix: str, scanned: bool, scan_axis: int) -> list[str]:
     """Differences between the checkpoint's leaves under ``prefix`` and what the model needs."""
-    expected = {orbax_name(prefix, path): shape for path, shape in expected_leaves(dims, scanned=scanned, scan_axis=scan_axis).items()}
+    leaves = expected_leaves(dims, scanned=scanned, scan_axis=scan_axis)
+    expected = {orbax_name(prefix, path): shape for path, shape in leaves.items()}
     item.open_all(expected)
     problems = []
     for name, shape in expected.items():
@@ -252,7 +261,8 @@ def check_tree(item: OrbaxItem, dims: Dims, *, prefix: str, scanned: bool, scan_
         if info.shape != shape:
             problems.append(f"leaf {name} has shape {list(info.shape)}; the model needs {list(shape)}")
         if info.dtype.name not in _SUPPORTED_DTYPES:
-            problems.append(f"leaf {name} has dtype {info.dtype.name}; expected one of {', '.join(_SUPPORTED_DTYPES)}")
+            supported = ", ".join(_SUPPORTED_DTYPES)
+            problems.append(f"leaf {name} has dtype {info.dtype.name}; expected one of {supported}")
     root = f"{prefix}.params."
     extra = sorted(name for name in item.names if name.startswith(root) and name not in expected)
     problems += [f"unexpected leaf {name} (the model has no place for it)" for name in extra]
@@ -426,7 +436,9 @@ def targets(chunks: Sequence[torch.nn.Module], dims: Dims) -> list[Target]:
 class LeafReader:
     """Reads the boxes of one kind of leaf for a set of layers, once per stacked leaf."""
 
-    def __init__(self, item: OrbaxItem, *, prefix: str, dims: Dims, shard: Shard, scanned: bool, scan_axis: int) -> None:
+    def __init__(
+        self, item: OrbaxItem, *, prefix: str, dims: Dims, shard: Shard, scanned: bool, scan_axis: int
+    ) -> None:
         self.item, self.prefix, self.dims, self.shard = item, prefix, dims, shard
         self.scanned, self.scan_axis = scanned, scan_axis
 
@@ -480,15 +492,19 @@ def produce(
             value = reader.top("params/decoder/decoder_norm/scale", rows_axis=None)
             yield from ((target, value) for target in group)
         else:
-            layers = [target.layer for target in group]  # type: ignore[misc]
-            boxes = [reader.layers(path, layers) for path in _layer_paths(suffix, dims, reader.scanned)]  # type: ignore[arg-type]
-            for target in group:
-                yield target, _assemble(suffix, [box[target.layer] for box in boxes], transform)  # type: ignore[index]
+            layers = [int(target.layer) for target in group if target.layer is not None]
+            boxes = [reader.layers(path, layers) for path in _layer_paths(suffix, dims, reader.scanned)]
+            for target, layer in zip(group, layers, strict=True):
+                yield target, _assemble(suffix, [box[layer] for box in boxes], transform)
 
 
 def _check_targets(found: list[Target], dims: Dims) -> list[str]:
     known = set(layer_suffixes(dims)) | {_EMBEDDING, _OUTPUT, _FINAL_NORM}
-    return [f"model parameter {t.name} has no MaxText counterpart in the Llama-family layout" for t in found if t.suffix not in known]
+    return [
+        f"model parameter {t.name} has no MaxText counterpart in the Llama-family layout"
+        for t in found
+        if t.suffix not in known
+    ]
 
 
 # --------------------------------------------------------------------------------------------
@@ -534,7 +550,9 @@ def main_slots(optimizer: object) -> dict[torch.nn.Parameter, MainSlot]:
                 for model_group, shard_group in zip(model_groups, shard_groups):
                     for param, main in zip(model_group, shard_group):
                         span = sub._get_model_param_range_map(param)["param"]
-                        slots[param] = MainSlot(main=main, start=span.start, end=span.end, inner=inner, separate=separate)
+                        slots[param] = MainSlot(
+                            main=main, start=span.start, end=span.end, inner=inner, separate=separate
+                        )
         elif isinstance(sub, Float16OptimizerWithFloat16Params):
             for model_group, main_group in zip(sub.float16_groups, sub.fp32_from_float16_groups):
                 for param, main in zip(model_group, main_group):
@@ -596,10 +614,13 @@ def load_maxtext_weights(
     """Copy a MaxText checkpoint's weights into this rank's (unwrapped) GPTModel chunks.
 
     ``path`` is the Orbax item folder (``<ckpt>/<step>/items``); ``vocab_size``
-    MaxText's vocabulary (megatron's padded rows are zero). Call it after the
-    chunks are built, on every rank; with mixed precision pass the megatron
-    ``optimizer`` too (after build_optimizer), so its fp32 main parameters get the
-    checkpoint's values rather than their bf16 rounding. Raises RunError
+    MaxText's vocabulary (megatron's padded rows are zero). Call it on every
+    rank, either before the optimizer exists, or after it with ``optimizer``
+    passed: megatron's mixed-precision and distributed optimizers copy the
+    weights into their fp32 main parameters when they are built, and the first
+    step copies those back over the model, so a load after build_optimizer that
+    skips them is lost. Passing the optimizer also gives the main parameters the
+    checkpoint's fp32 values rather than their bf16 rounding. Raises RunError
     (CHECKPOINT_ERROR) listing every difference before copying anything.
     """
     dims = Dims.of(chunks[0], vocab_size=vocab_size)
@@ -615,7 +636,8 @@ def load_maxtext_weights(
         rope_interleaved=rope_layout == "interleaved",
         query_factor=math.sqrt(dims.head_dim) if query_scaling == "undo" else 1.0,
     )
-    reader = LeafReader(item, prefix=PARAMS_FIELD, dims=dims, shard=Shard(size=tensor_parallel, rank=tensor_rank), scanned=scanned, scan_axis=param_scan_axis)
+    shard = Shard(size=tensor_parallel, rank=tensor_rank)
+    reader = LeafReader(item, prefix=PARAMS_FIELD, dims=dims, shard=shard, scanned=scanned, scan_axis=param_scan_axis)
     count = 0
     for chunk in chunks:
         for target, value in produce(reader, targets([chunk], dims), transform):
@@ -624,7 +646,8 @@ def load_maxtext_weights(
             if slot is not None and slot.separate:
                 slot.main.data.copy_(_flat_part(value, slot))
             count += 1
-    weight_names = [orbax_name(PARAMS_FIELD, p) for p in expected_leaves(dims, scanned=scanned, scan_axis=param_scan_axis)]
+    weight_leaves = expected_leaves(dims, scanned=scanned, scan_axis=param_scan_axis)
+    weight_names = [orbax_name(PARAMS_FIELD, path) for path in weight_leaves]
     return ImportReport(
         path=path,
         scanned=scanned,
@@ -705,7 +728,9 @@ def read_maxtext_adam_state(
     moments: dict[torch.nn.Parameter, dict[str, torch.Tensor]] = {}
     for field, key, power in (("mu", "exp_avg", 1), ("nu", "exp_avg_sq", 2)):
         transform = Transform(rope_interleaved=rope_layout == "interleaved", query_factor=scale**-power)
-        reader = LeafReader(item, prefix=f"{prefix}.{field}", dims=dims, shard=shard, scanned=scanned, scan_axis=param_scan_axis)
+        reader = LeafReader(
+            item, prefix=f"{prefix}.{field}", dims=dims, shard=shard, scanned=scanned, scan_axis=param_scan_axis
+        )
         for chunk in chunks:
             for target, value in produce(reader, targets([chunk], dims), transform):
                 value = value.double() * corrections[field] if corrections[field] != 1.0 else value
@@ -725,7 +750,10 @@ def set_megatron_adam_state(optimizer: object, state: AdamState) -> None:
     slots = main_slots(optimizer)
     missing = [slot for param, slot in slots.items() if param not in state.moments]
     if missing:
-        raise RunError(ExitCode.CHECKPOINT_ERROR, f"Adam state covers {len(state.moments)} parameters but the optimizer holds {len(slots)}")
+        raise RunError(
+            ExitCode.CHECKPOINT_ERROR,
+            f"Adam state covers {len(state.moments)} parameters but the optimizer holds {len(slots)}",
+        )
     for param, slot in slots.items():
         moments = state.moments[param]
         slot.inner.state[slot.main] = {
