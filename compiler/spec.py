@@ -206,7 +206,7 @@ class Optimizer:
     min_lr: float = 0.0
     """Learning rate at the end of decay."""
     weight_decay: float = 0.01
-    """Decoupled weight decay; biases and 1-D parameters (norms) are excluded."""
+    """Decoupled weight decay. semantics = "megatron" excludes biases and 1-D parameters (norms); "optax" decays what [optimizer.decay_mask] keeps (everything by default, as MaxText)."""
     betas: tuple[float, float] = (0.9, 0.999)
     """Adam's (beta1, beta2)."""
     eps: float = 1e-8
@@ -275,7 +275,7 @@ class OptaxSchedulePiece:
 
 @attrs.frozen(kw_only=True)
 class Scheduler:
-    """[scheduler]: the learning-rate schedule (megatron-core OptimizerParamScheduler)."""
+    """[scheduler]: the learning-rate schedule (megatron-core OptimizerParamScheduler, or MaxText's or optax's: see style)."""
 
     warmup_iters: int = 0
     """Steps of linear warmup from warmup_init_lr to lr."""
