@@ -15,7 +15,8 @@ chunks are one layer thick, so memory stays at about one layer whatever the
 model size; orbax's ``save`` wants the whole tree as arrays at once.
 
 Weights come from ``fetch(global megatron name) -> full (TP=1) tensor``; for
-the chunks of a running model :func:`gather_full_params` provides them. Values
+the chunks of a running model :func:`gather_full_params` provides them (the
+fp32 main parameters when given a mixed-precision optimizer). Values
 are cast once to ``dtype``; the inverse transforms are exact (permutations,
 transposes, splits) except "undo" query scaling, which divides by sqrt(D) in
 float64: bit-exact round trip when sqrt(D) is a power of two, or when the
@@ -41,11 +42,13 @@ import torch.distributed as dist
 from bridgec.runtime.init import global_name, layer_numbers
 from bridgec.runtime.maxtext_import import (
     Dims,
+    MainSlot,
     QueryScaling,
     RopeLayout,
     canonical_name,
     expected_leaves,
     layer_suffixes,
+    main_slots,
     orbax_name,
     rope_permutation,
     stacked,
@@ -282,6 +285,39 @@ def unshard(pieces: Sequence[torch.Tensor], *, dim: int, stride: int) -> torch.T
     return torch.cat([parts[rank][s] for s in range(stride) for rank in range(len(pieces))], dim=dim)
 
 
+def _sharded_main_groups(optimizer: object | None) -> dict[torch.nn.Parameter, dist.ProcessGroup]:
+    """Half-precision model parameters whose fp32 main copy the distributed optimizer splits over data-parallel ranks."""
+    if optimizer is None:
+        return {}
+    from megatron.core.optimizer.distrib_optimizer import DistributedOptimizer
+    from megatron.core.optimizer.optimizer import ChainedOptimizer
+
+    subs = optimizer.chained_optimizers if isinstance(optimizer, ChainedOptimizer) else [optimizer]
+    # Every parameter of the optimizer's buffers, owned here or not (model_param_gbuf_map has only the owned).
+    return {
+        param: sub.data_parallel_group
+        for sub in subs
+        if isinstance(sub, DistributedOptimizer)
+        for buffer in sub.buffers
+        for param in buffer.param_index_map
+        if param.dtype != torch.float32
+    }
+
+
+def _fp32_value(param: torch.nn.Parameter, slot: MainSlot | None, group: dist.ProcessGroup | None) -> torch.Tensor:
+    """The parameter's fp32 value: the optimizer's main copy under mixed precision, else the parameter."""
+    if group is not None:
+        # Each data-parallel rank holds a disjoint range of the flattened main copy: sum the ranges.
+        flat = torch.zeros(param.numel(), dtype=torch.float32)
+        if slot is not None:
+            flat[slot.start : slot.end] = slot.main.detach().reshape(-1)
+        dist.all_reduce(flat, group=group)
+        return flat.view(param.shape)
+    if slot is not None and slot.separate:
+        return slot.main.detach().float().reshape(param.shape).clone()
+    return param.detach().float()
+
+
 @torch.no_grad()
 def gather_full_params(
     chunks: Sequence[torch.nn.Module],
@@ -289,14 +325,20 @@ def gather_full_params(
     tensor_group: dist.ProcessGroup | None,
     pipeline_group: dist.ProcessGroup | None,
     tied: bool,
+    optimizer: object | None = None,
 ) -> dict[str, torch.Tensor] | None:
     """Full (TP=1) fp32 tensors of every parameter, by global name, on the first rank of the model-parallel group.
 
-    Collective over the tensor and pipeline groups (call it on every rank of
-    one data-parallel replica). Returns None on the other ranks. Holds the whole
-    model on the receiving rank: for conversion-sized runs.
+    With ``optimizer`` (megatron's, mixed precision) the values are its fp32 main
+    parameters rather than the bf16 model copies. Collective over the tensor and
+    pipeline groups, and with a distributed optimizer over the data-parallel
+    group too: call it on every rank. Returns None on all but the first rank of
+    each model-parallel group. Holds the whole model on the receiving rank: for
+    conversion-sized runs.
     """
     tensor_size = dist.get_world_size(tensor_group) if tensor_group is not None else 1
+    slots = main_slots(optimizer) if optimizer is not None else {}
+    sharded = _sharded_main_groups(optimizer)
     stage: dict[str, torch.Tensor] = {}
     for chunk in chunks:
         numbers = layer_numbers(chunk)
@@ -304,7 +346,7 @@ def gather_full_params(
             if tied and global_name(local, numbers) == "output_layer.weight":
                 continue  # the embedding's copy
             name = canonical_name(local, numbers, tied=tied)
-            value = param.detach().float()
+            value = _fp32_value(param, slots.get(param), sharded.get(param))
             if getattr(param, "tensor_model_parallel", False) and tensor_size > 1:
                 pieces = [torch.empty_like(value) for _ in range(tensor_size)]
                 dist.all_gather(pieces, value.contiguous(), group=tensor_group)

@@ -10,7 +10,8 @@ this rank read per leaf, tensorstore's file bytes read, and the checkpoint's
 data size. At TP=2 and PP=2 it also exports the model back (gathered on rank
 0) and compares every leaf with the original, bit for bit. At DP=2 it resumes the
 adamw case's JAX optimizer state into the distributed optimizer and trains the
-remaining steps (:func:`run_resume`). Finally it records whether JAX was ever
+remaining steps (:func:`run_resume`), and exports a bf16 model's fp32 main
+parameters, split over the two ranks (:func:`run_bf16_export`). Finally it records whether JAX was ever
 imported (it must not be).
 """
 
@@ -152,6 +153,36 @@ def run_resume(cases: Path, layout: ml.Layout) -> dict:
     return {"losses": losses, "expected": expected.tolist(), "owned_fraction": owned / total, "params_with_partial_range": partial}
 
 
+def run_bf16_export(cases: Path, layout: ml.Layout, out: Path) -> dict:
+    """DP=2, bf16 model, distributed optimizer: export gathers the fp32 main ranges of both ranks, bit-exact."""
+    config, data = ml.read_case(cases / "scanned")
+    items = cases / "scanned" / data["items"]
+    model = build_model(
+        ml.provider(config, tensor=1, pipeline=1, query_scaling="keep", dtype="bf16"),
+        layout=layout, init_scheme="megatron", seed=1, init_std=0.02, num_layers=config["num_layers"],
+        tied_output=False, dtype="bf16", distributed_optimizer=True,
+    )
+    optimizer = build_optimizer(model, ml.adam_settings(data, dtype="bf16", distributed=True))
+    chunks = [unwrap(chunk) for chunk in model]
+    load_maxtext_weights(
+        chunks, path=str(items), vocab_size=config["vocab_size"], tensor_parallel=1, tensor_rank=0,
+        query_scaling="keep", rope_layout="rotate_half", optimizer=optimizer,
+    )
+    full = gather_full_params(
+        chunks, tensor_group=parallel_state.get_tensor_model_parallel_group(), pipeline_group=None, tied=False,
+        optimizer=optimizer,
+    )
+    if layout.data_rank != 0 or full is None:
+        return {}
+    exported = export_maxtext(
+        full.__getitem__, directory=out, step=0, dims=Dims.of(chunks[0], vocab_size=config["vocab_size"]),
+        scanned=True, dtype="float32", query_scaling="keep", rope_layout="rotate_half",
+    )
+    original, back = OrbaxItem(items), OrbaxItem(exported.items)
+    weights = [n for n in original.names if n.startswith("params.")]
+    return {"export_mismatched": [n for n in weights if original.read(n).tobytes() != back.read(n).tobytes()]}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("cases", type=Path)
@@ -163,7 +194,10 @@ def main() -> int:
         tensor, pipeline = LAYOUTS[name]
         layout = ml.start(tensor=tensor, pipeline=pipeline)
         if name == "dp2":
-            results[name] = {"resume": run_resume(args.cases, layout)}
+            results[name] = {
+                "resume": run_resume(args.cases, layout),
+                "bf16_export": run_bf16_export(args.cases, layout, args.out / "export-dp2-bf16"),
+            }
         else:
             results[name] = {case: run_case(args.cases, case, layout, args.out / f"export-{name}") for case in CASES}
         results[name]["ranks"] = {"tensor": layout.tensor_rank, "pipeline": layout.pipeline_rank}
