@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import sys
+import time
 from pathlib import Path
 from typing import IO, Any
 
@@ -36,6 +37,7 @@ class MetricsLog:
     stream: IO[str] = sys.stdout
     skipped_total: int = 0
     _file: IO[str] | None = None
+    _opened: float = 0.0
 
     def open(self, *, resume: bool) -> None:
         """Open the JSON-lines file (appending on resume, fresh otherwise)."""
@@ -43,6 +45,7 @@ class MetricsLog:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._file = self.path.open("a" if resume else "w", encoding="utf-8")
+        self._opened = time.monotonic()
 
     def close(self) -> None:
         if self._file is not None:
@@ -55,7 +58,11 @@ class MetricsLog:
         self._file.flush()
 
     def step(self, step: int, result: StepResult, *, tokens: int, seconds: float) -> None:
-        """Record step ``step`` (1-based) that processed ``tokens`` tokens in ``seconds``."""
+        """Record step ``step`` (1-based) that processed ``tokens`` tokens in ``seconds``.
+
+        ``ms_per_step`` is the training step alone; ``elapsed_s`` (seconds since the
+        log opened, on this launch) also covers logging, evaluation and checkpoints.
+        """
         self.skipped_total += int(result.skipped)
         if not self.enabled:
             return
@@ -72,6 +79,7 @@ class MetricsLog:
                 "tokens": tokens,
                 "tokens_per_second": tokens_per_second,
                 "ms_per_step": seconds * 1000.0,
+                "elapsed_s": time.monotonic() - self._opened,
             }
         )
         if step % self.log_interval == 0 or step == self.total_iters:

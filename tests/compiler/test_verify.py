@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ast
+
+import libcst
 from pathlib import Path
 
 from bridgec.compiler.compile import compile_spec
@@ -44,11 +46,11 @@ def test_unparsable_output_is_reported() -> None:
 
 
 def test_runtime_imports_are_checked_statically() -> None:
-    assert check_runtime_imports("from bridgec.runtime.loop import train\n") == []
-    assert check_runtime_imports("from bridgec.runtime.loop import nope\n") == [
+    assert check_runtime_imports(libcst.parse_module("from bridgec.runtime.loop import train\n")) == []
+    assert check_runtime_imports(libcst.parse_module("from bridgec.runtime.loop import nope\n")) == [
         "the script imports nope from bridgec.runtime.loop, which does not define it"
     ]
-    assert check_runtime_imports("from bridgec.runtime import missing_module\n") == [
+    assert check_runtime_imports(libcst.parse_module("from bridgec.runtime import missing_module\n")) == [
         "the script imports bridgec.runtime.missing_module, which does not exist"
     ]
     assert Path  # keeps the import list honest for readers

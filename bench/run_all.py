@@ -1,0 +1,13 @@
+"""Run every benchmark (`make bench`)."""
+
+from __future__ import annotations
+
+import runpy
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+for name in ("compile_bench.py", "runtime_bench.py"):
+    print(f"== {name}")
+    runpy.run_path(str(HERE / name), run_name="__main__")
+    print()
