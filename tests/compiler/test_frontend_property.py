@@ -1,4 +1,4 @@
-"""Property: whatever the text, read_spec ends in diagnostics, never in an exception.
+"""Property: whatever the text, compiling ends in a script that parses or in diagnostics, never an exception.
 
 Specs start valid (every table written out), then values, types and keys are
 mutated, keys and tables dropped, garbage inserted; separately, random edits
@@ -7,6 +7,7 @@ and bytes are spliced into the TOML text itself.
 
 from __future__ import annotations
 
+import ast
 import copy
 import datetime
 import typing
@@ -16,9 +17,10 @@ import attrs
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from bridgec.compiler.compile import compile_spec
 from bridgec.compiler.errors import format_diagnostic, is_error
 from bridgec.compiler.spec import DataSource, Spec
-from tests.compiler.conftest import MINIMAL, MemoryFiles, dump_toml, front
+from tests.compiler.conftest import MINIMAL, SPEC_DIR, MemoryFiles, dump_toml, front
 
 FULL: dict[str, dict[str, Any]] = {
     **copy.deepcopy(MINIMAL),
@@ -84,9 +86,11 @@ def _typed(type_: Any) -> st.SearchStrategy[Any]:
         return st.sampled_from(args)
     if type(None) in args:
         return _typed(next(a for a in args if a is not type(None)))
+    if origin is dict:
+        axes = st.sampled_from(["data", "fsdp", "tensor", "stage", "context", "expert", "diloco", "bogus"])
+        return st.dictionaries(axes, _typed(args[1]), max_size=4)
     if origin is tuple and args[-1] is Ellipsis:
-        return st.lists(st.fixed_dictionaries({"prefix": _typed(str)}, optional={"weight": _typed(float)}),
-                        max_size=3)
+        return st.lists(_typed(args[0]), max_size=3)
     if origin is tuple:
         return st.tuples(*(_typed(a) for a in args)).map(list)
     if attrs.has(type_):
@@ -141,6 +145,12 @@ def _dump(data: dict[str, Any]) -> str:
 def _check(text: str) -> None:
     result = front(text, FILES)
     assert result.spec is not None or any(is_error(d) for d in result.diagnostics)
+    compiled = compile_spec(text, spec_name="spec.toml", spec_path=SPEC_DIR / "spec.toml",
+                            output_path=SPEC_DIR / "run.py", files=FILES)
+    if compiled.source is not None:
+        ast.parse(compiled.source)  # a spec without errors always compiles to Python
+    else:
+        assert any(is_error(d) for d in compiled.diagnostics)
     line_count = text.count("\n") + 1
     for diagnostic in result.diagnostics:
         assert format_diagnostic(diagnostic).startswith("spec.toml")
