@@ -152,18 +152,47 @@ def test_mixed_precision_main_params_get_the_fp32_values(cases: Path, layout: ml
         assert torch.equal(slot.main.reshape(-1), exact[name].reshape(-1)[slot.start : slot.end]), name
 
 
-@pytest.mark.parametrize(("name", "distributed"), [("adamw_resume", False), ("adam_pax_resume", True)])
-def test_resume_from_jax_optimizer_state_matches_optax(cases: Path, layout: ml.Layout, name: str, distributed: bool) -> None:
+def _optimizer(builder: str, model: list, config: dict, data: dict, *, distributed: bool) -> tuple[Any, Any]:
+    """megatron's AdamW (OptimizerParamScheduler) or runtime.optax_optim's OptaxAdamW (CountScheduler), constant lr."""
+    settings = ml.adam_settings(data, dtype="fp32", distributed=distributed)
+    if builder == "megatron":
+        optimizer = build_optimizer(model, settings)
+        return optimizer, lambda step: build_scheduler(optimizer, settings, ml.constant_schedule(settings.lr))
+    from bridgec.runtime.optax_optim import build_optax_optimizer
+    from bridgec.runtime.schedules import CountScheduler, constant_schedule
+
+    optimizer = build_optax_optimizer(
+        model, lr=settings.lr, beta1=settings.adam_beta1, beta2=settings.adam_beta2, eps=settings.adam_eps,
+        eps_root=0.0, weight_decay=settings.weight_decay, decay_exclude=["scale"], gated_mlp=True,
+        scan_layers=config["scanned"], tied_output=config["tied"], path_style="linen", dtype="fp32",
+        distributed_optimizer=distributed,
+    )
+    # The imported count is the number of updates done: the schedule continues from there.
+    return optimizer, lambda step: CountScheduler(optimizer, constant_schedule(settings.lr), num_steps=step)
+
+
+@pytest.mark.parametrize(
+    ("name", "distributed", "builder"),
+    [
+        ("adamw_resume", False, "megatron"),
+        ("adam_pax_resume", True, "megatron"),
+        ("adamw_resume", True, "optax"),
+        ("adam_pax_resume", False, "optax"),
+    ],
+)
+def test_resume_from_jax_optimizer_state_matches_optax(
+    cases: Path, layout: ml.Layout, name: str, distributed: bool, builder: str
+) -> None:
     """JAX trained 3 steps and saved (params, opt_state, step); megatron continues 4 steps like optax does.
 
     optax.adamw keeps raw moments (opt_state.0.mu/nu/count); adam_pax keeps
-    bias-corrected ones (opt_state.mu/nu/count). Megatron's AdamW (decoupled
-    decay, norms excluded as the JAX side's mask does) continues both.
+    bias-corrected ones (opt_state.mu/nu/count). Both continue in megatron's
+    AdamW (decoupled decay, 1-D norms excluded as the JAX side's mask does) and
+    in runtime.optax_optim's OptaxAdamW (adamw_mask "scale").
     """
     config, data, path = _case(cases, name)
     model = _megatron_model(layout, config, query_scaling="keep", dtype="fp32", distributed=distributed)
-    settings = ml.adam_settings(data, dtype="fp32", distributed=distributed)
-    optimizer = build_optimizer(model, settings)
+    optimizer, make_scheduler = _optimizer(builder, model, config, data, distributed=distributed)
     chunks = [unwrap(chunk) for chunk in model]
     common = dict(path=path, vocab_size=config["vocab_size"], tensor_parallel=1, tensor_rank=0, query_scaling="keep", rope_layout="rotate_half")
     _load(chunks, config, path, "keep", optimizer=optimizer)
@@ -171,16 +200,19 @@ def test_resume_from_jax_optimizer_state_matches_optax(cases: Path, layout: ml.L
         chunks, optimizer, opt_type=data["optimizer"], adam_beta1=data["betas"][0], adam_beta2=data["betas"][1], **common
     )
     assert step == data["steps_before"]
-    scheduler = build_scheduler(optimizer, settings, ml.constant_schedule(settings.lr))
+    scheduler = make_scheduler(step)
     batches = torch.from_numpy(np.load(cases / name / "batches.npy").astype(np.int64))
     expected = np.load(cases / name / "losses.npy")[step:]
     losses = []
     for batch in batches[step:]:
         data_iterator = iter([{"tokens": batch[:, :-1], "labels": batch[:, 1:]}])
-        result = train_step(ml.forward_step, [data_iterator], model, optimizer, scheduler, num_microbatches=1, micro_batch_size=2, seq_length=16, clip_grad=0.0)
+        result = train_step(
+            ml.forward_step, [data_iterator], model, optimizer, scheduler,
+            num_microbatches=1, micro_batch_size=2, seq_length=16, clip_grad=0.0,
+        )
         losses.append(result.loss)
     diff = np.abs(np.array(losses) - expected)
-    print(f"{name}: per-step |loss - optax loss| after resume = {[f'{d:.1e}' for d in diff]}")
+    print(f"{name} {builder}: per-step |loss - optax loss| after resume = {[f'{d:.1e}' for d in diff]}")
     assert diff.max() <= TOLERANCE
 
 
