@@ -286,7 +286,7 @@ def unshard(pieces: Sequence[torch.Tensor], *, dim: int, stride: int) -> torch.T
 
 
 def _sharded_main_groups(optimizer: object | None) -> dict[torch.nn.Parameter, dist.ProcessGroup]:
-    """Half-precision model parameters whose fp32 main copy the distributed optimizer splits over data-parallel ranks."""
+    """Half-precision parameters whose fp32 main copy the distributed optimizer splits over data-parallel ranks."""
     if optimizer is None:
         return {}
     from megatron.core.optimizer.distrib_optimizer import DistributedOptimizer
