@@ -42,6 +42,7 @@ from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 from torch.distributed.checkpoint.metadata import Metadata, TensorStorageMetadata
 
 from bridgec.runtime import checkpoint_files as files
+from bridgec.runtime.entry import peer_failure
 from bridgec.runtime.errors import ExitCode, RunError
 from bridgec.runtime.loop import Progress
 from bridgec.runtime.model import unwrap
@@ -201,10 +202,13 @@ class DistCheckpointer:
             if rank == 0:
                 self._publish(progress, partial, self.directory / name, has_state=has_state)
             dist.barrier()
-        except OSError as error:
+        except Exception as error:  # noqa: BLE001 - a full disk shows up as several exception types
+            if peer_failure(error):
+                raise  # another rank died: entry.run reports that, not a checkpoint problem
             raise RunError(
                 ExitCode.CHECKPOINT_ERROR,
-                f"saving step {progress.step} to {partial} failed ({error}); the previous checkpoint is intact",
+                f"saving step {progress.step} to {partial} failed ({type(error).__name__}: {str(error).strip()[:500]}); "
+                "the previous checkpoint is intact",
             ) from None
         _say(f"checkpoint: saved step {progress.step} to {self.directory / name} in {time.perf_counter() - began:.2f} s")
 

@@ -23,7 +23,6 @@ import json
 import os
 import re
 import shutil
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -309,11 +308,23 @@ def _layout_text(layout: dict[str, int | None]) -> str:
     return text
 
 
+def _wrap(words: list[str], *, indent: int, width: int) -> str:
+    lines, line = [], ""
+    for word in words:
+        if line and indent + len(line) + 1 + len(word) > width:
+            lines.append(line)
+            line = word
+        else:
+            line = f"{line} {word}" if line else word
+    lines.append(line)
+    return ("\n" + " " * indent).join(lines)
+
+
 def format_report(report: InspectReport) -> str:
     """The text ``bridgec checkpoint inspect`` prints."""
     manifest = report.manifest
     optimizer = manifest.optimizer
-    model = ", ".join(f"{key}={value}" for key, value in sorted(manifest.model.items()))
+    model = _wrap([f"{key}={value}" for key, value in sorted(manifest.model.items())], indent=13, width=100)
     lines = [
         f"checkpoint   {report.path}",
         f"status       {'DAMAGED' if report.problems else 'complete'}",
@@ -338,7 +349,3 @@ def format_report(report: InspectReport) -> str:
     if report.others:
         lines.append("also here    " + " ".join(report.others))
     return "\n".join(lines) + "\n"
-
-
-def names(paths: Iterable[Path]) -> str:
-    return ", ".join(path.name for path in paths)

@@ -118,14 +118,7 @@ def train(
         log_interval=settings.log_interval,
         total_iters=settings.iters,
     )
-    start = Progress(step=0, consumed_samples=0, skipped_steps=0)
-    if checkpointer is not None and resume:
-        restored = checkpointer.load_latest()
-        if restored is None:
-            log.message("resume: no checkpoint found, starting fresh")
-        else:
-            start = restored
-            log.message(f"resume: continuing from step {start.step} ({start.consumed_samples} samples consumed)")
+    start = _restore(checkpointer if resume else None, log)
     if start.step > 0 and layout.holds_loss:
         truncate_metrics(settings.metrics_path, after_step=start.step)
     log.open(resume=start.step > 0)
@@ -185,6 +178,19 @@ def train(
     finally:
         signals.restore()
         log.close()
+
+
+def _restore(checkpointer: Checkpointer | None, log: MetricsLog) -> Progress:
+    """Where this launch starts: the latest checkpoint's progress, or step 0."""
+    fresh = Progress(step=0, consumed_samples=0, skipped_steps=0)
+    if checkpointer is None:
+        return fresh
+    restored = checkpointer.load_latest()
+    if restored is None:
+        log.message("resume: no checkpoint found, starting fresh")
+        return fresh
+    log.message(f"resume: continuing from step {restored.step} ({restored.consumed_samples} samples consumed)")
+    return restored
 
 
 def _nonfinite_stop(checkpointer: Checkpointer | None, good: Progress, start: Progress, grad_norm: float) -> str:

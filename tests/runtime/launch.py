@@ -32,7 +32,7 @@ TORCHRUN = Path(sys.executable).parent / "torchrun"
 HANG_GUARD_SECONDS = 300
 KNOBS = (
     "TP", "PP", "VPP", "DISTOPT", "ITERS", "SAVE_INTERVAL", "KEEP_LAST", "EXIT_INTERVAL", "RESUME", "ON_NONFINITE",
-    "EVAL_INTERVAL", "HIDDEN", "NAN_STEP", "SIGTERM_STEP", "DIE_STEP", "DIE_RANK", "TIMEOUT_MINUTES",
+    "EVAL_INTERVAL", "HIDDEN", "LAYERS", "NAN_STEP", "SIGTERM_STEP", "DIE_STEP", "DIE_RANK", "TIMEOUT_MINUTES",
     "BRIDGEC_TEST_PAUSE_SAVE",
 )
 _FAILURE = re.compile(r"rank\s*:\s*(\d+) \(local_rank: \d+\)\s*\n\s*exitcode\s*:\s*(-?\d+)")

@@ -6,7 +6,7 @@ switch to scripts emitted by the compiler is a change there.
 
   TP PP VPP DISTOPT      layout and optimizer (DISTOPT=1: distributed optimizer)
   ITERS SAVE_INTERVAL KEEP_LAST EXIT_INTERVAL RESUME ON_NONFINITE EVAL_INTERVAL
-  HIDDEN                 hidden size (a different value: a checkpoint of another shape)
+  HIDDEN LAYERS          hidden size and layers (other values: a checkpoint of another shape)
   NAN_STEP=k             the loss of step k (1-based) is multiplied by nan
   SIGTERM_STEP=k         rank 0 sends itself SIGTERM during step k
   DIE_STEP=k DIE_RANK=r  rank r kills itself (SIGKILL) during step k
@@ -57,7 +57,7 @@ GLOBAL_BATCH_SIZE = 8
 MICRO_BATCH_SIZE = 2
 NUM_MICROBATCHES = GLOBAL_BATCH_SIZE // (MICRO_BATCH_SIZE * DP)
 SEQ_LENGTH = 32
-NUM_LAYERS = 2
+NUM_LAYERS = knob("LAYERS") or 2
 HIDDEN = knob("HIDDEN") or 64
 VOCAB = 128
 ITERS = knob("ITERS") or 6
@@ -112,7 +112,7 @@ def main() -> ExitCode:
                                      adam_beta2=0.999, adam_eps=1e-8, sgd_momentum=0.9, clip_grad=1.0, dtype="fp32",
                                      distributed_optimizer=DISTOPT)
     optimizer = build_optimizer(model, opt_settings)
-    scheduler = build_scheduler(optimizer, opt_settings, ScheduleSettings(
+    scheduler = build_scheduler(optimizer, lr=1e-3, min_lr=1e-4, weight_decay=0.01, schedule=ScheduleSettings(
         warmup_iters=2, warmup_init_lr=0.0, decay="cosine", decay_iters=ITERS, wsd_decay_iters=None, wsd_decay_style="linear"))
     splits = build_splits(kind="mock", prefixes=(), weights=(), split=(98, 1, 1), seq_length=SEQ_LENGTH, seed=1234,
                           token_ids=TokenIds(vocab_size=VOCAB, eod=VOCAB - 1), eod_mask_loss=False,
