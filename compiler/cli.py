@@ -181,6 +181,63 @@ def cmd_data_build(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _read_input(path: Path, what: str) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UserError(f"{path}: no such file ({what})") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise UserError(f"{path}: cannot be read ({what}): {error}") from None
+
+
+def cmd_import_maxtext(args: argparse.Namespace) -> int:
+    from bridgec.compiler.emit import write_atomic
+    from bridgec.compiler.maxtext import import_maxtext, model_file_name
+
+    base_path = Path(args.base)
+    base_text = _read_input(base_path, "MaxText base config")
+    model_path: Path | None = Path(args.model) if args.model else None
+    if model_path is None:
+        name = model_file_name(base_text, args.overrides)
+        if name is not None:
+            # MaxText reads configs/models/<model_name>.yml beside base.yml (and ../models from a subfolder).
+            candidates = [base_path.parent / "models" / f"{name}.yml", base_path.parent.parent / "models" / f"{name}.yml"]
+            model_path = next((c for c in candidates if c.is_file()), None)
+            if model_path is None:
+                raise UserError(
+                    f"model_name {name!r}: no {candidates[0]} (nor {candidates[1]}); pass the file with --model"
+                )
+    model_text = _read_input(model_path, "MaxText model config") if model_path is not None else None
+    command = "bridgec import maxtext " + " ".join(
+        [str(base_path)] + (["--model", str(model_path)] if model_path else []) + list(args.overrides)
+        + ["--devices", str(args.devices)] + (["--nodes", str(args.nodes)] if args.nodes else [])
+        + ["-o", str(args.output)]
+    )
+    result = import_maxtext(
+        base_text,
+        model_text,
+        args.overrides,
+        devices=args.devices,
+        nodes=args.nodes,
+        device=args.device,
+        base_name=str(base_path),
+        model_name=str(model_path) if model_path else None,
+        schedule_variant=args.schedule_variant,
+        command=command,
+    )
+    for problem in result.errors:
+        hint = f"; hint: {problem.hint}" if problem.hint else ""
+        _err(f"{base_path}: {problem.key}: {problem.message}{hint}")
+    if result.toml is None:
+        _err(f"bridgec: {args.output} not written: the MaxText config does not import")
+        return EXIT_SPEC_ERROR
+    for note in result.notes:
+        _err(f"note: {note}")
+    write_atomic(Path(args.output), result.toml)
+    print(f"wrote {args.output}; review it, then: bridgec compile {args.output} -o run.py")
+    return EXIT_OK
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="bridgec",
@@ -222,6 +279,26 @@ def _parser() -> argparse.ArgumentParser:
     build.add_argument("--output", required=True, metavar="PREFIX", help="writes PREFIX.bin, PREFIX.idx, PREFIX.json")
     build.add_argument("--text-key", default="text", help="the JSON key holding each document's text")
     build.set_defaults(handler=cmd_data_build)
+
+    importer = commands.add_parser("import", help="write a spec from another framework's config")
+    import_commands = importer.add_subparsers(dest="import_command", metavar="FORMAT", required=True)
+    maxtext = import_commands.add_parser(
+        "maxtext",
+        help="a MaxText config (base.yml <- model file <- key=value overrides) as a commented spec",
+        description="Merge a MaxText config the way MaxText does and write the equivalent spec; every MaxText key "
+        "without a counterpart is listed in a comment block with what was done about it.",
+    )
+    maxtext.add_argument("base", metavar="BASE.yml")
+    maxtext.add_argument("overrides", metavar="key=value", nargs="*", help="MaxText command-line overrides")
+    maxtext.add_argument("--model", metavar="MODEL.yml", help="default: models/<model_name>.yml beside BASE.yml")
+    maxtext.add_argument("--devices", type=int, required=True, help="accelerators in the run (MaxText reads this "
+                         "from the hardware); sets the batch and fills mesh -1s")
+    maxtext.add_argument("--nodes", type=int, help="machines (MaxText's slices); default 1")
+    maxtext.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
+    maxtext.add_argument("--schedule-variant", choices=("2026-02", "2026-01", "2025"),
+                         help="which MaxText version's learning-rate formula (default: the current one)")
+    maxtext.add_argument("-o", "--output", metavar="OUT", required=True, help="the spec to write")
+    maxtext.set_defaults(handler=cmd_import_maxtext)
     return parser
 
 

@@ -225,6 +225,29 @@ def human_bytes(n: float) -> str:
     return f"{n / MiB:.2f} MiB"
 
 
+def interop_lines(spec: Spec) -> list[str]:
+    """The JAX mesh behind the layout and the optax no-decay set, when the spec uses them."""
+    from bridgec.compiler.mesh import explain_mesh, lower_mesh
+    from bridgec.compiler.validate_interop import no_decay_table
+    from bridgec.runtime.decay_mask import summarize
+
+    lines: list[str] = []
+    p = spec.parallel
+    if p.mesh is not None:
+        result = lower_mesh(p.mesh, p.dcn_mesh, nodes=spec.launch.nodes, procs_per_node=spec.launch.procs_per_node)
+        if result.lowering is not None:
+            lines += ["", "JAX mesh -> Megatron sizes"] + [f"  {line}" for line in explain_mesh(result.lowering)]
+    if spec.optimizer.semantics == "optax":
+        mask = spec.optimizer.decay_mask
+        lines += ["", f"Weight decay (optax semantics, {spec.optimizer.weight_decay} x lr x parameter where it decays)"]
+        if not mask.exclude:
+            lines.append("  every parameter decays (empty [optimizer.decay_mask] exclude, as MaxText's adamw_mask = [])")
+        else:
+            lines.append(f"  exclude patterns {list(mask.exclude)} over MaxText {mask.paths} paths")
+            lines += [f"  {line}" for line in summarize(no_decay_table(spec))]
+    return lines
+
+
 def explain_text(spec: Spec, *, extra: tuple[str, ...] = ()) -> str:
     """The report ``bridgec explain`` prints."""
     p = spec.parallel
@@ -281,6 +304,7 @@ def explain_text(spec: Spec, *, extra: tuple[str, ...] = ()) -> str:
         " flash attention, no recomputation)",
         f"  total      {human_bytes(mem.total)}",
     ]
+    lines += interop_lines(spec)
     lines += list(extra)
     return "\n".join(lines) + "\n"
 

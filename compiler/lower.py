@@ -11,7 +11,8 @@ from __future__ import annotations
 import attrs
 
 from bridgec.compiler import explain
-from bridgec.compiler.plan import Constant, Header, HooksPlan, ModelPlan, Plan, Section, Value
+from bridgec.compiler.mesh import lower_mesh
+from bridgec.compiler.plan import Call, Constant, Header, HooksPlan, ModelPlan, Plan, SchedulePlan, Section, Value
 from bridgec.compiler.spec import Spec
 from bridgec.compiler.version import __version__
 
@@ -88,26 +89,49 @@ def _run_sections(spec: Spec, target: Target) -> list[Section]:
     ]
 
 
+def _mesh_why(spec: Spec) -> dict[str, str]:
+    """Where each size came from when the spec gives a JAX mesh (empty otherwise)."""
+    p = spec.parallel
+    if p.mesh is None:
+        return {}
+    result = lower_mesh(p.mesh, p.dcn_mesh, nodes=spec.launch.nodes, procs_per_node=spec.launch.procs_per_node)
+    assert result.lowering is not None, "validation resolved the mesh"
+    size = {row.name: row.size for row in result.lowering.axes}
+
+    def axes(*names: str) -> str:
+        return " x ".join(f"{name} {size.get(name, 1)}" for name in names)
+
+    return {
+        "TENSOR_PARALLEL": f"mesh: {axes('tensor', 'tensor_sequence')}",
+        "PIPELINE_PARALLEL": f"mesh: {axes('stage')}",
+        "CONTEXT_PARALLEL": f"mesh: {axes('context', 'context_usp_ulysses')}",
+        "EXPERT_PARALLEL": f"mesh: {axes('expert')}",
+        "SEQUENCE_PARALLEL": f"mesh: tensor_sequence {size.get('tensor_sequence', 1)} (> 1 turns it on)",
+        "DISTRIBUTED_OPTIMIZER": f"mesh: fsdp {size.get('fsdp', 1)} (> 1 turns it on)",
+    }
+
+
 def _parallel_section(spec: Spec) -> Section:
     p = spec.parallel
     world = world_size(spec)
     dp = data_parallel(spec)
+    why = _mesh_why(spec)
     constants = [
-        _c("TENSOR_PARALLEL", p.tensor),
-        _c("PIPELINE_PARALLEL", p.pipeline),
+        _c("TENSOR_PARALLEL", p.tensor, why.get("TENSOR_PARALLEL")),
+        _c("PIPELINE_PARALLEL", p.pipeline, why.get("PIPELINE_PARALLEL")),
     ]
     if p.virtual_pipeline is not None:
         constants.append(_c("VIRTUAL_PIPELINE", p.virtual_pipeline))
     constants += [
-        _c("CONTEXT_PARALLEL", p.context),
-        _c("EXPERT_PARALLEL", p.expert),
+        _c("CONTEXT_PARALLEL", p.context, why.get("CONTEXT_PARALLEL")),
+        _c("EXPERT_PARALLEL", p.expert, why.get("EXPERT_PARALLEL")),
         _c(
             "DATA_PARALLEL",
             dp,
             f"world {world} / (tensor {p.tensor} x pipeline {p.pipeline} x context {p.context})",
         ),
-        _c("SEQUENCE_PARALLEL", p.sequence_parallel),
-        _c("DISTRIBUTED_OPTIMIZER", p.distributed_optimizer),
+        _c("SEQUENCE_PARALLEL", p.sequence_parallel, why.get("SEQUENCE_PARALLEL")),
+        _c("DISTRIBUTED_OPTIMIZER", p.distributed_optimizer, why.get("DISTRIBUTED_OPTIMIZER")),
     ]
     return Section(title="Parallel layout (megatron rank order tp-cp-ep-dp-pp)", constants=tuple(constants))
 
@@ -205,21 +229,63 @@ def _train_section(spec: Spec) -> Section:
 
 def _optimizer_sections(spec: Spec) -> list[Section]:
     o = spec.optimizer
-    s = spec.scheduler
+    optax = o.semantics == "optax"
     optimizer = [
         _c("OPTIMIZER", o.name),
+        _c("OPTIMIZER_SEMANTICS", o.semantics),
         _c("LR", o.lr),
-        _c("MIN_LR", o.min_lr),
-        _c("WEIGHT_DECAY", o.weight_decay),
     ]
+    if not optax:
+        optimizer.append(_c("MIN_LR", o.min_lr))
+    optimizer.append(_c("WEIGHT_DECAY", o.weight_decay))
     if o.name == "adam":
         optimizer += [_c("ADAM_BETA1", o.betas[0]), _c("ADAM_BETA2", o.betas[1]), _c("ADAM_EPS", o.eps)]
     else:
         optimizer.append(_c("SGD_MOMENTUM", o.sgd_momentum))
-    optimizer += [
-        _c("CLIP_GRAD", o.clip_grad),
-        _c("CLIP_EPSILON", 1e-6, "megatron-core: coefficient = clip_grad / (norm + 1e-6)"),
-    ]
+    if optax:
+        mask = o.decay_mask
+        optimizer += [
+            _c("ADAM_EPS_ROOT", o.eps_root),
+            _c("DECAY_EXCLUDE", tuple(mask.exclude), text=True),
+            _c("DECAY_MASK_PATHS", mask.paths),
+            _c("DECAY_MASK_SCAN_LAYERS", mask.scan_layers),
+        ]
+    optimizer.append(_c("CLIP_GRAD", o.clip_grad))
+    if optax:
+        optimizer.append(_c("CLIP_EPSILON", 0.0, "optax.clip_by_global_norm: coefficient = clip_grad / norm"))
+    else:
+        optimizer.append(_c("CLIP_EPSILON", 1e-6, "megatron-core: coefficient = clip_grad / (norm + 1e-6)"))
+    return [Section(title="Optimizer", constants=tuple(optimizer)), _schedule_section(spec)]
+
+
+def _schedule_section(spec: Spec) -> Section:
+    s = spec.scheduler
+    if s.style == "maxtext" and s.maxtext is not None:
+        m = s.maxtext
+        steps = (
+            _c("MAXTEXT_SCHEDULE_STEPS", m.schedule_steps)
+            if m.schedule_steps is not None
+            else _c("MAXTEXT_SCHEDULE_STEPS", spec.train.iters, f"default: train.iters {spec.train.iters}")
+        )
+        constants = [
+            _c("LR_SCHEDULE", f"maxtext {m.kind}"),
+            _c("MAXTEXT_SCHEDULE_VARIANT", m.variant),
+            steps,
+            _c("MAXTEXT_WARMUP_STEPS_FRACTION", m.warmup_steps_fraction),
+            _c("MAXTEXT_FINAL_FRACTION", m.final_fraction),
+        ]
+        if m.kind == "wsd":
+            constants += [
+                _c("MAXTEXT_WSD_DECAY_STEPS_FRACTION", m.wsd_decay_steps_fraction),
+                _c("MAXTEXT_WSD_DECAY_STYLE", m.wsd_decay_style),
+            ]
+        return Section(title="Learning-rate schedule (MaxText's, read at the pre-increment update count)",
+                       constants=tuple(constants))
+    if s.style == "optax":
+        return Section(
+            title="Learning-rate schedule (optax pieces: see learning_rate_schedule())",
+            constants=(_c("LR_SCHEDULE", "optax"),),
+        )
     decay_iters = s.decay_iters if s.decay_iters is not None else spec.train.iters
     schedule = [
         _c("LR_WARMUP_ITERS", s.warmup_iters),
@@ -233,10 +299,33 @@ def _optimizer_sections(spec: Spec) -> list[Section]:
     ]
     if s.decay == "wsd":
         schedule += [_c("LR_WSD_DECAY_ITERS", s.wsd_decay_iters), _c("LR_WSD_DECAY_STYLE", s.wsd_decay_style)]
-    return [
-        Section(title="Optimizer", constants=tuple(optimizer)),
-        Section(title="Learning-rate schedule (in optimizer steps)", constants=tuple(schedule)),
-    ]
+    return Section(title="Learning-rate schedule (in optimizer steps)", constants=tuple(schedule))
+
+
+_OPTAX_PIECE_FUNCTIONS = {
+    "constant": ("constant_schedule", ("value",)),
+    "linear": ("linear_schedule", ("init_value", "end_value", "transition_steps", "transition_begin")),
+    "cosine_decay": ("cosine_decay_schedule", ("init_value", "decay_steps", "alpha", "exponent")),
+    "warmup_cosine_decay": (
+        "warmup_cosine_decay_schedule",
+        ("init_value", "peak_value", "warmup_steps", "decay_steps", "end_value", "exponent"),
+    ),
+}
+
+
+def _schedule_plan(spec: Spec) -> SchedulePlan:
+    s = spec.scheduler
+    if s.style != "optax":
+        return SchedulePlan(style=s.style)
+    pieces = []
+    for piece in s.optax:
+        function, keys = _OPTAX_PIECE_FUNCTIONS[piece.kind]
+        arguments = tuple(
+            (key, getattr(piece, key) if not (key == "end_value" and piece.end_value is None) else 0.0) for key in keys
+        )
+        pieces.append(Call(function=function, arguments=arguments))
+    boundaries = tuple(piece.boundary for piece in s.optax[:-1] if piece.boundary is not None)
+    return SchedulePlan(style="optax", pieces=tuple(pieces), boundaries=boundaries)
 
 
 def _data_section(spec: Spec, target: Target) -> Section:
@@ -265,7 +354,16 @@ def _data_section(spec: Spec, target: Target) -> Section:
     else:
         constants.append(_c("VALID_SAMPLES", 0, "no evaluation"))
     constants.append(_c("LOSS_REDUCTION", spec.loss.reduction))
+    if _maxtext_loss(spec):
+        constants += [
+            _c("Z_LOSS_MULTIPLIER", spec.loss.z_loss_multiplier),
+            _c("LOGITS_MULTIPLIER", spec.model.logits_multiplier),
+        ]
     return Section(title="Data and loss", constants=tuple(constants))
+
+
+def _maxtext_loss(spec: Spec) -> bool:
+    return spec.loss.z_loss_multiplier != 0.0 or spec.model.logits_multiplier != 1.0
 
 
 def _output_section(spec: Spec) -> Section:
@@ -288,17 +386,29 @@ def _output_section(spec: Spec) -> Section:
     return Section(title="Outputs (paths relative to the spec's folder)", constants=tuple(constants))
 
 
+def _activation(spec: Spec) -> str:
+    m = spec.model
+    if m.activation == "swiglu":
+        return "F.silu"
+    if m.gelu_approximation == "tanh":
+        return 'functools.partial(F.gelu, approximate="tanh")'
+    return "F.gelu"
+
+
 def _model_plan(spec: Spec) -> ModelPlan:
     m = spec.model
     return ModelPlan(
         transformer_impl=m.transformer_impl,
         normalization="RMSNorm" if m.normalization == "rmsnorm" else "LayerNorm",
-        gated=m.activation == "swiglu",
-        activation="silu" if m.activation == "swiglu" else "gelu",
+        gated=m.activation in ("swiglu", "geglu"),
+        activation=_activation(spec),
+        activation_is_default=m.activation == "gelu" and m.gelu_approximation == "none",
         position_embedding_type="rope" if m.position_embedding == "rope" else "learned_absolute",
         tie_embeddings=m.tie_embeddings,
         add_bias_linear=m.add_bias_linear,
-        qk_layernorm=False,
+        qk_layernorm=m.qk_layernorm,
+        zero_centered_norm=m.norm_zero_centered,
+        query_scaling=m.query_scaling,
         moe=m.num_experts is not None,
         head_dim_explicit=m.head_dim is not None,
     )
@@ -312,7 +422,7 @@ def _hooks_plan(spec: Spec) -> HooksPlan | None:
 
 
 def _user_strings(spec: Spec) -> tuple[str, ...]:
-    strings = [spec.run.name, spec.run.description]
+    strings = [spec.run.name, spec.run.description, *spec.optimizer.decay_mask.exclude]
     strings += [source.prefix for source in spec.data.sources]
     for value in (spec.run.output_dir, spec.checkpoint.dir, spec.hooks.file, spec.hooks.forward_step, spec.hooks.loss):
         if value is not None:
@@ -347,9 +457,19 @@ def _summary(spec: Spec) -> tuple[str, ...]:
         + ".",
         f"Training: {spec.train.iters} steps of {spec.batch.global_batch_size} sequences "
         f"({microbatches} microbatches of {micro} per data-parallel rank), {spec.data.kind} data, "
-        f"{spec.optimizer.name} at lr {spec.optimizer.lr:g} ({spec.scheduler.decay} schedule), "
+        f"{spec.optimizer.name} ({spec.optimizer.semantics} semantics) at lr {spec.optimizer.lr:g} "
+        f"({_schedule_name(spec)} schedule), "
         f"{spec.precision.dtype}.",
     )
+
+
+def _schedule_name(spec: Spec) -> str:
+    s = spec.scheduler
+    if s.style == "maxtext" and s.maxtext is not None:
+        return f"MaxText {s.maxtext.kind}"
+    if s.style == "optax":
+        return "optax"
+    return s.decay
 
 
 def lower(spec: Spec, target: Target) -> Plan:
@@ -379,6 +499,9 @@ def lower(spec: Spec, target: Target) -> Plan:
         device=spec.launch.device,
         sections=tuple(sections),
         model=_model_plan(spec),
+        schedule=_schedule_plan(spec),
+        optax_semantics=spec.optimizer.semantics == "optax",
+        maxtext_loss=_maxtext_loss(spec),
         data_kind=spec.data.kind,
         per_token_loss=spec.loss.reduction == "per_token",
         virtual_pipeline=spec.parallel.virtual_pipeline is not None,

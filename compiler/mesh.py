@@ -25,9 +25,11 @@ from __future__ import annotations
 
 import difflib
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import attrs
+
+from bridgec.compiler.spec import Spec
 
 
 @attrs.frozen(kw_only=True)
@@ -40,14 +42,14 @@ class Axis:
 
 
 AXES: dict[str, Axis] = {
-    "diloco": Axis(becomes=None, note="DiLoCo's outer optimizer over replicas has no Megatron counterpart"),
+    "diloco": Axis(becomes=None, note="DiLoCo's outer optimizer over replicas"),
     "data": Axis(becomes="DP", note="data parallel"),
     "stage": Axis(becomes="PP", note="pipeline parallel; MaxText's circular repeats ~ Megatron's virtual pipeline"),
     "fsdp": Axis(
         becomes="DP + distributed optimizer",
         note="same math as FSDP; Megatron shards optimizer state and fp32 main parameters over all of DP (ZeRO-1)",
     ),
-    "fsdp_transpose": Axis(becomes=None, note="sharding weights a second way over fsdp has no Megatron counterpart"),
+    "fsdp_transpose": Axis(becomes=None, note="sharding weights a second way over fsdp"),
     "context": Axis(becomes="CP", note="context parallel"),
     "context_usp_ulysses": Axis(
         becomes="CP", note="Ulysses (all-to-all) context parallel; same math as Megatron's CP"
@@ -263,3 +265,56 @@ def explain_mesh(lowering: MeshLowering) -> list[str]:
     )
     lines.append("ranks are laid out by megatron-core (tp-cp-ep-dp-pp, TP innermost); the ici/dcn split sets sizes only")
     return lines
+
+
+_DECIDED_BY_MESH = ("tensor", "pipeline", "context", "expert", "sequence_parallel", "distributed_optimizer")
+
+
+def key_path(path: str) -> tuple[str, ...]:
+    """``$.parallel.mesh.tensor`` -> ``("parallel", "mesh", "tensor")``."""
+    return tuple(part for part in path.removeprefix("$.").split(".") if part)
+
+
+def resolve(spec: Spec, written: Callable[[tuple[str, ...]], bool]) -> tuple[Spec, tuple[MeshError, ...]]:
+    """The spec with ``[parallel]`` sizes taken from its mesh (unchanged without one), and every mesh problem.
+
+    ``written(path)`` says whether the spec text sets a key (sizes the mesh
+    decides must not also be set by hand). Validation then runs on the resolved
+    sizes, so every layout rule applies to a mesh too.
+    """
+    parallel = spec.parallel
+    if parallel.mesh is None:
+        if parallel.dcn_mesh is not None:
+            return spec, (
+                MeshError(
+                    path="$.parallel.dcn_mesh",
+                    message="[parallel] dcn_mesh splits a mesh across nodes, but there is no mesh",
+                    hint="add mesh = { ... } under [parallel], or remove dcn_mesh",
+                ),
+            )
+        return spec, ()
+    clashes = [key for key in _DECIDED_BY_MESH if written(("parallel", key))]
+    if clashes:
+        return spec, tuple(
+            MeshError(
+                path=f"$.parallel.{key}",
+                message=f"[parallel] mesh decides tensor, pipeline, context, expert, sequence_parallel and "
+                f"distributed_optimizer, but {key} is also set",
+                hint=f"remove {key}, or remove mesh and set the sizes directly",
+            )
+            for key in clashes
+        )
+    result = lower_mesh(parallel.mesh, parallel.dcn_mesh, nodes=spec.launch.nodes, procs_per_node=spec.launch.procs_per_node)
+    if result.lowering is None:
+        return spec, result.errors
+    low = result.lowering
+    resolved = attrs.evolve(
+        parallel,
+        tensor=low.tensor,
+        pipeline=low.pipeline,
+        context=low.context,
+        expert=low.expert,
+        sequence_parallel=low.sequence_parallel,
+        distributed_optimizer=low.distributed_optimizer,
+    )
+    return attrs.evolve(spec, parallel=resolved), ()

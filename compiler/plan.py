@@ -50,13 +50,35 @@ class ModelPlan:
     """megatron-core's spelling: LayerNorm or RMSNorm."""
     gated: bool
     activation: str
-    """The torch.nn.functional name: gelu or silu."""
+    """The activation as Python source: F.gelu, F.silu or functools.partial(F.gelu, approximate="tanh")."""
+    activation_is_default: bool
+    """Exact GELU, megatron-core's default: no activation_func line needed."""
     position_embedding_type: str
     tie_embeddings: bool
     add_bias_linear: bool
     qk_layernorm: bool
+    zero_centered_norm: bool
+    query_scaling: str
+    """attention (scores scaled by 1/sqrt(head_dim)), initial_weights or none (softmax_scale 1)."""
     moe: bool
     head_dim_explicit: bool
+
+
+@attrs.frozen(kw_only=True)
+class Call:
+    """A call rendered into the script: ``function(key=value, ...)``."""
+
+    function: str
+    arguments: tuple[tuple[str, "Value"], ...]
+
+
+@attrs.frozen(kw_only=True)
+class SchedulePlan:
+    style: str
+    """megatron (OptimizerParamScheduler), maxtext or optax (CountScheduler over a schedule function)."""
+    pieces: tuple[Call, ...] = ()
+    """optax: the schedule pieces, joined at ``boundaries`` when there are several."""
+    boundaries: tuple[int, ...] = ()
 
 
 @attrs.frozen(kw_only=True)
@@ -78,6 +100,10 @@ class Plan:
     device: str
     sections: tuple[Section, ...]
     model: ModelPlan
+    schedule: SchedulePlan
+    optax_semantics: bool
+    maxtext_loss: bool
+    """MaxText's loss (z-loss and/or logits multiplier) on the logits instead of megatron's cross entropy."""
     data_kind: str
     per_token_loss: bool
     virtual_pipeline: bool

@@ -16,54 +16,29 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Callable, Iterable, Iterator
-from pathlib import Path
-from typing import Protocol
+from collections.abc import Iterator
 
 import attrs
 
-from bridgec.compiler.errors import Diagnostic, KeyPath, Severity, format_path, render_value, sort_key
+from bridgec.compiler.errors import Diagnostic, KeyPath, format_path, render_value, sort_key
 from bridgec.compiler.locate import LineIndex
+from bridgec.compiler.rule_base import (
+    FileView,
+    Finding,
+    Rule,
+    SpecContext,
+    data_parallel_size,
+    divisors_text,
+    microbatches,
+    model_parallel,
+    multiples_near,
+    split_hint,
+    world_size,
+)
 from bridgec.compiler.spec import Spec
+from bridgec.compiler.validate_interop import INTEROP_RULES
 
-
-class FileView(Protocol):
-    """The read-only view of the disk that validation may use (the CLI passes the real disk)."""
-
-    def exists(self, path: Path) -> bool: ...
-
-    def read_text(self, path: Path) -> str:
-        """The file's text; raises OSError or UnicodeDecodeError when it cannot be read."""
-        ...
-
-
-@attrs.frozen(kw_only=True)
-class SpecContext:
-    """Where the spec lives, for messages and for the files it names."""
-
-    file: str
-    """The spec file as the user gave it; shown in every diagnostic."""
-    spec_dir: Path
-    """The spec's folder: relative paths in the spec are relative to it."""
-    files: FileView
-
-    def resolve(self, path: str) -> Path:
-        """A path written in the spec, made usable (absolute paths stay as they are)."""
-        return self.spec_dir / path
-
-
-@attrs.frozen(kw_only=True)
-class Finding:
-    """What a rule reports; validate adds the file and line."""
-
-    about: tuple[KeyPath, ...]
-    """The keys the finding is about, most relevant first; the first one the spec writes gives the line."""
-    message: str
-    hint: str
-    severity: Severity = "error"
-
-
-Rule = Callable[[Spec, SpecContext], Iterable[Finding]]
+__all__ = ["RULES", "FileView", "Finding", "SpecContext", "TokenizerSidecar", "parse_tokenizer_sidecar", "validate"]
 
 
 def validate(spec: Spec, index: LineIndex, context: SpecContext) -> tuple[Diagnostic, ...]:
@@ -76,72 +51,6 @@ def _locate(finding: Finding, index: LineIndex, filename: str) -> Diagnostic:
     path = next((p for p in finding.about if index.has(p)), finding.about[0])
     return Diagnostic(file=filename, line=index.line_of(path), path=format_path(path), message=finding.message,
                       hint=finding.hint, severity=finding.severity)
-
-
-# -- derived sizes (validate needs them to check; lower derives them for the script) --------
-
-
-def _world(spec: Spec) -> int:
-    return spec.launch.nodes * spec.launch.procs_per_node
-
-
-def _model_parallel(spec: Spec) -> int:
-    return spec.parallel.tensor * spec.parallel.pipeline * spec.parallel.context
-
-
-def _data_parallel(spec: Spec) -> int | None:
-    """world / (tensor x pipeline x context), or None when that is not a whole number >= 1."""
-    sizes = (spec.launch.nodes, spec.launch.procs_per_node, spec.parallel.tensor, spec.parallel.pipeline,
-             spec.parallel.context)
-    if min(sizes) < 1 or _world(spec) % _model_parallel(spec):
-        return None
-    return _world(spec) // _model_parallel(spec)
-
-
-def _microbatches(spec: Spec) -> int | None:
-    """global / (micro x data parallel), or None when that is not a whole number >= 1."""
-    dp = _data_parallel(spec)
-    g, m = spec.batch.global_batch_size, spec.batch.micro_batch_size
-    if dp is None or g < 1 or m < 1 or g % (m * dp):
-        return None
-    return g // (m * dp)
-
-
-# -- wording helpers ----------------------------------------------------------------------
-
-
-def _or_list(items: Iterable[object]) -> str:
-    texts = [str(i) for i in items]
-    return texts[0] if len(texts) == 1 else ", ".join(texts[:-1]) + " or " + texts[-1]
-
-
-_MAX_LISTED = 10**6  # above this, hints name "a divisor of n" instead of listing them
-
-
-def _divisors(n: int) -> list[int]:
-    """n's divisors in order; empty when n is too large to list them quickly."""
-    if n > _MAX_LISTED:
-        return []
-    small = [d for d in range(1, math.isqrt(n) + 1) if n % d == 0]
-    return sorted({*small, *(n // d for d in small)})
-
-
-def _divisors_text(n: int) -> str:
-    """``1, 2, 3 or 6``, or ``a divisor of n`` when n is large."""
-    return _or_list(_divisors(n)) if n <= _MAX_LISTED else f"a divisor of {n}"
-
-
-def _multiples_near(value: int, factor: int) -> str:
-    """The multiples of ``factor`` either side of ``value`` (just the upper one below ``factor``)."""
-    lower, upper = value // factor * factor, (value // factor + 1) * factor
-    return _or_list([lower, upper] if lower >= 1 else [upper])
-
-
-def _split_hint(value: int, size: int, noun: str) -> str:
-    """``tensor = 2 or 3, or 8 heads``: smaller tensor sizes that divide, or the count rounded up."""
-    smaller = [d for d in _divisors(value) if 1 < d < size]
-    rounded = f"{-(-value // size) * size} {noun}"
-    return f"tensor = {_or_list(smaller)}, or {rounded}" if smaller else f"{rounded}, or tensor = 1"
 
 
 # -- parallel layout -------------------------------------------------------------------------
@@ -162,20 +71,20 @@ def rule_world_divisible(spec: Spec, ctx: SpecContext) -> Iterator[Finding]:
                  f"parallel.tensor x pipeline x context = {t} x {pp} x {c} = {mp}, so the ranks do not form "
                  f"whole data-parallel groups"),
         hint=(f"procs_per_node = {procs} (data parallel {n * procs // mp}), or tensor x pipeline x context "
-              f"= {_divisors_text(world)}"),
+              f"= {divisors_text(world)}"),
     )
 
 
 def rule_global_batch_divisible(spec: Spec, ctx: SpecContext) -> Iterator[Finding]:
-    dp, g, m = _data_parallel(spec), spec.batch.global_batch_size, spec.batch.micro_batch_size
+    dp, g, m = data_parallel_size(spec), spec.batch.global_batch_size, spec.batch.micro_batch_size
     if dp is None or g < 1 or m < 1 or g % (m * dp) == 0:
         return
     yield Finding(
         about=(("batch", "global_batch_size"),),
         message=(f"$.batch.global_batch_size = {g} is not divisible by batch.micro_batch_size x data parallel "
                  f"= {m} x {dp} = {m * dp} (each data-parallel rank runs whole microbatches; data parallel = "
-                 f"world size {_world(spec)} / (tensor x pipeline x context) {_model_parallel(spec)})"),
-        hint=f"global_batch_size = {_multiples_near(g, m * dp)}",
+                 f"world size {world_size(spec)} / (tensor x pipeline x context) {model_parallel(spec)})"),
+        hint=f"global_batch_size = {multiples_near(g, m * dp)}",
     )
 
 
@@ -188,14 +97,14 @@ def rule_layers_divisible(spec: Spec, ctx: SpecContext) -> Iterator[Finding]:
             about=(("model", "num_layers"), ("parallel", "pipeline")),
             message=(f"$.model.num_layers = {layers} is not divisible by parallel.pipeline = {pp} "
                      f"(each pipeline stage holds the same number of layers)"),
-            hint=f"num_layers = {_multiples_near(layers, pp)}, or pipeline = {_divisors_text(layers)}",
+            hint=f"num_layers = {multiples_near(layers, pp)}, or pipeline = {divisors_text(layers)}",
         )
     elif vpp is not None and vpp >= 2 and pp > 1 and layers % (pp * vpp):
         yield Finding(
             about=(("model", "num_layers"), ("parallel", "virtual_pipeline")),
             message=(f"$.model.num_layers = {layers} is not divisible by parallel.pipeline x virtual_pipeline "
                      f"= {pp} x {vpp} = {pp * vpp} (each model chunk holds the same number of layers)"),
-            hint=f"num_layers = {_multiples_near(layers, pp * vpp)}, or a virtual_pipeline that divides "
+            hint=f"num_layers = {multiples_near(layers, pp * vpp)}, or a virtual_pipeline that divides "
                  f"{layers // pp} (the layers per stage)",
         )
 
@@ -216,15 +125,15 @@ def rule_virtual_pipeline(spec: Spec, ctx: SpecContext) -> Iterator[Finding]:
                               f"schedule splits each pipeline stage into chunks)",
                       hint="set pipeline = 2 or more, or remove virtual_pipeline")
     else:
-        microbatches = _microbatches(spec)
-        if microbatches is not None and pp > 1 and microbatches % pp:
-            g, m, dp = spec.batch.global_batch_size, spec.batch.micro_batch_size, _data_parallel(spec)
+        count = microbatches(spec)
+        if count is not None and pp > 1 and count % pp:
+            g, m, dp = spec.batch.global_batch_size, spec.batch.micro_batch_size, data_parallel_size(spec)
             yield Finding(
                 about=(("batch", "global_batch_size"), ("parallel", "virtual_pipeline")),
                 message=(f"the interleaved pipeline schedule (parallel.virtual_pipeline = {vpp}) needs the number "
                          f"of microbatches to be a multiple of parallel.pipeline = {pp}, but global_batch_size / "
-                         f"(micro_batch_size x data parallel) = {g} / ({m} x {dp}) = {microbatches}"),
-                hint=f"global_batch_size = {_multiples_near(g, m * dp * pp)}",
+                         f"(micro_batch_size x data parallel) = {g} / ({m} x {dp}) = {count}"),
+                hint=f"global_batch_size = {multiples_near(g, m * dp * pp)}",
             )
 
 
@@ -237,14 +146,14 @@ def rule_heads_divisible_by_tensor(spec: Spec, ctx: SpecContext) -> Iterator[Fin
             about=(("model", "num_attention_heads"), ("parallel", "tensor")),
             message=(f"$.model.num_attention_heads = {heads} is not divisible by parallel.tensor = {t} "
                      f"(each tensor-parallel rank needs whole heads)"),
-            hint=_split_hint(heads, t, "heads"),
+            hint=split_hint(heads, t, "heads"),
         )
     if groups is not None and groups >= 1 and groups % t:
         yield Finding(
             about=(("model", "num_query_groups"), ("parallel", "tensor")),
             message=(f"$.model.num_query_groups = {groups} is not divisible by parallel.tensor = {t} "
                      f"(each tensor-parallel rank needs whole key/value groups)"),
-            hint=_split_hint(groups, t, "query groups"),
+            hint=split_hint(groups, t, "query groups"),
         )
 
 
@@ -256,7 +165,7 @@ def rule_heads_divisible_by_groups(spec: Spec, ctx: SpecContext) -> Iterator[Fin
         about=(("model", "num_query_groups"),),
         message=(f"$.model.num_attention_heads = {heads} is not divisible by model.num_query_groups = {groups} "
                  f"(each key/value group serves the same number of query heads)"),
-        hint=f"num_query_groups = {_divisors_text(heads)}",
+        hint=f"num_query_groups = {divisors_text(heads)}",
     )
 
 
@@ -268,7 +177,7 @@ def rule_hidden_divisible_by_heads(spec: Spec, ctx: SpecContext) -> Iterator[Fin
         about=(("model", "hidden_size"), ("model", "num_attention_heads")),
         message=(f"$.model.hidden_size = {hidden} is not divisible by model.num_attention_heads = {heads}, so "
                  f"a head has no whole width (head_dim defaults to hidden_size / num_attention_heads)"),
-        hint=f"hidden_size = {_multiples_near(hidden, heads)}, or set head_dim under [model]",
+        hint=f"hidden_size = {multiples_near(hidden, heads)}, or set head_dim under [model]",
     )
 
 
@@ -280,7 +189,7 @@ def rule_sequence_divisible_by_context(spec: Spec, ctx: SpecContext) -> Iterator
         about=(("model", "seq_length"), ("parallel", "context")),
         message=(f"$.model.seq_length = {seq} is not divisible by 2 x parallel.context = {2 * c} (context "
                  f"parallelism cuts each sequence into 2 x context chunks to balance causal attention)"),
-        hint=f"seq_length = {_multiples_near(seq, 2 * c)}",
+        hint=f"seq_length = {multiples_near(seq, 2 * c)}",
     )
 
 
@@ -309,8 +218,8 @@ def rule_experts(spec: Spec, ctx: SpecContext) -> Iterator[Finding]:
         yield Finding(about=(("model", "num_experts"), ("parallel", "expert")),
                       message=f"$.model.num_experts = {experts} is not divisible by parallel.expert = {e} "
                               f"(each expert-parallel rank holds the same number of experts)",
-                      hint=f"num_experts = {_multiples_near(experts, e)}, or expert = "
-                           f"{_divisors_text(experts)}")
+                      hint=f"num_experts = {multiples_near(experts, e)}, or expert = "
+                           f"{divisors_text(experts)}")
     if topk > experts:
         yield Finding(about=(("model", "moe_router_topk"), ("model", "num_experts")),
                       message=f"$.model.moe_router_topk = {topk} is more than model.num_experts = {experts} "
@@ -335,14 +244,14 @@ def rule_experts_without_biases(spec: Spec, ctx: SpecContext) -> Iterator[Findin
 
 
 def rule_expert_fits_data_parallel(spec: Spec, ctx: SpecContext) -> Iterator[Finding]:
-    dp, e, c = _data_parallel(spec), spec.parallel.expert, spec.parallel.context
+    dp, e, c = data_parallel_size(spec), spec.parallel.expert, spec.parallel.context
     if dp is None or e < 1 or spec.model.num_experts is None or (dp * c) % e == 0:
         return
     yield Finding(
         about=(("parallel", "expert"),),
         message=(f"$.parallel.expert = {e} does not divide data parallel x context = {dp} x {c} = {dp * c} "
                  f"(expert parallelism is carved out of the data- and context-parallel ranks)"),
-        hint=f"expert = {_divisors_text(dp * c)}",
+        hint=f"expert = {divisors_text(dp * c)}",
     )
 
 
@@ -885,5 +794,6 @@ RULES: tuple[Rule, ...] = (
     rule_hooks_need_file,
     rule_hook_functions,
     rule_unused_settings,
+    *INTEROP_RULES,
 )
 """Every rule validate runs, in the order the spec's tables are usually read."""

@@ -130,3 +130,31 @@ def portable_init(
             param.copy_(shard(full, param, tensor_parallel, tensor_rank).to(param.dtype))
             count += 1
     return count
+
+
+@torch.no_grad()
+def scale_query_rows(
+    chunks: list[torch.nn.Module], factor: float, *, num_attention_heads: int, num_query_groups: int, head_dim: int
+) -> int:
+    """Multiply the query part of every fused ``linear_qkv`` weight (and bias) by ``factor``.
+
+    MaxText's llama2/mistral/gemma blocks fold 1/sqrt(head_dim) into the query
+    kernel's initial weights instead of scaling attention scores; with
+    ``softmax_scale = 1`` this reproduces that model. megatron-core lays
+    ``linear_qkv`` out per query group as ``[q heads of the group..., k, v]``
+    (``head_dim`` rows each), on every tensor-parallel shard alike, so the query
+    rows are the first ``heads / groups`` heads of every group block. Returns how
+    many weights were scaled.
+    """
+    per_group = num_attention_heads // num_query_groups
+    block = (per_group + 2) * head_dim
+    scaled = 0
+    for chunk in chunks:
+        for name, param in chunk.named_parameters():
+            if not name.endswith(("linear_qkv.weight", "linear_qkv.bias")):
+                continue
+            groups = param.shape[0] // block
+            view = param.view(groups, block, *param.shape[1:])
+            view[:, : per_group * head_dim].mul_(factor)
+            scaled += 1
+    return scaled

@@ -58,6 +58,18 @@ def masked_mean_loss(
     return loss, {LOSS_KEY: torch.stack([loss.detach(), torch.ones_like(loss)])}
 
 
+def token_outputs(
+    loss_mask: torch.Tensor, output_tensor: torch.Tensor, non_loss_data: bool = True
+) -> dict[str, torch.Tensor]:
+    """Forward-only pattern 3: hand back the model's per-token output and the mask, unreduced.
+
+    megatron-core calls this as ``loss_func(output, non_loss_data=True)`` when the
+    schedule runs with ``collect_non_loss_data=True``; whatever it returns is
+    collected per microbatch on the last pipeline stage, with no loss processing.
+    """
+    return {"output": output_tensor.detach(), "loss_mask": loss_mask.detach()}
+
+
 def reduce_metadata(forward_data: Sequence[dict[str, Any]], *, key: str = LOSS_KEY) -> float | None:
     """Reduce the ``[numerator, denominator]`` pairs of a step to one number.
 

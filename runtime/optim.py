@@ -77,19 +77,23 @@ def build_optimizer(model: list[DistributedDataParallel], settings: OptimizerSet
 
 
 def build_scheduler(
-    optimizer: ChainedOptimizer, optimizer_settings: OptimizerSettings, schedule: ScheduleSettings
+    optimizer: ChainedOptimizer, *, lr: float, min_lr: float, weight_decay: float, schedule: ScheduleSettings
 ) -> OptimizerParamScheduler:
-    """OptimizerParamScheduler counted in optimizer steps (train_step advances it by 1)."""
+    """OptimizerParamScheduler counted in optimizer steps (train_step advances it by 1).
+
+    Update k uses the learning rate of step count k: the constructor applies
+    step 0, and train_step steps it after every applied update.
+    """
     return OptimizerParamScheduler(
         optimizer,
         init_lr=schedule.warmup_init_lr,
-        max_lr=optimizer_settings.lr,
-        min_lr=optimizer_settings.min_lr,
+        max_lr=lr,
+        min_lr=min_lr,
         lr_warmup_steps=schedule.warmup_iters,
         lr_decay_steps=schedule.decay_iters,
         lr_decay_style=schedule.decay,
-        start_wd=optimizer_settings.weight_decay,
-        end_wd=optimizer_settings.weight_decay,
+        start_wd=weight_decay,
+        end_wd=weight_decay,
         wd_incr_steps=schedule.decay_iters,
         wd_incr_style="constant",
         wsd_decay_steps=schedule.wsd_decay_iters,

@@ -151,3 +151,38 @@ def evaluate(
     for chunk in model:
         chunk.train()
     return EvalResult(loss=reduce_metadata(forward_data))
+
+
+@torch.no_grad()
+def collect_non_loss_data(
+    forward_step: ForwardStep,
+    data_iterators: Sequence[Iterator[Any] | None],
+    model: list[DistributedDataParallel],
+    *,
+    num_microbatches: int,
+    micro_batch_size: int,
+    seq_length: int,
+) -> list[Any]:
+    """Forward-only over one global batch, returning what the loss function hands back per microbatch.
+
+    The forward step's loss function is called as ``loss_func(output,
+    non_loss_data=True)`` (pattern 3, e.g. ``runtime.loss.token_outputs``); nothing
+    is reduced. Only the last pipeline stage gets the list; other stages get [].
+    """
+    for chunk in model:
+        chunk.eval()
+    forward_backward = get_forward_backward_func()
+    collected = forward_backward(
+        forward_step_func=forward_step,
+        data_iterator=_iterators(data_iterators),
+        model=model,
+        num_microbatches=num_microbatches,
+        seq_length=seq_length,
+        micro_batch_size=micro_batch_size,
+        decoder_seq_length=seq_length,
+        forward_only=True,
+        collect_non_loss_data=True,
+    )
+    for chunk in model:
+        chunk.train()
+    return list(collected)

@@ -8,7 +8,7 @@ Llama-2-70B-shaped pretraining across 16 nodes: TP 4, PP 4 with virtual pipeline
 
 Model: GPT, 80 layers, hidden 8192, 64 heads (grouped-query, 8 groups), swiglu, rmsnorm, rope positions, sequence 4096, vocab 32000; 68.98B parameters.
 Layout: 128 processes on 16 node(s), cuda (nccl): tensor 4, pipeline 4, virtual pipeline 5, context 2, data 4.
-Training: 50000 steps of 1024 sequences (256 microbatches of 1 per data-parallel rank), mock data, adam at lr 0.00015 (cosine schedule), bf16.
+Training: 50000 steps of 1024 sequences (256 microbatches of 1 per data-parallel rank), mock data, adam (megatron semantics) at lr 0.00015 (cosine schedule), bf16.
 
 Launch from this file's folder:
     torchrun --nnodes 16 --nproc-per-node 8 --rdzv-backend c10d --rdzv-endpoint HOST_OF_NODE_0:29500 run.py
@@ -40,7 +40,8 @@ from bridgec.runtime.errors import ExitCode
 from bridgec.runtime.loop import LoopSettings, TrainState, train
 from bridgec.runtime.loss import masked_token_loss
 from bridgec.runtime.model import build_model, unwrap
-from bridgec.runtime.optim import OptimizerSettings, ScheduleSettings, build_optimizer, build_scheduler
+from bridgec.runtime.optim import OptimizerSettings, build_optimizer
+from bridgec.runtime.optim import ScheduleSettings, build_scheduler
 from bridgec.runtime.parallel import check_launch, initialize
 
 HERE = Path(__file__).resolve().parent
@@ -102,6 +103,7 @@ ON_NONFINITE = "skip"
 
 # Optimizer
 OPTIMIZER = "adam"
+OPTIMIZER_SEMANTICS = "megatron"
 LR = 0.00015
 MIN_LR = 1.5e-05
 WEIGHT_DECAY = 0.1
@@ -145,7 +147,7 @@ def transformer_config() -> TransformerConfig:
         ffn_hidden_size=FFN_HIDDEN_SIZE,
         normalization="RMSNorm",
         layernorm_epsilon=NORM_EPSILON,
-        gated_linear_unit=True,  # swiglu: linear_fc1 holds [gate; up]
+        gated_linear_unit=True,  # linear_fc1 holds [gate; up]
         activation_func=F.silu,
         add_bias_linear=False,
         hidden_dropout=DROPOUT,
@@ -256,8 +258,10 @@ def main() -> ExitCode:
     optimizer = build_optimizer(model, optimizer_settings)
     scheduler = build_scheduler(
         optimizer,
-        optimizer_settings,
-        ScheduleSettings(
+        lr=LR,
+        min_lr=MIN_LR,
+        weight_decay=WEIGHT_DECAY,
+        schedule=ScheduleSettings(
             warmup_iters=LR_WARMUP_ITERS,
             warmup_init_lr=LR_WARMUP_INIT,
             decay=LR_DECAY_STYLE,

@@ -8,7 +8,7 @@ A tiny GPT trained on CPU with mock data: the bridgec demo.
 
 Model: GPT, 2 layers, hidden 64, 4 heads (multi-head), swiglu, rmsnorm, rope positions, sequence 64, vocab 128; 90.43K parameters.
 Layout: 2 processes on 1 node(s), cpu (gloo): tensor 1, pipeline 1, data 2.
-Training: 40 steps of 16 sequences (2 microbatches of 4 per data-parallel rank), mock data, adam at lr 0.003 (cosine schedule), fp32.
+Training: 40 steps of 16 sequences (2 microbatches of 4 per data-parallel rank), mock data, adam (megatron semantics) at lr 0.003 (cosine schedule), fp32.
 
 Launch from this file's folder:
     torchrun --nnodes 1 --nproc-per-node 2 run.py
@@ -44,7 +44,8 @@ from bridgec.runtime.errors import ExitCode
 from bridgec.runtime.loop import LoopSettings, TrainState, train
 from bridgec.runtime.loss import masked_token_loss
 from bridgec.runtime.model import build_model, unwrap
-from bridgec.runtime.optim import OptimizerSettings, ScheduleSettings, build_optimizer, build_scheduler
+from bridgec.runtime.optim import OptimizerSettings, build_optimizer
+from bridgec.runtime.optim import ScheduleSettings, build_scheduler
 from bridgec.runtime.parallel import check_launch, initialize
 
 HERE = Path(__file__).resolve().parent
@@ -104,6 +105,7 @@ ON_NONFINITE = "skip"
 
 # Optimizer
 OPTIMIZER = "adam"
+OPTIMIZER_SEMANTICS = "megatron"
 LR = 0.003
 MIN_LR = 0.0003
 WEIGHT_DECAY = 0.01
@@ -143,7 +145,7 @@ def transformer_config() -> TransformerConfig:
         ffn_hidden_size=FFN_HIDDEN_SIZE,
         normalization="RMSNorm",
         layernorm_epsilon=NORM_EPSILON,
-        gated_linear_unit=True,  # swiglu: linear_fc1 holds [gate; up]
+        gated_linear_unit=True,  # linear_fc1 holds [gate; up]
         activation_func=F.silu,
         add_bias_linear=False,
         hidden_dropout=DROPOUT,
@@ -249,8 +251,10 @@ def main() -> ExitCode:
     optimizer = build_optimizer(model, optimizer_settings)
     scheduler = build_scheduler(
         optimizer,
-        optimizer_settings,
-        ScheduleSettings(
+        lr=LR,
+        min_lr=MIN_LR,
+        weight_decay=WEIGHT_DECAY,
+        schedule=ScheduleSettings(
             warmup_iters=LR_WARMUP_ITERS,
             warmup_init_lr=LR_WARMUP_INIT,
             decay=LR_DECAY_STYLE,

@@ -171,10 +171,12 @@ def test_array_of_tables_errors_point_at_each_element() -> None:
      "spec.toml:9: unknown key 'hiden_size' in [model]; hint: did you mean 'hidden_size'?"),
     ({"model": {"tensor": 2}}, "spec.toml:9: unknown key 'tensor' in [model]; hint: tensor belongs in [parallel]"),
     ({"model": {"colour": "blue"}},
-     "spec.toml:9: unknown key 'colour' in [model]; hint: valid keys in [model]: kind, num_layers, hidden_size, "
-     "num_attention_heads, num_query_groups, head_dim, ffn_hidden_size, vocab_size, make_vocab_size_divisible_by, "
-     "seq_length, normalization, norm_epsilon, activation, position_embedding, rotary_base, tie_embeddings, "
-     "add_bias_linear, dropout, init_method_std, transformer_impl, num_experts, moe_router_topk"),
+     "spec.toml:9: unknown key 'colour' in [model]; hint: valid keys in [model]: kind, num_layers, "
+     "hidden_size, num_attention_heads, num_query_groups, head_dim, qk_layernorm, query_scaling, "
+     "ffn_hidden_size, vocab_size, make_vocab_size_divisible_by, seq_length, normalization, norm_epsilon, "
+     "norm_zero_centered, activation, gelu_approximation, position_embedding, rotary_base, tie_embeddings,"
+     " logits_multiplier, add_bias_linear, dropout, init_method_std, transformer_impl, num_experts, "
+     "moe_router_topk"),
     ({"paralel": {"tensor": 2}}, "spec.toml:16: unknown table [paralel]; hint: did you mean [parallel]?"),
     ({"wandb": {"project": "x"}},
      "spec.toml:16: unknown table [wandb]; hint: valid tables: run, launch, model, parallel, batch, train, "

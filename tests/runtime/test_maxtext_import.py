@@ -157,7 +157,7 @@ def _optimizer(builder: str, model: list, config: dict, data: dict, *, distribut
     settings = ml.adam_settings(data, dtype="fp32", distributed=distributed)
     if builder == "megatron":
         optimizer = build_optimizer(model, settings)
-        return optimizer, lambda step: build_scheduler(optimizer, settings, ml.constant_schedule(settings.lr))
+        return optimizer, lambda step: build_scheduler(optimizer, lr=settings.lr, min_lr=settings.min_lr, weight_decay=settings.weight_decay, schedule=ml.constant_schedule(settings.lr))
     from bridgec.runtime.optax_optim import build_optax_optimizer
     from bridgec.runtime.schedules import CountScheduler, constant_schedule
 

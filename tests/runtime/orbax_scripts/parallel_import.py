@@ -140,7 +140,7 @@ def run_resume(cases: Path, layout: ml.Layout) -> dict:
     step = load_maxtext_optimizer_state(chunks, optimizer, opt_type="adamw", adam_beta1=data["betas"][0], adam_beta2=data["betas"][1], **common)
     slots = main_slots(optimizer)
     partial = sum(1 for param, slot in slots.items() if slot.end - slot.start < param.numel())
-    scheduler = build_scheduler(optimizer, settings, ml.constant_schedule(settings.lr))
+    scheduler = build_scheduler(optimizer, lr=settings.lr, min_lr=settings.min_lr, weight_decay=settings.weight_decay, schedule=ml.constant_schedule(settings.lr))
     batches = torch.from_numpy(np.load(cases / "adamw_resume" / "batches.npy").astype(np.int64))
     losses = []
     for batch in batches[step:, layout.data_rank : layout.data_rank + 1]:

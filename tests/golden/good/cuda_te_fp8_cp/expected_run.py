@@ -6,7 +6,7 @@
 
 Model: GPT, 4 layers, hidden 256, 8 heads (multi-head), swiglu, rmsnorm, rope positions, sequence 2048, vocab 32000; 12.39M parameters.
 Layout: 8 processes on 1 node(s), cuda (nccl): tensor 2, pipeline 1, context 2, data 2.
-Training: 10 steps of 16 sequences (8 microbatches of 1 per data-parallel rank), mock data, adam at lr 0.0001 (cosine schedule), bf16.
+Training: 10 steps of 16 sequences (8 microbatches of 1 per data-parallel rank), mock data, adam (megatron semantics) at lr 0.0001 (cosine schedule), bf16.
 
 Launch from this file's folder:
     torchrun --nnodes 1 --nproc-per-node 8 expected_run.py
@@ -38,7 +38,8 @@ from bridgec.runtime.errors import ExitCode
 from bridgec.runtime.loop import LoopSettings, TrainState, train
 from bridgec.runtime.loss import masked_token_loss
 from bridgec.runtime.model import build_model, unwrap
-from bridgec.runtime.optim import OptimizerSettings, ScheduleSettings, build_optimizer, build_scheduler
+from bridgec.runtime.optim import OptimizerSettings, build_optimizer
+from bridgec.runtime.optim import ScheduleSettings, build_scheduler
 from bridgec.runtime.parallel import check_launch, initialize
 
 HERE = Path(__file__).resolve().parent
@@ -97,6 +98,7 @@ ON_NONFINITE = "skip"
 
 # Optimizer
 OPTIMIZER = "adam"
+OPTIMIZER_SEMANTICS = "megatron"
 LR = 0.0001
 MIN_LR = 0.0
 WEIGHT_DECAY = 0.01
@@ -136,7 +138,7 @@ def transformer_config() -> TransformerConfig:
         ffn_hidden_size=FFN_HIDDEN_SIZE,
         normalization="RMSNorm",
         layernorm_epsilon=NORM_EPSILON,
-        gated_linear_unit=True,  # swiglu: linear_fc1 holds [gate; up]
+        gated_linear_unit=True,  # linear_fc1 holds [gate; up]
         activation_func=F.silu,
         add_bias_linear=False,
         hidden_dropout=DROPOUT,
@@ -244,8 +246,10 @@ def main() -> ExitCode:
     optimizer = build_optimizer(model, optimizer_settings)
     scheduler = build_scheduler(
         optimizer,
-        optimizer_settings,
-        ScheduleSettings(
+        lr=LR,
+        min_lr=MIN_LR,
+        weight_decay=WEIGHT_DECAY,
+        schedule=ScheduleSettings(
             warmup_iters=LR_WARMUP_ITERS,
             warmup_init_lr=LR_WARMUP_INIT,
             decay=LR_DECAY_STYLE,

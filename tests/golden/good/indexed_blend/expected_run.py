@@ -6,7 +6,7 @@
 
 Model: GPT, 2 layers, hidden 64, 4 heads (multi-head), gelu, layernorm, learned positions, sequence 32, vocab 257; 126.72K parameters.
 Layout: 1 processes on 1 node(s), cpu (gloo): tensor 1, pipeline 1, data 1.
-Training: 5 steps of 4 sequences (4 microbatches of 1 per data-parallel rank), indexed data, adam at lr 0.001 (cosine schedule), fp32.
+Training: 5 steps of 4 sequences (4 microbatches of 1 per data-parallel rank), indexed data, adam (megatron semantics) at lr 0.001 (cosine schedule), fp32.
 
 Launch from this file's folder:
     torchrun --nnodes 1 --nproc-per-node 1 expected_run.py
@@ -41,7 +41,8 @@ from bridgec.runtime.errors import ExitCode
 from bridgec.runtime.loop import LoopSettings, TrainState, train
 from bridgec.runtime.loss import masked_token_loss
 from bridgec.runtime.model import build_model, unwrap
-from bridgec.runtime.optim import OptimizerSettings, ScheduleSettings, build_optimizer, build_scheduler
+from bridgec.runtime.optim import OptimizerSettings, build_optimizer
+from bridgec.runtime.optim import ScheduleSettings, build_scheduler
 from bridgec.runtime.parallel import check_launch, initialize
 
 HERE = Path(__file__).resolve().parent
@@ -99,6 +100,7 @@ ON_NONFINITE = "skip"
 
 # Optimizer
 OPTIMIZER = "adam"
+OPTIMIZER_SEMANTICS = "megatron"
 LR = 0.001
 MIN_LR = 0.0
 WEIGHT_DECAY = 0.01
@@ -243,8 +245,10 @@ def main() -> ExitCode:
     optimizer = build_optimizer(model, optimizer_settings)
     scheduler = build_scheduler(
         optimizer,
-        optimizer_settings,
-        ScheduleSettings(
+        lr=LR,
+        min_lr=MIN_LR,
+        weight_decay=WEIGHT_DECAY,
+        schedule=ScheduleSettings(
             warmup_iters=LR_WARMUP_ITERS,
             warmup_init_lr=LR_WARMUP_INIT,
             decay=LR_DECAY_STYLE,

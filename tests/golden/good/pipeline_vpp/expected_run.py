@@ -6,7 +6,7 @@
 
 Model: GPT, 8 layers, hidden 64, 4 heads (multi-head), gelu, layernorm, learned positions, sequence 64, vocab 512; 436.86K parameters.
 Layout: 8 processes on 2 node(s), cpu (gloo): tensor 2, pipeline 2, virtual pipeline 2, data 2.
-Training: 20 steps of 32 sequences (8 microbatches of 2 per data-parallel rank), mock data, adam at lr 0.001 (cosine schedule), fp32.
+Training: 20 steps of 32 sequences (8 microbatches of 2 per data-parallel rank), mock data, adam (megatron semantics) at lr 0.001 (cosine schedule), fp32.
 
 Launch from this file's folder:
     torchrun --nnodes 2 --nproc-per-node 4 --rdzv-backend c10d --rdzv-endpoint HOST_OF_NODE_0:29500 expected_run.py
@@ -41,7 +41,8 @@ from bridgec.runtime.errors import ExitCode
 from bridgec.runtime.loop import LoopSettings, TrainState, train
 from bridgec.runtime.loss import masked_token_loss
 from bridgec.runtime.model import build_model, unwrap
-from bridgec.runtime.optim import OptimizerSettings, ScheduleSettings, build_optimizer, build_scheduler
+from bridgec.runtime.optim import OptimizerSettings, build_optimizer
+from bridgec.runtime.optim import ScheduleSettings, build_scheduler
 from bridgec.runtime.parallel import check_launch, initialize
 
 HERE = Path(__file__).resolve().parent
@@ -101,6 +102,7 @@ ON_NONFINITE = "skip"
 
 # Optimizer
 OPTIMIZER = "adam"
+OPTIMIZER_SEMANTICS = "megatron"
 LR = 0.001
 MIN_LR = 0.0
 WEIGHT_DECAY = 0.01
@@ -249,8 +251,10 @@ def main() -> ExitCode:
     optimizer = build_optimizer(model, optimizer_settings)
     scheduler = build_scheduler(
         optimizer,
-        optimizer_settings,
-        ScheduleSettings(
+        lr=LR,
+        min_lr=MIN_LR,
+        weight_decay=WEIGHT_DECAY,
+        schedule=ScheduleSettings(
             warmup_iters=LR_WARMUP_ITERS,
             warmup_init_lr=LR_WARMUP_INIT,
             decay=LR_DECAY_STYLE,

@@ -1,0 +1,123 @@
+"""What every validation rule builds on: the spec's context, findings, derived sizes, wording helpers.
+
+Rules live in ``validate.py`` (the core: layout, batch, model, data, checkpoints,
+hooks) and ``validate_interop.py`` (optax semantics, MaxText/optax schedules,
+JAX meshes and the MaxText model options); both take these pieces from here.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Protocol
+
+import attrs
+
+from bridgec.compiler.errors import KeyPath, Severity
+from bridgec.compiler.spec import Spec
+
+
+class FileView(Protocol):
+    """The read-only view of the disk that validation may use (the CLI passes the real disk)."""
+
+    def exists(self, path: Path) -> bool: ...
+
+    def read_text(self, path: Path) -> str:
+        """The file's text; raises OSError or UnicodeDecodeError when it cannot be read."""
+        ...
+
+
+@attrs.frozen(kw_only=True)
+class SpecContext:
+    """Where the spec lives, for messages and for the files it names."""
+
+    file: str
+    """The spec file as the user gave it; shown in every diagnostic."""
+    spec_dir: Path
+    """The spec's folder: relative paths in the spec are relative to it."""
+    files: FileView
+
+    def resolve(self, path: str) -> Path:
+        """A path written in the spec, made usable (absolute paths stay as they are)."""
+        return self.spec_dir / path
+
+
+@attrs.frozen(kw_only=True)
+class Finding:
+    """What a rule reports; validate adds the file and line."""
+
+    about: tuple[KeyPath, ...]
+    """The keys the finding is about, most relevant first; the first one the spec writes gives the line."""
+    message: str
+    hint: str
+    severity: Severity = "error"
+
+
+Rule = Callable[[Spec, SpecContext], Iterable[Finding]]
+
+
+# -- derived sizes (validate needs them to check; lower derives them for the script) --------
+
+
+def world_size(spec: Spec) -> int:
+    return spec.launch.nodes * spec.launch.procs_per_node
+
+
+def model_parallel(spec: Spec) -> int:
+    return spec.parallel.tensor * spec.parallel.pipeline * spec.parallel.context
+
+
+def data_parallel_size(spec: Spec) -> int | None:
+    """world / (tensor x pipeline x context), or None when that is not a whole number >= 1."""
+    sizes = (spec.launch.nodes, spec.launch.procs_per_node, spec.parallel.tensor, spec.parallel.pipeline,
+             spec.parallel.context)
+    if min(sizes) < 1 or world_size(spec) % model_parallel(spec):
+        return None
+    return world_size(spec) // model_parallel(spec)
+
+
+def microbatches(spec: Spec) -> int | None:
+    """global / (micro x data parallel), or None when that is not a whole number >= 1."""
+    dp = data_parallel_size(spec)
+    g, m = spec.batch.global_batch_size, spec.batch.micro_batch_size
+    if dp is None or g < 1 or m < 1 or g % (m * dp):
+        return None
+    return g // (m * dp)
+
+
+# -- wording helpers ----------------------------------------------------------------------
+
+
+def or_list(items: Iterable[object]) -> str:
+    texts = [str(i) for i in items]
+    return texts[0] if len(texts) == 1 else ", ".join(texts[:-1]) + " or " + texts[-1]
+
+
+MAX_LISTED = 10**6  # above this, hints name "a divisor of n" instead of listing them
+
+
+def divisors(n: int) -> list[int]:
+    """n's divisors in order; empty when n is too large to list them quickly."""
+    if n > MAX_LISTED:
+        return []
+    small = [d for d in range(1, math.isqrt(n) + 1) if n % d == 0]
+    return sorted({*small, *(n // d for d in small)})
+
+
+def divisors_text(n: int) -> str:
+    """``1, 2, 3 or 6``, or ``a divisor of n`` when n is large."""
+    return or_list(divisors(n)) if n <= MAX_LISTED else f"a divisor of {n}"
+
+
+def multiples_near(value: int, factor: int) -> str:
+    """The multiples of ``factor`` either side of ``value`` (just the upper one below ``factor``)."""
+    lower, upper = value // factor * factor, (value // factor + 1) * factor
+    return or_list([lower, upper] if lower >= 1 else [upper])
+
+
+def split_hint(value: int, size: int, noun: str) -> str:
+    """``tensor = 2 or 3, or 8 heads``: smaller tensor sizes that divide, or the count rounded up."""
+    smaller = [d for d in divisors(value) if 1 < d < size]
+    rounded = f"{-(-value // size) * size} {noun}"
+    return f"tensor = {or_list(smaller)}, or {rounded}" if smaller else f"{rounded}, or tensor = 1"

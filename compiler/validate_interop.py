@@ -1,0 +1,243 @@
+"""Validation rules for the JAX-interop settings: optax semantics, MaxText/optax schedules, the
+MaxText loss and the model options MaxText's dense models need. (Mesh problems are reported
+by ``mesh.resolve`` before validation, so every layout rule then runs on the resolved sizes.)
+
+Same contract as ``validate.py``: small named rules returning findings, all
+collected in :data:`INTEROP_RULES`, each tested by its exact message.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from bridgec.compiler.rule_base import Finding, Rule, SpecContext
+from bridgec.compiler.spec import DecayMask, OptaxSchedulePiece, Scheduler, Spec
+from bridgec.runtime.decay_mask import DecayMaskError, decay_table, megatron_parameter_names
+
+
+def rule_optax_semantics_needs_adam(spec: Spec, ctx: SpecContext) -> Iterator[Finding]:
+    if spec.optimizer.semantics == "optax" and spec.optimizer.name != "adam":
+        yield Finding(about=(("optimizer", "semantics"), ("optimizer", "name")),
+                      message=f'$.optimizer.semantics = "optax" follows optax.adamw, but optimizer.name = '
+                              f'"{spec.optimizer.name}" (sgd has no optax semantics here)',
+                      hint='set name = "adam", or semantics = "megatron"')
+
+
+def rule_optax_only_settings(spec: Spec, ctx: SpecContext) -> Iterator[Finding]:
+    o = spec.optimizer
+    if o.semantics == "optax":
+        return
+    if o.eps_root != 0.0:
+        yield Finding(about=(("optimizer", "eps_root"),),
+                      message=f'$.optimizer.eps_root = {o.eps_root} applies to semantics = "optax" only '
+                              f"(megatron-core's Adam has no eps_root)",
+                      hint='set semantics = "optax" under [optimizer], or remove eps_root')
+    if o.decay_mask != DecayMask():
+        yield Finding(about=(("optimizer", "decay_mask"),),
+                      message='[optimizer.decay_mask] applies to semantics = "optax" only (megatron semantics '
+                              "exclude biases and 1-D parameters from weight decay)",
+                      hint='set semantics = "optax" under [optimizer], or remove [optimizer.decay_mask]')
+
+
+def no_decay_table(spec: Spec) -> list:  # noqa: ANN201 - list[DecayDecision]
+    """The decay decision of every parameter of this model under its decay mask (raises DecayMaskError)."""
+    m, mask = spec.model, spec.optimizer.decay_mask
+    gated = m.activation in ("swiglu", "geglu")
+    names = megatron_parameter_names(
+        num_layers=m.num_layers,
+        normalization=m.normalization,
+        gated_mlp=gated,
+        add_bias_linear=m.add_bias_linear,
+        qk_layernorm=m.qk_layernorm,
+        tied_output=m.tie_embeddings,
+        learned_positions=m.position_embedding == "learned",
+        transformer_engine=m.transformer_impl == "transformer_engine",
+    )
+    return decay_table(names, mask.exclude, gated_mlp=gated, scan_layers=mask.scan_layers,
+                       tied_output=m.tie_embeddings, style=mask.paths)
+
+
+def rule_decay_mask_applies(spec: Spec, ctx: SpecContext) -> Iterator[Finding]:
+    if spec.optimizer.semantics != "optax" or not spec.optimizer.decay_mask.exclude or spec.model.num_layers < 1:
+        return
+    try:
+        no_decay_table(spec)
+    except (DecayMaskError, KeyError) as error:
+        yield Finding(about=(("optimizer", "decay_mask", "exclude"),),
+                      message=f"$.optimizer.decay_mask.exclude cannot be applied to this model: {error}",
+                      hint="`bridgec explain` prints the MaxText path of every parameter; adjust the patterns")
+
+
+_MEGATRON_SCHEDULE = Scheduler()
+
+
+def rule_schedule_style_tables(spec: Spec, ctx: SpecContext) -> Iterator[Finding]:
+    s = spec.scheduler
+    if s.style == "maxtext" and s.maxtext is None:
+        yield Finding(about=(("scheduler", "style"),),
+                      message='$.scheduler.style = "maxtext" needs a [scheduler.maxtext] table',
+                      hint='add [scheduler.maxtext] (kind = "cosine" or "wsd", warmup_steps_fraction, final_fraction)')
+    if s.style == "optax" and not s.optax:
+        yield Finding(about=(("scheduler", "style"),),
+                      message='$.scheduler.style = "optax" needs [[scheduler.optax]] pieces',
+                      hint='add [[scheduler.optax]] with kind = "warmup_cosine_decay" (or linear, cosine_decay, '
+                           "constant)")
+    if s.style != "maxtext" and s.maxtext is not None:
+        yield Finding(about=(("scheduler", "maxtext"), ("scheduler", "style")),
+                      message=f'[scheduler.maxtext] is only read with style = "maxtext", but style = "{s.style}"',
+                      hint='set style = "maxtext" under [scheduler], or remove [scheduler.maxtext]')
+    if s.style != "optax" and s.optax:
+        yield Finding(about=(("scheduler", "optax"), ("scheduler", "style")),
+                      message=f'[[scheduler.optax]] pieces are only read with style = "optax", but style = "{s.style}"',
+                      hint='set style = "optax" under [scheduler], or remove the [[scheduler.optax]] tables')
+    if s.style != "megatron":
+        megatron_keys = ("warmup_iters", "warmup_init_lr", "decay", "decay_iters", "wsd_decay_iters", "wsd_decay_style")
+        changed = [k for k in megatron_keys if getattr(s, k) != getattr(_MEGATRON_SCHEDULE, k)]
+        for key in changed:
+            yield Finding(about=(("scheduler", key), ("scheduler", "style")),
+                          message=f'$.scheduler.{key} belongs to style = "megatron", but style = "{s.style}" '
+                                  f"(it would be ignored)",
+                          hint=f"remove {key}, or describe the schedule in the {s.style} table")
+
+
+def rule_maxtext_schedule(spec: Spec, ctx: SpecContext) -> Iterator[Finding]:
+    table = spec.scheduler.maxtext
+    if spec.scheduler.style != "maxtext" or table is None:
+        return
+    for key in ("warmup_steps_fraction", "final_fraction", "wsd_decay_steps_fraction"):
+        value = getattr(table, key)
+        if not 0.0 <= value <= 1.0:
+            yield Finding(about=(("scheduler", "maxtext", key),),
+                          message=f"$.scheduler.maxtext.{key} = {value} is not a fraction between 0 and 1",
+                          hint=f"set {key} between 0 and 1")
+    if table.schedule_steps is not None and table.schedule_steps < 1:
+        yield Finding(about=(("scheduler", "maxtext", "schedule_steps"),),
+                      message=f"$.scheduler.maxtext.schedule_steps = {table.schedule_steps} must be at least 1",
+                      hint="set schedule_steps >= 1, or remove it to use train.iters")
+    if table.kind == "wsd":
+        total = table.warmup_steps_fraction + table.wsd_decay_steps_fraction
+        if total > 1.0:
+            yield Finding(about=(("scheduler", "maxtext", "wsd_decay_steps_fraction"),),
+                          message=f"Invalid WSD schedule: warmup_steps_fraction ({table.warmup_steps_fraction}) + "
+                                  f"wsd_decay_steps_fraction ({table.wsd_decay_steps_fraction}) must not exceed 1.0. "
+                                  f"Current sum: {total} (MaxText's check)",
+                          hint="lower warmup_steps_fraction or wsd_decay_steps_fraction")
+        if table.variant == "2025":
+            yield Finding(about=(("scheduler", "maxtext", "variant"), ("scheduler", "maxtext", "kind")),
+                          message='$.scheduler.maxtext.variant = "2025": MaxText\'s 2025 schedule has no WSD',
+                          hint='use variant = "2026-01" or "2026-02" for wsd, or kind = "cosine"')
+
+
+_PIECE_FIELDS = {
+    "constant": (("value",), ()),
+    "linear": (("init_value", "end_value", "transition_steps"), ("transition_begin",)),
+    "cosine_decay": (("init_value", "decay_steps"), ("alpha", "exponent")),
+    "warmup_cosine_decay": (("init_value", "peak_value", "warmup_steps", "decay_steps"), ("end_value", "exponent")),
+}
+_PIECE_DEFAULTS = OptaxSchedulePiece(kind="constant")
+
+
+def rule_optax_pieces(spec: Spec, ctx: SpecContext) -> Iterator[Finding]:
+    pieces = spec.scheduler.optax
+    if spec.scheduler.style != "optax":
+        return
+    previous = 0
+    for index, piece in enumerate(pieces):
+        where = ("scheduler", "optax", index)
+        required, optional = _PIECE_FIELDS[piece.kind]
+        for key in required:
+            if getattr(piece, key) is None:
+                yield Finding(about=(where + (key,), where),
+                              message=f'$.scheduler.optax[{index}] (kind = "{piece.kind}") needs {key}',
+                              hint=f"set {key} in that [[scheduler.optax]] table")
+        for key in ("value", "init_value", "end_value", "peak_value", "transition_steps", "transition_begin",
+                    "warmup_steps", "decay_steps", "alpha", "exponent"):
+            if key not in required + optional and getattr(piece, key) != getattr(_PIECE_DEFAULTS, key):
+                yield Finding(about=(where + (key,), where),
+                              message=f'$.scheduler.optax[{index}].{key} is not used by kind = "{piece.kind}"',
+                              hint=f"remove {key}, or use a kind that takes it")
+        if piece.kind == "cosine_decay" and piece.decay_steps is not None and piece.decay_steps < 1:
+            yield Finding(about=(where + ("decay_steps",),),
+                          message=f"$.scheduler.optax[{index}].decay_steps = {piece.decay_steps} must be at least 1",
+                          hint="set decay_steps >= 1")
+        if (piece.kind == "warmup_cosine_decay" and piece.decay_steps is not None and piece.warmup_steps is not None
+                and piece.decay_steps <= piece.warmup_steps):
+            yield Finding(about=(where + ("decay_steps",),),
+                          message=f"$.scheduler.optax[{index}].decay_steps = {piece.decay_steps} must exceed "
+                                  f"warmup_steps = {piece.warmup_steps} (optax counts the warmup inside decay_steps)",
+                          hint=f"set decay_steps above {piece.warmup_steps}")
+        last = index == len(pieces) - 1
+        if not last and piece.boundary is None:
+            yield Finding(about=(where,),
+                          message=f"$.scheduler.optax[{index}] needs a boundary: the update at which piece "
+                                  f"{index + 1} takes over",
+                          hint="set boundary = <update count> in that table")
+        if last and piece.boundary is not None:
+            yield Finding(about=(where + ("boundary",),),
+                          message=f"$.scheduler.optax[{index}].boundary is set, but it is the last piece "
+                                  f"(nothing takes over)",
+                          hint="remove boundary from the last piece, or add the piece that follows")
+        if piece.boundary is not None and not last:
+            if piece.boundary <= previous:
+                yield Finding(about=(where + ("boundary",),),
+                              message=f"$.scheduler.optax[{index}].boundary = {piece.boundary} must be greater than "
+                                      f"the previous boundary ({previous})",
+                              hint="boundaries increase from piece to piece")
+            previous = piece.boundary
+
+
+def rule_maxtext_loss(spec: Spec, ctx: SpecContext) -> Iterator[Finding]:
+    z, multiplier = spec.loss.z_loss_multiplier, spec.model.logits_multiplier
+    if z < 0:
+        yield Finding(about=(("loss", "z_loss_multiplier"),),
+                      message=f"$.loss.z_loss_multiplier = {z} must not be negative",
+                      hint="set z_loss_multiplier >= 0 (MaxText uses 0 or about 1e-4)")
+    if multiplier <= 0:
+        yield Finding(about=(("model", "logits_multiplier"),),
+                      message=f"$.model.logits_multiplier = {multiplier} must be positive",
+                      hint="set logits_multiplier > 0 (1.0 leaves the logits as they are)")
+    uses_maxtext_loss = z != 0 or multiplier != 1.0
+    if uses_maxtext_loss and spec.loss.reduction != "per_token":
+        yield Finding(about=(("loss", "reduction"), ("loss", "z_loss_multiplier"), ("model", "logits_multiplier")),
+                      message='MaxText\'s loss (loss.z_loss_multiplier or model.logits_multiplier) is token-weighted '
+                              'across gradient accumulation, but loss.reduction = "per_microbatch"',
+                      hint='set reduction = "per_token" under [loss]')
+    if uses_maxtext_loss and spec.hooks.loss is not None:
+        yield Finding(about=(("hooks", "loss"),),
+                      message="hooks.loss replaces the loss, so loss.z_loss_multiplier and model.logits_multiplier "
+                              "would be ignored",
+                      hint="apply them in your loss function and remove them from the spec, or remove hooks.loss")
+
+
+def rule_gelu_approximation(spec: Spec, ctx: SpecContext) -> Iterator[Finding]:
+    m = spec.model
+    if m.gelu_approximation != "none" and m.activation == "swiglu":
+        yield Finding(about=(("model", "gelu_approximation"), ("model", "activation")),
+                      message=f'$.model.gelu_approximation = "{m.gelu_approximation}" applies to gelu and geglu, '
+                              f'but model.activation = "swiglu"',
+                      hint="remove gelu_approximation, or use activation = \"gelu\" or \"geglu\"")
+
+
+def rule_zero_centered_norm_needs_te(spec: Spec, ctx: SpecContext) -> Iterator[Finding]:
+    m = spec.model
+    if m.norm_zero_centered and m.transformer_impl != "transformer_engine":
+        yield Finding(about=(("model", "norm_zero_centered"), ("model", "transformer_impl")),
+                      message="$.model.norm_zero_centered = true needs model.transformer_impl = "
+                              '"transformer_engine" (megatron-core\'s local norm does not implement '
+                              "layernorm_zero_centered_gamma)",
+                      hint='set transformer_impl = "transformer_engine" (and device = "cuda"), or remove '
+                           "norm_zero_centered")
+
+
+INTEROP_RULES: tuple[Rule, ...] = (
+    rule_optax_semantics_needs_adam,
+    rule_optax_only_settings,
+    rule_decay_mask_applies,
+    rule_schedule_style_tables,
+    rule_maxtext_schedule,
+    rule_optax_pieces,
+    rule_maxtext_loss,
+    rule_gelu_approximation,
+    rule_zero_centered_norm_needs_te,
+)
+"""The JAX-interop rules; validate.RULES runs them after the core rules."""
