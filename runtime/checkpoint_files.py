@@ -37,6 +37,7 @@ MANIFEST = "bridgec.json"
 POINTER = "latest"
 SPEC_COPY = "spec.toml"
 PARTIAL_SUFFIX = ".partial"
+REPLACED_SUFFIX = ".replaced"
 _NAME = re.compile(r"^iter_(\d{7,})$")
 
 
@@ -180,9 +181,9 @@ def fsync_files(path: Path) -> None:
 
 
 def remove_partials(root: Path) -> None:
-    """Delete folders of saves that never finished (only rank 0, before a new save)."""
+    """Delete folders of saves that never finished, or that a finished one replaced (rank 0, before a save)."""
     for child in root.iterdir():
-        if child.is_dir() and child.name.endswith(PARTIAL_SUFFIX):
+        if child.is_dir() and child.name.endswith((PARTIAL_SUFFIX, REPLACED_SUFFIX)):
             shutil.rmtree(child, ignore_errors=True)
 
 
@@ -195,7 +196,7 @@ def publish(partial: Path, final: Path) -> None:
     root = final.parent
     replaced = None
     if final.exists():
-        replaced = root / (final.name + ".replaced")
+        replaced = root / (final.name + REPLACED_SUFFIX)
         shutil.rmtree(replaced, ignore_errors=True)
         os.replace(final, replaced)
     os.replace(partial, final)

@@ -4,6 +4,10 @@ A generated script never shows a traceback for a problem the user can fix:
 the runtime raises :class:`RunError` with a message and one of these codes,
 and the script's entry point prints the message on stderr (every rank, prefixed
 with the rank) and exits with the code. The codes are documented in the README.
+
+Under torchrun these are the *workers'* exit codes: torchrun itself exits 1 when
+any worker fails and names each worker's code in its failure report
+(``exitcode  : 75``); a job script that requeues on STOPPED_TO_RESUME reads it there.
 """
 
 from __future__ import annotations
