@@ -181,6 +181,20 @@ def cmd_data_build(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_checkpoint_inspect(args: argparse.Namespace) -> int:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from bridgec.runtime.checkpoint_files import format_report, inspect
+        from bridgec.runtime.errors import RunError
+
+    try:
+        sys.stdout.write(format_report(inspect(Path(args.directory))))
+    except RunError as error:
+        _err(f"bridgec: {error.message}")
+        return EXIT_SPEC_ERROR
+    return EXIT_OK
+
+
 def _read_input(path: Path, what: str) -> str:
     try:
         return path.read_text(encoding="utf-8")
@@ -279,6 +293,15 @@ def _parser() -> argparse.ArgumentParser:
     build.add_argument("--output", required=True, metavar="PREFIX", help="writes PREFIX.bin, PREFIX.idx, PREFIX.json")
     build.add_argument("--text-key", default="text", help="the JSON key holding each document's text")
     build.set_defaults(handler=cmd_data_build)
+
+    checkpoint = commands.add_parser("checkpoint", help="checkpoint tools")
+    checkpoint_commands = checkpoint.add_subparsers(dest="checkpoint_command", metavar="CHECKPOINT_COMMAND",
+                                                    required=True)
+    inspect_ = checkpoint_commands.add_parser(
+        "inspect", help="step, layout, spec hash, tensors and sizes of a checkpoint, without launching a run"
+    )
+    inspect_.add_argument("directory", metavar="DIR", help="a [checkpoint] dir (its latest) or one iter_* folder")
+    inspect_.set_defaults(handler=cmd_checkpoint_inspect)
 
     importer = commands.add_parser("import", help="write a spec from another framework's config")
     import_commands = importer.add_subparsers(dest="import_command", metavar="FORMAT", required=True)

@@ -206,8 +206,38 @@ def _model_section(spec: Spec) -> Section:
         constants.append(_c("ROTARY_BASE", m.rotary_base))
     if m.num_experts is not None:
         constants += [_c("NUM_EXPERTS", m.num_experts), _c("MOE_ROUTER_TOPK", m.moe_router_topk)]
-    constants.append(_c("INIT_SCHEME", spec.init.scheme))
+    if spec.init.checkpoint is not None:
+        constants.append(_c("INIT_SCHEME", "megatron", "[init.checkpoint] overwrites every weight"))
+    else:
+        constants.append(_c("INIT_SCHEME", spec.init.scheme))
     return Section(title="Model", constants=tuple(constants))
+
+
+def _init_checkpoint_section(spec: Spec) -> Section | None:
+    c = spec.init.checkpoint
+    if c is None:
+        return None
+    m = spec.model
+    undo = m.query_scaling == "attention" and not m.qk_layernorm
+    constants = [
+        _c("INIT_CHECKPOINT", c.path, text=True),
+        _c("INIT_CHECKPOINT_FORMAT", c.format),
+        _c("INIT_CHECKPOINT_LAYOUT", c.layout),
+        _c(
+            "INIT_QUERY_SCALING",
+            "undo" if undo else "keep",
+            "MaxText pre-scales the query kernel by 1/sqrt(head_dim); megatron scales attention scores, so undo it"
+            if undo
+            else f'model.query_scaling = "{m.query_scaling}": the query kernel stays as stored',
+        ),
+        _c("INIT_ROPE_LAYOUT", c.rope_layout),
+        _c("INIT_PARAM_SCAN_AXIS", c.param_scan_axis),
+        _c("INIT_OPTIMIZER_STATE", c.optimizer_state),
+    ]
+    if c.optimizer_state:
+        constants.append(_c("INIT_OPTIMIZER_TYPE", c.optimizer_type))
+    return Section(title="Initial weights from a checkpoint (paths relative to the spec's folder)",
+                   constants=tuple(constants))
 
 
 def _train_section(spec: Spec) -> Section:
@@ -366,7 +396,7 @@ def _maxtext_loss(spec: Spec) -> bool:
     return spec.loss.z_loss_multiplier != 0.0 or spec.model.logits_multiplier != 1.0
 
 
-def _output_section(spec: Spec) -> Section:
+def _output_section(spec: Spec, target: Target) -> Section:
     output = spec.run.output_dir if spec.run.output_dir is not None else f"out/{spec.run.name}"
     constants = [
         (
@@ -378,6 +408,7 @@ def _output_section(spec: Spec) -> Section:
     c = spec.checkpoint
     if c.dir is not None:
         constants += [
+            _c("SPEC_SHA256", target.spec_sha256, "recorded in every checkpoint"),
             _c("CHECKPOINT_DIR", c.dir, text=True),
             _c("SAVE_INTERVAL", c.save_interval),
             _c("RESUME", c.resume),
@@ -424,7 +455,9 @@ def _hooks_plan(spec: Spec) -> HooksPlan | None:
 def _user_strings(spec: Spec) -> tuple[str, ...]:
     strings = [spec.run.name, spec.run.description, *spec.optimizer.decay_mask.exclude]
     strings += [source.prefix for source in spec.data.sources]
-    for value in (spec.run.output_dir, spec.checkpoint.dir, spec.hooks.file, spec.hooks.forward_step, spec.hooks.loss):
+    init_path = spec.init.checkpoint.path if spec.init.checkpoint is not None else None
+    for value in (spec.run.output_dir, spec.checkpoint.dir, spec.hooks.file, spec.hooks.forward_step, spec.hooks.loss,
+                  init_path):
         if value is not None:
             strings.append(value)
     return tuple(s for s in strings if s)
@@ -482,7 +515,8 @@ def lower(spec: Spec, target: Target) -> Plan:
         _train_section(spec),
         *_optimizer_sections(spec),
         _data_section(spec, target),
-        _output_section(spec),
+        *[section for section in (_init_checkpoint_section(spec),) if section is not None],
+        _output_section(spec, target),
     ]
     regenerate = f"bridgec compile {target.spec_path} -o {target.output_name}"
     return Plan(
@@ -510,6 +544,8 @@ def lower(spec: Spec, target: Target) -> Plan:
         dtype=spec.precision.dtype,
         fp8=spec.precision.fp8,
         checkpointing=spec.checkpoint.dir is not None,
+        init_checkpoint=spec.init.checkpoint is not None,
+        init_optimizer_state=spec.init.checkpoint is not None and spec.init.checkpoint.optimizer_state,
         evaluation=spec.train.eval_interval is not None,
         hooks=_hooks_plan(spec),
         user_strings=_user_strings(spec),

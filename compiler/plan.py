@@ -112,6 +112,8 @@ class Plan:
     dtype: str
     fp8: str | None
     checkpointing: bool
+    init_checkpoint: bool
+    init_optimizer_state: bool
     evaluation: bool
     hooks: HooksPlan | None
     user_strings: tuple[str, ...]

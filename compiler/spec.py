@@ -38,6 +38,8 @@ Reduction = Literal["per_token", "per_microbatch"]
 InitScheme = Literal["portable", "megatron"]
 CheckpointFormat = Literal["orbax"]
 CheckpointLayout = Literal["maxtext"]
+RopeLayout = Literal["rotate_half", "interleaved"]
+AdamStateKind = Literal["adamw", "adam_pax"]
 NonFinitePolicy = Literal["skip", "stop"]
 
 
@@ -383,6 +385,12 @@ class InitCheckpoint:
     """How the tree is laid out: maxtext (MaxText's decoder parameter names, scanned or not)."""
     optimizer_state: bool = False
     """Also load Adam moments and the step count from opt_state, so the schedule continues where it was."""
+    optimizer_type: AdamStateKind = "adamw"
+    """optimizer_state only: MaxText's opt_type that wrote the moments: adamw, or adam_pax (bias-corrected moments, converted on load)."""
+    rope_layout: RopeLayout = "rotate_half"
+    """How the checkpoint's query/key rows pair up for RoPE: rotate_half (MaxText's default) or interleaved (MaxText's llama3.1 path); interleaved rows are permuted to megatron-core's rotate-half layout."""
+    param_scan_axis: int = 1
+    """Scanned checkpoints only: the axis that stacks the layers (MaxText's param_scan_axis)."""
 
 
 @attrs.frozen(kw_only=True)

@@ -637,6 +637,20 @@ def rule_checkpoint_needs_dir(spec: Spec, ctx: SpecContext) -> Iterator[Finding]
                           hint='add dir = "checkpoints" under [checkpoint]')
 
 
+def rule_checkpoints_need_adam(spec: Spec, ctx: SpecContext) -> Iterator[Finding]:
+    if spec.checkpoint.dir is not None and spec.optimizer.name != "adam":
+        yield Finding(about=(("checkpoint", "dir"), ("optimizer", "name")),
+                      message=f'$.checkpoint.dir is set, but optimizer.name = "{spec.optimizer.name}": megatron-core '
+                              f"0.16 cannot checkpoint its SGD optimizer (it has no state initialiser to load into)",
+                      hint='use name = "adam" under [optimizer], or remove [checkpoint] dir')
+    init = spec.init.checkpoint
+    if init is not None and init.optimizer_state and spec.optimizer.name != "adam":
+        yield Finding(about=(("init", "checkpoint", "optimizer_state"), ("optimizer", "name")),
+                      message=f"$.init.checkpoint.optimizer_state = true loads Adam moments, but optimizer.name = "
+                              f'"{spec.optimizer.name}"',
+                      hint='use name = "adam" under [optimizer], or set optimizer_state = false')
+
+
 def rule_stopping_saves_a_checkpoint(spec: Spec, ctx: SpecContext) -> Iterator[Finding]:
     if spec.checkpoint.dir is not None:
         return
@@ -789,6 +803,7 @@ RULES: tuple[Rule, ...] = (
     rule_eod_token_in_vocab,
     rule_tokenizer_sidecar,
     rule_checkpoint_needs_dir,
+    rule_checkpoints_need_adam,
     rule_stopping_saves_a_checkpoint,
     rule_init_checkpoint_exists,
     rule_hooks_need_file,

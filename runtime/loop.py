@@ -105,12 +105,15 @@ def train(
     settings: LoopSettings,
     checkpointer: Checkpointer | None = None,
     resume: bool = False,
+    initial: Progress | None = None,
 ) -> ExitCode:
     """Run steps until ``settings.iters``, an early stop, or a non-finite stop; return the exit code.
 
     With a checkpointer: saves every ``save_interval`` steps, at an early stop and
     at the end (never the step it resumed from again); ``resume`` restores the
-    latest checkpoint first, or says that it starts fresh.
+    latest checkpoint first, or says that it starts fresh. ``initial`` is where a
+    fresh start begins (step 0 by default; the imported step when optimizer state
+    came from another framework's checkpoint).
     """
     log = MetricsLog(
         path=settings.metrics_path,
@@ -118,7 +121,7 @@ def train(
         log_interval=settings.log_interval,
         total_iters=settings.iters,
     )
-    start = _restore(checkpointer if resume else None, log)
+    start = _restore(checkpointer if resume else None, log, initial or Progress(step=0, consumed_samples=0, skipped_steps=0))
     if start.step > 0 and layout.holds_loss:
         truncate_metrics(settings.metrics_path, after_step=start.step)
     log.open(resume=start.step > 0)
@@ -180,9 +183,8 @@ def train(
         log.close()
 
 
-def _restore(checkpointer: Checkpointer | None, log: MetricsLog) -> Progress:
-    """Where this launch starts: the latest checkpoint's progress, or step 0."""
-    fresh = Progress(step=0, consumed_samples=0, skipped_steps=0)
+def _restore(checkpointer: Checkpointer | None, log: MetricsLog, fresh: Progress) -> Progress:
+    """Where this launch starts: the latest checkpoint's progress, or ``fresh``."""
     if checkpointer is None:
         return fresh
     restored = checkpointer.load_latest()

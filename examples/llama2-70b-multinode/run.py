@@ -37,6 +37,7 @@ from megatron.core.transformer import TransformerConfig
 from bridgec.runtime.data import Splits, TokenIds, build_splits, next_batch
 from bridgec.runtime.entry import run
 from bridgec.runtime.errors import ExitCode
+from bridgec.runtime.checkpoint import DistCheckpointer, file_sha256
 from bridgec.runtime.loop import LoopSettings, TrainState, train
 from bridgec.runtime.loss import masked_token_loss
 from bridgec.runtime.model import build_model, unwrap
@@ -130,6 +131,7 @@ LOSS_REDUCTION = "per_token"
 
 # Outputs (paths relative to the spec's folder)
 OUTPUT_DIR = "out/llama2-70b"  # default: out/<run.name>
+SPEC_SHA256 = "1856b81d26bdc2a55e52d6576100aadf55aed7c841a966fa1364c42c62c2d5b4"  # recorded in every checkpoint
 CHECKPOINT_DIR = "/checkpoints/llama2-70b"
 SAVE_INTERVAL = 500
 RESUME = True
@@ -287,6 +289,16 @@ def main() -> ExitCode:
         save_interval=SAVE_INTERVAL,
         metrics_path=SPEC_DIR / OUTPUT_DIR / "metrics.jsonl",
     )
+    checkpointer = DistCheckpointer(
+        directory=(SPEC_DIR / CHECKPOINT_DIR).resolve(),
+        keep_last=KEEP_LAST,
+        model=model,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        layout=layout,
+        spec_sha256=SPEC_SHA256,
+        script_sha256=file_sha256(Path(__file__)),
+    )
     return train(
         forward_step,
         model=model,
@@ -295,6 +307,8 @@ def main() -> ExitCode:
         splits=datasets(),
         layout=layout,
         settings=settings,
+        checkpointer=checkpointer,
+        resume=RESUME,
     )
 
 

@@ -37,6 +37,7 @@ from megatron.core.transformer import TransformerConfig
 from bridgec.runtime.data import Splits, TokenIds, build_splits, next_batch
 from bridgec.runtime.entry import run
 from bridgec.runtime.errors import ExitCode
+from bridgec.runtime.checkpoint import DistCheckpointer, file_sha256
 from bridgec.runtime.loop import LoopSettings, TrainState, train
 from bridgec.runtime.loss import masked_token_loss
 from bridgec.runtime.model import build_model, unwrap
@@ -128,6 +129,7 @@ LOSS_REDUCTION = "per_token"
 
 # Outputs (paths relative to the spec's folder)
 OUTPUT_DIR = "out/llama3-8b"  # default: out/<run.name>
+SPEC_SHA256 = "2fcd66d3e6409f2d051d6c2d396db253448e1b993d52246c2e447c9a631145fd"  # recorded in every checkpoint
 CHECKPOINT_DIR = "checkpoints"
 SAVE_INTERVAL = 250
 RESUME = True
@@ -279,6 +281,16 @@ def main() -> ExitCode:
         save_interval=SAVE_INTERVAL,
         metrics_path=SPEC_DIR / OUTPUT_DIR / "metrics.jsonl",
     )
+    checkpointer = DistCheckpointer(
+        directory=(SPEC_DIR / CHECKPOINT_DIR).resolve(),
+        keep_last=KEEP_LAST,
+        model=model,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        layout=layout,
+        spec_sha256=SPEC_SHA256,
+        script_sha256=file_sha256(Path(__file__)),
+    )
     return train(
         forward_step,
         model=model,
@@ -287,6 +299,8 @@ def main() -> ExitCode:
         splits=datasets(),
         layout=layout,
         settings=settings,
+        checkpointer=checkpointer,
+        resume=RESUME,
     )
 
 

@@ -506,6 +506,18 @@ def test_rule_checkpoint_needs_dir() -> None:
     check({"checkpoint": {"dir": "ck", "save_interval": 5, "resume": True, "keep_last": 2}}, [])
 
 
+def test_rule_checkpoints_need_adam() -> None:
+    check({"optimizer": {"lr": 1e-3, "name": "sgd"}, "checkpoint": {"dir": "ckpt"}}, [
+        'spec.toml:18: $.checkpoint.dir is set, but optimizer.name = "sgd": megatron-core 0.16 cannot checkpoint its '
+        "SGD optimizer (it has no state initialiser to load into); hint: use name = \"adam\" under [optimizer], or "
+        "remove [checkpoint] dir"])
+    check({"optimizer": {"lr": 1e-3, "name": "sgd"}, "init": {"checkpoint": {"format": "orbax", "path": "ck",
+                                                                              "optimizer_state": True}}}, [
+        'spec.toml:18: $.init.checkpoint.optimizer_state = true loads Adam moments, but optimizer.name = "sgd"; '
+        'hint: use name = "adam" under [optimizer], or set optimizer_state = false'],
+        files={"ck": ""})
+
+
 def test_rule_stopping_saves_a_checkpoint() -> None:
     tail = ("saves a checkpoint before stopping, but checkpoint.dir is not set: nothing is saved and the run cannot "
             'resume; hint: add dir = "checkpoints" under [checkpoint]')
