@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import logging
 import types
 from collections.abc import Iterator
 from typing import Any
@@ -293,6 +294,18 @@ def _tensor_cuda_stays(self: torch.Tensor, device: Any = None, non_blocking: boo
     return self
 
 
+class _SameGeneratorWarning(logging.Filter):
+    """Drops megatron's "CPU RNG state changed within GPU RNG context" warning on CPU runs.
+
+    tensor_parallel/random.py:265 warns when the CPU generator moves inside a
+    fork of the CUDA generator; on a CPU run the two are the same generator, so
+    every dropout region inside a fork would warn although nothing is wrong.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "CPU RNG state changed within GPU RNG context" not in record.getMessage()
+
+
 def _cpu_get_rng_state(device: Any = "cuda", clone: bool = False, graph_safe: bool = False) -> torch.Tensor:
     return torch.get_rng_state()
 
@@ -319,6 +332,7 @@ def apply() -> None:
     random = importlib.import_module("megatron.core.tensor_parallel.random")
     random._get_cuda_rng_state = _cpu_get_rng_state  # type: ignore[attr-defined]
     random._set_cuda_rng_state = _cpu_set_rng_state  # type: ignore[attr-defined]
+    logging.getLogger(random.__name__).addFilter(_SameGeneratorWarning())
     # transformer/moe/moe_utils.py:1192 tests ``te_general_gemm is not None``, but the name is only
     # bound when Transformer Engine imports (:34); without TE the MoE router raises NameError.
     moe_utils = importlib.import_module("megatron.core.transformer.moe.moe_utils")

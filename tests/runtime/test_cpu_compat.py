@@ -69,3 +69,15 @@ def test_rng_tracker_forks_on_the_cpu_generator() -> None:
     assert torch.equal(torch.get_rng_state(), before)
     torch.manual_seed(123)
     assert torch.equal(inside, torch.rand(3))
+
+
+def test_forks_that_draw_random_numbers_do_not_warn(caplog: pytest.LogCaptureFixture) -> None:
+    """Dropout inside a fork moves the (single) CPU generator; megatron's warning about it is noise on CPU."""
+    cpu_compat.apply()
+    from megatron.core.tensor_parallel import random
+
+    tracker = random.CudaRNGStatesTracker()
+    tracker.add("model-parallel-rng", 321)
+    with caplog.at_level("WARNING"), tracker.fork("model-parallel-rng"):
+        torch.rand(2)
+    assert "CPU RNG state changed" not in caplog.text
