@@ -122,6 +122,41 @@ def train_step(
 
 
 @torch.no_grad()
+def _forward_only(
+    forward_step: ForwardStep,
+    data_iterators: Sequence[Iterator[Any] | None],
+    model: list[DistributedDataParallel],
+    *,
+    num_batches: int,
+    num_microbatches: int,
+    micro_batch_size: int,
+    seq_length: int,
+    collect_non_loss_data: bool,
+) -> list[Any]:
+    """``num_batches`` forward-only schedules in eval mode; what the last stage's loss functions returned."""
+    for chunk in model:
+        chunk.eval()
+    forward_backward = get_forward_backward_func()
+    outputs: list[Any] = []
+    try:
+        for _ in range(num_batches):
+            outputs += forward_backward(
+                forward_step_func=forward_step,
+                data_iterator=_iterators(data_iterators),
+                model=model,
+                num_microbatches=num_microbatches,
+                seq_length=seq_length,
+                micro_batch_size=micro_batch_size,
+                decoder_seq_length=seq_length,
+                forward_only=True,
+                collect_non_loss_data=collect_non_loss_data,
+            )
+    finally:
+        for chunk in model:
+            chunk.train()
+    return outputs
+
+
 def evaluate(
     forward_step: ForwardStep,
     data_iterators: Sequence[Iterator[Any] | None],
@@ -133,27 +168,13 @@ def evaluate(
     seq_length: int,
 ) -> EvalResult:
     """Forward-only over ``num_batches`` global batches, reduced like the training loss."""
-    for chunk in model:
-        chunk.eval()
-    forward_backward = get_forward_backward_func()
-    forward_data: list[Any] = []
-    for _ in range(num_batches):
-        forward_data += forward_backward(
-            forward_step_func=forward_step,
-            data_iterator=_iterators(data_iterators),
-            model=model,
-            num_microbatches=num_microbatches,
-            seq_length=seq_length,
-            micro_batch_size=micro_batch_size,
-            decoder_seq_length=seq_length,
-            forward_only=True,
-        )
-    for chunk in model:
-        chunk.train()
+    forward_data = _forward_only(
+        forward_step, data_iterators, model, num_batches=num_batches, num_microbatches=num_microbatches,
+        micro_batch_size=micro_batch_size, seq_length=seq_length, collect_non_loss_data=False,
+    )
     return EvalResult(loss=reduce_metadata(forward_data))
 
 
-@torch.no_grad()
 def collect_non_loss_data(
     forward_step: ForwardStep,
     data_iterators: Sequence[Iterator[Any] | None],
@@ -169,20 +190,7 @@ def collect_non_loss_data(
     non_loss_data=True)`` (pattern 3, e.g. ``runtime.loss.token_outputs``); nothing
     is reduced. Only the last pipeline stage gets the list; other stages get [].
     """
-    for chunk in model:
-        chunk.eval()
-    forward_backward = get_forward_backward_func()
-    collected = forward_backward(
-        forward_step_func=forward_step,
-        data_iterator=_iterators(data_iterators),
-        model=model,
-        num_microbatches=num_microbatches,
-        seq_length=seq_length,
-        micro_batch_size=micro_batch_size,
-        decoder_seq_length=seq_length,
-        forward_only=True,
-        collect_non_loss_data=True,
+    return _forward_only(
+        forward_step, data_iterators, model, num_batches=1, num_microbatches=num_microbatches,
+        micro_batch_size=micro_batch_size, seq_length=seq_length, collect_non_loss_data=True,
     )
-    for chunk in model:
-        chunk.train()
-    return list(collected)
