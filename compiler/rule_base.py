@@ -1,7 +1,7 @@
 """What every validation rule builds on: the spec's context, findings, derived sizes, wording helpers.
 
-Rules live in ``validate.py`` (the core: layout, batch, model, data, checkpoints,
-hooks) and ``validate_interop.py`` (optax semantics, MaxText/optax schedules,
+Rules live in ``rules_layout.py``, ``rules_training.py``, ``rules_files.py`` and
+``validate_interop.py`` (optax semantics, MaxText/optax schedules,
 JAX meshes and the MaxText model options); both take these pieces from here.
 """
 

@@ -14,7 +14,6 @@ from typing import Any
 
 import pytest
 
-from bridgec.compiler import validate as validate_module
 from bridgec.compiler.errors import format_diagnostic
 from bridgec.compiler.frontend import read_spec
 from bridgec.compiler.validate import RULES, SpecContext, TokenizerSidecar, parse_tokenizer_sidecar
@@ -30,10 +29,11 @@ def check(tables: dict[str, Any], expected: list[str], files: dict[str, str] | N
 
 
 def test_every_rule_is_registered_once_and_tested() -> None:
-    from bridgec.compiler import validate_interop
+    from bridgec.compiler import rules_files, rules_layout, rules_training, validate_interop
     from tests.compiler import test_validate_interop
 
-    defined = {name for module in (validate_module, validate_interop) for name in vars(module) if name.startswith("rule_")}
+    modules = (rules_layout, rules_training, rules_files, validate_interop)
+    defined = {name for module in modules for name in vars(module) if name.startswith("rule_")}
     registered = [rule.__name__ for rule in RULES]
     assert sorted(registered) == sorted(defined)
     tests = set(globals()) | set(vars(test_validate_interop))

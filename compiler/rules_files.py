@@ -1,0 +1,300 @@
+"""Rules for what the spec names on disk: data sources and their tokenizer file, checkpoints, hooks."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+
+import attrs
+
+from bridgec.compiler.errors import KeyPath, format_path, render_value
+from bridgec.compiler.rule_base import (
+    Finding,
+    Rule,
+    SpecContext,
+)
+from bridgec.compiler.spec import Spec
+
+
+# -- data -------------------------------------------------------------------------------------------
+
+
+@attrs.frozen(kw_only=True)
+class TokenizerSidecar:
+    """``prefix.json``, written next to an indexed dataset by ``bridgec data build``."""
+
+    tokenizer: str
+    vocab_size: int
+    eod: int
+
+
+def parse_tokenizer_sidecar(text: str) -> TokenizerSidecar | str:
+    """The sidecar, or what is wrong with it (in words)."""
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        return f"invalid JSON at line {exc.lineno}: {exc.msg}"
+    if not isinstance(data, dict):
+        return "it is not a JSON object"
+    for key, kind, words in (("tokenizer", str, "a string"), ("vocab_size", int, "an integer"),
+                             ("eod", int, "an integer")):
+        if key not in data:
+            return f"it has no {key!r}"
+        if type(data[key]) is not kind:
+            return f"{key!r} is not {words}"
+    if data["vocab_size"] < 1 or not 0 <= data["eod"] < data["vocab_size"]:
+        return f"eod = {data['eod']} is not a token id of vocab_size = {data['vocab_size']}"
+    return TokenizerSidecar(tokenizer=data["tokenizer"], vocab_size=data["vocab_size"], eod=data["eod"])
+
+
+def rule_data_sources_match_kind(spec: Spec, ctx: SpecContext) -> Iterator[Finding]:
+    kind, count = spec.data.kind, len(spec.data.sources)
+    if kind == "indexed" and count == 0:
+        yield Finding(about=(("data", "kind"),),
+                      message='$.data.kind = "indexed" needs at least one [[data.sources]] table (it names the '
+                              ".bin/.idx files to read)",
+                      hint='add [[data.sources]] with prefix = "path/to/tokens" (the files\' path without .bin/.idx)')
+    if kind == "mock" and count > 0:
+        yield Finding(about=(("data", "sources"), ("data", "kind")),
+                      message=f"$.data.sources has {count} entr{'y' if count == 1 else 'ies'}, but data.kind = "
+                              f"\"mock\" reads no files (mock data is synthetic)",
+                      hint='set kind = "indexed" under [data], or remove the [[data.sources]] tables')
+
+
+def rule_data_files_exist(spec: Spec, ctx: SpecContext) -> Iterator[Finding]:
+    if spec.data.kind != "indexed":
+        return
+    for i, source in enumerate(spec.data.sources):
+        missing = [source.prefix + ext for ext in (".bin", ".idx")
+                   if not ctx.files.exists(ctx.resolve(source.prefix + ext))]
+        if not missing:
+            continue
+        relative = "" if os.path.isabs(source.prefix) else " (paths are relative to the spec's folder)"
+        verb = "does" if len(missing) == 1 else "do"
+        stem, ext = os.path.splitext(source.prefix)
+        yield Finding(
+            about=(("data", "sources", i, "prefix"),),
+            message=(f"$.data.sources[{i}].prefix = {render_value(source.prefix)}: {' and '.join(missing)} "
+                     f"{verb} not exist{relative}"),
+            hint=(f"leave out the extension: prefix = {render_value(stem)}" if ext in (".bin", ".idx")
+                  else "fix the prefix, or build the files with `bridgec data build`"),
+        )
+
+
+def rule_source_weights_positive(spec: Spec, ctx: SpecContext) -> Iterator[Finding]:
+    for i, source in enumerate(spec.data.sources):
+        if source.weight <= 0:
+            yield Finding(about=(("data", "sources", i, "weight"),),
+                          message=f"$.data.sources[{i}].weight = {render_value(source.weight)} must be greater than 0 "
+                                  f"(weights are shares of the blend, normalised over all sources)",
+                          hint="weight = 1.0, or remove the source")
+
+
+def rule_split(spec: Spec, ctx: SpecContext) -> Iterator[Finding]:
+    split, about = spec.data.split, (("data", "split"),)
+    shown = render_value(split)
+    if any(share < 0 for share in split):
+        yield Finding(about=about, message=f"$.data.split = {shown} must be three shares of 0 or more "
+                                           f"(train, validation, test)",
+                      hint="split = [98.0, 1.0, 1.0]")
+    elif split[0] <= 0:
+        yield Finding(about=about, message=f"$.data.split = {shown} leaves no training data (the first share is "
+                                           f"the training share)",
+                      hint="split = [98.0, 1.0, 1.0]")
+    elif spec.train.eval_interval is not None and split[1] <= 0:
+        yield Finding(about=about + (("train", "eval_interval"),),
+                      message=f"$.data.split = {shown} leaves no validation data, but train.eval_interval = "
+                              f"{spec.train.eval_interval} evaluates on it",
+                      hint="give validation a share, as in split = [98.0, 1.0, 1.0], or remove eval_interval")
+
+
+def rule_eod_token_in_vocab(spec: Spec, ctx: SpecContext) -> Iterator[Finding]:
+    eod, vocab = spec.data.eod_token, spec.model.vocab_size
+    if eod is not None and vocab >= 1 and eod >= vocab:
+        yield Finding(about=(("data", "eod_token"),),
+                      message=f"$.data.eod_token = {eod} is not a token id of model.vocab_size = {vocab} (ids run "
+                              f"from 0 to {vocab - 1})",
+                      hint=f"eod_token = {vocab - 1} or less, or a larger vocab_size")
+
+
+def rule_tokenizer_sidecar(spec: Spec, ctx: SpecContext) -> Iterator[Finding]:
+    data = spec.data
+    if data.kind != "indexed" or not data.sources:
+        return
+    prefix = data.sources[0].prefix
+    if not all(ctx.files.exists(ctx.resolve(prefix + ext)) for ext in (".bin", ".idx")):
+        return  # rule_data_files_exist reports it; a missing dataset has no tokenizer file either
+    name, about = prefix + ".json", (("data", "sources", 0, "prefix"),)
+    if not ctx.files.exists(ctx.resolve(name)):
+        if data.eod_token is None:
+            yield Finding(about=(("data", "eod_token"),) + about,
+                          message=f"$.data.eod_token is not set, and there is no tokenizer file {name} next to the "
+                                  f"first source to read it from",
+                          hint=f"set eod_token under [data] to your tokenizer's end-of-document id, or rebuild the "
+                               f"data with `bridgec data build`, which writes {name}")
+        return
+    sidecar = _read_sidecar(ctx, name)
+    if isinstance(sidecar, str):
+        yield Finding(about=about, message=f"{name} is not a tokenizer file bridgec can read: {sidecar}",
+                      hint="rebuild the data with `bridgec data build`, or delete the file and set eod_token "
+                           "under [data]")
+        return
+    if spec.model.vocab_size < sidecar.vocab_size:
+        yield Finding(about=(("model", "vocab_size"),),
+                      message=f"$.model.vocab_size = {spec.model.vocab_size} is smaller than the vocabulary of the "
+                              f"data's tokenizer, {sidecar.vocab_size} ({name}), so some token ids would fall outside "
+                              f"the embedding",
+                      hint=f"vocab_size = {sidecar.vocab_size}")
+    if data.eod_token is not None and data.eod_token != sidecar.eod:
+        yield Finding(about=(("data", "eod_token"),), severity="warning",
+                      message=f"$.data.eod_token = {data.eod_token} differs from the end-of-document id of the "
+                              f"data's tokenizer, {sidecar.eod} ({name})",
+                      hint=f"remove eod_token to use {sidecar.eod}")
+
+
+def _read_sidecar(ctx: SpecContext, name: str) -> TokenizerSidecar | str:
+    try:
+        return parse_tokenizer_sidecar(ctx.files.read_text(ctx.resolve(name)))
+    except UnicodeDecodeError:
+        return "it is not UTF-8 text"
+    except OSError as exc:
+        return f"it cannot be read ({exc.strerror or type(exc).__name__})"
+
+
+# -- checkpoints ----------------------------------------------------------------------------------
+
+
+def rule_checkpoint_needs_dir(spec: Spec, ctx: SpecContext) -> Iterator[Finding]:
+    c = spec.checkpoint
+    if c.dir is not None:
+        return
+    used: dict[KeyPath, object] = {("checkpoint", "save_interval"): c.save_interval,
+                                   ("checkpoint", "resume"): c.resume or None,
+                                   ("checkpoint", "keep_last"): c.keep_last}
+    for path, value in used.items():
+        if value is not None:
+            yield Finding(about=(path,),
+                          message=f"{format_path(path)} = {render_value(value)} needs checkpoint.dir (the folder "
+                                  f"checkpoints are saved in and resumed from)",
+                          hint='add dir = "checkpoints" under [checkpoint]')
+
+
+def rule_checkpoints_need_adam(spec: Spec, ctx: SpecContext) -> Iterator[Finding]:
+    if spec.checkpoint.dir is not None and spec.optimizer.name != "adam":
+        yield Finding(about=(("checkpoint", "dir"), ("optimizer", "name")),
+                      message=f'$.checkpoint.dir is set, but optimizer.name = "{spec.optimizer.name}": megatron-core '
+                              f"0.16 cannot checkpoint its SGD optimizer (it has no state initialiser to load into)",
+                      hint='use name = "adam" under [optimizer], or remove [checkpoint] dir')
+    init = spec.init.checkpoint
+    if init is not None and init.optimizer_state and spec.optimizer.name != "adam":
+        yield Finding(about=(("init", "checkpoint", "optimizer_state"), ("optimizer", "name")),
+                      message=f"$.init.checkpoint.optimizer_state = true loads Adam moments, but optimizer.name = "
+                              f'"{spec.optimizer.name}"',
+                      hint='use name = "adam" under [optimizer], or set optimizer_state = false')
+
+
+def rule_stopping_saves_a_checkpoint(spec: Spec, ctx: SpecContext) -> Iterator[Finding]:
+    if spec.checkpoint.dir is not None:
+        return
+    t = spec.train
+    stops: dict[KeyPath, object] = {("train", "exit_interval"): t.exit_interval,
+                                    ("train", "exit_duration_minutes"): t.exit_duration_minutes,
+                                    ("train", "on_nonfinite"): "stop" if t.on_nonfinite == "stop" else None}
+    for path, value in stops.items():
+        if value is not None:
+            yield Finding(about=(path,), severity="warning",
+                          message=f"{format_path(path)} = {render_value(value)} saves a checkpoint before stopping, "
+                                  f"but checkpoint.dir is not set: nothing is saved and the run cannot resume",
+                          hint='add dir = "checkpoints" under [checkpoint]')
+
+
+def rule_init_checkpoint_exists(spec: Spec, ctx: SpecContext) -> Iterator[Finding]:
+    checkpoint = spec.init.checkpoint
+    if checkpoint is None or ctx.files.exists(ctx.resolve(checkpoint.path)):
+        return
+    relative = "" if os.path.isabs(checkpoint.path) else " (paths are relative to the spec's folder)"
+    yield Finding(about=(("init", "checkpoint", "path"),),
+                  message=f"$.init.checkpoint.path = {render_value(checkpoint.path)} does not exist{relative}",
+                  hint="point it at the checkpoint's item folder, e.g. ckpt/1000/items")
+
+
+# -- hooks ----------------------------------------------------------------------------------------
+
+
+def _named_hooks(spec: Spec) -> dict[str, str]:
+    """[hooks] key -> function name, for the hooks the spec names."""
+    named = {"forward_step": spec.hooks.forward_step, "loss": spec.hooks.loss}
+    return {key: name for key, name in named.items() if name is not None}
+
+
+def rule_hooks_need_file(spec: Spec, ctx: SpecContext) -> Iterator[Finding]:
+    if spec.hooks.file is not None:
+        return
+    for key, name in _named_hooks(spec).items():
+        yield Finding(about=(("hooks", key),),
+                      message=f"$.hooks.{key} = {render_value(name)} needs hooks.file (the Python file that "
+                              f"defines it)",
+                      hint='add file = "hooks.py" under [hooks]')
+
+
+def rule_hook_functions(spec: Spec, ctx: SpecContext) -> Iterator[Finding]:
+    file, named = spec.hooks.file, _named_hooks(spec)
+    if file is None:
+        return
+    about, shown = (("hooks", "file"),), f"$.hooks.file = {render_value(file)}"
+    if not named:
+        yield Finding(about=about, severity="warning",
+                      message=f"{shown} is not used: neither hooks.forward_step nor hooks.loss names a function in it",
+                      hint='name one, as forward_step = "my_forward_step", or remove file')
+        return
+    if not ctx.files.exists(ctx.resolve(file)):
+        relative = "" if os.path.isabs(file) else " (paths are relative to the spec's folder)"
+        yield Finding(about=about, message=f"{shown} does not exist{relative}", hint="create it, or fix the path")
+        return
+    # libcst takes a noticeable part of a second to import: only specs that name a hook file pay for it.
+    from bridgec.compiler import hooks
+
+    try:
+        parsed = hooks.read_hook_file(ctx.files.read_text(ctx.resolve(file)))
+    except UnicodeDecodeError:
+        yield Finding(about=about, message=f"{shown} is not UTF-8 text", hint="save it as UTF-8")
+        return
+    except OSError as exc:
+        yield Finding(about=about, message=f"{shown} cannot be read ({exc.strerror or type(exc).__name__})",
+                      hint="check the file's permissions")
+        return
+    if isinstance(parsed, hooks.Unparsable):
+        where = file if parsed.line is None else f"{file}:{parsed.line}:{parsed.column}"
+        yield Finding(about=about, message=f"{shown} is not valid Python: {where}: {parsed.message}",
+                      hint=f"fix line {parsed.line} of {file}" if parsed.line else f"fix {file}")
+        return
+    for key, name in named.items():
+        signature = hooks.SIGNATURES[key]
+        found = hooks.find_hook(parsed, name, signature)
+        hook, shown = (("hooks", key),), f"$.hooks.{key} = {render_value(name)}"
+        if isinstance(found, hooks.NotFound):
+            yield Finding(about=hook, message=f"{shown} is not a top-level function of {file}",
+                          hint=f"did you mean {found.suggestion!r}?" if found.suggestion
+                          else f"define def {name}({signature.render()}) at the top level of {file}")
+        elif isinstance(found, hooks.BadSignature):
+            function = found.function
+            yield Finding(about=hook,
+                          message=f"{shown}: {function.render()} at {file}:{function.line} {found.problem}",
+                          hint=f"define it as def {name}({signature.render()})")
+
+
+FILE_RULES: tuple[Rule, ...] = (
+    rule_data_sources_match_kind,
+    rule_data_files_exist,
+    rule_source_weights_positive,
+    rule_split,
+    rule_eod_token_in_vocab,
+    rule_tokenizer_sidecar,
+    rule_checkpoint_needs_dir,
+    rule_checkpoints_need_adam,
+    rule_stopping_saves_a_checkpoint,
+    rule_init_checkpoint_exists,
+    rule_hooks_need_file,
+    rule_hook_functions,
+)
