@@ -2,7 +2,7 @@
 
 Rules live in ``rules_layout.py``, ``rules_training.py``, ``rules_files.py`` and
 ``validate_interop.py`` (optax semantics, MaxText/optax schedules,
-JAX meshes and the MaxText model options); both take these pieces from here.
+JAX meshes and the MaxText model options); all take these pieces from here.
 """
 
 from __future__ import annotations
