@@ -105,6 +105,7 @@ vocab_size = 128
 seq_length = 32
 num_experts = 4
 moe_router_topk = 2
+add_bias_linear = false
 
 [parallel]
 expert = {expert}
