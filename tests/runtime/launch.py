@@ -1,9 +1,11 @@
-"""Build and launch the checkpoint/fault test runs under torchrun, and read what they leave behind.
+"""Compile the checkpoint/fault test runs with bridgec, launch them under torchrun, and read what they leave behind.
 
-The one place that knows how a test run is made. Today: a copy of
-``checkpoint_scripts/train.py`` driven by environment knobs (see its docstring).
-When the compiler emits scripts, :func:`prepare` compiles a spec into the folder
-instead and the knobs become spec values; the tests stay as they are.
+The one place that knows how a test run is made, and it is made as a user makes
+one: :func:`prepare` writes ``spec.toml`` (from a :class:`RunSpec`) and, when the
+test injects a fault, the hooks file it names, then runs the real ``bridgec
+compile`` into ``run.py``. Checkpoints go to ``folder/ckpt``, metrics to
+``folder/out``. Launching again after :func:`prepare` with another RunSpec is a
+user editing the spec and recompiling.
 
 Every launch runs with a hang guard (a generous timeout that kills the whole
 process group), never a timing assertion. Worker output goes to per-rank log
@@ -21,27 +23,95 @@ import signal
 import subprocess
 import sys
 import time
+import tomllib
 from pathlib import Path
 from typing import Any
 
 import attrs
+import psutil
 import torch
 
-SCRIPT = Path(__file__).resolve().parent / "checkpoint_scripts" / "train.py"
+from bridgec.compiler.cli import main as bridgec
+from bridgec.runtime.checkpoint import PAUSE_FOR_TESTS
+
 TORCHRUN = Path(sys.executable).parent / "torchrun"
 HANG_GUARD_SECONDS = 300
-KNOBS = (
-    "TP", "PP", "VPP", "DISTOPT", "ITERS", "SAVE_INTERVAL", "KEEP_LAST", "EXIT_INTERVAL", "RESUME", "ON_NONFINITE",
-    "EVAL_INTERVAL", "HIDDEN", "LAYERS", "NAN_STEP", "SIGTERM_STEP", "DIE_STEP", "DIE_RANK", "TIMEOUT_MINUTES",
-    "BRIDGEC_TEST_PAUSE_SAVE",
-)
+SPEC = "spec.toml"
+SCRIPT = "run.py"
+HOOKS = "faults.py"
 _FAILURE = re.compile(r"rank\s*:\s*(\d+) \(local_rank: \d+\)\s*\n\s*exitcode\s*:\s*(-?\d+)")
 
 
-def prepare(folder: Path) -> Path:
-    """A run folder holding the script; its checkpoints go to ``folder/ckpt``, metrics to ``folder/out``."""
+@attrs.frozen(kw_only=True)
+class RunSpec:
+    """What the checkpoint and fault tests vary; the rest of the spec is one tiny fixed run (see :meth:`toml`).
+
+    2 layers, 4 heads, vocab 128, sequence 32, global batch 8 in microbatches
+    of 2, adam with warmup and cosine decay, dropout 0.1 (so RNG state matters
+    for an exact resume), evaluation on 2 batches.
+    """
+
+    procs: int = 1
+    tensor: int = 1
+    pipeline: int = 1
+    distributed_optimizer: bool = False
+    hidden_size: int = 64
+    """Another value than the checkpoint's: a checkpoint of another shape."""
+    iters: int = 6
+    eval_interval: int | None = None
+    exit_interval: int | None = None
+    exit_duration_minutes: float | None = None
+    on_nonfinite: str = "skip"
+    timeout_minutes: float = 2.0
+    save_interval: int | None = None
+    keep_last: int | None = None
+    resume: bool = False
+    hooks: str | None = None
+    """Source of a hooks file defining ``forward_step``; the spec names it in [hooks]."""
+
+    def toml(self) -> str:
+        tables: dict[str, dict[str, Any]] = {
+            "run": {"name": "ckpt", "output_dir": "out"},
+            "launch": {"procs_per_node": self.procs, "timeout_minutes": self.timeout_minutes},
+            "model": {
+                "num_layers": 2, "hidden_size": self.hidden_size, "num_attention_heads": 4, "vocab_size": 128,
+                # 128 is a multiple of 64 x tensor 2: the same (unpadded) embedding at TP 1 and TP 2.
+                "make_vocab_size_divisible_by": 64, "seq_length": 32, "dropout": 0.1,
+            },
+            "parallel": {
+                "tensor": self.tensor, "pipeline": self.pipeline, "distributed_optimizer": self.distributed_optimizer,
+            },
+            "batch": {"global_batch_size": 8, "micro_batch_size": 2},
+            "train": {
+                "iters": self.iters, "eval_interval": self.eval_interval,
+                "eval_iters": 2 if self.eval_interval is not None else None,
+                "exit_interval": self.exit_interval, "exit_duration_minutes": self.exit_duration_minutes,
+                "on_nonfinite": self.on_nonfinite,
+            },
+            "optimizer": {"name": "adam", "lr": 1e-3, "min_lr": 1e-4},
+            "scheduler": {"warmup_iters": 2, "decay": "cosine"},
+            "checkpoint": {
+                "dir": "ckpt", "save_interval": self.save_interval, "resume": self.resume, "keep_last": self.keep_last,
+            },
+            "hooks": {"file": HOOKS, "forward_step": "forward_step"} if self.hooks is not None else {},
+        }  # fmt: skip
+        return "\n".join(_table(name, values) for name, values in tables.items() if values)
+
+
+def _table(name: str, values: dict[str, Any]) -> str:
+    # json.dumps spells booleans, numbers and plain strings as TOML does.
+    lines = [f"{key} = {json.dumps(value)}" for key, value in values.items() if value is not None]
+    return f"[{name}]\n" + "\n".join(lines) + "\n"
+
+
+def prepare(folder: Path, spec: RunSpec) -> Path:
+    """Write ``spec`` (and its hooks file) into ``folder`` and compile it to ``folder/run.py``; return ``folder``."""
     folder.mkdir(parents=True, exist_ok=True)
-    shutil.copy(SCRIPT, folder / "train.py")
+    (folder / SPEC).write_text(spec.toml(), encoding="utf-8")
+    if spec.hooks is not None:
+        (folder / HOOKS).write_text(spec.hooks, encoding="utf-8")
+    code = bridgec(["compile", str(folder / SPEC), "-o", str(folder / SCRIPT)])
+    assert code == 0, f"bridgec compile {folder / SPEC} -o {folder / SCRIPT} exited {code}"
     return folder
 
 
@@ -71,21 +141,23 @@ class Launch:
         )
 
 
-def command(nproc: int, folder: Path) -> list[str]:
+def command(folder: Path) -> list[str]:
+    """The script's own launch command (one node, the spec's procs_per_node), with per-rank log files."""
+    procs = tomllib.loads((folder / SPEC).read_text(encoding="utf-8"))["launch"]["procs_per_node"]
     return [
-        str(TORCHRUN), "--standalone", "--nproc-per-node", str(nproc),
-        "--log-dir", str(folder / "logs"), "--redirects", "3", "train.py",
+        str(TORCHRUN), "--standalone", "--nproc-per-node", str(procs),
+        "--log-dir", str(folder / "logs"), "--redirects", "3", SCRIPT,
     ]  # fmt: skip
 
 
-def environment(knobs: dict[str, Any]) -> dict[str, str]:
-    base = {key: value for key, value in os.environ.items() if key not in KNOBS}
-    return {**base, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", **{k: str(v) for k, v in knobs.items()}}
+def environment(extra: dict[str, str]) -> dict[str, str]:
+    base = {key: value for key, value in os.environ.items() if key != PAUSE_FOR_TESTS}
+    return {**base, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", **extra}
 
 
-def launch(folder: Path, nproc: int, **knobs: Any) -> Launch:
-    """Run the script in ``folder`` with ``nproc`` processes and the given knobs; wait for it to end."""
-    process = start(folder, nproc, **knobs)
+def launch(folder: Path, *, pause_save: tuple[int, Path] | None = None) -> Launch:
+    """Run the script compiled in ``folder``; wait for it to end. See :func:`start` for ``pause_save``."""
+    process = start(folder, pause_save=pause_save)
     try:
         output, _ = process.communicate(timeout=HANG_GUARD_SECONDS)
     except subprocess.TimeoutExpired:
@@ -94,21 +166,41 @@ def launch(folder: Path, nproc: int, **knobs: Any) -> Launch:
     return finished(folder, process.returncode, output)
 
 
-def start(folder: Path, nproc: int, **knobs: Any) -> subprocess.Popen[str]:
-    """Start a launch in its own process group (so a test can kill all of it) and return at once."""
+def start(folder: Path, *, pause_save: tuple[int, Path] | None = None) -> subprocess.Popen[str]:
+    """Start a launch and return at once (:func:`kill` ends it, workers included).
+
+    ``pause_save=(step, marker)``: the save of ``step`` stops once its tensors are
+    written, before it is published, and creates ``marker`` (the runtime's
+    test-only BRIDGEC_TEST_PAUSE_SAVE).
+    """
     shutil.rmtree(folder / "logs", ignore_errors=True)
+    extra = {PAUSE_FOR_TESTS: f"{pause_save[0]}:{pause_save[1]}"} if pause_save is not None else {}
     return subprocess.Popen(
-        command(nproc, folder), cwd=folder, env=environment(knobs), stdout=subprocess.PIPE,
+        command(folder), cwd=folder, env=environment(extra), stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT, text=True, start_new_session=True,
     )  # fmt: skip
 
 
 def kill(process: subprocess.Popen[str]) -> None:
-    """SIGKILL torchrun and every worker (the whole process group): a machine that loses power."""
+    """SIGKILL torchrun and every worker: a machine that loses power.
+
+    torchrun starts each worker in a session of its own (torch's
+    SubprocessHandler passes start_new_session=True), so killing torchrun's
+    process group would leave the workers running; they are found as its
+    children first, and torchrun dies before it can react to a dead worker.
+    """
     try:
-        os.killpg(process.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
+        launcher = psutil.Process(process.pid)
+        targets = [launcher, *launcher.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        targets = []
+    for target in targets:
+        try:
+            target.send_signal(signal.SIGKILL)
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(targets[1:], timeout=30)
+    assert not alive, f"workers {[worker.pid for worker in alive]} survived SIGKILL"
     process.communicate()
 
 

@@ -1,19 +1,23 @@
 """Checkpoints: exact resume, atomic saves, keep_last, resharding, refusals and inspect.
 
-The torchrun launches are few and tiny (2 layers, hidden 64, 6 steps); each
-straight run is shared by the tests that compare against it. Losses are
-compared bit for bit (fp32 on CPU is deterministic).
+Every launch is a spec compiled by ``bridgec compile`` and run with torchrun
+(tests/runtime/launch.py). The launches are few and tiny (2 layers, hidden 64,
+6 steps); each straight run is shared by the tests that compare against it.
+Losses are compared bit for bit (fp32 on CPU is deterministic).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import re
 import shutil
 from pathlib import Path
 
 import attrs
 import pytest
 
+from bridgec.compiler.cli import main as bridgec
 from bridgec.runtime import checkpoint_files as files
 from bridgec.runtime.errors import ExitCode, RunError
 from tests.runtime import launch as runs
@@ -22,8 +26,8 @@ from tests.runtime import launch as runs
 @pytest.fixture(scope="module")
 def straight_dp1(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """6 steps, one process, plain optimizer; checkpoints at 3 and 6, evaluations at 3 and 6."""
-    folder = runs.prepare(tmp_path_factory.mktemp("straight_dp1"))
-    result = runs.launch(folder, 1, ITERS=6, SAVE_INTERVAL=3, EVAL_INTERVAL=3)
+    folder = runs.prepare(tmp_path_factory.mktemp("straight_dp1"), runs.RunSpec(save_interval=3, eval_interval=3))
+    result = runs.launch(folder)
     assert result.returncode == 0, result.explain()
     return folder
 
@@ -35,31 +39,43 @@ class Killed:
     """Losses the killed run logged for every step: its own straight-run reference."""
 
 
-DP2_KNOBS = {"ITERS": 6, "DISTOPT": 1, "SAVE_INTERVAL": 2, "KEEP_LAST": 2, "RESUME": 1}
+DP2 = runs.RunSpec(procs=2, distributed_optimizer=True, save_interval=2, keep_last=2, resume=True)
 
 
 @pytest.fixture(scope="module")
 def killed_dp2(tmp_path_factory: pytest.TempPathFactory) -> Killed:
     """Data parallel 2, distributed optimizer: saves at 2 and 4, then kill -9 while step 6 is being saved."""
-    folder = runs.prepare(tmp_path_factory.mktemp("killed_dp2"))
+    folder = runs.prepare(tmp_path_factory.mktemp("killed_dp2"), DP2)
     marker = folder / "paused"
-    process = runs.start(folder, 2, **DP2_KNOBS, BRIDGEC_TEST_PAUSE_SAVE=f"6:{marker}")
+    process = runs.start(folder, pause_save=(6, marker))
     runs.wait_for(marker, process)
     runs.kill(process)
     return Killed(folder=folder, reference=runs.losses(folder))
 
 
-def test_exit_interval_stops_with_a_checkpoint_and_resume_is_exact(straight_dp1: Path, tmp_path: Path) -> None:
-    folder = runs.prepare(tmp_path)
-    first = runs.launch(folder, 1, ITERS=6, EVAL_INTERVAL=3, RESUME=1, EXIT_INTERVAL=3)
+def test_exit_duration_and_exit_interval_stop_with_a_checkpoint_and_resume_is_exact(
+    straight_dp1: Path, tmp_path: Path
+) -> None:
+    """One launch stops at its time limit (after step 1), the next at its step limit (3 steps later), the third ends."""
+    limited = runs.RunSpec(eval_interval=3, resume=True, exit_duration_minutes=1e-6)
+    folder = runs.prepare(tmp_path, limited)
+    first = runs.launch(folder)
     assert first.code() == ExitCode.STOPPED_TO_RESUME, first.explain()
     assert "resume: no checkpoint found, starting fresh" in first.output
-    assert "stopping after step 3: exit_interval 3 reached; checkpoint saved" in first.output
-    assert (folder / "ckpt" / "latest").read_text() == "iter_0000003\n"
+    assert "stopping after step 1: exit_duration_minutes 1e-06 reached; checkpoint saved" in first.output
+    assert (folder / "ckpt" / "latest").read_text() == "iter_0000001\n"
 
-    second = runs.launch(folder, 1, ITERS=6, EVAL_INTERVAL=3, RESUME=1, EXIT_INTERVAL=3)
-    assert second.returncode == 0, second.explain()  # the last step comes before exit_interval
-    assert "resume: continuing from step 3 (24 samples consumed)" in second.output
+    # The user lifts the time limit, sets a step limit instead and recompiles.
+    runs.prepare(folder, attrs.evolve(limited, exit_duration_minutes=None, exit_interval=3))
+    second = runs.launch(folder)
+    assert second.code() == ExitCode.STOPPED_TO_RESUME, second.explain()
+    assert "resume: continuing from step 1 (8 samples consumed)" in second.output
+    assert "stopping after step 4: exit_interval 3 reached; checkpoint saved" in second.output
+    assert (folder / "ckpt" / "latest").read_text() == "iter_0000004\n"
+
+    third = runs.launch(folder)
+    assert third.returncode == 0, third.explain()  # the last step comes before exit_interval
+    assert "resume: continuing from step 4 (32 samples consumed)" in third.output
     assert runs.losses(folder) == runs.losses(straight_dp1)  # bit-identical, every step
     assert runs.losses(folder, "valid") == runs.losses(straight_dp1, "valid")
     assert files.find_latest(folder / "ckpt") == folder / "ckpt" / "iter_0000006"
@@ -75,7 +91,7 @@ def test_kill_during_save_keeps_the_previous_checkpoint(killed_dp2: Killed) -> N
     assert files.inspect(root).manifest.step == 4
     assert sorted(killed_dp2.reference) == [1, 2, 3, 4, 5, 6]
 
-    resumed = runs.launch(folder, 2, **DP2_KNOBS)
+    resumed = runs.launch(folder)
     assert resumed.returncode == 0, resumed.explain()
     assert "resume: continuing from step 4 (32 samples consumed)" in resumed.output
     assert runs.losses(folder) == killed_dp2.reference  # bit-identical; every step logged once
@@ -83,12 +99,12 @@ def test_kill_during_save_keeps_the_previous_checkpoint(killed_dp2: Killed) -> N
     assert sorted(p.name for p in root.iterdir()) == ["iter_0000004", "iter_0000006", "latest"]
 
 
-@pytest.mark.parametrize("layout", [{"TP": 2}, {"PP": 2}], ids=["tp1-to-tp2", "tp1-to-pp2"])
+@pytest.mark.parametrize("layout", [{"tensor": 2}, {"pipeline": 2}], ids=["tp1-to-tp2", "tp1-to-pp2"])
 def test_resharded_checkpoint_gives_the_same_eval_loss(straight_dp1: Path, tmp_path: Path, layout: dict) -> None:
     """A TP1/PP1 checkpoint of a finished run loads into TP2 or PP2; the run only evaluates."""
-    folder = runs.prepare(tmp_path)
+    folder = runs.prepare(tmp_path, runs.RunSpec(procs=2, eval_interval=3, resume=True, **layout))
     runs.copy_checkpoint(straight_dp1, folder, "iter_0000006")
-    result = runs.launch(folder, 2, ITERS=6, EVAL_INTERVAL=3, RESUME=1, **layout)
+    result = runs.launch(folder)
     assert result.returncode == 0, result.explain()
     assert "all 6 steps were already done" in result.output
     assert "RNG states are per rank and were not restored" in result.output
@@ -98,9 +114,10 @@ def test_resharded_checkpoint_gives_the_same_eval_loss(straight_dp1: Path, tmp_p
 
 def test_checkpoint_that_cannot_load_names_every_mismatch(killed_dp2: Killed, tmp_path: Path) -> None:
     """Another hidden size, and distributed-optimizer state across a tensor-parallel change: exit 6, no traceback."""
-    folder = runs.prepare(tmp_path)
+    spec = attrs.evolve(DP2, tensor=2, hidden_size=32, iters=8, save_interval=None, keep_last=None)
+    folder = runs.prepare(tmp_path, spec)
     runs.copy_checkpoint(killed_dp2.folder, folder, "iter_0000004")
-    result = runs.launch(folder, 2, ITERS=8, RESUME=1, DISTOPT=1, TP=2, HIDDEN=32)
+    result = runs.launch(folder)
     assert runs.failed_with(result, ExitCode.CHECKPOINT_ERROR), result.explain()
     assert "cannot resume from" in result.output and "nothing was loaded" in result.output
     assert "model hidden_size: the checkpoint has 64, this run 32" in result.output
@@ -109,11 +126,11 @@ def test_checkpoint_that_cannot_load_names_every_mismatch(killed_dp2: Killed, tm
 
 
 def test_truncated_file_is_refused_before_anything_loads(straight_dp1: Path, tmp_path: Path) -> None:
-    folder = runs.prepare(tmp_path)
+    folder = runs.prepare(tmp_path, runs.RunSpec(iters=8, resume=True))
     runs.copy_checkpoint(straight_dp1, folder, "iter_0000006")
     damaged = next((folder / "ckpt" / "iter_0000006").glob("*.distcp"))
     damaged.write_bytes(damaged.read_bytes()[:1000])
-    result = runs.launch(folder, 1, ITERS=8, RESUME=1)
+    result = runs.launch(folder)
     assert result.code() == ExitCode.CHECKPOINT_ERROR, result.explain()
     assert f"{damaged}: 1000 bytes, the save wrote" in result.output
     assert "Traceback" not in result.output
@@ -185,18 +202,42 @@ def test_damaged_checkpoint_directories_give_clear_errors(tmp_path: Path, damage
     assert message in raised.value.message
 
 
-def test_inspect_reads_a_checkpoint_without_a_run(straight_dp1: Path) -> None:
-    report = files.inspect(straight_dp1 / "ckpt")
-    text = files.format_report(report)
-    assert report.path.name == "iter_0000006" and not report.problems
+def test_checkpoint_inspect_reports_a_checkpoint_without_a_run(
+    straight_dp1: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``bridgec checkpoint inspect DIR``: the latest checkpoint, hashes of the spec and script that wrote it."""
+    assert bridgec(["checkpoint", "inspect", str(straight_dp1 / "ckpt")]) == 0
+    text = capsys.readouterr().out
+    latest = straight_dp1 / "ckpt" / "iter_0000006"
+    assert f"checkpoint   {latest}\nstatus       complete\n" in text
     assert "step         6 (48 samples consumed, 0 steps skipped)" in text
     assert "world 1 = tensor 1 x pipeline 1 x data 1 x context 1" in text
-    assert f"sha256 {report.manifest.spec_sha256}" in text
+    assert f"spec         sha256 {hashlib.sha256((straight_dp1 / runs.SPEC).read_bytes()).hexdigest()}" in text
+    assert f"script       sha256 {hashlib.sha256((straight_dp1 / runs.SCRIPT).read_bytes()).hexdigest()}" in text
     assert "hidden_size=64" in text and "num_layers=2" in text
-    by_key = {entry.key: entry for entry in report.tensors}
-    assert by_key["embedding.word_embeddings.weight"].shape == (128, 64)
-    assert by_key["decoder.layers.mlp.linear_fc1.weight"].shape == (2, 256, 64)  # layers stacked
-    assert any(key.startswith("optimizer.state.exp_avg.") for key in by_key)
+    shapes = dict(re.findall(r"^  (\S+) +(\d+(?:x\d+)*|scalar) ", text, flags=re.MULTILINE))  # the tensor table
+    assert shapes["embedding.word_embeddings.weight"] == "128x64"
+    assert shapes["decoder.layers.mlp.linear_fc1.weight"] == "2x256x64"  # layers stacked
+    assert any(key.startswith("optimizer.state.exp_avg.") for key in shapes)
     assert "also here    iter_0000003" in text
-    manifest = json.loads((report.path / files.MANIFEST).read_text())
+    manifest = json.loads((latest / files.MANIFEST).read_text())
     assert manifest["layout"]["tensor"] == 1 and manifest["optimizer"]["kind"] == "plain"
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        ("empty", "no checkpoint here (no latest, no iter_* folder)"),
+        ("garbage_folder", "is not a complete bridgec checkpoint: it has no bridgec.json"),
+    ],
+)
+def test_checkpoint_inspect_of_a_folder_without_a_checkpoint_exits_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], damage: str, message: str
+) -> None:
+    if damage == "garbage_folder":
+        (tmp_path / "iter_0000002").mkdir()
+        (tmp_path / "iter_0000002" / "junk").write_bytes(b"junk")
+        (tmp_path / files.POINTER).write_text("iter_0000002\n")
+    assert bridgec(["checkpoint", "inspect", str(tmp_path)]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and message in captured.err and "Traceback" not in captured.err

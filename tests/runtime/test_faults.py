@@ -1,4 +1,10 @@
-"""Faults: SIGTERM, non-finite steps (skip and stop) and a rank that dies, under torchrun on CPU."""
+"""Faults: SIGTERM, non-finite steps (skip and stop) and a rank that dies, under torchrun on CPU.
+
+Each fault comes from a hooks file, as a user would inject one: a forward_step
+that computes what the generated one does and, at one step, sends a signal,
+multiplies the loss by nan or kills its own rank. The spec names it in [hooks]
+and ``bridgec compile`` checks it (tests/runtime/launch.py).
+"""
 
 from __future__ import annotations
 
@@ -13,27 +19,75 @@ from bridgec.runtime.errors import ExitCode
 from bridgec.runtime.loop import truncate_metrics
 from tests.runtime import launch as runs
 
+_GENERATED_STEP = '''\
+import functools
+import os
+import signal
+
+from bridgec.runtime.data import next_batch
+from bridgec.runtime.loss import masked_token_loss
+from bridgec.runtime.model import unwrap
+
+
+def generated_forward_step(state, data_iterator, model):
+    """What the compiler emits for this spec (per-token loss)."""
+    chunk = unwrap(model)
+    batch = next_batch(data_iterator, pre_process=chunk.pre_process, post_process=chunk.post_process,
+                       device=state.layout.device)
+    output = model(batch.tokens, batch.position_ids, None, labels=batch.labels)
+    return output, functools.partial(masked_token_loss, batch.loss_mask)
+'''
+
+SIGTERM_IN_STEP_3 = _GENERATED_STEP + '''
+
+def forward_step(state, data_iterator, model, return_schedule_plan=False):
+    """Rank 0 sends itself SIGTERM during step 3 (a preemption notice); the step goes on."""
+    if state.step + 1 == 3 and state.layout.rank == 0:
+        os.kill(os.getpid(), signal.SIGTERM)
+    return generated_forward_step(state, data_iterator, model)
+'''
+
+NAN_IN_STEP_3 = _GENERATED_STEP + '''
+
+def forward_step(state, data_iterator, model, return_schedule_plan=False):
+    """The training loss of step 3 is multiplied by nan."""
+    output, loss = generated_forward_step(state, data_iterator, model)
+    if state.step + 1 == 3 and unwrap(model).post_process and model.training:
+        output = output * float("nan")
+    return output, loss
+'''
+
+RANK_1_DIES_IN_STEP_3 = _GENERATED_STEP + '''
+
+def forward_step(state, data_iterator, model, return_schedule_plan=False):
+    """Rank 1 kills itself (SIGKILL, no chance to clean up) during step 3."""
+    if state.step + 1 == 3 and state.layout.rank == 1:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return generated_forward_step(state, data_iterator, model)
+'''
+
 
 def test_sigterm_finishes_the_step_saves_and_the_next_launch_resumes_exactly(tmp_path: Path) -> None:
     """Tensor parallel 2: rank 0 gets SIGTERM during step 3; both ranks stop after it, saved, with exit 75."""
-    straight = runs.prepare(tmp_path / "straight")
-    reference = runs.launch(straight, 2, TP=2, ITERS=6)
+    straight = runs.prepare(tmp_path / "straight", runs.RunSpec(procs=2, tensor=2))
+    reference = runs.launch(straight)
     assert reference.returncode == 0, reference.explain()
 
-    folder = runs.prepare(tmp_path / "preempted")
-    stopped = runs.launch(folder, 2, TP=2, ITERS=6, RESUME=1, SIGTERM_STEP=3)
+    folder = runs.prepare(tmp_path / "preempted", runs.RunSpec(procs=2, tensor=2, resume=True, hooks=SIGTERM_IN_STEP_3))
+    stopped = runs.launch(folder)
     assert runs.failed_with(stopped, ExitCode.STOPPED_TO_RESUME), stopped.explain()
     assert "stopping after step 3: received SIGTERM; checkpoint saved; launch again to resume" in stopped.output
     assert files.read_manifest(files.find_latest(folder / "ckpt")).step == 3  # type: ignore[arg-type]
 
-    resumed = runs.launch(folder, 2, TP=2, ITERS=6, RESUME=1)
+    resumed = runs.launch(folder)  # the same script: the requeued job
     assert resumed.returncode == 0, resumed.explain()
+    assert "resume: continuing from step 3 (24 samples consumed)" in resumed.output
     assert runs.losses(folder) == runs.losses(straight)  # bit-identical
 
 
 def test_nonfinite_skip_counts_the_step_and_leaves_the_optimizer_untouched(tmp_path: Path) -> None:
-    folder = runs.prepare(tmp_path)
-    result = runs.launch(folder, 1, ITERS=4, NAN_STEP=3, ON_NONFINITE="skip", SAVE_INTERVAL=1)
+    folder = runs.prepare(tmp_path, runs.RunSpec(iters=4, save_interval=1, on_nonfinite="skip", hooks=NAN_IN_STEP_3))
+    result = runs.launch(folder)
     assert result.returncode == 0, result.explain()
     records = {r["step"]: r for r in runs.metrics(folder) if r["kind"] == "train"}
     assert records[3]["skipped"] and records[3]["loss"] == "nan" and records[3]["skipped_total"] == 1
@@ -52,8 +106,8 @@ def test_nonfinite_skip_counts_the_step_and_leaves_the_optimizer_untouched(tmp_p
 
 
 def test_nonfinite_stop_saves_the_last_good_state_and_names_the_step(tmp_path: Path) -> None:
-    folder = runs.prepare(tmp_path)
-    result = runs.launch(folder, 1, ITERS=4, NAN_STEP=3, ON_NONFINITE="stop")
+    folder = runs.prepare(tmp_path, runs.RunSpec(iters=4, on_nonfinite="stop", hooks=NAN_IN_STEP_3))
+    result = runs.launch(folder)
     assert result.code() == ExitCode.NONFINITE_STOP, result.explain()
     assert "step 3: non-finite gradient norm (nan); stopped without applying it" in result.output
     assert "the last good state (step 2) is saved" in result.output
@@ -64,8 +118,8 @@ def test_nonfinite_stop_saves_the_last_good_state_and_names_the_step(tmp_path: P
 
 def test_a_rank_that_dies_ends_the_job_with_a_message(tmp_path: Path) -> None:
     """Rank 1 is SIGKILLed in step 3; rank 0 says so and exits 8 (the launch's hang guard is the only clock)."""
-    folder = runs.prepare(tmp_path)
-    result = runs.launch(folder, 2, ITERS=6, DIE_STEP=3, DIE_RANK=1, TIMEOUT_MINUTES=0.5)
+    folder = runs.prepare(tmp_path, runs.RunSpec(procs=2, timeout_minutes=0.5, hooks=RANK_1_DIES_IN_STEP_3))
+    result = runs.launch(folder)
     assert result.returncode != 0
     assert result.exit_codes.get(1) == -9, result.explain()
     assert result.exit_codes.get(0) == ExitCode.PEER_FAILED, result.explain()
