@@ -322,6 +322,8 @@ def _parser() -> argparse.ArgumentParser:
                          help="which MaxText version's learning-rate formula (default: the current one)")
     maxtext.add_argument("-o", "--output", metavar="OUT", required=True, help="the spec to write")
     maxtext.set_defaults(handler=cmd_import_maxtext)
+    from bridgec.compiler.convert_cli import add_convert_parser
+    add_convert_parser(commands)
     return parser
 
 
