@@ -7,8 +7,8 @@ compile`` into ``run.py``. Checkpoints go to ``folder/ckpt``, metrics to
 ``folder/out``. Launching again after :func:`prepare` with another RunSpec is a
 user editing the spec and recompiling.
 
-Every launch runs with a hang guard (a generous timeout that kills the whole
-process group), never a timing assertion. Worker output goes to per-rank log
+Every launch runs with a hang guard (a generous timeout that kills torchrun
+and its workers), never a timing assertion. Worker output goes to per-rank log
 files (torchrun ``--redirects 3``) so a test can tell a worker's traceback from
 torchrun's own report, which always ends in a traceback when a worker fails.
 """
@@ -56,7 +56,7 @@ class RunSpec:
     pipeline: int = 1
     distributed_optimizer: bool = False
     hidden_size: int = 64
-    """Another value than the checkpoint's: a checkpoint of another shape."""
+    """Set another value to load a checkpoint of another shape."""
     iters: int = 6
     eval_interval: int | None = None
     exit_interval: int | None = None
