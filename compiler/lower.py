@@ -408,6 +408,7 @@ def _output_section(spec: Spec, target: Target) -> Section:
     c = spec.checkpoint
     if c.dir is not None:
         constants += [
+            _c("SPEC_FILE", target.spec_path, "relative to this script; copied into every checkpoint"),
             _c("SPEC_SHA256", target.spec_sha256, "recorded in every checkpoint"),
             _c("CHECKPOINT_DIR", c.dir, text=True),
             _c("SAVE_INTERVAL", c.save_interval),

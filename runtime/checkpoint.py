@@ -85,6 +85,15 @@ def file_sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def spec_copy(path: Path, sha256: str) -> str | None:
+    """The spec's text for the checkpoint, when the file next to the script is still the one compiled (else None)."""
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return None
+    return data.decode("utf-8") if hashlib.sha256(data).hexdigest() == sha256 else None
+
+
 def model_signature(model: list[DistributedDataParallel]) -> dict[str, Any]:
     """The architecture of the model, in JSON-able values: what a checkpoint must match."""
     gpt = unwrap(model[0])

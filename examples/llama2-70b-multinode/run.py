@@ -37,7 +37,7 @@ from megatron.core.transformer import TransformerConfig
 from bridgec.runtime.data import Splits, TokenIds, build_splits, next_batch
 from bridgec.runtime.entry import run
 from bridgec.runtime.errors import ExitCode
-from bridgec.runtime.checkpoint import DistCheckpointer, file_sha256
+from bridgec.runtime.checkpoint import DistCheckpointer, file_sha256, spec_copy
 from bridgec.runtime.loop import LoopSettings, TrainState, train
 from bridgec.runtime.loss import masked_token_loss
 from bridgec.runtime.model import build_model, unwrap
@@ -131,6 +131,7 @@ LOSS_REDUCTION = "per_token"
 
 # Outputs (paths relative to the spec's folder)
 OUTPUT_DIR = "out/llama2-70b"  # default: out/<run.name>
+SPEC_FILE = "spec.toml"  # relative to this script; copied into every checkpoint
 SPEC_SHA256 = "1856b81d26bdc2a55e52d6576100aadf55aed7c841a966fa1364c42c62c2d5b4"  # recorded in every checkpoint
 CHECKPOINT_DIR = "/checkpoints/llama2-70b"
 SAVE_INTERVAL = 500
@@ -298,6 +299,7 @@ def main() -> ExitCode:
         layout=layout,
         spec_sha256=SPEC_SHA256,
         script_sha256=file_sha256(Path(__file__)),
+        spec_text=spec_copy(HERE / SPEC_FILE, SPEC_SHA256),
     )
     return train(
         forward_step,

@@ -37,7 +37,7 @@ from megatron.core.transformer import TransformerConfig
 from bridgec.runtime.data import Splits, TokenIds, build_splits, next_batch
 from bridgec.runtime.entry import run
 from bridgec.runtime.errors import ExitCode
-from bridgec.runtime.checkpoint import DistCheckpointer, file_sha256
+from bridgec.runtime.checkpoint import DistCheckpointer, file_sha256, spec_copy
 from bridgec.runtime.loop import LoopSettings, TrainState, train
 from bridgec.runtime.loss import masked_token_loss
 from bridgec.runtime.model import build_model, unwrap
@@ -129,6 +129,7 @@ LOSS_REDUCTION = "per_token"
 
 # Outputs (paths relative to the spec's folder)
 OUTPUT_DIR = "out/llama3-8b"  # default: out/<run.name>
+SPEC_FILE = "spec.toml"  # relative to this script; copied into every checkpoint
 SPEC_SHA256 = "2fcd66d3e6409f2d051d6c2d396db253448e1b993d52246c2e447c9a631145fd"  # recorded in every checkpoint
 CHECKPOINT_DIR = "checkpoints"
 SAVE_INTERVAL = 250
@@ -290,6 +291,7 @@ def main() -> ExitCode:
         layout=layout,
         spec_sha256=SPEC_SHA256,
         script_sha256=file_sha256(Path(__file__)),
+        spec_text=spec_copy(HERE / SPEC_FILE, SPEC_SHA256),
     )
     return train(
         forward_step,

@@ -38,7 +38,7 @@ from bridgec.runtime import cpu_compat
 from bridgec.runtime.data import Splits, TokenIds, build_splits, next_batch
 from bridgec.runtime.entry import run
 from bridgec.runtime.errors import ExitCode
-from bridgec.runtime.checkpoint import DistCheckpointer, file_sha256
+from bridgec.runtime.checkpoint import DistCheckpointer, file_sha256, spec_copy
 from bridgec.runtime.loop import LoopSettings, TrainState, train
 from bridgec.runtime.loss import masked_mean_loss
 from bridgec.runtime.model import build_model, unwrap
@@ -130,6 +130,7 @@ LOSS_REDUCTION = "per_microbatch"
 
 # Outputs (paths relative to the spec's folder)
 OUTPUT_DIR = "runs/wsd"
+SPEC_FILE = "spec.toml"  # relative to this script; copied into every checkpoint
 SPEC_SHA256 = "883fd9a63c062b75766c741835a52b757d4321f5372df446420f3acf1a6b61b8"  # recorded in every checkpoint
 CHECKPOINT_DIR = "checkpoints"
 SAVE_INTERVAL = 10
@@ -288,6 +289,7 @@ def main() -> ExitCode:
         layout=layout,
         spec_sha256=SPEC_SHA256,
         script_sha256=file_sha256(Path(__file__)),
+        spec_text=spec_copy(HERE / SPEC_FILE, SPEC_SHA256),
     )
     return train(
         forward_step,
