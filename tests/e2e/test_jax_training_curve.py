@@ -219,6 +219,8 @@ def converted(curve: Curve) -> Converted:
 def test_orbax_to_megatron_resumes_like_jax(curve: Curve, converted: Converted) -> None:
     assert f"-> {curve.folder / 'converted' / 'iter_0000010'}: Adam state at update 10" in converted.converted.stdout
     assert 'put dir = "converted" and resume = true under [checkpoint]' in converted.converted.stdout
+    spec_copy = curve.folder / "converted" / "iter_0000010" / "spec.toml"
+    assert spec_copy.read_text() == (curve.folder / "convert.toml").read_text()
     assert f"resume: continuing from step {case.SAVE_STEP}" in converted.run.stdout
     records = _train_records(converted.run, "convert")
     steps = range(case.SAVE_STEP + 1, case.STEPS + 1)
