@@ -369,6 +369,10 @@ class DistCheckpointer:
         if with_optimizer:
             self.optimizer.load_state_dict(loaded["optimizer"])
             self._restore_distributed_steps(loaded["optimizer"])
+        else:
+            # Mixed-precision optimizers keep fp32 main copies made when they were built; without optimizer
+            # state to load, refresh them from the loaded weights or the first update writes the old ones back.
+            self.optimizer.reload_model_params()
         return loaded
 
     def _restore_distributed_steps(self, loaded: Any) -> None:
