@@ -198,6 +198,8 @@ def _model_section(spec: Spec) -> Section:
             f"(make_vocab_size_divisible_by {m.make_vocab_size_divisible_by} x tensor {p.tensor})",
         ),
         _c("SEQ_LENGTH", m.seq_length),
+        _c("ACTIVATION", m.activation),
+        _c("TIE_EMBEDDINGS", m.tie_embeddings),
         _c("NORM_EPSILON", m.norm_epsilon),
         _c("DROPOUT", m.dropout),
         _c("INIT_METHOD_STD", m.init_method_std),
@@ -238,6 +240,14 @@ def _init_checkpoint_section(spec: Spec) -> Section | None:
         constants.append(_c("INIT_OPTIMIZER_TYPE", c.optimizer_type))
     return Section(title="Initial weights from a checkpoint (paths relative to the spec's folder)",
                    constants=tuple(constants))
+
+
+def _precision_section(spec: Spec) -> Section:
+    p = spec.precision
+    constants = [_c("DTYPE", p.dtype)]
+    if p.fp8 is not None:
+        constants.append(_c("FP8_RECIPE", p.fp8))
+    return Section(title="Precision", constants=tuple(constants))
 
 
 def _train_section(spec: Spec) -> Section:
@@ -454,13 +464,17 @@ def _hooks_plan(spec: Spec) -> HooksPlan | None:
 
 
 def _user_strings(spec: Spec) -> tuple[str, ...]:
+    """Every string from the spec that the script contains, for the verify stage."""
     strings = [spec.run.name, spec.run.description, *spec.optimizer.decay_mask.exclude]
-    strings += [source.prefix for source in spec.data.sources]
-    init_path = spec.init.checkpoint.path if spec.init.checkpoint is not None else None
-    for value in (spec.run.output_dir, spec.checkpoint.dir, spec.hooks.file, spec.hooks.forward_step, spec.hooks.loss,
-                  init_path):
-        if value is not None:
-            strings.append(value)
+    strings += [source.prefix for source in spec.data.sources] if spec.data.kind == "indexed" else []
+    hooks = _hooks_plan(spec)
+    named = [
+        spec.run.output_dir,
+        spec.checkpoint.dir,
+        spec.init.checkpoint.path if spec.init.checkpoint is not None else None,
+        *((hooks.file, hooks.forward_step, hooks.loss) if hooks is not None else ()),
+    ]
+    strings += [value for value in named if value is not None]
     return tuple(s for s in strings if s)
 
 
@@ -513,6 +527,7 @@ def lower(spec: Spec, target: Target) -> Plan:
         _parallel_section(spec),
         _batch_section(spec),
         _model_section(spec),
+        _precision_section(spec),
         _train_section(spec),
         *_optimizer_sections(spec),
         _data_section(spec, target),

@@ -88,11 +88,16 @@ FFN_HIDDEN_SIZE = 128
 VOCAB_SIZE = 128
 PADDED_VOCAB_SIZE = 128  # vocab 128 rounded up to a multiple of 128 (make_vocab_size_divisible_by 128 x tensor 1)
 SEQ_LENGTH = 64
+ACTIVATION = "swiglu"
+TIE_EMBEDDINGS = True
 NORM_EPSILON = 1e-05
 DROPOUT = 0.0
 INIT_METHOD_STD = 0.02
 ROTARY_BASE = 10000
 INIT_SCHEME = "portable"
+
+# Precision
+DTYPE = "fp32"
 
 # Training loop
 TRAIN_ITERS = 40
@@ -174,7 +179,7 @@ def model_provider(pre_process: bool, post_process: bool, vp_stage: int | None =
         max_sequence_length=SEQ_LENGTH,
         pre_process=pre_process,
         post_process=post_process,
-        share_embeddings_and_output_weights=True,
+        share_embeddings_and_output_weights=TIE_EMBEDDINGS,
         position_embedding_type="rope",
         rotary_base=ROTARY_BASE,
         vp_stage=vp_stage,
@@ -231,8 +236,8 @@ def main() -> ExitCode:
         seed=SEED,
         init_std=INIT_METHOD_STD,
         num_layers=NUM_LAYERS,
-        tied_output=True,
-        dtype="fp32",
+        tied_output=TIE_EMBEDDINGS,
+        dtype=DTYPE,
         distributed_optimizer=DISTRIBUTED_OPTIMIZER,
     )
     optimizer_settings = OptimizerSettings(
@@ -245,7 +250,7 @@ def main() -> ExitCode:
         adam_eps=ADAM_EPS,
         sgd_momentum=0.0,
         clip_grad=CLIP_GRAD,
-        dtype="fp32",
+        dtype=DTYPE,
         distributed_optimizer=DISTRIBUTED_OPTIMIZER,
     )
     optimizer = build_optimizer(model, optimizer_settings)

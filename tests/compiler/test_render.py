@@ -57,7 +57,7 @@ def test_cpu_script_applies_cpu_compat_and_cuda_script_does_not() -> None:
                    precision={"dtype": "bf16", "fp8": "delayed"})
     assert "cpu_compat" not in cuda
     assert "get_gpt_layer_with_transformer_engine_spec" in cuda and "get_gpt_layer_local_spec" not in cuda
-    assert 'fp8_recipe="delayed"' in cuda and "bf16=True" in cuda
+    assert 'FP8_RECIPE = "delayed"' in cuda and "fp8_recipe=FP8_RECIPE" in cuda and "bf16=True" in cuda
 
 
 def test_branches_appear_only_when_needed() -> None:

@@ -82,11 +82,17 @@ FFN_HIDDEN_SIZE = 1024  # default: 4 x hidden 256
 VOCAB_SIZE = 32000
 PADDED_VOCAB_SIZE = 32000  # vocab 32000 rounded up to a multiple of 256 (make_vocab_size_divisible_by 128 x tensor 2)
 SEQ_LENGTH = 2048
+ACTIVATION = "swiglu"
+TIE_EMBEDDINGS = True
 NORM_EPSILON = 1e-05
 DROPOUT = 0.0
 INIT_METHOD_STD = 0.02
 ROTARY_BASE = 10000
 INIT_SCHEME = "megatron"
+
+# Precision
+DTYPE = "bf16"
+FP8_RECIPE = "delayed"
 
 # Training loop
 TRAIN_ITERS = 10
@@ -152,7 +158,7 @@ def transformer_config() -> TransformerConfig:
         params_dtype=torch.bfloat16,
         pipeline_dtype=torch.bfloat16,
         fp8="hybrid",  # e4m3 forward, e5m2 gradients
-        fp8_recipe="delayed",
+        fp8_recipe=FP8_RECIPE,
         calculate_per_token_loss=True,  # gradients are divided by the global token count in finalize_model_grads
         finalize_model_grads_func=finalize_model_grads,
     )
@@ -169,7 +175,7 @@ def model_provider(pre_process: bool, post_process: bool, vp_stage: int | None =
         max_sequence_length=SEQ_LENGTH,
         pre_process=pre_process,
         post_process=post_process,
-        share_embeddings_and_output_weights=True,
+        share_embeddings_and_output_weights=TIE_EMBEDDINGS,
         position_embedding_type="rope",
         rotary_base=ROTARY_BASE,
         vp_stage=vp_stage,
@@ -226,8 +232,8 @@ def main() -> ExitCode:
         seed=SEED,
         init_std=INIT_METHOD_STD,
         num_layers=NUM_LAYERS,
-        tied_output=True,
-        dtype="bf16",
+        tied_output=TIE_EMBEDDINGS,
+        dtype=DTYPE,
         distributed_optimizer=DISTRIBUTED_OPTIMIZER,
     )
     optimizer_settings = OptimizerSettings(
@@ -240,7 +246,7 @@ def main() -> ExitCode:
         adam_eps=ADAM_EPS,
         sgd_momentum=0.0,
         clip_grad=CLIP_GRAD,
-        dtype="bf16",
+        dtype=DTYPE,
         distributed_optimizer=DISTRIBUTED_OPTIMIZER,
     )
     optimizer = build_optimizer(model, optimizer_settings)

@@ -89,11 +89,16 @@ FFN_HIDDEN_SIZE = 256  # default: 4 x hidden 64
 VOCAB_SIZE = 256
 PADDED_VOCAB_SIZE = 256  # vocab 256 rounded up to a multiple of 128 (make_vocab_size_divisible_by 128 x tensor 1)
 SEQ_LENGTH = 32
+ACTIVATION = "geglu"
+TIE_EMBEDDINGS = True
 NORM_EPSILON = 1e-06
 DROPOUT = 0.0
 INIT_METHOD_STD = 0.02
 ROTARY_BASE = 10000
 INIT_SCHEME = "portable"
+
+# Precision
+DTYPE = "fp32"
 
 # Training loop
 TRAIN_ITERS = 20
@@ -183,7 +188,7 @@ def model_provider(pre_process: bool, post_process: bool, vp_stage: int | None =
         max_sequence_length=SEQ_LENGTH,
         pre_process=pre_process,
         post_process=post_process,
-        share_embeddings_and_output_weights=True,
+        share_embeddings_and_output_weights=TIE_EMBEDDINGS,
         position_embedding_type="rope",
         rotary_base=ROTARY_BASE,
         vp_stage=vp_stage,
@@ -262,8 +267,8 @@ def main() -> ExitCode:
         seed=SEED,
         init_std=INIT_METHOD_STD,
         num_layers=NUM_LAYERS,
-        tied_output=True,
-        dtype="fp32",
+        tied_output=TIE_EMBEDDINGS,
+        dtype=DTYPE,
         distributed_optimizer=DISTRIBUTED_OPTIMIZER,
     )
     # MaxText folds 1/sqrt(head_dim) into the query kernel's initial weights (softmax_scale is 1).
@@ -285,11 +290,11 @@ def main() -> ExitCode:
         eps_root=ADAM_EPS_ROOT,
         weight_decay=WEIGHT_DECAY,
         decay_exclude=DECAY_EXCLUDE,
-        gated_mlp=True,
+        gated_mlp=ACTIVATION in ("swiglu", "geglu"),
         scan_layers=DECAY_MASK_SCAN_LAYERS,
-        tied_output=True,
+        tied_output=TIE_EMBEDDINGS,
         path_style=DECAY_MASK_PATHS,
-        dtype="fp32",
+        dtype=DTYPE,
         distributed_optimizer=DISTRIBUTED_OPTIMIZER,
     )
     scheduler = CountScheduler(optimizer, learning_rate_schedule())

@@ -87,10 +87,15 @@ FFN_HIDDEN_SIZE = 256  # default: 4 x hidden 64
 VOCAB_SIZE = 512
 PADDED_VOCAB_SIZE = 512  # vocab 512 rounded up to a multiple of 256 (make_vocab_size_divisible_by 128 x tensor 2)
 SEQ_LENGTH = 64
+ACTIVATION = "gelu"
+TIE_EMBEDDINGS = True
 NORM_EPSILON = 1e-05
 DROPOUT = 0.0
 INIT_METHOD_STD = 0.02
 INIT_SCHEME = "portable"
+
+# Precision
+DTYPE = "fp32"
 
 # Training loop
 TRAIN_ITERS = 20
@@ -175,7 +180,7 @@ def model_provider(pre_process: bool, post_process: bool, vp_stage: int | None =
         max_sequence_length=SEQ_LENGTH,
         pre_process=pre_process,
         post_process=post_process,
-        share_embeddings_and_output_weights=True,
+        share_embeddings_and_output_weights=TIE_EMBEDDINGS,
         position_embedding_type="learned_absolute",
         vp_stage=vp_stage,
     )
@@ -231,8 +236,8 @@ def main() -> ExitCode:
         seed=SEED,
         init_std=INIT_METHOD_STD,
         num_layers=NUM_LAYERS,
-        tied_output=True,
-        dtype="fp32",
+        tied_output=TIE_EMBEDDINGS,
+        dtype=DTYPE,
         distributed_optimizer=DISTRIBUTED_OPTIMIZER,
     )
     optimizer_settings = OptimizerSettings(
@@ -245,7 +250,7 @@ def main() -> ExitCode:
         adam_eps=ADAM_EPS,
         sgd_momentum=0.0,
         clip_grad=CLIP_GRAD,
-        dtype="fp32",
+        dtype=DTYPE,
         distributed_optimizer=DISTRIBUTED_OPTIMIZER,
     )
     optimizer = build_optimizer(model, optimizer_settings)
