@@ -4,7 +4,9 @@ It imports a compiled script only for its model definition and constants (so
 both sides train exactly the same model on the same batch shape) and then does
 by hand what a Megatron-LM user would write: DDP, get_megatron_optimizer,
 get_forward_backward_func over mock data, optimizer.step(), scheduler-free
-constant learning rate. Prints one JSON line with the per-step wall times.
+constant learning rate, and the step's loss averaged over data-parallel ranks
+(one all-reduce, as Megatron-LM's train_step does to report it). Prints one
+JSON line with the per-step wall times.
 
     torchrun --nproc-per-node N bench/baseline_loop.py path/to/run.py STEPS
 """
@@ -94,10 +96,14 @@ for _ in range(steps):
     began = time.perf_counter()
     ddp.zero_grad_buffer()
     optimizer.zero_grad()
-    forward_backward(forward_step_func=forward_step, data_iterator=iterator, model=[ddp],
-                     num_microbatches=run.NUM_MICROBATCHES, seq_length=run.SEQ_LENGTH,
-                     micro_batch_size=run.MICRO_BATCH_SIZE, forward_only=False)
+    losses = forward_backward(forward_step_func=forward_step, data_iterator=iterator, model=[ddp],
+                              num_microbatches=run.NUM_MICROBATCHES, seq_length=run.SEQ_LENGTH,
+                              micro_batch_size=run.MICRO_BATCH_SIZE, forward_only=False)
     optimizer.step()
+    # Report the step's loss: sum of token losses / tokens, over microbatches and data-parallel ranks.
+    total = torch.stack([entry["lm loss"] for entry in losses]).sum(dim=0)
+    dist.all_reduce(total, group=parallel_state.get_data_parallel_group())
+    loss = (total[0] / total[1]).item()
     times.append(time.perf_counter() - began)
 if dist.get_rank() == 0:
     print(json.dumps({"step_seconds": times}))

@@ -19,7 +19,7 @@ from bridgec.runtime.data import MicrobatchIterator, Splits
 from bridgec.runtime.errors import ExitCode, RunError
 from bridgec.runtime.metrics import MetricsLog
 from bridgec.runtime.parallel import Layout
-from bridgec.runtime.stop import StopCode, StopSignals, agree, describe
+from bridgec.runtime.stop import StopCode, StopSignals, describe
 from bridgec.runtime.step import evaluate, train_step
 
 
@@ -152,6 +152,7 @@ def train(
                 seq_length=settings.seq_length,
                 clip_grad=settings.clip_grad,
                 clip_epsilon=settings.clip_epsilon,
+                stop_vote=functools.partial(_stop_vote, signals, settings, step + 1 - start.step, started),
             )
             seconds = time.perf_counter() - began
             if result.nonfinite and settings.on_nonfinite == "stop":
@@ -166,7 +167,7 @@ def train(
             progress = Progress(step=step, consumed_samples=consumed, skipped_steps=log.skipped_total)
             if step == settings.iters:
                 break
-            stop_reason = _early_stop(signals, settings, step - start.step, started)
+            stop_reason = _stop_reason(StopCode(result.stop_vote), settings)
             if checkpointer is not None and (
                 stop_reason is not None or (settings.save_interval and step % settings.save_interval == 0)
             ):
@@ -256,15 +257,22 @@ def truncate_metrics(path: Path, *, after_step: int) -> None:
     os.replace(temporary, path)
 
 
-def _early_stop(signals: StopSignals, settings: LoopSettings, steps_this_launch: int, started: float) -> str | None:
-    """Why this launch should stop now, agreed by every rank (a collective), or None."""
+def _stop_vote(signals: StopSignals, settings: LoopSettings, steps_this_launch: int, started: float) -> int:
+    """This rank's vote at the end of a step: the most urgent reason it sees to stop, or NONE.
+
+    Cast inside train_step's end-of-step collective, so every rank learns the
+    largest vote without a collective of its own.
+    """
     local = signals.received
     if settings.exit_interval is not None and steps_this_launch >= settings.exit_interval:
         local = max(local, StopCode.EXIT_INTERVAL)
     minutes = (time.monotonic() - started) / 60.0
     if settings.exit_duration_minutes is not None and minutes >= settings.exit_duration_minutes:
         local = max(local, StopCode.EXIT_DURATION)
-    code = agree(local)
+    return int(local)
+
+
+def _stop_reason(code: StopCode, settings: LoopSettings) -> str | None:
     if code == StopCode.NONE:
         return None
     return describe(code, exit_interval=settings.exit_interval, exit_duration_minutes=settings.exit_duration_minutes)

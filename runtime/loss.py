@@ -16,8 +16,8 @@ The three patterns megatron-core's schedules accept from a ``loss_func``
    non_loss_data=True)`` returns anything; nothing is reduced.
 
 Loss functions put ``[sum, count]`` (pattern 2) or ``[mean, 1]`` (pattern 1)
-into the metadata under ``"lm loss"``; :func:`reduce_metadata` adds them up and
-divides once.
+into the metadata under ``"lm loss"``; the sums are added over microbatches and
+ranks and divided once, in :func:`loss_from_sums`.
 """
 
 from __future__ import annotations
@@ -70,29 +70,53 @@ def token_outputs(
     return {"output": output_tensor.detach(), "loss_mask": loss_mask.detach()}
 
 
-def reduce_metadata(forward_data: Sequence[dict[str, Any]], *, key: str = LOSS_KEY) -> float | None:
-    """Reduce the ``[numerator, denominator]`` pairs of a step to one number.
+def loss_sums(forward_data: Sequence[dict[str, Any]], *, key: str = LOSS_KEY) -> torch.Tensor:
+    """This rank's ``[numerator, denominator]`` summed over its microbatches (float64; zeros when none)."""
+    if not forward_data:
+        return torch.zeros(2, dtype=torch.float64)
+    return torch.stack([entry[key].reshape(2).double() for entry in forward_data]).sum(dim=0)
 
-    Math (once): loss = (sum over microbatches m and data/context ranks r of
-    numerator[m, r]) / (sum of denominator[m, r]). For token-aware losses the
-    numerator is a token-loss sum and the denominator a token count, giving the
-    global per-token mean; for standard losses they are a microbatch mean and 1,
-    giving the mean of means.
+
+def loss_from_sums(total: torch.Tensor) -> float:
+    """The one division: loss = (sum over microbatches m and data/context ranks r of numerator[m, r]) /
+    (sum of denominator[m, r]).
+
+    For token-aware losses the numerator is a token-loss sum and the denominator
+    a token count, giving the global per-token mean; for standard losses they are
+    a microbatch mean and 1, giving the mean of means. NaN when nothing counted.
+    """
+    numerator, denominator = total.tolist()
+    return numerator / denominator if denominator > 0 else float("nan")
+
+
+def holds_loss_shard() -> bool:
+    """Whether this rank's sums belong in a world-wide total: last pipeline stage, first tensor rank.
+
+    Every tensor-parallel rank of the last stage computes the same loss; counting
+    only the first one makes a sum over *all* ranks equal to the sum over the
+    data and context parallel ranks that the reduction needs.
+    """
+    return (
+        parallel_state.is_pipeline_last_stage(ignore_virtual=True)
+        and parallel_state.get_tensor_model_parallel_rank() == 0
+    )
+
+
+def reduce_metadata(forward_data: Sequence[dict[str, Any]], *, key: str = LOSS_KEY) -> float | None:
+    """Reduce the ``[numerator, denominator]`` pairs of a step to one number (see :func:`loss_from_sums`).
 
     Collective over the data+context parallel group; call it on the last
-    pipeline stage only (the others hold no loss and get None).
+    pipeline stage only (the others hold no loss and get None). Training steps
+    fold the same sums into their one end-of-step collective instead
+    (``step.train_step``); evaluation uses this.
     """
     if not parallel_state.is_pipeline_last_stage(ignore_virtual=True):
         return None
-    if forward_data:
-        total = torch.stack([entry[key].reshape(2).double() for entry in forward_data]).sum(dim=0)
-    else:
-        total = torch.zeros(2, dtype=torch.float64)
+    total = loss_sums(forward_data, key=key)
     group = parallel_state.get_data_parallel_group(with_context_parallel=True)
     if dist.get_world_size(group) > 1:
         dist.all_reduce(total, group=group)
-    numerator, denominator = total.tolist()
-    return numerator / denominator if denominator > 0 else float("nan")
+    return loss_from_sums(total)
 
 
 def tokens_in(forward_data: Sequence[dict[str, Any]], *, key: str = LOSS_KEY) -> int:

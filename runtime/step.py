@@ -15,12 +15,13 @@ from typing import Any
 
 import attrs
 import torch
+import torch.distributed as dist
 from megatron.core.distributed import DistributedDataParallel
 from megatron.core.optimizer.optimizer import ChainedOptimizer
 from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 from megatron.core.pipeline_parallel import get_forward_backward_func
 
-from bridgec.runtime.loss import reduce_metadata
+from bridgec.runtime.loss import holds_loss_shard, loss_from_sums, loss_sums, reduce_metadata
 from bridgec.runtime.optim import current_lr
 
 ForwardStep = Callable[[Iterator[Any], torch.nn.Module], tuple[torch.Tensor, Callable[..., Any]]]
@@ -41,6 +42,8 @@ class StepResult:
     """No update was applied (non-finite gradients, or an fp16 loss-scale overflow)."""
     nonfinite: bool
     """The gradients were not finite for a reason other than an fp16 loss-scale overflow."""
+    stop_vote: int = 0
+    """The largest stop vote of any rank at the end of this step (0: carry on; see runtime.stop.StopCode)."""
 
 
 @attrs.frozen(kw_only=True)
@@ -86,8 +89,15 @@ def train_step(
     seq_length: int,
     clip_grad: float,
     clip_epsilon: float = MEGATRON_CLIP_EPSILON,
+    stop_vote: Callable[[], int] | None = None,
 ) -> StepResult:
-    """Forward and backward over ``num_microbatches``, then (unless skipped) clip and update."""
+    """Forward and backward over ``num_microbatches``, then (unless skipped) clip and update.
+
+    The step ends with one small all-reduce over every rank that carries both the
+    loss sums (reduced as ``runtime.loss`` describes) and each rank's vote on
+    whether training should stop (``stop_vote()``, read at that moment), so
+    agreeing on a stop costs no extra collective.
+    """
     for chunk in model:
         chunk.zero_grad_buffer()
     optimizer.zero_grad()
@@ -112,13 +122,32 @@ def train_step(
             clip_gradients(optimizer, max_norm=clip_grad, grad_norm=grad_norm, epsilon=clip_epsilon)
         optimizer.step_with_ready_grads()
         scheduler.step(increment=1)
+    loss, agreed_stop = _end_of_step(forward_data, stop_vote() if stop_vote is not None else 0)
     return StepResult(
-        loss=reduce_metadata(forward_data),
+        loss=loss,
         grad_norm=grad_norm,
         learning_rate=learning_rate,
         skipped=skipped,
         nonfinite=nonfinite,
+        stop_vote=agreed_stop,
     )
+
+
+STOP_VOTE_SLOTS = 8
+"""Room for stop codes 0..7 in the end-of-step buffer (runtime.stop.StopCode uses 0..4)."""
+
+
+def _end_of_step(forward_data: Sequence[Any], vote: int) -> tuple[float | None, int]:
+    """The step's one collective: loss sums (from the ranks that hold a loss shard) and one-hot stop votes,
+    summed over all ranks. Returns the step's loss (on every rank) and the largest vote cast."""
+    buffer = torch.zeros(2 + STOP_VOTE_SLOTS, dtype=torch.float64)
+    if holds_loss_shard():
+        buffer[:2] = loss_sums(forward_data)
+    buffer[2 + vote] = 1.0
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(buffer)
+    votes = buffer[2:].tolist()
+    return loss_from_sums(buffer[:2]), max(code for code, count in enumerate(votes) if count > 0)
 
 
 @torch.no_grad()

@@ -1,9 +1,10 @@
 """Early stops that every rank agrees on: SIGTERM/SIGINT, exit_interval, wall-clock limits.
 
-A signal handler only records the signal; the loop finishes the current step,
-then all ranks take the maximum of their stop codes in one small all-reduce, so
-a signal delivered to some ranks only (or a clock that crosses its limit on one
-rank first) still stops all of them after the same step.
+A signal handler only records the signal; each rank votes its most urgent stop
+code at the end of every step, inside the step's one all-reduce
+(``step.train_step``), and all ranks act on the largest vote, so a signal
+delivered to some ranks only (or a clock that crosses its limit on one rank
+first) still stops all of them after the same step.
 """
 
 from __future__ import annotations
@@ -14,8 +15,6 @@ from types import FrameType
 from typing import Any
 
 import attrs
-import torch
-import torch.distributed as dist
 
 
 class StopCode(enum.IntEnum):
@@ -48,15 +47,6 @@ class StopSignals:
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
         self._previous.clear()
-
-
-def agree(local: StopCode) -> StopCode:
-    """The largest stop code over all ranks (a collective: every rank must call it)."""
-    if not dist.is_initialized() or dist.get_world_size() == 1:
-        return local
-    code = torch.tensor([int(local)], dtype=torch.int64)
-    dist.all_reduce(code, op=dist.ReduceOp.MAX)
-    return StopCode(int(code.item()))
 
 
 def describe(code: StopCode, *, exit_interval: int | None, exit_duration_minutes: float | None) -> str:
