@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from collections.abc import Iterator
+from pathlib import PurePosixPath
 
 import attrs
 
@@ -238,6 +240,33 @@ def rule_hooks_need_file(spec: Spec, ctx: SpecContext) -> Iterator[Finding]:
                       hint='add file = "hooks.py" under [hooks]')
 
 
+def rule_hooks_file_name(spec: Spec, ctx: SpecContext) -> Iterator[Finding]:
+    file = spec.hooks.file
+    if file is None:
+        return
+    stem = PurePosixPath(file).stem
+    if not file.endswith(".py") or not stem.isidentifier():
+        yield Finding(about=(("hooks", "file"),),
+                      message=f"$.hooks.file = {render_value(file)} must be a Python file whose name is an "
+                              f"identifier (it is imported as a module)",
+                      hint='rename it, e.g. file = "my_hooks.py"')
+    elif stem in sys.stdlib_module_names:
+        yield Finding(about=(("hooks", "file"),),
+                      message=f"$.hooks.file = {render_value(file)} has the name of the standard library module "
+                              f"{stem!r}; beside the generated script it would shadow that module for torch and "
+                              f"everything else the script imports",
+                      hint=f'rename it, e.g. file = "my_{stem}.py"')
+
+
+def rule_both_hooks(spec: Spec, ctx: SpecContext) -> Iterator[Finding]:
+    h = spec.hooks
+    if h.forward_step is not None and h.loss is not None:
+        yield Finding(about=(("hooks", "loss"), ("hooks", "forward_step")),
+                      message="hooks.forward_step and hooks.loss are both set, but a forward_step returns its own "
+                              "loss function, so hooks.loss would never be called",
+                      hint="remove hooks.loss and return your loss function from your forward_step")
+
+
 def rule_hook_functions(spec: Spec, ctx: SpecContext) -> Iterator[Finding]:
     file, named = spec.hooks.file, _named_hooks(spec)
     if file is None:
@@ -296,5 +325,7 @@ FILE_RULES: tuple[Rule, ...] = (
     rule_stopping_saves_a_checkpoint,
     rule_init_checkpoint_exists,
     rule_hooks_need_file,
+    rule_hooks_file_name,
+    rule_both_hooks,
     rule_hook_functions,
 )

@@ -23,7 +23,7 @@ import hashlib
 import os
 import random
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +46,7 @@ from bridgec.runtime.entry import peer_failure
 from bridgec.runtime.errors import ExitCode, RunError
 from bridgec.runtime.loop import Progress
 from bridgec.runtime.model import unwrap
-from bridgec.runtime.parallel import Layout
+from bridgec.runtime.parallel import Layout, collective_device
 
 SHARDED_METADATA = {
     "distrib_optim_sharding_type": "dp_reshardable",
@@ -191,14 +191,9 @@ class DistCheckpointer:
         began = time.perf_counter()
         name = files.checkpoint_name(progress.step)
         partial = self.directory / (name + files.PARTIAL_SUFFIX)
-        rank = dist.get_rank()
         has_state = self._optimizer_has_state()
         try:
-            if rank == 0:
-                self.directory.mkdir(parents=True, exist_ok=True)
-                files.remove_partials(self.directory)
-                partial.mkdir()
-            dist.barrier()
+            _on_rank0(lambda: _prepare_folder(self.directory, partial), f"cannot create {partial}")
             state = self._sharded_state(loading=False, with_optimizer=has_state, with_rng=True)
             state["progress"] = {
                 "step": progress.step,
@@ -208,9 +203,12 @@ class DistCheckpointer:
             dist_checkpointing.save(state, str(partial), sharded_strategy=self._save_strategy())
             _pause_for_tests(progress.step)
             dist.barrier()  # every rank's shards are on disk
-            if rank == 0:
-                self._publish(progress, partial, self.directory / name, has_state=has_state)
-            dist.barrier()
+            _on_rank0(
+                lambda: self._publish(progress, partial, self.directory / name, has_state=has_state),
+                f"publishing {partial} failed",
+            )
+        except RunError:
+            raise
         except Exception as error:  # noqa: BLE001 - a full disk shows up as several exception types
             if peer_failure(error):
                 raise  # another rank died: entry.run reports that, not a checkpoint problem
@@ -403,6 +401,10 @@ class DistCheckpointer:
         changed = [f"{key} {saved[key]} -> {value}" for key, value in current.items() if key != "num_steps" and saved.get(key) != value]
         if changed:
             _say("checkpoint: the learning-rate schedule changed since the save; using this run's: " + ", ".join(changed))
+        # megatron's OptimizerParamScheduler.load_state_dict *adds* the saved count to its own (it calls
+        # step(increment=num_steps)); a schedule already moved (e.g. to an imported update count) would
+        # count twice. Start from zero so the saved count is the count.
+        self.scheduler.num_steps = 0
         self.scheduler.load_state_dict({**current, "num_steps": saved["num_steps"]})
 
     def _manifest_problems(self, manifest: files.Manifest) -> list[str]:
@@ -431,6 +433,33 @@ class DistCheckpointer:
                         "distributed-optimizer state only loads when just the data-parallel size changes"
                     )
         return problems
+
+
+def _prepare_folder(directory: Path, partial: Path) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    files.remove_partials(directory)
+    partial.mkdir()
+
+
+def _on_rank0(action: Callable[[], None], what: str) -> None:
+    """Run ``action`` on rank 0 only; every rank learns whether it worked (so none waits forever in a barrier).
+
+    A failure raises RunError(CHECKPOINT_ERROR) on every rank: on rank 0 with
+    the cause, on the others saying rank 0 failed.
+    """
+    failure = ""
+    if dist.get_rank() == 0:
+        try:
+            action()
+        except Exception as error:  # noqa: BLE001 - any file-system failure; reported below on every rank
+            failure = f"{what}: {type(error).__name__}: {str(error).strip()[:300]}"
+    flag = torch.tensor([1 if failure else 0], dtype=torch.int64, device=collective_device())
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    if flag.item():
+        raise RunError(
+            ExitCode.CHECKPOINT_ERROR,
+            (failure or f"{what} on rank 0") + "; the previous checkpoint is intact",
+        )
 
 
 def _model_key(index: int, count: int) -> str:

@@ -315,12 +315,15 @@ def _cpu_set_rng_state(new_state: torch.Tensor, device: int = -1, graph_safe: bo
 
 
 def apply() -> None:
-    """Apply every substitution once. Idempotent; call only on CPU runs."""
+    """Apply every substitution once. Idempotent; only scripts compiled for ``device = "cpu"`` call it.
+
+    It is safe on a machine that has GPUs too (such a run stays on the CPU), but
+    the two global Tensor patches then apply to the whole process, user hooks
+    included: ``Tensor.cuda()`` leaves tensors on the CPU.
+    """
     global _applied
     if _applied:
         return
-    if torch.cuda.is_available():
-        raise RuntimeError("bridgec.runtime.cpu_compat.apply() is for CPU runs; this machine has CUDA")
     proxy = _TorchOnCpu()
     for substitution in SCOPED_MODULES:
         module = importlib.import_module(substitution.module)

@@ -28,6 +28,8 @@ class ExitCode(enum.IntEnum):
     """A non-finite loss or gradient with on_nonfinite = "stop"; the last good state was saved."""
     PEER_FAILED = 8
     """Another rank died or a collective timed out."""
+    HOOKS_ERROR = 9
+    """The hooks file named in the spec is missing, fails to import, or lost the hook function."""
     STOPPED_TO_RESUME = 75
     """Stopped early on purpose (SIGTERM/SIGINT, exit_interval, exit_duration_minutes) after a checkpoint; launch again to resume."""
 

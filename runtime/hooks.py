@@ -1,4 +1,10 @@
-"""Load a user's hook function (forward_step or loss) from the file the spec names."""
+"""The user's hook functions (forward_step, loss), loaded from the file the spec names.
+
+A generated script binds each hook at import time to a :class:`Hook` and calls
+``load()`` at the start of ``main()``, inside ``entry.run``: a hooks file that
+moved, no longer parses, fails on import or lost the function becomes a
+message and exit code HOOKS_ERROR, not a traceback.
+"""
 
 from __future__ import annotations
 
@@ -11,19 +17,47 @@ from typing import Any
 from bridgec.runtime.errors import ExitCode, RunError
 
 
+class Hook:
+    """A top-level function of a hooks file, loaded on :meth:`load` (or on first call)."""
+
+    def __init__(self, path: Path, name: str) -> None:
+        self.path = path
+        self.name = name
+        self._function: Callable[..., Any] | None = None
+
+    def load(self) -> Callable[..., Any]:
+        """Import the file (once) and return the function; RunError(HOOKS_ERROR) when that fails."""
+        if self._function is None:
+            self._function = load_function(self.path, self.name)
+        return self._function
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.load()(*args, **kwargs)
+
+
 def load_function(path: Path, name: str) -> Callable[..., Any]:
-    """Import ``path`` as a module (by its file stem) and return its top-level function ``name``.
+    """Import ``path`` as module ``bridgec_hooks.<stem>`` and return its top-level function ``name``.
 
     The compiler already checked with libcst that the function exists with a
-    compatible signature; this fails cleanly if the file changed since.
+    compatible signature; this fails cleanly if the file changed since. The
+    private module name keeps a hooks file called, say, ``random.py`` from
+    shadowing the standard library.
     """
-    spec = importlib.util.spec_from_file_location(path.stem, path)
-    if spec is None or spec.loader is None or not path.is_file():
-        raise RunError(ExitCode.LAUNCH_MISMATCH, f"{path}: hooks file not found (recompile after moving it)")
+    module_name = f"bridgec_hooks.{path.stem}"
+    if not path.is_file():
+        raise RunError(ExitCode.HOOKS_ERROR, f"{path}: hooks file not found (recompile after moving it)")
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    if spec is None or spec.loader is None:
+        raise RunError(ExitCode.HOOKS_ERROR, f"{path}: cannot be imported as Python")
     module = importlib.util.module_from_spec(spec)
-    sys.modules[path.stem] = module
-    spec.loader.exec_module(module)
+    try:
+        spec.loader.exec_module(module)
+    except Exception as error:  # noqa: BLE001 - whatever the user's module raises on import
+        raise RunError(
+            ExitCode.HOOKS_ERROR, f"{path}: importing the hooks file failed ({type(error).__name__}: {error})"
+        ) from None
+    sys.modules[module_name] = module
     function = module.__dict__.get(name)
     if not callable(function):
-        raise RunError(ExitCode.LAUNCH_MISMATCH, f"{path}: no function {name!r} (recompile after changing hooks)")
+        raise RunError(ExitCode.HOOKS_ERROR, f"{path}: no function {name!r} (recompile after changing hooks)")
     return function

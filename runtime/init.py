@@ -82,14 +82,20 @@ def shard(full: torch.Tensor, param: torch.Tensor, tensor_parallel: int, tensor_
     return torch.cat(pieces[tensor_rank::tensor_parallel], dim=dim)
 
 
-def draw(name: str, shape: tuple[int, ...], *, seed: int, std: float, num_layers: int) -> torch.Tensor:
-    """The full fp32 initial value of one parameter, by megatron-core's rules for its kind."""
+def draw(
+    name: str, shape: tuple[int, ...], *, seed: int, std: float, num_layers: int, zero_centered_norms: bool = False
+) -> torch.Tensor:
+    """The full fp32 initial value of one parameter, by megatron-core's rules for its kind.
+
+    Norm scales start at 1, stored as 0 when the model keeps them zero-centred
+    (``layernorm_zero_centered_gamma``: the layer applies 1 + weight).
+    """
     leaf = name.rsplit(".", 1)[-1]
     if len(shape) == 1:
         if leaf in ("bias", "layer_norm_bias"):
             return torch.zeros(shape)
         if leaf in ("weight", "layer_norm_weight"):
-            return torch.ones(shape)
+            return torch.zeros(shape) if zero_centered_norms else torch.ones(shape)
     if leaf == "bias":
         return torch.zeros(shape)
     generator = torch.Generator().manual_seed(name_seed(seed, name))
@@ -122,11 +128,19 @@ def portable_init(
     count = 0
     for chunk in chunks:
         numbers = layer_numbers(chunk)
+        zero_centered = chunk.config.layernorm_zero_centered_gamma  # megatron-core TransformerConfig
         for local, param in chunk.named_parameters():
             name = global_name(local, numbers, expert_rank=expert_rank, local_experts=local_experts)
             if tied_output and name == "output_layer.weight":
                 name = "embedding.word_embeddings.weight"
-            full = draw(name, full_shape(param, tensor_parallel), seed=seed, std=std, num_layers=num_layers)
+            full = draw(
+                name,
+                full_shape(param, tensor_parallel),
+                seed=seed,
+                std=std,
+                num_layers=num_layers,
+                zero_centered_norms=zero_centered,
+            )
             param.copy_(shard(full, param, tensor_parallel, tensor_rank).to(param.dtype))
             count += 1
     return count

@@ -121,7 +121,9 @@ def train(
         log_interval=settings.log_interval,
         total_iters=settings.iters,
     )
-    start = _restore(checkpointer if resume else None, log, initial or Progress(step=0, consumed_samples=0, skipped_steps=0))
+    fresh = initial or Progress(step=0, consumed_samples=0, skipped_steps=0)
+    start = _restore(checkpointer if resume else None, log, fresh)
+    resumed = start is not fresh  # restored from a checkpoint of this run (not merely started at an imported step)
     if start.step > 0 and layout.holds_loss:
         truncate_metrics(settings.metrics_path, after_step=start.step)
     log.open(resume=start.step > 0)
@@ -158,7 +160,7 @@ def train(
             if result.nonfinite and settings.on_nonfinite == "stop":
                 good = Progress(step=step, consumed_samples=consumed, skipped_steps=log.skipped_total)
                 log.step(step + 1, result, tokens=tokens_per_step, seconds=seconds)
-                raise RunError(ExitCode.NONFINITE_STOP, _nonfinite_stop(checkpointer, good, start, result.grad_norm))
+                raise RunError(ExitCode.NONFINITE_STOP, _nonfinite_stop(checkpointer, good, result.grad_norm, resumed_here=resumed and good.step == start.step))
             step += 1
             consumed += settings.global_batch_size
             log.step(step, result, tokens=tokens_per_step, seconds=seconds)
@@ -196,15 +198,15 @@ def _restore(checkpointer: Checkpointer | None, log: MetricsLog, fresh: Progress
     return restored
 
 
-def _nonfinite_stop(checkpointer: Checkpointer | None, good: Progress, start: Progress, grad_norm: float) -> str:
-    """Save the state before the bad step (unless it is the one just loaded) and say what happened."""
+def _nonfinite_stop(checkpointer: Checkpointer | None, good: Progress, grad_norm: float, *, resumed_here: bool) -> str:
+    """Save the state before the bad step (unless it is the checkpoint just loaded) and say what happened."""
     message = (
         f"step {good.step + 1}: non-finite gradient norm ({grad_norm}); stopped without applying it "
         '(on_nonfinite = "stop")'
     )
     if checkpointer is None:
         return message + "; no [checkpoint] dir, nothing saved"
-    if good.step == start.step and start.step > 0:
+    if resumed_here:
         return message + f"; the last good state (step {good.step}) is the checkpoint this run resumed from"
     checkpointer.save(good)
     return message + f"; the last good state (step {good.step}) is saved"

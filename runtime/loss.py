@@ -29,6 +29,8 @@ import torch
 import torch.distributed as dist
 from megatron.core import parallel_state
 
+from bridgec.runtime.parallel import collective_device
+
 LOSS_KEY = "lm loss"
 
 
@@ -73,8 +75,8 @@ def token_outputs(
 def loss_sums(forward_data: Sequence[dict[str, Any]], *, key: str = LOSS_KEY) -> torch.Tensor:
     """This rank's ``[numerator, denominator]`` summed over its microbatches (float64; zeros when none)."""
     if not forward_data:
-        return torch.zeros(2, dtype=torch.float64)
-    return torch.stack([entry[key].reshape(2).double() for entry in forward_data]).sum(dim=0)
+        return torch.zeros(2, dtype=torch.float64, device=collective_device())
+    return torch.stack([entry[key].reshape(2).double() for entry in forward_data]).sum(dim=0).to(collective_device())
 
 
 def loss_from_sums(total: torch.Tensor) -> float:
@@ -85,7 +87,7 @@ def loss_from_sums(total: torch.Tensor) -> float:
     a token count, giving the global per-token mean; for standard losses they are
     a microbatch mean and 1, giving the mean of means. NaN when nothing counted.
     """
-    numerator, denominator = total.tolist()
+    numerator, denominator = total.cpu().tolist()
     return numerator / denominator if denominator > 0 else float("nan")
 
 

@@ -54,6 +54,7 @@ from bridgec.runtime.maxtext_import import (
     stacked,
 )
 from bridgec.runtime.orbax_read import to_numpy
+from bridgec.runtime.parallel import collective_device
 from bridgec.runtime.param_paths import maxtext_paths
 
 ExportDType = Literal["float32", "bfloat16"]
@@ -308,11 +309,11 @@ def _fp32_value(param: torch.nn.Parameter, slot: MainSlot | None, group: dist.Pr
     """The parameter's fp32 value: the optimizer's main copy under mixed precision, else the parameter."""
     if group is not None:
         # Each data-parallel rank holds a disjoint range of the flattened main copy: sum the ranges.
-        flat = torch.zeros(param.numel(), dtype=torch.float32)
+        flat = torch.zeros(param.numel(), dtype=torch.float32, device=collective_device())
         if slot is not None:
             flat[slot.start : slot.end] = slot.main.detach().reshape(-1)
         dist.all_reduce(flat, group=group)
-        return flat.view(param.shape)
+        return flat.view(param.shape).cpu()
     if slot is not None and slot.separate:
         return slot.main.detach().float().reshape(param.shape).clone()
     return param.detach().float()

@@ -61,6 +61,12 @@ def check_launch(*, compiled_world_size: int, launch_command: str) -> None:
     Runs on every rank from the environment alone, so a bad launch exits on all
     of them instead of hanging in the first collective.
     """
+    if "RANK" not in os.environ or "MASTER_ADDR" not in os.environ:
+        raise RunError(
+            ExitCode.LAUNCH_MISMATCH,
+            f"this script runs under torchrun (it sets RANK, WORLD_SIZE and MASTER_ADDR); launch it with: "
+            f"{launch_command}",
+        )
     launched = int(os.environ.get("WORLD_SIZE", "1"))
     if launched != compiled_world_size:
         raise RunError(
@@ -127,6 +133,13 @@ def initialize(
         data_rank=parallel_state.get_data_parallel_rank(),
         expert_rank=parallel_state.get_expert_model_parallel_rank(),
     )
+
+
+def collective_device() -> torch.device:
+    """Where tensors handed to this run's collectives must live: the current GPU under NCCL, else the CPU."""
+    if dist.is_initialized() and dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
 
 
 def shutdown() -> None:

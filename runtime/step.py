@@ -23,6 +23,7 @@ from megatron.core.pipeline_parallel import get_forward_backward_func
 
 from bridgec.runtime.loss import holds_loss_shard, loss_from_sums, loss_sums, reduce_metadata
 from bridgec.runtime.optim import current_lr
+from bridgec.runtime.parallel import collective_device
 
 ForwardStep = Callable[[Iterator[Any], torch.nn.Module], tuple[torch.Tensor, Callable[..., Any]]]
 """The two-argument forward step megatron-core's schedules call (state already bound)."""
@@ -33,9 +34,10 @@ MEGATRON_CLIP_EPSILON = 1e-6
 
 @attrs.frozen(kw_only=True)
 class StepResult:
-    """What one training step did. ``loss`` is None on ranks that hold no loss (not the last stage)."""
+    """What one training step did (the same on every rank)."""
 
-    loss: float | None
+    loss: float
+    """The step's loss, reduced over microbatches and data (and context) ranks; NaN when no token counted."""
     grad_norm: float
     learning_rate: float
     skipped: bool
@@ -67,9 +69,9 @@ def clip_gradients(optimizer: ChainedOptimizer, *, max_norm: float, grad_norm: f
 
     epsilon = 1e-6 is megatron-core's rule; 0 is optax's clip_by_global_norm.
     """
+    if grad_norm + epsilon <= max_norm:
+        return 1.0  # also covers a zero norm with epsilon 0 (a batch without loss tokens)
     coefficient = max_norm / (grad_norm + epsilon)
-    if coefficient >= 1.0:
-        return 1.0
     for sub in optimizer.chained_optimizers:
         for param in sub.get_parameters():
             if param.grad is not None:
@@ -137,15 +139,16 @@ STOP_VOTE_SLOTS = 8
 """Room for stop codes 0..7 in the end-of-step buffer (runtime.stop.StopCode uses 0..4)."""
 
 
-def _end_of_step(forward_data: Sequence[Any], vote: int) -> tuple[float | None, int]:
+def _end_of_step(forward_data: Sequence[Any], vote: int) -> tuple[float, int]:
     """The step's one collective: loss sums (from the ranks that hold a loss shard) and one-hot stop votes,
     summed over all ranks. Returns the step's loss (on every rank) and the largest vote cast."""
-    buffer = torch.zeros(2 + STOP_VOTE_SLOTS, dtype=torch.float64)
+    buffer = torch.zeros(2 + STOP_VOTE_SLOTS, dtype=torch.float64, device=collective_device())
     if holds_loss_shard():
         buffer[:2] = loss_sums(forward_data)
     buffer[2 + vote] = 1.0
     if dist.is_initialized() and dist.get_world_size() > 1:
         dist.all_reduce(buffer)
+    buffer = buffer.cpu()
     votes = buffer[2:].tolist()
     return loss_from_sums(buffer[:2]), max(code for code, count in enumerate(votes) if count > 0)
 

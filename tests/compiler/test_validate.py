@@ -538,15 +538,23 @@ def test_rule_init_checkpoint_exists() -> None:
 # -- hooks ----------------------------------------------------------------------------------------
 
 HOOKS = {"file": "hooks.py", "forward_step": "forward_step", "loss": "my_loss"}
+BOTH_HOOKS = ("spec.toml:19: hooks.forward_step and hooks.loss are both set, but a forward_step returns its own loss "
+              "function, so hooks.loss would never be called; hint: remove hooks.loss and return your loss function "
+              "from your forward_step")
+
+
+def _line(message: str) -> int:
+    return int(message.split(":")[1])
 GOOD_HOOKS = ("def forward_step(state, data_iterator, model, return_schedule_plan=False):\n    pass\n\n\n"
               "def my_loss(loss_mask, output_tensor):\n    pass\n")
 
 
 def test_rule_hooks_need_file() -> None:
-    check({"hooks": {"forward_step": "step", "loss": "my_loss"}}, [
+    check({"hooks": {"forward_step": "step"}}, [
         'spec.toml:17: $.hooks.forward_step = "step" needs hooks.file (the Python file that defines it); hint: add '
-        'file = "hooks.py" under [hooks]',
-        'spec.toml:18: $.hooks.loss = "my_loss" needs hooks.file (the Python file that defines it); hint: add '
+        'file = "hooks.py" under [hooks]'])
+    check({"hooks": {"loss": "my_loss"}}, [
+        'spec.toml:17: $.hooks.loss = "my_loss" needs hooks.file (the Python file that defines it); hint: add '
         'file = "hooks.py" under [hooks]'])
 
 
@@ -574,7 +582,9 @@ def test_rule_hooks_need_file() -> None:
       'names a function in it; hint: name one, as forward_step = "my_forward_step", or remove file']),
 ], ids=["fine", "missing", "syntax-error", "signature", "did-you-mean", "not-defined", "unused"])
 def test_rule_hook_functions(hooks: dict[str, str], source: str | None, expected: list[str]) -> None:
-    check({"hooks": hooks}, expected, files=None if source is None else {"hooks.py": source})
+    # These cases name both hooks to check both signatures; that combination is itself an error (rule_both_hooks).
+    both = [BOTH_HOOKS] if "forward_step" in hooks and "loss" in hooks else []
+    check({"hooks": hooks}, sorted(expected + both, key=_line), files=None if source is None else {"hooks.py": source})
 
 
 def test_rule_hook_functions_reports_unreadable_files() -> None:
@@ -582,7 +592,7 @@ def test_rule_hook_functions_reports_unreadable_files() -> None:
         def read_text(self, path: object) -> str:
             raise UnicodeDecodeError("utf-8", b"\xff", 0, 1, "invalid start byte")
 
-    result = front(spec_toml(hooks=HOOKS), Undecodable({"hooks.py": ""}))
+    result = front(spec_toml(hooks={"file": "hooks.py", "forward_step": "forward_step"}), Undecodable({"hooks.py": ""}))
     assert [format_diagnostic(d) for d in result.diagnostics] == [
         'spec.toml:17: $.hooks.file = "hooks.py" is not UTF-8 text; hint: save it as UTF-8']
 
@@ -614,3 +624,28 @@ def test_rule_unused_settings() -> None:
     check({"optimizer": {"sgd_momentum": 0.5}}, [
         'spec.toml:16: warning: $.optimizer.sgd_momentum = 0.5 has no effect: it is only used with name = "sgd"; '
         "hint: remove it"])
+
+
+HOOK_FILES = {
+    "random.py": "def fs(state, data_iterator, model, return_schedule_plan=False):\n    pass\n",
+    "my-hooks.py": "def fs(state, data_iterator, model, return_schedule_plan=False):\n    pass\n",
+    "h.py": "def fs(state, data_iterator, model, return_schedule_plan=False):\n    pass\n"
+            "def lf(loss_mask, output_tensor):\n    pass\n",
+}
+
+
+def test_rule_hooks_file_name() -> None:
+    check({"hooks": {"file": "random.py", "forward_step": "fs"}}, [
+        'spec.toml:17: $.hooks.file = "random.py" has the name of the standard library module \'random\'; beside the '
+        "generated script it would shadow that module for torch and everything else the script imports; hint: "
+        'rename it, e.g. file = "my_random.py"'], files=HOOK_FILES)
+    check({"hooks": {"file": "my-hooks.py", "forward_step": "fs"}}, [
+        'spec.toml:17: $.hooks.file = "my-hooks.py" must be a Python file whose name is an identifier (it is '
+        'imported as a module); hint: rename it, e.g. file = "my_hooks.py"'], files=HOOK_FILES)
+
+
+def test_rule_both_hooks() -> None:
+    check({"hooks": {"file": "h.py", "forward_step": "fs", "loss": "lf"}}, [
+        "spec.toml:19: hooks.forward_step and hooks.loss are both set, but a forward_step returns its own loss "
+        "function, so hooks.loss would never be called; hint: remove hooks.loss and return your loss function from "
+        "your forward_step"], files=HOOK_FILES)

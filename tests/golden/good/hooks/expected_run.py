@@ -38,7 +38,7 @@ from bridgec.runtime import cpu_compat
 from bridgec.runtime.data import Splits, TokenIds, build_splits, next_batch
 from bridgec.runtime.entry import run
 from bridgec.runtime.errors import ExitCode
-from bridgec.runtime.hooks import load_function
+from bridgec.runtime.hooks import Hook
 from bridgec.runtime.loop import LoopSettings, TrainState, train
 from bridgec.runtime.model import build_model
 from bridgec.runtime.optim import OptimizerSettings, build_optimizer
@@ -196,11 +196,12 @@ def datasets() -> Splits:
 
 # forward_step comes from your hooks file; the compiler checked that it exists and takes
 # (state, data_iterator, model, return_schedule_plan=False).
-forward_step = load_function(SPEC_DIR / "my_steps.py", "forward_step")
+forward_step = Hook(SPEC_DIR / "my_steps.py", "forward_step")
 
 
 def main() -> ExitCode:
     check_launch(compiled_world_size=WORLD_SIZE, launch_command=LAUNCH_COMMAND)
+    forward_step.load()  # the hooks file, before any work: a problem with it is a message, not a traceback
     cpu_compat.apply()  # answer megatron-core's hard-coded CUDA calls on the CPU
     layout = initialize(
         device=DEVICE,
