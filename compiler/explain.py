@@ -13,6 +13,7 @@ import math
 
 import attrs
 
+from bridgec.compiler import derive
 from bridgec.compiler.spec import Spec
 
 MiB = 1024 * 1024
@@ -35,17 +36,7 @@ class ParameterCounts:
 
 
 def _dims(spec: Spec) -> tuple[int, int, int, int]:
-    m = spec.model
-    heads = m.num_attention_heads
-    groups = m.num_query_groups or heads
-    head_dim = m.head_dim or m.hidden_size // heads
-    ffn = m.ffn_hidden_size or 4 * m.hidden_size
-    return heads, groups, head_dim, ffn
-
-
-def _padded_vocab(spec: Spec) -> int:
-    multiple = spec.model.make_vocab_size_divisible_by * spec.parallel.tensor
-    return -(-spec.model.vocab_size // multiple) * multiple
+    return spec.model.num_attention_heads, derive.query_groups(spec), derive.head_dim(spec), derive.ffn_hidden_size(spec)
 
 
 def parameter_counts(spec: Spec) -> ParameterCounts:
@@ -56,12 +47,13 @@ def parameter_counts(spec: Spec) -> ParameterCounts:
     norm = h * (2 if m.normalization == "layernorm" else 1)
     qkv_out = (heads + 2 * groups) * head_dim
     attention = h * qkv_out + (qkv_out if bias else 0) + heads * head_dim * h + (h if bias else 0)
-    fc1_out = ffn * (2 if m.activation == "swiglu" else 1)
+    fc1_out = ffn * (2 if derive.gated_mlp(spec) else 1)
     mlp = h * fc1_out + (fc1_out if bias else 0) + ffn * h + (h if bias else 0)
     if m.num_experts is not None:
         mlp = mlp * m.num_experts + h * m.num_experts  # experts + router
-    per_layer = 2 * norm + attention + mlp
-    vocab = _padded_vocab(spec)
+    qk_norms = 2 * head_dim * (2 if m.normalization == "layernorm" else 1) if m.qk_layernorm else 0
+    per_layer = 2 * norm + attention + qk_norms + mlp
+    vocab = derive.padded_vocab(spec)
     embedding = vocab * h + (m.seq_length * h if m.position_embedding == "learned" else 0)
     return ParameterCounts(
         embedding=embedding,
@@ -93,12 +85,12 @@ def flops(spec: Spec) -> Flops:
     m = spec.model
     counts = parameter_counts(spec)
     heads, _, head_dim, ffn = _dims(spec)
-    vocab = _padded_vocab(spec)
+    vocab = derive.padded_vocab(spec)
     per_layer = counts.per_layer
     if m.num_experts is not None:
         # A token only goes through top-k experts.
         h = m.hidden_size
-        fc1_out = ffn * (2 if m.activation == "swiglu" else 1)
+        fc1_out = ffn * (2 if derive.gated_mlp(spec) else 1)
         expert = h * fc1_out + ffn * h
         per_layer = per_layer - expert * (m.num_experts - m.moe_router_topk)
     matmul = per_layer * m.num_layers + vocab * m.hidden_size  # layers + output projection (tied or not)
@@ -129,7 +121,7 @@ def memory(spec: Spec) -> Memory:
     m = spec.model
     p = spec.parallel
     counts = parameter_counts(spec)
-    dp = spec.launch.nodes * spec.launch.procs_per_node // (p.tensor * p.pipeline * p.context)
+    dp = derive.data_parallel(spec)
     # Most loaded rank: its share of the layers plus the embedding (and the untied output when pp = 1).
     params = counts.layers / p.pipeline + counts.embedding
     if p.pipeline == 1:
@@ -147,7 +139,7 @@ def memory(spec: Spec) -> Memory:
     _, _, _, ffn = _dims(spec)
     per_layer = s * micro * h * (18 + 4 * ffn / h)
     activations = per_layer * m.num_layers / p.pipeline
-    microbatches = spec.batch.global_batch_size // (micro * dp)
+    microbatches = derive.microbatches(spec)
     if p.virtual_pipeline is not None:
         in_flight = p.pipeline * (1 + (p.pipeline - 1) / (p.pipeline * p.virtual_pipeline))
     else:
@@ -155,7 +147,7 @@ def memory(spec: Spec) -> Memory:
     activations *= in_flight
     activations += 8 * s * micro * p.pipeline + s * micro * h * p.pipeline  # embedding input and dropout
     if p.pipeline == 1:
-        activations += s * micro * h * 4 * (1 + _padded_vocab(spec) / h)  # output layer and cross entropy
+        activations += s * micro * h * 4 * (1 + derive.padded_vocab(spec) / h)  # output layer and cross entropy
     activations /= p.tensor * p.context
     if not mixed:
         activations *= 2  # the formula counts 16-bit activations
@@ -190,8 +182,8 @@ def rank_layout(spec: Spec) -> tuple[RankCoordinates, ...]:
     the data rank modulo the expert size (how megatron builds its expert groups).
     """
     p = spec.parallel
-    world = spec.launch.nodes * spec.launch.procs_per_node
-    dp = world // (p.tensor * p.pipeline * p.context)
+    world = derive.world_size(spec)
+    dp = derive.data_parallel(spec)
     rows = []
     for rank in range(world):
         tensor = rank % p.tensor
@@ -251,8 +243,8 @@ def interop_lines(spec: Spec) -> list[str]:
 def explain_text(spec: Spec, *, extra: tuple[str, ...] = ()) -> str:
     """The report ``bridgec explain`` prints."""
     p = spec.parallel
-    world = spec.launch.nodes * spec.launch.procs_per_node
-    dp = world // (p.tensor * p.pipeline * p.context)
+    world = derive.world_size(spec)
+    dp = derive.data_parallel(spec)
     micro = spec.batch.micro_batch_size
     g = spec.batch.global_batch_size
     counts = parameter_counts(spec)
@@ -278,7 +270,7 @@ def explain_text(spec: Spec, *, extra: tuple[str, ...] = ()) -> str:
     lines += [
         "",
         "Batch",
-        f"  microbatches per step = global {g} / (micro {micro} x data {dp}) = {g // (micro * dp)}",
+        f"  microbatches per step = global {g} / (micro {micro} x data {dp}) = {derive.microbatches(spec)}",
         f"  tokens per step = global {g} x seq_length {spec.model.seq_length} = {tokens}",
         "",
         "Parameters",
@@ -311,5 +303,5 @@ def explain_text(spec: Spec, *, extra: tuple[str, ...] = ()) -> str:
 
 def mfu(tokens_per_second: float, spec: Spec, peak_flops: float) -> float:
     """Model FLOPs utilisation: achieved training FLOP/s over the peak (per device)."""
-    world = spec.launch.nodes * spec.launch.procs_per_node
+    world = derive.world_size(spec)
     return tokens_per_second * flops(spec).train_per_token / (peak_flops * world) if peak_flops > 0 else math.nan

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import attrs
 
-from bridgec.compiler import explain
+from bridgec.compiler import derive, explain
+from bridgec.compiler.derive import data_parallel, padded_vocab, world_size
 from bridgec.compiler.mesh import lower_mesh
 from bridgec.compiler.plan import Call, Constant, Header, HooksPlan, ModelPlan, Plan, SchedulePlan, Section, Value
 from bridgec.compiler.spec import Spec
@@ -40,19 +41,6 @@ class Target:
 
 def _c(name: str, value: Value, why: str | None = None, *, text: bool = False) -> Constant:
     return Constant(name=name, value=value, why=why, from_spec_text=text)
-
-
-def world_size(spec: Spec) -> int:
-    return spec.launch.nodes * spec.launch.procs_per_node
-
-
-def data_parallel(spec: Spec) -> int:
-    return world_size(spec) // (spec.parallel.tensor * spec.parallel.pipeline * spec.parallel.context)
-
-
-def padded_vocab(spec: Spec) -> int:
-    multiple = spec.model.make_vocab_size_divisible_by * spec.parallel.tensor
-    return -(-spec.model.vocab_size // multiple) * multiple
 
 
 def launch_command(spec: Spec, output_name: str) -> str:
@@ -147,7 +135,7 @@ def _batch_section(spec: Spec) -> Section:
             _c("MICRO_BATCH_SIZE", micro),
             _c(
                 "NUM_MICROBATCHES",
-                b.global_batch_size // (micro * dp),
+                derive.microbatches(spec),
                 f"global {b.global_batch_size} / (micro {micro} x data {dp})",
             ),
             _c(
@@ -193,9 +181,8 @@ def _model_section(spec: Spec) -> Section:
         _c(
             "PADDED_VOCAB_SIZE",
             padded_vocab(spec),
-            f"vocab {m.vocab_size} rounded up to a multiple of "
-            f"{m.make_vocab_size_divisible_by * p.tensor} "
-            f"(make_vocab_size_divisible_by {m.make_vocab_size_divisible_by} x tensor {p.tensor})",
+            f"vocab {m.vocab_size} rounded up to a multiple of {derive.vocab_multiple(spec)} "
+            f"(lcm of make_vocab_size_divisible_by {m.make_vocab_size_divisible_by} and tensor {p.tensor})",
         ),
         _c("SEQ_LENGTH", m.seq_length),
         _c("ACTIVATION", m.activation),
@@ -442,7 +429,7 @@ def _model_plan(spec: Spec) -> ModelPlan:
     return ModelPlan(
         transformer_impl=m.transformer_impl,
         normalization="RMSNorm" if m.normalization == "rmsnorm" else "LayerNorm",
-        gated=m.activation in ("swiglu", "geglu"),
+        gated=derive.gated_mlp(spec),
         activation=_activation(spec),
         activation_is_default=m.activation == "gelu" and m.gelu_approximation == "none",
         position_embedding_type="rope" if m.position_embedding == "rope" else "learned_absolute",
@@ -493,9 +480,8 @@ def _summary(spec: Spec) -> tuple[str, ...]:
         layout.append(f"expert {p.expert}")
     layout.append(f"data {data_parallel(spec)}")
     backend = "gloo" if spec.launch.device == "cpu" else "nccl"
-    dp = data_parallel(spec)
     micro = spec.batch.micro_batch_size
-    microbatches = spec.batch.global_batch_size // (micro * dp)
+    microbatches = derive.microbatches(spec)
     return (
         f"Model: GPT, {m.num_layers} layers, hidden {m.hidden_size}, {m.num_attention_heads} heads ({attention}), "
         f"{m.activation}, {m.normalization}, {m.position_embedding} positions, sequence {m.seq_length}, "

@@ -15,6 +15,8 @@ from typing import Protocol
 import attrs
 
 from bridgec.compiler.errors import KeyPath, Severity
+from bridgec.compiler import derive
+from bridgec.compiler.derive import model_parallel, world_size
 from bridgec.compiler.spec import Spec
 
 
@@ -60,21 +62,13 @@ Rule = Callable[[Spec, SpecContext], Iterable[Finding]]
 # -- derived sizes (validate needs them to check; lower derives them for the script) --------
 
 
-def world_size(spec: Spec) -> int:
-    return spec.launch.nodes * spec.launch.procs_per_node
-
-
-def model_parallel(spec: Spec) -> int:
-    return spec.parallel.tensor * spec.parallel.pipeline * spec.parallel.context
-
-
 def data_parallel_size(spec: Spec) -> int | None:
     """world / (tensor x pipeline x context), or None when that is not a whole number >= 1."""
     sizes = (spec.launch.nodes, spec.launch.procs_per_node, spec.parallel.tensor, spec.parallel.pipeline,
              spec.parallel.context)
     if min(sizes) < 1 or world_size(spec) % model_parallel(spec):
         return None
-    return world_size(spec) // model_parallel(spec)
+    return derive.data_parallel(spec)
 
 
 def microbatches(spec: Spec) -> int | None:
@@ -83,7 +77,7 @@ def microbatches(spec: Spec) -> int | None:
     g, m = spec.batch.global_batch_size, spec.batch.micro_batch_size
     if dp is None or g < 1 or m < 1 or g % (m * dp):
         return None
-    return g // (m * dp)
+    return derive.microbatches(spec)
 
 
 # -- wording helpers ----------------------------------------------------------------------

@@ -14,11 +14,10 @@ from bridgec.compiler.rule_base import (
     data_parallel_size,
     divisors_text,
     microbatches,
-    model_parallel,
     multiples_near,
     split_hint,
-    world_size,
 )
+from bridgec.compiler.derive import model_parallel, world_size
 from bridgec.compiler.spec import Spec
 
 

@@ -96,7 +96,7 @@ class Model:
     vocab_size: int
     """Tokenizer vocabulary. Required. Padded up for tensor parallelism (see make_vocab_size_divisible_by)."""
     make_vocab_size_divisible_by: int = 128
-    """The embedding is padded to a multiple of this x parallel.tensor (Megatron's rule)."""
+    """The embedding is padded to a multiple of lcm(this, parallel.tensor). Megatron-LM pads to this x tensor, which changes the model (padded rows take part in the softmax) with the tensor-parallel size; the lcm keeps every tensor size that divides this on the same model."""
     seq_length: int
     """Tokens per sequence. Required."""
     normalization: Normalization = "layernorm"

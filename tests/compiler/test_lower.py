@@ -31,10 +31,21 @@ def test_derived_values_carry_their_arithmetic() -> None:
     assert plan.constant("DATA_PARALLEL").why == "world 4 / (tensor 2 x pipeline 1 x context 1)"
     assert plan.constant("NUM_MICROBATCHES").value == 4
     assert plan.constant("NUM_MICROBATCHES").why == "global 16 / (micro 2 x data 2)"
-    assert plan.constant("PADDED_VOCAB_SIZE").value == 256
+    assert plan.constant("PADDED_VOCAB_SIZE").value == 128  # the same model as at tensor 1
     assert plan.constant("PADDED_VOCAB_SIZE").why == (
-        "vocab 128 rounded up to a multiple of 256 (make_vocab_size_divisible_by 128 x tensor 2)"
+        "vocab 128 rounded up to a multiple of 128 (lcm of make_vocab_size_divisible_by 128 and tensor 2)"
     )
+
+
+def test_vocabulary_padding_does_not_depend_on_the_tensor_size_when_it_divides() -> None:
+    sizes = [_plan(launch={"procs_per_node": tp}, parallel={"tensor": tp}, model={"vocab_size": 100,
+                                                                             "num_attention_heads": 4})
+             .constant("PADDED_VOCAB_SIZE").value for tp in (1, 2, 4)]
+    assert sizes == [128, 128, 128]
+    odd = _plan(launch={"procs_per_node": 3}, parallel={"tensor": 3},
+                model={"vocab_size": 100, "num_attention_heads": 6, "hidden_size": 66},
+                batch={"global_batch_size": 8, "micro_batch_size": 8})
+    assert odd.constant("PADDED_VOCAB_SIZE").value == 384  # lcm(128, 3)
 
 
 def test_defaults_say_they_are_defaults() -> None:

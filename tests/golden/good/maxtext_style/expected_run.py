@@ -6,7 +6,7 @@
 
 MaxText semantics: optax AdamW with eps_root and a decay mask, MaxText's cosine schedule and z-loss.
 
-Model: GPT, 2 layers, hidden 64, 4 heads (grouped-query, 2 groups), geglu, rmsnorm, rope positions, sequence 32, vocab 256; 106.82K parameters.
+Model: GPT, 2 layers, hidden 64, 4 heads (grouped-query, 2 groups), geglu, rmsnorm, rope positions, sequence 32, vocab 256; 139.65K parameters.
 Layout: 2 processes on 1 node(s), cpu (gloo): tensor 1, pipeline 1, data 2.
 Training: 20 steps of 8 sequences (2 microbatches of 2 per data-parallel rank), mock data, adam (optax semantics) at lr 0.003 (MaxText cosine schedule), fp32.
 
@@ -87,7 +87,7 @@ NUM_QUERY_GROUPS = 2
 HEAD_DIM = 16  # hidden 64 / heads 4
 FFN_HIDDEN_SIZE = 256  # default: 4 x hidden 64
 VOCAB_SIZE = 256
-PADDED_VOCAB_SIZE = 256  # vocab 256 rounded up to a multiple of 128 (make_vocab_size_divisible_by 128 x tensor 1)
+PADDED_VOCAB_SIZE = 256  # vocab 256 rounded up to a multiple of 128 (lcm of make_vocab_size_divisible_by 128 and tensor 1)
 SEQ_LENGTH = 32
 ACTIVATION = "geglu"
 TIE_EMBEDDINGS = True

@@ -1,0 +1,65 @@
+"""Derived values of a valid spec, each computed in exactly one place.
+
+``lower`` prints them into the script with their arithmetic, ``explain``
+reports them, and the validation helpers in ``rule_base`` check that they are
+whole numbers before anything relies on them.
+"""
+
+from __future__ import annotations
+
+import math
+
+from bridgec.compiler.spec import Spec
+
+
+def world_size(spec: Spec) -> int:
+    """Processes: nodes x procs_per_node."""
+    return spec.launch.nodes * spec.launch.procs_per_node
+
+
+def model_parallel(spec: Spec) -> int:
+    """tensor x pipeline x context: the ranks one data-parallel replica spans."""
+    return spec.parallel.tensor * spec.parallel.pipeline * spec.parallel.context
+
+
+def data_parallel(spec: Spec) -> int:
+    """world / (tensor x pipeline x context)."""
+    return world_size(spec) // model_parallel(spec)
+
+
+def microbatches(spec: Spec) -> int:
+    """global / (micro x data): microbatches each data-parallel rank runs per step."""
+    return spec.batch.global_batch_size // (spec.batch.micro_batch_size * data_parallel(spec))
+
+
+def vocab_multiple(spec: Spec) -> int:
+    """The embedding rows are padded to a multiple of this: lcm(make_vocab_size_divisible_by, tensor).
+
+    Megatron-LM pads to divisible_by x tensor, so the padded size (and with it
+    the softmax, since padded rows are real rows) changes with the tensor-parallel
+    size. The least common multiple keeps every tensor-parallel size that divides
+    divisible_by on the same model, which layout parity and resharding need.
+    """
+    return math.lcm(spec.model.make_vocab_size_divisible_by, spec.parallel.tensor)
+
+
+def padded_vocab(spec: Spec) -> int:
+    multiple = vocab_multiple(spec)
+    return -(-spec.model.vocab_size // multiple) * multiple
+
+
+def query_groups(spec: Spec) -> int:
+    return spec.model.num_query_groups or spec.model.num_attention_heads
+
+
+def head_dim(spec: Spec) -> int:
+    return spec.model.head_dim or spec.model.hidden_size // spec.model.num_attention_heads
+
+
+def ffn_hidden_size(spec: Spec) -> int:
+    return spec.model.ffn_hidden_size or 4 * spec.model.hidden_size
+
+
+def gated_mlp(spec: Spec) -> bool:
+    """swiglu and geglu: linear_fc1 holds [gate; up], two ffn_hidden_size branches."""
+    return spec.model.activation in ("swiglu", "geglu")
