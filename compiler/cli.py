@@ -53,8 +53,9 @@ def _print_diagnostics(diagnostics: Sequence[Diagnostic]) -> None:
 
 
 def _read_spec_text(path: Path) -> str:
+    """The spec's exact text: bytes decoded without newline translation, so its sha256 is the file's."""
     try:
-        return path.read_text(encoding="utf-8")
+        return path.read_bytes().decode("utf-8")
     except FileNotFoundError:
         raise UserError(f"{path}: no such file") from None
     except IsADirectoryError:

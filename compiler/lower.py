@@ -8,6 +8,8 @@ validation passed (divisibility holds); it never rewrites a value the user set.
 
 from __future__ import annotations
 
+import shlex
+
 import attrs
 
 from bridgec.compiler import derive, explain
@@ -44,11 +46,12 @@ def _c(name: str, value: Value, why: str | None = None, *, text: bool = False) -
 
 
 def launch_command(spec: Spec, output_name: str) -> str:
+    script = shlex.quote(output_name)
     if spec.launch.nodes == 1:
-        return f"torchrun --nnodes 1 --nproc-per-node {spec.launch.procs_per_node} {output_name}"
+        return f"torchrun --nnodes 1 --nproc-per-node {spec.launch.procs_per_node} {script}"
     return (
         f"torchrun --nnodes {spec.launch.nodes} --nproc-per-node {spec.launch.procs_per_node} "
-        f"--rdzv-backend c10d --rdzv-endpoint HOST_OF_NODE_0:29500 {output_name}"
+        f"--rdzv-backend c10d --rdzv-endpoint HOST_OF_NODE_0:29500 {script}"
     )
 
 
@@ -262,7 +265,7 @@ def _optimizer_sections(spec: Spec) -> list[Section]:
         _c("OPTIMIZER_SEMANTICS", o.semantics),
         _c("LR", o.lr),
     ]
-    if not optax:
+    if spec.scheduler.style == "megatron":
         optimizer.append(_c("MIN_LR", o.min_lr))
     optimizer.append(_c("WEIGHT_DECAY", o.weight_decay))
     if o.name == "adam":
@@ -420,7 +423,7 @@ def _activation(spec: Spec) -> str:
     if m.activation == "swiglu":
         return "F.silu"
     if m.gelu_approximation == "tanh":
-        return 'functools.partial(F.gelu, approximate="tanh")'
+        return "gelu_tanh"
     return "F.gelu"
 
 
@@ -520,7 +523,7 @@ def lower(spec: Spec, target: Target) -> Plan:
         *[section for section in (_init_checkpoint_section(spec),) if section is not None],
         _output_section(spec, target),
     ]
-    regenerate = f"bridgec compile {target.spec_path} -o {target.output_name}"
+    regenerate = f"bridgec compile {shlex.quote(target.spec_path)} -o {shlex.quote(target.output_name)}"
     return Plan(
         header=Header(
             version=__version__,

@@ -50,7 +50,7 @@ class ModelPlan:
     """megatron-core's spelling: LayerNorm or RMSNorm."""
     gated: bool
     activation: str
-    """The activation as Python source: F.gelu, F.silu or functools.partial(F.gelu, approximate="tanh")."""
+    """The activation as Python source: F.gelu, F.silu, or gelu_tanh (from bridgec.runtime.model)."""
     activation_is_default: bool
     """Exact GELU, megatron-core's default: no activation_func line needed."""
     position_embedding_type: str

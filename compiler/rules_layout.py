@@ -169,6 +169,13 @@ def rule_sequence_parallel_needs_tensor(spec: Spec, ctx: SpecContext) -> Iterato
                      "dropout along the sequence inside tensor-parallel regions)"),
             hint="set tensor = 2 or more, or remove sequence_parallel",
         )
+    if spec.parallel.sequence_parallel and spec.model.transformer_impl != "transformer_engine":
+        yield Finding(
+            about=(("parallel", "sequence_parallel"), ("model", "transformer_impl")),
+            message=('$.parallel.sequence_parallel = true needs model.transformer_impl = "transformer_engine" '
+                     "(megatron-core's local torch norms refuse sequence parallelism)"),
+            hint='set transformer_impl = "transformer_engine" (and device = "cuda"), or remove sequence_parallel',
+        )
 
 
 def rule_experts(spec: Spec, ctx: SpecContext) -> Iterator[Finding]:
@@ -198,7 +205,8 @@ def rule_experts(spec: Spec, ctx: SpecContext) -> Iterator[Finding]:
                       message=f"MoE layers (model.num_experts = {experts}) with parallel.tensor = "
                               f"{spec.parallel.tensor} need parallel.sequence_parallel = true (megatron-core "
                               f"refuses to train MoE with tensor parallelism but without sequence parallelism)",
-                      hint="set sequence_parallel = true under [parallel]")
+                      hint='set sequence_parallel = true under [parallel] (which needs transformer_impl = '
+                           '"transformer_engine"), or use expert parallelism instead of tensor')
 
 
 def rule_experts_without_biases(spec: Spec, ctx: SpecContext) -> Iterator[Finding]:

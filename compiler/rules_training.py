@@ -67,6 +67,11 @@ def rule_learning_rates(spec: Spec, ctx: SpecContext) -> Iterator[Finding]:
                       message=f"$.scheduler.warmup_init_lr = {render_value(spec.scheduler.warmup_init_lr)} must be "
                               f"0 or more",
                       hint="warmup_init_lr = 0.0 warms up from zero")
+    elif o.lr > 0 and spec.scheduler.warmup_init_lr > o.lr:
+        yield Finding(about=(("scheduler", "warmup_init_lr"),),
+                      message=f"$.scheduler.warmup_init_lr = {render_value(spec.scheduler.warmup_init_lr)} is more "
+                              f"than optimizer.lr = {render_value(o.lr)} (warmup rises from warmup_init_lr to lr)",
+                      hint=f"warmup_init_lr = 0.0, or anything up to {render_value(o.lr)}")
 
 
 def rule_optimizer_settings(spec: Spec, ctx: SpecContext) -> Iterator[Finding]:
@@ -210,6 +215,8 @@ def rule_unused_settings(spec: Spec, ctx: SpecContext) -> Iterator[Finding]:
          "remove it, or set warmup_iters"),
         (("train", "eval_iters"), spec.train, spec.train.eval_interval is None, "eval_interval",
          "remove it, or set eval_interval"),
+        (("optimizer", "min_lr"), o, s.style != "megatron", 'scheduler.style = "megatron"',
+         "remove it (the MaxText and optax schedules say where they end)"),
     )
     for path, section, unused, needs, hint in checks:
         name = str(path[-1])

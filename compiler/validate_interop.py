@@ -23,6 +23,15 @@ def rule_optax_semantics_needs_adam(spec: Spec, ctx: SpecContext) -> Iterator[Fi
                       hint='set name = "adam", or semantics = "megatron"')
 
 
+def rule_optax_semantics_schedule(spec: Spec, ctx: SpecContext) -> Iterator[Finding]:
+    if spec.optimizer.semantics == "optax" and spec.scheduler.style == "megatron":
+        yield Finding(about=(("scheduler", "style"), ("optimizer", "semantics")),
+                      message='$.optimizer.semantics = "optax" reads the learning rate from an optax or MaxText '
+                              'schedule, but scheduler.style = "megatron"',
+                      hint='set style = "maxtext" with [scheduler.maxtext], or style = "optax" with '
+                           '[[scheduler.optax]] pieces (a constant piece for a fixed learning rate)')
+
+
 def rule_optax_only_settings(spec: Spec, ctx: SpecContext) -> Iterator[Finding]:
     o = spec.optimizer
     if o.semantics == "optax":
@@ -202,11 +211,12 @@ def rule_maxtext_loss(spec: Spec, ctx: SpecContext) -> Iterator[Finding]:
                       message='MaxText\'s loss (loss.z_loss_multiplier or model.logits_multiplier) is token-weighted '
                               'across gradient accumulation, but loss.reduction = "per_microbatch"',
                       hint='set reduction = "per_token" under [loss]')
-    if uses_maxtext_loss and spec.hooks.loss is not None:
-        yield Finding(about=(("hooks", "loss"),),
-                      message="hooks.loss replaces the loss, so loss.z_loss_multiplier and model.logits_multiplier "
-                              "would be ignored",
-                      hint="apply them in your loss function and remove them from the spec, or remove hooks.loss")
+    for key in ("loss", "forward_step"):
+        if uses_maxtext_loss and getattr(spec.hooks, key) is not None:
+            yield Finding(about=(("hooks", key),),
+                          message=f"hooks.{key} replaces the loss, so loss.z_loss_multiplier and "
+                                  f"model.logits_multiplier would be ignored",
+                          hint=f"apply them in your code and remove them from the spec, or remove hooks.{key}")
 
 
 def rule_gelu_approximation(spec: Spec, ctx: SpecContext) -> Iterator[Finding]:
@@ -229,8 +239,28 @@ def rule_zero_centered_norm_needs_te(spec: Spec, ctx: SpecContext) -> Iterator[F
                            "norm_zero_centered")
 
 
+def rule_init_checkpoint_model(spec: Spec, ctx: SpecContext) -> Iterator[Finding]:
+    init, m = spec.init.checkpoint, spec.model
+    if init is None:
+        return
+    needs = [
+        (("model", "normalization"), m.normalization == "rmsnorm", 'normalization = "rmsnorm"'),
+        (("model", "add_bias_linear"), not m.add_bias_linear, "add_bias_linear = false"),
+        (("model", "position_embedding"), m.position_embedding == "rope", 'position_embedding = "rope"'),
+        (("model", "num_experts"), m.num_experts is None, "a dense model (no num_experts)"),
+        (("model", "activation"), m.activation in ("swiglu", "geglu"), 'activation = "swiglu" (or "geglu")'),
+    ]
+    for path, ok, wanted in needs:
+        if not ok:
+            yield Finding(about=(path, ("init", "checkpoint")),
+                          message=f"[init.checkpoint] layout = \"{init.layout}\" holds a Llama-family decoder, "
+                                  f"which needs model {wanted}",
+                          hint=f"set {wanted} under [model] to match the checkpoint")
+
+
 INTEROP_RULES: tuple[Rule, ...] = (
     rule_optax_semantics_needs_adam,
+    rule_optax_semantics_schedule,
     rule_optax_only_settings,
     rule_decay_mask_applies,
     rule_schedule_style_tables,
@@ -239,5 +269,6 @@ INTEROP_RULES: tuple[Rule, ...] = (
     rule_maxtext_loss,
     rule_gelu_approximation,
     rule_zero_centered_norm_needs_te,
+    rule_init_checkpoint_model,
 )
 """The JAX-interop rules; validate.RULES runs them after the core rules."""

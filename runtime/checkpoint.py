@@ -184,6 +184,10 @@ class DistCheckpointer:
         self.distributed_optimizer = any(isinstance(sub, DistributedOptimizer) for sub in optimizer.chained_optimizers)
         self._strategy: Any = None
 
+    def has_checkpoint(self) -> bool:
+        """Whether the folder holds a complete checkpoint that load_latest would restore (same answer on every rank)."""
+        return files.find_latest(self.directory) is not None
+
     # -- saving ---------------------------------------------------------------
 
     def save(self, progress: Progress) -> None:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from bridgec.runtime.errors import ExitCode, RunError
+from bridgec.runtime.loss import LOSS_KEY
 
 
 class Hook:
@@ -61,3 +62,35 @@ def load_function(path: Path, name: str) -> Callable[..., Any]:
     if not callable(function):
         raise RunError(ExitCode.HOOKS_ERROR, f"{path}: no function {name!r} (recompile after changing hooks)")
     return function
+
+
+def checked_loss(
+    function: Callable[..., Any], loss_mask: Any, output_tensor: Any, *, token_aware: bool
+) -> tuple[Any, ...]:
+    """Call the user's loss function and check it returns what the spec's loss reduction expects.
+
+    reduction = "per_token" (token_aware) needs ``(loss_sum, num_tokens, metadata)``:
+    megatron-core then sums gradients and divides by the global token count; a
+    ``(loss, metadata)`` pair there would leave gradients scaled by the
+    data-parallel size. "per_microbatch" needs ``(loss_mean, metadata)``. The
+    metadata carries ``{"lm loss": torch.stack([numerator, denominator])}``
+    (runtime.loss), which the step's reduction adds up.
+    """
+    result = function(loss_mask, output_tensor)
+    shape = "(loss_sum, num_tokens, metadata)" if token_aware else "(loss_mean, metadata)"
+    size = 3 if token_aware else 2
+    reduction = "per_token" if token_aware else "per_microbatch"
+    if not isinstance(result, tuple) or len(result) != size:
+        got = f"a {len(result)}-tuple" if isinstance(result, tuple) else type(result).__name__
+        raise RunError(
+            ExitCode.HOOKS_ERROR,
+            f"the loss hook returned {got}; with [loss] reduction = \"{reduction}\" it must return {shape}",
+        )
+    metadata = result[-1]
+    if not isinstance(metadata, dict) or LOSS_KEY not in metadata:
+        raise RunError(
+            ExitCode.HOOKS_ERROR,
+            f"the loss hook's metadata must be a dict with {LOSS_KEY!r}: torch.stack([numerator, denominator]) "
+            "(see bridgec.runtime.loss)",
+        )
+    return result

@@ -16,6 +16,15 @@ ModelProvider = Callable[[bool, bool, "int | None"], MegatronModule]
 """(pre_process, post_process, vp_stage) -> model chunk; the generated script's model_provider."""
 
 
+def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
+    """GELU with the tanh approximation: jax.nn.gelu's default, so MaxText's "gelu".
+
+    A named function rather than functools.partial(F.gelu, approximate="tanh"):
+    checkpoints record the activation by its name.
+    """
+    return torch.nn.functional.gelu(x, approximate="tanh")
+
+
 def build_chunks(provider: ModelProvider, layout: Layout) -> list[MegatronModule]:
     """One model chunk per virtual pipeline stage (one when there is no virtual pipeline).
 

@@ -23,7 +23,8 @@ class OptimizerSettings:
 
     name: str
     lr: float
-    min_lr: float
+    min_lr: float = 0.0
+    """The floor of megatron's schedule (its parameter groups carry it); unused with a CountScheduler."""
     weight_decay: float
     adam_beta1: float
     adam_beta2: float

@@ -270,6 +270,17 @@ def main() -> ExitCode:
             wsd_decay_style="linear",
         ),
     )
+    checkpointer = DistCheckpointer(
+        directory=(SPEC_DIR / CHECKPOINT_DIR).resolve(),
+        keep_last=KEEP_LAST,
+        model=model,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        layout=layout,
+        spec_sha256=SPEC_SHA256,
+        script_sha256=file_sha256(Path(__file__)),
+        spec_text=spec_copy(HERE / SPEC_FILE, SPEC_SHA256),
+    )
     settings = LoopSettings(
         iters=TRAIN_ITERS,
         log_interval=LOG_INTERVAL,
@@ -286,17 +297,6 @@ def main() -> ExitCode:
         exit_duration_minutes=EXIT_DURATION_MINUTES,
         save_interval=SAVE_INTERVAL,
         metrics_path=SPEC_DIR / OUTPUT_DIR / "metrics.jsonl",
-    )
-    checkpointer = DistCheckpointer(
-        directory=(SPEC_DIR / CHECKPOINT_DIR).resolve(),
-        keep_last=KEEP_LAST,
-        model=model,
-        optimizer=optimizer,
-        scheduler=scheduler,
-        layout=layout,
-        spec_sha256=SPEC_SHA256,
-        script_sha256=file_sha256(Path(__file__)),
-        spec_text=spec_copy(HERE / SPEC_FILE, SPEC_SHA256),
     )
     return train(
         forward_step,

@@ -25,7 +25,7 @@ from tests.compiler.conftest import MINIMAL, SPEC_DIR, MemoryFiles, dump_toml, f
 FULL: dict[str, dict[str, Any]] = {
     **copy.deepcopy(MINIMAL),
     "launch": {"device": "cpu", "nodes": 1, "procs_per_node": 2, "timeout_minutes": 5.0},
-    "parallel": {"tensor": 2, "pipeline": 1, "sequence_parallel": True},
+    "parallel": {"tensor": 2, "pipeline": 1, "distributed_optimizer": True},
     "scheduler": {"warmup_iters": 2, "decay": "cosine"},
     "precision": {"dtype": "bf16"},
     "data": {"kind": "indexed", "split": [98.0, 1.0, 1.0], "sources": [{"prefix": "data/tok", "weight": 1.0}]},

@@ -162,10 +162,14 @@ def test_rule_sequence_divisible_by_context() -> None:
 
 
 def test_rule_sequence_parallel_needs_tensor() -> None:
-    check({"parallel": {"sequence_parallel": True}}, [
-        "spec.toml:17: $.parallel.sequence_parallel = true needs parallel.tensor > 1 (it splits norms and dropout "
+    check({"parallel": {"sequence_parallel": True}, "model": {"transformer_impl": TE}, "launch": {"device": "cuda"}}, [
+        "spec.toml:18: $.parallel.sequence_parallel = true needs parallel.tensor > 1 (it splits norms and dropout "
         "along the sequence inside tensor-parallel regions); hint: set tensor = 2 or more, or remove "
         "sequence_parallel"])
+    check({"parallel": {"sequence_parallel": True, "tensor": 2}, "launch": {"procs_per_node": 2}}, [
+        'spec.toml:17: $.parallel.sequence_parallel = true needs model.transformer_impl = "transformer_engine" '
+        "(megatron-core's local torch norms refuse sequence parallelism); hint: set transformer_impl = "
+        '"transformer_engine" (and device = "cuda"), or remove sequence_parallel'])
 
 
 @pytest.mark.parametrize(("tables", "expected"), [
@@ -181,7 +185,8 @@ def test_rule_sequence_parallel_needs_tensor() -> None:
     ({"model": {"num_experts": 4, "add_bias_linear": False}, "parallel": {"tensor": 2}, "launch": {"procs_per_node": 2}},
      "spec.toml:19: MoE layers (model.num_experts = 4) with parallel.tensor = 2 need parallel.sequence_parallel = "
      "true (megatron-core refuses to train MoE with tensor parallelism but without sequence parallelism); "
-     "hint: set sequence_parallel = true under [parallel]"),
+     'hint: set sequence_parallel = true under [parallel] (which needs transformer_impl = "transformer_engine"), '
+     "or use expert parallelism instead of tensor"),
 ], ids=["dense", "not-divisible", "topk", "tensor-without-sequence-parallel"])
 def test_rule_experts(tables: dict[str, Any], expected: str) -> None:
     check(tables, [expected])
@@ -272,7 +277,10 @@ def test_rule_schedule_lengths(scheduler: dict[str, Any], expected: str) -> None
     ({"scheduler": {"warmup_iters": 2, "warmup_init_lr": -0.1}},
      "spec.toml:18: $.scheduler.warmup_init_lr = -0.1 must be 0 or more; hint: warmup_init_lr = 0.0 warms up from "
      "zero"),
-], ids=["lr", "min-lr-negative", "min-lr-above-lr", "warmup-init-lr"])
+    ({"scheduler": {"warmup_init_lr": 1.0, "warmup_iters": 2}},
+     "spec.toml:17: $.scheduler.warmup_init_lr = 1.0 is more than optimizer.lr = 0.001 (warmup rises from "
+     "warmup_init_lr to lr); hint: warmup_init_lr = 0.0, or anything up to 0.001"),
+], ids=["lr", "min-lr-negative", "min-lr-above-lr", "warmup-init-lr", "warmup-init-lr-above-lr"])
 def test_rule_learning_rates(tables: dict[str, Any], expected: str) -> None:
     check(tables, [expected])
 
@@ -511,9 +519,9 @@ def test_rule_checkpoints_need_adam() -> None:
         'spec.toml:18: $.checkpoint.dir is set, but optimizer.name = "sgd": megatron-core 0.16 cannot checkpoint its '
         "SGD optimizer (it has no state initialiser to load into); hint: use name = \"adam\" under [optimizer], or "
         "remove [checkpoint] dir"])
-    check({"optimizer": {"lr": 1e-3, "name": "sgd"}, "init": {"checkpoint": {"format": "orbax", "path": "ck",
-                                                                              "optimizer_state": True}}}, [
-        'spec.toml:18: $.init.checkpoint.optimizer_state = true loads Adam moments, but optimizer.name = "sgd"; '
+    check({"optimizer": {"lr": 1e-3, "name": "sgd"}, "model": LLAMA,
+           "init": {"checkpoint": {"format": "orbax", "path": "ck", "optimizer_state": True}}}, [
+        'spec.toml:22: $.init.checkpoint.optimizer_state = true loads Adam moments, but optimizer.name = "sgd"; '
         'hint: use name = "adam" under [optimizer], or set optimizer_state = false'],
         files={"ck": ""})
 
@@ -527,12 +535,15 @@ def test_rule_stopping_saves_a_checkpoint() -> None:
         f'spec.toml:16: warning: $.train.on_nonfinite = "stop" {tail}'])
 
 
+LLAMA = {"normalization": "rmsnorm", "add_bias_linear": False, "position_embedding": "rope", "activation": "swiglu"}
+
+
 def test_rule_init_checkpoint_exists() -> None:
     checkpoint = {"checkpoint": {"format": "orbax", "path": "ckpt/1000/items"}}
-    check({"init": checkpoint}, [
-        'spec.toml:17: $.init.checkpoint.path = "ckpt/1000/items" does not exist (paths are relative to the spec\'s '
+    check({"init": checkpoint, "model": LLAMA}, [
+        'spec.toml:21: $.init.checkpoint.path = "ckpt/1000/items" does not exist (paths are relative to the spec\'s '
         "folder); hint: point it at the checkpoint's item folder, e.g. ckpt/1000/items"])
-    check({"init": checkpoint}, [], files={"ckpt/1000/items": ""})
+    check({"init": checkpoint, "model": LLAMA}, [], files={"ckpt/1000/items": ""})
 
 
 # -- hooks ----------------------------------------------------------------------------------------
@@ -598,6 +609,13 @@ def test_rule_hook_functions_reports_unreadable_files() -> None:
 
 
 # -- settings that do nothing -----------------------------------------------------------------------
+
+
+def test_rule_unused_settings_min_lr_outside_megatron_schedules() -> None:
+    check({"optimizer": {"lr": 1e-3, "min_lr": 1e-4, "semantics": "optax"},
+           "scheduler": {"style": "maxtext", "maxtext": {"kind": "cosine"}}}, [
+        'spec.toml:16: warning: $.optimizer.min_lr = 0.0001 has no effect: it is only used with scheduler.style = '
+        '"megatron"; hint: remove it (the MaxText and optax schedules say where they end)'])
 
 
 def test_rule_unused_settings() -> None:

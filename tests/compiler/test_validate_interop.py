@@ -13,10 +13,20 @@ def check(tables: dict[str, Any], expected: list[str], files: dict[str, str] | N
     assert messages(spec_toml(**tables), MemoryFiles(files)) == expected
 
 
+MAXTEXT_SCHEDULE = {"style": "maxtext", "maxtext": {"kind": "cosine"}}
+
+
 def test_rule_optax_semantics_needs_adam() -> None:
-    check({"optimizer": {"lr": 1e-3, "name": "sgd", "semantics": "optax"}}, [
+    check({"optimizer": {"lr": 1e-3, "name": "sgd", "semantics": "optax"}, "scheduler": MAXTEXT_SCHEDULE}, [
         'spec.toml:17: $.optimizer.semantics = "optax" follows optax.adamw, but optimizer.name = "sgd" (sgd has no '
         'optax semantics here); hint: set name = "adam", or semantics = "megatron"'])
+
+
+def test_rule_optax_semantics_schedule() -> None:
+    check({"optimizer": {"lr": 1e-3, "semantics": "optax"}}, [
+        'spec.toml:16: $.optimizer.semantics = "optax" reads the learning rate from an optax or MaxText schedule, but '
+        'scheduler.style = "megatron"; hint: set style = "maxtext" with [scheduler.maxtext], or style = "optax" with '
+        "[[scheduler.optax]] pieces (a constant piece for a fixed learning rate)"])
 
 
 def test_rule_optax_only_settings() -> None:
@@ -31,15 +41,17 @@ def test_rule_optax_only_settings() -> None:
 
 def test_rule_decay_mask_applies() -> None:
     optax = {"lr": 1e-3, "semantics": "optax", "decay_mask": {"exclude": ["query"]}}
-    [message] = messages(spec_toml(model=ROPE, optimizer=optax))
+    [message] = messages(spec_toml(model=ROPE, optimizer=optax, scheduler=MAXTEXT_SCHEDULE))
     assert message.startswith("spec.toml:21: $.optimizer.decay_mask.exclude cannot be applied to this model: ")
     assert "linear_qkv" in message and message.endswith(
         "hint: `bridgec explain` prints the MaxText path of every parameter; adjust the patterns")
-    check({"model": ROPE, "optimizer": {"lr": 1e-3, "semantics": "optax", "decay_mask": {"exclude": ["(("]}}}, [
+    check({"model": ROPE, "optimizer": {"lr": 1e-3, "semantics": "optax", "decay_mask": {"exclude": ["(("]}},
+           "scheduler": MAXTEXT_SCHEDULE}, [
         "spec.toml:21: $.optimizer.decay_mask.exclude cannot be applied to this model: decay mask: '((' is not a "
         "regular expression (missing ), unterminated subpattern at position 1); hint: `bridgec explain` prints the "
         "MaxText path of every parameter; adjust the patterns"])
-    check({"model": ROPE, "optimizer": {"lr": 1e-3, "semantics": "optax", "decay_mask": {"exclude": ["norm"]}}}, [])
+    check({"model": ROPE, "optimizer": {"lr": 1e-3, "semantics": "optax", "decay_mask": {"exclude": ["norm"]}},
+           "scheduler": MAXTEXT_SCHEDULE}, [])
 
 
 def test_rule_schedule_style_tables() -> None:
@@ -111,7 +123,7 @@ def test_rule_maxtext_loss() -> None:
         "[loss]"])
     check({"loss": {"z_loss_multiplier": 1e-4}, "hooks": {"file": "h.py", "loss": "f"}}, [
         "spec.toml:20: hooks.loss replaces the loss, so loss.z_loss_multiplier and model.logits_multiplier would be "
-        "ignored; hint: apply them in your loss function and remove them from the spec, or remove hooks.loss"],
+        "ignored; hint: apply them in your code and remove them from the spec, or remove hooks.loss"],
         files={"h.py": "def f(loss_mask, output_tensor):\n    pass\n"})
 
 
@@ -139,3 +151,16 @@ def test_mesh_is_resolved_before_the_layout_rules() -> None:
     check({"parallel": {"dcn_mesh": {"data": -1}}}, [
         "spec.toml:17: [parallel] dcn_mesh splits a mesh across nodes, but there is no mesh; hint: add mesh = "
         "{ ... } under [parallel], or remove dcn_mesh"])
+
+
+def test_rule_init_checkpoint_model() -> None:
+    checkpoint = {"checkpoint": {"format": "orbax", "path": "ck"}}
+    check({"init": checkpoint, "model": {"num_experts": 2, "add_bias_linear": False, "normalization": "rmsnorm",
+                                         "position_embedding": "rope", "activation": "swiglu"}}, [
+        'spec.toml:9: [init.checkpoint] layout = "maxtext" holds a Llama-family decoder, which needs model a dense '
+        "model (no num_experts); hint: set a dense model (no num_experts) under [model] to match the checkpoint"],
+        files={"ck": ""})
+    messages_default = messages(spec_toml(init=checkpoint), MemoryFiles({"ck": ""}))
+    assert [m.split(" which needs model ")[1].split(";")[0] for m in messages_default] == [
+        'activation = "swiglu" (or "geglu")', "add_bias_linear = false", 'normalization = "rmsnorm"',
+        'position_embedding = "rope"']

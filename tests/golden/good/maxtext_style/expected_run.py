@@ -31,7 +31,6 @@ warnings.filterwarnings("ignore", message="full scope is deprecated")
 warnings.filterwarnings("ignore", message=r".*(Transformer Engine|Apex).* not installed")
 
 import torch
-import torch.nn.functional as F
 from megatron.core.distributed import finalize_model_grads
 from megatron.core.models.gpt import GPTModel
 from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
@@ -44,7 +43,7 @@ from bridgec.runtime.errors import ExitCode
 from bridgec.runtime.init import scale_query_rows
 from bridgec.runtime.loop import LoopSettings, TrainState, train
 from bridgec.runtime.maxtext_loss import maxtext_loss
-from bridgec.runtime.model import build_model, unwrap
+from bridgec.runtime.model import build_model, gelu_tanh, unwrap
 from bridgec.runtime.optax_optim import build_optax_optimizer
 from bridgec.runtime.schedules import CountScheduler, Schedule, maxtext_schedule
 from bridgec.runtime.parallel import check_launch, initialize
@@ -157,7 +156,7 @@ def transformer_config() -> TransformerConfig:
         normalization="RMSNorm",
         layernorm_epsilon=NORM_EPSILON,
         gated_linear_unit=True,  # linear_fc1 holds [gate; up]
-        activation_func=functools.partial(F.gelu, approximate="tanh"),
+        activation_func=gelu_tanh,
         qk_layernorm=True,  # queries and keys normalised per head before RoPE
         softmax_scale=1.0,  # 1/sqrt(head_dim) lives in the query weights, as MaxText's block does
         add_bias_linear=False,
