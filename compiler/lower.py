@@ -345,8 +345,10 @@ _OPTAX_PIECE_FUNCTIONS = {
 
 def _schedule_plan(spec: Spec) -> SchedulePlan:
     s = spec.scheduler
+    if s.style == "maxtext" and s.maxtext is not None:
+        return SchedulePlan(style="maxtext", maxtext_kind=s.maxtext.kind)
     if s.style != "optax":
-        return SchedulePlan(style=s.style)
+        return SchedulePlan(style=s.style, megatron_wsd=s.decay == "wsd")
     pieces = []
     for piece in s.optax:
         function, keys = _OPTAX_PIECE_FUNCTIONS[piece.kind]
@@ -390,6 +392,17 @@ def _data_section(spec: Spec, target: Target) -> Section:
             _c("LOGITS_MULTIPLIER", spec.model.logits_multiplier),
         ]
     return Section(title="Data and loss", constants=tuple(constants))
+
+
+def _loss_source(spec: Spec) -> str:
+    """See Plan.loss_source; validation makes the hooks and MaxText's loss exclusive."""
+    if spec.hooks.file is not None and spec.hooks.forward_step is not None:
+        return "hook_forward_step"
+    if spec.hooks.file is not None and spec.hooks.loss is not None:
+        return "hook_loss"
+    if _maxtext_loss(spec):
+        return "maxtext"
+    return "token" if spec.loss.reduction == "per_token" else "mean"
 
 
 def _maxtext_loss(spec: Spec) -> bool:
@@ -442,7 +455,7 @@ def _model_plan(spec: Spec) -> ModelPlan:
         zero_centered_norm=m.norm_zero_centered,
         query_scaling=m.query_scaling,
         moe=m.num_experts is not None,
-        head_dim_explicit=m.head_dim is not None,
+        router_pre_softmax=m.num_experts is not None and m.moe_router_topk == 1,
     )
 
 
@@ -539,8 +552,14 @@ def lower(spec: Spec, target: Target) -> Plan:
         sections=tuple(sections),
         model=_model_plan(spec),
         schedule=_schedule_plan(spec),
+        optimizer=spec.optimizer.name,
         optax_semantics=spec.optimizer.semantics == "optax",
-        maxtext_loss=_maxtext_loss(spec),
+        loss_source=_loss_source(spec),
+        needs_unwrap=(
+            spec.hooks.forward_step is None
+            or spec.model.query_scaling == "initial_weights"
+            or spec.init.checkpoint is not None
+        ),
         data_kind=spec.data.kind,
         per_token_loss=spec.loss.reduction == "per_token",
         virtual_pipeline=spec.parallel.virtual_pipeline is not None,

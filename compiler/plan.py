@@ -61,7 +61,8 @@ class ModelPlan:
     query_scaling: str
     """attention (scores scaled by 1/sqrt(head_dim)), initial_weights or none (softmax_scale 1)."""
     moe: bool
-    head_dim_explicit: bool
+    router_pre_softmax: bool
+    """Top-1 routing: megatron-core requires moe_router_pre_softmax."""
 
 
 @attrs.frozen(kw_only=True)
@@ -79,6 +80,10 @@ class SchedulePlan:
     pieces: tuple[Call, ...] = ()
     """optax: the schedule pieces, joined at ``boundaries`` when there are several."""
     boundaries: tuple[int, ...] = ()
+    maxtext_kind: str | None = None
+    """maxtext: cosine or wsd."""
+    megatron_wsd: bool = False
+    """megatron: the decay style is wsd (its two extra settings are passed)."""
 
 
 @attrs.frozen(kw_only=True)
@@ -101,9 +106,15 @@ class Plan:
     sections: tuple[Section, ...]
     model: ModelPlan
     schedule: SchedulePlan
+    optimizer: str
+    """adam or sgd."""
     optax_semantics: bool
-    maxtext_loss: bool
-    """MaxText's loss (z-loss and/or logits multiplier) on the logits instead of megatron's cross entropy."""
+    loss_source: str
+    """Where each microbatch's loss comes from: token (masked_token_loss), mean (masked_mean_loss), maxtext
+    (MaxText's cross entropy on the logits), hook_loss (the user's loss function) or hook_forward_step (the
+    user's forward_step, loss and all)."""
+    needs_unwrap: bool
+    """The script reaches into the DDP-wrapped chunks (its forward_step, query scaling, checkpoint import)."""
     data_kind: str
     per_token_loss: bool
     virtual_pipeline: bool

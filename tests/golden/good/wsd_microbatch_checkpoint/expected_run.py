@@ -35,10 +35,10 @@ from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
 from megatron.core.transformer import TransformerConfig
 
 from bridgec.runtime import cpu_compat
+from bridgec.runtime.checkpoint import DistCheckpointer, file_sha256, spec_copy
 from bridgec.runtime.data import Splits, TokenIds, build_splits, next_batch
 from bridgec.runtime.entry import run
 from bridgec.runtime.errors import ExitCode
-from bridgec.runtime.checkpoint import DistCheckpointer, file_sha256, spec_copy
 from bridgec.runtime.loop import LoopSettings, TrainState, train
 from bridgec.runtime.loss import masked_mean_loss
 from bridgec.runtime.model import build_model, unwrap
