@@ -29,7 +29,6 @@ import contextlib
 import importlib
 import logging
 import types
-from collections.abc import Iterator
 from typing import Any
 
 import attrs
@@ -347,8 +346,3 @@ def apply() -> None:
 def applied() -> bool:
     """Whether :func:`apply` ran in this process."""
     return _applied
-
-
-def scoped_modules() -> Iterator[Substitution]:
-    """The per-module substitutions, for tests and ``bridgec explain``."""
-    return iter(SCOPED_MODULES)

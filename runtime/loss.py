@@ -52,12 +52,25 @@ def masked_token_loss(
 def masked_mean_loss(
     loss_mask: torch.Tensor, output_tensor: torch.Tensor
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Standard loss (pattern 1): the mean per-token loss of this microbatch."""
+    """Standard loss (pattern 1): the mean per-token loss of this microbatch.
+
+    With context parallelism each rank holds a slice of every sequence: the
+    token count is summed over the context group so the mean is the
+    microbatch's, not the slice's; the loss handed to backward is scaled by the
+    context size because DDP averages gradients over data x context ranks; and
+    the reported pair is ``[slice sum / count, 1 / context size]``, which sums
+    over the context ranks to ``[microbatch mean, 1]``.
+    """
     mask = loss_mask.reshape(-1).float()
     losses = output_tensor.float().reshape(-1)
+    count = mask.sum().detach()
+    context = parallel_state.get_context_parallel_world_size() if parallel_state.model_parallel_is_initialized() else 1
+    if context > 1:
+        dist.all_reduce(count, group=parallel_state.get_context_parallel_group())
     # A microbatch whose tokens are all masked contributes 0, not NaN.
-    loss = torch.sum(losses * mask) / torch.clamp(mask.sum(), min=1.0)
-    return loss, {LOSS_KEY: torch.stack([loss.detach(), torch.ones_like(loss)])}
+    loss = torch.sum(losses * mask) / torch.clamp(count, min=1.0)
+    reported = torch.stack([loss.detach(), torch.full_like(loss, 1.0 / context)])
+    return loss * context, {LOSS_KEY: reported}
 
 
 def token_outputs(
@@ -119,8 +132,3 @@ def reduce_metadata(forward_data: Sequence[dict[str, Any]], *, key: str = LOSS_K
     if dist.get_world_size(group) > 1:
         dist.all_reduce(total, group=group)
     return loss_from_sums(total)
-
-
-def tokens_in(forward_data: Sequence[dict[str, Any]], *, key: str = LOSS_KEY) -> int:
-    """Loss-bearing tokens this rank saw in a step (token-aware metadata only)."""
-    return int(sum(float(entry[key].reshape(2)[1]) for entry in forward_data))

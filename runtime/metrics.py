@@ -83,7 +83,7 @@ class MetricsLog:
             }
         )
         if step % self.log_interval == 0 or step == self.total_iters:
-            loss = "n/a" if result.loss is None else f"{result.loss:.6f}"
+            loss = f"{result.loss:.6f}"
             print(
                 f"step {step:>6}/{self.total_iters} | loss {loss} | lr {result.learning_rate:.3e} | "
                 f"grad norm {result.grad_norm:.4f} | {tokens_per_second:,.0f} tokens/s | "

@@ -57,8 +57,9 @@ def build_model(
 
     ``init_scheme`` "portable" redraws every weight from (seed, global name)
     (see :mod:`bridgec.runtime.init`); "megatron" keeps megatron-core's own init.
-    Gradients are reduced in fp32; bucketing is only kept for the first chunk,
-    as Megatron-LM does, so interleaved schedules overlap nothing they cannot.
+    Gradients are reduced in fp32, synchronously after the backward pass (no
+    overlap with compute); like Megatron-LM, only the first chunk's buffer is
+    bucketed.
     """
     chunks = build_chunks(provider, layout)
     if init_scheme == "portable":
@@ -94,8 +95,3 @@ def unwrap(chunk: torch.nn.Module) -> torch.nn.Module:
     while hasattr(chunk, "module") and isinstance(chunk, (DistributedDataParallel, Float16Module)):
         chunk = chunk.module
     return chunk
-
-
-def count_parameters(model: list[DistributedDataParallel]) -> int:
-    """Parameters held by this rank."""
-    return sum(p.numel() for chunk in model for p in chunk.parameters())

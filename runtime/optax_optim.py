@@ -43,6 +43,7 @@ from megatron.core.process_groups_config import ProcessGroupCollection
 from bridgec.runtime.decay_mask import PathStyle, decide
 from bridgec.runtime.init import global_name, layer_numbers
 from bridgec.runtime.model import unwrap
+from bridgec.runtime.optim import torch_dtype
 
 
 class OptaxAdamW(torch.optim.AdamW):
@@ -198,7 +199,7 @@ def build_optax_optimizer(
         clip_grad=0.0,
         bf16=dtype == "bf16",
         fp16=dtype == "fp16",
-        params_dtype={"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype],
+        params_dtype=torch_dtype(dtype),
         use_distributed_optimizer=distributed_optimizer,
     )
     groups = _decay_groups(

@@ -4,6 +4,7 @@ get_megatron_optimizer and OptimizerParamScheduler."""
 from __future__ import annotations
 
 import attrs
+import torch
 from megatron.core.distributed import DistributedDataParallel
 from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
 from megatron.core.optimizer.optimizer import ChainedOptimizer
@@ -65,7 +66,7 @@ def build_optimizer(model: list[DistributedDataParallel], settings: OptimizerSet
         clip_grad=0.0,
         bf16=settings.dtype == "bf16",
         fp16=settings.dtype == "fp16",
-        params_dtype=_torch_dtype(settings.dtype),
+        params_dtype=torch_dtype(settings.dtype),
         use_distributed_optimizer=settings.distributed_optimizer,
     )
     exclusions = ParamKey(
@@ -107,7 +108,6 @@ def current_lr(optimizer: ChainedOptimizer) -> float:
     return float(optimizer.param_groups[0]["lr"])
 
 
-def _torch_dtype(dtype: str):  # noqa: ANN202 - torch dtype
-    import torch
-
+def torch_dtype(dtype: str) -> torch.dtype:
+    """The torch dtype of a spec's precision.dtype."""
     return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype]

@@ -302,7 +302,8 @@ class CountScheduler:
         return {"num_steps": self.num_steps, "schedule": repr(self.schedule)}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Continue from a saved count; a checkpoint written under a different schedule is refused."""
+        """Continue from a saved count. Given a saved schedule different from this one, refuse (ValueError);
+        bridgec's checkpoints instead pass this run's schedule and report the change (a longer run may change it)."""
         saved = state_dict.get("schedule")
         if saved is not None and saved != repr(self.schedule):
             raise ValueError(

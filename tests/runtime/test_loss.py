@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
-from bridgec.runtime.loss import LOSS_KEY, masked_mean_loss, masked_token_loss, reduce_metadata, tokens_in
+from bridgec.runtime.loss import LOSS_KEY, masked_mean_loss, masked_token_loss, reduce_metadata
+from tests.conftest import free_port
+from tests.runtime import context_loss_worker
 
 
 def test_token_loss_sums_real_tokens_and_counts_them() -> None:
@@ -33,7 +40,19 @@ def test_reduce_divides_once_over_all_microbatches(megatron_world1: None) -> Non
     a = masked_token_loss(mask_a, torch.full((1, 4), 2.0))[2]
     b = masked_token_loss(mask_b, torch.full((1, 4), 7.0))[2]
     assert reduce_metadata([a, b]) == pytest.approx((8.0 + 7.0) / 5.0)
-    assert tokens_in([a, b]) == 5
     mean_a = masked_mean_loss(mask_a, torch.full((1, 4), 2.0))[1]
     mean_b = masked_mean_loss(mask_b, torch.full((1, 4), 7.0))[1]
     assert reduce_metadata([mean_a, mean_b]) == pytest.approx((2.0 + 7.0) / 2.0)
+
+
+def test_mean_loss_under_context_parallelism_is_the_whole_sequence_mean(tmp_path: Path) -> None:
+    """CP = 2 under torchrun: each rank holds half of every sequence (halves with different token counts)."""
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", f"--master-port={free_port()}",
+        str(Path(context_loss_worker.__file__)), str(tmp_path),
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    for rank in (0, 1):
+        result = json.loads((tmp_path / f"rank{rank}.json").read_text())
+        assert result == pytest.approx({"reported": 0.0, "reduce_metadata": 0.0, "grad": 0.0}, abs=1e-6)

@@ -17,7 +17,6 @@ in the comment); edit the spec and regenerate rather than editing this file.
 
 from __future__ import annotations
 
-import functools
 import warnings
 from pathlib import Path
 
@@ -35,11 +34,11 @@ from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
 from megatron.core.transformer import TransformerConfig
 
 from bridgec.runtime import cpu_compat
-from bridgec.runtime.data import Splits, TokenIds, build_splits, next_batch
+from bridgec.runtime.data import Splits, TokenIds, build_splits
 from bridgec.runtime.entry import run
 from bridgec.runtime.errors import ExitCode
 from bridgec.runtime.hooks import Hook
-from bridgec.runtime.loop import LoopSettings, TrainState, train
+from bridgec.runtime.loop import LoopSettings, train
 from bridgec.runtime.model import build_model
 from bridgec.runtime.optim import OptimizerSettings, build_optimizer
 from bridgec.runtime.optim import ScheduleSettings, build_scheduler
