@@ -6,6 +6,8 @@ This is what the commands call before anything else; it reads no files itself
 
 from __future__ import annotations
 
+import re
+
 import attrs
 
 from bridgec.compiler.errors import Diagnostic, sort_key
@@ -41,8 +43,37 @@ def read_spec(text: str, filename: str, context: SpecContext) -> FrontendResult:
     if mesh_errors:
         diagnostics = loaded.diagnostics + tuple(_mesh_diagnostic(e, loaded.index, filename) for e in mesh_errors)
         return FrontendResult(loaded.spec, loaded.index, tuple(sorted(diagnostics, key=sort_key)))
-    diagnostics = loaded.diagnostics + validate(spec, loaded.index, context)
+    found = validate(spec, loaded.index, context)
+    if spec.parallel.mesh is not None:
+        found = tuple(_through_mesh(d) for d in found)
+    diagnostics = loaded.diagnostics + found
     return FrontendResult(spec, loaded.index, tuple(sorted(diagnostics, key=sort_key)))
+
+
+MESH_AXES_OF = {
+    "tensor": "the mesh's tensor x tensor_sequence",
+    "pipeline": "the mesh's stage axis",
+    "context": "the mesh's context x context_usp_ulysses",
+    "expert": "the mesh's expert axis",
+    "sequence_parallel": "on when the mesh's tensor_sequence axis is above 1",
+    "distributed_optimizer": "on when the mesh's fsdp axis is above 1",
+}
+"""Each ``[parallel]`` size a mesh decides, and the mesh axis that sets it."""
+
+_MENTIONS = re.compile(r"parallel\.(" + "|".join(MESH_AXES_OF) + r")\b")
+
+
+def _through_mesh(diagnostic: Diagnostic) -> Diagnostic:
+    """A layout diagnostic in a mesh spec says which mesh axis to change: the ``[parallel]`` size it names is not written.
+
+    Hints like "tensor = 2" would otherwise ask for a key the mesh forbids.
+    """
+    named = dict.fromkeys(_MENTIONS.findall(f"{diagnostic.path} {diagnostic.message}"))
+    if not named:
+        return diagnostic
+    axes = ", ".join(f"parallel.{key} is {MESH_AXES_OF[key]}" for key in named)
+    note = f"with a mesh, {axes}: change it there"
+    return attrs.evolve(diagnostic, hint=f"{diagnostic.hint}; {note}" if diagnostic.hint else note)
 
 
 def _mesh_diagnostic(error: MeshError, index: LineIndex, filename: str) -> Diagnostic:

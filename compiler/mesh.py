@@ -104,7 +104,7 @@ class MeshLowering:
     """Megatron's data-parallel size: data x fsdp x expert."""
     sequence_parallel: bool
     distributed_optimizer: bool
-    """True when fsdp > 1 (a spec's own ``distributed_optimizer = true`` also turns it on)."""
+    """True when fsdp > 1 (a spec with a mesh cannot set ``distributed_optimizer`` itself)."""
     world_size: int
     axes: tuple[MeshAxis, ...]
 
