@@ -144,7 +144,8 @@ def test_mesh_is_resolved_before_the_layout_rules() -> None:
     mesh = {"mesh": {"data": -1, "tensor": 4}}
     check({"launch": {"procs_per_node": 8}, "parallel": mesh, "model": {"num_attention_heads": 6, "hidden_size": 60}}, [
         "spec.toml:6: $.model.num_attention_heads = 6 is not divisible by parallel.tensor = 4 (each tensor-parallel "
-        "rank needs whole heads); hint: tensor = 2 or 3, or 8 heads"])
+        "rank needs whole heads); hint: tensor = 2 or 3, or 8 heads; with a mesh, parallel.tensor is the mesh's "
+        "tensor x tensor_sequence: change it there"])
     check({"launch": {"procs_per_node": 8}, "parallel": {"mesh": {"data": -1, "diloco": 2}}}, [
         "spec.toml:19: mesh axis diloco = 2 has no Megatron counterpart (DiLoCo's outer optimizer over replicas); "
         "hint: set diloco to 1 (or leave it out) and give those devices to data, fsdp, tensor or stage"])
