@@ -19,6 +19,7 @@ from typing import Any
 import attrs
 
 from bridgec.compiler.cli import main as bridgec
+from tests.conftest import free_port
 
 BIN = Path(sys.executable).parent
 TORCHRUN = BIN / "torchrun"
@@ -56,7 +57,7 @@ def launch(script: Path, nprocs: int, *, env: dict[str, str] | None = None, args
     """``torchrun --nproc-per-node N script`` from the script's folder."""
     environment = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", **(env or {})}
     completed = subprocess.run(
-        [str(TORCHRUN), "--nproc-per-node", str(nprocs), "--master-port", str(_free_port()), script.name, *args],
+        [str(TORCHRUN), "--nproc-per-node", str(nprocs), "--master-port", str(free_port()), script.name, *args],
         cwd=script.parent,
         env=environment,
         capture_output=True,
@@ -66,12 +67,6 @@ def launch(script: Path, nprocs: int, *, env: dict[str, str] | None = None, args
     return Launch(
         returncode=completed.returncode, stdout=completed.stdout, stderr=completed.stderr, folder=script.parent
     )
-
-
-def _free_port() -> int:
-    from tests.conftest import free_port
-
-    return free_port()
 
 
 def copy_example(name: str, folder: Path) -> Path:

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 from bridgec.runtime.loss import LOSS_KEY, masked_mean_loss, masked_token_loss, reduce_metadata
-from tests.conftest import free_port
+from tests.e2e.harness import launch
 from tests.runtime import context_loss_worker
 
 
@@ -47,12 +45,8 @@ def test_reduce_divides_once_over_all_microbatches(megatron_world1: None) -> Non
 
 def test_mean_loss_under_context_parallelism_is_the_whole_sequence_mean(tmp_path: Path) -> None:
     """CP = 2 under torchrun: each rank holds half of every sequence (halves with different token counts)."""
-    command = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", f"--master-port={free_port()}",
-        str(Path(context_loss_worker.__file__)), str(tmp_path),
-    ]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    done = launch(Path(context_loss_worker.__file__), 2, args=(str(tmp_path),))
+    assert done.returncode == 0, done.explain()
     for rank in (0, 1):
         result = json.loads((tmp_path / f"rank{rank}.json").read_text())
         assert result == pytest.approx({"reported": 0.0, "reduce_metadata": 0.0, "grad": 0.0}, abs=1e-6)

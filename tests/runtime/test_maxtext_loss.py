@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +19,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import free_port
+from tests.e2e.harness import launch
 from tests.runtime import maxtext_loss_worker
 
 TOLERANCE = 1e-6
@@ -115,12 +113,8 @@ def test_tensor_parallel_vocab_split_matches(tmp_path: Path) -> None:
     """TP = 2 under torchrun: the padded vocabulary split over two ranks, z-loss and scaling on."""
     case_file = tmp_path / "case.pt"
     torch.save(make_case(**CASES["z_loss_and_tied_logit_scaling"]), case_file)
-    command = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", f"--master-port={free_port()}",
-        str(Path(maxtext_loss_worker.__file__)), str(case_file), str(tmp_path),
-    ]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    done = launch(Path(maxtext_loss_worker.__file__), 2, args=(str(case_file), str(tmp_path)))
+    assert done.returncode == 0, done.explain()
     for rank in (0, 1):
         result = json.loads((tmp_path / f"rank{rank}.json").read_text())
         assert result["loss_diff"] <= TOLERANCE and result["grad_diff"] <= TOLERANCE

@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +25,7 @@ import pytest
 import torch
 
 from bridgec.runtime.param_paths import maxtext_paths
-from tests.conftest import free_port
+from tests.e2e.harness import launch
 from tests.runtime import optax_worker
 from tests.runtime.test_decay_mask import maxtext_mask
 from tests.runtime.optax_worker import SHAPE, full_shapes, leaf_sizes
@@ -183,11 +181,7 @@ def test_two_ranks_match_optax(cases: dict, tmp_path: Path, layout: str) -> None
     case_file = tmp_path / "case.pt"
     torch.save(cases[1e-8], case_file)
     extra = ["--distributed-optimizer"] if layout.startswith("dp2") else ["--tensor", "2"]
-    command = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
-        f"--master-port={free_port()}", str(Path(optax_worker.__file__)), str(case_file), str(tmp_path), *extra,
-    ]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    done = launch(Path(optax_worker.__file__), 2, args=(str(case_file), str(tmp_path), *extra))
+    assert done.returncode == 0, done.explain()
     for rank in (0, 1):
         assert json.loads((tmp_path / f"rank{rank}.json").read_text())["max_diff"] <= TOLERANCE
