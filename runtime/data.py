@@ -142,7 +142,10 @@ class MicrobatchIterator(Iterator[dict[str, torch.Tensor]]):
             raise StopIteration
         samples = [self.dataset[index] for index in range(start, start + self.micro_batch_size)]
         self.consumed += self.micro_batch_size * self.data_parallel_size
-        return {key: torch.stack([sample[key] for sample in samples]) for key in samples[0]}
+        # Only the tensors go into the batch: megatron's BlendedDataset adds its numpy "dataset_id"
+        # (which source a sample came from) to every sample, and nothing downstream reads it.
+        return {key: torch.stack([sample[key] for sample in samples])
+                for key, value in samples[0].items() if isinstance(value, torch.Tensor)}
 
 
 @attrs.frozen(kw_only=True)

@@ -91,3 +91,22 @@ def test_missing_and_empty_sources_are_rejected_before_megatron(tmp_path: Path) 
     assert caught.value.code == ExitCode.DATA_ERROR
     assert "missing.bin: no such file" in caught.value.message
     assert "empty.bin: file is empty" in caught.value.message
+
+
+class _Blended:
+    """Samples shaped like megatron's BlendedDataset's: tensors plus a numpy ``dataset_id``."""
+
+    def __len__(self) -> int:
+        return 8
+
+    def __getitem__(self, index: int) -> dict[str, object]:
+        import numpy
+
+        return {"dataset_id": numpy.int16(index % 2), "tokens": torch.tensor([index])}
+
+
+def test_blended_samples_batch_only_their_tensors() -> None:
+    iterator = MicrobatchIterator(_Blended(), micro_batch_size=2, data_parallel_size=1, data_rank=0)
+    batch = next(iterator)
+    assert set(batch) == {"tokens"}
+    assert batch["tokens"].reshape(-1).tolist() == [0, 1]
