@@ -189,7 +189,7 @@ def cmd_checkpoint_inspect(args: argparse.Namespace) -> int:
         from bridgec.runtime.errors import RunError
 
     try:
-        sys.stdout.write(format_report(inspect(Path(args.directory))))
+        sys.stdout.write(format_report(inspect(Path(args.directory), step=args.step)))
     except RunError as error:
         _err(f"bridgec: {error.message}")
         return EXIT_SPEC_ERROR
@@ -302,6 +302,8 @@ def _parser() -> argparse.ArgumentParser:
         "inspect", help="step, layout, spec hash, tensors and sizes of a checkpoint, without launching a run"
     )
     inspect_.add_argument("directory", metavar="DIR", help="a [checkpoint] dir (its latest) or one iter_* folder")
+    inspect_.add_argument("--step", type=int, metavar="N",
+                          help="the checkpoint of step N of DIR (default: the latest); the report lists the steps")
     inspect_.set_defaults(handler=cmd_checkpoint_inspect)
 
     importer = commands.add_parser("import", help="write a spec from another framework's config")

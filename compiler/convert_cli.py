@@ -185,6 +185,7 @@ def megatron_to_orbax_arguments(args: argparse.Namespace) -> tuple[ScriptLaunch,
     """The script and the runtime's arguments (absolute paths); the checkpoint itself is checked by the run."""
     script = read_launch(Path(args.script))
     directory = _existing(Path(args.checkpoint), "checkpoint folder")
+    _check_step(directory, args.step)
     arguments = [
         "megatron-to-orbax", "--script", str(script.path.resolve()), "--checkpoint", str(directory),
         "--output", str(Path(args.output).resolve()), "--dtype", args.dtype,
@@ -195,6 +196,20 @@ def megatron_to_orbax_arguments(args: argparse.Namespace) -> tuple[ScriptLaunch,
     if args.unscanned:
         arguments.append("--unscanned")
     return script, arguments
+
+
+def _check_step(directory: Path, step: int | None) -> None:
+    """Refuse a --step the folder has no checkpoint of, listing the ones it has, before torchrun starts."""
+    from bridgec.runtime.checkpoint_files import find_step
+    from bridgec.runtime.errors import RunError
+
+    try:
+        found = find_step(directory, step)
+    except RunError as error:
+        raise InputError(error.message) from None
+    if found is None:
+        raise InputError(f"{directory}: holds no complete bridgec checkpoint (give the [checkpoint] dir, not an "
+                         "iter_* folder)")
 
 
 def cmd_orbax_to_megatron(args: argparse.Namespace) -> int:
@@ -258,15 +273,16 @@ def add_convert_parser(commands: Any) -> None:
 
     to_orbax = directions.add_parser(
         "megatron-to-orbax",
-        help="the latest bridgec checkpoint as an Orbax checkpoint MaxText loads",
-        description="Load the latest checkpoint of DIR into RUN.py's model and write OUT/<step>/items, which "
-        "MaxText takes as load_parameters_path.",
+        help="a bridgec checkpoint (the latest, or --step N) as an Orbax checkpoint MaxText loads",
+        description="Load the checkpoint of step N of DIR (default: its latest) into RUN.py's model and write "
+        "OUT/<step>/items, named after the step it holds, which MaxText takes as load_parameters_path. "
+        "bridgec checkpoint inspect DIR lists the steps DIR holds.",
     )
     to_orbax.add_argument("script", metavar="RUN.py", help="the script bridgec compile wrote")
-    to_orbax.add_argument("--checkpoint", required=True, metavar="DIR", help="a [checkpoint] dir (its latest)")
+    to_orbax.add_argument("--checkpoint", required=True, metavar="DIR", help="a [checkpoint] dir")
     to_orbax.add_argument("--output", required=True, metavar="OUT", help="writes OUT/<step>/items")
     to_orbax.add_argument("--step", type=int, metavar="N",
-                          help="the Orbax step folder OUT/N (default: the checkpoint's step)")
+                          help="export the checkpoint of step N (DIR/iter_N); default: the latest")
     to_orbax.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32",
                           help="the leaves' dtype (fp32 main weights of a mixed-precision run are used)")
     to_orbax.add_argument("--unscanned", action="store_true",

@@ -320,7 +320,15 @@ class DistCheckpointer:
         Raises RunError(CHECKPOINT_ERROR) naming every difference when the
         checkpoint does not fit this run or is damaged; nothing is loaded then.
         """
-        path = files.find_latest(self.directory)
+        return self.load(step=None)
+
+    def load(self, *, step: int | None) -> Progress | None:
+        """Restore the checkpoint of ``step`` (None: the latest, as :meth:`load_latest`).
+
+        A ``step`` without a complete checkpoint is a RunError(CHECKPOINT_ERROR)
+        that lists the steps the folder has.
+        """
+        path = files.find_step(self.directory, step)
         if path is None:
             return None
         began = time.perf_counter()

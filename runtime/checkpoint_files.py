@@ -128,6 +128,39 @@ def complete_checkpoints(root: Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
+def available_steps(root: Path) -> list[int]:
+    """Steps of the complete checkpoints under ``root``, oldest first."""
+    return [step for step, _ in complete_checkpoints(root)]
+
+
+def describe_steps(root: Path) -> str:
+    """'steps 2, 4 (latest 4)', or 'no complete checkpoint': what a message about ``root`` lists."""
+    steps = available_steps(root)
+    if not steps:
+        return "no complete checkpoint"
+    latest = find_latest(root)
+    current = f" (latest {int(_NAME.match(latest.name)[1])})" if latest is not None and _NAME.match(latest.name) else ""
+    return f"step{'s' if len(steps) > 1 else ''} {', '.join(str(step) for step in steps)}{current}"
+
+
+def find_step(root: Path, step: int | None) -> Path | None:
+    """The checkpoint of ``step`` under ``root`` (``None``: the latest, see :func:`find_latest`).
+
+    A step that has no complete checkpoint there is an error listing the steps
+    that do (a ``*.partial`` save never counts); None when ``step`` is None and
+    the folder holds nothing.
+    """
+    if step is None:
+        return find_latest(root)
+    path = root / checkpoint_name(step)
+    if not (path.is_dir() and (path / MANIFEST).is_file()):
+        raise RunError(
+            ExitCode.CHECKPOINT_ERROR,
+            f"{root} holds no complete checkpoint of step {step}; it has {describe_steps(root)}",
+        )
+    return path
+
+
 def find_latest(root: Path) -> Path | None:
     """The checkpoint a resume loads: the one ``latest`` names, else the newest complete one, else None.
 
@@ -243,16 +276,22 @@ class InspectReport:
     problems: tuple[str, ...]
     """Missing or truncated files; empty for a loadable checkpoint."""
     others: tuple[str, ...]
-    """Other folders next to it (older checkpoints, unfinished saves)."""
+    """Other folders next to it that are no complete checkpoint (unfinished or replaced saves)."""
+    steps: str
+    """The complete checkpoints of its folder, as :func:`describe_steps` says it (what --step can choose)."""
 
 
-def inspect(directory: Path | str) -> InspectReport:
-    """Describe the checkpoint ``directory`` (a ``[checkpoint] dir``: its latest; or one ``iter_*`` folder)."""
+def inspect(directory: Path | str, *, step: int | None = None) -> InspectReport:
+    """Describe the checkpoint ``directory`` (a ``[checkpoint] dir``: its latest, or ``step``; or one ``iter_*`` folder)."""
     directory = Path(directory).resolve()
     if (directory / MANIFEST).is_file():
+        if step is not None:
+            raise RunError(ExitCode.CHECKPOINT_ERROR,
+                           f"{directory} is one checkpoint folder; --step chooses among the checkpoints of a "
+                           f"[checkpoint] dir, give {directory.parent}")
         path = directory
     else:
-        found = find_latest(directory)
+        found = find_step(directory, step)
         if found is None:
             raise RunError(ExitCode.CHECKPOINT_ERROR, f"{directory}: no checkpoint here (no {POINTER}, no iter_* folder)")
         path = found
@@ -275,9 +314,11 @@ def inspect(directory: Path | str) -> InspectReport:
             else:
                 objects += 1
     root = path.parent
-    others = tuple(sorted(child.name for child in root.iterdir() if child.is_dir() and child != path))
+    complete = {folder for _, folder in complete_checkpoints(root)}
+    others = tuple(sorted(child.name for child in root.iterdir() if child.is_dir() and child not in complete))
     return InspectReport(
-        path=path, manifest=manifest, tensors=tuple(tensors), objects=objects, problems=tuple(problems), others=others
+        path=path, manifest=manifest, tensors=tuple(tensors), objects=objects, problems=tuple(problems), others=others,
+        steps=describe_steps(root),
     )
 
 
@@ -347,6 +388,7 @@ def format_report(report: InspectReport) -> str:
         for entry in report.tensors:
             shape = "x".join(str(size) for size in entry.shape) or "scalar"
             lines.append(f"  {entry.key:<{width}}  {shape:>16}  {entry.dtype:<8}  {_size(entry.nbytes):>10}")
+    lines.append(f"available    {report.steps} (choose one with --step N)")
     if report.others:
         lines.append("also here    " + " ".join(report.others))
     return "\n".join(lines) + "\n"

@@ -370,22 +370,22 @@ def megatron_to_orbax(
     rope_layout: RopeLayout,
     param_scan_axis: int,
 ) -> ExportReport | None:
-    """Load the latest checkpoint of ``directory`` and write it as MaxText's ``OUT/<step>/items`` (rank 0 writes).
+    """Load the checkpoint of ``step`` in ``directory`` (None: its latest) and write it as MaxText's
+    ``OUT/<step>/items`` (rank 0 writes), named after the step it holds.
 
-    ``step`` names the Orbax step folder (default: the checkpoint's step).
     Returns the report on rank 0, None elsewhere.
     """
-    latest = checkpoint_files.find_latest(directory.resolve())
-    progress = checkpointer(script, training, directory).load_latest() if latest is not None else None
-    if latest is None or progress is None:
+    source = checkpoint_files.find_step(directory.resolve(), step)
+    progress = checkpointer(script, training, directory).load(step=step) if source is not None else None
+    if source is None or progress is None:
         raise RunError(
             ExitCode.CHECKPOINT_ERROR,
             f"{directory} holds no complete bridgec checkpoint (give the [checkpoint] dir, not an iter_* folder)",
         )
     # Without optimizer state a mixed-precision optimizer's main copies were not loaded: take the model's values.
-    has_state = checkpoint_files.read_manifest(latest).optimizer["has_state"]
-    target = output / str(progress.step if step is None else step)
-    _refuse_everywhere(target.exists(), f"{target} already exists; choose another --output or --step")
+    has_state = checkpoint_files.read_manifest(source).optimizer["has_state"]
+    target = output / str(progress.step)
+    _refuse_everywhere(target.exists(), f"{target} already exists; choose another --output")
     chunks = [unwrap(chunk) for chunk in training.model]
     full = gather_full_params(
         chunks,
@@ -434,9 +434,9 @@ def parser() -> argparse.ArgumentParser:
     to_megatron.add_argument("--optimizer-type", choices=("adamw", "adam_pax"), default="adamw")
     to_orbax = directions.add_parser("megatron-to-orbax")
     to_orbax.add_argument("--script", type=Path, required=True)
-    to_orbax.add_argument("--checkpoint", type=Path, required=True, help="a bridgec [checkpoint] dir (its latest)")
+    to_orbax.add_argument("--checkpoint", type=Path, required=True, help="a bridgec [checkpoint] dir")
     to_orbax.add_argument("--output", type=Path, required=True, help="writes OUTPUT/<step>/items")
-    to_orbax.add_argument("--step", type=int)
+    to_orbax.add_argument("--step", type=int, help="the checkpoint to export (iter_<step>); default: the latest")
     to_orbax.add_argument("--dtype", choices=tuple(DTYPES), default="fp32")
     to_orbax.add_argument("--unscanned", action="store_true")
     for sub in (to_megatron, to_orbax):

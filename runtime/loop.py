@@ -130,9 +130,13 @@ def train(
     log.skipped_total = start.skipped_steps
     step, consumed = start.step, start.consumed_samples
     if step >= settings.iters:
-        # Nothing left to train (a finished run launched again): evaluate what was loaded.
-        log.message(f"all {settings.iters} steps were already done; nothing to train")
-        _evaluate(forward_step, model, splits, layout, settings, log, step=step, consumed=consumed)
+        # Nothing left to train (a finished run launched again): evaluate what was loaded, if the spec evaluates.
+        if settings.eval_interval is None:
+            log.message(f"all {settings.iters} steps were already done; nothing to train, and nothing to evaluate "
+                        "([train] eval_interval is unset)")
+        else:
+            log.message(f"all {settings.iters} steps were already done; nothing to train, evaluating what was loaded")
+            _evaluate(forward_step, model, splits, layout, settings, log, step=step, consumed=consumed)
         log.close()
         return ExitCode.OK
     train_iterators = _iterators(splits.train, layout, settings, consumed)

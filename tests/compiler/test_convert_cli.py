@@ -75,3 +75,20 @@ def test_checkpoint_paths_are_checked_first(multinode: Path) -> None:
     assert taken.returncode == 2 and "c: already holds bridgec checkpoints" in taken.stderr
     no_dir = _run("megatron-to-orbax", "run.py", "--checkpoint", "nothing", "--output", "o", cwd=multinode)
     assert no_dir.returncode == 2 and "nothing: no such checkpoint folder" in no_dir.stderr
+
+
+def test_a_step_the_folder_does_not_hold_is_refused_before_launching(multinode: Path) -> None:
+    """--step N names the source checkpoint iter_N; an absent one lists what is there (a partial save never counts)."""
+    for name in ("iter_0000002", "iter_0000004", "iter_0000006.partial"):
+        (multinode / "saved" / name).mkdir(parents=True)
+    for name in ("iter_0000002", "iter_0000004"):
+        (multinode / "saved" / name / "bridgec.json").write_text("{}")
+    (multinode / "saved" / "latest").write_text("iter_0000004\n")
+    for step in ("3", "6"):
+        done = _run("megatron-to-orbax", "run.py", "--checkpoint", "saved", "--step", step, "--output", "o",
+                    cwd=multinode)
+        assert done.returncode == 2
+        assert f"saved holds no complete checkpoint of step {step}; it has steps 2, 4 (latest 4)" in done.stderr
+        assert "torchrun" not in done.stdout  # refused here, not after the multi-node command was printed
+    older = _run("megatron-to-orbax", "run.py", "--checkpoint", "saved", "--step", "2", "--output", "o", cwd=multinode)
+    assert older.returncode == 2 and "Run this on every node" in older.stdout and "--step 2" in older.stdout

@@ -294,3 +294,27 @@ def test_megatron_to_orbax_holds_the_final_weights_bit_for_bit(curve: Curve, con
         ]
     print(f"megatron-to-orbax: {len(expected)} leaves restored by Orbax, {len(different)} differ from the checkpoint")
     assert different == []
+
+
+def test_megatron_to_orbax_step_selects_the_checkpoint_it_exports(curve: Curve, converted: Converted) -> None:
+    """--step N exports iter_N (here the imported JAX state of update 10, older than the latest, 20), into OUT/N."""
+    assert converted.run.returncode == 0, converted.run.explain()
+    done = _convert("megatron-to-orbax", "run_convert.py", "--checkpoint", "converted", "--step", str(case.SAVE_STEP),
+                    "--output", "exported_old", cwd=curve.folder)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"checkpoint: loaded step {case.SAVE_STEP} from" in done.stdout
+    assert sorted(p.name for p in (curve.folder / "exported_old").iterdir()) == [str(case.SAVE_STEP)]
+    items = curve.folder / "exported_old" / str(case.SAVE_STEP) / "items"
+    curve.restore(items, curve.folder / "restored_old.npz")
+    expected = _as_maxtext(_megatron_weights(curve.folder / "converted" / f"iter_{case.SAVE_STEP:07d}"))
+    latest = _as_maxtext(_megatron_weights(curve.folder / "converted" / f"iter_{case.STEPS:07d}"))
+    with np.load(curve.folder / "restored_old.npz") as leaves:
+        assert all(leaves[name].tobytes() == expected[name].tobytes() for name in expected)
+        assert any(leaves[name].tobytes() != latest[name].tobytes() for name in latest)
+
+    absent = _convert("megatron-to-orbax", "run_convert.py", "--checkpoint", "converted", "--step", "7",
+                      "--output", "exported_absent", cwd=curve.folder)
+    assert absent.returncode == 2
+    assert (f"converted holds no complete checkpoint of step 7; it has steps {case.SAVE_STEP}, {case.STEPS} "
+            f"(latest {case.STEPS})") in absent.stderr
+    assert not (curve.folder / "exported_absent").exists()

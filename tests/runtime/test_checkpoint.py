@@ -106,7 +106,7 @@ def test_resharded_checkpoint_gives_the_same_eval_loss(straight_dp1: Path, tmp_p
     runs.copy_checkpoint(straight_dp1, folder, "iter_0000006")
     result = runs.launch(folder)
     assert result.returncode == 0, result.explain()
-    assert "all 6 steps were already done" in result.output
+    assert "all 6 steps were already done; nothing to train, evaluating what was loaded" in result.output
     assert "RNG states are per rank and were not restored" in result.output
     resharded = runs.losses(folder, "valid")[6]
     assert resharded == pytest.approx(runs.losses(straight_dp1, "valid")[6], abs=1e-6)
@@ -219,9 +219,30 @@ def test_checkpoint_inspect_reports_a_checkpoint_without_a_run(
     assert shapes["embedding.word_embeddings.weight"] == "128x64"
     assert shapes["decoder.layers.mlp.linear_fc1.weight"] == "2x256x64"  # layers stacked
     assert any(key.startswith("optimizer.state.exp_avg.") for key in shapes)
-    assert "also here    iter_0000003" in text
+    assert "available    steps 3, 6 (latest 6) (choose one with --step N)" in text
+    assert "also here" not in text  # no unfinished saves
     manifest = json.loads((latest / files.MANIFEST).read_text())
     assert manifest["layout"]["tensor"] == 1 and manifest["optimizer"]["kind"] == "plain"
+
+    assert bridgec(["checkpoint", "inspect", str(straight_dp1 / "ckpt"), "--step", "3"]) == 0
+    older = capsys.readouterr().out
+    assert f"checkpoint   {straight_dp1 / 'ckpt' / 'iter_0000003'}\n" in older
+    assert "step         3 (24 samples consumed, 0 steps skipped)" in older
+    assert bridgec(["checkpoint", "inspect", str(straight_dp1 / "ckpt"), "--step", "4"]) == 2
+    absent = capsys.readouterr()
+    assert absent.out == ""
+    assert f"{straight_dp1 / 'ckpt'} holds no complete checkpoint of step 4; it has steps 3, 6 (latest 6)" in absent.err
+
+
+def test_a_finished_run_without_evaluation_launched_again_evaluates_nothing(straight_dp1: Path, tmp_path: Path) -> None:
+    """Relaunching a finished run whose spec has no eval_interval says so instead of printing a nan evaluation."""
+    folder = runs.prepare(tmp_path, runs.RunSpec(resume=True))
+    runs.copy_checkpoint(straight_dp1, folder, "iter_0000006")
+    result = runs.launch(folder)
+    assert result.returncode == 0, result.explain()
+    assert "all 6 steps were already done; nothing to train, and nothing to evaluate" in result.output
+    assert "nan" not in result.output and "validation" not in result.output
+    assert runs.losses(folder, "valid") == {}
 
 
 @pytest.mark.parametrize(
