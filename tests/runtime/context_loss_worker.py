@@ -1,50 +1,101 @@
 """The standard (per-microbatch mean) loss under context parallelism, two ranks each holding half of every sequence.
 
 ``python -m torch.distributed.run --nproc-per-node 2 context_loss_worker.py OUT_DIR`` writes rank{r}.json
-with the largest differences from the whole-sequence mean: the reported loss, and this rank's loss gradient
-after DDP's average over the data x context ranks. The mask leaves the two halves different token counts,
-so a rank that divided by its own count would be caught.
+with the largest differences from the whole-sequence mean: the reported loss, and the gradient that
+training applies. The gradient goes the way training goes: megatron-core's forward_backward schedule
+(which scales two-value losses by the context size and divides by the number of microbatches), its DDP
+and ``finalize_model_grads`` (which average over the data x context ranks). The model is one parameter
+holding the per-token losses, so the gradient of the whole-sequence mean is known exactly: mask / count.
+The masks leave the two halves different token counts, so a rank that divided by its own count would be
+caught, and differ per microbatch, so the average over microbatches is checked too.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 from megatron.core import parallel_state
+from megatron.core.enums import ModelType
+from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig, finalize_model_grads
+from megatron.core.pipeline_parallel import get_forward_backward_func
+from megatron.core.transformer import TransformerConfig
 
 from bridgec.runtime.loss import loss_from_sums, loss_sums, masked_mean_loss, reduce_metadata
 
 SEQUENCE = 8
+MASKS = (
+    # microbatch 0: 6 real tokens in the first half, 3 in the second
+    torch.tensor([[1, 1, 1, 1, 1, 0, 0, 1], [1, 1, 0, 0, 0, 0, 0, 0]], dtype=torch.float32),
+    # microbatch 1: 2 in the first half, 5 in the second
+    torch.tensor([[0, 1, 0, 0, 1, 1, 1, 1], [1, 0, 0, 0, 0, 0, 1, 0]], dtype=torch.float32),
+)
 
 
-def case() -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-token losses [2, 8] and a mask with 6 real tokens in the first half and 3 in the second."""
-    losses = torch.arange(1.0, 2 * SEQUENCE + 1).reshape(2, SEQUENCE) / 4
-    mask = torch.tensor([[1, 1, 1, 1, 1, 0, 0, 1], [1, 1, 0, 0, 0, 0, 0, 0]], dtype=torch.float32)
-    return losses, mask
+class PerTokenLosses(torch.nn.Module):
+    """A "model" whose output is its parameter: the per-token losses [2, SEQUENCE] of every microbatch.
+
+    Each context rank returns its half of the sequence dimension, as a context-parallel model's
+    output holds only that rank's tokens.
+    """
+
+    model_type = ModelType.encoder_or_decoder  # what megatron's schedules ask a model chunk
+
+    def __init__(self, config: TransformerConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.losses = torch.nn.Parameter(torch.arange(1.0, 2 * SEQUENCE + 1).reshape(2, SEQUENCE) / 4)
+
+    def set_input_tensor(self, tensor: torch.Tensor | None) -> None:
+        """Called by megatron's schedules; a single stage has no input from a previous one."""
+
+    def forward(self) -> torch.Tensor:
+        rank = parallel_state.get_context_parallel_rank()
+        context = parallel_state.get_context_parallel_world_size()
+        return self.losses.chunk(context, dim=1)[rank]
+
+
+def _local(mask: torch.Tensor) -> torch.Tensor:
+    return mask.chunk(parallel_state.get_context_parallel_world_size(), dim=1)[parallel_state.get_context_parallel_rank()]
+
+
+def forward_step(data_iterator: Iterator[torch.Tensor], model: torch.nn.Module) -> tuple[torch.Tensor, functools.partial]:
+    mask = next(data_iterator)
+    return model(), functools.partial(masked_mean_loss, _local(mask))
 
 
 def differences() -> dict[str, float]:
-    losses, mask = case()
-    rank = parallel_state.get_context_parallel_rank()
-    context = parallel_state.get_context_parallel_world_size()
-    whole = (losses * mask).sum() / mask.sum()
-    local = losses.chunk(context, dim=1)[rank].clone().requires_grad_(True)
-    local_mask = mask.chunk(context, dim=1)[rank]
-    loss, metadata = masked_mean_loss(local_mask, local)
-    loss.backward()
-    # DDP averages gradients over the data x context ranks; this rank's part of that average:
-    averaged = local.grad / context
-    expected_grad = (mask / mask.sum()).chunk(context, dim=1)[rank]
-    total = loss_sums([metadata])
+    config = TransformerConfig(
+        num_layers=1, hidden_size=8, num_attention_heads=1, context_parallel_size=2,
+        finalize_model_grads_func=finalize_model_grads,
+    )  # fmt: skip
+    ddp_config = DistributedDataParallelConfig(grad_reduce_in_fp32=True, overlap_grad_reduce=False)
+    model = DistributedDataParallel(config, ddp_config, PerTokenLosses(config))
+    model.zero_grad_buffer()
+    forward_data = get_forward_backward_func()(
+        forward_step_func=forward_step,
+        data_iterator=iter(MASKS),
+        model=[model],
+        num_microbatches=len(MASKS),
+        seq_length=SEQUENCE,
+        micro_batch_size=2,
+        forward_only=False,
+    )
+    losses = model.module.losses.detach()
+    means = [float((losses * mask).sum() / mask.sum()) for mask in MASKS]
+    expected_grad = sum(mask / mask.sum() for mask in MASKS) / len(MASKS)
+    grad = model.module.losses.main_grad
+    total = loss_sums(forward_data)
     torch.distributed.all_reduce(total, group=parallel_state.get_context_parallel_group())
     return {
-        "reported": abs(loss_from_sums(total) - whole.item()),
-        "reduce_metadata": abs(reduce_metadata([metadata]) - whole.item()),
-        "grad": float((averaged - expected_grad).abs().max()),
+        "reported": abs(loss_from_sums(total) - sum(means) / len(means)),
+        "reduce_metadata": abs(reduce_metadata(forward_data) - sum(means) / len(means)),
+        "grad": float((grad - expected_grad).abs().max()),
+        "grad_ratio": float(grad.norm() / expected_grad.norm()),
     }
 
 

@@ -44,9 +44,11 @@ def test_reduce_divides_once_over_all_microbatches(megatron_world1: None) -> Non
 
 
 def test_mean_loss_under_context_parallelism_is_the_whole_sequence_mean(tmp_path: Path) -> None:
-    """CP = 2 under torchrun: each rank holds half of every sequence (halves with different token counts)."""
+    """CP = 2 under torchrun, through megatron's schedule and DDP: each rank holds half of every sequence
+    (halves with different token counts); the gradient is the whole-sequence mean's, not CP times it."""
     done = launch(Path(context_loss_worker.__file__), 2, args=(str(tmp_path),))
     assert done.returncode == 0, done.explain()
     for rank in (0, 1):
         result = json.loads((tmp_path / f"rank{rank}.json").read_text())
-        assert result == pytest.approx({"reported": 0.0, "reduce_metadata": 0.0, "grad": 0.0}, abs=1e-6)
+        expected = {"reported": 0.0, "reduce_metadata": 0.0, "grad": 0.0, "grad_ratio": 1.0}
+        assert result == pytest.approx(expected, abs=1e-6), f"rank {rank}"
