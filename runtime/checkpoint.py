@@ -1,7 +1,7 @@
 """Checkpoints on megatron-core's dist_checkpointing: atomic saves, validated loads, exact resume.
 
 A checkpoint holds the model chunks, the optimizer (plain or distributed), the
-learning-rate schedule, every rank's RNG states and the data position; the
+learning-rate schedule, fp16's loss scale, every rank's RNG states and the data position; the
 manifest next to it records the layout, the model's architecture and the
 spec/script hashes (folder layout and atomicity: :mod:`bridgec.runtime.checkpoint_files`).
 
@@ -288,6 +288,8 @@ class DistCheckpointer:
                 model_state, is_loading=loading, metadata=SHARDED_METADATA
             )
         state["scheduler"] = self.scheduler.state_dict()
+        if not loading and self._grad_scalers():
+            state["grad_scalers"] = [scaler.state_dict() for scaler in self._grad_scalers()]
         if with_rng:
             state["rng_state"] = ShardedObject(
                 "rng_state",
@@ -297,6 +299,29 @@ class DistCheckpointer:
                 replica_id=0,
             )
         return state
+
+    def _grad_scalers(self) -> list[Any]:
+        """fp16's dynamic loss scalers, one per chained optimizer (none for fp32 and bf16)."""
+        return [sub.grad_scaler for sub in self.optimizer.chained_optimizers if sub.grad_scaler is not None]
+
+    def _restore_grad_scalers(self, saved: list[dict[str, Any]] | None) -> None:
+        """Continue fp16's loss scale where the save left it.
+
+        Saved on their own, beside the optimizer: an fp16 run skips its first
+        updates while the scale comes down from 2^32, and until an update has
+        been applied the optimizer has no state and is not saved at all, so a
+        resume would otherwise start again at 2^32 and skip those steps twice.
+        One copy is kept (rank 0's, in the checkpoint's common part), as
+        Megatron-LM keeps it: the dense parameters' scale is the same on every
+        rank (overflows are agreed over the model-parallel ranks, and gradients
+        are data-parallel averages). An expert optimizer's scale is agreed only
+        within its expert-parallel rank's group, so with expert parallelism and
+        fp16 the other expert ranks resume at rank 0's expert scale.
+        """
+        if saved is None:
+            return
+        for scaler, state in zip(self._grad_scalers(), saved):
+            scaler.load_state_dict(state)
 
     def _allocate_optimizer_state(self) -> None:
         """Give a fresh distributed optimizer its state tensors before loading into them.
@@ -346,6 +371,7 @@ class DistCheckpointer:
                 "the run stops rather than continue from a partly loaded state",
             ) from None
         self._restore_schedule(loaded["scheduler"])
+        self._restore_grad_scalers(loaded.get("grad_scalers"))
         if same_layout:
             restore_rng_states(loaded["rng_state"])
         else:
