@@ -1,23 +1,30 @@
-"""The standard (per-microbatch mean) loss under context parallelism, two ranks each holding half of every sequence.
+"""Checks that need two gloo ranks in two layouts, in one torchrun launch (tests/runtime/conftest.py: two_ranks).
 
-``python -m torch.distributed.run --nproc-per-node 2 context_loss_worker.py OUT_DIR`` writes rank{r}.json
-with the largest differences from the whole-sequence mean: the reported loss, and the gradient that
-training applies. The gradient goes the way training goes: megatron-core's forward_backward schedule
-(which scales two-value losses by the context size and divides by the number of microbatches), its DDP
-and ``finalize_model_grads`` (which average over the data x context ranks). The model is one parameter
-holding the per-token losses, so the gradient of the whole-sequence mean is known exactly: mask / count.
-The masks leave the two halves different token counts, so a rank that divided by its own count would be
-caught, and differ per microbatch, so the average over microbatches is checked too.
+``python -m torch.distributed.run --nproc-per-node 2 two_rank_worker.py OUT_DIR`` writes rank{r}.json with:
+
+``context`` (context parallel 2): the standard (per-microbatch mean) loss, each rank holding half of every
+sequence: the largest differences from the whole-sequence mean of the reported loss and of the gradient that
+training applies. The gradient goes the way training goes: megatron-core's forward_backward schedule (which
+scales two-value losses by the context size and divides by the number of microbatches), its DDP and
+``finalize_model_grads`` (which average over the data x context ranks). The model is one parameter holding the
+per-token losses, so the gradient of the whole-sequence mean is known exactly: mask / count. The masks leave the
+two halves different token counts, so a rank that divided by its own count would be caught, and differ per
+microbatch, so the average over microbatches is checked too.
+
+``stages`` (pipeline parallel 2): what each stage's random streams draw after ``initialize`` (torch, NumPy,
+Python, and megatron's model-parallel tracker stream that dropout inside tensor-parallel regions uses).
 """
 
 from __future__ import annotations
 
 import functools
 import json
+import random
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import torch
 from megatron.core import parallel_state
 from megatron.core.enums import ModelType
@@ -99,15 +106,41 @@ def differences() -> dict[str, float]:
     }
 
 
+STAGE_SEED = 1234
+
+
+def stage_draws() -> dict[str, object]:
+    """Numbers each random stream gives right after seeding, and this rank's pipeline stage."""
+    from megatron.core.tensor_parallel import get_cuda_rng_tracker
+
+    with get_cuda_rng_tracker().fork():  # the model-parallel stream (dropout inside tensor-parallel regions)
+        tracker = torch.rand(4).tolist()
+    return {
+        "pipeline_rank": parallel_state.get_pipeline_model_parallel_rank(),
+        "torch": torch.rand(4).tolist(),
+        "numpy": np.random.rand(4).tolist(),
+        "python": [random.random() for _ in range(4)],
+        "tracker": tracker,
+    }
+
+
 def main(argv: list[str]) -> int:
     from bridgec.runtime import cpu_compat
     from bridgec.runtime.parallel import initialize, shutdown
 
     cpu_compat.apply()
+    results = {}
     layout = initialize(
         device="cpu", tensor=1, pipeline=1, virtual_pipeline=None, context=2, expert=1, seed=0, timeout_minutes=2
     )
-    Path(argv[0], f"rank{layout.rank}.json").write_text(json.dumps(differences()))
+    results["context"] = differences()
+    parallel_state.destroy_model_parallel()
+    initialize(
+        device="cpu", tensor=1, pipeline=2, virtual_pipeline=None, context=1, expert=1, seed=STAGE_SEED,
+        timeout_minutes=2,
+    )  # fmt: skip
+    results["stages"] = stage_draws()
+    Path(argv[0], f"rank{layout.rank}.json").write_text(json.dumps(results))
     shutdown()
     return 0
 
