@@ -37,7 +37,7 @@ from megatron.core.dist_checkpointing.strategies.fully_parallel import FullyPara
 from megatron.core.dist_checkpointing.strategies.torch import TorchDistSaveShardedStrategy
 from megatron.core.distributed import DistributedDataParallel
 from megatron.core.optimizer.distrib_optimizer import DistributedOptimizer
-from megatron.core.optimizer.optimizer import ChainedOptimizer
+from megatron.core.optimizer.optimizer import ChainedOptimizer, MixedPrecisionOptimizer
 from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 from torch.distributed.checkpoint.metadata import Metadata, TensorStorageMetadata
 
@@ -302,7 +302,11 @@ class DistCheckpointer:
 
     def _grad_scalers(self) -> list[Any]:
         """fp16's dynamic loss scalers, one per chained optimizer (none for fp32 and bf16)."""
-        return [sub.grad_scaler for sub in self.optimizer.chained_optimizers if sub.grad_scaler is not None]
+        return [
+            sub.grad_scaler
+            for sub in self.optimizer.chained_optimizers
+            if isinstance(sub, MixedPrecisionOptimizer) and sub.grad_scaler is not None
+        ]
 
     def _restore_grad_scalers(self, saved: list[dict[str, Any]] | None) -> None:
         """Continue fp16's loss scale where the save left it.

@@ -132,7 +132,7 @@ DATA_SPLIT = (98.0, 1.0, 1.0)
 EOD_TOKEN = 999  # default for mock data: vocab 1000 - 1
 EOD_MASK_LOSS = False
 TRAIN_SAMPLES = 1600  # train.iters 100 x global 16
-VALID_SAMPLES = 64  # eval_iters 4 x global 16
+VALID_SAMPLES = 128  # 2 evaluations (iters 100 // eval_interval 50) x eval_iters 4 x global 16; each reads the next ones
 LOSS_REDUCTION = "per_token"
 
 # Outputs (paths relative to the spec's folder)
