@@ -1,9 +1,10 @@
 """Checkpoints on megatron-core's dist_checkpointing: atomic saves, validated loads, exact resume.
 
 A checkpoint holds the model chunks, the optimizer (plain or distributed), the
-learning-rate schedule, fp16's loss scale, every rank's RNG states and the data position; the
-manifest next to it records the layout, the model's architecture and the
-spec/script hashes (folder layout and atomicity: :mod:`bridgec.runtime.checkpoint_files`).
+learning-rate schedule, fp16's loss scale, every rank's RNG states and the
+training and validation data positions; the manifest next to it records the
+layout, the model's architecture and the spec/script hashes
+(folder layout and atomicity: :mod:`bridgec.runtime.checkpoint_files`).
 
 Tensors are saved with the ``torch_dist`` backend, sharded: each rank writes its
 own shards, replicas are split over the data-parallel ranks. Model and plain
@@ -203,6 +204,7 @@ class DistCheckpointer:
                 "step": progress.step,
                 "consumed_samples": progress.consumed_samples,
                 "skipped_steps": progress.skipped_steps,
+                "consumed_valid_samples": progress.consumed_valid_samples,
             }
             dist_checkpointing.save(state, str(partial), sharded_strategy=self._save_strategy())
             _pause_for_tests(progress.step)
@@ -391,6 +393,8 @@ class DistCheckpointer:
             step=progress["step"],
             consumed_samples=progress["consumed_samples"],
             skipped_steps=progress["skipped_steps"],
+            # Checkpoints written before the validation position was kept evaluate from the split's start.
+            consumed_valid_samples=progress.get("consumed_valid_samples", 0),
         )
 
     @torch.no_grad()  # the fp32 distributed optimizer's main params are views of the model's
