@@ -3,7 +3,7 @@
 A checkpoint holds the model chunks, the optimizer (plain or distributed), the
 learning-rate schedule, fp16's loss scale, every rank's RNG states and the
 training and validation data positions; the manifest next to it records the
-layout, the model's architecture and the spec/script hashes
+layout, the model's architecture, the spec/script hashes and the publish order
 (folder layout and atomicity: :mod:`bridgec.runtime.checkpoint_files`).
 
 Tensors are saved with the ``torch_dist`` backend, sharded: each rank writes its
@@ -250,6 +250,7 @@ class DistCheckpointer:
             script_sha256=self.script_sha256,
             versions={"megatron-core": megatron.core.__version__, "torch": torch.__version__},
             files=sizes,
+            sequence=files.next_sequence(self.directory),
         )
 
     def _optimizer_record(self, has_state: bool) -> dict[str, Any]:
