@@ -66,7 +66,8 @@ class Progress:
     consumed_samples: int
     """Training samples consumed, over all data-parallel ranks: the data position."""
     skipped_steps: int
-    """Steps whose update was skipped (non-finite gradients), for the metrics' running count."""
+    """Steps whose update was skipped (non-finite gradients, or an fp16 loss-scale overflow), for the metrics'
+    running count."""
     consumed_valid_samples: int = 0
     """Validation samples read by the evaluations so far, over all data-parallel ranks: where the next
     evaluation starts (Megatron-LM's consumed_valid_samples)."""
@@ -239,16 +240,16 @@ def _evaluate(
 
     Successive evaluations read successive batches, as Megatron-LM's validation
     iterator does; past the end of the split they start again from its beginning
-    (the split holds one window per evaluation the spec asks for, so only a
-    resume with a shorter eval_interval gets there).
+    (the split holds at least one window per evaluation the spec asks for, so
+    only a resume with a shorter eval_interval gets there).
     """
     if splits.valid is None or settings.eval_iters == 0:
         return
     window = settings.eval_iters * settings.global_batch_size
-    capacity = len(splits.valid) // window * window
+    whole_windows = max(1, len(splits.valid) // window) * window
     evaluation = evaluate(
         functools.partial(forward_step, TrainState(step=step, consumed_samples=consumed, layout=layout)),
-        _iterators(splits.valid, layout, settings, valid_consumed % capacity if capacity else valid_consumed),
+        _iterators(splits.valid, layout, settings, valid_consumed % whole_windows),
         model,
         num_batches=settings.eval_iters,
         num_microbatches=settings.num_microbatches,
