@@ -63,3 +63,15 @@ def ffn_hidden_size(spec: Spec) -> int:
 def gated_mlp(spec: Spec) -> bool:
     """swiglu and geglu: linear_fc1 holds [gate; up], two ffn_hidden_size branches."""
     return spec.model.activation in ("swiglu", "geglu")
+
+
+def evaluations(spec: Spec) -> int:
+    """Evaluations during training: train.iters // eval_interval (0 without eval_interval)."""
+    interval = spec.train.eval_interval
+    return spec.train.iters // interval if interval is not None else 0
+
+
+def validation_windows(spec: Spec) -> int:
+    """Windows of eval_iters global batches the validation split holds: one per evaluation, as each evaluation
+    reads the next one (Megatron-LM's order), and at least one (a finished run launched again evaluates)."""
+    return max(1, evaluations(spec)) if spec.train.eval_interval is not None else 0

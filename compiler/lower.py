@@ -382,7 +382,16 @@ def _data_section(spec: Spec, target: Target) -> Section:
     constants.append(_c("EOD_MASK_LOSS", d.eod_mask_loss))
     constants.append(_c("TRAIN_SAMPLES", t.iters * g, f"train.iters {t.iters} x global {g}"))
     if t.eval_interval is not None:
-        constants.append(_c("VALID_SAMPLES", t.eval_iters * g, f"eval_iters {t.eval_iters} x global {g}"))
+        windows = derive.validation_windows(spec)
+        count = (
+            f"{windows} evaluation{'s' if windows > 1 else ''} (iters {t.iters} // eval_interval {t.eval_interval})"
+            if derive.evaluations(spec) == windows
+            else f"1 evaluation (at least one; iters {t.iters} < eval_interval {t.eval_interval})"
+        )
+        constants.append(_c(
+            "VALID_SAMPLES", windows * t.eval_iters * g,
+            f"{count} x eval_iters {t.eval_iters} x global {g}; each reads the next ones",
+        ))
     else:
         constants.append(_c("VALID_SAMPLES", 0, "no evaluation"))
     constants.append(_c("LOSS_REDUCTION", spec.loss.reduction))

@@ -267,14 +267,6 @@ def rule_context_needs_transformer_engine(spec: Spec, ctx: SpecContext) -> Itera
                       hint='set transformer_impl = "transformer_engine" under [model] (cuda only), or context = 1')
 
 
-def rule_fp16_needs_cuda(spec: Spec, ctx: SpecContext) -> Iterator[Finding]:
-    if spec.precision.dtype == "fp16" and spec.launch.device == "cpu":
-        yield Finding(about=(("precision", "dtype"),),
-                      message='$.precision.dtype = "fp16" is not supported with launch.device = "cpu" '
-                              "(PyTorch has no fp16 matrix multiplies on CPU)",
-                      hint='dtype = "bf16" or "fp32" on cpu, or device = "cuda"')
-
-
 LAYOUT_RULES: tuple[Rule, ...] = (
     rule_world_divisible,
     rule_global_batch_divisible,
@@ -291,5 +283,4 @@ LAYOUT_RULES: tuple[Rule, ...] = (
     rule_fp8_needs_cuda_and_transformer_engine,
     rule_transformer_engine_needs_cuda,
     rule_context_needs_transformer_engine,
-    rule_fp16_needs_cuda,
 )

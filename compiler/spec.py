@@ -50,7 +50,7 @@ class Run:
     name: str
     """Run name; shown in logs and the script's docstring. Required."""
     seed: int = 1234
-    """Seed for weights (see [init]), data order and dropout. Same seed, same run."""
+    """Seed for weights (see [init]), data order and dropout (pipeline stage p draws dropout from seed + 100 x p, as in Megatron-LM). Same seed, same run."""
     description: str = ""
     """Free text copied into the generated script's docstring."""
     output_dir: str | None = None
@@ -176,7 +176,7 @@ class Train:
     eval_interval: int | None = None
     """Evaluate on the validation split every this many steps; unset: never."""
     eval_iters: int = 10
-    """Batches per evaluation."""
+    """Global batches per evaluation. Each evaluation reads the next ones of the validation split (Megatron-LM's order; the position is in checkpoints)."""
     exit_interval: int | None = None
     """Save and stop after this many steps of this launch (resume continues)."""
     exit_duration_minutes: float | None = None
@@ -304,7 +304,7 @@ class Precision:
     """[precision]: number formats."""
 
     dtype: DType = "fp32"
-    """Parameter and compute dtype: fp32, bf16 or fp16 (mixed precision keeps fp32 master weights)."""
+    """Parameter and compute dtype: fp32, bf16 or fp16 (mixed precision keeps fp32 master weights). fp16 scales the loss dynamically as Megatron-LM does: from 2^32, halved on overflow, with the overflowed steps skipped (expect ~20 at the start); on CPU too."""
     fp8: Fp8Recipe | None = None
     """FP8 recipe for transformer_engine on cuda: delayed, tensorwise, blockwise or mxfp8."""
 
@@ -358,7 +358,7 @@ class Checkpoint:
     resume: bool = False
     """Continue from the latest complete checkpoint in dir, or start fresh when there is none."""
     keep_last: int | None = None
-    """Keep only the newest this many checkpoints; unset: keep all."""
+    """Keep only this many of the most recently saved checkpoints (in save order, not step order); unset: keep all."""
 
 
 @attrs.frozen(kw_only=True)

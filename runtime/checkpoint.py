@@ -1,9 +1,10 @@
 """Checkpoints on megatron-core's dist_checkpointing: atomic saves, validated loads, exact resume.
 
 A checkpoint holds the model chunks, the optimizer (plain or distributed), the
-learning-rate schedule, every rank's RNG states and the data position; the
-manifest next to it records the layout, the model's architecture and the
-spec/script hashes (folder layout and atomicity: :mod:`bridgec.runtime.checkpoint_files`).
+learning-rate schedule, fp16's loss scale, every rank's RNG states and the
+training and validation data positions; the manifest next to it records the
+layout, the model's architecture, the spec/script hashes and the publish order
+(folder layout and atomicity: :mod:`bridgec.runtime.checkpoint_files`).
 
 Tensors are saved with the ``torch_dist`` backend, sharded: each rank writes its
 own shards, replicas are split over the data-parallel ranks. Model and plain
@@ -37,7 +38,7 @@ from megatron.core.dist_checkpointing.strategies.fully_parallel import FullyPara
 from megatron.core.dist_checkpointing.strategies.torch import TorchDistSaveShardedStrategy
 from megatron.core.distributed import DistributedDataParallel
 from megatron.core.optimizer.distrib_optimizer import DistributedOptimizer
-from megatron.core.optimizer.optimizer import ChainedOptimizer
+from megatron.core.optimizer.optimizer import ChainedOptimizer, MixedPrecisionOptimizer
 from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 from torch.distributed.checkpoint.metadata import Metadata, TensorStorageMetadata
 
@@ -203,6 +204,7 @@ class DistCheckpointer:
                 "step": progress.step,
                 "consumed_samples": progress.consumed_samples,
                 "skipped_steps": progress.skipped_steps,
+                "consumed_valid_samples": progress.consumed_valid_samples,
             }
             dist_checkpointing.save(state, str(partial), sharded_strategy=self._save_strategy())
             _pause_for_tests(progress.step)
@@ -248,6 +250,7 @@ class DistCheckpointer:
             script_sha256=self.script_sha256,
             versions={"megatron-core": megatron.core.__version__, "torch": torch.__version__},
             files=sizes,
+            sequence=files.next_sequence(self.directory),
         )
 
     def _optimizer_record(self, has_state: bool) -> dict[str, Any]:
@@ -288,6 +291,8 @@ class DistCheckpointer:
                 model_state, is_loading=loading, metadata=SHARDED_METADATA
             )
         state["scheduler"] = self.scheduler.state_dict()
+        if not loading and self._grad_scalers():
+            state["grad_scalers"] = [scaler.state_dict() for scaler in self._grad_scalers()]
         if with_rng:
             state["rng_state"] = ShardedObject(
                 "rng_state",
@@ -297,6 +302,33 @@ class DistCheckpointer:
                 replica_id=0,
             )
         return state
+
+    def _grad_scalers(self) -> list[Any]:
+        """fp16's dynamic loss scalers, one per chained optimizer (none for fp32 and bf16)."""
+        return [
+            sub.grad_scaler
+            for sub in self.optimizer.chained_optimizers
+            if isinstance(sub, MixedPrecisionOptimizer) and sub.grad_scaler is not None
+        ]
+
+    def _restore_grad_scalers(self, saved: list[dict[str, Any]] | None) -> None:
+        """Continue fp16's loss scale where the save left it.
+
+        Saved on their own, beside the optimizer: an fp16 run skips its first
+        updates while the scale comes down from 2^32, and until an update has
+        been applied the optimizer has no state and is not saved at all, so a
+        resume would otherwise start again at 2^32 and skip those steps twice.
+        One copy is kept (rank 0's, in the checkpoint's common part), as
+        Megatron-LM keeps it: the dense parameters' scale is the same on every
+        rank (overflows are agreed over the model-parallel ranks, and gradients
+        are data-parallel averages). An expert optimizer's scale is agreed only
+        within its expert-parallel rank's group, so with expert parallelism and
+        fp16 the other expert ranks resume at rank 0's expert scale.
+        """
+        if saved is None:
+            return
+        for scaler, state in zip(self._grad_scalers(), saved):
+            scaler.load_state_dict(state)
 
     def _allocate_optimizer_state(self) -> None:
         """Give a fresh distributed optimizer its state tensors before loading into them.
@@ -354,6 +386,7 @@ class DistCheckpointer:
                 "the run stops rather than continue from a partly loaded state",
             ) from None
         self._restore_schedule(loaded["scheduler"])
+        self._restore_grad_scalers(loaded.get("grad_scalers"))
         if same_layout:
             restore_rng_states(loaded["rng_state"])
         else:
@@ -369,6 +402,8 @@ class DistCheckpointer:
             step=progress["step"],
             consumed_samples=progress["consumed_samples"],
             skipped_steps=progress["skipped_steps"],
+            # Checkpoints written before the validation position was kept evaluate from the split's start.
+            consumed_valid_samples=progress.get("consumed_valid_samples", 0),
         )
 
     @torch.no_grad()  # the fp32 distributed optimizer's main params are views of the model's

@@ -64,6 +64,10 @@ class Manifest:
     versions: dict[str, str]
     files: dict[str, int]
     """Every file of the checkpoint (but the manifest) and its size in bytes."""
+    sequence: int = 0
+    """Publish order in its folder: one more than the largest sequence there when it was published, so a
+    run started over an older run's folder counts as newer whatever its step numbers. 0 in checkpoints
+    written before bridgec recorded it (they count as older, in step order)."""
 
     def to_json(self) -> str:
         return json.dumps(attrs.asdict(self), indent=2, sort_keys=True) + "\n"
@@ -72,7 +76,8 @@ class Manifest:
     def from_json(cls, text: str) -> Manifest:
         data = json.loads(text)
         names = {field.name for field in attrs.fields(cls)}
-        if not isinstance(data, dict) or set(data) != names:
+        required = {field.name for field in attrs.fields(cls) if field.default is attrs.NOTHING}
+        if not isinstance(data, dict) or not required <= set(data) <= names:
             raise ValueError(f"expected the keys {sorted(names)}")
         return cls(**data)
 
@@ -117,15 +122,36 @@ def file_sizes(path: Path) -> dict[str, int]:
 
 
 def complete_checkpoints(root: Path) -> list[tuple[int, Path]]:
-    """(step, folder) of every complete checkpoint under ``root``, oldest first."""
+    """(step, folder) of every complete checkpoint under ``root``, oldest first.
+
+    Oldest means published first (the manifests' ``sequence``), not the lowest
+    step: after ``resume = false`` over an older run's folder, that run's
+    higher-numbered checkpoints are older than the new run's.
+    """
     if not root.is_dir():
         return []
     found = []
     for child in root.iterdir():
         match = _NAME.match(child.name)
         if match and child.is_dir() and (child / MANIFEST).is_file():
-            found.append((int(match[1]), child))
-    return sorted(found)
+            found.append((published_sequence(child), int(match[1]), child))
+    return [(step, path) for _, step, path in sorted(found)]
+
+
+def published_sequence(path: Path) -> int:
+    """The ``sequence`` of checkpoint folder ``path`` (0 when its manifest does not say or cannot be read:
+    ordering must not fail on a damaged checkpoint; loading one reports the damage)."""
+    try:
+        sequence = json.loads((path / MANIFEST).read_text(encoding="utf-8")).get("sequence", 0)
+    except (OSError, ValueError, AttributeError):
+        return 0
+    return sequence if isinstance(sequence, int) else 0
+
+
+def next_sequence(root: Path) -> int:
+    """The ``sequence`` of the next checkpoint published in ``root``."""
+    existing = [published_sequence(path) for _, path in complete_checkpoints(root)]
+    return max(existing, default=0) + 1
 
 
 def available_steps(root: Path) -> list[int]:
@@ -162,10 +188,10 @@ def find_step(root: Path, step: int | None) -> Path | None:
 
 
 def find_latest(root: Path) -> Path | None:
-    """The checkpoint a resume loads: the one ``latest`` names, else the newest complete one, else None.
+    """The checkpoint a resume loads: the one ``latest`` names, else the last one published, else None.
 
-    Without a pointer the newest complete checkpoint is safe to take: a folder
-    only gets its final name after its manifest is written (a save killed
+    Without a pointer the last complete checkpoint published is safe to take: a
+    folder only gets its final name after its manifest is written (a save killed
     between the rename and the pointer update leaves exactly that).
     """
     pointer = root / POINTER
@@ -240,7 +266,7 @@ def publish(partial: Path, final: Path) -> None:
 
 
 def prune(root: Path, keep_last: int) -> list[Path]:
-    """Delete all but the newest ``keep_last`` complete checkpoints (never the one ``latest`` names)."""
+    """Delete all but the ``keep_last`` complete checkpoints published last (never the one ``latest`` names)."""
     current = find_latest(root)
     complete = [path for _, path in complete_checkpoints(root)]
     removed = []

@@ -240,7 +240,7 @@ def _scheduler(script: CompiledScript, optimizer: Any) -> Any:
     """The script's schedule: its learning_rate_schedule() (MaxText/optax styles) or megatron's scheduler."""
     v = script.value
     if script.has("learning_rate_schedule"):
-        return CountScheduler(optimizer, v("learning_rate_schedule")())
+        return CountScheduler(optimizer, v("learning_rate_schedule")(), weight_decay=v("WEIGHT_DECAY"))
     wsd = v("LR_DECAY_STYLE") == "wsd"
     return build_scheduler(
         optimizer,

@@ -189,6 +189,16 @@ SCOPED_MODULES: tuple[Substitution, ...] = (
         ),
     ),
     Substitution(
+        module="megatron.core.optimizer.grad_scaler",
+        answers=(
+            "15: self._scale = torch.tensor([initial_scale], dtype=torch.float, device='cuda')",
+            "88: self.min_scale = torch.tensor([min_scale], dtype=torch.float, device='cuda')",
+            "91: self.growth_factor = torch.tensor([growth_factor], dtype=torch.float, device='cuda')",
+            "94: self.backoff_factor = torch.tensor([backoff_factor], dtype=torch.float, device='cuda')",
+            "140: self._scale = state_dict['scale'].cuda(torch.cuda.current_device())",
+        ),
+    ),
+    Substitution(
         module="megatron.core.optimizer.distrib_optimizer",
         answers=("791: (numel,), dtype=dtype, device=torch.cuda.current_device()",),
     ),

@@ -66,7 +66,11 @@ class Progress:
     consumed_samples: int
     """Training samples consumed, over all data-parallel ranks: the data position."""
     skipped_steps: int
-    """Steps whose update was skipped (non-finite gradients), for the metrics' running count."""
+    """Steps whose update was skipped (non-finite gradients, or an fp16 loss-scale overflow), for the metrics'
+    running count."""
+    consumed_valid_samples: int = 0
+    """Validation samples read by the evaluations so far, over all data-parallel ranks: where the next
+    evaluation starts (Megatron-LM's consumed_valid_samples)."""
 
 
 class Checkpointer(Protocol):
@@ -121,22 +125,26 @@ def train(
         log_interval=settings.log_interval,
         total_iters=settings.iters,
     )
-    fresh = initial or Progress(step=0, consumed_samples=0, skipped_steps=0)
+    fresh = initial or Progress(step=0, consumed_samples=0, skipped_steps=0, consumed_valid_samples=0)
     start = _restore(checkpointer if resume else None, log, fresh)
     resumed = start is not fresh  # restored from a checkpoint of this run (not merely started at an imported step)
     if start.step > 0 and layout.holds_loss:
         truncate_metrics(settings.metrics_path, after_step=start.step)
     log.open(resume=start.step > 0)
     log.skipped_total = start.skipped_steps
-    step, consumed = start.step, start.consumed_samples
+    step, consumed, valid_consumed = start.step, start.consumed_samples, start.consumed_valid_samples
     if step >= settings.iters:
-        # Nothing left to train (a finished run launched again): evaluate what was loaded, if the spec evaluates.
+        # Nothing left to train (a finished run launched again): evaluate what was loaded, if the spec evaluates,
+        # on the samples of the last evaluation (so the result compares with the one logged then, e.g. after a
+        # layout change).
         if settings.eval_interval is None:
             log.message(f"all {settings.iters} steps were already done; nothing to train, and nothing to evaluate "
                         "([train] eval_interval is unset)")
         else:
             log.message(f"all {settings.iters} steps were already done; nothing to train, evaluating what was loaded")
-            _evaluate(forward_step, model, splits, layout, settings, log, step=step, consumed=consumed)
+            last_window = max(0, valid_consumed - settings.eval_iters * settings.global_batch_size)
+            _evaluate(forward_step, model, splits, layout, settings, log, step=step, consumed=consumed,
+                      valid_consumed=last_window)
         log.close()
         return ExitCode.OK
     train_iterators = _iterators(splits.train, layout, settings, consumed)
@@ -162,15 +170,19 @@ def train(
             )
             seconds = time.perf_counter() - began
             if result.nonfinite and settings.on_nonfinite == "stop":
-                good = Progress(step=step, consumed_samples=consumed, skipped_steps=log.skipped_total)
+                good = Progress(step=step, consumed_samples=consumed, skipped_steps=log.skipped_total,
+                                consumed_valid_samples=valid_consumed)
                 log.step(step + 1, result, tokens=tokens_per_step, seconds=seconds)
                 raise RunError(ExitCode.NONFINITE_STOP, _nonfinite_stop(checkpointer, good, result.grad_norm, resumed_here=resumed and good.step == start.step))
             step += 1
             consumed += settings.global_batch_size
             log.step(step, result, tokens=tokens_per_step, seconds=seconds)
             if settings.eval_interval and step % settings.eval_interval == 0:
-                _evaluate(forward_step, model, splits, layout, settings, log, step=step, consumed=consumed)
-            progress = Progress(step=step, consumed_samples=consumed, skipped_steps=log.skipped_total)
+                _evaluate(forward_step, model, splits, layout, settings, log, step=step, consumed=consumed,
+                          valid_consumed=valid_consumed)
+                valid_consumed += settings.eval_iters * settings.global_batch_size
+            progress = Progress(step=step, consumed_samples=consumed, skipped_steps=log.skipped_total,
+                                consumed_valid_samples=valid_consumed)
             if step == settings.iters:
                 break
             stop_reason = _stop_reason(StopCode(result.stop_vote), settings)
@@ -183,7 +195,8 @@ def train(
                 log.message(f"stopping after step {step}: {stop_reason}; {saved}; launch again to resume")
                 return ExitCode.STOPPED_TO_RESUME
         if checkpointer is not None:
-            checkpointer.save(Progress(step=step, consumed_samples=consumed, skipped_steps=log.skipped_total))
+            checkpointer.save(Progress(step=step, consumed_samples=consumed, skipped_steps=log.skipped_total,
+                                       consumed_valid_samples=valid_consumed))
         return ExitCode.OK
     finally:
         signals.restore()
@@ -226,12 +239,22 @@ def _evaluate(
     *,
     step: int,
     consumed: int,
+    valid_consumed: int,
 ) -> None:
-    if splits.valid is None:
+    """Evaluate on the ``eval_iters`` global batches of the validation split that start at ``valid_consumed``.
+
+    Successive evaluations read successive batches, as Megatron-LM's validation
+    iterator does; past the end of the split they start again from its beginning
+    (the split holds at least one window per evaluation the spec asks for, so
+    only a resume with a shorter eval_interval gets there).
+    """
+    if splits.valid is None or settings.eval_iters == 0:
         return
+    window = settings.eval_iters * settings.global_batch_size
+    whole_windows = max(1, len(splits.valid) // window) * window
     evaluation = evaluate(
         functools.partial(forward_step, TrainState(step=step, consumed_samples=consumed, layout=layout)),
-        _iterators(splits.valid, layout, settings, 0),
+        _iterators(splits.valid, layout, settings, valid_consumed % whole_windows),
         model,
         num_batches=settings.eval_iters,
         num_microbatches=settings.num_microbatches,

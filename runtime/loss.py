@@ -56,10 +56,13 @@ def masked_mean_loss(
 
     With context parallelism each rank holds a slice of every sequence: the
     token count is summed over the context group so the mean is the
-    microbatch's, not the slice's; the loss handed to backward is scaled by the
-    context size because DDP averages gradients over data x context ranks; and
-    the reported pair is ``[slice sum / count, 1 / context size]``, which sums
-    over the context ranks to ``[microbatch mean, 1]``.
+    microbatch's, not the slice's, and the reported pair is ``[slice sum /
+    count, 1 / context size]``, which sums over the context ranks to
+    ``[microbatch mean, 1]``. The loss is returned unscaled: megatron-core's
+    schedule multiplies a two-value loss by the context size itself
+    (schedules.py ``forward_step_calc_loss``, ``output_tensor *= cp_group_size``),
+    which undoes DDP's average over the data x context ranks, so the gradient is
+    the whole-sequence mean's.
     """
     mask = loss_mask.reshape(-1).float()
     losses = output_tensor.float().reshape(-1)
@@ -70,7 +73,7 @@ def masked_mean_loss(
     # A microbatch whose tokens are all masked contributes 0, not NaN.
     loss = torch.sum(losses * mask) / torch.clamp(count, min=1.0)
     reported = torch.stack([loss.detach(), torch.full_like(loss, 1.0 / context)])
-    return loss * context, {LOSS_KEY: reported}
+    return loss, {LOSS_KEY: reported}
 
 
 def token_outputs(

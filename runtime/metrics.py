@@ -76,6 +76,7 @@ class MetricsLog:
                 "grad_norm": _number(result.grad_norm),
                 "skipped": result.skipped,
                 "skipped_total": self.skipped_total,
+                "loss_scale": result.loss_scale,
                 "tokens": tokens,
                 "tokens_per_second": tokens_per_second,
                 "ms_per_step": seconds * 1000.0,
@@ -84,10 +85,12 @@ class MetricsLog:
         )
         if step % self.log_interval == 0 or step == self.total_iters:
             loss = f"{result.loss:.6f}"
+            # Only fp16 scales its losses; the other dtypes' scale is always 1 and not worth a column.
+            scale = f" | loss scale {result.loss_scale:g}" if result.loss_scale != 1.0 else ""
             print(
                 f"step {step:>6}/{self.total_iters} | loss {loss} | lr {result.learning_rate:.3e} | "
                 f"grad norm {result.grad_norm:.4f} | {tokens_per_second:,.0f} tokens/s | "
-                f"{seconds * 1000.0:.1f} ms/step | skipped {self.skipped_total}",
+                f"{seconds * 1000.0:.1f} ms/step | skipped {self.skipped_total}{scale}",
                 file=self.stream,
                 flush=True,
             )

@@ -43,9 +43,15 @@ class ScheduleSettings:
     warmup_iters: int
     warmup_init_lr: float
     decay: str
+    """The spec's [scheduler] decay: constant, linear, cosine or wsd (see MEGATRON_DECAY_STYLES)."""
     decay_iters: int
     wsd_decay_iters: int | None
     wsd_decay_style: str
+
+
+MEGATRON_DECAY_STYLES = {"constant": "constant", "linear": "linear", "cosine": "cosine", "wsd": "WSD"}
+"""The spec's decay names and megatron-core's: OptimizerParamScheduler accepts only "WSD" in capitals
+(optimizer_param_scheduler.py get_lr), and raises at the first step after warmup for anything else."""
 
 
 def build_optimizer(model: list[DistributedDataParallel], settings: OptimizerSettings) -> ChainedOptimizer:
@@ -93,7 +99,7 @@ def build_scheduler(
         min_lr=min_lr,
         lr_warmup_steps=schedule.warmup_iters,
         lr_decay_steps=schedule.decay_iters,
-        lr_decay_style=schedule.decay,
+        lr_decay_style=MEGATRON_DECAY_STYLES[schedule.decay],
         start_wd=weight_decay,
         end_wd=weight_decay,
         wd_incr_steps=schedule.decay_iters,

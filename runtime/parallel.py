@@ -89,9 +89,12 @@ def initialize(
 ) -> Layout:
     """Start torch.distributed (gloo on cpu, nccl on cuda) and megatron's process groups, and seed.
 
-    Seeding follows Megatron-LM: Python, NumPy and torch from ``seed``, and the
-    tensor-parallel RNG tracker from ``seed`` (megatron adds 2718 + tp rank for
-    the model-parallel stream), so the same seed gives the same run.
+    Seeding follows Megatron-LM (see :func:`stage_seed`): Python, NumPy, torch
+    and megatron's tensor-parallel RNG tracker from ``seed + 100 x pipeline
+    rank`` (the tracker adds 2718 + tp rank for the model-parallel stream), so
+    the same seed gives the same run and pipeline stages draw different dropout
+    masks. Portable initialisation draws weights from its own generators, so the
+    initial model does not depend on these streams or on the layout.
     """
     timeout = datetime.timedelta(minutes=timeout_minutes)
     if device == "cuda":
@@ -112,10 +115,11 @@ def initialize(
         expert_model_parallel_size=expert,
         distributed_timeout_minutes=max(1, round(timeout_minutes)),
     )
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-    model_parallel_cuda_manual_seed(seed)
+    seeded = stage_seed(seed, parallel_state.get_pipeline_model_parallel_rank())
+    random.seed(seeded)
+    np.random.seed(seeded)
+    torch.manual_seed(seeded)
+    model_parallel_cuda_manual_seed(seeded)
     world = dist.get_world_size()
     return Layout(
         device=torch_device,
@@ -133,6 +137,18 @@ def initialize(
         data_rank=parallel_state.get_data_parallel_rank(),
         expert_rank=parallel_state.get_expert_model_parallel_rank(),
     )
+
+
+def stage_seed(seed: int, pipeline_rank: int) -> int:
+    """The seed of one pipeline stage's random streams: ``seed + 100 x pipeline_rank``.
+
+    Megatron-LM's ``_set_random_seed`` (megatron/training/initialize.py) offsets
+    the seed this way so that stages holding different layers do not draw the
+    same dropout masks; tensor-parallel ranks are told apart inside the stage by
+    megatron-core's tracker (+ 2718 + tp rank), data-parallel ranks share the
+    stage's seed (Megatron-LM's default, without data_parallel_random_init).
+    """
+    return seed + 100 * pipeline_rank
 
 
 def collective_device() -> torch.device:

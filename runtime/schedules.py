@@ -19,7 +19,8 @@ stores to catch a resume under a different schedule.
 
 :class:`CountScheduler` replaces megatron-core's ``OptimizerParamScheduler``
 when a spec asks for one of these: it sets every parameter group's ``lr`` from
-the schedule at the pre-increment update count. This module needs no torch.
+the schedule at the pre-increment update count, and its weight decay as
+megatron's scheduler does. This module needs no torch.
 """
 
 from __future__ import annotations
@@ -269,18 +270,29 @@ def maxtext_schedule(
 
 
 class CountScheduler:
-    """Sets each parameter group's ``lr`` to ``schedule(num_steps) x lr_mult``; the drop-in for OptimizerParamScheduler.
+    """Sets each parameter group's ``lr`` to ``schedule(num_steps) x lr_mult`` and its ``weight_decay`` to
+    ``weight_decay x wd_mult``; the drop-in for OptimizerParamScheduler.
 
     ``num_steps`` is the number of updates applied so far, so the update about
     to run uses ``schedule(num_steps)`` (optax's pre-increment count):
     construction applies ``schedule(0)``, and :meth:`step` (called by
-    ``train_step`` after each applied update) advances and re-applies. Weight
-    decay is not touched: the optimizer's groups carry it.
+    ``train_step`` after each applied update) advances and re-applies.
+
+    Weight decay follows megatron's scheduler (``OptimizerParamScheduler.step``
+    sets ``get_wd() x wd_mult`` on every group): megatron-core's parameter groups
+    carry ``wd_mult`` 0 for biases and 1-D parameters and leave the decay itself
+    to the scheduler, so a scheduler that set only the lr would decay them at
+    the full rate. optax semantics' groups carry the same ``wd_mult`` (0 where
+    the decay mask excludes a parameter). Re-applied after a checkpoint load,
+    which brings back the saved groups' values.
     """
 
-    def __init__(self, optimizer: Any, schedule: Callable[[int], float], *, num_steps: int = 0) -> None:
+    def __init__(
+        self, optimizer: Any, schedule: Callable[[int], float], *, weight_decay: float, num_steps: int = 0
+    ) -> None:
         self.optimizer = optimizer
         self.schedule = schedule
+        self.weight_decay = weight_decay
         self.num_steps = num_steps
         self._apply()
 
@@ -288,6 +300,10 @@ class CountScheduler:
         """The learning rate the next update uses for ``param_group`` (lr_mult applied)."""
         multiplier = 1.0 if param_group is None else float(param_group.get("lr_mult", 1.0))
         return float(self.schedule(self.num_steps)) * multiplier
+
+    def get_wd(self, param_group: dict[str, Any]) -> float:
+        """The weight decay of ``param_group``: megatron's constant decay times the group's wd_mult."""
+        return self.weight_decay * float(param_group.get("wd_mult", 1.0))
 
     def step(self, increment: int = 1) -> None:
         """Count ``increment`` applied updates and set the learning rate for the next one."""
@@ -297,9 +313,10 @@ class CountScheduler:
     def _apply(self) -> None:
         for group in self.optimizer.param_groups:
             group["lr"] = self.get_lr(group)
+            group["weight_decay"] = self.get_wd(group)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"num_steps": self.num_steps, "schedule": repr(self.schedule)}
+        return {"num_steps": self.num_steps, "schedule": repr(self.schedule), "weight_decay": self.weight_decay}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Continue from a saved count. Given a saved schedule different from this one, refuse (ValueError);

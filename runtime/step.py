@@ -20,6 +20,7 @@ from megatron.core.distributed import DistributedDataParallel
 from megatron.core.optimizer.optimizer import ChainedOptimizer
 from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 from megatron.core.pipeline_parallel import get_forward_backward_func
+from megatron.core.utils import get_model_config
 
 from bridgec.runtime.loss import holds_loss_shard, loss_from_sums, loss_sums, reduce_metadata
 from bridgec.runtime.optim import current_lr
@@ -42,6 +43,8 @@ class StepResult:
     learning_rate: float
     skipped: bool
     """No update was applied (non-finite gradients, or an fp16 loss-scale overflow)."""
+    loss_scale: float
+    """What this step's losses were multiplied by before backward: fp16's dynamic loss scale, else 1."""
     nonfinite: bool
     """The gradients were not finite for a reason other than an fp16 loss-scale overflow."""
     stop_vote: int = 0
@@ -100,9 +103,11 @@ def train_step(
     whether training should stop (``stop_vote()``, read at that moment), so
     agreeing on a stop costs no extra collective.
     """
+    scale_losses(model, optimizer)
     for chunk in model:
         chunk.zero_grad_buffer()
     optimizer.zero_grad()
+    loss_scale = float(optimizer.get_loss_scale())
     forward_backward = get_forward_backward_func()
     forward_data = forward_backward(
         forward_step_func=forward_step,
@@ -130,9 +135,23 @@ def train_step(
         grad_norm=grad_norm,
         learning_rate=learning_rate,
         skipped=skipped,
+        loss_scale=loss_scale,
         nonfinite=nonfinite,
         stop_vote=agreed_stop,
     )
+
+
+def scale_losses(model: list[DistributedDataParallel], optimizer: ChainedOptimizer) -> None:
+    """Have megatron's schedules multiply each microbatch's loss by the optimizer's loss scale before backward.
+
+    Megatron-LM's train() sets ``config.grad_scale_func = optimizer.scale_loss``
+    (schedules.py backward_step applies it to the last stage's output). Without
+    it an fp16 run's gradients are never scaled, yet the optimizer still divides
+    them by its loss scale (2^32 at first): every update is ~2^-32 too small
+    and no overflow ever lowers the scale. For fp32 and bf16 the scale is 1.
+    """
+    for chunk in model:
+        get_model_config(chunk).grad_scale_func = optimizer.scale_loss
 
 
 STOP_VOTE_SLOTS = 8

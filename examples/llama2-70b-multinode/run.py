@@ -131,7 +131,7 @@ DATA_SPLIT = (98.0, 1.0, 1.0)
 EOD_TOKEN = 31999  # default for mock data: vocab 32000 - 1
 EOD_MASK_LOSS = False
 TRAIN_SAMPLES = 51200000  # train.iters 50000 x global 1024
-VALID_SAMPLES = 20480  # eval_iters 20 x global 1024
+VALID_SAMPLES = 1024000  # 50 evaluations (iters 50000 // eval_interval 1000) x eval_iters 20 x global 1024; each reads the next ones
 LOSS_REDUCTION = "per_token"
 
 # Outputs (paths relative to the spec's folder)

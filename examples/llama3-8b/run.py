@@ -129,7 +129,7 @@ DATA_SPLIT = (98.0, 1.0, 1.0)
 EOD_TOKEN = 128255  # default for mock data: vocab 128256 - 1
 EOD_MASK_LOSS = False
 TRAIN_SAMPLES = 128000  # train.iters 1000 x global 128
-VALID_SAMPLES = 1280  # eval_iters 10 x global 128
+VALID_SAMPLES = 5120  # 4 evaluations (iters 1000 // eval_interval 250) x eval_iters 10 x global 128; each reads the next ones
 LOSS_REDUCTION = "per_token"
 
 # Outputs (paths relative to the spec's folder)

@@ -132,7 +132,7 @@ DATA_SPLIT = (98.0, 1.0, 1.0)
 EOD_TOKEN = 127  # default for mock data: vocab 128 - 1
 EOD_MASK_LOSS = False
 TRAIN_SAMPLES = 640  # train.iters 40 x global 16
-VALID_SAMPLES = 32  # eval_iters 2 x global 16
+VALID_SAMPLES = 64  # 2 evaluations (iters 40 // eval_interval 20) x eval_iters 2 x global 16; each reads the next ones
 LOSS_REDUCTION = "per_token"
 
 # Outputs (paths relative to the spec's folder)

@@ -231,14 +231,6 @@ def test_rule_context_needs_transformer_engine() -> None:
         '"transformer_engine" under [model] (cuda only), or context = 1'])
 
 
-def test_rule_fp16_needs_cuda() -> None:
-    check({"precision": {"dtype": "fp16"}}, [
-        'spec.toml:17: $.precision.dtype = "fp16" is not supported with launch.device = "cpu" (PyTorch has no '
-        'fp16 matrix multiplies on CPU); hint: dtype = "bf16" or "fp32" on cpu, or device = "cuda"'])
-    check({"precision": {"dtype": "bf16"}}, [])
-    check({"precision": {"dtype": "fp16"}, "launch": {"device": "cuda"}}, [])
-
-
 # -- schedule and optimizer ---------------------------------------------------------------------------
 
 

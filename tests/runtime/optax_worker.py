@@ -220,7 +220,7 @@ def run(case: dict[str, Any], *, dtype: str, distributed_optimizer: bool) -> flo
     schedule = warmup_cosine_decay_schedule(
         0.0, settings["peak_lr"], settings["warmup"], len(case["grads"]), end_value=settings["end_lr"]
     )
-    scheduler = CountScheduler(optimizer, schedule)
+    scheduler = CountScheduler(optimizer, schedule, weight_decay=settings["weight_decay"])
     for grads in case["grads"]:
         local = {name: cut(name, grad) / _tp_summed(name, layout.tensor) for name, grad in grads.items()}
         result = train_step(

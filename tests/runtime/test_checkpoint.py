@@ -139,16 +139,16 @@ def test_truncated_file_is_refused_before_anything_loads(straight_dp1: Path, tmp
 # -- the folder protocol and inspect, without a launch --------------------------------------------
 
 
-def _complete(root: Path, step: int) -> Path:
+def _complete(root: Path, step: int, *, name: str | None = None, sequence: int = 0) -> Path:
     """A stand-in checkpoint folder with a manifest (enough for the folder protocol)."""
-    path = root / files.checkpoint_name(step)
+    path = root / (name or files.checkpoint_name(step))
     path.mkdir(parents=True)
     (path / "data.bin").write_bytes(b"x" * 10)
     manifest = files.Manifest(
         format=files.FORMAT, step=step, consumed_samples=8 * step, skipped_steps=0,
         layout={"world_size": 1, "tensor": 1, "pipeline": 1, "virtual_pipeline": None, "context": 1, "expert": 1, "data": 1},
         model={"hidden_size": 64}, optimizer={"kind": "plain", "class": "AdamW", "sharding": "model_space", "has_state": True},
-        spec_sha256="a" * 64, script_sha256="b" * 64, versions={}, files={"data.bin": 10},
+        spec_sha256="a" * 64, script_sha256="b" * 64, versions={}, files={"data.bin": 10}, sequence=sequence,
     )  # fmt: skip
     (path / files.MANIFEST).write_text(manifest.to_json())
     return path
@@ -173,6 +173,36 @@ def test_publish_moves_the_pointer_last_and_prune_keeps_the_newest(tmp_path: Pat
     assert (tmp_path / files.POINTER).read_text() == "iter_0000008\n"
     files.prune(tmp_path, keep_last=2)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["iter_0000006", "iter_0000008", "latest"]
+
+
+def _save(root: Path, step: int, keep_last: int) -> None:
+    """What a save does to the folder (DistCheckpointer._publish): manifest with the next sequence, publish, prune."""
+    partial = _complete(root, step, name=files.checkpoint_name(step) + files.PARTIAL_SUFFIX,
+                        sequence=files.next_sequence(root))
+    files.publish(partial, root / files.checkpoint_name(step))
+    files.prune(root, keep_last)
+
+
+def test_keep_last_and_the_fallback_follow_publish_order_over_an_older_runs_folder(tmp_path: Path) -> None:
+    """resume = false over an older run's folder: its iter 10 and 20 are older than the new run's iter 2 and 4."""
+    for step in (10, 20):
+        _save(tmp_path, step, keep_last=2)
+    for step in (2, 4):
+        _save(tmp_path, step, keep_last=2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["iter_0000002", "iter_0000004", "latest"]
+    (tmp_path / files.POINTER).unlink()  # a lost pointer: the last checkpoint published is the one to resume
+    assert files.find_latest(tmp_path) == tmp_path / "iter_0000004"
+    assert files.read_manifest(tmp_path / "iter_0000004").sequence == 4
+
+
+def test_manifests_without_a_sequence_still_read_and_count_as_older(tmp_path: Path) -> None:
+    old = _complete(tmp_path, 8)
+    manifest = json.loads((old / files.MANIFEST).read_text())
+    del manifest["sequence"]
+    (old / files.MANIFEST).write_text(json.dumps(manifest))
+    assert files.read_manifest(old).sequence == 0
+    _complete(tmp_path, 2, sequence=1)
+    assert files.find_latest(tmp_path) == tmp_path / "iter_0000002"
 
 
 @pytest.mark.parametrize(

@@ -81,3 +81,25 @@ def test_forks_that_draw_random_numbers_do_not_warn(caplog: pytest.LogCaptureFix
     with caplog.at_level("WARNING"), tracker.fork("model-parallel-rng"):
         torch.rand(2)
     assert "CPU RNG state changed" not in caplog.text
+
+
+def test_fp16_loss_scaler_lives_on_the_cpu() -> None:
+    """megatron's dynamic loss scaler (fp16) builds, backs off, grows and reloads its state on the CPU."""
+    cpu_compat.apply()
+    from megatron.core.optimizer.grad_scaler import DynamicGradScaler
+
+    scaler = DynamicGradScaler(
+        initial_scale=2.0**32, min_scale=1.0, growth_factor=2.0, backoff_factor=0.5, growth_interval=2, hysteresis=1
+    )
+    assert scaler.scale.device.type == "cpu" and scaler.scale.item() == 2.0**32
+    scaler.update(True)  # an overflow halves the scale (hysteresis 1)
+    assert scaler.scale.item() == 2.0**31
+    scaler.update(False)
+    scaler.update(False)  # growth_interval clean steps double it
+    assert scaler.scale.item() == 2.0**32
+    scaler.update(True)
+    restored = DynamicGradScaler(
+        initial_scale=2.0**32, min_scale=1.0, growth_factor=2.0, backoff_factor=0.5, growth_interval=2, hysteresis=1
+    )
+    restored.load_state_dict(scaler.state_dict())
+    assert restored.scale.device.type == "cpu" and restored.scale.item() == 2.0**31

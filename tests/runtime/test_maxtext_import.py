@@ -168,7 +168,7 @@ def _optimizer(builder: str, model: list, config: dict, data: dict, *, distribut
         distributed_optimizer=distributed,
     )
     # The imported count is the number of updates done: the schedule continues from there.
-    return optimizer, lambda step: CountScheduler(optimizer, constant_schedule(settings.lr), num_steps=step)
+    return optimizer, lambda step: CountScheduler(optimizer, constant_schedule(settings.lr), weight_decay=settings.weight_decay, num_steps=step)
 
 
 @pytest.mark.parametrize(

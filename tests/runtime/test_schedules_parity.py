@@ -216,7 +216,7 @@ class _Groups:
 def test_scheduler_applies_the_pre_increment_count() -> None:
     schedule = schedules.linear_schedule(0.0, 1.0, 10)
     groups = _Groups()
-    scheduler = CountScheduler(groups, schedule)
+    scheduler = CountScheduler(groups, schedule, weight_decay=0.1)
     seen = []
     for _ in range(3):
         seen.append(groups.param_groups[0]["lr"])  # what update k runs with
@@ -227,12 +227,12 @@ def test_scheduler_applies_the_pre_increment_count() -> None:
 
 def test_scheduler_state_round_trip_and_mismatch() -> None:
     schedule = schedules.linear_schedule(0.0, 1.0, 10)
-    scheduler = CountScheduler(_Groups(), schedule)
+    scheduler = CountScheduler(_Groups(), schedule, weight_decay=0.1)
     scheduler.step(4)
     state = scheduler.state_dict()
-    restored = CountScheduler(_Groups(), schedule)
+    restored = CountScheduler(_Groups(), schedule, weight_decay=0.1)
     restored.load_state_dict(state)
     assert restored.num_steps == 4 and restored.optimizer.param_groups[0]["lr"] == pytest.approx(0.4)
-    other = CountScheduler(_Groups(), schedules.linear_schedule(0.0, 2.0, 10))
+    other = CountScheduler(_Groups(), schedules.linear_schedule(0.0, 2.0, 10), weight_decay=0.1)
     with pytest.raises(ValueError, match="different learning-rate schedule"):
         other.load_state_dict(state)

@@ -296,7 +296,7 @@ def main() -> ExitCode:
         dtype=DTYPE,
         distributed_optimizer=DISTRIBUTED_OPTIMIZER,
     )
-    scheduler = CountScheduler(optimizer, learning_rate_schedule())
+    scheduler = CountScheduler(optimizer, learning_rate_schedule(), weight_decay=WEIGHT_DECAY)
     settings = LoopSettings(
         iters=TRAIN_ITERS,
         log_interval=LOG_INTERVAL,
