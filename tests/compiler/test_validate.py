@@ -17,10 +17,10 @@ import pytest
 from bridgec.compiler.errors import format_diagnostic
 from bridgec.compiler.frontend import read_spec
 from bridgec.compiler.validate import RULES, SpecContext, TokenizerSidecar, parse_tokenizer_sidecar
-from tests.compiler.conftest import MemoryFiles, front, messages, spec_toml
+from tests.compiler.conftest import MemoryFiles, front, idx_header, messages, spec_toml
 
 TE = "transformer_engine"
-DATA = {"data/tok.bin": "", "data/tok.idx": ""}
+DATA = {"data/tok.bin": "", "data/tok.idx": idx_header(100)}
 INDEXED = {"kind": "indexed", "sources": [{"prefix": "data/tok"}]}
 
 
@@ -442,18 +442,67 @@ def test_rule_source_weights_positive() -> None:
 
 
 @pytest.mark.parametrize(("tables", "expected"), [
-    ({"data": {"split": [98.0, -1.0, 1.0]}},
-     "spec.toml:17: $.data.split = [98.0, -1.0, 1.0] must be three shares of 0 or more (train, validation, test); "
+    ({"data": {**INDEXED, "split": [98.0, -1.0, 1.0], "eod_token": 0}},
+     "spec.toml:18: $.data.split = [98.0, -1.0, 1.0] must be three shares of 0 or more (train, validation, test); "
      "hint: split = [98.0, 1.0, 1.0]"),
-    ({"data": {"split": [0.0, 1.0, 1.0]}},
-     "spec.toml:17: $.data.split = [0.0, 1.0, 1.0] leaves no training data (the first share is the training "
+    ({"data": {**INDEXED, "split": [0.0, 1.0, 1.0], "eod_token": 0}},
+     "spec.toml:18: $.data.split = [0.0, 1.0, 1.0] leaves no training data (the first share is the training "
      "share); hint: split = [98.0, 1.0, 1.0]"),
-    ({"data": {"split": [1.0, 0.0, 0.0]}, "train": {"eval_interval": 5}},
-     "spec.toml:18: $.data.split = [1.0, 0.0, 0.0] leaves no validation data, but train.eval_interval = 5 "
+    ({"data": {**INDEXED, "split": [1.0, 0.0, 0.0], "eod_token": 0}, "train": {"eval_interval": 5}},
+     "spec.toml:19: $.data.split = [1.0, 0.0, 0.0] leaves no validation data, but train.eval_interval = 5 "
      "evaluates on it; hint: give validation a share, as in split = [98.0, 1.0, 1.0], or remove eval_interval"),
-], ids=["negative", "no-train", "no-validation"])
+    ({"data": {"split": [100.0, 0.0, 0.0]}, "train": {"eval_interval": 5}},
+     'spec.toml:18: $.data.split = [100.0, 0.0, 0.0] has no effect with data.kind = "mock": megatron-core splits '
+     "its 100,000 synthetic sequences into three equal parts whatever the split says; hint: remove split, or set "
+     'kind = "indexed" under [data]'),
+], ids=["negative", "no-train", "no-validation", "mock"])
 def test_rule_split(tables: dict[str, Any], expected: str) -> None:
-    check(tables, [expected])
+    check(tables, [expected], files=DATA)
+
+
+def test_mock_data_has_validation_data_whatever_the_split() -> None:
+    # megatron-core's mock data always has a validation third: evaluation needs no split (it used to be refused).
+    check({"data": {"kind": "mock"}, "train": {"eval_interval": 5}}, [])
+
+
+@pytest.mark.parametrize(("split", "documents", "train", "expected"), [
+    (None, 5, {},
+     "spec.toml:20: $.data.split = [98.0, 1.0, 1.0] gives the validation and test splits of data.sources[0] "
+     "(data/tok, 5 documents) no document: megatron-core gives a split documents round(start x n) to round(end x "
+     "n), here validation round(0.98 x 5) = 5 to round(0.99 x 5) = 5; test round(0.99 x 5) = 5 to round(1 x 5) = "
+     "5, and never finishes building a split without documents; hint: split = [4.0, 1.0, 0.0] (shares are "
+     "normalised; bridgec never reads the test split), or build the data from more documents"),
+    ([99.9, 0.1, 0.0], 200, {"eval_interval": 5},
+     "spec.toml:19: $.data.split = [99.9, 0.1, 0.0] gives the validation split of data.sources[0] (data/tok, 200 "
+     "documents) no document: megatron-core gives a split documents round(start x n) to round(end x n), here "
+     "validation round(0.999 x 200) = 200 to round(1 x 200) = 200, and never finishes building a split without "
+     "documents; hint: split = [199.0, 1.0, 0.0] (shares are normalised; bridgec never reads the test split), or "
+     "build the data from more documents"),
+    ([90.0, 10.0, 0.0], 1, {},
+     "spec.toml:18: $.data.split = [90.0, 10.0, 0.0] gives the validation split of data.sources[0] (data/tok, 1 "
+     "document) no document: megatron-core gives a split documents round(start x n) to round(end x n), here "
+     "validation round(0.9 x 1) = 1 to round(1 x 1) = 1, and never finishes building a split without documents; "
+     "hint: build the data from more documents: every split with a share needs at least one document of each "
+     "source"),
+    ([100.0, 0.0, 0.0], 1, {}, None),
+    ([3.0, 1.0, 0.0], 4, {"eval_interval": 5}, None),
+], ids=["default-split-5-documents", "tiny-share", "one-document", "train-only", "just-enough"])
+def test_rule_splits_have_documents(split: list[float] | None, documents: int, train: dict[str, Any],
+                                    expected: str | None) -> None:
+    data = {**INDEXED, "eod_token": 0} if split is None else {**INDEXED, "split": split, "eod_token": 0}
+    check({"data": data, "train": train}, [expected] if expected else [],
+          files={"data/tok.bin": "", "data/tok.idx": idx_header(documents)})
+
+
+def test_rule_splits_have_documents_reads_only_the_index_header() -> None:
+    check({"data": {**INDEXED, "eod_token": 0}}, [
+        'spec.toml:20: $.data.sources[0].prefix = "data/tok": data/tok.idx is not an index file megatron-core can '
+        "read: it does not start with megatron's index header (MMIDIDX); hint: rebuild the data with `bridgec data "
+        "build`"], files={"data/tok.bin": "", "data/tok.idx": b"not an index file, but long enough for a header"})
+    check({"data": {**INDEXED, "eod_token": 0}}, [
+        'spec.toml:20: $.data.sources[0].prefix = "data/tok": data/tok.idx is not an index file megatron-core can '
+        "read: it is 0 bytes long, shorter than the 34-byte header of an index file; hint: rebuild the data with "
+        "`bridgec data build`"], files={"data/tok.bin": "", "data/tok.idx": b""})
 
 
 def test_rule_eod_token_in_vocab() -> None:
