@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
+import re
 import sys
 from collections.abc import Iterator
 from pathlib import PurePosixPath
@@ -319,6 +321,55 @@ def rule_hooks_file_name(spec: Spec, ctx: SpecContext) -> Iterator[Finding]:
                               f"{stem!r}; beside the generated script it would shadow that module for torch and "
                               f"everything else the script imports",
                       hint=f'rename it, e.g. file = "my_{stem}.py"')
+    elif (distribution := script_modules().get(stem)) is not None:
+        yield Finding(about=(("hooks", "file"),),
+                      message=f"$.hooks.file = {render_value(file)} has the name of the module {stem!r} (from "
+                              f"{distribution}, which the generated script needs); beside the generated script "
+                              f"it would shadow that module for the script and everything it imports",
+                      hint=f'rename it, e.g. file = "my_{stem}.py"')
+
+
+@functools.cache
+def script_modules() -> dict[str, str]:
+    """Top-level module -> the installed distribution providing it, for bridgec and all it depends on.
+
+    A generated script runs with its own folder first on the import path, so a
+    hooks file there named like any of these would be imported in its place
+    (by the script, by torch, by megatron-core, ...). Derived from the
+    installed packages' metadata (bridgec's requirements, recursively, extras
+    left out), so nothing is imported to find them.
+    """
+    from importlib import metadata
+
+    needed: set[str] = set()
+    pending = [_OWN_DISTRIBUTION]
+    while pending:
+        name = _canonical(pending.pop())
+        if name in needed:
+            continue
+        try:
+            requires = metadata.distribution(name).requires or []
+        except metadata.PackageNotFoundError:
+            continue  # not installed here, so not imported either
+        needed.add(name)
+        pending += [match[1] for requirement in requires if not _EXTRA.search(requirement)
+                    if (match := _REQUIREMENT_NAME.match(requirement))]
+    modules = {_OWN_DISTRIBUTION: _OWN_DISTRIBUTION}  # also when bridgec runs from a source tree
+    for module, distributions in metadata.packages_distributions().items():
+        provider = next((d for d in distributions if _canonical(d) in needed), None)
+        if provider is not None:
+            modules.setdefault(module, provider)
+    return modules
+
+
+_OWN_DISTRIBUTION = __name__.split(".")[0]
+_REQUIREMENT_NAME = re.compile(r"\s*([A-Za-z0-9][A-Za-z0-9._-]*)")
+_EXTRA = re.compile(r"\bextra\s*==")  # a requirement of an optional extra (bridgec's "test"): not imported
+
+
+def _canonical(name: str) -> str:
+    """A distribution name as the packaging standards compare them (PEP 503)."""
+    return re.sub(r"[-_.]+", "-", name).lower()
 
 
 def rule_both_hooks(spec: Spec, ctx: SpecContext) -> Iterator[Finding]:

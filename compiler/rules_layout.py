@@ -271,7 +271,8 @@ def rule_fp16_needs_cuda(spec: Spec, ctx: SpecContext) -> Iterator[Finding]:
     if spec.precision.dtype == "fp16" and spec.launch.device == "cpu":
         yield Finding(about=(("precision", "dtype"),),
                       message='$.precision.dtype = "fp16" is not supported with launch.device = "cpu" '
-                              "(PyTorch has no fp16 matrix multiplies on CPU)",
+                              "(megatron-core's fp16 loss scaler keeps its scale on a GPU: optimizer/grad_scaler.py "
+                              'allocates it with device="cuda")',
                       hint='dtype = "bf16" or "fp32" on cpu, or device = "cuda"')
 
 

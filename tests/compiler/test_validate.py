@@ -233,8 +233,9 @@ def test_rule_context_needs_transformer_engine() -> None:
 
 def test_rule_fp16_needs_cuda() -> None:
     check({"precision": {"dtype": "fp16"}}, [
-        'spec.toml:17: $.precision.dtype = "fp16" is not supported with launch.device = "cpu" (PyTorch has no '
-        'fp16 matrix multiplies on CPU); hint: dtype = "bf16" or "fp32" on cpu, or device = "cuda"'])
+        'spec.toml:17: $.precision.dtype = "fp16" is not supported with launch.device = "cpu" (megatron-core\'s '
+        "fp16 loss scaler keeps its scale on a GPU: optimizer/grad_scaler.py allocates it with device=\"cuda\"); "
+        'hint: dtype = "bf16" or "fp32" on cpu, or device = "cuda"'])
     check({"precision": {"dtype": "bf16"}}, [])
     check({"precision": {"dtype": "fp16"}, "launch": {"device": "cuda"}}, [])
 
@@ -308,6 +309,21 @@ def test_rule_optimizer_settings(optimizer: dict[str, Any], expected: list[str])
     check({"optimizer": optimizer}, expected)
 
 
+@pytest.mark.parametrize(("tables", "expected"), [
+    ({"launch": {"procs_per_node": 2}, "parallel": {"distributed_optimizer": True}, "optimizer": {"name": "sgd"}},
+     'spec.toml:16: $.optimizer.name = "sgd" cannot run with parallel.distributed_optimizer = true (megatron-core\'s '
+     "distributed optimizer shards Adam's state and supports only Adam); hint: use name = \"adam\" under "
+     "[optimizer], or set distributed_optimizer = false"),
+    ({"launch": {"procs_per_node": 2}, "parallel": {"mesh": {"fsdp": -1}}, "optimizer": {"name": "sgd"}},
+     'spec.toml:16: $.optimizer.name = "sgd" cannot run with parallel.distributed_optimizer = true (megatron-core\'s '
+     "distributed optimizer shards Adam's state and supports only Adam); hint: use name = \"adam\" under "
+     "[optimizer], or set distributed_optimizer = false; with a mesh, parallel.distributed_optimizer is on when "
+     "the mesh's fsdp axis is above 1: change it there"),
+], ids=["distributed-optimizer", "mesh-fsdp"])
+def test_rule_distributed_optimizer_needs_adam(tables: dict[str, Any], expected: str) -> None:
+    check(tables, [expected])
+
+
 # -- counts, intervals and sizes ----------------------------------------------------------------------
 
 _COUNTS = [
@@ -359,6 +375,14 @@ def test_rule_counts_at_least_one_skips_unused_settings() -> None:
 ], ids=["warmup-iters", "eod-token"])
 def test_rule_amounts_not_negative(tables: dict[str, Any], expected: str) -> None:
     check(tables, [expected])
+
+
+def test_rule_evaluation_runs() -> None:
+    check({"train": {"eval_interval": 20}}, [
+        "spec.toml:14: warning: $.train.eval_interval = 20 is more than train.iters = 10, so no evaluation runs "
+        "(one runs after every eval_interval-th step); hint: eval_interval = 10 or less, or remove eval_interval "
+        "and eval_iters"])
+    check({"train": {"eval_interval": 10}}, [])
 
 
 @pytest.mark.parametrize(("tables", "expected"), [
@@ -709,6 +733,25 @@ def test_rule_hooks_file_name() -> None:
     check({"hooks": {"file": "my-hooks.py", "forward_step": "fs"}}, [
         'spec.toml:17: $.hooks.file = "my-hooks.py" must be a Python file whose name is an identifier (it is '
         'imported as a module); hint: rename it, e.g. file = "my_hooks.py"'], files=HOOK_FILES)
+
+
+@pytest.mark.parametrize(("module", "distribution"), [
+    ("torch", "torch"), ("numpy", "numpy"), ("megatron", "megatron-core"), ("bridgec", "bridgec"),
+    ("sympy", "sympy"),  # torch's dependency, found through torch's requirements
+    ("yaml", "PyYAML"),  # a module named unlike its distribution
+])
+def test_rule_hooks_file_name_shadowing_what_the_script_imports(module: str, distribution: str) -> None:
+    files = {f"{module}.py": HOOK_FILES["random.py"]}
+    check({"hooks": {"file": f"{module}.py", "forward_step": "fs"}}, [
+        f'spec.toml:17: $.hooks.file = "{module}.py" has the name of the module \'{module}\' (from {distribution}, '
+        "which the generated script needs); beside the generated script it would shadow that module for the script "
+        f'and everything it imports; hint: rename it, e.g. file = "my_{module}.py"'], files=files)
+
+
+def test_hooks_file_names_of_unrelated_packages_are_fine() -> None:
+    # jax is installed for the tests only (bridgec's "test" extra): the script never imports it.
+    files = {"jax.py": HOOK_FILES["random.py"]}
+    check({"hooks": {"file": "jax.py", "forward_step": "fs"}}, [], files=files)
 
 
 def test_rule_both_hooks() -> None:
