@@ -130,8 +130,11 @@ def train(
     log.skipped_total = start.skipped_steps
     step, consumed = start.step, start.consumed_samples
     if step >= settings.iters:
-        # Nothing left to train (a finished run launched again): evaluate what was loaded.
-        log.message(f"all {settings.iters} steps were already done; nothing to train")
+        # Nothing left to train (a finished run launched again, or iters lowered): evaluate what was loaded.
+        log.message(
+            f"all {settings.iters} steps were already done; nothing to train" if step == settings.iters else
+            f"the checkpoint is at step {step}, past train.iters = {settings.iters}; nothing to train"
+        )
         _evaluate(forward_step, model, splits, layout, settings, log, step=step, consumed=consumed)
         log.close()
         return ExitCode.OK
@@ -175,8 +178,7 @@ def train(
             ):
                 checkpointer.save(progress)
             if stop_reason is not None:
-                saved = "checkpoint saved" if checkpointer is not None else "no [checkpoint] dir, nothing saved"
-                log.message(f"stopping after step {step}: {stop_reason}; {saved}; launch again to resume")
+                log.message(f"stopping after step {step}: {stop_reason}; {_after_stop(checkpointer)}")
                 return ExitCode.STOPPED_TO_RESUME
         if checkpointer is not None:
             checkpointer.save(Progress(step=step, consumed_samples=consumed, skipped_steps=log.skipped_total))
@@ -184,6 +186,13 @@ def train(
     finally:
         signals.restore()
         log.close()
+
+
+def _after_stop(checkpointer: Checkpointer | None) -> str:
+    if checkpointer is not None:
+        return "checkpoint saved; launch again to resume"
+    # Without a checkpoint folder nothing can be resumed: saying "launch again to resume" would be false.
+    return "no [checkpoint] dir, so nothing was saved: launching again starts over from step 0"
 
 
 def _restore(checkpointer: Checkpointer | None, log: MetricsLog, fresh: Progress) -> Progress:
