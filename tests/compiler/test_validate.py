@@ -484,11 +484,6 @@ def test_rule_split(tables: dict[str, Any], expected: str) -> None:
     check(tables, [expected], files=DATA)
 
 
-def test_mock_data_has_validation_data_whatever_the_split() -> None:
-    # megatron-core's mock data always has a validation third: evaluation needs no split (it used to be refused).
-    check({"data": {"kind": "mock"}, "train": {"eval_interval": 5}}, [])
-
-
 @pytest.mark.parametrize(("split", "documents", "train", "expected"), [
     (None, 5, {},
      "spec.toml:20: $.data.split = [98.0, 1.0, 1.0] gives the validation and test splits of data.sources[0] "
