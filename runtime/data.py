@@ -129,7 +129,10 @@ def build_splits(
     num_samples: tuple[int, int, int],
     cache_dir: str,
 ) -> Splits:
-    """Build train/valid/test datasets of exactly ``num_samples`` sequences each (0: not built).
+    """Build train/valid/test datasets of exactly ``num_samples`` sequences each.
+
+    megatron-core builds every split that has a share of ``split``, even one
+    asked for 0 samples (bridgec never reads the test split).
 
     ``split`` is None for mock data: megatron-core's mock dataset always splits
     its synthetic sequences into three equal parts.
