@@ -13,7 +13,7 @@ folder (spec, data, run.py, logs) for a look. Exit status 1 when any seed failed
 
 ``--launcher fork`` (the default) runs many launches from one warm Python
 (``tests/e2e/forkrun.py``); ``--launcher torchrun`` runs each with the real
-torchrun (about 10 s a launch instead of about 1 s).
+torchrun (about 10 s a launch; a forked one takes about 1 s).
 """
 
 from __future__ import annotations
