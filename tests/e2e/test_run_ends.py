@@ -10,6 +10,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import attrs
+import pytest
+
 from bridgec.compiler.cli import main as bridgec
 from tests.e2e.harness import compile_to
 from tests.e2e.sweep import Job, LaunchResult, run_fork
@@ -80,48 +83,72 @@ def _output(result: LaunchResult) -> str:
     return "".join(out + err for out, err in result.outputs.values())
 
 
-def test_runs_end_with_the_documented_code_and_words(tmp_path: Path) -> None:
-    # An early stop without a checkpoint folder cannot be resumed, and says so.
+@attrs.frozen(kw_only=True)
+class Ended:
+    """The launches of each run, in order."""
+
+    stop: list[LaunchResult]
+    finished: list[LaunchResult]
+    rebuilt: list[LaunchResult]
+    rebuilt_prefix: Path
+    mixed: list[LaunchResult]
+
+
+@pytest.fixture(scope="module")
+def ended(tmp_path_factory: pytest.TempPathFactory) -> Ended:
+    """Every run of this module, compiled and launched together (one forkrun start for the first launches)."""
+    tmp_path = tmp_path_factory.mktemp("ends")
+    # An early stop without a checkpoint folder cannot be resumed.
     no_checkpoint = compile_to(tmp_path / "stop", _spec("iters = 3\nexit_interval = 1")).parent
-    # A finished run relaunched with fewer iters: nothing to train, and no "step 3/2".
+    # A finished run, launched again below with fewer iters.
     finished = compile_to(tmp_path / "finished", _spec("iters = 3\neval_interval = 3\neval_iters = 1",
                                                        ADAM + '[checkpoint]\ndir = "ckpt"\nresume = true')).parent
-    # Data rebuilt after compiling with too few documents for the default split: exit 5 with the numbers,
-    # where megatron-core would loop forever.
+    # Data rebuilt after compiling, with too few documents for the default split.
     rebuilt = tmp_path / "rebuilt"
     rebuilt.mkdir()
     _documents(rebuilt, 100)
     compile_to(rebuilt, _spec("iters = 2", ADAM + INDEXED))
     _documents(rebuilt, 5)
-    # optax semantics in bf16 (megatron-core's mixed-precision optimizer), where every parameter decays: its
-    # checkpoint used to hold an empty parameter group that megatron-core could not load back (exit 6).
+    # optax semantics in bf16 (megatron-core's mixed-precision optimizer) with every parameter decaying.
     mixed = compile_to(tmp_path / "mixed", _spec(
         "iters = 2\nexit_interval = 1", OPTAX_BF16 + '[checkpoint]\ndir = "ckpt"\nresume = true')).parent
     first = run_fork([Job(folder=no_checkpoint, procs=1), Job(folder=finished, procs=1),
                       Job(folder=rebuilt, procs=1), Job(folder=mixed, procs=1, launches=2)])
+    compile_to(finished, _spec("iters = 2\neval_interval = 2\neval_iters = 1",
+                               ADAM + '[checkpoint]\ndir = "ckpt"\nresume = true'))
+    again = run_fork([Job(folder=finished, procs=1)])[finished]
+    return Ended(stop=first[no_checkpoint], finished=first[finished] + again, rebuilt=first[rebuilt],
+                 rebuilt_prefix=rebuilt / "data" / "docs", mixed=first[mixed])
 
-    stop, resume = first[mixed]
-    assert stop.codes == {0: 75} and resume.codes == {0: 0}, _output(stop) + _output(resume)
-    assert "resume: continuing from step 1" in _output(resume)
 
-    [stopped] = first[no_checkpoint]
+def test_an_early_stop_without_a_checkpoint_folder_says_a_new_launch_starts_over(ended: Ended) -> None:
+    [stopped] = ended.stop
     assert stopped.codes == {0: 75}, _output(stopped)
     assert ("stopping after step 1: exit_interval 1 reached; no [checkpoint] dir, so nothing was saved: launching "
             "again starts over from step 0") in _output(stopped)
 
-    [bad_data] = first[rebuilt]
+
+def test_data_changed_since_compiling_exits_5_with_megatrons_arithmetic(ended: Ended) -> None:
+    """5 documents and the default split: megatron-core used to loop forever on the empty validation split."""
+    [bad_data] = ended.rebuilt
+    prefix = ended.rebuilt_prefix
     assert bad_data.codes == {0: 5}, _output(bad_data)
-    prefix = rebuilt / "data" / "docs"
     assert (f"bridgec [rank 0]: bad data:\n  {prefix} (5 documents): split [98.0, 1.0, 1.0] gives the validation "
             "split documents round(0.98 x 5) = 5 to round(0.99 x 5) = 5, which hold no tokens, and megatron-core "
             "would loop forever building it") in _output(bad_data)
     assert "Traceback" not in _output(bad_data)
 
-    assert first[finished][0].codes == {0: 0}, _output(first[finished][0])
-    compile_to(finished, _spec("iters = 2\neval_interval = 2\neval_iters = 1",
-                               ADAM + '[checkpoint]\ndir = "ckpt"\nresume = true'))
-    [again] = run_fork([Job(folder=finished, procs=1)])[finished]
-    assert again.codes == {0: 0}, _output(again)
+
+def test_a_checkpoint_past_train_iters_trains_nothing_and_says_so(ended: Ended) -> None:
+    first, again = ended.finished
+    assert first.codes == {0: 0} and again.codes == {0: 0}, _output(first) + _output(again)
     assert "the checkpoint is at step 3, past train.iters = 2; nothing to train" in _output(again)
     assert "step      3 (past train.iters = 2) | validation loss" in _output(again)
     assert "3/2" not in _output(again)
+
+
+def test_optax_semantics_in_bf16_resume_from_their_own_checkpoint(ended: Ended) -> None:
+    """Every parameter decays, so the "not decayed" group was empty; megatron-core could not load it (exit 6)."""
+    stop, resume = ended.mixed
+    assert stop.codes == {0: 75} and resume.codes == {0: 0}, _output(stop) + _output(resume)
+    assert "resume: continuing from step 1" in _output(resume)
