@@ -42,6 +42,10 @@ class DiskFiles:
     def read_text(self, path: Path) -> str:
         return Path(path).read_text(encoding="utf-8")
 
+    def read_head(self, path: Path, size: int) -> bytes:
+        with Path(path).open("rb") as stream:
+            return stream.read(size)
+
 
 def _err(text: str) -> None:
     print(text, file=sys.stderr)

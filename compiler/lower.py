@@ -369,8 +369,8 @@ def _data_section(spec: Spec, target: Target) -> Section:
         constants += [
             _c("DATA_PREFIXES", tuple(source.prefix for source in d.sources), text=True),
             _c("DATA_WEIGHTS", tuple(source.weight for source in d.sources)),
+            _c("DATA_SPLIT", tuple(float(part) for part in d.split)),
         ]
-    constants.append(_c("DATA_SPLIT", tuple(float(part) for part in d.split)))
     if d.eod_token is not None:
         constants.append(_c("EOD_TOKEN", d.eod_token))
     elif d.kind == "indexed" and target.tokenizer is not None:

@@ -29,6 +29,10 @@ class FileView(Protocol):
         """The file's text; raises OSError or UnicodeDecodeError when it cannot be read."""
         ...
 
+    def read_head(self, path: Path, size: int) -> bytes:
+        """The file's first ``size`` bytes (fewer when it is shorter); raises OSError when it cannot be read."""
+        ...
+
 
 @attrs.frozen(kw_only=True)
 class SpecContext:

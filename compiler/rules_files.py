@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
+import re
 import sys
 from collections.abc import Iterator
 from pathlib import PurePosixPath
@@ -16,7 +18,8 @@ from bridgec.compiler.rule_base import (
     Rule,
     SpecContext,
 )
-from bridgec.compiler.spec import Spec
+from bridgec.compiler.spec import Data, Spec
+from bridgec.runtime.data_split import IDX_HEADER_SIZE, DocumentRange, empty_splits, idx_document_count
 
 
 # -- data -------------------------------------------------------------------------------------------
@@ -96,7 +99,14 @@ def rule_source_weights_positive(spec: Spec, ctx: SpecContext) -> Iterator[Findi
 def rule_split(spec: Spec, ctx: SpecContext) -> Iterator[Finding]:
     split, about = spec.data.split, (("data", "split"),)
     shown = render_value(split)
-    if any(share < 0 for share in split):
+    if spec.data.kind == "mock":
+        if split != _DEFAULT_SPLIT:
+            yield Finding(about=about + (("data", "kind"),),
+                          message=f"$.data.split = {shown} has no effect with data.kind = \"mock\": megatron-core "
+                                  f"splits its {MOCK_SEQUENCES:,} synthetic sequences into three equal parts "
+                                  f"whatever the split says",
+                          hint='remove split, or set kind = "indexed" under [data]')
+    elif any(share < 0 for share in split):
         yield Finding(about=about, message=f"$.data.split = {shown} must be three shares of 0 or more "
                                            f"(train, validation, test)",
                       hint="split = [98.0, 1.0, 1.0]")
@@ -109,6 +119,61 @@ def rule_split(spec: Spec, ctx: SpecContext) -> Iterator[Finding]:
                       message=f"$.data.split = {shown} leaves no validation data, but train.eval_interval = "
                               f"{spec.train.eval_interval} evaluates on it",
                       hint="give validation a share, as in split = [98.0, 1.0, 1.0], or remove eval_interval")
+
+
+_DEFAULT_SPLIT = attrs.fields(Data).split.default
+MOCK_SEQUENCES = 100_000
+"""megatron-core's MockGPTLowLevelDataset.size; its config forces split "1,1,1" when there is no blend."""
+
+
+def rule_splits_have_documents(spec: Spec, ctx: SpecContext) -> Iterator[Finding]:
+    d = spec.data
+    if d.kind != "indexed" or any(share < 0 for share in d.split) or d.split[0] <= 0:
+        return  # rule_split reports a split that cannot be applied at all
+    counts: list[int] = []
+    empty: list[tuple[int, int, tuple[DocumentRange, ...]]] = []
+    for i, source in enumerate(d.sources):
+        if not all(ctx.files.exists(ctx.resolve(source.prefix + ext)) for ext in (".bin", ".idx")):
+            continue  # rule_data_files_exist reports it
+        count = _document_count(ctx, source.prefix + ".idx")
+        if isinstance(count, str):
+            yield Finding(about=(("data", "sources", i, "prefix"),),
+                          message=f"$.data.sources[{i}].prefix = {render_value(source.prefix)}: "
+                                  f"{source.prefix}.idx is not an index file megatron-core can read: {count}",
+                          hint="rebuild the data with `bridgec data build`")
+            continue
+        counts.append(count)
+        if gaps := empty_splits(d.split, count):
+            empty.append((i, count, gaps))
+    for i, count, gaps in empty:
+        names = " and ".join(gap.split for gap in gaps)
+        where = "; ".join(f"{gap.split} {gap.arithmetic(count)}" for gap in gaps)
+        yield Finding(
+            about=(("data", "split"), ("data", "sources", i, "prefix")),
+            message=f"$.data.split = {render_value(d.split)} gives the {names} split{'s' if len(gaps) > 1 else ''} "
+                    f"of data.sources[{i}] ({d.sources[i].prefix}, {count} document{'s' if count != 1 else ''}) "
+                    f"no document: megatron-core gives a split documents round(start x n) to round(end x n), here "
+                    f"{where}, and never finishes building a split without documents",
+            hint=_split_hint(spec, counts),
+        )
+
+
+def _document_count(ctx: SpecContext, name: str) -> int | str:
+    try:
+        return idx_document_count(ctx.files.read_head(ctx.resolve(name), IDX_HEADER_SIZE))
+    except OSError as exc:
+        return f"it cannot be read ({exc.strerror or type(exc).__name__})"
+
+
+def _split_hint(spec: Spec, counts: list[int]) -> str:
+    """A split that gives every split with a share at least one document of every source, when there is one."""
+    needs_valid = spec.train.eval_interval is not None or spec.data.split[1] > 0
+    smallest = min(counts)
+    suggestion = (float(smallest - needs_valid), float(needs_valid), 0.0)
+    if suggestion[0] >= 1 and not any(empty_splits(suggestion, count) for count in counts):
+        return (f"split = {render_value(list(suggestion))} (shares are normalised; bridgec never reads the test "
+                f"split), or build the data from more documents")
+    return "build the data from more documents: every split with a share needs at least one document of each source"
 
 
 def rule_eod_token_in_vocab(spec: Spec, ctx: SpecContext) -> Iterator[Finding]:
@@ -256,6 +321,55 @@ def rule_hooks_file_name(spec: Spec, ctx: SpecContext) -> Iterator[Finding]:
                               f"{stem!r}; beside the generated script it would shadow that module for torch and "
                               f"everything else the script imports",
                       hint=f'rename it, e.g. file = "my_{stem}.py"')
+    elif (distribution := script_modules().get(stem)) is not None:
+        yield Finding(about=(("hooks", "file"),),
+                      message=f"$.hooks.file = {render_value(file)} has the name of the module {stem!r} (from "
+                              f"{distribution}, which the generated script needs); beside the generated script "
+                              f"it would shadow that module for the script and everything it imports",
+                      hint=f'rename it, e.g. file = "my_{stem}.py"')
+
+
+@functools.cache
+def script_modules() -> dict[str, str]:
+    """Top-level module -> the installed distribution providing it, for bridgec and all it depends on.
+
+    A generated script runs with its own folder first on the import path, so a
+    hooks file there named like any of these would be imported in its place
+    (by the script, by torch, by megatron-core, ...). Derived from the
+    installed packages' metadata (bridgec's requirements, recursively, extras
+    left out), so nothing is imported to find them.
+    """
+    from importlib import metadata
+
+    needed: set[str] = set()
+    pending = [_OWN_DISTRIBUTION]
+    while pending:
+        name = _canonical(pending.pop())
+        if name in needed:
+            continue
+        try:
+            requires = metadata.distribution(name).requires or []
+        except metadata.PackageNotFoundError:
+            continue  # not installed here, so not imported either
+        needed.add(name)
+        pending += [match[1] for requirement in requires if not _EXTRA.search(requirement)
+                    if (match := _REQUIREMENT_NAME.match(requirement))]
+    modules = {_OWN_DISTRIBUTION: _OWN_DISTRIBUTION}  # also when bridgec runs from a source tree
+    for module, distributions in metadata.packages_distributions().items():
+        provider = next((d for d in distributions if _canonical(d) in needed), None)
+        if provider is not None:
+            modules.setdefault(module, provider)
+    return modules
+
+
+_OWN_DISTRIBUTION = __name__.split(".")[0]
+_REQUIREMENT_NAME = re.compile(r"\s*([A-Za-z0-9][A-Za-z0-9._-]*)")
+_EXTRA = re.compile(r"\bextra\s*==")  # a requirement of an optional extra (bridgec's "test"): not imported
+
+
+def _canonical(name: str) -> str:
+    """A distribution name as the packaging standards compare them (PEP 503)."""
+    return re.sub(r"[-_.]+", "-", name).lower()
 
 
 def rule_both_hooks(spec: Spec, ctx: SpecContext) -> Iterator[Finding]:
@@ -318,6 +432,7 @@ FILE_RULES: tuple[Rule, ...] = (
     rule_data_files_exist,
     rule_source_weights_positive,
     rule_split,
+    rule_splits_have_documents,
     rule_eod_token_in_vocab,
     rule_tokenizer_sidecar,
     rule_checkpoint_needs_dir,

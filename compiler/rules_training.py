@@ -102,6 +102,15 @@ def rule_optimizer_settings(spec: Spec, ctx: SpecContext) -> Iterator[Finding]:
                       hint="sgd_momentum = 0.9, or 0.0 for plain SGD")
 
 
+def rule_distributed_optimizer_needs_adam(spec: Spec, ctx: SpecContext) -> Iterator[Finding]:
+    name = spec.optimizer.name
+    if spec.parallel.distributed_optimizer and name != "adam":
+        yield Finding(about=(("optimizer", "name"), ("parallel", "distributed_optimizer")),
+                      message=f'$.optimizer.name = "{name}" cannot run with parallel.distributed_optimizer = true '
+                              f"(megatron-core's distributed optimizer shards Adam's state and supports only Adam)",
+                      hint='use name = "adam" under [optimizer], or set distributed_optimizer = false')
+
+
 # -- counts, intervals and sizes --------------------------------------------------------------------
 
 
@@ -146,6 +155,15 @@ def rule_amounts_not_negative(spec: Spec, ctx: SpecContext) -> Iterator[Finding]
         if value is not None and value < 0:
             yield Finding(about=(path,), message=f"{format_path(path)} = {value} must be 0 or more",
                           hint=f"set {path[-1]} to 0 or more")
+
+
+def rule_evaluation_runs(spec: Spec, ctx: SpecContext) -> Iterator[Finding]:
+    t = spec.train
+    if t.eval_interval is not None and 1 <= t.iters < t.eval_interval:
+        yield Finding(about=(("train", "eval_interval"),), severity="warning",
+                      message=f"$.train.eval_interval = {t.eval_interval} is more than train.iters = {t.iters}, so no "
+                              f"evaluation runs (one runs after every eval_interval-th step)",
+                      hint=f"eval_interval = {t.iters} or less, or remove eval_interval and eval_iters")
 
 
 def rule_durations_positive(spec: Spec, ctx: SpecContext) -> Iterator[Finding]:
@@ -232,8 +250,10 @@ TRAINING_RULES: tuple[Rule, ...] = (
     rule_schedule_lengths,
     rule_learning_rates,
     rule_optimizer_settings,
+    rule_distributed_optimizer_needs_adam,
     rule_counts_at_least_one,
     rule_amounts_not_negative,
+    rule_evaluation_runs,
     rule_durations_positive,
     rule_model_numbers,
     rule_run_identity,

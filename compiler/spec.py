@@ -328,7 +328,7 @@ class Data:
     sources: tuple[DataSource, ...] = ()
     """indexed only: [[data.sources]] tables with prefix and weight."""
     split: tuple[float, float, float] = (98.0, 1.0, 1.0)
-    """Train/valid/test proportions of each source."""
+    """indexed only: train/valid/test proportions of each source's documents. Every split with a share must get at least one document of every source (megatron-core never finishes building an empty one); bridgec never reads the test split. Mock data is always split in thirds."""
     eod_token: int | None = None
     """End-of-document token id. Default: from the dataset's tokenizer file (prefix.json), or vocab_size - 1 for mock."""
     eod_mask_loss: bool = False
@@ -366,7 +366,7 @@ class Hooks:
     """[hooks]: your own Python, checked by the compiler before anything is emitted."""
 
     file: str | None = None
-    """Python file (relative to the spec's folder) holding the hooks."""
+    """Python file (relative to the spec's folder) holding the hooks. Its name must not be that of a module the script needs (torch.py, numpy.py, a standard-library name, ...): beside the script it would be imported instead."""
     forward_step: str | None = None
     """Name of a function (state, data_iterator, model, return_schedule_plan=False) -> (output, loss_func)."""
     loss: str | None = None

@@ -12,7 +12,12 @@ from collections.abc import Iterator
 
 from bridgec.compiler.rule_base import Finding, Rule, SpecContext
 from bridgec.compiler.spec import DecayMask, OptaxSchedulePiece, Scheduler, Spec
-from bridgec.runtime.decay_mask import DecayMaskError, decay_table, megatron_parameter_names
+from bridgec.runtime.decay_mask import (
+    DecayMaskError,
+    UnmappedParameterError,
+    decay_table,
+    megatron_parameter_names,
+)
 
 
 def rule_optax_semantics_needs_adam(spec: Spec, ctx: SpecContext) -> Iterator[Finding]:
@@ -61,6 +66,7 @@ def no_decay_table(spec: Spec) -> list:  # noqa: ANN201 - list[DecayDecision]
         tied_output=m.tie_embeddings,
         learned_positions=m.position_embedding == "learned",
         transformer_engine=m.transformer_impl == "transformer_engine",
+        num_experts=m.num_experts,
     )
     return decay_table(names, mask.exclude, gated_mlp=gated, scan_layers=mask.scan_layers,
                        tied_output=m.tie_embeddings, style=mask.paths)
@@ -71,6 +77,11 @@ def rule_decay_mask_applies(spec: Spec, ctx: SpecContext) -> Iterator[Finding]:
         return
     try:
         no_decay_table(spec)
+    except UnmappedParameterError as error:
+        yield Finding(about=(("optimizer", "decay_mask", "exclude"),),
+                      message=f"$.optimizer.decay_mask.exclude cannot be applied to this model: {error}",
+                      hint="remove exclude (with no patterns every parameter decays, as with MaxText's adamw_mask "
+                           "= [])")
     except (DecayMaskError, KeyError) as error:
         yield Finding(about=(("optimizer", "decay_mask", "exclude"),),
                       message=f"$.optimizer.decay_mask.exclude cannot be applied to this model: {error}",

@@ -11,17 +11,20 @@ a single number (samples consumed), which is what a checkpoint stores.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import attrs
+import numpy as np
 import torch
 from megatron.core.datasets.blended_megatron_dataset_builder import BlendedMegatronDatasetBuilder
 from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig, MockGPTDataset
 from megatron.core.datasets.indexed_dataset import IndexedDataset
 from megatron.core.utils import get_batch_on_this_cp_rank
 
+from bridgec.runtime.data_split import document_ranges, split_text
 from bridgec.runtime.errors import ExitCode, RunError
 
 
@@ -47,12 +50,14 @@ class Splits:
     test: GPTDataset | None
 
 
-def check_sources(prefixes: Sequence[str]) -> None:
-    """Reject missing, empty or unreadable indexed datasets before megatron-core sees them.
+def check_sources(prefixes: Sequence[str], split: Sequence[float]) -> None:
+    """Reject missing, empty or unreadable indexed datasets, and splits without tokens, before megatron-core sees them.
 
-    megatron-core loops forever on a dataset with zero tokens
-    (gpt_dataset.py ``_get_num_epochs``), and fails deep inside numpy on a
-    missing file; both get a message naming the file here.
+    megatron-core loops forever on a dataset split with zero tokens
+    (gpt_dataset.py ``_get_num_epochs``), whether or not samples of that split
+    are asked for, and fails deep inside numpy on a missing file; each gets a
+    message naming the file here. The compiler checks the document counts too;
+    this catches data rebuilt or replaced since, and documents without tokens.
     """
     problems = []
     for prefix in prefixes:
@@ -65,15 +70,50 @@ def check_sources(prefixes: Sequence[str]) -> None:
         if problems:
             continue
         try:
-            index = IndexedDataset(prefix, mmap=True)
-            tokens = int(index.sequence_lengths.sum())
+            index = IndexedDataset(prefix, mmap=True)  # its lengths are a view of its mmap: keep it alive
         except Exception as error:  # noqa: BLE001 - any decoding failure means a damaged file
             problems.append(f"{prefix}.idx: cannot be read as a megatron indexed dataset ({error})")
             continue
-        if tokens == 0:
+        if int(index.sequence_lengths.sum()) == 0:
             problems.append(f"{prefix}: holds no tokens (megatron-core would loop forever on it)")
+            continue
+        problems += _empty_splits(prefix, index.sequence_lengths, split)
     if problems:
         raise RunError(ExitCode.DATA_ERROR, "bad data:\n  " + "\n  ".join(problems))
+
+
+def _empty_splits(prefix: str, lengths: np.ndarray, split: Sequence[float]) -> list[str]:
+    """A line for every split of ``prefix`` that has a share of [data] split but no tokens."""
+    documents = len(lengths)
+    problems = []
+    for part in document_ranges(split, documents):
+        if part is None or int(lengths[part.begin:part.end].sum()) > 0:
+            continue
+        problems.append(
+            f"{prefix} ({documents} documents): split {list(split)} gives the {part.split} split documents "
+            f"{part.arithmetic(documents)}, which hold no tokens, and megatron-core would loop forever building "
+            "it; give that share to another split, or build the data from more documents"
+        )
+    return problems
+
+
+def content_key(prefixes: Sequence[str]) -> str:
+    """A key of what megatron-core's cached sample indices depend on: every source's document lengths.
+
+    megatron-core names its cache files after the dataset's path and the config,
+    not the data: after ``bridgec data build`` rewrites a dataset in place, the
+    old indices would point past the new documents ("index out of range") or
+    at the wrong tokens. Each distinct set of lengths gets a cache folder of its
+    own; data with the same lengths has the same indices (tokens are always
+    read from the current .bin). The same on every rank and every node.
+    """
+    digest = hashlib.sha256()
+    for prefix in prefixes:
+        index = IndexedDataset(prefix, mmap=True)  # its lengths are a view of its mmap: keep it alive
+        lengths = np.ascontiguousarray(index.sequence_lengths)
+        digest.update(len(lengths).to_bytes(8, "little"))
+        digest.update(memoryview(lengths).cast("B"))
+    return digest.hexdigest()[:16]
 
 
 def build_splits(
@@ -81,7 +121,7 @@ def build_splits(
     kind: str,
     prefixes: Sequence[str],
     weights: Sequence[float],
-    split: Sequence[float],
+    split: Sequence[float] | None,
     seq_length: int,
     seed: int,
     token_ids: TokenIds,
@@ -89,17 +129,26 @@ def build_splits(
     num_samples: tuple[int, int, int],
     cache_dir: str,
 ) -> Splits:
-    """Build train/valid/test datasets of exactly ``num_samples`` sequences each (0: not built)."""
+    """Build train/valid/test datasets of exactly ``num_samples`` sequences each.
+
+    megatron-core builds every split that has a share of ``split``, even one
+    asked for 0 samples (bridgec never reads the test split).
+
+    ``split`` is None for mock data: megatron-core's mock dataset always splits
+    its synthetic sequences into three equal parts.
+    """
     if kind == "indexed":
-        check_sources(prefixes)
+        assert split is not None, "indexed data needs a split"
+        check_sources(prefixes, split)
         blend = (list(prefixes), list(weights) if len(prefixes) > 1 else None)
+        cache_dir = os.path.join(cache_dir, content_key(prefixes))
     else:
         blend = None
     config = GPTDatasetConfig(
         random_seed=seed,
         sequence_length=seq_length,
         blend=blend,
-        split=",".join(f"{part:g}" for part in split),
+        split=None if split is None else split_text(split),
         path_to_cache=cache_dir,
         tokenizer=token_ids,  # type: ignore[arg-type]  # megatron reads .eod and .vocab_size only
         reset_position_ids=False,

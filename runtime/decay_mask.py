@@ -44,6 +44,10 @@ class DecayMaskError(ValueError):
     """The patterns cannot be applied to this model; the message names the parameter and the fix."""
 
 
+class UnmappedParameterError(DecayMaskError):
+    """A parameter has no MaxText path, so no pattern can decide its decay (MoE routers and experts, for now)."""
+
+
 @attrs.frozen(kw_only=True)
 class DecayDecision:
     """One Megatron parameter: the MaxText paths it stands for and whether it decays."""
@@ -63,7 +67,7 @@ def path_strings(name: str, *, gated_mlp: bool, scan_layers: bool, tied_output: 
     try:
         paths = maxtext_paths(lookup, gated_mlp=gated_mlp, scanned=scan_layers)
     except KeyError as error:
-        raise DecayMaskError(
+        raise UnmappedParameterError(
             f"decay mask: parameter {name} has no MaxText path in bridgec.runtime.param_paths ({error.args[0]}), "
             "so regexes over MaxText paths cannot decide its weight decay; only the Llama-family layout "
             "(llama2/llama3/mistral/qwen3 blocks) is mapped"
@@ -131,14 +135,18 @@ def megatron_parameter_names(
     tied_output: bool,
     learned_positions: bool,
     transformer_engine: bool,
+    num_experts: int | None = None,
 ) -> list[str]:
-    """Global parameter names of a dense megatron-core GPTModel (one pipeline stage holding everything).
+    """Global parameter names of a megatron-core GPTModel (one pipeline stage holding everything).
 
     Matches ``named_parameters()`` of the local and transformer-engine layer
     specs (with TE the pre-attention and pre-MLP norms live inside linear_qkv
-    and linear_fc1). ``gated_mlp`` does not change the names, only what
-    linear_fc1 holds. A tied output layer has no parameter of its own on a
-    single stage.
+    and linear_fc1), with experts under their global numbers
+    (:func:`bridgec.runtime.init.global_name`). ``gated_mlp`` does not change
+    the names, only what linear_fc1 holds. An MoE layer (``num_experts``) has
+    a router and per-expert linear_fc1/linear_fc2 instead of the dense MLP's
+    two linears, and a pre-MLP norm of its own with TE too. A tied output layer
+    has no parameter of its own on a single stage.
     """
     names = ["embedding.word_embeddings.weight"]
     if learned_positions:
@@ -160,7 +168,7 @@ def megatron_parameter_names(
                 names.append(layer + linear + ".bias")
         if qk_layernorm:
             names += [layer + "self_attention.q_layernorm.weight", layer + "self_attention.k_layernorm.weight"]
-        if transformer_engine:
+        if transformer_engine and num_experts is None:
             names.append(layer + "mlp.linear_fc1.layer_norm_weight")
             if norm_bias:
                 names.append(layer + "mlp.linear_fc1.layer_norm_bias")
@@ -168,7 +176,13 @@ def megatron_parameter_names(
             names.append(layer + "pre_mlp_layernorm.weight")
             if norm_bias:
                 names.append(layer + "pre_mlp_layernorm.bias")
-        for linear in ("mlp.linear_fc1", "mlp.linear_fc2"):
+        if num_experts is None:
+            linears = ["mlp.linear_fc1", "mlp.linear_fc2"]
+        else:
+            names.append(layer + "mlp.router.weight")
+            linears = [f"mlp.experts.{expert}.{linear}" for expert in range(num_experts)
+                       for linear in ("linear_fc1", "linear_fc2")]
+        for linear in linears:
             names.append(layer + linear + ".weight")
             if add_bias_linear:
                 names.append(layer + linear + ".bias")

@@ -42,8 +42,10 @@ def run(main: Callable[[], ExitCode]) -> NoReturn:
     """Call ``main`` and exit with its code; a RunError prints its message (no traceback) and exits with its code.
 
     A failed collective (a peer died, or the distributed timeout expired) exits
-    with PEER_FAILED and says so, instead of a wall of stack frames.
+    with PEER_FAILED and says so, instead of a wall of stack frames. The
+    process ends when its launcher does (:func:`exit_with_launcher`).
     """
+    exit_with_launcher()
     try:
         code = main()
     except RunError as error:
@@ -67,6 +69,31 @@ def run(main: Callable[[], ExitCode]) -> NoReturn:
         _ignore_stop_signals()
         _shutdown()
     sys.exit(int(code))
+
+
+PR_SET_PDEATHSIG = 1
+"""linux/prctl.h: the signal this process gets when the thread that started it exits."""
+
+
+def exit_with_launcher() -> None:
+    """Have Linux SIGKILL this process when its launcher (torchrun's agent) exits, on Linux; elsewhere nothing.
+
+    torchrun stops its workers when it ends normally or on SIGTERM/SIGINT, but
+    killed with SIGKILL (a scheduler's hard kill, the OOM killer, ``timeout -s
+    KILL``) it cannot, and a worker stuck in a loop or a collective would run on
+    alone at full CPU. Without its agent the run's outcome can no longer be
+    reported, and checkpoints are atomic, so the worker ends at once.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    launcher = os.getppid()
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0) != 0:
+        return  # not allowed here (a sandbox): the launcher's own stop is all there is
+    if os.getppid() != launcher:  # the launcher died before the request took effect
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _ignore_stop_signals() -> None:

@@ -134,14 +134,15 @@ def train(
     log.skipped_total = start.skipped_steps
     step, consumed, valid_consumed = start.step, start.consumed_samples, start.consumed_valid_samples
     if step >= settings.iters:
-        # Nothing left to train (a finished run launched again): evaluate what was loaded, if the spec evaluates,
-        # on the samples of the last evaluation (so the result compares with the one logged then, e.g. after a
-        # layout change).
+        # Nothing left to train (a finished run launched again, or iters lowered): evaluate what was loaded, if the
+        # spec evaluates, on the samples of the last evaluation (so the result compares with the one logged then,
+        # e.g. after a layout change).
+        done = (f"all {settings.iters} steps were already done" if step == settings.iters else
+                f"the checkpoint is at step {step}, past train.iters = {settings.iters}")
         if settings.eval_interval is None:
-            log.message(f"all {settings.iters} steps were already done; nothing to train, and nothing to evaluate "
-                        "([train] eval_interval is unset)")
+            log.message(f"{done}; nothing to train, and nothing to evaluate ([train] eval_interval is unset)")
         else:
-            log.message(f"all {settings.iters} steps were already done; nothing to train, evaluating what was loaded")
+            log.message(f"{done}; nothing to train, evaluating what was loaded")
             last_window = max(0, valid_consumed - settings.eval_iters * settings.global_batch_size)
             _evaluate(forward_step, model, splits, layout, settings, log, step=step, consumed=consumed,
                       valid_consumed=last_window)
@@ -191,8 +192,7 @@ def train(
             ):
                 checkpointer.save(progress)
             if stop_reason is not None:
-                saved = "checkpoint saved" if checkpointer is not None else "no [checkpoint] dir, nothing saved"
-                log.message(f"stopping after step {step}: {stop_reason}; {saved}; launch again to resume")
+                log.message(f"stopping after step {step}: {stop_reason}; {_after_stop(checkpointer)}")
                 return ExitCode.STOPPED_TO_RESUME
         if checkpointer is not None:
             checkpointer.save(Progress(step=step, consumed_samples=consumed, skipped_steps=log.skipped_total,
@@ -201,6 +201,13 @@ def train(
     finally:
         signals.restore()
         log.close()
+
+
+def _after_stop(checkpointer: Checkpointer | None) -> str:
+    if checkpointer is not None:
+        return "checkpoint saved; launch again to resume"
+    # Without a checkpoint folder nothing can be resumed: saying "launch again to resume" would be false.
+    return "no [checkpoint] dir, so nothing was saved: launching again starts over from step 0"
 
 
 def _restore(checkpointer: Checkpointer | None, log: MetricsLog, fresh: Progress) -> Progress:

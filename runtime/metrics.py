@@ -88,7 +88,7 @@ class MetricsLog:
             # Only fp16 scales its losses; the other dtypes' scale is always 1 and not worth a column.
             scale = f" | loss scale {result.loss_scale:g}" if result.loss_scale != 1.0 else ""
             print(
-                f"step {step:>6}/{self.total_iters} | loss {loss} | lr {result.learning_rate:.3e} | "
+                f"{self._at(step)} | loss {loss} | lr {result.learning_rate:.3e} | "
                 f"grad norm {result.grad_norm:.4f} | {tokens_per_second:,.0f} tokens/s | "
                 f"{seconds * 1000.0:.1f} ms/step | skipped {self.skipped_total}{scale}",
                 file=self.stream,
@@ -102,11 +102,17 @@ class MetricsLog:
             {"kind": "valid", "step": step, "loss": _number(result.loss), "perplexity": _number(result.perplexity)}
         )
         print(
-            f"step {step:>6}/{self.total_iters} | validation loss {result.loss:.6f} | "
+            f"{self._at(step)} | validation loss {result.loss:.6f} | "
             f"perplexity {result.perplexity:.3f}",
             file=self.stream,
             flush=True,
         )
+
+    def _at(self, step: int) -> str:
+        """``step      3/40``; a checkpoint past train.iters (iters lowered since) is not shown as 3/2."""
+        if step <= self.total_iters:
+            return f"step {step:>6}/{self.total_iters}"
+        return f"step {step:>6} (past train.iters = {self.total_iters})"
 
     def message(self, text: str) -> None:
         if self.enabled:

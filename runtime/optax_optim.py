@@ -118,11 +118,16 @@ def _decay_groups(
     scan_layers: bool,
     tied_output: bool,
     path_style: PathStyle,
+    keep_empty: bool,
 ) -> dict[bool, list[dict[str, Any]]]:
-    """Parameter groups per expert-parallel flag: [decayed, not decayed], always both, in that order.
+    """Parameter groups per expert-parallel flag: [decayed, not decayed], in that order.
 
-    Every rank builds the same two groups (possibly empty), which is what
-    megatron-core's distributed checkpoints need (it aligns groups across ranks).
+    With ``keep_empty`` every rank builds both groups (possibly empty), which the
+    distributed optimizer's checkpoints need (it aligns groups across ranks).
+    Otherwise an empty group is left out, as megatron-core's own parameter groups
+    never are empty: its mixed-precision optimizer cannot load a checkpoint whose
+    saving rank had one (dist_checkpointing keeps the empty fp32 list in the common
+    state, and merging it with the sharded lists fails: "Cannot merge two lists").
     """
     params: dict[tuple[bool, bool], list[torch.nn.Parameter]] = {}
     for chunk in model_chunks:
@@ -159,6 +164,7 @@ def _decay_groups(
                 "min_lr": 0.0,
             }
             for decays in (True, False)
+            if keep_empty or (expert, decays) in params
         ]
     return groups
 
@@ -211,6 +217,7 @@ def build_optax_optimizer(
         scan_layers=scan_layers,
         tied_output=tied_output,
         path_style=path_style,
+        keep_empty=distributed_optimizer,
     )
     process_groups = ProcessGroupCollection.setup_process_groups_for_optimizer(None, list(model_chunks), True)
     optimizers = []

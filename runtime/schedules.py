@@ -237,8 +237,12 @@ def maxtext_schedule(
         pieces.append(linear_schedule(0.0, lr, warmup))
         boundaries.append(warmup)
         cosine_steps = schedule_steps - warmup
-        pieces.append(MaxTextCosine(init_lr=lr, final_lr=final_lr, len_steps=cosine_steps, legacy=True))
-        boundaries.append(warmup + cosine_steps)
+        # With warmup_steps_fraction = 1 the cosine has no steps: MaxText's piece would divide by zero
+        # (NaN in JAX) from update S on, where no update reads it (the zero tail, or the run's end). The
+        # scheduler still asks for update S's lr after the last update, so the empty piece is left out.
+        if cosine_steps > 0:
+            pieces.append(MaxTextCosine(init_lr=lr, final_lr=final_lr, len_steps=cosine_steps, legacy=True))
+            boundaries.append(warmup + cosine_steps)
     else:
         if warmup > 0:
             transition = warmup - 1 if variant == "2026-01" else warmup

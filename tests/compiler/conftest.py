@@ -6,6 +6,7 @@ import copy
 import datetime
 import json
 import math
+import struct
 from pathlib import Path
 from typing import Any
 
@@ -27,19 +28,32 @@ MINIMAL: dict[str, dict[str, Any]] = {
 """The smallest valid spec (tests/golden/good/minimal/spec.toml), as data."""
 
 
-class MemoryFiles:
-    """A FileView over a dict: path (relative to SPEC_DIR, or absolute) -> text."""
+def idx_header(documents: int) -> bytes:
+    """The first bytes of a megatron-core index file (.idx) announcing ``documents`` documents."""
+    return b"MMIDIDX\x00\x00" + struct.pack("<QBQQ", 1, 8, documents, documents + 1)
 
-    def __init__(self, files: dict[str, str] | None = None) -> None:
-        self.files = {str(SPEC_DIR / name): text for name, text in (files or {}).items()}
+
+class MemoryFiles:
+    """A FileView over a dict: path (relative to SPEC_DIR, or absolute) -> text or bytes."""
+
+    def __init__(self, files: dict[str, str | bytes] | None = None) -> None:
+        self.files = {str(SPEC_DIR / name): content for name, content in (files or {}).items()}
 
     def exists(self, path: Path) -> bool:
         return str(path) in self.files
 
-    def read_text(self, path: Path) -> str:
+    def _content(self, path: Path) -> str | bytes:
         if str(path) not in self.files:
             raise FileNotFoundError(2, "No such file or directory", str(path))
         return self.files[str(path)]
+
+    def read_text(self, path: Path) -> str:
+        content = self._content(path)
+        return content.decode("utf-8") if isinstance(content, bytes) else content
+
+    def read_head(self, path: Path, size: int) -> bytes:
+        content = self._content(path)
+        return (content.encode("utf-8") if isinstance(content, str) else content)[:size]
 
 
 class DiskFiles:
@@ -50,6 +64,10 @@ class DiskFiles:
 
     def read_text(self, path: Path) -> str:
         return Path(path).read_text(encoding="utf-8")
+
+    def read_head(self, path: Path, size: int) -> bytes:
+        with Path(path).open("rb") as stream:
+            return stream.read(size)
 
 
 def spec_toml(**tables: dict[str, Any] | None) -> str:

@@ -45,6 +45,25 @@ def test_parameter_count_equals_megatrons(name: str, megatron_world1: None, tmp_
     assert parameter_counts(spec).total == sum(p.numel() for p in model.parameters())
 
 
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_decay_mask_names_are_megatrons(name: str, megatron_world1: None, tmp_path: Path) -> None:
+    """The names the compile-time decay-mask check goes through are the real model's global names (MoE included)."""
+    from bridgec.runtime.init import global_name
+    from bridgec.compiler.validate_interop import no_decay_table
+
+    spec = _spec(MODELS[name])
+    script = tmp_path / f"run_{name}.py"
+    script.write_text(render(lower(spec, Target(spec_sha256="0" * 64, spec_path="spec.toml", output_name="run.py"))))
+    module_spec = importlib.util.spec_from_file_location(f"compiled_names_{name}", script)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    model = module.model_provider(True, True)
+    numbers = {index: index + 1 for index in range(spec.model.num_layers)}
+    real = [global_name(local, numbers, local_experts=spec.model.num_experts or 0)
+            for local, _ in model.named_parameters()]
+    assert [decision.name for decision in no_decay_table(spec)] == real
+
+
 def test_flops_and_memory_are_positive_and_consistent() -> None:
     spec = _spec(MODELS["llama"])
     f = flops(spec)

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from bridgec.compiler.compile import compile_spec
 from bridgec.compiler.errors import format_diagnostic, is_error
 from bridgec.compiler.spec import DataSource, Spec
-from tests.compiler.conftest import MINIMAL, SPEC_DIR, MemoryFiles, dump_toml, front
+from tests.compiler.conftest import MINIMAL, SPEC_DIR, MemoryFiles, dump_toml, front, idx_header
 
 FULL: dict[str, dict[str, Any]] = {
     **copy.deepcopy(MINIMAL),
@@ -35,7 +35,7 @@ FULL: dict[str, dict[str, Any]] = {
     "init": {"scheme": "portable"},
 }
 FILES = MemoryFiles({
-    "data/tok.bin": "", "data/tok.idx": "",
+    "data/tok.bin": "", "data/tok.idx": idx_header(100),
     "data/tok.json": '{"tokenizer": "byte", "vocab_size": 128, "eod": 0}',
     "hooks.py": "def forward_step(state, data_iterator, model, return_schedule_plan=False):\n    pass\n",
 })

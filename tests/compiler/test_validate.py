@@ -17,10 +17,10 @@ import pytest
 from bridgec.compiler.errors import format_diagnostic
 from bridgec.compiler.frontend import read_spec
 from bridgec.compiler.validate import RULES, SpecContext, TokenizerSidecar, parse_tokenizer_sidecar
-from tests.compiler.conftest import MemoryFiles, front, messages, spec_toml
+from tests.compiler.conftest import MemoryFiles, front, idx_header, messages, spec_toml
 
 TE = "transformer_engine"
-DATA = {"data/tok.bin": "", "data/tok.idx": ""}
+DATA = {"data/tok.bin": "", "data/tok.idx": idx_header(100)}
 INDEXED = {"kind": "indexed", "sources": [{"prefix": "data/tok"}]}
 
 
@@ -300,6 +300,21 @@ def test_rule_optimizer_settings(optimizer: dict[str, Any], expected: list[str])
     check({"optimizer": optimizer}, expected)
 
 
+@pytest.mark.parametrize(("tables", "expected"), [
+    ({"launch": {"procs_per_node": 2}, "parallel": {"distributed_optimizer": True}, "optimizer": {"name": "sgd"}},
+     'spec.toml:16: $.optimizer.name = "sgd" cannot run with parallel.distributed_optimizer = true (megatron-core\'s '
+     "distributed optimizer shards Adam's state and supports only Adam); hint: use name = \"adam\" under "
+     "[optimizer], or set distributed_optimizer = false"),
+    ({"launch": {"procs_per_node": 2}, "parallel": {"mesh": {"fsdp": -1}}, "optimizer": {"name": "sgd"}},
+     'spec.toml:16: $.optimizer.name = "sgd" cannot run with parallel.distributed_optimizer = true (megatron-core\'s '
+     "distributed optimizer shards Adam's state and supports only Adam); hint: use name = \"adam\" under "
+     "[optimizer], or set distributed_optimizer = false; with a mesh, parallel.distributed_optimizer is on when "
+     "the mesh's fsdp axis is above 1: change it there"),
+], ids=["distributed-optimizer", "mesh-fsdp"])
+def test_rule_distributed_optimizer_needs_adam(tables: dict[str, Any], expected: str) -> None:
+    check(tables, [expected])
+
+
 # -- counts, intervals and sizes ----------------------------------------------------------------------
 
 _COUNTS = [
@@ -351,6 +366,14 @@ def test_rule_counts_at_least_one_skips_unused_settings() -> None:
 ], ids=["warmup-iters", "eod-token"])
 def test_rule_amounts_not_negative(tables: dict[str, Any], expected: str) -> None:
     check(tables, [expected])
+
+
+def test_rule_evaluation_runs() -> None:
+    check({"train": {"eval_interval": 20}}, [
+        "spec.toml:14: warning: $.train.eval_interval = 20 is more than train.iters = 10, so no evaluation runs "
+        "(one runs after every eval_interval-th step); hint: eval_interval = 10 or less, or remove eval_interval "
+        "and eval_iters"])
+    check({"train": {"eval_interval": 10}}, [])
 
 
 @pytest.mark.parametrize(("tables", "expected"), [
@@ -434,18 +457,62 @@ def test_rule_source_weights_positive() -> None:
 
 
 @pytest.mark.parametrize(("tables", "expected"), [
-    ({"data": {"split": [98.0, -1.0, 1.0]}},
-     "spec.toml:17: $.data.split = [98.0, -1.0, 1.0] must be three shares of 0 or more (train, validation, test); "
+    ({"data": {**INDEXED, "split": [98.0, -1.0, 1.0], "eod_token": 0}},
+     "spec.toml:18: $.data.split = [98.0, -1.0, 1.0] must be three shares of 0 or more (train, validation, test); "
      "hint: split = [98.0, 1.0, 1.0]"),
-    ({"data": {"split": [0.0, 1.0, 1.0]}},
-     "spec.toml:17: $.data.split = [0.0, 1.0, 1.0] leaves no training data (the first share is the training "
+    ({"data": {**INDEXED, "split": [0.0, 1.0, 1.0], "eod_token": 0}},
+     "spec.toml:18: $.data.split = [0.0, 1.0, 1.0] leaves no training data (the first share is the training "
      "share); hint: split = [98.0, 1.0, 1.0]"),
-    ({"data": {"split": [1.0, 0.0, 0.0]}, "train": {"eval_interval": 5}},
-     "spec.toml:18: $.data.split = [1.0, 0.0, 0.0] leaves no validation data, but train.eval_interval = 5 "
+    ({"data": {**INDEXED, "split": [1.0, 0.0, 0.0], "eod_token": 0}, "train": {"eval_interval": 5}},
+     "spec.toml:19: $.data.split = [1.0, 0.0, 0.0] leaves no validation data, but train.eval_interval = 5 "
      "evaluates on it; hint: give validation a share, as in split = [98.0, 1.0, 1.0], or remove eval_interval"),
-], ids=["negative", "no-train", "no-validation"])
+    ({"data": {"split": [100.0, 0.0, 0.0]}, "train": {"eval_interval": 5}},
+     'spec.toml:18: $.data.split = [100.0, 0.0, 0.0] has no effect with data.kind = "mock": megatron-core splits '
+     "its 100,000 synthetic sequences into three equal parts whatever the split says; hint: remove split, or set "
+     'kind = "indexed" under [data]'),
+], ids=["negative", "no-train", "no-validation", "mock"])
 def test_rule_split(tables: dict[str, Any], expected: str) -> None:
-    check(tables, [expected])
+    check(tables, [expected], files=DATA)
+
+
+@pytest.mark.parametrize(("split", "documents", "train", "expected"), [
+    (None, 5, {},
+     "spec.toml:20: $.data.split = [98.0, 1.0, 1.0] gives the validation and test splits of data.sources[0] "
+     "(data/tok, 5 documents) no document: megatron-core gives a split documents round(start x n) to round(end x "
+     "n), here validation round(0.98 x 5) = 5 to round(0.99 x 5) = 5; test round(0.99 x 5) = 5 to round(1 x 5) = "
+     "5, and never finishes building a split without documents; hint: split = [4.0, 1.0, 0.0] (shares are "
+     "normalised; bridgec never reads the test split), or build the data from more documents"),
+    ([99.9, 0.1, 0.0], 200, {"eval_interval": 5},
+     "spec.toml:19: $.data.split = [99.9, 0.1, 0.0] gives the validation split of data.sources[0] (data/tok, 200 "
+     "documents) no document: megatron-core gives a split documents round(start x n) to round(end x n), here "
+     "validation round(0.999 x 200) = 200 to round(1 x 200) = 200, and never finishes building a split without "
+     "documents; hint: split = [199.0, 1.0, 0.0] (shares are normalised; bridgec never reads the test split), or "
+     "build the data from more documents"),
+    ([90.0, 10.0, 0.0], 1, {},
+     "spec.toml:18: $.data.split = [90.0, 10.0, 0.0] gives the validation split of data.sources[0] (data/tok, 1 "
+     "document) no document: megatron-core gives a split documents round(start x n) to round(end x n), here "
+     "validation round(0.9 x 1) = 1 to round(1 x 1) = 1, and never finishes building a split without documents; "
+     "hint: build the data from more documents: every split with a share needs at least one document of each "
+     "source"),
+    ([100.0, 0.0, 0.0], 1, {}, None),
+    ([3.0, 1.0, 0.0], 4, {"eval_interval": 5}, None),
+], ids=["default-split-5-documents", "tiny-share", "one-document", "train-only", "just-enough"])
+def test_rule_splits_have_documents(split: list[float] | None, documents: int, train: dict[str, Any],
+                                    expected: str | None) -> None:
+    data = {**INDEXED, "eod_token": 0} if split is None else {**INDEXED, "split": split, "eod_token": 0}
+    check({"data": data, "train": train}, [expected] if expected else [],
+          files={"data/tok.bin": "", "data/tok.idx": idx_header(documents)})
+
+
+def test_rule_splits_have_documents_reads_only_the_index_header() -> None:
+    check({"data": {**INDEXED, "eod_token": 0}}, [
+        'spec.toml:20: $.data.sources[0].prefix = "data/tok": data/tok.idx is not an index file megatron-core can '
+        "read: it does not start with megatron's index header (MMIDIDX); hint: rebuild the data with `bridgec data "
+        "build`"], files={"data/tok.bin": "", "data/tok.idx": b"not an index file, but long enough for a header"})
+    check({"data": {**INDEXED, "eod_token": 0}}, [
+        'spec.toml:20: $.data.sources[0].prefix = "data/tok": data/tok.idx is not an index file megatron-core can '
+        "read: it is 0 bytes long, shorter than the 34-byte header of an index file; hint: rebuild the data with "
+        "`bridgec data build`"], files={"data/tok.bin": "", "data/tok.idx": b""})
 
 
 def test_rule_eod_token_in_vocab() -> None:
@@ -652,6 +719,25 @@ def test_rule_hooks_file_name() -> None:
     check({"hooks": {"file": "my-hooks.py", "forward_step": "fs"}}, [
         'spec.toml:17: $.hooks.file = "my-hooks.py" must be a Python file whose name is an identifier (it is '
         'imported as a module); hint: rename it, e.g. file = "my_hooks.py"'], files=HOOK_FILES)
+
+
+@pytest.mark.parametrize(("module", "distribution"), [
+    ("torch", "torch"), ("numpy", "numpy"), ("megatron", "megatron-core"), ("bridgec", "bridgec"),
+    ("sympy", "sympy"),  # torch's dependency, found through torch's requirements
+    ("yaml", "PyYAML"),  # a module named unlike its distribution
+])
+def test_rule_hooks_file_name_shadowing_what_the_script_imports(module: str, distribution: str) -> None:
+    files = {f"{module}.py": HOOK_FILES["random.py"]}
+    check({"hooks": {"file": f"{module}.py", "forward_step": "fs"}}, [
+        f'spec.toml:17: $.hooks.file = "{module}.py" has the name of the module \'{module}\' (from {distribution}, '
+        "which the generated script needs); beside the generated script it would shadow that module for the script "
+        f'and everything it imports; hint: rename it, e.g. file = "my_{module}.py"'], files=files)
+
+
+def test_hooks_file_names_of_unrelated_packages_are_fine() -> None:
+    # jax is installed for the tests only (bridgec's "test" extra): the script never imports it.
+    files = {"jax.py": HOOK_FILES["random.py"]}
+    check({"hooks": {"file": "jax.py", "forward_step": "fs"}}, [], files=files)
 
 
 def test_rule_both_hooks() -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from bridgec.runtime.data import MicrobatchIterator, check_sources
+from bridgec.runtime.data import MicrobatchIterator, TokenIds, build_splits, check_sources
 from bridgec.runtime.data_build import BYTE_EOD, DataBuildError, build_indexed_dataset, decode_bytes
 from bridgec.runtime.errors import ExitCode, RunError
 
@@ -65,7 +65,7 @@ def test_data_build_round_trip(tmp_path: Path) -> None:
     sidecar = json.loads((tmp_path / "out" / "tiny.json").read_text())
     assert sidecar == {"eod": 256, "tokenizer": "bytes", "vocab_size": 257}
     assert not list((tmp_path / "out").glob(".*"))  # no staging files left behind
-    check_sources([str(tmp_path / "out" / "tiny")])
+    check_sources([str(tmp_path / "out" / "tiny")], [1.0, 0.0, 0.0])
 
 
 @pytest.mark.parametrize(
@@ -87,7 +87,7 @@ def test_missing_and_empty_sources_are_rejected_before_megatron(tmp_path: Path) 
     (tmp_path / "empty.bin").write_bytes(b"")
     (tmp_path / "empty.idx").write_bytes(b"")
     with pytest.raises(RunError) as caught:
-        check_sources([str(tmp_path / "missing"), str(tmp_path / "empty")])
+        check_sources([str(tmp_path / "missing"), str(tmp_path / "empty")], [98.0, 1.0, 1.0])
     assert caught.value.code == ExitCode.DATA_ERROR
     assert "missing.bin: no such file" in caught.value.message
     assert "empty.bin: file is empty" in caught.value.message
@@ -110,3 +110,43 @@ def test_blended_samples_batch_only_their_tensors() -> None:
     batch = next(iterator)
     assert set(batch) == {"tokens"}
     assert batch["tokens"].reshape(-1).tolist() == [0, 1]
+
+
+def _built(tmp_path: Path, name: str, texts: list[str]) -> str:
+    prefix = tmp_path / "data" / name
+    build_indexed_dataset(_jsonl(tmp_path / f"{name}.jsonl", texts), prefix)
+    return str(prefix)
+
+
+def test_a_split_without_documents_is_refused_with_the_numbers(tmp_path: Path) -> None:
+    """Five documents and the default split: validation and test get none, and megatron-core would hang."""
+    prefix = _built(tmp_path, "five", [f"document {i}" for i in range(5)])
+    with pytest.raises(RunError) as caught:
+        check_sources([prefix], [98.0, 1.0, 1.0])
+    assert caught.value.code == ExitCode.DATA_ERROR
+    assert caught.value.message == (
+        f"bad data:\n  {prefix} (5 documents): split [98.0, 1.0, 1.0] gives the validation split documents "
+        "round(0.98 x 5) = 5 to round(0.99 x 5) = 5, which hold no tokens, and megatron-core would loop forever "
+        "building it; give that share to another split, or build the data from more documents"
+        f"\n  {prefix} (5 documents): split [98.0, 1.0, 1.0] gives the test split documents round(0.99 x 5) = 5 to "
+        "round(1 x 5) = 5, which hold no tokens, and megatron-core would loop forever building it; give that share "
+        "to another split, or build the data from more documents")
+    check_sources([prefix], [3.0, 1.0, 1.0])  # one document each for validation and test
+
+
+def _splits(prefix: str, cache: Path, samples: int) -> list[list[int]]:
+    splits = build_splits(
+        kind="indexed", prefixes=[prefix], weights=[1.0], split=[90.0, 10.0, 0.0], seq_length=16, seed=1,
+        token_ids=TokenIds(vocab_size=257, eod=BYTE_EOD), eod_mask_loss=False, num_samples=(samples, 2, 0),
+        cache_dir=str(cache),
+    )
+    return [splits.train[i]["tokens"].tolist() for i in range(len(splits.train))]
+
+
+def test_dataset_rebuilt_in_place_does_not_reuse_stale_cached_indices(tmp_path: Path) -> None:
+    """megatron-core keys its index cache by path and config; a rebuilt dataset must not read the old indices."""
+    cache = tmp_path / "cache"
+    prefix = _built(tmp_path, "corpus", ["a" * (5 + i % 7) for i in range(60)])
+    assert {token for sample in _splits(prefix, cache, 40) for token in sample} <= {ord("a"), BYTE_EOD}
+    _built(tmp_path, "corpus", ["b" * (1 + i % 3) for i in range(20)])  # same path, fewer and shorter documents
+    assert {token for sample in _splits(prefix, cache, 40) for token in sample} <= {ord("b"), BYTE_EOD}

@@ -9,8 +9,10 @@ and ``bridgec compile`` checks it (tests/runtime/launch.py).
 from __future__ import annotations
 
 import math
+import signal
 from pathlib import Path
 
+import psutil
 import torch
 
 from bridgec.runtime import checkpoint_files as files
@@ -65,6 +67,37 @@ def forward_step(state, data_iterator, model, return_schedule_plan=False):
         os.kill(os.getpid(), signal.SIGKILL)
     return generated_forward_step(state, data_iterator, model)
 '''
+
+
+STUCK_IN_STEP_2 = _GENERATED_STEP + '''
+import time
+from pathlib import Path
+
+
+def forward_step(state, data_iterator, model, return_schedule_plan=False):
+    """Step 2 never ends on any rank (like megatron-core counting epochs of an empty split), once it says so."""
+    if state.step + 1 == 2:
+        Path(f"stuck_{state.layout.rank}").touch()
+        while True:
+            time.sleep(0.1)
+    return generated_forward_step(state, data_iterator, model)
+'''
+
+
+def test_workers_end_when_torchrun_is_killed(tmp_path: Path) -> None:
+    """SIGKILL to torchrun alone (it cannot stop its workers then): no worker survives it."""
+    folder = runs.prepare(tmp_path, runs.RunSpec(procs=2, hooks=STUCK_IN_STEP_2))
+    process = runs.start(folder)
+    for rank in (0, 1):
+        runs.wait_for(folder / f"stuck_{rank}", process)
+    workers = psutil.Process(process.pid).children(recursive=True)
+    assert len(workers) >= 2
+    process.send_signal(signal.SIGKILL)  # torchrun only: the workers run in sessions of their own
+    process.communicate()
+    _, alive = psutil.wait_procs(workers, timeout=runs.HANG_GUARD_SECONDS)
+    for worker in alive:
+        worker.kill()  # leave nothing behind, whatever the outcome
+    assert alive == [], f"workers {[worker.pid for worker in alive]} outlived torchrun"
 
 
 def test_sigterm_finishes_the_step_saves_and_the_next_launch_resumes_exactly(tmp_path: Path) -> None:

@@ -187,6 +187,33 @@ def test_maxtext_schedules_match_maxtext_at_every_update(kind: str, variant: str
         assert all(ours(k) == 0.0 for k in range(schedule_steps, STEPS)), "zero tail after learning_rate_schedule_steps"
 
 
+@pytest.mark.parametrize(("schedule_steps", "steps"), [(100, 100), (80, 100)])
+def test_maxtext_2025_with_all_warmup_matches_maxtext_and_stays_finite(schedule_steps: int, steps: int) -> None:
+    """warmup_steps_fraction = 1: the 2025 cosine piece has no steps (it used to divide by zero)."""
+    settings = dict(kind="cosine", final_fraction=0.1, schedule_steps=schedule_steps, steps=steps, variant="2025")
+    reference = _maxtext_reference(lr=3e-4, warmup_fraction=1.0, **settings)
+    ours = schedules.maxtext_schedule(learning_rate=3e-4, warmup_steps_fraction=1.0, **settings)
+    assert _compare(ours, reference, steps) <= TOLERANCE
+    assert np.isfinite(ours(steps))  # CountScheduler reads the lr of update `steps` after the last update
+
+
+@pytest.mark.parametrize("variant", ["2026-02", "2026-01", "2025"])
+@pytest.mark.parametrize("kind", ["cosine", "wsd"])
+def test_every_maxtext_schedule_is_finite_at_every_count_the_scheduler_reads(kind: str, variant: str) -> None:
+    if kind == "wsd" and variant == "2025":
+        return  # no WSD in 2025 (test_wsd_did_not_exist_in_2025)
+    for warmup in (0.0, 0.1, 0.5, 1.0):
+        for decay in (0.0, 0.1, 0.5, 1.0 - warmup):
+            for schedule_steps in (1, 2, 3, 10):
+                for steps in (schedule_steps, schedule_steps + 2):
+                    ours = schedules.maxtext_schedule(
+                        kind=kind, learning_rate=1.0, final_fraction=0.1, warmup_steps_fraction=warmup,
+                        schedule_steps=schedule_steps, steps=steps, wsd_decay_steps_fraction=decay, variant=variant,
+                    )
+                    values = [ours(count) for count in range(steps + 1)]
+                    assert all(np.isfinite(values)), (warmup, decay, schedule_steps, steps, values)
+
+
 def test_maxtext_variants_differ_where_the_history_says() -> None:
     common = dict(kind="cosine", learning_rate=1.0, final_fraction=0.1, warmup_steps_fraction=0.1, schedule_steps=100, steps=100)
     current = schedules.maxtext_schedule(variant="2026-02", **common)

@@ -128,7 +128,6 @@ LR_DECAY_ITERS = 32  # default: train.iters 32
 
 # Data and loss
 DATA_KIND = "mock"
-DATA_SPLIT = (98.0, 1.0, 1.0)
 EOD_TOKEN = 127  # default for mock data: vocab 128 - 1
 EOD_MASK_LOSS = False
 TRAIN_SAMPLES = 256  # train.iters 32 x global 8
@@ -199,7 +198,7 @@ def datasets() -> Splits:
         kind=DATA_KIND,
         prefixes=(),
         weights=(),
-        split=DATA_SPLIT,
+        split=None,  # megatron-core splits its mock data into three equal parts
         seq_length=SEQ_LENGTH,
         seed=SEED,
         token_ids=TokenIds(vocab_size=VOCAB_SIZE, eod=EOD_TOKEN),

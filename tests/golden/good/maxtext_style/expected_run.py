@@ -131,7 +131,6 @@ MAXTEXT_FINAL_FRACTION = 0.1
 
 # Data and loss
 DATA_KIND = "mock"
-DATA_SPLIT = (98.0, 1.0, 1.0)
 EOD_TOKEN = 255  # default for mock data: vocab 256 - 1
 EOD_MASK_LOSS = False
 TRAIN_SAMPLES = 160  # train.iters 20 x global 8
@@ -200,7 +199,7 @@ def datasets() -> Splits:
         kind=DATA_KIND,
         prefixes=(),
         weights=(),
-        split=DATA_SPLIT,
+        split=None,  # megatron-core splits its mock data into three equal parts
         seq_length=SEQ_LENGTH,
         seed=SEED,
         token_ids=TokenIds(vocab_size=VOCAB_SIZE, eod=EOD_TOKEN),

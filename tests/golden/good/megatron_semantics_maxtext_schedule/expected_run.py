@@ -127,7 +127,6 @@ MAXTEXT_WSD_DECAY_STYLE = "linear"
 
 # Data and loss
 DATA_KIND = "mock"
-DATA_SPLIT = (98.0, 1.0, 1.0)
 EOD_TOKEN = 127  # default for mock data: vocab 128 - 1
 EOD_MASK_LOSS = False
 TRAIN_SAMPLES = 40  # train.iters 10 x global 4
@@ -188,7 +187,7 @@ def datasets() -> Splits:
         kind=DATA_KIND,
         prefixes=(),
         weights=(),
-        split=DATA_SPLIT,
+        split=None,  # megatron-core splits its mock data into three equal parts
         seq_length=SEQ_LENGTH,
         seed=SEED,
         token_ids=TokenIds(vocab_size=VOCAB_SIZE, eod=EOD_TOKEN),

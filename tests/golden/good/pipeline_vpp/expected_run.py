@@ -125,7 +125,6 @@ LR_DECAY_ITERS = 4  # default: train.iters 4
 
 # Data and loss
 DATA_KIND = "mock"
-DATA_SPLIT = (98.0, 1.0, 1.0)
 EOD_TOKEN = 511  # default for mock data: vocab 512 - 1
 EOD_MASK_LOSS = False
 TRAIN_SAMPLES = 128  # train.iters 4 x global 32
@@ -192,7 +191,7 @@ def datasets() -> Splits:
         kind=DATA_KIND,
         prefixes=(),
         weights=(),
-        split=DATA_SPLIT,
+        split=None,  # megatron-core splits its mock data into three equal parts
         seq_length=SEQ_LENGTH,
         seed=SEED,
         token_ids=TokenIds(vocab_size=VOCAB_SIZE, eod=EOD_TOKEN),
