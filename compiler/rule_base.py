@@ -39,6 +39,10 @@ class SpecContext:
     spec_dir: Path
     """The spec's folder: relative paths in the spec are relative to it."""
     files: FileView
+    require_data: bool = True
+    """Whether the files a run reads but a repository does not commit (the datasets' .bin/.idx, the
+    [init.checkpoint] folder) must exist. ``bridgec check`` regenerates without them: CI and pre-commit
+    machines hold the spec, the dataset's small tokenizer file and the hooks file, not the data."""
 
     def resolve(self, path: str) -> Path:
         """A path written in the spec, made usable (absolute paths stay as they are)."""

@@ -65,7 +65,7 @@ def rule_data_sources_match_kind(spec: Spec, ctx: SpecContext) -> Iterator[Findi
 
 
 def rule_data_files_exist(spec: Spec, ctx: SpecContext) -> Iterator[Finding]:
-    if spec.data.kind != "indexed":
+    if spec.data.kind != "indexed" or not ctx.require_data:
         return
     for i, source in enumerate(spec.data.sources):
         missing = [source.prefix + ext for ext in (".bin", ".idx")
@@ -125,7 +125,7 @@ def rule_tokenizer_sidecar(spec: Spec, ctx: SpecContext) -> Iterator[Finding]:
     if data.kind != "indexed" or not data.sources:
         return
     prefix = data.sources[0].prefix
-    if not all(ctx.files.exists(ctx.resolve(prefix + ext)) for ext in (".bin", ".idx")):
+    if ctx.require_data and not all(ctx.files.exists(ctx.resolve(prefix + ext)) for ext in (".bin", ".idx")):
         return  # rule_data_files_exist reports it; a missing dataset has no tokenizer file either
     name, about = prefix + ".json", (("data", "sources", 0, "prefix"),)
     if not ctx.files.exists(ctx.resolve(name)):
@@ -213,7 +213,7 @@ def rule_stopping_saves_a_checkpoint(spec: Spec, ctx: SpecContext) -> Iterator[F
 
 def rule_init_checkpoint_exists(spec: Spec, ctx: SpecContext) -> Iterator[Finding]:
     checkpoint = spec.init.checkpoint
-    if checkpoint is None or ctx.files.exists(ctx.resolve(checkpoint.path)):
+    if checkpoint is None or not ctx.require_data or ctx.files.exists(ctx.resolve(checkpoint.path)):
         return
     relative = "" if os.path.isabs(checkpoint.path) else " (paths are relative to the spec's folder)"
     yield Finding(about=(("init", "checkpoint", "path"),),

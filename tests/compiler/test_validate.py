@@ -17,7 +17,7 @@ import pytest
 from bridgec.compiler.errors import format_diagnostic
 from bridgec.compiler.frontend import read_spec
 from bridgec.compiler.validate import RULES, SpecContext, TokenizerSidecar, parse_tokenizer_sidecar
-from tests.compiler.conftest import MemoryFiles, front, messages, spec_toml
+from tests.compiler.conftest import SPEC_DIR, MemoryFiles, front, messages, spec_toml
 
 TE = "transformer_engine"
 DATA = {"data/tok.bin": "", "data/tok.idx": ""}
@@ -26,6 +26,13 @@ INDEXED = {"kind": "indexed", "sources": [{"prefix": "data/tok"}]}
 
 def check(tables: dict[str, Any], expected: list[str], files: dict[str, str] | None = None) -> None:
     assert messages(spec_toml(**tables), MemoryFiles(files)) == expected
+
+
+def check_without_data(tables: dict[str, Any], expected: list[str], files: dict[str, str] | None = None) -> None:
+    """As ``bridgec check`` validates: the data and checkpoints a run reads need not exist."""
+    context = SpecContext(file="spec.toml", spec_dir=SPEC_DIR, files=MemoryFiles(files), require_data=False)
+    result = read_spec(spec_toml(**tables), "spec.toml", context)
+    assert [format_diagnostic(d) for d in result.diagnostics] == expected
 
 
 def test_every_rule_is_registered_once_and_tested() -> None:
@@ -433,6 +440,7 @@ def test_rule_data_files_exist() -> None:
         "to the spec's folder); hint: fix the prefix, or build the files with `bridgec data build`",
     ], files={"data/half.bin": ""})
     check({"data": {**INDEXED, "eod_token": 0}}, [], files=DATA)
+    check_without_data({"data": {"kind": "indexed", "eod_token": 0, "sources": sources}}, [])
 
 
 def test_rule_source_weights_positive() -> None:
@@ -486,6 +494,9 @@ GPT2 = '{"tokenizer": "gpt2", "vocab_size": 50257, "eod": 50256}'
 def test_rule_tokenizer_sidecar(eod: int | None, sidecar: str | None, expected: list[str]) -> None:
     files = DATA if sidecar is None else {**DATA, "data/tok.json": sidecar}
     check({"data": {**INDEXED, "eod_token": eod}}, expected, files=files)
+    # Without the data files (bridgec check), the committed tokenizer file is read all the same.
+    check_without_data({"data": {**INDEXED, "eod_token": eod}}, expected,
+                       files=None if sidecar is None else {"data/tok.json": sidecar})
 
 
 @pytest.mark.parametrize(("text", "expected"), [
@@ -544,6 +555,7 @@ def test_rule_init_checkpoint_exists() -> None:
         'spec.toml:21: $.init.checkpoint.path = "ckpt/1000/items" does not exist (paths are relative to the spec\'s '
         "folder); hint: point it at the checkpoint's item folder, e.g. ckpt/1000/items"])
     check({"init": checkpoint, "model": LLAMA}, [], files={"ckpt/1000/items": ""})
+    check_without_data({"init": checkpoint, "model": LLAMA}, [])
 
 
 # -- hooks ----------------------------------------------------------------------------------------
