@@ -9,6 +9,7 @@ validation passed (divisibility holds); it never rewrites a value the user set.
 from __future__ import annotations
 
 import shlex
+from pathlib import PurePosixPath
 
 import attrs
 
@@ -418,15 +419,20 @@ def _output_section(spec: Spec, target: Target) -> Section:
             else Constant(name="OUTPUT_DIR", value=output, why="default: out/<run.name>", from_spec_text=True)
         )
     ]
+    stem = PurePosixPath(target.spec_path).stem
+    constants += [
+        _c("SPEC_FILE", target.spec_path, "relative to this script"),
+        _c("SPEC_SHA256", target.spec_sha256, "recorded in the metrics and in every checkpoint"),
+        _c("METRICS_FILE", f"{stem}.metrics.jsonl", "in OUTPUT_DIR, named after the spec: specs sharing the folder keep their own"),
+    ]
     c = spec.checkpoint
     if c.dir is not None:
         constants += [
-            _c("SPEC_FILE", target.spec_path, "relative to this script; copied into every checkpoint"),
-            _c("SPEC_SHA256", target.spec_sha256, "recorded in every checkpoint"),
             _c("CHECKPOINT_DIR", c.dir, text=True),
             _c("SAVE_INTERVAL", c.save_interval),
             _c("RESUME", c.resume),
             _c("KEEP_LAST", c.keep_last),
+            _c("OVERWRITE_CHECKPOINTS", c.overwrite),
         ]
     return Section(title="Outputs (paths relative to the spec's folder)", constants=tuple(constants))
 

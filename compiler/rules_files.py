@@ -173,13 +173,23 @@ def rule_checkpoint_needs_dir(spec: Spec, ctx: SpecContext) -> Iterator[Finding]
         return
     used: dict[KeyPath, object] = {("checkpoint", "save_interval"): c.save_interval,
                                    ("checkpoint", "resume"): c.resume or None,
-                                   ("checkpoint", "keep_last"): c.keep_last}
+                                   ("checkpoint", "keep_last"): c.keep_last,
+                                   ("checkpoint", "overwrite"): c.overwrite or None}
     for path, value in used.items():
         if value is not None:
             yield Finding(about=(path,),
                           message=f"{format_path(path)} = {render_value(value)} needs checkpoint.dir (the folder "
                                   f"checkpoints are saved in and resumed from)",
                           hint='add dir = "checkpoints" under [checkpoint]')
+
+
+def rule_overwrite_needs_a_fresh_start(spec: Spec, ctx: SpecContext) -> Iterator[Finding]:
+    c = spec.checkpoint
+    if c.dir is not None and c.overwrite and c.resume:
+        yield Finding(about=(("checkpoint", "overwrite"), ("checkpoint", "resume")),
+                      message="$.checkpoint.overwrite = true deletes the checkpoints a fresh start finds, but "
+                              "checkpoint.resume = true continues from them, so it would never act",
+                      hint="remove overwrite (to continue), or set resume = false (to start over)")
 
 
 def rule_checkpoints_need_adam(spec: Spec, ctx: SpecContext) -> Iterator[Finding]:
@@ -321,6 +331,7 @@ FILE_RULES: tuple[Rule, ...] = (
     rule_eod_token_in_vocab,
     rule_tokenizer_sidecar,
     rule_checkpoint_needs_dir,
+    rule_overwrite_needs_a_fresh_start,
     rule_checkpoints_need_adam,
     rule_stopping_saves_a_checkpoint,
     rule_init_checkpoint_exists,

@@ -54,7 +54,7 @@ class Run:
     description: str = ""
     """Free text copied into the generated script's docstring."""
     output_dir: str | None = None
-    """Where metrics are written, relative to the spec's folder. Default: out/<name>."""
+    """Where metrics are written, relative to the spec's folder, in files named after the spec (<spec>.metrics.jsonl), so specs that share a name or this folder keep their own. Default: out/<name>."""
 
 
 @attrs.frozen(kw_only=True)
@@ -359,6 +359,8 @@ class Checkpoint:
     """Continue from the latest complete checkpoint in dir, or start fresh when there is none."""
     keep_last: int | None = None
     """Keep only the newest this many checkpoints; unset: keep all."""
+    overwrite: bool = False
+    """resume = false over a dir that already holds checkpoints: true deletes them and starts fresh; false (the default) refuses to start (exit 10), so no run replaces another's checkpoints unasked."""
 
 
 @attrs.frozen(kw_only=True)

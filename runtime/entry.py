@@ -41,6 +41,8 @@ def peer_failure(error: BaseException) -> bool:
 def run(main: Callable[[], ExitCode]) -> NoReturn:
     """Call ``main`` and exit with its code; a RunError prints its message (no traceback) and exits with its code.
 
+    A RunError every rank raised alike (``every_rank``) is printed once, by rank 0.
+
     A failed collective (a peer died, or the distributed timeout expired) exits
     with PEER_FAILED and says so, instead of a wall of stack frames.
     """
@@ -48,7 +50,10 @@ def run(main: Callable[[], ExitCode]) -> NoReturn:
         code = main()
     except RunError as error:
         _ignore_stop_signals()
-        print(f"bridgec [rank {_rank()}]: {error.message}", file=sys.stderr, flush=True)
+        if not error.every_rank:
+            print(f"bridgec [rank {_rank()}]: {error.message}", file=sys.stderr, flush=True)
+        elif _rank() == "0":
+            print(f"bridgec: {error.message}", file=sys.stderr, flush=True)
         code = error.code
     except RuntimeError as error:
         if not peer_failure(error):

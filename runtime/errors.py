@@ -30,6 +30,8 @@ class ExitCode(enum.IntEnum):
     """Another rank died or a collective timed out."""
     HOOKS_ERROR = 9
     """The hooks file named in the spec is missing, fails to import, or lost the hook function."""
+    WOULD_OVERWRITE = 10
+    """Starting would replace another run's files: checkpoints with resume = false, or another spec's metrics."""
     STOPPED_TO_RESUME = 75
     """Stopped early on purpose (SIGTERM/SIGINT, exit_interval, exit_duration_minutes) after a checkpoint; launch again to resume."""
 
@@ -37,7 +39,9 @@ class ExitCode(enum.IntEnum):
 class RunError(Exception):
     """A problem the user can act on; the message says what and how."""
 
-    def __init__(self, code: ExitCode, message: str) -> None:
+    def __init__(self, code: ExitCode, message: str, *, every_rank: bool = False) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
+        self.every_rank = every_rank
+        """Every rank raises this same error (a decision they agreed on): it is printed once, by rank 0."""

@@ -18,6 +18,7 @@ from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 from bridgec.runtime.data import MicrobatchIterator, Splits
 from bridgec.runtime.errors import ExitCode, RunError
 from bridgec.runtime.metrics import MetricsLog
+from bridgec.runtime.outputs import launch_record
 from bridgec.runtime.parallel import Layout
 from bridgec.runtime.stop import StopCode, StopSignals, describe
 from bridgec.runtime.step import evaluate, train_step
@@ -55,6 +56,9 @@ class LoopSettings:
     exit_duration_minutes: float | None
     save_interval: int | None
     metrics_path: Path
+    spec_path: Path
+    """The spec the script was compiled from: the metrics file's first record names it (runtime.outputs)."""
+    spec_sha256: str
 
 
 @attrs.frozen(kw_only=True)
@@ -126,7 +130,14 @@ def train(
     resumed = start is not fresh  # restored from a checkpoint of this run (not merely started at an imported step)
     if start.step > 0 and layout.holds_loss:
         truncate_metrics(settings.metrics_path, after_step=start.step)
-    log.open(resume=start.step > 0)
+    elif layout.holds_loss and settings.metrics_path.is_file():
+        # claim_outputs made sure the file is this spec's: an earlier launch that started from scratch too.
+        log.message(f"metrics: replacing {settings.metrics_path}, written by an earlier launch of this spec")
+    log.open(
+        resume=start.step > 0,
+        record=launch_record(spec=settings.spec_path, metrics=settings.metrics_path,
+                             spec_sha256=settings.spec_sha256, step=start.step),
+    )
     log.skipped_total = start.skipped_steps
     step, consumed = start.step, start.consumed_samples
     if step >= settings.iters:
@@ -175,8 +186,7 @@ def train(
             ):
                 checkpointer.save(progress)
             if stop_reason is not None:
-                saved = "checkpoint saved" if checkpointer is not None else "no [checkpoint] dir, nothing saved"
-                log.message(f"stopping after step {step}: {stop_reason}; {saved}; launch again to resume")
+                log.message(f"stopping after step {step}: {stop_reason}; {_how_to_continue(checkpointer, resume)}")
                 return ExitCode.STOPPED_TO_RESUME
         if checkpointer is not None:
             checkpointer.save(Progress(step=step, consumed_samples=consumed, skipped_steps=log.skipped_total))
@@ -184,6 +194,15 @@ def train(
     finally:
         signals.restore()
         log.close()
+
+
+def _how_to_continue(checkpointer: Checkpointer | None, resume: bool) -> str:
+    if checkpointer is None:
+        return "no [checkpoint] dir, nothing saved"
+    if resume:
+        return "checkpoint saved; launch again to resume"
+    # A fresh start would refuse the folder that now holds this checkpoint (runtime.outputs).
+    return "checkpoint saved; set resume = true under [checkpoint], recompile and launch again to resume"
 
 
 def _restore(checkpointer: Checkpointer | None, log: MetricsLog, fresh: Progress) -> Progress:

@@ -39,13 +39,14 @@ class MetricsLog:
     _file: IO[str] | None = None
     _opened: float = 0.0
 
-    def open(self, *, resume: bool) -> None:
-        """Open the JSON-lines file (appending on resume, fresh otherwise)."""
+    def open(self, *, resume: bool, record: dict[str, Any]) -> None:
+        """Open the JSON-lines file (appending on resume, fresh otherwise) and write this launch's ``record``."""
         if not self.enabled:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._file = self.path.open("a" if resume else "w", encoding="utf-8")
         self._opened = time.monotonic()
+        self._write(record)
 
     def close(self) -> None:
         if self._file is not None:

@@ -43,6 +43,7 @@ from bridgec.runtime.loss import masked_token_loss
 from bridgec.runtime.model import build_model, unwrap
 from bridgec.runtime.optim import OptimizerSettings, build_optimizer
 from bridgec.runtime.optim import ScheduleSettings, build_scheduler
+from bridgec.runtime.outputs import claim_outputs
 from bridgec.runtime.parallel import check_launch, initialize
 
 HERE = Path(__file__).resolve().parent
@@ -134,12 +135,14 @@ LOSS_REDUCTION = "per_token"
 
 # Outputs (paths relative to the spec's folder)
 OUTPUT_DIR = "out/llama3-8b"  # default: out/<run.name>
-SPEC_FILE = "spec.toml"  # relative to this script; copied into every checkpoint
-SPEC_SHA256 = "2fcd66d3e6409f2d051d6c2d396db253448e1b993d52246c2e447c9a631145fd"  # recorded in every checkpoint
+SPEC_FILE = "spec.toml"  # relative to this script
+SPEC_SHA256 = "2fcd66d3e6409f2d051d6c2d396db253448e1b993d52246c2e447c9a631145fd"  # recorded in the metrics and in every checkpoint
+METRICS_FILE = "spec.metrics.jsonl"  # in OUTPUT_DIR, named after the spec: specs sharing the folder keep their own
 CHECKPOINT_DIR = "checkpoints"
 SAVE_INTERVAL = 250
 RESUME = True
 KEEP_LAST = 2
+OVERWRITE_CHECKPOINTS = False
 
 
 def transformer_config() -> TransformerConfig:
@@ -231,6 +234,15 @@ def main() -> ExitCode:
         seed=SEED,
         timeout_minutes=TIMEOUT_MINUTES,
     )
+    checkpoint_dir = (SPEC_DIR / CHECKPOINT_DIR).resolve()
+    # Before any work: refuse to replace another run's checkpoints or metrics.
+    claim_outputs(
+        spec=HERE / SPEC_FILE,
+        metrics=SPEC_DIR / OUTPUT_DIR / METRICS_FILE,
+        checkpoint_dir=checkpoint_dir,
+        resume=RESUME,
+        overwrite=OVERWRITE_CHECKPOINTS,
+    )
     model = build_model(
         model_provider,
         layout=layout,
@@ -271,7 +283,7 @@ def main() -> ExitCode:
         ),
     )
     checkpointer = DistCheckpointer(
-        directory=(SPEC_DIR / CHECKPOINT_DIR).resolve(),
+        directory=checkpoint_dir,
         keep_last=KEEP_LAST,
         model=model,
         optimizer=optimizer,
@@ -296,7 +308,9 @@ def main() -> ExitCode:
         exit_interval=EXIT_INTERVAL,
         exit_duration_minutes=EXIT_DURATION_MINUTES,
         save_interval=SAVE_INTERVAL,
-        metrics_path=SPEC_DIR / OUTPUT_DIR / "metrics.jsonl",
+        metrics_path=SPEC_DIR / OUTPUT_DIR / METRICS_FILE,
+        spec_path=HERE / SPEC_FILE,
+        spec_sha256=SPEC_SHA256,
     )
     return train(
         forward_step,

@@ -523,6 +523,17 @@ def test_rule_checkpoint_needs_dir() -> None:
         "spec.toml:19: $.checkpoint.keep_last = 2 needs checkpoint.dir (the folder checkpoints are saved in and "
         f"resumed from); {hint}"])
     check({"checkpoint": {"dir": "ck", "save_interval": 5, "resume": True, "keep_last": 2}}, [])
+    check({"checkpoint": {"overwrite": True}}, [
+        "spec.toml:17: $.checkpoint.overwrite = true needs checkpoint.dir (the folder checkpoints are saved in and "
+        f"resumed from); {hint}"])
+
+
+def test_rule_overwrite_needs_a_fresh_start() -> None:
+    check({"checkpoint": {"dir": "ck", "resume": True, "overwrite": True}}, [
+        "spec.toml:19: $.checkpoint.overwrite = true deletes the checkpoints a fresh start finds, but "
+        "checkpoint.resume = true continues from them, so it would never act; hint: remove overwrite (to "
+        "continue), or set resume = false (to start over)"])
+    check({"checkpoint": {"dir": "ck", "overwrite": True}}, [])
 
 
 def test_rule_checkpoints_need_adam() -> None:

@@ -46,6 +46,7 @@ from bridgec.runtime.maxtext_loss import maxtext_loss
 from bridgec.runtime.model import build_model, gelu_tanh, unwrap
 from bridgec.runtime.optax_optim import build_optax_optimizer
 from bridgec.runtime.schedules import CountScheduler, Schedule, maxtext_schedule
+from bridgec.runtime.outputs import claim_outputs
 from bridgec.runtime.parallel import check_launch, initialize
 
 HERE = Path(__file__).resolve().parent
@@ -142,6 +143,9 @@ LOGITS_MULTIPLIER = 0.125
 
 # Outputs (paths relative to the spec's folder)
 OUTPUT_DIR = "out/maxtext-style"  # default: out/<run.name>
+SPEC_FILE = "spec.toml"  # relative to this script
+SPEC_SHA256 = "7ee9546ba7b720209b5f9e026f0ed7eddb88e52162cac5f8679ffdb20df68d20"  # recorded in the metrics and in every checkpoint
+METRICS_FILE = "spec.metrics.jsonl"  # in OUTPUT_DIR, named after the spec: specs sharing the folder keep their own
 
 
 def transformer_config() -> TransformerConfig:
@@ -259,6 +263,11 @@ def main() -> ExitCode:
         seed=SEED,
         timeout_minutes=TIMEOUT_MINUTES,
     )
+    # Before any work: refuse to replace another run's checkpoints or metrics.
+    claim_outputs(
+        spec=HERE / SPEC_FILE,
+        metrics=SPEC_DIR / OUTPUT_DIR / METRICS_FILE,
+    )
     model = build_model(
         model_provider,
         layout=layout,
@@ -312,7 +321,9 @@ def main() -> ExitCode:
         exit_interval=EXIT_INTERVAL,
         exit_duration_minutes=EXIT_DURATION_MINUTES,
         save_interval=None,
-        metrics_path=SPEC_DIR / OUTPUT_DIR / "metrics.jsonl",
+        metrics_path=SPEC_DIR / OUTPUT_DIR / METRICS_FILE,
+        spec_path=HERE / SPEC_FILE,
+        spec_sha256=SPEC_SHA256,
     )
     return train(
         forward_step,

@@ -49,6 +49,7 @@ from bridgec.runtime.schedules import (
     warmup_cosine_decay_schedule,
     join_schedules,
 )
+from bridgec.runtime.outputs import claim_outputs
 from bridgec.runtime.parallel import check_launch, initialize
 
 HERE = Path(__file__).resolve().parent
@@ -139,6 +140,9 @@ LOSS_REDUCTION = "per_token"
 
 # Outputs (paths relative to the spec's folder)
 OUTPUT_DIR = "out/mesh"  # default: out/<run.name>
+SPEC_FILE = "spec.toml"  # relative to this script
+SPEC_SHA256 = "ccb71c1a8de51056f224c45ed0c6bf698c5a6898b850cb84514d84d9b0628366"  # recorded in the metrics and in every checkpoint
+METRICS_FILE = "spec.metrics.jsonl"  # in OUTPUT_DIR, named after the spec: specs sharing the folder keep their own
 
 
 def transformer_config() -> TransformerConfig:
@@ -249,6 +253,11 @@ def main() -> ExitCode:
         seed=SEED,
         timeout_minutes=TIMEOUT_MINUTES,
     )
+    # Before any work: refuse to replace another run's checkpoints or metrics.
+    claim_outputs(
+        spec=HERE / SPEC_FILE,
+        metrics=SPEC_DIR / OUTPUT_DIR / METRICS_FILE,
+    )
     model = build_model(
         model_provider,
         layout=layout,
@@ -294,7 +303,9 @@ def main() -> ExitCode:
         exit_interval=EXIT_INTERVAL,
         exit_duration_minutes=EXIT_DURATION_MINUTES,
         save_interval=None,
-        metrics_path=SPEC_DIR / OUTPUT_DIR / "metrics.jsonl",
+        metrics_path=SPEC_DIR / OUTPUT_DIR / METRICS_FILE,
+        spec_path=HERE / SPEC_FILE,
+        spec_sha256=SPEC_SHA256,
     )
     return train(
         forward_step,

@@ -43,6 +43,7 @@ from bridgec.runtime.loss import masked_token_loss
 from bridgec.runtime.model import build_model, unwrap
 from bridgec.runtime.optim import OptimizerSettings, build_optimizer
 from bridgec.runtime.optim import ScheduleSettings, build_scheduler
+from bridgec.runtime.outputs import claim_outputs
 from bridgec.runtime.parallel import check_launch, initialize
 
 HERE = Path(__file__).resolve().parent
@@ -132,6 +133,9 @@ LOSS_REDUCTION = "per_token"
 
 # Outputs (paths relative to the spec's folder)
 OUTPUT_DIR = "out/quickstart"  # default: out/<run.name>
+SPEC_FILE = "spec.toml"  # relative to this script
+SPEC_SHA256 = "eb34f8257b6a23ed3ab3a694d58a4cc14c71050103162d3479328c42f4be6a01"  # recorded in the metrics and in every checkpoint
+METRICS_FILE = "spec.metrics.jsonl"  # in OUTPUT_DIR, named after the spec: specs sharing the folder keep their own
 
 
 def transformer_config() -> TransformerConfig:
@@ -221,6 +225,11 @@ def main() -> ExitCode:
         seed=SEED,
         timeout_minutes=TIMEOUT_MINUTES,
     )
+    # Before any work: refuse to replace another run's checkpoints or metrics.
+    claim_outputs(
+        spec=HERE / SPEC_FILE,
+        metrics=SPEC_DIR / OUTPUT_DIR / METRICS_FILE,
+    )
     model = build_model(
         model_provider,
         layout=layout,
@@ -275,7 +284,9 @@ def main() -> ExitCode:
         exit_interval=EXIT_INTERVAL,
         exit_duration_minutes=EXIT_DURATION_MINUTES,
         save_interval=None,
-        metrics_path=SPEC_DIR / OUTPUT_DIR / "metrics.jsonl",
+        metrics_path=SPEC_DIR / OUTPUT_DIR / METRICS_FILE,
+        spec_path=HERE / SPEC_FILE,
+        spec_sha256=SPEC_SHA256,
     )
     return train(
         forward_step,

@@ -44,6 +44,7 @@ from bridgec.runtime.loss import masked_mean_loss
 from bridgec.runtime.model import build_model, unwrap
 from bridgec.runtime.optim import OptimizerSettings, build_optimizer
 from bridgec.runtime.optim import ScheduleSettings, build_scheduler
+from bridgec.runtime.outputs import claim_outputs
 from bridgec.runtime.parallel import check_launch, initialize
 
 HERE = Path(__file__).resolve().parent
@@ -135,12 +136,14 @@ LOSS_REDUCTION = "per_microbatch"
 
 # Outputs (paths relative to the spec's folder)
 OUTPUT_DIR = "runs/wsd"
-SPEC_FILE = "spec.toml"  # relative to this script; copied into every checkpoint
-SPEC_SHA256 = "883fd9a63c062b75766c741835a52b757d4321f5372df446420f3acf1a6b61b8"  # recorded in every checkpoint
+SPEC_FILE = "spec.toml"  # relative to this script
+SPEC_SHA256 = "883fd9a63c062b75766c741835a52b757d4321f5372df446420f3acf1a6b61b8"  # recorded in the metrics and in every checkpoint
+METRICS_FILE = "spec.metrics.jsonl"  # in OUTPUT_DIR, named after the spec: specs sharing the folder keep their own
 CHECKPOINT_DIR = "checkpoints"
 SAVE_INTERVAL = 10
 RESUME = True
 KEEP_LAST = 2
+OVERWRITE_CHECKPOINTS = False
 
 
 def transformer_config() -> TransformerConfig:
@@ -229,6 +232,15 @@ def main() -> ExitCode:
         seed=SEED,
         timeout_minutes=TIMEOUT_MINUTES,
     )
+    checkpoint_dir = (SPEC_DIR / CHECKPOINT_DIR).resolve()
+    # Before any work: refuse to replace another run's checkpoints or metrics.
+    claim_outputs(
+        spec=HERE / SPEC_FILE,
+        metrics=SPEC_DIR / OUTPUT_DIR / METRICS_FILE,
+        checkpoint_dir=checkpoint_dir,
+        resume=RESUME,
+        overwrite=OVERWRITE_CHECKPOINTS,
+    )
     model = build_model(
         model_provider,
         layout=layout,
@@ -269,7 +281,7 @@ def main() -> ExitCode:
         ),
     )
     checkpointer = DistCheckpointer(
-        directory=(SPEC_DIR / CHECKPOINT_DIR).resolve(),
+        directory=checkpoint_dir,
         keep_last=KEEP_LAST,
         model=model,
         optimizer=optimizer,
@@ -294,7 +306,9 @@ def main() -> ExitCode:
         exit_interval=EXIT_INTERVAL,
         exit_duration_minutes=EXIT_DURATION_MINUTES,
         save_interval=SAVE_INTERVAL,
-        metrics_path=SPEC_DIR / OUTPUT_DIR / "metrics.jsonl",
+        metrics_path=SPEC_DIR / OUTPUT_DIR / METRICS_FILE,
+        spec_path=HERE / SPEC_FILE,
+        spec_sha256=SPEC_SHA256,
     )
     return train(
         forward_step,
