@@ -326,6 +326,9 @@ def _parser() -> argparse.ArgumentParser:
     maxtext.add_argument("-o", "--output", metavar="OUT", required=True, help="the spec to write")
     maxtext.set_defaults(handler=cmd_import_maxtext)
     from bridgec.compiler.convert_cli import add_convert_parser
+    from bridgec.compiler.launch_cli import add_launch_parser
+
+    add_launch_parser(commands)
     add_convert_parser(commands)
     return parser
 

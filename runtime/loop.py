@@ -16,7 +16,8 @@ from megatron.core.optimizer.optimizer import ChainedOptimizer
 from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 
 from bridgec.runtime.data import MicrobatchIterator, Splits
-from bridgec.runtime.errors import ExitCode, RunError
+from bridgec.runtime.entry import peer_failure, peer_failure_message
+from bridgec.runtime.errors import ExitCode, RunEnd, RunError
 from bridgec.runtime.metrics import MetricsLog
 from bridgec.runtime.outputs import launch_record
 from bridgec.runtime.parallel import Layout
@@ -110,8 +111,11 @@ def train(
     checkpointer: Checkpointer | None = None,
     resume: bool = False,
     initial: Progress | None = None,
-) -> ExitCode:
-    """Run steps until ``settings.iters``, an early stop, or a non-finite stop; return the exit code.
+) -> RunEnd:
+    """Run steps until ``settings.iters``, an early stop, or a non-finite stop; return how the launch ended.
+
+    A RunError raised once training began (a non-finite stop, a failed save, a
+    lost peer) carries the last step completed.
 
     With a checkpointer: saves every ``save_interval`` steps, at an early stop and
     at the end (never the step it resumed from again); ``resume`` restores the
@@ -142,10 +146,11 @@ def train(
     step, consumed = start.step, start.consumed_samples
     if step >= settings.iters:
         # Nothing left to train (a finished run launched again): evaluate what was loaded.
-        log.message(f"all {settings.iters} steps were already done; nothing to train")
+        done = f"all {settings.iters} steps were already done; nothing to train"
+        log.message(done)
         _evaluate(forward_step, model, splits, layout, settings, log, step=step, consumed=consumed)
         log.close()
-        return ExitCode.OK
+        return RunEnd(code=ExitCode.OK, reason=done, step=step)
     train_iterators = _iterators(splits.train, layout, settings, consumed)
     signals = StopSignals.install()
     started = time.monotonic()
@@ -186,11 +191,18 @@ def train(
             ):
                 checkpointer.save(progress)
             if stop_reason is not None:
-                log.message(f"stopping after step {step}: {stop_reason}; {_how_to_continue(checkpointer, resume)}")
-                return ExitCode.STOPPED_TO_RESUME
+                stopped = f"stopping after step {step}: {stop_reason}; {_how_to_continue(checkpointer, resume)}"
+                log.message(stopped)
+                return RunEnd(code=ExitCode.STOPPED_TO_RESUME, reason=stopped, step=step)
         if checkpointer is not None:
             checkpointer.save(Progress(step=step, consumed_samples=consumed, skipped_steps=log.skipped_total))
-        return ExitCode.OK
+        return RunEnd(code=ExitCode.OK, reason=f"all {settings.iters} steps ran", step=step)
+    except RunError as error:
+        raise error.at_step(step) from None
+    except RuntimeError as error:
+        if not peer_failure(error):
+            raise
+        raise RunError(ExitCode.PEER_FAILED, peer_failure_message(error), step=step) from None
     finally:
         signals.restore()
         log.close()

@@ -12,6 +12,9 @@ process group is up, before the model is built:
   the spec that started it: a launch of another spec that would write into it
   is refused the same way.
 
+:func:`write_last_exit` records how a launch ended (``<spec>.last_exit.json``), for
+``bridgec launch`` and for job scripts that decide whether to launch again.
+
 Rank 0 looks at the disk (the shared file system checkpoints need anyway) and
 sends its verdict to every rank, so all of them stop, or go on, together.
 """
@@ -21,12 +24,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import torch.distributed as dist
 
 from bridgec.runtime import checkpoint_files as files
-from bridgec.runtime.errors import ExitCode, RunError
+from bridgec.runtime.errors import ExitCode, RunEnd, RunError
 from bridgec.runtime.parallel import collective_device
 
 LAUNCH_RECORD = "launch"
@@ -115,3 +119,24 @@ def _names(paths: list[Path]) -> str:
     names = [path.name for path in paths]
     return ", ".join(names if len(names) <= 6 else [*names[:3], "...", *names[-2:]])
 
+
+RUNNING = "running (if this stays, the launch was killed before it could record how it ended)"
+
+
+def write_last_exit(path: Path, end: RunEnd | None) -> None:
+    """Record how this launch ended (``end``), or that it is running (None); atomically, never half-written.
+
+    ``{"code": 75, "reason": "...", "step": 120}``; a scheduler's job script reads it
+    to launch again after a planned stop (75) and not after a failure.
+    """
+    record = (
+        {"code": None, "reason": RUNNING, "step": None}
+        if end is None
+        else {"code": end.code, "reason": end.reason, "step": end.step}
+    )
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        files.write_atomic(path, json.dumps(record, indent=2) + "\n")
+    except OSError as error:
+        # The run itself is not at stake: say so and carry on (its exit code still tells what happened).
+        print(f"bridgec: cannot write {path} ({error.strerror or error})", file=sys.stderr, flush=True)

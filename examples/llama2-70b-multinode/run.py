@@ -12,6 +12,8 @@ Training: 50000 steps of 1024 sequences (256 microbatches of 1 per data-parallel
 
 Launch from this file's folder:
     torchrun --nnodes 16 --nproc-per-node 8 --rdzv-backend c10d --rdzv-endpoint HOST_OF_NODE_0:29500 run.py
+or, to exit with the workers' own code (75: stopped on purpose, launch again to resume):
+    bridgec launch run.py --nnodes 16 --nproc-per-node 8 --rdzv-backend c10d --rdzv-endpoint HOST_OF_NODE_0:29500
 
 Every value below comes from the spec or is derived from it (the arithmetic is
 in the comment); edit the spec and regenerate rather than editing this file.
@@ -37,7 +39,7 @@ from megatron.core.transformer import TransformerConfig
 from bridgec.runtime.checkpoint import DistCheckpointer, file_sha256, spec_copy
 from bridgec.runtime.data import Splits, TokenIds, build_splits, next_batch
 from bridgec.runtime.entry import run
-from bridgec.runtime.errors import ExitCode
+from bridgec.runtime.errors import RunEnd
 from bridgec.runtime.loop import LoopSettings, TrainState, train
 from bridgec.runtime.loss import masked_token_loss
 from bridgec.runtime.model import build_model, unwrap
@@ -140,6 +142,7 @@ OUTPUT_DIR = "out/llama2-70b"  # default: out/<run.name>
 SPEC_FILE = "spec.toml"  # relative to this script
 SPEC_SHA256 = "1856b81d26bdc2a55e52d6576100aadf55aed7c841a966fa1364c42c62c2d5b4"  # recorded in the metrics and in every checkpoint
 METRICS_FILE = "spec.metrics.jsonl"  # in OUTPUT_DIR, named after the spec: specs sharing the folder keep their own
+LAST_EXIT_FILE = "spec.last_exit.json"  # in OUTPUT_DIR: how the latest launch ended (code, reason, step)
 CHECKPOINT_DIR = "/checkpoints/llama2-70b"
 SAVE_INTERVAL = 500
 RESUME = True
@@ -230,7 +233,7 @@ def forward_step(state: TrainState, data_iterator, model, return_schedule_plan: 
     return output, functools.partial(masked_token_loss, batch.loss_mask)
 
 
-def main() -> ExitCode:
+def main() -> RunEnd:
     check_launch(compiled_world_size=WORLD_SIZE, launch_command=LAUNCH_COMMAND)
     layout = initialize(
         device=DEVICE,
@@ -334,4 +337,4 @@ def main() -> ExitCode:
 
 
 if __name__ == "__main__":
-    run(main)
+    run(main, last_exit=SPEC_DIR / OUTPUT_DIR / LAST_EXIT_FILE)

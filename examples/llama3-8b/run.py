@@ -12,6 +12,8 @@ Training: 1000 steps of 128 sequences (32 microbatches of 1 per data-parallel ra
 
 Launch from this file's folder:
     torchrun --nnodes 1 --nproc-per-node 8 run.py
+or, to exit with the workers' own code (75: stopped on purpose, launch again to resume):
+    bridgec launch run.py
 
 Every value below comes from the spec or is derived from it (the arithmetic is
 in the comment); edit the spec and regenerate rather than editing this file.
@@ -37,7 +39,7 @@ from megatron.core.transformer import TransformerConfig
 from bridgec.runtime.checkpoint import DistCheckpointer, file_sha256, spec_copy
 from bridgec.runtime.data import Splits, TokenIds, build_splits, next_batch
 from bridgec.runtime.entry import run
-from bridgec.runtime.errors import ExitCode
+from bridgec.runtime.errors import RunEnd
 from bridgec.runtime.loop import LoopSettings, TrainState, train
 from bridgec.runtime.loss import masked_token_loss
 from bridgec.runtime.model import build_model, unwrap
@@ -138,6 +140,7 @@ OUTPUT_DIR = "out/llama3-8b"  # default: out/<run.name>
 SPEC_FILE = "spec.toml"  # relative to this script
 SPEC_SHA256 = "2fcd66d3e6409f2d051d6c2d396db253448e1b993d52246c2e447c9a631145fd"  # recorded in the metrics and in every checkpoint
 METRICS_FILE = "spec.metrics.jsonl"  # in OUTPUT_DIR, named after the spec: specs sharing the folder keep their own
+LAST_EXIT_FILE = "spec.last_exit.json"  # in OUTPUT_DIR: how the latest launch ended (code, reason, step)
 CHECKPOINT_DIR = "checkpoints"
 SAVE_INTERVAL = 250
 RESUME = True
@@ -222,7 +225,7 @@ def forward_step(state: TrainState, data_iterator, model, return_schedule_plan: 
     return output, functools.partial(masked_token_loss, batch.loss_mask)
 
 
-def main() -> ExitCode:
+def main() -> RunEnd:
     check_launch(compiled_world_size=WORLD_SIZE, launch_command=LAUNCH_COMMAND)
     layout = initialize(
         device=DEVICE,
@@ -326,4 +329,4 @@ def main() -> ExitCode:
 
 
 if __name__ == "__main__":
-    run(main)
+    run(main, last_exit=SPEC_DIR / OUTPUT_DIR / LAST_EXIT_FILE)

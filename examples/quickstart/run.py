@@ -12,6 +12,8 @@ Training: 40 steps of 16 sequences (2 microbatches of 4 per data-parallel rank),
 
 Launch from this file's folder:
     torchrun --nnodes 1 --nproc-per-node 2 run.py
+or, to exit with the workers' own code (75: stopped on purpose, launch again to resume):
+    bridgec launch run.py
 
 Every value below comes from the spec or is derived from it (the arithmetic is
 in the comment); edit the spec and regenerate rather than editing this file.
@@ -40,7 +42,7 @@ from megatron.core.transformer import TransformerConfig
 from bridgec.runtime import cpu_compat
 from bridgec.runtime.data import Splits, TokenIds, build_splits, next_batch
 from bridgec.runtime.entry import run
-from bridgec.runtime.errors import ExitCode
+from bridgec.runtime.errors import RunEnd
 from bridgec.runtime.loop import LoopSettings, TrainState, train
 from bridgec.runtime.loss import masked_token_loss
 from bridgec.runtime.model import build_model, unwrap
@@ -141,6 +143,7 @@ OUTPUT_DIR = "out/quickstart"  # default: out/<run.name>
 SPEC_FILE = "spec.toml"  # relative to this script
 SPEC_SHA256 = "c4a5e70a498545c7531e3ad4523505368a7f7e2812682d73b35d771006d935b9"  # recorded in the metrics and in every checkpoint
 METRICS_FILE = "spec.metrics.jsonl"  # in OUTPUT_DIR, named after the spec: specs sharing the folder keep their own
+LAST_EXIT_FILE = "spec.last_exit.json"  # in OUTPUT_DIR: how the latest launch ended (code, reason, step)
 
 
 def transformer_config() -> TransformerConfig:
@@ -220,7 +223,7 @@ def forward_step(state: TrainState, data_iterator, model, return_schedule_plan: 
     return output, functools.partial(masked_token_loss, batch.loss_mask)
 
 
-def main() -> ExitCode:
+def main() -> RunEnd:
     check_launch(compiled_world_size=WORLD_SIZE, launch_command=LAUNCH_COMMAND)
     cpu_compat.apply()  # answer megatron-core's hard-coded CUDA calls on the CPU
     layout = initialize(
@@ -308,4 +311,4 @@ def main() -> ExitCode:
 
 
 if __name__ == "__main__":
-    run(main)
+    run(main, last_exit=SPEC_DIR / OUTPUT_DIR / LAST_EXIT_FILE)

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import attrs
@@ -89,3 +92,26 @@ def test_a_metrics_file_another_spec_started_is_refused(tmp_path: Path, megatron
 
     shared.write_text('{"kind": "train", "step": 1}\n')  # written before launch records: nobody's claim
     outputs.claim_outputs(spec=tmp_path / "b" / "spec.toml", metrics=shared)
+
+
+CRASHING_MAIN = """
+from pathlib import Path
+import sys
+from bridgec.runtime.entry import run
+
+def main():
+    raise ValueError("a bug in a hook")
+
+run(main, last_exit=Path(sys.argv[1]))
+"""
+
+
+def test_a_crash_keeps_its_traceback_and_is_recorded_as_code_1(tmp_path: Path) -> None:
+    """An exception bridgec has no message for: Python's traceback and exit 1, and last_exit.json says so."""
+    record = tmp_path / "out" / "spec.last_exit.json"
+    done = subprocess.run([sys.executable, "-c", CRASHING_MAIN, str(record)], env={**os.environ, "RANK": "0"},
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1
+    assert "Traceback" in done.stderr and "ValueError: a bug in a hook" in done.stderr
+    assert json.loads(record.read_text()) == {
+        "code": 1, "step": None, "reason": "crashed: ValueError: a bug in a hook (traceback on stderr)"}

@@ -10,6 +10,8 @@ Training: 5 steps of 4 sequences (4 microbatches of 1 per data-parallel rank), m
 
 Launch from this file's folder:
     torchrun --nnodes 1 --nproc-per-node 1 expected_run.py
+or, to exit with the workers' own code (75: stopped on purpose, launch again to resume):
+    bridgec launch expected_run.py
 
 Every value below comes from the spec or is derived from it (the arithmetic is
 in the comment); edit the spec and regenerate rather than editing this file.
@@ -36,7 +38,7 @@ from megatron.core.transformer import TransformerConfig
 from bridgec.runtime import cpu_compat
 from bridgec.runtime.data import Splits, TokenIds, build_splits
 from bridgec.runtime.entry import run
-from bridgec.runtime.errors import ExitCode
+from bridgec.runtime.errors import RunEnd
 from bridgec.runtime.hooks import Hook
 from bridgec.runtime.loop import LoopSettings, train
 from bridgec.runtime.model import build_model
@@ -135,6 +137,7 @@ OUTPUT_DIR = "out/hooks"  # default: out/<run.name>
 SPEC_FILE = "spec.toml"  # relative to this script
 SPEC_SHA256 = "fb4da79973693c2c472f172b92710c10dfa7929526155652ef7832287c4deee5"  # recorded in the metrics and in every checkpoint
 METRICS_FILE = "spec.metrics.jsonl"  # in OUTPUT_DIR, named after the spec: specs sharing the folder keep their own
+LAST_EXIT_FILE = "spec.last_exit.json"  # in OUTPUT_DIR: how the latest launch ended (code, reason, step)
 
 
 def transformer_config() -> TransformerConfig:
@@ -202,7 +205,7 @@ def datasets() -> Splits:
 forward_step = Hook(SPEC_DIR / "my_steps.py", "forward_step")
 
 
-def main() -> ExitCode:
+def main() -> RunEnd:
     check_launch(compiled_world_size=WORLD_SIZE, launch_command=LAUNCH_COMMAND)
     forward_step.load()  # the hooks file, before any work: a problem with it is a message, not a traceback
     cpu_compat.apply()  # answer megatron-core's hard-coded CUDA calls on the CPU
@@ -291,4 +294,4 @@ def main() -> ExitCode:
 
 
 if __name__ == "__main__":
-    run(main)
+    run(main, last_exit=SPEC_DIR / OUTPUT_DIR / LAST_EXIT_FILE)

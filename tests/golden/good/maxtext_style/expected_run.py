@@ -12,6 +12,8 @@ Training: 20 steps of 8 sequences (2 microbatches of 2 per data-parallel rank), 
 
 Launch from this file's folder:
     torchrun --nnodes 1 --nproc-per-node 2 expected_run.py
+or, to exit with the workers' own code (75: stopped on purpose, launch again to resume):
+    bridgec launch expected_run.py
 
 Every value below comes from the spec or is derived from it (the arithmetic is
 in the comment); edit the spec and regenerate rather than editing this file.
@@ -39,7 +41,7 @@ from megatron.core.transformer import TransformerConfig
 from bridgec.runtime import cpu_compat
 from bridgec.runtime.data import Splits, TokenIds, build_splits, next_batch
 from bridgec.runtime.entry import run
-from bridgec.runtime.errors import ExitCode
+from bridgec.runtime.errors import RunEnd
 from bridgec.runtime.init import scale_query_rows
 from bridgec.runtime.loop import LoopSettings, TrainState, train
 from bridgec.runtime.maxtext_loss import maxtext_loss
@@ -146,6 +148,7 @@ OUTPUT_DIR = "out/maxtext-style"  # default: out/<run.name>
 SPEC_FILE = "spec.toml"  # relative to this script
 SPEC_SHA256 = "7ee9546ba7b720209b5f9e026f0ed7eddb88e52162cac5f8679ffdb20df68d20"  # recorded in the metrics and in every checkpoint
 METRICS_FILE = "spec.metrics.jsonl"  # in OUTPUT_DIR, named after the spec: specs sharing the folder keep their own
+LAST_EXIT_FILE = "spec.last_exit.json"  # in OUTPUT_DIR: how the latest launch ended (code, reason, step)
 
 
 def transformer_config() -> TransformerConfig:
@@ -250,7 +253,7 @@ def learning_rate_schedule() -> Schedule:
     )
 
 
-def main() -> ExitCode:
+def main() -> RunEnd:
     check_launch(compiled_world_size=WORLD_SIZE, launch_command=LAUNCH_COMMAND)
     cpu_compat.apply()  # answer megatron-core's hard-coded CUDA calls on the CPU
     layout = initialize(
@@ -337,4 +340,4 @@ def main() -> ExitCode:
 
 
 if __name__ == "__main__":
-    run(main)
+    run(main, last_exit=SPEC_DIR / OUTPUT_DIR / LAST_EXIT_FILE)

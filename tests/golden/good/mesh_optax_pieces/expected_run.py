@@ -10,6 +10,8 @@ Training: 100 steps of 16 sequences (4 microbatches of 2 per data-parallel rank)
 
 Launch from this file's folder:
     torchrun --nnodes 2 --nproc-per-node 4 --rdzv-backend c10d --rdzv-endpoint HOST_OF_NODE_0:29500 expected_run.py
+or, to exit with the workers' own code (75: stopped on purpose, launch again to resume):
+    bridgec launch expected_run.py --nnodes 2 --nproc-per-node 4 --rdzv-backend c10d --rdzv-endpoint HOST_OF_NODE_0:29500
 
 Every value below comes from the spec or is derived from it (the arithmetic is
 in the comment); edit the spec and regenerate rather than editing this file.
@@ -37,7 +39,7 @@ from megatron.core.transformer import TransformerConfig
 from bridgec.runtime import cpu_compat
 from bridgec.runtime.data import Splits, TokenIds, build_splits, next_batch
 from bridgec.runtime.entry import run
-from bridgec.runtime.errors import ExitCode
+from bridgec.runtime.errors import RunEnd
 from bridgec.runtime.loop import LoopSettings, TrainState, train
 from bridgec.runtime.loss import masked_token_loss
 from bridgec.runtime.model import build_model, unwrap
@@ -143,6 +145,7 @@ OUTPUT_DIR = "out/mesh"  # default: out/<run.name>
 SPEC_FILE = "spec.toml"  # relative to this script
 SPEC_SHA256 = "ccb71c1a8de51056f224c45ed0c6bf698c5a6898b850cb84514d84d9b0628366"  # recorded in the metrics and in every checkpoint
 METRICS_FILE = "spec.metrics.jsonl"  # in OUTPUT_DIR, named after the spec: specs sharing the folder keep their own
+LAST_EXIT_FILE = "spec.last_exit.json"  # in OUTPUT_DIR: how the latest launch ended (code, reason, step)
 
 
 def transformer_config() -> TransformerConfig:
@@ -240,7 +243,7 @@ def learning_rate_schedule() -> Schedule:
     )
 
 
-def main() -> ExitCode:
+def main() -> RunEnd:
     check_launch(compiled_world_size=WORLD_SIZE, launch_command=LAUNCH_COMMAND)
     cpu_compat.apply()  # answer megatron-core's hard-coded CUDA calls on the CPU
     layout = initialize(
@@ -319,4 +322,4 @@ def main() -> ExitCode:
 
 
 if __name__ == "__main__":
-    run(main)
+    run(main, last_exit=SPEC_DIR / OUTPUT_DIR / LAST_EXIT_FILE)

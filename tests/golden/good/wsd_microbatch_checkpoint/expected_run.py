@@ -10,6 +10,8 @@ Training: 100 steps of 4 sequences (4 microbatches of 1 per data-parallel rank),
 
 Launch from this file's folder:
     torchrun --nnodes 1 --nproc-per-node 1 expected_run.py
+or, to exit with the workers' own code (75: stopped on purpose, launch again to resume):
+    bridgec launch expected_run.py
 
 Every value below comes from the spec or is derived from it (the arithmetic is
 in the comment); edit the spec and regenerate rather than editing this file.
@@ -38,7 +40,7 @@ from bridgec.runtime import cpu_compat
 from bridgec.runtime.checkpoint import DistCheckpointer, file_sha256, spec_copy
 from bridgec.runtime.data import Splits, TokenIds, build_splits, next_batch
 from bridgec.runtime.entry import run
-from bridgec.runtime.errors import ExitCode
+from bridgec.runtime.errors import RunEnd
 from bridgec.runtime.loop import LoopSettings, TrainState, train
 from bridgec.runtime.loss import masked_mean_loss
 from bridgec.runtime.model import build_model, unwrap
@@ -139,6 +141,7 @@ OUTPUT_DIR = "runs/wsd"
 SPEC_FILE = "spec.toml"  # relative to this script
 SPEC_SHA256 = "883fd9a63c062b75766c741835a52b757d4321f5372df446420f3acf1a6b61b8"  # recorded in the metrics and in every checkpoint
 METRICS_FILE = "spec.metrics.jsonl"  # in OUTPUT_DIR, named after the spec: specs sharing the folder keep their own
+LAST_EXIT_FILE = "spec.last_exit.json"  # in OUTPUT_DIR: how the latest launch ended (code, reason, step)
 CHECKPOINT_DIR = "checkpoints"
 SAVE_INTERVAL = 10
 RESUME = True
@@ -219,7 +222,7 @@ def forward_step(state: TrainState, data_iterator, model, return_schedule_plan: 
     return output, functools.partial(masked_mean_loss, batch.loss_mask)
 
 
-def main() -> ExitCode:
+def main() -> RunEnd:
     check_launch(compiled_world_size=WORLD_SIZE, launch_command=LAUNCH_COMMAND)
     cpu_compat.apply()  # answer megatron-core's hard-coded CUDA calls on the CPU
     layout = initialize(
@@ -324,4 +327,4 @@ def main() -> ExitCode:
 
 
 if __name__ == "__main__":
-    run(main)
+    run(main, last_exit=SPEC_DIR / OUTPUT_DIR / LAST_EXIT_FILE)
