@@ -372,7 +372,7 @@ class Hooks:
     forward_step: str | None = None
     """Name of a function (state, data_iterator, model, return_schedule_plan=False) -> (output, loss_func)."""
     loss: str | None = None
-    """Name of a function (loss_mask, output_tensor) -> (loss_sum, num_tokens, metadata) for reduction = "per_token", or (loss_mean, metadata) for "per_microbatch"; metadata = {"lm loss": torch.stack([numerator, denominator])} (see runtime/loss.py). Checked at every call."""
+    """Name of a function (loss_mask, output_tensor) -> (loss_sum, num_tokens, metadata) for reduction = "per_token", or (loss_mean, metadata) for "per_microbatch"; metadata = {"lm loss": torch.stack([numerator, denominator])} (see runtime/loss.py); every other entry (a [numerator, denominator] tensor, or a number: its mean) is reduced over microbatches and data-parallel ranks the same way, printed and written to the metrics file. Checked at every call."""
 
 
 @attrs.frozen(kw_only=True)

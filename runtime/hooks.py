@@ -74,7 +74,8 @@ def checked_loss(
     ``(loss, metadata)`` pair there would leave gradients scaled by the
     data-parallel size. "per_microbatch" needs ``(loss_mean, metadata)``. The
     metadata carries ``{"lm loss": torch.stack([numerator, denominator])}``
-    (runtime.loss), which the step's reduction adds up.
+    (runtime.loss), which the step's reduction adds up; every other entry is
+    reduced the same way and logged (runtime.loss.metadata_pairs).
     """
     result = function(loss_mask, output_tensor)
     shape = "(loss_sum, num_tokens, metadata)" if token_aware else "(loss_mean, metadata)"

@@ -22,7 +22,7 @@ from bridgec.runtime.metrics import MetricsLog
 from bridgec.runtime.outputs import launch_record
 from bridgec.runtime.parallel import Layout
 from bridgec.runtime.stop import StopCode, StopSignals, describe
-from bridgec.runtime.step import evaluate, train_step
+from bridgec.runtime.step import MetadataKeys, evaluate, train_step
 
 
 @attrs.frozen(kw_only=True)
@@ -155,6 +155,7 @@ def train(
     signals = StopSignals.install()
     started = time.monotonic()
     tokens_per_step = settings.global_batch_size * settings.seq_length
+    metadata_keys = MetadataKeys()
     try:
         while step < settings.iters:
             state = TrainState(step=step, consumed_samples=consumed, layout=layout)
@@ -171,6 +172,7 @@ def train(
                 clip_grad=settings.clip_grad,
                 clip_epsilon=settings.clip_epsilon,
                 stop_vote=functools.partial(_stop_vote, signals, settings, step + 1 - start.step, started),
+                metadata_keys=metadata_keys,
             )
             seconds = time.perf_counter() - began
             if result.nonfinite and settings.on_nonfinite == "stop":

@@ -68,8 +68,10 @@ class MetricsLog:
         if not self.enabled:
             return
         tokens_per_second = tokens / seconds if seconds > 0 else 0.0
+        extra = {"metadata": {key: _number(value) for key, value in result.metadata.items()}} if result.metadata else {}
         self._write(
             {
+                **extra,
                 "kind": "train",
                 "step": step,
                 "loss": _number(result.loss),
@@ -84,7 +86,7 @@ class MetricsLog:
             }
         )
         if step % self.log_interval == 0 or step == self.total_iters:
-            loss = f"{result.loss:.6f}"
+            loss = f"{result.loss:.6f}" + "".join(f" | {key} {value:.6g}" for key, value in result.metadata.items())
             print(
                 f"step {step:>6}/{self.total_iters} | loss {loss} | lr {result.learning_rate:.3e} | "
                 f"grad norm {result.grad_norm:.4f} | {tokens_per_second:,.0f} tokens/s | "

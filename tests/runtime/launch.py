@@ -68,7 +68,9 @@ class RunSpec:
     resume: bool = False
     overwrite: bool | None = None
     hooks: str | None = None
-    """Source of a hooks file defining ``forward_step``; the spec names it in [hooks]."""
+    """Source of a hooks file defining a function named like ``hook``; the spec names it in [hooks]."""
+    hook: str = "forward_step"
+    """The [hooks] key (forward_step or loss) naming the hooks file's function of that name."""
 
     def toml(self) -> str:
         tables: dict[str, dict[str, Any]] = {
@@ -95,7 +97,7 @@ class RunSpec:
                 "dir": "ckpt", "save_interval": self.save_interval, "resume": self.resume, "keep_last": self.keep_last,
                 "overwrite": self.overwrite,
             },
-            "hooks": {"file": HOOKS, "forward_step": "forward_step"} if self.hooks is not None else {},
+            "hooks": {"file": HOOKS, self.hook: self.hook} if self.hooks is not None else {},
         }  # fmt: skip
         return "\n".join(_table(name, values) for name, values in tables.items() if values)
 
