@@ -25,6 +25,7 @@ import cattrs
 from cattrs.errors import ClassValidationError, ForbiddenExtraKeysError, IterableValidationError, IterableValidationNote
 from cattrs.gen import make_dict_structure_fn
 
+from bridgec.compiler import foreign_keys
 from bridgec.compiler.errors import (Diagnostic, KeyPath, close_match, dotted, format_path, kind_of, render_value,
                                      sort_key)
 from bridgec.compiler.locate import EMPTY_INDEX, LineIndex, build_index
@@ -301,7 +302,8 @@ def _diagnose(problem: _Problem, raw: dict[str, Any], index: LineIndex, filename
         message, hint = _missing(path, _present(problem.type))
     elif isinstance(error, _BadValue):
         message = f"{format_path(path)} = {render_value(error.value)} {error}"
-        hint = error.hint or _shape_hint(path, _present(problem.type)) or _default_hint(path, problem.owner)
+        hint = (foreign_keys.value_hint(path, error.value) or error.hint or _shape_hint(path, _present(problem.type))
+                or _default_hint(path, problem.owner))
     else:  # a hook outside this module failed; still say where
         message = f"{format_path(path)} = {render_value(_lookup(raw, path))} is not valid: {error}"
         hint = _default_hint(path, problem.owner)
@@ -318,6 +320,9 @@ def _unknown(table: KeyPath, name: str, value: object, cl: type) -> tuple[str, s
     else:
         message = f"unknown key {name!r} " + (f"in {_table_label(table)}" if table else "at the top level")
     types = _field_types(cl)
+    foreign = None if _is_bridgec_name(name) else foreign_keys.key_hint(name)
+    if foreign is not None:
+        return message, foreign
     match = close_match(name, list(types))
     if match is not None:
         shown = f"[{dotted(table + (match,))}]" if attrs.has(types[match]) else repr(match)
@@ -328,6 +333,11 @@ def _unknown(table: KeyPath, name: str, value: object, cl: type) -> tuple[str, s
     if not table:
         return message, "valid tables: " + ", ".join(types)
     return message, f"valid keys in {_table_label(table)}: " + ", ".join(types)
+
+
+def _is_bridgec_name(name: str) -> bool:
+    """A key or table name some table of the spec has (then "it belongs in [x]" is the better hint)."""
+    return name in _field_types(Spec) or any(name in _field_types(home) for _, home in _tables(Spec, ()))
 
 
 @functools.cache
