@@ -59,6 +59,38 @@ def test_diagnostics_are_sorted_by_line_and_carry_path_and_line() -> None:
         (5, "$.model.hidden_size", "error"), (15, "$.optimizer.lr", "error")]
 
 
+def test_cross_field_rules_run_on_every_field_that_loaded_despite_load_errors() -> None:
+    """Four type errors do not hide the layout and batch rules on the fields that did load."""
+    text = spec_toml(run={"seed": "12"}, launch={"procs_per_node": 3}, model={"dropout": "0.1"},
+                     parallel={"tensor": 3}, batch={"global_batch_size": 7}, train={"log_interval": True},
+                     optimizer={"lr": "1e-3"})
+    assert messages(text) == [
+        'spec.toml:3: $.run.seed = "12" must be an integer, got a string; hint: remove the quotes: 12',
+        "spec.toml:7: $.model.num_attention_heads = 4 is not divisible by parallel.tensor = 3 (each tensor-parallel "
+        "rank needs whole heads); hint: tensor = 2, or 6 heads",
+        'spec.toml:10: $.model.dropout = "0.1" must be a number, got a string; hint: remove the quotes: 0.1',
+        "spec.toml:12: $.batch.global_batch_size = 7 is not divisible by batch.micro_batch_size x data parallel = "
+        "2 x 1 = 2 (each data-parallel rank runs whole microbatches; data parallel = world size 3 / (tensor x "
+        "pipeline x context) 3); hint: global_batch_size = 6 or 8",
+        "spec.toml:16: $.train.log_interval = true must be an integer, got a boolean; hint: the default is "
+        "log_interval = 1",
+        'spec.toml:18: $.optimizer.lr = "1e-3" must be a number, got a string; hint: remove the quotes: 1e-3',
+    ]
+    assert front(text).spec is None  # nothing downstream sees a partly loaded spec
+
+
+def test_a_rule_that_reads_a_field_that_did_not_load_is_skipped() -> None:
+    """No rule speaks about a value it does not have (lr > 0, heads vs tensor, eod_token vs a missing vocab_size)."""
+    text = spec_toml(optimizer={"lr": "x"}, parallel={"tensor": "2"}, launch={"procs_per_node": 2},
+                     model={"vocab_size": None, "hidden_size": 96, "num_attention_heads": 3}, data={"eod_token": 500})
+    assert messages(text) == [
+        "spec.toml:3: missing required key 'vocab_size' in [model]; hint: add a line vocab_size = <integer> under "
+        "[model]",
+        'spec.toml:14: $.optimizer.lr = "x" must be a number, got a string',
+        'spec.toml:16: $.parallel.tensor = "2" must be an integer, got a string; hint: remove the quotes: 2',
+    ]
+
+
 def test_findings_land_on_the_first_key_the_spec_writes() -> None:
     # [launch] is absent, so the world-size finding goes to parallel.tensor, its next key.
     result = front(spec_toml(parallel={"tensor": 2}))
