@@ -208,6 +208,10 @@ def _model_section(spec: Spec) -> Section:
         constants.append(_c("ROTARY_BASE", m.rotary_base))
     if m.num_experts is not None:
         constants += [_c("NUM_EXPERTS", m.num_experts), _c("MOE_ROUTER_TOPK", m.moe_router_topk)]
+    counts = explain.parameter_counts(spec)
+    output = f" + output {counts.output}" if counts.output else " (output tied to the embedding)"
+    constants.append(_c("NUM_PARAMETERS", counts.total, f"embedding {counts.embedding} + layers {m.num_layers} x "
+                        f"{counts.per_layer} + final norm {counts.final_norm}{output}"))
     if spec.init.checkpoint is not None:
         constants.append(_c("INIT_SCHEME", "megatron", "[init.checkpoint] overwrites every weight"))
     else:

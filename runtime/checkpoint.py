@@ -327,7 +327,7 @@ class DistCheckpointer:
         manifest = files.read_manifest(path)
         problems = files.file_problems(path, manifest)
         if problems:
-            raise RunError(ExitCode.CHECKPOINT_ERROR, _cannot_load(path, problems))
+            raise RunError(ExitCode.CHECKPOINT_ERROR, _cannot_load(path, problems), every_rank=True)
         problems = self._manifest_problems(manifest)
         same_layout = manifest.layout == layout_record(self.layout)
         with_optimizer = manifest.optimizer["has_state"]
@@ -336,7 +336,7 @@ class DistCheckpointer:
             problems = _tensor_problems(state, files.read_tensor_metadata(path))
         problems = _gather(problems)
         if problems:
-            raise RunError(ExitCode.CHECKPOINT_ERROR, _cannot_load(path, problems))
+            raise RunError(ExitCode.CHECKPOINT_ERROR, _cannot_load(path, problems), every_rank=True)
         try:
             loaded = self._load(path, state, with_optimizer=with_optimizer)
         except Exception as error:  # noqa: BLE001 - whatever broke, this run must not continue half-loaded
@@ -460,9 +460,11 @@ def _on_rank0(action: Callable[[], None], what: str) -> None:
     flag = torch.tensor([1 if failure else 0], dtype=torch.int64, device=collective_device())
     dist.all_reduce(flag, op=dist.ReduceOp.MAX)
     if flag.item():
+        # Rank 0's message names the cause; the others only know that rank 0 failed.
         raise RunError(
             ExitCode.CHECKPOINT_ERROR,
             (failure or f"{what} on rank 0") + "; the previous checkpoint is intact",
+            every_rank=True,
         )
 
 

@@ -73,7 +73,8 @@ def check_sources(prefixes: Sequence[str]) -> None:
         if tokens == 0:
             problems.append(f"{prefix}: holds no tokens (megatron-core would loop forever on it)")
     if problems:
-        raise RunError(ExitCode.DATA_ERROR, "bad data:\n  " + "\n  ".join(problems))
+        # Every rank builds the same datasets from the same files: each finds the same problems.
+        raise RunError(ExitCode.DATA_ERROR, "bad data:\n  " + "\n  ".join(problems), every_rank=True)
 
 
 def build_splits(
@@ -114,7 +115,9 @@ def build_splits(
         dataset_class, list(num_samples), lambda: True, config
     ).build()
     if train is None:
-        raise RunError(ExitCode.DATA_ERROR, "the training split is empty: give it a share in [data] split")
+        raise RunError(
+            ExitCode.DATA_ERROR, "the training split is empty: give it a share in [data] split", every_rank=True
+        )
     return Splits(train=train, valid=valid, test=test)
 
 

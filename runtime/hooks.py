@@ -40,27 +40,31 @@ def load_function(path: Path, name: str) -> Callable[..., Any]:
     """Import ``path`` as module ``bridgec_hooks.<stem>`` and return its top-level function ``name``.
 
     The compiler already checked with libcst that the function exists with a
-    compatible signature; this fails cleanly if the file changed since. The
+    compatible signature; this fails cleanly if the file changed since (every
+    rank loads the same file, so the message is printed once). The
     private module name keeps a hooks file called, say, ``random.py`` from
     shadowing the standard library.
     """
     module_name = f"bridgec_hooks.{path.stem}"
     if not path.is_file():
-        raise RunError(ExitCode.HOOKS_ERROR, f"{path}: hooks file not found (recompile after moving it)")
+        raise RunError(ExitCode.HOOKS_ERROR, f"{path}: hooks file not found (recompile after moving it)", every_rank=True)
     spec = importlib.util.spec_from_file_location(module_name, path)
     if spec is None or spec.loader is None:
-        raise RunError(ExitCode.HOOKS_ERROR, f"{path}: cannot be imported as Python")
+        raise RunError(ExitCode.HOOKS_ERROR, f"{path}: cannot be imported as Python", every_rank=True)
     module = importlib.util.module_from_spec(spec)
     try:
         spec.loader.exec_module(module)
     except Exception as error:  # noqa: BLE001 - whatever the user's module raises on import
         raise RunError(
-            ExitCode.HOOKS_ERROR, f"{path}: importing the hooks file failed ({type(error).__name__}: {error})"
+            ExitCode.HOOKS_ERROR, f"{path}: importing the hooks file failed ({type(error).__name__}: {error})",
+            every_rank=True,
         ) from None
     sys.modules[module_name] = module
     function = module.__dict__.get(name)
     if not callable(function):
-        raise RunError(ExitCode.HOOKS_ERROR, f"{path}: no function {name!r} (recompile after changing hooks)")
+        raise RunError(
+            ExitCode.HOOKS_ERROR, f"{path}: no function {name!r} (recompile after changing hooks)", every_rank=True
+        )
     return function
 
 

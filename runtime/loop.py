@@ -21,6 +21,7 @@ from bridgec.runtime.errors import ExitCode, RunEnd, RunError
 from bridgec.runtime.metrics import MetricsLog
 from bridgec.runtime.outputs import launch_record
 from bridgec.runtime.parallel import Layout
+from bridgec.runtime.report import describe_data, end_summary, start_banner
 from bridgec.runtime.stop import StopCode, StopSignals, describe
 from bridgec.runtime.step import MetadataKeys, evaluate, train_step
 
@@ -60,6 +61,9 @@ class LoopSettings:
     spec_path: Path
     """The spec the script was compiled from: the metrics file's first record names it (runtime.outputs)."""
     spec_sha256: str
+    run_name: str
+    parameters: int
+    """The model's parameter count (the compiler's), for the start banner."""
 
 
 @attrs.frozen(kw_only=True)
@@ -76,6 +80,8 @@ class Progress:
 
 class Checkpointer(Protocol):
     """Saves and restores the whole training state (see bridgec.runtime.checkpoint)."""
+
+    directory: Path
 
     def load_latest(self) -> Progress | None:
         """Restore the newest complete checkpoint and return its progress, or None if there is none."""
@@ -144,16 +150,19 @@ def train(
     )
     log.skipped_total = start.skipped_steps
     step, consumed = start.step, start.consumed_samples
+    if log.enabled:
+        log.message(_banner(settings, layout, splits, checkpointer, first_step=step))
+    started = time.monotonic()
     if step >= settings.iters:
         # Nothing left to train (a finished run launched again): evaluate what was loaded.
         done = f"all {settings.iters} steps were already done; nothing to train"
         log.message(done)
         _evaluate(forward_step, model, splits, layout, settings, log, step=step, consumed=consumed)
+        log.message(_summary(log, start.step, step, started))
         log.close()
         return RunEnd(code=ExitCode.OK, reason=done, step=step)
     train_iterators = _iterators(splits.train, layout, settings, consumed)
     signals = StopSignals.install()
-    started = time.monotonic()
     tokens_per_step = settings.global_batch_size * settings.seq_length
     metadata_keys = MetadataKeys()
     try:
@@ -178,7 +187,10 @@ def train(
             if result.nonfinite and settings.on_nonfinite == "stop":
                 good = Progress(step=step, consumed_samples=consumed, skipped_steps=log.skipped_total)
                 log.step(step + 1, result, tokens=tokens_per_step, seconds=seconds)
-                raise RunError(ExitCode.NONFINITE_STOP, _nonfinite_stop(checkpointer, good, result.grad_norm, resumed_here=resumed and good.step == start.step))
+                # The gradient norm is global: every rank stops here with the same message.
+                message = _nonfinite_stop(checkpointer, good, result.grad_norm,
+                                          resumed_here=resumed and good.step == start.step)
+                raise RunError(ExitCode.NONFINITE_STOP, message, every_rank=True)
             step += 1
             consumed += settings.global_batch_size
             log.step(step, result, tokens=tokens_per_step, seconds=seconds)
@@ -195,9 +207,11 @@ def train(
             if stop_reason is not None:
                 stopped = f"stopping after step {step}: {stop_reason}; {_how_to_continue(checkpointer, resume)}"
                 log.message(stopped)
+                log.message(_summary(log, start.step, step, started))
                 return RunEnd(code=ExitCode.STOPPED_TO_RESUME, reason=stopped, step=step)
         if checkpointer is not None:
             checkpointer.save(Progress(step=step, consumed_samples=consumed, skipped_steps=log.skipped_total))
+        log.message(_summary(log, start.step, step, started))
         return RunEnd(code=ExitCode.OK, reason=f"all {settings.iters} steps ran", step=step)
     except RunError as error:
         raise error.at_step(step) from None
@@ -208,6 +222,31 @@ def train(
     finally:
         signals.restore()
         log.close()
+
+
+def _banner(
+    settings: LoopSettings, layout: Layout, splits: Splits, checkpointer: Checkpointer | None, *, first_step: int
+) -> str:
+    outputs = [("metrics", settings.metrics_path)]
+    if checkpointer is not None:
+        outputs.append(("checkpoints", checkpointer.directory))
+    return start_banner(
+        run_name=settings.run_name,
+        spec=settings.spec_path,
+        parameters=settings.parameters,
+        layout=layout,
+        data=describe_data(splits.train, samples=settings.iters * settings.global_batch_size,
+                           seq_length=settings.seq_length),
+        first_step=first_step,
+        iters=settings.iters,
+        global_batch_size=settings.global_batch_size,
+        outputs=outputs,
+    )
+
+
+def _summary(log: MetricsLog, first_step: int, last_step: int, started: float) -> str:
+    return end_summary(first_step=first_step, last_step=last_step, seconds=time.monotonic() - started,
+                       loss=log.last_loss, valid_loss=log.last_valid_loss)
 
 
 def _how_to_continue(checkpointer: Checkpointer | None, resume: bool) -> str:

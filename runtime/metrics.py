@@ -36,6 +36,8 @@ class MetricsLog:
     total_iters: int
     stream: IO[str] = sys.stdout
     skipped_total: int = 0
+    last_loss: float | None = None
+    last_valid_loss: float | None = None
     _file: IO[str] | None = None
     _opened: float = 0.0
 
@@ -65,6 +67,7 @@ class MetricsLog:
         log opened, on this launch) also covers logging, evaluation and checkpoints.
         """
         self.skipped_total += int(result.skipped)
+        self.last_loss = result.loss
         if not self.enabled:
             return
         tokens_per_second = tokens / seconds if seconds > 0 else 0.0
@@ -96,6 +99,7 @@ class MetricsLog:
             )
 
     def evaluation(self, step: int, result: EvalResult) -> None:
+        self.last_valid_loss = result.loss
         if not self.enabled:
             return
         self._write(

@@ -96,6 +96,7 @@ NORM_EPSILON = 1e-05
 DROPOUT = 0.0
 INIT_METHOD_STD = 0.02
 ROTARY_BASE = 10000
+NUM_PARAMETERS = 68976648192  # embedding 262144000 + layers 80 x 855654400 + final norm 8192 + output 262144000
 INIT_SCHEME = "megatron"
 
 # Precision
@@ -322,6 +323,8 @@ def main() -> RunEnd:
         metrics_path=SPEC_DIR / OUTPUT_DIR / METRICS_FILE,
         spec_path=HERE / SPEC_FILE,
         spec_sha256=SPEC_SHA256,
+        run_name=RUN_NAME,
+        parameters=NUM_PARAMETERS,
     )
     return train(
         forward_step,

@@ -94,6 +94,7 @@ NORM_EPSILON = 1e-05
 DROPOUT = 0.0
 INIT_METHOD_STD = 0.02
 ROTARY_BASE = 500000
+NUM_PARAMETERS = 8030261248  # embedding 525336576 + layers 32 x 218112000 + final norm 4096 + output 525336576
 INIT_SCHEME = "megatron"
 
 # Precision
@@ -314,6 +315,8 @@ def main() -> RunEnd:
         metrics_path=SPEC_DIR / OUTPUT_DIR / METRICS_FILE,
         spec_path=HERE / SPEC_FILE,
         spec_sha256=SPEC_SHA256,
+        run_name=RUN_NAME,
+        parameters=NUM_PARAMETERS,
     )
     return train(
         forward_step,

@@ -91,6 +91,7 @@ NORM_EPSILON = 1e-05
 DROPOUT = 0.0
 INIT_METHOD_STD = 0.02
 ROTARY_BASE = 10000
+NUM_PARAMETERS = 12388608  # embedding 8192000 + layers 4 x 1049088 + final norm 256 (output tied to the embedding)
 INIT_SCHEME = "megatron"
 
 # Precision
@@ -294,6 +295,8 @@ def main() -> RunEnd:
         metrics_path=SPEC_DIR / OUTPUT_DIR / METRICS_FILE,
         spec_path=HERE / SPEC_FILE,
         spec_sha256=SPEC_SHA256,
+        run_name=RUN_NAME,
+        parameters=NUM_PARAMETERS,
     )
     return train(
         forward_step,

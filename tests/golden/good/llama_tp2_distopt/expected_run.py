@@ -97,6 +97,7 @@ NORM_EPSILON = 1e-06
 DROPOUT = 0.0
 INIT_METHOD_STD = 0.02
 ROTARY_BASE = 500000
+NUM_PARAMETERS = 967808  # embedding 131072 + layers 4 x 176384 + final norm 128 + output 131072
 INIT_SCHEME = "portable"
 
 # Precision
@@ -298,6 +299,8 @@ def main() -> RunEnd:
         metrics_path=SPEC_DIR / OUTPUT_DIR / METRICS_FILE,
         spec_path=HERE / SPEC_FILE,
         spec_sha256=SPEC_SHA256,
+        run_name=RUN_NAME,
+        parameters=NUM_PARAMETERS,
     )
     return train(
         forward_step,

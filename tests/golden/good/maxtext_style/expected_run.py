@@ -97,6 +97,7 @@ NORM_EPSILON = 1e-06
 DROPOUT = 0.0
 INIT_METHOD_STD = 0.02
 ROTARY_BASE = 10000
+NUM_PARAMETERS = 139648  # embedding 16384 + layers 2 x 61600 + final norm 64 (output tied to the embedding)
 INIT_SCHEME = "portable"
 
 # Precision
@@ -327,6 +328,8 @@ def main() -> RunEnd:
         metrics_path=SPEC_DIR / OUTPUT_DIR / METRICS_FILE,
         spec_path=HERE / SPEC_FILE,
         spec_sha256=SPEC_SHA256,
+        run_name=RUN_NAME,
+        parameters=NUM_PARAMETERS,
     )
     return train(
         forward_step,

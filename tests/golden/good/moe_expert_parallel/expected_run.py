@@ -95,6 +95,7 @@ DROPOUT = 0.0
 INIT_METHOD_STD = 0.02
 NUM_EXPERTS = 4
 MOE_ROUTER_TOPK = 1
+NUM_PARAMETERS = 306304  # embedding 10240 + layers 2 x 147968 + final norm 128 (output tied to the embedding)
 INIT_SCHEME = "portable"
 
 # Precision
@@ -299,6 +300,8 @@ def main() -> RunEnd:
         metrics_path=SPEC_DIR / OUTPUT_DIR / METRICS_FILE,
         spec_path=HERE / SPEC_FILE,
         spec_sha256=SPEC_SHA256,
+        run_name=RUN_NAME,
+        parameters=NUM_PARAMETERS,
     )
     return train(
         forward_step,

@@ -93,6 +93,7 @@ TIE_EMBEDDINGS = True
 NORM_EPSILON = 1e-05
 DROPOUT = 0.0
 INIT_METHOD_STD = 0.02
+NUM_PARAMETERS = 110336  # embedding 10240 + layers 2 x 49984 + final norm 128 (output tied to the embedding)
 INIT_SCHEME = "portable"
 
 # Precision
@@ -288,6 +289,8 @@ def main() -> RunEnd:
         metrics_path=SPEC_DIR / OUTPUT_DIR / METRICS_FILE,
         spec_path=HERE / SPEC_FILE,
         spec_sha256=SPEC_SHA256,
+        run_name=RUN_NAME,
+        parameters=NUM_PARAMETERS,
     )
     return train(
         forward_step,
