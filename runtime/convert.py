@@ -35,17 +35,15 @@ import os
 import re
 import shlex
 import sys
-import warnings
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import attrs
 
-warnings.filterwarnings("ignore", message=r".*(Transformer Engine|Apex).* not installed")
-warnings.filterwarnings("ignore", message="full scope is deprecated")
-# torch's and megatron-core's checkpoint code warn about their own deprecations on every load.
-warnings.filterwarnings("ignore", category=FutureWarning)
+from bridgec.runtime.quiet import silence_third_party_noise  # noqa: E402
+
+silence_third_party_noise("cpu")  # a conversion needs neither Transformer Engine nor Apex
 
 import torch.distributed as dist  # noqa: E402
 from megatron.core import parallel_state  # noqa: E402

@@ -20,15 +20,13 @@ in the comment); edit the spec and regenerate rather than editing this file.
 from __future__ import annotations
 
 import functools
-import warnings
 from pathlib import Path
 
-# megatron-core 0.16's own TransformerConfig default ("full" CUDA-graph scope) triggers its own
-# deprecation warning on every config; it says nothing about this run.
-warnings.filterwarnings("ignore", message="full scope is deprecated")
-# On a CPU machine megatron-core warns at import that Transformer Engine and Apex
-# are absent; that is expected here.
-warnings.filterwarnings("ignore", message=r".*(Transformer Engine|Apex).* not installed")
+from bridgec.runtime.quiet import silence_third_party_noise
+
+# Warnings of megatron-core and torch that say nothing about this run (each is listed with its reason in
+# bridgec.runtime.quiet), silenced before they are imported.
+silence_third_party_noise("cpu")
 
 import torch
 from megatron.core.distributed import finalize_model_grads
