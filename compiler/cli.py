@@ -13,9 +13,9 @@ import argparse
 import os
 import sys
 import traceback
-import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import attrs
 
@@ -83,7 +83,19 @@ def cmd_compile(args: argparse.Namespace) -> int:
         _err(f"bridgec: {Path(args.output)} not written: the spec has errors")
         return EXIT_SPEC_ERROR
     write_atomic(Path(args.output), result.source)
+    print(f"wrote {args.output} from {args.spec}")
+    _how_to_launch(result.spec, args.output)
     return EXIT_OK
+
+
+def _how_to_launch(spec: Any, output: str) -> None:
+    from bridgec.compiler.lower import bridgec_launch_command, launch_command
+
+    if spec.launch.nodes == 1:
+        print(f"launch it with: {bridgec_launch_command(spec, output)}  (or: {launch_command(spec, output)})")
+    else:
+        print(f"launch it on each of its {spec.launch.nodes} nodes with: {bridgec_launch_command(spec, output)}  "
+              "(HOST_OF_NODE_0: the address of node 0)")
 
 
 def _check_one(spec_path: Path, output_path: Path) -> int:
@@ -101,6 +113,7 @@ def _check_one(spec_path: Path, output_path: Path) -> int:
         _err(f"bridgec: {output_path} is missing; create it with: bridgec compile {spec_path} -o {output_path}")
         return EXIT_STALE
     if current == result.source:
+        print(f"{output_path} is fresh ({spec_path})")
         return EXIT_OK
     sys.stdout.write(unified_diff(current, result.source, str(output_path)))
     _err(f"bridgec: {output_path} is stale; regenerate it with: bridgec compile {spec_path} -o {output_path}")
@@ -108,31 +121,43 @@ def _check_one(spec_path: Path, output_path: Path) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from bridgec.compiler.emit import find_generated
-
     if args.all is not None:
         if args.spec is not None or args.output is not None:
-            raise UserError("check --all DIR takes no SPEC or OUT")
-        root = Path(args.all)
-        if not root.is_dir():
-            raise UserError(f"{root}: not a folder")
-        worst = EXIT_OK
-        found = 0
-        for generated in find_generated(root):
-            found += 1
-            if not generated.spec.is_file():
-                _err(f"bridgec: {generated.path} names its spec {generated.spec}, which does not exist")
-                worst = max(worst, EXIT_SPEC_ERROR)
-                continue
-            worst = max(worst, _check_one(generated.spec, generated.path))
-        if found == 0:
-            _err(f"bridgec: no generated files under {root}")
-        else:
-            print(f"checked {found} generated file(s) under {root}: " + ("all fresh" if worst == EXIT_OK else "see above"))
-        return worst
+            args.parser.error("check --all DIR takes no SPEC or OUT")
+        return _check_all(Path(args.all))
     if args.spec is None or args.output is None:
-        raise UserError("check needs SPEC OUT, or --all DIR")
+        args.parser.error("check needs SPEC OUT, or --all DIR")
     return _check_one(Path(args.spec), Path(args.output))
+
+
+def _check_all(root: Path) -> int:
+    from bridgec.compiler.emit import find_generated, find_specs
+
+    if not root.is_dir():
+        raise UserError(f"{root}: not a folder")
+    outcome: dict[int, list[str]] = {EXIT_OK: [], EXIT_STALE: [], EXIT_SPEC_ERROR: []}
+    named: set[Path] = set()
+    for generated in find_generated(root):
+        named.add(generated.spec.resolve())
+        if not generated.spec.is_file():
+            _err(f"bridgec: {generated.path} names its spec {generated.spec}, which does not exist")
+            outcome[EXIT_SPEC_ERROR].append(str(generated.path))
+            continue
+        outcome[_check_one(generated.spec, generated.path)].append(str(generated.path))
+    found = sum(len(paths) for paths in outcome.values())
+    if found == 0:
+        _err(f"bridgec: no generated files under {root}")
+    else:
+        parts = [f"{len(outcome[EXIT_OK])} fresh"]
+        parts += [f"{len(outcome[EXIT_STALE])} stale ({', '.join(outcome[EXIT_STALE])})"] if outcome[EXIT_STALE] else []
+        parts += ([f"{len(outcome[EXIT_SPEC_ERROR])} with spec errors ({', '.join(outcome[EXIT_SPEC_ERROR])})"]
+                  if outcome[EXIT_SPEC_ERROR] else [])
+        print(f"checked {found} generated file(s) under {root}: " + ", ".join(parts))
+    orphans = [spec for spec in find_specs(root) if spec.resolve() not in named]
+    if orphans:
+        print(f"spec(s) under {root} without a generated script: {', '.join(str(spec) for spec in orphans)} "
+              f"(create one with: bridgec compile {orphans[0]} -o {orphans[0].parent / 'run.py'})")
+    return max(code for code, paths in outcome.items() if paths) if found else EXIT_OK
 
 
 def _front(spec_path: Path):  # noqa: ANN202 - FrontendResult
@@ -167,10 +192,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
 
 def cmd_data_build(args: argparse.Namespace) -> int:
-    with warnings.catch_warnings():
-        # megatron-core announces at import that Transformer Engine and Apex are absent; irrelevant here.
-        warnings.simplefilter("ignore")
-        from bridgec.runtime.data_build import DataBuildError, build_indexed_dataset
+    from bridgec.runtime.data_build import DataBuildError, build_indexed_dataset
 
     try:
         report = build_indexed_dataset(Path(args.input), Path(args.output), text_key=args.text_key)
@@ -185,10 +207,8 @@ def cmd_data_build(args: argparse.Namespace) -> int:
 
 
 def cmd_checkpoint_inspect(args: argparse.Namespace) -> int:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        from bridgec.runtime.checkpoint_files import format_report, inspect
-        from bridgec.runtime.errors import RunError
+    from bridgec.runtime.checkpoint_files import format_report, inspect
+    from bridgec.runtime.errors import RunError
 
     try:
         sys.stdout.write(format_report(inspect(Path(args.directory))))
@@ -255,72 +275,106 @@ def cmd_import_maxtext(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+EXITS_SPEC = "exit codes: 0 ok; 2 the spec or the command line has errors (all are printed); 3 internal error"
+
+
+def _command(commands: Any, name: str, summary: str, description: str, exits: str = EXITS_SPEC) -> Any:
+    """A subcommand with its one-line help (in ``bridgec --help``), a description and its exit codes."""
+    return commands.add_parser(name, help=summary, description=description, epilog=exits)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="bridgec",
         description="Compile a training spec (spec.toml) into a readable megatron-core training script.",
-        epilog="exit codes: 0 ok, 1 stale (check), 2 spec or input error, 3 internal error",
+        epilog="exit codes: 0 ok, 1 stale (check), 2 spec or input error, 3 internal error; "
+        "bridgec launch: the workers' own code. Every command has --help.",
     )
     parser.add_argument("--version", action="version", version=f"bridgec {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    compile_ = commands.add_parser("compile", help="validate SPEC and write the training script")
-    compile_.add_argument("spec", metavar="SPEC")
+    compile_ = _command(
+        commands, "compile", "validate SPEC and write the training script",
+        "Validate SPEC, derive every value, render the script, verify it and write OUT atomically (nothing is "
+        "written when the spec has errors). Prints what it wrote and how to launch it.",
+    )
+    compile_.add_argument("spec", metavar="SPEC", help="the spec file (spec.toml)")
     compile_.add_argument("-o", "--output", metavar="OUT", required=True, help="the script to write (e.g. run.py)")
     compile_.set_defaults(handler=cmd_compile)
 
-    check = commands.add_parser(
-        "check", help="regenerate in memory and compare (exit 1 with a diff when stale)"
+    check = _command(
+        commands, "check", "regenerate in memory and compare (exit 1 with a diff when stale)",
+        "Regenerate OUT from SPEC in memory, through the same code path as compile, and compare. Needs only "
+        "what a repository commits (the spec, the hooks file, each dataset's PREFIX.json), not the data. With "
+        "--all DIR: every generated file under DIR (found by its header) against the spec it names; specs "
+        "without a generated script are listed.",
+        "exit codes: 0 fresh; 1 stale or missing (a diff is printed); 2 a spec has errors; 3 internal error",
     )
-    check.add_argument("spec", metavar="SPEC", nargs="?")
-    check.add_argument("output", metavar="OUT", nargs="?")
+    check.add_argument("spec", metavar="SPEC", nargs="?", help="the spec file")
+    check.add_argument("output", metavar="OUT", nargs="?", help="the generated script to compare")
     check.add_argument("--all", metavar="DIR", help="check every generated file under DIR against its spec")
-    check.set_defaults(handler=cmd_check)
+    check.set_defaults(handler=cmd_check, parser=check)
 
-    validate = commands.add_parser("validate", help="print every diagnostic of SPEC (exit 2 on errors)")
-    validate.add_argument("spec", metavar="SPEC")
+    validate = _command(
+        commands, "validate", "print every diagnostic of SPEC (exit 2 on errors)",
+        "Load and validate SPEC and print every problem at once, each with file:line, key path and a fix; "
+        "the data and hook files it names must exist.",
+    )
+    validate.add_argument("spec", metavar="SPEC", help="the spec file")
     validate.set_defaults(handler=cmd_validate)
 
-    explain = commands.add_parser(
-        "explain", help="rank layout, batch arithmetic, parameters, FLOPs and memory of SPEC"
+    explain = _command(
+        commands, "explain", "rank layout, batch arithmetic, parameters, FLOPs and memory of SPEC",
+        "Print the resolved plan of SPEC for a human: which global rank holds which tensor/context/expert/"
+        "data/pipeline coordinate, the batch arithmetic, parameters, FLOPs per token and memory per GPU.",
     )
-    explain.add_argument("spec", metavar="SPEC")
+    explain.add_argument("spec", metavar="SPEC", help="the spec file")
     explain.set_defaults(handler=cmd_explain)
 
-    data = commands.add_parser("data", help="data tools")
+    data = commands.add_parser("data", help="data tools", description="Data tools: bridgec data build.")
     data_commands = data.add_subparsers(dest="data_command", metavar="DATA_COMMAND", required=True)
-    build = data_commands.add_parser(
-        "build", help="turn a JSON-lines text file into a megatron indexed dataset (byte-level tokenizer)"
+    build = _command(
+        data_commands, "build", "turn a JSON-lines text file into a megatron indexed dataset (byte-level tokenizer)",
+        "Tokenize every document of DOCS.jsonl with a byte-level tokenizer (no download; vocabulary 257, the "
+        "last id ends a document) into PREFIX.bin and PREFIX.idx, megatron's indexed dataset, and write "
+        "PREFIX.json (tokenizer, vocab_size, eod), which the compiler reads. Commit PREFIX.json with the spec.",
+        "exit codes: 0 written; 2 the input cannot be read or holds no documents; 3 internal error",
     )
     build.add_argument("--input", required=True, metavar="DOCS.jsonl", help="one JSON object per line")
     build.add_argument("--output", required=True, metavar="PREFIX", help="writes PREFIX.bin, PREFIX.idx, PREFIX.json")
-    build.add_argument("--text-key", default="text", help="the JSON key holding each document's text")
+    build.add_argument("--text-key", default="text", help="the JSON key holding each document's text (default: text)")
     build.set_defaults(handler=cmd_data_build)
 
-    checkpoint = commands.add_parser("checkpoint", help="checkpoint tools")
+    checkpoint = commands.add_parser("checkpoint", help="checkpoint tools",
+                                     description="Checkpoint tools: bridgec checkpoint inspect.")
     checkpoint_commands = checkpoint.add_subparsers(dest="checkpoint_command", metavar="CHECKPOINT_COMMAND",
                                                     required=True)
-    inspect_ = checkpoint_commands.add_parser(
-        "inspect", help="step, layout, spec hash, tensors and sizes of a checkpoint, without launching a run"
+    inspect_ = _command(
+        checkpoint_commands, "inspect", "step, layout, spec hash, tensors and sizes of a checkpoint, without a run",
+        "Describe a checkpoint without launching anything: its step, layout, optimizer, spec and script hashes, "
+        "model shape, and every tensor with its shape, dtype and size.",
+        "exit codes: 0 described; 2 DIR holds no checkpoint, or a damaged one; 3 internal error",
     )
     inspect_.add_argument("directory", metavar="DIR", help="a [checkpoint] dir (its latest) or one iter_* folder")
     inspect_.set_defaults(handler=cmd_checkpoint_inspect)
 
-    importer = commands.add_parser("import", help="write a spec from another framework's config")
+    importer = commands.add_parser("import", help="write a spec from another framework's config",
+                                   description="Write a spec from another framework's config: bridgec import maxtext.")
     import_commands = importer.add_subparsers(dest="import_command", metavar="FORMAT", required=True)
-    maxtext = import_commands.add_parser(
-        "maxtext",
-        help="a MaxText config (base.yml <- model file <- key=value overrides) as a commented spec",
-        description="Merge a MaxText config the way MaxText does and write the equivalent spec; every MaxText key "
-        "without a counterpart is listed in a comment block with what was done about it.",
+    maxtext = _command(
+        import_commands, "maxtext",
+        "a MaxText config (base.yml <- model file <- key=value overrides) as a commented spec",
+        "Merge a MaxText config the way MaxText does and write the equivalent spec; every MaxText key without "
+        "a counterpart is listed in a comment block with what was done about it.",
+        "exit codes: 0 written; 2 the config does not import; 3 internal error",
     )
-    maxtext.add_argument("base", metavar="BASE.yml")
+    maxtext.add_argument("base", metavar="BASE.yml", help="MaxText's base config (configs/base.yml)")
     maxtext.add_argument("overrides", metavar="key=value", nargs="*", help="MaxText command-line overrides")
     maxtext.add_argument("--model", metavar="MODEL.yml", help="default: models/<model_name>.yml beside BASE.yml")
     maxtext.add_argument("--devices", type=int, required=True, help="accelerators in the run (MaxText reads this "
                          "from the hardware); sets the batch and fills mesh -1s")
     maxtext.add_argument("--nodes", type=int, help="machines (MaxText's slices); default 1")
-    maxtext.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
+    maxtext.add_argument("--device", choices=("cuda", "cpu"), default="cuda", help="the spec's [launch] device")
     maxtext.add_argument("--schedule-variant", choices=("2026-02", "2026-01", "2025"),
                          help="which MaxText version's learning-rate formula (default: the current one)")
     maxtext.add_argument("-o", "--output", metavar="OUT", required=True, help="the spec to write")
@@ -334,6 +388,10 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def run_command(argv: Sequence[str] | None, extra: Callable[[argparse.ArgumentParser], None] | None = None) -> int:
+    from bridgec.runtime.quiet import silence_third_party_noise
+
+    # The commands that load megatron-core (data build, checkpoint inspect) never need Transformer Engine.
+    silence_third_party_noise("cpu")
     parser = _parser()
     args = parser.parse_args(argv)
     try:

@@ -139,6 +139,10 @@ def _layout_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+CONVERT_EXITS = ("exit codes: 0 converted; 2 a path, the script or the checkpoint does not fit (the message says "
+                 "which), or a multi-node script (each node's command is printed); 3 internal error")
+
+
 def add_convert_parser(commands: Any) -> None:
     """Add ``convert orbax-to-megatron`` and ``convert megatron-to-orbax`` to bridgec's subcommands."""
     convert = commands.add_parser(
@@ -155,6 +159,7 @@ def add_convert_parser(commands: Any) -> None:
         description="Load an Orbax checkpoint in MaxText's layout into RUN.py's model (and, with "
         "--optimizer-state, Adam's moments and count into its optimizer) and save it as a bridgec checkpoint in "
         "DIR; set [checkpoint] dir = DIR and resume = true in the spec to continue training from it.",
+        epilog=CONVERT_EXITS,
     )
     to_megatron.add_argument("script", metavar="RUN.py", help="the script bridgec compile wrote")
     to_megatron.add_argument("--checkpoint", required=True, metavar="ITEMS",
@@ -173,6 +178,7 @@ def add_convert_parser(commands: Any) -> None:
         help="the latest bridgec checkpoint as an Orbax checkpoint MaxText loads",
         description="Load the latest checkpoint of DIR into RUN.py's model and write OUT/<step>/items, which "
         "MaxText takes as load_parameters_path.",
+        epilog=CONVERT_EXITS,
     )
     to_orbax.add_argument("script", metavar="RUN.py", help="the script bridgec compile wrote")
     to_orbax.add_argument("--checkpoint", required=True, metavar="DIR", help="a [checkpoint] dir (its latest)")
