@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
 import traceback
 from collections.abc import Callable, Sequence
@@ -245,10 +246,22 @@ def cmd_import_maxtext(args: argparse.Namespace) -> int:
                     f"model_name {name!r}: no {candidates[0]} (nor {candidates[1]}); pass the file with --model"
                 )
     model_text = _read_input(model_path, "MaxText model config") if model_path is not None else None
-    command = "bridgec import maxtext " + " ".join(
-        [str(base_path)] + (["--model", str(model_path)] if model_path else []) + list(args.overrides)
+    output = Path(args.output)
+    spec_dir = output.resolve().parent
+    # No absolute paths in the spec: the echoed command names the files relative to the spec's folder, and
+    # the comments by short labels (base.yml, models/<model>.yml: the model file relative to base.yml's folder).
+    base_name = Path(os.path.relpath(base_path.resolve(), spec_dir)).as_posix()
+    model_name = Path(os.path.relpath(model_path.resolve(), spec_dir)).as_posix() if model_path else None
+    model_label = None
+    if model_path is not None:
+        beside_base = Path(os.path.relpath(model_path.resolve(), base_path.resolve().parent)).as_posix()
+        model_label = model_name if beside_base.startswith("..") else beside_base
+    ledger_file = None if args.ledger == "inline" else f"{output.stem}.maxtext-keys.txt"
+    words = (
+        [base_name] + (["--model", model_name] if model_name else []) + list(args.overrides)
         + ["--devices", str(args.devices)] + (["--nodes", str(args.nodes)] if args.nodes else [])
-        + ["-o", str(args.output)]
+        + ["--device", args.device] + (["--schedule-variant", args.schedule_variant] if args.schedule_variant else [])
+        + (["--ledger", "inline"] if ledger_file is None else []) + ["-o", output.name]
     )
     result = import_maxtext(
         base_text,
@@ -257,10 +270,11 @@ def cmd_import_maxtext(args: argparse.Namespace) -> int:
         devices=args.devices,
         nodes=args.nodes,
         device=args.device,
-        base_name=str(base_path),
-        model_name=str(model_path) if model_path else None,
+        base_name=base_path.name,
+        model_name=model_label,
         schedule_variant=args.schedule_variant,
-        command=command,
+        command=f"(from this spec's folder) bridgec import maxtext {shlex.join(words)}",
+        ledger_file=ledger_file,
     )
     for problem in result.errors:
         hint = f"; hint: {problem.hint}" if problem.hint else ""
@@ -270,8 +284,29 @@ def cmd_import_maxtext(args: argparse.Namespace) -> int:
         return EXIT_SPEC_ERROR
     for note in result.notes:
         _err(f"note: {note}")
-    write_atomic(Path(args.output), result.toml)
-    print(f"wrote {args.output}; review it, then: bridgec compile {args.output} -o run.py")
+    write_atomic(output, result.toml)
+    if ledger_file is not None and result.ledger is not None:
+        write_atomic(output.parent / ledger_file, result.ledger)
+        print(f"wrote {output} and {output.parent / ledger_file} (the MaxText keys without a counterpart)")
+    else:
+        print(f"wrote {output}")
+    return _validate_import(output, result.toml)
+
+
+def _validate_import(output: Path, text: str) -> int:
+    """Validate the spec an import wrote, as compile will (without needing its data): say now what will not compile."""
+    from bridgec.compiler.frontend import read_spec
+    from bridgec.compiler.validate import SpecContext
+
+    context = SpecContext(file=str(output), spec_dir=output.resolve().parent, files=DiskFiles(), require_data=False)
+    front = read_spec(text, str(output), context)
+    _print_diagnostics(front.diagnostics)
+    errors = sum(1 for d in front.diagnostics if is_error(d))
+    if front.spec is None or errors:
+        _err(f"bridgec: {output} is written, but it does not validate yet ({errors} error(s) above): change what "
+             f"they name (or import again with other options), then: bridgec compile {output} -o run.py")
+        return EXIT_SPEC_ERROR
+    print(f"review it, then: bridgec compile {output} -o run.py")
     return EXIT_OK
 
 
@@ -364,9 +399,11 @@ def _parser() -> argparse.ArgumentParser:
     maxtext = _command(
         import_commands, "maxtext",
         "a MaxText config (base.yml <- model file <- key=value overrides) as a commented spec",
-        "Merge a MaxText config the way MaxText does and write the equivalent spec; every MaxText key without "
-        "a counterpart is listed in a comment block with what was done about it.",
-        "exit codes: 0 written; 2 the config does not import; 3 internal error",
+        "Merge a MaxText config the way MaxText does, write the equivalent spec and validate it. Every mapped "
+        "value names its MaxText key; the MaxText keys without a counterpart are listed, with what was done "
+        "about each, in OUT's ledger file (<OUT stem>.maxtext-keys.txt), or in the spec with --ledger inline.",
+        "exit codes: 0 written and valid; 2 the config does not import (nothing written), or the written spec "
+        "does not validate yet (its errors are printed); 3 internal error",
     )
     maxtext.add_argument("base", metavar="BASE.yml", help="MaxText's base config (configs/base.yml)")
     maxtext.add_argument("overrides", metavar="key=value", nargs="*", help="MaxText command-line overrides")
@@ -377,6 +414,9 @@ def _parser() -> argparse.ArgumentParser:
     maxtext.add_argument("--device", choices=("cuda", "cpu"), default="cuda", help="the spec's [launch] device")
     maxtext.add_argument("--schedule-variant", choices=("2026-02", "2026-01", "2025"),
                          help="which MaxText version's learning-rate formula (default: the current one)")
+    maxtext.add_argument("--ledger", choices=("file", "inline"), default="file",
+                         help="where the MaxText keys without a counterpart are listed: a file beside OUT "
+                         "(default) or a comment block closing OUT")
     maxtext.add_argument("-o", "--output", metavar="OUT", required=True, help="the spec to write")
     maxtext.set_defaults(handler=cmd_import_maxtext)
     from bridgec.compiler.convert_cli import add_convert_parser
