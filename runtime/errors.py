@@ -32,7 +32,7 @@ class ExitCode(enum.IntEnum):
     PEER_FAILED = 8
     """Another rank died or a collective timed out."""
     HOOKS_ERROR = 9
-    """The hooks file named in the spec is missing, fails to import, or lost the hook function."""
+    """The hooks file named in the spec is missing, fails to import, or lost the hook function, or a hook raised."""
     WOULD_OVERWRITE = 10
     """Starting would replace another run's files: checkpoints with resume = false, or another spec's metrics."""
     STOPPED_TO_RESUME = 75
