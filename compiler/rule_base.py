@@ -88,7 +88,8 @@ class _NotLoadedValue:
     __add__ = __radd__ = __sub__ = __rsub__ = __mul__ = __rmul__ = __truediv__ = __rtruediv__ = _refuse
     __floordiv__ = __rfloordiv__ = __mod__ = __rmod__ = __pow__ = __rpow__ = __neg__ = __abs__ = _refuse
     __bool__ = __int__ = __float__ = __index__ = __len__ = __iter__ = __contains__ = _refuse  # type: ignore[assignment]
-    __getitem__ = __str__ = __repr__ = __format__ = _refuse  # type: ignore[assignment]
+    __getitem__ = __str__ = __repr__ = __format__ = __fspath__ = __reversed__ = _refuse  # type: ignore[assignment]
+    __round__ = __trunc__ = __floor__ = __ceil__ = __divmod__ = __rdivmod__ = __complex__ = _refuse
 
     def __getattr__(self, name: str) -> NoReturn:
         raise NotLoaded
