@@ -212,7 +212,7 @@ def cmd_checkpoint_inspect(args: argparse.Namespace) -> int:
     from bridgec.runtime.errors import RunError
 
     try:
-        sys.stdout.write(format_report(inspect(Path(args.directory))))
+        sys.stdout.write(format_report(inspect(Path(args.directory)), tensors=args.tensors))
     except RunError as error:
         _err(f"bridgec: {error.message}")
         return EXIT_SPEC_ERROR
@@ -391,6 +391,7 @@ def _parser() -> argparse.ArgumentParser:
         "exit codes: 0 described; 2 DIR holds no checkpoint, or a damaged one; 3 internal error",
     )
     inspect_.add_argument("directory", metavar="DIR", help="a [checkpoint] dir (its latest) or one iter_* folder")
+    inspect_.add_argument("--tensors", action="store_true", help="also list every tensor: name, shape, dtype, size")
     inspect_.set_defaults(handler=cmd_checkpoint_inspect)
 
     importer = commands.add_parser("import", help="write a spec from another framework's config",

@@ -155,6 +155,12 @@ def rule_tokenizer_sidecar(spec: Spec, ctx: SpecContext) -> Iterator[Finding]:
                       hint=f"remove eod_token to use {sidecar.eod}")
 
 
+def read_sidecar(ctx: SpecContext, prefix: str) -> TokenizerSidecar | str | None:
+    """The tokenizer file of the indexed dataset at ``prefix`` (PREFIX.json): parsed, what is wrong with it, or None."""
+    name = prefix + ".json"
+    return _read_sidecar(ctx, name) if ctx.files.exists(ctx.resolve(name)) else None
+
+
 def _read_sidecar(ctx: SpecContext, name: str) -> TokenizerSidecar | str:
     try:
         return parse_tokenizer_sidecar(ctx.files.read_text(ctx.resolve(name)))

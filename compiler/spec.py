@@ -146,7 +146,7 @@ class Parallel:
     expert: int = 1
     """Expert-parallel size (EP), carved out of data x context. Needs an MoE model."""
     sequence_parallel: bool = False
-    """Split norms and dropout along the sequence inside tensor-parallel regions. Needs tensor > 1."""
+    """Split norms and dropout along the sequence inside tensor-parallel regions. Needs tensor > 1 and model.transformer_impl = "transformer_engine" (megatron-core's local layers do not implement it), so cuda."""
     distributed_optimizer: bool = False
     """Shard optimizer state over data-parallel ranks (ZeRO-1)."""
     mesh: dict[str, int] | None = None

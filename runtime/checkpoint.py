@@ -196,8 +196,9 @@ class DistCheckpointer:
         name = files.checkpoint_name(progress.step)
         partial = self.directory / (name + files.PARTIAL_SUFFIX)
         has_state = self._optimizer_has_state()
+        previous = _previous(self.directory)
         try:
-            _on_rank0(lambda: _prepare_folder(self.directory, partial), f"cannot create {partial}")
+            _on_rank0(lambda: _prepare_folder(self.directory, partial), f"cannot create {partial}", previous)
             state = self._sharded_state(loading=False, with_optimizer=has_state, with_rng=True)
             state["progress"] = {
                 "step": progress.step,
@@ -210,6 +211,7 @@ class DistCheckpointer:
             _on_rank0(
                 lambda: self._publish(progress, partial, self.directory / name, has_state=has_state),
                 f"publishing {partial} failed",
+                previous,
             )
         except RunError:
             raise
@@ -219,7 +221,7 @@ class DistCheckpointer:
             raise RunError(
                 ExitCode.CHECKPOINT_ERROR,
                 f"saving step {progress.step} to {partial} failed ({type(error).__name__}: {str(error).strip()[:500]}); "
-                "the previous checkpoint is intact",
+                f"{previous}",
             ) from None
         _say(f"checkpoint: saved step {progress.step} to {self.directory / name} in {time.perf_counter() - began:.2f} s")
 
@@ -445,7 +447,15 @@ def _prepare_folder(directory: Path, partial: Path) -> None:
     partial.mkdir()
 
 
-def _on_rank0(action: Callable[[], None], what: str) -> None:
+def _previous(directory: Path) -> str:
+    """What a failed save leaves: the checkpoint a resume would still load, named, or that there is none."""
+    complete = files.complete_checkpoints(directory)
+    if not complete:
+        return "there is no earlier checkpoint in this folder"
+    return f"the previous checkpoint ({complete[-1][1].name}) is intact"
+
+
+def _on_rank0(action: Callable[[], None], what: str, previous: str) -> None:
     """Run ``action`` on rank 0 only; every rank learns whether it worked (so none waits forever in a barrier).
 
     A failure raises RunError(CHECKPOINT_ERROR) on every rank: on rank 0 with
@@ -461,11 +471,7 @@ def _on_rank0(action: Callable[[], None], what: str) -> None:
     dist.all_reduce(flag, op=dist.ReduceOp.MAX)
     if flag.item():
         # Rank 0's message names the cause; the others only know that rank 0 failed.
-        raise RunError(
-            ExitCode.CHECKPOINT_ERROR,
-            (failure or f"{what} on rank 0") + "; the previous checkpoint is intact",
-            every_rank=True,
-        )
+        raise RunError(ExitCode.CHECKPOINT_ERROR, (failure or f"{what} on rank 0") + f"; {previous}", every_rank=True)
 
 
 def _model_key(index: int, count: int) -> str:

@@ -531,6 +531,20 @@ def test_rule_tokenizer_sidecar(eod: int | None, sidecar: str | None, expected: 
                        files=None if sidecar is None else {"data/tok.json": sidecar})
 
 
+def test_a_missing_vocab_size_gets_the_value_the_data_tokenizer_file_knows() -> None:
+    text = spec_toml(model={"vocab_size": None}, data=INDEXED)
+    sidecar = {"data/tok.json": '{"tokenizer": "bytes", "vocab_size": 257, "eod": 256}'}
+    assert messages(text, MemoryFiles({**DATA, **sidecar})) == [
+        "spec.toml:3: missing required key 'vocab_size' in [model]; hint: add vocab_size = 257 under [model] (the "
+        "vocabulary of data/tok.json, the data's tokenizer)"]
+    assert messages(text, MemoryFiles(DATA)) == [  # no tokenizer file: the plain hint (eod_token is then unset too)
+        "spec.toml:3: missing required key 'vocab_size' in [model]; hint: add a line vocab_size = <integer> under "
+        "[model]",
+        "spec.toml:18: $.data.eod_token is not set, and there is no tokenizer file data/tok.json next to the first "
+        "source to read it from; hint: set eod_token under [data] to your tokenizer's end-of-document id, or rebuild "
+        "the data with `bridgec data build`, which writes data/tok.json"]
+
+
 @pytest.mark.parametrize(("text", "expected"), [
     (GPT2, TokenizerSidecar(tokenizer="gpt2", vocab_size=50257, eod=50256)),
     ("[]", "it is not a JSON object"),

@@ -41,7 +41,7 @@ from bridgec.runtime.errors import RunEnd
 from bridgec.runtime.loop import LoopSettings, TrainState, train
 from bridgec.runtime.loss import masked_token_loss
 from bridgec.runtime.model import build_model, unwrap
-from bridgec.runtime.optim import OptimizerSettings, build_optimizer
+from bridgec.runtime.optim import Adam, OptimizerSettings, build_optimizer
 from bridgec.runtime.optim import ScheduleSettings, build_scheduler
 from bridgec.runtime.outputs import claim_outputs
 from bridgec.runtime.parallel import check_launch, initialize
@@ -246,14 +246,10 @@ def main() -> RunEnd:
         distributed_optimizer=DISTRIBUTED_OPTIMIZER,
     )
     optimizer_settings = OptimizerSettings(
-        name=OPTIMIZER,
+        rule=Adam(beta1=ADAM_BETA1, beta2=ADAM_BETA2, eps=ADAM_EPS),
         lr=LR,
         min_lr=MIN_LR,
         weight_decay=WEIGHT_DECAY,
-        adam_beta1=ADAM_BETA1,
-        adam_beta2=ADAM_BETA2,
-        adam_eps=ADAM_EPS,
-        sgd_momentum=0.0,
         clip_grad=CLIP_GRAD,
         dtype=DTYPE,
         distributed_optimizer=DISTRIBUTED_OPTIMIZER,

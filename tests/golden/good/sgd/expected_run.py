@@ -41,7 +41,7 @@ from bridgec.runtime.errors import RunEnd
 from bridgec.runtime.loop import LoopSettings, TrainState, train
 from bridgec.runtime.loss import masked_token_loss
 from bridgec.runtime.model import build_model, unwrap
-from bridgec.runtime.optim import OptimizerSettings, build_optimizer
+from bridgec.runtime.optim import OptimizerSettings, Sgd, build_optimizer
 from bridgec.runtime.optim import ScheduleSettings, build_scheduler
 from bridgec.runtime.outputs import claim_outputs
 from bridgec.runtime.parallel import check_launch, initialize
@@ -242,14 +242,10 @@ def main() -> RunEnd:
         distributed_optimizer=DISTRIBUTED_OPTIMIZER,
     )
     optimizer_settings = OptimizerSettings(
-        name=OPTIMIZER,
+        rule=Sgd(momentum=SGD_MOMENTUM),
         lr=LR,
         min_lr=MIN_LR,
         weight_decay=WEIGHT_DECAY,
-        adam_beta1=0.9,
-        adam_beta2=0.999,
-        adam_eps=1e-8,
-        sgd_momentum=SGD_MOMENTUM,
         clip_grad=CLIP_GRAD,
         dtype=DTYPE,
         distributed_optimizer=DISTRIBUTED_OPTIMIZER,
