@@ -153,7 +153,8 @@ def _check_all(root: Path) -> int:
         parts += [f"{len(outcome[EXIT_STALE])} stale ({', '.join(outcome[EXIT_STALE])})"] if outcome[EXIT_STALE] else []
         parts += ([f"{len(outcome[EXIT_SPEC_ERROR])} with spec errors ({', '.join(outcome[EXIT_SPEC_ERROR])})"]
                   if outcome[EXIT_SPEC_ERROR] else [])
-        print(f"checked {found} generated file(s) under {root}: " + ", ".join(parts))
+        summary = "all fresh" if len(outcome[EXIT_OK]) == found else ", ".join(parts)
+        print(f"checked {found} generated file(s) under {root}: {summary}")
     orphans = [spec for spec in find_specs(root) if spec.resolve() not in named]
     if orphans:
         print(f"spec(s) under {root} without a generated script: {', '.join(str(spec) for spec in orphans)} "

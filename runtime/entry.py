@@ -95,7 +95,7 @@ def run(main: Callable[[], ExitCode | RunEnd], *, last_exit: Path | None = None)
 
 
 def _record_crash(report: Path | None, error: BaseException) -> None:
-    """An error bridgec has no message for (a bug, or one in a hook): Python prints its traceback; exit 1."""
+    """An error bridgec has no message for (a bug): Python prints its traceback; the record says exit 1."""
     if report is not None:
         text = str(error).strip().splitlines()
         reason = f"crashed: {type(error).__name__}" + (f": {text[0]}" if text else "") + " (traceback on stderr)"

@@ -64,7 +64,7 @@ def test_check_all_finds_generated_files_by_header(project: Path) -> None:
     assert _run("compile", "spec.toml", "-o", "out/run.py", cwd=project).returncode == 0
     assert _run("compile", "nested/spec.toml", "-o", "nested/run.py", cwd=project).returncode == 0
     fresh = _run("check", "--all", ".", cwd=project)
-    assert fresh.returncode == 0 and "checked 2 generated file(s) under .: 2 fresh\n" in fresh.stdout
+    assert fresh.returncode == 0 and "checked 2 generated file(s) under .: all fresh\n" in fresh.stdout
     (project / "nested" / "spec.toml").write_text(spec_toml(run={"name": "changed"}))
     (project / "nested" / "new.toml").write_text(spec_toml(run={"name": "new"}))
     (project / "pyproject.toml").write_text("[project]\nname = 'not a spec'\n")
