@@ -25,8 +25,12 @@ from tests.runtime import launch as runs
 
 
 def _snapshot(folder: Path) -> dict[str, int]:
-    """Every file under ``folder`` and its modification time: what a refused launch must leave alone."""
-    return {str(path.relative_to(folder)): path.stat().st_mtime_ns for path in folder.rglob("*") if path.is_file()}
+    """Every file under ``folder`` and its modification time: what a refused launch must leave alone.
+
+    Not the launch's own record of how it ended (last_exit.json), which says that it was refused.
+    """
+    return {str(path.relative_to(folder)): path.stat().st_mtime_ns for path in folder.rglob("*")
+            if path.is_file() and not path.name.endswith(".last_exit.json")}
 
 
 def test_a_fresh_start_refuses_a_folder_with_checkpoints_and_overwrite_replaces_them(tmp_path: Path) -> None:
@@ -46,6 +50,7 @@ def test_a_fresh_start_refuses_a_folder_with_checkpoints_and_overwrite_replaces_
                     "overwrite = true under [checkpoint]"):
         assert way_out in message
     assert message.count("holds 2 checkpoint(s)") == 1  # the same on every rank: printed once
+    assert json.loads((folder / "out" / "spec.last_exit.json").read_text())["code"] == ExitCode.WOULD_OVERWRITE
 
     shorter = attrs.evolve(spec, iters=3, save_interval=None, overwrite=True)
     runs.prepare(folder, shorter)
