@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
 import traceback
-import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import attrs
 
@@ -70,11 +71,12 @@ def _read_spec_text(path: Path) -> str:
         raise UserError(f"{path}: cannot be read ({error.strerror})") from None
 
 
-def _compile(spec_path: Path, output_path: Path):  # noqa: ANN202 - CompileResult
+def _compile(spec_path: Path, output_path: Path, *, require_data: bool = True):  # noqa: ANN202 - CompileResult
     from bridgec.compiler.compile import compile_spec
 
     text = _read_spec_text(spec_path)
-    return compile_spec(text, spec_name=str(spec_path), spec_path=spec_path, output_path=output_path, files=DiskFiles())
+    return compile_spec(text, spec_name=str(spec_path), spec_path=spec_path, output_path=output_path,
+                        files=DiskFiles(), require_data=require_data)
 
 
 def cmd_compile(args: argparse.Namespace) -> int:
@@ -86,13 +88,26 @@ def cmd_compile(args: argparse.Namespace) -> int:
         _err(f"bridgec: {Path(args.output)} not written: the spec has errors")
         return EXIT_SPEC_ERROR
     write_atomic(Path(args.output), result.source)
+    print(f"wrote {args.output} from {args.spec}")
+    _how_to_launch(result.spec, args.output)
     return EXIT_OK
+
+
+def _how_to_launch(spec: Any, output: str) -> None:
+    from bridgec.compiler.lower import bridgec_launch_command, launch_command
+
+    if spec.launch.nodes == 1:
+        print(f"launch it with: {bridgec_launch_command(spec, output)}  (or: {launch_command(spec, output)})")
+    else:
+        print(f"launch it on each of its {spec.launch.nodes} nodes with: {bridgec_launch_command(spec, output)}  "
+              "(HOST_OF_NODE_0: the address of node 0)")
 
 
 def _check_one(spec_path: Path, output_path: Path) -> int:
     from bridgec.compiler.emit import unified_diff
 
-    result = _compile(spec_path, output_path)
+    # CI and pre-commit checkouts hold no data: the script depends on committed files only.
+    result = _compile(spec_path, output_path, require_data=False)
     if result.source is None:
         _print_diagnostics(result.diagnostics)
         _err(f"bridgec: cannot check {output_path}: its spec {spec_path} has errors")
@@ -103,6 +118,7 @@ def _check_one(spec_path: Path, output_path: Path) -> int:
         _err(f"bridgec: {output_path} is missing; create it with: bridgec compile {spec_path} -o {output_path}")
         return EXIT_STALE
     if current == result.source:
+        print(f"{output_path} is fresh ({spec_path})")
         return EXIT_OK
     sys.stdout.write(unified_diff(current, result.source, str(output_path)))
     _err(f"bridgec: {output_path} is stale; regenerate it with: bridgec compile {spec_path} -o {output_path}")
@@ -110,31 +126,44 @@ def _check_one(spec_path: Path, output_path: Path) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from bridgec.compiler.emit import find_generated
-
     if args.all is not None:
         if args.spec is not None or args.output is not None:
-            raise UserError("check --all DIR takes no SPEC or OUT")
-        root = Path(args.all)
-        if not root.is_dir():
-            raise UserError(f"{root}: not a folder")
-        worst = EXIT_OK
-        found = 0
-        for generated in find_generated(root):
-            found += 1
-            if not generated.spec.is_file():
-                _err(f"bridgec: {generated.path} names its spec {generated.spec}, which does not exist")
-                worst = max(worst, EXIT_SPEC_ERROR)
-                continue
-            worst = max(worst, _check_one(generated.spec, generated.path))
-        if found == 0:
-            _err(f"bridgec: no generated files under {root}")
-        else:
-            print(f"checked {found} generated file(s) under {root}: " + ("all fresh" if worst == EXIT_OK else "see above"))
-        return worst
+            args.parser.error("check --all DIR takes no SPEC or OUT")
+        return _check_all(Path(args.all))
     if args.spec is None or args.output is None:
-        raise UserError("check needs SPEC OUT, or --all DIR")
+        args.parser.error("check needs SPEC OUT, or --all DIR")
     return _check_one(Path(args.spec), Path(args.output))
+
+
+def _check_all(root: Path) -> int:
+    from bridgec.compiler.emit import find_generated, find_specs
+
+    if not root.is_dir():
+        raise UserError(f"{root}: not a folder")
+    outcome: dict[int, list[str]] = {EXIT_OK: [], EXIT_STALE: [], EXIT_SPEC_ERROR: []}
+    named: set[Path] = set()
+    for generated in find_generated(root):
+        named.add(generated.spec.resolve())
+        if not generated.spec.is_file():
+            _err(f"bridgec: {generated.path} names its spec {generated.spec}, which does not exist")
+            outcome[EXIT_SPEC_ERROR].append(str(generated.path))
+            continue
+        outcome[_check_one(generated.spec, generated.path)].append(str(generated.path))
+    found = sum(len(paths) for paths in outcome.values())
+    if found == 0:
+        _err(f"bridgec: no generated files under {root}")
+    else:
+        parts = [f"{len(outcome[EXIT_OK])} fresh"]
+        parts += [f"{len(outcome[EXIT_STALE])} stale ({', '.join(outcome[EXIT_STALE])})"] if outcome[EXIT_STALE] else []
+        parts += ([f"{len(outcome[EXIT_SPEC_ERROR])} with spec errors ({', '.join(outcome[EXIT_SPEC_ERROR])})"]
+                  if outcome[EXIT_SPEC_ERROR] else [])
+        summary = "all fresh" if len(outcome[EXIT_OK]) == found else ", ".join(parts)
+        print(f"checked {found} generated file(s) under {root}: {summary}")
+    orphans = [spec for spec in find_specs(root) if spec.resolve() not in named]
+    if orphans:
+        print(f"spec(s) under {root} without a generated script: {', '.join(str(spec) for spec in orphans)} "
+              f"(create one with: bridgec compile {orphans[0]} -o {orphans[0].parent / 'run.py'})")
+    return max(code for code, paths in outcome.items() if paths) if found else EXIT_OK
 
 
 def _front(spec_path: Path):  # noqa: ANN202 - FrontendResult
@@ -169,10 +198,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
 
 def cmd_data_build(args: argparse.Namespace) -> int:
-    with warnings.catch_warnings():
-        # megatron-core announces at import that Transformer Engine and Apex are absent; irrelevant here.
-        warnings.simplefilter("ignore")
-        from bridgec.runtime.data_build import DataBuildError, build_indexed_dataset
+    from bridgec.runtime.data_build import DataBuildError, build_indexed_dataset
 
     try:
         report = build_indexed_dataset(Path(args.input), Path(args.output), text_key=args.text_key)
@@ -187,13 +213,11 @@ def cmd_data_build(args: argparse.Namespace) -> int:
 
 
 def cmd_checkpoint_inspect(args: argparse.Namespace) -> int:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        from bridgec.runtime.checkpoint_files import format_report, inspect
-        from bridgec.runtime.errors import RunError
+    from bridgec.runtime.checkpoint_files import format_report, inspect
+    from bridgec.runtime.errors import RunError
 
     try:
-        sys.stdout.write(format_report(inspect(Path(args.directory), step=args.step)))
+        sys.stdout.write(format_report(inspect(Path(args.directory), step=args.step), tensors=args.tensors))
     except RunError as error:
         _err(f"bridgec: {error.message}")
         return EXIT_SPEC_ERROR
@@ -227,10 +251,22 @@ def cmd_import_maxtext(args: argparse.Namespace) -> int:
                     f"model_name {name!r}: no {candidates[0]} (nor {candidates[1]}); pass the file with --model"
                 )
     model_text = _read_input(model_path, "MaxText model config") if model_path is not None else None
-    command = "bridgec import maxtext " + " ".join(
-        [str(base_path)] + (["--model", str(model_path)] if model_path else []) + list(args.overrides)
+    output = Path(args.output)
+    spec_dir = output.resolve().parent
+    # No absolute paths in the spec: the echoed command names the files relative to the spec's folder, and
+    # the comments by short labels (base.yml, models/<model>.yml: the model file relative to base.yml's folder).
+    base_name = Path(os.path.relpath(base_path.resolve(), spec_dir)).as_posix()
+    model_name = Path(os.path.relpath(model_path.resolve(), spec_dir)).as_posix() if model_path else None
+    model_label = None
+    if model_path is not None:
+        beside_base = Path(os.path.relpath(model_path.resolve(), base_path.resolve().parent)).as_posix()
+        model_label = model_name if beside_base.startswith("..") else beside_base
+    ledger_file = None if args.ledger == "inline" else f"{output.stem}.maxtext-keys.txt"
+    words = (
+        [base_name] + (["--model", model_name] if model_name else []) + list(args.overrides)
         + ["--devices", str(args.devices)] + (["--nodes", str(args.nodes)] if args.nodes else [])
-        + ["-o", str(args.output)]
+        + ["--device", args.device] + (["--schedule-variant", args.schedule_variant] if args.schedule_variant else [])
+        + (["--ledger", "inline"] if ledger_file is None else []) + ["-o", output.name]
     )
     result = import_maxtext(
         base_text,
@@ -239,10 +275,11 @@ def cmd_import_maxtext(args: argparse.Namespace) -> int:
         devices=args.devices,
         nodes=args.nodes,
         device=args.device,
-        base_name=str(base_path),
-        model_name=str(model_path) if model_path else None,
+        base_name=base_path.name,
+        model_name=model_label,
         schedule_variant=args.schedule_variant,
-        command=command,
+        command=f"(from this spec's folder) bridgec import maxtext {shlex.join(words)}",
+        ledger_file=ledger_file,
     )
     for problem in result.errors:
         hint = f"; hint: {problem.hint}" if problem.hint else ""
@@ -252,89 +289,157 @@ def cmd_import_maxtext(args: argparse.Namespace) -> int:
         return EXIT_SPEC_ERROR
     for note in result.notes:
         _err(f"note: {note}")
-    write_atomic(Path(args.output), result.toml)
-    print(f"wrote {args.output}; review it, then: bridgec compile {args.output} -o run.py")
+    write_atomic(output, result.toml)
+    if ledger_file is not None and result.ledger is not None:
+        write_atomic(output.parent / ledger_file, result.ledger)
+        print(f"wrote {output} and {output.parent / ledger_file} (the MaxText keys without a counterpart)")
+    else:
+        print(f"wrote {output}")
+    return _validate_import(output, result.toml)
+
+
+def _validate_import(output: Path, text: str) -> int:
+    """Validate the spec an import wrote, as compile will (without needing its data): say now what will not compile."""
+    from bridgec.compiler.frontend import read_spec
+    from bridgec.compiler.validate import SpecContext
+
+    context = SpecContext(file=str(output), spec_dir=output.resolve().parent, files=DiskFiles(), require_data=False)
+    front = read_spec(text, str(output), context)
+    _print_diagnostics(front.diagnostics)
+    errors = sum(1 for d in front.diagnostics if is_error(d))
+    if front.spec is None or errors:
+        _err(f"bridgec: {output} is written, but it does not validate yet ({errors} error(s) above): change what "
+             f"they name (or import again with other options), then: bridgec compile {output} -o run.py")
+        return EXIT_SPEC_ERROR
+    print(f"review it, then: bridgec compile {output} -o run.py")
     return EXIT_OK
+
+
+EXITS_SPEC = "exit codes: 0 ok; 2 the spec or the command line has errors (all are printed); 3 internal error"
+
+
+def _command(commands: Any, name: str, summary: str, description: str, exits: str = EXITS_SPEC) -> Any:
+    """A subcommand with its one-line help (in ``bridgec --help``), a description and its exit codes."""
+    return commands.add_parser(name, help=summary, description=description, epilog=exits)
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="bridgec",
         description="Compile a training spec (spec.toml) into a readable megatron-core training script.",
-        epilog="exit codes: 0 ok, 1 stale (check), 2 spec or input error, 3 internal error",
+        epilog="exit codes: 0 ok, 1 stale (check), 2 spec or input error, 3 internal error; "
+        "bridgec launch: the workers' own code. Every command has --help.",
     )
     parser.add_argument("--version", action="version", version=f"bridgec {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    compile_ = commands.add_parser("compile", help="validate SPEC and write the training script")
-    compile_.add_argument("spec", metavar="SPEC")
+    compile_ = _command(
+        commands, "compile", "validate SPEC and write the training script",
+        "Validate SPEC, derive every value, render the script, verify it and write OUT atomically (nothing is "
+        "written when the spec has errors). Prints what it wrote and how to launch it.",
+    )
+    compile_.add_argument("spec", metavar="SPEC", help="the spec file (spec.toml)")
     compile_.add_argument("-o", "--output", metavar="OUT", required=True, help="the script to write (e.g. run.py)")
     compile_.set_defaults(handler=cmd_compile)
 
-    check = commands.add_parser(
-        "check", help="regenerate in memory and compare (exit 1 with a diff when stale)"
+    check = _command(
+        commands, "check", "regenerate in memory and compare (exit 1 with a diff when stale)",
+        "Regenerate OUT from SPEC in memory, through the same code path as compile, and compare. Needs only "
+        "what a repository commits (the spec, the hooks file, each dataset's PREFIX.json), not the data. With "
+        "--all DIR: every generated file under DIR (found by its header) against the spec it names; specs "
+        "without a generated script are listed.",
+        "exit codes: 0 fresh; 1 stale or missing (a diff is printed); 2 a spec has errors; 3 internal error",
     )
-    check.add_argument("spec", metavar="SPEC", nargs="?")
-    check.add_argument("output", metavar="OUT", nargs="?")
+    check.add_argument("spec", metavar="SPEC", nargs="?", help="the spec file")
+    check.add_argument("output", metavar="OUT", nargs="?", help="the generated script to compare")
     check.add_argument("--all", metavar="DIR", help="check every generated file under DIR against its spec")
-    check.set_defaults(handler=cmd_check)
+    check.set_defaults(handler=cmd_check, parser=check)
 
-    validate = commands.add_parser("validate", help="print every diagnostic of SPEC (exit 2 on errors)")
-    validate.add_argument("spec", metavar="SPEC")
+    validate = _command(
+        commands, "validate", "print every diagnostic of SPEC (exit 2 on errors)",
+        "Load and validate SPEC and print every problem at once, each with file:line, key path and a fix; "
+        "the data and hook files it names must exist.",
+    )
+    validate.add_argument("spec", metavar="SPEC", help="the spec file")
     validate.set_defaults(handler=cmd_validate)
 
-    explain = commands.add_parser(
-        "explain", help="rank layout, batch arithmetic, parameters, FLOPs and memory of SPEC"
+    explain = _command(
+        commands, "explain", "rank layout, batch arithmetic, parameters, FLOPs and memory of SPEC",
+        "Print the resolved plan of SPEC for a human: which global rank holds which tensor/context/expert/"
+        "data/pipeline coordinate, the batch arithmetic, parameters, FLOPs per token and memory per GPU.",
     )
-    explain.add_argument("spec", metavar="SPEC")
+    explain.add_argument("spec", metavar="SPEC", help="the spec file")
     explain.set_defaults(handler=cmd_explain)
 
-    data = commands.add_parser("data", help="data tools")
+    data = commands.add_parser("data", help="data tools", description="Data tools: bridgec data build.")
     data_commands = data.add_subparsers(dest="data_command", metavar="DATA_COMMAND", required=True)
-    build = data_commands.add_parser(
-        "build", help="turn a JSON-lines text file into a megatron indexed dataset (byte-level tokenizer)"
+    build = _command(
+        data_commands, "build", "turn a JSON-lines text file into a megatron indexed dataset (byte-level tokenizer)",
+        "Tokenize every document of DOCS.jsonl with a byte-level tokenizer (no download; vocabulary 257, the "
+        "last id ends a document) into PREFIX.bin and PREFIX.idx, megatron's indexed dataset, and write "
+        "PREFIX.json (tokenizer, vocab_size, eod), which the compiler reads. Commit PREFIX.json with the spec.",
+        "exit codes: 0 written; 2 the input cannot be read or holds no documents; 3 internal error",
     )
     build.add_argument("--input", required=True, metavar="DOCS.jsonl", help="one JSON object per line")
     build.add_argument("--output", required=True, metavar="PREFIX", help="writes PREFIX.bin, PREFIX.idx, PREFIX.json")
-    build.add_argument("--text-key", default="text", help="the JSON key holding each document's text")
+    build.add_argument("--text-key", default="text", help="the JSON key holding each document's text (default: text)")
     build.set_defaults(handler=cmd_data_build)
 
-    checkpoint = commands.add_parser("checkpoint", help="checkpoint tools")
+    checkpoint = commands.add_parser("checkpoint", help="checkpoint tools",
+                                     description="Checkpoint tools: bridgec checkpoint inspect.")
     checkpoint_commands = checkpoint.add_subparsers(dest="checkpoint_command", metavar="CHECKPOINT_COMMAND",
                                                     required=True)
-    inspect_ = checkpoint_commands.add_parser(
-        "inspect", help="step, layout, spec hash, tensors and sizes of a checkpoint, without launching a run"
+    inspect_ = _command(
+        checkpoint_commands, "inspect", "step, layout, spec hash, tensors and sizes of a checkpoint, without a run",
+        "Describe a checkpoint without launching anything: its step, layout, optimizer, spec and script hashes, "
+        "model shape, and every tensor with its shape, dtype and size.",
+        "exit codes: 0 described; 2 DIR holds no checkpoint, or a damaged one; 3 internal error",
     )
     inspect_.add_argument("directory", metavar="DIR", help="a [checkpoint] dir (its latest) or one iter_* folder")
     inspect_.add_argument("--step", type=int, metavar="N",
                           help="the checkpoint of step N of DIR (default: the latest); the report lists the steps")
+    inspect_.add_argument("--tensors", action="store_true", help="also list every tensor: name, shape, dtype, size")
     inspect_.set_defaults(handler=cmd_checkpoint_inspect)
 
-    importer = commands.add_parser("import", help="write a spec from another framework's config")
+    importer = commands.add_parser("import", help="write a spec from another framework's config",
+                                   description="Write a spec from another framework's config: bridgec import maxtext.")
     import_commands = importer.add_subparsers(dest="import_command", metavar="FORMAT", required=True)
-    maxtext = import_commands.add_parser(
-        "maxtext",
-        help="a MaxText config (base.yml <- model file <- key=value overrides) as a commented spec",
-        description="Merge a MaxText config the way MaxText does and write the equivalent spec; every MaxText key "
-        "without a counterpart is listed in a comment block with what was done about it.",
+    maxtext = _command(
+        import_commands, "maxtext",
+        "a MaxText config (base.yml <- model file <- key=value overrides) as a commented spec",
+        "Merge a MaxText config the way MaxText does, write the equivalent spec and validate it. Every mapped "
+        "value names its MaxText key; the MaxText keys without a counterpart are listed, with what was done "
+        "about each, in OUT's ledger file (<OUT stem>.maxtext-keys.txt), or in the spec with --ledger inline.",
+        "exit codes: 0 written and valid; 2 the config does not import (nothing written), or the written spec "
+        "does not validate yet (its errors are printed); 3 internal error",
     )
-    maxtext.add_argument("base", metavar="BASE.yml")
+    maxtext.add_argument("base", metavar="BASE.yml", help="MaxText's base config (configs/base.yml)")
     maxtext.add_argument("overrides", metavar="key=value", nargs="*", help="MaxText command-line overrides")
     maxtext.add_argument("--model", metavar="MODEL.yml", help="default: models/<model_name>.yml beside BASE.yml")
     maxtext.add_argument("--devices", type=int, required=True, help="accelerators in the run (MaxText reads this "
                          "from the hardware); sets the batch and fills mesh -1s")
     maxtext.add_argument("--nodes", type=int, help="machines (MaxText's slices); default 1")
-    maxtext.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
+    maxtext.add_argument("--device", choices=("cuda", "cpu"), default="cuda", help="the spec's [launch] device")
     maxtext.add_argument("--schedule-variant", choices=("2026-02", "2026-01", "2025"),
                          help="which MaxText version's learning-rate formula (default: the current one)")
+    maxtext.add_argument("--ledger", choices=("file", "inline"), default="file",
+                         help="where the MaxText keys without a counterpart are listed: a file beside OUT "
+                         "(default) or a comment block closing OUT")
     maxtext.add_argument("-o", "--output", metavar="OUT", required=True, help="the spec to write")
     maxtext.set_defaults(handler=cmd_import_maxtext)
     from bridgec.compiler.convert_cli import add_convert_parser
+    from bridgec.compiler.launch_cli import add_launch_parser
+
+    add_launch_parser(commands)
     add_convert_parser(commands)
     return parser
 
 
 def run_command(argv: Sequence[str] | None, extra: Callable[[argparse.ArgumentParser], None] | None = None) -> int:
+    from bridgec.runtime.quiet import silence_third_party_noise
+
+    # The commands that load megatron-core (data build, checkpoint inspect) never need Transformer Engine.
+    silence_third_party_noise("cpu")
     parser = _parser()
     args = parser.parse_args(argv)
     try:

@@ -55,10 +55,17 @@ def tokenizer_info(spec: Spec, spec_dir: Path, files: FileView) -> TokenizerInfo
     return TokenizerInfo(name=parsed.tokenizer, vocab_size=parsed.vocab_size, eod=parsed.eod)
 
 
-def compile_spec(text: str, *, spec_name: str, spec_path: Path, output_path: Path, files: FileView) -> CompileResult:
-    """Compile the spec ``text`` (read from ``spec_path``, shown as ``spec_name``) for ``output_path``."""
+def compile_spec(
+    text: str, *, spec_name: str, spec_path: Path, output_path: Path, files: FileView, require_data: bool = True
+) -> CompileResult:
+    """Compile the spec ``text`` (read from ``spec_path``, shown as ``spec_name``) for ``output_path``.
+
+    ``require_data=False`` (``bridgec check``) regenerates without the data files and
+    checkpoints the run will read; the script depends only on committed files.
+    """
     spec_dir = spec_path.resolve().parent
-    front = read_spec(text, spec_name, SpecContext(file=spec_name, spec_dir=spec_dir, files=files))
+    context = SpecContext(file=spec_name, spec_dir=spec_dir, files=files, require_data=require_data)
+    front = read_spec(text, spec_name, context)
     if front.spec is None or any(is_error(d) for d in front.diagnostics):
         return CompileResult(source=None, diagnostics=front.diagnostics, spec=front.spec)
     target = Target(

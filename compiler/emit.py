@@ -6,6 +6,7 @@ import difflib
 import os
 import re
 import tempfile
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -78,3 +79,16 @@ def find_generated(root: Path) -> Iterator[Generated]:
         source = source_of(head)
         if source is not None:
             yield Generated(path=path, spec=path.parent / source)
+
+
+def find_specs(root: Path) -> Iterator[Path]:
+    """Every *.toml under ``root`` (sorted, hidden folders skipped) that reads as a spec: TOML with [run] and [model]."""
+    for path in sorted(root.rglob("*.toml")):
+        if any(part.startswith(".") for part in path.relative_to(root).parts):
+            continue
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+            continue
+        if isinstance(data.get("run"), dict) and isinstance(data.get("model"), dict):
+            yield path

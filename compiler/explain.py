@@ -138,6 +138,10 @@ def memory(spec: Spec) -> Memory:
     s, h = m.seq_length, m.hidden_size
     _, _, _, ffn = _dims(spec)
     per_layer = s * micro * h * (18 + 4 * ffn / h)
+    if m.transformer_impl == "local":
+        # megatron-core's local attention is unfused: it keeps the scores, softmax and dropout mask of every
+        # head (Korthikanti et al.'s 5 x heads x s^2 per sequence); Transformer Engine's fused attention does not.
+        per_layer += 5 * m.num_attention_heads * s * s * micro
     activations = per_layer * m.num_layers / p.pipeline
     microbatches = derive.microbatches(spec)
     if p.virtual_pipeline is not None:
@@ -292,8 +296,9 @@ def explain_text(spec: Spec, *, extra: tuple[str, ...] = ()) -> str:
         f"  gradients  {human_bytes(mem.gradients)} ({mem.grad_bytes} bytes/param, fp32 reduction)",
         f"  optimizer  {human_bytes(mem.optimizer)} ({mem.optimizer_bytes_per_param:g} bytes/param"
         + (f", sharded over data {dp})" if p.distributed_optimizer else ")"),
-        f"  activations {human_bytes(mem.activations)} ({mem.in_flight_microbatches:g} microbatches in flight,"
-        " flash attention, no recomputation)",
+        f"  activations {human_bytes(mem.activations)} ({mem.in_flight_microbatches:g} microbatches in flight, "
+        + ("unfused local attention keeping its scores" if spec.model.transformer_impl == "local"
+           else "Transformer Engine's fused attention") + ", no recomputation)",
         f"  total      {human_bytes(mem.total)}",
     ]
     lines += interop_lines(spec)

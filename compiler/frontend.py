@@ -15,6 +15,8 @@ from bridgec.compiler.load import load
 from bridgec.compiler.locate import LineIndex
 from bridgec.compiler.mesh import MeshError, key_path
 from bridgec.compiler.mesh import resolve as resolve_mesh
+from bridgec.compiler.rule_base import NotLoaded
+from bridgec.compiler.rules_files import TokenizerSidecar, read_sidecar
 from bridgec.compiler.spec import Spec
 from bridgec.compiler.validate import SpecContext, validate
 
@@ -38,7 +40,10 @@ def read_spec(text: str, filename: str, context: SpecContext) -> FrontendResult:
     """
     loaded = load(text, filename)
     if loaded.spec is None:
-        return FrontendResult(None, loaded.index, loaded.diagnostics)
+        # All problems at once: the cross-field rules still check every field that did load.
+        found = _check_partial(loaded.partial, loaded.index, filename, context) if loaded.partial else ()
+        diagnostics = _vocab_from_data(loaded.diagnostics, loaded.partial, context) + found
+        return FrontendResult(None, loaded.index, tuple(sorted(diagnostics, key=sort_key)))
     spec, mesh_errors = resolve_mesh(loaded.spec, loaded.index.has)
     if mesh_errors:
         diagnostics = loaded.diagnostics + tuple(_mesh_diagnostic(e, loaded.index, filename) for e in mesh_errors)
@@ -48,6 +53,38 @@ def read_spec(text: str, filename: str, context: SpecContext) -> FrontendResult:
         found = tuple(_through_mesh(d) for d in found)
     diagnostics = loaded.diagnostics + found
     return FrontendResult(spec, loaded.index, tuple(sorted(diagnostics, key=sort_key)))
+
+
+def _check_partial(partial: Spec, index: LineIndex, filename: str, context: SpecContext) -> tuple[Diagnostic, ...]:
+    """The rules on a partly loaded spec (see validate); nothing when its mesh cannot be resolved without them."""
+    try:
+        spec, mesh_errors = resolve_mesh(partial, index.has)
+    except NotLoaded:
+        return ()
+    if mesh_errors:
+        return tuple(_mesh_diagnostic(e, index, filename) for e in mesh_errors)
+    found = validate(spec, index, context)
+    return tuple(_through_mesh(d) for d in found) if spec.parallel.mesh is not None else found
+
+
+def _vocab_from_data(
+    diagnostics: tuple[Diagnostic, ...], partial: Spec | None, context: SpecContext
+) -> tuple[Diagnostic, ...]:
+    """A missing vocab_size's hint gives the value the data's tokenizer file (PREFIX.json) knows, when there is one."""
+    missing = [d for d in diagnostics if d.path == "$.model.vocab_size" and d.message.startswith("missing required")]
+    if not missing or partial is None:
+        return diagnostics
+    try:
+        if partial.data.kind != "indexed" or not partial.data.sources:
+            return diagnostics
+        prefix = partial.data.sources[0].prefix
+        sidecar = read_sidecar(context, prefix)
+    except NotLoaded:
+        return diagnostics
+    if not isinstance(sidecar, TokenizerSidecar):
+        return diagnostics
+    hint = f"add vocab_size = {sidecar.vocab_size} under [model] (the vocabulary of {prefix}.json, the data's tokenizer)"
+    return tuple(attrs.evolve(d, hint=hint) if d in missing else d for d in diagnostics)
 
 
 MESH_AXES_OF = {

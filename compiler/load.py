@@ -25,9 +25,11 @@ import cattrs
 from cattrs.errors import ClassValidationError, ForbiddenExtraKeysError, IterableValidationError, IterableValidationNote
 from cattrs.gen import make_dict_structure_fn
 
+from bridgec.compiler import foreign_keys
 from bridgec.compiler.errors import (Diagnostic, KeyPath, close_match, dotted, format_path, kind_of, render_value,
                                      sort_key)
 from bridgec.compiler.locate import EMPTY_INDEX, LineIndex, build_index
+from bridgec.compiler.rule_base import NOT_LOADED
 from bridgec.compiler.spec import Spec
 
 
@@ -38,6 +40,9 @@ class LoadResult:
     index: LineIndex
     """Key path -> line, for later stages' diagnostics (empty for malformed TOML)."""
     diagnostics: tuple[Diagnostic, ...]
+    partial: Spec | None = None
+    """When ``spec`` is None: every field that loaded, the others NOT_LOADED (unknown keys left out), so the
+    cross-field rules can still check what loaded. None for malformed TOML."""
 
 
 def load(text: str, filename: str) -> LoadResult:
@@ -50,10 +55,55 @@ def load(text: str, filename: str) -> LoadResult:
     try:
         spec = _CONVERTER.structure(raw, Spec)
     except (cattrs.BaseValidationError, _BadValue) as exc:
-        problems = _problems(exc, (), Spec, Spec)
+        problems = list(_problems(exc, (), Spec, Spec))
         diagnostics = [d for problem in problems for d in _diagnose(problem, raw, index, filename)]
-        return LoadResult(None, index, tuple(sorted(diagnostics, key=sort_key)))
+        return LoadResult(None, index, tuple(sorted(diagnostics, key=sort_key)), _partial_spec(raw, problems))
     return LoadResult(spec, index, ())
+
+
+# -- what loaded, when something did not ----------------------------------------------
+
+
+def _partial_spec(raw: dict[str, Any], problems: list[_Problem]) -> Spec:
+    """The spec with NOT_LOADED wherever a problem is; tables with unknown keys are rebuilt without them."""
+    failed: set[KeyPath] = set()
+    for problem in problems:
+        if isinstance(problem.error, ForbiddenExtraKeysError):
+            # not a field: marks the table as one to rebuild key by key
+            failed.update(problem.path + (name,) for name in problem.error.extra_fields)
+        else:
+            failed.add(problem.path)
+    return _partial(raw, Spec, (), failed)
+
+
+def _partial(raw: object, cl: type, path: KeyPath, failed: set[KeyPath]) -> Any:
+    """``cl`` from ``raw`` with NOT_LOADED for every path in ``failed`` (and tables that are not tables)."""
+    if path in failed or not isinstance(raw, dict):
+        return NOT_LOADED
+    hints = typing.get_type_hints(cl)
+    values: dict[str, Any] = {}
+    for field in attrs.fields(cl):
+        here = path + (field.name,)
+        if field.name not in raw:
+            if field.default is attrs.NOTHING:
+                values[field.name] = NOT_LOADED  # a required key that is missing
+            continue
+        values[field.name] = _partial_value(raw[field.name], hints[field.name], here, failed)
+    return cl(**values)
+
+
+def _partial_value(value: object, type_: Any, path: KeyPath, failed: set[KeyPath]) -> Any:
+    if path in failed:
+        return NOT_LOADED
+    if not any(bad[: len(path)] == path for bad in failed):
+        return _CONVERTER.structure(value, type_)  # loaded cleanly, as a whole
+    present = _present(type_)
+    if attrs.has(present):
+        return _partial(value, present, path, failed)
+    element = typing.get_args(present)[0] if _is_array(present) else None
+    if element is not None and attrs.has(element) and isinstance(value, list):
+        return tuple(_partial(item, element, path + (index,), failed) for index, item in enumerate(value))
+    return NOT_LOADED  # an array with a bad element
 
 
 # -- malformed TOML ----------------------------------------------------------------
@@ -301,7 +351,8 @@ def _diagnose(problem: _Problem, raw: dict[str, Any], index: LineIndex, filename
         message, hint = _missing(path, _present(problem.type))
     elif isinstance(error, _BadValue):
         message = f"{format_path(path)} = {render_value(error.value)} {error}"
-        hint = error.hint or _shape_hint(path, _present(problem.type)) or _default_hint(path, problem.owner)
+        hint = (foreign_keys.value_hint(path, error.value) or error.hint or _shape_hint(path, _present(problem.type))
+                or _default_hint(path, problem.owner))
     else:  # a hook outside this module failed; still say where
         message = f"{format_path(path)} = {render_value(_lookup(raw, path))} is not valid: {error}"
         hint = _default_hint(path, problem.owner)
@@ -318,6 +369,9 @@ def _unknown(table: KeyPath, name: str, value: object, cl: type) -> tuple[str, s
     else:
         message = f"unknown key {name!r} " + (f"in {_table_label(table)}" if table else "at the top level")
     types = _field_types(cl)
+    foreign = None if _is_bridgec_name(name) else foreign_keys.key_hint(name)
+    if foreign is not None:
+        return message, foreign
     match = close_match(name, list(types))
     if match is not None:
         shown = f"[{dotted(table + (match,))}]" if attrs.has(types[match]) else repr(match)
@@ -328,6 +382,11 @@ def _unknown(table: KeyPath, name: str, value: object, cl: type) -> tuple[str, s
     if not table:
         return message, "valid tables: " + ", ".join(types)
     return message, f"valid keys in {_table_label(table)}: " + ", ".join(types)
+
+
+def _is_bridgec_name(name: str) -> bool:
+    """A key or table name some table of the spec has (then "it belongs in [x]" is the better hint)."""
+    return name in _field_types(Spec) or any(name in _field_types(home) for _, home in _tables(Spec, ()))
 
 
 @functools.cache

@@ -9,6 +9,7 @@ validation passed (divisibility holds); it never rewrites a value the user set.
 from __future__ import annotations
 
 import shlex
+from pathlib import PurePosixPath
 
 import attrs
 
@@ -45,14 +46,23 @@ def _c(name: str, value: Value, why: str | None = None, *, text: bool = False) -
     return Constant(name=name, value=value, why=why, from_spec_text=text)
 
 
-def launch_command(spec: Spec, output_name: str) -> str:
-    script = shlex.quote(output_name)
+def _torchrun_options(spec: Spec) -> str:
     if spec.launch.nodes == 1:
-        return f"torchrun --nnodes 1 --nproc-per-node {spec.launch.procs_per_node} {script}"
+        return f"--nnodes 1 --nproc-per-node {spec.launch.procs_per_node}"
     return (
-        f"torchrun --nnodes {spec.launch.nodes} --nproc-per-node {spec.launch.procs_per_node} "
-        f"--rdzv-backend c10d --rdzv-endpoint HOST_OF_NODE_0:29500 {script}"
+        f"--nnodes {spec.launch.nodes} --nproc-per-node {spec.launch.procs_per_node} "
+        "--rdzv-backend c10d --rdzv-endpoint HOST_OF_NODE_0:29500"
     )
+
+
+def launch_command(spec: Spec, output_name: str) -> str:
+    return f"torchrun {_torchrun_options(spec)} {shlex.quote(output_name)}"
+
+
+def bridgec_launch_command(spec: Spec, output_name: str) -> str:
+    """``bridgec launch``: the script's own process count on one node; torchrun's options for several."""
+    script = shlex.quote(output_name)
+    return f"bridgec launch {script}" if spec.launch.nodes == 1 else f"bridgec launch {script} {_torchrun_options(spec)}"
 
 
 def _run_sections(spec: Spec, target: Target) -> list[Section]:
@@ -198,6 +208,10 @@ def _model_section(spec: Spec) -> Section:
         constants.append(_c("ROTARY_BASE", m.rotary_base))
     if m.num_experts is not None:
         constants += [_c("NUM_EXPERTS", m.num_experts), _c("MOE_ROUTER_TOPK", m.moe_router_topk)]
+    counts = explain.parameter_counts(spec)
+    output = f" + output {counts.output}" if counts.output else " (output tied to the embedding)"
+    constants.append(_c("NUM_PARAMETERS", counts.total, f"embedding {counts.embedding} + layers {m.num_layers} x "
+                        f"{counts.per_layer} + final norm {counts.final_norm}{output}"))
     if spec.init.checkpoint is not None:
         constants.append(_c("INIT_SCHEME", "megatron", "[init.checkpoint] overwrites every weight"))
     else:
@@ -427,15 +441,21 @@ def _output_section(spec: Spec, target: Target) -> Section:
             else Constant(name="OUTPUT_DIR", value=output, why="default: out/<run.name>", from_spec_text=True)
         )
     ]
+    stem = PurePosixPath(target.spec_path).stem
+    constants += [
+        _c("SPEC_FILE", target.spec_path, "relative to this script"),
+        _c("SPEC_SHA256", target.spec_sha256, "recorded in the metrics and in every checkpoint"),
+        _c("METRICS_FILE", f"{stem}.metrics.jsonl", "in OUTPUT_DIR, named after the spec: specs sharing the folder keep their own"),
+        _c("LAST_EXIT_FILE", f"{stem}.last_exit.json", "in OUTPUT_DIR: how the latest launch ended (code, reason, step)"),
+    ]
     c = spec.checkpoint
     if c.dir is not None:
         constants += [
-            _c("SPEC_FILE", target.spec_path, "relative to this script; copied into every checkpoint"),
-            _c("SPEC_SHA256", target.spec_sha256, "recorded in every checkpoint"),
             _c("CHECKPOINT_DIR", c.dir, text=True),
             _c("SAVE_INTERVAL", c.save_interval),
             _c("RESUME", c.resume),
             _c("KEEP_LAST", c.keep_last),
+            _c("OVERWRITE_CHECKPOINTS", c.overwrite),
         ]
     return Section(title="Outputs (paths relative to the spec's folder)", constants=tuple(constants))
 
@@ -556,6 +576,7 @@ def lower(spec: Spec, target: Target) -> Plan:
         run_name=spec.run.name,
         description=spec.run.description,
         launch_command=launch_command(spec, target.output_name),
+        bridgec_launch_command=bridgec_launch_command(spec, target.output_name),
         summary=_summary(spec),
         device=spec.launch.device,
         sections=tuple(sections),

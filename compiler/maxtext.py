@@ -45,6 +45,8 @@ class ImportResult:
     notes: tuple[str, ...]
     """What needs the user's attention (also in the spec's comments), for the command to print."""
     errors: tuple[ImportProblem, ...]
+    ledger: str | None = None
+    """With ``ledger_file``: the MaxText keys without a counterpart and what was done about each, for that file."""
 
 
 class _Loader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # libyaml when built with it
@@ -112,6 +114,7 @@ def import_maxtext(
     model_name: str | None = None,
     schedule_variant: str | None = None,
     command: str | None = None,
+    ledger_file: str | None = None,
 ) -> ImportResult:
     """Merge and map a MaxText config; see the module docstring for the rules.
 
@@ -120,6 +123,9 @@ def import_maxtext(
     ``schedule_variant`` picks MaxText's learning-rate formula (2026-02, 2026-01,
     2025); default 2026-02, or 2025 when the base still has
     cosine_learning_rate_final_fraction. ``command`` is echoed in the header.
+    ``ledger_file``: the keys without a counterpart go to ``ImportResult.ledger``
+    (for that file, which the spec names) instead of a comment block closing the
+    spec, so the spec stays short.
     """
     errors: list[ImportProblem] = []
     base = _parse_yaml(base_text, base_name, errors)
@@ -176,7 +182,12 @@ def import_maxtext(
     if mapper.errors:
         return ImportResult(toml=None, notes=tuple(mapper.notes), errors=tuple(mapper.errors))
     header = _header(base_name, model_name, overrides, command)
-    return ImportResult(toml=render(mapper, header), notes=tuple(mapper.notes), errors=())
+    if ledger_file is None:
+        return ImportResult(toml=render(mapper, header), notes=tuple(mapper.notes), errors=())
+    pointer = [f"# The MaxText keys with no counterpart in this spec, and what was done about each: {ledger_file}"]
+    ledger = "\n".join(line[2:] if line.startswith("# ") else line.lstrip("#") for line in _closing_block(mapper))
+    return ImportResult(toml=render(mapper, header, closing=pointer), notes=tuple(mapper.notes), errors=(),
+                        ledger=ledger + "\n")
 
 
 def _header(base_name: str, model_name: str | None, overrides: Sequence[str], command: str | None) -> list[str]:
@@ -185,11 +196,12 @@ def _header(base_name: str, model_name: str | None, overrides: Sequence[str], co
     if command:
         lines.append(f"#   {command}")
     lines.append(f"# MaxText merge order: {chain}" + (f" ({', '.join(overrides)})" if overrides else ""))
-    lines.append("# Each mapped value names its MaxText key; every other key is listed at the end with what was done.")
+    lines.append("# Each mapped value names its MaxText key; every other key is listed with what was done about it.")
     return lines
 
 
-def render(mapper: ConfigMapper, header: list[str]) -> str:
+def render(mapper: ConfigMapper, header: list[str], closing: list[str] | None = None) -> str:
+    """The spec: header, notes, the tables, then ``closing`` (default: the comment block of unmapped keys)."""
     lines = list(header)
     if mapper.notes:
         lines += ["#", "# NEEDS YOUR ACTION:", *_bullets(mapper.notes)]
@@ -198,7 +210,7 @@ def render(mapper: ConfigMapper, header: list[str]) -> str:
         for key, value, comment in entries:
             text = f"{key} = {_toml(value)}"
             lines.append(f"{text}  # {comment}" if comment else text)
-    lines += ["", *_closing_block(mapper)]
+    lines += ["", *(_closing_block(mapper) if closing is None else closing)]
     return "\n".join(lines) + "\n"
 
 def _closing_block(mapper: ConfigMapper) -> list[str]:

@@ -100,6 +100,8 @@ class Plan:
     run_name: str
     description: str
     launch_command: str
+    bridgec_launch_command: str
+    """The same launch through ``bridgec launch``, which exits with the workers' own code."""
     summary: tuple[str, ...]
     """Sentences for the script's docstring: what runs."""
     device: str

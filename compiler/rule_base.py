@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Protocol
+from typing import NoReturn, Protocol
 
 import attrs
 
@@ -43,6 +43,10 @@ class SpecContext:
     spec_dir: Path
     """The spec's folder: relative paths in the spec are relative to it."""
     files: FileView
+    require_data: bool = True
+    """Whether the files a run reads but a repository does not commit (the datasets' .bin/.idx, the
+    [init.checkpoint] folder) must exist. ``bridgec check`` regenerates without them: CI and pre-commit
+    machines hold the spec, the dataset's small tokenizer file and the hooks file, not the data."""
 
     def resolve(self, path: str) -> Path:
         """A path written in the spec, made usable (absolute paths stay as they are)."""
@@ -61,6 +65,45 @@ class Finding:
 
 
 Rule = Callable[[Spec, SpecContext], Iterable[Finding]]
+
+
+# -- a spec with fields that did not load ---------------------------------------------------
+
+
+class NotLoaded(Exception):
+    """A rule used a field that did not load (its own diagnostic says why); the rule is skipped."""
+
+
+class _NotLoadedValue:
+    """Stands in a partly loaded spec for a field whose value was wrong or missing.
+
+    Every use of it in a rule (arithmetic, comparison, truth, formatting,
+    iteration, attribute access) raises NotLoaded, so a cross-field rule runs
+    exactly when every value it reads loaded. ``is None`` stays false: the key
+    was written (or is required).
+    """
+
+    __slots__ = ()
+
+    def _refuse(self, *args: object, **kwargs: object) -> NoReturn:
+        raise NotLoaded
+
+    __eq__ = __ne__ = __lt__ = __le__ = __gt__ = __ge__ = _refuse  # type: ignore[assignment]
+    __add__ = __radd__ = __sub__ = __rsub__ = __mul__ = __rmul__ = __truediv__ = __rtruediv__ = _refuse
+    __floordiv__ = __rfloordiv__ = __mod__ = __rmod__ = __pow__ = __rpow__ = __neg__ = __abs__ = _refuse
+    __bool__ = __int__ = __float__ = __index__ = __len__ = __iter__ = __contains__ = _refuse  # type: ignore[assignment]
+    __getitem__ = __str__ = __repr__ = __format__ = __fspath__ = __reversed__ = _refuse  # type: ignore[assignment]
+    __round__ = __trunc__ = __floor__ = __ceil__ = __divmod__ = __rdivmod__ = __complex__ = _refuse
+
+    def __getattr__(self, name: str) -> NoReturn:
+        raise NotLoaded
+
+    def __hash__(self) -> int:
+        return 0
+
+
+NOT_LOADED: object = _NotLoadedValue()
+"""The value of every field that did not load, in the partly loaded spec rules run on after load errors."""
 
 
 # -- derived sizes (validate needs them to check; lower derives them for the script) --------

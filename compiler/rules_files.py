@@ -68,7 +68,7 @@ def rule_data_sources_match_kind(spec: Spec, ctx: SpecContext) -> Iterator[Findi
 
 
 def rule_data_files_exist(spec: Spec, ctx: SpecContext) -> Iterator[Finding]:
-    if spec.data.kind != "indexed":
+    if spec.data.kind != "indexed" or not ctx.require_data:
         return
     for i, source in enumerate(spec.data.sources):
         missing = [source.prefix + ext for ext in (".bin", ".idx")
@@ -190,7 +190,7 @@ def rule_tokenizer_sidecar(spec: Spec, ctx: SpecContext) -> Iterator[Finding]:
     if data.kind != "indexed" or not data.sources:
         return
     prefix = data.sources[0].prefix
-    if not all(ctx.files.exists(ctx.resolve(prefix + ext)) for ext in (".bin", ".idx")):
+    if ctx.require_data and not all(ctx.files.exists(ctx.resolve(prefix + ext)) for ext in (".bin", ".idx")):
         return  # rule_data_files_exist reports it; a missing dataset has no tokenizer file either
     name, about = prefix + ".json", (("data", "sources", 0, "prefix"),)
     if not ctx.files.exists(ctx.resolve(name)):
@@ -220,6 +220,12 @@ def rule_tokenizer_sidecar(spec: Spec, ctx: SpecContext) -> Iterator[Finding]:
                       hint=f"remove eod_token to use {sidecar.eod}")
 
 
+def read_sidecar(ctx: SpecContext, prefix: str) -> TokenizerSidecar | str | None:
+    """The tokenizer file of the indexed dataset at ``prefix`` (PREFIX.json): parsed, what is wrong with it, or None."""
+    name = prefix + ".json"
+    return _read_sidecar(ctx, name) if ctx.files.exists(ctx.resolve(name)) else None
+
+
 def _read_sidecar(ctx: SpecContext, name: str) -> TokenizerSidecar | str:
     try:
         return parse_tokenizer_sidecar(ctx.files.read_text(ctx.resolve(name)))
@@ -238,13 +244,23 @@ def rule_checkpoint_needs_dir(spec: Spec, ctx: SpecContext) -> Iterator[Finding]
         return
     used: dict[KeyPath, object] = {("checkpoint", "save_interval"): c.save_interval,
                                    ("checkpoint", "resume"): c.resume or None,
-                                   ("checkpoint", "keep_last"): c.keep_last}
+                                   ("checkpoint", "keep_last"): c.keep_last,
+                                   ("checkpoint", "overwrite"): c.overwrite or None}
     for path, value in used.items():
         if value is not None:
             yield Finding(about=(path,),
                           message=f"{format_path(path)} = {render_value(value)} needs checkpoint.dir (the folder "
                                   f"checkpoints are saved in and resumed from)",
                           hint='add dir = "checkpoints" under [checkpoint]')
+
+
+def rule_overwrite_needs_a_fresh_start(spec: Spec, ctx: SpecContext) -> Iterator[Finding]:
+    c = spec.checkpoint
+    if c.dir is not None and c.overwrite and c.resume:
+        yield Finding(about=(("checkpoint", "overwrite"), ("checkpoint", "resume")),
+                      message="$.checkpoint.overwrite = true deletes the checkpoints a fresh start finds, but "
+                              "checkpoint.resume = true continues from them, so it would never act",
+                      hint="remove overwrite (to continue), or set resume = false (to start over)")
 
 
 def rule_checkpoints_need_adam(spec: Spec, ctx: SpecContext) -> Iterator[Finding]:
@@ -278,7 +294,7 @@ def rule_stopping_saves_a_checkpoint(spec: Spec, ctx: SpecContext) -> Iterator[F
 
 def rule_init_checkpoint_exists(spec: Spec, ctx: SpecContext) -> Iterator[Finding]:
     checkpoint = spec.init.checkpoint
-    if checkpoint is None or ctx.files.exists(ctx.resolve(checkpoint.path)):
+    if checkpoint is None or not ctx.require_data or ctx.files.exists(ctx.resolve(checkpoint.path)):
         return
     relative = "" if os.path.isabs(checkpoint.path) else " (paths are relative to the spec's folder)"
     yield Finding(about=(("init", "checkpoint", "path"),),
@@ -436,6 +452,7 @@ FILE_RULES: tuple[Rule, ...] = (
     rule_eod_token_in_vocab,
     rule_tokenizer_sidecar,
     rule_checkpoint_needs_dir,
+    rule_overwrite_needs_a_fresh_start,
     rule_checkpoints_need_adam,
     rule_stopping_saves_a_checkpoint,
     rule_init_checkpoint_exists,

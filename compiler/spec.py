@@ -54,7 +54,7 @@ class Run:
     description: str = ""
     """Free text copied into the generated script's docstring."""
     output_dir: str | None = None
-    """Where metrics are written, relative to the spec's folder. Default: out/<name>."""
+    """Where metrics are written, relative to the spec's folder, in files named after the spec (<spec>.metrics.jsonl), so specs that share a name or this folder keep their own. Default: out/<name>."""
 
 
 @attrs.frozen(kw_only=True)
@@ -146,7 +146,7 @@ class Parallel:
     expert: int = 1
     """Expert-parallel size (EP), carved out of data x context. Needs an MoE model."""
     sequence_parallel: bool = False
-    """Split norms and dropout along the sequence inside tensor-parallel regions. Needs tensor > 1."""
+    """Split norms and dropout along the sequence inside tensor-parallel regions. Needs tensor > 1 and model.transformer_impl = "transformer_engine" (megatron-core's local layers do not implement it), so cuda."""
     distributed_optimizer: bool = False
     """Shard optimizer state over data-parallel ranks (ZeRO-1)."""
     mesh: dict[str, int] | None = None
@@ -359,6 +359,8 @@ class Checkpoint:
     """Continue from the latest complete checkpoint in dir, or start fresh when there is none."""
     keep_last: int | None = None
     """Keep only this many of the most recently saved checkpoints (in save order, not step order); unset: keep all."""
+    overwrite: bool = False
+    """resume = false over a dir that already holds checkpoints: true deletes them and starts fresh; false (the default) refuses to start (exit 10), so no run replaces another's checkpoints unasked."""
 
 
 @attrs.frozen(kw_only=True)
@@ -370,7 +372,7 @@ class Hooks:
     forward_step: str | None = None
     """Name of a function (state, data_iterator, model, return_schedule_plan=False) -> (output, loss_func)."""
     loss: str | None = None
-    """Name of a function (loss_mask, output_tensor) -> (loss_sum, num_tokens, metadata) for reduction = "per_token", or (loss_mean, metadata) for "per_microbatch"; metadata = {"lm loss": torch.stack([numerator, denominator])} (see runtime/loss.py). Checked at every call."""
+    """Name of a function (loss_mask, output_tensor) -> (loss_sum, num_tokens, metadata) for reduction = "per_token", or (loss_mean, metadata) for "per_microbatch"; metadata = {"lm loss": torch.stack([numerator, denominator])} (see runtime/loss.py); every other entry (a [numerator, denominator] tensor, or a number: its mean) is reduced over microbatches and data-parallel ranks the same way, printed and written to the metrics file. Checked at every call."""
 
 
 @attrs.frozen(kw_only=True)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from bridgec.compiler.errors import Diagnostic, format_path, sort_key
 from bridgec.compiler.locate import LineIndex
-from bridgec.compiler.rule_base import FileView, Finding, Rule, SpecContext
+from bridgec.compiler.rule_base import FileView, Finding, NotLoaded, Rule, SpecContext
 from bridgec.compiler.rules_files import FILE_RULES, TokenizerSidecar, parse_tokenizer_sidecar
 from bridgec.compiler.rules_layout import LAYOUT_RULES
 from bridgec.compiler.rules_training import TRAINING_RULES
@@ -31,9 +31,21 @@ RULES: tuple[Rule, ...] = (*LAYOUT_RULES, *TRAINING_RULES, *FILE_RULES, *INTEROP
 
 
 def validate(spec: Spec, index: LineIndex, context: SpecContext) -> tuple[Diagnostic, ...]:
-    """Run every rule; every finding of every rule, sorted by line then path."""
-    diagnostics = [_locate(finding, index, context.file) for rule in RULES for finding in rule(spec, context)]
+    """Run every rule; every finding of every rule, sorted by line then path.
+
+    ``spec`` may be partly loaded (load errors elsewhere): a rule that reads a
+    field which did not load is skipped (:class:`NotLoaded`), the others run, so
+    one pass reports every problem of the fields that did load.
+    """
+    diagnostics = [_locate(finding, index, context.file) for rule in RULES for finding in _run(rule, spec, context)]
     return tuple(sorted(diagnostics, key=sort_key))
+
+
+def _run(rule: Rule, spec: Spec, context: SpecContext) -> list[Finding]:
+    try:
+        return list(rule(spec, context))
+    except NotLoaded:
+        return []
 
 
 def _locate(finding: Finding, index: LineIndex, filename: str) -> Diagnostic:

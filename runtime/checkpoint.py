@@ -197,8 +197,9 @@ class DistCheckpointer:
         name = files.checkpoint_name(progress.step)
         partial = self.directory / (name + files.PARTIAL_SUFFIX)
         has_state = self._optimizer_has_state()
+        previous = _previous(self.directory)
         try:
-            _on_rank0(lambda: _prepare_folder(self.directory, partial), f"cannot create {partial}")
+            _on_rank0(lambda: _prepare_folder(self.directory, partial), f"cannot create {partial}", previous)
             state = self._sharded_state(loading=False, with_optimizer=has_state, with_rng=True)
             state["progress"] = {
                 "step": progress.step,
@@ -212,6 +213,7 @@ class DistCheckpointer:
             _on_rank0(
                 lambda: self._publish(progress, partial, self.directory / name, has_state=has_state),
                 f"publishing {partial} failed",
+                previous,
             )
         except RunError:
             raise
@@ -221,7 +223,7 @@ class DistCheckpointer:
             raise RunError(
                 ExitCode.CHECKPOINT_ERROR,
                 f"saving step {progress.step} to {partial} failed ({type(error).__name__}: {str(error).strip()[:500]}); "
-                "the previous checkpoint is intact",
+                f"{previous}",
             ) from None
         _say(f"checkpoint: saved step {progress.step} to {self.directory / name} in {time.perf_counter() - began:.2f} s")
 
@@ -367,7 +369,7 @@ class DistCheckpointer:
         manifest = files.read_manifest(path)
         problems = files.file_problems(path, manifest)
         if problems:
-            raise RunError(ExitCode.CHECKPOINT_ERROR, _cannot_load(path, problems))
+            raise RunError(ExitCode.CHECKPOINT_ERROR, _cannot_load(path, problems), every_rank=True)
         problems = self._manifest_problems(manifest)
         same_layout = manifest.layout == layout_record(self.layout)
         with_optimizer = manifest.optimizer["has_state"]
@@ -376,7 +378,7 @@ class DistCheckpointer:
             problems = _tensor_problems(state, files.read_tensor_metadata(path))
         problems = _gather(problems)
         if problems:
-            raise RunError(ExitCode.CHECKPOINT_ERROR, _cannot_load(path, problems))
+            raise RunError(ExitCode.CHECKPOINT_ERROR, _cannot_load(path, problems), every_rank=True)
         try:
             loaded = self._load(path, state, with_optimizer=with_optimizer)
         except Exception as error:  # noqa: BLE001 - whatever broke, this run must not continue half-loaded
@@ -488,7 +490,15 @@ def _prepare_folder(directory: Path, partial: Path) -> None:
     partial.mkdir()
 
 
-def _on_rank0(action: Callable[[], None], what: str) -> None:
+def _previous(directory: Path) -> str:
+    """What a failed save leaves: the checkpoint a resume would still load, named, or that there is none."""
+    complete = files.complete_checkpoints(directory)
+    if not complete:
+        return "there is no earlier checkpoint in this folder"
+    return f"the previous checkpoint ({complete[-1][1].name}) is intact"
+
+
+def _on_rank0(action: Callable[[], None], what: str, previous: str) -> None:
     """Run ``action`` on rank 0 only; every rank learns whether it worked (so none waits forever in a barrier).
 
     A failure raises RunError(CHECKPOINT_ERROR) on every rank: on rank 0 with
@@ -503,10 +513,8 @@ def _on_rank0(action: Callable[[], None], what: str) -> None:
     flag = torch.tensor([1 if failure else 0], dtype=torch.int64, device=collective_device())
     dist.all_reduce(flag, op=dist.ReduceOp.MAX)
     if flag.item():
-        raise RunError(
-            ExitCode.CHECKPOINT_ERROR,
-            (failure or f"{what} on rank 0") + "; the previous checkpoint is intact",
-        )
+        # Rank 0's message names the cause; the others only know that rank 0 failed.
+        raise RunError(ExitCode.CHECKPOINT_ERROR, (failure or f"{what} on rank 0") + f"; {previous}", every_rank=True)
 
 
 def _model_key(index: int, count: int) -> str:

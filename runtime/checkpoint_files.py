@@ -388,11 +388,21 @@ def _wrap(words: list[str], *, indent: int, width: int) -> str:
     return ("\n" + " " * indent).join(lines)
 
 
-def format_report(report: InspectReport) -> str:
-    """The text ``bridgec checkpoint inspect`` prints."""
+def _model_fields(model: dict[str, Any]) -> list[str]:
+    """The architecture's fields that say something: unset ones left out, and the MoE ones of a dense model."""
+    dense = model.get("num_moe_experts") is None
+    return [
+        f"{key}={value}"
+        for key, value in sorted(model.items())
+        if value is not None and not (dense and key.startswith("moe_"))
+    ]
+
+
+def format_report(report: InspectReport, *, tensors: bool = False) -> str:
+    """The text ``bridgec checkpoint inspect`` prints; ``tensors`` lists every tensor (else their count and size)."""
     manifest = report.manifest
     optimizer = manifest.optimizer
-    model = _wrap([f"{key}={value}" for key, value in sorted(manifest.model.items())], indent=13, width=100)
+    model = _wrap(_model_fields(manifest.model), indent=13, width=100)
     lines = [
         f"checkpoint   {report.path}",
         f"status       {'DAMAGED' if report.problems else 'complete'}",
@@ -409,7 +419,9 @@ def format_report(report: InspectReport) -> str:
     lines += [f"  problem: {problem}" for problem in report.problems]
     if report.tensors:
         total = sum(entry.nbytes for entry in report.tensors)
-        lines.append(f"tensors      {len(report.tensors)} ({_size(total)}), plus {report.objects} other entries")
+        listed = "" if tensors else "; --tensors lists them"
+        lines.append(f"tensors      {len(report.tensors)} ({_size(total)}), plus {report.objects} other entries{listed}")
+    if report.tensors and tensors:
         width = max(len(entry.key) for entry in report.tensors)
         for entry in report.tensors:
             shape = "x".join(str(size) for size in entry.shape) or "scalar"

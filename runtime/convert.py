@@ -35,17 +35,15 @@ import os
 import re
 import shlex
 import sys
-import warnings
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import attrs
 
-warnings.filterwarnings("ignore", message=r".*(Transformer Engine|Apex).* not installed")
-warnings.filterwarnings("ignore", message="full scope is deprecated")
-# torch's and megatron-core's checkpoint code warn about their own deprecations on every load.
-warnings.filterwarnings("ignore", category=FutureWarning)
+from bridgec.runtime.quiet import silence_third_party_noise  # noqa: E402
+
+silence_third_party_noise("cpu")  # a conversion needs neither Transformer Engine nor Apex
 
 import torch.distributed as dist  # noqa: E402
 from megatron.core import parallel_state  # noqa: E402
@@ -67,7 +65,14 @@ from bridgec.runtime.maxtext_import import (  # noqa: E402
 )
 from bridgec.runtime.model import build_model, unwrap  # noqa: E402
 from bridgec.runtime.optax_optim import build_optax_optimizer  # noqa: E402
-from bridgec.runtime.optim import OptimizerSettings, ScheduleSettings, build_optimizer, build_scheduler  # noqa: E402
+from bridgec.runtime.optim import (  # noqa: E402
+    Adam,
+    OptimizerSettings,
+    ScheduleSettings,
+    Sgd,
+    build_optimizer,
+    build_scheduler,
+)
 from bridgec.runtime.parallel import Layout, check_launch, initialize  # noqa: E402
 from bridgec.runtime.schedules import CountScheduler  # noqa: E402
 
@@ -209,18 +214,18 @@ def build_training(script: CompiledScript, layout: Layout) -> Training:
             distributed_optimizer=distributed,
         )
     else:
-        adam = v("OPTIMIZER") == "adam"
+        rule = (
+            Adam(beta1=v("ADAM_BETA1"), beta2=v("ADAM_BETA2"), eps=v("ADAM_EPS"))
+            if v("OPTIMIZER") == "adam"
+            else Sgd(momentum=v("SGD_MOMENTUM"))
+        )
         optimizer = build_optimizer(
             model,
             OptimizerSettings(
-                name=v("OPTIMIZER"),
+                rule=rule,
                 lr=v("LR"),
                 min_lr=v("MIN_LR"),
                 weight_decay=v("WEIGHT_DECAY"),
-                adam_beta1=v("ADAM_BETA1") if adam else 0.9,
-                adam_beta2=v("ADAM_BETA2") if adam else 0.999,
-                adam_eps=v("ADAM_EPS") if adam else 1e-8,
-                sgd_momentum=0.0 if adam else v("SGD_MOMENTUM"),
                 clip_grad=v("CLIP_GRAD"),
                 dtype=dtype,
                 distributed_optimizer=distributed,

@@ -79,7 +79,8 @@ def check_sources(prefixes: Sequence[str], split: Sequence[float]) -> None:
             continue
         problems += _empty_splits(prefix, index.sequence_lengths, split)
     if problems:
-        raise RunError(ExitCode.DATA_ERROR, "bad data:\n  " + "\n  ".join(problems))
+        # Every rank builds the same datasets from the same files: each finds the same problems.
+        raise RunError(ExitCode.DATA_ERROR, "bad data:\n  " + "\n  ".join(problems), every_rank=True)
 
 
 def _empty_splits(prefix: str, lengths: np.ndarray, split: Sequence[float]) -> list[str]:
@@ -163,7 +164,9 @@ def build_splits(
         dataset_class, list(num_samples), lambda: True, config
     ).build()
     if train is None:
-        raise RunError(ExitCode.DATA_ERROR, "the training split is empty: give it a share in [data] split")
+        raise RunError(
+            ExitCode.DATA_ERROR, "the training split is empty: give it a share in [data] split", every_rank=True
+        )
     return Splits(train=train, valid=valid, test=test)
 
 

@@ -6,11 +6,16 @@ import os
 import signal
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import NoReturn
 
 import torch.distributed as dist
 
-from bridgec.runtime.errors import ExitCode, RunError
+from bridgec.runtime.errors import ExitCode, RunEnd, RunError
+from bridgec.runtime.outputs import write_last_exit
+
+CRASHED = 1
+"""Python's own exit status for an uncaught exception (its traceback says what happened)."""
 
 PEER_FAILURE_MARKERS = (
     "gloo/transport",
@@ -38,37 +43,65 @@ def peer_failure(error: BaseException) -> bool:
     return isinstance(error, RuntimeError) and any(marker in str(error) for marker in PEER_FAILURE_MARKERS)
 
 
-def run(main: Callable[[], ExitCode]) -> NoReturn:
+def peer_failure_message(error: BaseException) -> str:
+    """What to say about a collective that lost a peer (see :func:`peer_failure`)."""
+    text = str(error).strip()
+    first_line = text.splitlines()[0] if text else type(error).__name__
+    return (
+        f"a collective failed ({first_line}); another rank probably died or the [launch] timeout_minutes expired"
+    )
+
+
+def run(main: Callable[[], ExitCode | RunEnd], *, last_exit: Path | None = None) -> NoReturn:
     """Call ``main`` and exit with its code; a RunError prints its message (no traceback) and exits with its code.
 
+    A RunError every rank raised alike (``every_rank``) is printed once, by rank 0.
     A failed collective (a peer died, or the distributed timeout expired) exits
-    with PEER_FAILED and says so, instead of a wall of stack frames. The
-    process ends when its launcher does (:func:`exit_with_launcher`).
+    with PEER_FAILED and says so, instead of a wall of stack frames. With
+    ``last_exit``, rank 0 records how the launch ended there (code, reason,
+    step; ``{"code": null}`` while it runs, so a launch that was killed is not
+    mistaken for the previous one). The process ends when its launcher does
+    (:func:`exit_with_launcher`).
     """
     exit_with_launcher()
+    report = last_exit if last_exit is not None and _rank() == "0" else None
+    if report is not None:
+        write_last_exit(report, None)
     try:
-        code = main()
+        ended = main()
+        end = ended if isinstance(ended, RunEnd) else RunEnd(code=ended, reason=ended.name.lower(), step=None)
     except RunError as error:
         _ignore_stop_signals()
-        print(f"bridgec [rank {_rank()}]: {error.message}", file=sys.stderr, flush=True)
-        code = error.code
+        if not error.every_rank:
+            print(f"bridgec [rank {_rank()}]: {error.message}", file=sys.stderr, flush=True)
+        elif _rank() == "0":
+            print(f"bridgec: {error.message}", file=sys.stderr, flush=True)
+        end = RunEnd(code=error.code, reason=error.message, step=error.step)
     except RuntimeError as error:
         if not peer_failure(error):
+            _record_crash(report, error)
             raise
         _ignore_stop_signals()
-        text = str(error).strip()
-        first_line = text.splitlines()[0] if text else type(error).__name__
-        print(
-            f"bridgec [rank {_rank()}]: a collective failed ({first_line}); another rank probably died "
-            "or the [launch] timeout_minutes expired",
-            file=sys.stderr,
-            flush=True,
-        )
-        code = ExitCode.PEER_FAILED
+        message = peer_failure_message(error)
+        print(f"bridgec [rank {_rank()}]: {message}", file=sys.stderr, flush=True)
+        end = RunEnd(code=ExitCode.PEER_FAILED, reason=message, step=None)
+    except BaseException as error:
+        _record_crash(report, error)
+        raise
     finally:
         _ignore_stop_signals()
         _shutdown()
-    sys.exit(int(code))
+    if report is not None:
+        write_last_exit(report, end)
+    sys.exit(int(end.code))
+
+
+def _record_crash(report: Path | None, error: BaseException) -> None:
+    """An error bridgec has no message for (a bug): Python prints its traceback; the record says exit 1."""
+    if report is not None:
+        text = str(error).strip().splitlines()
+        reason = f"crashed: {type(error).__name__}" + (f": {text[0]}" if text else "") + " (traceback on stderr)"
+        write_last_exit(report, RunEnd(code=CRASHED, reason=reason, step=None))
 
 
 PR_SET_PDEATHSIG = 1

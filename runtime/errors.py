@@ -6,13 +6,16 @@ and the script's entry point prints the message on stderr (every rank, prefixed
 with the rank) and exits with the code. The codes are documented in the README.
 
 Under torchrun these are the *workers'* exit codes: torchrun itself exits 1 when
-any worker fails and names each worker's code in its failure report
-(``exitcode  : 75``); a job script that requeues on STOPPED_TO_RESUME reads it there.
+any worker fails. ``bridgec launch`` runs torchrun and exits with the workers'
+code; the script also records how each launch ended in ``OUTPUT_DIR/<spec>.last_exit.json``
+(:class:`RunEnd`, written by ``entry.run``).
 """
 
 from __future__ import annotations
 
 import enum
+
+import attrs
 
 
 class ExitCode(enum.IntEnum):
@@ -29,7 +32,9 @@ class ExitCode(enum.IntEnum):
     PEER_FAILED = 8
     """Another rank died or a collective timed out."""
     HOOKS_ERROR = 9
-    """The hooks file named in the spec is missing, fails to import, or lost the hook function."""
+    """The hooks file named in the spec is missing, fails to import, or lost the hook function, or a hook raised."""
+    WOULD_OVERWRITE = 10
+    """Starting would replace another run's files: checkpoints with resume = false, or another spec's metrics."""
     STOPPED_TO_RESUME = 75
     """Stopped early on purpose (SIGTERM/SIGINT, exit_interval, exit_duration_minutes) after a checkpoint; launch again to resume."""
 
@@ -37,7 +42,29 @@ class ExitCode(enum.IntEnum):
 class RunError(Exception):
     """A problem the user can act on; the message says what and how."""
 
-    def __init__(self, code: ExitCode, message: str) -> None:
+    def __init__(self, code: ExitCode, message: str, *, every_rank: bool = False, step: int | None = None) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
+        self.every_rank = every_rank
+        """Every rank raises this same error (a decision they agreed on): it is printed once, by rank 0."""
+        self.step = step
+        """The last step training completed before the error; None when it happened before training."""
+
+    def at_step(self, step: int) -> RunError:
+        """This error with the step it happened after (unless it names one already)."""
+        if self.step is not None:
+            return self
+        return RunError(self.code, self.message, every_rank=self.every_rank, step=step)
+
+
+@attrs.frozen(kw_only=True)
+class RunEnd:
+    """How a launch ended: what ``last_exit.json`` records and the script exits with."""
+
+    code: int
+    """An :class:`ExitCode`, or 1 for a crash (an uncaught exception)."""
+    reason: str
+    """In words: "all 40 steps ran", the stop's reason, or the error's message."""
+    step: int | None
+    """The last step training completed; None when the launch ended before training began."""

@@ -16,11 +16,14 @@ from megatron.core.optimizer.optimizer import ChainedOptimizer
 from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 
 from bridgec.runtime.data import MicrobatchIterator, Splits
-from bridgec.runtime.errors import ExitCode, RunError
+from bridgec.runtime.entry import peer_failure, peer_failure_message
+from bridgec.runtime.errors import ExitCode, RunEnd, RunError
 from bridgec.runtime.metrics import MetricsLog
+from bridgec.runtime.outputs import launch_record
 from bridgec.runtime.parallel import Layout
+from bridgec.runtime.report import describe_data, end_summary, start_banner
 from bridgec.runtime.stop import StopCode, StopSignals, describe
-from bridgec.runtime.step import evaluate, train_step
+from bridgec.runtime.step import MetadataKeys, evaluate, train_step
 
 
 @attrs.frozen(kw_only=True)
@@ -55,6 +58,12 @@ class LoopSettings:
     exit_duration_minutes: float | None
     save_interval: int | None
     metrics_path: Path
+    spec_path: Path
+    """The spec the script was compiled from: the metrics file's first record names it (runtime.outputs)."""
+    spec_sha256: str
+    run_name: str
+    parameters: int
+    """The model's parameter count (the compiler's), for the start banner."""
 
 
 @attrs.frozen(kw_only=True)
@@ -75,6 +84,8 @@ class Progress:
 
 class Checkpointer(Protocol):
     """Saves and restores the whole training state (see bridgec.runtime.checkpoint)."""
+
+    directory: Path
 
     def load_latest(self) -> Progress | None:
         """Restore the newest complete checkpoint and return its progress, or None if there is none."""
@@ -110,8 +121,11 @@ def train(
     checkpointer: Checkpointer | None = None,
     resume: bool = False,
     initial: Progress | None = None,
-) -> ExitCode:
-    """Run steps until ``settings.iters``, an early stop, or a non-finite stop; return the exit code.
+) -> RunEnd:
+    """Run steps until ``settings.iters``, an early stop, or a non-finite stop; return how the launch ended.
+
+    A RunError raised once training began (a non-finite stop, a failed save, a
+    lost peer) carries the last step completed.
 
     With a checkpointer: saves every ``save_interval`` steps, at an early stop and
     at the end (never the step it resumed from again); ``resume`` restores the
@@ -130,9 +144,19 @@ def train(
     resumed = start is not fresh  # restored from a checkpoint of this run (not merely started at an imported step)
     if start.step > 0 and layout.holds_loss:
         truncate_metrics(settings.metrics_path, after_step=start.step)
-    log.open(resume=start.step > 0)
+    elif layout.holds_loss and settings.metrics_path.is_file():
+        # claim_outputs made sure the file is this spec's: an earlier launch that started from scratch too.
+        log.message(f"metrics: replacing {settings.metrics_path}, written by an earlier launch of this spec")
+    log.open(
+        resume=start.step > 0,
+        record=launch_record(spec=settings.spec_path, metrics=settings.metrics_path,
+                             spec_sha256=settings.spec_sha256, step=start.step),
+    )
     log.skipped_total = start.skipped_steps
     step, consumed, valid_consumed = start.step, start.consumed_samples, start.consumed_valid_samples
+    if log.enabled:
+        log.message(_banner(settings, layout, splits, checkpointer, first_step=step))
+    started = time.monotonic()
     if step >= settings.iters:
         # Nothing left to train (a finished run launched again, or iters lowered): evaluate what was loaded, if the
         # spec evaluates, on the samples of the last evaluation (so the result compares with the one logged then,
@@ -140,18 +164,21 @@ def train(
         done = (f"all {settings.iters} steps were already done" if step == settings.iters else
                 f"the checkpoint is at step {step}, past train.iters = {settings.iters}")
         if settings.eval_interval is None:
-            log.message(f"{done}; nothing to train, and nothing to evaluate ([train] eval_interval is unset)")
+            done += "; nothing to train, and nothing to evaluate ([train] eval_interval is unset)"
+            log.message(done)
         else:
-            log.message(f"{done}; nothing to train, evaluating what was loaded")
+            done += "; nothing to train, evaluating what was loaded"
+            log.message(done)
             last_window = max(0, valid_consumed - settings.eval_iters * settings.global_batch_size)
             _evaluate(forward_step, model, splits, layout, settings, log, step=step, consumed=consumed,
                       valid_consumed=last_window)
+        log.message(_summary(log, start.step, step, started))
         log.close()
-        return ExitCode.OK
+        return RunEnd(code=ExitCode.OK, reason=done, step=step)
     train_iterators = _iterators(splits.train, layout, settings, consumed)
     signals = StopSignals.install()
-    started = time.monotonic()
     tokens_per_step = settings.global_batch_size * settings.seq_length
+    metadata_keys = MetadataKeys()
     try:
         while step < settings.iters:
             state = TrainState(step=step, consumed_samples=consumed, layout=layout)
@@ -168,13 +195,17 @@ def train(
                 clip_grad=settings.clip_grad,
                 clip_epsilon=settings.clip_epsilon,
                 stop_vote=functools.partial(_stop_vote, signals, settings, step + 1 - start.step, started),
+                metadata_keys=metadata_keys,
             )
             seconds = time.perf_counter() - began
             if result.nonfinite and settings.on_nonfinite == "stop":
                 good = Progress(step=step, consumed_samples=consumed, skipped_steps=log.skipped_total,
                                 consumed_valid_samples=valid_consumed)
                 log.step(step + 1, result, tokens=tokens_per_step, seconds=seconds)
-                raise RunError(ExitCode.NONFINITE_STOP, _nonfinite_stop(checkpointer, good, result.grad_norm, resumed_here=resumed and good.step == start.step))
+                # The gradient norm is global: every rank stops here with the same message.
+                message = _nonfinite_stop(checkpointer, good, result.grad_norm,
+                                          resumed_here=resumed and good.step == start.step)
+                raise RunError(ExitCode.NONFINITE_STOP, message, every_rank=True)
             step += 1
             consumed += settings.global_batch_size
             log.step(step, result, tokens=tokens_per_step, seconds=seconds)
@@ -192,22 +223,59 @@ def train(
             ):
                 checkpointer.save(progress)
             if stop_reason is not None:
-                log.message(f"stopping after step {step}: {stop_reason}; {_after_stop(checkpointer)}")
-                return ExitCode.STOPPED_TO_RESUME
+                stopped = f"stopping after step {step}: {stop_reason}; {_how_to_continue(checkpointer, resume)}"
+                log.message(stopped)
+                log.message(_summary(log, start.step, step, started))
+                return RunEnd(code=ExitCode.STOPPED_TO_RESUME, reason=stopped, step=step)
         if checkpointer is not None:
             checkpointer.save(Progress(step=step, consumed_samples=consumed, skipped_steps=log.skipped_total,
                                        consumed_valid_samples=valid_consumed))
-        return ExitCode.OK
+        log.message(_summary(log, start.step, step, started))
+        return RunEnd(code=ExitCode.OK, reason=f"all {settings.iters} steps ran", step=step)
+    except RunError as error:
+        raise error.at_step(step) from None
+    except RuntimeError as error:
+        if not peer_failure(error):
+            raise
+        raise RunError(ExitCode.PEER_FAILED, peer_failure_message(error), step=step) from None
     finally:
         signals.restore()
         log.close()
 
 
-def _after_stop(checkpointer: Checkpointer | None) -> str:
+def _banner(
+    settings: LoopSettings, layout: Layout, splits: Splits, checkpointer: Checkpointer | None, *, first_step: int
+) -> str:
+    outputs = [("metrics", settings.metrics_path)]
     if checkpointer is not None:
+        outputs.append(("checkpoints", checkpointer.directory))
+    return start_banner(
+        run_name=settings.run_name,
+        spec=settings.spec_path,
+        parameters=settings.parameters,
+        layout=layout,
+        data=describe_data(splits.train, samples=settings.iters * settings.global_batch_size,
+                           seq_length=settings.seq_length),
+        first_step=first_step,
+        iters=settings.iters,
+        global_batch_size=settings.global_batch_size,
+        outputs=outputs,
+    )
+
+
+def _summary(log: MetricsLog, first_step: int, last_step: int, started: float) -> str:
+    return end_summary(first_step=first_step, last_step=last_step, seconds=time.monotonic() - started,
+                       loss=log.last_loss, valid_loss=log.last_valid_loss)
+
+
+def _how_to_continue(checkpointer: Checkpointer | None, resume: bool) -> str:
+    if checkpointer is None:
+        # Without a checkpoint folder nothing can be resumed: saying "launch again to resume" would be false.
+        return "no [checkpoint] dir, so nothing was saved: launching again starts over from step 0"
+    if resume:
         return "checkpoint saved; launch again to resume"
-    # Without a checkpoint folder nothing can be resumed: saying "launch again to resume" would be false.
-    return "no [checkpoint] dir, so nothing was saved: launching again starts over from step 0"
+    # A fresh start would refuse the folder that now holds this checkpoint (runtime.outputs).
+    return "checkpoint saved; set resume = true under [checkpoint], recompile and launch again to resume"
 
 
 def _restore(checkpointer: Checkpointer | None, log: MetricsLog, fresh: Progress) -> Progress:

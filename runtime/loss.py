@@ -17,7 +17,10 @@ The three patterns megatron-core's schedules accept from a ``loss_func``
 
 Loss functions put ``[sum, count]`` (pattern 2) or ``[mean, 1]`` (pattern 1)
 into the metadata under ``"lm loss"``; the sums are added over microbatches and
-ranks and divided once, in :func:`loss_from_sums`.
+ranks and divided once, in :func:`loss_from_sums`. Every other metadata entry
+(a loss hook's auxiliary loss, say) is reduced the same way (:func:`metadata_pairs`):
+a two-element tensor is a ``[numerator, denominator]`` pair, a number or
+one-element tensor ``v`` counts as ``[v, 1]`` (its mean over microbatches and ranks).
 """
 
 from __future__ import annotations
@@ -105,6 +108,44 @@ def loss_from_sums(total: torch.Tensor) -> float:
     """
     numerator, denominator = total.cpu().tolist()
     return numerator / denominator if denominator > 0 else float("nan")
+
+
+def metadata_pairs(forward_data: Sequence[dict[str, Any]]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """This rank's ``[numerator, denominator]`` of every metadata key but the loss, summed over its microbatches.
+
+    Returns the pairs (float64, in the order the keys first appear) and, for
+    values that are no such pair, the key and what the value is instead.
+    """
+    pairs: dict[str, torch.Tensor] = {}
+    unusable: dict[str, str] = {}
+    for entry in forward_data:
+        for key, value in entry.items():
+            if key == LOSS_KEY or key in unusable:
+                continue
+            pair = _as_pair(value)
+            if pair is None:
+                unusable[key] = _what(value)
+                pairs.pop(key, None)
+            else:
+                pairs[key] = pairs[key] + pair if key in pairs else pair
+    return pairs, unusable
+
+
+def _as_pair(value: object) -> torch.Tensor | None:
+    if isinstance(value, torch.Tensor) and value.numel() == 2:
+        return value.detach().reshape(2).double().cpu()
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        return torch.tensor([value.detach().double().item(), 1.0], dtype=torch.float64)
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return torch.tensor([float(value), 1.0], dtype=torch.float64)
+    return None
+
+
+def _what(value: object) -> str:
+    if isinstance(value, torch.Tensor):
+        return f"a tensor of shape {tuple(value.shape)}"
+    article = "an" if type(value).__name__[0] in "aeiou" else "a"
+    return f"{article} {type(value).__name__}"
 
 
 def holds_loss_shard() -> bool:

@@ -36,16 +36,19 @@ class MetricsLog:
     total_iters: int
     stream: IO[str] = sys.stdout
     skipped_total: int = 0
+    last_loss: float | None = None
+    last_valid_loss: float | None = None
     _file: IO[str] | None = None
     _opened: float = 0.0
 
-    def open(self, *, resume: bool) -> None:
-        """Open the JSON-lines file (appending on resume, fresh otherwise)."""
+    def open(self, *, resume: bool, record: dict[str, Any]) -> None:
+        """Open the JSON-lines file (appending on resume, fresh otherwise) and write this launch's ``record``."""
         if not self.enabled:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._file = self.path.open("a" if resume else "w", encoding="utf-8")
         self._opened = time.monotonic()
+        self._write(record)
 
     def close(self) -> None:
         if self._file is not None:
@@ -64,11 +67,14 @@ class MetricsLog:
         log opened, on this launch) also covers logging, evaluation and checkpoints.
         """
         self.skipped_total += int(result.skipped)
+        self.last_loss = result.loss
         if not self.enabled:
             return
         tokens_per_second = tokens / seconds if seconds > 0 else 0.0
+        extra = {"metadata": {key: _number(value) for key, value in result.metadata.items()}} if result.metadata else {}
         self._write(
             {
+                **extra,
                 "kind": "train",
                 "step": step,
                 "loss": _number(result.loss),
@@ -84,7 +90,7 @@ class MetricsLog:
             }
         )
         if step % self.log_interval == 0 or step == self.total_iters:
-            loss = f"{result.loss:.6f}"
+            loss = f"{result.loss:.6f}" + "".join(f" | {key} {value:.6g}" for key, value in result.metadata.items())
             # Only fp16 scales its losses; the other dtypes' scale is always 1 and not worth a column.
             scale = f" | loss scale {result.loss_scale:g}" if result.loss_scale != 1.0 else ""
             print(
@@ -96,6 +102,7 @@ class MetricsLog:
             )
 
     def evaluation(self, step: int, result: EvalResult) -> None:
+        self.last_valid_loss = result.loss
         if not self.enabled:
             return
         self._write(

@@ -3,6 +3,8 @@ get_megatron_optimizer and OptimizerParamScheduler."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import attrs
 import torch
 from megatron.core.distributed import DistributedDataParallel
@@ -19,18 +21,31 @@ def no_decay(name: str, shape_rank: int) -> bool:
 
 
 @attrs.frozen(kw_only=True)
+class Adam:
+    """Adam with decoupled weight decay (AdamW): megatron-core's "adam"."""
+
+    beta1: float
+    beta2: float
+    eps: float
+
+
+@attrs.frozen(kw_only=True)
+class Sgd:
+    """SGD with momentum: megatron-core's "sgd"."""
+
+    momentum: float
+
+
+@attrs.frozen(kw_only=True)
 class OptimizerSettings:
     """Everything the optimizer needs, resolved by the compiler."""
 
-    name: str
+    rule: Adam | Sgd
+    """The update rule and its own hyper-parameters (the other rule's are not passed at all)."""
     lr: float
     min_lr: float = 0.0
     """The floor of megatron's schedule (its parameter groups carry it); unused with a CountScheduler."""
     weight_decay: float
-    adam_beta1: float
-    adam_beta2: float
-    adam_eps: float
-    sgd_momentum: float
     clip_grad: float
     dtype: str
     distributed_optimizer: bool
@@ -61,14 +76,10 @@ def build_optimizer(model: list[DistributedDataParallel], settings: OptimizerSet
     computes the global norm once, decides on non-finite gradients, then clips.
     """
     config = OptimizerConfig(
-        optimizer=settings.name,
+        **_rule(settings.rule),
         lr=settings.lr,
         min_lr=settings.min_lr,
         weight_decay=settings.weight_decay,
-        adam_beta1=settings.adam_beta1,
-        adam_beta2=settings.adam_beta2,
-        adam_eps=settings.adam_eps,
-        sgd_momentum=settings.sgd_momentum,
         clip_grad=0.0,
         bf16=settings.dtype == "bf16",
         fp16=settings.dtype == "fp16",
@@ -82,6 +93,15 @@ def build_optimizer(model: list[DistributedDataParallel], settings: OptimizerSet
     )
     overrides = {exclusions: ParamGroupOverride(wd_mult=0.0)}
     return get_megatron_optimizer(config, model, config_overrides=overrides)
+
+
+def _rule(rule: Adam | Sgd) -> dict[str, Any]:
+    """megatron-core's OptimizerConfig fields for the update rule."""
+    match rule:
+        case Adam(beta1=beta1, beta2=beta2, eps=eps):
+            return {"optimizer": "adam", "adam_beta1": beta1, "adam_beta2": beta2, "adam_eps": eps}
+        case Sgd(momentum=momentum):
+            return {"optimizer": "sgd", "sgd_momentum": momentum}
 
 
 def build_scheduler(

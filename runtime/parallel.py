@@ -66,6 +66,7 @@ def check_launch(*, compiled_world_size: int, launch_command: str) -> None:
             ExitCode.LAUNCH_MISMATCH,
             f"this script runs under torchrun (it sets RANK, WORLD_SIZE and MASTER_ADDR); launch it with: "
             f"{launch_command}",
+            every_rank=True,
         )
     launched = int(os.environ.get("WORLD_SIZE", "1"))
     if launched != compiled_world_size:
@@ -73,6 +74,7 @@ def check_launch(*, compiled_world_size: int, launch_command: str) -> None:
             ExitCode.LAUNCH_MISMATCH,
             f"this script was compiled for {compiled_world_size} processes but was launched with "
             f"{launched}; launch it with: {launch_command}",
+            every_rank=True,
         )
 
 

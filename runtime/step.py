@@ -10,19 +10,21 @@ it is not finite, clip, step the optimizer, step the schedule.
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import attrs
 import torch
 import torch.distributed as dist
+from megatron.core import parallel_state
 from megatron.core.distributed import DistributedDataParallel
 from megatron.core.optimizer.optimizer import ChainedOptimizer
 from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 from megatron.core.pipeline_parallel import get_forward_backward_func
 from megatron.core.utils import get_model_config
 
-from bridgec.runtime.loss import holds_loss_shard, loss_from_sums, loss_sums, reduce_metadata
+from bridgec.runtime.loss import holds_loss_shard, loss_from_sums, loss_sums, metadata_pairs, reduce_metadata
 from bridgec.runtime.optim import current_lr
 from bridgec.runtime.parallel import collective_device
 
@@ -49,6 +51,24 @@ class StepResult:
     """The gradients were not finite for a reason other than an fp16 loss-scale overflow."""
     stop_vote: int = 0
     """The largest stop vote of any rank at the end of this step (0: carry on; see runtime.stop.StopCode)."""
+    metadata: dict[str, float] = attrs.field(factory=dict)
+    """The loss function's other metadata entries (a hook's auxiliary loss, ...), reduced like the loss."""
+
+
+@attrs.define
+class MetadataKeys:
+    """The metadata keys besides the loss that every rank reduces at the end of a step, in one agreed order.
+
+    The end-of-step buffer has three slots per known key (numerator, denominator,
+    ranks that had it), so ranks that hold no loss (earlier pipeline stages) take
+    part without knowing the values. A key seen for the first time raises a flag
+    in that buffer; on that step only, the ranks agree on the new keys and sum
+    them in a second collective. The loop keeps one of these for the whole run.
+    """
+
+    keys: list[str] = attrs.Factory(list)
+    warned: set[str] = attrs.Factory(set)
+    """Keys whose values cannot be reduced, already warned about on this rank."""
 
 
 @attrs.frozen(kw_only=True)
@@ -95,13 +115,16 @@ def train_step(
     clip_grad: float,
     clip_epsilon: float = MEGATRON_CLIP_EPSILON,
     stop_vote: Callable[[], int] | None = None,
+    metadata_keys: MetadataKeys | None = None,
 ) -> StepResult:
     """Forward and backward over ``num_microbatches``, then (unless skipped) clip and update.
 
     The step ends with one small all-reduce over every rank that carries both the
     loss sums (reduced as ``runtime.loss`` describes) and each rank's vote on
     whether training should stop (``stop_vote()``, read at that moment), so
-    agreeing on a stop costs no extra collective.
+    agreeing on a stop costs no extra collective. The loss function's other
+    metadata entries travel in it too: pass the same ``metadata_keys`` every step
+    (it remembers which keys the buffer carries).
     """
     scale_losses(model, optimizer)
     for chunk in model:
@@ -129,15 +152,18 @@ def train_step(
             clip_gradients(optimizer, max_norm=clip_grad, grad_norm=grad_norm, epsilon=clip_epsilon)
         optimizer.step_with_ready_grads()
         scheduler.step(increment=1)
-    loss, agreed_stop = _end_of_step(forward_data, stop_vote() if stop_vote is not None else 0)
+    end = _end_of_step(
+        forward_data, stop_vote() if stop_vote is not None else 0, metadata_keys or MetadataKeys()
+    )
     return StepResult(
-        loss=loss,
+        loss=end.loss,
         grad_norm=grad_norm,
         learning_rate=learning_rate,
         skipped=skipped,
         loss_scale=loss_scale,
         nonfinite=nonfinite,
-        stop_vote=agreed_stop,
+        stop_vote=end.stop_vote,
+        metadata=end.metadata,
     )
 
 
@@ -156,20 +182,91 @@ def scale_losses(model: list[DistributedDataParallel], optimizer: ChainedOptimiz
 
 STOP_VOTE_SLOTS = 8
 """Room for stop codes 0..7 in the end-of-step buffer (runtime.stop.StopCode uses 0..4)."""
+_NEW_KEYS = 2 + STOP_VOTE_SLOTS
+"""The slot that counts ranks which saw a metadata key no rank had reduced before."""
+_KEY_SLOTS = _NEW_KEYS + 1
+"""Where the known metadata keys' (numerator, denominator, ranks that had it) triples start."""
 
 
-def _end_of_step(forward_data: Sequence[Any], vote: int) -> tuple[float, int]:
-    """The step's one collective: loss sums (from the ranks that hold a loss shard) and one-hot stop votes,
-    summed over all ranks. Returns the step's loss (on every rank) and the largest vote cast."""
-    buffer = torch.zeros(2 + STOP_VOTE_SLOTS, dtype=torch.float64, device=collective_device())
-    if holds_loss_shard():
+@attrs.frozen(kw_only=True)
+class _StepEnd:
+    loss: float
+    stop_vote: int
+    metadata: dict[str, float]
+
+
+def _end_of_step(forward_data: Sequence[Any], vote: int, known: MetadataKeys) -> _StepEnd:
+    """The step's one collective: loss sums and metadata sums (from the ranks that hold a loss shard) and one-hot
+    stop votes, summed over all ranks. Returns the step's loss and metadata (on every rank) and the largest vote."""
+    holds = holds_loss_shard()
+    pairs, unusable = metadata_pairs(forward_data) if holds else ({}, {})
+    _warn_once(unusable, known)
+    new = [key for key in pairs if key not in known.keys]
+    buffer = torch.zeros(_KEY_SLOTS + 3 * len(known.keys), dtype=torch.float64, device=collective_device())
+    if holds:
         buffer[:2] = loss_sums(forward_data)
+        buffer[_KEY_SLOTS:] = _triples(pairs, known.keys)
+    buffer[_NEW_KEYS] = 1.0 if new else 0.0
     buffer[2 + vote] = 1.0
+    _sum_over_ranks(buffer)
+    buffer = buffer.cpu()
+    votes = buffer[2:_NEW_KEYS].tolist()
+    triples = buffer[_KEY_SLOTS:]
+    if buffer[_NEW_KEYS] > 0:  # some rank saw a new key: agree on it, then sum it (this step only)
+        added = _agree_on_new_keys(new)
+        known.keys += added
+        extra = _triples(pairs, added).to(collective_device())
+        _sum_over_ranks(extra)
+        triples = torch.cat([triples, extra.cpu()])
+    metadata = {
+        key: loss_from_sums(triples[3 * index : 3 * index + 2])
+        for index, key in enumerate(known.keys)
+        if triples[3 * index + 2] > 0  # no rank had it this step
+    }
+    return _StepEnd(
+        loss=loss_from_sums(buffer[:2]),
+        stop_vote=max(code for code, count in enumerate(votes) if count > 0),
+        metadata=metadata,
+    )
+
+
+def _triples(pairs: dict[str, torch.Tensor], keys: Sequence[str]) -> torch.Tensor:
+    """(numerator, denominator, 1) for each of ``keys`` this rank has, zeros for the others."""
+    triples = torch.zeros(3 * len(keys), dtype=torch.float64)
+    for index, key in enumerate(keys):
+        if key in pairs:
+            triples[3 * index : 3 * index + 2] = pairs[key]
+            triples[3 * index + 2] = 1.0
+    return triples
+
+
+def _sum_over_ranks(buffer: torch.Tensor) -> None:
     if dist.is_initialized() and dist.get_world_size() > 1:
         dist.all_reduce(buffer)
-    buffer = buffer.cpu()
-    votes = buffer[2:].tolist()
-    return loss_from_sums(buffer[:2]), max(code for code, count in enumerate(votes) if count > 0)
+
+
+def _agree_on_new_keys(new: list[str]) -> list[str]:
+    """Every rank's new keys, in rank order then first appearance: the same list on every rank."""
+    if not (dist.is_initialized() and dist.get_world_size() > 1):
+        return list(new)
+    gathered: list[list[str] | None] = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, new)
+    return list(dict.fromkeys(key for keys in gathered for key in keys or []))
+
+
+def _warn_once(unusable: dict[str, str], known: MetadataKeys) -> None:
+    """One warning per key whose value cannot be reduced, from the rank that logs (the first data rank)."""
+    fresh = {key: what for key, what in unusable.items() if key not in known.warned}
+    known.warned.update(fresh)
+    if not fresh or parallel_state.get_data_parallel_rank(with_context_parallel=True) != 0:
+        return
+    for key, what in fresh.items():
+        print(
+            f"bridgec: warning: the loss function's metadata {key!r} is {what}, not a [numerator, denominator] "
+            "tensor or a number; it is not reduced or logged",
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 @torch.no_grad()

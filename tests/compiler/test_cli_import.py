@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -24,6 +25,11 @@ def test_import_compile_check(tmp_path: Path) -> None:
     text = (tmp_path / "spec.toml").read_text()
     assert "--model maxtext/models/llama3-8b.yml" in text and str(tmp_path) not in text
     assert "num_query_groups = 8" in text and 'semantics = "optax"' in text
+    # The ledger of MaxText keys without a counterpart is a file of its own; the spec names it.
+    ledger = (tmp_path / "spec.maxtext-keys.txt").read_text()
+    assert "MaxText keys with no counterpart in this spec" in ledger and "Ignored, " in ledger
+    assert "Ignored, " not in text and text.rstrip().endswith("what was done about each: spec.maxtext-keys.txt")
+    assert imported.stdout.endswith("review it, then: bridgec compile spec.toml -o run.py\n")
     assert _run("compile", "spec.toml", "-o", "run.py", cwd=tmp_path).returncode == 0
     assert _run("check", "spec.toml", "run.py", cwd=tmp_path).returncode == 0
 
@@ -39,3 +45,31 @@ def test_import_errors_are_reported_without_writing(tmp_path: Path) -> None:
                    cwd=tmp_path)
     assert missing.returncode == 2 and "model_name 'nope'" in missing.stderr
     assert _run("import", "maxtext", "--help", cwd=tmp_path).returncode == 0
+
+
+def test_an_import_that_does_not_validate_says_so_and_names_no_absolute_path(tmp_path: Path) -> None:
+    """gpt3-52k on the CPU: its zero-centred LayerNorm needs Transformer Engine, which validation says at import."""
+    base = (maxtext_dir() / "base.yml").resolve()
+    (tmp_path / "run").mkdir()
+    result = _run("import", "maxtext", str(base), "model_name=gpt3-52k", "--devices", "1", "--device", "cpu",
+                  "-o", "spec.toml", cwd=tmp_path / "run")
+    assert result.returncode == 2
+    assert 'spec.toml:38: $.model.norm_zero_centered = true needs model.transformer_impl = "transformer_engine"' in (
+        result.stderr)
+    assert result.stderr.rstrip().endswith("spec.toml is written, but it does not validate yet (1 error(s) above): "
+                                           "change what they name (or import again with other options), then: "
+                                           "bridgec compile spec.toml -o run.py")
+    text = (tmp_path / "run" / "spec.toml").read_text()
+    assert f" {base.parent}" not in text  # the files are named relative to the spec's folder, once, in the command
+    relative = Path(os.path.relpath(base, tmp_path / "run")).as_posix()
+    assert text.count(relative) == 1 and "# MaxText merge order: base.yml <- models/gpt3-52k.yml <- command line" in text
+    assert "--device cpu" in text  # the echoed command reproduces the import
+
+
+def test_ledger_inline_keeps_the_old_single_file(tmp_path: Path) -> None:
+    shutil.copytree(maxtext_dir(), tmp_path / "maxtext")
+    imported = _run("import", "maxtext", "maxtext/base.yml", "model_name=llama3-8b", "--devices", "8", "--ledger",
+                    "inline", "-o", "spec.toml", cwd=tmp_path)
+    assert imported.returncode == 0, imported.stderr
+    assert "# Ignored, " in (tmp_path / "spec.toml").read_text()
+    assert not (tmp_path / "spec.maxtext-keys.txt").exists()

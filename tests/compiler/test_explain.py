@@ -5,9 +5,10 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
+import attrs
 import pytest
 
-from bridgec.compiler.explain import flops, memory, parameter_counts, rank_layout
+from bridgec.compiler.explain import explain_text, flops, memory, parameter_counts, rank_layout
 from bridgec.compiler.load import load
 from bridgec.compiler.lower import Target, lower
 from bridgec.compiler.render import render
@@ -69,6 +70,18 @@ def test_flops_and_memory_are_positive_and_consistent() -> None:
     f = flops(spec)
     assert f.train_per_token == 3 * f.forward_per_token > 0
     assert memory(spec).total > memory(spec).weights > 0
+
+
+def test_local_attention_memory_counts_its_scores_and_says_so() -> None:
+    """The local layers' unfused attention keeps 5 x heads x s^2 per sequence and layer (Korthikanti et al.)."""
+    local = _spec(MODELS["gpt2"])
+    fused = attrs.evolve(local, model=attrs.evolve(local.model, transformer_impl="transformer_engine"))
+    m = local.model
+    scores = 5 * m.num_attention_heads * m.seq_length**2 * local.batch.micro_batch_size * m.num_layers
+    in_flight = memory(local).in_flight_microbatches
+    assert memory(local).activations - memory(fused).activations == pytest.approx(scores * in_flight * 2)  # fp32
+    text = explain_text(local)
+    assert "unfused local attention keeping its scores" in text and "flash" not in text
 
 
 def test_rank_layout_matches_megatrons_rank_generator() -> None:

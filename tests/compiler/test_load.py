@@ -122,8 +122,8 @@ def test_types_are_strict(tables: dict[str, dict[str, Any]], expected: str) -> N
     ({"model": {"normalization": 1}},
      "spec.toml:9: $.model.normalization = 1 must be one of 'layernorm', 'rmsnorm', got an integer; "
      'hint: the default is normalization = "layernorm"'),
-    ({"model": {"kind": "bert"}},
-     "spec.toml:9: $.model.kind = \"bert\" must be 'gpt'; hint: the default is kind = \"gpt\""),
+    ({"model": {"kind": "transformer"}},
+     "spec.toml:9: $.model.kind = \"transformer\" must be 'gpt'; hint: the default is kind = \"gpt\""),
     ({"precision": {"fp8": "hybrid"}},
      "spec.toml:17: $.precision.fp8 = \"hybrid\" must be one of 'delayed', 'tensorwise', 'blockwise', 'mxfp8'"),
 ], ids=["close", "far", "wrong-type", "single-choice", "optional"])

@@ -75,3 +75,13 @@ def test_every_constant_is_defined_once() -> None:
     tree = ast.parse(_script())
     names = [t.id for node in tree.body if isinstance(node, ast.Assign) for t in node.targets if isinstance(t, ast.Name)]
     assert len(names) == len(set(names))
+
+
+def test_an_optimizer_gets_only_its_own_hyper_parameters() -> None:
+    """No dead arguments: Adam scripts carry no SGD momentum, SGD scripts no Adam betas."""
+    adam = _script()
+    assert "rule=Adam(beta1=ADAM_BETA1, beta2=ADAM_BETA2, eps=ADAM_EPS)" in adam
+    assert "momentum" not in adam.lower() and "Sgd" not in adam
+    sgd = _script(optimizer={"lr": 1e-3, "name": "sgd"})
+    assert "rule=Sgd(momentum=SGD_MOMENTUM)" in sgd
+    assert "beta" not in sgd.lower() and "ADAM" not in sgd and "Adam" not in sgd

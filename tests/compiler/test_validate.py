@@ -17,7 +17,7 @@ import pytest
 from bridgec.compiler.errors import format_diagnostic
 from bridgec.compiler.frontend import read_spec
 from bridgec.compiler.validate import RULES, SpecContext, TokenizerSidecar, parse_tokenizer_sidecar
-from tests.compiler.conftest import MemoryFiles, front, idx_header, messages, spec_toml
+from tests.compiler.conftest import SPEC_DIR, MemoryFiles, front, idx_header, messages, spec_toml
 
 TE = "transformer_engine"
 DATA = {"data/tok.bin": "", "data/tok.idx": idx_header(100)}
@@ -26,6 +26,13 @@ INDEXED = {"kind": "indexed", "sources": [{"prefix": "data/tok"}]}
 
 def check(tables: dict[str, Any], expected: list[str], files: dict[str, str] | None = None) -> None:
     assert messages(spec_toml(**tables), MemoryFiles(files)) == expected
+
+
+def check_without_data(tables: dict[str, Any], expected: list[str], files: dict[str, str] | None = None) -> None:
+    """As ``bridgec check`` validates: the data and checkpoints a run reads need not exist."""
+    context = SpecContext(file="spec.toml", spec_dir=SPEC_DIR, files=MemoryFiles(files), require_data=False)
+    result = read_spec(spec_toml(**tables), "spec.toml", context)
+    assert [format_diagnostic(d) for d in result.diagnostics] == expected
 
 
 def test_every_rule_is_registered_once_and_tested() -> None:
@@ -50,6 +57,38 @@ def test_diagnostics_are_sorted_by_line_and_carry_path_and_line() -> None:
     result = front(spec_toml(model={"hidden_size": 66}, optimizer={"lr": 0.0}))
     assert [(d.line, d.path, d.severity) for d in result.diagnostics] == [
         (5, "$.model.hidden_size", "error"), (15, "$.optimizer.lr", "error")]
+
+
+def test_cross_field_rules_run_on_every_field_that_loaded_despite_load_errors() -> None:
+    """Four type errors do not hide the layout and batch rules on the fields that did load."""
+    text = spec_toml(run={"seed": "12"}, launch={"procs_per_node": 3}, model={"dropout": "0.1"},
+                     parallel={"tensor": 3}, batch={"global_batch_size": 7}, train={"log_interval": True},
+                     optimizer={"lr": "1e-3"})
+    assert messages(text) == [
+        'spec.toml:3: $.run.seed = "12" must be an integer, got a string; hint: remove the quotes: 12',
+        "spec.toml:7: $.model.num_attention_heads = 4 is not divisible by parallel.tensor = 3 (each tensor-parallel "
+        "rank needs whole heads); hint: tensor = 2, or 6 heads",
+        'spec.toml:10: $.model.dropout = "0.1" must be a number, got a string; hint: remove the quotes: 0.1',
+        "spec.toml:12: $.batch.global_batch_size = 7 is not divisible by batch.micro_batch_size x data parallel = "
+        "2 x 1 = 2 (each data-parallel rank runs whole microbatches; data parallel = world size 3 / (tensor x "
+        "pipeline x context) 3); hint: global_batch_size = 6 or 8",
+        "spec.toml:16: $.train.log_interval = true must be an integer, got a boolean; hint: the default is "
+        "log_interval = 1",
+        'spec.toml:18: $.optimizer.lr = "1e-3" must be a number, got a string; hint: remove the quotes: 1e-3',
+    ]
+    assert front(text).spec is None  # nothing downstream sees a partly loaded spec
+
+
+def test_a_rule_that_reads_a_field_that_did_not_load_is_skipped() -> None:
+    """No rule speaks about a value it does not have (lr > 0, heads vs tensor, eod_token vs a missing vocab_size)."""
+    text = spec_toml(optimizer={"lr": "x"}, parallel={"tensor": "2"}, launch={"procs_per_node": 2},
+                     model={"vocab_size": None, "hidden_size": 96, "num_attention_heads": 3}, data={"eod_token": 500})
+    assert messages(text) == [
+        "spec.toml:3: missing required key 'vocab_size' in [model]; hint: add a line vocab_size = <integer> under "
+        "[model]",
+        'spec.toml:14: $.optimizer.lr = "x" must be a number, got a string',
+        'spec.toml:16: $.parallel.tensor = "2" must be an integer, got a string; hint: remove the quotes: 2',
+    ]
 
 
 def test_findings_land_on_the_first_key_the_spec_writes() -> None:
@@ -448,6 +487,7 @@ def test_rule_data_files_exist() -> None:
         "to the spec's folder); hint: fix the prefix, or build the files with `bridgec data build`",
     ], files={"data/half.bin": ""})
     check({"data": {**INDEXED, "eod_token": 0}}, [], files=DATA)
+    check_without_data({"data": {"kind": "indexed", "eod_token": 0, "sources": sources}}, [])
 
 
 def test_rule_source_weights_positive() -> None:
@@ -545,6 +585,23 @@ GPT2 = '{"tokenizer": "gpt2", "vocab_size": 50257, "eod": 50256}'
 def test_rule_tokenizer_sidecar(eod: int | None, sidecar: str | None, expected: list[str]) -> None:
     files = DATA if sidecar is None else {**DATA, "data/tok.json": sidecar}
     check({"data": {**INDEXED, "eod_token": eod}}, expected, files=files)
+    # Without the data files (bridgec check), the committed tokenizer file is read all the same.
+    check_without_data({"data": {**INDEXED, "eod_token": eod}}, expected,
+                       files=None if sidecar is None else {"data/tok.json": sidecar})
+
+
+def test_a_missing_vocab_size_gets_the_value_the_data_tokenizer_file_knows() -> None:
+    text = spec_toml(model={"vocab_size": None}, data=INDEXED)
+    sidecar = {"data/tok.json": '{"tokenizer": "bytes", "vocab_size": 257, "eod": 256}'}
+    assert messages(text, MemoryFiles({**DATA, **sidecar})) == [
+        "spec.toml:3: missing required key 'vocab_size' in [model]; hint: add vocab_size = 257 under [model] (the "
+        "vocabulary of data/tok.json, the data's tokenizer)"]
+    assert messages(text, MemoryFiles(DATA)) == [  # no tokenizer file: the plain hint (eod_token is then unset too)
+        "spec.toml:3: missing required key 'vocab_size' in [model]; hint: add a line vocab_size = <integer> under "
+        "[model]",
+        "spec.toml:18: $.data.eod_token is not set, and there is no tokenizer file data/tok.json next to the first "
+        "source to read it from; hint: set eod_token under [data] to your tokenizer's end-of-document id, or rebuild "
+        "the data with `bridgec data build`, which writes data/tok.json"]
 
 
 @pytest.mark.parametrize(("text", "expected"), [
@@ -571,6 +628,17 @@ def test_rule_checkpoint_needs_dir() -> None:
         "spec.toml:19: $.checkpoint.keep_last = 2 needs checkpoint.dir (the folder checkpoints are saved in and "
         f"resumed from); {hint}"])
     check({"checkpoint": {"dir": "ck", "save_interval": 5, "resume": True, "keep_last": 2}}, [])
+    check({"checkpoint": {"overwrite": True}}, [
+        "spec.toml:17: $.checkpoint.overwrite = true needs checkpoint.dir (the folder checkpoints are saved in and "
+        f"resumed from); {hint}"])
+
+
+def test_rule_overwrite_needs_a_fresh_start() -> None:
+    check({"checkpoint": {"dir": "ck", "resume": True, "overwrite": True}}, [
+        "spec.toml:19: $.checkpoint.overwrite = true deletes the checkpoints a fresh start finds, but "
+        "checkpoint.resume = true continues from them, so it would never act; hint: remove overwrite (to "
+        "continue), or set resume = false (to start over)"])
+    check({"checkpoint": {"dir": "ck", "overwrite": True}}, [])
 
 
 def test_rule_checkpoints_need_adam() -> None:
@@ -603,6 +671,7 @@ def test_rule_init_checkpoint_exists() -> None:
         'spec.toml:21: $.init.checkpoint.path = "ckpt/1000/items" does not exist (paths are relative to the spec\'s '
         "folder); hint: point it at the checkpoint's item folder, e.g. ckpt/1000/items"])
     check({"init": checkpoint, "model": LLAMA}, [], files={"ckpt/1000/items": ""})
+    check_without_data({"init": checkpoint, "model": LLAMA}, [])
 
 
 # -- hooks ----------------------------------------------------------------------------------------

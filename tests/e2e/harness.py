@@ -42,12 +42,13 @@ class Launch:
     stderr: str
     folder: Path
 
-    def metrics(self, output_dir: str) -> list[dict[str, Any]]:
-        path = self.folder / output_dir / "metrics.jsonl"
+    def metrics(self, output_dir: str, spec: str = "spec") -> list[dict[str, Any]]:
+        """The records of ``output_dir/<spec>.metrics.jsonl`` (the file is named after the spec)."""
+        path = self.folder / output_dir / f"{spec}.metrics.jsonl"
         return [json.loads(line) for line in path.read_text().splitlines()]
 
-    def train_losses(self, output_dir: str) -> list[float]:
-        return [m["loss"] for m in self.metrics(output_dir) if m["kind"] == "train"]
+    def train_losses(self, output_dir: str, spec: str = "spec") -> list[float]:
+        return [m["loss"] for m in self.metrics(output_dir, spec) if m["kind"] == "train"]
 
     def explain(self) -> str:
         return f"exit {self.returncode}\n--- stdout\n{self.stdout[-4000:]}\n--- stderr\n{self.stderr[-6000:]}"

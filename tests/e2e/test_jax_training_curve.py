@@ -142,7 +142,7 @@ def curve(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Curve]:
 
 def _train_records(run: Launch, name: str) -> dict[int, dict[str, Any]]:
     assert run.returncode == 0, run.explain()
-    return {record["step"]: record for record in run.metrics(f"out/{name}") if record["kind"] == "train"}
+    return {record["step"]: record for record in run.metrics(f"out/{name}", spec=name) if record["kind"] == "train"}
 
 
 def _compare(records: dict[int, dict[str, Any]], reference: dict[str, Any], steps: range, label: str) -> float:

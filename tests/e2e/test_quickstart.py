@@ -4,7 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from megatron.core.datasets.indexed_dataset import IndexedDataset
+
 from bridgec.compiler.cli import main as bridgec
+from bridgec.compiler.explain import parameter_counts
+from bridgec.compiler.load import load
 from tests.e2e.harness import copy_example, launch
 
 DATA = Path(__file__).parent / "data" / "tiny.jsonl"
@@ -73,3 +77,19 @@ def test_indexed_text_trains(tmp_path: Path) -> None:
     assert result.returncode == 0, result.explain()
     losses = result.train_losses("out/text")
     assert losses[-1] < losses[0] - 1.5, losses
+
+    # The start banner and the end summary, printed once (by the rank that logs).
+    index = IndexedDataset(str(tmp_path / "data" / "tiny"))
+    assert len(index) == 120  # megatron's 98/1/1 split gives the first 118 documents to training
+    tokens = int(index.sequence_lengths[:118].sum())
+    banner = [
+        f"run text (spec.toml): {parameter_counts(load(INDEXED, 'spec.toml').spec).total:,} parameters",
+        "  layout   2 process(es) on cpu: tensor 1, pipeline 1, context 1, data 2",
+        f"  data     tiny: 118 documents, {tokens:,} tokens in the training split; this run reads 240 sequences x 64 "
+        f"= 15,360 tokens, {15_360 / tokens:.2f} epochs",
+        "  steps    1-30, 8 sequences each",
+        "  outputs  metrics out/text/spec.metrics.jsonl",
+    ]
+    assert "\n".join(banner) + "\n" in result.stdout and result.stdout.count("run text (spec.toml)") == 1
+    assert f"this launch: steps 1-30 in " in result.stdout
+    assert result.stdout.rstrip().endswith(f"; last loss {losses[-1]:.6f}")

@@ -66,8 +66,11 @@ class RunSpec:
     save_interval: int | None = None
     keep_last: int | None = None
     resume: bool = False
+    overwrite: bool | None = None
     hooks: str | None = None
-    """Source of a hooks file defining ``forward_step``; the spec names it in [hooks]."""
+    """Source of a hooks file defining a function named like ``hook``; the spec names it in [hooks]."""
+    hook: str = "forward_step"
+    """The [hooks] key (forward_step or loss) naming the hooks file's function of that name."""
 
     def toml(self) -> str:
         tables: dict[str, dict[str, Any]] = {
@@ -92,8 +95,9 @@ class RunSpec:
             "scheduler": {"warmup_iters": 2, "decay": "cosine"},
             "checkpoint": {
                 "dir": "ckpt", "save_interval": self.save_interval, "resume": self.resume, "keep_last": self.keep_last,
+                "overwrite": self.overwrite,
             },
-            "hooks": {"file": HOOKS, "forward_step": "forward_step"} if self.hooks is not None else {},
+            "hooks": {"file": HOOKS, self.hook: self.hook} if self.hooks is not None else {},
         }  # fmt: skip
         return "\n".join(_table(name, values) for name, values in tables.items() if values)
 
@@ -233,7 +237,7 @@ def failed_with(result: Launch, code: int) -> bool:
 
 
 def metrics(folder: Path) -> list[dict[str, Any]]:
-    path = folder / "out" / "metrics.jsonl"
+    path = folder / "out" / "spec.metrics.jsonl"
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
 
 

@@ -237,6 +237,11 @@ def test_checkpoint_inspect_reports_a_checkpoint_without_a_run(
 ) -> None:
     """``bridgec checkpoint inspect DIR``: the latest checkpoint, hashes of the spec and script that wrote it."""
     assert bridgec(["checkpoint", "inspect", str(straight_dp1 / "ckpt")]) == 0
+    summary = capsys.readouterr().out
+    assert re.search(r"^tensors      \d+ \([\d.]+ [KM]iB\), plus \d+ other entries; --tensors lists them$", summary, re.M)
+    assert "moe" not in summary and "None" not in summary  # a dense model: no MoE fields, nothing unset
+    assert all(len(line) <= 100 for line in summary.splitlines() if not line.startswith(("checkpoint", "also here")))
+    assert bridgec(["checkpoint", "inspect", "--tensors", str(straight_dp1 / "ckpt")]) == 0
     text = capsys.readouterr().out
     latest = straight_dp1 / "ckpt" / "iter_0000006"
     assert f"checkpoint   {latest}\nstatus       complete\n" in text
@@ -292,3 +297,14 @@ def test_checkpoint_inspect_of_a_folder_without_a_checkpoint_exits_2(
     assert bridgec(["checkpoint", "inspect", str(tmp_path)]) == 2
     captured = capsys.readouterr()
     assert captured.out == "" and message in captured.err and "Traceback" not in captured.err
+
+
+def test_a_failed_first_save_does_not_claim_an_earlier_checkpoint(tmp_path: Path) -> None:
+    """[checkpoint] dir names a file: the first save fails, and the message says there is nothing to fall back on."""
+    folder = runs.prepare(tmp_path, runs.RunSpec(iters=3, save_interval=2))
+    (folder / "ckpt").write_text("not a folder")
+    result = runs.launch(folder)
+    assert runs.failed_with(result, ExitCode.CHECKPOINT_ERROR), result.explain()
+    assert f"cannot create {folder / 'ckpt' / 'iter_0000002.partial'}: FileExistsError" in result.output
+    assert result.output.rstrip().endswith("; there is no earlier checkpoint in this folder")
+    assert "intact" not in result.output

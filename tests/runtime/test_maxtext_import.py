@@ -162,7 +162,7 @@ def _optimizer(builder: str, model: list, config: dict, data: dict, *, distribut
     from bridgec.runtime.schedules import CountScheduler, constant_schedule
 
     optimizer = build_optax_optimizer(
-        model, lr=settings.lr, beta1=settings.adam_beta1, beta2=settings.adam_beta2, eps=settings.adam_eps,
+        model, lr=settings.lr, beta1=settings.rule.beta1, beta2=settings.rule.beta2, eps=settings.rule.eps,
         eps_root=0.0, weight_decay=settings.weight_decay, decay_exclude=["scale"], gated_mlp=True,
         scan_layers=config["scanned"], tied_output=config["tied"], path_style="linen", dtype="fp32",
         distributed_optimizer=distributed,

@@ -23,7 +23,7 @@ from megatron.core.transformer import TransformerConfig
 
 from bridgec.runtime import cpu_compat
 from bridgec.runtime.loss import masked_token_loss
-from bridgec.runtime.optim import OptimizerSettings, ScheduleSettings
+from bridgec.runtime.optim import Adam, OptimizerSettings, ScheduleSettings
 from bridgec.runtime.parallel import Layout, initialize
 
 CASE_CONFIG = "case.json"
@@ -97,14 +97,10 @@ def adam_settings(data: dict, *, dtype: str, distributed: bool) -> OptimizerSett
     """Megatron's Adam with the JAX case's hyper-parameters (case.json), no clipping."""
     lr, betas = data.get("lr", 1e-3), data.get("betas", (0.9, 0.999))
     return OptimizerSettings(
-        name="adam",
+        rule=Adam(beta1=betas[0], beta2=betas[1], eps=data.get("eps", 1e-8)),
         lr=lr,
         min_lr=lr,
         weight_decay=data.get("weight_decay", 0.0),
-        adam_beta1=betas[0],
-        adam_beta2=betas[1],
-        adam_eps=data.get("eps", 1e-8),
-        sgd_momentum=0.0,
         clip_grad=0.0,
         dtype=dtype,
         distributed_optimizer=distributed,

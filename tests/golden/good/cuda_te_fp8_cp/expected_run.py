@@ -10,6 +10,8 @@ Training: 10 steps of 16 sequences (8 microbatches of 1 per data-parallel rank),
 
 Launch from this file's folder:
     torchrun --nnodes 1 --nproc-per-node 8 expected_run.py
+or, to exit with the workers' own code (75: stopped on purpose, launch again to resume):
+    bridgec launch expected_run.py
 
 Every value below comes from the spec or is derived from it (the arithmetic is
 in the comment); edit the spec and regenerate rather than editing this file.
@@ -18,12 +20,13 @@ in the comment); edit the spec and regenerate rather than editing this file.
 from __future__ import annotations
 
 import functools
-import warnings
 from pathlib import Path
 
-# megatron-core 0.16's own TransformerConfig default ("full" CUDA-graph scope) triggers its own
-# deprecation warning on every config; it says nothing about this run.
-warnings.filterwarnings("ignore", message="full scope is deprecated")
+from bridgec.runtime.quiet import silence_third_party_noise
+
+# Warnings of megatron-core and torch that say nothing about this run (each is listed with its reason in
+# bridgec.runtime.quiet), silenced before they are imported.
+silence_third_party_noise("cuda")
 
 import torch
 import torch.nn.functional as F
@@ -34,12 +37,13 @@ from megatron.core.transformer import TransformerConfig
 
 from bridgec.runtime.data import Splits, TokenIds, build_splits, next_batch
 from bridgec.runtime.entry import run
-from bridgec.runtime.errors import ExitCode
+from bridgec.runtime.errors import RunEnd
 from bridgec.runtime.loop import LoopSettings, TrainState, train
 from bridgec.runtime.loss import masked_token_loss
 from bridgec.runtime.model import build_model, unwrap
-from bridgec.runtime.optim import OptimizerSettings, build_optimizer
+from bridgec.runtime.optim import Adam, OptimizerSettings, build_optimizer
 from bridgec.runtime.optim import ScheduleSettings, build_scheduler
+from bridgec.runtime.outputs import claim_outputs
 from bridgec.runtime.parallel import check_launch, initialize
 
 HERE = Path(__file__).resolve().parent
@@ -88,6 +92,7 @@ NORM_EPSILON = 1e-05
 DROPOUT = 0.0
 INIT_METHOD_STD = 0.02
 ROTARY_BASE = 10000
+NUM_PARAMETERS = 12388608  # embedding 8192000 + layers 4 x 1049088 + final norm 256 (output tied to the embedding)
 INIT_SCHEME = "megatron"
 
 # Precision
@@ -130,6 +135,10 @@ LOSS_REDUCTION = "per_token"
 
 # Outputs (paths relative to the spec's folder)
 OUTPUT_DIR = "out/te-fp8"  # default: out/<run.name>
+SPEC_FILE = "spec.toml"  # relative to this script
+SPEC_SHA256 = "67182dc62e47a7aa1fe0086d159c932d7b2181042244a50dfdd6c861c0a18435"  # recorded in the metrics and in every checkpoint
+METRICS_FILE = "spec.metrics.jsonl"  # in OUTPUT_DIR, named after the spec: specs sharing the folder keep their own
+LAST_EXIT_FILE = "spec.last_exit.json"  # in OUTPUT_DIR: how the latest launch ended (code, reason, step)
 
 
 def transformer_config() -> TransformerConfig:
@@ -212,7 +221,7 @@ def forward_step(state: TrainState, data_iterator, model, return_schedule_plan: 
     return output, functools.partial(masked_token_loss, batch.loss_mask)
 
 
-def main() -> ExitCode:
+def main() -> RunEnd:
     check_launch(compiled_world_size=WORLD_SIZE, launch_command=LAUNCH_COMMAND)
     layout = initialize(
         device=DEVICE,
@@ -223,6 +232,11 @@ def main() -> ExitCode:
         expert=EXPERT_PARALLEL,
         seed=SEED,
         timeout_minutes=TIMEOUT_MINUTES,
+    )
+    # Before any work: refuse to replace another run's checkpoints or metrics.
+    claim_outputs(
+        spec=HERE / SPEC_FILE,
+        metrics=SPEC_DIR / OUTPUT_DIR / METRICS_FILE,
     )
     model = build_model(
         model_provider,
@@ -236,14 +250,10 @@ def main() -> ExitCode:
         distributed_optimizer=DISTRIBUTED_OPTIMIZER,
     )
     optimizer_settings = OptimizerSettings(
-        name=OPTIMIZER,
+        rule=Adam(beta1=ADAM_BETA1, beta2=ADAM_BETA2, eps=ADAM_EPS),
         lr=LR,
         min_lr=MIN_LR,
         weight_decay=WEIGHT_DECAY,
-        adam_beta1=ADAM_BETA1,
-        adam_beta2=ADAM_BETA2,
-        adam_eps=ADAM_EPS,
-        sgd_momentum=0.0,
         clip_grad=CLIP_GRAD,
         dtype=DTYPE,
         distributed_optimizer=DISTRIBUTED_OPTIMIZER,
@@ -278,7 +288,11 @@ def main() -> ExitCode:
         exit_interval=EXIT_INTERVAL,
         exit_duration_minutes=EXIT_DURATION_MINUTES,
         save_interval=None,
-        metrics_path=SPEC_DIR / OUTPUT_DIR / "metrics.jsonl",
+        metrics_path=SPEC_DIR / OUTPUT_DIR / METRICS_FILE,
+        spec_path=HERE / SPEC_FILE,
+        spec_sha256=SPEC_SHA256,
+        run_name=RUN_NAME,
+        parameters=NUM_PARAMETERS,
     )
     return train(
         forward_step,
@@ -292,4 +306,4 @@ def main() -> ExitCode:
 
 
 if __name__ == "__main__":
-    run(main)
+    run(main, last_exit=SPEC_DIR / OUTPUT_DIR / LAST_EXIT_FILE)

@@ -12,6 +12,8 @@ Training: 6 steps of 4 sequences (2 microbatches of 2 per data-parallel rank), m
 
 Launch from this file's folder:
     torchrun --nnodes 1 --nproc-per-node 1 expected_run.py
+or, to exit with the workers' own code (75: stopped on purpose, launch again to resume):
+    bridgec launch expected_run.py
 
 Every value below comes from the spec or is derived from it (the arithmetic is
 in the comment); edit the spec and regenerate rather than editing this file.
@@ -19,15 +21,13 @@ in the comment); edit the spec and regenerate rather than editing this file.
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 
-# megatron-core 0.16's own TransformerConfig default ("full" CUDA-graph scope) triggers its own
-# deprecation warning on every config; it says nothing about this run.
-warnings.filterwarnings("ignore", message="full scope is deprecated")
-# On a CPU machine megatron-core warns at import that Transformer Engine and Apex
-# are absent; that is expected here.
-warnings.filterwarnings("ignore", message=r".*(Transformer Engine|Apex).* not installed")
+from bridgec.runtime.quiet import silence_third_party_noise
+
+# Warnings of megatron-core and torch that say nothing about this run (each is listed with its reason in
+# bridgec.runtime.quiet), silenced before they are imported.
+silence_third_party_noise("cpu")
 
 import torch
 from megatron.core.distributed import finalize_model_grads
@@ -39,12 +39,13 @@ from bridgec.runtime import cpu_compat
 from bridgec.runtime.checkpoint import DistCheckpointer, file_sha256, spec_copy
 from bridgec.runtime.data import Splits, TokenIds, build_splits
 from bridgec.runtime.entry import run
-from bridgec.runtime.errors import ExitCode
+from bridgec.runtime.errors import RunEnd
 from bridgec.runtime.hooks import Hook
 from bridgec.runtime.loop import LoopSettings, train
 from bridgec.runtime.model import build_model
-from bridgec.runtime.optim import OptimizerSettings, build_optimizer
+from bridgec.runtime.optim import Adam, OptimizerSettings, build_optimizer
 from bridgec.runtime.optim import ScheduleSettings, build_scheduler
+from bridgec.runtime.outputs import claim_outputs
 from bridgec.runtime.parallel import check_launch, initialize
 
 HERE = Path(__file__).resolve().parent
@@ -92,6 +93,7 @@ TIE_EMBEDDINGS = True
 NORM_EPSILON = 1e-05
 DROPOUT = 0.0
 INIT_METHOD_STD = 0.02
+NUM_PARAMETERS = 17376  # embedding 4608 + layers 1 x 12704 + final norm 64 (output tied to the embedding)
 INIT_SCHEME = "portable"
 
 # Precision
@@ -134,12 +136,15 @@ LOSS_REDUCTION = "per_token"
 
 # Outputs (paths relative to the spec's folder)
 OUTPUT_DIR = "out/evaluation"  # default: out/<run.name>
-SPEC_FILE = "spec.toml"  # relative to this script; copied into every checkpoint
-SPEC_SHA256 = "3201d8568344d66a5fd21d3964925797d41642a7c6130b1ca8309e0a995a77f7"  # recorded in every checkpoint
+SPEC_FILE = "spec.toml"  # relative to this script
+SPEC_SHA256 = "3201d8568344d66a5fd21d3964925797d41642a7c6130b1ca8309e0a995a77f7"  # recorded in the metrics and in every checkpoint
+METRICS_FILE = "spec.metrics.jsonl"  # in OUTPUT_DIR, named after the spec: specs sharing the folder keep their own
+LAST_EXIT_FILE = "spec.last_exit.json"  # in OUTPUT_DIR: how the latest launch ended (code, reason, step)
 CHECKPOINT_DIR = "checkpoints"
 SAVE_INTERVAL = None
 RESUME = True
 KEEP_LAST = None
+OVERWRITE_CHECKPOINTS = False
 
 
 def transformer_config() -> TransformerConfig:
@@ -207,7 +212,7 @@ def datasets() -> Splits:
 forward_step = Hook(SPEC_DIR / "recording.py", "forward_step")
 
 
-def main() -> ExitCode:
+def main() -> RunEnd:
     check_launch(compiled_world_size=WORLD_SIZE, launch_command=LAUNCH_COMMAND)
     forward_step.load()  # the hooks file, before any work: a problem with it is a message, not a traceback
     cpu_compat.apply()  # answer megatron-core's hard-coded CUDA calls on the CPU
@@ -221,6 +226,15 @@ def main() -> ExitCode:
         seed=SEED,
         timeout_minutes=TIMEOUT_MINUTES,
     )
+    checkpoint_dir = (SPEC_DIR / CHECKPOINT_DIR).resolve()
+    # Before any work: refuse to replace another run's checkpoints or metrics.
+    claim_outputs(
+        spec=HERE / SPEC_FILE,
+        metrics=SPEC_DIR / OUTPUT_DIR / METRICS_FILE,
+        checkpoint_dir=checkpoint_dir,
+        resume=RESUME,
+        overwrite=OVERWRITE_CHECKPOINTS,
+    )
     model = build_model(
         model_provider,
         layout=layout,
@@ -233,14 +247,10 @@ def main() -> ExitCode:
         distributed_optimizer=DISTRIBUTED_OPTIMIZER,
     )
     optimizer_settings = OptimizerSettings(
-        name=OPTIMIZER,
+        rule=Adam(beta1=ADAM_BETA1, beta2=ADAM_BETA2, eps=ADAM_EPS),
         lr=LR,
         min_lr=MIN_LR,
         weight_decay=WEIGHT_DECAY,
-        adam_beta1=ADAM_BETA1,
-        adam_beta2=ADAM_BETA2,
-        adam_eps=ADAM_EPS,
-        sgd_momentum=0.0,
         clip_grad=CLIP_GRAD,
         dtype=DTYPE,
         distributed_optimizer=DISTRIBUTED_OPTIMIZER,
@@ -261,7 +271,7 @@ def main() -> ExitCode:
         ),
     )
     checkpointer = DistCheckpointer(
-        directory=(SPEC_DIR / CHECKPOINT_DIR).resolve(),
+        directory=checkpoint_dir,
         keep_last=KEEP_LAST,
         model=model,
         optimizer=optimizer,
@@ -286,7 +296,11 @@ def main() -> ExitCode:
         exit_interval=EXIT_INTERVAL,
         exit_duration_minutes=EXIT_DURATION_MINUTES,
         save_interval=SAVE_INTERVAL,
-        metrics_path=SPEC_DIR / OUTPUT_DIR / "metrics.jsonl",
+        metrics_path=SPEC_DIR / OUTPUT_DIR / METRICS_FILE,
+        spec_path=HERE / SPEC_FILE,
+        spec_sha256=SPEC_SHA256,
+        run_name=RUN_NAME,
+        parameters=NUM_PARAMETERS,
     )
     return train(
         forward_step,
@@ -302,4 +316,4 @@ def main() -> ExitCode:
 
 
 if __name__ == "__main__":
-    run(main)
+    run(main, last_exit=SPEC_DIR / OUTPUT_DIR / LAST_EXIT_FILE)

@@ -12,6 +12,8 @@ Training: 32 steps of 8 sequences (2 microbatches of 4 per data-parallel rank), 
 
 Launch from this file's folder:
     torchrun --nnodes 1 --nproc-per-node 2 expected_run.py
+or, to exit with the workers' own code (75: stopped on purpose, launch again to resume):
+    bridgec launch expected_run.py
 
 Every value below comes from the spec or is derived from it (the arithmetic is
 in the comment); edit the spec and regenerate rather than editing this file.
@@ -20,15 +22,13 @@ in the comment); edit the spec and regenerate rather than editing this file.
 from __future__ import annotations
 
 import functools
-import warnings
 from pathlib import Path
 
-# megatron-core 0.16's own TransformerConfig default ("full" CUDA-graph scope) triggers its own
-# deprecation warning on every config; it says nothing about this run.
-warnings.filterwarnings("ignore", message="full scope is deprecated")
-# On a CPU machine megatron-core warns at import that Transformer Engine and Apex
-# are absent; that is expected here.
-warnings.filterwarnings("ignore", message=r".*(Transformer Engine|Apex).* not installed")
+from bridgec.runtime.quiet import silence_third_party_noise
+
+# Warnings of megatron-core and torch that say nothing about this run (each is listed with its reason in
+# bridgec.runtime.quiet), silenced before they are imported.
+silence_third_party_noise("cpu")
 
 import torch
 import torch.nn.functional as F
@@ -41,12 +41,13 @@ from bridgec.runtime import cpu_compat
 from bridgec.runtime.checkpoint import DistCheckpointer, file_sha256, spec_copy
 from bridgec.runtime.data import Splits, TokenIds, build_splits, next_batch
 from bridgec.runtime.entry import run
-from bridgec.runtime.errors import ExitCode
+from bridgec.runtime.errors import RunEnd
 from bridgec.runtime.loop import LoopSettings, TrainState, train
 from bridgec.runtime.loss import masked_token_loss
 from bridgec.runtime.model import build_model, unwrap
-from bridgec.runtime.optim import OptimizerSettings, build_optimizer
+from bridgec.runtime.optim import Adam, OptimizerSettings, build_optimizer
 from bridgec.runtime.optim import ScheduleSettings, build_scheduler
+from bridgec.runtime.outputs import claim_outputs
 from bridgec.runtime.parallel import check_launch, initialize
 
 HERE = Path(__file__).resolve().parent
@@ -95,6 +96,7 @@ NORM_EPSILON = 1e-05
 DROPOUT = 0.0
 INIT_METHOD_STD = 0.02
 ROTARY_BASE = 10000
+NUM_PARAMETERS = 139584  # embedding 8192 + layers 2 x 65664 + final norm 64 (output tied to the embedding)
 INIT_SCHEME = "portable"
 
 # Precision
@@ -136,12 +138,15 @@ LOSS_REDUCTION = "per_token"
 
 # Outputs (paths relative to the spec's folder)
 OUTPUT_DIR = "out/fp16"  # default: out/<run.name>
-SPEC_FILE = "spec.toml"  # relative to this script; copied into every checkpoint
-SPEC_SHA256 = "4da9aef439a538670ed226ec5b08d7b50e03813cb45ec8ccd289874210b741c1"  # recorded in every checkpoint
+SPEC_FILE = "spec.toml"  # relative to this script
+SPEC_SHA256 = "4da9aef439a538670ed226ec5b08d7b50e03813cb45ec8ccd289874210b741c1"  # recorded in the metrics and in every checkpoint
+METRICS_FILE = "spec.metrics.jsonl"  # in OUTPUT_DIR, named after the spec: specs sharing the folder keep their own
+LAST_EXIT_FILE = "spec.last_exit.json"  # in OUTPUT_DIR: how the latest launch ended (code, reason, step)
 CHECKPOINT_DIR = "checkpoints"
 SAVE_INTERVAL = 8
 RESUME = True
 KEEP_LAST = None
+OVERWRITE_CHECKPOINTS = False
 
 
 def transformer_config() -> TransformerConfig:
@@ -222,7 +227,7 @@ def forward_step(state: TrainState, data_iterator, model, return_schedule_plan: 
     return output, functools.partial(masked_token_loss, batch.loss_mask)
 
 
-def main() -> ExitCode:
+def main() -> RunEnd:
     check_launch(compiled_world_size=WORLD_SIZE, launch_command=LAUNCH_COMMAND)
     cpu_compat.apply()  # answer megatron-core's hard-coded CUDA calls on the CPU
     layout = initialize(
@@ -234,6 +239,15 @@ def main() -> ExitCode:
         expert=EXPERT_PARALLEL,
         seed=SEED,
         timeout_minutes=TIMEOUT_MINUTES,
+    )
+    checkpoint_dir = (SPEC_DIR / CHECKPOINT_DIR).resolve()
+    # Before any work: refuse to replace another run's checkpoints or metrics.
+    claim_outputs(
+        spec=HERE / SPEC_FILE,
+        metrics=SPEC_DIR / OUTPUT_DIR / METRICS_FILE,
+        checkpoint_dir=checkpoint_dir,
+        resume=RESUME,
+        overwrite=OVERWRITE_CHECKPOINTS,
     )
     model = build_model(
         model_provider,
@@ -247,14 +261,10 @@ def main() -> ExitCode:
         distributed_optimizer=DISTRIBUTED_OPTIMIZER,
     )
     optimizer_settings = OptimizerSettings(
-        name=OPTIMIZER,
+        rule=Adam(beta1=ADAM_BETA1, beta2=ADAM_BETA2, eps=ADAM_EPS),
         lr=LR,
         min_lr=MIN_LR,
         weight_decay=WEIGHT_DECAY,
-        adam_beta1=ADAM_BETA1,
-        adam_beta2=ADAM_BETA2,
-        adam_eps=ADAM_EPS,
-        sgd_momentum=0.0,
         clip_grad=CLIP_GRAD,
         dtype=DTYPE,
         distributed_optimizer=DISTRIBUTED_OPTIMIZER,
@@ -275,7 +285,7 @@ def main() -> ExitCode:
         ),
     )
     checkpointer = DistCheckpointer(
-        directory=(SPEC_DIR / CHECKPOINT_DIR).resolve(),
+        directory=checkpoint_dir,
         keep_last=KEEP_LAST,
         model=model,
         optimizer=optimizer,
@@ -300,7 +310,11 @@ def main() -> ExitCode:
         exit_interval=EXIT_INTERVAL,
         exit_duration_minutes=EXIT_DURATION_MINUTES,
         save_interval=SAVE_INTERVAL,
-        metrics_path=SPEC_DIR / OUTPUT_DIR / "metrics.jsonl",
+        metrics_path=SPEC_DIR / OUTPUT_DIR / METRICS_FILE,
+        spec_path=HERE / SPEC_FILE,
+        spec_sha256=SPEC_SHA256,
+        run_name=RUN_NAME,
+        parameters=NUM_PARAMETERS,
     )
     return train(
         forward_step,
@@ -316,4 +330,4 @@ def main() -> ExitCode:
 
 
 if __name__ == "__main__":
-    run(main)
+    run(main, last_exit=SPEC_DIR / OUTPUT_DIR / LAST_EXIT_FILE)

@@ -12,6 +12,8 @@ Training: 20 steps of 8 sequences (2 microbatches of 2 per data-parallel rank), 
 
 Launch from this file's folder:
     torchrun --nnodes 1 --nproc-per-node 2 expected_run.py
+or, to exit with the workers' own code (75: stopped on purpose, launch again to resume):
+    bridgec launch expected_run.py
 
 Every value below comes from the spec or is derived from it (the arithmetic is
 in the comment); edit the spec and regenerate rather than editing this file.
@@ -20,15 +22,13 @@ in the comment); edit the spec and regenerate rather than editing this file.
 from __future__ import annotations
 
 import functools
-import warnings
 from pathlib import Path
 
-# megatron-core 0.16's own TransformerConfig default ("full" CUDA-graph scope) triggers its own
-# deprecation warning on every config; it says nothing about this run.
-warnings.filterwarnings("ignore", message="full scope is deprecated")
-# On a CPU machine megatron-core warns at import that Transformer Engine and Apex
-# are absent; that is expected here.
-warnings.filterwarnings("ignore", message=r".*(Transformer Engine|Apex).* not installed")
+from bridgec.runtime.quiet import silence_third_party_noise
+
+# Warnings of megatron-core and torch that say nothing about this run (each is listed with its reason in
+# bridgec.runtime.quiet), silenced before they are imported.
+silence_third_party_noise("cpu")
 
 import torch
 from megatron.core.distributed import finalize_model_grads
@@ -39,13 +39,14 @@ from megatron.core.transformer import TransformerConfig
 from bridgec.runtime import cpu_compat
 from bridgec.runtime.data import Splits, TokenIds, build_splits, next_batch
 from bridgec.runtime.entry import run
-from bridgec.runtime.errors import ExitCode
+from bridgec.runtime.errors import RunEnd
 from bridgec.runtime.init import scale_query_rows
 from bridgec.runtime.loop import LoopSettings, TrainState, train
 from bridgec.runtime.maxtext_loss import maxtext_loss
 from bridgec.runtime.model import build_model, gelu_tanh, unwrap
 from bridgec.runtime.optax_optim import build_optax_optimizer
 from bridgec.runtime.schedules import CountScheduler, Schedule, maxtext_schedule
+from bridgec.runtime.outputs import claim_outputs
 from bridgec.runtime.parallel import check_launch, initialize
 
 HERE = Path(__file__).resolve().parent
@@ -94,6 +95,7 @@ NORM_EPSILON = 1e-06
 DROPOUT = 0.0
 INIT_METHOD_STD = 0.02
 ROTARY_BASE = 10000
+NUM_PARAMETERS = 139648  # embedding 16384 + layers 2 x 61600 + final norm 64 (output tied to the embedding)
 INIT_SCHEME = "portable"
 
 # Precision
@@ -141,6 +143,10 @@ LOGITS_MULTIPLIER = 0.125
 
 # Outputs (paths relative to the spec's folder)
 OUTPUT_DIR = "out/maxtext-style"  # default: out/<run.name>
+SPEC_FILE = "spec.toml"  # relative to this script
+SPEC_SHA256 = "7ee9546ba7b720209b5f9e026f0ed7eddb88e52162cac5f8679ffdb20df68d20"  # recorded in the metrics and in every checkpoint
+METRICS_FILE = "spec.metrics.jsonl"  # in OUTPUT_DIR, named after the spec: specs sharing the folder keep their own
+LAST_EXIT_FILE = "spec.last_exit.json"  # in OUTPUT_DIR: how the latest launch ended (code, reason, step)
 
 
 def transformer_config() -> TransformerConfig:
@@ -245,7 +251,7 @@ def learning_rate_schedule() -> Schedule:
     )
 
 
-def main() -> ExitCode:
+def main() -> RunEnd:
     check_launch(compiled_world_size=WORLD_SIZE, launch_command=LAUNCH_COMMAND)
     cpu_compat.apply()  # answer megatron-core's hard-coded CUDA calls on the CPU
     layout = initialize(
@@ -257,6 +263,11 @@ def main() -> ExitCode:
         expert=EXPERT_PARALLEL,
         seed=SEED,
         timeout_minutes=TIMEOUT_MINUTES,
+    )
+    # Before any work: refuse to replace another run's checkpoints or metrics.
+    claim_outputs(
+        spec=HERE / SPEC_FILE,
+        metrics=SPEC_DIR / OUTPUT_DIR / METRICS_FILE,
     )
     model = build_model(
         model_provider,
@@ -311,7 +322,11 @@ def main() -> ExitCode:
         exit_interval=EXIT_INTERVAL,
         exit_duration_minutes=EXIT_DURATION_MINUTES,
         save_interval=None,
-        metrics_path=SPEC_DIR / OUTPUT_DIR / "metrics.jsonl",
+        metrics_path=SPEC_DIR / OUTPUT_DIR / METRICS_FILE,
+        spec_path=HERE / SPEC_FILE,
+        spec_sha256=SPEC_SHA256,
+        run_name=RUN_NAME,
+        parameters=NUM_PARAMETERS,
     )
     return train(
         forward_step,
@@ -325,4 +340,4 @@ def main() -> ExitCode:
 
 
 if __name__ == "__main__":
-    run(main)
+    run(main, last_exit=SPEC_DIR / OUTPUT_DIR / LAST_EXIT_FILE)

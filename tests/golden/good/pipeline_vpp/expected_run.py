@@ -10,6 +10,8 @@ Training: 4 steps of 32 sequences (8 microbatches of 2 per data-parallel rank), 
 
 Launch from this file's folder:
     torchrun --nnodes 2 --nproc-per-node 4 --rdzv-backend c10d --rdzv-endpoint HOST_OF_NODE_0:29500 expected_run.py
+or, to exit with the workers' own code (75: stopped on purpose, launch again to resume):
+    bridgec launch expected_run.py --nnodes 2 --nproc-per-node 4 --rdzv-backend c10d --rdzv-endpoint HOST_OF_NODE_0:29500
 
 Every value below comes from the spec or is derived from it (the arithmetic is
 in the comment); edit the spec and regenerate rather than editing this file.
@@ -18,15 +20,13 @@ in the comment); edit the spec and regenerate rather than editing this file.
 from __future__ import annotations
 
 import functools
-import warnings
 from pathlib import Path
 
-# megatron-core 0.16's own TransformerConfig default ("full" CUDA-graph scope) triggers its own
-# deprecation warning on every config; it says nothing about this run.
-warnings.filterwarnings("ignore", message="full scope is deprecated")
-# On a CPU machine megatron-core warns at import that Transformer Engine and Apex
-# are absent; that is expected here.
-warnings.filterwarnings("ignore", message=r".*(Transformer Engine|Apex).* not installed")
+from bridgec.runtime.quiet import silence_third_party_noise
+
+# Warnings of megatron-core and torch that say nothing about this run (each is listed with its reason in
+# bridgec.runtime.quiet), silenced before they are imported.
+silence_third_party_noise("cpu")
 
 import torch
 from megatron.core.distributed import finalize_model_grads
@@ -37,12 +37,13 @@ from megatron.core.transformer import TransformerConfig
 from bridgec.runtime import cpu_compat
 from bridgec.runtime.data import Splits, TokenIds, build_splits, next_batch
 from bridgec.runtime.entry import run
-from bridgec.runtime.errors import ExitCode
+from bridgec.runtime.errors import RunEnd
 from bridgec.runtime.loop import LoopSettings, TrainState, train
 from bridgec.runtime.loss import masked_token_loss
 from bridgec.runtime.model import build_model, unwrap
-from bridgec.runtime.optim import OptimizerSettings, build_optimizer
+from bridgec.runtime.optim import Adam, OptimizerSettings, build_optimizer
 from bridgec.runtime.optim import ScheduleSettings, build_scheduler
+from bridgec.runtime.outputs import claim_outputs
 from bridgec.runtime.parallel import check_launch, initialize
 
 HERE = Path(__file__).resolve().parent
@@ -92,6 +93,7 @@ TIE_EMBEDDINGS = True
 NORM_EPSILON = 1e-05
 DROPOUT = 0.0
 INIT_METHOD_STD = 0.02
+NUM_PARAMETERS = 436864  # embedding 36864 + layers 8 x 49984 + final norm 128 (output tied to the embedding)
 INIT_SCHEME = "portable"
 
 # Precision
@@ -133,6 +135,10 @@ LOSS_REDUCTION = "per_token"
 
 # Outputs (paths relative to the spec's folder)
 OUTPUT_DIR = "out/pipeline"  # default: out/<run.name>
+SPEC_FILE = "spec.toml"  # relative to this script
+SPEC_SHA256 = "2544f2d3aaec36c620b38c0f58e0af2381d1769768dec64566babb5d39ed42b7"  # recorded in the metrics and in every checkpoint
+METRICS_FILE = "spec.metrics.jsonl"  # in OUTPUT_DIR, named after the spec: specs sharing the folder keep their own
+LAST_EXIT_FILE = "spec.last_exit.json"  # in OUTPUT_DIR: how the latest launch ended (code, reason, step)
 
 
 def transformer_config() -> TransformerConfig:
@@ -215,7 +221,7 @@ def forward_step(state: TrainState, data_iterator, model, return_schedule_plan: 
     return output, functools.partial(masked_token_loss, batch.loss_mask)
 
 
-def main() -> ExitCode:
+def main() -> RunEnd:
     check_launch(compiled_world_size=WORLD_SIZE, launch_command=LAUNCH_COMMAND)
     cpu_compat.apply()  # answer megatron-core's hard-coded CUDA calls on the CPU
     layout = initialize(
@@ -227,6 +233,11 @@ def main() -> ExitCode:
         expert=EXPERT_PARALLEL,
         seed=SEED,
         timeout_minutes=TIMEOUT_MINUTES,
+    )
+    # Before any work: refuse to replace another run's checkpoints or metrics.
+    claim_outputs(
+        spec=HERE / SPEC_FILE,
+        metrics=SPEC_DIR / OUTPUT_DIR / METRICS_FILE,
     )
     model = build_model(
         model_provider,
@@ -240,14 +251,10 @@ def main() -> ExitCode:
         distributed_optimizer=DISTRIBUTED_OPTIMIZER,
     )
     optimizer_settings = OptimizerSettings(
-        name=OPTIMIZER,
+        rule=Adam(beta1=ADAM_BETA1, beta2=ADAM_BETA2, eps=ADAM_EPS),
         lr=LR,
         min_lr=MIN_LR,
         weight_decay=WEIGHT_DECAY,
-        adam_beta1=ADAM_BETA1,
-        adam_beta2=ADAM_BETA2,
-        adam_eps=ADAM_EPS,
-        sgd_momentum=0.0,
         clip_grad=CLIP_GRAD,
         dtype=DTYPE,
         distributed_optimizer=DISTRIBUTED_OPTIMIZER,
@@ -282,7 +289,11 @@ def main() -> ExitCode:
         exit_interval=EXIT_INTERVAL,
         exit_duration_minutes=EXIT_DURATION_MINUTES,
         save_interval=None,
-        metrics_path=SPEC_DIR / OUTPUT_DIR / "metrics.jsonl",
+        metrics_path=SPEC_DIR / OUTPUT_DIR / METRICS_FILE,
+        spec_path=HERE / SPEC_FILE,
+        spec_sha256=SPEC_SHA256,
+        run_name=RUN_NAME,
+        parameters=NUM_PARAMETERS,
     )
     return train(
         forward_step,
@@ -296,4 +307,4 @@ def main() -> ExitCode:
 
 
 if __name__ == "__main__":
-    run(main)
+    run(main, last_exit=SPEC_DIR / OUTPUT_DIR / LAST_EXIT_FILE)
