@@ -62,7 +62,7 @@ class GoldenRun:
     output: str
     """What rank 0 printed while running this case."""
     records: tuple[dict[str, Any], ...]
-    """metrics.jsonl after the last launch."""
+    """The spec's metrics file (spec.metrics.jsonl) after the last launch."""
 
     @property
     def train(self) -> list[dict[str, Any]]:
@@ -84,7 +84,8 @@ def _run_group(cases: list[str], world: int, base: Path) -> dict[str, GoldenRun]
         exits = tuple(int(mark[2]) for mark in marks if mark[1] == "exit")
         output = done.stdout[marks[0].start() : marks[-1].end()] if marks else ""
         spec = _spec(case)
-        metrics = script.parent / spec["run"].get("output_dir", f"out/{spec['run']['name']}") / "metrics.jsonl"
+        output_dir = script.parent / spec["run"].get("output_dir", f"out/{spec['run']['name']}")
+        metrics = output_dir / "spec.metrics.jsonl"  # named after the spec file (runtime.outputs)
         records = tuple(json.loads(line) for line in metrics.read_text().splitlines()) if metrics.is_file() else ()
         runs[case] = GoldenRun(folder=script.parent, exits=exits, output=output, records=records)
     return runs

@@ -133,7 +133,7 @@ def test_data_changed_since_compiling_exits_5_with_megatrons_arithmetic(ended: E
     [bad_data] = ended.rebuilt
     prefix = ended.rebuilt_prefix
     assert bad_data.codes == {0: 5}, _output(bad_data)
-    assert (f"bridgec [rank 0]: bad data:\n  {prefix} (5 documents): split [98.0, 1.0, 1.0] gives the validation "
+    assert (f"bridgec: bad data:\n  {prefix} (5 documents): split [98.0, 1.0, 1.0] gives the validation "
             "split documents round(0.98 x 5) = 5 to round(0.99 x 5) = 5, which hold no tokens, and megatron-core "
             "would loop forever building it") in _output(bad_data)
     assert "Traceback" not in _output(bad_data)

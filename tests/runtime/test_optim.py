@@ -15,7 +15,7 @@ from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
 from megatron.core.transformer import TransformerConfig
 
 from bridgec.runtime.model import build_model, unwrap
-from bridgec.runtime.optim import OptimizerSettings, ScheduleSettings, build_optimizer, build_scheduler, no_decay
+from bridgec.runtime.optim import Adam, OptimizerSettings, ScheduleSettings, build_optimizer, build_scheduler, no_decay
 from bridgec.runtime.schedules import CountScheduler, constant_schedule, maxtext_schedule
 from tests.runtime.orbax_scripts.megatron_llama import single_process_layout
 
@@ -40,8 +40,8 @@ def _model_and_optimizer(min_lr: float = 0.0) -> tuple[list, object]:
         tied_output=True, dtype="fp32", distributed_optimizer=False,
     )  # fmt: skip
     settings = OptimizerSettings(
-        name="adam", lr=LR, min_lr=min_lr, weight_decay=WEIGHT_DECAY, adam_beta1=0.9, adam_beta2=0.999, adam_eps=1e-8,
-        sgd_momentum=0.0, clip_grad=0.0, dtype="fp32", distributed_optimizer=False,
+        rule=Adam(beta1=0.9, beta2=0.999, eps=1e-8), lr=LR, min_lr=min_lr, weight_decay=WEIGHT_DECAY,
+        clip_grad=0.0, dtype="fp32", distributed_optimizer=False,
     )  # fmt: skip
     return model, build_optimizer(model, settings)
 

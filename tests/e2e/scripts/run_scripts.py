@@ -24,7 +24,7 @@ from pathlib import Path
 import torch.distributed as dist
 from megatron.core import parallel_state
 
-from bridgec.runtime.errors import ExitCode
+from bridgec.runtime.errors import ExitCode, RunEnd
 
 MAX_LAUNCHES = 4
 
@@ -36,7 +36,8 @@ def run(path: Path, index: int) -> None:
     spec.loader.exec_module(module)
     for launch in range(1, MAX_LAUNCHES + 1):
         say(f"=== {path} launch {launch}")
-        code = module.main()
+        ended = module.main()
+        code = ended.code if isinstance(ended, RunEnd) else ended
         parallel_state.destroy_model_parallel()
         dist.barrier()
         say(f"=== {path} exit {int(code)}")
