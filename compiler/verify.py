@@ -22,6 +22,9 @@ import libcst
 
 _RUNTIME = "bridgec.runtime"
 _IDENTIFIER_LIKE = re.compile(r"[A-Za-z0-9_]*")
+_HAS_WORD = re.compile(r"[A-Za-z0-9_]")
+"""A spec string with no letter, digit or underscore ("=", "-", "()") names nothing and cannot call
+anything; it occurs in any script's code as an operator, so only its literal is checked."""
 # Python 3.12 splits f-strings into several token types; 3.11 has one STRING token.
 _LITERAL_TOKENS = frozenset(
     getattr(tokenize, name) for name in ("STRING", "COMMENT", "FSTRING_START", "FSTRING_MIDDLE", "FSTRING_END")
@@ -62,7 +65,7 @@ def check_spec_strings(source: str, user_strings: tuple[str, ...]) -> list[str]:
     for text in user_strings:
         if not any(text in value for value in values):
             problems.append(f"the spec string {text!r} is not inside any string literal of the script")
-        elif not _IDENTIFIER_LIKE.fullmatch(text) and text in code:
+        elif not _IDENTIFIER_LIKE.fullmatch(text) and _HAS_WORD.search(text) and text in code:
             problems.append(f"the spec string {text!r} appears outside string literals")
     return problems
 

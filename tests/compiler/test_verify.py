@@ -41,6 +41,23 @@ def test_a_string_that_escaped_its_literal_is_caught() -> None:
     assert problems == ["the spec string 'x\"; import os; os.system(\"id' is not inside any string literal of the script"]
 
 
+def test_a_string_that_also_appears_as_code_is_caught() -> None:
+    source = 'NAME = "1.5e3"\nSCALE = 1.5e3\n'
+    assert verify(source, ("1.5e3",)) == ["the spec string '1.5e3' appears outside string literals"]
+
+
+def test_a_punctuation_only_run_name_compiles() -> None:
+    """"=" names a run; it also occurs in every script as an operator, which is not the spec string escaping."""
+    for name in ("=", "-", "()", "+="):
+        result = compile_spec(
+            spec_toml(run={"name": name}),
+            spec_name="spec.toml", spec_path=SPEC_DIR / "spec.toml", output_path=SPEC_DIR / "run.py",
+            files=MemoryFiles(),
+        )
+        assert result.source is not None, name
+        assert repr(name) in result.source or f'"{name}"' in result.source
+
+
 def test_unparsable_output_is_reported() -> None:
     assert verify("def broken(:\n", ())[0].startswith("the generated script does not parse")
 
