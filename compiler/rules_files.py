@@ -278,18 +278,29 @@ def rule_checkpoints_need_adam(spec: Spec, ctx: SpecContext) -> Iterator[Finding
 
 
 def rule_stopping_saves_a_checkpoint(spec: Spec, ctx: SpecContext) -> Iterator[Finding]:
+    """A planned stop exits 75 ("launch again to resume"); without checkpoint.dir there is nothing to resume from.
+
+    exit_interval and exit_duration_minutes would then stop every launch at the same point and a scheduler
+    that requeues on 75 would start the run over forever: refused. on_nonfinite = "stop" ends with its own
+    code (not 75), so it only loses the run's progress: a warning.
+    """
     if spec.checkpoint.dir is not None:
         return
     t = spec.train
+    loops = "each launch would start over from step 0 and stop again (a scheduler that requeues on exit 75 loops forever)"
     stops: dict[KeyPath, object] = {("train", "exit_interval"): t.exit_interval,
-                                    ("train", "exit_duration_minutes"): t.exit_duration_minutes,
-                                    ("train", "on_nonfinite"): "stop" if t.on_nonfinite == "stop" else None}
+                                    ("train", "exit_duration_minutes"): t.exit_duration_minutes}
     for path, value in stops.items():
         if value is not None:
-            yield Finding(about=(path,), severity="warning",
-                          message=f"{format_path(path)} = {render_value(value)} saves a checkpoint before stopping, "
-                                  f"but checkpoint.dir is not set: nothing is saved and the run cannot resume",
+            yield Finding(about=(path,),
+                          message=f"{format_path(path)} = {render_value(value)} stops the run to resume it later, "
+                                  f"but checkpoint.dir is not set: nothing is saved, and {loops}",
                           hint='add dir = "checkpoints" under [checkpoint]')
+    if t.on_nonfinite == "stop":
+        yield Finding(about=(("train", "on_nonfinite"),), severity="warning",
+                      message='$.train.on_nonfinite = "stop" saves a checkpoint before stopping, but checkpoint.dir '
+                              "is not set: nothing is saved and the run cannot resume",
+                      hint='add dir = "checkpoints" under [checkpoint]')
 
 
 def rule_init_checkpoint_exists(spec: Spec, ctx: SpecContext) -> Iterator[Finding]:

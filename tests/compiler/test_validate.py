@@ -654,12 +654,15 @@ def test_rule_checkpoints_need_adam() -> None:
 
 
 def test_rule_stopping_saves_a_checkpoint() -> None:
-    tail = ("saves a checkpoint before stopping, but checkpoint.dir is not set: nothing is saved and the run cannot "
-            'resume; hint: add dir = "checkpoints" under [checkpoint]')
+    loops = ("but checkpoint.dir is not set: nothing is saved, and each launch would start over from step 0 and stop "
+             "again (a scheduler that requeues on exit 75 loops forever); hint: add dir = \"checkpoints\" under "
+             "[checkpoint]")
     check({"train": {"exit_interval": 5, "exit_duration_minutes": 60.0, "on_nonfinite": "stop"}}, [
-        f"spec.toml:14: warning: $.train.exit_interval = 5 {tail}",
-        f"spec.toml:15: warning: $.train.exit_duration_minutes = 60.0 {tail}",
-        f'spec.toml:16: warning: $.train.on_nonfinite = "stop" {tail}'])
+        f"spec.toml:14: $.train.exit_interval = 5 stops the run to resume it later, {loops}",
+        f"spec.toml:15: $.train.exit_duration_minutes = 60.0 stops the run to resume it later, {loops}",
+        'spec.toml:16: warning: $.train.on_nonfinite = "stop" saves a checkpoint before stopping, but checkpoint.dir '
+        'is not set: nothing is saved and the run cannot resume; hint: add dir = "checkpoints" under [checkpoint]'])
+    check({"train": {"exit_interval": 5}, "checkpoint": {"dir": "ckpt"}}, [])
 
 
 LLAMA = {"normalization": "rmsnorm", "add_bias_linear": False, "position_embedding": "rope", "activation": "swiglu"}

@@ -162,6 +162,9 @@ def generate(seed: int) -> Generated:
         checkpoint = {}  # megatron-core cannot checkpoint SGD (refused): mostly left out
     if checkpoint:
         tables["checkpoint"] = checkpoint
+    else:  # a planned stop needs a checkpoint to resume from (refused without one)
+        tables["train"].pop("exit_interval", None)
+        tables["train"].pop("exit_duration_minutes", None)
     files: tuple[tuple[str, str], ...] = ()
     if r.random() < 0.15 and (r.random() < 0.2 or not _maxtext_loss(tables)):
         tables["hooks"], files = _hooks(r, tables["loss"]["reduction"])  # hooks replace MaxText's loss: mostly not both

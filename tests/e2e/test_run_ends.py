@@ -87,7 +87,6 @@ def _output(result: LaunchResult) -> str:
 class Ended:
     """The launches of each run, in order."""
 
-    stop: list[LaunchResult]
     finished: list[LaunchResult]
     rebuilt: list[LaunchResult]
     rebuilt_prefix: Path
@@ -98,8 +97,6 @@ class Ended:
 def ended(tmp_path_factory: pytest.TempPathFactory) -> Ended:
     """Every run of this module, compiled and launched together (one forkrun start for the first launches)."""
     tmp_path = tmp_path_factory.mktemp("ends")
-    # An early stop without a checkpoint folder cannot be resumed.
-    no_checkpoint = compile_to(tmp_path / "stop", _spec("iters = 3\nexit_interval = 1")).parent
     # A finished run, launched again below with fewer iters.
     finished = compile_to(tmp_path / "finished", _spec("iters = 3\neval_interval = 3\neval_iters = 1",
                                                        ADAM + '[checkpoint]\ndir = "ckpt"\nresume = true')).parent
@@ -112,20 +109,23 @@ def ended(tmp_path_factory: pytest.TempPathFactory) -> Ended:
     # optax semantics in bf16 (megatron-core's mixed-precision optimizer) with every parameter decaying.
     mixed = compile_to(tmp_path / "mixed", _spec(
         "iters = 2\nexit_interval = 1", OPTAX_BF16 + '[checkpoint]\ndir = "ckpt"\nresume = true')).parent
-    first = run_fork([Job(folder=no_checkpoint, procs=1), Job(folder=finished, procs=1),
+    first = run_fork([Job(folder=finished, procs=1),
                       Job(folder=rebuilt, procs=1), Job(folder=mixed, procs=1, launches=2)])
     compile_to(finished, _spec("iters = 2\neval_interval = 2\neval_iters = 1",
                                ADAM + '[checkpoint]\ndir = "ckpt"\nresume = true'))
     again = run_fork([Job(folder=finished, procs=1)])[finished]
-    return Ended(stop=first[no_checkpoint], finished=first[finished] + again, rebuilt=first[rebuilt],
+    return Ended(finished=first[finished] + again, rebuilt=first[rebuilt],
                  rebuilt_prefix=rebuilt / "data" / "docs", mixed=first[mixed])
 
 
-def test_an_early_stop_without_a_checkpoint_folder_says_a_new_launch_starts_over(ended: Ended) -> None:
-    [stopped] = ended.stop
-    assert stopped.codes == {0: 75}, _output(stopped)
-    assert ("stopping after step 1: exit_interval 1 reached; no [checkpoint] dir, so nothing was saved: launching "
-            "again starts over from step 0") in _output(stopped)
+def test_an_early_stop_without_a_checkpoint_folder_is_refused_before_launch(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Every launch would stop at step 1 with nothing saved and start over: a requeue-on-75 loop."""
+    (tmp_path / "spec.toml").write_text(_spec("iters = 3\nexit_interval = 1"), encoding="utf-8")
+    assert bridgec(["compile", str(tmp_path / "spec.toml"), "-o", str(tmp_path / "run.py")]) == 2
+    assert ("$.train.exit_interval = 1 stops the run to resume it later, but checkpoint.dir is not set: nothing is "
+            "saved, and each launch would start over from step 0 and stop again") in capsys.readouterr().err
+    assert not (tmp_path / "run.py").exists()
 
 
 def test_data_changed_since_compiling_exits_5_with_megatrons_arithmetic(ended: Ended) -> None:
