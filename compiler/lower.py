@@ -74,6 +74,7 @@ def _run_sections(spec: Spec, target: Target) -> list[Section]:
             constants=(
                 _c("RUN_NAME", spec.run.name, text=True),
                 _c("SEED", spec.run.seed),
+                _c("BRIDGEC_VERSION", __version__, "the bridgec that generated this script: start() refuses another runtime"),
             ),
         ),
         Section(

@@ -36,6 +36,7 @@ from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
 from megatron.core.transformer import TransformerConfig
 
 from bridgec.runtime import cpu_compat
+from bridgec.runtime.build import Built, CheckpointIdentity, ImportFacts, Weights
 from bridgec.runtime.checkpoint import DistCheckpointer, file_sha256, spec_copy
 from bridgec.runtime.data import Splits, TokenIds, build_splits
 from bridgec.runtime.entry import run
@@ -46,7 +47,8 @@ from bridgec.runtime.model import build_model
 from bridgec.runtime.optim import Adam, OptimizerSettings, build_optimizer
 from bridgec.runtime.optim import ScheduleSettings, build_scheduler
 from bridgec.runtime.outputs import claim_outputs
-from bridgec.runtime.parallel import check_launch, initialize
+from bridgec.runtime.parallel import Layout, check_launch, initialize
+from bridgec.runtime.version import require_runtime
 
 HERE = Path(__file__).resolve().parent
 SPEC_DIR = HERE  # paths in the spec are relative to its folder
@@ -54,6 +56,7 @@ SPEC_DIR = HERE  # paths in the spec are relative to its folder
 # Run
 RUN_NAME = "evaluation"
 SEED = 1234
+BRIDGEC_VERSION = "0.1.0"  # the bridgec that generated this script: start() refuses another runtime
 
 # Launch
 DEVICE = "cpu"
@@ -212,11 +215,15 @@ def datasets() -> Splits:
 forward_step = Hook(SPEC_DIR / "recording.py", "forward_step")
 
 
-def main() -> RunEnd:
-    check_launch(compiled_world_size=WORLD_SIZE, launch_command=LAUNCH_COMMAND)
-    forward_step.load()  # the hooks file, before any work: a problem with it is a message, not a traceback
+def start(launch_command: str = LAUNCH_COMMAND) -> Layout:
+    """Check the runtime's version and the process count, then start torch.distributed and megatron's groups.
+
+    ``launch_command`` is what a wrong launch is told to run instead (bridgec convert names its own).
+    """
+    require_runtime(BRIDGEC_VERSION)
+    check_launch(compiled_world_size=WORLD_SIZE, launch_command=launch_command)
     cpu_compat.apply()  # answer megatron-core's hard-coded CUDA calls on the CPU
-    layout = initialize(
+    return initialize(
         device=DEVICE,
         tensor=TENSOR_PARALLEL,
         pipeline=PIPELINE_PARALLEL,
@@ -226,19 +233,18 @@ def main() -> RunEnd:
         seed=SEED,
         timeout_minutes=TIMEOUT_MINUTES,
     )
-    checkpoint_dir = (SPEC_DIR / CHECKPOINT_DIR).resolve()
-    # Before any work: refuse to replace another run's checkpoints or metrics.
-    claim_outputs(
-        spec=HERE / SPEC_FILE,
-        metrics=SPEC_DIR / OUTPUT_DIR / METRICS_FILE,
-        checkpoint_dir=checkpoint_dir,
-        resume=RESUME,
-        overwrite=OVERWRITE_CHECKPOINTS,
-    )
+
+
+def build(layout: Layout, *, weights: Weights = Weights.SPEC) -> Built:
+    """This run on this rank: model chunks, optimizer, learning-rate scheduler, datasets and checkpointer.
+
+    main() trains what it returns; bridgec convert imports this script and builds the same model with
+    weights=Weights.REPLACED (every weight is then overwritten, so the spec's initialisation is skipped).
+    """
     model = build_model(
         model_provider,
         layout=layout,
-        init_scheme=INIT_SCHEME,
+        init_scheme=weights.init_scheme(INIT_SCHEME),
         seed=SEED,
         init_std=INIT_METHOD_STD,
         num_layers=NUM_LAYERS,
@@ -270,17 +276,50 @@ def main() -> RunEnd:
             wsd_decay_style="linear",
         ),
     )
-    checkpointer = DistCheckpointer(
-        directory=checkpoint_dir,
-        keep_last=KEEP_LAST,
-        model=model,
-        optimizer=optimizer,
-        scheduler=scheduler,
-        layout=layout,
+    identity = CheckpointIdentity(
         spec_sha256=SPEC_SHA256,
         script_sha256=file_sha256(Path(__file__)),
         spec_text=spec_copy(HERE / SPEC_FILE, SPEC_SHA256),
     )
+    return Built(
+        layout=layout,
+        model=model,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        datasets=datasets,
+        identity=identity,
+        checkpointer=DistCheckpointer(
+            directory=(SPEC_DIR / CHECKPOINT_DIR).resolve(),
+            keep_last=KEEP_LAST,
+            model=model,
+            optimizer=optimizer,
+            scheduler=scheduler,
+            layout=layout,
+            spec_sha256=identity.spec_sha256,
+            script_sha256=identity.script_sha256,
+            spec_text=identity.spec_text,
+        ),
+        spec_dir=SPEC_DIR,
+        imports=ImportFacts(
+            vocab_size=VOCAB_SIZE,
+            global_batch_size=GLOBAL_BATCH_SIZE,
+            adam_betas=(ADAM_BETA1, ADAM_BETA2),
+        ),
+    )
+
+
+def main() -> RunEnd:
+    forward_step.load()  # the hooks file, before any work: a problem with it is a message, not a traceback
+    layout = start()
+    # Before any work: refuse to replace another run's checkpoints or metrics.
+    claim_outputs(
+        spec=HERE / SPEC_FILE,
+        metrics=SPEC_DIR / OUTPUT_DIR / METRICS_FILE,
+        checkpoint_dir=(SPEC_DIR / CHECKPOINT_DIR).resolve(),
+        resume=RESUME,
+        overwrite=OVERWRITE_CHECKPOINTS,
+    )
+    built = build(layout)
     settings = LoopSettings(
         iters=TRAIN_ITERS,
         log_interval=LOG_INTERVAL,
@@ -304,13 +343,13 @@ def main() -> RunEnd:
     )
     return train(
         forward_step,
-        model=model,
-        optimizer=optimizer,
-        scheduler=scheduler,
-        splits=datasets(),
+        model=built.model,
+        optimizer=built.optimizer,
+        scheduler=built.scheduler,
+        splits=built.datasets(),
         layout=layout,
         settings=settings,
-        checkpointer=checkpointer,
+        checkpointer=built.checkpointer,
         resume=RESUME,
     )
 

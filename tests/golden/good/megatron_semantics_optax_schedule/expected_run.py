@@ -37,6 +37,8 @@ from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
 from megatron.core.transformer import TransformerConfig
 
 from bridgec.runtime import cpu_compat
+from bridgec.runtime.build import Built, CheckpointIdentity, ImportFacts, Weights
+from bridgec.runtime.checkpoint import file_sha256, spec_copy
 from bridgec.runtime.data import Splits, TokenIds, build_splits, next_batch
 from bridgec.runtime.entry import run
 from bridgec.runtime.errors import RunEnd
@@ -52,7 +54,8 @@ from bridgec.runtime.schedules import (
     join_schedules,
 )
 from bridgec.runtime.outputs import claim_outputs
-from bridgec.runtime.parallel import check_launch, initialize
+from bridgec.runtime.parallel import Layout, check_launch, initialize
+from bridgec.runtime.version import require_runtime
 
 HERE = Path(__file__).resolve().parent
 SPEC_DIR = HERE  # paths in the spec are relative to its folder
@@ -60,6 +63,7 @@ SPEC_DIR = HERE  # paths in the spec are relative to its folder
 # Run
 RUN_NAME = "megatron-optax-schedule"
 SEED = 1234
+BRIDGEC_VERSION = "0.1.0"  # the bridgec that generated this script: start() refuses another runtime
 
 # Launch
 DEVICE = "cpu"
@@ -238,10 +242,15 @@ def learning_rate_schedule() -> Schedule:
     )
 
 
-def main() -> RunEnd:
-    check_launch(compiled_world_size=WORLD_SIZE, launch_command=LAUNCH_COMMAND)
+def start(launch_command: str = LAUNCH_COMMAND) -> Layout:
+    """Check the runtime's version and the process count, then start torch.distributed and megatron's groups.
+
+    ``launch_command`` is what a wrong launch is told to run instead (bridgec convert names its own).
+    """
+    require_runtime(BRIDGEC_VERSION)
+    check_launch(compiled_world_size=WORLD_SIZE, launch_command=launch_command)
     cpu_compat.apply()  # answer megatron-core's hard-coded CUDA calls on the CPU
-    layout = initialize(
+    return initialize(
         device=DEVICE,
         tensor=TENSOR_PARALLEL,
         pipeline=PIPELINE_PARALLEL,
@@ -251,15 +260,18 @@ def main() -> RunEnd:
         seed=SEED,
         timeout_minutes=TIMEOUT_MINUTES,
     )
-    # Before any work: refuse to replace another run's checkpoints or metrics.
-    claim_outputs(
-        spec=HERE / SPEC_FILE,
-        metrics=SPEC_DIR / OUTPUT_DIR / METRICS_FILE,
-    )
+
+
+def build(layout: Layout, *, weights: Weights = Weights.SPEC) -> Built:
+    """This run on this rank: model chunks, optimizer, learning-rate scheduler, datasets and checkpointer.
+
+    main() trains what it returns; bridgec convert imports this script and builds the same model with
+    weights=Weights.REPLACED (every weight is then overwritten, so the spec's initialisation is skipped).
+    """
     model = build_model(
         model_provider,
         layout=layout,
-        init_scheme=INIT_SCHEME,
+        init_scheme=weights.init_scheme(INIT_SCHEME),
         seed=SEED,
         init_std=INIT_METHOD_STD,
         num_layers=NUM_LAYERS,
@@ -277,6 +289,36 @@ def main() -> RunEnd:
     )
     optimizer = build_optimizer(model, optimizer_settings)
     scheduler = CountScheduler(optimizer, learning_rate_schedule(), weight_decay=WEIGHT_DECAY)
+    identity = CheckpointIdentity(
+        spec_sha256=SPEC_SHA256,
+        script_sha256=file_sha256(Path(__file__)),
+        spec_text=spec_copy(HERE / SPEC_FILE, SPEC_SHA256),
+    )
+    return Built(
+        layout=layout,
+        model=model,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        datasets=datasets,
+        identity=identity,
+        checkpointer=None,
+        spec_dir=SPEC_DIR,
+        imports=ImportFacts(
+            vocab_size=VOCAB_SIZE,
+            global_batch_size=GLOBAL_BATCH_SIZE,
+            adam_betas=(ADAM_BETA1, ADAM_BETA2),
+        ),
+    )
+
+
+def main() -> RunEnd:
+    layout = start()
+    # Before any work: refuse to replace another run's checkpoints or metrics.
+    claim_outputs(
+        spec=HERE / SPEC_FILE,
+        metrics=SPEC_DIR / OUTPUT_DIR / METRICS_FILE,
+    )
+    built = build(layout)
     settings = LoopSettings(
         iters=TRAIN_ITERS,
         log_interval=LOG_INTERVAL,
@@ -300,10 +342,10 @@ def main() -> RunEnd:
     )
     return train(
         forward_step,
-        model=model,
-        optimizer=optimizer,
-        scheduler=scheduler,
-        splits=datasets(),
+        model=built.model,
+        optimizer=built.optimizer,
+        scheduler=built.scheduler,
+        splits=built.datasets(),
         layout=layout,
         settings=settings,
     )
