@@ -79,7 +79,7 @@ class Built:
     datasets: Callable[[], Splits]
     """Builds the train and validation splits: called when training starts (a conversion reads no data)."""
     identity: CheckpointIdentity
-    checkpointer: DistCheckpointer | None
+    checkpointer: DistCheckpointer | None = None
     """The spec's [checkpoint] dir; None without one."""
     spec_dir: Path
     """The spec's folder: paths in the spec are relative to it."""

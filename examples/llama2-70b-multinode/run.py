@@ -10,6 +10,15 @@ Model: GPT, 80 layers, hidden 8192, 64 heads (grouped-query, 8 groups), swiglu, 
 Layout: 128 processes on 16 node(s), cuda (nccl): tensor 4, pipeline 4, virtual pipeline 5, context 2, data 4.
 Training: 50000 steps of 1024 sequences (256 microbatches of 1 per data-parallel rank), mock data, adam (megatron semantics) at lr 0.00015 (cosine schedule), bf16.
 
+One training step, in order:
+1. Forward and backward over 256 microbatches of 1 sequences on each data-parallel rank; the loss is summed over the global batch's real tokens and divided once by their count.
+2. The global gradient norm, over every rank's gradients.
+3. A non-finite loss or gradient norm skips the update (counted in the metrics; weights and optimizer state untouched).
+4. Clip: gradients scaled by min(1, clip_grad 1 / (norm + CLIP_EPSILON)).
+5. The optimizer step: adam (megatron semantics).
+6. The learning-rate schedule (cosine) advances one update.
+Every step's loss, gradient norm, learning rate and timing go to OUTPUT_DIR/METRICS_FILE (out/llama2-70b/, relative to the spec's folder); every LOG_INTERVAL (10) steps a line is printed.
+
 Launch from this file's folder:
     torchrun --nnodes 16 --nproc-per-node 8 --rdzv-backend c10d --rdzv-endpoint HOST_OF_NODE_0:29500 run.py
 or, to exit with the workers' own code (75: stopped on purpose, launch again to resume):
@@ -39,14 +48,13 @@ from megatron.core.transformer import TransformerConfig
 
 from bridgec.runtime.build import Built, CheckpointIdentity, ImportFacts, Weights
 from bridgec.runtime.checkpoint import DistCheckpointer, file_sha256, spec_copy
-from bridgec.runtime.data import Splits, TokenIds, build_splits, next_batch
+from bridgec.runtime.data import MockData, Splits, TokenIds, build_splits, next_batch
 from bridgec.runtime.entry import run
 from bridgec.runtime.errors import RunEnd
 from bridgec.runtime.loop import LoopSettings, TrainState, train
 from bridgec.runtime.loss import masked_token_loss
 from bridgec.runtime.model import build_model, unwrap
-from bridgec.runtime.optim import Adam, OptimizerSettings, build_optimizer
-from bridgec.runtime.optim import ScheduleSettings, build_scheduler
+from bridgec.runtime.optim import Adam, OptimizerSettings, ScheduleSettings, build_optimizer, build_scheduler
 from bridgec.runtime.outputs import claim_outputs
 from bridgec.runtime.parallel import Layout, check_launch, initialize
 from bridgec.runtime.version import require_runtime
@@ -94,7 +102,6 @@ FFN_HIDDEN_SIZE = 28672
 VOCAB_SIZE = 32000
 PADDED_VOCAB_SIZE = 32000  # vocab 32000 rounded up to a multiple of 128 (lcm of make_vocab_size_divisible_by 128 and tensor 4)
 SEQ_LENGTH = 4096
-ACTIVATION = "swiglu"
 TIE_EMBEDDINGS = False
 NORM_EPSILON = 1e-05
 DROPOUT = 0.0
@@ -116,8 +123,6 @@ EXIT_DURATION_MINUTES = 230.0
 ON_NONFINITE = "skip"
 
 # Optimizer
-OPTIMIZER = "adam"
-OPTIMIZER_SEMANTICS = "megatron"
 LR = 0.00015
 MIN_LR = 1.5e-05
 WEIGHT_DECAY = 0.1
@@ -134,12 +139,10 @@ LR_DECAY_STYLE = "cosine"
 LR_DECAY_ITERS = 50000  # default: train.iters 50000
 
 # Data and loss
-DATA_KIND = "mock"
 EOD_TOKEN = 31999  # default for mock data: vocab 32000 - 1
 EOD_MASK_LOSS = False
 TRAIN_SAMPLES = 51200000  # train.iters 50000 x global 1024
 VALID_SAMPLES = 1024000  # 50 evaluations (iters 50000 // eval_interval 1000) x eval_iters 20 x global 1024; each reads the next ones
-LOSS_REDUCTION = "per_token"
 
 # Outputs (paths relative to the spec's folder)
 OUTPUT_DIR = "out/llama2-70b"  # default: out/<run.name>
@@ -174,9 +177,7 @@ def transformer_config() -> TransformerConfig:
         tensor_model_parallel_size=TENSOR_PARALLEL,
         pipeline_model_parallel_size=PIPELINE_PARALLEL,
         virtual_pipeline_model_parallel_size=VIRTUAL_PIPELINE,
-        # The interleaved schedule uses plain send/recv, which (unlike batched p2p) keeps the
-        # two directions apart when a stage's previous and next ranks are the same process.
-        batch_p2p_comm=False,
+        batch_p2p_comm=False,  # plain send/recv: unlike batched p2p it keeps the two directions apart when a stage's previous and next ranks are the same process
         overlap_p2p_comm=True,
         context_parallel_size=CONTEXT_PARALLEL,
         sequence_parallel=SEQUENCE_PARALLEL,
@@ -207,12 +208,9 @@ def model_provider(pre_process: bool, post_process: bool, vp_stage: int | None =
 
 
 def datasets() -> Splits:
-    """Train and validation splits of megatron-core's mock GPT data (learnable: each token follows its predecessor)."""
+    """Train and validation splits of megatron-core's mock GPT data (learnable sequences, in three equal parts)."""
     return build_splits(
-        kind=DATA_KIND,
-        prefixes=(),
-        weights=(),
-        split=None,  # megatron-core splits its mock data into three equal parts
+        MockData(),
         seq_length=SEQ_LENGTH,
         seed=SEED,
         token_ids=TokenIds(vocab_size=VOCAB_SIZE, eod=EOD_TOKEN),
@@ -273,16 +271,17 @@ def build(layout: Layout, *, weights: Weights = Weights.SPEC) -> Built:
         dtype=DTYPE,
         distributed_optimizer=DISTRIBUTED_OPTIMIZER,
     )
-    optimizer_settings = OptimizerSettings(
-        rule=Adam(beta1=ADAM_BETA1, beta2=ADAM_BETA2, eps=ADAM_EPS),
-        lr=LR,
-        min_lr=MIN_LR,
-        weight_decay=WEIGHT_DECAY,
-        clip_grad=CLIP_GRAD,
-        dtype=DTYPE,
-        distributed_optimizer=DISTRIBUTED_OPTIMIZER,
+    optimizer = build_optimizer(
+        model,
+        OptimizerSettings(
+            rule=Adam(beta1=ADAM_BETA1, beta2=ADAM_BETA2, eps=ADAM_EPS),
+            lr=LR,
+            min_lr=MIN_LR,
+            weight_decay=WEIGHT_DECAY,
+            dtype=DTYPE,
+            distributed_optimizer=DISTRIBUTED_OPTIMIZER,
+        ),
     )
-    optimizer = build_optimizer(model, optimizer_settings)
     scheduler = build_scheduler(
         optimizer,
         lr=LR,
@@ -293,8 +292,6 @@ def build(layout: Layout, *, weights: Weights = Weights.SPEC) -> Built:
             warmup_init_lr=LR_WARMUP_INIT,
             decay=LR_DECAY_STYLE,
             decay_iters=LR_DECAY_ITERS,
-            wsd_decay_iters=None,
-            wsd_decay_style="linear",
         ),
     )
     identity = CheckpointIdentity(

@@ -10,6 +10,15 @@ Model: GPT, 2 layers, hidden 64, 4 heads (multi-head), swiglu, rmsnorm, rope pos
 Layout: 2 processes on 1 node(s), cpu (gloo): tensor 1, pipeline 1, data 2.
 Training: 40 steps of 16 sequences (2 microbatches of 4 per data-parallel rank), mock data, adam (megatron semantics) at lr 0.003 (cosine schedule), fp32.
 
+One training step, in order:
+1. Forward and backward over 2 microbatches of 4 sequences on each data-parallel rank; the loss is summed over the global batch's real tokens and divided once by their count.
+2. The global gradient norm, over every rank's gradients.
+3. A non-finite loss or gradient norm skips the update (counted in the metrics; weights and optimizer state untouched).
+4. Clip: gradients scaled by min(1, clip_grad 1 / (norm + CLIP_EPSILON)).
+5. The optimizer step: adam (megatron semantics).
+6. The learning-rate schedule (cosine) advances one update.
+Every step's loss, gradient norm, learning rate and timing go to OUTPUT_DIR/METRICS_FILE (out/quickstart/, relative to the spec's folder); every LOG_INTERVAL (5) steps a line is printed.
+
 Launch from this file's folder:
     torchrun --nnodes 1 --nproc-per-node 2 run.py
 or, to exit with the workers' own code (75: stopped on purpose, launch again to resume):
@@ -40,14 +49,13 @@ from megatron.core.transformer import TransformerConfig
 from bridgec.runtime import cpu_compat
 from bridgec.runtime.build import Built, CheckpointIdentity, ImportFacts, Weights
 from bridgec.runtime.checkpoint import file_sha256, spec_copy
-from bridgec.runtime.data import Splits, TokenIds, build_splits, next_batch
+from bridgec.runtime.data import MockData, Splits, TokenIds, build_splits, next_batch
 from bridgec.runtime.entry import run
 from bridgec.runtime.errors import RunEnd
 from bridgec.runtime.loop import LoopSettings, TrainState, train
 from bridgec.runtime.loss import masked_token_loss
 from bridgec.runtime.model import build_model, unwrap
-from bridgec.runtime.optim import Adam, OptimizerSettings, build_optimizer
-from bridgec.runtime.optim import ScheduleSettings, build_scheduler
+from bridgec.runtime.optim import Adam, OptimizerSettings, ScheduleSettings, build_optimizer, build_scheduler
 from bridgec.runtime.outputs import claim_outputs
 from bridgec.runtime.parallel import Layout, check_launch, initialize
 from bridgec.runtime.version import require_runtime
@@ -93,7 +101,6 @@ FFN_HIDDEN_SIZE = 128
 VOCAB_SIZE = 128
 PADDED_VOCAB_SIZE = 128  # vocab 128 rounded up to a multiple of 128 (lcm of make_vocab_size_divisible_by 128 and tensor 1)
 SEQ_LENGTH = 64
-ACTIVATION = "swiglu"
 TIE_EMBEDDINGS = True
 NORM_EPSILON = 1e-05
 DROPOUT = 0.0
@@ -115,8 +122,6 @@ EXIT_DURATION_MINUTES = None
 ON_NONFINITE = "skip"
 
 # Optimizer
-OPTIMIZER = "adam"
-OPTIMIZER_SEMANTICS = "megatron"
 LR = 0.003
 MIN_LR = 0.0003
 WEIGHT_DECAY = 0.01
@@ -133,12 +138,10 @@ LR_DECAY_STYLE = "cosine"
 LR_DECAY_ITERS = 40  # default: train.iters 40
 
 # Data and loss
-DATA_KIND = "mock"
 EOD_TOKEN = 127  # default for mock data: vocab 128 - 1
 EOD_MASK_LOSS = False
 TRAIN_SAMPLES = 640  # train.iters 40 x global 16
 VALID_SAMPLES = 64  # 2 evaluations (iters 40 // eval_interval 20) x eval_iters 2 x global 16; each reads the next ones
-LOSS_REDUCTION = "per_token"
 
 # Outputs (paths relative to the spec's folder)
 OUTPUT_DIR = "out/quickstart"  # default: out/<run.name>
@@ -196,12 +199,9 @@ def model_provider(pre_process: bool, post_process: bool, vp_stage: int | None =
 
 
 def datasets() -> Splits:
-    """Train and validation splits of megatron-core's mock GPT data (learnable: each token follows its predecessor)."""
+    """Train and validation splits of megatron-core's mock GPT data (learnable sequences, in three equal parts)."""
     return build_splits(
-        kind=DATA_KIND,
-        prefixes=(),
-        weights=(),
-        split=None,  # megatron-core splits its mock data into three equal parts
+        MockData(),
         seq_length=SEQ_LENGTH,
         seed=SEED,
         token_ids=TokenIds(vocab_size=VOCAB_SIZE, eod=EOD_TOKEN),
@@ -262,16 +262,17 @@ def build(layout: Layout, *, weights: Weights = Weights.SPEC) -> Built:
         dtype=DTYPE,
         distributed_optimizer=DISTRIBUTED_OPTIMIZER,
     )
-    optimizer_settings = OptimizerSettings(
-        rule=Adam(beta1=ADAM_BETA1, beta2=ADAM_BETA2, eps=ADAM_EPS),
-        lr=LR,
-        min_lr=MIN_LR,
-        weight_decay=WEIGHT_DECAY,
-        clip_grad=CLIP_GRAD,
-        dtype=DTYPE,
-        distributed_optimizer=DISTRIBUTED_OPTIMIZER,
+    optimizer = build_optimizer(
+        model,
+        OptimizerSettings(
+            rule=Adam(beta1=ADAM_BETA1, beta2=ADAM_BETA2, eps=ADAM_EPS),
+            lr=LR,
+            min_lr=MIN_LR,
+            weight_decay=WEIGHT_DECAY,
+            dtype=DTYPE,
+            distributed_optimizer=DISTRIBUTED_OPTIMIZER,
+        ),
     )
-    optimizer = build_optimizer(model, optimizer_settings)
     scheduler = build_scheduler(
         optimizer,
         lr=LR,
@@ -282,8 +283,6 @@ def build(layout: Layout, *, weights: Weights = Weights.SPEC) -> Built:
             warmup_init_lr=LR_WARMUP_INIT,
             decay=LR_DECAY_STYLE,
             decay_iters=LR_DECAY_ITERS,
-            wsd_decay_iters=None,
-            wsd_decay_style="linear",
         ),
     )
     identity = CheckpointIdentity(
@@ -298,7 +297,6 @@ def build(layout: Layout, *, weights: Weights = Weights.SPEC) -> Built:
         scheduler=scheduler,
         datasets=datasets,
         identity=identity,
-        checkpointer=None,
         spec_dir=SPEC_DIR,
         imports=ImportFacts(
             vocab_size=VOCAB_SIZE,

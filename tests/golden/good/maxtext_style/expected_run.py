@@ -10,6 +10,15 @@ Model: GPT, 2 layers, hidden 64, 4 heads (grouped-query, 2 groups), geglu, rmsno
 Layout: 2 processes on 1 node(s), cpu (gloo): tensor 1, pipeline 1, data 2.
 Training: 20 steps of 8 sequences (2 microbatches of 2 per data-parallel rank), mock data, adam (optax semantics) at lr 0.003 (MaxText cosine schedule), fp32.
 
+One training step, in order:
+1. Forward and backward over 2 microbatches of 2 sequences on each data-parallel rank; the loss is summed over the global batch's real tokens and divided once by their count.
+2. The global gradient norm, over every rank's gradients.
+3. A non-finite loss or gradient norm skips the update (counted in the metrics; weights and optimizer state untouched).
+4. Clip: gradients scaled by min(1, clip_grad 1 / (norm + CLIP_EPSILON)).
+5. The optimizer step: adam (optax semantics).
+6. The learning-rate schedule (MaxText cosine) advances one update.
+Every step's loss, gradient norm, learning rate and timing go to OUTPUT_DIR/METRICS_FILE (out/maxtext-style/, relative to the spec's folder); every LOG_INTERVAL (1) steps a line is printed.
+
 Launch from this file's folder:
     torchrun --nnodes 1 --nproc-per-node 2 expected_run.py
 or, to exit with the workers' own code (75: stopped on purpose, launch again to resume):
@@ -39,7 +48,7 @@ from megatron.core.transformer import TransformerConfig
 from bridgec.runtime import cpu_compat
 from bridgec.runtime.build import Built, CheckpointIdentity, ImportFacts, Weights
 from bridgec.runtime.checkpoint import file_sha256, spec_copy
-from bridgec.runtime.data import Splits, TokenIds, build_splits, next_batch
+from bridgec.runtime.data import MockData, Splits, TokenIds, build_splits, next_batch
 from bridgec.runtime.entry import run
 from bridgec.runtime.errors import RunEnd
 from bridgec.runtime.init import scale_query_rows
@@ -47,9 +56,9 @@ from bridgec.runtime.loop import LoopSettings, TrainState, train
 from bridgec.runtime.maxtext_loss import maxtext_loss
 from bridgec.runtime.model import build_model, gelu_tanh, unwrap
 from bridgec.runtime.optax_optim import build_optax_optimizer
-from bridgec.runtime.schedules import CountScheduler, Schedule, maxtext_schedule
 from bridgec.runtime.outputs import claim_outputs
 from bridgec.runtime.parallel import Layout, check_launch, initialize
+from bridgec.runtime.schedules import CountScheduler, Schedule, maxtext_schedule
 from bridgec.runtime.version import require_runtime
 
 HERE = Path(__file__).resolve().parent
@@ -93,7 +102,6 @@ FFN_HIDDEN_SIZE = 256  # default: 4 x hidden 64
 VOCAB_SIZE = 256
 PADDED_VOCAB_SIZE = 256  # vocab 256 rounded up to a multiple of 128 (lcm of make_vocab_size_divisible_by 128 and tensor 1)
 SEQ_LENGTH = 32
-ACTIVATION = "geglu"
 TIE_EMBEDDINGS = True
 NORM_EPSILON = 1e-06
 DROPOUT = 0.0
@@ -114,8 +122,6 @@ EXIT_DURATION_MINUTES = None
 ON_NONFINITE = "skip"
 
 # Optimizer
-OPTIMIZER = "adam"
-OPTIMIZER_SEMANTICS = "optax"
 LR = 0.003
 WEIGHT_DECAY = 0.1
 ADAM_BETA1 = 0.9
@@ -128,20 +134,17 @@ DECAY_MASK_SCAN_LAYERS = True
 CLIP_GRAD = 1.0
 CLIP_EPSILON = 0.0  # optax.clip_by_global_norm: coefficient = clip_grad / norm
 
-# Learning-rate schedule (MaxText's, read at the pre-increment update count)
-LR_SCHEDULE = "maxtext cosine"
+# Learning-rate schedule (MaxText's cosine, read at the pre-increment update count)
 MAXTEXT_SCHEDULE_VARIANT = "2026-02"
 MAXTEXT_SCHEDULE_STEPS = 20  # default: train.iters 20
 MAXTEXT_WARMUP_STEPS_FRACTION = 0.1
 MAXTEXT_FINAL_FRACTION = 0.1
 
 # Data and loss
-DATA_KIND = "mock"
 EOD_TOKEN = 255  # default for mock data: vocab 256 - 1
 EOD_MASK_LOSS = False
 TRAIN_SAMPLES = 160  # train.iters 20 x global 8
 VALID_SAMPLES = 0  # no evaluation
-LOSS_REDUCTION = "per_token"
 Z_LOSS_MULTIPLIER = 0.0001
 LOGITS_MULTIPLIER = 0.125
 
@@ -204,12 +207,9 @@ def model_provider(pre_process: bool, post_process: bool, vp_stage: int | None =
 
 
 def datasets() -> Splits:
-    """Train and validation splits of megatron-core's mock GPT data (learnable: each token follows its predecessor)."""
+    """Train and validation splits of megatron-core's mock GPT data (learnable sequences, in three equal parts)."""
     return build_splits(
-        kind=DATA_KIND,
-        prefixes=(),
-        weights=(),
-        split=None,  # megatron-core splits its mock data into three equal parts
+        MockData(),
         seq_length=SEQ_LENGTH,
         seed=SEED,
         token_ids=TokenIds(vocab_size=VOCAB_SIZE, eod=EOD_TOKEN),
@@ -311,14 +311,18 @@ def build(layout: Layout, *, weights: Weights = Weights.SPEC) -> Built:
         eps_root=ADAM_EPS_ROOT,
         weight_decay=WEIGHT_DECAY,
         decay_exclude=DECAY_EXCLUDE,
-        gated_mlp=ACTIVATION in ("swiglu", "geglu"),
+        gated_mlp=True,
         scan_layers=DECAY_MASK_SCAN_LAYERS,
         tied_output=TIE_EMBEDDINGS,
         path_style=DECAY_MASK_PATHS,
         dtype=DTYPE,
         distributed_optimizer=DISTRIBUTED_OPTIMIZER,
     )
-    scheduler = CountScheduler(optimizer, learning_rate_schedule(), weight_decay=WEIGHT_DECAY)
+    scheduler = CountScheduler(
+        optimizer,
+        learning_rate_schedule(),
+        weight_decay=WEIGHT_DECAY,
+    )
     identity = CheckpointIdentity(
         spec_sha256=SPEC_SHA256,
         script_sha256=file_sha256(Path(__file__)),
@@ -331,7 +335,6 @@ def build(layout: Layout, *, weights: Weights = Weights.SPEC) -> Built:
         scheduler=scheduler,
         datasets=datasets,
         identity=identity,
-        checkpointer=None,
         spec_dir=SPEC_DIR,
         imports=ImportFacts(
             vocab_size=VOCAB_SIZE,

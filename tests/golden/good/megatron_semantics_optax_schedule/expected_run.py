@@ -10,6 +10,15 @@ Model: GPT, 2 layers, hidden 64, 4 heads (multi-head), gelu, rmsnorm, learned po
 Layout: 1 processes on 1 node(s), cpu (gloo): tensor 1, pipeline 1, data 1.
 Training: 10 steps of 4 sequences (4 microbatches of 1 per data-parallel rank), mock data, adam (megatron semantics) at lr 0.003 (optax schedule), fp32.
 
+One training step, in order:
+1. Forward and backward over 4 microbatches of 1 sequences on each data-parallel rank; the loss is summed over the global batch's real tokens and divided once by their count.
+2. The global gradient norm, over every rank's gradients.
+3. A non-finite loss or gradient norm skips the update (counted in the metrics; weights and optimizer state untouched).
+4. Clip: gradients scaled by min(1, clip_grad 1 / (norm + CLIP_EPSILON)).
+5. The optimizer step: adam (megatron semantics).
+6. The learning-rate schedule (optax) advances one update.
+Every step's loss, gradient norm, learning rate and timing go to OUTPUT_DIR/METRICS_FILE (out/megatron-optax-schedule/, relative to the spec's folder); every LOG_INTERVAL (1) steps a line is printed.
+
 Launch from this file's folder:
     torchrun --nnodes 1 --nproc-per-node 1 expected_run.py
 or, to exit with the workers' own code (75: stopped on purpose, launch again to resume):
@@ -39,22 +48,16 @@ from megatron.core.transformer import TransformerConfig
 from bridgec.runtime import cpu_compat
 from bridgec.runtime.build import Built, CheckpointIdentity, ImportFacts, Weights
 from bridgec.runtime.checkpoint import file_sha256, spec_copy
-from bridgec.runtime.data import Splits, TokenIds, build_splits, next_batch
+from bridgec.runtime.data import MockData, Splits, TokenIds, build_splits, next_batch
 from bridgec.runtime.entry import run
 from bridgec.runtime.errors import RunEnd
 from bridgec.runtime.loop import LoopSettings, TrainState, train
 from bridgec.runtime.loss import masked_token_loss
 from bridgec.runtime.model import build_model, unwrap
 from bridgec.runtime.optim import Adam, OptimizerSettings, build_optimizer
-from bridgec.runtime.schedules import (
-    CountScheduler,
-    Schedule,
-    cosine_decay_schedule,
-    linear_schedule,
-    join_schedules,
-)
 from bridgec.runtime.outputs import claim_outputs
 from bridgec.runtime.parallel import Layout, check_launch, initialize
+from bridgec.runtime.schedules import CountScheduler, Schedule, cosine_decay_schedule, join_schedules, linear_schedule
 from bridgec.runtime.version import require_runtime
 
 HERE = Path(__file__).resolve().parent
@@ -98,7 +101,6 @@ FFN_HIDDEN_SIZE = 256  # default: 4 x hidden 64
 VOCAB_SIZE = 128
 PADDED_VOCAB_SIZE = 128  # vocab 128 rounded up to a multiple of 128 (lcm of make_vocab_size_divisible_by 128 and tensor 1)
 SEQ_LENGTH = 32
-ACTIVATION = "gelu"
 TIE_EMBEDDINGS = True
 NORM_EPSILON = 1e-05
 DROPOUT = 0.0
@@ -118,8 +120,6 @@ EXIT_DURATION_MINUTES = None
 ON_NONFINITE = "skip"
 
 # Optimizer
-OPTIMIZER = "adam"
-OPTIMIZER_SEMANTICS = "megatron"
 LR = 0.003
 WEIGHT_DECAY = 0.1
 ADAM_BETA1 = 0.9
@@ -128,16 +128,11 @@ ADAM_EPS = 1e-08
 CLIP_GRAD = 1.0
 CLIP_EPSILON = 1e-06  # megatron-core: coefficient = clip_grad / (norm + 1e-6)
 
-# Learning-rate schedule (optax pieces: see learning_rate_schedule())
-LR_SCHEDULE = "optax"
-
 # Data and loss
-DATA_KIND = "mock"
 EOD_TOKEN = 127  # default for mock data: vocab 128 - 1
 EOD_MASK_LOSS = False
 TRAIN_SAMPLES = 40  # train.iters 10 x global 4
 VALID_SAMPLES = 0  # no evaluation
-LOSS_REDUCTION = "per_token"
 
 # Outputs (paths relative to the spec's folder)
 OUTPUT_DIR = "out/megatron-optax-schedule"  # default: out/<run.name>
@@ -192,12 +187,9 @@ def model_provider(pre_process: bool, post_process: bool, vp_stage: int | None =
 
 
 def datasets() -> Splits:
-    """Train and validation splits of megatron-core's mock GPT data (learnable: each token follows its predecessor)."""
+    """Train and validation splits of megatron-core's mock GPT data (learnable sequences, in three equal parts)."""
     return build_splits(
-        kind=DATA_KIND,
-        prefixes=(),
-        weights=(),
-        split=None,  # megatron-core splits its mock data into three equal parts
+        MockData(),
         seq_length=SEQ_LENGTH,
         seed=SEED,
         token_ids=TokenIds(vocab_size=VOCAB_SIZE, eod=EOD_TOKEN),
@@ -279,16 +271,21 @@ def build(layout: Layout, *, weights: Weights = Weights.SPEC) -> Built:
         dtype=DTYPE,
         distributed_optimizer=DISTRIBUTED_OPTIMIZER,
     )
-    optimizer_settings = OptimizerSettings(
-        rule=Adam(beta1=ADAM_BETA1, beta2=ADAM_BETA2, eps=ADAM_EPS),
-        lr=LR,
-        weight_decay=WEIGHT_DECAY,
-        clip_grad=CLIP_GRAD,
-        dtype=DTYPE,
-        distributed_optimizer=DISTRIBUTED_OPTIMIZER,
+    optimizer = build_optimizer(
+        model,
+        OptimizerSettings(
+            rule=Adam(beta1=ADAM_BETA1, beta2=ADAM_BETA2, eps=ADAM_EPS),
+            lr=LR,
+            weight_decay=WEIGHT_DECAY,
+            dtype=DTYPE,
+            distributed_optimizer=DISTRIBUTED_OPTIMIZER,
+        ),
     )
-    optimizer = build_optimizer(model, optimizer_settings)
-    scheduler = CountScheduler(optimizer, learning_rate_schedule(), weight_decay=WEIGHT_DECAY)
+    scheduler = CountScheduler(
+        optimizer,
+        learning_rate_schedule(),
+        weight_decay=WEIGHT_DECAY,
+    )
     identity = CheckpointIdentity(
         spec_sha256=SPEC_SHA256,
         script_sha256=file_sha256(Path(__file__)),
@@ -301,7 +298,6 @@ def build(layout: Layout, *, weights: Weights = Weights.SPEC) -> Built:
         scheduler=scheduler,
         datasets=datasets,
         identity=identity,
-        checkpointer=None,
         spec_dir=SPEC_DIR,
         imports=ImportFacts(
             vocab_size=VOCAB_SIZE,
