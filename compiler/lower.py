@@ -17,8 +17,28 @@ import attrs
 from bridgec.compiler import choices as c
 from bridgec.compiler import derive, explain
 from bridgec.compiler.derive import data_parallel, padded_vocab, world_size
-from bridgec.compiler.lower_main import adam, imports, init_checkpoint_plan, schedule_function, step_plan
-from bridgec.compiler.lower_model import Choices, choices_of, data_source, forward_plan, maxtext_loss, model_plan
+from bridgec.compiler.lower_main import (
+    adam,
+    imports,
+    init_checkpoint_plan,
+    megatron_schedule,
+    schedule_function,
+    step_plan,
+)
+from bridgec.compiler.lower_model import (
+    LOSS_SCALE_SKIPS,
+    MAXTEXT_WSD,
+    SCORES_SCALED,
+    WSD,
+    Choices,
+    choices_of,
+    data_source,
+    forward_plan,
+    indexed,
+    maxtext_loss,
+    model_plan,
+    optax_semantics,
+)
 from bridgec.compiler.mesh import lower_mesh
 from bridgec.compiler.plan import Constant, Header, Plan, Section, Value
 from bridgec.compiler.render import py_literal
@@ -235,7 +255,7 @@ def _init_checkpoint_section(spec: Spec) -> Section | None:
     if init is None:
         return None
     m = spec.model
-    undo = c.choice(c.QueryScaling, m.query_scaling) is c.QueryScaling.ATTENTION and not m.qk_layernorm
+    undo = SCORES_SCALED[c.choice(c.QueryScaling, m.query_scaling)] and not m.qk_layernorm
     constants = [
         _c("INIT_CHECKPOINT", init.path, text=True),
         _c(
@@ -291,14 +311,14 @@ def _clip_epsilon(ch: Choices) -> Constant:
 def _optimizer_sections(spec: Spec, ch: Choices) -> list[Section]:
     o = spec.optimizer
     optimizer = [_c("LR", o.lr)]
-    if ch.scheduler is c.SchedulerStyle.MEGATRON:
+    if megatron_schedule(ch):
         optimizer.append(_c("MIN_LR", o.min_lr))
     optimizer.append(_c("WEIGHT_DECAY", o.weight_decay))
     if adam(ch):
         optimizer += [_c("ADAM_BETA1", o.betas[0]), _c("ADAM_BETA2", o.betas[1]), _c("ADAM_EPS", o.eps)]
     else:
         optimizer.append(_c("SGD_MOMENTUM", o.sgd_momentum))
-    if ch.semantics is c.OptimizerSemantics.OPTAX:
+    if optax_semantics(ch):
         mask = o.decay_mask
         optimizer += [
             _c("ADAM_EPS_ROOT", o.eps_root),
@@ -333,7 +353,7 @@ def _schedule_section(spec: Spec, ch: Choices) -> Section:
             else _c("LR_DECAY_ITERS", decay_iters, f"default: train.iters {spec.train.iters}")
         ),
     ]
-    if ch.decay is c.Decay.WSD:
+    if WSD[ch.decay]:
         schedule += [
             _c("LR_WSD_DECAY_ITERS", s.wsd_decay_iters),
             _c("LR_WSD_DECAY_STYLE", c.choice(c.WsdDecayStyle, s.wsd_decay_style).value),
@@ -355,7 +375,7 @@ def _maxtext_schedule_section(spec: Spec) -> Section:
         _c("MAXTEXT_WARMUP_STEPS_FRACTION", m.warmup_steps_fraction),
         _c("MAXTEXT_FINAL_FRACTION", m.final_fraction),
     ]
-    if c.choice(c.MaxTextScheduleKind, m.kind) is c.MaxTextScheduleKind.WSD:
+    if MAXTEXT_WSD[c.choice(c.MaxTextScheduleKind, m.kind)]:
         constants += [
             _c("MAXTEXT_WSD_DECAY_STEPS_FRACTION", m.wsd_decay_steps_fraction),
             _c("MAXTEXT_WSD_DECAY_STYLE", c.choice(c.MaxTextWsdDecayStyle, m.wsd_decay_style).value),
@@ -385,7 +405,7 @@ def _data_section(spec: Spec, ch: Choices, target: Target) -> Section:
     g = spec.batch.global_batch_size
     t = spec.train
     constants = []
-    if ch.data is c.DataKind.INDEXED:
+    if indexed(ch):
         constants += [
             _c("DATA_PREFIXES", tuple(source.prefix for source in d.sources), text=True),
             _c("DATA_WEIGHTS", tuple(source.weight for source in d.sources)),
@@ -448,7 +468,7 @@ def _output_section(spec: Spec, target: Target) -> Section:
 def _user_strings(spec: Spec) -> tuple[str, ...]:
     """Every string from the spec that the script contains, for the verify stage."""
     strings = [spec.run.name, spec.run.description, *spec.optimizer.decay_mask.exclude]
-    strings += [source.prefix for source in spec.data.sources] if spec.data.kind == "indexed" else []
+    strings += [source.prefix for source in spec.data.sources]  # validation allows sources with indexed data only
     h = spec.hooks
     hooks = (h.file, h.forward_step, h.loss) if h.file is not None else ()
     named = [
@@ -521,7 +541,7 @@ NONFINITE_WORDS = c.table(c.NonFinitePolicy, {
 def _step(spec: Spec, ch: Choices) -> tuple[str, ...]:
     """What one training step does, in order, for the script's docstring."""
     o = spec.optimizer
-    overflow = " (fp16: a loss-scale overflow skips it too)" if ch.dtype is c.DType.FP16 else ""
+    overflow = " (fp16: a loss-scale overflow skips it too)" if LOSS_SCALE_SKIPS[ch.dtype] else ""
     clip = (
         f"4. Clip: gradients scaled by min(1, clip_grad {o.clip_grad:g} / (norm + CLIP_EPSILON))."
         if o.clip_grad > 0
@@ -567,6 +587,8 @@ def lower(spec: Spec, target: Target) -> Plan:
     regenerate = f"bridgec compile {shlex.quote(target.spec_path)} -o {shlex.quote(target.output_name)}"
     schedule, schedule_docstring = schedule_function(spec, ch)
     data_docstring, source = data_source(spec, ch)
+    forward = forward_plan(spec, ch)
+    main = step_plan(spec, ch)
     return Plan(
         header=Header(
             version=__version__,
@@ -580,17 +602,17 @@ def lower(spec: Spec, target: Target) -> Plan:
         bridgec_launch_command=bridgec_launch_command(spec, target.output_name),
         summary=_summary(spec, ch),
         step=_step(spec, ch),
-        imports=imports(spec, ch, schedule),
+        imports=imports(spec, ch, schedule=schedule, forward=forward, main=main),
         silence_device=ch.device.value,
         spec_dir=_spec_dir(target),
         sections=tuple(section for section in sections if section.constants),
         model=model_plan(spec, ch),
         data_docstring=data_docstring,
         data_source=source,
-        forward=forward_plan(spec, ch),
+        forward=forward,
         schedule_function=schedule,
         schedule_docstring=schedule_docstring,
         init_checkpoint=init_checkpoint_plan(spec, ch),
-        main=step_plan(spec, ch),
+        main=main,
         user_strings=_user_strings(spec),
     )

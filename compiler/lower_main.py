@@ -21,7 +21,17 @@ from bridgec.compiler.lower_model import (
     layer_spec_function,
     names,
 )
-from bridgec.compiler.plan import Argument, Call, Code, Import, Imports, InitCheckpointPlan, Items, StepPlan
+from bridgec.compiler.plan import (
+    Argument,
+    Call,
+    Code,
+    ForwardPlan,
+    Import,
+    Imports,
+    InitCheckpointPlan,
+    Items,
+    StepPlan,
+)
 from bridgec.compiler.spec import OptaxSchedulePiece, Spec
 
 
@@ -119,7 +129,7 @@ def _optimizer(spec: Spec, ch: Choices) -> tuple[tuple[str, ...], Call]:
             settings = Call(function="OptimizerSettings", arguments=(
                 arg("rule", Code(text=rule)),
                 *names(("lr", "LR")),
-                *(names(("min_lr", "MIN_LR")) if _megatron_schedule(ch) else ()),
+                *(names(("min_lr", "MIN_LR")) if megatron_schedule(ch) else ()),
                 *names(("weight_decay", "WEIGHT_DECAY"), ("dtype", "DTYPE"),
                         ("distributed_optimizer", "DISTRIBUTED_OPTIMIZER")),
             ))
@@ -139,7 +149,7 @@ def adam(ch: Choices) -> bool:
             assert_never(ch.optimizer)
 
 
-def _megatron_schedule(ch: Choices) -> bool:
+def megatron_schedule(ch: Choices) -> bool:
     match ch.scheduler:
         case c.SchedulerStyle.MEGATRON:
             return True
@@ -150,7 +160,7 @@ def _megatron_schedule(ch: Choices) -> bool:
 
 
 def _scheduler(ch: Choices) -> Call:
-    if not _megatron_schedule(ch):
+    if not megatron_schedule(ch):
         return Call(function="CountScheduler", arguments=(
             arg(None, Code(text="optimizer")), arg(None, Code(text="learning_rate_schedule()")),
             *names(("weight_decay", "WEIGHT_DECAY")),
@@ -322,9 +332,10 @@ def init_checkpoint_plan(spec: Spec, ch: Choices) -> InitCheckpointPlan | None:
 # Imports: what the decisions above call.
 
 
-def imports(spec: Spec, ch: Choices, schedule: Call | None) -> Imports:
+def imports(spec: Spec, ch: Choices, *, schedule: Call | None, forward: ForwardPlan, main: StepPlan) -> Imports:
+    """What the script calls, from the decisions taken: the forward step, start(), build() and the schedule."""
     standard = [Import(module="pathlib", names=("Path",))]
-    if ch.loss_source is not LossSource.HOOK_FORWARD_STEP:
+    if forward.hook is None:  # bridgec's forward_step binds its loss with functools.partial
         standard.insert(0, Import(module="functools"))
     libraries = [Import(module="torch")]
     activation = activation_function(ch)
@@ -347,15 +358,15 @@ def imports(spec: Spec, ch: Choices, schedule: Call | None) -> Imports:
     need["outputs"].add("claim_outputs")
     need["parallel"] |= {"Layout", "check_launch", "initialize"}
     need["version"].add("require_runtime")
-    if ch.device is c.Device.CPU:
+    if main.start_lines:  # the CPU shims
         need[""].add("cpu_compat")
     if spec.checkpoint.dir is not None:
         need["checkpoint"].add("DistCheckpointer")
     if activation == "gelu_tanh":
         need["model"].add("gelu_tanh")
-    if spec.hooks.forward_step is None or ch.query_scaling is c.QueryScaling.INITIAL_WEIGHTS or spec.init.checkpoint:
-        need["model"].add("unwrap")
-    if ch.query_scaling is c.QueryScaling.INITIAL_WEIGHTS:
+    if forward.hook is None or main.after_model or spec.init.checkpoint is not None:
+        need["model"].add("unwrap")  # bridgec's forward_step, the query scaling and the checkpoint import use it
+    if main.after_model:
         need["init"].add("scale_query_rows")
     _loss_imports(ch, need)
     if spec.init.checkpoint is not None:
@@ -413,5 +424,5 @@ def _optimizer_imports(ch: Choices, need: defaultdict[str, set[str]]) -> None:
             need["optim"] |= {"OptimizerSettings", "build_optimizer", "Adam" if adam(ch) else "Sgd"}
         case _:
             assert_never(ch.semantics)
-    if _megatron_schedule(ch):
+    if megatron_schedule(ch):
         need["optim"] |= {"ScheduleSettings", "build_scheduler"}

@@ -107,6 +107,40 @@ def _orbax_maxtext(fmt: c.CheckpointFormat, layout: c.CheckpointLayout) -> None:
             assert_never(layout)
 
 
+SCORES_SCALED = c.table(c.QueryScaling, {
+    c.QueryScaling.ATTENTION: True, c.QueryScaling.INITIAL_WEIGHTS: False, c.QueryScaling.NONE: False,
+})
+"""Whether megatron-core scales attention scores by 1/sqrt(head_dim) (its default softmax scale)."""
+
+WSD = c.table(c.Decay, {c.Decay.CONSTANT: False, c.Decay.LINEAR: False, c.Decay.COSINE: False, c.Decay.WSD: True})
+"""megatron's decay styles that take the two WSD settings."""
+
+MAXTEXT_WSD = c.table(c.MaxTextScheduleKind, {c.MaxTextScheduleKind.COSINE: False, c.MaxTextScheduleKind.WSD: True})
+
+LOSS_SCALE_SKIPS = c.table(c.DType, {c.DType.FP32: False, c.DType.BF16: False, c.DType.FP16: True})
+"""fp16 scales the loss dynamically: an overflow skips the step."""
+
+
+def optax_semantics(ch: Choices) -> bool:
+    match ch.semantics:
+        case c.OptimizerSemantics.OPTAX:
+            return True
+        case c.OptimizerSemantics.MEGATRON:
+            return False
+        case _:
+            assert_never(ch.semantics)
+
+
+def indexed(ch: Choices) -> bool:
+    match ch.data:
+        case c.DataKind.INDEXED:
+            return True
+        case c.DataKind.MOCK:
+            return False
+        case _:
+            assert_never(ch.data)
+
+
 def maxtext_loss(spec: Spec) -> bool:
     """MaxText's loss is needed: a z-loss or a logits multiplier (megatron-core's loss has neither)."""
     return spec.loss.z_loss_multiplier != 0.0 or spec.model.logits_multiplier != 1.0
@@ -423,10 +457,14 @@ def forward_plan(spec: Spec, ch: Choices) -> ForwardPlan:
                 ("device", "state.layout.device")),
         *context,
     ))
-    hook_forward = ch.loss_source is LossSource.HOOK_FORWARD_STEP
-    return ForwardPlan(
-        hook=_hook(spec, spec.hooks.forward_step) if hook_forward else None,
-        loss_hook=_hook(spec, spec.hooks.loss) if ch.loss_source is LossSource.HOOK_LOSS else None,
-        next_batch=next_batch,
-        body=_loss_lines(spec, ch),
-    )
+    hook = loss_hook = None
+    match ch.loss_source:
+        case LossSource.HOOK_FORWARD_STEP:
+            hook = _hook(spec, spec.hooks.forward_step)
+        case LossSource.HOOK_LOSS:
+            loss_hook = _hook(spec, spec.hooks.loss)
+        case LossSource.TOKEN | LossSource.MEAN | LossSource.MAXTEXT:
+            pass
+        case _:
+            assert_never(ch.loss_source)
+    return ForwardPlan(hook=hook, loss_hook=loss_hook, next_batch=next_batch, body=_loss_lines(spec, ch))
