@@ -279,8 +279,7 @@ def _transformer_config(spec: Spec, ch: Choices) -> Call:
     initialization, p2p_sync = _device_arguments(spec, ch)
     virtual = () if spec.parallel.virtual_pipeline is None else (
         arg("virtual_pipeline_model_parallel_size", Code(text="VIRTUAL_PIPELINE")),
-        arg("batch_p2p_comm", False, "plain send/recv: unlike batched p2p it keeps the two directions apart when a "
-           "stage's previous and next ranks are the same process"),
+        arg("batch_p2p_comm", False, "send/recv keep the directions apart where a stage's neighbours are one rank"),
         arg("overlap_p2p_comm", True),
     )
     per_token = (

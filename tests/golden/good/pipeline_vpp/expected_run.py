@@ -167,7 +167,7 @@ def transformer_config() -> TransformerConfig:
         tensor_model_parallel_size=TENSOR_PARALLEL,
         pipeline_model_parallel_size=PIPELINE_PARALLEL,
         virtual_pipeline_model_parallel_size=VIRTUAL_PIPELINE,
-        batch_p2p_comm=False,  # plain send/recv: unlike batched p2p it keeps the two directions apart when a stage's previous and next ranks are the same process
+        batch_p2p_comm=False,  # send/recv keep the directions apart where a stage's neighbours are one rank
         overlap_p2p_comm=True,
         context_parallel_size=CONTEXT_PARALLEL,
         sequence_parallel=SEQUENCE_PARALLEL,
