@@ -283,18 +283,14 @@ def _precision_section(spec: Spec, ch: Choices) -> Section:
 
 def _train_section(spec: Spec) -> Section:
     t = spec.train
-    constants = [
-        _c("TRAIN_ITERS", t.iters),
-        _c("LOG_INTERVAL", t.log_interval),
-        _c("EVAL_INTERVAL", t.eval_interval),
-    ]
+    constants = [_c("TRAIN_ITERS", t.iters), _c("LOG_INTERVAL", t.log_interval)]
     if t.eval_interval is not None:
-        constants.append(_c("EVAL_ITERS", t.eval_iters))
-    constants += [
-        _c("EXIT_INTERVAL", t.exit_interval),
-        _c("EXIT_DURATION_MINUTES", t.exit_duration_minutes),
-        _c("ON_NONFINITE", c.choice(c.NonFinitePolicy, t.on_nonfinite).value),
-    ]
+        constants += [_c("EVAL_INTERVAL", t.eval_interval), _c("EVAL_ITERS", t.eval_iters)]
+    if t.exit_interval is not None:
+        constants.append(_c("EXIT_INTERVAL", t.exit_interval))
+    if t.exit_duration_minutes is not None:
+        constants.append(_c("EXIT_DURATION_MINUTES", t.exit_duration_minutes))
+    constants.append(_c("ON_NONFINITE", c.choice(c.NonFinitePolicy, t.on_nonfinite).value))
     return Section(title="Training loop", constants=tuple(constants))
 
 

@@ -118,7 +118,6 @@ TRAIN_ITERS = 50000
 LOG_INTERVAL = 10
 EVAL_INTERVAL = 1000
 EVAL_ITERS = 20
-EXIT_INTERVAL = None
 EXIT_DURATION_MINUTES = 230.0
 ON_NONFINITE = "skip"
 
@@ -349,7 +348,6 @@ def main() -> RunEnd:
         clip_grad=CLIP_GRAD,
         clip_epsilon=CLIP_EPSILON,
         on_nonfinite=ON_NONFINITE,
-        exit_interval=EXIT_INTERVAL,
         exit_duration_minutes=EXIT_DURATION_MINUTES,
         save_interval=SAVE_INTERVAL,
         metrics_path=SPEC_DIR / OUTPUT_DIR / METRICS_FILE,

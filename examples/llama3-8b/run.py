@@ -116,8 +116,6 @@ TRAIN_ITERS = 1000
 LOG_INTERVAL = 10
 EVAL_INTERVAL = 250
 EVAL_ITERS = 10
-EXIT_INTERVAL = None
-EXIT_DURATION_MINUTES = None
 ON_NONFINITE = "skip"
 
 # Optimizer
@@ -240,7 +238,6 @@ def start(launch_command: str = LAUNCH_COMMAND) -> Layout:
         device=DEVICE,
         tensor=TENSOR_PARALLEL,
         pipeline=PIPELINE_PARALLEL,
-        virtual_pipeline=None,
         context=CONTEXT_PARALLEL,
         expert=EXPERT_PARALLEL,
         seed=SEED,
@@ -343,8 +340,6 @@ def main() -> RunEnd:
         clip_grad=CLIP_GRAD,
         clip_epsilon=CLIP_EPSILON,
         on_nonfinite=ON_NONFINITE,
-        exit_interval=EXIT_INTERVAL,
-        exit_duration_minutes=EXIT_DURATION_MINUTES,
         save_interval=SAVE_INTERVAL,
         metrics_path=SPEC_DIR / OUTPUT_DIR / METRICS_FILE,
         spec_path=HERE / SPEC_FILE,

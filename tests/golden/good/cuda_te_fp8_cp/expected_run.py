@@ -113,9 +113,6 @@ FP8_RECIPE = "delayed"
 # Training loop
 TRAIN_ITERS = 10
 LOG_INTERVAL = 1
-EVAL_INTERVAL = None
-EXIT_INTERVAL = None
-EXIT_DURATION_MINUTES = None
 ON_NONFINITE = "skip"
 
 # Optimizer
@@ -236,7 +233,6 @@ def start(launch_command: str = LAUNCH_COMMAND) -> Layout:
         device=DEVICE,
         tensor=TENSOR_PARALLEL,
         pipeline=PIPELINE_PARALLEL,
-        virtual_pipeline=None,
         context=CONTEXT_PARALLEL,
         expert=EXPERT_PARALLEL,
         seed=SEED,
@@ -316,8 +312,6 @@ def main() -> RunEnd:
     settings = LoopSettings(
         iters=TRAIN_ITERS,
         log_interval=LOG_INTERVAL,
-        eval_interval=EVAL_INTERVAL,
-        eval_iters=0,
         global_batch_size=GLOBAL_BATCH_SIZE,
         micro_batch_size=MICRO_BATCH_SIZE,
         num_microbatches=NUM_MICROBATCHES,
@@ -325,9 +319,6 @@ def main() -> RunEnd:
         clip_grad=CLIP_GRAD,
         clip_epsilon=CLIP_EPSILON,
         on_nonfinite=ON_NONFINITE,
-        exit_interval=EXIT_INTERVAL,
-        exit_duration_minutes=EXIT_DURATION_MINUTES,
-        save_interval=None,
         metrics_path=SPEC_DIR / OUTPUT_DIR / METRICS_FILE,
         spec_path=HERE / SPEC_FILE,
         spec_sha256=SPEC_SHA256,

@@ -115,7 +115,6 @@ LOG_INTERVAL = 1
 EVAL_INTERVAL = 2
 EVAL_ITERS = 1
 EXIT_INTERVAL = 3
-EXIT_DURATION_MINUTES = None
 ON_NONFINITE = "skip"
 
 # Optimizer
@@ -227,7 +226,6 @@ def start(launch_command: str = LAUNCH_COMMAND) -> Layout:
         device=DEVICE,
         tensor=TENSOR_PARALLEL,
         pipeline=PIPELINE_PARALLEL,
-        virtual_pipeline=None,
         context=CONTEXT_PARALLEL,
         expert=EXPERT_PARALLEL,
         seed=SEED,
@@ -332,7 +330,6 @@ def main() -> RunEnd:
         clip_epsilon=CLIP_EPSILON,
         on_nonfinite=ON_NONFINITE,
         exit_interval=EXIT_INTERVAL,
-        exit_duration_minutes=EXIT_DURATION_MINUTES,
         save_interval=SAVE_INTERVAL,
         metrics_path=SPEC_DIR / OUTPUT_DIR / METRICS_FILE,
         spec_path=HERE / SPEC_FILE,

@@ -117,8 +117,6 @@ TRAIN_ITERS = 6
 LOG_INTERVAL = 2
 EVAL_INTERVAL = 3
 EVAL_ITERS = 1
-EXIT_INTERVAL = None
-EXIT_DURATION_MINUTES = None
 ON_NONFINITE = "skip"
 
 # Optimizer
@@ -237,7 +235,6 @@ def start(launch_command: str = LAUNCH_COMMAND) -> Layout:
         device=DEVICE,
         tensor=TENSOR_PARALLEL,
         pipeline=PIPELINE_PARALLEL,
-        virtual_pipeline=None,
         context=CONTEXT_PARALLEL,
         expert=EXPERT_PARALLEL,
         seed=SEED,
@@ -326,9 +323,6 @@ def main() -> RunEnd:
         clip_grad=CLIP_GRAD,
         clip_epsilon=CLIP_EPSILON,
         on_nonfinite=ON_NONFINITE,
-        exit_interval=EXIT_INTERVAL,
-        exit_duration_minutes=EXIT_DURATION_MINUTES,
-        save_interval=None,
         metrics_path=SPEC_DIR / OUTPUT_DIR / METRICS_FILE,
         spec_path=HERE / SPEC_FILE,
         spec_sha256=SPEC_SHA256,
