@@ -16,7 +16,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, assert_never
 
 import attrs
 from megatron.core.distributed import DistributedDataParallel
@@ -41,6 +41,8 @@ class Weights(enum.Enum):
                 return spec_scheme
             case Weights.REPLACED:
                 return "megatron"
+            case _:
+                assert_never(self)
 
 
 @attrs.frozen(kw_only=True)
