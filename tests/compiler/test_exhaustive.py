@@ -83,6 +83,8 @@ CONTEXT: dict[str, dict[str, Any]] = {
     "parallel.sequence_parallel": {**CUDA_TE, "parallel": {"tensor": 2}},
     "parallel.dcn_mesh": {"launch": {"nodes": 2}, "parallel": {"mesh": {"data": -1}}},
     "train.eval_iters": {"train": {"iters": 10, "eval_interval": 5}},
+    "train.exit_interval": CHECKPOINT,  # an early stop without checkpoints would start over at every launch
+    "train.exit_duration_minutes": CHECKPOINT,
     "optimizer.sgd_momentum": {"optimizer": {"lr": 1e-3, "name": "sgd"}},
     "optimizer.eps_root": OPTAX,
     "optimizer.decay_mask.exclude": {**OPTAX, **LLAMA},
