@@ -22,9 +22,9 @@ from bridgec.compiler.cli import EXIT_INTERNAL, EXIT_OK, EXIT_SPEC_ERROR
 from bridgec.compiler.torchrun import InputError, ScriptLaunch, read_launch
 
 RUNTIME_MODULE = "bridgec.runtime.convert"
-USER_ERROR_CODES = frozenset({4, 5, 6})
+USER_ERROR_CODES = frozenset({4, 5, 6, 11})
 """bridgec.runtime.errors codes a conversion exits with for problems the user can fix
-(launch mismatch, unreadable script, checkpoint that does not fit)."""
+(launch mismatch, unreadable script, checkpoint that does not fit, script of another bridgec version)."""
 
 
 # --------------------------------------------------------------------------------------------

@@ -10,13 +10,38 @@ from __future__ import annotations
 
 import shlex
 from pathlib import PurePosixPath
+from typing import assert_never
 
 import attrs
 
+from bridgec.compiler import choices as c
 from bridgec.compiler import derive, explain
 from bridgec.compiler.derive import data_parallel, padded_vocab, world_size
+from bridgec.compiler.lower_main import (
+    adam,
+    imports,
+    init_checkpoint_plan,
+    megatron_schedule,
+    schedule_function,
+    step_plan,
+)
+from bridgec.compiler.lower_model import (
+    LOSS_SCALE_SKIPS,
+    MAXTEXT_WSD,
+    SCORES_SCALED,
+    WSD,
+    Choices,
+    choices_of,
+    data_source,
+    forward_plan,
+    indexed,
+    maxtext_loss,
+    model_plan,
+    optax_semantics,
+)
 from bridgec.compiler.mesh import lower_mesh
-from bridgec.compiler.plan import Call, Constant, Header, HooksPlan, ModelPlan, Plan, SchedulePlan, Section, Value
+from bridgec.compiler.plan import Constant, Header, Plan, Section, Value
+from bridgec.compiler.render import py_literal
 from bridgec.compiler.spec import Spec
 from bridgec.compiler.version import __version__
 
@@ -74,6 +99,7 @@ def _run_sections(spec: Spec, target: Target) -> list[Section]:
             constants=(
                 _c("RUN_NAME", spec.run.name, text=True),
                 _c("SEED", spec.run.seed),
+                _c("BRIDGEC_VERSION", __version__, "the bridgec that generated this script: start() refuses another runtime"),
             ),
         ),
         Section(
@@ -198,14 +224,19 @@ def _model_section(spec: Spec) -> Section:
             f"(lcm of make_vocab_size_divisible_by {m.make_vocab_size_divisible_by} and tensor {p.tensor})",
         ),
         _c("SEQ_LENGTH", m.seq_length),
-        _c("ACTIVATION", m.activation),
         _c("TIE_EMBEDDINGS", m.tie_embeddings),
         _c("NORM_EPSILON", m.norm_epsilon),
         _c("DROPOUT", m.dropout),
         _c("INIT_METHOD_STD", m.init_method_std),
     ]
-    if m.position_embedding == "rope":
-        constants.append(_c("ROTARY_BASE", m.rotary_base))
+    position = c.choice(c.PositionEmbedding, m.position_embedding)
+    match position:
+        case c.PositionEmbedding.ROPE:
+            constants.append(_c("ROTARY_BASE", m.rotary_base))
+        case c.PositionEmbedding.LEARNED:
+            pass
+        case _:
+            assert_never(position)
     if m.num_experts is not None:
         constants += [_c("NUM_EXPERTS", m.num_experts), _c("MOE_ROUTER_TOPK", m.moe_router_topk)]
     counts = explain.parameter_counts(spec)
@@ -215,20 +246,18 @@ def _model_section(spec: Spec) -> Section:
     if spec.init.checkpoint is not None:
         constants.append(_c("INIT_SCHEME", "megatron", "[init.checkpoint] overwrites every weight"))
     else:
-        constants.append(_c("INIT_SCHEME", spec.init.scheme))
+        constants.append(_c("INIT_SCHEME", c.choice(c.InitScheme, spec.init.scheme).value))
     return Section(title="Model", constants=tuple(constants))
 
 
 def _init_checkpoint_section(spec: Spec) -> Section | None:
-    c = spec.init.checkpoint
-    if c is None:
+    init = spec.init.checkpoint
+    if init is None:
         return None
     m = spec.model
-    undo = m.query_scaling == "attention" and not m.qk_layernorm
+    undo = SCORES_SCALED[c.choice(c.QueryScaling, m.query_scaling)] and not m.qk_layernorm
     constants = [
-        _c("INIT_CHECKPOINT", c.path, text=True),
-        _c("INIT_CHECKPOINT_FORMAT", c.format),
-        _c("INIT_CHECKPOINT_LAYOUT", c.layout),
+        _c("INIT_CHECKPOINT", init.path, text=True),
         _c(
             "INIT_QUERY_SCALING",
             "undo" if undo else "keep",
@@ -236,163 +265,149 @@ def _init_checkpoint_section(spec: Spec) -> Section | None:
             if undo
             else f'model.query_scaling = "{m.query_scaling}": the query kernel stays as stored',
         ),
-        _c("INIT_ROPE_LAYOUT", c.rope_layout),
-        _c("INIT_PARAM_SCAN_AXIS", c.param_scan_axis),
-        _c("INIT_OPTIMIZER_STATE", c.optimizer_state),
+        _c("INIT_ROPE_LAYOUT", c.choice(c.RopeLayout, init.rope_layout).value),
+        _c("INIT_PARAM_SCAN_AXIS", init.param_scan_axis),
     ]
-    if c.optimizer_state:
-        constants.append(_c("INIT_OPTIMIZER_TYPE", c.optimizer_type))
+    if init.optimizer_state:
+        constants.append(_c("INIT_OPTIMIZER_TYPE", c.choice(c.AdamStateKind, init.optimizer_type).value))
     return Section(title="Initial weights from a checkpoint (paths relative to the spec's folder)",
                    constants=tuple(constants))
 
 
-def _precision_section(spec: Spec) -> Section:
-    p = spec.precision
-    constants = [_c("DTYPE", p.dtype)]
-    if p.fp8 is not None:
-        constants.append(_c("FP8_RECIPE", p.fp8))
+def _precision_section(spec: Spec, ch: Choices) -> Section:
+    constants = [_c("DTYPE", ch.dtype.value)]
+    if ch.fp8 is not None:
+        constants.append(_c("FP8_RECIPE", ch.fp8.value))
     return Section(title="Precision", constants=tuple(constants))
 
 
 def _train_section(spec: Spec) -> Section:
     t = spec.train
-    constants = [
-        _c("TRAIN_ITERS", t.iters),
-        _c("LOG_INTERVAL", t.log_interval),
-        _c("EVAL_INTERVAL", t.eval_interval),
-    ]
+    constants = [_c("TRAIN_ITERS", t.iters), _c("LOG_INTERVAL", t.log_interval)]
     if t.eval_interval is not None:
-        constants.append(_c("EVAL_ITERS", t.eval_iters))
-    constants += [
-        _c("EXIT_INTERVAL", t.exit_interval),
-        _c("EXIT_DURATION_MINUTES", t.exit_duration_minutes),
-        _c("ON_NONFINITE", t.on_nonfinite),
-    ]
+        constants += [_c("EVAL_INTERVAL", t.eval_interval), _c("EVAL_ITERS", t.eval_iters)]
+    if t.exit_interval is not None:
+        constants.append(_c("EXIT_INTERVAL", t.exit_interval))
+    if t.exit_duration_minutes is not None:
+        constants.append(_c("EXIT_DURATION_MINUTES", t.exit_duration_minutes))
+    constants.append(_c("ON_NONFINITE", c.choice(c.NonFinitePolicy, t.on_nonfinite).value))
     return Section(title="Training loop", constants=tuple(constants))
 
 
-def _optimizer_sections(spec: Spec) -> list[Section]:
+def _clip_epsilon(ch: Choices) -> Constant:
+    match ch.semantics:
+        case c.OptimizerSemantics.OPTAX:
+            return _c("CLIP_EPSILON", 0.0, "optax.clip_by_global_norm: coefficient = clip_grad / norm")
+        case c.OptimizerSemantics.MEGATRON:
+            return _c("CLIP_EPSILON", 1e-6, "megatron-core: coefficient = clip_grad / (norm + 1e-6)")
+        case _:
+            assert_never(ch.semantics)
+
+
+def _optimizer_sections(spec: Spec, ch: Choices) -> list[Section]:
     o = spec.optimizer
-    optax = o.semantics == "optax"
-    optimizer = [
-        _c("OPTIMIZER", o.name),
-        _c("OPTIMIZER_SEMANTICS", o.semantics),
-        _c("LR", o.lr),
-    ]
-    if spec.scheduler.style == "megatron":
+    optimizer = [_c("LR", o.lr)]
+    if megatron_schedule(ch):
         optimizer.append(_c("MIN_LR", o.min_lr))
     optimizer.append(_c("WEIGHT_DECAY", o.weight_decay))
-    if o.name == "adam":
+    if adam(ch):
         optimizer += [_c("ADAM_BETA1", o.betas[0]), _c("ADAM_BETA2", o.betas[1]), _c("ADAM_EPS", o.eps)]
     else:
         optimizer.append(_c("SGD_MOMENTUM", o.sgd_momentum))
-    if optax:
+    if optax_semantics(ch):
         mask = o.decay_mask
         optimizer += [
             _c("ADAM_EPS_ROOT", o.eps_root),
             _c("DECAY_EXCLUDE", tuple(mask.exclude), text=True),
-            _c("DECAY_MASK_PATHS", mask.paths),
+            _c("DECAY_MASK_PATHS", c.choice(c.DecayMaskPaths, mask.paths).value),
             _c("DECAY_MASK_SCAN_LAYERS", mask.scan_layers),
         ]
-    optimizer.append(_c("CLIP_GRAD", o.clip_grad))
-    if optax:
-        optimizer.append(_c("CLIP_EPSILON", 0.0, "optax.clip_by_global_norm: coefficient = clip_grad / norm"))
-    else:
-        optimizer.append(_c("CLIP_EPSILON", 1e-6, "megatron-core: coefficient = clip_grad / (norm + 1e-6)"))
-    return [Section(title="Optimizer", constants=tuple(optimizer)), _schedule_section(spec)]
+    optimizer += [_c("CLIP_GRAD", o.clip_grad), _clip_epsilon(ch)]
+    return [Section(title="Optimizer", constants=tuple(optimizer)), _schedule_section(spec, ch)]
 
 
-def _schedule_section(spec: Spec) -> Section:
+def _schedule_section(spec: Spec, ch: Choices) -> Section:
     s = spec.scheduler
-    if s.style == "maxtext" and s.maxtext is not None:
-        m = s.maxtext
-        steps = (
-            _c("MAXTEXT_SCHEDULE_STEPS", m.schedule_steps)
-            if m.schedule_steps is not None
-            else _c("MAXTEXT_SCHEDULE_STEPS", spec.train.iters, f"default: train.iters {spec.train.iters}")
-        )
-        constants = [
-            _c("LR_SCHEDULE", f"maxtext {m.kind}"),
-            _c("MAXTEXT_SCHEDULE_VARIANT", m.variant),
-            steps,
-            _c("MAXTEXT_WARMUP_STEPS_FRACTION", m.warmup_steps_fraction),
-            _c("MAXTEXT_FINAL_FRACTION", m.final_fraction),
-        ]
-        if m.kind == "wsd":
-            constants += [
-                _c("MAXTEXT_WSD_DECAY_STEPS_FRACTION", m.wsd_decay_steps_fraction),
-                _c("MAXTEXT_WSD_DECAY_STYLE", m.wsd_decay_style),
-            ]
-        return Section(title="Learning-rate schedule (MaxText's, read at the pre-increment update count)",
-                       constants=tuple(constants))
-    if s.style == "optax":
-        return Section(
-            title="Learning-rate schedule (optax pieces: see learning_rate_schedule())",
-            constants=(_c("LR_SCHEDULE", "optax"),),
-        )
+    match ch.scheduler:
+        case c.SchedulerStyle.MAXTEXT:
+            return _maxtext_schedule_section(spec)
+        case c.SchedulerStyle.OPTAX:
+            return Section(title="Learning-rate schedule: the [[scheduler.optax]] pieces in learning_rate_schedule()",
+                           constants=())
+        case c.SchedulerStyle.MEGATRON:
+            pass
+        case _:
+            assert_never(ch.scheduler)
     decay_iters = s.decay_iters if s.decay_iters is not None else spec.train.iters
     schedule = [
         _c("LR_WARMUP_ITERS", s.warmup_iters),
         _c("LR_WARMUP_INIT", s.warmup_init_lr),
-        _c("LR_DECAY_STYLE", s.decay),
+        _c("LR_DECAY_STYLE", ch.decay.value),
         (
             _c("LR_DECAY_ITERS", decay_iters)
             if s.decay_iters is not None
             else _c("LR_DECAY_ITERS", decay_iters, f"default: train.iters {spec.train.iters}")
         ),
     ]
-    if s.decay == "wsd":
-        schedule += [_c("LR_WSD_DECAY_ITERS", s.wsd_decay_iters), _c("LR_WSD_DECAY_STYLE", s.wsd_decay_style)]
+    if WSD[ch.decay]:
+        schedule += [
+            _c("LR_WSD_DECAY_ITERS", s.wsd_decay_iters),
+            _c("LR_WSD_DECAY_STYLE", c.choice(c.WsdDecayStyle, s.wsd_decay_style).value),
+        ]
     return Section(title="Learning-rate schedule (in optimizer steps)", constants=tuple(schedule))
 
 
-_OPTAX_PIECE_FUNCTIONS = {
-    "constant": ("constant_schedule", ("value",)),
-    "linear": ("linear_schedule", ("init_value", "end_value", "transition_steps", "transition_begin")),
-    "cosine_decay": ("cosine_decay_schedule", ("init_value", "decay_steps", "alpha", "exponent")),
-    "warmup_cosine_decay": (
-        "warmup_cosine_decay_schedule",
-        ("init_value", "peak_value", "warmup_steps", "decay_steps", "end_value", "exponent"),
-    ),
-}
+def _maxtext_schedule_section(spec: Spec) -> Section:
+    m = spec.scheduler.maxtext
+    assert m is not None, "validation requires [scheduler.maxtext] with style = maxtext"
+    steps = (
+        _c("MAXTEXT_SCHEDULE_STEPS", m.schedule_steps)
+        if m.schedule_steps is not None
+        else _c("MAXTEXT_SCHEDULE_STEPS", spec.train.iters, f"default: train.iters {spec.train.iters}")
+    )
+    constants = [
+        _c("MAXTEXT_SCHEDULE_VARIANT", c.choice(c.MaxTextScheduleVariant, m.variant).value),
+        steps,
+        _c("MAXTEXT_WARMUP_STEPS_FRACTION", m.warmup_steps_fraction),
+        _c("MAXTEXT_FINAL_FRACTION", m.final_fraction),
+    ]
+    if MAXTEXT_WSD[c.choice(c.MaxTextScheduleKind, m.kind)]:
+        constants += [
+            _c("MAXTEXT_WSD_DECAY_STEPS_FRACTION", m.wsd_decay_steps_fraction),
+            _c("MAXTEXT_WSD_DECAY_STYLE", c.choice(c.MaxTextWsdDecayStyle, m.wsd_decay_style).value),
+        ]
+    return Section(title=f"Learning-rate schedule (MaxText's {m.kind}, read at the pre-increment update count)",
+                   constants=tuple(constants))
 
 
-def _schedule_plan(spec: Spec) -> SchedulePlan:
-    s = spec.scheduler
-    if s.style == "maxtext" and s.maxtext is not None:
-        return SchedulePlan(style="maxtext", maxtext_kind=s.maxtext.kind)
-    if s.style != "optax":
-        return SchedulePlan(style=s.style, megatron_wsd=s.decay == "wsd")
-    pieces = []
-    for piece in s.optax:
-        function, keys = _OPTAX_PIECE_FUNCTIONS[piece.kind]
-        arguments = tuple(
-            (key, getattr(piece, key) if not (key == "end_value" and piece.end_value is None) else 0.0) for key in keys
-        )
-        pieces.append(Call(function=function, arguments=arguments))
-    boundaries = tuple(piece.boundary for piece in s.optax[:-1] if piece.boundary is not None)
-    return SchedulePlan(style="optax", pieces=tuple(pieces), boundaries=boundaries)
+def _eod_token(spec: Spec, ch: Choices, target: Target) -> Constant:
+    d = spec.data
+    if d.eod_token is not None:
+        return _c("EOD_TOKEN", d.eod_token)
+    match ch.data:
+        case c.DataKind.INDEXED:
+            assert target.tokenizer is not None, "validation requires eod_token or the dataset's tokenizer file"
+            return _c("EOD_TOKEN", target.tokenizer.eod,
+                      f"from the dataset's tokenizer file ({target.tokenizer.name})")
+        case c.DataKind.MOCK:
+            return _c("EOD_TOKEN", spec.model.vocab_size - 1,
+                      f"default for mock data: vocab {spec.model.vocab_size} - 1")
+        case _:
+            assert_never(ch.data)
 
 
-def _data_section(spec: Spec, target: Target) -> Section:
+def _data_section(spec: Spec, ch: Choices, target: Target) -> Section:
     d = spec.data
     g = spec.batch.global_batch_size
     t = spec.train
-    constants = [_c("DATA_KIND", d.kind)]
-    if d.kind == "indexed":
+    constants = []
+    if indexed(ch):
         constants += [
             _c("DATA_PREFIXES", tuple(source.prefix for source in d.sources), text=True),
             _c("DATA_WEIGHTS", tuple(source.weight for source in d.sources)),
             _c("DATA_SPLIT", tuple(float(part) for part in d.split)),
         ]
-    if d.eod_token is not None:
-        constants.append(_c("EOD_TOKEN", d.eod_token))
-    elif d.kind == "indexed" and target.tokenizer is not None:
-        constants.append(
-            _c("EOD_TOKEN", target.tokenizer.eod, f"from the dataset's tokenizer file ({target.tokenizer.name})")
-        )
-    else:
-        constants.append(_c("EOD_TOKEN", spec.model.vocab_size - 1, f"default for mock data: vocab {spec.model.vocab_size} - 1"))
+    constants.append(_eod_token(spec, ch, target))
     constants.append(_c("EOD_MASK_LOSS", d.eod_mask_loss))
     constants.append(_c("TRAIN_SAMPLES", t.iters * g, f"train.iters {t.iters} x global {g}"))
     if t.eval_interval is not None:
@@ -408,28 +423,12 @@ def _data_section(spec: Spec, target: Target) -> Section:
         ))
     else:
         constants.append(_c("VALID_SAMPLES", 0, "no evaluation"))
-    constants.append(_c("LOSS_REDUCTION", spec.loss.reduction))
-    if _maxtext_loss(spec):
+    if maxtext_loss(spec):
         constants += [
             _c("Z_LOSS_MULTIPLIER", spec.loss.z_loss_multiplier),
             _c("LOGITS_MULTIPLIER", spec.model.logits_multiplier),
         ]
     return Section(title="Data and loss", constants=tuple(constants))
-
-
-def _loss_source(spec: Spec) -> str:
-    """See Plan.loss_source; validation makes the hooks and MaxText's loss exclusive."""
-    if spec.hooks.file is not None and spec.hooks.forward_step is not None:
-        return "hook_forward_step"
-    if spec.hooks.file is not None and spec.hooks.loss is not None:
-        return "hook_loss"
-    if _maxtext_loss(spec):
-        return "maxtext"
-    return "token" if spec.loss.reduction == "per_token" else "mean"
-
-
-def _maxtext_loss(spec: Spec) -> bool:
-    return spec.loss.z_loss_multiplier != 0.0 or spec.model.logits_multiplier != 1.0
 
 
 def _output_section(spec: Spec, target: Target) -> Section:
@@ -460,57 +459,28 @@ def _output_section(spec: Spec, target: Target) -> Section:
     return Section(title="Outputs (paths relative to the spec's folder)", constants=tuple(constants))
 
 
-def _activation(spec: Spec) -> str:
-    m = spec.model
-    if m.activation == "swiglu":
-        return "F.silu"
-    if m.gelu_approximation == "tanh":
-        return "gelu_tanh"
-    return "F.gelu"
-
-
-def _model_plan(spec: Spec) -> ModelPlan:
-    m = spec.model
-    return ModelPlan(
-        transformer_impl=m.transformer_impl,
-        normalization="RMSNorm" if m.normalization == "rmsnorm" else "LayerNorm",
-        gated=derive.gated_mlp(spec),
-        activation=_activation(spec),
-        activation_is_default=m.activation == "gelu" and m.gelu_approximation == "none",
-        position_embedding_type="rope" if m.position_embedding == "rope" else "learned_absolute",
-        tie_embeddings=m.tie_embeddings,
-        add_bias_linear=m.add_bias_linear,
-        qk_layernorm=m.qk_layernorm,
-        zero_centered_norm=m.norm_zero_centered,
-        query_scaling=m.query_scaling,
-        moe=m.num_experts is not None,
-        router_pre_softmax=m.num_experts is not None and m.moe_router_topk == 1,
-    )
-
-
-def _hooks_plan(spec: Spec) -> HooksPlan | None:
-    h = spec.hooks
-    if h.file is None or (h.forward_step is None and h.loss is None):
-        return None
-    return HooksPlan(file=h.file, forward_step=h.forward_step, loss=h.loss)
 
 
 def _user_strings(spec: Spec) -> tuple[str, ...]:
     """Every string from the spec that the script contains, for the verify stage."""
     strings = [spec.run.name, spec.run.description, *spec.optimizer.decay_mask.exclude]
-    strings += [source.prefix for source in spec.data.sources] if spec.data.kind == "indexed" else []
-    hooks = _hooks_plan(spec)
+    strings += [source.prefix for source in spec.data.sources]  # validation allows sources with indexed data only
+    h = spec.hooks
+    hooks = (h.file, h.forward_step, h.loss) if h.file is not None else ()
     named = [
         spec.run.output_dir,
         spec.checkpoint.dir,
         spec.init.checkpoint.path if spec.init.checkpoint is not None else None,
-        *((hooks.file, hooks.forward_step, hooks.loss) if hooks is not None else ()),
+        *hooks,
     ]
     strings += [value for value in named if value is not None]
     return tuple(s for s in strings if s)
 
 
-def _summary(spec: Spec) -> tuple[str, ...]:
+BACKEND = c.table(c.Device, {c.Device.CPU: "gloo", c.Device.CUDA: "nccl"})
+
+
+def _summary(spec: Spec, ch: Choices) -> tuple[str, ...]:
     m = spec.model
     p = spec.parallel
     counts = explain.parameter_counts(spec)
@@ -524,48 +494,97 @@ def _summary(spec: Spec) -> tuple[str, ...]:
     if p.expert > 1:
         layout.append(f"expert {p.expert}")
     layout.append(f"data {data_parallel(spec)}")
-    backend = "gloo" if spec.launch.device == "cpu" else "nccl"
     micro = spec.batch.micro_batch_size
     microbatches = derive.microbatches(spec)
     return (
         f"Model: GPT, {m.num_layers} layers, hidden {m.hidden_size}, {m.num_attention_heads} heads ({attention}), "
         f"{m.activation}, {m.normalization}, {m.position_embedding} positions, sequence {m.seq_length}, "
         f"vocab {m.vocab_size}; {explain.human_count(counts.total)} parameters.",
-        f"Layout: {world_size(spec)} processes on {spec.launch.nodes} node(s), {spec.launch.device} ({backend}): "
-        + ", ".join(layout)
-        + ".",
+        f"Layout: {world_size(spec)} processes on {spec.launch.nodes} node(s), {spec.launch.device} "
+        f"({BACKEND[ch.device]}): " + ", ".join(layout) + ".",
         f"Training: {spec.train.iters} steps of {spec.batch.global_batch_size} sequences "
         f"({microbatches} microbatches of {micro} per data-parallel rank), {spec.data.kind} data, "
         f"{spec.optimizer.name} ({spec.optimizer.semantics} semantics) at lr {spec.optimizer.lr:g} "
-        f"({_schedule_name(spec)} schedule), "
+        f"({_schedule_name(spec, ch)} schedule), "
         f"{spec.precision.dtype}.",
     )
 
 
-def _schedule_name(spec: Spec) -> str:
-    s = spec.scheduler
-    if s.style == "maxtext" and s.maxtext is not None:
-        return f"MaxText {s.maxtext.kind}"
-    if s.style == "optax":
-        return "optax"
-    return s.decay
+def _schedule_name(spec: Spec, ch: Choices) -> str:
+    match ch.scheduler:
+        case c.SchedulerStyle.MAXTEXT:
+            assert ch.maxtext_kind is not None
+            return f"MaxText {ch.maxtext_kind.value}"
+        case c.SchedulerStyle.OPTAX:
+            return "optax"
+        case c.SchedulerStyle.MEGATRON:
+            return ch.decay.value
+        case _:
+            assert_never(ch.scheduler)
+
+
+REDUCTION_WORDS = c.table(c.Reduction, {
+    c.Reduction.PER_TOKEN: "summed over the global batch's real tokens and divided once by their count",
+    c.Reduction.PER_MICROBATCH: "each microbatch's mean, averaged over microbatches and data-parallel ranks",
+})
+
+NONFINITE_WORDS = c.table(c.NonFinitePolicy, {
+    c.NonFinitePolicy.SKIP: "skips the update (counted in the metrics; weights and optimizer state untouched)",
+    c.NonFinitePolicy.STOP: "stops the run after saving the last good state (exit 7)",
+})
+
+
+def _step(spec: Spec, ch: Choices) -> tuple[str, ...]:
+    """What one training step does, in order, for the script's docstring."""
+    o = spec.optimizer
+    overflow = " (fp16: a loss-scale overflow skips it too)" if LOSS_SCALE_SKIPS[ch.dtype] else ""
+    clip = (
+        f"4. Clip: gradients scaled by min(1, clip_grad {o.clip_grad:g} / (norm + CLIP_EPSILON))."
+        if o.clip_grad > 0
+        else "4. No clipping (clip_grad = 0)."
+    )
+    output = spec.run.output_dir if spec.run.output_dir is not None else f"out/{spec.run.name}"
+    return (
+        f"1. Forward and backward over {derive.microbatches(spec)} microbatches of {spec.batch.micro_batch_size} "
+        f"sequences on each data-parallel rank; the loss is {REDUCTION_WORDS[ch.reduction]}.",
+        "2. The global gradient norm, over every rank's gradients.",
+        f"3. A non-finite loss or gradient norm {NONFINITE_WORDS[c.choice(c.NonFinitePolicy, spec.train.on_nonfinite)]}"
+        f"{overflow}.",
+        clip,
+        f"5. The optimizer step: {o.name} ({o.semantics} semantics).",
+        f"6. The learning-rate schedule ({_schedule_name(spec, ch)}) advances one update.",
+        f"Every step's loss, gradient norm, learning rate and timing go to OUTPUT_DIR/METRICS_FILE ({output}/, "
+        f"relative to the spec's folder); every LOG_INTERVAL ({spec.train.log_interval}) steps a line is printed.",
+    )
+
+
+def _spec_dir(target: Target) -> str:
+    folder = target.spec_path.rpartition("/")[0]
+    if folder:
+        return f"(HERE / {py_literal(folder)}).resolve()  # paths in the spec are relative to its folder"
+    return "HERE  # paths in the spec are relative to its folder"
 
 
 def lower(spec: Spec, target: Target) -> Plan:
     """Resolve every value the generated script needs. Pure: no I/O."""
+    ch = choices_of(spec)
     sections = [
         *_run_sections(spec, target),
         _parallel_section(spec),
         _batch_section(spec),
         _model_section(spec),
-        _precision_section(spec),
+        _precision_section(spec, ch),
         _train_section(spec),
-        *_optimizer_sections(spec),
-        _data_section(spec, target),
+        *_optimizer_sections(spec, ch),
+        _data_section(spec, ch, target),
         *[section for section in (_init_checkpoint_section(spec),) if section is not None],
         _output_section(spec, target),
     ]
     regenerate = f"bridgec compile {shlex.quote(target.spec_path)} -o {shlex.quote(target.output_name)}"
+    schedule, schedule_docstring = schedule_function(spec, ch)
+    data_docstring, source = data_source(spec, ch)
+    forward = forward_plan(spec, ch)
+    main = step_plan(spec, ch)
     return Plan(
         header=Header(
             version=__version__,
@@ -577,30 +596,19 @@ def lower(spec: Spec, target: Target) -> Plan:
         description=spec.run.description,
         launch_command=launch_command(spec, target.output_name),
         bridgec_launch_command=bridgec_launch_command(spec, target.output_name),
-        summary=_summary(spec),
-        device=spec.launch.device,
-        sections=tuple(sections),
-        model=_model_plan(spec),
-        schedule=_schedule_plan(spec),
-        optimizer=spec.optimizer.name,
-        optax_semantics=spec.optimizer.semantics == "optax",
-        loss_source=_loss_source(spec),
-        needs_unwrap=(
-            spec.hooks.forward_step is None
-            or spec.model.query_scaling == "initial_weights"
-            or spec.init.checkpoint is not None
-        ),
-        data_kind=spec.data.kind,
-        per_token_loss=spec.loss.reduction == "per_token",
-        virtual_pipeline=spec.parallel.virtual_pipeline is not None,
-        pipeline=spec.parallel.pipeline > 1,
-        context_parallel=spec.parallel.context > 1,
-        dtype=spec.precision.dtype,
-        fp8=spec.precision.fp8,
-        checkpointing=spec.checkpoint.dir is not None,
-        init_checkpoint=spec.init.checkpoint is not None,
-        init_optimizer_state=spec.init.checkpoint is not None and spec.init.checkpoint.optimizer_state,
-        evaluation=spec.train.eval_interval is not None,
-        hooks=_hooks_plan(spec),
+        summary=_summary(spec, ch),
+        step=_step(spec, ch),
+        imports=imports(spec, ch, schedule=schedule, forward=forward, main=main),
+        silence_device=ch.device.value,
+        spec_dir=_spec_dir(target),
+        sections=tuple(section for section in sections if section.constants),
+        model=model_plan(spec, ch),
+        data_docstring=data_docstring,
+        data_source=source,
+        forward=forward,
+        schedule_function=schedule,
+        schedule_docstring=schedule_docstring,
+        init_checkpoint=init_checkpoint_plan(spec, ch),
+        main=main,
         user_strings=_user_strings(spec),
     )

@@ -2,8 +2,9 @@
 
 ``lower`` builds it from a validated Spec; the templates see nothing else. A
 :class:`Constant` is one ``NAME = value  # arithmetic`` line of the script;
-everything structural (which layer spec, which loss, which branches exist) is
-a plain field here so templates only test booleans and print values.
+everything structural (which layer spec, which loss, which imports, which
+arguments) is decided by lowering and held here as calls and lines, so the
+templates print and loop, and decide nothing.
 """
 
 from __future__ import annotations
@@ -44,46 +45,108 @@ class Header:
 
 
 @attrs.frozen(kw_only=True)
-class ModelPlan:
-    transformer_impl: str
-    normalization: str
-    """megatron-core's spelling: LayerNorm or RMSNorm."""
-    gated: bool
-    activation: str
-    """The activation as Python source: F.gelu, F.silu, or gelu_tanh (from bridgec.runtime.model)."""
-    activation_is_default: bool
-    """Exact GELU, megatron-core's default: no activation_func line needed."""
-    position_embedding_type: str
-    tie_embeddings: bool
-    add_bias_linear: bool
-    qk_layernorm: bool
-    zero_centered_norm: bool
-    query_scaling: str
-    """attention (scores scaled by 1/sqrt(head_dim)), initial_weights or none (softmax_scale 1)."""
-    moe: bool
-    router_pre_softmax: bool
-    """Top-1 routing: megatron-core requires moe_router_pre_softmax."""
+class Code:
+    """Python source the lowering wrote (a name, an expression), printed as it is."""
+
+    text: str
+
+
+@attrs.frozen(kw_only=True)
+class Items:
+    """A list argument, one item per line."""
+
+    items: tuple[Code | Call, ...]
+
+
+@attrs.frozen(kw_only=True)
+class Argument:
+    """One argument of a rendered call: ``name=value,  # comment`` (positional when name is None)."""
+
+    name: str | None
+    value: Code | Call | Items | Value
+    """Source, a nested call, a list, or a plan value printed as a Python literal."""
+    comment: str | None = None
 
 
 @attrs.frozen(kw_only=True)
 class Call:
-    """A call rendered into the script: ``function(key=value, ...)``."""
+    """A call rendered into the script, one argument per line: ``function(\n    key=value,\n)``."""
 
     function: str
-    arguments: tuple[tuple[str, "Value"], ...]
+    arguments: tuple[Argument, ...] = ()
 
 
 @attrs.frozen(kw_only=True)
-class SchedulePlan:
-    style: str
-    """megatron (OptimizerParamScheduler), maxtext or optax (CountScheduler over a schedule function)."""
-    pieces: tuple[Call, ...] = ()
-    """optax: the schedule pieces, joined at ``boundaries`` when there are several."""
-    boundaries: tuple[int, ...] = ()
-    maxtext_kind: str | None = None
-    """maxtext: cosine or wsd."""
-    megatron_wsd: bool = False
-    """megatron: the decay style is wsd (its two extra settings are passed)."""
+class Import:
+    """``import module [as alias]``, or ``from module import names`` when names are given."""
+
+    module: str
+    names: tuple[str, ...] = ()
+    alias: str | None = None
+
+
+@attrs.frozen(kw_only=True)
+class Imports:
+    """The script's imports in its three blocks, decided by lowering from what the script calls."""
+
+    standard: tuple[Import, ...]
+    """Before the noise filter: the standard library."""
+    libraries: tuple[Import, ...]
+    """torch and megatron-core, after the noise filter is installed."""
+    runtime: tuple[Import, ...]
+    """bridgec.runtime."""
+
+
+@attrs.frozen(kw_only=True)
+class ModelPlan:
+    config: Call
+    """TransformerConfig(...): transformer_config()'s return."""
+    gpt: Call
+    """GPTModel(...): model_provider()'s return."""
+
+
+@attrs.frozen(kw_only=True)
+class ForwardPlan:
+    """forward_step: the user's (hook), or bridgec's with the loss lowering chose."""
+
+    hook: Code | None
+    """``Hook(...)`` of the user's forward_step; None: bridgec writes forward_step."""
+    loss_hook: Code | None
+    """``Hook(...)`` of the user's loss function, called by bridgec's forward_step."""
+    next_batch: Call
+    body: tuple[str, ...]
+    """The lines after next_batch: the model call and what is returned."""
+
+
+@attrs.frozen(kw_only=True)
+class StepPlan:
+    """What main() does, in order, as calls lowering decided."""
+
+    start_lines: tuple[str, ...]
+    """Lines of start() between the launch check and initialize (the CPU shims)."""
+    initialize: Call
+    model: Call
+    after_model: tuple[str, ...]
+    """Lines of build() after the model exists (MaxText's query scaling)."""
+    optimizer_comment: tuple[str, ...]
+    optimizer: Call
+    scheduler: Call
+    built: Call
+    hook_load: tuple[str, ...]
+    """main()'s first lines: load the hooks file before any work."""
+    claim: Call
+    loop_settings: Call
+    train: Call
+
+
+@attrs.frozen(kw_only=True)
+class InitCheckpointPlan:
+    """start_from_checkpoint(): the optimizer-state import when the spec asks for it."""
+
+    tail: tuple[str, ...]
+    """The lines after the weights are loaded: the optimizer state, and the Progress returned."""
+    call: tuple[str, ...]
+    """main()'s lines that call it (guarded by resume when the run checkpoints)."""
 
 
 @attrs.frozen(kw_only=True)
@@ -104,31 +167,23 @@ class Plan:
     """The same launch through ``bridgec launch``, which exits with the workers' own code."""
     summary: tuple[str, ...]
     """Sentences for the script's docstring: what runs."""
-    device: str
+    step: tuple[str, ...]
+    """Sentences for the script's docstring: what one training step does, in order, and where metrics go."""
+    imports: Imports
+    silence_device: str
+    """The device the noise filter is installed for."""
+    spec_dir: str
+    """The SPEC_DIR line's right-hand side and comment."""
     sections: tuple[Section, ...]
     model: ModelPlan
-    schedule: SchedulePlan
-    optimizer: str
-    """adam or sgd."""
-    optax_semantics: bool
-    loss_source: str
-    """Where each microbatch's loss comes from: token (masked_token_loss), mean (masked_mean_loss), maxtext
-    (MaxText's cross entropy on the logits), hook_loss (the user's loss function) or hook_forward_step (the
-    user's forward_step, loss and all)."""
-    needs_unwrap: bool
-    """The script reaches into the DDP-wrapped chunks (its forward_step, query scaling, checkpoint import)."""
-    data_kind: str
-    per_token_loss: bool
-    virtual_pipeline: bool
-    pipeline: bool
-    context_parallel: bool
-    dtype: str
-    fp8: str | None
-    checkpointing: bool
-    init_checkpoint: bool
-    init_optimizer_state: bool
-    evaluation: bool
-    hooks: HooksPlan | None
+    data_docstring: str
+    data_source: Code
+    forward: ForwardPlan
+    schedule_function: Call | None
+    """learning_rate_schedule()'s return (MaxText's and optax's styles); None with megatron's scheduler."""
+    schedule_docstring: str
+    init_checkpoint: InitCheckpointPlan | None
+    main: StepPlan
     user_strings: tuple[str, ...]
     """Every string that came from the spec, for the verify stage."""
 

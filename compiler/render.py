@@ -13,7 +13,7 @@ from importlib import resources
 
 import jinja2
 
-from bridgec.compiler.plan import Plan, Value
+from bridgec.compiler.plan import Argument, Call, Code, Constant, Import, Items, Plan, Value
 
 TEMPLATE = "script.py.j2"
 
@@ -58,6 +58,52 @@ def docstring_text(text: str) -> str:
     return "".join(out)
 
 
+def render_call(call: Call, indent: int) -> str:
+    """``function(`` one argument per line ``)``; the first line unindented (it follows ``name = `` or ``return ``)."""
+    if not call.arguments:
+        return f"{call.function}()"
+    inner = " " * (indent + 4)
+    lines = [f"{call.function}("]
+    lines += [inner + _argument(argument, indent + 4) for argument in call.arguments]
+    lines.append(" " * indent + ")")
+    return "\n".join(lines)
+
+
+def _argument(argument: Argument, indent: int) -> str:
+    prefix = "" if argument.name is None else f"{argument.name}="
+    comment = "" if argument.comment is None else f"  # {argument.comment}"
+    return f"{prefix}{_value(argument.value, indent)},{comment}"
+
+
+def _value(value: Code | Call | Items | Value, indent: int) -> str:
+    match value:
+        case Code(text=text):
+            return text
+        case Call():
+            return render_call(value, indent)
+        case Items(items=items):
+            inner = " " * (indent + 4)
+            lines = ["[", *(inner + _value(item, indent + 4) + "," for item in items), " " * indent + "]"]
+            return "\n".join(lines)
+        case _:
+            return py_literal(value)
+
+
+def render_import(line: Import) -> str:
+    """One import statement; a from-import longer than a line is parenthesised, one name per line."""
+    if not line.names:
+        return f"import {line.module}" + ("" if line.alias is None else f" as {line.alias}")
+    text = f"from {line.module} import {', '.join(line.names)}"
+    if len(text) <= 120:
+        return text
+    return "\n".join([f"from {line.module} import (", *(f"    {name}," for name in line.names), ")"])
+
+
+def render_constant(constant: Constant) -> str:
+    text = f"{constant.name} = {py_literal(constant.value)}"
+    return text if constant.why is None else f"{text}  # {constant.why}"
+
+
 @functools.cache
 def environment() -> jinja2.Environment:
     loader = jinja2.FunctionLoader(
@@ -73,6 +119,9 @@ def environment() -> jinja2.Environment:
     )
     env.filters["py"] = py_literal
     env.filters["doc"] = docstring_text
+    env.filters["call"] = render_call
+    env.filters["import_line"] = render_import
+    env.filters["constant"] = render_constant
     return env
 
 

@@ -1,3 +1,5 @@
-"""bridgec's version: printed in every generated script's header."""
+"""bridgec's version: printed in every generated script's header (one fact, kept by the runtime)."""
 
-__version__ = "0.1.0"
+from bridgec.runtime.version import __version__
+
+__all__ = ["__version__"]

@@ -117,12 +117,24 @@ def content_key(prefixes: Sequence[str]) -> str:
     return digest.hexdigest()[:16]
 
 
+@attrs.frozen(kw_only=True)
+class MockData:
+    """megatron-core's synthetic, learnable sequences, always split in three equal parts."""
+
+
+@attrs.frozen(kw_only=True)
+class IndexedData:
+    """Indexed datasets (prefix.bin + prefix.idx), blended by weight and split by document."""
+
+    prefixes: tuple[str, ...]
+    weights: tuple[float, ...]
+    split: tuple[float, ...]
+    """train/valid/test proportions of each source's documents."""
+
+
 def build_splits(
+    source: MockData | IndexedData,
     *,
-    kind: str,
-    prefixes: Sequence[str],
-    weights: Sequence[float],
-    split: Sequence[float] | None,
     seq_length: int,
     seed: int,
     token_ids: TokenIds,
@@ -134,22 +146,21 @@ def build_splits(
 
     megatron-core builds every split that has a share of ``split``, even one
     asked for 0 samples (bridgec never reads the test split).
-
-    ``split`` is None for mock data: megatron-core's mock dataset always splits
-    its synthetic sequences into three equal parts.
     """
-    if kind == "indexed":
-        assert split is not None, "indexed data needs a split"
-        check_sources(prefixes, split)
-        blend = (list(prefixes), list(weights) if len(prefixes) > 1 else None)
-        cache_dir = os.path.join(cache_dir, content_key(prefixes))
-    else:
-        blend = None
+    match source:
+        case IndexedData(prefixes=prefixes, weights=weights, split=split):
+            check_sources(prefixes, split)
+            blend = (list(prefixes), list(weights) if len(prefixes) > 1 else None)
+            cache_dir = os.path.join(cache_dir, content_key(prefixes))
+            split_setting: str | None = split_text(split)
+            dataset_class: type[GPTDataset] = GPTDataset
+        case MockData():
+            blend, split_setting, dataset_class = None, None, MockGPTDataset
     config = GPTDatasetConfig(
         random_seed=seed,
         sequence_length=seq_length,
         blend=blend,
-        split=None if split is None else split_text(split),
+        split=split_setting,
         path_to_cache=cache_dir,
         tokenizer=token_ids,  # type: ignore[arg-type]  # megatron reads .eod and .vocab_size only
         reset_position_ids=False,
@@ -158,7 +169,6 @@ def build_splits(
         create_attention_mask=False,
         mid_level_dataset_surplus=0.005,
     )
-    dataset_class = MockGPTDataset if kind == "mock" else GPTDataset
     os.makedirs(cache_dir, exist_ok=True)
     train, valid, test = BlendedMegatronDatasetBuilder(
         dataset_class, list(num_samples), lambda: True, config

@@ -35,6 +35,8 @@ class ExitCode(enum.IntEnum):
     """The hooks file named in the spec is missing, fails to import, or lost the hook function, or a hook raised."""
     WOULD_OVERWRITE = 10
     """Starting would replace another run's files: checkpoints with resume = false, or another spec's metrics."""
+    VERSION_MISMATCH = 11
+    """The installed bridgec runtime is not the version that generated the script; regenerate it."""
     STOPPED_TO_RESUME = 75
     """Stopped early on purpose (SIGTERM/SIGINT, exit_interval, exit_duration_minutes) after a checkpoint; launch again to resume."""
 

@@ -43,10 +43,13 @@ UserForwardStep = Callable[..., Any]
 
 @attrs.frozen(kw_only=True)
 class LoopSettings:
+    """How the loop runs; the settings a spec leaves unset keep their defaults (the script does not pass them)."""
+
     iters: int
     log_interval: int
-    eval_interval: int | None
-    eval_iters: int
+    eval_interval: int | None = None
+    """None: never evaluate."""
+    eval_iters: int = 0
     global_batch_size: int
     micro_batch_size: int
     num_microbatches: int
@@ -54,9 +57,10 @@ class LoopSettings:
     clip_grad: float
     clip_epsilon: float
     on_nonfinite: str
-    exit_interval: int | None
-    exit_duration_minutes: float | None
-    save_interval: int | None
+    exit_interval: int | None = None
+    exit_duration_minutes: float | None = None
+    save_interval: int | None = None
+    """None: save only at the end and at an early stop (with a checkpointer)."""
     metrics_path: Path
     spec_path: Path
     """The spec the script was compiled from: the metrics file's first record names it (runtime.outputs)."""

@@ -46,7 +46,6 @@ class OptimizerSettings:
     min_lr: float = 0.0
     """The floor of megatron's schedule (its parameter groups carry it); unused with a CountScheduler."""
     weight_decay: float
-    clip_grad: float
     dtype: str
     distributed_optimizer: bool
 
@@ -60,8 +59,10 @@ class ScheduleSettings:
     decay: str
     """The spec's [scheduler] decay: constant, linear, cosine or wsd (see MEGATRON_DECAY_STYLES)."""
     decay_iters: int
-    wsd_decay_iters: int | None
-    wsd_decay_style: str
+    wsd_decay_iters: int | None = None
+    """wsd only: the length of the final decay."""
+    wsd_decay_style: str = "linear"
+    """wsd only: the shape of the final decay (megatron-core reads it for wsd alone)."""
 
 
 MEGATRON_DECAY_STYLES = {"constant": "constant", "linear": "linear", "cosine": "cosine", "wsd": "WSD"}
@@ -72,8 +73,8 @@ MEGATRON_DECAY_STYLES = {"constant": "constant", "linear": "linear", "cosine": "
 def build_optimizer(model: list[DistributedDataParallel], settings: OptimizerSettings) -> ChainedOptimizer:
     """megatron-core's optimizer over the model chunks, with clipping left to train_step.
 
-    ``clip_grad`` is not handed to megatron: :func:`bridgec.runtime.step.train_step`
-    computes the global norm once, decides on non-finite gradients, then clips.
+    Clipping is not handed to megatron (its clip_grad is 0): :func:`bridgec.runtime.step.train_step`
+    computes the global norm once, decides on non-finite gradients, then clips (LoopSettings.clip_grad).
     """
     config = OptimizerConfig(
         **_rule(settings.rule),

@@ -83,7 +83,7 @@ def initialize(
     device: str,
     tensor: int,
     pipeline: int,
-    virtual_pipeline: int | None,
+    virtual_pipeline: int | None = None,
     context: int,
     expert: int,
     seed: int,

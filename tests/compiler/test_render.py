@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+from pathlib import Path
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -85,3 +86,58 @@ def test_an_optimizer_gets_only_its_own_hyper_parameters() -> None:
     sgd = _script(optimizer={"lr": 1e-3, "name": "sgd"})
     assert "rule=Sgd(momentum=SGD_MOMENTUM)" in sgd
     assert "beta" not in sgd.lower() and "ADAM" not in sgd and "Adam" not in sgd
+
+
+SHOWN_NOT_READ = {
+    "NODES": "read by bridgec launch and bridgec convert (compiler/torchrun.read_launch) without importing the script",
+    "PROCS_PER_NODE": "read by bridgec launch and bridgec convert, as NODES",
+    "DATA_PARALLEL": "a derived number shown with its arithmetic: world / (tensor x pipeline x context)",
+    "TOKENS_PER_STEP": "a derived number shown with its arithmetic: global batch x seq_length",
+    "LAYERS_PER_CHUNK": "a derived number shown with its arithmetic: layers / (pipeline x virtual)",
+}
+"""Constants no code of the script reads, each with the reason it is there."""
+
+
+def _generated_scripts() -> list[Path]:
+    root = Path(__file__).resolve().parents[2]
+    return sorted((root / "tests" / "golden" / "good").glob("*/expected_run.py")) + sorted(
+        (root / "examples").glob("*/run.py"))
+
+
+def test_every_constant_is_read_by_the_script() -> None:
+    """No constant that nothing reads (OPTIMIZER, LOSS_REDUCTION, DATA_KIND, ... were)."""
+    for path in _generated_scripts():
+        tree = ast.parse(path.read_text())
+        assigned = [node.targets[0].id for node in tree.body
+                    if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name)
+                    and node.targets[0].id.isupper()]
+        read = {node.id for node in ast.walk(tree) if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load)}
+        unread = sorted(set(assigned) - read - set(SHOWN_NOT_READ))
+        assert unread == [], f"{path}: constants nothing reads: {unread}"
+
+
+def test_no_dead_arguments() -> None:
+    """Arguments a call ignores are not written: mock data has no prefixes, a non-WSD schedule no WSD settings,
+    the optimizer no clip_grad (train_step clips), Adam no momentum."""
+    mock = _script()
+    assert "prefixes" not in mock and "weights=()" not in mock and "MockData()" in mock
+    assert "wsd_decay" not in mock
+    settings = mock[mock.index("OptimizerSettings("):mock.index("build_scheduler(")]
+    assert "clip_grad" not in settings
+    wsd = _script(scheduler={"decay": "wsd", "wsd_decay_iters": 2})
+    assert "wsd_decay_iters=LR_WSD_DECAY_ITERS" in wsd and "wsd_decay_style=LR_WSD_DECAY_STYLE" in wsd
+    maxtext = _script(optimizer={"lr": 1e-3, "semantics": "optax"}, scheduler={"style": "maxtext", "maxtext": {}})
+    assert "MIN_LR" not in maxtext and "ScheduleSettings" not in maxtext
+
+
+def test_the_docstring_says_what_one_step_does_in_order() -> None:
+    script = _script()
+    doc = ast.get_docstring(ast.parse(script)) or ""
+    steps = ["1. Forward and backward over", "2. The global gradient norm", "3. A non-finite loss or gradient norm",
+             "4. Clip", "5. The optimizer step", "6. The learning-rate schedule"]
+    positions = [doc.index(step) for step in steps]
+    assert positions == sorted(positions)
+    assert "go to OUTPUT_DIR/METRICS_FILE (out/quickstart/, relative to the spec's folder)" in doc
+    stop = ast.get_docstring(ast.parse(_script(train={"iters": 10, "on_nonfinite": "stop"}, optimizer={
+        "lr": 1e-3, "clip_grad": 0.0}))) or ""
+    assert "stops the run after saving the last good state (exit 7)" in stop and "4. No clipping" in stop

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from bridgec.runtime.data import MicrobatchIterator, TokenIds, build_splits, check_sources
+from bridgec.runtime.data import IndexedData, MicrobatchIterator, TokenIds, build_splits, check_sources
 from bridgec.runtime.data_build import BYTE_EOD, DataBuildError, build_indexed_dataset, decode_bytes
 from bridgec.runtime.errors import ExitCode, RunError
 
@@ -136,7 +136,7 @@ def test_a_split_without_documents_is_refused_with_the_numbers(tmp_path: Path) -
 
 def _splits(prefix: str, cache: Path, samples: int) -> list[list[int]]:
     splits = build_splits(
-        kind="indexed", prefixes=[prefix], weights=[1.0], split=[90.0, 10.0, 0.0], seq_length=16, seed=1,
+        IndexedData(prefixes=(prefix,), weights=(1.0,), split=(90.0, 10.0, 0.0)), seq_length=16, seed=1,
         token_ids=TokenIds(vocab_size=257, eod=BYTE_EOD), eod_mask_loss=False, num_samples=(samples, 2, 0),
         cache_dir=str(cache),
     )

@@ -13,7 +13,7 @@ from megatron.core.datasets.blended_megatron_dataset_config import (
     parse_and_normalize_split,
 )
 
-from bridgec.runtime.data import TokenIds, build_splits
+from bridgec.runtime.data import IndexedData, TokenIds, build_splits
 from bridgec.runtime.data_build import BYTE_EOD, build_indexed_dataset
 from bridgec.runtime.data_split import document_ranges, empty_splits, idx_document_count, split_text
 
@@ -51,7 +51,7 @@ def test_ranges_equal_the_documents_megatron_builds(split: list[float], document
     prefix = tmp_path / "data"
     build_indexed_dataset(tmp_path / "docs.jsonl", prefix)
     assert idx_document_count((tmp_path / "data.idx").read_bytes()[:34]) == documents  # what the compiler reads
-    built = build_splits(kind="indexed", prefixes=[str(prefix)], weights=[1.0], split=split, seq_length=8, seed=1,
+    built = build_splits(IndexedData(prefixes=(str(prefix),), weights=(1.0,), split=tuple(split)), seq_length=8, seed=1,
                          token_ids=TokenIds(vocab_size=257, eod=BYTE_EOD), eod_mask_loss=False,
                          num_samples=(4, 2, 0), cache_dir=str(tmp_path / "cache"))
     datasets = (built.train, built.valid, built.test)

@@ -41,7 +41,7 @@ def _model_and_optimizer(min_lr: float = 0.0) -> tuple[list, object]:
     )  # fmt: skip
     settings = OptimizerSettings(
         rule=Adam(beta1=0.9, beta2=0.999, eps=1e-8), lr=LR, min_lr=min_lr, weight_decay=WEIGHT_DECAY,
-        clip_grad=0.0, dtype="fp32", distributed_optimizer=False,
+        dtype="fp32", distributed_optimizer=False,
     )  # fmt: skip
     return model, build_optimizer(model, settings)
 

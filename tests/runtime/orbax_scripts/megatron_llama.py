@@ -101,7 +101,6 @@ def adam_settings(data: dict, *, dtype: str, distributed: bool) -> OptimizerSett
         lr=lr,
         min_lr=lr,
         weight_decay=data.get("weight_decay", 0.0),
-        clip_grad=0.0,
         dtype=dtype,
         distributed_optimizer=distributed,
     )

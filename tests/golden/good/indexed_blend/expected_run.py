@@ -8,6 +8,15 @@ Model: GPT, 2 layers, hidden 64, 4 heads (multi-head), gelu, layernorm, learned 
 Layout: 1 processes on 1 node(s), cpu (gloo): tensor 1, pipeline 1, data 1.
 Training: 5 steps of 4 sequences (4 microbatches of 1 per data-parallel rank), indexed data, adam (megatron semantics) at lr 0.001 (cosine schedule), fp32.
 
+One training step, in order:
+1. Forward and backward over 4 microbatches of 1 sequences on each data-parallel rank; the loss is summed over the global batch's real tokens and divided once by their count.
+2. The global gradient norm, over every rank's gradients.
+3. A non-finite loss or gradient norm skips the update (counted in the metrics; weights and optimizer state untouched).
+4. Clip: gradients scaled by min(1, clip_grad 1 / (norm + CLIP_EPSILON)).
+5. The optimizer step: adam (megatron semantics).
+6. The learning-rate schedule (cosine) advances one update.
+Every step's loss, gradient norm, learning rate and timing go to OUTPUT_DIR/METRICS_FILE (out/blend/, relative to the spec's folder); every LOG_INTERVAL (1) steps a line is printed.
+
 Launch from this file's folder:
     torchrun --nnodes 1 --nproc-per-node 1 expected_run.py
 or, to exit with the workers' own code (75: stopped on purpose, launch again to resume):
@@ -35,16 +44,18 @@ from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
 from megatron.core.transformer import TransformerConfig
 
 from bridgec.runtime import cpu_compat
-from bridgec.runtime.data import Splits, TokenIds, build_splits, next_batch
+from bridgec.runtime.build import Built, CheckpointIdentity, ImportFacts, Weights
+from bridgec.runtime.checkpoint import file_sha256, spec_copy
+from bridgec.runtime.data import IndexedData, Splits, TokenIds, build_splits, next_batch
 from bridgec.runtime.entry import run
 from bridgec.runtime.errors import RunEnd
 from bridgec.runtime.loop import LoopSettings, TrainState, train
 from bridgec.runtime.loss import masked_token_loss
 from bridgec.runtime.model import build_model, unwrap
-from bridgec.runtime.optim import Adam, OptimizerSettings, build_optimizer
-from bridgec.runtime.optim import ScheduleSettings, build_scheduler
+from bridgec.runtime.optim import Adam, OptimizerSettings, ScheduleSettings, build_optimizer, build_scheduler
 from bridgec.runtime.outputs import claim_outputs
-from bridgec.runtime.parallel import check_launch, initialize
+from bridgec.runtime.parallel import Layout, check_launch, initialize
+from bridgec.runtime.version import require_runtime
 
 HERE = Path(__file__).resolve().parent
 SPEC_DIR = HERE  # paths in the spec are relative to its folder
@@ -52,6 +63,7 @@ SPEC_DIR = HERE  # paths in the spec are relative to its folder
 # Run
 RUN_NAME = "blend"
 SEED = 1234
+BRIDGEC_VERSION = "0.1.0"  # the bridgec that generated this script: start() refuses another runtime
 
 # Launch
 DEVICE = "cpu"
@@ -86,7 +98,6 @@ FFN_HIDDEN_SIZE = 256  # default: 4 x hidden 64
 VOCAB_SIZE = 257
 PADDED_VOCAB_SIZE = 384  # vocab 257 rounded up to a multiple of 128 (lcm of make_vocab_size_divisible_by 128 and tensor 1)
 SEQ_LENGTH = 32
-ACTIVATION = "gelu"
 TIE_EMBEDDINGS = True
 NORM_EPSILON = 1e-05
 DROPOUT = 0.0
@@ -100,14 +111,9 @@ DTYPE = "fp32"
 # Training loop
 TRAIN_ITERS = 5
 LOG_INTERVAL = 1
-EVAL_INTERVAL = None
-EXIT_INTERVAL = None
-EXIT_DURATION_MINUTES = None
 ON_NONFINITE = "skip"
 
 # Optimizer
-OPTIMIZER = "adam"
-OPTIMIZER_SEMANTICS = "megatron"
 LR = 0.001
 MIN_LR = 0.0
 WEIGHT_DECAY = 0.01
@@ -124,7 +130,6 @@ LR_DECAY_STYLE = "cosine"
 LR_DECAY_ITERS = 5  # default: train.iters 5
 
 # Data and loss
-DATA_KIND = "indexed"
 DATA_PREFIXES = ("data/first", "data/second")
 DATA_WEIGHTS = (0.25, 0.75)
 DATA_SPLIT = (90.0, 10.0, 0.0)
@@ -132,7 +137,6 @@ EOD_TOKEN = 256  # from the dataset's tokenizer file (bytes)
 EOD_MASK_LOSS = True
 TRAIN_SAMPLES = 20  # train.iters 5 x global 4
 VALID_SAMPLES = 0  # no evaluation
-LOSS_REDUCTION = "per_token"
 
 # Outputs (paths relative to the spec's folder)
 OUTPUT_DIR = "out/blend"  # default: out/<run.name>
@@ -189,10 +193,7 @@ def model_provider(pre_process: bool, post_process: bool, vp_stage: int | None =
 def datasets() -> Splits:
     """Train and validation splits of the indexed datasets, blended by weight."""
     return build_splits(
-        kind=DATA_KIND,
-        prefixes=[str(SPEC_DIR / prefix) for prefix in DATA_PREFIXES],
-        weights=DATA_WEIGHTS,
-        split=DATA_SPLIT,
+        IndexedData(prefixes=tuple(str(SPEC_DIR / prefix) for prefix in DATA_PREFIXES), weights=DATA_WEIGHTS, split=DATA_SPLIT),
         seq_length=SEQ_LENGTH,
         seed=SEED,
         token_ids=TokenIds(vocab_size=VOCAB_SIZE, eod=EOD_TOKEN),
@@ -216,28 +217,35 @@ def forward_step(state: TrainState, data_iterator, model, return_schedule_plan: 
     return output, functools.partial(masked_token_loss, batch.loss_mask)
 
 
-def main() -> RunEnd:
-    check_launch(compiled_world_size=WORLD_SIZE, launch_command=LAUNCH_COMMAND)
+def start(launch_command: str = LAUNCH_COMMAND) -> Layout:
+    """Check the runtime's version and the process count, then start torch.distributed and megatron's groups.
+
+    ``launch_command`` is what a wrong launch is told to run instead (bridgec convert names its own).
+    """
+    require_runtime(BRIDGEC_VERSION)
+    check_launch(compiled_world_size=WORLD_SIZE, launch_command=launch_command)
     cpu_compat.apply()  # answer megatron-core's hard-coded CUDA calls on the CPU
-    layout = initialize(
+    return initialize(
         device=DEVICE,
         tensor=TENSOR_PARALLEL,
         pipeline=PIPELINE_PARALLEL,
-        virtual_pipeline=None,
         context=CONTEXT_PARALLEL,
         expert=EXPERT_PARALLEL,
         seed=SEED,
         timeout_minutes=TIMEOUT_MINUTES,
     )
-    # Before any work: refuse to replace another run's checkpoints or metrics.
-    claim_outputs(
-        spec=HERE / SPEC_FILE,
-        metrics=SPEC_DIR / OUTPUT_DIR / METRICS_FILE,
-    )
+
+
+def build(layout: Layout, *, weights: Weights = Weights.SPEC) -> Built:
+    """This run on this rank: model chunks, optimizer, learning-rate scheduler, datasets and checkpointer.
+
+    main() trains what it returns; bridgec convert imports this script and builds the same model with
+    weights=Weights.REPLACED (every weight is then overwritten, so the spec's initialisation is skipped).
+    """
     model = build_model(
         model_provider,
         layout=layout,
-        init_scheme=INIT_SCHEME,
+        init_scheme=weights.init_scheme(INIT_SCHEME),
         seed=SEED,
         init_std=INIT_METHOD_STD,
         num_layers=NUM_LAYERS,
@@ -245,16 +253,17 @@ def main() -> RunEnd:
         dtype=DTYPE,
         distributed_optimizer=DISTRIBUTED_OPTIMIZER,
     )
-    optimizer_settings = OptimizerSettings(
-        rule=Adam(beta1=ADAM_BETA1, beta2=ADAM_BETA2, eps=ADAM_EPS),
-        lr=LR,
-        min_lr=MIN_LR,
-        weight_decay=WEIGHT_DECAY,
-        clip_grad=CLIP_GRAD,
-        dtype=DTYPE,
-        distributed_optimizer=DISTRIBUTED_OPTIMIZER,
+    optimizer = build_optimizer(
+        model,
+        OptimizerSettings(
+            rule=Adam(beta1=ADAM_BETA1, beta2=ADAM_BETA2, eps=ADAM_EPS),
+            lr=LR,
+            min_lr=MIN_LR,
+            weight_decay=WEIGHT_DECAY,
+            dtype=DTYPE,
+            distributed_optimizer=DISTRIBUTED_OPTIMIZER,
+        ),
     )
-    optimizer = build_optimizer(model, optimizer_settings)
     scheduler = build_scheduler(
         optimizer,
         lr=LR,
@@ -265,15 +274,40 @@ def main() -> RunEnd:
             warmup_init_lr=LR_WARMUP_INIT,
             decay=LR_DECAY_STYLE,
             decay_iters=LR_DECAY_ITERS,
-            wsd_decay_iters=None,
-            wsd_decay_style="linear",
         ),
     )
+    identity = CheckpointIdentity(
+        spec_sha256=SPEC_SHA256,
+        script_sha256=file_sha256(Path(__file__)),
+        spec_text=spec_copy(HERE / SPEC_FILE, SPEC_SHA256),
+    )
+    return Built(
+        layout=layout,
+        model=model,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        datasets=datasets,
+        identity=identity,
+        spec_dir=SPEC_DIR,
+        imports=ImportFacts(
+            vocab_size=VOCAB_SIZE,
+            global_batch_size=GLOBAL_BATCH_SIZE,
+            adam_betas=(ADAM_BETA1, ADAM_BETA2),
+        ),
+    )
+
+
+def main() -> RunEnd:
+    layout = start()
+    # Before any work: refuse to replace another run's checkpoints or metrics.
+    claim_outputs(
+        spec=HERE / SPEC_FILE,
+        metrics=SPEC_DIR / OUTPUT_DIR / METRICS_FILE,
+    )
+    built = build(layout)
     settings = LoopSettings(
         iters=TRAIN_ITERS,
         log_interval=LOG_INTERVAL,
-        eval_interval=EVAL_INTERVAL,
-        eval_iters=0,
         global_batch_size=GLOBAL_BATCH_SIZE,
         micro_batch_size=MICRO_BATCH_SIZE,
         num_microbatches=NUM_MICROBATCHES,
@@ -281,9 +315,6 @@ def main() -> RunEnd:
         clip_grad=CLIP_GRAD,
         clip_epsilon=CLIP_EPSILON,
         on_nonfinite=ON_NONFINITE,
-        exit_interval=EXIT_INTERVAL,
-        exit_duration_minutes=EXIT_DURATION_MINUTES,
-        save_interval=None,
         metrics_path=SPEC_DIR / OUTPUT_DIR / METRICS_FILE,
         spec_path=HERE / SPEC_FILE,
         spec_sha256=SPEC_SHA256,
@@ -292,10 +323,10 @@ def main() -> RunEnd:
     )
     return train(
         forward_step,
-        model=model,
-        optimizer=optimizer,
-        scheduler=scheduler,
-        splits=datasets(),
+        model=built.model,
+        optimizer=built.optimizer,
+        scheduler=built.scheduler,
+        splits=built.datasets(),
         layout=layout,
         settings=settings,
     )

@@ -1,0 +1,387 @@
+"""Every spec field, and every allowed value of every enumerated one, changes the compiled script.
+
+The walk covers every leaf of the Spec classes (a new field fails
+``test_every_field_is_walked`` until it gets alternative values here). Each
+field is varied in a context where it applies (``CONTEXT``: wsd settings under
+decay = "wsd", optax pieces under style = "optax", ...), every variant goes
+through the real front end (load, mesh, validation: it must be a valid spec)
+and is lowered and rendered; two values giving the same script mean the
+compiler ignored one of them (the bug of a reduction added to the spec alone
+compiling into the mean loss). ``RUNTIME_ONLY`` lists the fields allowed to
+leave the script unchanged, each with its reason.
+"""
+
+from __future__ import annotations
+
+import copy
+import enum
+import types
+import typing
+from typing import Any, Literal, get_args, get_origin
+
+import attrs
+import pytest
+
+from bridgec.compiler import choices, spec
+from bridgec.compiler.lower import Target, lower
+from bridgec.compiler.render import render
+from tests.compiler.conftest import MemoryFiles, dump_toml, front, idx_header
+
+TARGET = Target(spec_sha256="0" * 64, spec_path="spec.toml", output_name="run.py")
+
+BASE: dict[str, dict[str, Any]] = {
+    "run": {"name": "walk"},
+    "launch": {"procs_per_node": 2},
+    "model": {"num_layers": 4, "hidden_size": 64, "num_attention_heads": 4, "vocab_size": 128, "seq_length": 32},
+    "batch": {"global_batch_size": 8, "micro_batch_size": 2},
+    "train": {"iters": 10},
+    "optimizer": {"lr": 1e-3},
+}
+"""A valid spec on 2 processes (data parallel 2), so that layouts can vary."""
+
+FILES = MemoryFiles({
+    "data/a.bin": b"\0" * 64, "data/a.idx": idx_header(40),
+    "data/b.bin": b"\0" * 64, "data/b.idx": idx_header(40),
+    "ckpt/1/items": "", "ckpt/2/items": "",
+    "more_hooks.py": "def my_loss(loss_mask, output_tensor):\n    return output_tensor.sum(), loss_mask.sum(), {}\n",
+    "hooks.py": "def my_loss(loss_mask, output_tensor):\n    return output_tensor.sum(), loss_mask.sum(), {}\n\n"
+                "def other_loss(loss_mask, output_tensor):\n    return output_tensor.sum(), loss_mask.sum(), {}\n\n"
+                "def my_step(state, data_iterator, model, return_schedule_plan=False):\n    return None, None\n",
+})
+
+CUDA_TE = {"launch": {"device": "cuda"}, "model": {"transformer_impl": "transformer_engine"}}
+MAXTEXT = {"scheduler": {"style": "maxtext", "maxtext": {}}}
+OPTAX = {"optimizer": {"semantics": "optax"}, "scheduler": {"style": "optax", "optax": [{"kind": "constant", "value": 1e-3}]}}
+CHECKPOINT = {"checkpoint": {"dir": "ckpt"}}
+INDEXED = {"data": {"kind": "indexed", "sources": [{"prefix": "data/a"}], "eod_token": 0, "split": [90.0, 10.0, 0.0]}}
+HOOK_LOSS = {"hooks": {"file": "hooks.py", "loss": "my_loss"}}
+MOE = {"model": {"num_experts": 4, "add_bias_linear": False}}
+LLAMA = {"model": {"activation": "swiglu", "add_bias_linear": False, "normalization": "rmsnorm",
+                   "position_embedding": "rope"}}
+
+
+def _piece(kind: str, **fields: Any) -> dict[str, Any]:
+    return {"scheduler": {"style": "optax", "optax": [{"kind": kind, **fields}]}}
+
+
+PIECES = {
+    "constant": {"value": 1e-3},
+    "linear": {"init_value": 0.0, "end_value": 1e-3, "transition_steps": 5},
+    "cosine_decay": {"init_value": 1e-3, "decay_steps": 10},
+    "warmup_cosine_decay": {"init_value": 0.0, "peak_value": 1e-3, "warmup_steps": 2, "decay_steps": 10},
+}
+
+CONTEXT: dict[str, dict[str, Any]] = {
+    "model.gelu_approximation": {},
+    "model.norm_zero_centered": CUDA_TE,
+    "parallel.context": CUDA_TE,
+    "model.rotary_base": {"model": {"position_embedding": "rope"}},
+    "model.moe_router_topk": MOE,
+    "parallel.tensor": {},
+    "parallel.virtual_pipeline": {"parallel": {"pipeline": 2}},
+    "parallel.expert": MOE,
+    "parallel.sequence_parallel": {**CUDA_TE, "parallel": {"tensor": 2}},
+    "parallel.dcn_mesh": {"launch": {"nodes": 2}, "parallel": {"mesh": {"data": -1}}},
+    "train.eval_iters": {"train": {"iters": 10, "eval_interval": 5}},
+    "train.exit_interval": CHECKPOINT,  # an early stop without checkpoints would start over at every launch
+    "train.exit_duration_minutes": CHECKPOINT,
+    "optimizer.sgd_momentum": {"optimizer": {"lr": 1e-3, "name": "sgd"}},
+    "optimizer.eps_root": OPTAX,
+    "optimizer.decay_mask.exclude": {**OPTAX, **LLAMA},
+    "optimizer.decay_mask.paths": OPTAX,
+    "optimizer.decay_mask.scan_layers": OPTAX,
+    "scheduler.wsd_decay_iters": {"scheduler": {"decay": "wsd", "wsd_decay_iters": 2}},
+    "scheduler.wsd_decay_style": {"scheduler": {"decay": "wsd", "wsd_decay_iters": 2}},
+    "scheduler.maxtext.wsd_decay_steps_fraction": {"scheduler": {"style": "maxtext", "maxtext": {"kind": "wsd"}}},
+    "scheduler.maxtext.wsd_decay_style": {"scheduler": {"style": "maxtext", "maxtext": {"kind": "wsd"}}},
+    "scheduler.optax.value": _piece("constant", **PIECES["constant"]),
+    "scheduler.optax.init_value": _piece("linear", **PIECES["linear"]),
+    "scheduler.optax.end_value": _piece("linear", **PIECES["linear"]),
+    "scheduler.optax.transition_steps": _piece("linear", **PIECES["linear"]),
+    "scheduler.optax.transition_begin": _piece("linear", **PIECES["linear"]),
+    "scheduler.optax.peak_value": _piece("warmup_cosine_decay", **PIECES["warmup_cosine_decay"]),
+    "scheduler.optax.warmup_steps": _piece("warmup_cosine_decay", **PIECES["warmup_cosine_decay"]),
+    "scheduler.optax.decay_steps": _piece("cosine_decay", **PIECES["cosine_decay"]),
+    "scheduler.optax.alpha": _piece("cosine_decay", **PIECES["cosine_decay"]),
+    "scheduler.optax.exponent": _piece("cosine_decay", **PIECES["cosine_decay"]),
+    "scheduler.optax.boundary": {"scheduler": {"style": "optax", "optax": [
+        {"kind": "constant", "value": 1e-4, "boundary": 2}, {"kind": "constant", "value": 1e-3}]}},
+    "precision.fp8": {**CUDA_TE, "precision": {"dtype": "bf16"}},
+    "data.sources.prefix": INDEXED,
+    "data.sources.weight": {"data": {"kind": "indexed", "eod_token": 0, "split": [90.0, 10.0, 0.0],
+                                     "sources": [{"prefix": "data/a"}, {"prefix": "data/b"}]}},
+    "data.split": INDEXED,
+    "checkpoint.save_interval": CHECKPOINT,
+    "checkpoint.resume": CHECKPOINT,
+    "checkpoint.keep_last": CHECKPOINT,
+    "checkpoint.overwrite": CHECKPOINT,
+    "hooks.file": HOOK_LOSS,
+    "hooks.forward_step": {"hooks": {"file": "hooks.py"}},
+    "hooks.loss": HOOK_LOSS,
+}
+"""Where a field applies, merged into BASE before it is varied (default: nothing more; prefix rules below)."""
+
+PREFIX_CONTEXT: dict[str, dict[str, Any]] = {
+    "scheduler.maxtext.": MAXTEXT,
+    "init.checkpoint.": {**LLAMA, "init": {"checkpoint": {"format": "orbax", "path": "ckpt/1/items"}}},
+}
+
+VALUES: dict[str, list[Any]] = {
+    "run.name": ["a", "b"],
+    "run.seed": [1, 2],
+    "run.description": ["", "words"],
+    "run.output_dir": [None, "elsewhere"],
+    "launch.nodes": [1, 2],
+    "launch.procs_per_node": [2, 4],
+    "launch.timeout_minutes": [10.0, 5.0],
+    "model.num_layers": [4, 8],
+    "model.hidden_size": [64, 128],
+    "model.num_attention_heads": [4, 8],
+    "model.num_query_groups": [None, 2],
+    "model.head_dim": [None, 32],
+    "model.qk_layernorm": [False, True],
+    "model.ffn_hidden_size": [None, 96],
+    "model.vocab_size": [128, 200],
+    "model.make_vocab_size_divisible_by": [128, 64],
+    "model.seq_length": [32, 64],
+    "model.norm_epsilon": [1e-5, 1e-6],
+    "model.norm_zero_centered": [False, True],
+    "model.rotary_base": [10000, 500000],
+    "model.tie_embeddings": [True, False],
+    "model.logits_multiplier": [1.0, 0.5],
+    "model.add_bias_linear": [True, False],
+    "model.dropout": [0.0, 0.1],
+    "model.init_method_std": [0.02, 0.01],
+    "model.num_experts": [None, 4],
+    "model.moe_router_topk": [2, 1],
+    "parallel.tensor": [1, 2],
+    "parallel.pipeline": [1, 2],
+    "parallel.virtual_pipeline": [None, 2],
+    "parallel.context": [1, 2],
+    "parallel.expert": [1, 2],
+    "parallel.sequence_parallel": [False, True],
+    "parallel.distributed_optimizer": [False, True],
+    "parallel.mesh": [None, {"data": -1, "tensor": 2}],
+    "parallel.dcn_mesh": [None, {"fsdp": -1}],
+    "batch.global_batch_size": [8, 16],
+    "batch.micro_batch_size": [2, 1],
+    "train.iters": [10, 20],
+    "train.log_interval": [1, 5],
+    "train.eval_interval": [None, 5],
+    "train.eval_iters": [10, 2],
+    "train.exit_interval": [None, 3],
+    "train.exit_duration_minutes": [None, 30.0],
+    "optimizer.lr": [1e-3, 2e-3],
+    "optimizer.min_lr": [0.0, 1e-5],
+    "optimizer.weight_decay": [0.01, 0.1],
+    "optimizer.betas": [[0.9, 0.999], [0.9, 0.95]],
+    "optimizer.eps": [1e-8, 1e-6],
+    "optimizer.sgd_momentum": [0.9, 0.5],
+    "optimizer.clip_grad": [1.0, 0.0],
+    "optimizer.eps_root": [0.0, 1e-8],
+    "optimizer.decay_mask.exclude": [[], ["norm"]],
+    "optimizer.decay_mask.scan_layers": [True, False],
+    "scheduler.warmup_iters": [0, 2],
+    "scheduler.warmup_init_lr": [0.0, 1e-5],
+    "scheduler.decay_iters": [None, 5],
+    "scheduler.wsd_decay_iters": [2, 3],
+    "scheduler.maxtext.warmup_steps_fraction": [0.1, 0.2],
+    "scheduler.maxtext.final_fraction": [0.1, 0.2],
+    "scheduler.maxtext.schedule_steps": [None, 20],
+    "scheduler.maxtext.wsd_decay_steps_fraction": [0.1, 0.2],
+    "scheduler.optax.value": [1e-3, 2e-3],
+    "scheduler.optax.init_value": [0.0, 1e-5],
+    "scheduler.optax.end_value": [1e-3, 2e-3],
+    "scheduler.optax.peak_value": [1e-3, 2e-3],
+    "scheduler.optax.transition_steps": [5, 6],
+    "scheduler.optax.transition_begin": [0, 1],
+    "scheduler.optax.warmup_steps": [2, 3],
+    "scheduler.optax.decay_steps": [10, 8],
+    "scheduler.optax.alpha": [0.0, 0.1],
+    "scheduler.optax.exponent": [1.0, 2.0],
+    "scheduler.optax.boundary": [2, 3],
+    "data.sources.prefix": ["data/a", "data/b"],
+    "data.sources.weight": [1.0, 2.0],
+    "data.split": [[90.0, 10.0, 0.0], [80.0, 20.0, 0.0]],
+    "data.eod_token": [None, 0],
+    "data.eod_mask_loss": [False, True],
+    "loss.z_loss_multiplier": [0.0, 1e-4],
+    "checkpoint.dir": [None, "ckpt"],
+    "checkpoint.save_interval": [None, 5],
+    "checkpoint.resume": [False, True],
+    "checkpoint.keep_last": [None, 2],
+    "checkpoint.overwrite": [False, True],
+    "hooks.file": ["hooks.py", "more_hooks.py"],
+    "hooks.forward_step": [None, "my_step"],
+    "hooks.loss": ["my_loss", "other_loss"],
+    "init.checkpoint.path": ["ckpt/1/items", "ckpt/2/items"],
+    "init.checkpoint.optimizer_state": [False, True],
+    "init.checkpoint.param_scan_axis": [1, 0],
+}
+"""Values of the fields that are not enumerations (the enumerations take every allowed value)."""
+
+RUNTIME_ONLY: dict[str, str] = {}
+"""Fields allowed to leave the script unchanged, with the reason. Empty: every field reaches the script (the
+values only the runtime interprets, like decay or on_nonfinite, reach it as the constants it passes on)."""
+
+COMPANIONS: dict[tuple[str, object], dict[str, Any]] = {
+    ("launch.device", "cuda"): {},
+    ("model.transformer_impl", "transformer_engine"): {"launch": {"device": "cuda"}},
+    ("optimizer.name", "sgd"): {},
+    ("scheduler.style", "maxtext"): {"scheduler": {"maxtext": {}}},
+    ("scheduler.style", "optax"): {"scheduler": {"optax": [{"kind": "constant", "value": 1e-3}]}},
+    ("data.kind", "indexed"): INDEXED,
+    ("scheduler.decay", "wsd"): {"scheduler": {"wsd_decay_iters": 2}},
+    ("optimizer.semantics", "optax"): OPTAX,
+    ("init.checkpoint.optimizer_type", "adam_pax"): {"init": {"checkpoint": {"optimizer_state": True}}},
+    ("init.checkpoint.optimizer_type", "adamw"): {"init": {"checkpoint": {"optimizer_state": True}}},
+    ("precision.fp8", None): {},
+    ("model.gelu_approximation", "tanh"): {},
+    ("model.num_experts", 4): MOE,
+}
+"""Settings a value needs to be valid (merged after the field's context)."""
+
+for _kind, _fields in PIECES.items():
+    COMPANIONS[("scheduler.optax.kind", _kind)] = {"scheduler": {"optax": [{"kind": _kind, **_fields}]}}
+COMPANIONS.update({("precision.fp8", recipe): {} for recipe in get_args(spec.Fp8Recipe)})
+CONTEXT["scheduler.optax.kind"] = {"scheduler": {"style": "optax"}}
+CONTEXT["precision.fp8"] = {**CUDA_TE, "precision": {"dtype": "bf16"}}
+
+
+# --------------------------------------------------------------------------------------------
+# The walk.
+
+
+@attrs.frozen
+class Field:
+    path: str
+    type: Any
+
+
+def _leaves(cls: type, prefix: str = "") -> list[Field]:
+    found = []
+    hints = typing.get_type_hints(cls)
+    for field in attrs.fields(cls):
+        kind = hints[field.name]
+        inner = _table_class(kind)
+        path = f"{prefix}{field.name}"
+        if inner is not None:
+            found += _leaves(inner, path + ".")
+        else:
+            found.append(Field(path=path, type=kind))
+    return found
+
+
+def _table_class(kind: Any) -> type | None:
+    """The spec class a field holds (itself, optional, or a tuple of them), or None for a value."""
+    candidates = [kind]
+    if get_origin(kind) in (typing.Union, types.UnionType):
+        candidates = [arg for arg in get_args(kind) if arg is not type(None)]
+    if get_origin(kind) is tuple and len(get_args(kind)) == 2 and get_args(kind)[1] is Ellipsis:
+        candidates = [get_args(kind)[0]]
+    for candidate in candidates:
+        if attrs.has(candidate):
+            return candidate
+    return None
+
+
+def _literal_values(kind: Any) -> list[Any] | None:
+    if get_origin(kind) is Literal:
+        return list(get_args(kind))
+    if get_origin(kind) in (typing.Union, types.UnionType):
+        args = [arg for arg in get_args(kind) if arg is not type(None)]
+        if len(args) == 1 and get_origin(args[0]) is Literal:
+            return [None, *get_args(args[0])]
+    return None
+
+
+FIELDS = _leaves(spec.Spec)
+ENUMERATED = [f for f in FIELDS if _literal_values(f.type) is not None]
+
+
+def _merge(into: dict[str, Any], extra: dict[str, Any]) -> None:
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(into.get(key), dict):
+            _merge(into[key], value)
+        else:
+            into[key] = copy.deepcopy(value)
+
+
+def _set(data: dict[str, Any], path: str, value: Any) -> None:
+    """Set a dotted path; a list of tables along the way gets the value in its first element."""
+    keys = path.split(".")
+    node: Any = data
+    for key in keys[:-1]:
+        child = node.setdefault(key, {})
+        node = child[0] if isinstance(child, list) else child
+    if value is None:
+        node.pop(keys[-1], None)
+    else:
+        node[keys[-1]] = value
+
+
+def _context(path: str) -> dict[str, Any]:
+    if path in CONTEXT:
+        return CONTEXT[path]
+    for prefix, context in PREFIX_CONTEXT.items():
+        if path.startswith(prefix):
+            return context
+    return {}
+
+
+def _script(path: str, value: Any) -> str:
+    data = copy.deepcopy(BASE)
+    _merge(data, _context(path))
+    hashable = not isinstance(value, (dict, list))
+    _merge(data, COMPANIONS.get((path, value), {}) if hashable else {})
+    _set(data, path, value)
+    result = front(dump_toml(data), FILES)
+    errors = [d for d in result.diagnostics if d.severity == "error"]
+    assert result.spec is not None and not errors, f"{path} = {value!r}: not a valid spec: {errors}"
+    return render(lower(result.spec, TARGET))
+
+
+def _values(field: Field) -> list[Any]:
+    literal = _literal_values(field.type)
+    return literal if literal is not None else VALUES[field.path]
+
+
+def test_every_field_is_walked() -> None:
+    """A new spec field needs values here (or a place in RUNTIME_ONLY, with its reason)."""
+    missing = [f.path for f in FIELDS if _literal_values(f.type) is None and f.path not in VALUES]
+    assert missing == []
+    assert set(VALUES) <= {f.path for f in FIELDS}, "VALUES names a field the spec no longer has"
+    assert set(RUNTIME_ONLY) <= {f.path for f in FIELDS}
+
+
+def test_every_spec_literal_is_a_lowering_enum() -> None:
+    """The spec's Literal types and the enums lowering dispatches on hold the same values."""
+    for name, alias in vars(spec).items():
+        if get_origin(alias) is not Literal:
+            continue
+        kind = getattr(choices, name)
+        assert issubclass(kind, enum.Enum)
+        assert [member.value for member in kind] == list(get_args(alias)), name
+    assert get_args(typing.get_type_hints(spec.Model)["kind"]) == tuple(m.value for m in choices.ModelKind)
+
+
+@pytest.mark.parametrize("field", FIELDS, ids=lambda f: f.path)
+def test_every_value_compiles_to_its_own_script(field: Field) -> None:
+    values = _values(field)
+    scripts = {}
+    for value in values:
+        scripts.setdefault(_script(field.path, value), []).append(value)
+    same = [group for group in scripts.values() if len(group) > 1]
+    if field.path in RUNTIME_ONLY:
+        return
+    assert same == [], f"{field.path}: these values compile to the same script: {same}"
+    assert len(values) >= 2 or field.path in SINGLE_VALUED, f"{field.path}: give it at least two values"
+
+
+SINGLE_VALUED = {
+    "model.kind": "one model family so far",
+    "loss.kind": "one loss so far",
+    "init.checkpoint.format": "one format so far",
+    "init.checkpoint.layout": "one layout so far",
+}
+"""Enumerations with one member: nothing to tell apart (a second member makes them two-valued here)."""
