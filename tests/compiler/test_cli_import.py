@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.compiler.maxtext_configs import FOLDERS, ConfigFolder
+from tests.compiler.maxtext_configs import FIXTURES, FOLDERS, ConfigFolder
 
 BRIDGEC = [sys.executable, "-m", "bridgec.compiler.cli"]
 
@@ -82,3 +82,36 @@ def test_ledger_inline_keeps_the_old_single_file(configs: ConfigFolder, tmp_path
     assert imported.returncode == 0, imported.stderr
     assert "# Ignored, " in (tmp_path / "spec.toml").read_text()
     assert not (tmp_path / "spec.maxtext-keys.txt").exists()
+
+
+def test_overrides_anywhere_on_the_command_line(tmp_path: Path) -> None:
+    """MaxText's users type `train.py base.yml key=value ...`: overrides before BASE.yml or among the options import
+    the same spec as the overrides right after BASE.yml."""
+    orders = {
+        "after_base": ["maxtext/base.yml", "model_name=llama3-8b", "steps=100", "--devices", "8", "-o", "spec.toml"],
+        "anywhere": ["model_name=llama3-8b", "--devices", "8", "maxtext/base.yml", "-o", "spec.toml", "steps=100"],
+        "after_options": ["--devices", "8", "-o", "spec.toml", "maxtext/base.yml", "model_name=llama3-8b", "steps=100"],
+    }
+    for name, words in orders.items():
+        shutil.copytree(FIXTURES, tmp_path / name / "maxtext")
+        imported = _run("import", "maxtext", *words, cwd=tmp_path / name)
+        assert imported.returncode == 0, (name, imported.stderr)
+    texts = {name: (tmp_path / name / "spec.toml").read_text() for name in orders}
+    assert texts["anywhere"] == texts["after_base"] == texts["after_options"]
+    assert "iters = 100  # steps 100 (command line)" in texts["anywhere"]
+
+
+def test_the_words_that_are_not_overrides(tmp_path: Path) -> None:
+    shutil.copytree(FIXTURES, tmp_path / "maxtext")
+    none = _run("import", "maxtext", "steps=5", "--devices", "8", "-o", "spec.toml", cwd=tmp_path)
+    assert none.returncode == 2 and none.stderr == (
+        "bridgec: import maxtext: no BASE.yml (MaxText's base config, configs/base.yml) among the arguments; the "
+        "others are key=value overrides\n")
+    two = _run("import", "maxtext", "maxtext/base.yml", "--devices", "8", "steps", "-o", "spec.toml", cwd=tmp_path)
+    assert two.returncode == 2 and two.stderr == (
+        "bridgec: import maxtext: 2 arguments are not key=value ('maxtext/base.yml', 'steps'): give one BASE.yml, "
+        "and each override as key=value with a MaxText key\n")
+    unknown = _run("import", "maxtext", "maxtext/base.yml", "--devices", "8", "-o", "spec.toml", "--stepz", "5",
+                   cwd=tmp_path)
+    assert unknown.returncode == 2 and unknown.stderr.endswith("bridgec: error: unrecognized arguments: --stepz 5\n")
+    assert not (tmp_path / "spec.toml").exists()
