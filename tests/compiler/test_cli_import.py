@@ -55,7 +55,8 @@ def test_import_errors_are_reported_without_writing(configs: ConfigFolder, tmp_p
 
 
 @pytest.mark.parametrize("configs", FOLDERS)
-def test_an_import_that_does_not_validate_says_so_and_names_no_absolute_path(configs: ConfigFolder, tmp_path: Path) -> None:
+def test_an_import_that_does_not_validate_says_so_and_names_no_absolute_path(configs: ConfigFolder,
+                                                                           tmp_path: Path) -> None:
     """gpt3-52k on the CPU: its zero-centred LayerNorm needs Transformer Engine, which validation says at import."""
     base = configs.base.resolve()
     (tmp_path / "run").mkdir()

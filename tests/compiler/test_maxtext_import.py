@@ -154,7 +154,8 @@ def test_merge_conflict_between_model_file_and_overrides_is_maxtext_s_error(conf
     assert "override_model_config=true" in hint
     _, spec = imported(configs, "llama2-7b", "base_emb_dim=1024", "override_model_config=true")
     assert spec.model.hidden_size == 1024
-    _, spec = imported(configs, "llama2-7b", "base_emb_dim=4096")  # the same value is no conflict (MaxText compares values)
+    # the same value is no conflict (MaxText compares values)
+    _, spec = imported(configs, "llama2-7b", "base_emb_dim=4096")
     assert spec.model.hidden_size == 4096
 
 
@@ -201,7 +202,8 @@ def test_nodes_and_dcn(configs: ConfigFolder) -> None:
     _, spec = imported(configs, "llama2-7b", "ici_fsdp_parallelism=4", "ici_tensor_parallelism=2", devices=16, nodes=2)
     assert (spec.launch.nodes, spec.launch.procs_per_node) == (2, 8)
     assert spec.parallel.mesh == {"fsdp": 4, "tensor": 2} and spec.parallel.dcn_mesh is None  # MaxText's default
-    _, spec = imported(configs, "llama2-7b", "dcn_pipeline_parallelism=2", "dcn_data_parallelism=1", devices=16, nodes=2)
+    _, spec = imported(configs, "llama2-7b", "dcn_pipeline_parallelism=2", "dcn_data_parallelism=1", devices=16,
+                       nodes=2)
     assert spec.parallel.dcn_mesh == {"stage": 2}
     [(key, message, _)] = errors(configs, "llama2-7b", "ici_data_parallelism=-1")
     assert key == "ici_fsdp_parallelism"
@@ -263,7 +265,8 @@ def test_decay_mask_and_its_path_spelling(configs: ConfigFolder) -> None:
 
 
 def test_schedules_wsd_and_the_legacy_variant(configs: ConfigFolder) -> None:
-    _, spec = imported(configs, "llama2-7b", "lr_schedule_type=wsd", "wsd_decay_steps_fraction=0.2", "wsd_decay_style=cosine")
+    _, spec = imported(configs, "llama2-7b", "lr_schedule_type=wsd", "wsd_decay_steps_fraction=0.2",
+                       "wsd_decay_style=cosine")
     schedule = spec.scheduler.maxtext
     assert (schedule.kind, schedule.wsd_decay_steps_fraction, schedule.wsd_decay_style) == ("wsd", 0.2, "cosine")
     legacy_base = configs.base_text().replace("learning_rate_final_fraction:", "cosine_learning_rate_final_fraction:")
@@ -285,7 +288,8 @@ def test_checkpoint_loading_becomes_init_checkpoint(configs: ConfigFolder) -> No
     _, spec = imported(configs, "llama2-7b", "load_full_state_path=ckpt/1000/items")
     assert spec.init.checkpoint is not None
     assert (spec.init.checkpoint.path, spec.init.checkpoint.optimizer_state) == ("ckpt/1000/items", True)
-    assert errors(configs, "llama2-7b", "load_full_state_path=a", "load_parameters_path=b")[0][0] == "load_full_state_path"
+    both = errors(configs, "llama2-7b", "load_full_state_path=a", "load_parameters_path=b")
+    assert both[0][0] == "load_full_state_path"
 
 
 def test_every_key_of_the_merged_config_is_in_the_output(configs: ConfigFolder) -> None:
