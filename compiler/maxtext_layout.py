@@ -85,7 +85,7 @@ def _mesh(reader: ConfigReader) -> tuple[dict[str, int], dict[str, int]]:
             continue
         ici[axis] = int(reader.get(f"ici_{name}_parallelism", 1))
         dcn[axis] = int(reader.get(f"dcn_{name}_parallelism", 1))
-    for name in set(_MESH_KEYS.values()):
+    for name in dict.fromkeys(_MESH_KEYS.values()):  # MaxText's axis order: the notes come out the same every run
         for kind in ("ici", "dcn"):
             key = f"{kind}_{name}_parallelism"
             if key in reader.config and key not in reader.used:

@@ -6,7 +6,11 @@ on MaxText's own files in ../shared/maxtext (tests/compiler/maxtext_configs.py).
 
 from __future__ import annotations
 
+import json
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -321,3 +325,24 @@ def test_model_file_name_follows_model_name(configs: ConfigFolder) -> None:
 def test_devices_must_split_over_nodes(configs: ConfigFolder) -> None:
     [(key, message, _)] = errors(configs, "llama2-7b", devices=12, nodes=8)
     assert message == "12 devices do not split evenly over 8 nodes"
+
+
+def test_ignored_axes_are_noted_in_the_same_order_in_every_process() -> None:
+    """Off-mesh parallelism keys are noted in MaxText's axis order, not a set's (which changes with the hash seed)."""
+    program = (
+        "import json\n"
+        "from bridgec.compiler.maxtext import import_maxtext\n"
+        "from tests.compiler.maxtext_configs import FIXTURES\n"
+        "overrides = [\"mesh_axes=['data', 'fsdp']\", 'ici_tensor_parallelism=2', 'ici_expert_parallelism=2',\n"
+        "             'ici_context_parallelism=2']\n"
+        "notes = import_maxtext((FIXTURES / 'base.yml').read_text(), None, overrides, devices=8).notes\n"
+        "print(json.dumps([note.split(' = ')[0] for note in notes[:3]]))\n"
+    )
+    root = Path(__file__).resolve().parents[2]
+    notes = {
+        subprocess.run([sys.executable, "-c", program], cwd=root, env={**os.environ, "PYTHONHASHSEED": seed},
+                       capture_output=True, text=True, check=True).stdout
+        for seed in ("1", "2")
+    }
+    assert len(notes) == 1
+    assert json.loads(notes.pop()) == ["ici_context_parallelism", "ici_tensor_parallelism", "ici_expert_parallelism"]
