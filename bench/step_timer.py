@@ -17,7 +17,9 @@ evaluation is not counted), so a step's time is the whole loop iteration: data
 is read inside forward/backward, everything else the loop does (zeroing
 gradients, clipping, the schedule, the loss all-reduce, logging) is the host
 time outside forward/backward and the optimizer step. Rank 0 writes OUT.json:
-the start of each step, its forward/backward and optimizer seconds, the
+the start of each step (wall clock, and this process's CPU time: on a shared
+machine the CPU seconds a step costs move far less than its wall time), its
+forward/backward and optimizer seconds, the
 parameter count and the batch shape (so the benchmark can check that both sides
 do the same work).
 """
@@ -38,6 +40,7 @@ from megatron.core.optimizer.optimizer import ChainedOptimizer
 from megatron.core.pipeline_parallel import schedules
 
 starts: list[float] = []
+cpu_starts: list[float] = []
 forward_backward_seconds: list[float] = []
 optimizer_seconds: list[float] = []
 facts: dict[str, Any] = {}
@@ -53,6 +56,7 @@ def _timed_forward_backward(inner: Callable[..., Any]) -> Callable[..., Any]:
             facts["parameters"] = sum(p.numel() for chunk in kwargs["model"] for p in chunk.parameters())
             facts["batch"] = {key: kwargs[key] for key in ("num_microbatches", "micro_batch_size", "seq_length")}
         starts.append(began)
+        cpu_starts.append(time.process_time())
         optimizer_seconds.append(0.0)
         result = inner(*args, **kwargs)
         forward_backward_seconds.append(time.perf_counter() - began)
@@ -83,7 +87,8 @@ def main() -> None:
         runpy.run_path(script, run_name="__main__")
     finally:
         if os.environ.get("RANK", "0") == "0":
-            Path(out).write_text(json.dumps({"starts": starts, "forward_backward": forward_backward_seconds,
+            Path(out).write_text(json.dumps({"starts": starts, "cpu_starts": cpu_starts,
+                                             "forward_backward": forward_backward_seconds,
                                              "optimizer": optimizer_seconds, **facts}))
 
 
