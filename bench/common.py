@@ -1,4 +1,4 @@
-"""Helpers shared by the benchmarks: timing commands, medians, printing ratios."""
+"""Helpers shared by the benchmarks: timing commands, medians and spreads, printing ratios."""
 
 from __future__ import annotations
 
@@ -32,3 +32,9 @@ def median(values: Sequence[float]) -> float:
 
 def row(name: str, seconds: float, reference: float, target: str = "") -> str:
     return f"{name:<48} {seconds * 1000:9.1f} ms   x{seconds / reference:6.2f} of reference   {target}"
+
+
+def iqr(values: Sequence[float]) -> float:
+    """Interquartile range: the spread of the middle half (robust to the odd slow step)."""
+    quartiles = statistics.quantiles(values, n=4, method="inclusive")
+    return quartiles[2] - quartiles[0]

@@ -1,12 +1,10 @@
-"""Runtime overhead and layout step times, measured against references taken in the same run.
+"""Layout step times and start-up, measured against references taken in the same run.
 
-1. Overhead: the generated quickstart's median step time against a minimal
-   hand-written megatron-core loop (bench/baseline_loop.py) of the same model
-   and batch. Runs alternate (A B A B ...) so drift hits both; the first 5 steps
-   of each run are warm-up and not counted. Target: within 3%.
-2. Layouts: median step time of the same small model at 1 process, DP2, TP2,
+1. Layouts: median step time of the same small model at 1 process, DP2, TP2,
    PP2 and VPP on PP2, as ratios to the 1-process run.
-3. Start-up: `import megatron.core` against `python -c pass`.
+2. Start-up: `import megatron.core` against `python -c pass`.
+
+The runtime's overhead against a hand-written loop is bench/overhead_bench.py.
 
     .venv/bin/python bench/runtime_bench.py
 """
@@ -20,11 +18,10 @@ import sys
 import tempfile
 from pathlib import Path
 
-from common import BIN, ROOT, median, row, time_command
+from common import BIN, median, row, time_command
 
 STEPS = 40
 WARMUP = 5
-ROUNDS = 3
 
 
 def torchrun(script: Path, nprocs: int, *args: str) -> subprocess.CompletedProcess[str]:
@@ -49,28 +46,9 @@ def generated_step_times(script: Path, nprocs: int, output_dir: str) -> list[flo
     """Wall time between consecutive steps' log records: the whole loop iteration, logging included."""
     shutil.rmtree(script.parent / output_dir, ignore_errors=True)
     torchrun(script, nprocs)
-    lines = (script.parent / output_dir / "metrics.jsonl").read_text().splitlines()
+    lines = (script.parent / output_dir / "spec.metrics.jsonl").read_text().splitlines()
     elapsed = [json.loads(line)["elapsed_s"] for line in lines if '"train"' in line]
     return [later - earlier for earlier, later in zip(elapsed, elapsed[1:])]
-
-
-def overhead(scratch: Path) -> None:
-    spec = (ROOT / "examples" / "quickstart" / "spec.toml").read_text()
-    spec = spec.replace("iters = 40", f"iters = {STEPS}").replace("eval_interval = 20", f"eval_interval = {STEPS * 10}")
-    spec = spec.replace("log_interval = 5", f"log_interval = {STEPS}")
-    script = compile_spec(scratch / "overhead", spec)
-    generated, baseline = [], []
-    for _ in range(ROUNDS):
-        generated += generated_step_times(script, 2, "out/quickstart")[WARMUP:]
-        out = torchrun(ROOT / "bench" / "baseline_loop.py", 2, str(script), str(STEPS)).stdout
-        baseline += json.loads(out.strip().splitlines()[-1])["step_seconds"][WARMUP:]
-    reference = median(baseline)
-    print(f"runtime overhead (quickstart model, 2 processes, median of {len(generated)} steps per side)")
-    print(row("hand-written megatron-core loop (reference)", reference, reference))
-    ratio = median(generated) / reference
-    verdict = "ok" if ratio <= 1.03 else "over the 3% target"
-    print(row("generated quickstart (bridgec runtime)", median(generated), reference,
-              f"overhead {100 * (ratio - 1):+.1f}% (target <= +3%: {verdict})"))
 
 
 LAYOUT_SPEC = """
@@ -124,9 +102,7 @@ def startup() -> None:
 
 def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
-        scratch = Path(folder)
-        overhead(scratch)
-        layouts(scratch)
+        layouts(Path(folder))
     startup()
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shlex
 import sys
 import traceback
@@ -233,15 +234,34 @@ def _read_input(path: Path, what: str) -> str:
         raise UserError(f"{path}: cannot be read ({what}): {error}") from None
 
 
+_OVERRIDE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*=")
+"""A MaxText command-line override, key=value: MaxText's keys are identifiers (a path never starts like one)."""
+
+
+def _base_and_overrides(words: Sequence[str]) -> tuple[str, list[str]]:
+    """BASE.yml and the key=value overrides, from the words in the order typed (MaxText's ``train.py base.yml
+    key=value ...``; here they may also come before the base or among the options)."""
+    overrides = [word for word in words if _OVERRIDE.match(word)]
+    bases = [word for word in words if not _OVERRIDE.match(word)]
+    if len(bases) == 1:
+        return bases[0], overrides
+    if not bases:
+        raise UserError("import maxtext: no BASE.yml (MaxText's base config, configs/base.yml) among the arguments; "
+                        "the others are key=value overrides")
+    raise UserError(f"import maxtext: {len(bases)} arguments are not key=value ({', '.join(map(repr, bases))}): "
+                    "give one BASE.yml, and each override as key=value with a MaxText key")
+
+
 def cmd_import_maxtext(args: argparse.Namespace) -> int:
     from bridgec.compiler.emit import write_atomic
     from bridgec.compiler.maxtext import import_maxtext, model_file_name
 
-    base_path = Path(args.base)
+    base, overrides = _base_and_overrides(args.words)
+    base_path = Path(base)
     base_text = _read_input(base_path, "MaxText base config")
     model_path: Path | None = Path(args.model) if args.model else None
     if model_path is None:
-        name = model_file_name(base_text, args.overrides)
+        name = model_file_name(base_text, overrides)
         if name is not None:
             # MaxText reads configs/models/<model_name>.yml beside base.yml (and ../models from a subfolder).
             candidates = [base_path.parent / "models" / f"{name}.yml", base_path.parent.parent / "models" / f"{name}.yml"]
@@ -263,7 +283,7 @@ def cmd_import_maxtext(args: argparse.Namespace) -> int:
         model_label = model_name if beside_base.startswith("..") else beside_base
     ledger_file = None if args.ledger == "inline" else f"{output.stem}.maxtext-keys.txt"
     words = (
-        [base_name] + (["--model", model_name] if model_name else []) + list(args.overrides)
+        [base_name] + (["--model", model_name] if model_name else []) + overrides
         + ["--devices", str(args.devices)] + (["--nodes", str(args.nodes)] if args.nodes else [])
         + ["--device", args.device] + (["--schedule-variant", args.schedule_variant] if args.schedule_variant else [])
         + (["--ledger", "inline"] if ledger_file is None else []) + ["-o", output.name]
@@ -271,7 +291,7 @@ def cmd_import_maxtext(args: argparse.Namespace) -> int:
     result = import_maxtext(
         base_text,
         model_text,
-        args.overrides,
+        overrides,
         devices=args.devices,
         nodes=args.nodes,
         device=args.device,
@@ -413,8 +433,9 @@ def _parser() -> argparse.ArgumentParser:
         "exit codes: 0 written and valid; 2 the config does not import (nothing written), or the written spec "
         "does not validate yet (its errors are printed); 3 internal error",
     )
-    maxtext.add_argument("base", metavar="BASE.yml", help="MaxText's base config (configs/base.yml)")
-    maxtext.add_argument("overrides", metavar="key=value", nargs="*", help="MaxText command-line overrides")
+    maxtext.add_argument("words", metavar="BASE.yml|key=value", nargs="*",
+                         help="MaxText's base config (configs/base.yml) and MaxText command-line overrides, in any "
+                         "order, before or after the options (as MaxText's `train.py base.yml key=value` reads them)")
     maxtext.add_argument("--model", metavar="MODEL.yml", help="default: models/<model_name>.yml beside BASE.yml")
     maxtext.add_argument("--devices", type=int, required=True, help="accelerators in the run (MaxText reads this "
                          "from the hardware); sets the batch and fills mesh -1s")
@@ -441,7 +462,12 @@ def run_command(argv: Sequence[str] | None, extra: Callable[[argparse.ArgumentPa
     # The commands that load megatron-core (data build, checkpoint inspect) never need Transformer Engine.
     silence_third_party_noise("cpu")
     parser = _parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown and args.handler is cmd_import_maxtext and not any(word.startswith("-") for word in unknown):
+        # argparse takes one run of positionals; MaxText's users type overrides anywhere on the line.
+        args.words += unknown
+    elif unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     try:
         return int(args.handler(args))
     except UserError as error:

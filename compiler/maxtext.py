@@ -33,7 +33,8 @@ import attrs
 import yaml
 
 from bridgec.compiler.maxtext_keys import GATES, ignored_reason
-from bridgec.compiler.maxtext_map import ConfigMapper, ImportProblem, maxtext_value, show
+from bridgec.compiler.maxtext_map import map_config
+from bridgec.compiler.maxtext_read import ImportProblem, MappedConfig, maxtext_value, show
 
 __all__ = ["ImportProblem", "ImportResult", "import_maxtext", "model_file_name", "parse_overrides"]
 
@@ -168,7 +169,7 @@ def import_maxtext(
         return ImportResult(toml=None, notes=(), errors=tuple(errors))
     config = {key: maxtext_value(value) for key, value in {**base, **model, **cli}.items()}
     origin = {key: "base" for key in base} | {key: "model" for key in model} | {key: "cli" for key in cli}
-    mapper = ConfigMapper(
+    mapped = map_config(
         config=config,
         origin=origin,
         names={"base": base_name, "model": model_name or "model file", "cli": "command line"},
@@ -178,15 +179,14 @@ def import_maxtext(
         device=device,
         schedule_variant=schedule_variant,
     )
-    mapper.run()
-    if mapper.errors:
-        return ImportResult(toml=None, notes=tuple(mapper.notes), errors=tuple(mapper.errors))
+    if mapped.errors:
+        return ImportResult(toml=None, notes=mapped.notes, errors=mapped.errors)
     header = _header(base_name, model_name, overrides, command)
     if ledger_file is None:
-        return ImportResult(toml=render(mapper, header), notes=tuple(mapper.notes), errors=())
+        return ImportResult(toml=render(mapped, header), notes=mapped.notes, errors=())
     pointer = [f"# The MaxText keys with no counterpart in this spec, and what was done about each: {ledger_file}"]
-    ledger = "\n".join(line[2:] if line.startswith("# ") else line.lstrip("#") for line in _closing_block(mapper))
-    return ImportResult(toml=render(mapper, header, closing=pointer), notes=tuple(mapper.notes), errors=(),
+    ledger = "\n".join(line[2:] if line.startswith("# ") else line.lstrip("#") for line in _closing_block(mapped))
+    return ImportResult(toml=render(mapped, header, closing=pointer), notes=mapped.notes, errors=(),
                         ledger=ledger + "\n")
 
 
@@ -200,53 +200,54 @@ def _header(base_name: str, model_name: str | None, overrides: Sequence[str], co
     return lines
 
 
-def render(mapper: ConfigMapper, header: list[str], closing: list[str] | None = None) -> str:
+def render(mapped: MappedConfig, header: list[str], closing: list[str] | None = None) -> str:
     """The spec: header, notes, the tables, then ``closing`` (default: the comment block of unmapped keys)."""
     lines = list(header)
-    if mapper.notes:
-        lines += ["#", "# NEEDS YOUR ACTION:", *_bullets(mapper.notes)]
-    for table, entries in mapper.tables.items():
+    if mapped.notes:
+        lines += ["#", "# NEEDS YOUR ACTION:", *_bullets(mapped.notes)]
+    for table, entries in mapped.tables.items():
         lines += ["", f"[{table}]"]
         for key, value, comment in entries:
             text = f"{key} = {_toml(value)}"
             lines.append(f"{text}  # {comment}" if comment else text)
-    lines += ["", *(_closing_block(mapper) if closing is None else closing)]
+    lines += ["", *(_closing_block(mapped) if closing is None else closing)]
     return "\n".join(lines) + "\n"
 
-def _closing_block(mapper: ConfigMapper) -> list[str]:
-    unmapped = [key for key in mapper.config if key not in mapper.used]
+def _closing_block(mapped: MappedConfig) -> list[str]:
+    unmapped = [key for key in mapped.config if key not in mapped.used]
     chosen, neutral, unreviewed = [], [], []
     ignored: dict[str, list[str]] = {}
     for key in unmapped:
-        reason = mapper.inactive.get(key) or ("gate" if key in GATES else ignored_reason(key))
+        reason = mapped.inactive.get(key) or ("gate" if key in GATES else ignored_reason(key))
         if reason is None:
             unreviewed.append(key)
             continue
         if reason == "gate":
             neutral.append(key)
             continue
-        if mapper.origin.get(key) in ("model", "cli"):
-            chosen.append(f"{key} = {show(mapper.config[key])} ({mapper.names[mapper.origin[key]]}): ignored, {reason}")
+        if mapped.origin.get(key) in ("model", "cli"):
+            chosen.append(f"{key} = {show(mapped.config[key])} ({mapped.names[mapped.origin[key]]}): ignored, {reason}")
         else:
             ignored.setdefault(reason, []).append(key)
-    for key in sorted(k for k in mapper.inactive if k in mapper.used):
-        if mapper.origin.get(key) in ("model", "cli"):
-            chosen.append(f"{key} = {show(mapper.config[key])} ({mapper.names[mapper.origin[key]]}): ignored, "
-                          f"{mapper.inactive[key]}")
+    for key in sorted(k for k in mapped.inactive if k in mapped.used):
+        if mapped.origin.get(key) in ("model", "cli"):
+            chosen.append(f"{key} = {show(mapped.config[key])} ({mapped.names[mapped.origin[key]]}): ignored, "
+                          f"{mapped.inactive[key]}")
         else:
-            ignored.setdefault(mapper.inactive[key], []).append(key)
+            ignored.setdefault(mapped.inactive[key], []).append(key)
     said = " ".join(
-        [comment for entries in mapper.tables.values() for _, _, comment in entries] + mapper.notes + mapper.caveats + chosen
+        [comment for entries in mapped.tables.values() for _, _, comment in entries]
+        + [*mapped.notes, *mapped.caveats, *chosen]
     )
     implied = [
-        f"{key} = {show(mapper.config[key])}"
-        for key in sorted(mapper.used)
-        if key in mapper.config and key not in mapper.inactive and not re.search(rf"\b{re.escape(key)}\b", said)
+        f"{key} = {show(mapped.config[key])}"
+        for key in sorted(mapped.used)
+        if key in mapped.config and key not in mapped.inactive and not re.search(rf"\b{re.escape(key)}\b", said)
     ]
     rule = "# " + "-" * 98
     lines = [rule, "# MaxText keys with no counterpart in this spec, and what was done about each.", rule]
-    if mapper.caveats:
-        lines += ["# Mapped, with a caveat:", *_bullets(mapper.caveats)]
+    if mapped.caveats:
+        lines += ["# Mapped, with a caveat:", *_bullets(mapped.caveats)]
     if chosen:
         lines += ["# Set in the model file or on the command line, no effect here:", *_bullets(sorted(chosen))]
     if implied:
@@ -254,7 +255,7 @@ def _closing_block(mapper: ConfigMapper) -> list[str]:
         lines += [f"#   {line}" for line in _wrap(", ".join(implied), 96, "")]
     if unreviewed:
         lines += ["# NOT REVIEWED by this bridgec (a newer MaxText?): check that these change nothing:"]
-        lines += [f"#   - {key} = {show(mapper.config[key])}" for key in sorted(unreviewed)]
+        lines += [f"#   - {key} = {show(mapped.config[key])}" for key in sorted(unreviewed)]
     if neutral:
         lines += [f"# Checked, at values that change nothing ({len(neutral)}):"]
         lines += [f"#   {line}" for line in _wrap(", ".join(sorted(neutral)), 96, "")]
