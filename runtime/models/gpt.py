@@ -399,6 +399,10 @@ ENTRIES: tuple[Entry, ...] = (
 
 _EMBEDDING = ENTRIES[0]
 _OUTPUT = ENTRIES[-1]
+OUTPUT = _OUTPUT
+"""The untied output layer (``bridgec explain`` counts it apart from the final norm)."""
+QKV = tuple(entry for entry in ENTRIES if entry.name.startswith("self_attention.linear_qkv.") and entry.split)
+"""The fused query/key/value weight and bias: rows grouped per key/value head, ``[q heads of the group..., k, v]``."""
 _TIED_OUTPUT = attrs.evolve(_OUTPUT, when=lambda c: c.tied, maxtext=_EMBEDDING.maxtext)
 """A tied model's output layer on a last chunk that is not also the first: megatron-core gives it a weight
 of its own, kept equal to the embedding (it is the embedding, under the embedding's name)."""
