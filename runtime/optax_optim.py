@@ -210,11 +210,11 @@ def build_optax_optimizer(
         use_distributed_optimizer=distributed_optimizer,
     )
     for chunk in model_chunks:
-        config = config_of(unwrap(chunk))
-        if (config.gated, config.tied) != (gated_mlp, tied_output):
+        model = config_of(unwrap(chunk))
+        if (model.gated, model.tied) != (gated_mlp, tied_output):
             raise ValueError(
                 f"build_optax_optimizer: gated_mlp={gated_mlp}, tied_output={tied_output}, but the model has "
-                f"gated={config.gated}, tied={config.tied}"
+                f"gated={model.gated}, tied={model.tied}"
             )
     groups = _decay_groups(
         model_chunks,

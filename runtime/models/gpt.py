@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import enum
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 
 import attrs
 
@@ -567,22 +567,10 @@ def rank_parameters(config: GPTConfig, *, tensor: int = 1, pipeline: int = 1, vi
     return chunks
 
 
-def count(config: GPTConfig, parameters_: Iterable[Parameter] | None = None) -> int:
-    """Elements of the given parameters (default: the whole model)."""
-    total = 0
-    for parameter in parameters(config) if parameters_ is None else parameters_:
-        size = 1
-        for dim in parameter.shape:
-            size *= dim
-        total += size
-    return total
-
-
 # --------------------------------------------------------------------------------------------
 # Global names.
 
 _LAYER_NAME = re.compile(r"^decoder\.layers\.(?P<layer>\d+)\.(?P<tail>.+)$")
-_EXPERT_NAME = re.compile(r"\.experts\.(\d+)\.")
 
 
 def find(config: GPTConfig, name: str) -> Parameter:
