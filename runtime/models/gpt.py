@@ -397,13 +397,13 @@ ENTRIES: tuple[Entry, ...] = (
 )
 """Every kind of parameter, in megatron-core's ``named_parameters()`` order."""
 
-_EMBEDDING = ENTRIES[0]
-_OUTPUT = ENTRIES[-1]
-OUTPUT = _OUTPUT
+EMBEDDING = ENTRIES[0]
+"""The word embedding (a tied output layer's copy holds it)."""
+OUTPUT = ENTRIES[-1]
 """The untied output layer (``bridgec explain`` counts it apart from the final norm)."""
 QKV = tuple(entry for entry in ENTRIES if entry.name.startswith("self_attention.linear_qkv.") and entry.split)
 """The fused query/key/value weight and bias: rows grouped per key/value head, ``[q heads of the group..., k, v]``."""
-_TIED_OUTPUT = attrs.evolve(_OUTPUT, when=lambda c: c.tied, maxtext=_EMBEDDING.maxtext)
+_TIED_OUTPUT = attrs.evolve(OUTPUT, when=lambda c: c.tied, maxtext=EMBEDDING.maxtext)
 """A tied model's output layer on a last chunk that is not also the first: megatron-core gives it a weight
 of its own, kept equal to the embedding (it is the embedding, under the embedding's name)."""
 
@@ -454,7 +454,7 @@ def _parameter(entry: Entry, config: GPTConfig, *, tensor: int, layer: int | Non
     local_shape = list(shape)
     if entry.split is not None:
         local_shape[entry.split.axis] //= tensor
-    global_entry = _EMBEDDING if tied_copy else entry
+    global_entry = EMBEDDING if tied_copy else entry
     return Parameter(
         name=_name(global_entry, layer, expert, local=False),
         local_name=_name(entry, local_layer, local_expert, local=True),
