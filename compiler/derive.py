@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 
 from bridgec.compiler.spec import Spec
+from bridgec.runtime.models.gpt import GPTConfig
 
 
 def world_size(spec: Spec) -> int:
@@ -63,6 +64,29 @@ def ffn_hidden_size(spec: Spec) -> int:
 def gated_mlp(spec: Spec) -> bool:
     """swiglu and geglu: linear_fc1 holds [gate; up], two ffn_hidden_size branches."""
     return spec.model.activation in ("swiglu", "geglu")
+
+
+def gpt_config(spec: Spec) -> GPTConfig:
+    """The sizes that decide the model's parameters (runtime.models.gpt, the parameter inventory)."""
+    m = spec.model
+    return GPTConfig(
+        num_layers=m.num_layers,
+        hidden=m.hidden_size,
+        heads=m.num_attention_heads,
+        groups=query_groups(spec),
+        head_dim=head_dim(spec),
+        ffn=ffn_hidden_size(spec),
+        vocab=padded_vocab(spec),
+        seq_length=m.seq_length,
+        layernorm=m.normalization == "layernorm",
+        gated=gated_mlp(spec),
+        bias=m.add_bias_linear,
+        qk_norm=m.qk_layernorm,
+        tied=m.tie_embeddings,
+        learned_positions=m.position_embedding == "learned",
+        transformer_engine=m.transformer_impl == "transformer_engine",
+        num_experts=m.num_experts,
+    )
 
 
 def evaluations(spec: Spec) -> int:

@@ -15,6 +15,7 @@ import attrs
 
 from bridgec.compiler import derive
 from bridgec.compiler.spec import Spec
+from bridgec.runtime.models import gpt
 
 MiB = 1024 * 1024
 
@@ -39,29 +40,35 @@ def _dims(spec: Spec) -> tuple[int, int, int, int]:
     return spec.model.num_attention_heads, derive.query_groups(spec), derive.head_dim(spec), derive.ffn_hidden_size(spec)
 
 
+def _size(parameter: gpt.Parameter) -> int:
+    return math.prod(parameter.shape)
+
+
 def parameter_counts(spec: Spec) -> ParameterCounts:
-    m = spec.model
-    h = m.hidden_size
-    heads, groups, head_dim, ffn = _dims(spec)
-    bias = m.add_bias_linear
-    norm = h * (2 if m.normalization == "layernorm" else 1)
-    qkv_out = (heads + 2 * groups) * head_dim
-    attention = h * qkv_out + (qkv_out if bias else 0) + heads * head_dim * h + (h if bias else 0)
-    fc1_out = ffn * (2 if derive.gated_mlp(spec) else 1)
-    mlp = h * fc1_out + (fc1_out if bias else 0) + ffn * h + (h if bias else 0)
-    if m.num_experts is not None:
-        mlp = mlp * m.num_experts + h * m.num_experts  # experts + router
-    qk_norms = 2 * head_dim * (2 if m.normalization == "layernorm" else 1) if m.qk_layernorm else 0
-    per_layer = 2 * norm + attention + qk_norms + mlp
-    vocab = derive.padded_vocab(spec)
-    embedding = vocab * h + (m.seq_length * h if m.position_embedding == "learned" else 0)
+    """Sums over the parameter table (runtime.models.gpt) of the whole model."""
+    config = derive.gpt_config(spec)
+    sums = {stage: 0 for stage in gpt.Stage}
+    output = 0
+    for parameter in gpt.parameters(config):
+        if parameter.entry is gpt.OUTPUT:
+            output += _size(parameter)
+        else:
+            sums[parameter.entry.stage] += _size(parameter)
+    layers = sums[gpt.Stage.LAYER]
     return ParameterCounts(
-        embedding=embedding,
-        per_layer=per_layer,
-        layers=per_layer * m.num_layers,
-        final_norm=norm,
-        output=0 if m.tie_embeddings else vocab * h,
+        embedding=sums[gpt.Stage.FIRST],
+        per_layer=layers // spec.model.num_layers,
+        layers=layers,
+        final_norm=sums[gpt.Stage.LAST],
+        output=output,
     )
+
+
+def _expert_weights(spec: Spec) -> int:
+    """Matrix elements of one expert of one layer (what a token skips per expert it is not routed to)."""
+    config = derive.gpt_config(spec)
+    first_layer = gpt.chunk_parameters(config, layers=[0], first=False, last=False)
+    return sum(_size(p) for p in first_layer if p.expert == 0 and p.entry.decay is gpt.Decay.DECAY)
 
 
 @attrs.frozen(kw_only=True)
@@ -84,15 +91,12 @@ def flops(spec: Spec) -> Flops:
     """FLOPs per token: 2 per multiply-add of each matmul parameter a token touches, plus attention."""
     m = spec.model
     counts = parameter_counts(spec)
-    heads, _, head_dim, ffn = _dims(spec)
+    heads, _, head_dim, _ = _dims(spec)
     vocab = derive.padded_vocab(spec)
     per_layer = counts.per_layer
     if m.num_experts is not None:
         # A token only goes through top-k experts.
-        h = m.hidden_size
-        fc1_out = ffn * (2 if derive.gated_mlp(spec) else 1)
-        expert = h * fc1_out + ffn * h
-        per_layer = per_layer - expert * (m.num_experts - m.moe_router_topk)
+        per_layer = per_layer - _expert_weights(spec) * (m.num_experts - m.moe_router_topk)
     matmul = per_layer * m.num_layers + vocab * m.hidden_size  # layers + output projection (tied or not)
     attention = 4 * m.num_layers * m.seq_length * heads * head_dim  # QK^T and PV, 2 FLOPs per MAC
     return Flops(matmul_params_per_token=matmul, attention_per_token=attention)

@@ -26,7 +26,7 @@ class DecoderBlock:
     experts: bool
     """MoE layers with mixtral's routing are mapped for this block."""
     param_paths: bool
-    """bridgec.runtime.param_paths maps its MaxText parameter paths (adamw_mask's regexes need them)."""
+    """bridgec.runtime.models.gpt maps its MaxText parameter paths (adamw_mask's regexes need them)."""
 
 
 def _rope_block(name: str, *, query_scale_in_init: bool, experts: bool = False, param_paths: bool) -> DecoderBlock:

@@ -96,7 +96,7 @@ def _decay_mask(reader: ConfigReader, block: DecoderBlock, mask: list[str]) -> N
         return
     if not block.param_paths:
         reader.refuse("adamw_mask", f"adamw_mask with decoder_block {block.name!r}: its MaxText parameter paths "
-                      f"are not mapped (bridgec.runtime.param_paths covers {', '.join(WITH_PARAM_PATHS)})",
+                      f"are not mapped (bridgec.runtime.models.gpt covers {', '.join(WITH_PARAM_PATHS)})",
                       "set adamw_mask=[] (every parameter decays) or use a llama2/mistral/qwen3 block")
     reader.put("optimizer.decay_mask", "exclude", mask, reader.src("adamw_mask") + " (re.search over paths)")
     reader.put("optimizer.decay_mask", "paths", "nnx" if nnx else "linen", reader.src("pure_nnx"))

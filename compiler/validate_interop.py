@@ -12,12 +12,9 @@ from collections.abc import Iterator
 
 from bridgec.compiler.rule_base import Finding, Rule, SpecContext
 from bridgec.compiler.spec import DecayMask, OptaxSchedulePiece, Scheduler, Spec
-from bridgec.runtime.decay_mask import (
-    DecayMaskError,
-    UnmappedParameterError,
-    decay_table,
-    megatron_parameter_names,
-)
+from bridgec.compiler import derive
+from bridgec.runtime.decay_mask import DecayMaskError, UnmappedParameterError, decay_table
+from bridgec.runtime.models import gpt
 
 
 def rule_optax_semantics_needs_adam(spec: Spec, ctx: SpecContext) -> Iterator[Finding]:
@@ -55,21 +52,10 @@ def rule_optax_only_settings(spec: Spec, ctx: SpecContext) -> Iterator[Finding]:
 
 def no_decay_table(spec: Spec) -> list:  # noqa: ANN201 - list[DecayDecision]
     """The decay decision of every parameter of this model under its decay mask (raises DecayMaskError)."""
-    m, mask = spec.model, spec.optimizer.decay_mask
-    gated = m.activation in ("swiglu", "geglu")
-    names = megatron_parameter_names(
-        num_layers=m.num_layers,
-        normalization=m.normalization,
-        gated_mlp=gated,
-        add_bias_linear=m.add_bias_linear,
-        qk_layernorm=m.qk_layernorm,
-        tied_output=m.tie_embeddings,
-        learned_positions=m.position_embedding == "learned",
-        transformer_engine=m.transformer_impl == "transformer_engine",
-        num_experts=m.num_experts,
-    )
-    return decay_table(names, mask.exclude, gated_mlp=gated, scan_layers=mask.scan_layers,
-                       tied_output=m.tie_embeddings, style=mask.paths)
+    mask = spec.optimizer.decay_mask
+    config = derive.gpt_config(spec)
+    return decay_table(gpt.parameters(config), mask.exclude, config=config, scan_layers=mask.scan_layers,
+                       style=mask.paths)
 
 
 def rule_decay_mask_applies(spec: Spec, ctx: SpecContext) -> Iterator[Finding]:

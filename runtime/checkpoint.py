@@ -15,16 +15,17 @@ does by default): it loads when only the data-parallel size changed.
 
 Loading first compares the manifest and every tensor this rank will read with
 the checkpoint's index, on all ranks, and refuses with a message naming each
-difference before a single tensor is read.
+difference before a single tensor is read (:mod:`bridgec.runtime.checkpoint_checks`).
+Where megatron-core's checkpointing needs help on CPU (no Apex or Transformer
+Engine): :mod:`bridgec.runtime.checkpoint_compat`.
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
 import random
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -32,17 +33,24 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from megatron.core import dist_checkpointing, parallel_state, tensor_parallel
-from megatron.core.dist_checkpointing.dict_utils import nested_values
-from megatron.core.dist_checkpointing.mapping import ShardedObject, ShardedTensor, ShardedTensorFactory
+from megatron.core.dist_checkpointing.mapping import ShardedObject
 from megatron.core.dist_checkpointing.strategies.fully_parallel import FullyParallelSaveStrategyWrapper
 from megatron.core.dist_checkpointing.strategies.torch import TorchDistSaveShardedStrategy
 from megatron.core.distributed import DistributedDataParallel
-from megatron.core.optimizer.distrib_optimizer import DistributedOptimizer
 from megatron.core.optimizer.optimizer import ChainedOptimizer, MixedPrecisionOptimizer
 from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
-from torch.distributed.checkpoint.metadata import Metadata, TensorStorageMetadata
 
+from bridgec.runtime import checkpoint_compat as compat
 from bridgec.runtime import checkpoint_files as files
+from bridgec.runtime.checkpoint_checks import (
+    cannot_load,
+    gather,
+    layout_record,
+    manifest_problems,
+    model_signature,
+    optimizer_kind,
+    tensor_problems,
+)
 from bridgec.runtime.entry import peer_failure
 from bridgec.runtime.errors import ExitCode, RunError
 from bridgec.runtime.loop import Progress
@@ -56,31 +64,6 @@ SHARDED_METADATA = {
 }
 """How megatron-core shapes the sharded state dicts (the same for save and load)."""
 
-ARCHITECTURE = (
-    "num_layers",
-    "hidden_size",
-    "ffn_hidden_size",
-    "num_attention_heads",
-    "num_query_groups",
-    "kv_channels",
-    "normalization",
-    "layernorm_epsilon",
-    "gated_linear_unit",
-    "add_bias_linear",
-    "add_qkv_bias",
-    "qk_layernorm",
-    "num_moe_experts",
-    "moe_router_topk",
-)
-"""TransformerConfig fields a checkpoint must agree on (layout fields excluded)."""
-
-_DISTRIBUTED_OPTIMIZER_SIZES = ("tensor", "pipeline", "virtual_pipeline", "context", "expert")
-
-PAUSE_FOR_TESTS = "BRIDGEC_TEST_PAUSE_SAVE"
-"""Test-only: "STEP:MARKER" makes the save of STEP stop after its tensors are written, before it is
-published, create MARKER and sleep (a test then kills the job mid-save)."""
-
-
 def file_sha256(path: Path) -> str:
     """The sha256 of a file: the generated script passes ``file_sha256(Path(__file__))`` as script_sha256."""
     return hashlib.sha256(path.read_bytes()).hexdigest()
@@ -93,32 +76,6 @@ def spec_copy(path: Path, sha256: str) -> str | None:
     except OSError:
         return None
     return data.decode("utf-8") if hashlib.sha256(data).hexdigest() == sha256 else None
-
-
-def model_signature(model: list[DistributedDataParallel]) -> dict[str, Any]:
-    """The architecture of the model, in JSON-able values: what a checkpoint must match."""
-    gpt = unwrap(model[0])
-    config = gpt.config
-    signature = {name: getattr(config, name) for name in ARCHITECTURE}
-    signature["activation"] = config.activation_func.__name__
-    signature["params_dtype"] = str(config.params_dtype).removeprefix("torch.")
-    signature["vocab_size"] = gpt.vocab_size
-    signature["max_sequence_length"] = gpt.max_sequence_length
-    signature["position_embedding_type"] = gpt.position_embedding_type
-    signature["tied_output"] = gpt.share_embeddings_and_output_weights
-    return signature
-
-
-def layout_record(layout: Layout) -> dict[str, int | None]:
-    return {
-        "world_size": layout.world_size,
-        "tensor": layout.tensor,
-        "pipeline": layout.pipeline,
-        "virtual_pipeline": layout.virtual_pipeline,
-        "context": layout.context,
-        "expert": layout.expert,
-        "data": layout.data,
-    }
 
 
 def rng_states() -> dict[str, Any]:
@@ -165,14 +122,7 @@ class DistCheckpointer:
             raise ValueError(f"checkpoint directory must be absolute (resolved by the script), got {directory}")
         if keep_last is not None and keep_last < 1:
             raise ValueError(f"keep_last must be at least 1, got {keep_last}")
-        for sub in optimizer.chained_optimizers:
-            if sub.init_state_fn is None:
-                # megatron-core 0.16.1 optimizer.py calls init_state_fn when building a state dict to load.
-                raise RunError(
-                    ExitCode.CHECKPOINT_ERROR,
-                    f"megatron-core cannot checkpoint the {type(sub.optimizer).__name__} optimizer "
-                    "(it has no state initialiser); use adam, or remove [checkpoint] dir",
-                )
+        compat.require_state_initialisers(optimizer)
         self.directory = directory
         self.keep_last = keep_last
         self.model = model
@@ -182,7 +132,7 @@ class DistCheckpointer:
         self.spec_sha256 = spec_sha256
         self.script_sha256 = script_sha256
         self.spec_text = spec_text
-        self.distributed_optimizer = any(isinstance(sub, DistributedOptimizer) for sub in optimizer.chained_optimizers)
+        self.distributed_optimizer = optimizer_kind(optimizer) == "distributed"
         self._strategy: Any = None
 
     def has_checkpoint(self) -> bool:
@@ -208,7 +158,6 @@ class DistCheckpointer:
                 "consumed_valid_samples": progress.consumed_valid_samples,
             }
             dist_checkpointing.save(state, str(partial), sharded_strategy=self._save_strategy())
-            _pause_for_tests(progress.step)
             dist.barrier()  # every rank's shards are on disk
             _on_rank0(
                 lambda: self._publish(progress, partial, self.directory / name, has_state=has_state),
@@ -288,7 +237,7 @@ class DistCheckpointer:
         state: dict[str, Any] = dict(model_state)
         if with_optimizer:
             if loading:
-                self._allocate_optimizer_state()
+                compat.allocate_optimizer_state(self.optimizer)
             state["optimizer"] = self.optimizer.sharded_state_dict(
                 model_state, is_loading=loading, metadata=SHARDED_METADATA
             )
@@ -332,20 +281,6 @@ class DistCheckpointer:
         for scaler, state in zip(self._grad_scalers(), saved):
             scaler.load_state_dict(state)
 
-    def _allocate_optimizer_state(self) -> None:
-        """Give a fresh distributed optimizer its state tensors before loading into them.
-
-        megatron-core 0.16.1 without Apex/TE (distrib_optimizer.py:642, ``assert
-        len(steps) == 1``) cannot build a state dict until the optimizer has
-        state; its own load_state_dict allocates it from param groups with a step.
-        """
-        for sub in self.optimizer.chained_optimizers:
-            if isinstance(sub, DistributedOptimizer) and len(sub.optimizer.state) == 0:
-                groups = []
-                for group in sub.optimizer.state_dict()["param_groups"]:
-                    groups.append({**{k: v for k, v in group.items() if k != "params"}, "step": 0})
-                sub.load_state_dict({"optimizer": {"param_groups": groups}})
-
     # -- loading --------------------------------------------------------------
 
     def load_latest(self) -> Progress | None:
@@ -369,16 +304,16 @@ class DistCheckpointer:
         manifest = files.read_manifest(path)
         problems = files.file_problems(path, manifest)
         if problems:
-            raise RunError(ExitCode.CHECKPOINT_ERROR, _cannot_load(path, problems), every_rank=True)
-        problems = self._manifest_problems(manifest)
+            raise RunError(ExitCode.CHECKPOINT_ERROR, cannot_load(path, problems), every_rank=True)
+        problems = manifest_problems(manifest, model=self.model, optimizer=self.optimizer, layout=self.layout)
         same_layout = manifest.layout == layout_record(self.layout)
         with_optimizer = manifest.optimizer["has_state"]
         state = self._sharded_state(loading=True, with_optimizer=with_optimizer, with_rng=same_layout)
         if not problems:
-            problems = _tensor_problems(state, files.read_tensor_metadata(path))
-        problems = _gather(problems)
+            problems = tensor_problems(state, files.read_tensor_metadata(path))
+        problems = gather(problems)
         if problems:
-            raise RunError(ExitCode.CHECKPOINT_ERROR, _cannot_load(path, problems), every_rank=True)
+            raise RunError(ExitCode.CHECKPOINT_ERROR, cannot_load(path, problems), every_rank=True)
         try:
             loaded = self._load(path, state, with_optimizer=with_optimizer)
         except Exception as error:  # noqa: BLE001 - whatever broke, this run must not continue half-loaded
@@ -415,34 +350,12 @@ class DistCheckpointer:
             unwrap(chunk).load_state_dict(loaded[_model_key(index, len(self.model))], strict=True)
         if with_optimizer:
             self.optimizer.load_state_dict(loaded["optimizer"])
-            self._restore_distributed_steps(loaded["optimizer"])
+            compat.restore_distributed_steps(self.optimizer, loaded["optimizer"])
         else:
             # Mixed-precision optimizers keep fp32 main copies made when they were built; without optimizer
             # state to load, refresh them from the loaded weights or the first update writes the old ones back.
             self.optimizer.reload_model_params()
         return loaded
-
-    def _restore_distributed_steps(self, loaded: Any) -> None:
-        """Give torch Adam's per-parameter ``step`` of a distributed optimizer the checkpoint's value, one tensor each.
-
-        megatron-core 0.16.1 without TE/Apex gets this wrong twice:
-        distrib_optimizer.py:938-940 copies the pre-load ``step`` over the loaded
-        one, and :822 hands one shared step tensor to every parameter, which torch
-        Adam then increments once per parameter. Either would change Adam's bias
-        correction after a resume. (TE/Apex Adam keep no per-parameter step.)
-        """
-        subs = self.optimizer.chained_optimizers
-        parts = [loaded] if len(subs) == 1 else [loaded[index] for index in range(len(subs))]
-        for sub, part in zip(subs, parts):
-            if not isinstance(sub, DistributedOptimizer):
-                continue
-            steps = {group["step"] for group in part["optimizer"]["param_groups"] if "step" in group}
-            if len(steps) != 1:
-                continue
-            step = float(steps.pop())
-            for state in sub.optimizer.state.values():
-                if "step" in state:
-                    state["step"] = torch.tensor(step, dtype=state["step"].dtype, device=state["step"].device)
 
     def _restore_schedule(self, saved: dict[str, Any]) -> None:
         """Continue the schedule at the saved step, with this run's settings (a longer run may change them)."""
@@ -450,39 +363,7 @@ class DistCheckpointer:
         changed = [f"{key} {saved[key]} -> {value}" for key, value in current.items() if key != "num_steps" and saved.get(key) != value]
         if changed:
             _say("checkpoint: the learning-rate schedule changed since the save; using this run's: " + ", ".join(changed))
-        # megatron's OptimizerParamScheduler.load_state_dict *adds* the saved count to its own (it calls
-        # step(increment=num_steps)); a schedule already moved (e.g. to an imported update count) would
-        # count twice. Start from zero so the saved count is the count.
-        self.scheduler.num_steps = 0
-        self.scheduler.load_state_dict({**current, "num_steps": saved["num_steps"]})
-
-    def _manifest_problems(self, manifest: files.Manifest) -> list[str]:
-        problems = []
-        running = model_signature(self.model)
-        for key in sorted(set(running) | set(manifest.model)):
-            if manifest.model.get(key) != running.get(key):
-                problems.append(f"model {key}: the checkpoint has {manifest.model.get(key)!r}, this run {running.get(key)!r}")
-        saved_kind = manifest.optimizer["kind"]
-        kind = "distributed" if self.distributed_optimizer else "plain"
-        if saved_kind != kind:
-            problems.append(
-                f"optimizer: the checkpoint was written with the {saved_kind} optimizer, this run uses the {kind} one "
-                "([parallel] distributed_optimizer must match)"
-            )
-        saved_class = manifest.optimizer["class"]
-        running_class = type(self.optimizer.chained_optimizers[0].optimizer).__name__
-        if saved_class != running_class:
-            problems.append(f"optimizer: the checkpoint holds {saved_class} state, this run uses {running_class}")
-        if saved_kind == "distributed" and kind == "distributed" and manifest.optimizer["has_state"]:
-            running_layout = layout_record(self.layout)
-            for size in _DISTRIBUTED_OPTIMIZER_SIZES:
-                if manifest.layout[size] != running_layout[size]:
-                    problems.append(
-                        f"layout {size}: the checkpoint has {manifest.layout[size]}, this run {running_layout[size]}; "
-                        "distributed-optimizer state only loads when just the data-parallel size changes"
-                    )
-        return problems
-
+        compat.restore_schedule(self.scheduler, current, saved["num_steps"])
 
 def _prepare_folder(directory: Path, partial: Path) -> None:
     directory.mkdir(parents=True, exist_ok=True)
@@ -522,70 +403,8 @@ def _model_key(index: int, count: int) -> str:
     return "model" if count == 1 else f"model{index}"
 
 
-def _sharded_items(state: dict[str, Any]) -> Iterator[ShardedTensor | ShardedObject]:
-    for item in nested_values(state):
-        if isinstance(item, ShardedTensorFactory):
-            yield from (built for built in nested_values(item.build()) if isinstance(built, (ShardedTensor, ShardedObject)))
-        elif isinstance(item, (ShardedTensor, ShardedObject)):
-            yield item
-
-
-def _tensor_problems(state: dict[str, Any], metadata: Metadata) -> list[str]:
-    """What this rank would read that the checkpoint lacks or stores with another shape or dtype."""
-    stored = metadata.state_dict_metadata
-    missing: list[str] = []
-    problems: list[str] = []
-    for item in _sharded_items(state):
-        if isinstance(item, ShardedObject):
-            if item.unique_key not in stored:
-                missing.append(item.key)
-            continue
-        entry = stored.get(item.key)
-        if not isinstance(entry, TensorStorageMetadata):
-            missing.append(item.key)
-        elif tuple(entry.size) != tuple(item.global_shape) or entry.properties.dtype != item.dtype:
-            problems.append(
-                f"tensor {item.key}: the checkpoint has {_shape(entry.size)} {entry.properties.dtype}, "
-                f"this run {_shape(item.global_shape)} {item.dtype}"
-            )
-    if missing:
-        unique = sorted(set(missing))
-        shown = ", ".join(unique[:8]) + (f" and {len(unique) - 8} more" if len(unique) > 8 else "")
-        problems.append(f"not in the checkpoint: {shown}")
-    return problems
-
-
-def _shape(shape: Any) -> str:
-    return "x".join(str(size) for size in shape)
-
-
-def _gather(problems: list[str]) -> list[str]:
-    """Every rank's problems on every rank, so that all of them stop (or go on) together."""
-    gathered: list[list[str] | None] = [None] * dist.get_world_size()
-    dist.all_gather_object(gathered, problems)
-    merged: list[str] = []
-    for rank_problems in gathered:
-        for problem in rank_problems or []:
-            if problem not in merged:
-                merged.append(problem)
-    return merged
-
-
-def _cannot_load(path: Path, problems: list[str]) -> str:
-    shown = problems[:20] + ([f"... and {len(problems) - 20} more"] if len(problems) > 20 else [])
-    return f"cannot resume from {path}; nothing was loaded:\n  " + "\n  ".join(shown)
-
-
 def _say(text: str) -> None:
     if dist.get_rank() == 0:
         print(text, flush=True)
 
 
-def _pause_for_tests(step: int) -> None:
-    setting = os.environ.get(PAUSE_FOR_TESTS)
-    if not setting:
-        return
-    pause_step, marker = setting.split(":", 1)
-    if int(pause_step) == step:
-        Path(marker).touch()
-        time.sleep(3600)

@@ -12,15 +12,15 @@ MaxText holds its parameters:
   hands optax the module's pure state, with no collection:
   ``decoder/layers/mlp/wi_0/kernel``.
 
-Megatron parameter names map to MaxText paths through
-:mod:`bridgec.runtime.param_paths`. A fused Megatron parameter (``linear_qkv`` =
+Megatron parameters map to MaxText paths through the parameter table
+(:mod:`bridgec.runtime.models.gpt`). A fused Megatron parameter (``linear_qkv`` =
 query + key + value, gated ``linear_fc1`` = wi_0 + wi_1) takes a single decay
 setting, so patterns that decay some of its leaves and not others are an error
 (:class:`DecayMaskError`), never a silent choice. A tied output layer (the copy
 on the last pipeline stage) is the embedding in MaxText.
 
-No torch here: ``bridgec explain`` prints the table from parameter names the
-compiler derives (:func:`megatron_parameter_names`).
+No torch here: ``bridgec explain`` prints the table from the parameters the
+compiler lists (:func:`bridgec.runtime.models.gpt.parameters`).
 """
 
 from __future__ import annotations
@@ -31,13 +31,9 @@ from typing import Literal
 
 import attrs
 
-from bridgec.runtime.param_paths import maxtext_paths
+from bridgec.runtime.models.gpt import GPTConfig, Parameter, layer_template, maxtext_paths
 
 PathStyle = Literal["linen", "nnx"]
-
-_TIED_OUTPUT = "output_layer.weight"
-_EMBEDDING = "embedding.word_embeddings.weight"
-_LAYER = re.compile(r"^decoder\.layers\.(\d+)\.(.+)$")
 
 
 class DecayMaskError(ValueError):
@@ -61,16 +57,18 @@ class DecayDecision:
     """The patterns that matched (why it does not decay)."""
 
 
-def path_strings(name: str, *, gated_mlp: bool, scan_layers: bool, tied_output: bool, style: PathStyle) -> tuple[str, ...]:
-    """The strings MaxText's mask function searches for the leaves a Megatron parameter holds."""
-    lookup = _EMBEDDING if tied_output and name == _TIED_OUTPUT else name
+def path_strings(parameter: Parameter, config: GPTConfig, *, scan_layers: bool, style: PathStyle) -> tuple[str, ...]:
+    """The strings MaxText's mask function searches for the leaves a Megatron parameter holds.
+
+    A tied output layer's copy holds the embedding, so it has the embedding's path.
+    """
     try:
-        paths = maxtext_paths(lookup, gated_mlp=gated_mlp, scanned=scan_layers)
+        paths = maxtext_paths(parameter, config, scanned=scan_layers)
     except KeyError as error:
         raise UnmappedParameterError(
-            f"decay mask: parameter {name} has no MaxText path in bridgec.runtime.param_paths ({error.args[0]}), "
-            "so regexes over MaxText paths cannot decide its weight decay; only the Llama-family layout "
-            "(llama2/llama3/mistral/qwen3 blocks) is mapped"
+            f"decay mask: parameter {parameter.name} has no MaxText path in bridgec.runtime.models.gpt "
+            f"({error.args[0]}), so regexes over MaxText paths cannot decide its weight decay; only the "
+            "Llama-family layout (llama2/llama3/mistral/qwen3 blocks) is mapped"
         ) from None
     if style == "nnx":
         return tuple(path.removeprefix("params/") for path in paths)
@@ -78,18 +76,13 @@ def path_strings(name: str, *, gated_mlp: bool, scan_layers: bool, tied_output: 
 
 
 def decide(
-    name: str,
-    patterns: Sequence[str],
-    *,
-    gated_mlp: bool,
-    scan_layers: bool,
-    tied_output: bool,
-    style: PathStyle,
+    parameter: Parameter, patterns: Sequence[str], *, config: GPTConfig, scan_layers: bool, style: PathStyle
 ) -> DecayDecision:
-    """Decay ``name`` unless a pattern ``re.search``-es its MaxText path(s) (MaxText's adamw_mask)."""
+    """Decay the parameter unless a pattern ``re.search``-es its MaxText path(s) (MaxText's adamw_mask)."""
+    name = parameter.name
     if not patterns:
         return DecayDecision(name=name, paths=(), decays=True)
-    paths = path_strings(name, gated_mlp=gated_mlp, scan_layers=scan_layers, tied_output=tied_output, style=style)
+    paths = path_strings(parameter, config, scan_layers=scan_layers, style=style)
     compiled = [re.compile(pattern) for pattern in patterns]
     per_leaf = {path: tuple(p.pattern for p in compiled if p.search(path)) for path in paths}
     excluded = {path for path, hits in per_leaf.items() if hits}
@@ -104,94 +97,26 @@ def decide(
     return DecayDecision(name=name, paths=paths, decays=not excluded, matched=matched)
 
 
-def decay_table(
-    names: Iterable[str],
-    patterns: Sequence[str],
-    *,
-    gated_mlp: bool,
-    scan_layers: bool,
-    tied_output: bool,
-    style: PathStyle,
-) -> list[DecayDecision]:
-    """:func:`decide` for every name; raises on the first parameter the patterns cannot decide."""
+def check_patterns(patterns: Sequence[str]) -> None:
+    """DecayMaskError naming the first pattern that is not a regular expression."""
     for pattern in patterns:
         try:
             re.compile(pattern)
         except re.error as error:
             raise DecayMaskError(f"decay mask: {pattern!r} is not a regular expression ({error})") from None
-    return [
-        decide(name, patterns, gated_mlp=gated_mlp, scan_layers=scan_layers, tied_output=tied_output, style=style)
-        for name in names
-    ]
 
 
-def megatron_parameter_names(
+def decay_table(
+    parameters: Iterable[Parameter],
+    patterns: Sequence[str],
     *,
-    num_layers: int,
-    normalization: str,
-    gated_mlp: bool,
-    add_bias_linear: bool,
-    qk_layernorm: bool,
-    tied_output: bool,
-    learned_positions: bool,
-    transformer_engine: bool,
-    num_experts: int | None = None,
-) -> list[str]:
-    """Global parameter names of a megatron-core GPTModel (one pipeline stage holding everything).
-
-    Matches ``named_parameters()`` of the local and transformer-engine layer
-    specs (with TE the pre-attention and pre-MLP norms live inside linear_qkv
-    and linear_fc1), with experts under their global numbers
-    (:func:`bridgec.runtime.init.global_name`). ``gated_mlp`` does not change
-    the names, only what linear_fc1 holds. An MoE layer (``num_experts``) has
-    a router and per-expert linear_fc1/linear_fc2 instead of the dense MLP's
-    two linears, and a pre-MLP norm of its own with TE too. A tied output layer
-    has no parameter of its own on a single stage.
-    """
-    names = ["embedding.word_embeddings.weight"]
-    if learned_positions:
-        names.append("embedding.position_embeddings.weight")
-    norm_bias = normalization == "layernorm"
-    for index in range(num_layers):
-        layer = f"decoder.layers.{index}."
-        if transformer_engine:
-            names.append(layer + "self_attention.linear_qkv.layer_norm_weight")
-            if norm_bias:
-                names.append(layer + "self_attention.linear_qkv.layer_norm_bias")
-        else:
-            names.append(layer + "input_layernorm.weight")
-            if norm_bias:
-                names.append(layer + "input_layernorm.bias")
-        for linear in ("self_attention.linear_proj", "self_attention.linear_qkv"):
-            names.append(layer + linear + ".weight")
-            if add_bias_linear:
-                names.append(layer + linear + ".bias")
-        if qk_layernorm:
-            names += [layer + "self_attention.q_layernorm.weight", layer + "self_attention.k_layernorm.weight"]
-        if transformer_engine and num_experts is None:
-            names.append(layer + "mlp.linear_fc1.layer_norm_weight")
-            if norm_bias:
-                names.append(layer + "mlp.linear_fc1.layer_norm_bias")
-        else:
-            names.append(layer + "pre_mlp_layernorm.weight")
-            if norm_bias:
-                names.append(layer + "pre_mlp_layernorm.bias")
-        if num_experts is None:
-            linears = ["mlp.linear_fc1", "mlp.linear_fc2"]
-        else:
-            names.append(layer + "mlp.router.weight")
-            linears = [f"mlp.experts.{expert}.{linear}" for expert in range(num_experts)
-                       for linear in ("linear_fc1", "linear_fc2")]
-        for linear in linears:
-            names.append(layer + linear + ".weight")
-            if add_bias_linear:
-                names.append(layer + linear + ".bias")
-    names.append("decoder.final_layernorm.weight")
-    if norm_bias:
-        names.append("decoder.final_layernorm.bias")
-    if not tied_output:
-        names.append("output_layer.weight")
-    return names
+    config: GPTConfig,
+    scan_layers: bool,
+    style: PathStyle,
+) -> list[DecayDecision]:
+    """:func:`decide` for every parameter; raises on the first one the patterns cannot decide."""
+    check_patterns(patterns)
+    return [decide(p, patterns, config=config, scan_layers=scan_layers, style=style) for p in parameters]
 
 
 def summarize(decisions: Sequence[DecayDecision]) -> list[str]:
@@ -201,9 +126,8 @@ def summarize(decisions: Sequence[DecayDecision]) -> list[str]:
     """
     groups: dict[tuple[str, bool, tuple[str, ...]], list[int | None]] = {}
     for decision in decisions:
-        match = _LAYER.match(decision.name)
-        key = (f"decoder.layers.{{}}.{match[2]}" if match else decision.name, decision.decays, decision.matched)
-        groups.setdefault(key, []).append(int(match[1]) if match else None)
+        template, layer = layer_template(decision.name)
+        groups.setdefault((template, decision.decays, decision.matched), []).append(layer)
     lines = []
     for (template, decays, matched), indices in groups.items():
         layers = [i for i in indices if i is not None]

@@ -5,24 +5,25 @@ TP=2, or PP=1 and PP=2, start from different weights. bridgec's ``portable``
 scheme instead draws every parameter's *full* tensor from a generator seeded by
 ``(seed, global parameter name)`` and keeps this rank's shard of it:
 
-* the global name replaces the stage-local layer index with the global one
-  (``decoder.layers.{layer_number - 1}``), so a layer has the same name on
-  whichever pipeline stage or virtual chunk holds it;
+* names, full shapes, tensor-parallel splits and distributions come from the
+  parameter table (:mod:`bridgec.runtime.models.gpt`); the global name has the
+  global layer index, so a layer has the same name on whichever pipeline stage
+  or virtual chunk holds it;
 * the shard is cut the way megatron-core cuts its CPU master weights
-  (``_initialize_affine_weight_cpu``): split along ``partition_dim`` into
+  (``_initialize_affine_weight_cpu``): split along the split axis into
   ``tensor x stride`` pieces and take pieces ``rank::tensor``. Stride 2 is the
   gated MLP's ``[gate; up]`` input projection;
-* a tied output layer on the last stage takes the embedding's name, so it equals
-  the first stage's embedding exactly.
+* a tied output layer on the last stage is the embedding under the table's
+  global name, so it equals the first stage's embedding exactly.
 
 megatron-core must still run its own initialisation first (``perform_initialization``
 left on): only then does it mark tensor-parallel parameters with
-``tensor_model_parallel``/``partition_dim``/``partition_stride``, which both the
-shard cut here and megatron's gradient-norm de-duplication rely on.
+``tensor_model_parallel``/``partition_dim``/``partition_stride``, which
+megatron's gradient-norm de-duplication relies on.
 
-Distributions follow megatron-core: weights ~ N(0, std), the two residual
-output projections (``linear_proj``, ``linear_fc2``) ~ N(0, std / sqrt(2 x
-layers)), norm scales 1, biases 0. Cost: one full tensor per parameter is
+Distributions follow megatron-core (the table's init rule): weights ~ N(0, std),
+the two residual output projections ~ N(0, std / sqrt(2 x layers)), norm scales
+1, biases 0. Cost: one full tensor per parameter is
 generated on each rank at start-up (transient), which is why ``[init] scheme =
 "megatron"`` exists for very large runs.
 """
@@ -31,13 +32,12 @@ from __future__ import annotations
 
 import hashlib
 import math
-import re
+from typing import assert_never
 
 import torch
 
-_LAYER = re.compile(r"^(?P<head>(?:.*\.)?decoder\.layers\.)(?P<index>\d+)(?P<tail>\..*)$")
-_LOCAL_EXPERT = re.compile(r"\.experts\.local_experts\.(\d+)\.")
-_RESIDUAL_OUTPUTS = ("self_attention.linear_proj.weight", "linear_fc2.weight")
+from bridgec.runtime.models.chunks import chunk_inventory, config_of, pairs
+from bridgec.runtime.models.gpt import QKV, Init
 
 
 def name_seed(seed: int, name: str) -> int:
@@ -46,69 +46,41 @@ def name_seed(seed: int, name: str) -> int:
     return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
 
 
-def global_name(
-    local_name: str, layer_numbers: dict[int, int], *, expert_rank: int = 0, local_experts: int = 0
-) -> str:
-    """Map a stage-local parameter name to its layout-independent name.
-
-    ``layer_numbers`` maps the local layer index to megatron's 1-based global
-    ``layer_number`` for this model chunk. MoE experts are numbered locally on
-    each expert-parallel rank; rank ``r`` holds experts ``r x local_experts + i``.
-    """
-    match = _LAYER.match(local_name)
-    if match is None:
-        return local_name
-    index = int(match["index"])
-    name = f"{match['head']}{layer_numbers[index] - 1}{match['tail']}"
-    return _LOCAL_EXPERT.sub(lambda m: f".experts.{expert_rank * local_experts + int(m[1])}.", name)
-
-
-def full_shape(param: torch.Tensor, tensor_parallel: int) -> tuple[int, ...]:
-    """The parameter's shape at TP=1."""
-    shape = list(param.shape)
-    if getattr(param, "tensor_model_parallel", False) and tensor_parallel > 1:
-        shape[param.partition_dim] *= tensor_parallel  # type: ignore[attr-defined]
-    return tuple(shape)
-
-
-def shard(full: torch.Tensor, param: torch.Tensor, tensor_parallel: int, tensor_rank: int) -> torch.Tensor:
+def shard(full: torch.Tensor, *, axis: int, stride: int, tensor_parallel: int, tensor_rank: int) -> torch.Tensor:
     """This rank's piece of a full tensor, cut as megatron-core cuts its master weights."""
-    if not getattr(param, "tensor_model_parallel", False) or tensor_parallel == 1:
+    if tensor_parallel == 1:
         return full
-    dim: int = param.partition_dim  # type: ignore[attr-defined]
-    stride: int = getattr(param, "partition_stride", 1)
-    piece = full.shape[dim] // (tensor_parallel * stride)
-    pieces = torch.split(full, piece, dim=dim)
-    return torch.cat(pieces[tensor_rank::tensor_parallel], dim=dim)
+    piece = full.shape[axis] // (tensor_parallel * stride)
+    pieces = torch.split(full, piece, dim=axis)
+    return torch.cat(pieces[tensor_rank::tensor_parallel], dim=axis)
 
 
 def draw(
-    name: str, shape: tuple[int, ...], *, seed: int, std: float, num_layers: int, zero_centered_norms: bool = False
+    init: Init,
+    name: str,
+    shape: tuple[int, ...],
+    *,
+    seed: int,
+    std: float,
+    num_layers: int,
+    zero_centered_norms: bool = False,
 ) -> torch.Tensor:
-    """The full fp32 initial value of one parameter, by megatron-core's rules for its kind.
+    """The full fp32 initial value of one parameter, by its init rule; weights from a generator seeded by its name.
 
     Norm scales start at 1, stored as 0 when the model keeps them zero-centred
     (``layernorm_zero_centered_gamma``: the layer applies 1 + weight).
     """
-    leaf = name.rsplit(".", 1)[-1]
-    if len(shape) == 1:
-        if leaf in ("bias", "layer_norm_bias"):
+    match init:
+        case Init.ZERO:
             return torch.zeros(shape)
-        if leaf in ("weight", "layer_norm_weight"):
+        case Init.ONE:
             return torch.zeros(shape) if zero_centered_norms else torch.ones(shape)
-    if leaf == "bias":
-        return torch.zeros(shape)
-    generator = torch.Generator().manual_seed(name_seed(seed, name))
-    scale = std / math.sqrt(2.0 * num_layers) if name.endswith(_RESIDUAL_OUTPUTS) else std
-    return torch.randn(shape, generator=generator, dtype=torch.float32) * scale
-
-
-def layer_numbers(chunk: torch.nn.Module) -> dict[int, int]:
-    """Local layer index -> global 1-based layer number for a GPTModel chunk."""
-    decoder = getattr(chunk, "decoder", None)
-    if decoder is None:
-        return {}
-    return {index: layer.layer_number for index, layer in enumerate(decoder.layers)}
+        case Init.NORMAL | Init.SCALED_NORMAL:
+            generator = torch.Generator().manual_seed(name_seed(seed, name))
+            scale = std / math.sqrt(2.0 * num_layers) if init is Init.SCALED_NORMAL else std
+            return torch.randn(shape, generator=generator, dtype=torch.float32) * scale
+        case _:
+            assert_never(init)
 
 
 @torch.no_grad()
@@ -124,24 +96,37 @@ def portable_init(
     expert_rank: int = 0,
     local_experts: int = 0,
 ) -> int:
-    """Overwrite every parameter of the (unwrapped) model chunks; return how many were set."""
+    """Overwrite every parameter of the (unwrapped) model chunks; return how many were set.
+
+    The table names a tied output layer's copy as the embedding; ``tied_output``
+    must say what the chunks are (ValueError otherwise).
+    """
     count = 0
     for chunk in chunks:
-        numbers = layer_numbers(chunk)
+        if config_of(chunk).tied != tied_output:
+            raise ValueError(f"portable_init: tied_output={tied_output}, but the model chunk says otherwise")
         zero_centered = chunk.config.layernorm_zero_centered_gamma  # megatron-core TransformerConfig
-        for local, param in chunk.named_parameters():
-            name = global_name(local, numbers, expert_rank=expert_rank, local_experts=local_experts)
-            if tied_output and name == "output_layer.weight":
-                name = "embedding.word_embeddings.weight"
+        for parameter, param in pairs(
+            chunk, tensor_parallel=tensor_parallel, expert_rank=expert_rank, local_experts=local_experts
+        ):
             full = draw(
-                name,
-                full_shape(param, tensor_parallel),
+                parameter.entry.init,
+                parameter.name,
+                parameter.shape,
                 seed=seed,
                 std=std,
                 num_layers=num_layers,
                 zero_centered_norms=zero_centered,
             )
-            param.copy_(shard(full, param, tensor_parallel, tensor_rank).to(param.dtype))
+            if parameter.split is not None:
+                full = shard(
+                    full,
+                    axis=parameter.split.axis,
+                    stride=parameter.stride,
+                    tensor_parallel=tensor_parallel,
+                    tensor_rank=tensor_rank,
+                )
+            param.copy_(full.to(param.dtype))
             count += 1
     return count
 
@@ -164,8 +149,10 @@ def scale_query_rows(
     block = (per_group + 2) * head_dim
     scaled = 0
     for chunk in chunks:
+        # Local names do not depend on the tensor-parallel size; only the table's rows are needed here.
+        fused = {p.local_name for p in chunk_inventory(chunk, tensor_parallel=1) if p.entry in QKV}
         for name, param in chunk.named_parameters():
-            if not name.endswith(("linear_qkv.weight", "linear_qkv.bias")):
+            if name not in fused:
                 continue
             groups = param.shape[0] // block
             view = param.view(groups, block, *param.shape[1:])

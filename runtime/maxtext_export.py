@@ -1,5 +1,8 @@
 """Write megatron-core GPTModel weights as a MaxText Orbax checkpoint (the inverse of maxtext_import).
 
+Which leaves each parameter becomes comes from the parameter table
+(:mod:`bridgec.runtime.models.gpt`), through :mod:`bridgec.runtime.maxtext_layout`.
+
 The checkpoint is written with tensorstore directly, in the layout Orbax's
 ``PyTreeCheckpointHandler`` writes and reads (``_METADATA`` + zarr arrays inside
 one OCDBT store), under ``<directory>/<step>/items`` with the step's
@@ -31,7 +34,7 @@ import os
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Literal, assert_never
 
 import attrs
 import numpy as np
@@ -39,23 +42,22 @@ import tensorstore as ts
 import torch
 import torch.distributed as dist
 
-from bridgec.runtime.init import global_name, layer_numbers
-from bridgec.runtime.maxtext_import import (
+from bridgec.runtime.maxtext_layout import (
     Dims,
-    MainSlot,
     QueryScaling,
     RopeLayout,
-    canonical_name,
     expected_leaves,
-    layer_suffixes,
-    main_slots,
+    leaves_of,
+    mapped,
     orbax_name,
     rope_permutation,
     stacked,
 )
+from bridgec.runtime.maxtext_slots import MainSlot, main_slots
+from bridgec.runtime.models import gpt
+from bridgec.runtime.models.chunks import pairs
 from bridgec.runtime.orbax_read import to_numpy
 from bridgec.runtime.parallel import collective_device
-from bridgec.runtime.param_paths import maxtext_paths
 
 ExportDType = Literal["float32", "bfloat16"]
 Fetch = Callable[[str], torch.Tensor]
@@ -94,39 +96,40 @@ def split_qkv(
     weight: torch.Tensor, dims: Dims, *, query_factor: float, interleaved: bool
 ) -> tuple[torch.Tensor, ...]:
     """linear_qkv [G (H/G + 2) D, E] -> query [E, H, D], key, value [E, G, D] (query_factor divides the query)."""
-    per_group = dims.heads // dims.groups
-    grouped = weight.t().reshape(dims.hidden, dims.groups, per_group + 2, dims.head_dim)
-    query = grouped[:, :, :per_group].reshape(dims.hidden, dims.heads, dims.head_dim)
+    m = dims.model
+    per_group = m.heads // m.groups
+    grouped = weight.t().reshape(m.hidden, m.groups, per_group + 2, m.head_dim)
+    query = grouped[:, :, :per_group].reshape(m.hidden, m.heads, m.head_dim)
     if query_factor != 1.0:
         query = query.double() / query_factor
     key, value = grouped[:, :, per_group], grouped[:, :, per_group + 1]
     return _unrope(query, interleaved), _unrope(key, interleaved), value
 
 
-def layer_leaves(
-    suffix: str, weight: torch.Tensor, dims: Dims, *, query_factor: float, interleaved: bool
+def maxtext_leaves(
+    kind: gpt.MaxTextTransform, weight: torch.Tensor, dims: Dims, *, query_factor: float, interleaved: bool
 ) -> tuple[torch.Tensor, ...]:
-    """One layer's megatron parameter -> its MaxText leaves, in param_paths order."""
-    if suffix == "self_attention.linear_qkv.weight":
-        return split_qkv(weight, dims, query_factor=query_factor, interleaved=interleaved)
-    if suffix == "self_attention.linear_proj.weight":
-        return (weight.t().reshape(dims.heads, dims.head_dim, dims.hidden),)
-    if suffix == "mlp.linear_fc1.weight":
-        return tuple(part.t() for part in torch.chunk(weight, 2, dim=0)) if dims.gated else (weight.t(),)
-    if suffix == "mlp.linear_fc2.weight":
-        return (weight.t(),)
-    if suffix in ("self_attention.q_layernorm.weight", "self_attention.k_layernorm.weight"):
-        return (_unrope(weight, interleaved),)
-    return (weight,)
-
-
-def top_leaf(name: str, weight: torch.Tensor, dims: Dims) -> torch.Tensor:
-    """Embedding (padded rows dropped), final norm, or untied output layer -> its MaxText leaf."""
-    if name == "embedding.word_embeddings.weight":
-        return weight[: dims.vocab]
-    if name == "output_layer.weight":
-        return weight[: dims.vocab].t()
-    return weight
+    """One megatron parameter (full, one layer) -> its MaxText leaves, in the table's leaf order."""
+    m = dims.model
+    match kind:
+        case gpt.MaxTextTransform.QKV:
+            return split_qkv(weight, dims, query_factor=query_factor, interleaved=interleaved)
+        case gpt.MaxTextTransform.OUT:
+            return (weight.t().reshape(m.heads, m.head_dim, m.hidden),)
+        case gpt.MaxTextTransform.FC1:
+            return tuple(part.t() for part in torch.chunk(weight, 2, dim=0)) if m.gated else (weight.t(),)
+        case gpt.MaxTextTransform.TRANSPOSE:
+            return (weight.t(),)
+        case gpt.MaxTextTransform.QK_NORM:
+            return (_unrope(weight, interleaved),)
+        case gpt.MaxTextTransform.COPY:
+            return (weight,)
+        case gpt.MaxTextTransform.EMBEDDING:
+            return (weight[: dims.vocab],)  # megatron's padded rows dropped
+        case gpt.MaxTextTransform.LOGITS:
+            return (weight[: dims.vocab].t(),)
+        case _:
+            assert_never(kind)
 
 
 # --------------------------------------------------------------------------------------------
@@ -225,8 +228,9 @@ def export_maxtext(
     itemsize = 4 if dtype == "float32" else 2
     context = ts.Context()
     stores = {}
+    stacked_paths = {path for p in mapped(dims) if stacked(p, scanned) for path, _ in leaves_of(p, dims, scanned=scanned)}
     for path, shape in expected.items():
-        layer_axis = param_scan_axis if stacked(path, scanned) else None
+        layer_axis = param_scan_axis if path in stacked_paths else None
         chunk = _chunk_shape(shape, layer_axis, itemsize)
         spec = _array_spec(items, orbax_name(_PARAMS_FIELD, path), shape, dtype, chunk, zarr3)
         stores[path] = ts.open(spec, context=context).result()
@@ -242,20 +246,13 @@ def export_maxtext(
         written += array.nbytes
 
     interleaved = rope_layout == "interleaved"
-    query_factor = math.sqrt(dims.head_dim) if query_scaling == "undo" else 1.0
-    tops = ["embedding.word_embeddings.weight", "decoder.final_layernorm.weight"]
-    if not dims.tied:
-        tops.append("output_layer.weight")
-    for name in tops:
-        (path,) = maxtext_paths(name, gated_mlp=dims.gated, scanned=scanned)
-        write(path, top_leaf(name, fetch(name), dims))
-    for layer in range(dims.num_layers):
-        for suffix in layer_suffixes(dims):
-            name = f"decoder.layers.{layer}.{suffix}"
-            paths = maxtext_paths(name, gated_mlp=dims.gated, scanned=scanned)
-            values = layer_leaves(suffix, fetch(name), dims, query_factor=query_factor, interleaved=interleaved)
-            for path, value in zip(paths, values, strict=True):
-                write(path, value, layer if stacked(path, scanned) else None)
+    query_factor = math.sqrt(dims.model.head_dim) if query_scaling == "undo" else 1.0
+    for parameter in mapped(dims):
+        assert parameter.entry.maxtext is not None
+        kind = parameter.entry.maxtext.transform
+        values = maxtext_leaves(kind, fetch(parameter.name), dims, query_factor=query_factor, interleaved=interleaved)
+        for (path, _), value in zip(leaves_of(parameter, dims, scanned=scanned), values, strict=True):
+            write(path, value, parameter.layer if stacked(parameter, scanned) else None)
 
     (items / "_METADATA").write_text(json.dumps(_tree_metadata(names, zarr3)))
     now = time.time_ns()
@@ -342,17 +339,17 @@ def gather_full_params(
     sharded = _sharded_main_groups(optimizer)
     stage: dict[str, torch.Tensor] = {}
     for chunk in chunks:
-        numbers = layer_numbers(chunk)
-        for local, param in chunk.named_parameters():
-            if tied and global_name(local, numbers) == "output_layer.weight":
+        if bool(chunk.share_embeddings_and_output_weights) != tied:
+            raise ValueError(f"gather_full_params: tied={tied}, but the model chunk says otherwise")
+        for parameter, param in pairs(chunk, tensor_parallel=tensor_size):
+            if parameter.tied_copy:
                 continue  # the embedding's copy
-            name = canonical_name(local, numbers, tied=tied)
             value = _fp32_value(param, slots.get(param), sharded.get(param))
-            if getattr(param, "tensor_model_parallel", False) and tensor_size > 1:
+            if parameter.split is not None and tensor_size > 1:
                 pieces = [torch.empty_like(value) for _ in range(tensor_size)]
                 dist.all_gather(pieces, value.contiguous(), group=tensor_group)
-                value = unshard(pieces, dim=param.partition_dim, stride=getattr(param, "partition_stride", 1))
-            stage[name] = value
+                value = unshard(pieces, dim=parameter.split.axis, stride=parameter.stride)
+            stage[parameter.name] = value
     if tensor_group is not None and dist.get_rank(tensor_group) != 0:
         return None
     if pipeline_group is None or dist.get_world_size(pipeline_group) == 1:

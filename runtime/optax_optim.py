@@ -40,8 +40,8 @@ from megatron.core.optimizer.optimizer import (ChainedOptimizer, FP32Optimizer, 
                                                MegatronOptimizer)
 from megatron.core.process_groups_config import ProcessGroupCollection
 
-from bridgec.runtime.decay_mask import PathStyle, decide
-from bridgec.runtime.init import global_name, layer_numbers
+from bridgec.runtime.decay_mask import PathStyle, check_patterns, decide
+from bridgec.runtime.models.chunks import config_of, pairs
 from bridgec.runtime.model import unwrap
 from bridgec.runtime.optim import torch_dtype
 
@@ -114,9 +114,7 @@ def _decay_groups(
     lr: float,
     weight_decay: float,
     decay_exclude: Sequence[str],
-    gated_mlp: bool,
     scan_layers: bool,
-    tied_output: bool,
     path_style: PathStyle,
     keep_empty: bool,
 ) -> dict[bool, list[dict[str, Any]]]:
@@ -130,21 +128,22 @@ def _decay_groups(
     state, and merging it with the sharded lists fails: "Cannot merge two lists").
     """
     params: dict[tuple[bool, bool], list[torch.nn.Parameter]] = {}
+    check_patterns(decay_exclude)
+    tensor = parallel_state.get_tensor_model_parallel_world_size()
+    expert_parallel = parallel_state.get_expert_model_parallel_world_size()
     for chunk in model_chunks:
         model = unwrap(chunk)
-        numbers = layer_numbers(model)
-        for local, param in model.named_parameters():
+        config = config_of(model)
+        local_experts = (config.num_experts or 0) // expert_parallel
+        for parameter, param in pairs(
+            model,
+            tensor_parallel=tensor,
+            expert_rank=parallel_state.get_expert_model_parallel_rank(),
+            local_experts=local_experts,
+        ):
             if not param.requires_grad:
                 continue
-            name = global_name(local, numbers)
-            decays = decide(
-                name,
-                decay_exclude,
-                gated_mlp=gated_mlp,
-                scan_layers=scan_layers,
-                tied_output=tied_output,
-                style=path_style,
-            ).decays
+            decays = decide(parameter, decay_exclude, config=config, scan_layers=scan_layers, style=path_style).decays
             expert = not getattr(param, "allreduce", True)
             params.setdefault((expert, decays), []).append(param)
     groups: dict[bool, list[dict[str, Any]]] = {}
@@ -190,9 +189,11 @@ def build_optax_optimizer(
 
     ``lr`` is only the initial group value (the scheduler sets it before the
     first update). ``decay_exclude`` are MaxText adamw_mask regexes over MaxText
-    paths spelled as ``path_style`` says, with ``scan_layers`` and
-    ``gated_mlp`` deciding which paths a parameter stands for; a pattern that
-    splits a fused parameter raises :class:`bridgec.runtime.decay_mask.DecayMaskError`.
+    paths spelled as ``path_style`` says, with ``scan_layers`` and the model
+    (its parameter table, runtime.models) deciding which paths a parameter
+    stands for; a pattern that splits a fused parameter raises
+    :class:`bridgec.runtime.decay_mask.DecayMaskError`. ``gated_mlp`` and
+    ``tied_output`` must describe the model: they are checked against it.
     """
     config = OptimizerConfig(
         optimizer="adam",
@@ -208,14 +209,19 @@ def build_optax_optimizer(
         params_dtype=torch_dtype(dtype),
         use_distributed_optimizer=distributed_optimizer,
     )
+    for chunk in model_chunks:
+        model = config_of(unwrap(chunk))
+        if (model.gated, model.tied) != (gated_mlp, tied_output):
+            raise ValueError(
+                f"build_optax_optimizer: gated_mlp={gated_mlp}, tied_output={tied_output}, but the model has "
+                f"gated={model.gated}, tied={model.tied}"
+            )
     groups = _decay_groups(
         model_chunks,
         lr=lr,
         weight_decay=weight_decay,
         decay_exclude=decay_exclude,
-        gated_mlp=gated_mlp,
         scan_layers=scan_layers,
-        tied_output=tied_output,
         path_style=path_style,
         keep_empty=distributed_optimizer,
     )

@@ -60,7 +60,7 @@ def test_rule_decay_mask_applies_checks_moe_routers_and_experts() -> None:
     check({"model": moe, "optimizer": {"lr": 1e-3, "semantics": "optax", "decay_mask": {"exclude": ["norm"]}},
            "scheduler": MAXTEXT_SCHEDULE}, [
         "spec.toml:22: $.optimizer.decay_mask.exclude cannot be applied to this model: decay mask: parameter "
-        "decoder.layers.0.mlp.router.weight has no MaxText path in bridgec.runtime.param_paths "
+        "decoder.layers.0.mlp.router.weight has no MaxText path in bridgec.runtime.models.gpt "
         "(decoder.layers.0.mlp.router.weight: no MaxText counterpart in the Llama-family layout), so regexes over "
         "MaxText paths cannot decide its weight decay; only the Llama-family layout (llama2/llama3/mistral/qwen3 "
         "blocks) is mapped; hint: remove exclude (with no patterns every parameter decays, as with MaxText's "

@@ -262,7 +262,7 @@ def _train(r: random.Random) -> dict[str, Any]:
 
 
 def _llama_family(model: dict[str, Any]) -> bool:
-    """Whether every parameter has a MaxText path (param_paths), so decay-mask patterns can apply."""
+    """Whether every parameter has a MaxText path (the parameter table, runtime/models/gpt.py), so decay-mask patterns can apply."""
     return (model.get("position_embedding") == "rope" and not model.get("add_bias_linear", True)
             and "num_experts" not in model)
 

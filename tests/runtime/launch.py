@@ -32,13 +32,13 @@ import psutil
 import torch
 
 from bridgec.compiler.cli import main as bridgec
-from bridgec.runtime.checkpoint import PAUSE_FOR_TESTS
 
 TORCHRUN = Path(sys.executable).parent / "torchrun"
 HANG_GUARD_SECONDS = 300
 SPEC = "spec.toml"
 SCRIPT = "run.py"
 HOOKS = "faults.py"
+PAUSED = "paused_run.py"
 _FAILURE = re.compile(r"rank\s*:\s*(\d+) \(local_rank: \d+\)\s*\n\s*exitcode\s*:\s*(-?\d+)")
 
 
@@ -145,18 +145,53 @@ class Launch:
         )
 
 
-def command(folder: Path) -> list[str]:
+def command(folder: Path, script: str = SCRIPT) -> list[str]:
     """The script's own launch command (one node, the spec's procs_per_node), with per-rank log files."""
     procs = tomllib.loads((folder / SPEC).read_text(encoding="utf-8"))["launch"]["procs_per_node"]
     return [
         str(TORCHRUN), "--standalone", "--nproc-per-node", str(procs),
-        "--log-dir", str(folder / "logs"), "--redirects", "3", SCRIPT,
+        "--log-dir", str(folder / "logs"), "--redirects", "3", script,
     ]  # fmt: skip
 
 
 def environment(extra: dict[str, str]) -> dict[str, str]:
-    base = {key: value for key, value in os.environ.items() if key != PAUSE_FOR_TESTS}
-    return {**base, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", **extra}
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", **extra}
+
+
+_PAUSED_RUN = '''"""Written by tests/runtime/launch.py: run {script} as torchrun would, but stop the save of step {step}
+once every rank's tensors are written, before rank 0 publishes it; create {marker} and sleep (the test then
+kills the job mid-save). Instruments bridgec's own DistCheckpointer._publish, in this process only."""
+
+import runpy
+import time
+from pathlib import Path
+
+from bridgec.runtime.checkpoint import DistCheckpointer
+
+
+def main() -> None:
+    publish = DistCheckpointer._publish
+
+    def paused(self, progress, partial, final, *, has_state):
+        if progress.step == {step}:
+            Path({marker!r}).touch()
+            time.sleep(3600)
+        return publish(self, progress, partial, final, has_state=has_state)
+
+    DistCheckpointer._publish = paused
+    runpy.run_path({script!r}, run_name="__main__")
+
+
+if __name__ == "__main__":
+    main()
+'''
+
+
+def paused_script(folder: Path, step: int, marker: Path) -> str:
+    """Write the wrapper that pauses the save of ``step`` (see _PAUSED_RUN); return its name in ``folder``."""
+    text = _PAUSED_RUN.format(script=str(folder / SCRIPT), step=step, marker=str(marker))
+    (folder / PAUSED).write_text(text, encoding="utf-8")
+    return PAUSED
 
 
 def launch(folder: Path, *, pause_save: tuple[int, Path] | None = None) -> Launch:
@@ -174,13 +209,13 @@ def start(folder: Path, *, pause_save: tuple[int, Path] | None = None) -> subpro
     """Start a launch and return at once (:func:`kill` ends it, workers included).
 
     ``pause_save=(step, marker)``: the save of ``step`` stops once its tensors are
-    written, before it is published, and creates ``marker`` (the runtime's
-    test-only BRIDGEC_TEST_PAUSE_SAVE).
+    written, before it is published, and creates ``marker``: torchrun starts a
+    wrapper (:func:`paused_script`) that instruments bridgec's save and runs the script.
     """
     shutil.rmtree(folder / "logs", ignore_errors=True)
-    extra = {PAUSE_FOR_TESTS: f"{pause_save[0]}:{pause_save[1]}"} if pause_save is not None else {}
+    script = paused_script(folder, *pause_save) if pause_save is not None else SCRIPT
     return subprocess.Popen(
-        command(folder), cwd=folder, env=environment(extra), stdout=subprocess.PIPE,
+        command(folder, script), cwd=folder, env=environment({}), stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT, text=True, start_new_session=True,
     )  # fmt: skip
 

@@ -29,7 +29,7 @@ from megatron.core.models.gpt import GPTModel
 from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
 from megatron.core.transformer import TransformerConfig
 
-from bridgec.runtime.init import full_shape, global_name, layer_numbers, shard
+from bridgec.runtime.init import shard
 from bridgec.runtime.model import build_model, unwrap
 from bridgec.runtime.optax_optim import build_optax_optimizer
 from bridgec.runtime.parallel import Layout
@@ -77,7 +77,7 @@ def full_shapes(shape: Shape) -> dict[str, tuple[int, ...]]:
 
 
 def leaf_sizes(name: str, shape: Shape) -> tuple[int, ...]:
-    """How many elements of a fused Megatron parameter each of its MaxText leaves holds (in param_paths order)."""
+    """How many elements of a fused Megatron parameter each of its MaxText leaves holds (in the parameter table's MaxText leaf order)."""
     e, d = shape.hidden, shape.head_dim
     if name.endswith("linear_qkv.weight"):
         return (e * shape.heads * d, e * shape.groups * d, e * shape.groups * d)
@@ -145,13 +145,8 @@ def layout_of_this_rank() -> Layout:
 
 
 def _named(model: list[Any]) -> dict[str, torch.nn.Parameter]:
-    out = {}
-    for chunk in model:
-        inner = unwrap(chunk)
-        numbers = layer_numbers(inner)
-        for local, param in inner.named_parameters():
-            out[global_name(local, numbers)] = param
-    return out
+    # One pipeline stage holds every layer: the local names are the global ones.
+    return {name: param for chunk in model for name, param in unwrap(chunk).named_parameters()}
 
 
 def _linear_loss(grads: dict[str, torch.Tensor], data_iterator: Any, model: Any) -> tuple[torch.Tensor, Any]:
@@ -195,8 +190,12 @@ def run(case: dict[str, Any], *, dtype: str, distributed_optimizer: bool) -> flo
 
     def cut(name: str, full: torch.Tensor) -> torch.Tensor:
         param = params[name]
-        assert full_shape(param, layout.tensor) == tuple(full.shape), name
-        return shard(full, param, layout.tensor, layout.tensor_rank)
+        if not getattr(param, "tensor_model_parallel", False):
+            assert tuple(param.shape) == tuple(full.shape), name
+            return full
+        dim, stride = param.partition_dim, param.partition_stride
+        assert param.shape[dim] * layout.tensor == full.shape[dim], name
+        return shard(full, axis=dim, stride=stride, tensor_parallel=layout.tensor, tensor_rank=layout.tensor_rank)
 
     with torch.no_grad():
         for name, param in params.items():

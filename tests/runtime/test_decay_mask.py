@@ -2,7 +2,7 @@
 
 The tree is written out here from MaxText's module names (llama2 / qwen3
 decoder blocks, models/llama2.py, layers/attentions.py, layers/decoders.py),
-independently of bridgec.runtime.param_paths; so a wrong or missing entry in
+independently of bridgec.runtime.models.gpt (the parameter table); so a wrong or missing entry in
 that table shows up as a difference. "What optax decays" is measured, not
 assumed: one optax.adamw update with zero gradients, lr 1 and weight decay 1
 changes exactly the leaves its mask decays.
@@ -21,8 +21,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bridgec.runtime.decay_mask import DecayMaskError, decay_table, decide, megatron_parameter_names, summarize
-from bridgec.runtime.param_paths import maxtext_paths
+from bridgec.runtime.decay_mask import DecayMaskError, decay_table, decide, summarize
+from bridgec.runtime.models import gpt
 
 LAYERS = 2
 LAYER_LEAVES = (
@@ -99,21 +99,23 @@ def all_leaves(tree: dict[str, Any]) -> set[str]:
     return {jax.tree_util.keystr(path, simple=True, separator="/") for path, _ in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
-def names(tied: bool) -> list[str]:
-    return megatron_parameter_names(
-        num_layers=LAYERS, normalization="rmsnorm", gated_mlp=True, add_bias_linear=False, qk_layernorm=True,
-        tied_output=tied, learned_positions=False, transformer_engine=False,
-    )
+def config(*, tied: bool = False, gated: bool = True, learned: bool = False) -> gpt.GPTConfig:
+    """A qwen3-style model (RMSNorm, qk norms, no biases)."""
+    return gpt.GPTConfig(num_layers=LAYERS, hidden=8, heads=2, groups=2, head_dim=4, ffn=16, vocab=32, seq_length=4,
+                         layernorm=False, gated=gated, bias=False, qk_norm=True, tied=tied,
+                         learned_positions=learned)  # fmt: skip
 
 
 def ours_decayed(patterns: list[str], *, scanned: bool, tied: bool, nnx: bool) -> set[str]:
     """MaxText leaves held by the Megatron parameters our table decays."""
     style = "nnx" if nnx else "linen"
-    table = decay_table(names(tied), patterns, gated_mlp=True, scan_layers=scanned, tied_output=tied, style=style)
+    model = config(tied=tied)
+    parameters = gpt.parameters(model)
+    table = decay_table(parameters, patterns, config=model, scan_layers=scanned, style=style)
     out = set()
-    for decision in table:
+    for parameter, decision in zip(parameters, table, strict=True):
         if decision.decays:
-            paths = maxtext_paths(decision.name, gated_mlp=True, scanned=scanned)
+            paths = gpt.maxtext_paths(parameter, model, scanned=scanned)
             out.update(p.removeprefix("params/") if nnx else p for p in paths)
     return out
 
@@ -169,31 +171,34 @@ def test_any_patterns_agree_with_maxtext_or_are_refused(patterns: list[str], sca
 
 
 def test_splitting_a_fused_parameter_is_an_error_naming_it() -> None:
+    model = config()
+    qkv = gpt.find(model, "decoder.layers.0.self_attention.linear_qkv.weight")
     with pytest.raises(DecayMaskError, match=r"decoder\.layers\.0\.self_attention\.linear_qkv\.weight fuses"):
-        decide("decoder.layers.0.self_attention.linear_qkv.weight", ["query"], gated_mlp=True, scan_layers=True,
-               tied_output=False, style="linen")
+        decide(qkv, ["query"], config=model, scan_layers=True, style="linen")
+    fc1 = gpt.find(model, "decoder.layers.1.mlp.linear_fc1.weight")
     with pytest.raises(DecayMaskError, match=r"linear_fc1\.weight fuses .*wi_0.*wi_1"):
-        decide("decoder.layers.3.mlp.linear_fc1.weight", ["wi_0"], gated_mlp=True, scan_layers=False,
-               tied_output=False, style="nnx")
+        decide(fc1, ["wi_0"], config=model, scan_layers=False, style="nnx")
 
 
 def test_tied_output_copy_is_the_embedding() -> None:
     """With pipeline parallelism the last stage holds a copy of the tied embedding: it decays like the embedding."""
-    decision = decide("output_layer.weight", ["token_embedder"], gated_mlp=True, scan_layers=True, tied_output=True,
-                      style="linen")
+    model = config(tied=True)
+    (copy,) = [p for p in gpt.chunk_parameters(model, layers=[1], first=False, last=True) if p.tied_copy]
+    decision = decide(copy, ["token_embedder"], config=model, scan_layers=True, style="linen")
     assert decision.paths == ("params/token_embedder/embedding",) and not decision.decays
 
 
 def test_unmapped_parameter_is_an_error_only_when_patterns_are_given() -> None:
-    assert decide("embedding.position_embeddings.weight", [], gated_mlp=False, scan_layers=True, tied_output=True,
-                  style="linen").decays
+    model = config(tied=True, gated=False, learned=True)
+    positions = gpt.find(model, "embedding.position_embeddings.weight")
+    assert decide(positions, [], config=model, scan_layers=True, style="linen").decays
     with pytest.raises(DecayMaskError, match="position_embeddings.weight has no MaxText path"):
-        decide("embedding.position_embeddings.weight", ["norm"], gated_mlp=False, scan_layers=True, tied_output=True,
-               style="linen")
+        decide(positions, ["norm"], config=model, scan_layers=True, style="linen")
 
 
 def test_summary_folds_layers() -> None:
-    table = decay_table(names(False), ["norm"], gated_mlp=True, scan_layers=True, tied_output=False, style="linen")
+    model = config()
+    table = decay_table(gpt.parameters(model), ["norm"], config=model, scan_layers=True, style="linen")
     lines = summarize(table)
     assert "decoder.layers.{0..1}.input_layernorm.weight  no decay  (matched 'norm')" in lines
     assert "decoder.layers.{0..1}.mlp.linear_fc1.weight  decay" in lines

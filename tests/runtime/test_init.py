@@ -8,15 +8,8 @@ import pytest
 import torch
 from megatron.core.tensor_parallel.layers import _initialize_affine_weight_cpu
 
-from bridgec.runtime.init import draw, full_shape, global_name, name_seed, shard
-
-
-def _param(shape: tuple[int, ...], dim: int, stride: int) -> torch.nn.Parameter:
-    param = torch.nn.Parameter(torch.empty(shape))
-    param.tensor_model_parallel = True
-    param.partition_dim = dim
-    param.partition_stride = stride
-    return param
+from bridgec.runtime.init import draw, name_seed, shard
+from bridgec.runtime.models.gpt import Init
 
 
 @pytest.mark.parametrize(("dim", "stride"), [(0, 1), (1, 1), (0, 2)])
@@ -39,16 +32,7 @@ def test_shard_matches_megatrons_master_weight_split(dim: int, stride: int, tp: 
             world_size=tp,
             skip_set_tensor_parallel_attributes=True,
         )
-        param = _param(tuple(local_shape), dim, stride)
-        assert full_shape(param, tp) == tuple(full.shape)
-        assert torch.equal(shard(full, param, tp, rank), expected)
-
-
-def test_global_name_uses_megatrons_global_layer_number() -> None:
-    numbers = {0: 5, 1: 6}  # a chunk holding layers 5 and 6 (1-based)
-    assert global_name("decoder.layers.1.mlp.linear_fc1.weight", numbers) == "decoder.layers.5.mlp.linear_fc1.weight"
-    assert global_name("embedding.word_embeddings.weight", numbers) == "embedding.word_embeddings.weight"
-    assert global_name("decoder.final_layernorm.weight", numbers) == "decoder.final_layernorm.weight"
+        assert torch.equal(shard(full, axis=dim, stride=stride, tensor_parallel=tp, tensor_rank=rank), expected)
 
 
 def test_name_seed_is_stable_and_distinct() -> None:
@@ -60,20 +44,20 @@ def test_name_seed_is_stable_and_distinct() -> None:
 
 
 def test_draw_follows_megatrons_init_rules() -> None:
-    ones = draw("decoder.layers.0.input_layernorm.weight", (64,), seed=1, std=0.02, num_layers=4)
+    ones = draw(Init.ONE, "decoder.layers.0.input_layernorm.weight", (64,), seed=1, std=0.02, num_layers=4)
     assert torch.equal(ones, torch.ones(64))
-    zeros = draw("decoder.layers.0.mlp.linear_fc1.bias", (64,), seed=1, std=0.02, num_layers=4)
+    zeros = draw(Init.ZERO, "decoder.layers.0.mlp.linear_fc1.bias", (64,), seed=1, std=0.02, num_layers=4)
     assert torch.equal(zeros, torch.zeros(64))
-    weight = draw("decoder.layers.0.mlp.linear_fc1.weight", (512, 512), seed=1, std=0.02, num_layers=4)
+    weight = draw(Init.NORMAL, "decoder.layers.0.mlp.linear_fc1.weight", (512, 512), seed=1, std=0.02, num_layers=4)
     assert weight.std().item() == pytest.approx(0.02, rel=0.02)
-    scaled = draw("decoder.layers.0.mlp.linear_fc2.weight", (512, 512), seed=1, std=0.02, num_layers=4)
+    scaled = draw(Init.SCALED_NORMAL, "decoder.layers.0.mlp.linear_fc2.weight", (512, 512), seed=1, std=0.02, num_layers=4)
     assert scaled.std().item() == pytest.approx(0.02 / math.sqrt(8), rel=0.02)
-    again = draw("decoder.layers.0.mlp.linear_fc1.weight", (512, 512), seed=1, std=0.02, num_layers=4)
+    again = draw(Init.NORMAL, "decoder.layers.0.mlp.linear_fc1.weight", (512, 512), seed=1, std=0.02, num_layers=4)
     assert torch.equal(weight, again)
 
 
 def test_zero_centred_norm_scales_start_at_zero() -> None:
     """With layernorm_zero_centered_gamma the layer applies 1 + weight: a scale of 1 is stored as 0."""
-    stored = draw("decoder.layers.0.input_layernorm.weight", (8,), seed=1, std=0.02, num_layers=2,
+    stored = draw(Init.ONE, "decoder.layers.0.input_layernorm.weight", (8,), seed=1, std=0.02, num_layers=2,
                   zero_centered_norms=True)
     assert torch.equal(stored, torch.zeros(8))

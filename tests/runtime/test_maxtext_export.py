@@ -16,7 +16,9 @@ import torch
 
 from bridgec.runtime.init import shard
 from bridgec.runtime.maxtext_export import ExportReport, export_maxtext, gather_full_params, unshard
-from bridgec.runtime.maxtext_import import Dims, load_maxtext_weights
+from bridgec.runtime.maxtext_import import load_maxtext_weights
+from bridgec.runtime.maxtext_layout import Dims
+from bridgec.runtime.models.gpt import GPTConfig
 from bridgec.runtime.model import build_chunks, build_model, unwrap
 from bridgec.runtime.optim import build_optimizer
 from bridgec.runtime.orbax_read import OrbaxItem
@@ -111,7 +113,12 @@ def test_export_refuses_an_existing_step(exported: dict[str, ExportReport]) -> N
             lambda name: torch.zeros(1),
             directory=step_dir.parent,
             step=0,
-            dims=Dims(num_layers=1, hidden=4, heads=1, groups=1, head_dim=4, ffn=4, vocab=4, padded_vocab=4, gated=True, qk_norm=False, tied=False),
+            dims=Dims(
+                model=GPTConfig(num_layers=1, hidden=4, heads=1, groups=1, head_dim=4, ffn=4, vocab=4, seq_length=4,
+                                layernorm=False, gated=True, bias=False, qk_norm=False, tied=False,
+                                learned_positions=False),
+                vocab=4,
+            ),
             scanned=True,
             dtype="float32",
             query_scaling="keep",
@@ -153,13 +160,7 @@ def test_mixed_precision_export_uses_the_fp32_main_params(
 @pytest.mark.parametrize(("dim", "stride", "tensor"), [(0, 1, 2), (1, 1, 4), (0, 2, 2), (0, 2, 4)])
 def test_unshard_inverts_init_shard(dim: int, stride: int, tensor: int) -> None:
     full = torch.arange(16 * 8, dtype=torch.float32).reshape(16, 8)
-
-    class Param:
-        tensor_model_parallel = True
-        partition_dim = dim
-        partition_stride = stride
-
-    pieces = [shard(full, Param(), tensor, rank) for rank in range(tensor)]  # type: ignore[arg-type]
+    pieces = [shard(full, axis=dim, stride=stride, tensor_parallel=tensor, tensor_rank=rank) for rank in range(tensor)]
     assert torch.equal(unshard(pieces, dim=dim, stride=stride), full)
 
 

@@ -15,12 +15,8 @@ import pytest
 import torch
 
 from bridgec.runtime.errors import ExitCode, RunError
-from bridgec.runtime.maxtext_import import (
-    load_maxtext_optimizer_state,
-    load_maxtext_weights,
-    main_slots,
-    read_maxtext_adam_state,
-)
+from bridgec.runtime.maxtext_import import load_maxtext_optimizer_state, load_maxtext_weights, read_maxtext_adam_state
+from bridgec.runtime.maxtext_slots import main_slots
 from bridgec.runtime.model import build_chunks, build_model, unwrap
 from bridgec.runtime.optim import build_optimizer, build_scheduler
 from bridgec.runtime.step import train_step

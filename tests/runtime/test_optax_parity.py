@@ -3,7 +3,7 @@
 The reference is what MaxText does each step: ``optax.clip_by_global_norm``
 (maxtext_utils.apply_gradient_clipping), then ``optax.adamw(schedule, ...,
 eps_root, mask=adamw_mask)`` on a MaxText-shaped parameter tree whose paths come
-from bridgec.runtime.param_paths, the mask being MaxText's ``_get_path_mask_fn``
+from the parameter table (bridgec.runtime.models.gpt), the mask being MaxText's ``_get_path_mask_fn``
 (keystr with "/" and re.search). The megatron side holds the same numbers in
 fused Megatron parameters (linear_qkv = query|key|value, linear_fc1 = wi_0|wi_1;
 Adam is elementwise and the global norm is layout-free, so any bijection works)
@@ -24,7 +24,7 @@ import optax
 import pytest
 import torch
 
-from bridgec.runtime.param_paths import maxtext_paths
+from bridgec.runtime.models import gpt
 from tests.e2e.harness import launch
 from tests.runtime import optax_worker
 from tests.runtime.test_decay_mask import maxtext_mask
@@ -36,13 +36,21 @@ PATTERNS = [r"norm", r"token_embedder"]
 SETTINGS = dict(peak_lr=1e-2, end_lr=1e-3, warmup=3, b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.1, clip=1.0)
 
 
+def maxtext_paths(name: str) -> tuple[str, ...]:
+    """The MaxText leaves (unscanned) of the worker's model parameter ``name``."""
+    config = gpt.GPTConfig(num_layers=SHAPE.num_layers, hidden=SHAPE.hidden, heads=SHAPE.heads, groups=SHAPE.groups,
+                           head_dim=SHAPE.head_dim, ffn=SHAPE.ffn, vocab=SHAPE.vocab, seq_length=8, layernorm=False,
+                           gated=True, bias=False, qk_norm=True, tied=False, learned_positions=False)  # fmt: skip
+    return gpt.maxtext_paths(gpt.find(config, name), config, scanned=False)
+
+
 def _bf16(array: np.ndarray) -> np.ndarray:
     """Round to bf16-representable fp32 values, so a bf16 model holds them exactly."""
     return torch.from_numpy(array.astype(np.float32)).bfloat16().float().numpy()
 
 
 def _split(name: str, flat: np.ndarray) -> dict[str, np.ndarray]:
-    paths = maxtext_paths(name, gated_mlp=True, scanned=False)
+    paths = maxtext_paths(name)
     pieces = np.split(flat, np.cumsum(leaf_sizes(name, SHAPE))[:-1])
     return dict(zip(paths, pieces))
 
@@ -112,7 +120,7 @@ def make_case(*, eps_root: float, seed: int = 0) -> dict[str, Any]:
         params, state = step(params, state, tree_of(grad))
     expected = {}
     for name, shape in shapes.items():
-        pieces = [_leaf(params, path).reshape(-1) for path in maxtext_paths(name, gated_mlp=True, scanned=False)]
+        pieces = [_leaf(params, path).reshape(-1) for path in maxtext_paths(name)]
         expected[name] = np.concatenate(pieces).reshape(shape)
     as_torch = lambda values: {k: torch.from_numpy(np.asarray(v, dtype=np.float32)) for k, v in values.items()}  # noqa: E731
     return {

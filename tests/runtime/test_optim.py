@@ -37,7 +37,7 @@ def _provider(pre_process: bool, post_process: bool, vp_stage: int | None = None
 def _model_and_optimizer(min_lr: float = 0.0) -> tuple[list, object]:
     model = build_model(
         _provider, layout=single_process_layout(), init_scheme="portable", seed=1, init_std=0.02, num_layers=1,
-        tied_output=True, dtype="fp32", distributed_optimizer=False,
+        tied_output=False, dtype="fp32", distributed_optimizer=False,
     )  # fmt: skip
     settings = OptimizerSettings(
         rule=Adam(beta1=0.9, beta2=0.999, eps=1e-8), lr=LR, min_lr=min_lr, weight_decay=WEIGHT_DECAY,

@@ -30,7 +30,8 @@ from megatron.core import parallel_state
 
 import megatron_llama as ml
 from bridgec.runtime.maxtext_export import export_maxtext, gather_full_params
-from bridgec.runtime.maxtext_import import Dims, load_maxtext_optimizer_state, load_maxtext_weights, main_slots
+from bridgec.runtime.maxtext_import import Dims, load_maxtext_optimizer_state, load_maxtext_weights
+from bridgec.runtime.maxtext_slots import main_slots
 from bridgec.runtime.model import build_chunks, build_model, unwrap
 from bridgec.runtime.optim import build_optimizer, build_scheduler
 from bridgec.runtime.orbax_read import OrbaxItem, ReadStats

@@ -1,0 +1,1 @@
+"""One parameter inventory per model family (:mod:`bridgec.runtime.models.gpt`)."""
