@@ -18,6 +18,8 @@ demo: $(INSTALLED)
 	cd examples/quickstart && ../../$(BIN)/torchrun --nproc-per-node 2 run.py
 
 test: $(INSTALLED)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest -q
 
 bench: $(INSTALLED)

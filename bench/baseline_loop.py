@@ -46,26 +46,56 @@ rank, world = parallel_state.get_data_parallel_rank(), parallel_state.get_data_p
 num_microbatches = run["global_batch_size"] // (run["micro_batch_size"] * world)
 
 config = TransformerConfig(
-    num_layers=run["num_layers"], hidden_size=run["hidden_size"], num_attention_heads=run["num_attention_heads"],
-    ffn_hidden_size=run["ffn_hidden_size"], normalization="RMSNorm", gated_linear_unit=True, activation_func=F.silu,
-    add_bias_linear=False, hidden_dropout=0.0, attention_dropout=0.0, use_cpu_initialization=True,
-    params_dtype=torch.float32, pipeline_dtype=torch.float32, calculate_per_token_loss=True,
+    num_layers=run["num_layers"],
+    hidden_size=run["hidden_size"],
+    num_attention_heads=run["num_attention_heads"],
+    ffn_hidden_size=run["ffn_hidden_size"],
+    normalization="RMSNorm",
+    gated_linear_unit=True,
+    activation_func=F.silu,
+    add_bias_linear=False,
+    hidden_dropout=0.0,
+    attention_dropout=0.0,
+    use_cpu_initialization=True,
+    params_dtype=torch.float32,
+    pipeline_dtype=torch.float32,
+    calculate_per_token_loss=True,
     finalize_model_grads_func=finalize_model_grads,
 )
-model = GPTModel(config=config, transformer_layer_spec=get_gpt_layer_local_spec(normalization="RMSNorm"),
-                 vocab_size=run["vocab_size"], max_sequence_length=run["seq_length"], pre_process=True,
-                 post_process=True, share_embeddings_and_output_weights=True, position_embedding_type="rope")
+model = GPTModel(
+    config=config,
+    transformer_layer_spec=get_gpt_layer_local_spec(normalization="RMSNorm"),
+    vocab_size=run["vocab_size"],
+    max_sequence_length=run["seq_length"],
+    pre_process=True,
+    post_process=True,
+    share_embeddings_and_output_weights=True,
+    position_embedding_type="rope",
+)
 ddp = DistributedDataParallel(config, DistributedDataParallelConfig(grad_reduce_in_fp32=True), model)
 optimizer = get_megatron_optimizer(
-    OptimizerConfig(optimizer="adam", lr=run["lr"], min_lr=run["min_lr"], weight_decay=run["weight_decay"],
-                    clip_grad=run["clip_grad"]),
+    OptimizerConfig(
+        optimizer="adam",
+        lr=run["lr"],
+        min_lr=run["min_lr"],
+        weight_decay=run["weight_decay"],
+        clip_grad=run["clip_grad"],
+    ),
     [ddp],
 )
 config.grad_scale_func = optimizer.scale_loss  # as Megatron-LM's train() does
 scheduler = OptimizerParamScheduler(
-    optimizer, init_lr=0.0, max_lr=run["lr"], min_lr=run["min_lr"], lr_warmup_steps=run["warmup_iters"],
-    lr_decay_steps=run["iters"], lr_decay_style="cosine", start_wd=run["weight_decay"], end_wd=run["weight_decay"],
-    wd_incr_steps=run["iters"], wd_incr_style="constant",
+    optimizer,
+    init_lr=0.0,
+    max_lr=run["lr"],
+    min_lr=run["min_lr"],
+    lr_warmup_steps=run["warmup_iters"],
+    lr_decay_steps=run["iters"],
+    lr_decay_style="cosine",
+    start_wd=run["weight_decay"],
+    end_wd=run["weight_decay"],
+    wd_incr_steps=run["iters"],
+    wd_incr_style="constant",
 )
 
 
@@ -76,8 +106,14 @@ class Tokens:
 
 
 data_config = GPTDatasetConfig(
-    random_seed=run["seed"], sequence_length=run["seq_length"], split="98,1,1", tokenizer=Tokens(),
-    reset_position_ids=False, reset_attention_mask=False, eod_mask_loss=False, create_attention_mask=False,
+    random_seed=run["seed"],
+    sequence_length=run["seq_length"],
+    split="98,1,1",
+    tokenizer=Tokens(),
+    reset_position_ids=False,
+    reset_attention_mask=False,
+    eod_mask_loss=False,
+    create_attention_mask=False,
     path_to_cache=run["cache_dir"],
 )
 samples = run["iters"] * run["global_batch_size"]
@@ -111,9 +147,15 @@ forward_backward = get_forward_backward_func()
 for _ in range(run["iters"]):
     ddp.zero_grad_buffer()
     optimizer.zero_grad()
-    losses = forward_backward(forward_step_func=forward_step, data_iterator=iterator, model=[ddp],
-                              num_microbatches=num_microbatches, seq_length=run["seq_length"],
-                              micro_batch_size=run["micro_batch_size"], forward_only=False)
+    losses = forward_backward(
+        forward_step_func=forward_step,
+        data_iterator=iterator,
+        model=[ddp],
+        num_microbatches=num_microbatches,
+        seq_length=run["seq_length"],
+        micro_batch_size=run["micro_batch_size"],
+        forward_only=False,
+    )
     optimizer.step()
     scheduler.step(increment=1)
     # Report the step's loss: sum of token losses / tokens, over microbatches and data-parallel ranks.

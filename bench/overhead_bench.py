@@ -36,10 +36,26 @@ import attrs
 from common import BIN, ROOT, iqr, median
 
 MODELS = {
-    "default": {"num_layers": 4, "hidden_size": 128, "num_attention_heads": 8, "ffn_hidden_size": 512,
-                "vocab_size": 1024, "seq_length": 128, "global_batch_size": 16, "micro_batch_size": 4},
-    "tiny": {"num_layers": 1, "hidden_size": 32, "num_attention_heads": 2, "ffn_hidden_size": 64,
-             "vocab_size": 128, "seq_length": 16, "global_batch_size": 4, "micro_batch_size": 2},
+    "default": {
+        "num_layers": 4,
+        "hidden_size": 128,
+        "num_attention_heads": 8,
+        "ffn_hidden_size": 512,
+        "vocab_size": 1024,
+        "seq_length": 128,
+        "global_batch_size": 16,
+        "micro_batch_size": 4,
+    },
+    "tiny": {
+        "num_layers": 1,
+        "hidden_size": 32,
+        "num_attention_heads": 2,
+        "ffn_hidden_size": 64,
+        "vocab_size": 128,
+        "seq_length": 16,
+        "global_batch_size": 4,
+        "micro_batch_size": 2,
+    },
 }
 """The run's shape; `tiny` only checks that the benchmark runs (its steps are far too short to judge 3%)."""
 TRAINING = {"seed": 1234, "lr": 1e-3, "min_lr": 1e-4, "weight_decay": 0.01, "clip_grad": 1.0, "warmup_iters": 2}
@@ -96,9 +112,18 @@ class Launch:
 def launch(command: Sequence[str], timings: Path, procs: int, warmup: int, cwd: Path) -> Launch:
     """Run a script under the step timer with torchrun; its steps after ``warmup``."""
     completed = subprocess.run(
-        [str(BIN / "torchrun"), "--nproc-per-node", str(procs), str(ROOT / "bench" / "step_timer.py"), str(timings),
-         *command],
-        cwd=cwd, capture_output=True, text=True, env={"OMP_NUM_THREADS": "1", "PATH": str(BIN)},
+        [
+            str(BIN / "torchrun"),
+            "--nproc-per-node",
+            str(procs),
+            str(ROOT / "bench" / "step_timer.py"),
+            str(timings),
+            *command,
+        ],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        env={"OMP_NUM_THREADS": "1", "PATH": str(BIN)},
     )
     if completed.returncode != 0:
         raise SystemExit(f"{' '.join(command)} failed:\n{completed.stderr[-3000:]}")
@@ -141,8 +166,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     with tempfile.TemporaryDirectory() as folder:
         scratch = Path(folder)
         (scratch / "spec.toml").write_text(SPEC.format(**shape, **TRAINING, procs=args.procs, iters=args.steps))
-        compiled = subprocess.run([str(BIN / "bridgec"), "compile", "spec.toml", "-o", "run.py"], cwd=scratch,
-                                  capture_output=True, text=True)
+        compiled = subprocess.run(
+            [str(BIN / "bridgec"), "compile", "spec.toml", "-o", "run.py"], cwd=scratch, capture_output=True, text=True
+        )
         if compiled.returncode != 0:
             raise SystemExit(f"bridgec compile failed:\n{compiled.stderr}")
         reference_run = json.dumps({**shape, **TRAINING, "iters": args.steps, "cache_dir": str(scratch / "cache")})
@@ -162,10 +188,12 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 def report(results: dict[str, list[Launch]], args: argparse.Namespace, shape: dict[str, int]) -> None:
     first = results["generated"][0]
-    print(f"runtime overhead: {args.model} model ({first.parameters} parameters, {shape['num_layers']} layers, hidden "
-          f"{shape['hidden_size']}; {first.batch['num_microbatches']} microbatches of {first.batch['micro_batch_size']}"
-          f" x {first.batch['seq_length']} tokens per rank), {args.procs} process(es), {args.rounds} rounds of "
-          f"{args.steps} steps ({args.warmup} warm-up) per side")
+    print(
+        f"runtime overhead: {args.model} model ({first.parameters} parameters, {shape['num_layers']} layers, hidden "
+        f"{shape['hidden_size']}; {first.batch['num_microbatches']} microbatches of {first.batch['micro_batch_size']}"
+        f" x {first.batch['seq_length']} tokens per rank), {args.procs} process(es), {args.rounds} rounds of "
+        f"{args.steps} steps ({args.warmup} warm-up) per side"
+    )
     for side, name in (("reference", "hand-written megatron-core loop"), ("generated", "generated script (bridgec)")):
         steps = [step for run in results[side] for step in run.steps]
         cpu = [seconds for run in results[side] for seconds in run.cpu]
@@ -173,15 +201,20 @@ def report(results: dict[str, list[Launch]], args: argparse.Namespace, shape: di
         print(f"  {name}:")
         print(f"    wall per step {spread(steps)}")
         print(f"    CPU per step  {spread(cpu)}   (rank 0's process time)")
-        print(f"    host time per step outside forward/backward and the optimizer step: median "
-              f"{median(host) * 1000:.2f} ms, IQR {iqr(host) * 1000:.2f} ms")
+        print(
+            f"    host time per step outside forward/backward and the optimizer step: median "
+            f"{median(host) * 1000:.2f} ms, IQR {iqr(host) * 1000:.2f} ms"
+        )
     for what, measure in (("wall", lambda run: run.steps), ("CPU", lambda run: run.cpu)):
         ratios = [median(measure(g)) / median(measure(r)) for g, r in zip(results["generated"], results["reference"])]
         ratio, ratio_iqr = median(ratios), iqr(ratios) if len(ratios) > 1 else float("nan")
         verdict = "met" if ratio <= 1.03 and ratio_iqr < 0.03 else "not met"
         print(f"  {what} ratio generated / reference per round: " + " ".join(f"{r:.3f}" for r in ratios))
-        print(f"    median {ratio:.3f}, IQR {ratio_iqr:.3f}, mean {statistics.fmean(ratios):.3f} "
-              f"(target: median <= 1.03 with IQR < 0.03: {verdict})")
+        print(
+            f"    median {ratio:.3f}, IQR {ratio_iqr:.3f}, mean {statistics.fmean(ratios):.3f} "
+            f"(target: median <= 1.03 with IQR < 0.03: {verdict})"
+        )
+
 
 if __name__ == "__main__":
     main()

@@ -27,7 +27,10 @@ WARMUP = 5
 def torchrun(script: Path, nprocs: int, *args: str) -> subprocess.CompletedProcess[str]:
     completed = subprocess.run(
         [str(BIN / "torchrun"), "--nproc-per-node", str(nprocs), str(script), *args],
-        cwd=script.parent, capture_output=True, text=True, env={"OMP_NUM_THREADS": "1", "PATH": str(BIN)},
+        cwd=script.parent,
+        capture_output=True,
+        text=True,
+        env={"OMP_NUM_THREADS": "1", "PATH": str(BIN)},
     )
     if completed.returncode != 0:
         raise SystemExit(f"{script} failed:\n{completed.stderr[-3000:]}")
@@ -37,8 +40,9 @@ def torchrun(script: Path, nprocs: int, *args: str) -> subprocess.CompletedProce
 def compile_spec(folder: Path, text: str) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "spec.toml").write_text(text)
-    subprocess.run([str(BIN / "bridgec"), "compile", str(folder / "spec.toml"), "-o", str(folder / "run.py")],
-                   check=True)
+    subprocess.run(
+        [str(BIN / "bridgec"), "compile", str(folder / "spec.toml"), "-o", str(folder / "run.py")], check=True
+    )
     return folder / "run.py"
 
 
@@ -80,12 +84,18 @@ lr = 1e-3
 
 
 def layouts(scratch: Path) -> None:
-    cases = {"1 process": (1, ""), "DP2": (2, ""), "TP2": (2, "tensor = 2"), "PP2": (2, "pipeline = 2"),
-             "VPP2 on PP2": (2, "pipeline = 2\nvirtual_pipeline = 2")}
+    cases = {
+        "1 process": (1, ""),
+        "DP2": (2, ""),
+        "TP2": (2, "tensor = 2"),
+        "PP2": (2, "pipeline = 2"),
+        "VPP2 on PP2": (2, "pipeline = 2\nvirtual_pipeline = 2"),
+    }
     medians = {}
     for name, (procs, parallel) in cases.items():
-        script = compile_spec(scratch / name.replace(" ", "_"), LAYOUT_SPEC.format(procs=procs, parallel=parallel,
-                                                                                    steps=STEPS))
+        script = compile_spec(
+            scratch / name.replace(" ", "_"), LAYOUT_SPEC.format(procs=procs, parallel=parallel, steps=STEPS)
+        )
         medians[name] = median(generated_step_times(script, procs, "out/bench")[WARMUP:])
     print("\nlayout step times (4 layers, hidden 128, global batch 16 x 64 tokens, fp32, CPU)")
     for name, seconds in medians.items():

@@ -87,9 +87,17 @@ def main() -> None:
         runpy.run_path(script, run_name="__main__")
     finally:
         if os.environ.get("RANK", "0") == "0":
-            Path(out).write_text(json.dumps({"starts": starts, "cpu_starts": cpu_starts,
-                                             "forward_backward": forward_backward_seconds,
-                                             "optimizer": optimizer_seconds, **facts}))
+            Path(out).write_text(
+                json.dumps(
+                    {
+                        "starts": starts,
+                        "cpu_starts": cpu_starts,
+                        "forward_backward": forward_backward_seconds,
+                        "optimizer": optimizer_seconds,
+                        **facts,
+                    }
+                )
+            )
 
 
 if __name__ == "__main__":

@@ -76,8 +76,14 @@ def _compile(spec_path: Path, output_path: Path, *, require_data: bool = True): 
     from bridgec.compiler.compile import compile_spec
 
     text = _read_spec_text(spec_path)
-    return compile_spec(text, spec_name=str(spec_path), spec_path=spec_path, output_path=output_path,
-                        files=DiskFiles(), require_data=require_data)
+    return compile_spec(
+        text,
+        spec_name=str(spec_path),
+        spec_path=spec_path,
+        output_path=output_path,
+        files=DiskFiles(),
+        require_data=require_data,
+    )
 
 
 def cmd_compile(args: argparse.Namespace) -> int:
@@ -100,8 +106,10 @@ def _how_to_launch(spec: Any, output: str) -> None:
     if spec.launch.nodes == 1:
         print(f"launch it with: {bridgec_launch_command(spec, output)}  (or: {launch_command(spec, output)})")
     else:
-        print(f"launch it on each of its {spec.launch.nodes} nodes with: {bridgec_launch_command(spec, output)}  "
-              "(HOST_OF_NODE_0: the address of node 0)")
+        print(
+            f"launch it on each of its {spec.launch.nodes} nodes with: {bridgec_launch_command(spec, output)}  "
+            "(HOST_OF_NODE_0: the address of node 0)"
+        )
 
 
 def _check_one(spec_path: Path, output_path: Path) -> int:
@@ -156,14 +164,19 @@ def _check_all(root: Path) -> int:
     else:
         parts = [f"{len(outcome[EXIT_OK])} fresh"]
         parts += [f"{len(outcome[EXIT_STALE])} stale ({', '.join(outcome[EXIT_STALE])})"] if outcome[EXIT_STALE] else []
-        parts += ([f"{len(outcome[EXIT_SPEC_ERROR])} with spec errors ({', '.join(outcome[EXIT_SPEC_ERROR])})"]
-                  if outcome[EXIT_SPEC_ERROR] else [])
+        parts += (
+            [f"{len(outcome[EXIT_SPEC_ERROR])} with spec errors ({', '.join(outcome[EXIT_SPEC_ERROR])})"]
+            if outcome[EXIT_SPEC_ERROR]
+            else []
+        )
         summary = "all fresh" if len(outcome[EXIT_OK]) == found else ", ".join(parts)
         print(f"checked {found} generated file(s) under {root}: {summary}")
     orphans = [spec for spec in find_specs(root) if spec.resolve() not in named]
     if orphans:
-        print(f"spec(s) under {root} without a generated script: {', '.join(str(spec) for spec in orphans)} "
-              f"(create one with: bridgec compile {orphans[0]} -o {orphans[0].parent / 'run.py'})")
+        print(
+            f"spec(s) under {root} without a generated script: {', '.join(str(spec) for spec in orphans)} "
+            f"(create one with: bridgec compile {orphans[0]} -o {orphans[0].parent / 'run.py'})"
+        )
     return max(code for code, paths in outcome.items() if paths) if found else EXIT_OK
 
 
@@ -246,10 +259,14 @@ def _base_and_overrides(words: Sequence[str]) -> tuple[str, list[str]]:
     if len(bases) == 1:
         return bases[0], overrides
     if not bases:
-        raise UserError("import maxtext: no BASE.yml (MaxText's base config, configs/base.yml) among the arguments; "
-                        "the others are key=value overrides")
-    raise UserError(f"import maxtext: {len(bases)} arguments are not key=value ({', '.join(map(repr, bases))}): "
-                    "give one BASE.yml, and each override as key=value with a MaxText key")
+        raise UserError(
+            "import maxtext: no BASE.yml (MaxText's base config, configs/base.yml) among the arguments; "
+            "the others are key=value overrides"
+        )
+    raise UserError(
+        f"import maxtext: {len(bases)} arguments are not key=value ({', '.join(map(repr, bases))}): "
+        "give one BASE.yml, and each override as key=value with a MaxText key"
+    )
 
 
 def cmd_import_maxtext(args: argparse.Namespace) -> int:
@@ -264,7 +281,10 @@ def cmd_import_maxtext(args: argparse.Namespace) -> int:
         name = model_file_name(base_text, overrides)
         if name is not None:
             # MaxText reads configs/models/<model_name>.yml beside base.yml (and ../models from a subfolder).
-            candidates = [base_path.parent / "models" / f"{name}.yml", base_path.parent.parent / "models" / f"{name}.yml"]
+            candidates = [
+                base_path.parent / "models" / f"{name}.yml",
+                base_path.parent.parent / "models" / f"{name}.yml",
+            ]
             model_path = next((c for c in candidates if c.is_file()), None)
             if model_path is None:
                 raise UserError(
@@ -283,10 +303,15 @@ def cmd_import_maxtext(args: argparse.Namespace) -> int:
         model_label = model_name if beside_base.startswith("..") else beside_base
     ledger_file = None if args.ledger == "inline" else f"{output.stem}.maxtext-keys.txt"
     words = (
-        [base_name] + (["--model", model_name] if model_name else []) + overrides
-        + ["--devices", str(args.devices)] + (["--nodes", str(args.nodes)] if args.nodes else [])
-        + ["--device", args.device] + (["--schedule-variant", args.schedule_variant] if args.schedule_variant else [])
-        + (["--ledger", "inline"] if ledger_file is None else []) + ["-o", output.name]
+        [base_name]
+        + (["--model", model_name] if model_name else [])
+        + overrides
+        + ["--devices", str(args.devices)]
+        + (["--nodes", str(args.nodes)] if args.nodes else [])
+        + ["--device", args.device]
+        + (["--schedule-variant", args.schedule_variant] if args.schedule_variant else [])
+        + (["--ledger", "inline"] if ledger_file is None else [])
+        + ["-o", output.name]
     )
     result = import_maxtext(
         base_text,
@@ -328,8 +353,10 @@ def _validate_import(output: Path, text: str) -> int:
     _print_diagnostics(front.diagnostics)
     errors = sum(1 for d in front.diagnostics if is_error(d))
     if front.spec is None or errors:
-        _err(f"bridgec: {output} is written, but it does not validate yet ({errors} error(s) above): change what "
-             f"they name (or import again with other options), then: bridgec compile {output} -o run.py")
+        _err(
+            f"bridgec: {output} is written, but it does not validate yet ({errors} error(s) above): change what "
+            f"they name (or import again with other options), then: bridgec compile {output} -o run.py"
+        )
         return EXIT_SPEC_ERROR
     print(f"review it, then: bridgec compile {output} -o run.py")
     return EXIT_OK
@@ -354,7 +381,9 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     compile_ = _command(
-        commands, "compile", "validate SPEC and write the training script",
+        commands,
+        "compile",
+        "validate SPEC and write the training script",
         "Validate SPEC, derive every value, render the script, verify it and write OUT atomically (nothing is "
         "written when the spec has errors). Prints what it wrote and how to launch it.",
     )
@@ -363,7 +392,9 @@ def _parser() -> argparse.ArgumentParser:
     compile_.set_defaults(handler=cmd_compile)
 
     check = _command(
-        commands, "check", "regenerate in memory and compare (exit 1 with a diff when stale)",
+        commands,
+        "check",
+        "regenerate in memory and compare (exit 1 with a diff when stale)",
         "Regenerate OUT from SPEC in memory, through the same code path as compile, and compare. Needs only "
         "what a repository commits (the spec, the hooks file, each dataset's PREFIX.json), not the data. With "
         "--all DIR: every generated file under DIR (found by its header) against the spec it names; specs "
@@ -376,7 +407,9 @@ def _parser() -> argparse.ArgumentParser:
     check.set_defaults(handler=cmd_check, parser=check)
 
     validate = _command(
-        commands, "validate", "print every diagnostic of SPEC (exit 2 on errors)",
+        commands,
+        "validate",
+        "print every diagnostic of SPEC (exit 2 on errors)",
         "Load and validate SPEC and print every problem at once, each with file:line, key path and a fix; "
         "the data and hook files it names must exist.",
     )
@@ -384,7 +417,9 @@ def _parser() -> argparse.ArgumentParser:
     validate.set_defaults(handler=cmd_validate)
 
     explain = _command(
-        commands, "explain", "rank layout, batch arithmetic, parameters, FLOPs and memory of SPEC",
+        commands,
+        "explain",
+        "rank layout, batch arithmetic, parameters, FLOPs and memory of SPEC",
         "Print the resolved plan of SPEC for a human: which global rank holds which tensor/context/expert/"
         "data/pipeline coordinate, the batch arithmetic, parameters, FLOPs per token and memory per GPU.",
     )
@@ -394,7 +429,9 @@ def _parser() -> argparse.ArgumentParser:
     data = commands.add_parser("data", help="data tools", description="Data tools: bridgec data build.")
     data_commands = data.add_subparsers(dest="data_command", metavar="DATA_COMMAND", required=True)
     build = _command(
-        data_commands, "build", "turn a JSON-lines text file into a megatron indexed dataset (byte-level tokenizer)",
+        data_commands,
+        "build",
+        "turn a JSON-lines text file into a megatron indexed dataset (byte-level tokenizer)",
         "Tokenize every document of DOCS.jsonl with a byte-level tokenizer (no download; vocabulary 257, the "
         "last id ends a document) into PREFIX.bin and PREFIX.idx, megatron's indexed dataset, and write "
         "PREFIX.json (tokenizer, vocab_size, eod), which the compiler reads. Commit PREFIX.json with the spec.",
@@ -405,27 +442,39 @@ def _parser() -> argparse.ArgumentParser:
     build.add_argument("--text-key", default="text", help="the JSON key holding each document's text (default: text)")
     build.set_defaults(handler=cmd_data_build)
 
-    checkpoint = commands.add_parser("checkpoint", help="checkpoint tools",
-                                     description="Checkpoint tools: bridgec checkpoint inspect.")
-    checkpoint_commands = checkpoint.add_subparsers(dest="checkpoint_command", metavar="CHECKPOINT_COMMAND",
-                                                    required=True)
+    checkpoint = commands.add_parser(
+        "checkpoint", help="checkpoint tools", description="Checkpoint tools: bridgec checkpoint inspect."
+    )
+    checkpoint_commands = checkpoint.add_subparsers(
+        dest="checkpoint_command", metavar="CHECKPOINT_COMMAND", required=True
+    )
     inspect_ = _command(
-        checkpoint_commands, "inspect", "step, layout, spec hash, tensors and sizes of a checkpoint, without a run",
+        checkpoint_commands,
+        "inspect",
+        "step, layout, spec hash, tensors and sizes of a checkpoint, without a run",
         "Describe a checkpoint without launching anything: its step, layout, optimizer, spec and script hashes, "
         "model shape, and every tensor with its shape, dtype and size.",
         "exit codes: 0 described; 2 DIR holds no checkpoint, or a damaged one; 3 internal error",
     )
     inspect_.add_argument("directory", metavar="DIR", help="a [checkpoint] dir (its latest) or one iter_* folder")
-    inspect_.add_argument("--step", type=int, metavar="N",
-                          help="the checkpoint of step N of DIR (default: the latest); the report lists the steps")
+    inspect_.add_argument(
+        "--step",
+        type=int,
+        metavar="N",
+        help="the checkpoint of step N of DIR (default: the latest); the report lists the steps",
+    )
     inspect_.add_argument("--tensors", action="store_true", help="also list every tensor: name, shape, dtype, size")
     inspect_.set_defaults(handler=cmd_checkpoint_inspect)
 
-    importer = commands.add_parser("import", help="write a spec from another framework's config",
-                                   description="Write a spec from another framework's config: bridgec import maxtext.")
+    importer = commands.add_parser(
+        "import",
+        help="write a spec from another framework's config",
+        description="Write a spec from another framework's config: bridgec import maxtext.",
+    )
     import_commands = importer.add_subparsers(dest="import_command", metavar="FORMAT", required=True)
     maxtext = _command(
-        import_commands, "maxtext",
+        import_commands,
+        "maxtext",
         "a MaxText config (base.yml <- model file <- key=value overrides) as a commented spec",
         "Merge a MaxText config the way MaxText does, write the equivalent spec and validate it. Every mapped "
         "value names its MaxText key; the MaxText keys without a counterpart are listed, with what was done "
@@ -433,19 +482,34 @@ def _parser() -> argparse.ArgumentParser:
         "exit codes: 0 written and valid; 2 the config does not import (nothing written), or the written spec "
         "does not validate yet (its errors are printed); 3 internal error",
     )
-    maxtext.add_argument("words", metavar="BASE.yml|key=value", nargs="*",
-                         help="MaxText's base config (configs/base.yml) and MaxText command-line overrides, in any "
-                         "order, before or after the options (as MaxText's `train.py base.yml key=value` reads them)")
+    maxtext.add_argument(
+        "words",
+        metavar="BASE.yml|key=value",
+        nargs="*",
+        help="MaxText's base config (configs/base.yml) and MaxText command-line overrides, in any "
+        "order, before or after the options (as MaxText's `train.py base.yml key=value` reads them)",
+    )
     maxtext.add_argument("--model", metavar="MODEL.yml", help="default: models/<model_name>.yml beside BASE.yml")
-    maxtext.add_argument("--devices", type=int, required=True, help="accelerators in the run (MaxText reads this "
-                         "from the hardware); sets the batch and fills mesh -1s")
+    maxtext.add_argument(
+        "--devices",
+        type=int,
+        required=True,
+        help="accelerators in the run (MaxText reads this from the hardware); sets the batch and fills mesh -1s",
+    )
     maxtext.add_argument("--nodes", type=int, help="machines (MaxText's slices); default 1")
     maxtext.add_argument("--device", choices=("cuda", "cpu"), default="cuda", help="the spec's [launch] device")
-    maxtext.add_argument("--schedule-variant", choices=("2026-02", "2026-01", "2025"),
-                         help="which MaxText version's learning-rate formula (default: the current one)")
-    maxtext.add_argument("--ledger", choices=("file", "inline"), default="file",
-                         help="where the MaxText keys without a counterpart are listed: a file beside OUT "
-                         "(default) or a comment block closing OUT")
+    maxtext.add_argument(
+        "--schedule-variant",
+        choices=("2026-02", "2026-01", "2025"),
+        help="which MaxText version's learning-rate formula (default: the current one)",
+    )
+    maxtext.add_argument(
+        "--ledger",
+        choices=("file", "inline"),
+        default="file",
+        help="where the MaxText keys without a counterpart are listed: a file beside OUT "
+        "(default) or a comment block closing OUT",
+    )
     maxtext.add_argument("-o", "--output", metavar="OUT", required=True, help="the spec to write")
     maxtext.set_defaults(handler=cmd_import_maxtext)
     from bridgec.compiler.convert_cli import add_convert_parser

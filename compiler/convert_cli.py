@@ -41,15 +41,17 @@ def launch(script: ScriptLaunch, arguments: list[str]) -> int:
             f"  {shlex.join(command)}"
         )
         return EXIT_SPEC_ERROR
-    finished = torchrun.run(["--standalone", "--nproc-per-node", str(script.procs_per_node), "-m", RUNTIME_MODULE,
-                             *arguments])
+    finished = torchrun.run(
+        ["--standalone", "--nproc-per-node", str(script.procs_per_node), "-m", RUNTIME_MODULE, *arguments]
+    )
     code = finished.returncode
     if code == 0:
         return EXIT_OK
     worker_codes = set(finished.worker_codes)
     if worker_codes and worker_codes <= USER_ERROR_CODES:
-        print("bridgec: the conversion stopped (the message above says why); nothing usable was written",
-              file=sys.stderr)
+        print(
+            "bridgec: the conversion stopped (the message above says why); nothing usable was written", file=sys.stderr
+        )
         return EXIT_SPEC_ERROR
     sys.stderr.write(finished.launcher_output)
     print(
@@ -75,18 +77,26 @@ def orbax_to_megatron_arguments(args: argparse.Namespace) -> tuple[ScriptLaunch,
     script = read_launch(Path(args.script))
     items = _existing(Path(args.checkpoint), "Orbax item folder")
     if not (items / "_METADATA").is_file():
-        raise InputError(
-            f"{args.checkpoint}: not an Orbax item folder (no _METADATA); give <checkpoint>/<step>/items"
-        )
+        raise InputError(f"{args.checkpoint}: not an Orbax item folder (no _METADATA); give <checkpoint>/<step>/items")
     output = Path(args.output).resolve()
     if output.is_file():
         raise InputError(f"{args.output}: is a file; --output is the bridgec checkpoint folder to create")
     if output.is_dir() and any(child.name == "latest" or child.name.startswith("iter_") for child in output.iterdir()):
         raise InputError(f"{args.output}: already holds bridgec checkpoints; convert into an empty or new folder")
     arguments = [
-        "orbax-to-megatron", "--script", str(script.path.resolve()), "--checkpoint", str(items),
-        "--output", str(output), "--optimizer-type", args.optimizer_type,
-        "--rope-layout", args.rope_layout, "--param-scan-axis", str(args.param_scan_axis),
+        "orbax-to-megatron",
+        "--script",
+        str(script.path.resolve()),
+        "--checkpoint",
+        str(items),
+        "--output",
+        str(output),
+        "--optimizer-type",
+        args.optimizer_type,
+        "--rope-layout",
+        args.rope_layout,
+        "--param-scan-axis",
+        str(args.param_scan_axis),
     ]
     if args.optimizer_state:
         arguments.append("--optimizer-state")
@@ -99,9 +109,19 @@ def megatron_to_orbax_arguments(args: argparse.Namespace) -> tuple[ScriptLaunch,
     directory = _existing(Path(args.checkpoint), "checkpoint folder")
     _check_step(directory, args.step)
     arguments = [
-        "megatron-to-orbax", "--script", str(script.path.resolve()), "--checkpoint", str(directory),
-        "--output", str(Path(args.output).resolve()), "--dtype", args.dtype,
-        "--rope-layout", args.rope_layout, "--param-scan-axis", str(args.param_scan_axis),
+        "megatron-to-orbax",
+        "--script",
+        str(script.path.resolve()),
+        "--checkpoint",
+        str(directory),
+        "--output",
+        str(Path(args.output).resolve()),
+        "--dtype",
+        args.dtype,
+        "--rope-layout",
+        args.rope_layout,
+        "--param-scan-axis",
+        str(args.param_scan_axis),
     ]
     if args.step is not None:
         arguments += ["--step", str(args.step)]
@@ -120,8 +140,9 @@ def _check_step(directory: Path, step: int | None) -> None:
     except RunError as error:
         raise InputError(error.message) from None
     if found is None:
-        raise InputError(f"{directory}: holds no complete bridgec checkpoint (give the [checkpoint] dir, not an "
-                         "iter_* folder)")
+        raise InputError(
+            f"{directory}: holds no complete bridgec checkpoint (give the [checkpoint] dir, not an iter_* folder)"
+        )
 
 
 def cmd_orbax_to_megatron(args: argparse.Namespace) -> int:
@@ -145,17 +166,24 @@ def _launch_checked(
 
 def _layout_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--rope-layout", choices=("rotate_half", "interleaved"), default="rotate_half",
+        "--rope-layout",
+        choices=("rotate_half", "interleaved"),
+        default="rotate_half",
         help="MaxText's RoPE pairing: rotate_half (default RoPE) or interleaved (its llama3.1 path)",
     )
     parser.add_argument(
-        "--param-scan-axis", type=int, default=1, metavar="AXIS",
+        "--param-scan-axis",
+        type=int,
+        default=1,
+        metavar="AXIS",
         help="the axis stacking the layers of a scanned checkpoint (MaxText's param_scan_axis, default 1)",
     )
 
 
-CONVERT_EXITS = ("exit codes: 0 converted; 2 a path, the script or the checkpoint does not fit (the message says "
-                 "which), or a multi-node script (each node's command is printed); 3 internal error")
+CONVERT_EXITS = (
+    "exit codes: 0 converted; 2 a path, the script or the checkpoint does not fit (the message says "
+    "which), or a multi-node script (each node's command is printed); 3 internal error"
+)
 
 
 def add_convert_parser(commands: Any) -> None:
@@ -177,14 +205,22 @@ def add_convert_parser(commands: Any) -> None:
         epilog=CONVERT_EXITS,
     )
     to_megatron.add_argument("script", metavar="RUN.py", help="the script bridgec compile wrote")
-    to_megatron.add_argument("--checkpoint", required=True, metavar="ITEMS",
-                             help="the Orbax item folder, <checkpoint>/<step>/items")
+    to_megatron.add_argument(
+        "--checkpoint", required=True, metavar="ITEMS", help="the Orbax item folder, <checkpoint>/<step>/items"
+    )
     to_megatron.add_argument("--output", required=True, metavar="DIR", help="the bridgec checkpoint folder to create")
-    to_megatron.add_argument("--optimizer-state", action="store_true",
-                             help="also load Adam's moments and count (a full-state checkpoint); the checkpoint's "
-                             "step is then the count, else 0")
-    to_megatron.add_argument("--optimizer-type", choices=("adamw", "adam_pax"), default="adamw",
-                             help="MaxText's opt_type that wrote the moments (adam_pax keeps bias-corrected ones)")
+    to_megatron.add_argument(
+        "--optimizer-state",
+        action="store_true",
+        help="also load Adam's moments and count (a full-state checkpoint); the checkpoint's "
+        "step is then the count, else 0",
+    )
+    to_megatron.add_argument(
+        "--optimizer-type",
+        choices=("adamw", "adam_pax"),
+        default="adamw",
+        help="MaxText's opt_type that wrote the moments (adam_pax keeps bias-corrected ones)",
+    )
     _layout_options(to_megatron)
     to_megatron.set_defaults(handler=cmd_orbax_to_megatron)
 
@@ -199,12 +235,17 @@ def add_convert_parser(commands: Any) -> None:
     to_orbax.add_argument("script", metavar="RUN.py", help="the script bridgec compile wrote")
     to_orbax.add_argument("--checkpoint", required=True, metavar="DIR", help="a [checkpoint] dir")
     to_orbax.add_argument("--output", required=True, metavar="OUT", help="writes OUT/<step>/items")
-    to_orbax.add_argument("--step", type=int, metavar="N",
-                          help="export the checkpoint of step N (DIR/iter_N); default: the latest")
-    to_orbax.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32",
-                          help="the leaves' dtype (fp32 main weights of a mixed-precision run are used)")
-    to_orbax.add_argument("--unscanned", action="store_true",
-                          help="one decoder/layers_<i> subtree per layer (MaxText scan_layers=false)")
+    to_orbax.add_argument(
+        "--step", type=int, metavar="N", help="export the checkpoint of step N (DIR/iter_N); default: the latest"
+    )
+    to_orbax.add_argument(
+        "--dtype",
+        choices=("fp32", "bf16"),
+        default="fp32",
+        help="the leaves' dtype (fp32 main weights of a mixed-precision run are used)",
+    )
+    to_orbax.add_argument(
+        "--unscanned", action="store_true", help="one decoder/layers_<i> subtree per layer (MaxText scan_layers=false)"
+    )
     _layout_options(to_orbax)
     to_orbax.set_defaults(handler=cmd_megatron_to_orbax)
-

@@ -37,7 +37,12 @@ class ParameterCounts:
 
 
 def _dims(spec: Spec) -> tuple[int, int, int, int]:
-    return spec.model.num_attention_heads, derive.query_groups(spec), derive.head_dim(spec), derive.ffn_hidden_size(spec)
+    return (
+        spec.model.num_attention_heads,
+        derive.query_groups(spec),
+        derive.head_dim(spec),
+        derive.ffn_hidden_size(spec),
+    )
 
 
 def _size(parameter: gpt.Parameter) -> int:
@@ -241,7 +246,9 @@ def interop_lines(spec: Spec) -> list[str]:
         mask = spec.optimizer.decay_mask
         lines += ["", f"Weight decay (optax semantics, {spec.optimizer.weight_decay} x lr x parameter where it decays)"]
         if not mask.exclude:
-            lines.append("  every parameter decays (empty [optimizer.decay_mask] exclude, as MaxText's adamw_mask = [])")
+            lines.append(
+                "  every parameter decays (empty [optimizer.decay_mask] exclude, as MaxText's adamw_mask = [])"
+            )
         else:
             lines.append(f"  exclude patterns {list(mask.exclude)} over MaxText {mask.paths} paths")
             lines += [f"  {line}" for line in summarize(no_decay_table(spec))]
@@ -301,8 +308,12 @@ def explain_text(spec: Spec, *, extra: tuple[str, ...] = ()) -> str:
         f"  optimizer  {human_bytes(mem.optimizer)} ({mem.optimizer_bytes_per_param:g} bytes/param"
         + (f", sharded over data {dp})" if p.distributed_optimizer else ")"),
         f"  activations {human_bytes(mem.activations)} ({mem.in_flight_microbatches:g} microbatches in flight, "
-        + ("unfused local attention keeping its scores" if spec.model.transformer_impl == "local"
-           else "Transformer Engine's fused attention") + ", no recomputation)",
+        + (
+            "unfused local attention keeping its scores"
+            if spec.model.transformer_impl == "local"
+            else "Transformer Engine's fused attention"
+        )
+        + ", no recomputation)",
         f"  total      {human_bytes(mem.total)}",
     ]
     lines += interop_lines(spec)

@@ -63,14 +63,22 @@ UNSUPPORTED: dict[str, Feature] = {
         "[init.checkpoint] starts from an Orbax (MaxText) checkpoint; a bridgec checkpoint resumes with "
         "[checkpoint] resume = true",
     ),
-    "sft": Feature("Fine-tuning datasets (SFT, chat templates, packed sequences)",
-                   "pretraining data: JSON lines through bridgec data build, or Megatron indexed files"),
-    "hf_data": Feature("Hugging Face datasets as a data source", "export the text as JSON lines and run bridgec data build"),
+    "sft": Feature(
+        "Fine-tuning datasets (SFT, chat templates, packed sequences)",
+        "pretraining data: JSON lines through bridgec data build, or Megatron indexed files",
+    ),
+    "hf_data": Feature(
+        "Hugging Face datasets as a data source", "export the text as JSON lines and run bridgec data build"
+    ),
     "peft": Feature("LoRA and other parameter-efficient fine-tuning", "full training only"),
-    "overlap": Feature("Communication overlap (gradient reduce, parameter gather, tensor-parallel overlap)",
-                       "collectives run when megatron-core's DDP and optimizer call them, without overlap"),
-    "fsdp": Feature("FSDP (torch FSDP2, Megatron FSDP)",
-                    "[parallel] distributed_optimizer = true shards the optimizer state (ZeRO-1)"),
+    "overlap": Feature(
+        "Communication overlap (gradient reduce, parameter gather, tensor-parallel overlap)",
+        "collectives run when megatron-core's DDP and optimizer call them, without overlap",
+    ),
+    "fsdp": Feature(
+        "FSDP (torch FSDP2, Megatron FSDP)",
+        "[parallel] distributed_optimizer = true shards the optimizer state (ZeRO-1)",
+    ),
     "async_save": Feature("Asynchronous checkpoint saves", "saves are synchronous and atomic"),
     "mtp": Feature("Multi-token prediction", "next-token prediction only"),
     "uneven_pp": Feature("Uneven pipeline stages", "num_layers must divide evenly over the stages"),
@@ -79,21 +87,31 @@ UNSUPPORTED: dict[str, Feature] = {
         "token dispatcher, expert FFN size)",
         "megatron-core's defaults for the rest",
     ),
-    "families": Feature("Model families other than GPT decoders (T5, BERT, Mamba and hybrids, multimodal)",
-                        "[model] kind = \"gpt\" covers GPT, Llama, Qwen and Mistral-style decoders"),
-    "doc_masking": Feature("Resetting positions and attention at document boundaries",
-                           "[data] eod_mask_loss = true leaves end-of-document tokens out of the loss"),
+    "families": Feature(
+        "Model families other than GPT decoders (T5, BERT, Mamba and hybrids, multimodal)",
+        '[model] kind = "gpt" covers GPT, Llama, Qwen and Mistral-style decoders',
+    ),
+    "doc_masking": Feature(
+        "Resetting positions and attention at document boundaries",
+        "[data] eod_mask_loss = true leaves end-of-document tokens out of the loss",
+    ),
     "wd_schedule": Feature("Weight-decay schedules (start and end weight decay)", "a constant weight_decay"),
     "batch_rampup": Feature("Batch-size ramp-up", "a constant global_batch_size"),
-    "isr": Feature("The inverse-square-root learning-rate schedule",
-                   "constant, linear, cosine or wsd decay, or MaxText's and optax's schedules"),
-    "profiling": Feature("Profiling switches (nsys ranges, the PyTorch profiler, manual garbage collection)",
-                         "run the script under your profiler"),
+    "isr": Feature(
+        "The inverse-square-root learning-rate schedule",
+        "constant, linear, cosine or wsd decay, or MaxText's and optax's schedules",
+    ),
+    "profiling": Feature(
+        "Profiling switches (nsys ranges, the PyTorch profiler, manual garbage collection)",
+        "run the script under your profiler",
+    ),
 }
 """Feature id -> what is missing. An entry leaves this table when the feature lands."""
 
-_LLAMA = ('normalization = "rmsnorm", activation = "swiglu", position_embedding = "rope", add_bias_linear = false '
-          "and tie_embeddings = false make a Llama-style decoder")
+_LLAMA = (
+    'normalization = "rmsnorm", activation = "swiglu", position_embedding = "rope", add_bias_linear = false '
+    "and tie_embeddings = false make a Llama-style decoder"
+)
 
 KEYS: dict[str, Here | str] = {
     # the loop ([train], Megatron Bridge's TrainingConfig)
@@ -105,8 +123,9 @@ KEYS: dict[str, Here | str] = {
     "tensor_model_parallel_size": Here("[parallel]", "tensor"),
     "pipeline_model_parallel_size": Here("[parallel]", "pipeline"),
     "virtual_pipeline_model_parallel_size": Here("[parallel]", "virtual_pipeline"),
-    "num_layers_per_virtual_pipeline_stage": Here("[parallel]", "virtual_pipeline",
-                                                  "model chunks per stage: num_layers / (pipeline x this)"),
+    "num_layers_per_virtual_pipeline_stage": Here(
+        "[parallel]", "virtual_pipeline", "model chunks per stage: num_layers / (pipeline x this)"
+    ),
     "context_parallel_size": Here("[parallel]", "context"),
     "expert_model_parallel_size": Here("[parallel]", "expert"),
     "use_distributed_optimizer": Here("[parallel]", "distributed_optimizer"),
@@ -139,10 +158,12 @@ KEYS: dict[str, Here | str] = {
     "attention_dropout": Here("[model]", "dropout", "one rate for hidden states and attention"),
     "num_moe_experts": Here("[model]", "num_experts"),
     "padded_vocab_size": Here("[model]", "vocab_size", "padded for you: see make_vocab_size_divisible_by"),
-    "use_flash_attn": Here("[model]", 'transformer_impl = "transformer_engine"',
-                           "on cuda, Transformer Engine picks its fused attention"),
-    "attention_backend": Here("[model]", 'transformer_impl = "transformer_engine"',
-                              "on cuda, Transformer Engine picks its fused attention"),
+    "use_flash_attn": Here(
+        "[model]", 'transformer_impl = "transformer_engine"', "on cuda, Transformer Engine picks its fused attention"
+    ),
+    "attention_backend": Here(
+        "[model]", 'transformer_impl = "transformer_engine"', "on cuda, Transformer Engine picks its fused attention"
+    ),
     "mtp_num_layers": "mtp",
     "moe_aux_loss_coeff": "moe_options",
     "moe_router_load_balancing_type": "moe_options",
@@ -191,9 +212,12 @@ KEYS: dict[str, Here | str] = {
     "data_path": Here("[[data.sources]]", "prefix", 'with weight for a blend, and kind = "indexed" under [data]'),
     "blend": Here("[[data.sources]]", "prefix", 'with weight for a blend, and kind = "indexed" under [data]'),
     "mock_data": Here("[data]", 'kind = "mock"'),
-    "tokenizer_type": Here("[data]", "eod_token",
-                           "indexed files from any tokenizer train as they are, given [model] vocab_size and the "
-                           "end-of-document id; bridgec data build writes both to PREFIX.json"),
+    "tokenizer_type": Here(
+        "[data]",
+        "eod_token",
+        "indexed files from any tokenizer train as they are, given [model] vocab_size and the "
+        "end-of-document id; bridgec data build writes both to PREFIX.json",
+    ),
     "calculate_per_token_loss": Here("[loss]", 'reduction = "per_token"'),
     "reset_position_ids": "doc_masking",
     "reset_attention_mask": "doc_masking",
@@ -221,12 +245,26 @@ KEYS: dict[str, Here | str] = {
 """A Megatron-LM / Megatron Bridge name (Megatron-LM's --dashes as underscores) -> where it lives here, or a feature."""
 
 VALUES: dict[tuple[str, ...], dict[str, Here | str]] = {
-    ("data", "kind"): {"sft": "sft", "chat": "sft", "finetune": "sft", "packed": "sft",
-                       "hf": "hf_data", "huggingface": "hf_data"},
-    ("model", "kind"): {"t5": "families", "bert": "families", "mamba": "families", "hybrid": "families",
-                        "llava": "families", "vlm": "families",
-                        "llama": Here("[model]", 'kind = "gpt"', _LLAMA)},
-    ("optimizer", "name"): {"adamw": Here("[optimizer]", 'name = "adam"', "adam is AdamW here: decoupled weight decay")},
+    ("data", "kind"): {
+        "sft": "sft",
+        "chat": "sft",
+        "finetune": "sft",
+        "packed": "sft",
+        "hf": "hf_data",
+        "huggingface": "hf_data",
+    },
+    ("model", "kind"): {
+        "t5": "families",
+        "bert": "families",
+        "mamba": "families",
+        "hybrid": "families",
+        "llava": "families",
+        "vlm": "families",
+        "llama": Here("[model]", 'kind = "gpt"', _LLAMA),
+    },
+    ("optimizer", "name"): {
+        "adamw": Here("[optimizer]", 'name = "adam"', "adam is AdamW here: decoupled weight decay")
+    },
     ("scheduler", "decay"): {"inverse-square-root": "isr", "inverse_square_root": "isr"},
     ("precision", "dtype"): {"fp8": Here("[precision]", 'fp8 = "delayed"', 'with dtype = "bf16"')},
 }
@@ -237,8 +275,10 @@ def _answer(subject: str, found: Here | str) -> str:
     if isinstance(found, Here):
         return f"{subject} is {found.table} {found.key} here" + (f" ({found.note})" if found.note else "")
     feature = UNSUPPORTED[found]
-    return (f"{subject} asks for {feature.name[:1].lower()}{feature.name[1:]}, which bridgec does not support yet "
-            f"(see {README_ANCHOR})")
+    return (
+        f"{subject} asks for {feature.name[:1].lower()}{feature.name[1:]}, which bridgec does not support yet "
+        f"(see {README_ANCHOR})"
+    )
 
 
 def key_hint(name: str) -> str | None:
@@ -285,8 +325,10 @@ def replace_section(readme: str, section: str) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bridgec.compiler.foreign_keys",
-                                     description="Print or write the README's 'Not supported yet' section.")
+    parser = argparse.ArgumentParser(
+        prog="python -m bridgec.compiler.foreign_keys",
+        description="Print or write the README's 'Not supported yet' section.",
+    )
     parser.add_argument("--write", metavar="README", help="replace the section between the markers in this file")
     args = parser.parse_args(argv)
     if args.write is None:

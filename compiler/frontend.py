@@ -83,7 +83,9 @@ def _vocab_from_data(
         return diagnostics
     if not isinstance(sidecar, TokenizerSidecar):
         return diagnostics
-    hint = f"add vocab_size = {sidecar.vocab_size} under [model] (the vocabulary of {prefix}.json, the data's tokenizer)"
+    hint = (
+        f"add vocab_size = {sidecar.vocab_size} under [model] (the vocabulary of {prefix}.json, the data's tokenizer)"
+    )
     return tuple(attrs.evolve(d, hint=hint) if d in missing else d for d in diagnostics)
 
 

@@ -62,13 +62,18 @@ class Function:
         """``def name(a, b=..., *args, **kwargs)``, as a message can show it."""
         parts: list[str] = []
         for index, param in enumerate(self.params):
-            if param.kind == "keyword_only" and (index == 0 or self.params[index - 1].kind
-                                                 not in ("keyword_only", "var_positional")):
+            if param.kind == "keyword_only" and (
+                index == 0 or self.params[index - 1].kind not in ("keyword_only", "var_positional")
+            ):
                 parts.append("*")
-            parts.append({"var_positional": "*", "var_keyword": "**"}.get(param.kind, "") + param.name
-                         + ("=..." if param.has_default else ""))
-            if param.kind == "positional_only" and (index + 1 == len(self.params)
-                                                    or self.params[index + 1].kind != "positional_only"):
+            parts.append(
+                {"var_positional": "*", "var_keyword": "**"}.get(param.kind, "")
+                + param.name
+                + ("=..." if param.has_default else "")
+            )
+            if param.kind == "positional_only" and (
+                index + 1 == len(self.params) or self.params[index + 1].kind != "positional_only"
+            ):
                 parts.append("/")
         return f"{'async ' if self.is_async else ''}def {self.name}({', '.join(parts)})"
 
@@ -133,20 +138,26 @@ def read_hook_file(source: str) -> HookFile | Unparsable:
     for statement in wrapper.module.body:
         if isinstance(statement, cst.FunctionDef):
             name = statement.name.value
-            functions[name] = Function(name=name, line=positions[statement.name].start.line,
-                                       is_async=statement.asynchronous is not None,
-                                       params=_params(statement.params))
+            functions[name] = Function(
+                name=name,
+                line=positions[statement.name].start.line,
+                is_async=statement.asynchronous is not None,
+                params=_params(statement.params),
+            )
     return HookFile(functions=functions)
 
 
 def _params(params: cst.Parameters) -> tuple[Param, ...]:
-    found = [Param(name=p.name.value, kind="positional_only", has_default=p.default is not None)
-             for p in params.posonly_params]
+    found = [
+        Param(name=p.name.value, kind="positional_only", has_default=p.default is not None)
+        for p in params.posonly_params
+    ]
     found += [Param(name=p.name.value, kind="positional", has_default=p.default is not None) for p in params.params]
     if isinstance(params.star_arg, cst.Param):
         found.append(Param(name=params.star_arg.name.value, kind="var_positional", has_default=False))
-    found += [Param(name=p.name.value, kind="keyword_only", has_default=p.default is not None)
-              for p in params.kwonly_params]
+    found += [
+        Param(name=p.name.value, kind="keyword_only", has_default=p.default is not None) for p in params.kwonly_params
+    ]
     if params.star_kwarg is not None:
         found.append(Param(name=params.star_kwarg.name.value, kind="var_keyword", has_default=False))
     return tuple(found)
@@ -170,8 +181,10 @@ def signature_problem(function: Function, expected: HookSignature) -> str | None
     takes_args = any(p.kind == "var_positional" for p in function.params)
     takes_kwargs = any(p.kind == "var_keyword" for p in function.params)
     if len(slots) < count and not takes_args:
-        return (f"takes {len(slots)} positional parameter{'s' if len(slots) != 1 else ''}, "
-                f"but is called with {count}: ({', '.join(expected.positional)})")
+        return (
+            f"takes {len(slots)} positional parameter{'s' if len(slots) != 1 else ''}, "
+            f"but is called with {count}: ({', '.join(expected.positional)})"
+        )
     for param in slots[count:]:
         if not param.has_default and param.name not in expected.keyword:
             return f"has a parameter {param.name!r} with no default, but only {count} arguments are passed"

@@ -113,7 +113,9 @@ def add_launch_parser(commands: Any) -> None:
     )
     launch.add_argument("script", metavar="RUN.py", help="the script bridgec compile wrote")
     launch.add_argument(
-        "torchrun_options", metavar="TORCHRUN_OPTIONS", nargs=argparse.REMAINDER,
+        "torchrun_options",
+        metavar="TORCHRUN_OPTIONS",
+        nargs=argparse.REMAINDER,
         help="torchrun's options (--nnodes, --nproc-per-node, --rdzv-backend, --rdzv-endpoint, ...), given "
         "after RUN.py",
     )

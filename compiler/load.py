@@ -26,8 +26,16 @@ from cattrs.errors import ClassValidationError, ForbiddenExtraKeysError, Iterabl
 from cattrs.gen import make_dict_structure_fn
 
 from bridgec.compiler import foreign_keys
-from bridgec.compiler.errors import (Diagnostic, KeyPath, close_match, dotted, format_path, kind_of, render_value,
-                                     sort_key)
+from bridgec.compiler.errors import (
+    Diagnostic,
+    KeyPath,
+    close_match,
+    dotted,
+    format_path,
+    kind_of,
+    render_value,
+    sort_key,
+)
 from bridgec.compiler.locate import EMPTY_INDEX, LineIndex, build_index
 from bridgec.compiler.rule_base import NOT_LOADED
 from bridgec.compiler.spec import Spec
@@ -112,36 +120,71 @@ _POSITION = re.compile(r" \(at (?:line (\d+), column (\d+)|end of document)\)$")
 
 # tomllib's message (a regex on its start) -> what it means, and how to fix it.
 _SYNTAX_ADVICE: tuple[tuple[str, str, str], ...] = (
-    (r"Invalid value", "this value is not valid TOML",
-     'quote text ("like this"); write numbers, true and false bare; arrays as [1, 2]'),
-    (r"Invalid statement", "this line is neither a key = value pair nor a [table] header",
-     "write key = value, or a [table] header on its own line"),
+    (
+        r"Invalid value",
+        "this value is not valid TOML",
+        'quote text ("like this"); write numbers, true and false bare; arrays as [1, 2]',
+    ),
+    (
+        r"Invalid statement",
+        "this line is neither a key = value pair nor a [table] header",
+        "write key = value, or a [table] header on its own line",
+    ),
     (r"Expected '=' after a key", "a key must be followed by '=' and a value", "write key = value"),
-    (r"Expected newline or end of document", "unexpected text after the value",
-     "put each key = value on its own line; start comments with #"),
+    (
+        r"Expected newline or end of document",
+        "unexpected text after the value",
+        "put each key = value on its own line; start comments with #",
+    ),
     (r"Expected ']' at the end of a table", "the table header is not closed", "write the header as [name]"),
-    (r"Expected ']]' at the end of an array", "the array-of-tables header is not closed",
-     "write the header as [[name]]"),
+    (
+        r"Expected ']]' at the end of an array",
+        "the array-of-tables header is not closed",
+        "write the header as [[name]]",
+    ),
     (r"Unclosed array", "the array is not closed", "separate elements with commas and end the array with ]"),
-    (r"Unclosed inline table", "the inline table is not closed",
-     "write inline tables on one line, as { a = 1, b = 2 }, or use a [table] header"),
+    (
+        r"Unclosed inline table",
+        "the inline table is not closed",
+        "write inline tables on one line, as { a = 1, b = 2 }, or use a [table] header",
+    ),
     (r"Unterminated string", "the string is not closed", "end the string with the quote it starts with"),
-    (r"Cannot overwrite a value|Cannot declare|Duplicate inline table key", "this key or table is already defined",
-     "keep one definition and delete the other"),
-    (r"Cannot mutate immutable namespace|Cannot redefine namespace",
-     "this adds to a table or array that was already written out in full",
-     "define each table in one place, under one [header]"),
-    (r"Invalid initial character for a key", "a key must be letters, digits, '_' and '-', or quoted",
-     'quote other keys, as "my key" = 1'),
-    (r"Unescaped '\\' in a string", "a backslash in a double-quoted string must start an escape",
-     "write \\\\ for a backslash, or use single quotes: 'C:\\path'"),
-    (r"Illegal character '\\n'", "the string is not closed before the end of the line",
-     "end the string with the quote it starts with, or use \"\"\" for text over several lines"),
+    (
+        r"Cannot overwrite a value|Cannot declare|Duplicate inline table key",
+        "this key or table is already defined",
+        "keep one definition and delete the other",
+    ),
+    (
+        r"Cannot mutate immutable namespace|Cannot redefine namespace",
+        "this adds to a table or array that was already written out in full",
+        "define each table in one place, under one [header]",
+    ),
+    (
+        r"Invalid initial character for a key",
+        "a key must be letters, digits, '_' and '-', or quoted",
+        'quote other keys, as "my key" = 1',
+    ),
+    (
+        r"Unescaped '\\' in a string",
+        "a backslash in a double-quoted string must start an escape",
+        "write \\\\ for a backslash, or use single quotes: 'C:\\path'",
+    ),
+    (
+        r"Illegal character '\\n'",
+        "the string is not closed before the end of the line",
+        'end the string with the quote it starts with, or use """ for text over several lines',
+    ),
     (r"Illegal character", "this character is not allowed in a TOML string", "remove it or write it as an escape"),
-    (r"Invalid date or datetime", "this date or time is not valid",
-     "write dates as 2024-05-27 or 2024-05-27T07:32:00Z"),
-    (r"Invalid hex value|Escaped character is not a Unicode", "this \\u escape is not a valid character",
-     "write \\uXXXX with four hex digits"),
+    (
+        r"Invalid date or datetime",
+        "this date or time is not valid",
+        "write dates as 2024-05-27 or 2024-05-27T07:32:00Z",
+    ),
+    (
+        r"Invalid hex value|Escaped character is not a Unicode",
+        "this \\u escape is not a valid character",
+        "write \\uXXXX with four hex digits",
+    ),
 )
 
 
@@ -156,13 +199,23 @@ def _syntax_diagnostic(message: str, text: str, filename: str) -> Diagnostic:
         where = "invalid TOML at the end of the file"
     if not (position and position.group(1)) and reason == "Invalid value":
         # tomllib's word for a file that ends inside an array or right after '='
-        return Diagnostic(file=filename, line=line, path="$", message=f"{where}: a value is cut off",
-                          hint="close every array with ] and give the last key a value")
+        return Diagnostic(
+            file=filename,
+            line=line,
+            path="$",
+            message=f"{where}: a value is cut off",
+            hint="close every array with ] and give the last key a value",
+        )
     for pattern, meaning, hint in _SYNTAX_ADVICE:
         if re.match(pattern, reason):
             return Diagnostic(file=filename, line=line, path="$", message=f"{where}: {meaning}", hint=hint)
-    return Diagnostic(file=filename, line=line, path="$", message=f"{where}: {reason[:1].lower()}{reason[1:]}",
-                      hint="check the TOML syntax at this position")
+    return Diagnostic(
+        file=filename,
+        line=line,
+        path="$",
+        message=f"{where}: {reason[:1].lower()}{reason[1:]}",
+        hint="check the TOML syntax at this position",
+    )
 
 
 # -- the strict converter -------------------------------------------------------------
@@ -351,8 +404,12 @@ def _diagnose(problem: _Problem, raw: dict[str, Any], index: LineIndex, filename
         message, hint = _missing(path, _present(problem.type))
     elif isinstance(error, _BadValue):
         message = f"{format_path(path)} = {render_value(error.value)} {error}"
-        hint = (foreign_keys.value_hint(path, error.value) or error.hint or _shape_hint(path, _present(problem.type))
-                or _default_hint(path, problem.owner))
+        hint = (
+            foreign_keys.value_hint(path, error.value)
+            or error.hint
+            or _shape_hint(path, _present(problem.type))
+            or _default_hint(path, problem.owner)
+        )
     else:  # a hook outside this module failed; still say where
         message = f"{format_path(path)} = {render_value(_lookup(raw, path))} is not valid: {error}"
         hint = _default_hint(path, problem.owner)
@@ -419,8 +476,10 @@ def _missing(path: KeyPath, type_: Any) -> tuple[str, str]:
         required = [f.name for f in attrs.fields(type_) if f.default is attrs.NOTHING]
         keys = f" with the key{'s' if len(required) > 1 else ''} {_and_list(required)}" if required else ""
         return f"missing required table [{dotted(path)}]", f"add the [{dotted(path)}] table{keys}"
-    return (f"missing required key {name!r} in {_table_label(table)}",
-            f"add a line {name} = {_placeholder(type_)} under {_table_label(table)}")
+    return (
+        f"missing required key {name!r} in {_table_label(table)}",
+        f"add a line {name} = {_placeholder(type_)} under {_table_label(table)}",
+    )
 
 
 def _placeholder(type_: Any) -> str:

@@ -87,7 +87,9 @@ def launch_command(spec: Spec, output_name: str) -> str:
 def bridgec_launch_command(spec: Spec, output_name: str) -> str:
     """``bridgec launch``: the script's own process count on one node; torchrun's options for several."""
     script = shlex.quote(output_name)
-    return f"bridgec launch {script}" if spec.launch.nodes == 1 else f"bridgec launch {script} {_torchrun_options(spec)}"
+    return (
+        f"bridgec launch {script}" if spec.launch.nodes == 1 else f"bridgec launch {script} {_torchrun_options(spec)}"
+    )
 
 
 def _run_sections(spec: Spec, target: Target) -> list[Section]:
@@ -99,7 +101,11 @@ def _run_sections(spec: Spec, target: Target) -> list[Section]:
             constants=(
                 _c("RUN_NAME", spec.run.name, text=True),
                 _c("SEED", spec.run.seed),
-                _c("BRIDGEC_VERSION", __version__, "the bridgec that generated this script: start() refuses another runtime"),
+                _c(
+                    "BRIDGEC_VERSION",
+                    __version__,
+                    "the bridgec that generated this script: start() refuses another runtime",
+                ),
             ),
         ),
         Section(
@@ -241,8 +247,14 @@ def _model_section(spec: Spec) -> Section:
         constants += [_c("NUM_EXPERTS", m.num_experts), _c("MOE_ROUTER_TOPK", m.moe_router_topk)]
     counts = explain.parameter_counts(spec)
     output = f" + output {counts.output}" if counts.output else " (output tied to the embedding)"
-    constants.append(_c("NUM_PARAMETERS", counts.total, f"embedding {counts.embedding} + layers {m.num_layers} x "
-                        f"{counts.per_layer} + final norm {counts.final_norm}{output}"))
+    constants.append(
+        _c(
+            "NUM_PARAMETERS",
+            counts.total,
+            f"embedding {counts.embedding} + layers {m.num_layers} x "
+            f"{counts.per_layer} + final norm {counts.final_norm}{output}",
+        )
+    )
     if spec.init.checkpoint is not None:
         constants.append(_c("INIT_SCHEME", "megatron", "[init.checkpoint] overwrites every weight"))
     else:
@@ -270,8 +282,9 @@ def _init_checkpoint_section(spec: Spec) -> Section | None:
     ]
     if init.optimizer_state:
         constants.append(_c("INIT_OPTIMIZER_TYPE", c.choice(c.AdamStateKind, init.optimizer_type).value))
-    return Section(title="Initial weights from a checkpoint (paths relative to the spec's folder)",
-                   constants=tuple(constants))
+    return Section(
+        title="Initial weights from a checkpoint (paths relative to the spec's folder)", constants=tuple(constants)
+    )
 
 
 def _precision_section(spec: Spec, ch: Choices) -> Section:
@@ -332,8 +345,9 @@ def _schedule_section(spec: Spec, ch: Choices) -> Section:
         case c.SchedulerStyle.MAXTEXT:
             return _maxtext_schedule_section(spec)
         case c.SchedulerStyle.OPTAX:
-            return Section(title="Learning-rate schedule: the [[scheduler.optax]] pieces in learning_rate_schedule()",
-                           constants=())
+            return Section(
+                title="Learning-rate schedule: the [[scheduler.optax]] pieces in learning_rate_schedule()", constants=()
+            )
         case c.SchedulerStyle.MEGATRON:
             pass
         case _:
@@ -376,8 +390,10 @@ def _maxtext_schedule_section(spec: Spec) -> Section:
             _c("MAXTEXT_WSD_DECAY_STEPS_FRACTION", m.wsd_decay_steps_fraction),
             _c("MAXTEXT_WSD_DECAY_STYLE", c.choice(c.MaxTextWsdDecayStyle, m.wsd_decay_style).value),
         ]
-    return Section(title=f"Learning-rate schedule (MaxText's {m.kind}, read at the pre-increment update count)",
-                   constants=tuple(constants))
+    return Section(
+        title=f"Learning-rate schedule (MaxText's {m.kind}, read at the pre-increment update count)",
+        constants=tuple(constants),
+    )
 
 
 def _eod_token(spec: Spec, ch: Choices, target: Target) -> Constant:
@@ -387,11 +403,11 @@ def _eod_token(spec: Spec, ch: Choices, target: Target) -> Constant:
     match ch.data:
         case c.DataKind.INDEXED:
             assert target.tokenizer is not None, "validation requires eod_token or the dataset's tokenizer file"
-            return _c("EOD_TOKEN", target.tokenizer.eod,
-                      f"from the dataset's tokenizer file ({target.tokenizer.name})")
+            return _c("EOD_TOKEN", target.tokenizer.eod, f"from the dataset's tokenizer file ({target.tokenizer.name})")
         case c.DataKind.MOCK:
-            return _c("EOD_TOKEN", spec.model.vocab_size - 1,
-                      f"default for mock data: vocab {spec.model.vocab_size} - 1")
+            return _c(
+                "EOD_TOKEN", spec.model.vocab_size - 1, f"default for mock data: vocab {spec.model.vocab_size} - 1"
+            )
         case _:
             assert_never(ch.data)
 
@@ -417,10 +433,13 @@ def _data_section(spec: Spec, ch: Choices, target: Target) -> Section:
             if derive.evaluations(spec) == windows
             else f"1 evaluation (at least one; iters {t.iters} < eval_interval {t.eval_interval})"
         )
-        constants.append(_c(
-            "VALID_SAMPLES", windows * t.eval_iters * g,
-            f"{count} x eval_iters {t.eval_iters} x global {g}; each reads the next ones",
-        ))
+        constants.append(
+            _c(
+                "VALID_SAMPLES",
+                windows * t.eval_iters * g,
+                f"{count} x eval_iters {t.eval_iters} x global {g}; each reads the next ones",
+            )
+        )
     else:
         constants.append(_c("VALID_SAMPLES", 0, "no evaluation"))
     if maxtext_loss(spec):
@@ -444,8 +463,16 @@ def _output_section(spec: Spec, target: Target) -> Section:
     constants += [
         _c("SPEC_FILE", target.spec_path, "relative to this script"),
         _c("SPEC_SHA256", target.spec_sha256, "recorded in the metrics and in every checkpoint"),
-        _c("METRICS_FILE", f"{stem}.metrics.jsonl", "in OUTPUT_DIR, named after the spec: specs sharing the folder keep their own"),
-        _c("LAST_EXIT_FILE", f"{stem}.last_exit.json", "in OUTPUT_DIR: how the latest launch ended (code, reason, step)"),
+        _c(
+            "METRICS_FILE",
+            f"{stem}.metrics.jsonl",
+            "in OUTPUT_DIR, named after the spec: specs sharing the folder keep their own",
+        ),
+        _c(
+            "LAST_EXIT_FILE",
+            f"{stem}.last_exit.json",
+            "in OUTPUT_DIR: how the latest launch ended (code, reason, step)",
+        ),
     ]
     c = spec.checkpoint
     if c.dir is not None:
@@ -457,8 +484,6 @@ def _output_section(spec: Spec, target: Target) -> Section:
             _c("OVERWRITE_CHECKPOINTS", c.overwrite),
         ]
     return Section(title="Outputs (paths relative to the spec's folder)", constants=tuple(constants))
-
-
 
 
 def _user_strings(spec: Spec) -> tuple[str, ...]:
@@ -523,15 +548,21 @@ def _schedule_name(spec: Spec, ch: Choices) -> str:
             assert_never(ch.scheduler)
 
 
-REDUCTION_WORDS = c.table(c.Reduction, {
-    c.Reduction.PER_TOKEN: "summed over the global batch's real tokens and divided once by their count",
-    c.Reduction.PER_MICROBATCH: "each microbatch's mean, averaged over microbatches and data-parallel ranks",
-})
+REDUCTION_WORDS = c.table(
+    c.Reduction,
+    {
+        c.Reduction.PER_TOKEN: "summed over the global batch's real tokens and divided once by their count",
+        c.Reduction.PER_MICROBATCH: "each microbatch's mean, averaged over microbatches and data-parallel ranks",
+    },
+)
 
-NONFINITE_WORDS = c.table(c.NonFinitePolicy, {
-    c.NonFinitePolicy.SKIP: "skips the update (counted in the metrics; weights and optimizer state untouched)",
-    c.NonFinitePolicy.STOP: "stops the run after saving the last good state (exit 7)",
-})
+NONFINITE_WORDS = c.table(
+    c.NonFinitePolicy,
+    {
+        c.NonFinitePolicy.SKIP: "skips the update (counted in the metrics; weights and optimizer state untouched)",
+        c.NonFinitePolicy.STOP: "stops the run after saving the last good state (exit 7)",
+    },
+)
 
 
 def _step(spec: Spec, ch: Choices) -> tuple[str, ...]:

@@ -34,21 +34,24 @@ from bridgec.compiler.plan import (
 )
 from bridgec.compiler.spec import OptaxSchedulePiece, Spec
 
-
 # --------------------------------------------------------------------------------------------
 # The learning-rate schedule function (MaxText's and optax's styles).
 
-OPTAX_PIECES = c.table(c.OptaxScheduleKind, {
-    c.OptaxScheduleKind.CONSTANT: ("constant_schedule", ("value",)),
-    c.OptaxScheduleKind.LINEAR: (
-        "linear_schedule", ("init_value", "end_value", "transition_steps", "transition_begin")
-    ),
-    c.OptaxScheduleKind.COSINE_DECAY: ("cosine_decay_schedule", ("init_value", "decay_steps", "alpha", "exponent")),
-    c.OptaxScheduleKind.WARMUP_COSINE_DECAY: (
-        "warmup_cosine_decay_schedule",
-        ("init_value", "peak_value", "warmup_steps", "decay_steps", "end_value", "exponent"),
-    ),
-})
+OPTAX_PIECES = c.table(
+    c.OptaxScheduleKind,
+    {
+        c.OptaxScheduleKind.CONSTANT: ("constant_schedule", ("value",)),
+        c.OptaxScheduleKind.LINEAR: (
+            "linear_schedule",
+            ("init_value", "end_value", "transition_steps", "transition_begin"),
+        ),
+        c.OptaxScheduleKind.COSINE_DECAY: ("cosine_decay_schedule", ("init_value", "decay_steps", "alpha", "exponent")),
+        c.OptaxScheduleKind.WARMUP_COSINE_DECAY: (
+            "warmup_cosine_decay_schedule",
+            ("init_value", "peak_value", "warmup_steps", "decay_steps", "end_value", "exponent"),
+        ),
+    },
+)
 """Each [[scheduler.optax]] kind: bridgec.runtime.schedules' function and the piece's fields it takes."""
 
 
@@ -70,30 +73,42 @@ def schedule_function(spec: Spec, ch: Choices) -> tuple[Call | None, str]:
             assert s.maxtext is not None and ch.maxtext_kind is not None, "validation requires [scheduler.maxtext]"
             match ch.maxtext_kind:
                 case c.MaxTextScheduleKind.WSD:
-                    wsd = names(("wsd_decay_steps_fraction", "MAXTEXT_WSD_DECAY_STEPS_FRACTION"),
-                                 ("wsd_decay_style", "MAXTEXT_WSD_DECAY_STYLE"))
+                    wsd = names(
+                        ("wsd_decay_steps_fraction", "MAXTEXT_WSD_DECAY_STEPS_FRACTION"),
+                        ("wsd_decay_style", "MAXTEXT_WSD_DECAY_STYLE"),
+                    )
                 case c.MaxTextScheduleKind.COSINE:
                     wsd = ()
                 case _:
                     assert_never(ch.maxtext_kind)
-            return Call(function="maxtext_schedule", arguments=(
-                arg("kind", ch.maxtext_kind.value),
-                *names(("learning_rate", "LR"), ("final_fraction", "MAXTEXT_FINAL_FRACTION"),
+            return Call(
+                function="maxtext_schedule",
+                arguments=(
+                    arg("kind", ch.maxtext_kind.value),
+                    *names(
+                        ("learning_rate", "LR"),
+                        ("final_fraction", "MAXTEXT_FINAL_FRACTION"),
                         ("warmup_steps_fraction", "MAXTEXT_WARMUP_STEPS_FRACTION"),
-                        ("schedule_steps", "MAXTEXT_SCHEDULE_STEPS"), ("steps", "TRAIN_ITERS")),
-                *wsd,
-                *names(("variant", "MAXTEXT_SCHEDULE_VARIANT")),
-            )), "MaxText's create_learning_rate_schedule: the learning rate of update k (0-based count)."
+                        ("schedule_steps", "MAXTEXT_SCHEDULE_STEPS"),
+                        ("steps", "TRAIN_ITERS"),
+                    ),
+                    *wsd,
+                    *names(("variant", "MAXTEXT_SCHEDULE_VARIANT")),
+                ),
+            ), "MaxText's create_learning_rate_schedule: the learning rate of update k (0-based count)."
         case c.SchedulerStyle.OPTAX:
             doc = "The [[scheduler.optax]] pieces: the learning rate of update k (optax's count, read before it increments)."
             pieces = tuple(_optax_piece(piece) for piece in s.optax)
             if len(pieces) == 1:
                 return pieces[0], doc
             boundaries = tuple(piece.boundary for piece in s.optax[:-1] if piece.boundary is not None)
-            return Call(function="join_schedules", arguments=(
-                arg(None, Items(items=pieces)),
-                arg(None, boundaries, "update counts at which the next piece takes over"),
-            )), doc
+            return Call(
+                function="join_schedules",
+                arguments=(
+                    arg(None, Items(items=pieces)),
+                    arg(None, boundaries, "update counts at which the next piece takes over"),
+                ),
+            ), doc
         case _:
             assert_never(ch.scheduler)
 
@@ -108,16 +123,29 @@ def _optimizer(spec: Spec, ch: Choices) -> tuple[tuple[str, ...], Call]:
             return (
                 "optax.adamw exactly: eps_root inside the square root, decay = lr x weight_decay x parameter where",
                 "the MaxText-style mask keeps it, learning rate of update k read at count k.",
-            ), Call(function="build_optax_optimizer", arguments=(
-                arg(None, Code(text="model")),
-                *names(("lr", "LR"), ("beta1", "ADAM_BETA1"), ("beta2", "ADAM_BETA2"), ("eps", "ADAM_EPS"),
-                        ("eps_root", "ADAM_EPS_ROOT"), ("weight_decay", "WEIGHT_DECAY"),
-                        ("decay_exclude", "DECAY_EXCLUDE")),
-                arg("gated_mlp", derive.gated_mlp(spec)),
-                *names(("scan_layers", "DECAY_MASK_SCAN_LAYERS"), ("tied_output", "TIE_EMBEDDINGS"),
-                        ("path_style", "DECAY_MASK_PATHS"), ("dtype", "DTYPE"),
-                        ("distributed_optimizer", "DISTRIBUTED_OPTIMIZER")),
-            ))
+            ), Call(
+                function="build_optax_optimizer",
+                arguments=(
+                    arg(None, Code(text="model")),
+                    *names(
+                        ("lr", "LR"),
+                        ("beta1", "ADAM_BETA1"),
+                        ("beta2", "ADAM_BETA2"),
+                        ("eps", "ADAM_EPS"),
+                        ("eps_root", "ADAM_EPS_ROOT"),
+                        ("weight_decay", "WEIGHT_DECAY"),
+                        ("decay_exclude", "DECAY_EXCLUDE"),
+                    ),
+                    arg("gated_mlp", derive.gated_mlp(spec)),
+                    *names(
+                        ("scan_layers", "DECAY_MASK_SCAN_LAYERS"),
+                        ("tied_output", "TIE_EMBEDDINGS"),
+                        ("path_style", "DECAY_MASK_PATHS"),
+                        ("dtype", "DTYPE"),
+                        ("distributed_optimizer", "DISTRIBUTED_OPTIMIZER"),
+                    ),
+                ),
+            )
         case c.OptimizerSemantics.MEGATRON:
             match ch.optimizer:
                 case c.OptimizerName.ADAM:
@@ -126,13 +154,19 @@ def _optimizer(spec: Spec, ch: Choices) -> tuple[tuple[str, ...], Call]:
                     rule = "Sgd(momentum=SGD_MOMENTUM)"
                 case _:
                     assert_never(ch.optimizer)
-            settings = Call(function="OptimizerSettings", arguments=(
-                arg("rule", Code(text=rule)),
-                *names(("lr", "LR")),
-                *(names(("min_lr", "MIN_LR")) if megatron_schedule(ch) else ()),
-                *names(("weight_decay", "WEIGHT_DECAY"), ("dtype", "DTYPE"),
-                        ("distributed_optimizer", "DISTRIBUTED_OPTIMIZER")),
-            ))
+            settings = Call(
+                function="OptimizerSettings",
+                arguments=(
+                    arg("rule", Code(text=rule)),
+                    *names(("lr", "LR")),
+                    *(names(("min_lr", "MIN_LR")) if megatron_schedule(ch) else ()),
+                    *names(
+                        ("weight_decay", "WEIGHT_DECAY"),
+                        ("dtype", "DTYPE"),
+                        ("distributed_optimizer", "DISTRIBUTED_OPTIMIZER"),
+                    ),
+                ),
+            )
             return (), Call(function="build_optimizer", arguments=(arg(None, Code(text="model")), arg(None, settings)))
         case _:
             assert_never(ch.semantics)
@@ -161,10 +195,14 @@ def megatron_schedule(ch: Choices) -> bool:
 
 def _scheduler(ch: Choices) -> Call:
     if not megatron_schedule(ch):
-        return Call(function="CountScheduler", arguments=(
-            arg(None, Code(text="optimizer")), arg(None, Code(text="learning_rate_schedule()")),
-            *names(("weight_decay", "WEIGHT_DECAY")),
-        ))
+        return Call(
+            function="CountScheduler",
+            arguments=(
+                arg(None, Code(text="optimizer")),
+                arg(None, Code(text="learning_rate_schedule()")),
+                *names(("weight_decay", "WEIGHT_DECAY")),
+            ),
+        )
     match ch.decay:
         case c.Decay.WSD:
             wsd = names(("wsd_decay_iters", "LR_WSD_DECAY_ITERS"), ("wsd_decay_style", "LR_WSD_DECAY_STYLE"))
@@ -172,16 +210,26 @@ def _scheduler(ch: Choices) -> Call:
             wsd = ()
         case _:
             assert_never(ch.decay)
-    schedule = Call(function="ScheduleSettings", arguments=(
-        *names(("warmup_iters", "LR_WARMUP_ITERS"), ("warmup_init_lr", "LR_WARMUP_INIT"),
-                ("decay", "LR_DECAY_STYLE"), ("decay_iters", "LR_DECAY_ITERS")),
-        *wsd,
-    ))
-    return Call(function="build_scheduler", arguments=(
-        arg(None, Code(text="optimizer")),
-        *names(("lr", "LR"), ("min_lr", "MIN_LR"), ("weight_decay", "WEIGHT_DECAY")),
-        arg("schedule", schedule),
-    ))
+    schedule = Call(
+        function="ScheduleSettings",
+        arguments=(
+            *names(
+                ("warmup_iters", "LR_WARMUP_ITERS"),
+                ("warmup_init_lr", "LR_WARMUP_INIT"),
+                ("decay", "LR_DECAY_STYLE"),
+                ("decay_iters", "LR_DECAY_ITERS"),
+            ),
+            *wsd,
+        ),
+    )
+    return Call(
+        function="build_scheduler",
+        arguments=(
+            arg(None, Code(text="optimizer")),
+            *names(("lr", "LR"), ("min_lr", "MIN_LR"), ("weight_decay", "WEIGHT_DECAY")),
+            arg("schedule", schedule),
+        ),
+    )
 
 
 def _start_lines(ch: Choices) -> tuple[str, ...]:
@@ -216,12 +264,27 @@ def _after_model(ch: Choices) -> tuple[str, ...]:
 def _checkpointer(spec: Spec) -> tuple[Argument, ...]:
     if spec.checkpoint.dir is None:
         return ()
-    return (arg("checkpointer", Call(function="DistCheckpointer", arguments=(
-        arg("directory", Code(text="(SPEC_DIR / CHECKPOINT_DIR).resolve()")),
-        *names(("keep_last", "KEEP_LAST"), ("model", "model"), ("optimizer", "optimizer"),
-                ("scheduler", "scheduler"), ("layout", "layout"), ("spec_sha256", "identity.spec_sha256"),
-                ("script_sha256", "identity.script_sha256"), ("spec_text", "identity.spec_text")),
-    ))),)
+    return (
+        arg(
+            "checkpointer",
+            Call(
+                function="DistCheckpointer",
+                arguments=(
+                    arg("directory", Code(text="(SPEC_DIR / CHECKPOINT_DIR).resolve()")),
+                    *names(
+                        ("keep_last", "KEEP_LAST"),
+                        ("model", "model"),
+                        ("optimizer", "optimizer"),
+                        ("scheduler", "scheduler"),
+                        ("layout", "layout"),
+                        ("spec_sha256", "identity.spec_sha256"),
+                        ("script_sha256", "identity.script_sha256"),
+                        ("spec_text", "identity.spec_text"),
+                    ),
+                ),
+            ),
+        ),
+    )
 
 
 def _hook_load(ch: Choices) -> tuple[str, ...]:
@@ -244,58 +307,127 @@ def step_plan(spec: Spec, ch: Choices) -> StepPlan:
     betas = names(("adam_betas", "(ADAM_BETA1, ADAM_BETA2)")) if adam(ch) else ()
     return StepPlan(
         start_lines=_start_lines(ch),
-        initialize=Call(function="initialize", arguments=names(
-            ("device", "DEVICE"), ("tensor", "TENSOR_PARALLEL"), ("pipeline", "PIPELINE_PARALLEL"),
-            *((("virtual_pipeline", "VIRTUAL_PIPELINE"),) if spec.parallel.virtual_pipeline is not None else ()),
-            ("context", "CONTEXT_PARALLEL"), ("expert", "EXPERT_PARALLEL"), ("seed", "SEED"),
-            ("timeout_minutes", "TIMEOUT_MINUTES"),
-        )),
-        model=Call(function="build_model", arguments=(
-            arg(None, Code(text="model_provider")),
-            *names(("layout", "layout"), ("init_scheme", "weights.init_scheme(INIT_SCHEME)"), ("seed", "SEED"),
-                    ("init_std", "INIT_METHOD_STD"), ("num_layers", "NUM_LAYERS"), ("tied_output", "TIE_EMBEDDINGS"),
-                    ("dtype", "DTYPE"), ("distributed_optimizer", "DISTRIBUTED_OPTIMIZER")),
-            *(names(("num_experts", "NUM_EXPERTS")) if spec.model.num_experts is not None else ()),
-        )),
+        initialize=Call(
+            function="initialize",
+            arguments=names(
+                ("device", "DEVICE"),
+                ("tensor", "TENSOR_PARALLEL"),
+                ("pipeline", "PIPELINE_PARALLEL"),
+                *((("virtual_pipeline", "VIRTUAL_PIPELINE"),) if spec.parallel.virtual_pipeline is not None else ()),
+                ("context", "CONTEXT_PARALLEL"),
+                ("expert", "EXPERT_PARALLEL"),
+                ("seed", "SEED"),
+                ("timeout_minutes", "TIMEOUT_MINUTES"),
+            ),
+        ),
+        model=Call(
+            function="build_model",
+            arguments=(
+                arg(None, Code(text="model_provider")),
+                *names(
+                    ("layout", "layout"),
+                    ("init_scheme", "weights.init_scheme(INIT_SCHEME)"),
+                    ("seed", "SEED"),
+                    ("init_std", "INIT_METHOD_STD"),
+                    ("num_layers", "NUM_LAYERS"),
+                    ("tied_output", "TIE_EMBEDDINGS"),
+                    ("dtype", "DTYPE"),
+                    ("distributed_optimizer", "DISTRIBUTED_OPTIMIZER"),
+                ),
+                *(names(("num_experts", "NUM_EXPERTS")) if spec.model.num_experts is not None else ()),
+            ),
+        ),
         after_model=_after_model(ch),
         optimizer_comment=optimizer_comment,
         optimizer=optimizer,
         scheduler=_scheduler(ch),
-        built=Call(function="Built", arguments=(
-            *names(("layout", "layout"), ("model", "model"), ("optimizer", "optimizer"), ("scheduler", "scheduler"),
-                    ("datasets", "datasets"), ("identity", "identity")),
-            *_checkpointer(spec),
-            *names(("spec_dir", "SPEC_DIR")),
-            arg("imports", Call(function="ImportFacts", arguments=(
-                *names(("vocab_size", "VOCAB_SIZE"), ("global_batch_size", "GLOBAL_BATCH_SIZE")), *betas,
-            ))),
-        )),
+        built=Call(
+            function="Built",
+            arguments=(
+                *names(
+                    ("layout", "layout"),
+                    ("model", "model"),
+                    ("optimizer", "optimizer"),
+                    ("scheduler", "scheduler"),
+                    ("datasets", "datasets"),
+                    ("identity", "identity"),
+                ),
+                *_checkpointer(spec),
+                *names(("spec_dir", "SPEC_DIR")),
+                arg(
+                    "imports",
+                    Call(
+                        function="ImportFacts",
+                        arguments=(
+                            *names(("vocab_size", "VOCAB_SIZE"), ("global_batch_size", "GLOBAL_BATCH_SIZE")),
+                            *betas,
+                        ),
+                    ),
+                ),
+            ),
+        ),
         hook_load=_hook_load(ch),
-        claim=Call(function="claim_outputs", arguments=(
-            *names(("spec", "HERE / SPEC_FILE"), ("metrics", "SPEC_DIR / OUTPUT_DIR / METRICS_FILE")),
-            *(names(("checkpoint_dir", "(SPEC_DIR / CHECKPOINT_DIR).resolve()"), ("resume", "RESUME"),
-                     ("overwrite", "OVERWRITE_CHECKPOINTS")) if checkpointing else ()),
-        )),
-        loop_settings=Call(function="LoopSettings", arguments=(
-            *names(("iters", "TRAIN_ITERS"), ("log_interval", "LOG_INTERVAL")),
-            *(names(("eval_interval", "EVAL_INTERVAL"), ("eval_iters", "EVAL_ITERS")) if evaluation else ()),
-            *names(("global_batch_size", "GLOBAL_BATCH_SIZE"), ("micro_batch_size", "MICRO_BATCH_SIZE"),
-                   ("num_microbatches", "NUM_MICROBATCHES"), ("seq_length", "SEQ_LENGTH"),
-                   ("clip_grad", "CLIP_GRAD"), ("clip_epsilon", "CLIP_EPSILON"), ("on_nonfinite", "ON_NONFINITE")),
-            *(names(("exit_interval", "EXIT_INTERVAL")) if spec.train.exit_interval is not None else ()),
-            *(names(("exit_duration_minutes", "EXIT_DURATION_MINUTES"))
-              if spec.train.exit_duration_minutes is not None else ()),
-            *(names(("save_interval", "SAVE_INTERVAL")) if checkpointing else ()),
-            *names(("metrics_path", "SPEC_DIR / OUTPUT_DIR / METRICS_FILE"), ("spec_path", "HERE / SPEC_FILE"),
-                   ("spec_sha256", "SPEC_SHA256"), ("run_name", "RUN_NAME"), ("parameters", "NUM_PARAMETERS")),
-        )),
-        train=Call(function="train", arguments=(
-            arg(None, Code(text="forward_step")),
-            *names(("model", "built.model"), ("optimizer", "built.optimizer"), ("scheduler", "built.scheduler"),
-                    ("splits", "built.datasets()"), ("layout", "layout"), ("settings", "settings")),
-            *(names(("checkpointer", "built.checkpointer"), ("resume", "RESUME")) if checkpointing else ()),
-            *(names(("initial", "initial")) if spec.init.checkpoint is not None else ()),
-        )),
+        claim=Call(
+            function="claim_outputs",
+            arguments=(
+                *names(("spec", "HERE / SPEC_FILE"), ("metrics", "SPEC_DIR / OUTPUT_DIR / METRICS_FILE")),
+                *(
+                    names(
+                        ("checkpoint_dir", "(SPEC_DIR / CHECKPOINT_DIR).resolve()"),
+                        ("resume", "RESUME"),
+                        ("overwrite", "OVERWRITE_CHECKPOINTS"),
+                    )
+                    if checkpointing
+                    else ()
+                ),
+            ),
+        ),
+        loop_settings=Call(
+            function="LoopSettings",
+            arguments=(
+                *names(("iters", "TRAIN_ITERS"), ("log_interval", "LOG_INTERVAL")),
+                *(names(("eval_interval", "EVAL_INTERVAL"), ("eval_iters", "EVAL_ITERS")) if evaluation else ()),
+                *names(
+                    ("global_batch_size", "GLOBAL_BATCH_SIZE"),
+                    ("micro_batch_size", "MICRO_BATCH_SIZE"),
+                    ("num_microbatches", "NUM_MICROBATCHES"),
+                    ("seq_length", "SEQ_LENGTH"),
+                    ("clip_grad", "CLIP_GRAD"),
+                    ("clip_epsilon", "CLIP_EPSILON"),
+                    ("on_nonfinite", "ON_NONFINITE"),
+                ),
+                *(names(("exit_interval", "EXIT_INTERVAL")) if spec.train.exit_interval is not None else ()),
+                *(
+                    names(("exit_duration_minutes", "EXIT_DURATION_MINUTES"))
+                    if spec.train.exit_duration_minutes is not None
+                    else ()
+                ),
+                *(names(("save_interval", "SAVE_INTERVAL")) if checkpointing else ()),
+                *names(
+                    ("metrics_path", "SPEC_DIR / OUTPUT_DIR / METRICS_FILE"),
+                    ("spec_path", "HERE / SPEC_FILE"),
+                    ("spec_sha256", "SPEC_SHA256"),
+                    ("run_name", "RUN_NAME"),
+                    ("parameters", "NUM_PARAMETERS"),
+                ),
+            ),
+        ),
+        train=Call(
+            function="train",
+            arguments=(
+                arg(None, Code(text="forward_step")),
+                *names(
+                    ("model", "built.model"),
+                    ("optimizer", "built.optimizer"),
+                    ("scheduler", "built.scheduler"),
+                    ("splits", "built.datasets()"),
+                    ("layout", "layout"),
+                    ("settings", "settings"),
+                ),
+                *(names(("checkpointer", "built.checkpointer"), ("resume", "RESUME")) if checkpointing else ()),
+                *(names(("initial", "initial")) if spec.init.checkpoint is not None else ()),
+            ),
+        ),
     )
 
 

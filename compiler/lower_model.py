@@ -107,9 +107,14 @@ def _orbax_maxtext(fmt: c.CheckpointFormat, layout: c.CheckpointLayout) -> None:
             assert_never(layout)
 
 
-SCORES_SCALED = c.table(c.QueryScaling, {
-    c.QueryScaling.ATTENTION: True, c.QueryScaling.INITIAL_WEIGHTS: False, c.QueryScaling.NONE: False,
-})
+SCORES_SCALED = c.table(
+    c.QueryScaling,
+    {
+        c.QueryScaling.ATTENTION: True,
+        c.QueryScaling.INITIAL_WEIGHTS: False,
+        c.QueryScaling.NONE: False,
+    },
+)
 """Whether megatron-core scales attention scores by 1/sqrt(head_dim) (its default softmax scale)."""
 
 WSD = c.table(c.Decay, {c.Decay.CONSTANT: False, c.Decay.LINEAR: False, c.Decay.COSINE: False, c.Decay.WSD: True})
@@ -206,8 +211,9 @@ POSITION_EMBEDDING = c.table(
     c.PositionEmbedding, {c.PositionEmbedding.LEARNED: "learned_absolute", c.PositionEmbedding.ROPE: "rope"}
 )
 
-PARAMS_DTYPE = c.table(c.DType, {c.DType.FP32: "torch.float32", c.DType.BF16: "torch.bfloat16",
-                                 c.DType.FP16: "torch.float16"})
+PARAMS_DTYPE = c.table(
+    c.DType, {c.DType.FP32: "torch.float32", c.DType.BF16: "torch.bfloat16", c.DType.FP16: "torch.float16"}
+)
 
 
 def _precision_arguments(ch: Choices) -> tuple[Argument, ...]:
@@ -221,8 +227,10 @@ def _precision_arguments(ch: Choices) -> tuple[Argument, ...]:
         case _:
             assert_never(ch.dtype)
     dtype = Code(text=PARAMS_DTYPE[ch.dtype])
-    fp8 = () if ch.fp8 is None else (
-        arg("fp8", "hybrid", "e4m3 forward, e5m2 gradients"), arg("fp8_recipe", Code(text="FP8_RECIPE"))
+    fp8 = (
+        ()
+        if ch.fp8 is None
+        else (arg("fp8", "hybrid", "e4m3 forward, e5m2 gradients"), arg("fp8_recipe", Code(text="FP8_RECIPE")))
     )
     return (*flags, arg("params_dtype", dtype), arg("pipeline_dtype", dtype), *fp8)
 
@@ -232,8 +240,9 @@ def _moe_arguments(spec: Spec, ch: Choices) -> tuple[Argument, ...]:
         return ()
     match ch.device:
         case c.Device.CPU:
-            dispatcher = arg("moe_token_dispatcher_type", "allgather",
-                            "the all-to-all dispatcher's split bookkeeping assumes CUDA")
+            dispatcher = arg(
+                "moe_token_dispatcher_type", "allgather", "the all-to-all dispatcher's split bookkeeping assumes CUDA"
+            )
         case c.Device.CUDA:
             dispatcher = arg("moe_token_dispatcher_type", "alltoall")
         case _:
@@ -277,41 +286,69 @@ def _transformer_config(spec: Spec, ch: Choices) -> Call:
     m = spec.model
     activation = activation_function(ch)
     initialization, p2p_sync = _device_arguments(spec, ch)
-    virtual = () if spec.parallel.virtual_pipeline is None else (
-        arg("virtual_pipeline_model_parallel_size", Code(text="VIRTUAL_PIPELINE")),
-        arg("batch_p2p_comm", False, "send/recv keep the directions apart where a stage's neighbours are one rank"),
-        arg("overlap_p2p_comm", True),
+    virtual = (
+        ()
+        if spec.parallel.virtual_pipeline is None
+        else (
+            arg("virtual_pipeline_model_parallel_size", Code(text="VIRTUAL_PIPELINE")),
+            arg("batch_p2p_comm", False, "send/recv keep the directions apart where a stage's neighbours are one rank"),
+            arg("overlap_p2p_comm", True),
+        )
     )
     per_token = (
-        (arg("calculate_per_token_loss", True,
-            "gradients are divided by the global token count in finalize_model_grads"),)
-        if _token_aware(ch) else ()
+        (
+            arg(
+                "calculate_per_token_loss",
+                True,
+                "gradients are divided by the global token count in finalize_model_grads",
+            ),
+        )
+        if _token_aware(ch)
+        else ()
     )
-    return Call(function="TransformerConfig", arguments=(
-        *names(("num_layers", "NUM_LAYERS"), ("hidden_size", "HIDDEN_SIZE"),
-                ("num_attention_heads", "NUM_ATTENTION_HEADS"), ("num_query_groups", "NUM_QUERY_GROUPS"),
-                ("kv_channels", "HEAD_DIM"), ("ffn_hidden_size", "FFN_HIDDEN_SIZE")),
-        arg("normalization", NORMALIZATION[ch.normalization]),
-        arg("layernorm_epsilon", Code(text="NORM_EPSILON")),
-        *((arg("layernorm_zero_centered_gamma", True, "norm scales stored as (scale - 1), applied as 1 + scale"),)
-          if m.norm_zero_centered else ()),
-        *((arg("gated_linear_unit", True, "linear_fc1 holds [gate; up]"),) if derive.gated_mlp(spec) else ()),
-        *(() if activation is None else (arg("activation_func", Code(text=activation)),)),
-        *((arg("qk_layernorm", True, "queries and keys normalised per head before RoPE"),) if m.qk_layernorm else ()),
-        *_query_scaling_arguments(ch),
-        arg("add_bias_linear", m.add_bias_linear),
-        *names(("hidden_dropout", "DROPOUT"), ("attention_dropout", "DROPOUT"),
-                ("init_method_std", "INIT_METHOD_STD")),
-        *initialization,
-        *names(("tensor_model_parallel_size", "TENSOR_PARALLEL"), ("pipeline_model_parallel_size", "PIPELINE_PARALLEL")),
-        *virtual,
-        *names(("context_parallel_size", "CONTEXT_PARALLEL"), ("sequence_parallel", "SEQUENCE_PARALLEL")),
-        *_moe_arguments(spec, ch),
-        *_precision_arguments(ch),
-        *per_token,
-        *p2p_sync,
-        arg("finalize_model_grads_func", Code(text="finalize_model_grads")),
-    ))
+    return Call(
+        function="TransformerConfig",
+        arguments=(
+            *names(
+                ("num_layers", "NUM_LAYERS"),
+                ("hidden_size", "HIDDEN_SIZE"),
+                ("num_attention_heads", "NUM_ATTENTION_HEADS"),
+                ("num_query_groups", "NUM_QUERY_GROUPS"),
+                ("kv_channels", "HEAD_DIM"),
+                ("ffn_hidden_size", "FFN_HIDDEN_SIZE"),
+            ),
+            arg("normalization", NORMALIZATION[ch.normalization]),
+            arg("layernorm_epsilon", Code(text="NORM_EPSILON")),
+            *(
+                (arg("layernorm_zero_centered_gamma", True, "norm scales stored as (scale - 1), applied as 1 + scale"),)
+                if m.norm_zero_centered
+                else ()
+            ),
+            *((arg("gated_linear_unit", True, "linear_fc1 holds [gate; up]"),) if derive.gated_mlp(spec) else ()),
+            *(() if activation is None else (arg("activation_func", Code(text=activation)),)),
+            *(
+                (arg("qk_layernorm", True, "queries and keys normalised per head before RoPE"),)
+                if m.qk_layernorm
+                else ()
+            ),
+            *_query_scaling_arguments(ch),
+            arg("add_bias_linear", m.add_bias_linear),
+            *names(
+                ("hidden_dropout", "DROPOUT"), ("attention_dropout", "DROPOUT"), ("init_method_std", "INIT_METHOD_STD")
+            ),
+            *initialization,
+            *names(
+                ("tensor_model_parallel_size", "TENSOR_PARALLEL"), ("pipeline_model_parallel_size", "PIPELINE_PARALLEL")
+            ),
+            *virtual,
+            *names(("context_parallel_size", "CONTEXT_PARALLEL"), ("sequence_parallel", "SEQUENCE_PARALLEL")),
+            *_moe_arguments(spec, ch),
+            *_precision_arguments(ch),
+            *per_token,
+            *p2p_sync,
+            arg("finalize_model_grads_func", Code(text="finalize_model_grads")),
+        ),
+    )
 
 
 def layer_spec_function(ch: Choices) -> str:
@@ -347,16 +384,23 @@ def _gpt_model(spec: Spec, ch: Choices) -> Call:
             rotary = ()
         case _:
             assert_never(ch.position_embedding)
-    return Call(function="GPTModel", arguments=(
-        arg("config", Code(text="transformer_config()")),
-        arg("transformer_layer_spec", _layer_spec(spec, ch)),
-        *names(("vocab_size", "PADDED_VOCAB_SIZE"), ("max_sequence_length", "SEQ_LENGTH"),
-                ("pre_process", "pre_process"), ("post_process", "post_process"),
-                ("share_embeddings_and_output_weights", "TIE_EMBEDDINGS")),
-        arg("position_embedding_type", POSITION_EMBEDDING[ch.position_embedding]),
-        *rotary,
-        *names(("vp_stage", "vp_stage")),
-    ))
+    return Call(
+        function="GPTModel",
+        arguments=(
+            arg("config", Code(text="transformer_config()")),
+            arg("transformer_layer_spec", _layer_spec(spec, ch)),
+            *names(
+                ("vocab_size", "PADDED_VOCAB_SIZE"),
+                ("max_sequence_length", "SEQ_LENGTH"),
+                ("pre_process", "pre_process"),
+                ("post_process", "post_process"),
+                ("share_embeddings_and_output_weights", "TIE_EMBEDDINGS"),
+            ),
+            arg("position_embedding_type", POSITION_EMBEDDING[ch.position_embedding]),
+            *rotary,
+            *names(("vp_stage", "vp_stage")),
+        ),
+    )
 
 
 def model_plan(spec: Spec, ch: Choices) -> ModelPlan:
@@ -378,8 +422,10 @@ def data_source(spec: Spec, ch: Choices) -> tuple[str, Code]:
         case c.DataKind.INDEXED:
             return (
                 "Train and validation splits of the indexed datasets, blended by weight.",
-                Code(text="IndexedData(prefixes=tuple(str(SPEC_DIR / prefix) for prefix in DATA_PREFIXES), "
-                     "weights=DATA_WEIGHTS, split=DATA_SPLIT)"),
+                Code(
+                    text="IndexedData(prefixes=tuple(str(SPEC_DIR / prefix) for prefix in DATA_PREFIXES), "
+                    "weights=DATA_WEIGHTS, split=DATA_SPLIT)"
+                ),
             )
         case _:
             assert_never(ch.data)
@@ -448,14 +494,21 @@ def _hook(spec: Spec, name: str | None) -> Code | None:
 def forward_plan(spec: Spec, ch: Choices) -> ForwardPlan:
     context = (
         (arg("context_parallel", True, "keep this rank's two chunks of each sequence"),)
-        if spec.parallel.context > 1 else ()
+        if spec.parallel.context > 1
+        else ()
     )
-    next_batch = Call(function="next_batch", arguments=(
-        arg(None, Code(text="data_iterator")),
-        *names(("pre_process", "chunk.pre_process"), ("post_process", "chunk.post_process"),
-                ("device", "state.layout.device")),
-        *context,
-    ))
+    next_batch = Call(
+        function="next_batch",
+        arguments=(
+            arg(None, Code(text="data_iterator")),
+            *names(
+                ("pre_process", "chunk.pre_process"),
+                ("post_process", "chunk.post_process"),
+                ("device", "state.layout.device"),
+            ),
+            *context,
+        ),
+    )
     hook = loss_hook = None
     match ch.loss_source:
         case LossSource.HOOK_FORWARD_STEP:

@@ -186,8 +186,9 @@ def import_maxtext(
         return ImportResult(toml=render(mapped, header), notes=mapped.notes, errors=())
     pointer = [f"# The MaxText keys with no counterpart in this spec, and what was done about each: {ledger_file}"]
     ledger = "\n".join(line[2:] if line.startswith("# ") else line.lstrip("#") for line in _closing_block(mapped))
-    return ImportResult(toml=render(mapped, header, closing=pointer), notes=mapped.notes, errors=(),
-                        ledger=ledger + "\n")
+    return ImportResult(
+        toml=render(mapped, header, closing=pointer), notes=mapped.notes, errors=(), ledger=ledger + "\n"
+    )
 
 
 def _header(base_name: str, model_name: str | None, overrides: Sequence[str], command: str | None) -> list[str]:
@@ -213,6 +214,7 @@ def render(mapped: MappedConfig, header: list[str], closing: list[str] | None = 
     lines += ["", *(_closing_block(mapped) if closing is None else closing)]
     return "\n".join(lines) + "\n"
 
+
 def _closing_block(mapped: MappedConfig) -> list[str]:
     unmapped = [key for key in mapped.config if key not in mapped.used]
     chosen, neutral, unreviewed = [], [], []
@@ -231,8 +233,10 @@ def _closing_block(mapped: MappedConfig) -> list[str]:
             ignored.setdefault(reason, []).append(key)
     for key in sorted(k for k in mapped.inactive if k in mapped.used):
         if mapped.origin.get(key) in ("model", "cli"):
-            chosen.append(f"{key} = {show(mapped.config[key])} ({mapped.names[mapped.origin[key]]}): ignored, "
-                          f"{mapped.inactive[key]}")
+            chosen.append(
+                f"{key} = {show(mapped.config[key])} ({mapped.names[mapped.origin[key]]}): ignored, "
+                f"{mapped.inactive[key]}"
+            )
         else:
             ignored.setdefault(mapped.inactive[key], []).append(key)
     said = " ".join(

@@ -30,8 +30,15 @@ class DecoderBlock:
 
 
 def _rope_block(name: str, *, query_scale_in_init: bool, experts: bool = False, param_paths: bool) -> DecoderBlock:
-    return DecoderBlock(name=name, layernorm=False, learned_positions=False, biases=False,
-                        query_scale_in_init=query_scale_in_init, experts=experts, param_paths=param_paths)
+    return DecoderBlock(
+        name=name,
+        layernorm=False,
+        learned_positions=False,
+        biases=False,
+        query_scale_in_init=query_scale_in_init,
+        experts=experts,
+        param_paths=param_paths,
+    )
 
 
 BLOCKS: dict[str, DecoderBlock] = {
@@ -42,8 +49,15 @@ BLOCKS: dict[str, DecoderBlock] = {
         _rope_block("qwen3", query_scale_in_init=False, param_paths=True),
         _rope_block("mixtral", query_scale_in_init=True, experts=True, param_paths=False),
         _rope_block("gemma", query_scale_in_init=True, param_paths=False),
-        DecoderBlock(name="gpt3", layernorm=True, learned_positions=True, biases=True, query_scale_in_init=False,
-                     experts=False, param_paths=False),
+        DecoderBlock(
+            name="gpt3",
+            layernorm=True,
+            learned_positions=True,
+            biases=True,
+            query_scale_in_init=False,
+            experts=False,
+            param_paths=False,
+        ),
     )
 }
 """Every mapped block, in the order messages list them."""

@@ -11,10 +11,20 @@ from bridgec.compiler.maxtext_read import ConfigReader
 from bridgec.compiler.mesh import lower_mesh
 
 _MESH_KEYS = {
-    "diloco": "diloco", "data": "data", "stage": "pipeline", "fsdp": "fsdp", "fsdp_transpose": "fsdp_transpose",
-    "sequence": "sequence", "context": "context", "context_usp_ulysses": "context_usp_ulysses",
-    "context_autoregressive": "context_autoregressive", "tensor": "tensor", "tensor_sequence": "tensor_sequence",
-    "model": "tensor", "expert": "expert", "autoregressive": "autoregressive",
+    "diloco": "diloco",
+    "data": "data",
+    "stage": "pipeline",
+    "fsdp": "fsdp",
+    "fsdp_transpose": "fsdp_transpose",
+    "sequence": "sequence",
+    "context": "context",
+    "context_usp_ulysses": "context_usp_ulysses",
+    "context_autoregressive": "context_autoregressive",
+    "tensor": "tensor",
+    "tensor_sequence": "tensor_sequence",
+    "model": "tensor",
+    "expert": "expert",
+    "autoregressive": "autoregressive",
 }
 """Mesh axis -> the <x> of MaxText's ici_<x>_parallelism / dcn_<x>_parallelism (configs/types.py)."""
 
@@ -33,11 +43,17 @@ def map_launch(reader: ConfigReader, *, devices: int, nodes: int | None, device:
     slices = reader.get("num_slices", -1)
     count = nodes if nodes is not None else (slices if isinstance(slices, int) and slices > 0 else 1)
     if nodes is not None and isinstance(slices, int) and slices > 0 and slices != nodes:
-        reader.refuse("num_slices", f"num_slices = {slices} but the import was asked for {nodes} nodes",
-                      "give --nodes the slice count, or leave num_slices at -1")
+        reader.refuse(
+            "num_slices",
+            f"num_slices = {slices} but the import was asked for {nodes} nodes",
+            "give --nodes the slice count, or leave num_slices at -1",
+        )
     if devices < 1 or count < 1 or devices % count:
-        reader.refuse("num_slices", f"{devices} devices do not split evenly over {count} nodes",
-                      "give --devices a multiple of --nodes")
+        reader.refuse(
+            "num_slices",
+            f"{devices} devices do not split evenly over {count} nodes",
+            "give --devices a multiple of --nodes",
+        )
         count = 1
     procs_per_node = max(devices // count, 1)
     hardware = reader.get("hardware")
@@ -91,8 +107,10 @@ def _mesh(reader: ConfigReader) -> tuple[dict[str, int], dict[str, int]]:
             if key in reader.config and key not in reader.used:
                 reader.mark_read(key)
                 if reader.config[key] != 1:
-                    reader.note(f"{key} = {reader.config[key]} is ignored: '{name}' is not in mesh_axes "
-                                "(MaxText ignores it too)")
+                    reader.note(
+                        f"{key} = {reader.config[key]} is ignored: '{name}' is not in mesh_axes "
+                        "(MaxText ignores it too)"
+                    )
                 else:
                     reader.mark_inactive(key, "its axis is not in mesh_axes")
     for old, new in (("sequence", "context"), ("model", "tensor")):
@@ -104,25 +122,38 @@ def _mesh(reader: ConfigReader) -> tuple[dict[str, int], dict[str, int]]:
 
 def _pipeline(reader: ConfigReader, stages: int, layers: int) -> int:
     """[parallel] virtual_pipeline for MaxText's circular pipeline; returns the pipeline microbatches per step."""
-    keys = ("num_pipeline_microbatches", "num_layers_per_pipeline_stage", "num_pipeline_repeats",
-            "pipeline_parallel_layers")
+    keys = (
+        "num_pipeline_microbatches",
+        "num_layers_per_pipeline_stage",
+        "num_pipeline_repeats",
+        "pipeline_parallel_layers",
+    )
     if stages == 1:
         reader.skip(keys, "only pipeline runs (stage > 1) read it")
         return 1
     if reader.get("pipeline_parallel_layers", -1) != -1:
-        reader.refuse("pipeline_parallel_layers", "pipelining only some layers has no Megatron counterpart",
-                      "set pipeline_parallel_layers=-1")
+        reader.refuse(
+            "pipeline_parallel_layers",
+            "pipelining only some layers has no Megatron counterpart",
+            "set pipeline_parallel_layers=-1",
+        )
     per_stage = int(reader.get("num_layers_per_pipeline_stage", 1))
     repeats = int(reader.get("num_pipeline_repeats", -1))
     if repeats == -1:
         if layers % (stages * per_stage):
-            reader.refuse("num_layers_per_pipeline_stage", f"{layers} layers do not split into {stages} stages "
-                          f"x {per_stage} layers per stage")
+            reader.refuse(
+                "num_layers_per_pipeline_stage",
+                f"{layers} layers do not split into {stages} stages x {per_stage} layers per stage",
+            )
             return 1
         repeats = layers // (stages * per_stage)
     if repeats > 1:
-        reader.put("parallel", "virtual_pipeline", repeats,
-                   f"MaxText's circular pipeline: {repeats} repeats of {per_stage} layer(s) per stage")
+        reader.put(
+            "parallel",
+            "virtual_pipeline",
+            repeats,
+            f"MaxText's circular pipeline: {repeats} repeats of {per_stage} layer(s) per stage",
+        )
     microbatches = int(reader.get("num_pipeline_microbatches", -1))
     return stages if microbatches == -1 else microbatches
 
@@ -132,8 +163,10 @@ def _batch(reader: ConfigReader, devices: int, data_parallel: int, pipeline_micr
     accumulation = int(reader.get("gradient_accumulation_steps", 1))
     per_step = int(devices * per_device)
     if per_step != devices * per_device:
-        reader.note(f"int({devices} devices x per_device_batch_size {per_device}) = {per_step}: "
-                    "MaxText truncates the batch to whole sequences, and so does this spec")
+        reader.note(
+            f"int({devices} devices x per_device_batch_size {per_device}) = {per_step}: "
+            "MaxText truncates the batch to whole sequences, and so does this spec"
+        )
     share = data_parallel * pipeline_microbatches
     if per_step < share or per_step % share:
         smallest = share / devices
@@ -148,10 +181,17 @@ def _batch(reader: ConfigReader, devices: int, data_parallel: int, pipeline_micr
         )
         return
     micro = per_step // share
-    reader.put("batch", "global_batch_size", per_step * accumulation,
-               f"int({devices} devices x per_device_batch_size {per_device}) x gradient_accumulation_steps "
-               f"{accumulation}")
-    reader.put("batch", "micro_batch_size", micro,
-               f"{per_step} / ({data_parallel} data-parallel ranks"
-               + (f" x {pipeline_microbatches} num_pipeline_microbatches)" if pipeline_microbatches > 1 else ")")
-               + f"; {accumulation * pipeline_microbatches} microbatches per step")
+    reader.put(
+        "batch",
+        "global_batch_size",
+        per_step * accumulation,
+        f"int({devices} devices x per_device_batch_size {per_device}) x gradient_accumulation_steps {accumulation}",
+    )
+    reader.put(
+        "batch",
+        "micro_batch_size",
+        micro,
+        f"{per_step} / ({data_parallel} data-parallel ranks"
+        + (f" x {pipeline_microbatches} num_pipeline_microbatches)" if pipeline_microbatches > 1 else ")")
+        + f"; {accumulation * pipeline_microbatches} microbatches per step",
+    )

@@ -75,7 +75,8 @@ def _map_run(reader: ConfigReader, model_label: str | None) -> None:
     reader.get("override_model_config")
     label = model_name if model_name != "default" else (model_label or "maxtext")
     name = run_name or label
-    reader.put("run", "name", name,
-               reader.src("run_name") if run_name else "MaxText's run_name is empty: the model's name")
+    reader.put(
+        "run", "name", name, reader.src("run_name") if run_name else "MaxText's run_name is empty: the model's name"
+    )
     reader.put("run", "seed", int(reader.get("init_weights_seed", 0)), reader.src("init_weights_seed"))
     reader.put("run", "description", f"Imported from MaxText ({label})", reader.src("model_name"))

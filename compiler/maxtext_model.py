@@ -15,14 +15,17 @@ from bridgec.compiler.maxtext_keys import MOE_KEYS
 from bridgec.compiler.maxtext_read import ConfigReader, show
 
 _ACTIVATIONS = {
-    ("silu", "linear"): ("swiglu", "none"), ("gelu", "linear"): ("geglu", "tanh"), ("gelu",): ("gelu", "tanh"),
+    ("silu", "linear"): ("swiglu", "none"),
+    ("gelu", "linear"): ("geglu", "tanh"),
+    ("gelu",): ("gelu", "tanh"),
 }
 """mlp_activations -> (activation, gelu_approximation)."""
 _MOE_AS_MIXTRAL: dict[str, tuple[str, Callable[[Any], bool]]] = {
-    "capacity_factor": (
-        "dropless routing (<= 0); megatron-core's capacity factor has no spec field", lambda v: v <= 0),
+    "capacity_factor": ("dropless routing (<= 0); megatron-core's capacity factor has no spec field", lambda v: v <= 0),
     "load_balance_loss_weight": (
-        "no load-balancing loss (0); megatron-core's moe_aux_loss_coeff has no spec field", lambda v: v == 0),
+        "no load-balancing loss (0); megatron-core's moe_aux_loss_coeff has no spec field",
+        lambda v: v == 0,
+    ),
     "norm_topk_prob": ("unnormalised top-k weights (false)", lambda v: v is False),
     "first_num_dense_layers": ("every layer MoE (0)", lambda v: v == 0),
     "shared_experts": ("no shared experts (0)", lambda v: v == 0),
@@ -77,20 +80,31 @@ def map_model(reader: ConfigReader, *, device: str) -> ModelFacts | None:
     if sizes is None:
         return None
     reader.put("model", "normalization", "layernorm" if block.layernorm else "rmsnorm", f"decoder_block {name!r}")
-    reader.put("model", "norm_epsilon", float(reader.get("normalization_layer_epsilon")),
-               reader.src("normalization_layer_epsilon"))
+    reader.put(
+        "model",
+        "norm_epsilon",
+        float(reader.get("normalization_layer_epsilon")),
+        reader.src("normalization_layer_epsilon"),
+    )
     if block.layernorm:
-        reader.put("model", "norm_zero_centered", True,
-                   f"{name}'s LayerNorm: scale starts at 0, applied as 1 + scale")
+        reader.put("model", "norm_zero_centered", True, f"{name}'s LayerNorm: scale starts at 0, applied as 1 + scale")
     _activation(reader)
     _positions(reader, block, sizes.seq_length)
     _logits(reader, sizes.hidden)
-    reader.put("model", "add_bias_linear", block.biases,
-               f"{name} blocks have biases" if block.biases else f"{name} blocks have no biases")
+    reader.put(
+        "model",
+        "add_bias_linear",
+        block.biases,
+        f"{name} blocks have biases" if block.biases else f"{name} blocks have no biases",
+    )
     _dropout(reader)
     if block.layernorm and device == "cuda":
-        reader.put("model", "transformer_impl", "transformer_engine",
-                   "norm_zero_centered needs transformer-engine's norm (megatron-core's torch norm lacks it)")
+        reader.put(
+            "model",
+            "transformer_impl",
+            "transformer_engine",
+            "norm_zero_centered needs transformer-engine's norm (megatron-core's torch norm lacks it)",
+        )
     elif block.layernorm:
         reader.note(
             f"{name}'s zero-centred LayerNorm (norm_zero_centered) needs a norm applying 1 + scale: megatron-core's "
@@ -130,13 +144,18 @@ def _dimensions(reader: ConfigReader, block: DecoderBlock) -> _Dimensions | None
         reader.put("model", "qk_layernorm", True, reader.src("use_qk_norm") + ": per-head RMSNorm before RoPE")
     if block.query_scale_in_init:
         why = "skips 1/sqrt(head_dim) under use_qk_norm" if qk_norm else "divides the query kernel by sqrt(head_dim)"
-        reader.put("model", "query_scaling", "none" if qk_norm else "initial_weights",
-                   f"{block.name} attention does not scale its scores; init_query_w {why}")
+        reader.put(
+            "model",
+            "query_scaling",
+            "none" if qk_norm else "initial_weights",
+            f"{block.name} attention does not scale its scores; init_query_w {why}",
+        )
     mlp, comment = scaled("base_mlp_dim", mlp_scale)
     reader.put("model", "ffn_hidden_size", mlp, comment)
     reader.put("model", "vocab_size", int(reader.get("vocab_size")), reader.src("vocab_size"))
-    reader.put("model", "make_vocab_size_divisible_by", 1,
-               "MaxText does not pad the vocabulary (only to a multiple of TP)")
+    reader.put(
+        "model", "make_vocab_size_divisible_by", 1, "MaxText does not pad the vocabulary (only to a multiple of TP)"
+    )
     seq_length = int(reader.get("max_target_length"))
     reader.put("model", "seq_length", seq_length, reader.src("max_target_length"))
     return _Dimensions(layers=layers, hidden=hidden, seq_length=seq_length)
@@ -147,8 +166,12 @@ def _logits(reader: ConfigReader, hidden: int) -> None:
     normalize = bool(reader.get("normalize_embedding_logits"))
     reader.put("model", "tie_embeddings", tied, reader.src("logits_via_embedding"))
     if tied and normalize:
-        reader.put("model", "logits_multiplier", 1.0 / math.sqrt(hidden),
-                   f"normalize_embedding_logits true: tied logits / sqrt(emb_dim {hidden})")
+        reader.put(
+            "model",
+            "logits_multiplier",
+            1.0 / math.sqrt(hidden),
+            f"normalize_embedding_logits true: tied logits / sqrt(emb_dim {hidden})",
+        )
     elif not tied:
         reader.mark_inactive("normalize_embedding_logits", "only applies to tied logits (logits_via_embedding false)")
 
@@ -157,8 +180,11 @@ def _activation(reader: ConfigReader) -> None:
     activations = tuple(reader.get("mlp_activations") or ())
     mapped = _ACTIVATIONS.get(activations)
     if mapped is None:
-        reader.refuse("mlp_activations", f"mlp_activations {list(activations)} is not mapped",
-                      'bridgec maps ["silu", "linear"] (SwiGLU), ["gelu", "linear"] (GeGLU) and ["gelu"]')
+        reader.refuse(
+            "mlp_activations",
+            f"mlp_activations {list(activations)} is not mapped",
+            'bridgec maps ["silu", "linear"] (SwiGLU), ["gelu", "linear"] (GeGLU) and ["gelu"]',
+        )
         return
     activation, approximation = mapped
     reader.put("model", "activation", activation, reader.src("mlp_activations"))
@@ -170,22 +196,27 @@ def _positions(reader: ConfigReader, block: DecoderBlock, seq_length: int) -> No
     trainable = reader.get("trainable_position_size", -1)
     if block.learned_positions:
         if trainable <= 0:
-            reader.refuse("trainable_position_size",
-                          f"{block.name} without trainable positions has no position signal here",
-                          "set trainable_position_size >= max_target_length")
+            reader.refuse(
+                "trainable_position_size",
+                f"{block.name} without trainable positions has no position signal here",
+                "set trainable_position_size >= max_target_length",
+            )
         elif trainable < seq_length:
-            reader.refuse("trainable_position_size",
-                          f"{trainable} learned positions < max_target_length {seq_length}")
+            reader.refuse("trainable_position_size", f"{trainable} learned positions < max_target_length {seq_length}")
         reader.put("model", "position_embedding", "learned", reader.src("trainable_position_size"))
         reader.skip(("rope_max_timescale",), f"{block.name} blocks use learned positions, not RoPE")
         return
     if trainable > 0:
-        reader.refuse("trainable_position_size", f"learned positions ({trainable}) on top of RoPE have no Megatron "
-                      "counterpart", "set trainable_position_size=-1")
+        reader.refuse(
+            "trainable_position_size",
+            f"learned positions ({trainable}) on top of RoPE have no Megatron counterpart",
+            "set trainable_position_size=-1",
+        )
     theta = reader.get("rope_max_timescale")
     reader.put("model", "position_embedding", "rope", f"decoder_block {block.name!r}")
-    reader.put("model", "rotary_base", int(theta) if float(theta).is_integer() else theta,
-               reader.src("rope_max_timescale"))
+    reader.put(
+        "model", "rotary_base", int(theta) if float(theta).is_integer() else theta, reader.src("rope_max_timescale")
+    )
     if float(theta) != int(float(theta)):
         reader.refuse("rope_max_timescale", f"rope_max_timescale {theta} is not a whole number; [model] rotary_base is")
 
@@ -214,16 +245,20 @@ def _experts(reader: ConfigReader, block: DecoderBlock) -> None:
         return
     if not block.experts:
         with_experts = ", ".join(f"{name}'s" for name, row in BLOCKS.items() if row.experts)
-        reader.refuse("num_experts",
-                      f"MoE with decoder_block {block.name!r} is not mapped; bridgec maps {with_experts}")
+        reader.refuse(
+            "num_experts", f"MoE with decoder_block {block.name!r} is not mapped; bridgec maps {with_experts}"
+        )
     for key, (meaning, matches) in _MOE_AS_MIXTRAL.items():
         value = reader.get(key)
         if key in reader.config and not matches(value):
             reader.refuse(key, f"{key} = {show(value)}: bridgec maps MoE with {meaning}")
     moe_dim = reader.get("base_moe_mlp_dim", -1)
     if moe_dim not in (-1, reader.config.get("base_mlp_dim")):
-        reader.refuse("base_moe_mlp_dim", f"base_moe_mlp_dim {moe_dim} differs from base_mlp_dim: the spec has no "
-                      "separate expert MLP width (megatron-core's moe_ffn_hidden_size)")
+        reader.refuse(
+            "base_moe_mlp_dim",
+            f"base_moe_mlp_dim {moe_dim} differs from base_mlp_dim: the spec has no "
+            "separate expert MLP width (megatron-core's moe_ffn_hidden_size)",
+        )
     reader.skip(("routed_bias_update_rate", "topk_routing_group"), "only DeepSeek-style routing reads it")
     reader.put("model", "num_experts", experts, reader.src("num_experts"))
     reader.put("model", "moe_router_topk", int(reader.get("num_experts_per_tok")), reader.src("num_experts_per_tok"))

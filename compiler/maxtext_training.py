@@ -43,9 +43,13 @@ def map_train(reader: ConfigReader) -> RunLength:
         reader.mark_inactive("eval_steps", "no evaluation (eval_interval -1)")
     on_nan, on_inf = bool(reader.get("abort_on_nan_loss")), bool(reader.get("abort_on_inf_loss"))
     stop = on_nan or on_inf
-    reader.put("train", "on_nonfinite", "stop" if stop else "skip",
-               reader.src("abort_on_nan_loss", "abort_on_inf_loss")
-               + ("" if stop else "; MaxText would go on training with the non-finite values"))
+    reader.put(
+        "train",
+        "on_nonfinite",
+        "stop" if stop else "skip",
+        reader.src("abort_on_nan_loss", "abort_on_inf_loss")
+        + ("" if stop else "; MaxText would go on training with the non-finite values"),
+    )
     return length
 
 
@@ -71,14 +75,20 @@ def map_optimizer(reader: ConfigReader, block: DecoderBlock) -> None:
     reader.put("optimizer", "name", "adam", f"opt_type {kind}")
     reader.put("optimizer", "semantics", "optax", "optax.adamw's arithmetic, as MaxText runs it")
     reader.put("optimizer", "lr", lr, reader.src("learning_rate") + ": the peak of [scheduler.maxtext]")
-    reader.put("optimizer", "betas", [float(reader.get("adam_b1")), float(reader.get("adam_b2"))],
-               "MaxText adam_b1, adam_b2")
+    reader.put(
+        "optimizer", "betas", [float(reader.get("adam_b1")), float(reader.get("adam_b2"))], "MaxText adam_b1, adam_b2"
+    )
     reader.put("optimizer", "eps", float(reader.get("adam_eps")), reader.src("adam_eps"))
     reader.put("optimizer", "eps_root", float(reader.get("adam_eps_root") or 0.0), reader.src("adam_eps_root"))
-    reader.put("optimizer", "weight_decay", float(reader.get("adam_weight_decay")),
-               reader.src("adam_weight_decay") + ": multiplied by the scheduled lr, as optax does")
-    reader.put("optimizer", "clip_grad", clip,
-               reader.src("gradient_clipping_threshold") + ": optax.clip_by_global_norm")
+    reader.put(
+        "optimizer",
+        "weight_decay",
+        float(reader.get("adam_weight_decay")),
+        reader.src("adam_weight_decay") + ": multiplied by the scheduled lr, as optax does",
+    )
+    reader.put(
+        "optimizer", "clip_grad", clip, reader.src("gradient_clipping_threshold") + ": optax.clip_by_global_norm"
+    )
     if kind == "adam_pax":
         reader.caveat(
             "opt_type adam_pax keeps bias-corrected moments (pax's bias_corrected_decay); in exact arithmetic "
@@ -91,13 +101,18 @@ def _decay_mask(reader: ConfigReader, block: DecoderBlock, mask: list[str]) -> N
     nnx = bool(reader.get("pure_nnx"))
     scanned = bool(reader.get("scan_layers"))
     if not mask:
-        reader.caveat("adamw_mask is empty: every parameter decays, MaxText's default (Megatron's own rule "
-                      "would skip biases and norms)")
+        reader.caveat(
+            "adamw_mask is empty: every parameter decays, MaxText's default (Megatron's own rule "
+            "would skip biases and norms)"
+        )
         return
     if not block.param_paths:
-        reader.refuse("adamw_mask", f"adamw_mask with decoder_block {block.name!r}: its MaxText parameter paths "
-                      f"are not mapped (bridgec.runtime.models.gpt covers {', '.join(WITH_PARAM_PATHS)})",
-                      "set adamw_mask=[] (every parameter decays) or use a llama2/mistral/qwen3 block")
+        reader.refuse(
+            "adamw_mask",
+            f"adamw_mask with decoder_block {block.name!r}: its MaxText parameter paths "
+            f"are not mapped (bridgec.runtime.models.gpt covers {', '.join(WITH_PARAM_PATHS)})",
+            "set adamw_mask=[] (every parameter decays) or use a llama2/mistral/qwen3 block",
+        )
     reader.put("optimizer.decay_mask", "exclude", mask, reader.src("adamw_mask") + " (re.search over paths)")
     reader.put("optimizer.decay_mask", "paths", "nnx" if nnx else "linen", reader.src("pure_nnx"))
     reader.put("optimizer.decay_mask", "scan_layers", scanned, reader.src("scan_layers"))
@@ -116,14 +131,20 @@ def map_scheduler(reader: ConfigReader, length: RunLength, variant_asked: str | 
     reader.put("scheduler.maxtext", "warmup_steps_fraction", warmup, reader.src("warmup_steps_fraction"))
     reader.put("scheduler.maxtext", "final_fraction", final, reader.src(final_key))
     if length.schedule_steps != length.steps:
-        reader.put("scheduler.maxtext", "schedule_steps", length.schedule_steps,
-                   reader.src("learning_rate_schedule_steps") + ": lr 0 from this update on")
+        reader.put(
+            "scheduler.maxtext",
+            "schedule_steps",
+            length.schedule_steps,
+            reader.src("learning_rate_schedule_steps") + ": lr 0 from this update on",
+        )
     if kind == "wsd":
         fraction = float(reader.get("wsd_decay_steps_fraction"))
         if warmup + fraction > 1.0:
-            reader.refuse("wsd_decay_steps_fraction",
-                          f"Invalid WSD schedule: warmup_steps_fraction ({warmup}) + wsd_decay_steps_fraction "
-                          f"({fraction}) must not exceed 1.0. Current sum: {warmup + fraction}")
+            reader.refuse(
+                "wsd_decay_steps_fraction",
+                f"Invalid WSD schedule: warmup_steps_fraction ({warmup}) + wsd_decay_steps_fraction "
+                f"({fraction}) must not exceed 1.0. Current sum: {warmup + fraction}",
+            )
         reader.put("scheduler.maxtext", "wsd_decay_steps_fraction", fraction, reader.src("wsd_decay_steps_fraction"))
         reader.put("scheduler.maxtext", "wsd_decay_style", reader.get("wsd_decay_style"), reader.src("wsd_decay_style"))
     elif kind == "cosine":
@@ -132,9 +153,14 @@ def map_scheduler(reader: ConfigReader, length: RunLength, variant_asked: str | 
         reader.refuse("lr_schedule_type", f"lr_schedule_type {kind!r} is not cosine or wsd")
     if variant == "2025" and kind == "wsd":
         reader.refuse("lr_schedule_type", "the 2025 schedule variant has no wsd", "pick variant 2026-01 or 2026-02")
-    reader.put("scheduler.maxtext", "variant", variant,
-               "base.yml still names cosine_learning_rate_final_fraction: MaxText before 2026-01"
-               if legacy and variant_asked is None else "MaxText's formula as of this month (see the docs)")
+    reader.put(
+        "scheduler.maxtext",
+        "variant",
+        variant,
+        "base.yml still names cosine_learning_rate_final_fraction: MaxText before 2026-01"
+        if legacy and variant_asked is None
+        else "MaxText's formula as of this month (see the docs)",
+    )
 
 
 def map_precision(reader: ConfigReader) -> None:
@@ -145,8 +171,12 @@ def map_precision(reader: ConfigReader) -> None:
         return
     weights = reader.get("weight_dtype")
     if weights != "float32":
-        reader.refuse("weight_dtype", f"weight_dtype {weights!r}: parameters without an fp32 copy have no "
-                      "counterpart (megatron-core keeps fp32 main weights)", "set weight_dtype=float32")
+        reader.refuse(
+            "weight_dtype",
+            f"weight_dtype {weights!r}: parameters without an fp32 copy have no "
+            "counterpart (megatron-core keeps fp32 main weights)",
+            "set weight_dtype=float32",
+        )
     reader.put("precision", "dtype", mapped, reader.src("dtype", "weight_dtype") + ": fp32 main weights")
 
 
@@ -160,7 +190,7 @@ def map_data(reader: ConfigReader) -> None:
     reader.note(
         f"dataset_type {kind!r}: convert the corpus with MaxText's tokenizer (tokenizer_path "
         f"{show(reader.config.get('tokenizer_path'))}) to megatron indexed datasets (.bin/.idx) and set [data] "
-        "kind = \"indexed\" with [[data.sources]]; the spec trains on mock data until then"
+        'kind = "indexed" with [[data.sources]]; the spec trains on mock data until then'
     )
     if reader.get("packing"):
         reader.note(
@@ -171,8 +201,12 @@ def map_data(reader: ConfigReader) -> None:
 
 def map_loss(reader: ConfigReader) -> None:
     z = float(reader.get("z_loss_multiplier") or 0.0)
-    reader.put("loss", "reduction", "per_token",
-               "MaxText divides the summed token losses of all accumulation steps by their token count")
+    reader.put(
+        "loss",
+        "reduction",
+        "per_token",
+        "MaxText divides the summed token losses of all accumulation steps by their token count",
+    )
     reader.put("loss", "z_loss_multiplier", z, reader.src("z_loss_multiplier"))
 
 
@@ -184,8 +218,12 @@ def map_checkpoints(reader: ConfigReader) -> None:
     output = reader.get("base_output_directory") or ""
     if enabled:
         where = f"{output.rstrip('/')}/{{run_name}}/checkpoints" if output else "{run_name}/checkpoints"
-        reader.put("checkpoint", "dir", "checkpoints", f"MaxText wrote Orbax checkpoints to {where}; this is "
-                   "megatron-core's format")
+        reader.put(
+            "checkpoint",
+            "dir",
+            "checkpoints",
+            f"MaxText wrote Orbax checkpoints to {where}; this is megatron-core's format",
+        )
         reader.put("checkpoint", "save_interval", int(period), reader.src("checkpoint_period"))
         reader.put("checkpoint", "resume", True, "MaxText resumes from the run's latest checkpoint")
         if isinstance(keep, int) and keep > 0:
@@ -193,21 +231,30 @@ def map_checkpoints(reader: ConfigReader) -> None:
     params = reader.get("load_parameters_path") or ""
     full = reader.get("load_full_state_path") or ""
     if params and full:
-        reader.refuse("load_full_state_path", "load_parameters_path and load_full_state_path are both set "
-                      "(MaxText refuses this too)")
+        reader.refuse(
+            "load_full_state_path",
+            "load_parameters_path and load_full_state_path are both set (MaxText refuses this too)",
+        )
     elif params or full:
         path = params or full
         reader.put("init.checkpoint", "format", "orbax")
-        reader.put("init.checkpoint", "path", path,
-                   reader.src("load_parameters_path" if params else "load_full_state_path"))
+        reader.put(
+            "init.checkpoint", "path", path, reader.src("load_parameters_path" if params else "load_full_state_path")
+        )
         reader.put("init.checkpoint", "layout", "maxtext")
-        reader.put("init.checkpoint", "optimizer_state", bool(full),
-                   "full state: Adam moments and step too" if full else "parameters only")
+        reader.put(
+            "init.checkpoint",
+            "optimizer_state",
+            bool(full),
+            "full state: Adam moments and step too" if full else "parameters only",
+        )
         if str(path).startswith("gs://"):
             reader.note(f"{path}: copy the checkpoint to a local folder and point [init.checkpoint] path at it")
     else:
-        reader.caveat("initial weights: bridgec's own init ([init] scheme portable), not MaxText's "
-                      "initializers; set load_parameters_path to start from MaxText weights")
+        reader.caveat(
+            "initial weights: bridgec's own init ([init] scheme portable), not MaxText's "
+            "initializers; set load_parameters_path to start from MaxText weights"
+        )
 
 
 def check_gates(reader: ConfigReader) -> None:
@@ -217,5 +264,8 @@ def check_gates(reader: ConfigReader) -> None:
             continue
         value = reader.config[key]
         if value not in gate.neutral:
-            reader.refuse(key, f"{key} = {show(value)} ({gate.what}) has no counterpart in bridgec",
-                          f"set {key}={show(gate.neutral[0])} to import")
+            reader.refuse(
+                key,
+                f"{key} = {show(value)} ({gate.what}) has no counterpart in bridgec",
+                f"set {key}={show(gate.neutral[0])} to import",
+            )

@@ -51,9 +51,7 @@ AXES: dict[str, Axis] = {
     ),
     "fsdp_transpose": Axis(becomes=None, note="sharding weights a second way over fsdp"),
     "context": Axis(becomes="CP", note="context parallel"),
-    "context_usp_ulysses": Axis(
-        becomes="CP", note="Ulysses (all-to-all) context parallel; same math as Megatron's CP"
-    ),
+    "context_usp_ulysses": Axis(becomes="CP", note="Ulysses (all-to-all) context parallel; same math as Megatron's CP"),
     "context_autoregressive": Axis(becomes=None, note="inference-only axis"),
     "tensor": Axis(becomes="TP", note="tensor parallel"),
     "tensor_sequence": Axis(
@@ -135,7 +133,9 @@ def lower_mesh(
     dcn_values = _check_table(DEFAULT_DCN if dcn is None else dcn, f"{path}.dcn_mesh", "dcn_mesh", errors)
     if errors:
         return MeshResult(lowering=None, errors=tuple(errors))
-    ici_sizes = _fill(ici_values, procs_per_node, f"{path}.mesh", "mesh", "processes per node (launch.procs_per_node)", errors)
+    ici_sizes = _fill(
+        ici_values, procs_per_node, f"{path}.mesh", "mesh", "processes per node (launch.procs_per_node)", errors
+    )
     dcn_sizes = _fill(dcn_values, nodes, f"{path}.dcn_mesh", "dcn_mesh", "nodes (launch.nodes)", errors)
     if errors:
         return MeshResult(lowering=None, errors=tuple(errors))
@@ -263,7 +263,9 @@ def explain_mesh(lowering: MeshLowering) -> list[str]:
         f"sequence_parallel={str(lowering.sequence_parallel).lower()}, "
         f"distributed_optimizer={str(lowering.distributed_optimizer).lower()}"
     )
-    lines.append("ranks are laid out by megatron-core (tp-cp-ep-dp-pp, TP innermost); the ici/dcn split sets sizes only")
+    lines.append(
+        "ranks are laid out by megatron-core (tp-cp-ep-dp-pp, TP innermost); the ici/dcn split sets sizes only"
+    )
     return lines
 
 
@@ -304,7 +306,9 @@ def resolve(spec: Spec, written: Callable[[tuple[str, ...]], bool]) -> tuple[Spe
             )
             for key in clashes
         )
-    result = lower_mesh(parallel.mesh, parallel.dcn_mesh, nodes=spec.launch.nodes, procs_per_node=spec.launch.procs_per_node)
+    result = lower_mesh(
+        parallel.mesh, parallel.dcn_mesh, nodes=spec.launch.nodes, procs_per_node=spec.launch.procs_per_node
+    )
     if result.lowering is None:
         return spec, result.errors
     low = result.lowering

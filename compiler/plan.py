@@ -9,11 +9,9 @@ templates print and loop, and decide nothing.
 
 from __future__ import annotations
 
-from typing import Union
-
 import attrs
 
-Value = Union[int, float, str, bool, None, tuple["Value", ...]]
+Value = int | float | str | bool | None | tuple["Value", ...]
 
 
 @attrs.frozen(kw_only=True)

@@ -14,9 +14,9 @@ from typing import NoReturn, Protocol
 
 import attrs
 
-from bridgec.compiler.errors import KeyPath, Severity
 from bridgec.compiler import derive
 from bridgec.compiler.derive import model_parallel, world_size
+from bridgec.compiler.errors import KeyPath, Severity
 from bridgec.compiler.spec import Spec
 
 
@@ -111,8 +111,13 @@ NOT_LOADED: object = _NotLoadedValue()
 
 def data_parallel_size(spec: Spec) -> int | None:
     """world / (tensor x pipeline x context), or None when that is not a whole number >= 1."""
-    sizes = (spec.launch.nodes, spec.launch.procs_per_node, spec.parallel.tensor, spec.parallel.pipeline,
-             spec.parallel.context)
+    sizes = (
+        spec.launch.nodes,
+        spec.launch.procs_per_node,
+        spec.parallel.tensor,
+        spec.parallel.pipeline,
+        spec.parallel.context,
+    )
     if min(sizes) < 1 or world_size(spec) % model_parallel(spec):
         return None
     return derive.data_parallel(spec)

@@ -21,7 +21,6 @@ from bridgec.compiler.rule_base import (
 from bridgec.compiler.spec import Data, Spec
 from bridgec.runtime.data_split import IDX_HEADER_SIZE, DocumentRange, empty_splits, idx_document_count
 
-
 # -- data -------------------------------------------------------------------------------------------
 
 
@@ -42,8 +41,11 @@ def parse_tokenizer_sidecar(text: str) -> TokenizerSidecar | str:
         return f"invalid JSON at line {exc.lineno}: {exc.msg}"
     if not isinstance(data, dict):
         return "it is not a JSON object"
-    for key, kind, words in (("tokenizer", str, "a string"), ("vocab_size", int, "an integer"),
-                             ("eod", int, "an integer")):
+    for key, kind, words in (
+        ("tokenizer", str, "a string"),
+        ("vocab_size", int, "an integer"),
+        ("eod", int, "an integer"),
+    ):
         if key not in data:
             return f"it has no {key!r}"
         if type(data[key]) is not kind:
@@ -56,23 +58,28 @@ def parse_tokenizer_sidecar(text: str) -> TokenizerSidecar | str:
 def rule_data_sources_match_kind(spec: Spec, ctx: SpecContext) -> Iterator[Finding]:
     kind, count = spec.data.kind, len(spec.data.sources)
     if kind == "indexed" and count == 0:
-        yield Finding(about=(("data", "kind"),),
-                      message='$.data.kind = "indexed" needs at least one [[data.sources]] table (it names the '
-                              ".bin/.idx files to read)",
-                      hint='add [[data.sources]] with prefix = "path/to/tokens" (the files\' path without .bin/.idx)')
+        yield Finding(
+            about=(("data", "kind"),),
+            message='$.data.kind = "indexed" needs at least one [[data.sources]] table (it names the '
+            ".bin/.idx files to read)",
+            hint='add [[data.sources]] with prefix = "path/to/tokens" (the files\' path without .bin/.idx)',
+        )
     if kind == "mock" and count > 0:
-        yield Finding(about=(("data", "sources"), ("data", "kind")),
-                      message=f"$.data.sources has {count} entr{'y' if count == 1 else 'ies'}, but data.kind = "
-                              f"\"mock\" reads no files (mock data is synthetic)",
-                      hint='set kind = "indexed" under [data], or remove the [[data.sources]] tables')
+        yield Finding(
+            about=(("data", "sources"), ("data", "kind")),
+            message=f"$.data.sources has {count} entr{'y' if count == 1 else 'ies'}, but data.kind = "
+            f'"mock" reads no files (mock data is synthetic)',
+            hint='set kind = "indexed" under [data], or remove the [[data.sources]] tables',
+        )
 
 
 def rule_data_files_exist(spec: Spec, ctx: SpecContext) -> Iterator[Finding]:
     if spec.data.kind != "indexed" or not ctx.require_data:
         return
     for i, source in enumerate(spec.data.sources):
-        missing = [source.prefix + ext for ext in (".bin", ".idx")
-                   if not ctx.files.exists(ctx.resolve(source.prefix + ext))]
+        missing = [
+            source.prefix + ext for ext in (".bin", ".idx") if not ctx.files.exists(ctx.resolve(source.prefix + ext))
+        ]
         if not missing:
             continue
         relative = "" if os.path.isabs(source.prefix) else " (paths are relative to the spec's folder)"
@@ -80,20 +87,27 @@ def rule_data_files_exist(spec: Spec, ctx: SpecContext) -> Iterator[Finding]:
         stem, ext = os.path.splitext(source.prefix)
         yield Finding(
             about=(("data", "sources", i, "prefix"),),
-            message=(f"$.data.sources[{i}].prefix = {render_value(source.prefix)}: {' and '.join(missing)} "
-                     f"{verb} not exist{relative}"),
-            hint=(f"leave out the extension: prefix = {render_value(stem)}" if ext in (".bin", ".idx")
-                  else "fix the prefix, or build the files with `bridgec data build`"),
+            message=(
+                f"$.data.sources[{i}].prefix = {render_value(source.prefix)}: {' and '.join(missing)} "
+                f"{verb} not exist{relative}"
+            ),
+            hint=(
+                f"leave out the extension: prefix = {render_value(stem)}"
+                if ext in (".bin", ".idx")
+                else "fix the prefix, or build the files with `bridgec data build`"
+            ),
         )
 
 
 def rule_source_weights_positive(spec: Spec, ctx: SpecContext) -> Iterator[Finding]:
     for i, source in enumerate(spec.data.sources):
         if source.weight <= 0:
-            yield Finding(about=(("data", "sources", i, "weight"),),
-                          message=f"$.data.sources[{i}].weight = {render_value(source.weight)} must be greater than 0 "
-                                  f"(weights are shares of the blend, normalised over all sources)",
-                          hint="weight = 1.0, or remove the source")
+            yield Finding(
+                about=(("data", "sources", i, "weight"),),
+                message=f"$.data.sources[{i}].weight = {render_value(source.weight)} must be greater than 0 "
+                f"(weights are shares of the blend, normalised over all sources)",
+                hint="weight = 1.0, or remove the source",
+            )
 
 
 def rule_split(spec: Spec, ctx: SpecContext) -> Iterator[Finding]:
@@ -101,24 +115,32 @@ def rule_split(spec: Spec, ctx: SpecContext) -> Iterator[Finding]:
     shown = render_value(split)
     if spec.data.kind == "mock":
         if split != _DEFAULT_SPLIT:
-            yield Finding(about=about + (("data", "kind"),),
-                          message=f"$.data.split = {shown} has no effect with data.kind = \"mock\": megatron-core "
-                                  f"splits its {MOCK_SEQUENCES:,} synthetic sequences into three equal parts "
-                                  f"whatever the split says",
-                          hint='remove split, or set kind = "indexed" under [data]')
+            yield Finding(
+                about=about + (("data", "kind"),),
+                message=f'$.data.split = {shown} has no effect with data.kind = "mock": megatron-core '
+                f"splits its {MOCK_SEQUENCES:,} synthetic sequences into three equal parts "
+                f"whatever the split says",
+                hint='remove split, or set kind = "indexed" under [data]',
+            )
     elif any(share < 0 for share in split):
-        yield Finding(about=about, message=f"$.data.split = {shown} must be three shares of 0 or more "
-                                           f"(train, validation, test)",
-                      hint="split = [98.0, 1.0, 1.0]")
+        yield Finding(
+            about=about,
+            message=f"$.data.split = {shown} must be three shares of 0 or more (train, validation, test)",
+            hint="split = [98.0, 1.0, 1.0]",
+        )
     elif split[0] <= 0:
-        yield Finding(about=about, message=f"$.data.split = {shown} leaves no training data (the first share is "
-                                           f"the training share)",
-                      hint="split = [98.0, 1.0, 1.0]")
+        yield Finding(
+            about=about,
+            message=f"$.data.split = {shown} leaves no training data (the first share is the training share)",
+            hint="split = [98.0, 1.0, 1.0]",
+        )
     elif spec.train.eval_interval is not None and split[1] <= 0:
-        yield Finding(about=about + (("train", "eval_interval"),),
-                      message=f"$.data.split = {shown} leaves no validation data, but train.eval_interval = "
-                              f"{spec.train.eval_interval} evaluates on it",
-                      hint="give validation a share, as in split = [98.0, 1.0, 1.0], or remove eval_interval")
+        yield Finding(
+            about=about + (("train", "eval_interval"),),
+            message=f"$.data.split = {shown} leaves no validation data, but train.eval_interval = "
+            f"{spec.train.eval_interval} evaluates on it",
+            hint="give validation a share, as in split = [98.0, 1.0, 1.0], or remove eval_interval",
+        )
 
 
 _DEFAULT_SPLIT = attrs.fields(Data).split.default
@@ -137,10 +159,12 @@ def rule_splits_have_documents(spec: Spec, ctx: SpecContext) -> Iterator[Finding
             continue  # rule_data_files_exist reports it
         count = _document_count(ctx, source.prefix + ".idx")
         if isinstance(count, str):
-            yield Finding(about=(("data", "sources", i, "prefix"),),
-                          message=f"$.data.sources[{i}].prefix = {render_value(source.prefix)}: "
-                                  f"{source.prefix}.idx is not an index file megatron-core can read: {count}",
-                          hint="rebuild the data with `bridgec data build`")
+            yield Finding(
+                about=(("data", "sources", i, "prefix"),),
+                message=f"$.data.sources[{i}].prefix = {render_value(source.prefix)}: "
+                f"{source.prefix}.idx is not an index file megatron-core can read: {count}",
+                hint="rebuild the data with `bridgec data build`",
+            )
             continue
         counts.append(count)
         if gaps := empty_splits(d.split, count):
@@ -151,9 +175,9 @@ def rule_splits_have_documents(spec: Spec, ctx: SpecContext) -> Iterator[Finding
         yield Finding(
             about=(("data", "split"), ("data", "sources", i, "prefix")),
             message=f"$.data.split = {render_value(d.split)} gives the {names} split{'s' if len(gaps) > 1 else ''} "
-                    f"of data.sources[{i}] ({d.sources[i].prefix}, {count} document{'s' if count != 1 else ''}) "
-                    f"no document: megatron-core gives a split documents round(start x n) to round(end x n), here "
-                    f"{where}, and never finishes building a split without documents",
+            f"of data.sources[{i}] ({d.sources[i].prefix}, {count} document{'s' if count != 1 else ''}) "
+            f"no document: megatron-core gives a split documents round(start x n) to round(end x n), here "
+            f"{where}, and never finishes building a split without documents",
             hint=_split_hint(spec, counts),
         )
 
@@ -171,18 +195,22 @@ def _split_hint(spec: Spec, counts: list[int]) -> str:
     smallest = min(counts)
     suggestion = (float(smallest - needs_valid), float(needs_valid), 0.0)
     if suggestion[0] >= 1 and not any(empty_splits(suggestion, count) for count in counts):
-        return (f"split = {render_value(list(suggestion))} (shares are normalised; bridgec never reads the test "
-                f"split), or build the data from more documents")
+        return (
+            f"split = {render_value(list(suggestion))} (shares are normalised; bridgec never reads the test "
+            f"split), or build the data from more documents"
+        )
     return "build the data from more documents: every split with a share needs at least one document of each source"
 
 
 def rule_eod_token_in_vocab(spec: Spec, ctx: SpecContext) -> Iterator[Finding]:
     eod, vocab = spec.data.eod_token, spec.model.vocab_size
     if eod is not None and vocab >= 1 and eod >= vocab:
-        yield Finding(about=(("data", "eod_token"),),
-                      message=f"$.data.eod_token = {eod} is not a token id of model.vocab_size = {vocab} (ids run "
-                              f"from 0 to {vocab - 1})",
-                      hint=f"eod_token = {vocab - 1} or less, or a larger vocab_size")
+        yield Finding(
+            about=(("data", "eod_token"),),
+            message=f"$.data.eod_token = {eod} is not a token id of model.vocab_size = {vocab} (ids run "
+            f"from 0 to {vocab - 1})",
+            hint=f"eod_token = {vocab - 1} or less, or a larger vocab_size",
+        )
 
 
 def rule_tokenizer_sidecar(spec: Spec, ctx: SpecContext) -> Iterator[Finding]:
@@ -195,29 +223,38 @@ def rule_tokenizer_sidecar(spec: Spec, ctx: SpecContext) -> Iterator[Finding]:
     name, about = prefix + ".json", (("data", "sources", 0, "prefix"),)
     if not ctx.files.exists(ctx.resolve(name)):
         if data.eod_token is None:
-            yield Finding(about=(("data", "eod_token"),) + about,
-                          message=f"$.data.eod_token is not set, and there is no tokenizer file {name} next to the "
-                                  f"first source to read it from",
-                          hint=f"set eod_token under [data] to your tokenizer's end-of-document id, or rebuild the "
-                               f"data with `bridgec data build`, which writes {name}")
+            yield Finding(
+                about=(("data", "eod_token"),) + about,
+                message=f"$.data.eod_token is not set, and there is no tokenizer file {name} next to the "
+                f"first source to read it from",
+                hint=f"set eod_token under [data] to your tokenizer's end-of-document id, or rebuild the "
+                f"data with `bridgec data build`, which writes {name}",
+            )
         return
     sidecar = _read_sidecar(ctx, name)
     if isinstance(sidecar, str):
-        yield Finding(about=about, message=f"{name} is not a tokenizer file bridgec can read: {sidecar}",
-                      hint="rebuild the data with `bridgec data build`, or delete the file and set eod_token "
-                           "under [data]")
+        yield Finding(
+            about=about,
+            message=f"{name} is not a tokenizer file bridgec can read: {sidecar}",
+            hint="rebuild the data with `bridgec data build`, or delete the file and set eod_token under [data]",
+        )
         return
     if spec.model.vocab_size < sidecar.vocab_size:
-        yield Finding(about=(("model", "vocab_size"),),
-                      message=f"$.model.vocab_size = {spec.model.vocab_size} is smaller than the vocabulary of the "
-                              f"data's tokenizer, {sidecar.vocab_size} ({name}), so some token ids would fall outside "
-                              f"the embedding",
-                      hint=f"vocab_size = {sidecar.vocab_size}")
+        yield Finding(
+            about=(("model", "vocab_size"),),
+            message=f"$.model.vocab_size = {spec.model.vocab_size} is smaller than the vocabulary of the "
+            f"data's tokenizer, {sidecar.vocab_size} ({name}), so some token ids would fall outside "
+            f"the embedding",
+            hint=f"vocab_size = {sidecar.vocab_size}",
+        )
     if data.eod_token is not None and data.eod_token != sidecar.eod:
-        yield Finding(about=(("data", "eod_token"),), severity="warning",
-                      message=f"$.data.eod_token = {data.eod_token} differs from the end-of-document id of the "
-                              f"data's tokenizer, {sidecar.eod} ({name})",
-                      hint=f"remove eod_token to use {sidecar.eod}")
+        yield Finding(
+            about=(("data", "eod_token"),),
+            severity="warning",
+            message=f"$.data.eod_token = {data.eod_token} differs from the end-of-document id of the "
+            f"data's tokenizer, {sidecar.eod} ({name})",
+            hint=f"remove eod_token to use {sidecar.eod}",
+        )
 
 
 def read_sidecar(ctx: SpecContext, prefix: str) -> TokenizerSidecar | str | None:
@@ -242,39 +279,49 @@ def rule_checkpoint_needs_dir(spec: Spec, ctx: SpecContext) -> Iterator[Finding]
     c = spec.checkpoint
     if c.dir is not None:
         return
-    used: dict[KeyPath, object] = {("checkpoint", "save_interval"): c.save_interval,
-                                   ("checkpoint", "resume"): c.resume or None,
-                                   ("checkpoint", "keep_last"): c.keep_last,
-                                   ("checkpoint", "overwrite"): c.overwrite or None}
+    used: dict[KeyPath, object] = {
+        ("checkpoint", "save_interval"): c.save_interval,
+        ("checkpoint", "resume"): c.resume or None,
+        ("checkpoint", "keep_last"): c.keep_last,
+        ("checkpoint", "overwrite"): c.overwrite or None,
+    }
     for path, value in used.items():
         if value is not None:
-            yield Finding(about=(path,),
-                          message=f"{format_path(path)} = {render_value(value)} needs checkpoint.dir (the folder "
-                                  f"checkpoints are saved in and resumed from)",
-                          hint='add dir = "checkpoints" under [checkpoint]')
+            yield Finding(
+                about=(path,),
+                message=f"{format_path(path)} = {render_value(value)} needs checkpoint.dir (the folder "
+                f"checkpoints are saved in and resumed from)",
+                hint='add dir = "checkpoints" under [checkpoint]',
+            )
 
 
 def rule_overwrite_needs_a_fresh_start(spec: Spec, ctx: SpecContext) -> Iterator[Finding]:
     c = spec.checkpoint
     if c.dir is not None and c.overwrite and c.resume:
-        yield Finding(about=(("checkpoint", "overwrite"), ("checkpoint", "resume")),
-                      message="$.checkpoint.overwrite = true deletes the checkpoints a fresh start finds, but "
-                              "checkpoint.resume = true continues from them, so it would never act",
-                      hint="remove overwrite (to continue), or set resume = false (to start over)")
+        yield Finding(
+            about=(("checkpoint", "overwrite"), ("checkpoint", "resume")),
+            message="$.checkpoint.overwrite = true deletes the checkpoints a fresh start finds, but "
+            "checkpoint.resume = true continues from them, so it would never act",
+            hint="remove overwrite (to continue), or set resume = false (to start over)",
+        )
 
 
 def rule_checkpoints_need_adam(spec: Spec, ctx: SpecContext) -> Iterator[Finding]:
     if spec.checkpoint.dir is not None and spec.optimizer.name != "adam":
-        yield Finding(about=(("checkpoint", "dir"), ("optimizer", "name")),
-                      message=f'$.checkpoint.dir is set, but optimizer.name = "{spec.optimizer.name}": megatron-core '
-                              f"0.16 cannot checkpoint its SGD optimizer (it has no state initialiser to load into)",
-                      hint='use name = "adam" under [optimizer], or remove [checkpoint] dir')
+        yield Finding(
+            about=(("checkpoint", "dir"), ("optimizer", "name")),
+            message=f'$.checkpoint.dir is set, but optimizer.name = "{spec.optimizer.name}": megatron-core '
+            f"0.16 cannot checkpoint its SGD optimizer (it has no state initialiser to load into)",
+            hint='use name = "adam" under [optimizer], or remove [checkpoint] dir',
+        )
     init = spec.init.checkpoint
     if init is not None and init.optimizer_state and spec.optimizer.name != "adam":
-        yield Finding(about=(("init", "checkpoint", "optimizer_state"), ("optimizer", "name")),
-                      message=f"$.init.checkpoint.optimizer_state = true loads Adam moments, but optimizer.name = "
-                              f'"{spec.optimizer.name}"',
-                      hint='use name = "adam" under [optimizer], or set optimizer_state = false')
+        yield Finding(
+            about=(("init", "checkpoint", "optimizer_state"), ("optimizer", "name")),
+            message=f"$.init.checkpoint.optimizer_state = true loads Adam moments, but optimizer.name = "
+            f'"{spec.optimizer.name}"',
+            hint='use name = "adam" under [optimizer], or set optimizer_state = false',
+        )
 
 
 def rule_stopping_saves_a_checkpoint(spec: Spec, ctx: SpecContext) -> Iterator[Finding]:
@@ -287,20 +334,29 @@ def rule_stopping_saves_a_checkpoint(spec: Spec, ctx: SpecContext) -> Iterator[F
     if spec.checkpoint.dir is not None:
         return
     t = spec.train
-    loops = "each launch would start over from step 0 and stop again (a scheduler that requeues on exit 75 loops forever)"
-    stops: dict[KeyPath, object] = {("train", "exit_interval"): t.exit_interval,
-                                    ("train", "exit_duration_minutes"): t.exit_duration_minutes}
+    loops = (
+        "each launch would start over from step 0 and stop again (a scheduler that requeues on exit 75 loops forever)"
+    )
+    stops: dict[KeyPath, object] = {
+        ("train", "exit_interval"): t.exit_interval,
+        ("train", "exit_duration_minutes"): t.exit_duration_minutes,
+    }
     for path, value in stops.items():
         if value is not None:
-            yield Finding(about=(path,),
-                          message=f"{format_path(path)} = {render_value(value)} stops the run to resume it later, "
-                                  f"but checkpoint.dir is not set: nothing is saved, and {loops}",
-                          hint='add dir = "checkpoints" under [checkpoint]')
+            yield Finding(
+                about=(path,),
+                message=f"{format_path(path)} = {render_value(value)} stops the run to resume it later, "
+                f"but checkpoint.dir is not set: nothing is saved, and {loops}",
+                hint='add dir = "checkpoints" under [checkpoint]',
+            )
     if t.on_nonfinite == "stop":
-        yield Finding(about=(("train", "on_nonfinite"),), severity="warning",
-                      message='$.train.on_nonfinite = "stop" saves a checkpoint before stopping, but checkpoint.dir '
-                              "is not set: nothing is saved and the run cannot resume",
-                      hint='add dir = "checkpoints" under [checkpoint]')
+        yield Finding(
+            about=(("train", "on_nonfinite"),),
+            severity="warning",
+            message='$.train.on_nonfinite = "stop" saves a checkpoint before stopping, but checkpoint.dir '
+            "is not set: nothing is saved and the run cannot resume",
+            hint='add dir = "checkpoints" under [checkpoint]',
+        )
 
 
 def rule_init_checkpoint_exists(spec: Spec, ctx: SpecContext) -> Iterator[Finding]:
@@ -308,9 +364,11 @@ def rule_init_checkpoint_exists(spec: Spec, ctx: SpecContext) -> Iterator[Findin
     if checkpoint is None or not ctx.require_data or ctx.files.exists(ctx.resolve(checkpoint.path)):
         return
     relative = "" if os.path.isabs(checkpoint.path) else " (paths are relative to the spec's folder)"
-    yield Finding(about=(("init", "checkpoint", "path"),),
-                  message=f"$.init.checkpoint.path = {render_value(checkpoint.path)} does not exist{relative}",
-                  hint="point it at the checkpoint's item folder, e.g. ckpt/1000/items")
+    yield Finding(
+        about=(("init", "checkpoint", "path"),),
+        message=f"$.init.checkpoint.path = {render_value(checkpoint.path)} does not exist{relative}",
+        hint="point it at the checkpoint's item folder, e.g. ckpt/1000/items",
+    )
 
 
 # -- hooks ----------------------------------------------------------------------------------------
@@ -326,10 +384,11 @@ def rule_hooks_need_file(spec: Spec, ctx: SpecContext) -> Iterator[Finding]:
     if spec.hooks.file is not None:
         return
     for key, name in _named_hooks(spec).items():
-        yield Finding(about=(("hooks", key),),
-                      message=f"$.hooks.{key} = {render_value(name)} needs hooks.file (the Python file that "
-                              f"defines it)",
-                      hint='add file = "hooks.py" under [hooks]')
+        yield Finding(
+            about=(("hooks", key),),
+            message=f"$.hooks.{key} = {render_value(name)} needs hooks.file (the Python file that defines it)",
+            hint='add file = "hooks.py" under [hooks]',
+        )
 
 
 def rule_hooks_file_name(spec: Spec, ctx: SpecContext) -> Iterator[Finding]:
@@ -338,22 +397,28 @@ def rule_hooks_file_name(spec: Spec, ctx: SpecContext) -> Iterator[Finding]:
         return
     stem = PurePosixPath(file).stem
     if not file.endswith(".py") or not stem.isidentifier():
-        yield Finding(about=(("hooks", "file"),),
-                      message=f"$.hooks.file = {render_value(file)} must be a Python file whose name is an "
-                              f"identifier (it is imported as a module)",
-                      hint='rename it, e.g. file = "my_hooks.py"')
+        yield Finding(
+            about=(("hooks", "file"),),
+            message=f"$.hooks.file = {render_value(file)} must be a Python file whose name is an "
+            f"identifier (it is imported as a module)",
+            hint='rename it, e.g. file = "my_hooks.py"',
+        )
     elif stem in sys.stdlib_module_names:
-        yield Finding(about=(("hooks", "file"),),
-                      message=f"$.hooks.file = {render_value(file)} has the name of the standard library module "
-                              f"{stem!r}; beside the generated script it would shadow that module for torch and "
-                              f"everything else the script imports",
-                      hint=f'rename it, e.g. file = "my_{stem}.py"')
+        yield Finding(
+            about=(("hooks", "file"),),
+            message=f"$.hooks.file = {render_value(file)} has the name of the standard library module "
+            f"{stem!r}; beside the generated script it would shadow that module for torch and "
+            f"everything else the script imports",
+            hint=f'rename it, e.g. file = "my_{stem}.py"',
+        )
     elif (distribution := script_modules().get(stem)) is not None:
-        yield Finding(about=(("hooks", "file"),),
-                      message=f"$.hooks.file = {render_value(file)} has the name of the module {stem!r} (from "
-                              f"{distribution}, which the generated script needs); beside the generated script "
-                              f"it would shadow that module for the script and everything it imports",
-                      hint=f'rename it, e.g. file = "my_{stem}.py"')
+        yield Finding(
+            about=(("hooks", "file"),),
+            message=f"$.hooks.file = {render_value(file)} has the name of the module {stem!r} (from "
+            f"{distribution}, which the generated script needs); beside the generated script "
+            f"it would shadow that module for the script and everything it imports",
+            hint=f'rename it, e.g. file = "my_{stem}.py"',
+        )
 
 
 @functools.cache
@@ -379,8 +444,12 @@ def script_modules() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             continue  # not installed here, so not imported either
         needed.add(name)
-        pending += [match[1] for requirement in requires if not _EXTRA.search(requirement)
-                    if (match := _REQUIREMENT_NAME.match(requirement))]
+        pending += [
+            match[1]
+            for requirement in requires
+            if not _EXTRA.search(requirement)
+            if (match := _REQUIREMENT_NAME.match(requirement))
+        ]
     modules = {_OWN_DISTRIBUTION: _OWN_DISTRIBUTION}  # also when bridgec runs from a source tree
     for module, distributions in metadata.packages_distributions().items():
         provider = next((d for d in distributions if _canonical(d) in needed), None)
@@ -402,10 +471,12 @@ def _canonical(name: str) -> str:
 def rule_both_hooks(spec: Spec, ctx: SpecContext) -> Iterator[Finding]:
     h = spec.hooks
     if h.forward_step is not None and h.loss is not None:
-        yield Finding(about=(("hooks", "loss"), ("hooks", "forward_step")),
-                      message="hooks.forward_step and hooks.loss are both set, but a forward_step returns its own "
-                              "loss function, so hooks.loss would never be called",
-                      hint="remove hooks.loss and return your loss function from your forward_step")
+        yield Finding(
+            about=(("hooks", "loss"), ("hooks", "forward_step")),
+            message="hooks.forward_step and hooks.loss are both set, but a forward_step returns its own "
+            "loss function, so hooks.loss would never be called",
+            hint="remove hooks.loss and return your loss function from your forward_step",
+        )
 
 
 def rule_hook_functions(spec: Spec, ctx: SpecContext) -> Iterator[Finding]:
@@ -414,9 +485,12 @@ def rule_hook_functions(spec: Spec, ctx: SpecContext) -> Iterator[Finding]:
         return
     about, shown = (("hooks", "file"),), f"$.hooks.file = {render_value(file)}"
     if not named:
-        yield Finding(about=about, severity="warning",
-                      message=f"{shown} is not used: neither hooks.forward_step nor hooks.loss names a function in it",
-                      hint='name one, as forward_step = "my_forward_step", or remove file')
+        yield Finding(
+            about=about,
+            severity="warning",
+            message=f"{shown} is not used: neither hooks.forward_step nor hooks.loss names a function in it",
+            hint='name one, as forward_step = "my_forward_step", or remove file',
+        )
         return
     if not ctx.files.exists(ctx.resolve(file)):
         relative = "" if os.path.isabs(file) else " (paths are relative to the spec's folder)"
@@ -431,27 +505,39 @@ def rule_hook_functions(spec: Spec, ctx: SpecContext) -> Iterator[Finding]:
         yield Finding(about=about, message=f"{shown} is not UTF-8 text", hint="save it as UTF-8")
         return
     except OSError as exc:
-        yield Finding(about=about, message=f"{shown} cannot be read ({exc.strerror or type(exc).__name__})",
-                      hint="check the file's permissions")
+        yield Finding(
+            about=about,
+            message=f"{shown} cannot be read ({exc.strerror or type(exc).__name__})",
+            hint="check the file's permissions",
+        )
         return
     if isinstance(parsed, hooks.Unparsable):
         where = file if parsed.line is None else f"{file}:{parsed.line}:{parsed.column}"
-        yield Finding(about=about, message=f"{shown} is not valid Python: {where}: {parsed.message}",
-                      hint=f"fix line {parsed.line} of {file}" if parsed.line else f"fix {file}")
+        yield Finding(
+            about=about,
+            message=f"{shown} is not valid Python: {where}: {parsed.message}",
+            hint=f"fix line {parsed.line} of {file}" if parsed.line else f"fix {file}",
+        )
         return
     for key, name in named.items():
         signature = hooks.SIGNATURES[key]
         found = hooks.find_hook(parsed, name, signature)
         hook, shown = (("hooks", key),), f"$.hooks.{key} = {render_value(name)}"
         if isinstance(found, hooks.NotFound):
-            yield Finding(about=hook, message=f"{shown} is not a top-level function of {file}",
-                          hint=f"did you mean {found.suggestion!r}?" if found.suggestion
-                          else f"define def {name}({signature.render()}) at the top level of {file}")
+            yield Finding(
+                about=hook,
+                message=f"{shown} is not a top-level function of {file}",
+                hint=f"did you mean {found.suggestion!r}?"
+                if found.suggestion
+                else f"define def {name}({signature.render()}) at the top level of {file}",
+            )
         elif isinstance(found, hooks.BadSignature):
             function = found.function
-            yield Finding(about=hook,
-                          message=f"{shown}: {function.render()} at {file}:{function.line} {found.problem}",
-                          hint=f"define it as def {name}({signature.render()})")
+            yield Finding(
+                about=hook,
+                message=f"{shown}: {function.render()} at {file}:{function.line} {found.problem}",
+                hint=f"define it as def {name}({signature.render()})",
+            )
 
 
 FILE_RULES: tuple[Rule, ...] = (

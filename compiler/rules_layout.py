@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 
-
+from bridgec.compiler.derive import model_parallel, world_size
 from bridgec.compiler.errors import render_value
 from bridgec.compiler.rule_base import (
     Finding,
@@ -17,9 +17,7 @@ from bridgec.compiler.rule_base import (
     multiples_near,
     split_hint,
 )
-from bridgec.compiler.derive import model_parallel, world_size
 from bridgec.compiler.spec import Spec
-
 
 # -- parallel layout -------------------------------------------------------------------------
 
@@ -33,13 +31,22 @@ def rule_world_divisible(spec: Spec, ctx: SpecContext) -> Iterator[Finding]:
     step = mp // math.gcd(n, mp)  # procs_per_node must be a multiple of this
     procs = -(-p // step) * step
     yield Finding(
-        about=(("launch", "procs_per_node"), ("parallel", "tensor"), ("parallel", "pipeline"),
-               ("parallel", "context"), ("launch", "nodes")),
-        message=(f"world size = launch.nodes x procs_per_node = {n} x {p} = {world} is not divisible by "
-                 f"parallel.tensor x pipeline x context = {t} x {pp} x {c} = {mp}, so the ranks do not form "
-                 f"whole data-parallel groups"),
-        hint=(f"procs_per_node = {procs} (data parallel {n * procs // mp}), or tensor x pipeline x context "
-              f"= {divisors_text(world)}"),
+        about=(
+            ("launch", "procs_per_node"),
+            ("parallel", "tensor"),
+            ("parallel", "pipeline"),
+            ("parallel", "context"),
+            ("launch", "nodes"),
+        ),
+        message=(
+            f"world size = launch.nodes x procs_per_node = {n} x {p} = {world} is not divisible by "
+            f"parallel.tensor x pipeline x context = {t} x {pp} x {c} = {mp}, so the ranks do not form "
+            f"whole data-parallel groups"
+        ),
+        hint=(
+            f"procs_per_node = {procs} (data parallel {n * procs // mp}), or tensor x pipeline x context "
+            f"= {divisors_text(world)}"
+        ),
     )
 
 
@@ -49,9 +56,11 @@ def rule_global_batch_divisible(spec: Spec, ctx: SpecContext) -> Iterator[Findin
         return
     yield Finding(
         about=(("batch", "global_batch_size"),),
-        message=(f"$.batch.global_batch_size = {g} is not divisible by batch.micro_batch_size x data parallel "
-                 f"= {m} x {dp} = {m * dp} (each data-parallel rank runs whole microbatches; data parallel = "
-                 f"world size {world_size(spec)} / (tensor x pipeline x context) {model_parallel(spec)})"),
+        message=(
+            f"$.batch.global_batch_size = {g} is not divisible by batch.micro_batch_size x data parallel "
+            f"= {m} x {dp} = {m * dp} (each data-parallel rank runs whole microbatches; data parallel = "
+            f"world size {world_size(spec)} / (tensor x pipeline x context) {model_parallel(spec)})"
+        ),
         hint=f"global_batch_size = {multiples_near(g, m * dp)}",
     )
 
@@ -63,17 +72,21 @@ def rule_layers_divisible(spec: Spec, ctx: SpecContext) -> Iterator[Finding]:
     if layers % pp:
         yield Finding(
             about=(("model", "num_layers"), ("parallel", "pipeline")),
-            message=(f"$.model.num_layers = {layers} is not divisible by parallel.pipeline = {pp} "
-                     f"(each pipeline stage holds the same number of layers)"),
+            message=(
+                f"$.model.num_layers = {layers} is not divisible by parallel.pipeline = {pp} "
+                f"(each pipeline stage holds the same number of layers)"
+            ),
             hint=f"num_layers = {multiples_near(layers, pp)}, or pipeline = {divisors_text(layers)}",
         )
     elif vpp is not None and vpp >= 2 and pp > 1 and layers % (pp * vpp):
         yield Finding(
             about=(("model", "num_layers"), ("parallel", "virtual_pipeline")),
-            message=(f"$.model.num_layers = {layers} is not divisible by parallel.pipeline x virtual_pipeline "
-                     f"= {pp} x {vpp} = {pp * vpp} (each model chunk holds the same number of layers)"),
+            message=(
+                f"$.model.num_layers = {layers} is not divisible by parallel.pipeline x virtual_pipeline "
+                f"= {pp} x {vpp} = {pp * vpp} (each model chunk holds the same number of layers)"
+            ),
             hint=f"num_layers = {multiples_near(layers, pp * vpp)}, or a virtual_pipeline that divides "
-                 f"{layers // pp} (the layers per stage)",
+            f"{layers // pp} (the layers per stage)",
         )
 
 
@@ -83,24 +96,30 @@ def rule_virtual_pipeline(spec: Spec, ctx: SpecContext) -> Iterator[Finding]:
         return
     about = (("parallel", "virtual_pipeline"),)
     if vpp < 2:
-        yield Finding(about=about,
-                      message=f"$.parallel.virtual_pipeline = {vpp} must be at least 2 (it is the number of model "
-                              f"chunks per pipeline stage; one chunk is the plain pipeline schedule)",
-                      hint="remove virtual_pipeline, or set it to 2 or more")
+        yield Finding(
+            about=about,
+            message=f"$.parallel.virtual_pipeline = {vpp} must be at least 2 (it is the number of model "
+            f"chunks per pipeline stage; one chunk is the plain pipeline schedule)",
+            hint="remove virtual_pipeline, or set it to 2 or more",
+        )
     elif pp == 1:
-        yield Finding(about=about,
-                      message=f"$.parallel.virtual_pipeline = {vpp} needs parallel.pipeline > 1 (the interleaved "
-                              f"schedule splits each pipeline stage into chunks)",
-                      hint="set pipeline = 2 or more, or remove virtual_pipeline")
+        yield Finding(
+            about=about,
+            message=f"$.parallel.virtual_pipeline = {vpp} needs parallel.pipeline > 1 (the interleaved "
+            f"schedule splits each pipeline stage into chunks)",
+            hint="set pipeline = 2 or more, or remove virtual_pipeline",
+        )
     else:
         count = microbatches(spec)
         if count is not None and pp > 1 and count % pp:
             g, m, dp = spec.batch.global_batch_size, spec.batch.micro_batch_size, data_parallel_size(spec)
             yield Finding(
                 about=(("batch", "global_batch_size"), ("parallel", "virtual_pipeline")),
-                message=(f"the interleaved pipeline schedule (parallel.virtual_pipeline = {vpp}) needs the number "
-                         f"of microbatches to be a multiple of parallel.pipeline = {pp}, but global_batch_size / "
-                         f"(micro_batch_size x data parallel) = {g} / ({m} x {dp}) = {count}"),
+                message=(
+                    f"the interleaved pipeline schedule (parallel.virtual_pipeline = {vpp}) needs the number "
+                    f"of microbatches to be a multiple of parallel.pipeline = {pp}, but global_batch_size / "
+                    f"(micro_batch_size x data parallel) = {g} / ({m} x {dp}) = {count}"
+                ),
                 hint=f"global_batch_size = {multiples_near(g, m * dp * pp)}",
             )
 
@@ -112,15 +131,19 @@ def rule_heads_divisible_by_tensor(spec: Spec, ctx: SpecContext) -> Iterator[Fin
     if heads % t:
         yield Finding(
             about=(("model", "num_attention_heads"), ("parallel", "tensor")),
-            message=(f"$.model.num_attention_heads = {heads} is not divisible by parallel.tensor = {t} "
-                     f"(each tensor-parallel rank needs whole heads)"),
+            message=(
+                f"$.model.num_attention_heads = {heads} is not divisible by parallel.tensor = {t} "
+                f"(each tensor-parallel rank needs whole heads)"
+            ),
             hint=split_hint(heads, t, "heads"),
         )
     if groups is not None and groups >= 1 and groups % t:
         yield Finding(
             about=(("model", "num_query_groups"), ("parallel", "tensor")),
-            message=(f"$.model.num_query_groups = {groups} is not divisible by parallel.tensor = {t} "
-                     f"(each tensor-parallel rank needs whole key/value groups)"),
+            message=(
+                f"$.model.num_query_groups = {groups} is not divisible by parallel.tensor = {t} "
+                f"(each tensor-parallel rank needs whole key/value groups)"
+            ),
             hint=split_hint(groups, t, "query groups"),
         )
 
@@ -131,8 +154,10 @@ def rule_heads_divisible_by_groups(spec: Spec, ctx: SpecContext) -> Iterator[Fin
         return
     yield Finding(
         about=(("model", "num_query_groups"),),
-        message=(f"$.model.num_attention_heads = {heads} is not divisible by model.num_query_groups = {groups} "
-                 f"(each key/value group serves the same number of query heads)"),
+        message=(
+            f"$.model.num_attention_heads = {heads} is not divisible by model.num_query_groups = {groups} "
+            f"(each key/value group serves the same number of query heads)"
+        ),
         hint=f"num_query_groups = {divisors_text(heads)}",
     )
 
@@ -143,8 +168,10 @@ def rule_hidden_divisible_by_heads(spec: Spec, ctx: SpecContext) -> Iterator[Fin
         return
     yield Finding(
         about=(("model", "hidden_size"), ("model", "num_attention_heads")),
-        message=(f"$.model.hidden_size = {hidden} is not divisible by model.num_attention_heads = {heads}, so "
-                 f"a head has no whole width (head_dim defaults to hidden_size / num_attention_heads)"),
+        message=(
+            f"$.model.hidden_size = {hidden} is not divisible by model.num_attention_heads = {heads}, so "
+            f"a head has no whole width (head_dim defaults to hidden_size / num_attention_heads)"
+        ),
         hint=f"hidden_size = {multiples_near(hidden, heads)}, or set head_dim under [model]",
     )
 
@@ -155,8 +182,10 @@ def rule_sequence_divisible_by_context(spec: Spec, ctx: SpecContext) -> Iterator
         return
     yield Finding(
         about=(("model", "seq_length"), ("parallel", "context")),
-        message=(f"$.model.seq_length = {seq} is not divisible by 2 x parallel.context = {2 * c} (context "
-                 f"parallelism cuts each sequence into 2 x context chunks to balance causal attention)"),
+        message=(
+            f"$.model.seq_length = {seq} is not divisible by 2 x parallel.context = {2 * c} (context "
+            f"parallelism cuts each sequence into 2 x context chunks to balance causal attention)"
+        ),
         hint=f"seq_length = {multiples_near(seq, 2 * c)}",
     )
 
@@ -165,15 +194,19 @@ def rule_sequence_parallel_needs_tensor(spec: Spec, ctx: SpecContext) -> Iterato
     if spec.parallel.sequence_parallel and spec.parallel.tensor == 1:
         yield Finding(
             about=(("parallel", "sequence_parallel"),),
-            message=("$.parallel.sequence_parallel = true needs parallel.tensor > 1 (it splits norms and "
-                     "dropout along the sequence inside tensor-parallel regions)"),
+            message=(
+                "$.parallel.sequence_parallel = true needs parallel.tensor > 1 (it splits norms and "
+                "dropout along the sequence inside tensor-parallel regions)"
+            ),
             hint="set tensor = 2 or more, or remove sequence_parallel",
         )
     if spec.parallel.sequence_parallel and spec.model.transformer_impl != "transformer_engine":
         yield Finding(
             about=(("parallel", "sequence_parallel"), ("model", "transformer_impl")),
-            message=('$.parallel.sequence_parallel = true needs model.transformer_impl = "transformer_engine" '
-                     "(megatron-core's local torch norms refuse sequence parallelism)"),
+            message=(
+                '$.parallel.sequence_parallel = true needs model.transformer_impl = "transformer_engine" '
+                "(megatron-core's local torch norms refuse sequence parallelism)"
+            ),
             hint='set transformer_impl = "transformer_engine" (and device = "cuda"), or remove sequence_parallel',
         )
 
@@ -182,41 +215,50 @@ def rule_experts(spec: Spec, ctx: SpecContext) -> Iterator[Finding]:
     e, experts, topk = spec.parallel.expert, spec.model.num_experts, spec.model.moe_router_topk
     if experts is None:
         if e > 1:
-            yield Finding(about=(("parallel", "expert"),),
-                          message=f"$.parallel.expert = {e} needs model.num_experts (expert parallelism splits "
-                                  f"the experts of MoE layers, and this model is dense)",
-                          hint=f"set num_experts under [model] to a multiple of {e}, or remove expert")
+            yield Finding(
+                about=(("parallel", "expert"),),
+                message=f"$.parallel.expert = {e} needs model.num_experts (expert parallelism splits "
+                f"the experts of MoE layers, and this model is dense)",
+                hint=f"set num_experts under [model] to a multiple of {e}, or remove expert",
+            )
         return
     if experts < 1:
         return
     if e >= 1 and experts % e:
-        yield Finding(about=(("model", "num_experts"), ("parallel", "expert")),
-                      message=f"$.model.num_experts = {experts} is not divisible by parallel.expert = {e} "
-                              f"(each expert-parallel rank holds the same number of experts)",
-                      hint=f"num_experts = {multiples_near(experts, e)}, or expert = "
-                           f"{divisors_text(experts)}")
+        yield Finding(
+            about=(("model", "num_experts"), ("parallel", "expert")),
+            message=f"$.model.num_experts = {experts} is not divisible by parallel.expert = {e} "
+            f"(each expert-parallel rank holds the same number of experts)",
+            hint=f"num_experts = {multiples_near(experts, e)}, or expert = {divisors_text(experts)}",
+        )
     if topk > experts:
-        yield Finding(about=(("model", "moe_router_topk"), ("model", "num_experts")),
-                      message=f"$.model.moe_router_topk = {topk} is more than model.num_experts = {experts} "
-                              f"(a token cannot be routed to more experts than there are)",
-                      hint=f"moe_router_topk = {experts} or less")
+        yield Finding(
+            about=(("model", "moe_router_topk"), ("model", "num_experts")),
+            message=f"$.model.moe_router_topk = {topk} is more than model.num_experts = {experts} "
+            f"(a token cannot be routed to more experts than there are)",
+            hint=f"moe_router_topk = {experts} or less",
+        )
     if spec.parallel.tensor > 1 and not spec.parallel.sequence_parallel:
-        yield Finding(about=(("parallel", "tensor"), ("model", "num_experts")),
-                      message=f"MoE layers (model.num_experts = {experts}) with parallel.tensor = "
-                              f"{spec.parallel.tensor} need parallel.sequence_parallel = true (megatron-core "
-                              f"refuses to train MoE with tensor parallelism but without sequence parallelism)",
-                      hint='set sequence_parallel = true under [parallel] (which needs transformer_impl = '
-                           '"transformer_engine"), or use expert parallelism instead of tensor')
+        yield Finding(
+            about=(("parallel", "tensor"), ("model", "num_experts")),
+            message=f"MoE layers (model.num_experts = {experts}) with parallel.tensor = "
+            f"{spec.parallel.tensor} need parallel.sequence_parallel = true (megatron-core "
+            f"refuses to train MoE with tensor parallelism but without sequence parallelism)",
+            hint="set sequence_parallel = true under [parallel] (which needs transformer_impl = "
+            '"transformer_engine"), or use expert parallelism instead of tensor',
+        )
 
 
 def rule_experts_without_biases(spec: Spec, ctx: SpecContext) -> Iterator[Finding]:
     if spec.model.num_experts is None or spec.model.num_experts < 1 or not spec.model.add_bias_linear:
         return
-    yield Finding(about=(("model", "add_bias_linear"), ("model", "num_experts")),
-                  message=f"MoE layers (model.num_experts = {spec.model.num_experts}) need model.add_bias_linear = "
-                          f"false (megatron-core adds expert biases in place, which autograd rejects in the "
-                          f"backward pass)",
-                  hint="set add_bias_linear = false under [model] (MoE models use no linear biases)")
+    yield Finding(
+        about=(("model", "add_bias_linear"), ("model", "num_experts")),
+        message=f"MoE layers (model.num_experts = {spec.model.num_experts}) need model.add_bias_linear = "
+        f"false (megatron-core adds expert biases in place, which autograd rejects in the "
+        f"backward pass)",
+        hint="set add_bias_linear = false under [model] (MoE models use no linear biases)",
+    )
 
 
 def rule_expert_fits_data_parallel(spec: Spec, ctx: SpecContext) -> Iterator[Finding]:
@@ -225,8 +267,10 @@ def rule_expert_fits_data_parallel(spec: Spec, ctx: SpecContext) -> Iterator[Fin
         return
     yield Finding(
         about=(("parallel", "expert"),),
-        message=(f"$.parallel.expert = {e} does not divide data parallel x context = {dp} x {c} = {dp * c} "
-                 f"(expert parallelism is carved out of the data- and context-parallel ranks)"),
+        message=(
+            f"$.parallel.expert = {e} does not divide data parallel x context = {dp} x {c} = {dp * c} "
+            f"(expert parallelism is carved out of the data- and context-parallel ranks)"
+        ),
         hint=f"expert = {divisors_text(dp * c)}",
     )
 
@@ -239,32 +283,40 @@ def rule_fp8_needs_cuda_and_transformer_engine(spec: Spec, ctx: SpecContext) -> 
     if recipe is None:
         return
     if spec.launch.device != "cuda":
-        yield Finding(about=(("precision", "fp8"),),
-                      message=f"$.precision.fp8 = {render_value(recipe)} needs launch.device = \"cuda\" (FP8 runs "
-                              f"on GPU tensor cores)",
-                      hint='set device = "cuda" under [launch], or remove fp8')
+        yield Finding(
+            about=(("precision", "fp8"),),
+            message=f'$.precision.fp8 = {render_value(recipe)} needs launch.device = "cuda" (FP8 runs '
+            f"on GPU tensor cores)",
+            hint='set device = "cuda" under [launch], or remove fp8',
+        )
     if spec.model.transformer_impl != "transformer_engine":
-        yield Finding(about=(("precision", "fp8"),),
-                      message=f"$.precision.fp8 = {render_value(recipe)} needs model.transformer_impl = "
-                              f"\"transformer_engine\" (the local layers have no FP8 path)",
-                      hint='set transformer_impl = "transformer_engine" under [model], or remove fp8')
+        yield Finding(
+            about=(("precision", "fp8"),),
+            message=f"$.precision.fp8 = {render_value(recipe)} needs model.transformer_impl = "
+            f'"transformer_engine" (the local layers have no FP8 path)',
+            hint='set transformer_impl = "transformer_engine" under [model], or remove fp8',
+        )
 
 
 def rule_transformer_engine_needs_cuda(spec: Spec, ctx: SpecContext) -> Iterator[Finding]:
     if spec.model.transformer_impl == "transformer_engine" and spec.launch.device != "cuda":
-        yield Finding(about=(("model", "transformer_impl"),),
-                      message='$.model.transformer_impl = "transformer_engine" needs launch.device = "cuda" '
-                              "(transformer_engine's kernels run only on GPUs)",
-                      hint='set device = "cuda" under [launch], or transformer_impl = "local"')
+        yield Finding(
+            about=(("model", "transformer_impl"),),
+            message='$.model.transformer_impl = "transformer_engine" needs launch.device = "cuda" '
+            "(transformer_engine's kernels run only on GPUs)",
+            hint='set device = "cuda" under [launch], or transformer_impl = "local"',
+        )
 
 
 def rule_context_needs_transformer_engine(spec: Spec, ctx: SpecContext) -> Iterator[Finding]:
     c = spec.parallel.context
     if c > 1 and spec.model.transformer_impl != "transformer_engine":
-        yield Finding(about=(("parallel", "context"),),
-                      message=f"$.parallel.context = {c} needs model.transformer_impl = \"transformer_engine\" "
-                              f"(megatron-core's context parallelism runs through transformer_engine attention)",
-                      hint='set transformer_impl = "transformer_engine" under [model] (cuda only), or context = 1')
+        yield Finding(
+            about=(("parallel", "context"),),
+            message=f'$.parallel.context = {c} needs model.transformer_impl = "transformer_engine" '
+            f"(megatron-core's context parallelism runs through transformer_engine attention)",
+            hint='set transformer_impl = "transformer_engine" under [model] (cuda only), or context = 1',
+        )
 
 
 LAYOUT_RULES: tuple[Rule, ...] = (

@@ -76,7 +76,9 @@ def _default_text(value: ast.expr | None) -> str:
     text = ast.unparse(value)
     replacements = {"None": "unset", "True": "true", "False": "false", "()": "[]"}
     text = replacements.get(text, text)
-    return text.replace("(", "[").replace(")", "]").replace("'", '"') if text.startswith("(") else text.replace("'", '"')
+    return (
+        text.replace("(", "[").replace(")", "]").replace("'", '"') if text.startswith("(") else text.replace("'", '"')
+    )
 
 
 def tables(source: str) -> tuple[TableDoc, ...]:

@@ -50,5 +50,11 @@ def _run(rule: Rule, spec: Spec, context: SpecContext) -> list[Finding]:
 
 def _locate(finding: Finding, index: LineIndex, filename: str) -> Diagnostic:
     path = next((p for p in finding.about if index.has(p)), finding.about[0])
-    return Diagnostic(file=filename, line=index.line_of(path), path=format_path(path), message=finding.message,
-                      hint=finding.hint, severity=finding.severity)
+    return Diagnostic(
+        file=filename,
+        line=index.line_of(path),
+        path=format_path(path),
+        message=finding.message,
+        hint=finding.hint,
+        severity=finding.severity,
+    )

@@ -10,28 +10,32 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+from bridgec.compiler import derive
 from bridgec.compiler.rule_base import Finding, Rule, SpecContext
 from bridgec.compiler.spec import DecayMask, OptaxSchedulePiece, Scheduler, Spec
-from bridgec.compiler import derive
 from bridgec.runtime.decay_mask import DecayMaskError, UnmappedParameterError, decay_table
 from bridgec.runtime.models import gpt
 
 
 def rule_optax_semantics_needs_adam(spec: Spec, ctx: SpecContext) -> Iterator[Finding]:
     if spec.optimizer.semantics == "optax" and spec.optimizer.name != "adam":
-        yield Finding(about=(("optimizer", "semantics"), ("optimizer", "name")),
-                      message=f'$.optimizer.semantics = "optax" follows optax.adamw, but optimizer.name = '
-                              f'"{spec.optimizer.name}" (sgd has no optax semantics here)',
-                      hint='set name = "adam", or semantics = "megatron"')
+        yield Finding(
+            about=(("optimizer", "semantics"), ("optimizer", "name")),
+            message=f'$.optimizer.semantics = "optax" follows optax.adamw, but optimizer.name = '
+            f'"{spec.optimizer.name}" (sgd has no optax semantics here)',
+            hint='set name = "adam", or semantics = "megatron"',
+        )
 
 
 def rule_optax_semantics_schedule(spec: Spec, ctx: SpecContext) -> Iterator[Finding]:
     if spec.optimizer.semantics == "optax" and spec.scheduler.style == "megatron":
-        yield Finding(about=(("scheduler", "style"), ("optimizer", "semantics")),
-                      message='$.optimizer.semantics = "optax" reads the learning rate from an optax or MaxText '
-                              'schedule, but scheduler.style = "megatron"',
-                      hint='set style = "maxtext" with [scheduler.maxtext], or style = "optax" with '
-                           '[[scheduler.optax]] pieces (a constant piece for a fixed learning rate)')
+        yield Finding(
+            about=(("scheduler", "style"), ("optimizer", "semantics")),
+            message='$.optimizer.semantics = "optax" reads the learning rate from an optax or MaxText '
+            'schedule, but scheduler.style = "megatron"',
+            hint='set style = "maxtext" with [scheduler.maxtext], or style = "optax" with '
+            "[[scheduler.optax]] pieces (a constant piece for a fixed learning rate)",
+        )
 
 
 def rule_optax_only_settings(spec: Spec, ctx: SpecContext) -> Iterator[Finding]:
@@ -39,23 +43,28 @@ def rule_optax_only_settings(spec: Spec, ctx: SpecContext) -> Iterator[Finding]:
     if o.semantics == "optax":
         return
     if o.eps_root != 0.0:
-        yield Finding(about=(("optimizer", "eps_root"),),
-                      message=f'$.optimizer.eps_root = {o.eps_root} applies to semantics = "optax" only '
-                              f"(megatron-core's Adam has no eps_root)",
-                      hint='set semantics = "optax" under [optimizer], or remove eps_root')
+        yield Finding(
+            about=(("optimizer", "eps_root"),),
+            message=f'$.optimizer.eps_root = {o.eps_root} applies to semantics = "optax" only '
+            f"(megatron-core's Adam has no eps_root)",
+            hint='set semantics = "optax" under [optimizer], or remove eps_root',
+        )
     if o.decay_mask != DecayMask():
-        yield Finding(about=(("optimizer", "decay_mask"),),
-                      message='[optimizer.decay_mask] applies to semantics = "optax" only (megatron semantics '
-                              "exclude biases and 1-D parameters from weight decay)",
-                      hint='set semantics = "optax" under [optimizer], or remove [optimizer.decay_mask]')
+        yield Finding(
+            about=(("optimizer", "decay_mask"),),
+            message='[optimizer.decay_mask] applies to semantics = "optax" only (megatron semantics '
+            "exclude biases and 1-D parameters from weight decay)",
+            hint='set semantics = "optax" under [optimizer], or remove [optimizer.decay_mask]',
+        )
 
 
 def no_decay_table(spec: Spec) -> list:  # noqa: ANN201 - list[DecayDecision]
     """The decay decision of every parameter of this model under its decay mask (raises DecayMaskError)."""
     mask = spec.optimizer.decay_mask
     config = derive.gpt_config(spec)
-    return decay_table(gpt.parameters(config), mask.exclude, config=config, scan_layers=mask.scan_layers,
-                       style=mask.paths)
+    return decay_table(
+        gpt.parameters(config), mask.exclude, config=config, scan_layers=mask.scan_layers, style=mask.paths
+    )
 
 
 def rule_decay_mask_applies(spec: Spec, ctx: SpecContext) -> Iterator[Finding]:
@@ -64,14 +73,17 @@ def rule_decay_mask_applies(spec: Spec, ctx: SpecContext) -> Iterator[Finding]:
     try:
         no_decay_table(spec)
     except UnmappedParameterError as error:
-        yield Finding(about=(("optimizer", "decay_mask", "exclude"),),
-                      message=f"$.optimizer.decay_mask.exclude cannot be applied to this model: {error}",
-                      hint="remove exclude (with no patterns every parameter decays, as with MaxText's adamw_mask "
-                           "= [])")
+        yield Finding(
+            about=(("optimizer", "decay_mask", "exclude"),),
+            message=f"$.optimizer.decay_mask.exclude cannot be applied to this model: {error}",
+            hint="remove exclude (with no patterns every parameter decays, as with MaxText's adamw_mask = [])",
+        )
     except (DecayMaskError, KeyError) as error:
-        yield Finding(about=(("optimizer", "decay_mask", "exclude"),),
-                      message=f"$.optimizer.decay_mask.exclude cannot be applied to this model: {error}",
-                      hint="`bridgec explain` prints the MaxText path of every parameter; adjust the patterns")
+        yield Finding(
+            about=(("optimizer", "decay_mask", "exclude"),),
+            message=f"$.optimizer.decay_mask.exclude cannot be applied to this model: {error}",
+            hint="`bridgec explain` prints the MaxText path of every parameter; adjust the patterns",
+        )
 
 
 _MEGATRON_SCHEDULE = Scheduler()
@@ -80,30 +92,39 @@ _MEGATRON_SCHEDULE = Scheduler()
 def rule_schedule_style_tables(spec: Spec, ctx: SpecContext) -> Iterator[Finding]:
     s = spec.scheduler
     if s.style == "maxtext" and s.maxtext is None:
-        yield Finding(about=(("scheduler", "style"),),
-                      message='$.scheduler.style = "maxtext" needs a [scheduler.maxtext] table',
-                      hint='add [scheduler.maxtext] (kind = "cosine" or "wsd", warmup_steps_fraction, final_fraction)')
+        yield Finding(
+            about=(("scheduler", "style"),),
+            message='$.scheduler.style = "maxtext" needs a [scheduler.maxtext] table',
+            hint='add [scheduler.maxtext] (kind = "cosine" or "wsd", warmup_steps_fraction, final_fraction)',
+        )
     if s.style == "optax" and not s.optax:
-        yield Finding(about=(("scheduler", "style"),),
-                      message='$.scheduler.style = "optax" needs [[scheduler.optax]] pieces',
-                      hint='add [[scheduler.optax]] with kind = "warmup_cosine_decay" (or linear, cosine_decay, '
-                           "constant)")
+        yield Finding(
+            about=(("scheduler", "style"),),
+            message='$.scheduler.style = "optax" needs [[scheduler.optax]] pieces',
+            hint='add [[scheduler.optax]] with kind = "warmup_cosine_decay" (or linear, cosine_decay, constant)',
+        )
     if s.style != "maxtext" and s.maxtext is not None:
-        yield Finding(about=(("scheduler", "maxtext"), ("scheduler", "style")),
-                      message=f'[scheduler.maxtext] is only read with style = "maxtext", but style = "{s.style}"',
-                      hint='set style = "maxtext" under [scheduler], or remove [scheduler.maxtext]')
+        yield Finding(
+            about=(("scheduler", "maxtext"), ("scheduler", "style")),
+            message=f'[scheduler.maxtext] is only read with style = "maxtext", but style = "{s.style}"',
+            hint='set style = "maxtext" under [scheduler], or remove [scheduler.maxtext]',
+        )
     if s.style != "optax" and s.optax:
-        yield Finding(about=(("scheduler", "optax"), ("scheduler", "style")),
-                      message=f'[[scheduler.optax]] pieces are only read with style = "optax", but style = "{s.style}"',
-                      hint='set style = "optax" under [scheduler], or remove the [[scheduler.optax]] tables')
+        yield Finding(
+            about=(("scheduler", "optax"), ("scheduler", "style")),
+            message=f'[[scheduler.optax]] pieces are only read with style = "optax", but style = "{s.style}"',
+            hint='set style = "optax" under [scheduler], or remove the [[scheduler.optax]] tables',
+        )
     if s.style != "megatron":
         megatron_keys = ("warmup_iters", "warmup_init_lr", "decay", "decay_iters", "wsd_decay_iters", "wsd_decay_style")
         changed = [k for k in megatron_keys if getattr(s, k) != getattr(_MEGATRON_SCHEDULE, k)]
         for key in changed:
-            yield Finding(about=(("scheduler", key), ("scheduler", "style")),
-                          message=f'$.scheduler.{key} belongs to style = "megatron", but style = "{s.style}" '
-                                  f"(it would be ignored)",
-                          hint=f"remove {key}, or describe the schedule in the {s.style} table")
+            yield Finding(
+                about=(("scheduler", key), ("scheduler", "style")),
+                message=f'$.scheduler.{key} belongs to style = "megatron", but style = "{s.style}" '
+                f"(it would be ignored)",
+                hint=f"remove {key}, or describe the schedule in the {s.style} table",
+            )
 
 
 def rule_maxtext_schedule(spec: Spec, ctx: SpecContext) -> Iterator[Finding]:
@@ -113,25 +134,33 @@ def rule_maxtext_schedule(spec: Spec, ctx: SpecContext) -> Iterator[Finding]:
     for key in ("warmup_steps_fraction", "final_fraction", "wsd_decay_steps_fraction"):
         value = getattr(table, key)
         if not 0.0 <= value <= 1.0:
-            yield Finding(about=(("scheduler", "maxtext", key),),
-                          message=f"$.scheduler.maxtext.{key} = {value} is not a fraction between 0 and 1",
-                          hint=f"set {key} between 0 and 1")
+            yield Finding(
+                about=(("scheduler", "maxtext", key),),
+                message=f"$.scheduler.maxtext.{key} = {value} is not a fraction between 0 and 1",
+                hint=f"set {key} between 0 and 1",
+            )
     if table.schedule_steps is not None and table.schedule_steps < 1:
-        yield Finding(about=(("scheduler", "maxtext", "schedule_steps"),),
-                      message=f"$.scheduler.maxtext.schedule_steps = {table.schedule_steps} must be at least 1",
-                      hint="set schedule_steps >= 1, or remove it to use train.iters")
+        yield Finding(
+            about=(("scheduler", "maxtext", "schedule_steps"),),
+            message=f"$.scheduler.maxtext.schedule_steps = {table.schedule_steps} must be at least 1",
+            hint="set schedule_steps >= 1, or remove it to use train.iters",
+        )
     if table.kind == "wsd":
         total = table.warmup_steps_fraction + table.wsd_decay_steps_fraction
         if total > 1.0:
-            yield Finding(about=(("scheduler", "maxtext", "wsd_decay_steps_fraction"),),
-                          message=f"Invalid WSD schedule: warmup_steps_fraction ({table.warmup_steps_fraction}) + "
-                                  f"wsd_decay_steps_fraction ({table.wsd_decay_steps_fraction}) must not exceed 1.0. "
-                                  f"Current sum: {total} (MaxText's check)",
-                          hint="lower warmup_steps_fraction or wsd_decay_steps_fraction")
+            yield Finding(
+                about=(("scheduler", "maxtext", "wsd_decay_steps_fraction"),),
+                message=f"Invalid WSD schedule: warmup_steps_fraction ({table.warmup_steps_fraction}) + "
+                f"wsd_decay_steps_fraction ({table.wsd_decay_steps_fraction}) must not exceed 1.0. "
+                f"Current sum: {total} (MaxText's check)",
+                hint="lower warmup_steps_fraction or wsd_decay_steps_fraction",
+            )
         if table.variant == "2025":
-            yield Finding(about=(("scheduler", "maxtext", "variant"), ("scheduler", "maxtext", "kind")),
-                          message='$.scheduler.maxtext.variant = "2025": MaxText\'s 2025 schedule has no WSD',
-                          hint='use variant = "2026-01" or "2026-02" for wsd, or kind = "cosine"')
+            yield Finding(
+                about=(("scheduler", "maxtext", "variant"), ("scheduler", "maxtext", "kind")),
+                message='$.scheduler.maxtext.variant = "2025": MaxText\'s 2025 schedule has no WSD',
+                hint='use variant = "2026-01" or "2026-02" for wsd, or kind = "cosine"',
+            )
 
 
 _PIECE_FIELDS = {
@@ -153,87 +182,125 @@ def rule_optax_pieces(spec: Spec, ctx: SpecContext) -> Iterator[Finding]:
         required, optional = _PIECE_FIELDS[piece.kind]
         for key in required:
             if getattr(piece, key) is None:
-                yield Finding(about=(where + (key,), where),
-                              message=f'$.scheduler.optax[{index}] (kind = "{piece.kind}") needs {key}',
-                              hint=f"set {key} in that [[scheduler.optax]] table")
-        for key in ("value", "init_value", "end_value", "peak_value", "transition_steps", "transition_begin",
-                    "warmup_steps", "decay_steps", "alpha", "exponent"):
+                yield Finding(
+                    about=(where + (key,), where),
+                    message=f'$.scheduler.optax[{index}] (kind = "{piece.kind}") needs {key}',
+                    hint=f"set {key} in that [[scheduler.optax]] table",
+                )
+        for key in (
+            "value",
+            "init_value",
+            "end_value",
+            "peak_value",
+            "transition_steps",
+            "transition_begin",
+            "warmup_steps",
+            "decay_steps",
+            "alpha",
+            "exponent",
+        ):
             if key not in required + optional and getattr(piece, key) != getattr(_PIECE_DEFAULTS, key):
-                yield Finding(about=(where + (key,), where),
-                              message=f'$.scheduler.optax[{index}].{key} is not used by kind = "{piece.kind}"',
-                              hint=f"remove {key}, or use a kind that takes it")
+                yield Finding(
+                    about=(where + (key,), where),
+                    message=f'$.scheduler.optax[{index}].{key} is not used by kind = "{piece.kind}"',
+                    hint=f"remove {key}, or use a kind that takes it",
+                )
         if piece.kind == "cosine_decay" and piece.decay_steps is not None and piece.decay_steps < 1:
-            yield Finding(about=(where + ("decay_steps",),),
-                          message=f"$.scheduler.optax[{index}].decay_steps = {piece.decay_steps} must be at least 1",
-                          hint="set decay_steps >= 1")
-        if (piece.kind == "warmup_cosine_decay" and piece.decay_steps is not None and piece.warmup_steps is not None
-                and piece.decay_steps <= piece.warmup_steps):
-            yield Finding(about=(where + ("decay_steps",),),
-                          message=f"$.scheduler.optax[{index}].decay_steps = {piece.decay_steps} must exceed "
-                                  f"warmup_steps = {piece.warmup_steps} (optax counts the warmup inside decay_steps)",
-                          hint=f"set decay_steps above {piece.warmup_steps}")
+            yield Finding(
+                about=(where + ("decay_steps",),),
+                message=f"$.scheduler.optax[{index}].decay_steps = {piece.decay_steps} must be at least 1",
+                hint="set decay_steps >= 1",
+            )
+        if (
+            piece.kind == "warmup_cosine_decay"
+            and piece.decay_steps is not None
+            and piece.warmup_steps is not None
+            and piece.decay_steps <= piece.warmup_steps
+        ):
+            yield Finding(
+                about=(where + ("decay_steps",),),
+                message=f"$.scheduler.optax[{index}].decay_steps = {piece.decay_steps} must exceed "
+                f"warmup_steps = {piece.warmup_steps} (optax counts the warmup inside decay_steps)",
+                hint=f"set decay_steps above {piece.warmup_steps}",
+            )
         last = index == len(pieces) - 1
         if not last and piece.boundary is None:
-            yield Finding(about=(where,),
-                          message=f"$.scheduler.optax[{index}] needs a boundary: the update at which piece "
-                                  f"{index + 1} takes over",
-                          hint="set boundary = <update count> in that table")
+            yield Finding(
+                about=(where,),
+                message=f"$.scheduler.optax[{index}] needs a boundary: the update at which piece "
+                f"{index + 1} takes over",
+                hint="set boundary = <update count> in that table",
+            )
         if last and piece.boundary is not None:
-            yield Finding(about=(where + ("boundary",),),
-                          message=f"$.scheduler.optax[{index}].boundary is set, but it is the last piece "
-                                  f"(nothing takes over)",
-                          hint="remove boundary from the last piece, or add the piece that follows")
+            yield Finding(
+                about=(where + ("boundary",),),
+                message=f"$.scheduler.optax[{index}].boundary is set, but it is the last piece (nothing takes over)",
+                hint="remove boundary from the last piece, or add the piece that follows",
+            )
         if piece.boundary is not None and not last:
             if piece.boundary <= previous:
-                yield Finding(about=(where + ("boundary",),),
-                              message=f"$.scheduler.optax[{index}].boundary = {piece.boundary} must be greater than "
-                                      f"the previous boundary ({previous})",
-                              hint="boundaries increase from piece to piece")
+                yield Finding(
+                    about=(where + ("boundary",),),
+                    message=f"$.scheduler.optax[{index}].boundary = {piece.boundary} must be greater than "
+                    f"the previous boundary ({previous})",
+                    hint="boundaries increase from piece to piece",
+                )
             previous = piece.boundary
 
 
 def rule_maxtext_loss(spec: Spec, ctx: SpecContext) -> Iterator[Finding]:
     z, multiplier = spec.loss.z_loss_multiplier, spec.model.logits_multiplier
     if z < 0:
-        yield Finding(about=(("loss", "z_loss_multiplier"),),
-                      message=f"$.loss.z_loss_multiplier = {z} must not be negative",
-                      hint="set z_loss_multiplier >= 0 (MaxText uses 0 or about 1e-4)")
+        yield Finding(
+            about=(("loss", "z_loss_multiplier"),),
+            message=f"$.loss.z_loss_multiplier = {z} must not be negative",
+            hint="set z_loss_multiplier >= 0 (MaxText uses 0 or about 1e-4)",
+        )
     if multiplier <= 0:
-        yield Finding(about=(("model", "logits_multiplier"),),
-                      message=f"$.model.logits_multiplier = {multiplier} must be positive",
-                      hint="set logits_multiplier > 0 (1.0 leaves the logits as they are)")
+        yield Finding(
+            about=(("model", "logits_multiplier"),),
+            message=f"$.model.logits_multiplier = {multiplier} must be positive",
+            hint="set logits_multiplier > 0 (1.0 leaves the logits as they are)",
+        )
     uses_maxtext_loss = z != 0 or multiplier != 1.0
     if uses_maxtext_loss and spec.loss.reduction != "per_token":
-        yield Finding(about=(("loss", "reduction"), ("loss", "z_loss_multiplier"), ("model", "logits_multiplier")),
-                      message='MaxText\'s loss (loss.z_loss_multiplier or model.logits_multiplier) is token-weighted '
-                              'across gradient accumulation, but loss.reduction = "per_microbatch"',
-                      hint='set reduction = "per_token" under [loss]')
+        yield Finding(
+            about=(("loss", "reduction"), ("loss", "z_loss_multiplier"), ("model", "logits_multiplier")),
+            message="MaxText's loss (loss.z_loss_multiplier or model.logits_multiplier) is token-weighted "
+            'across gradient accumulation, but loss.reduction = "per_microbatch"',
+            hint='set reduction = "per_token" under [loss]',
+        )
     for key in ("loss", "forward_step"):
         if uses_maxtext_loss and getattr(spec.hooks, key) is not None:
-            yield Finding(about=(("hooks", key),),
-                          message=f"hooks.{key} replaces the loss, so loss.z_loss_multiplier and "
-                                  f"model.logits_multiplier would be ignored",
-                          hint=f"apply them in your code and remove them from the spec, or remove hooks.{key}")
+            yield Finding(
+                about=(("hooks", key),),
+                message=f"hooks.{key} replaces the loss, so loss.z_loss_multiplier and "
+                f"model.logits_multiplier would be ignored",
+                hint=f"apply them in your code and remove them from the spec, or remove hooks.{key}",
+            )
 
 
 def rule_gelu_approximation(spec: Spec, ctx: SpecContext) -> Iterator[Finding]:
     m = spec.model
     if m.gelu_approximation != "none" and m.activation == "swiglu":
-        yield Finding(about=(("model", "gelu_approximation"), ("model", "activation")),
-                      message=f'$.model.gelu_approximation = "{m.gelu_approximation}" applies to gelu and geglu, '
-                              f'but model.activation = "swiglu"',
-                      hint="remove gelu_approximation, or use activation = \"gelu\" or \"geglu\"")
+        yield Finding(
+            about=(("model", "gelu_approximation"), ("model", "activation")),
+            message=f'$.model.gelu_approximation = "{m.gelu_approximation}" applies to gelu and geglu, '
+            f'but model.activation = "swiglu"',
+            hint='remove gelu_approximation, or use activation = "gelu" or "geglu"',
+        )
 
 
 def rule_zero_centered_norm_needs_te(spec: Spec, ctx: SpecContext) -> Iterator[Finding]:
     m = spec.model
     if m.norm_zero_centered and m.transformer_impl != "transformer_engine":
-        yield Finding(about=(("model", "norm_zero_centered"), ("model", "transformer_impl")),
-                      message="$.model.norm_zero_centered = true needs model.transformer_impl = "
-                              '"transformer_engine" (megatron-core\'s local norm does not implement '
-                              "layernorm_zero_centered_gamma)",
-                      hint='set transformer_impl = "transformer_engine" (and device = "cuda"), or remove '
-                           "norm_zero_centered")
+        yield Finding(
+            about=(("model", "norm_zero_centered"), ("model", "transformer_impl")),
+            message="$.model.norm_zero_centered = true needs model.transformer_impl = "
+            '"transformer_engine" (megatron-core\'s local norm does not implement '
+            "layernorm_zero_centered_gamma)",
+            hint='set transformer_impl = "transformer_engine" (and device = "cuda"), or remove norm_zero_centered',
+        )
 
 
 def rule_init_checkpoint_model(spec: Spec, ctx: SpecContext) -> Iterator[Finding]:
@@ -249,10 +316,12 @@ def rule_init_checkpoint_model(spec: Spec, ctx: SpecContext) -> Iterator[Finding
     ]
     for path, ok, wanted in needs:
         if not ok:
-            yield Finding(about=(path, ("init", "checkpoint")),
-                          message=f"[init.checkpoint] layout = \"{init.layout}\" holds a Llama-family decoder, "
-                                  f"which needs model {wanted}",
-                          hint=f"set {wanted} under [model] to match the checkpoint")
+            yield Finding(
+                about=(path, ("init", "checkpoint")),
+                message=f'[init.checkpoint] layout = "{init.layout}" holds a Llama-family decoder, '
+                f"which needs model {wanted}",
+                hint=f"set {wanted} under [model] to match the checkpoint",
+            )
 
 
 INTEROP_RULES: tuple[Rule, ...] = (

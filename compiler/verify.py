@@ -27,7 +27,8 @@ _HAS_WORD = re.compile(r"[A-Za-z0-9_]")
 anything; it occurs in any script's code as an operator, so only its literal is checked."""
 # Python 3.12 splits f-strings into several token types; 3.11 has one STRING token.
 _LITERAL_TOKENS = frozenset(
-    getattr(tokenize, name) for name in ("STRING", "COMMENT", "FSTRING_START", "FSTRING_MIDDLE", "FSTRING_END")
+    getattr(tokenize, name)
+    for name in ("STRING", "COMMENT", "FSTRING_START", "FSTRING_MIDDLE", "FSTRING_END")
     if hasattr(tokenize, name)
 )
 
@@ -97,8 +98,10 @@ def _runtime_imports(module: libcst.Module) -> list[tuple[str, str]]:
         if not isinstance(statement, libcst.SimpleStatementLine):
             continue
         for small in statement.body:
-            if isinstance(small, libcst.ImportFrom) and small.module is not None and not isinstance(
-                small.names, libcst.ImportStar
+            if (
+                isinstance(small, libcst.ImportFrom)
+                and small.module is not None
+                and not isinstance(small.names, libcst.ImportStar)
             ):
                 dotted = module.code_for_node(small.module)
                 if dotted == _RUNTIME or dotted.startswith(_RUNTIME + "."):

@@ -64,6 +64,7 @@ SHARDED_METADATA = {
 }
 """How megatron-core shapes the sharded state dicts (the same for save and load)."""
 
+
 def file_sha256(path: Path) -> str:
     """The sha256 of a file: the generated script passes ``file_sha256(Path(__file__))`` as script_sha256."""
     return hashlib.sha256(path.read_bytes()).hexdigest()
@@ -174,7 +175,9 @@ class DistCheckpointer:
                 f"saving step {progress.step} to {partial} failed ({type(error).__name__}: {str(error).strip()[:500]}); "
                 f"{previous}",
             ) from None
-        _say(f"checkpoint: saved step {progress.step} to {self.directory / name} in {time.perf_counter() - began:.2f} s")
+        _say(
+            f"checkpoint: saved step {progress.step} to {self.directory / name} in {time.perf_counter() - began:.2f} s"
+        )
 
     def _publish(self, progress: Progress, partial: Path, final: Path, *, has_state: bool) -> None:
         if self.spec_text is not None:
@@ -208,7 +211,9 @@ class DistCheckpointer:
         return {
             "kind": "distributed" if self.distributed_optimizer else "plain",
             "class": type(self.optimizer.chained_optimizers[0].optimizer).__name__,
-            "sharding": SHARDED_METADATA["distrib_optim_sharding_type"] if self.distributed_optimizer else "model_space",
+            "sharding": SHARDED_METADATA["distrib_optim_sharding_type"]
+            if self.distributed_optimizer
+            else "model_space",
             "has_state": has_state,
         }
 
@@ -360,10 +365,17 @@ class DistCheckpointer:
     def _restore_schedule(self, saved: dict[str, Any]) -> None:
         """Continue the schedule at the saved step, with this run's settings (a longer run may change them)."""
         current = self.scheduler.state_dict()
-        changed = [f"{key} {saved[key]} -> {value}" for key, value in current.items() if key != "num_steps" and saved.get(key) != value]
+        changed = [
+            f"{key} {saved[key]} -> {value}"
+            for key, value in current.items()
+            if key != "num_steps" and saved.get(key) != value
+        ]
         if changed:
-            _say("checkpoint: the learning-rate schedule changed since the save; using this run's: " + ", ".join(changed))
+            _say(
+                "checkpoint: the learning-rate schedule changed since the save; using this run's: " + ", ".join(changed)
+            )
         compat.restore_schedule(self.scheduler, current, saved["num_steps"])
+
 
 def _prepare_folder(directory: Path, partial: Path) -> None:
     directory.mkdir(parents=True, exist_ok=True)
@@ -406,5 +418,3 @@ def _model_key(index: int, count: int) -> str:
 def _say(text: str) -> None:
     if dist.get_rank() == 0:
         print(text, flush=True)
-
-

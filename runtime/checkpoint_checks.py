@@ -45,6 +45,7 @@ ARCHITECTURE = (
 
 DISTRIBUTED_OPTIMIZER_SIZES = ("tensor", "pipeline", "virtual_pipeline", "context", "expert")
 
+
 def model_signature(model: list[DistributedDataParallel]) -> dict[str, Any]:
     """The architecture of the model, in JSON-able values: what a checkpoint must match."""
     gpt = unwrap(model[0])
@@ -75,7 +76,9 @@ def optimizer_kind(optimizer: ChainedOptimizer) -> str:
     """The manifest's optimizer kind: "distributed" or "plain"."""
     from megatron.core.optimizer.distrib_optimizer import DistributedOptimizer
 
-    return "distributed" if any(isinstance(sub, DistributedOptimizer) for sub in optimizer.chained_optimizers) else "plain"
+    return (
+        "distributed" if any(isinstance(sub, DistributedOptimizer) for sub in optimizer.chained_optimizers) else "plain"
+    )
 
 
 def manifest_problems(
@@ -86,7 +89,9 @@ def manifest_problems(
     running = model_signature(model)
     for key in sorted(set(running) | set(manifest.model)):
         if manifest.model.get(key) != running.get(key):
-            problems.append(f"model {key}: the checkpoint has {manifest.model.get(key)!r}, this run {running.get(key)!r}")
+            problems.append(
+                f"model {key}: the checkpoint has {manifest.model.get(key)!r}, this run {running.get(key)!r}"
+            )
     saved_kind = manifest.optimizer["kind"]
     kind = optimizer_kind(optimizer)
     if saved_kind != kind:
@@ -112,7 +117,9 @@ def manifest_problems(
 def sharded_items(state: dict[str, Any]) -> Iterator[ShardedTensor | ShardedObject]:
     for item in nested_values(state):
         if isinstance(item, ShardedTensorFactory):
-            yield from (built for built in nested_values(item.build()) if isinstance(built, (ShardedTensor, ShardedObject)))
+            yield from (
+                built for built in nested_values(item.build()) if isinstance(built, (ShardedTensor, ShardedObject))
+            )
         elif isinstance(item, (ShardedTensor, ShardedObject)):
             yield item
 

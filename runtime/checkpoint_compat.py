@@ -33,19 +33,30 @@ class Pin:
 
 PINS: dict[str, tuple[Pin, ...]] = {
     "require_state_initialisers": (
-        Pin(module="megatron.core.optimizer.optimizer", line=791, code="self.init_state_fn(self.optimizer, self.config)"),
+        Pin(
+            module="megatron.core.optimizer.optimizer", line=791, code="self.init_state_fn(self.optimizer, self.config)"
+        ),
     ),
     "allocate_optimizer_state": (
-        Pin(module="megatron.core.optimizer.distrib_optimizer", line=641,
-            code='steps = list(set([s["step"].item() for s in inner_state_dict["state"].values()]))'),
+        Pin(
+            module="megatron.core.optimizer.distrib_optimizer",
+            line=641,
+            code='steps = list(set([s["step"].item() for s in inner_state_dict["state"].values()]))',
+        ),
         Pin(module="megatron.core.optimizer.distrib_optimizer", line=642, code="assert len(steps) == 1"),
     ),
     "restore_distributed_steps": (
-        Pin(module="megatron.core.optimizer.distrib_optimizer", line=821,
-            code="step = torch.tensor(steps[0], dtype=torch.float)"),
+        Pin(
+            module="megatron.core.optimizer.distrib_optimizer",
+            line=821,
+            code="step = torch.tensor(steps[0], dtype=torch.float)",
+        ),
         Pin(module="megatron.core.optimizer.distrib_optimizer", line=825, code='s["step"] = step'),
-        Pin(module="megatron.core.optimizer.distrib_optimizer", line=938,
-            code='dst_tensors = {"param": main_param, **optim_state}'),
+        Pin(
+            module="megatron.core.optimizer.distrib_optimizer",
+            line=938,
+            code='dst_tensors = {"param": main_param, **optim_state}',
+        ),
         Pin(module="megatron.core.optimizer.distrib_optimizer", line=940, code="dst_tensors[key].copy_(tensors[key])"),
     ),
     "restore_schedule": (

@@ -98,9 +98,7 @@ def read_manifest(path: Path) -> Manifest:
     except (ValueError, TypeError, UnicodeDecodeError) as error:
         raise RunError(ExitCode.CHECKPOINT_ERROR, f"{file} is damaged: {error}") from None
     if manifest.format != FORMAT:
-        raise RunError(
-            ExitCode.CHECKPOINT_ERROR, f"{file}: format {manifest.format!r}, this runtime reads {FORMAT!r}"
-        )
+        raise RunError(ExitCode.CHECKPOINT_ERROR, f"{file}: format {manifest.format!r}, this runtime reads {FORMAT!r}")
     return manifest
 
 
@@ -118,7 +116,9 @@ def file_problems(path: Path, manifest: Manifest) -> list[str]:
 
 def file_sizes(path: Path) -> dict[str, int]:
     """Sizes of the files in a checkpoint folder, but the manifest."""
-    return {file.name: file.stat().st_size for file in sorted(path.iterdir()) if file.is_file() and file.name != MANIFEST}
+    return {
+        file.name: file.stat().st_size for file in sorted(path.iterdir()) if file.is_file() and file.name != MANIFEST
+    }
 
 
 def complete_checkpoints(root: Path) -> list[tuple[int, Path]]:
@@ -312,14 +312,18 @@ def inspect(directory: Path | str, *, step: int | None = None) -> InspectReport:
     directory = Path(directory).resolve()
     if (directory / MANIFEST).is_file():
         if step is not None:
-            raise RunError(ExitCode.CHECKPOINT_ERROR,
-                           f"{directory} is one checkpoint folder; --step chooses among the checkpoints of a "
-                           f"[checkpoint] dir, give {directory.parent}")
+            raise RunError(
+                ExitCode.CHECKPOINT_ERROR,
+                f"{directory} is one checkpoint folder; --step chooses among the checkpoints of a "
+                f"[checkpoint] dir, give {directory.parent}",
+            )
         path = directory
     else:
         found = find_step(directory, step)
         if found is None:
-            raise RunError(ExitCode.CHECKPOINT_ERROR, f"{directory}: no checkpoint here (no {POINTER}, no iter_* folder)")
+            raise RunError(
+                ExitCode.CHECKPOINT_ERROR, f"{directory}: no checkpoint here (no {POINTER}, no iter_* folder)"
+            )
         path = found
     manifest = read_manifest(path)
     problems = file_problems(path, manifest)
@@ -335,7 +339,12 @@ def inspect(directory: Path | str, *, step: int | None = None) -> InspectReport:
                 for size in shape:
                     count *= size
                 tensors.append(
-                    TensorEntry(key=key, shape=shape, dtype=str(entry.properties.dtype).removeprefix("torch."), nbytes=count * itemsize)
+                    TensorEntry(
+                        key=key,
+                        shape=shape,
+                        dtype=str(entry.properties.dtype).removeprefix("torch."),
+                        nbytes=count * itemsize,
+                    )
                 )
             else:
                 objects += 1
@@ -343,7 +352,12 @@ def inspect(directory: Path | str, *, step: int | None = None) -> InspectReport:
     complete = {folder for _, folder in complete_checkpoints(root)}
     others = tuple(sorted(child.name for child in root.iterdir() if child.is_dir() and child not in complete))
     return InspectReport(
-        path=path, manifest=manifest, tensors=tuple(tensors), objects=objects, problems=tuple(problems), others=others,
+        path=path,
+        manifest=manifest,
+        tensors=tuple(tensors),
+        objects=objects,
+        problems=tuple(problems),
+        others=others,
         steps=describe_steps(root),
     )
 
@@ -353,7 +367,9 @@ def read_tensor_metadata(path: Path) -> Metadata:
     try:
         return FileSystemReader(str(path)).read_metadata()
     except Exception as error:  # noqa: BLE001 - any unpickling failure means a damaged index
-        raise RunError(ExitCode.CHECKPOINT_ERROR, f"{path}/.metadata cannot be read ({type(error).__name__}: {error})") from None
+        raise RunError(
+            ExitCode.CHECKPOINT_ERROR, f"{path}/.metadata cannot be read ({type(error).__name__}: {error})"
+        ) from None
 
 
 def _size(nbytes: int) -> str:
@@ -420,7 +436,9 @@ def format_report(report: InspectReport, *, tensors: bool = False) -> str:
     if report.tensors:
         total = sum(entry.nbytes for entry in report.tensors)
         listed = "" if tensors else "; --tensors lists them"
-        lines.append(f"tensors      {len(report.tensors)} ({_size(total)}), plus {report.objects} other entries{listed}")
+        lines.append(
+            f"tensors      {len(report.tensors)} ({_size(total)}), plus {report.objects} other entries{listed}"
+        )
     if report.tensors and tensors:
         width = max(len(entry.key) for entry in report.tensors)
         for entry in report.tensors:

@@ -298,8 +298,16 @@ def _say(text: str) -> None:
 
 def _bridgec_convert_command(args: argparse.Namespace) -> str:
     """The command a wrong launch is told to run: bridgec convert starts the script's own process count."""
-    words = ["bridgec", "convert", args.direction, str(args.script), "--checkpoint", str(args.checkpoint),
-             "--output", str(args.output)]
+    words = [
+        "bridgec",
+        "convert",
+        args.direction,
+        str(args.script),
+        "--checkpoint",
+        str(args.checkpoint),
+        "--output",
+        str(args.output),
+    ]
     return shlex.join(words) + " (with the options you gave)"
 
 

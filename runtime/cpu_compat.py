@@ -294,7 +294,9 @@ def _tensor_type_as_cuda(self: torch.Tensor, dtype: Any = None, non_blocking: bo
     return _real_tensor_type(self, dtype, non_blocking, **kwargs)
 
 
-def _tensor_cuda_stays(self: torch.Tensor, device: Any = None, non_blocking: bool = False, **kwargs: Any) -> torch.Tensor:
+def _tensor_cuda_stays(
+    self: torch.Tensor, device: Any = None, non_blocking: bool = False, **kwargs: Any
+) -> torch.Tensor:
     """``Tensor.cuda()`` on a CPU run: the tensor stays where it is.
 
     Answers megatron-core 0.16.1 models/common/language_module/language_module.py:244

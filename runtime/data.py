@@ -88,7 +88,7 @@ def _empty_splits(prefix: str, lengths: np.ndarray, split: Sequence[float]) -> l
     documents = len(lengths)
     problems = []
     for part in document_ranges(split, documents):
-        if part is None or int(lengths[part.begin:part.end].sum()) > 0:
+        if part is None or int(lengths[part.begin : part.end].sum()) > 0:
             continue
         problems.append(
             f"{prefix} ({documents} documents): split {list(split)} gives the {part.split} split documents "
@@ -170,9 +170,7 @@ def build_splits(
         mid_level_dataset_surplus=0.005,
     )
     os.makedirs(cache_dir, exist_ok=True)
-    train, valid, test = BlendedMegatronDatasetBuilder(
-        dataset_class, list(num_samples), lambda: True, config
-    ).build()
+    train, valid, test = BlendedMegatronDatasetBuilder(dataset_class, list(num_samples), lambda: True, config).build()
     if train is None:
         raise RunError(
             ExitCode.DATA_ERROR, "the training split is empty: give it a share in [data] split", every_rank=True
@@ -206,8 +204,11 @@ class MicrobatchIterator(Iterator[dict[str, torch.Tensor]]):
         self.consumed += self.micro_batch_size * self.data_parallel_size
         # Only the tensors go into the batch: megatron's BlendedDataset adds its numpy "dataset_id"
         # (which source a sample came from) to every sample, and nothing downstream reads it.
-        return {key: torch.stack([sample[key] for sample in samples])
-                for key, value in samples[0].items() if isinstance(value, torch.Tensor)}
+        return {
+            key: torch.stack([sample[key] for sample in samples])
+            for key, value in samples[0].items()
+            if isinstance(value, torch.Tensor)
+        }
 
 
 @attrs.frozen(kw_only=True)

@@ -48,8 +48,10 @@ class DocumentRange:
 
     def arithmetic(self, total: int) -> str:
         """``round(0.98 x 5) = 5 to round(0.99 x 5) = 5``."""
-        return (f"round({self.share_begin:.6g} x {total}) = {self.begin} to "
-                f"round({self.share_end:.6g} x {total}) = {self.end}")
+        return (
+            f"round({self.share_begin:.6g} x {total}) = {self.begin} to "
+            f"round({self.share_end:.6g} x {total}) = {self.end}"
+        )
 
 
 def split_text(split: Sequence[float]) -> str:
@@ -81,8 +83,15 @@ def document_ranges(split: Sequence[float], documents: int) -> tuple[DocumentRan
         if end <= begin:
             ranges.append(None)
             continue
-        ranges.append(DocumentRange(split=name, begin=int(round(begin * float(documents))),
-                                    end=int(round(end * float(documents))), share_begin=begin, share_end=end))
+        ranges.append(
+            DocumentRange(
+                split=name,
+                begin=int(round(begin * float(documents))),
+                end=int(round(end * float(documents))),
+                share_begin=begin,
+                share_end=end,
+            )
+        )
     return tuple(ranges)
 
 

@@ -47,9 +47,7 @@ def peer_failure_message(error: BaseException) -> str:
     """What to say about a collective that lost a peer (see :func:`peer_failure`)."""
     text = str(error).strip()
     first_line = text.splitlines()[0] if text else type(error).__name__
-    return (
-        f"a collective failed ({first_line}); another rank probably died or the [launch] timeout_minutes expired"
-    )
+    return f"a collective failed ({first_line}); another rank probably died or the [launch] timeout_minutes expired"
 
 
 def run(main: Callable[[], ExitCode | RunEnd], *, last_exit: Path | None = None) -> NoReturn:

@@ -72,7 +72,9 @@ def _failure(path: Path, name: str, error: Exception) -> str:
     message = f"{name} from {path} failed: {type(error).__name__}" + (f": {text[0]}" if text else "")
     if lines:
         message += "\n  " + "\n  ".join(lines)
-    tensor = parallel_state.get_tensor_model_parallel_world_size() if parallel_state.model_parallel_is_initialized() else 1
+    tensor = (
+        parallel_state.get_tensor_model_parallel_world_size() if parallel_state.model_parallel_is_initialized() else 1
+    )
     if tensor > 1:
         message += (
             f"\n  with tensor = {tensor} the logits a model returns without labels are split over the vocabulary "
@@ -101,7 +103,9 @@ def load_function(path: Path, name: str) -> Callable[..., Any]:
     """
     module_name = f"bridgec_hooks.{path.stem}"
     if not path.is_file():
-        raise RunError(ExitCode.HOOKS_ERROR, f"{path}: hooks file not found (recompile after moving it)", every_rank=True)
+        raise RunError(
+            ExitCode.HOOKS_ERROR, f"{path}: hooks file not found (recompile after moving it)", every_rank=True
+        )
     spec = importlib.util.spec_from_file_location(module_name, path)
     if spec is None or spec.loader is None:
         raise RunError(ExitCode.HOOKS_ERROR, f"{path}: cannot be imported as Python", every_rank=True)
@@ -110,7 +114,8 @@ def load_function(path: Path, name: str) -> Callable[..., Any]:
         spec.loader.exec_module(module)
     except Exception as error:  # noqa: BLE001 - whatever the user's module raises on import
         raise RunError(
-            ExitCode.HOOKS_ERROR, f"{path}: importing the hooks file failed ({type(error).__name__}: {error})",
+            ExitCode.HOOKS_ERROR,
+            f"{path}: importing the hooks file failed ({type(error).__name__}: {error})",
             every_rank=True,
         ) from None
     sys.modules[module_name] = module
@@ -143,7 +148,7 @@ def checked_loss(
         got = f"a {len(result)}-tuple" if isinstance(result, tuple) else type(result).__name__
         raise RunError(
             ExitCode.HOOKS_ERROR,
-            f"the loss hook returned {got}; with [loss] reduction = \"{reduction}\" it must return {shape}",
+            f'the loss hook returned {got}; with [loss] reduction = "{reduction}" it must return {shape}',
         )
     metadata = result[-1]
     if not isinstance(metadata, dict) or LOSS_KEY not in metadata:

@@ -22,8 +22,8 @@ from bridgec.runtime.metrics import MetricsLog
 from bridgec.runtime.outputs import launch_record
 from bridgec.runtime.parallel import Layout
 from bridgec.runtime.report import describe_data, end_summary, start_banner
-from bridgec.runtime.stop import StopCode, StopSignals, describe
 from bridgec.runtime.step import MetadataKeys, evaluate, train_step
+from bridgec.runtime.stop import StopCode, StopSignals, describe
 
 
 @attrs.frozen(kw_only=True)
@@ -98,7 +98,9 @@ class Checkpointer(Protocol):
         """Write a complete checkpoint of ``progress.step`` (atomically)."""
 
 
-def _iterators(splits_dataset: Any, layout: Layout, settings: LoopSettings, consumed: int) -> list[Iterator[Any] | None]:
+def _iterators(
+    splits_dataset: Any, layout: Layout, settings: LoopSettings, consumed: int
+) -> list[Iterator[Any] | None]:
     if splits_dataset is None or not (layout.is_first_stage or layout.is_last_stage):
         return [None] * layout.num_chunks
     return [
@@ -153,8 +155,9 @@ def train(
         log.message(f"metrics: replacing {settings.metrics_path}, written by an earlier launch of this spec")
     log.open(
         resume=start.step > 0,
-        record=launch_record(spec=settings.spec_path, metrics=settings.metrics_path,
-                             spec_sha256=settings.spec_sha256, step=start.step),
+        record=launch_record(
+            spec=settings.spec_path, metrics=settings.metrics_path, spec_sha256=settings.spec_sha256, step=start.step
+        ),
     )
     log.skipped_total = start.skipped_steps
     step, consumed, valid_consumed = start.step, start.consumed_samples, start.consumed_valid_samples
@@ -165,8 +168,11 @@ def train(
         # Nothing left to train (a finished run launched again, or iters lowered): evaluate what was loaded, if the
         # spec evaluates, on the samples of the last evaluation (so the result compares with the one logged then,
         # e.g. after a layout change).
-        done = (f"all {settings.iters} steps were already done" if step == settings.iters else
-                f"the checkpoint is at step {step}, past train.iters = {settings.iters}")
+        done = (
+            f"all {settings.iters} steps were already done"
+            if step == settings.iters
+            else f"the checkpoint is at step {step}, past train.iters = {settings.iters}"
+        )
         if settings.eval_interval is None:
             done += "; nothing to train, and nothing to evaluate ([train] eval_interval is unset)"
             log.message(done)
@@ -174,8 +180,17 @@ def train(
             done += "; nothing to train, evaluating what was loaded"
             log.message(done)
             last_window = max(0, valid_consumed - settings.eval_iters * settings.global_batch_size)
-            _evaluate(forward_step, model, splits, layout, settings, log, step=step, consumed=consumed,
-                      valid_consumed=last_window)
+            _evaluate(
+                forward_step,
+                model,
+                splits,
+                layout,
+                settings,
+                log,
+                step=step,
+                consumed=consumed,
+                valid_consumed=last_window,
+            )
         log.message(_summary(log, start.step, step, started))
         log.close()
         return RunEnd(code=ExitCode.OK, reason=done, step=step)
@@ -203,22 +218,40 @@ def train(
             )
             seconds = time.perf_counter() - began
             if result.nonfinite and settings.on_nonfinite == "stop":
-                good = Progress(step=step, consumed_samples=consumed, skipped_steps=log.skipped_total,
-                                consumed_valid_samples=valid_consumed)
+                good = Progress(
+                    step=step,
+                    consumed_samples=consumed,
+                    skipped_steps=log.skipped_total,
+                    consumed_valid_samples=valid_consumed,
+                )
                 log.step(step + 1, result, tokens=tokens_per_step, seconds=seconds)
                 # The gradient norm is global: every rank stops here with the same message.
-                message = _nonfinite_stop(checkpointer, good, result.grad_norm,
-                                          resumed_here=resumed and good.step == start.step)
+                message = _nonfinite_stop(
+                    checkpointer, good, result.grad_norm, resumed_here=resumed and good.step == start.step
+                )
                 raise RunError(ExitCode.NONFINITE_STOP, message, every_rank=True)
             step += 1
             consumed += settings.global_batch_size
             log.step(step, result, tokens=tokens_per_step, seconds=seconds)
             if settings.eval_interval and step % settings.eval_interval == 0:
-                _evaluate(forward_step, model, splits, layout, settings, log, step=step, consumed=consumed,
-                          valid_consumed=valid_consumed)
+                _evaluate(
+                    forward_step,
+                    model,
+                    splits,
+                    layout,
+                    settings,
+                    log,
+                    step=step,
+                    consumed=consumed,
+                    valid_consumed=valid_consumed,
+                )
                 valid_consumed += settings.eval_iters * settings.global_batch_size
-            progress = Progress(step=step, consumed_samples=consumed, skipped_steps=log.skipped_total,
-                                consumed_valid_samples=valid_consumed)
+            progress = Progress(
+                step=step,
+                consumed_samples=consumed,
+                skipped_steps=log.skipped_total,
+                consumed_valid_samples=valid_consumed,
+            )
             if step == settings.iters:
                 break
             stop_reason = _stop_reason(StopCode(result.stop_vote), settings)
@@ -232,8 +265,14 @@ def train(
                 log.message(_summary(log, start.step, step, started))
                 return RunEnd(code=ExitCode.STOPPED_TO_RESUME, reason=stopped, step=step)
         if checkpointer is not None:
-            checkpointer.save(Progress(step=step, consumed_samples=consumed, skipped_steps=log.skipped_total,
-                                       consumed_valid_samples=valid_consumed))
+            checkpointer.save(
+                Progress(
+                    step=step,
+                    consumed_samples=consumed,
+                    skipped_steps=log.skipped_total,
+                    consumed_valid_samples=valid_consumed,
+                )
+            )
         log.message(_summary(log, start.step, step, started))
         return RunEnd(code=ExitCode.OK, reason=f"all {settings.iters} steps ran", step=step)
     except RunError as error:
@@ -258,8 +297,9 @@ def _banner(
         spec=settings.spec_path,
         parameters=settings.parameters,
         layout=layout,
-        data=describe_data(splits.train, samples=settings.iters * settings.global_batch_size,
-                           seq_length=settings.seq_length),
+        data=describe_data(
+            splits.train, samples=settings.iters * settings.global_batch_size, seq_length=settings.seq_length
+        ),
         first_step=first_step,
         iters=settings.iters,
         global_batch_size=settings.global_batch_size,
@@ -268,8 +308,13 @@ def _banner(
 
 
 def _summary(log: MetricsLog, first_step: int, last_step: int, started: float) -> str:
-    return end_summary(first_step=first_step, last_step=last_step, seconds=time.monotonic() - started,
-                       loss=log.last_loss, valid_loss=log.last_valid_loss)
+    return end_summary(
+        first_step=first_step,
+        last_step=last_step,
+        seconds=time.monotonic() - started,
+        loss=log.last_loss,
+        valid_loss=log.last_valid_loss,
+    )
 
 
 def _how_to_continue(checkpointer: Checkpointer | None, resume: bool) -> str:

@@ -92,9 +92,7 @@ def _unrope(tensor: torch.Tensor, interleaved: bool) -> torch.Tensor:
     return tensor[..., inverse]
 
 
-def split_qkv(
-    weight: torch.Tensor, dims: Dims, *, query_factor: float, interleaved: bool
-) -> tuple[torch.Tensor, ...]:
+def split_qkv(weight: torch.Tensor, dims: Dims, *, query_factor: float, interleaved: bool) -> tuple[torch.Tensor, ...]:
     """linear_qkv [G (H/G + 2) D, E] -> query [E, H, D], key, value [E, G, D] (query_factor divides the query)."""
     m = dims.model
     per_group = m.heads // m.groups
@@ -228,7 +226,9 @@ def export_maxtext(
     itemsize = 4 if dtype == "float32" else 2
     context = ts.Context()
     stores = {}
-    stacked_paths = {path for p in mapped(dims) if stacked(p, scanned) for path, _ in leaves_of(p, dims, scanned=scanned)}
+    stacked_paths = {
+        path for p in mapped(dims) if stacked(p, scanned) for path, _ in leaves_of(p, dims, scanned=scanned)
+    }
     for path, shape in expected.items():
         layer_axis = param_scan_axis if path in stacked_paths else None
         chunk = _chunk_shape(shape, layer_axis, itemsize)

@@ -61,8 +61,9 @@ __all__ = [
 ]
 
 
-def _checked_targets(chunks: Sequence[torch.nn.Module], dims: Dims, *, tensor_parallel: int,
-                     query_scaling: QueryScaling) -> tuple[list[list[Target]], list[str]]:
+def _checked_targets(
+    chunks: Sequence[torch.nn.Module], dims: Dims, *, tensor_parallel: int, query_scaling: QueryScaling
+) -> tuple[list[list[Target]], list[str]]:
     """This rank's targets per chunk and what is wrong with the model (MoE models are refused, without targets)."""
     problems = check_model(dims, chunks[0], query_scaling=query_scaling)
     if dims.model.num_experts is not None:
@@ -249,4 +250,3 @@ def load_maxtext_optimizer_state(
     )
     set_megatron_adam_state(optimizer, state)
     return state.step
-

@@ -143,9 +143,7 @@ def check_model(dims: Dims, chunk: torch.nn.Module, *, query_scaling: QueryScali
     if config.add_bias_linear:
         problems.append("model has linear biases (add_bias_linear); MaxText Llama-family checkpoints have none")
     if getattr(chunk, "position_embedding_type", "rope") != "rope":
-        problems.append(
-            f"model position embedding is {chunk.position_embedding_type}; MaxText Llama-family uses rope"
-        )
+        problems.append(f"model position embedding is {chunk.position_embedding_type}; MaxText Llama-family uses rope")
     if model.num_experts is not None:
         problems.append(f"model has MoE layers ({model.num_experts} experts); MaxText Llama-family blocks are dense")
     if model.vocab < dims.vocab:
@@ -386,8 +384,11 @@ class LeafReader:
             case gpt.MaxTextTransform.COPY:
                 return self.top(parameter, rows_axis=None)
             case (
-                gpt.MaxTextTransform.QKV | gpt.MaxTextTransform.OUT | gpt.MaxTextTransform.FC1
-                | gpt.MaxTextTransform.TRANSPOSE | gpt.MaxTextTransform.QK_NORM
+                gpt.MaxTextTransform.QKV
+                | gpt.MaxTextTransform.OUT
+                | gpt.MaxTextTransform.FC1
+                | gpt.MaxTextTransform.TRANSPOSE
+                | gpt.MaxTextTransform.QK_NORM
             ):
                 raise ValueError(f"{kind} is not a top-level transform")
             case _:

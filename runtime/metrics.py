@@ -109,8 +109,7 @@ class MetricsLog:
             {"kind": "valid", "step": step, "loss": _number(result.loss), "perplexity": _number(result.perplexity)}
         )
         print(
-            f"{self._at(step)} | validation loss {result.loss:.6f} | "
-            f"perplexity {result.perplexity:.3f}",
+            f"{self._at(step)} | validation loss {result.loss:.6f} | perplexity {result.perplexity:.3f}",
             file=self.stream,
             flush=True,
         )

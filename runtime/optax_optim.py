@@ -36,13 +36,17 @@ from megatron.core.distributed import DistributedDataParallel
 from megatron.core.optimizer import OptimizerConfig
 from megatron.core.optimizer.distrib_optimizer import DistributedOptimizer
 from megatron.core.optimizer.grad_scaler import DynamicGradScaler
-from megatron.core.optimizer.optimizer import (ChainedOptimizer, FP32Optimizer, Float16OptimizerWithFloat16Params,
-                                               MegatronOptimizer)
+from megatron.core.optimizer.optimizer import (
+    ChainedOptimizer,
+    Float16OptimizerWithFloat16Params,
+    FP32Optimizer,
+    MegatronOptimizer,
+)
 from megatron.core.process_groups_config import ProcessGroupCollection
 
 from bridgec.runtime.decay_mask import PathStyle, check_patterns, decide
-from bridgec.runtime.models.chunks import config_of, pairs
 from bridgec.runtime.model import unwrap
+from bridgec.runtime.models.chunks import config_of, pairs
 from bridgec.runtime.optim import torch_dtype
 
 

@@ -99,8 +99,11 @@ def _checkpoint_problem(directory: Path | None, resume: bool, overwrite: bool) -
         for path in found:
             shutil.rmtree(path)
         (directory / files.POINTER).unlink(missing_ok=True)
-        print(f"checkpoint: overwrite = true: deleted {len(found)} checkpoint(s) of an earlier run ({names}) "
-              f"in {directory}", flush=True)
+        print(
+            f"checkpoint: overwrite = true: deleted {len(found)} checkpoint(s) of an earlier run ({names}) "
+            f"in {directory}",
+            flush=True,
+        )
         return None
     try:
         latest = files.find_latest(directory) or found[-1]

@@ -22,19 +22,35 @@ class Noise:
 
 
 NOISE: tuple[Noise, ...] = (
-    Noise("full scope is deprecated", UserWarning,
-          "megatron-core 0.16's own TransformerConfig default (the CUDA-graph scope) warns on every config"),
-    Noise(r".*(Transformer Engine|Apex).* not installed", UserWarning,
-          "megatron-core announces at import that Transformer Engine and Apex are absent; a CPU run uses its "
-          "local layers and torch optimizers by design", cpu_only=True),
-    Noise(r"When using async grad allreduce it is recommended to set the environment variable "
-          "CUDA_DEVICE_MAX_CONNECTIONS", UserWarning,
-          "megatron-core's tensor-parallel layers advise a CUDA setting, which a CPU run has no use for",
-          cpu_only=True),
-    Noise(r"`load_state_dict` is deprecated and will be removed", FutureWarning,
-          "torch.distributed.checkpoint's deprecation of the call megatron-core's loader makes, on every resume"),
-    Noise(r"Please use DTensor instead and we are deprecating ShardedTensor", FutureWarning,
-          "torch.distributed.checkpoint's deprecation of the ShardedTensor megatron-core loads into, on every resume"),
+    Noise(
+        "full scope is deprecated",
+        UserWarning,
+        "megatron-core 0.16's own TransformerConfig default (the CUDA-graph scope) warns on every config",
+    ),
+    Noise(
+        r".*(Transformer Engine|Apex).* not installed",
+        UserWarning,
+        "megatron-core announces at import that Transformer Engine and Apex are absent; a CPU run uses its "
+        "local layers and torch optimizers by design",
+        cpu_only=True,
+    ),
+    Noise(
+        r"When using async grad allreduce it is recommended to set the environment variable "
+        "CUDA_DEVICE_MAX_CONNECTIONS",
+        UserWarning,
+        "megatron-core's tensor-parallel layers advise a CUDA setting, which a CPU run has no use for",
+        cpu_only=True,
+    ),
+    Noise(
+        r"`load_state_dict` is deprecated and will be removed",
+        FutureWarning,
+        "torch.distributed.checkpoint's deprecation of the call megatron-core's loader makes, on every resume",
+    ),
+    Noise(
+        r"Please use DTensor instead and we are deprecating ShardedTensor",
+        FutureWarning,
+        "torch.distributed.checkpoint's deprecation of the ShardedTensor megatron-core loads into, on every resume",
+    ),
 )
 
 

@@ -60,7 +60,9 @@ def start_banner(
     sizes = f"tensor {layout.tensor}, pipeline {layout.pipeline}"
     if layout.virtual_pipeline:
         sizes += f" (virtual {layout.virtual_pipeline})"
-    sizes += f", context {layout.context}, data {layout.data}" + (f", expert {layout.expert}" if layout.expert > 1 else "")
+    sizes += f", context {layout.context}, data {layout.data}" + (
+        f", expert {layout.expert}" if layout.expert > 1 else ""
+    )
     resumed = f" (from step {first_step})" if first_step else ""
     return "\n".join([
         f"run {run_name} ({_shown(spec)}): {parameters:,} parameters",
@@ -71,7 +73,9 @@ def start_banner(
     ])  # fmt: skip
 
 
-def end_summary(*, first_step: int, last_step: int, seconds: float, loss: float | None, valid_loss: float | None) -> str:
+def end_summary(
+    *, first_step: int, last_step: int, seconds: float, loss: float | None, valid_loss: float | None
+) -> str:
     steps = last_step - first_step
     if steps == 0:
         ran = "no steps"

@@ -152,9 +152,7 @@ def train_step(
             clip_gradients(optimizer, max_norm=clip_grad, grad_norm=grad_norm, epsilon=clip_epsilon)
         optimizer.step_with_ready_grads()
         scheduler.step(increment=1)
-    end = _end_of_step(
-        forward_data, stop_vote() if stop_vote is not None else 0, metadata_keys or MetadataKeys()
-    )
+    end = _end_of_step(forward_data, stop_vote() if stop_vote is not None else 0, metadata_keys or MetadataKeys())
     return StepResult(
         loss=end.loss,
         grad_norm=grad_norm,
@@ -317,8 +315,14 @@ def evaluate(
 ) -> EvalResult:
     """Forward-only over ``num_batches`` global batches, reduced like the training loss."""
     forward_data = _forward_only(
-        forward_step, data_iterators, model, num_batches=num_batches, num_microbatches=num_microbatches,
-        micro_batch_size=micro_batch_size, seq_length=seq_length, collect_non_loss_data=False,
+        forward_step,
+        data_iterators,
+        model,
+        num_batches=num_batches,
+        num_microbatches=num_microbatches,
+        micro_batch_size=micro_batch_size,
+        seq_length=seq_length,
+        collect_non_loss_data=False,
     )
     return EvalResult(loss=reduce_metadata(forward_data))
 
@@ -339,6 +343,12 @@ def collect_non_loss_data(
     is reduced. Only the last pipeline stage gets the list; other stages get [].
     """
     return _forward_only(
-        forward_step, data_iterators, model, num_batches=1, num_microbatches=num_microbatches,
-        micro_batch_size=micro_batch_size, seq_length=seq_length, collect_non_loss_data=True,
+        forward_step,
+        data_iterators,
+        model,
+        num_batches=1,
+        num_microbatches=num_microbatches,
+        micro_batch_size=micro_batch_size,
+        seq_length=seq_length,
+        collect_non_loss_data=True,
     )

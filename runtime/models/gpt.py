@@ -225,8 +225,12 @@ def _fused_mlp_norm(c: GPTConfig) -> bool:
     return c.transformer_engine and c.num_experts is None
 
 
-def _layer_leaf(path: str, shape: Callable[[GPTConfig, int], tuple[int, ...]], split_axis: int | None = None,
-                split_units: Callable[[GPTConfig], int] | None = None) -> MaxTextLeaf:
+def _layer_leaf(
+    path: str,
+    shape: Callable[[GPTConfig, int], tuple[int, ...]],
+    split_axis: int | None = None,
+    split_units: Callable[[GPTConfig], int] | None = None,
+) -> MaxTextLeaf:
     return MaxTextLeaf(path=path, shape=shape, split_axis=split_axis, split_units=split_units)
 
 
@@ -242,12 +246,16 @@ _QKV = MaxText(
     leaves=(
         _layer_leaf("self_attention/query/kernel", lambda c, v: (c.hidden, c.heads, c.head_dim), 1, lambda c: c.heads),
         _layer_leaf("self_attention/key/kernel", lambda c, v: (c.hidden, c.groups, c.head_dim), 1, lambda c: c.groups),
-        _layer_leaf("self_attention/value/kernel", lambda c, v: (c.hidden, c.groups, c.head_dim), 1, lambda c: c.groups),
+        _layer_leaf(
+            "self_attention/value/kernel", lambda c, v: (c.hidden, c.groups, c.head_dim), 1, lambda c: c.groups
+        ),
     ),
     transform=MaxTextTransform.QKV,
 )
 _OUT = MaxText(
-    leaves=(_layer_leaf("self_attention/out/kernel", lambda c, v: (c.heads, c.head_dim, c.hidden), 0, lambda c: c.heads),),
+    leaves=(
+        _layer_leaf("self_attention/out/kernel", lambda c, v: (c.heads, c.head_dim, c.hidden), 0, lambda c: c.heads),
+    ),
     transform=MaxTextTransform.OUT,
 )
 
@@ -314,81 +322,231 @@ _EXPERT = "mlp.experts.{expert}."
 ENTRIES: tuple[Entry, ...] = (
     # First chunk.
     Entry(
-        name="embedding.word_embeddings.weight", stage=Stage.FIRST, shape=lambda c: (c.vocab, c.hidden),
-        init=Init.NORMAL, split=Split(axis=0),
+        name="embedding.word_embeddings.weight",
+        stage=Stage.FIRST,
+        shape=lambda c: (c.vocab, c.hidden),
+        init=Init.NORMAL,
+        split=Split(axis=0),
         maxtext=MaxText(
             leaves=(MaxTextLeaf(path="params/token_embedder/embedding", shape=lambda c, v: (v, c.hidden)),),
             transform=MaxTextTransform.EMBEDDING,
         ),
     ),
     Entry(
-        name="embedding.position_embeddings.weight", stage=Stage.FIRST, shape=lambda c: (c.seq_length, c.hidden),
-        init=Init.NORMAL, when=lambda c: c.learned_positions,
+        name="embedding.position_embeddings.weight",
+        stage=Stage.FIRST,
+        shape=lambda c: (c.seq_length, c.hidden),
+        init=Init.NORMAL,
+        when=lambda c: c.learned_positions,
     ),
     # Each layer: attention.
-    Entry(name="input_layernorm.weight", stage=Stage.LAYER, shape=_vector(_hidden), init=Init.ONE, when=_local,
-          maxtext=_ATTENTION_NORM),
-    Entry(name="input_layernorm.bias", stage=Stage.LAYER, shape=_vector(_hidden), init=Init.ZERO,
-          when=_both(_local, _layernorm)),
-    Entry(name="self_attention.linear_qkv.layer_norm_weight", stage=Stage.LAYER, shape=_vector(_hidden),
-          init=Init.ONE, when=_te, maxtext=_ATTENTION_NORM),
-    Entry(name="self_attention.linear_qkv.layer_norm_bias", stage=Stage.LAYER, shape=_vector(_hidden),
-          init=Init.ZERO, when=_both(_te, _layernorm)),
-    Entry(name="self_attention.linear_proj.weight", stage=Stage.LAYER, shape=lambda c: (c.hidden, c.heads * c.head_dim),
-          init=Init.SCALED_NORMAL, split=Split(axis=1), maxtext=_OUT),
-    Entry(name="self_attention.linear_proj.bias", stage=Stage.LAYER, shape=_vector(_hidden), init=Init.ZERO,
-          when=_bias),
-    Entry(name="self_attention.linear_qkv.weight", stage=Stage.LAYER, shape=lambda c: (_qkv_rows(c), c.hidden),
-          init=Init.NORMAL, split=Split(axis=0), maxtext=_QKV),
-    Entry(name="self_attention.linear_qkv.bias", stage=Stage.LAYER, shape=_vector(_qkv_rows), init=Init.ZERO,
-          split=Split(axis=0), when=_bias),
-    Entry(name="self_attention.q_layernorm.weight", stage=Stage.LAYER, shape=_vector(_head_dim), init=Init.ONE,
-          when=_qk, maxtext=_qk_norm("query")),
-    Entry(name="self_attention.q_layernorm.bias", stage=Stage.LAYER, shape=_vector(_head_dim), init=Init.ZERO,
-          when=_both(_qk, _layernorm)),
-    Entry(name="self_attention.k_layernorm.weight", stage=Stage.LAYER, shape=_vector(_head_dim), init=Init.ONE,
-          when=_qk, maxtext=_qk_norm("key")),
-    Entry(name="self_attention.k_layernorm.bias", stage=Stage.LAYER, shape=_vector(_head_dim), init=Init.ZERO,
-          when=_both(_qk, _layernorm)),
-    # Each layer: MLP.
-    Entry(name="pre_mlp_layernorm.weight", stage=Stage.LAYER, shape=_vector(_hidden), init=Init.ONE,
-          when=lambda c: not _fused_mlp_norm(c), maxtext=_MLP_NORM),
-    Entry(name="pre_mlp_layernorm.bias", stage=Stage.LAYER, shape=_vector(_hidden), init=Init.ZERO,
-          when=lambda c: not _fused_mlp_norm(c) and c.layernorm),
-    Entry(name="mlp.linear_fc1.layer_norm_weight", stage=Stage.LAYER, shape=_vector(_hidden), init=Init.ONE,
-          when=_fused_mlp_norm, maxtext=_MLP_NORM),
-    Entry(name="mlp.linear_fc1.layer_norm_bias", stage=Stage.LAYER, shape=_vector(_hidden), init=Init.ZERO,
-          when=_both(_fused_mlp_norm, _layernorm)),
-    Entry(name="mlp.linear_fc1.weight", stage=Stage.LAYER, shape=lambda c: (_fc1_rows(c), c.hidden),
-          init=Init.NORMAL, split=Split(axis=0, gate_up=True), when=_dense, maxtext=_FC1),
-    Entry(name="mlp.linear_fc1.bias", stage=Stage.LAYER, shape=_vector(_fc1_rows), init=Init.ZERO,
-          split=Split(axis=0, gate_up=True), when=_both(_dense, _bias)),
-    Entry(name="mlp.linear_fc2.weight", stage=Stage.LAYER, shape=lambda c: (c.hidden, c.ffn), init=Init.SCALED_NORMAL,
-          split=Split(axis=1), when=_dense, maxtext=_FC2),
-    Entry(name="mlp.linear_fc2.bias", stage=Stage.LAYER, shape=_vector(_hidden), init=Init.ZERO,
-          when=_both(_dense, _bias)),
-    # Each layer: MoE (router, then every expert's two linears).
-    Entry(name="mlp.router.weight", stage=Stage.LAYER, shape=lambda c: (c.num_experts or 0, c.hidden),
-          init=Init.NORMAL, when=_moe),
-    Entry(name=_EXPERT + "linear_fc1.weight", stage=Stage.LAYER, shape=lambda c: (_fc1_rows(c), c.hidden),
-          init=Init.NORMAL, split=Split(axis=0, gate_up=True), when=_moe),
-    Entry(name=_EXPERT + "linear_fc1.bias", stage=Stage.LAYER, shape=_vector(_fc1_rows), init=Init.ZERO,
-          split=Split(axis=0, gate_up=True), when=_both(_moe, _bias)),
-    Entry(name=_EXPERT + "linear_fc2.weight", stage=Stage.LAYER, shape=lambda c: (c.hidden, c.ffn),
-          init=Init.SCALED_NORMAL, split=Split(axis=1), when=_moe),
-    Entry(name=_EXPERT + "linear_fc2.bias", stage=Stage.LAYER, shape=_vector(_hidden), init=Init.ZERO,
-          when=_both(_moe, _bias)),
-    # Last chunk.
-    Entry(name="decoder.final_layernorm.weight", stage=Stage.LAST, shape=_vector(_hidden), init=Init.ONE,
-          maxtext=MaxText(
-              leaves=(MaxTextLeaf(path="params/decoder/decoder_norm/scale", shape=lambda c, v: (c.hidden,)),),
-              transform=MaxTextTransform.COPY,
-          )),
-    Entry(name="decoder.final_layernorm.bias", stage=Stage.LAST, shape=_vector(_hidden), init=Init.ZERO,
-          when=_layernorm),
     Entry(
-        name="output_layer.weight", stage=Stage.LAST, shape=lambda c: (c.vocab, c.hidden), init=Init.NORMAL,
-        split=Split(axis=0), when=lambda c: not c.tied,
+        name="input_layernorm.weight",
+        stage=Stage.LAYER,
+        shape=_vector(_hidden),
+        init=Init.ONE,
+        when=_local,
+        maxtext=_ATTENTION_NORM,
+    ),
+    Entry(
+        name="input_layernorm.bias",
+        stage=Stage.LAYER,
+        shape=_vector(_hidden),
+        init=Init.ZERO,
+        when=_both(_local, _layernorm),
+    ),
+    Entry(
+        name="self_attention.linear_qkv.layer_norm_weight",
+        stage=Stage.LAYER,
+        shape=_vector(_hidden),
+        init=Init.ONE,
+        when=_te,
+        maxtext=_ATTENTION_NORM,
+    ),
+    Entry(
+        name="self_attention.linear_qkv.layer_norm_bias",
+        stage=Stage.LAYER,
+        shape=_vector(_hidden),
+        init=Init.ZERO,
+        when=_both(_te, _layernorm),
+    ),
+    Entry(
+        name="self_attention.linear_proj.weight",
+        stage=Stage.LAYER,
+        shape=lambda c: (c.hidden, c.heads * c.head_dim),
+        init=Init.SCALED_NORMAL,
+        split=Split(axis=1),
+        maxtext=_OUT,
+    ),
+    Entry(
+        name="self_attention.linear_proj.bias", stage=Stage.LAYER, shape=_vector(_hidden), init=Init.ZERO, when=_bias
+    ),
+    Entry(
+        name="self_attention.linear_qkv.weight",
+        stage=Stage.LAYER,
+        shape=lambda c: (_qkv_rows(c), c.hidden),
+        init=Init.NORMAL,
+        split=Split(axis=0),
+        maxtext=_QKV,
+    ),
+    Entry(
+        name="self_attention.linear_qkv.bias",
+        stage=Stage.LAYER,
+        shape=_vector(_qkv_rows),
+        init=Init.ZERO,
+        split=Split(axis=0),
+        when=_bias,
+    ),
+    Entry(
+        name="self_attention.q_layernorm.weight",
+        stage=Stage.LAYER,
+        shape=_vector(_head_dim),
+        init=Init.ONE,
+        when=_qk,
+        maxtext=_qk_norm("query"),
+    ),
+    Entry(
+        name="self_attention.q_layernorm.bias",
+        stage=Stage.LAYER,
+        shape=_vector(_head_dim),
+        init=Init.ZERO,
+        when=_both(_qk, _layernorm),
+    ),
+    Entry(
+        name="self_attention.k_layernorm.weight",
+        stage=Stage.LAYER,
+        shape=_vector(_head_dim),
+        init=Init.ONE,
+        when=_qk,
+        maxtext=_qk_norm("key"),
+    ),
+    Entry(
+        name="self_attention.k_layernorm.bias",
+        stage=Stage.LAYER,
+        shape=_vector(_head_dim),
+        init=Init.ZERO,
+        when=_both(_qk, _layernorm),
+    ),
+    # Each layer: MLP.
+    Entry(
+        name="pre_mlp_layernorm.weight",
+        stage=Stage.LAYER,
+        shape=_vector(_hidden),
+        init=Init.ONE,
+        when=lambda c: not _fused_mlp_norm(c),
+        maxtext=_MLP_NORM,
+    ),
+    Entry(
+        name="pre_mlp_layernorm.bias",
+        stage=Stage.LAYER,
+        shape=_vector(_hidden),
+        init=Init.ZERO,
+        when=lambda c: not _fused_mlp_norm(c) and c.layernorm,
+    ),
+    Entry(
+        name="mlp.linear_fc1.layer_norm_weight",
+        stage=Stage.LAYER,
+        shape=_vector(_hidden),
+        init=Init.ONE,
+        when=_fused_mlp_norm,
+        maxtext=_MLP_NORM,
+    ),
+    Entry(
+        name="mlp.linear_fc1.layer_norm_bias",
+        stage=Stage.LAYER,
+        shape=_vector(_hidden),
+        init=Init.ZERO,
+        when=_both(_fused_mlp_norm, _layernorm),
+    ),
+    Entry(
+        name="mlp.linear_fc1.weight",
+        stage=Stage.LAYER,
+        shape=lambda c: (_fc1_rows(c), c.hidden),
+        init=Init.NORMAL,
+        split=Split(axis=0, gate_up=True),
+        when=_dense,
+        maxtext=_FC1,
+    ),
+    Entry(
+        name="mlp.linear_fc1.bias",
+        stage=Stage.LAYER,
+        shape=_vector(_fc1_rows),
+        init=Init.ZERO,
+        split=Split(axis=0, gate_up=True),
+        when=_both(_dense, _bias),
+    ),
+    Entry(
+        name="mlp.linear_fc2.weight",
+        stage=Stage.LAYER,
+        shape=lambda c: (c.hidden, c.ffn),
+        init=Init.SCALED_NORMAL,
+        split=Split(axis=1),
+        when=_dense,
+        maxtext=_FC2,
+    ),
+    Entry(
+        name="mlp.linear_fc2.bias", stage=Stage.LAYER, shape=_vector(_hidden), init=Init.ZERO, when=_both(_dense, _bias)
+    ),
+    # Each layer: MoE (router, then every expert's two linears).
+    Entry(
+        name="mlp.router.weight",
+        stage=Stage.LAYER,
+        shape=lambda c: (c.num_experts or 0, c.hidden),
+        init=Init.NORMAL,
+        when=_moe,
+    ),
+    Entry(
+        name=_EXPERT + "linear_fc1.weight",
+        stage=Stage.LAYER,
+        shape=lambda c: (_fc1_rows(c), c.hidden),
+        init=Init.NORMAL,
+        split=Split(axis=0, gate_up=True),
+        when=_moe,
+    ),
+    Entry(
+        name=_EXPERT + "linear_fc1.bias",
+        stage=Stage.LAYER,
+        shape=_vector(_fc1_rows),
+        init=Init.ZERO,
+        split=Split(axis=0, gate_up=True),
+        when=_both(_moe, _bias),
+    ),
+    Entry(
+        name=_EXPERT + "linear_fc2.weight",
+        stage=Stage.LAYER,
+        shape=lambda c: (c.hidden, c.ffn),
+        init=Init.SCALED_NORMAL,
+        split=Split(axis=1),
+        when=_moe,
+    ),
+    Entry(
+        name=_EXPERT + "linear_fc2.bias",
+        stage=Stage.LAYER,
+        shape=_vector(_hidden),
+        init=Init.ZERO,
+        when=_both(_moe, _bias),
+    ),
+    # Last chunk.
+    Entry(
+        name="decoder.final_layernorm.weight",
+        stage=Stage.LAST,
+        shape=_vector(_hidden),
+        init=Init.ONE,
+        maxtext=MaxText(
+            leaves=(MaxTextLeaf(path="params/decoder/decoder_norm/scale", shape=lambda c, v: (c.hidden,)),),
+            transform=MaxTextTransform.COPY,
+        ),
+    ),
+    Entry(
+        name="decoder.final_layernorm.bias", stage=Stage.LAST, shape=_vector(_hidden), init=Init.ZERO, when=_layernorm
+    ),
+    Entry(
+        name="output_layer.weight",
+        stage=Stage.LAST,
+        shape=lambda c: (c.vocab, c.hidden),
+        init=Init.NORMAL,
+        split=Split(axis=0),
+        when=lambda c: not c.tied,
         maxtext=MaxText(
             leaves=(MaxTextLeaf(path="params/decoder/logits_dense/kernel", shape=lambda c, v: (c.hidden, v)),),
             transform=MaxTextTransform.LOGITS,
@@ -448,8 +606,17 @@ def _name(entry: Entry, layer: int | None, expert: int | None, *, local: bool) -
     return f"{LAYER_PREFIX}{layer}.{tail}"
 
 
-def _parameter(entry: Entry, config: GPTConfig, *, tensor: int, layer: int | None = None, local_layer: int | None = None,
-               expert: int | None = None, local_expert: int | None = None, tied_copy: bool = False) -> Parameter:
+def _parameter(
+    entry: Entry,
+    config: GPTConfig,
+    *,
+    tensor: int,
+    layer: int | None = None,
+    local_layer: int | None = None,
+    expert: int | None = None,
+    local_expert: int | None = None,
+    tied_copy: bool = False,
+) -> Parameter:
     shape = entry.shape(config)
     local_shape = list(shape)
     if entry.split is not None:
@@ -504,8 +671,15 @@ def chunk_parameters(
                 continue
             for local_expert in range(local_experts):
                 per_layer.append(
-                    _parameter(entry, config, tensor=tensor, layer=layer, local_layer=local_layer,
-                               expert=expert_rank * local_experts + local_expert, local_expert=local_expert)
+                    _parameter(
+                        entry,
+                        config,
+                        tensor=tensor,
+                        layer=layer,
+                        local_layer=local_layer,
+                        expert=expert_rank * local_experts + local_expert,
+                        local_expert=local_expert,
+                    )
                 )
     firsts = [p for p in found if p.entry.stage is Stage.FIRST]
     lasts = [p for p in found if p.entry.stage is Stage.LAST]
@@ -535,8 +709,9 @@ def parameters(config: GPTConfig) -> list[Parameter]:
     return chunk_parameters(config, layers=range(config.num_layers), first=True, last=True)
 
 
-def stage_layers(config: GPTConfig, *, pipeline: int, virtual: int | None, pipeline_rank: int,
-                 virtual_stage: int | None) -> range:
+def stage_layers(
+    config: GPTConfig, *, pipeline: int, virtual: int | None, pipeline_rank: int, virtual_stage: int | None
+) -> range:
     """Global layer indices of one chunk: chunk v of pipeline rank p holds virtual stage ``v x pipeline + p``.
 
     Layers are spread evenly (megatron-core's ``get_transformer_layer_offset``
@@ -548,22 +723,33 @@ def stage_layers(config: GPTConfig, *, pipeline: int, virtual: int | None, pipel
     return range(stage * per_chunk, (stage + 1) * per_chunk)
 
 
-def rank_parameters(config: GPTConfig, *, tensor: int = 1, pipeline: int = 1, virtual: int | None = None,
-                    expert: int = 1, pipeline_rank: int = 0, expert_rank: int = 0) -> list[list[Parameter]]:
+def rank_parameters(
+    config: GPTConfig,
+    *,
+    tensor: int = 1,
+    pipeline: int = 1,
+    virtual: int | None = None,
+    expert: int = 1,
+    pipeline_rank: int = 0,
+    expert_rank: int = 0,
+) -> list[list[Parameter]]:
     """The parameters of each chunk a rank holds (one list per virtual pipeline stage)."""
     chunks = []
     for stage in range(virtual or 1):
         virtual_stage = stage if virtual else None
-        chunks.append(chunk_parameters(
-            config,
-            layers=stage_layers(config, pipeline=pipeline, virtual=virtual, pipeline_rank=pipeline_rank,
-                                virtual_stage=virtual_stage),
-            first=pipeline_rank == 0 and stage == 0,
-            last=pipeline_rank == pipeline - 1 and stage == (virtual or 1) - 1,
-            tensor=tensor,
-            expert_parallel=expert,
-            expert_rank=expert_rank,
-        ))
+        chunks.append(
+            chunk_parameters(
+                config,
+                layers=stage_layers(
+                    config, pipeline=pipeline, virtual=virtual, pipeline_rank=pipeline_rank, virtual_stage=virtual_stage
+                ),
+                first=pipeline_rank == 0 and stage == 0,
+                last=pipeline_rank == pipeline - 1 and stage == (virtual or 1) - 1,
+                tensor=tensor,
+                expert_parallel=expert,
+                expert_rank=expert_rank,
+            )
+        )
     return chunks
 
 

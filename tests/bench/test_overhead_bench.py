@@ -16,9 +16,24 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_the_overhead_benchmark_runs_both_sides_on_the_same_work() -> None:
     completed = subprocess.run(
-        [sys.executable, "bench/overhead_bench.py", "--model", "tiny", "--rounds", "1", "--steps", "4",
-         "--warmup", "1", "--procs", "1"],
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "bench/overhead_bench.py",
+            "--model",
+            "tiny",
+            "--rounds",
+            "1",
+            "--steps",
+            "4",
+            "--warmup",
+            "1",
+            "--procs",
+            "1",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     # The benchmark exits non-zero when the two sides differ in parameters or batch shape.
     assert completed.returncode == 0, completed.stderr[-3000:]

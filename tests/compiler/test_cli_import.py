@@ -25,8 +25,18 @@ def _run(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
 @pytest.mark.parametrize("configs", FOLDERS)
 def test_import_compile_check(configs: ConfigFolder, tmp_path: Path) -> None:
     shutil.copytree(configs.folder, tmp_path / "maxtext")
-    imported = _run("import", "maxtext", "maxtext/base.yml", "model_name=llama3-8b", "steps=100",
-                    "--devices", "8", "-o", "spec.toml", cwd=tmp_path)
+    imported = _run(
+        "import",
+        "maxtext",
+        "maxtext/base.yml",
+        "model_name=llama3-8b",
+        "steps=100",
+        "--devices",
+        "8",
+        "-o",
+        "spec.toml",
+        cwd=tmp_path,
+    )
     assert imported.returncode == 0, imported.stderr
     text = (tmp_path / "spec.toml").read_text()
     assert "--model maxtext/models/llama3-8b.yml" in text and str(tmp_path) not in text
@@ -43,43 +53,82 @@ def test_import_compile_check(configs: ConfigFolder, tmp_path: Path) -> None:
 @pytest.mark.parametrize("configs", FOLDERS)
 def test_import_errors_are_reported_without_writing(configs: ConfigFolder, tmp_path: Path) -> None:
     shutil.copytree(configs.folder, tmp_path / "maxtext")
-    result = _run("import", "maxtext", "maxtext/base.yml", "model_name=llama2-7b", "base_emb_dim=1024",
-                  "--devices", "8", "-o", "spec.toml", cwd=tmp_path)
+    result = _run(
+        "import",
+        "maxtext",
+        "maxtext/base.yml",
+        "model_name=llama2-7b",
+        "base_emb_dim=1024",
+        "--devices",
+        "8",
+        "-o",
+        "spec.toml",
+        cwd=tmp_path,
+    )
     assert result.returncode == 2
     assert "base_emb_dim" in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "spec.toml").exists()
-    missing = _run("import", "maxtext", "maxtext/base.yml", "model_name=nope", "--devices", "8", "-o", "x.toml",
-                   cwd=tmp_path)
+    missing = _run(
+        "import", "maxtext", "maxtext/base.yml", "model_name=nope", "--devices", "8", "-o", "x.toml", cwd=tmp_path
+    )
     assert missing.returncode == 2 and "model_name 'nope'" in missing.stderr
     assert _run("import", "maxtext", "--help", cwd=tmp_path).returncode == 0
 
 
 @pytest.mark.parametrize("configs", FOLDERS)
-def test_an_import_that_does_not_validate_says_so_and_names_no_absolute_path(configs: ConfigFolder,
-                                                                           tmp_path: Path) -> None:
+def test_an_import_that_does_not_validate_says_so_and_names_no_absolute_path(
+    configs: ConfigFolder, tmp_path: Path
+) -> None:
     """gpt3-52k on the CPU: its zero-centred LayerNorm needs Transformer Engine, which validation says at import."""
     base = configs.base.resolve()
     (tmp_path / "run").mkdir()
-    result = _run("import", "maxtext", str(base), "model_name=gpt3-52k", "--devices", "1", "--device", "cpu",
-                  "-o", "spec.toml", cwd=tmp_path / "run")
+    result = _run(
+        "import",
+        "maxtext",
+        str(base),
+        "model_name=gpt3-52k",
+        "--devices",
+        "1",
+        "--device",
+        "cpu",
+        "-o",
+        "spec.toml",
+        cwd=tmp_path / "run",
+    )
     assert result.returncode == 2
     assert 'spec.toml:38: $.model.norm_zero_centered = true needs model.transformer_impl = "transformer_engine"' in (
-        result.stderr)
-    assert result.stderr.rstrip().endswith("spec.toml is written, but it does not validate yet (1 error(s) above): "
-                                           "change what they name (or import again with other options), then: "
-                                           "bridgec compile spec.toml -o run.py")
+        result.stderr
+    )
+    assert result.stderr.rstrip().endswith(
+        "spec.toml is written, but it does not validate yet (1 error(s) above): "
+        "change what they name (or import again with other options), then: "
+        "bridgec compile spec.toml -o run.py"
+    )
     text = (tmp_path / "run" / "spec.toml").read_text()
     assert f" {base.parent}" not in text  # the files are named relative to the spec's folder, once, in the command
     relative = Path(os.path.relpath(base, tmp_path / "run")).as_posix()
-    assert text.count(relative) == 1 and "# MaxText merge order: base.yml <- models/gpt3-52k.yml <- command line" in text
+    assert (
+        text.count(relative) == 1 and "# MaxText merge order: base.yml <- models/gpt3-52k.yml <- command line" in text
+    )
     assert "--device cpu" in text  # the echoed command reproduces the import
 
 
 @pytest.mark.parametrize("configs", FOLDERS)
 def test_ledger_inline_keeps_the_old_single_file(configs: ConfigFolder, tmp_path: Path) -> None:
     shutil.copytree(configs.folder, tmp_path / "maxtext")
-    imported = _run("import", "maxtext", "maxtext/base.yml", "model_name=llama3-8b", "--devices", "8", "--ledger",
-                    "inline", "-o", "spec.toml", cwd=tmp_path)
+    imported = _run(
+        "import",
+        "maxtext",
+        "maxtext/base.yml",
+        "model_name=llama3-8b",
+        "--devices",
+        "8",
+        "--ledger",
+        "inline",
+        "-o",
+        "spec.toml",
+        cwd=tmp_path,
+    )
     assert imported.returncode == 0, imported.stderr
     assert "# Ignored, " in (tmp_path / "spec.toml").read_text()
     assert not (tmp_path / "spec.maxtext-keys.txt").exists()
@@ -107,12 +156,15 @@ def test_the_words_that_are_not_overrides(tmp_path: Path) -> None:
     none = _run("import", "maxtext", "steps=5", "--devices", "8", "-o", "spec.toml", cwd=tmp_path)
     assert none.returncode == 2 and none.stderr == (
         "bridgec: import maxtext: no BASE.yml (MaxText's base config, configs/base.yml) among the arguments; the "
-        "others are key=value overrides\n")
+        "others are key=value overrides\n"
+    )
     two = _run("import", "maxtext", "maxtext/base.yml", "--devices", "8", "steps", "-o", "spec.toml", cwd=tmp_path)
     assert two.returncode == 2 and two.stderr == (
         "bridgec: import maxtext: 2 arguments are not key=value ('maxtext/base.yml', 'steps'): give one BASE.yml, "
-        "and each override as key=value with a MaxText key\n")
-    unknown = _run("import", "maxtext", "maxtext/base.yml", "--devices", "8", "-o", "spec.toml", "--stepz", "5",
-                   cwd=tmp_path)
+        "and each override as key=value with a MaxText key\n"
+    )
+    unknown = _run(
+        "import", "maxtext", "maxtext/base.yml", "--devices", "8", "-o", "spec.toml", "--stepz", "5", cwd=tmp_path
+    )
     assert unknown.returncode == 2 and unknown.stderr.endswith("bridgec: error: unrecognized arguments: --stepz 5\n")
     assert not (tmp_path / "spec.toml").exists()

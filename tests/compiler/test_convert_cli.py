@@ -37,13 +37,28 @@ def test_read_launch_takes_the_constants_without_importing(multinode: Path) -> N
     launch = read_launch(multinode / "run.py")
     assert (launch.world_size, launch.nodes, launch.procs_per_node) == (8, 2, 4)
     assert launch.torchrun_options == (
-        "--nnodes", "2", "--nproc-per-node", "4", "--rdzv-backend", "c10d", "--rdzv-endpoint", "HOST_OF_NODE_0:29500"
+        "--nnodes",
+        "2",
+        "--nproc-per-node",
+        "4",
+        "--rdzv-backend",
+        "c10d",
+        "--rdzv-endpoint",
+        "HOST_OF_NODE_0:29500",
     )
 
 
 def test_multinode_prints_the_command_for_every_node(multinode: Path) -> None:
-    done = _run("orbax-to-megatron", "run.py", "--checkpoint", "ckpt/7/items", "--output", "converted",
-                "--optimizer-state", cwd=multinode)
+    done = _run(
+        "orbax-to-megatron",
+        "run.py",
+        "--checkpoint",
+        "ckpt/7/items",
+        "--output",
+        "converted",
+        "--optimizer-state",
+        cwd=multinode,
+    )
     assert done.returncode == 2
     assert "compiled for 2 nodes x 4 processes" in done.stdout
     assert (
@@ -85,8 +100,9 @@ def test_a_step_the_folder_does_not_hold_is_refused_before_launching(multinode: 
         (multinode / "saved" / name / "bridgec.json").write_text("{}")
     (multinode / "saved" / "latest").write_text("iter_0000004\n")
     for step in ("3", "6"):
-        done = _run("megatron-to-orbax", "run.py", "--checkpoint", "saved", "--step", step, "--output", "o",
-                    cwd=multinode)
+        done = _run(
+            "megatron-to-orbax", "run.py", "--checkpoint", "saved", "--step", step, "--output", "o", cwd=multinode
+        )
         assert done.returncode == 2
         assert f"saved holds no complete checkpoint of step {step}; it has steps 2, 4 (latest 4)" in done.stderr
         assert "torchrun" not in done.stdout  # refused here, not after the multi-node command was printed

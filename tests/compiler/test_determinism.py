@@ -23,7 +23,11 @@ def _compile(folder: Path, seed: str, cwd: Path, spec_arg: str, out_arg: str) ->
     env = {**os.environ, "PYTHONHASHSEED": seed}
     result = subprocess.run(
         [sys.executable, "-m", "bridgec.compiler.cli", "compile", spec_arg, "-o", out_arg],
-        cwd=cwd, env=env, capture_output=True, text=True, timeout=120,
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 0, result.stderr
     return (folder / "run.py").read_bytes()

@@ -6,18 +6,30 @@ import datetime
 
 import pytest
 
-from bridgec.compiler.errors import (Diagnostic, SpecError, close_match, format_diagnostic, format_path, kind_of,
-                                     render_value)
+from bridgec.compiler.errors import (
+    Diagnostic,
+    SpecError,
+    close_match,
+    format_diagnostic,
+    format_path,
+    kind_of,
+    render_value,
+)
 
 
 def test_format_with_line_and_hint() -> None:
-    d = Diagnostic(file="spec.toml", line=14, path="$.model.num_attention_heads",
-                   message="$.model.num_attention_heads = 6 is not divisible by parallel.tensor = 4 (each "
-                           "tensor-parallel rank needs whole heads)",
-                   hint="tensor = 2 or 3, or 8 heads")
+    d = Diagnostic(
+        file="spec.toml",
+        line=14,
+        path="$.model.num_attention_heads",
+        message="$.model.num_attention_heads = 6 is not divisible by parallel.tensor = 4 (each "
+        "tensor-parallel rank needs whole heads)",
+        hint="tensor = 2 or 3, or 8 heads",
+    )
     assert format_diagnostic(d) == (
         "spec.toml:14: $.model.num_attention_heads = 6 is not divisible by parallel.tensor = 4 (each "
-        "tensor-parallel rank needs whole heads); hint: tensor = 2 or 3, or 8 heads")
+        "tensor-parallel rank needs whole heads); hint: tensor = 2 or 3, or 8 heads"
+    )
 
 
 def test_format_leaves_out_unknown_line_and_missing_hint() -> None:
@@ -38,40 +50,55 @@ def test_spec_error_carries_every_diagnostic() -> None:
     assert str(error) == "spec.toml:1: one\nspec.toml:2: two; hint: fix"
 
 
-@pytest.mark.parametrize(("path", "text"), [
-    ((), "$"),
-    (("model", "hidden_size"), "$.model.hidden_size"),
-    (("data", "sources", 0, "prefix"), "$.data.sources[0].prefix"),
-    (("model", "odd key"), '$.model["odd key"]'),
-])
+@pytest.mark.parametrize(
+    ("path", "text"),
+    [
+        ((), "$"),
+        (("model", "hidden_size"), "$.model.hidden_size"),
+        (("data", "sources", 0, "prefix"), "$.data.sources[0].prefix"),
+        (("model", "odd key"), '$.model["odd key"]'),
+    ],
+)
 def test_format_path(path: tuple[str | int, ...], text: str) -> None:
     assert format_path(path) == text
 
 
-@pytest.mark.parametrize(("value", "text"), [
-    (True, "true"),
-    (4, "4"),
-    (1e-3, "0.001"),
-    (float("inf"), "inf"),
-    (float("-inf"), "-inf"),
-    (float("nan"), "nan"),
-    ("4", '"4"'),
-    ([0.9, "a"], '[0.9, "a"]'),
-    ((1.0, 2.0), "[1.0, 2.0]"),
-    ({"prefix": "a", "odd key": 1}, '{ prefix = "a", "odd key" = 1 }'),
-    ({}, "{}"),
-    (datetime.date(2024, 5, 27), "2024-05-27"),
-    ("x" * 100, '"' + "x" * 56 + "..."),
-])
+@pytest.mark.parametrize(
+    ("value", "text"),
+    [
+        (True, "true"),
+        (4, "4"),
+        (1e-3, "0.001"),
+        (float("inf"), "inf"),
+        (float("-inf"), "-inf"),
+        (float("nan"), "nan"),
+        ("4", '"4"'),
+        ([0.9, "a"], '[0.9, "a"]'),
+        ((1.0, 2.0), "[1.0, 2.0]"),
+        ({"prefix": "a", "odd key": 1}, '{ prefix = "a", "odd key" = 1 }'),
+        ({}, "{}"),
+        (datetime.date(2024, 5, 27), "2024-05-27"),
+        ("x" * 100, '"' + "x" * 56 + "..."),
+    ],
+)
 def test_render_value(value: object, text: str) -> None:
     assert render_value(value) == text
 
 
-@pytest.mark.parametrize(("value", "kind"), [
-    (True, "a boolean"), (1, "an integer"), (1.5, "a float"), ("s", "a string"), ([], "an array"),
-    ({}, "a table"), (datetime.datetime(2024, 1, 1, 1, 1), "a date-time"), (datetime.date(2024, 1, 1), "a date"),
-    (datetime.time(1, 1), "a time"),
-])
+@pytest.mark.parametrize(
+    ("value", "kind"),
+    [
+        (True, "a boolean"),
+        (1, "an integer"),
+        (1.5, "a float"),
+        ("s", "a string"),
+        ([], "an array"),
+        ({}, "a table"),
+        (datetime.datetime(2024, 1, 1, 1, 1), "a date-time"),
+        (datetime.date(2024, 1, 1), "a date"),
+        (datetime.time(1, 1), "a time"),
+    ],
+)
 def test_kind_of(value: object, kind: str) -> None:
     assert kind_of(value) == kind
 

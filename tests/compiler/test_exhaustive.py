@@ -39,25 +39,39 @@ BASE: dict[str, dict[str, Any]] = {
 }
 """A valid spec on 2 processes (data parallel 2), so that layouts can vary."""
 
-FILES = MemoryFiles({
-    "data/a.bin": b"\0" * 64, "data/a.idx": idx_header(40),
-    "data/b.bin": b"\0" * 64, "data/b.idx": idx_header(40),
-    "ckpt/1/items": "", "ckpt/2/items": "",
-    "more_hooks.py": "def my_loss(loss_mask, output_tensor):\n    return output_tensor.sum(), loss_mask.sum(), {}\n",
-    "hooks.py": "def my_loss(loss_mask, output_tensor):\n    return output_tensor.sum(), loss_mask.sum(), {}\n\n"
-                "def other_loss(loss_mask, output_tensor):\n    return output_tensor.sum(), loss_mask.sum(), {}\n\n"
-                "def my_step(state, data_iterator, model, return_schedule_plan=False):\n    return None, None\n",
-})
+FILES = MemoryFiles(
+    {
+        "data/a.bin": b"\0" * 64,
+        "data/a.idx": idx_header(40),
+        "data/b.bin": b"\0" * 64,
+        "data/b.idx": idx_header(40),
+        "ckpt/1/items": "",
+        "ckpt/2/items": "",
+        "more_hooks.py": "def my_loss(loss_mask, output_tensor):\n    return output_tensor.sum(), loss_mask.sum(), {}\n",
+        "hooks.py": "def my_loss(loss_mask, output_tensor):\n    return output_tensor.sum(), loss_mask.sum(), {}\n\n"
+        "def other_loss(loss_mask, output_tensor):\n    return output_tensor.sum(), loss_mask.sum(), {}\n\n"
+        "def my_step(state, data_iterator, model, return_schedule_plan=False):\n    return None, None\n",
+    }
+)
 
 CUDA_TE = {"launch": {"device": "cuda"}, "model": {"transformer_impl": "transformer_engine"}}
 MAXTEXT = {"scheduler": {"style": "maxtext", "maxtext": {}}}
-OPTAX = {"optimizer": {"semantics": "optax"}, "scheduler": {"style": "optax", "optax": [{"kind": "constant", "value": 1e-3}]}}
+OPTAX = {
+    "optimizer": {"semantics": "optax"},
+    "scheduler": {"style": "optax", "optax": [{"kind": "constant", "value": 1e-3}]},
+}
 CHECKPOINT = {"checkpoint": {"dir": "ckpt"}}
 INDEXED = {"data": {"kind": "indexed", "sources": [{"prefix": "data/a"}], "eod_token": 0, "split": [90.0, 10.0, 0.0]}}
 HOOK_LOSS = {"hooks": {"file": "hooks.py", "loss": "my_loss"}}
 MOE = {"model": {"num_experts": 4, "add_bias_linear": False}}
-LLAMA = {"model": {"activation": "swiglu", "add_bias_linear": False, "normalization": "rmsnorm",
-                   "position_embedding": "rope"}}
+LLAMA = {
+    "model": {
+        "activation": "swiglu",
+        "add_bias_linear": False,
+        "normalization": "rmsnorm",
+        "position_embedding": "rope",
+    }
+}
 
 
 def _piece(kind: str, **fields: Any) -> dict[str, Any]:
@@ -104,12 +118,22 @@ CONTEXT: dict[str, dict[str, Any]] = {
     "scheduler.optax.decay_steps": _piece("cosine_decay", **PIECES["cosine_decay"]),
     "scheduler.optax.alpha": _piece("cosine_decay", **PIECES["cosine_decay"]),
     "scheduler.optax.exponent": _piece("cosine_decay", **PIECES["cosine_decay"]),
-    "scheduler.optax.boundary": {"scheduler": {"style": "optax", "optax": [
-        {"kind": "constant", "value": 1e-4, "boundary": 2}, {"kind": "constant", "value": 1e-3}]}},
+    "scheduler.optax.boundary": {
+        "scheduler": {
+            "style": "optax",
+            "optax": [{"kind": "constant", "value": 1e-4, "boundary": 2}, {"kind": "constant", "value": 1e-3}],
+        }
+    },
     "precision.fp8": {**CUDA_TE, "precision": {"dtype": "bf16"}},
     "data.sources.prefix": INDEXED,
-    "data.sources.weight": {"data": {"kind": "indexed", "eod_token": 0, "split": [90.0, 10.0, 0.0],
-                                     "sources": [{"prefix": "data/a"}, {"prefix": "data/b"}]}},
+    "data.sources.weight": {
+        "data": {
+            "kind": "indexed",
+            "eod_token": 0,
+            "split": [90.0, 10.0, 0.0],
+            "sources": [{"prefix": "data/a"}, {"prefix": "data/b"}],
+        }
+    },
     "data.split": INDEXED,
     "checkpoint.save_interval": CHECKPOINT,
     "checkpoint.resume": CHECKPOINT,

@@ -17,12 +17,31 @@ from tests.compiler.conftest import spec_toml
 
 MODELS = {
     "gpt2": {},
-    "llama": {"normalization": "rmsnorm", "activation": "swiglu", "position_embedding": "rope",
-              "tie_embeddings": False, "add_bias_linear": False, "num_query_groups": 2, "ffn_hidden_size": 96},
-    "gemma": {"normalization": "rmsnorm", "activation": "geglu", "position_embedding": "rope", "num_query_groups": 1,
-              "head_dim": 32, "add_bias_linear": False},
-    "qwen3": {"normalization": "rmsnorm", "activation": "swiglu", "position_embedding": "rope",
-              "qk_layernorm": True, "add_bias_linear": False, "vocab_size": 100},
+    "llama": {
+        "normalization": "rmsnorm",
+        "activation": "swiglu",
+        "position_embedding": "rope",
+        "tie_embeddings": False,
+        "add_bias_linear": False,
+        "num_query_groups": 2,
+        "ffn_hidden_size": 96,
+    },
+    "gemma": {
+        "normalization": "rmsnorm",
+        "activation": "geglu",
+        "position_embedding": "rope",
+        "num_query_groups": 1,
+        "head_dim": 32,
+        "add_bias_linear": False,
+    },
+    "qwen3": {
+        "normalization": "rmsnorm",
+        "activation": "swiglu",
+        "position_embedding": "rope",
+        "qk_layernorm": True,
+        "add_bias_linear": False,
+        "vocab_size": 100,
+    },
     "moe": {"num_experts": 4, "add_bias_linear": False},
 }
 
@@ -85,9 +104,15 @@ def test_local_attention_memory_counts_its_scores_and_says_so() -> None:
 def test_rank_layout_matches_megatrons_rank_generator() -> None:
     from megatron.core.parallel_state import RankGenerator
 
-    result = load(spec_toml(launch={"nodes": 2, "procs_per_node": 8}, parallel={"tensor": 2, "pipeline": 2},
-                            model={"num_layers": 4}, batch={"global_batch_size": 16, "micro_batch_size": 1}),
-                  "spec.toml")
+    result = load(
+        spec_toml(
+            launch={"nodes": 2, "procs_per_node": 8},
+            parallel={"tensor": 2, "pipeline": 2},
+            model={"num_layers": 4},
+            batch={"global_batch_size": 16, "micro_batch_size": 1},
+        ),
+        "spec.toml",
+    )
     spec = result.spec
     assert spec is not None
     rows = rank_layout(spec)
@@ -96,6 +121,7 @@ def test_rank_layout_matches_megatrons_rank_generator() -> None:
         for group in generator.get_ranks(axis):
             coordinates = {getattr(rows[rank], field) for rank in group}
             assert coordinates == set(range(len(group)))  # a group spans its axis once
-            others = {tuple(getattr(rows[rank], f) for f in ("tensor", "data", "pipeline") if f != field)
-                      for rank in group}
+            others = {
+                tuple(getattr(rows[rank], f) for f in ("tensor", "data", "pipeline") if f != field) for rank in group
+            }
             assert len(others) == 1  # and nothing else changes inside it

@@ -15,8 +15,12 @@ NOT_YET = "which bridgec does not support yet (see README.md#not-supported-yet)"
 
 
 def test_a_megatron_key_names_the_bridgec_key_instead_of_a_misleading_did_you_mean() -> None:
-    text = spec_toml(train={"train_iters": 10}, model={"recompute_num_layers": 1},
-                     optimizer={"use_distributed_optimizer": True}, checkpoint={"pretrained_checkpoint": "base"})
+    text = spec_toml(
+        train={"train_iters": 10},
+        model={"recompute_num_layers": 1},
+        optimizer={"use_distributed_optimizer": True},
+        checkpoint={"pretrained_checkpoint": "base"},
+    )
     assert messages(text) == [
         "spec.toml:9: unknown key 'recompute_num_layers' in [model]; hint: recompute_num_layers asks for activation "
         f"recomputation, {NOT_YET}",
@@ -29,13 +33,14 @@ def test_a_megatron_key_names_the_bridgec_key_instead_of_a_misleading_did_you_me
 
 
 def test_megatron_values_tables_and_dashed_flags() -> None:
-    text = spec_toml(data={"kind": "sft"}, optimizer={"name": "adamw"}, logger={"log_interval": 5},
-                     train={"train-iters": 10})
+    text = spec_toml(
+        data={"kind": "sft"}, optimizer={"name": "adamw"}, logger={"log_interval": 5}, train={"train-iters": 10}
+    )
     assert messages(text) == [
         "spec.toml:14: unknown key 'train-iters' in [train]; hint: train-iters is [train] iters here",
-        'spec.toml:17: $.optimizer.name = "adamw" must be one of \'adam\', \'sgd\'; hint: name = "adamw" is '
+        "spec.toml:17: $.optimizer.name = \"adamw\" must be one of 'adam', 'sgd'; hint: name = \"adamw\" is "
         '[optimizer] name = "adam" here (adam is AdamW here: decoupled weight decay)',
-        'spec.toml:19: $.data.kind = "sft" must be one of \'mock\', \'indexed\'; hint: kind = "sft" asks for '
+        "spec.toml:19: $.data.kind = \"sft\" must be one of 'mock', 'indexed'; hint: kind = \"sft\" asks for "
         f"fine-tuning datasets (SFT, chat templates, packed sequences), {NOT_YET}",
         "spec.toml:20: unknown table [logger]; hint: logger is [train] log_interval here (TensorBoard and Weights & "
         "Biases logging are not supported yet)",
@@ -45,7 +50,8 @@ def test_megatron_values_tables_and_dashed_flags() -> None:
 def test_bridgec_names_keep_their_own_hints() -> None:
     """A bridgec key in the wrong table still says where it belongs; a typo still gets its did-you-mean."""
     assert messages(spec_toml(train={"micro_batch_size": 2})) == [
-        "spec.toml:14: unknown key 'micro_batch_size' in [train]; hint: micro_batch_size belongs in [batch]"]
+        "spec.toml:14: unknown key 'micro_batch_size' in [train]; hint: micro_batch_size belongs in [batch]"
+    ]
     assert messages(spec_toml(model={"hiden_size": 64}))[0].endswith("hint: did you mean 'hidden_size'?")
 
 

@@ -34,11 +34,14 @@ FULL: dict[str, dict[str, Any]] = {
     "hooks": {"file": "hooks.py", "forward_step": "forward_step"},
     "init": {"scheme": "portable"},
 }
-FILES = MemoryFiles({
-    "data/tok.bin": "", "data/tok.idx": idx_header(100),
-    "data/tok.json": '{"tokenizer": "byte", "vocab_size": 128, "eod": 0}',
-    "hooks.py": "def forward_step(state, data_iterator, model, return_schedule_plan=False):\n    pass\n",
-})
+FILES = MemoryFiles(
+    {
+        "data/tok.bin": "",
+        "data/tok.idx": idx_header(100),
+        "data/tok.json": '{"tokenizer": "byte", "vocab_size": 128, "eod": 0}',
+        "hooks.py": "def forward_step(state, data_iterator, model, return_schedule_plan=False):\n    pass\n",
+    }
+)
 
 
 def _paths() -> list[tuple[str, ...]]:
@@ -52,12 +55,19 @@ def _paths() -> list[tuple[str, ...]]:
 PATHS = _paths()
 KEYS = st.text(alphabet="abcdefghijklmnopqrstuvwxyz_-0123456789 .\"'é[]", min_size=1, max_size=12)
 SCALARS = st.one_of(
-    st.integers(-2**63, 2**63 - 1), st.integers(-3, 300), st.floats(), st.booleans(), st.text(max_size=12),
+    st.integers(-(2**63), 2**63 - 1),
+    st.integers(-3, 300),
+    st.floats(),
+    st.booleans(),
+    st.text(max_size=12),
     st.sampled_from(["cuda", "rope", "wsd", "fp16", "fp8", "indexed", "mock", "hooks.py", "data/tok", "/abs"]),
-    st.dates(), st.datetimes(), st.times(),
+    st.dates(),
+    st.datetimes(),
+    st.times(),
 )
-VALUES = st.recursive(SCALARS, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(KEYS, inner, max_size=3),
-                      max_leaves=6)
+VALUES = st.recursive(
+    SCALARS, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(KEYS, inner, max_size=3), max_leaves=6
+)
 
 
 def _set(data: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
@@ -70,8 +80,6 @@ def _set(data: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
             sources[0][path[2]] = value
         return
     table[path[1]] = value
-
-
 
 
 def _field_type(path: tuple[str, ...]) -> Any:
@@ -96,12 +104,13 @@ def _typed(type_: Any) -> st.SearchStrategy[Any]:
     if attrs.has(type_):
         hints = typing.get_type_hints(type_)
         fields = attrs.fields(type_)
-        return st.fixed_dictionaries({f.name: _typed(hints[f.name]) for f in fields if f.default is attrs.NOTHING},
-                                     optional={f.name: _typed(hints[f.name]) for f in fields
-                                               if f.default is not attrs.NOTHING})
+        return st.fixed_dictionaries(
+            {f.name: _typed(hints[f.name]) for f in fields if f.default is attrs.NOTHING},
+            optional={f.name: _typed(hints[f.name]) for f in fields if f.default is not attrs.NOTHING},
+        )
     strategies: dict[Any, st.SearchStrategy[Any]] = {
         bool: st.booleans(),
-        int: st.integers(-3, 130) | st.integers(-2**63, 2**63 - 1),
+        int: st.integers(-3, 130) | st.integers(-(2**63), 2**63 - 1),
         float: st.floats(-3, 3) | st.floats(allow_nan=False, allow_infinity=False),
         str: st.sampled_from(["hooks.py", "data/tok", "missing", "", "a/b", "/abs/x"]) | st.text(max_size=8),
     }
@@ -110,7 +119,9 @@ def _typed(type_: Any) -> st.SearchStrategy[Any]:
 
 TYPED = st.sampled_from(PATHS).flatmap(lambda path: st.tuples(st.just("set"), st.just(path), _typed(_field_type(path))))
 MUTATIONS = st.one_of(
-    TYPED, TYPED, TYPED,
+    TYPED,
+    TYPED,
+    TYPED,
     st.tuples(st.just("set"), st.sampled_from(PATHS), VALUES),
     st.tuples(st.just("drop"), st.sampled_from(PATHS), st.none()),
     st.tuples(st.just("add"), st.sampled_from(sorted(FULL)), st.tuples(KEYS, VALUES)),
@@ -145,8 +156,9 @@ def _dump(data: dict[str, Any]) -> str:
 def _check(text: str) -> None:
     result = front(text, FILES)
     assert result.spec is not None or any(is_error(d) for d in result.diagnostics)
-    compiled = compile_spec(text, spec_name="spec.toml", spec_path=SPEC_DIR / "spec.toml",
-                            output_path=SPEC_DIR / "run.py", files=FILES)
+    compiled = compile_spec(
+        text, spec_name="spec.toml", spec_path=SPEC_DIR / "spec.toml", output_path=SPEC_DIR / "run.py", files=FILES
+    )
     if compiled.source is not None:
         ast.parse(compiled.source)  # a spec without errors always compiles to Python
     else:
@@ -174,8 +186,11 @@ def test_mutated_specs_end_in_diagnostics(mutations: list[tuple[str, Any, Any]])
 
 EDITS = st.one_of(
     st.tuples(st.just("insert"), st.integers(0, 10**6), st.text(max_size=8)),
-    st.tuples(st.just("insert"), st.integers(0, 10**6), st.sampled_from(['"', "'", "[", "]", "{", "}", "=", "\n",
-                                                                            "#", '"""', "[[", ".", ",", "\\"])),
+    st.tuples(
+        st.just("insert"),
+        st.integers(0, 10**6),
+        st.sampled_from(['"', "'", "[", "]", "{", "}", "=", "\n", "#", '"""', "[[", ".", ",", "\\"]),
+    ),
     st.tuples(st.just("bytes"), st.integers(0, 10**6), st.binary(min_size=1, max_size=8)),
     st.tuples(st.just("delete"), st.integers(0, 10**6), st.integers(1, 40)),
 )
@@ -192,7 +207,7 @@ def test_edited_text_ends_in_diagnostics(edits: list[tuple[str, int, Any]]) -> N
         elif kind == "bytes":
             text = text[:at] + what.decode("utf-8", errors="replace") + text[at:]
         else:
-            text = text[:at] + text[at + what:]
+            text = text[:at] + text[at + what :]
     _check(text)
 
 

@@ -61,11 +61,19 @@ def test_bad_case(case: Path) -> None:
     expected = expected_file.read_text(encoding="utf-8") if expected_file.exists() else ""
     actual = render(result)
     if actual != expected:
-        diff = "".join(difflib.unified_diff(expected.splitlines(keepends=True), actual.splitlines(keepends=True),
-                                            f"{case.name}/expected.txt", "actual"))
-        pytest.fail(f"diagnostics of {case.name} changed:\n{diff}\n"
-                    f"If the new output is right, regenerate the expected files with:\n    {UPDATE_COMMAND}",
-                    pytrace=False)
+        diff = "".join(
+            difflib.unified_diff(
+                expected.splitlines(keepends=True),
+                actual.splitlines(keepends=True),
+                f"{case.name}/expected.txt",
+                "actual",
+            )
+        )
+        pytest.fail(
+            f"diagnostics of {case.name} changed:\n{diff}\n"
+            f"If the new output is right, regenerate the expected files with:\n    {UPDATE_COMMAND}",
+            pytrace=False,
+        )
 
 
 @pytest.mark.parametrize("case", GOOD, ids=[case.name for case in GOOD])

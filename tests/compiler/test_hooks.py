@@ -4,8 +4,19 @@ from __future__ import annotations
 
 import pytest
 
-from bridgec.compiler.hooks import (FORWARD_STEP, LOSS, BadSignature, Found, Function, HookFile, NotFound,
-                                    Unparsable, find_hook, read_hook_file, signature_problem)
+from bridgec.compiler.hooks import (
+    FORWARD_STEP,
+    LOSS,
+    BadSignature,
+    Found,
+    Function,
+    HookFile,
+    NotFound,
+    Unparsable,
+    find_hook,
+    read_hook_file,
+    signature_problem,
+)
 
 
 def _function(source: str, name: str) -> Function:
@@ -45,60 +56,97 @@ def test_keyword_only_marker_is_rendered() -> None:
     assert _function("def f(a, *, b=1): pass\n", "f").render() == "def f(a, *, b=...)"
 
 
-@pytest.mark.parametrize(("source", "expected"), [
-    ("def f(:\n    pass\n", Unparsable(line=1, column=7, message="invalid syntax")),
-    ("def f(a)\n    return a\n", Unparsable(line=1, column=9, message="expected ':'")),
-    ("def f(a):\nreturn a\n", Unparsable(
-        line=2, column=1, message="expected an indented block after function definition on line 1")),
-])
+@pytest.mark.parametrize(
+    ("source", "expected"),
+    [
+        ("def f(:\n    pass\n", Unparsable(line=1, column=7, message="invalid syntax")),
+        ("def f(a)\n    return a\n", Unparsable(line=1, column=9, message="expected ':'")),
+        (
+            "def f(a):\nreturn a\n",
+            Unparsable(line=2, column=1, message="expected an indented block after function definition on line 1"),
+        ),
+    ],
+)
 def test_syntax_errors_carry_python_s_line_and_message(source: str, expected: Unparsable) -> None:
     assert read_hook_file(source) == expected
 
 
-@pytest.mark.parametrize("source", [
-    "def f(state, data_iterator, model, return_schedule_plan=False): pass",
-    "def f(s, it, m, return_schedule_plan=False, extra=None): pass",
-    "def f(state, data_iterator, model, *, return_schedule_plan=False): pass",
-    "def f(state, data_iterator, model, **kwargs): pass",
-    "def f(*args, **kwargs): pass",
-    "def f(state, /, data_iterator, model, return_schedule_plan=False): pass",
-])
+@pytest.mark.parametrize(
+    "source",
+    [
+        "def f(state, data_iterator, model, return_schedule_plan=False): pass",
+        "def f(s, it, m, return_schedule_plan=False, extra=None): pass",
+        "def f(state, data_iterator, model, *, return_schedule_plan=False): pass",
+        "def f(state, data_iterator, model, **kwargs): pass",
+        "def f(*args, **kwargs): pass",
+        "def f(state, /, data_iterator, model, return_schedule_plan=False): pass",
+    ],
+)
 def test_forward_step_signatures_that_fit(source: str) -> None:
     assert signature_problem(_function(source, "f"), FORWARD_STEP) is None
 
 
-@pytest.mark.parametrize(("source", "problem"), [
-    ("def f(state, data_iterator): pass",
-     "takes 2 positional parameters, but is called with 3: (state, data_iterator, model)"),
-    ("def f(state, data_iterator, model): pass",
-     "does not accept return_schedule_plan=True, which megatron-core passes by keyword"),
-    ("def f(state, data_iterator, model, plan=False): pass",
-     "does not accept return_schedule_plan=True, which megatron-core passes by keyword"),
-    ("def f(state, data_iterator, model, return_schedule_plan): pass",
-     "needs a default for 'return_schedule_plan': it is passed only sometimes, as return_schedule_plan=True"),
-    ("def f(state, data_iterator, model, extra, return_schedule_plan=False): pass",
-     "has a parameter 'extra' with no default, but only 3 arguments are passed"),
-    ("def f(state, data_iterator, model, *, flag, return_schedule_plan=False): pass",
-     "has a keyword-only parameter 'flag' with no default, which is never passed"),
-    ("def f(state, return_schedule_plan, model, x=False): pass",
-     "takes 'return_schedule_plan' among its first 3 parameters, but return_schedule_plan is passed by keyword"),
-    ("def f(state, *args): pass",
-     "does not accept return_schedule_plan=True, which megatron-core passes by keyword"),
-    ("async def f(state, data_iterator, model, return_schedule_plan=False): pass",
-     "is async, but the training loop calls it synchronously"),
-])
+@pytest.mark.parametrize(
+    ("source", "problem"),
+    [
+        (
+            "def f(state, data_iterator): pass",
+            "takes 2 positional parameters, but is called with 3: (state, data_iterator, model)",
+        ),
+        (
+            "def f(state, data_iterator, model): pass",
+            "does not accept return_schedule_plan=True, which megatron-core passes by keyword",
+        ),
+        (
+            "def f(state, data_iterator, model, plan=False): pass",
+            "does not accept return_schedule_plan=True, which megatron-core passes by keyword",
+        ),
+        (
+            "def f(state, data_iterator, model, return_schedule_plan): pass",
+            "needs a default for 'return_schedule_plan': it is passed only sometimes, as return_schedule_plan=True",
+        ),
+        (
+            "def f(state, data_iterator, model, extra, return_schedule_plan=False): pass",
+            "has a parameter 'extra' with no default, but only 3 arguments are passed",
+        ),
+        (
+            "def f(state, data_iterator, model, *, flag, return_schedule_plan=False): pass",
+            "has a keyword-only parameter 'flag' with no default, which is never passed",
+        ),
+        (
+            "def f(state, return_schedule_plan, model, x=False): pass",
+            "takes 'return_schedule_plan' among its first 3 parameters, but return_schedule_plan is passed by keyword",
+        ),
+        (
+            "def f(state, *args): pass",
+            "does not accept return_schedule_plan=True, which megatron-core passes by keyword",
+        ),
+        (
+            "async def f(state, data_iterator, model, return_schedule_plan=False): pass",
+            "is async, but the training loop calls it synchronously",
+        ),
+    ],
+)
 def test_forward_step_signatures_that_do_not_fit(source: str, problem: str) -> None:
     assert signature_problem(_function(source, "f"), FORWARD_STEP) == problem
 
 
-@pytest.mark.parametrize(("source", "problem"), [
-    ("def f(loss_mask, output_tensor): pass", None),
-    ("def f(mask, output, scale=1.0): pass", None),
-    ("def f(*tensors): pass", None),
-    ("def f(output_tensor): pass", "takes 1 positional parameter, but is called with 2: (loss_mask, output_tensor)"),
-    ("def f(loss_mask, output_tensor, scale): pass",
-     "has a parameter 'scale' with no default, but only 2 arguments are passed"),
-])
+@pytest.mark.parametrize(
+    ("source", "problem"),
+    [
+        ("def f(loss_mask, output_tensor): pass", None),
+        ("def f(mask, output, scale=1.0): pass", None),
+        ("def f(*tensors): pass", None),
+        (
+            "def f(output_tensor): pass",
+            "takes 1 positional parameter, but is called with 2: (loss_mask, output_tensor)",
+        ),
+        (
+            "def f(loss_mask, output_tensor, scale): pass",
+            "has a parameter 'scale' with no default, but only 2 arguments are passed",
+        ),
+    ],
+)
 def test_loss_signatures(source: str, problem: str | None) -> None:
     assert signature_problem(_function(source, "f"), LOSS) == problem
 
@@ -116,4 +164,5 @@ def test_find_hook() -> None:
     assert find_hook(parsed, "zzz", LOSS) == NotFound(suggestion=None)
     assert find_hook(parsed, "forward_stp", FORWARD_STEP) == BadSignature(
         function=parsed.functions["forward_stp"],
-        problem="takes 1 positional parameter, but is called with 3: (state, data_iterator, model)")
+        problem="takes 1 positional parameter, but is called with 3: (state, data_iterator, model)",
+    )

@@ -51,9 +51,12 @@ def test_a_planned_stop_exits_75_without_torchruns_report_and_the_next_launch_fi
     assert "stopping after step 2: exit_interval 2 reached; checkpoint saved; launch again to resume" in stopped.stdout
     for noise in ("Traceback", "FAILED", "ChildFailedError"):
         assert noise not in stopped.stdout + stopped.stderr
-    assert stopped.stderr.endswith("bridgec: run.py exited 75: stopped on purpose after saving; launch again to resume\n")
+    assert stopped.stderr.endswith(
+        "bridgec: run.py exited 75: stopped on purpose after saving; launch again to resume\n"
+    )
     assert _last_exit(folder) == {
-        "code": 75, "step": 2,
+        "code": 75,
+        "step": 2,
         "reason": "stopping after step 2: exit_interval 2 reached; checkpoint saved; launch again to resume",
     }
 
@@ -96,8 +99,10 @@ def test_options_that_would_hide_the_workers_output_and_multinode_without_option
     shutil.copy(GOLDEN / "pipeline_vpp" / "expected_run.py", tmp_path / "run.py")  # 2 nodes x 4 processes
     bare = _finish(_launch(tmp_path))
     assert bare.returncode == 2
-    assert ("is compiled for 2 nodes x 4 processes; give torchrun's options for this node, e.g. bridgec launch run.py "
-            "--nnodes 2 --nproc-per-node 4 --rdzv-backend c10d --rdzv-endpoint HOST_OF_NODE_0:29500") in bare.stderr
+    assert (
+        "is compiled for 2 nodes x 4 processes; give torchrun's options for this node, e.g. bridgec launch run.py "
+        "--nnodes 2 --nproc-per-node 4 --rdzv-backend c10d --rdzv-endpoint HOST_OF_NODE_0:29500"
+    ) in bare.stderr
     tee = _finish(_launch(tmp_path, "--nproc-per-node", "8", "--redirects", "3"))
     assert tee.returncode == 2 and "--redirects: bridgec relays the workers' output itself" in tee.stderr
 
@@ -118,13 +123,17 @@ Root Cause (first observed failure):
 """
 
 
-@pytest.mark.parametrize(("report", "record", "expected"), [
-    ("", None, 0),
-    (REPORT.format(code=5), None, 5),  # the first failure, not the rank torchrun then stopped
-    (REPORT.format(code=-9), None, 137),  # killed by SIGKILL, as a shell reports it
-    ("SignalException: Process 10 got signal: 15\n", {"code": 75}, 75),  # torchrun itself was signalled
-    ("SignalException: Process 10 got signal: 15\n", {"code": None}, 1),  # the workers never said
-], ids=["ok", "root-cause", "signal", "record", "killed"])
+@pytest.mark.parametrize(
+    ("report", "record", "expected"),
+    [
+        ("", None, 0),
+        (REPORT.format(code=5), None, 5),  # the first failure, not the rank torchrun then stopped
+        (REPORT.format(code=-9), None, 137),  # killed by SIGKILL, as a shell reports it
+        ("SignalException: Process 10 got signal: 15\n", {"code": 75}, 75),  # torchrun itself was signalled
+        ("SignalException: Process 10 got signal: 15\n", {"code": None}, 1),  # the workers never said
+    ],
+    ids=["ok", "root-cause", "signal", "record", "killed"],
+)
 def test_workers_code(report: str, record: dict[str, object] | None, expected: int) -> None:
     finished = torchrun.Finished(returncode=0 if expected == 0 else 1, launcher_output=report)
     assert launch_cli.workers_code(finished, record) == expected

@@ -52,21 +52,43 @@ def test_index_of_every_construct() -> None:
     tomllib.loads(DOCUMENT)
     lines = build_index(DOCUMENT).lines
     assert lines == {
-        ("title",): 2, ("quoted key",): 3, ("lit.key",): 4,
-        ("a",): 5, ("a", "b"): 5, ("a", "b", "c"): 5,
-        ("text",): 6, ("literal",): 10,
-        ("arr",): 12, ("arr", 0): 13, ("arr", 1): 14, ("arr", 1, 0): 14, ("arr", 1, 1): 14,
-        ("arr", 2): 15, ("arr", 2, "p"): 15, ("arr", 2, "r"): 15, ("arr", 2, "r", "s"): 15,
-        ("mesh",): 17, ("mesh", "data"): 17, ("mesh", "tensor"): 17,
+        ("title",): 2,
+        ("quoted key",): 3,
+        ("lit.key",): 4,
+        ("a",): 5,
+        ("a", "b"): 5,
+        ("a", "b", "c"): 5,
+        ("text",): 6,
+        ("literal",): 10,
+        ("arr",): 12,
+        ("arr", 0): 13,
+        ("arr", 1): 14,
+        ("arr", 1, 0): 14,
+        ("arr", 1, 1): 14,
+        ("arr", 2): 15,
+        ("arr", 2, "p"): 15,
+        ("arr", 2, "r"): 15,
+        ("arr", 2, "r", "s"): 15,
+        ("mesh",): 17,
+        ("mesh", "data"): 17,
+        ("mesh", "tensor"): 17,
         ("when",): 18,
-        ("model",): 19, ("model", "hidden_size"): 20,
-        ("data",): 31, ("data", "kind"): 32,
-        ("data", "sources"): 21, ("data", "sources", 0): 21, ("data", "sources", 0, "prefix"): 22,
-        ("data", "sources", 0, "extra"): 23, ("data", "sources", 0, "extra", "k"): 24,
-        ("data", "sources", 1): 25, ("data", "sources", 1, "prefix"): 26,
+        ("model",): 19,
+        ("model", "hidden_size"): 20,
+        ("data",): 31,
+        ("data", "kind"): 32,
+        ("data", "sources"): 21,
+        ("data", "sources", 0): 21,
+        ("data", "sources", 0, "prefix"): 22,
+        ("data", "sources", 0, "extra"): 23,
+        ("data", "sources", 0, "extra", "k"): 24,
+        ("data", "sources", 1): 25,
+        ("data", "sources", 1, "prefix"): 26,
         ("data", "sources", 1, "inner"): 27,
-        ("data", "sources", 1, "inner", 0): 27, ("data", "sources", 1, "inner", 0, "z"): 28,
-        ("data", "sources", 1, "inner", 1): 29, ("data", "sources", 1, "inner", 1, "z"): 30,
+        ("data", "sources", 1, "inner", 0): 27,
+        ("data", "sources", 1, "inner", 0, "z"): 28,
+        ("data", "sources", 1, "inner", 1): 29,
+        ("data", "sources", 1, "inner", 1, "z"): 30,
     }
 
 
@@ -87,7 +109,7 @@ def test_escaped_quotes_in_strings_and_keys() -> None:
 
 
 def test_crlf_line_endings() -> None:
-    text = "[run]\r\nname = \"x\"\r\n\r\n[model]\r\nhidden_size = 4\r\n"
+    text = '[run]\r\nname = "x"\r\n\r\n[model]\r\nhidden_size = 4\r\n'
     assert build_index(text).lines == {("run",): 1, ("run", "name"): 2, ("model",): 4, ("model", "hidden_size"): 5}
 
 
@@ -104,10 +126,27 @@ def test_empty_document() -> None:
 # -- property: random documents, written in every style, index every key on its own line ------------
 
 _KEY = st.text(alphabet="abz_-09 .é\"'", min_size=1, max_size=5)
-_TRICKY_STRINGS = ["[fake]", "k = 1", "# no comment", 'quote " inside', "x'''y", 'a"""b', "two\nlines", "tab\t",
-                   "back\\slash", "{ a = 1 }", "[[x]]", ""]
-_SCALAR = st.one_of(st.integers(-10**20, 10**20), st.floats(allow_nan=False), st.booleans(),
-                    st.sampled_from(_TRICKY_STRINGS), st.text(max_size=8))
+_TRICKY_STRINGS = [
+    "[fake]",
+    "k = 1",
+    "# no comment",
+    'quote " inside',
+    "x'''y",
+    'a"""b',
+    "two\nlines",
+    "tab\t",
+    "back\\slash",
+    "{ a = 1 }",
+    "[[x]]",
+    "",
+]
+_SCALAR = st.one_of(
+    st.integers(-(10**20), 10**20),
+    st.floats(allow_nan=False),
+    st.booleans(),
+    st.sampled_from(_TRICKY_STRINGS),
+    st.text(max_size=8),
+)
 _TREE = st.recursive(
     st.dictionaries(_KEY, _SCALAR | st.lists(_SCALAR, max_size=3), max_size=4),
     lambda inner: st.dictionaries(_KEY, inner | st.lists(inner, min_size=1, max_size=3) | _SCALAR, max_size=4),
@@ -199,8 +238,7 @@ class _Writer:
             if isinstance(value, dict) and value:
                 self.dotted(value, path + (key,), names + [_key(key)])
             else:
-                self.emit(f"{' . '.join(names + [_key(key)])} = {_value(value, self.styles)}", path + (key,),
-                          _key(key))
+                self.emit(f"{' . '.join(names + [_key(key)])} = {_value(value, self.styles)}", path + (key,), _key(key))
 
 
 @settings(max_examples=300, deadline=None, database=None)

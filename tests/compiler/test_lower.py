@@ -24,7 +24,9 @@ def _plan(**tables: dict | None) -> Plan:
 
 
 def test_derived_values_carry_their_arithmetic() -> None:
-    plan = _plan(launch={"procs_per_node": 4}, parallel={"tensor": 2}, batch={"global_batch_size": 16, "micro_batch_size": 2})
+    plan = _plan(
+        launch={"procs_per_node": 4}, parallel={"tensor": 2}, batch={"global_batch_size": 16, "micro_batch_size": 2}
+    )
     assert plan.constant("WORLD_SIZE").value == 4
     assert plan.constant("WORLD_SIZE").why == "nodes 1 x procs_per_node 4"
     assert plan.constant("DATA_PARALLEL").value == 2
@@ -38,13 +40,21 @@ def test_derived_values_carry_their_arithmetic() -> None:
 
 
 def test_vocabulary_padding_does_not_depend_on_the_tensor_size_when_it_divides() -> None:
-    sizes = [_plan(launch={"procs_per_node": tp}, parallel={"tensor": tp}, model={"vocab_size": 100,
-                                                                             "num_attention_heads": 4})
-             .constant("PADDED_VOCAB_SIZE").value for tp in (1, 2, 4)]
+    sizes = [
+        _plan(
+            launch={"procs_per_node": tp}, parallel={"tensor": tp}, model={"vocab_size": 100, "num_attention_heads": 4}
+        )
+        .constant("PADDED_VOCAB_SIZE")
+        .value
+        for tp in (1, 2, 4)
+    ]
     assert sizes == [128, 128, 128]
-    odd = _plan(launch={"procs_per_node": 3}, parallel={"tensor": 3},
-                model={"vocab_size": 100, "num_attention_heads": 6, "hidden_size": 66},
-                batch={"global_batch_size": 8, "micro_batch_size": 8})
+    odd = _plan(
+        launch={"procs_per_node": 3},
+        parallel={"tensor": 3},
+        model={"vocab_size": 100, "num_attention_heads": 6, "hidden_size": 66},
+        batch={"global_batch_size": 8, "micro_batch_size": 8},
+    )
     assert odd.constant("PADDED_VOCAB_SIZE").value == 384  # lcm(128, 3)
 
 
@@ -68,8 +78,7 @@ def test_only_the_sections_a_spec_needs() -> None:
     names = {c.name for s in _plan().sections for c in s.constants}
     assert "VIRTUAL_PIPELINE" not in names and "ROTARY_BASE" not in names and "NUM_EXPERTS" not in names
     assert "CHECKPOINT_DIR" not in names and "DATA_PREFIXES" not in names
-    vpp = _plan(launch={"procs_per_node": 2}, parallel={"pipeline": 2, "virtual_pipeline": 2},
-                model={"num_layers": 4})
+    vpp = _plan(launch={"procs_per_node": 2}, parallel={"pipeline": 2, "virtual_pipeline": 2}, model={"num_layers": 4})
     assert vpp.constant("VIRTUAL_PIPELINE").value == 2
     assert vpp.constant("LAYERS_PER_CHUNK").why == "layers 4 / (pipeline 2 x virtual 2)"
 

@@ -28,11 +28,19 @@ def configs(request: pytest.FixtureRequest) -> ConfigFolder:
     return request.param
 
 
-def run(configs: ConfigFolder, model: str | None, *overrides: str, devices: int = 8, base: str | None = None,
-        **kwargs) -> ImportResult:
+def run(
+    configs: ConfigFolder, model: str | None, *overrides: str, devices: int = 8, base: str | None = None, **kwargs
+) -> ImportResult:
     text = configs.model_text(model) if model else None
-    return import_maxtext(configs.base_text() if base is None else base, text, list(overrides), devices=devices,
-                          base_name="base.yml", model_name=f"models/{model}.yml" if model else None, **kwargs)
+    return import_maxtext(
+        configs.base_text() if base is None else base,
+        text,
+        list(overrides),
+        devices=devices,
+        base_name="base.yml",
+        model_name=f"models/{model}.yml" if model else None,
+        **kwargs,
+    )
 
 
 def imported(configs: ConfigFolder, model: str | None, *overrides: str, **kwargs) -> tuple[str, Spec]:
@@ -54,28 +62,226 @@ def errors(configs: ConfigFolder, model: str | None, *overrides: str, **kwargs) 
 # name -> layers, hidden, heads, kv heads, head_dim, ffn, vocab, normalization, activation, gelu approximation,
 #         positions, rotary_base, tied, logits_multiplier, qk_layernorm, biases, zero-centred norm, experts
 EXPECTED = {
-    "gemma-2b": (18, 2048, 8, 1, 256, 16384, 256128, "rmsnorm", "geglu", "tanh", "rope", 10000, True,
-                 1 / 2048**0.5, False, False, False, None),
-    "gpt3-52k": (1, 16, 2, 2, 8, 64, 1024, "layernorm", "gelu", "tanh", "learned", 10000, True, 1.0, False, True,
-                 True, None),
-    "gpt3-6b": (48, 3072, 12, 12, 256, 12288, 32768, "layernorm", "gelu", "tanh", "learned", 10000, True, 1.0, False,
-                True, True, None),
-    "llama2-70b": (80, 8192, 64, 8, 128, 28672, 32000, "rmsnorm", "swiglu", "none", "rope", 10000, False, 1.0, False,
-                   False, False, None),
-    "llama2-7b": (32, 4096, 32, 32, 128, 11008, 32000, "rmsnorm", "swiglu", "none", "rope", 10000, False, 1.0, False,
-                  False, False, None),
-    "llama3-8b": (32, 4096, 32, 8, 128, 14336, 128256, "rmsnorm", "swiglu", "none", "rope", 500000, False, 1.0, False,
-                  False, False, None),
-    "llama3.1-8b": (32, 4096, 32, 8, 128, 14336, 128256, "rmsnorm", "swiglu", "none", "rope", 500000, False, 1.0,
-                    False, False, False, None),
-    "mistral-7b": (32, 4096, 32, 8, 128, 14336, 32000, "rmsnorm", "swiglu", "none", "rope", 1000000, False, 1.0,
-                   False, False, False, None),
-    "mixtral-8x7b": (32, 4096, 32, 8, 128, 14336, 32000, "rmsnorm", "swiglu", "none", "rope", 1000000, False, 1.0,
-                     False, False, False, 8),
-    "qwen3-0.6b": (28, 1024, 16, 8, 128, 3072, 151936, "rmsnorm", "swiglu", "none", "rope", 1000000, True, 1.0, True,
-                   False, False, None),
-    "qwen3-8b": (36, 4096, 32, 8, 128, 12288, 151936, "rmsnorm", "swiglu", "none", "rope", 1000000, False, 1.0, True,
-                 False, False, None),
+    "gemma-2b": (
+        18,
+        2048,
+        8,
+        1,
+        256,
+        16384,
+        256128,
+        "rmsnorm",
+        "geglu",
+        "tanh",
+        "rope",
+        10000,
+        True,
+        1 / 2048**0.5,
+        False,
+        False,
+        False,
+        None,
+    ),
+    "gpt3-52k": (
+        1,
+        16,
+        2,
+        2,
+        8,
+        64,
+        1024,
+        "layernorm",
+        "gelu",
+        "tanh",
+        "learned",
+        10000,
+        True,
+        1.0,
+        False,
+        True,
+        True,
+        None,
+    ),
+    "gpt3-6b": (
+        48,
+        3072,
+        12,
+        12,
+        256,
+        12288,
+        32768,
+        "layernorm",
+        "gelu",
+        "tanh",
+        "learned",
+        10000,
+        True,
+        1.0,
+        False,
+        True,
+        True,
+        None,
+    ),
+    "llama2-70b": (
+        80,
+        8192,
+        64,
+        8,
+        128,
+        28672,
+        32000,
+        "rmsnorm",
+        "swiglu",
+        "none",
+        "rope",
+        10000,
+        False,
+        1.0,
+        False,
+        False,
+        False,
+        None,
+    ),
+    "llama2-7b": (
+        32,
+        4096,
+        32,
+        32,
+        128,
+        11008,
+        32000,
+        "rmsnorm",
+        "swiglu",
+        "none",
+        "rope",
+        10000,
+        False,
+        1.0,
+        False,
+        False,
+        False,
+        None,
+    ),
+    "llama3-8b": (
+        32,
+        4096,
+        32,
+        8,
+        128,
+        14336,
+        128256,
+        "rmsnorm",
+        "swiglu",
+        "none",
+        "rope",
+        500000,
+        False,
+        1.0,
+        False,
+        False,
+        False,
+        None,
+    ),
+    "llama3.1-8b": (
+        32,
+        4096,
+        32,
+        8,
+        128,
+        14336,
+        128256,
+        "rmsnorm",
+        "swiglu",
+        "none",
+        "rope",
+        500000,
+        False,
+        1.0,
+        False,
+        False,
+        False,
+        None,
+    ),
+    "mistral-7b": (
+        32,
+        4096,
+        32,
+        8,
+        128,
+        14336,
+        32000,
+        "rmsnorm",
+        "swiglu",
+        "none",
+        "rope",
+        1000000,
+        False,
+        1.0,
+        False,
+        False,
+        False,
+        None,
+    ),
+    "mixtral-8x7b": (
+        32,
+        4096,
+        32,
+        8,
+        128,
+        14336,
+        32000,
+        "rmsnorm",
+        "swiglu",
+        "none",
+        "rope",
+        1000000,
+        False,
+        1.0,
+        False,
+        False,
+        False,
+        8,
+    ),
+    "qwen3-0.6b": (
+        28,
+        1024,
+        16,
+        8,
+        128,
+        3072,
+        151936,
+        "rmsnorm",
+        "swiglu",
+        "none",
+        "rope",
+        1000000,
+        True,
+        1.0,
+        True,
+        False,
+        False,
+        None,
+    ),
+    "qwen3-8b": (
+        36,
+        4096,
+        32,
+        8,
+        128,
+        12288,
+        151936,
+        "rmsnorm",
+        "swiglu",
+        "none",
+        "rope",
+        1000000,
+        False,
+        1.0,
+        True,
+        False,
+        False,
+        None,
+    ),
 }
 
 
@@ -90,18 +296,35 @@ def test_every_model_file_has_its_expected_values(configs: ConfigFolder) -> None
 def test_model_file_imports_to_a_spec_that_loads(configs: ConfigFolder, model: str) -> None:
     _, spec = imported(configs, model)
     m = spec.model
-    got = (m.num_layers, m.hidden_size, m.num_attention_heads, m.num_query_groups, m.head_dim, m.ffn_hidden_size,
-           m.vocab_size, m.normalization, m.activation, m.gelu_approximation, m.position_embedding, m.rotary_base,
-           m.tie_embeddings, m.logits_multiplier, m.qk_layernorm, m.add_bias_linear, m.norm_zero_centered,
-           m.num_experts)
+    got = (
+        m.num_layers,
+        m.hidden_size,
+        m.num_attention_heads,
+        m.num_query_groups,
+        m.head_dim,
+        m.ffn_hidden_size,
+        m.vocab_size,
+        m.normalization,
+        m.activation,
+        m.gelu_approximation,
+        m.position_embedding,
+        m.rotary_base,
+        m.tie_embeddings,
+        m.logits_multiplier,
+        m.qk_layernorm,
+        m.add_bias_linear,
+        m.norm_zero_centered,
+        m.num_experts,
+    )
     assert got == pytest.approx(EXPECTED[model])
     assert m.dropout == 0.0 and m.make_vocab_size_divisible_by == 1
     assert spec.optimizer.semantics == "optax" and spec.scheduler.style == "maxtext"
     assert spec.loss.reduction == "per_token"
 
 
-@pytest.mark.parametrize(("configs", "model"), model_cases(["llama2-7b", "gemma-2b", "gpt3-52k", "qwen3-0.6b",
-                                                            "mixtral-8x7b"]))
+@pytest.mark.parametrize(
+    ("configs", "model"), model_cases(["llama2-7b", "gemma-2b", "gpt3-52k", "qwen3-0.6b", "mixtral-8x7b"])
+)
 def test_imported_spec_compiles(configs: ConfigFolder, model: str, tmp_path: Path) -> None:
     toml, _ = imported(configs, model, "steps=10", "max_target_length=64")
     spec_path = tmp_path / "spec.toml"
@@ -114,8 +337,9 @@ def test_imported_spec_compiles(configs: ConfigFolder, model: str, tmp_path: Pat
         def read_text(self, path: Path) -> str:
             return Path(path).read_text()
 
-    result = compile_spec(toml, spec_name="spec.toml", spec_path=spec_path, output_path=tmp_path / "run.py",
-                          files=Disk())
+    result = compile_spec(
+        toml, spec_name="spec.toml", spec_path=spec_path, output_path=tmp_path / "run.py", files=Disk()
+    )
     assert result.source is not None, [d.message for d in result.diagnostics]
 
 
@@ -133,14 +357,33 @@ def test_query_scaling_with_qk_norm_in_a_llama_block_is_none(configs: ConfigFold
 
 
 def test_optimizer_schedule_loss_and_batch_of_the_base_config(configs: ConfigFolder) -> None:
-    _, spec = imported(configs, "llama2-7b", "steps=1000", "z_loss_multiplier=1e-4", "gradient_accumulation_steps=4",
-                       "adam_eps_root=1e-8", "learning_rate_schedule_steps=800")
+    _, spec = imported(
+        configs,
+        "llama2-7b",
+        "steps=1000",
+        "z_loss_multiplier=1e-4",
+        "gradient_accumulation_steps=4",
+        "adam_eps_root=1e-8",
+        "learning_rate_schedule_steps=800",
+    )
     opt = spec.optimizer
     assert (opt.name, opt.lr, opt.betas, opt.eps, opt.eps_root, opt.weight_decay, opt.clip_grad) == (
-        "adam", 3e-5, (0.9, 0.95), 1e-8, 1e-8, 0.1, 1.0)
+        "adam",
+        3e-5,
+        (0.9, 0.95),
+        1e-8,
+        1e-8,
+        0.1,
+        1.0,
+    )
     schedule = spec.scheduler.maxtext
-    assert (schedule.kind, schedule.warmup_steps_fraction, schedule.final_fraction, schedule.schedule_steps,
-            schedule.variant) == ("cosine", 0.1, 0.1, 800, "2026-02")
+    assert (
+        schedule.kind,
+        schedule.warmup_steps_fraction,
+        schedule.final_fraction,
+        schedule.schedule_steps,
+        schedule.variant,
+    ) == ("cosine", 0.1, 0.1, 800, "2026-02")
     assert spec.loss.z_loss_multiplier == 1e-4  # "1e-4" is a float, as OmegaConf reads it
     # per_device_batch_size 12 x 8 devices x 4 accumulation steps; DP = 8 (fsdp = -1 over 8 devices)
     assert (spec.batch.global_batch_size, spec.batch.micro_batch_size) == (384, 12)
@@ -153,8 +396,10 @@ def test_optimizer_schedule_loss_and_batch_of_the_base_config(configs: ConfigFol
 def test_merge_conflict_between_model_file_and_overrides_is_maxtext_s_error(configs: ConfigFolder) -> None:
     [(key, message, hint)] = errors(configs, "llama2-7b", "base_emb_dim=1024")
     assert key == "base_emb_dim"
-    assert message == ("Keys ['base_emb_dim'] are overridden by both model config and CLI/kwargs with different "
-                       "values. This is not allowed, unless setting `override_model_config=True`.")
+    assert message == (
+        "Keys ['base_emb_dim'] are overridden by both model config and CLI/kwargs with different "
+        "values. This is not allowed, unless setting `override_model_config=True`."
+    )
     assert "override_model_config=true" in hint
     _, spec = imported(configs, "llama2-7b", "base_emb_dim=1024", "override_model_config=true")
     assert spec.model.hidden_size == 1024
@@ -174,7 +419,12 @@ def test_global_parameter_scale(configs: ConfigFolder) -> None:
     # MaxText's get_individual_scales(2): heads and mlp double, emb and layers stay.
     m = spec.model
     assert (m.hidden_size, m.num_attention_heads, m.num_query_groups, m.ffn_hidden_size, m.num_layers) == (
-        2048, 32, 32, 14336, 16)
+        2048,
+        32,
+        32,
+        14336,
+        16,
+    )
     assert "base_num_query_heads 16 (base.yml) x 2^1 (global_parameter_scale 2)" in toml
     _, spec = imported(configs, None, "global_parameter_scale=8")
     assert (spec.model.hidden_size, spec.model.num_attention_heads, spec.model.num_layers) == (4096, 32, 32)
@@ -185,8 +435,10 @@ def test_global_parameter_scale(configs: ConfigFolder) -> None:
 def test_fractional_per_device_batch_size(configs: ConfigFolder) -> None:
     [(key, message, hint)] = errors(configs, "llama2-7b", "per_device_batch_size=0.25")
     assert key == "per_device_batch_size"
-    assert message == ("per_device_batch_size 0.25 on 8 devices gives 2 sequences per accumulation step for 8 "
-                       "data-parallel ranks; megatron-core's micro batch is a whole number of sequences (>= 1) per rank")
+    assert message == (
+        "per_device_batch_size 0.25 on 8 devices gives 2 sequences per accumulation step for 8 "
+        "data-parallel ranks; megatron-core's micro batch is a whole number of sequences (>= 1) per rank"
+    )
     assert hint.startswith("set per_device_batch_size to a multiple of 1 (e.g. per_device_batch_size=1)")
     # With tensor parallelism the same fraction has a whole micro batch: 0.5 x 8 = 4 sequences over DP = 4.
     _, spec = imported(configs, "llama2-7b", "per_device_batch_size=0.5", "ici_tensor_parallelism=2")
@@ -206,8 +458,9 @@ def test_nodes_and_dcn(configs: ConfigFolder) -> None:
     _, spec = imported(configs, "llama2-7b", "ici_fsdp_parallelism=4", "ici_tensor_parallelism=2", devices=16, nodes=2)
     assert (spec.launch.nodes, spec.launch.procs_per_node) == (2, 8)
     assert spec.parallel.mesh == {"fsdp": 4, "tensor": 2} and spec.parallel.dcn_mesh is None  # MaxText's default
-    _, spec = imported(configs, "llama2-7b", "dcn_pipeline_parallelism=2", "dcn_data_parallelism=1", devices=16,
-                       nodes=2)
+    _, spec = imported(
+        configs, "llama2-7b", "dcn_pipeline_parallelism=2", "dcn_data_parallelism=1", devices=16, nodes=2
+    )
     assert spec.parallel.dcn_mesh == {"stage": 2}
     [(key, message, _)] = errors(configs, "llama2-7b", "ici_data_parallelism=-1")
     assert key == "ici_fsdp_parallelism"
@@ -226,8 +479,10 @@ def test_mixtral_maps_to_megatron_moe_and_refuses_what_it_cannot_express(configs
     assert "MoE: megatron-core's defaults match MaxText's mixtral routing" in toml
     [(key, message, _)] = errors(configs, "mixtral-8x7b", "load_balance_loss_weight=0.01")
     assert key == "load_balance_loss_weight"
-    assert message == ("load_balance_loss_weight = 0.01: bridgec maps MoE with no load-balancing loss (0); "
-                       "megatron-core's moe_aux_loss_coeff has no spec field")
+    assert message == (
+        "load_balance_loss_weight = 0.01: bridgec maps MoE with no load-balancing loss (0); "
+        "megatron-core's moe_aux_loss_coeff has no spec field"
+    )
     [(key, message, _)] = errors(configs, "mixtral-8x7b", "capacity_factor=1.25")
     assert key == "capacity_factor" and "dropless routing" in message
 
@@ -245,8 +500,10 @@ def test_dropout_as_maxtext_means_it(configs: ConfigFolder) -> None:
 def test_gates_refuse_with_the_value_that_would_import(configs: ConfigFolder) -> None:
     [(key, message, hint)] = errors(configs, "llama2-7b", "attention_type=local_sliding")
     assert key == "attention_type"
-    assert message == ("attention_type = 'local_sliding' (the attention variant (local_sliding, chunk, mla, ...)) "
-                       "has no counterpart in bridgec")
+    assert message == (
+        "attention_type = 'local_sliding' (the attention variant (local_sliding, chunk, mla, ...)) "
+        "has no counterpart in bridgec"
+    )
     assert hint == "set attention_type='global' to import"
     assert errors(configs, "gemma-2b", "final_logits_soft_cap=30.0")[0][0] == "final_logits_soft_cap"
 
@@ -269,8 +526,9 @@ def test_decay_mask_and_its_path_spelling(configs: ConfigFolder) -> None:
 
 
 def test_schedules_wsd_and_the_legacy_variant(configs: ConfigFolder) -> None:
-    _, spec = imported(configs, "llama2-7b", "lr_schedule_type=wsd", "wsd_decay_steps_fraction=0.2",
-                       "wsd_decay_style=cosine")
+    _, spec = imported(
+        configs, "llama2-7b", "lr_schedule_type=wsd", "wsd_decay_steps_fraction=0.2", "wsd_decay_style=cosine"
+    )
     schedule = spec.scheduler.maxtext
     assert (schedule.kind, schedule.wsd_decay_steps_fraction, schedule.wsd_decay_style) == ("wsd", 0.2, "cosine")
     legacy_base = configs.base_text().replace("learning_rate_final_fraction:", "cosine_learning_rate_final_fraction:")
@@ -283,8 +541,12 @@ def test_schedules_wsd_and_the_legacy_variant(configs: ConfigFolder) -> None:
 
 def test_sgd_and_muon(configs: ConfigFolder) -> None:
     _, spec = imported(configs, None, "opt_type=sgd")
-    assert (spec.optimizer.name, spec.optimizer.semantics, spec.optimizer.sgd_momentum,
-            spec.optimizer.weight_decay) == ("sgd", "megatron", 0.0, 0.0)
+    assert (
+        spec.optimizer.name,
+        spec.optimizer.semantics,
+        spec.optimizer.sgd_momentum,
+        spec.optimizer.weight_decay,
+    ) == ("sgd", "megatron", 0.0, 0.0)
     assert errors(configs, None, "opt_type=muon")[0][:2] == ("opt_type", "opt_type muon has no counterpart in bridgec")
 
 
@@ -340,8 +602,14 @@ def test_ignored_axes_are_noted_in_the_same_order_in_every_process() -> None:
     )
     root = Path(__file__).resolve().parents[2]
     notes = {
-        subprocess.run([sys.executable, "-c", program], cwd=root, env={**os.environ, "PYTHONHASHSEED": seed},
-                       capture_output=True, text=True, check=True).stdout
+        subprocess.run(
+            [sys.executable, "-c", program],
+            cwd=root,
+            env={**os.environ, "PYTHONHASHSEED": seed},
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
         for seed in ("1", "2")
     }
     assert len(notes) == 1

@@ -54,8 +54,11 @@ def test_header_is_first_and_has_no_machine_specific_text() -> None:
 def test_cpu_script_applies_cpu_compat_and_cuda_script_does_not() -> None:
     cpu = _script()
     assert "cpu_compat.apply()" in cpu and "get_gpt_layer_local_spec" in cpu
-    cuda = _script(launch={"device": "cuda"}, model={"transformer_impl": "transformer_engine"},
-                   precision={"dtype": "bf16", "fp8": "delayed"})
+    cuda = _script(
+        launch={"device": "cuda"},
+        model={"transformer_impl": "transformer_engine"},
+        precision={"dtype": "bf16", "fp8": "delayed"},
+    )
     assert "cpu_compat" not in cuda
     assert "get_gpt_layer_with_transformer_engine_spec" in cuda and "get_gpt_layer_local_spec" not in cuda
     assert 'FP8_RECIPE = "delayed"' in cuda and "fp8_recipe=FP8_RECIPE" in cuda and "bf16=True" in cuda
@@ -63,8 +66,15 @@ def test_cpu_script_applies_cpu_compat_and_cuda_script_does_not() -> None:
 
 def test_branches_appear_only_when_needed() -> None:
     plain = _script()
-    for absent in ("virtual_pipeline_model_parallel_size", "gated_linear_unit", "num_moe_experts", "rotary_base",
-                   "context_parallel=True", "load_function", "masked_mean_loss"):
+    for absent in (
+        "virtual_pipeline_model_parallel_size",
+        "gated_linear_unit",
+        "num_moe_experts",
+        "rotary_base",
+        "context_parallel=True",
+        "load_function",
+        "masked_mean_loss",
+    ):
         assert absent not in plain
     swiglu = _script(model={"activation": "swiglu", "position_embedding": "rope"}, loss={"reduction": "per_microbatch"})
     assert "gated_linear_unit=True" in swiglu and "activation_func=F.silu" in swiglu
@@ -74,7 +84,9 @@ def test_branches_appear_only_when_needed() -> None:
 
 def test_every_constant_is_defined_once() -> None:
     tree = ast.parse(_script())
-    names = [t.id for node in tree.body if isinstance(node, ast.Assign) for t in node.targets if isinstance(t, ast.Name)]
+    names = [
+        t.id for node in tree.body if isinstance(node, ast.Assign) for t in node.targets if isinstance(t, ast.Name)
+    ]
     assert len(names) == len(set(names))
 
 
@@ -101,16 +113,19 @@ SHOWN_NOT_READ = {
 def _generated_scripts() -> list[Path]:
     root = Path(__file__).resolve().parents[2]
     return sorted((root / "tests" / "golden" / "good").glob("*/expected_run.py")) + sorted(
-        (root / "examples").glob("*/run.py"))
+        (root / "examples").glob("*/run.py")
+    )
 
 
 def test_every_constant_is_read_by_the_script() -> None:
     """No constant that nothing reads (OPTIMIZER, LOSS_REDUCTION, DATA_KIND, ... were)."""
     for path in _generated_scripts():
         tree = ast.parse(path.read_text())
-        assigned = [node.targets[0].id for node in tree.body
-                    if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name)
-                    and node.targets[0].id.isupper()]
+        assigned = [
+            node.targets[0].id
+            for node in tree.body
+            if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name) and node.targets[0].id.isupper()
+        ]
         read = {node.id for node in ast.walk(tree) if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load)}
         unread = sorted(set(assigned) - read - set(SHOWN_NOT_READ))
         assert unread == [], f"{path}: constants nothing reads: {unread}"
@@ -122,7 +137,7 @@ def test_no_dead_arguments() -> None:
     mock = _script()
     assert "prefixes" not in mock and "weights=()" not in mock and "MockData()" in mock
     assert "wsd_decay" not in mock
-    settings = mock[mock.index("OptimizerSettings("):mock.index("build_scheduler(")]
+    settings = mock[mock.index("OptimizerSettings(") : mock.index("build_scheduler(")]
     assert "clip_grad" not in settings
     wsd = _script(scheduler={"decay": "wsd", "wsd_decay_iters": 2})
     assert "wsd_decay_iters=LR_WSD_DECAY_ITERS" in wsd and "wsd_decay_style=LR_WSD_DECAY_STYLE" in wsd
@@ -133,11 +148,21 @@ def test_no_dead_arguments() -> None:
 def test_the_docstring_says_what_one_step_does_in_order() -> None:
     script = _script()
     doc = ast.get_docstring(ast.parse(script)) or ""
-    steps = ["1. Forward and backward over", "2. The global gradient norm", "3. A non-finite loss or gradient norm",
-             "4. Clip", "5. The optimizer step", "6. The learning-rate schedule"]
+    steps = [
+        "1. Forward and backward over",
+        "2. The global gradient norm",
+        "3. A non-finite loss or gradient norm",
+        "4. Clip",
+        "5. The optimizer step",
+        "6. The learning-rate schedule",
+    ]
     positions = [doc.index(step) for step in steps]
     assert positions == sorted(positions)
     assert "go to OUTPUT_DIR/METRICS_FILE (out/quickstart/, relative to the spec's folder)" in doc
-    stop = ast.get_docstring(ast.parse(_script(train={"iters": 10, "on_nonfinite": "stop"}, optimizer={
-        "lr": 1e-3, "clip_grad": 0.0}))) or ""
+    stop = (
+        ast.get_docstring(
+            ast.parse(_script(train={"iters": 10, "on_nonfinite": "stop"}, optimizer={"lr": 1e-3, "clip_grad": 0.0}))
+        )
+        or ""
+    )
     assert "stops the run after saving the last good state (exit 7)" in stop and "4. No clipping" in stop

@@ -17,26 +17,42 @@ MAXTEXT_SCHEDULE = {"style": "maxtext", "maxtext": {"kind": "cosine"}}
 
 
 def test_rule_optax_semantics_needs_adam() -> None:
-    check({"optimizer": {"lr": 1e-3, "name": "sgd", "semantics": "optax"}, "scheduler": MAXTEXT_SCHEDULE}, [
-        'spec.toml:17: $.optimizer.semantics = "optax" follows optax.adamw, but optimizer.name = "sgd" (sgd has no '
-        'optax semantics here); hint: set name = "adam", or semantics = "megatron"'])
+    check(
+        {"optimizer": {"lr": 1e-3, "name": "sgd", "semantics": "optax"}, "scheduler": MAXTEXT_SCHEDULE},
+        [
+            'spec.toml:17: $.optimizer.semantics = "optax" follows optax.adamw, but optimizer.name = "sgd" (sgd has no '
+            'optax semantics here); hint: set name = "adam", or semantics = "megatron"'
+        ],
+    )
 
 
 def test_rule_optax_semantics_schedule() -> None:
-    check({"optimizer": {"lr": 1e-3, "semantics": "optax"}}, [
-        'spec.toml:16: $.optimizer.semantics = "optax" reads the learning rate from an optax or MaxText schedule, but '
-        'scheduler.style = "megatron"; hint: set style = "maxtext" with [scheduler.maxtext], or style = "optax" with '
-        "[[scheduler.optax]] pieces (a constant piece for a fixed learning rate)"])
+    check(
+        {"optimizer": {"lr": 1e-3, "semantics": "optax"}},
+        [
+            'spec.toml:16: $.optimizer.semantics = "optax" reads the learning rate from an optax or MaxText schedule, but '
+            'scheduler.style = "megatron"; hint: set style = "maxtext" with [scheduler.maxtext], or style = "optax" with '
+            "[[scheduler.optax]] pieces (a constant piece for a fixed learning rate)"
+        ],
+    )
 
 
 def test_rule_optax_only_settings() -> None:
-    check({"optimizer": {"lr": 1e-3, "eps_root": 1e-8}}, [
-        'spec.toml:16: $.optimizer.eps_root = 1e-08 applies to semantics = "optax" only (megatron-core\'s Adam has '
-        'no eps_root); hint: set semantics = "optax" under [optimizer], or remove eps_root'])
-    check({"optimizer": {"lr": 1e-3, "decay_mask": {"exclude": ["norm"]}}}, [
-        'spec.toml:16: [optimizer.decay_mask] applies to semantics = "optax" only (megatron semantics exclude biases '
-        'and 1-D parameters from weight decay); hint: set semantics = "optax" under [optimizer], or remove '
-        "[optimizer.decay_mask]"])
+    check(
+        {"optimizer": {"lr": 1e-3, "eps_root": 1e-8}},
+        [
+            'spec.toml:16: $.optimizer.eps_root = 1e-08 applies to semantics = "optax" only (megatron-core\'s Adam has '
+            'no eps_root); hint: set semantics = "optax" under [optimizer], or remove eps_root'
+        ],
+    )
+    check(
+        {"optimizer": {"lr": 1e-3, "decay_mask": {"exclude": ["norm"]}}},
+        [
+            'spec.toml:16: [optimizer.decay_mask] applies to semantics = "optax" only (megatron semantics exclude biases '
+            'and 1-D parameters from weight decay); hint: set semantics = "optax" under [optimizer], or remove '
+            "[optimizer.decay_mask]"
+        ],
+    )
 
 
 def test_rule_decay_mask_applies() -> None:
@@ -44,138 +60,250 @@ def test_rule_decay_mask_applies() -> None:
     [message] = messages(spec_toml(model=ROPE, optimizer=optax, scheduler=MAXTEXT_SCHEDULE))
     assert message.startswith("spec.toml:21: $.optimizer.decay_mask.exclude cannot be applied to this model: ")
     assert "linear_qkv" in message and message.endswith(
-        "hint: `bridgec explain` prints the MaxText path of every parameter; adjust the patterns")
-    check({"model": ROPE, "optimizer": {"lr": 1e-3, "semantics": "optax", "decay_mask": {"exclude": ["(("]}},
-           "scheduler": MAXTEXT_SCHEDULE}, [
-        "spec.toml:21: $.optimizer.decay_mask.exclude cannot be applied to this model: decay mask: '((' is not a "
-        "regular expression (missing ), unterminated subpattern at position 1); hint: `bridgec explain` prints the "
-        "MaxText path of every parameter; adjust the patterns"])
-    check({"model": ROPE, "optimizer": {"lr": 1e-3, "semantics": "optax", "decay_mask": {"exclude": ["norm"]}},
-           "scheduler": MAXTEXT_SCHEDULE}, [])
+        "hint: `bridgec explain` prints the MaxText path of every parameter; adjust the patterns"
+    )
+    check(
+        {
+            "model": ROPE,
+            "optimizer": {"lr": 1e-3, "semantics": "optax", "decay_mask": {"exclude": ["(("]}},
+            "scheduler": MAXTEXT_SCHEDULE,
+        },
+        [
+            "spec.toml:21: $.optimizer.decay_mask.exclude cannot be applied to this model: decay mask: '((' is not a "
+            "regular expression (missing ), unterminated subpattern at position 1); hint: `bridgec explain` prints the "
+            "MaxText path of every parameter; adjust the patterns"
+        ],
+    )
+    check(
+        {
+            "model": ROPE,
+            "optimizer": {"lr": 1e-3, "semantics": "optax", "decay_mask": {"exclude": ["norm"]}},
+            "scheduler": MAXTEXT_SCHEDULE,
+        },
+        [],
+    )
 
 
 def test_rule_decay_mask_applies_checks_moe_routers_and_experts() -> None:
     """The router and expert parameters are checked at compile time too (they used to fail only at run start)."""
     moe = {**ROPE, "num_experts": 4}
-    check({"model": moe, "optimizer": {"lr": 1e-3, "semantics": "optax", "decay_mask": {"exclude": ["norm"]}},
-           "scheduler": MAXTEXT_SCHEDULE}, [
-        "spec.toml:22: $.optimizer.decay_mask.exclude cannot be applied to this model: decay mask: parameter "
-        "decoder.layers.0.mlp.router.weight has no MaxText path in bridgec.runtime.models.gpt "
-        "(decoder.layers.0.mlp.router.weight: no MaxText counterpart in the Llama-family layout), so regexes over "
-        "MaxText paths cannot decide its weight decay; only the Llama-family layout (llama2/llama3/mistral/qwen3 "
-        "blocks) is mapped; hint: remove exclude (with no patterns every parameter decays, as with MaxText's "
-        "adamw_mask = [])"])
+    check(
+        {
+            "model": moe,
+            "optimizer": {"lr": 1e-3, "semantics": "optax", "decay_mask": {"exclude": ["norm"]}},
+            "scheduler": MAXTEXT_SCHEDULE,
+        },
+        [
+            "spec.toml:22: $.optimizer.decay_mask.exclude cannot be applied to this model: decay mask: parameter "
+            "decoder.layers.0.mlp.router.weight has no MaxText path in bridgec.runtime.models.gpt "
+            "(decoder.layers.0.mlp.router.weight: no MaxText counterpart in the Llama-family layout), so regexes over "
+            "MaxText paths cannot decide its weight decay; only the Llama-family layout (llama2/llama3/mistral/qwen3 "
+            "blocks) is mapped; hint: remove exclude (with no patterns every parameter decays, as with MaxText's "
+            "adamw_mask = [])"
+        ],
+    )
     check({"model": moe, "optimizer": {"lr": 1e-3, "semantics": "optax"}, "scheduler": MAXTEXT_SCHEDULE}, [])
 
 
 def test_rule_schedule_style_tables() -> None:
-    check({"scheduler": {"style": "maxtext"}}, [
-        'spec.toml:17: $.scheduler.style = "maxtext" needs a [scheduler.maxtext] table; hint: add [scheduler.maxtext] '
-        '(kind = "cosine" or "wsd", warmup_steps_fraction, final_fraction)'])
-    check({"scheduler": {"style": "optax"}}, [
-        'spec.toml:17: $.scheduler.style = "optax" needs [[scheduler.optax]] pieces; hint: add [[scheduler.optax]] '
-        'with kind = "warmup_cosine_decay" (or linear, cosine_decay, constant)'])
-    check({"scheduler": {"maxtext": {"kind": "cosine"}, "optax": [{"kind": "constant", "value": 1e-3}]}}, [
-        'spec.toml:17: [scheduler.maxtext] is only read with style = "maxtext", but style = "megatron"; hint: set '
-        'style = "maxtext" under [scheduler], or remove [scheduler.maxtext]',
-        'spec.toml:18: [[scheduler.optax]] pieces are only read with style = "optax", but style = "megatron"; hint: '
-        'set style = "optax" under [scheduler], or remove the [[scheduler.optax]] tables'])
-    check({"scheduler": {"style": "maxtext", "warmup_iters": 3, "maxtext": {"kind": "cosine"}}}, [
-        'spec.toml:18: $.scheduler.warmup_iters belongs to style = "megatron", but style = "maxtext" (it would be '
-        "ignored); hint: remove warmup_iters, or describe the schedule in the maxtext table"])
+    check(
+        {"scheduler": {"style": "maxtext"}},
+        [
+            'spec.toml:17: $.scheduler.style = "maxtext" needs a [scheduler.maxtext] table; hint: add [scheduler.maxtext] '
+            '(kind = "cosine" or "wsd", warmup_steps_fraction, final_fraction)'
+        ],
+    )
+    check(
+        {"scheduler": {"style": "optax"}},
+        [
+            'spec.toml:17: $.scheduler.style = "optax" needs [[scheduler.optax]] pieces; hint: add [[scheduler.optax]] '
+            'with kind = "warmup_cosine_decay" (or linear, cosine_decay, constant)'
+        ],
+    )
+    check(
+        {"scheduler": {"maxtext": {"kind": "cosine"}, "optax": [{"kind": "constant", "value": 1e-3}]}},
+        [
+            'spec.toml:17: [scheduler.maxtext] is only read with style = "maxtext", but style = "megatron"; hint: set '
+            'style = "maxtext" under [scheduler], or remove [scheduler.maxtext]',
+            'spec.toml:18: [[scheduler.optax]] pieces are only read with style = "optax", but style = "megatron"; hint: '
+            'set style = "optax" under [scheduler], or remove the [[scheduler.optax]] tables',
+        ],
+    )
+    check(
+        {"scheduler": {"style": "maxtext", "warmup_iters": 3, "maxtext": {"kind": "cosine"}}},
+        [
+            'spec.toml:18: $.scheduler.warmup_iters belongs to style = "megatron", but style = "maxtext" (it would be '
+            "ignored); hint: remove warmup_iters, or describe the schedule in the maxtext table"
+        ],
+    )
 
 
 def test_rule_maxtext_schedule() -> None:
-    wsd = {"kind": "wsd", "warmup_steps_fraction": 0.6, "wsd_decay_steps_fraction": 0.5, "final_fraction": 1.5,
-           "schedule_steps": 0}
-    check({"scheduler": {"style": "maxtext", "maxtext": wsd}}, [
-        "spec.toml:18: $.scheduler.maxtext.final_fraction = 1.5 is not a fraction between 0 and 1; hint: set "
-        "final_fraction between 0 and 1",
-        "spec.toml:18: $.scheduler.maxtext.schedule_steps = 0 must be at least 1; hint: set schedule_steps >= 1, or "
-        "remove it to use train.iters",
-        "spec.toml:18: Invalid WSD schedule: warmup_steps_fraction (0.6) + wsd_decay_steps_fraction (0.5) must not "
-        "exceed 1.0. Current sum: 1.1 (MaxText's check); hint: lower warmup_steps_fraction or "
-        "wsd_decay_steps_fraction"])
-    check({"scheduler": {"style": "maxtext", "maxtext": {"kind": "wsd", "variant": "2025"}}}, [
-        'spec.toml:18: $.scheduler.maxtext.variant = "2025": MaxText\'s 2025 schedule has no WSD; hint: use '
-        'variant = "2026-01" or "2026-02" for wsd, or kind = "cosine"'])
+    wsd = {
+        "kind": "wsd",
+        "warmup_steps_fraction": 0.6,
+        "wsd_decay_steps_fraction": 0.5,
+        "final_fraction": 1.5,
+        "schedule_steps": 0,
+    }
+    check(
+        {"scheduler": {"style": "maxtext", "maxtext": wsd}},
+        [
+            "spec.toml:18: $.scheduler.maxtext.final_fraction = 1.5 is not a fraction between 0 and 1; hint: set "
+            "final_fraction between 0 and 1",
+            "spec.toml:18: $.scheduler.maxtext.schedule_steps = 0 must be at least 1; hint: set schedule_steps >= 1, or "
+            "remove it to use train.iters",
+            "spec.toml:18: Invalid WSD schedule: warmup_steps_fraction (0.6) + wsd_decay_steps_fraction (0.5) must not "
+            "exceed 1.0. Current sum: 1.1 (MaxText's check); hint: lower warmup_steps_fraction or "
+            "wsd_decay_steps_fraction",
+        ],
+    )
+    check(
+        {"scheduler": {"style": "maxtext", "maxtext": {"kind": "wsd", "variant": "2025"}}},
+        [
+            'spec.toml:18: $.scheduler.maxtext.variant = "2025": MaxText\'s 2025 schedule has no WSD; hint: use '
+            'variant = "2026-01" or "2026-02" for wsd, or kind = "cosine"'
+        ],
+    )
 
 
 def test_rule_optax_pieces() -> None:
-    pieces = [{"kind": "linear", "init_value": 0.0, "alpha": 0.5},
-              {"kind": "warmup_cosine_decay", "init_value": 0.0, "peak_value": 1e-3, "warmup_steps": 10,
-               "decay_steps": 5, "boundary": 3}]
-    check({"scheduler": {"style": "optax", "optax": pieces}}, [
-        'spec.toml:18: $.scheduler.optax[0] (kind = "linear") needs end_value; hint: set end_value in that '
-        "[[scheduler.optax]] table",
-        'spec.toml:18: $.scheduler.optax[0] (kind = "linear") needs transition_steps; hint: set transition_steps in '
-        "that [[scheduler.optax]] table",
-        "spec.toml:18: $.scheduler.optax[0] needs a boundary: the update at which piece 1 takes over; hint: set "
-        "boundary = <update count> in that table",
-        'spec.toml:21: $.scheduler.optax[0].alpha is not used by kind = "linear"; hint: remove alpha, or use a kind '
-        "that takes it",
-        "spec.toml:27: $.scheduler.optax[1].decay_steps = 5 must exceed warmup_steps = 10 (optax counts the warmup "
-        "inside decay_steps); hint: set decay_steps above 10",
-        "spec.toml:28: $.scheduler.optax[1].boundary is set, but it is the last piece (nothing takes over); hint: "
-        "remove boundary from the last piece, or add the piece that follows"])
-    boundaries = [{"kind": "constant", "value": 0.0, "boundary": 5}, {"kind": "constant", "value": 1.0, "boundary": 5},
-                  {"kind": "cosine_decay", "init_value": 1.0, "decay_steps": 0}]
-    check({"scheduler": {"style": "optax", "optax": boundaries}}, [
-        "spec.toml:25: $.scheduler.optax[1].boundary = 5 must be greater than the previous boundary (5); hint: "
-        "boundaries increase from piece to piece",
-        "spec.toml:29: $.scheduler.optax[2].decay_steps = 0 must be at least 1; hint: set decay_steps >= 1"])
+    pieces = [
+        {"kind": "linear", "init_value": 0.0, "alpha": 0.5},
+        {
+            "kind": "warmup_cosine_decay",
+            "init_value": 0.0,
+            "peak_value": 1e-3,
+            "warmup_steps": 10,
+            "decay_steps": 5,
+            "boundary": 3,
+        },
+    ]
+    check(
+        {"scheduler": {"style": "optax", "optax": pieces}},
+        [
+            'spec.toml:18: $.scheduler.optax[0] (kind = "linear") needs end_value; hint: set end_value in that '
+            "[[scheduler.optax]] table",
+            'spec.toml:18: $.scheduler.optax[0] (kind = "linear") needs transition_steps; hint: set transition_steps in '
+            "that [[scheduler.optax]] table",
+            "spec.toml:18: $.scheduler.optax[0] needs a boundary: the update at which piece 1 takes over; hint: set "
+            "boundary = <update count> in that table",
+            'spec.toml:21: $.scheduler.optax[0].alpha is not used by kind = "linear"; hint: remove alpha, or use a kind '
+            "that takes it",
+            "spec.toml:27: $.scheduler.optax[1].decay_steps = 5 must exceed warmup_steps = 10 (optax counts the warmup "
+            "inside decay_steps); hint: set decay_steps above 10",
+            "spec.toml:28: $.scheduler.optax[1].boundary is set, but it is the last piece (nothing takes over); hint: "
+            "remove boundary from the last piece, or add the piece that follows",
+        ],
+    )
+    boundaries = [
+        {"kind": "constant", "value": 0.0, "boundary": 5},
+        {"kind": "constant", "value": 1.0, "boundary": 5},
+        {"kind": "cosine_decay", "init_value": 1.0, "decay_steps": 0},
+    ]
+    check(
+        {"scheduler": {"style": "optax", "optax": boundaries}},
+        [
+            "spec.toml:25: $.scheduler.optax[1].boundary = 5 must be greater than the previous boundary (5); hint: "
+            "boundaries increase from piece to piece",
+            "spec.toml:29: $.scheduler.optax[2].decay_steps = 0 must be at least 1; hint: set decay_steps >= 1",
+        ],
+    )
 
 
 def test_rule_maxtext_loss() -> None:
-    check({"loss": {"z_loss_multiplier": -1.0, "reduction": "per_microbatch"}, "model": {"logits_multiplier": 0.0}}, [
-        "spec.toml:9: $.model.logits_multiplier = 0.0 must be positive; hint: set logits_multiplier > 0 (1.0 leaves "
-        "the logits as they are)",
-        "spec.toml:18: $.loss.z_loss_multiplier = -1.0 must not be negative; hint: set z_loss_multiplier >= 0 "
-        "(MaxText uses 0 or about 1e-4)",
-        "spec.toml:19: MaxText's loss (loss.z_loss_multiplier or model.logits_multiplier) is token-weighted across "
-        'gradient accumulation, but loss.reduction = "per_microbatch"; hint: set reduction = "per_token" under '
-        "[loss]"])
-    check({"loss": {"z_loss_multiplier": 1e-4}, "hooks": {"file": "h.py", "loss": "f"}}, [
-        "spec.toml:20: hooks.loss replaces the loss, so loss.z_loss_multiplier and model.logits_multiplier would be "
-        "ignored; hint: apply them in your code and remove them from the spec, or remove hooks.loss"],
-        files={"h.py": "def f(loss_mask, output_tensor):\n    pass\n"})
+    check(
+        {"loss": {"z_loss_multiplier": -1.0, "reduction": "per_microbatch"}, "model": {"logits_multiplier": 0.0}},
+        [
+            "spec.toml:9: $.model.logits_multiplier = 0.0 must be positive; hint: set logits_multiplier > 0 (1.0 leaves "
+            "the logits as they are)",
+            "spec.toml:18: $.loss.z_loss_multiplier = -1.0 must not be negative; hint: set z_loss_multiplier >= 0 "
+            "(MaxText uses 0 or about 1e-4)",
+            "spec.toml:19: MaxText's loss (loss.z_loss_multiplier or model.logits_multiplier) is token-weighted across "
+            'gradient accumulation, but loss.reduction = "per_microbatch"; hint: set reduction = "per_token" under '
+            "[loss]",
+        ],
+    )
+    check(
+        {"loss": {"z_loss_multiplier": 1e-4}, "hooks": {"file": "h.py", "loss": "f"}},
+        [
+            "spec.toml:20: hooks.loss replaces the loss, so loss.z_loss_multiplier and model.logits_multiplier would be "
+            "ignored; hint: apply them in your code and remove them from the spec, or remove hooks.loss"
+        ],
+        files={"h.py": "def f(loss_mask, output_tensor):\n    pass\n"},
+    )
 
 
 def test_rule_gelu_approximation() -> None:
-    check({"model": {"activation": "swiglu", "gelu_approximation": "tanh"}}, [
-        'spec.toml:10: $.model.gelu_approximation = "tanh" applies to gelu and geglu, but model.activation = '
-        '"swiglu"; hint: remove gelu_approximation, or use activation = "gelu" or "geglu"'])
+    check(
+        {"model": {"activation": "swiglu", "gelu_approximation": "tanh"}},
+        [
+            'spec.toml:10: $.model.gelu_approximation = "tanh" applies to gelu and geglu, but model.activation = '
+            '"swiglu"; hint: remove gelu_approximation, or use activation = "gelu" or "geglu"'
+        ],
+    )
 
 
 def test_rule_zero_centered_norm_needs_te() -> None:
-    check({"model": {"norm_zero_centered": True}}, [
-        "spec.toml:9: $.model.norm_zero_centered = true needs model.transformer_impl = \"transformer_engine\" "
-        "(megatron-core's local norm does not implement layernorm_zero_centered_gamma); hint: set transformer_impl = "
-        '"transformer_engine" (and device = "cuda"), or remove norm_zero_centered'])
+    check(
+        {"model": {"norm_zero_centered": True}},
+        [
+            'spec.toml:9: $.model.norm_zero_centered = true needs model.transformer_impl = "transformer_engine" '
+            "(megatron-core's local norm does not implement layernorm_zero_centered_gamma); hint: set transformer_impl = "
+            '"transformer_engine" (and device = "cuda"), or remove norm_zero_centered'
+        ],
+    )
 
 
 def test_mesh_is_resolved_before_the_layout_rules() -> None:
     mesh = {"mesh": {"data": -1, "tensor": 4}}
-    check({"launch": {"procs_per_node": 8}, "parallel": mesh, "model": {"num_attention_heads": 6, "hidden_size": 60}}, [
-        "spec.toml:6: $.model.num_attention_heads = 6 is not divisible by parallel.tensor = 4 (each tensor-parallel "
-        "rank needs whole heads); hint: tensor = 2 or 3, or 8 heads; with a mesh, parallel.tensor is the mesh's "
-        "tensor x tensor_sequence: change it there"])
-    check({"launch": {"procs_per_node": 8}, "parallel": {"mesh": {"data": -1, "diloco": 2}}}, [
-        "spec.toml:19: mesh axis diloco = 2 has no Megatron counterpart (DiLoCo's outer optimizer over replicas); "
-        "hint: set diloco to 1 (or leave it out) and give those devices to data, fsdp, tensor or stage"])
-    check({"parallel": {"dcn_mesh": {"data": -1}}}, [
-        "spec.toml:17: [parallel] dcn_mesh splits a mesh across nodes, but there is no mesh; hint: add mesh = "
-        "{ ... } under [parallel], or remove dcn_mesh"])
+    check(
+        {"launch": {"procs_per_node": 8}, "parallel": mesh, "model": {"num_attention_heads": 6, "hidden_size": 60}},
+        [
+            "spec.toml:6: $.model.num_attention_heads = 6 is not divisible by parallel.tensor = 4 (each tensor-parallel "
+            "rank needs whole heads); hint: tensor = 2 or 3, or 8 heads; with a mesh, parallel.tensor is the mesh's "
+            "tensor x tensor_sequence: change it there"
+        ],
+    )
+    check(
+        {"launch": {"procs_per_node": 8}, "parallel": {"mesh": {"data": -1, "diloco": 2}}},
+        [
+            "spec.toml:19: mesh axis diloco = 2 has no Megatron counterpart (DiLoCo's outer optimizer over replicas); "
+            "hint: set diloco to 1 (or leave it out) and give those devices to data, fsdp, tensor or stage"
+        ],
+    )
+    check(
+        {"parallel": {"dcn_mesh": {"data": -1}}},
+        [
+            "spec.toml:17: [parallel] dcn_mesh splits a mesh across nodes, but there is no mesh; hint: add mesh = "
+            "{ ... } under [parallel], or remove dcn_mesh"
+        ],
+    )
 
 
 def test_rule_init_checkpoint_model() -> None:
     checkpoint = {"checkpoint": {"format": "orbax", "path": "ck"}}
-    check({"init": checkpoint, "model": {"num_experts": 2, "add_bias_linear": False, "normalization": "rmsnorm",
-                                         "position_embedding": "rope", "activation": "swiglu"}}, [
-        'spec.toml:9: [init.checkpoint] layout = "maxtext" holds a Llama-family decoder, which needs model a dense '
-        "model (no num_experts); hint: set a dense model (no num_experts) under [model] to match the checkpoint"],
-        files={"ck": ""})
+    check(
+        {
+            "init": checkpoint,
+            "model": {
+                "num_experts": 2,
+                "add_bias_linear": False,
+                "normalization": "rmsnorm",
+                "position_embedding": "rope",
+                "activation": "swiglu",
+            },
+        },
+        [
+            'spec.toml:9: [init.checkpoint] layout = "maxtext" holds a Llama-family decoder, which needs model a dense '
+            "model (no num_experts); hint: set a dense model (no num_experts) under [model] to match the checkpoint"
+        ],
+        files={"ck": ""},
+    )
     messages_default = messages(spec_toml(init=checkpoint), MemoryFiles({"ck": ""}))
     assert [m.split(" which needs model ")[1].split(";")[0] for m in messages_default] == [
-        'activation = "swiglu" (or "geglu")', "add_bias_linear = false", 'normalization = "rmsnorm"',
-        'position_embedding = "rope"']
+        'activation = "swiglu" (or "geglu")',
+        "add_bias_linear = false",
+        'normalization = "rmsnorm"',
+        'position_embedding = "rope"',
+    ]

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import ast
+from pathlib import Path
 
 import libcst
-from pathlib import Path
 
 from bridgec.compiler.compile import compile_spec
 from bridgec.compiler.verify import check_runtime_imports, verify
@@ -25,20 +25,25 @@ def test_injection_attempts_stay_string_literals() -> None:
     for text in INJECTIONS:
         source = compile_spec(
             spec_toml(run={"name": "injection", "description": text}),
-            spec_name="spec.toml", spec_path=SPEC_DIR / "spec.toml", output_path=SPEC_DIR / "run.py",
+            spec_name="spec.toml",
+            spec_path=SPEC_DIR / "spec.toml",
+            output_path=SPEC_DIR / "run.py",
             files=MemoryFiles(),
         ).source
         assert source is not None
         assert verify(source, (text,)) == []
-        imported = {alias.name for node in ast.walk(ast.parse(source)) if isinstance(node, ast.Import)
-                    for alias in node.names}
+        imported = {
+            alias.name for node in ast.walk(ast.parse(source)) if isinstance(node, ast.Import) for alias in node.names
+        }
         assert "os" not in imported
 
 
 def test_a_string_that_escaped_its_literal_is_caught() -> None:
     source = 'NAME = "x"; import os; os.system("id")\n'
     problems = verify(source, ('x"; import os; os.system("id',))
-    assert problems == ["the spec string 'x\"; import os; os.system(\"id' is not inside any string literal of the script"]
+    assert problems == [
+        "the spec string 'x\"; import os; os.system(\"id' is not inside any string literal of the script"
+    ]
 
 
 def test_a_string_that_also_appears_as_code_is_caught() -> None:
@@ -47,11 +52,13 @@ def test_a_string_that_also_appears_as_code_is_caught() -> None:
 
 
 def test_a_punctuation_only_run_name_compiles() -> None:
-    """"=" names a run; it also occurs in every script as an operator, which is not the spec string escaping."""
+    """ "=" names a run; it also occurs in every script as an operator, which is not the spec string escaping."""
     for name in ("=", "-", "()", "+="):
         result = compile_spec(
             spec_toml(run={"name": name}),
-            spec_name="spec.toml", spec_path=SPEC_DIR / "spec.toml", output_path=SPEC_DIR / "run.py",
+            spec_name="spec.toml",
+            spec_path=SPEC_DIR / "spec.toml",
+            output_path=SPEC_DIR / "run.py",
             files=MemoryFiles(),
         )
         assert result.source is not None, name

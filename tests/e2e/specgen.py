@@ -61,8 +61,16 @@ def my_mean_loss(loss_mask, output_tensor):
     return masked_mean_loss(loss_mask, output_tensor)
 '''
 
-HOOK_FILE_NAMES = ("my_hooks.py", "steps.py", "hooks/train_hooks.py", "my_hooks.py", "steps.py", "numpy.py",
-                   "torch.py", "megatron.py")
+HOOK_FILE_NAMES = (
+    "my_hooks.py",
+    "steps.py",
+    "hooks/train_hooks.py",
+    "my_hooks.py",
+    "steps.py",
+    "numpy.py",
+    "torch.py",
+    "megatron.py",
+)
 """Mostly ordinary names; a few shadow a module the script imports and must be refused."""
 
 SPLITS = (
@@ -131,8 +139,11 @@ def generate(seed: int) -> Generated:
     """The spec of ``seed``: always the same for the same seed."""
     r = random.Random(seed)
     procs = r.choice((1, 2, 2))
-    layout = r.choice(("single",) if procs == 1 else
-                      ("data", "distributed_optimizer", "tensor", "pipeline", "virtual_pipeline", "expert", "mesh"))
+    layout = r.choice(
+        ("single",)
+        if procs == 1
+        else ("data", "distributed_optimizer", "tensor", "pipeline", "virtual_pipeline", "expert", "mesh")
+    )
     tables: dict[str, Any] = {
         "run": {"name": f"gen{seed}", "seed": r.randrange(2**31)},
         "launch": {"device": "cpu", "procs_per_node": procs},
@@ -148,8 +159,9 @@ def generate(seed: int) -> Generated:
         tables["parallel"] = parallel
     tables["batch"] = _batch(r, layout, data_parallel)
     tables["train"] = _train(r)
-    tables["optimizer"], tables["scheduler"] = _optimizer_and_schedule(r, tables["train"]["iters"],
-                                                                       llama=_llama_family(tables["model"]))
+    tables["optimizer"], tables["scheduler"] = _optimizer_and_schedule(
+        r, tables["train"]["iters"], llama=_llama_family(tables["model"])
+    )
     if not tables["scheduler"]:
         del tables["scheduler"]
     dtype = r.choice(("fp32", "fp32", "bf16", "fp16"))
@@ -195,8 +207,15 @@ def _parallel(r: random.Random, layout: str) -> tuple[dict[str, Any], int]:
         case "expert":
             return {"expert": 2}, 2
         case "mesh":
-            mesh = r.choice(({"data": -1}, {"fsdp": -1}, {"data": -1, "tensor": 2}, {"stage": 2, "data": -1},
-                             {"data": 1, "fsdp": 2}))
+            mesh = r.choice(
+                (
+                    {"data": -1},
+                    {"fsdp": -1},
+                    {"data": -1, "tensor": 2},
+                    {"stage": 2, "data": -1},
+                    {"data": 1, "fsdp": 2},
+                )
+            )
             data = 1 if "tensor" in mesh or "stage" in mesh else 2
             return {"mesh": mesh}, data
     raise ValueError(layout)
@@ -204,7 +223,9 @@ def _parallel(r: random.Random, layout: str) -> tuple[dict[str, Any], int]:
 
 def _model(r: random.Random, layout: str, moe: bool, *, indexed: bool) -> dict[str, Any]:
     heads = r.choice((2, 4))
-    layers = 4 if layout == "virtual_pipeline" else r.choice((2, 2, 4) if layout in ("pipeline", "mesh") else (1, 2, 2, 4))
+    layers = (
+        4 if layout == "virtual_pipeline" else r.choice((2, 2, 4) if layout in ("pipeline", "mesh") else (1, 2, 2, 4))
+    )
     model: dict[str, Any] = {
         "num_layers": layers,
         "hidden_size": r.choice((32, 64)),
@@ -263,8 +284,11 @@ def _train(r: random.Random) -> dict[str, Any]:
 
 def _llama_family(model: dict[str, Any]) -> bool:
     """Whether every parameter has a MaxText path (the parameter table, runtime/models/gpt.py), so decay-mask patterns can apply."""
-    return (model.get("position_embedding") == "rope" and not model.get("add_bias_linear", True)
-            and "num_experts" not in model)
+    return (
+        model.get("position_embedding") == "rope"
+        and not model.get("add_bias_linear", True)
+        and "num_experts" not in model
+    )
 
 
 def _optimizer_and_schedule(r: random.Random, iters: int, *, llama: bool) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -283,10 +307,15 @@ def _optimizer_and_schedule(r: random.Random, iters: int, *, llama: bool) -> tup
         optimizer["semantics"] = "optax"
         optimizer["eps_root"] = r.choice((0.0, 1e-8))
         patterns = llama or r.random() < 0.1  # other models' parameters have no MaxText path: refused
-        exclude = r.choice(([], ["norm"], ["norm", "bias"], ["token_embedder"], ["scale"], ["query"])) if patterns else []
+        exclude = (
+            r.choice(([], ["norm"], ["norm", "bias"], ["token_embedder"], ["scale"], ["query"])) if patterns else []
+        )
         if exclude:
-            optimizer["decay_mask"] = {"exclude": exclude, "paths": r.choice(("linen", "nnx")),
-                                       "scan_layers": r.choice((True, False))}
+            optimizer["decay_mask"] = {
+                "exclude": exclude,
+                "paths": r.choice(("linen", "nnx")),
+                "scan_layers": r.choice((True, False)),
+            }
     style = r.choice(("megatron", "maxtext", "optax")) if semantics == "megatron" else r.choice(("maxtext", "optax"))
     if style == "megatron":
         schedule: dict[str, Any] = {"decay": r.choice(("constant", "linear", "cosine", "wsd"))}
@@ -306,9 +335,12 @@ def _optimizer_and_schedule(r: random.Random, iters: int, *, llama: bool) -> tup
     if style == "maxtext":
         kind = r.choice(("cosine", "wsd"))
         variant = r.choice(("2026-02", "2026-01", "2025")) if kind == "cosine" else r.choice(("2026-02", "2026-01"))
-        table: dict[str, Any] = {"kind": kind, "variant": variant,
-                                 "warmup_steps_fraction": r.choice((0.0, 0.1, 0.5, 1.0)),
-                                 "final_fraction": r.choice((0.0, 0.1))}
+        table: dict[str, Any] = {
+            "kind": kind,
+            "variant": variant,
+            "warmup_steps_fraction": r.choice((0.0, 0.1, 0.5, 1.0)),
+            "final_fraction": r.choice((0.0, 0.1)),
+        }
         if r.random() < 0.4:
             table["schedule_steps"] = r.choice((1, iters, iters + 3))
         if kind == "wsd":
@@ -318,14 +350,26 @@ def _optimizer_and_schedule(r: random.Random, iters: int, *, llama: bool) -> tup
                 table["warmup_steps_fraction"] = 0.5
         return optimizer, {"style": "maxtext", "maxtext": table}
     lr = optimizer["lr"]
-    pieces = r.choice((
-        [{"kind": "constant", "value": lr}],
-        [{"kind": "linear", "init_value": 0.0, "end_value": lr, "transition_steps": r.choice((0, 1, 5))}],
-        [{"kind": "warmup_cosine_decay", "init_value": 0.0, "peak_value": lr, "warmup_steps": 1,
-          "decay_steps": r.choice((2, 10)), "end_value": lr / 10}],
-        [{"kind": "linear", "init_value": 0.0, "end_value": lr, "transition_steps": 1, "boundary": 1},
-         {"kind": "cosine_decay", "init_value": lr, "decay_steps": r.choice((1, 5)), "alpha": 0.1}],
-    ))
+    pieces = r.choice(
+        (
+            [{"kind": "constant", "value": lr}],
+            [{"kind": "linear", "init_value": 0.0, "end_value": lr, "transition_steps": r.choice((0, 1, 5))}],
+            [
+                {
+                    "kind": "warmup_cosine_decay",
+                    "init_value": 0.0,
+                    "peak_value": lr,
+                    "warmup_steps": 1,
+                    "decay_steps": r.choice((2, 10)),
+                    "end_value": lr / 10,
+                }
+            ],
+            [
+                {"kind": "linear", "init_value": 0.0, "end_value": lr, "transition_steps": 1, "boundary": 1},
+                {"kind": "cosine_decay", "init_value": lr, "decay_steps": r.choice((1, 5)), "alpha": 0.1},
+            ],
+        )
+    )
     return optimizer, {"style": "optax", "optax": pieces}
 
 
@@ -351,8 +395,10 @@ def _corpus(r: random.Random, prefix: str) -> Corpus:
     documents = r.choice(CORPUS_SIZES)
     alphabet = string.ascii_lowercase + "  .,"
     length = r.choice((5, 40, 300))
-    return Corpus(prefix=prefix, documents=tuple(
-        "".join(r.choice(alphabet) for _ in range(r.randint(1, length))) for _ in range(documents)))
+    return Corpus(
+        prefix=prefix,
+        documents=tuple("".join(r.choice(alphabet) for _ in range(r.randint(1, length))) for _ in range(documents)),
+    )
 
 
 def _loss(r: random.Random) -> dict[str, Any]:

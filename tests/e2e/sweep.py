@@ -119,8 +119,14 @@ def run_fork(jobs: Sequence[Job]) -> dict[Path, list[LaunchResult]]:
         folder = Path(record["folder"])
         logs = folder / "logs" / f"launch{record['launch']}"
         codes = {int(rank): code for rank, code in record["codes"].items()}
-        results[folder].append(LaunchResult(number=record["launch"], codes=codes, hung=record["hung"],
-                                            outputs={rank: _read_logs(logs, rank) for rank in codes}))
+        results[folder].append(
+            LaunchResult(
+                number=record["launch"],
+                codes=codes,
+                hung=record["hung"],
+                outputs={rank: _read_logs(logs, rank) for rank in codes},
+            )
+        )
     return results
 
 
@@ -131,11 +137,26 @@ def run_torchrun(jobs: Sequence[Job]) -> dict[Path, list[LaunchResult]]:
         results[job.folder] = []
         for number in range(1, job.launches + 1):
             log_dir = job.folder / "logs" / f"torchrun{number}"
-            command = [str(BIN / "torchrun"), "--standalone", "--nproc-per-node", str(job.procs),
-                       "--log-dir", str(log_dir), "--redirects", "3", "run.py"]
+            command = [
+                str(BIN / "torchrun"),
+                "--standalone",
+                "--nproc-per-node",
+                str(job.procs),
+                "--log-dir",
+                str(log_dir),
+                "--redirects",
+                "3",
+                "run.py",
+            ]
             try:
-                completed = subprocess.run(command, cwd=job.folder, env=_environment(), capture_output=True,
-                                           text=True, timeout=HANG_GUARD_SECONDS)
+                completed = subprocess.run(
+                    command,
+                    cwd=job.folder,
+                    env=_environment(),
+                    capture_output=True,
+                    text=True,
+                    timeout=HANG_GUARD_SECONDS,
+                )
                 hung, report = False, completed.stdout + completed.stderr
             except subprocess.TimeoutExpired as expired:
                 hung, report = True, str(expired.stdout or "") + str(expired.stderr or "")
@@ -144,8 +165,10 @@ def run_torchrun(jobs: Sequence[Job]) -> dict[Path, list[LaunchResult]]:
             for stderr in sorted(log_dir.glob("**/attempt_*/*/stderr.log")):
                 rank = int(stderr.parent.name)
                 stdout = stderr.with_name("stdout.log")
-                outputs[rank] = (stdout.read_text(errors="replace") if stdout.exists() else "",
-                                 stderr.read_text(errors="replace"))
+                outputs[rank] = (
+                    stdout.read_text(errors="replace") if stdout.exists() else "",
+                    stderr.read_text(errors="replace"),
+                )
             codes = {rank: failed.get(rank, 0) for rank in range(job.procs)}
             results[job.folder].append(LaunchResult(number=number, codes=codes, hung=hung, outputs=outputs))
             if hung:
@@ -180,8 +203,11 @@ def judge(generated: Generated, launches: Sequence[LaunchResult]) -> str | None:
             if "Traceback" in stderr:
                 return f"launch {launch.number}: rank {rank} printed a traceback"
         stdout = "".join(out for out, _ in launch.outputs.values())
-        if code == 0 and not re.search(rf"step +{generated.iters}/{generated.iters} \| loss", stdout) \
-                and "nothing to train" not in stdout:
+        if (
+            code == 0
+            and not re.search(rf"step +{generated.iters}/{generated.iters} \| loss", stdout)
+            and "nothing to train" not in stdout
+        ):
             return f"launch {launch.number} exited 0 without logging step {generated.iters}/{generated.iters}"
         if code == 75 and f"stopping after step {generated.stops_early_at}" not in stdout:
             return f"launch {launch.number} exited 75 without saying it stopped after step {generated.stops_early_at}"
@@ -202,13 +228,21 @@ def _evaluates(generated: Generated, number: int) -> bool:
 def report(prepared: Prepared, problem: str, launches: Sequence[LaunchResult]) -> str:
     generated = prepared.generated
     corpora = ", ".join(f"{c.prefix} ({len(c.documents)} documents)" for c in generated.corpora) or "none"
-    lines = [f"seed {generated.seed}: {problem}",
-             f"replay: python -m tests.e2e.sweep --seeds {generated.seed} --keep /tmp/sweep-{generated.seed}",
-             f"corpora: {corpora}", "--- spec.toml", generated.toml().rstrip()]
+    lines = [
+        f"seed {generated.seed}: {problem}",
+        f"replay: python -m tests.e2e.sweep --seeds {generated.seed} --keep /tmp/sweep-{generated.seed}",
+        f"corpora: {corpora}",
+        "--- spec.toml",
+        generated.toml().rstrip(),
+    ]
     for launch in launches:
         for rank, (stdout, stderr) in sorted(launch.outputs.items()):
-            lines += [f"--- launch {launch.number} rank {rank} (exit {launch.codes.get(rank)}) stdout",
-                      stdout[-1500:].rstrip(), f"--- launch {launch.number} rank {rank} stderr", stderr[-3000:].rstrip()]
+            lines += [
+                f"--- launch {launch.number} rank {rank} (exit {launch.codes.get(rank)}) stdout",
+                stdout[-1500:].rstrip(),
+                f"--- launch {launch.number} rank {rank} stderr",
+                stderr[-3000:].rstrip(),
+            ]
     return "\n".join(lines)
 
 
@@ -221,14 +255,22 @@ def sweep(seeds: Iterable[int], root: Path, *, launcher: str = "fork") -> list[O
         unclean = "Traceback" in prepared.compile_output or (prepared.folder / "run.py").exists()
         if prepared.compile_code == 2 and unclean:
             problem = "bridgec compile refused the spec with a traceback or left a script behind"
-            outcomes[seed] = Outcome(seed=seed, status="failed", problem=problem,
-                                     report=report(prepared, problem + ":\n" + prepared.compile_output, ()))
+            outcomes[seed] = Outcome(
+                seed=seed,
+                status="failed",
+                problem=problem,
+                report=report(prepared, problem + ":\n" + prepared.compile_output, ()),
+            )
         elif prepared.compile_code == 2:
             outcomes[seed] = Outcome(seed=seed, status="refused", report=prepared.compile_output)
         elif prepared.compile_code != 0:
             problem = f"bridgec compile exited {prepared.compile_code}"
-            outcomes[seed] = Outcome(seed=seed, status="failed", problem=problem,
-                                     report=report(prepared, problem + ":\n" + prepared.compile_output, ()))
+            outcomes[seed] = Outcome(
+                seed=seed,
+                status="failed",
+                problem=problem,
+                report=report(prepared, problem + ":\n" + prepared.compile_output, ()),
+            )
         else:
             compiled.append(prepared)
     jobs = [Job(folder=p.folder, procs=p.generated.procs, launches=2 if p.generated.resumes else 1) for p in compiled]
@@ -237,9 +279,11 @@ def sweep(seeds: Iterable[int], root: Path, *, launcher: str = "fork") -> list[O
         launches = results.get(prepared.folder, [])
         problem = judge(prepared.generated, launches)
         seed = prepared.generated.seed
-        outcomes[seed] = (Outcome(seed=seed, status="ran") if problem is None else
-                          Outcome(seed=seed, status="failed", problem=problem,
-                                  report=report(prepared, problem, launches)))
+        outcomes[seed] = (
+            Outcome(seed=seed, status="ran")
+            if problem is None
+            else Outcome(seed=seed, status="failed", problem=problem, report=report(prepared, problem, launches))
+        )
     return [outcomes[seed] for seed in sorted(outcomes)]
 
 
@@ -266,9 +310,11 @@ def main(argv: list[str] | None = None) -> int:
     for outcome in failed:
         print(outcome.report + "\n", flush=True)
     counts = {status: sum(o.status == status for o in outcomes) for status in ("ran", "refused", "failed")}
-    print(f"{len(outcomes)} specs (seeds {args.seeds}): {counts['ran']} ran as specified, {counts['refused']} "
-          f"refused by validation, {counts['failed']} failed" +
-          (f" (seeds {', '.join(str(o.seed) for o in failed)})" if failed else ""))
+    print(
+        f"{len(outcomes)} specs (seeds {args.seeds}): {counts['ran']} ran as specified, {counts['refused']} "
+        f"refused by validation, {counts['failed']} failed"
+        + (f" (seeds {', '.join(str(o.seed) for o in failed)})" if failed else "")
+    )
     return 1 if failed else 0
 
 

@@ -11,8 +11,7 @@ EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 def test_examples_are_fresh() -> None:
     assert bridgec(["check", "--all", str(EXAMPLES)]) == 0, (
-        "an example is stale; regenerate it with: "
-        "bridgec compile examples/<name>/spec.toml -o examples/<name>/run.py"
+        "an example is stale; regenerate it with: bridgec compile examples/<name>/spec.toml -o examples/<name>/run.py"
     )
 
 

@@ -41,9 +41,18 @@ def _collect(folder: Path, procs: int, pipeline: int) -> list[list[float]]:
     script = compile_to(folder, SPEC.format(procs=procs, pipeline=pipeline))
     out = folder / "collected.json"
     completed = subprocess.run(
-        [str(Path(sys.executable).parent / "torchrun"), "--nproc-per-node", str(procs), str(SCRIPT), str(script),
-         str(out)],
-        cwd=folder, capture_output=True, text=True, timeout=600,
+        [
+            str(Path(sys.executable).parent / "torchrun"),
+            "--nproc-per-node",
+            str(procs),
+            str(SCRIPT),
+            str(script),
+            str(out),
+        ],
+        cwd=folder,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert completed.returncode == 0, completed.stderr[-4000:]
     return json.loads(out.read_text())["microbatches"]

@@ -45,7 +45,7 @@ iters = 3
 lr = 1e-3
 """
 
-NAIVE = '''
+NAIVE = """
 import functools
 
 import torch.nn.functional as F
@@ -66,7 +66,7 @@ def naive_forward_step(state, data_iterator, model, return_schedule_plan=False):
 def naive_loss(loss_mask, labels, logits):
     losses = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), labels.reshape(-1), reduction="none")
     return masked_token_loss(loss_mask, losses.view_as(labels))
-'''
+"""
 
 
 def _readme_example(name: str) -> tuple[str, str]:
@@ -85,8 +85,13 @@ def _run(folder: Path, hooks_file: str, source: str, hooks_table: str, *, tensor
 
 
 def _train(result) -> list[dict]:  # noqa: ANN001 - harness.Launch
-    return [r for r in (json.loads(line) for line in (result.folder / "out/hooks/spec.metrics.jsonl").read_text()
-                        .splitlines()) if r["kind"] == "train"]
+    return [
+        r
+        for r in (
+            json.loads(line) for line in (result.folder / "out/hooks/spec.metrics.jsonl").read_text().splitlines()
+        )
+        if r["kind"] == "train"
+    ]
 
 
 def test_the_auxiliary_loss_example_trains_and_logs_its_penalty(tmp_path: Path) -> None:

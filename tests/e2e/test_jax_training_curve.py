@@ -131,7 +131,10 @@ def curve(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Curve]:
         script = compile_to(folder, spec, name="tp1.toml", output="run_tp1.py")
         dumped = subprocess.run(
             [sys.executable, "-m", "tests.e2e.jax_curve.dump_batches", str(script), str(folder / "batches.npz")],
-            cwd=REPO, capture_output=True, text=True, timeout=HANG_GUARD_SECONDS,
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=HANG_GUARD_SECONDS,
         )
         assert dumped.returncode == 0, dumped.stderr[-4000:]
         worker.send(command="train", batches=folder / "batches.npz", out=folder / "jax" / "state")
@@ -189,7 +192,10 @@ def test_resume_from_the_jax_state_matches_jax(curve: Curve) -> None:
 def _convert(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     done = subprocess.run(
         [sys.executable, "-m", "bridgec.compiler.cli", "convert", *args],
-        cwd=cwd, capture_output=True, text=True, timeout=HANG_GUARD_SECONDS,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=HANG_GUARD_SECONDS,
     )
     assert "Traceback" not in done.stderr, done.stderr
     return done
@@ -209,8 +215,14 @@ def converted(curve: Curve) -> Converted:
     spec = case.spec_text("convert", tensor=2, checkpoint_dir="converted")
     compile_to(curve.folder, spec, name="convert.toml", output="run_convert.py")
     done = _convert(
-        "orbax-to-megatron", "run_convert.py", "--checkpoint", STATE_ITEMS, "--output", "converted",
-        "--optimizer-state", cwd=curve.folder,
+        "orbax-to-megatron",
+        "run_convert.py",
+        "--checkpoint",
+        STATE_ITEMS,
+        "--output",
+        "converted",
+        "--optimizer-state",
+        cwd=curve.folder,
     )
     assert done.returncode == 0, done.stdout + done.stderr
     return Converted(folder=curve.folder, run=launch(curve.folder / "run_convert.py", 2), converted=done)
@@ -278,8 +290,9 @@ def _as_maxtext(weights: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 def test_megatron_to_orbax_holds_the_final_weights_bit_for_bit(curve: Curve, converted: Converted) -> None:
     assert converted.run.returncode == 0, converted.run.explain()
-    done = _convert("megatron-to-orbax", "run_convert.py", "--checkpoint", "converted", "--output", "exported",
-                    cwd=curve.folder)
+    done = _convert(
+        "megatron-to-orbax", "run_convert.py", "--checkpoint", "converted", "--output", "exported", cwd=curve.folder
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     items = curve.folder / "exported" / str(case.STEPS) / "items"
     assert f"load_parameters_path={items}" in done.stdout
@@ -289,7 +302,8 @@ def test_megatron_to_orbax_holds_the_final_weights_bit_for_bit(curve: Curve, con
     with np.load(curve.folder / "restored.npz") as leaves:
         assert sorted(leaves.files) == sorted(expected)
         different = [
-            name for name in expected
+            name
+            for name in expected
             if leaves[name].shape != expected[name].shape or leaves[name].tobytes() != expected[name].tobytes()
         ]
     print(f"megatron-to-orbax: {len(expected)} leaves restored by Orbax, {len(different)} differ from the checkpoint")
@@ -299,8 +313,17 @@ def test_megatron_to_orbax_holds_the_final_weights_bit_for_bit(curve: Curve, con
 def test_megatron_to_orbax_step_selects_the_checkpoint_it_exports(curve: Curve, converted: Converted) -> None:
     """--step N exports iter_N (here the imported JAX state of update 10, older than the latest, 20), into OUT/N."""
     assert converted.run.returncode == 0, converted.run.explain()
-    done = _convert("megatron-to-orbax", "run_convert.py", "--checkpoint", "converted", "--step", str(case.SAVE_STEP),
-                    "--output", "exported_old", cwd=curve.folder)
+    done = _convert(
+        "megatron-to-orbax",
+        "run_convert.py",
+        "--checkpoint",
+        "converted",
+        "--step",
+        str(case.SAVE_STEP),
+        "--output",
+        "exported_old",
+        cwd=curve.folder,
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     assert f"checkpoint: loaded step {case.SAVE_STEP} from" in done.stdout
     assert sorted(p.name for p in (curve.folder / "exported_old").iterdir()) == [str(case.SAVE_STEP)]
@@ -312,9 +335,20 @@ def test_megatron_to_orbax_step_selects_the_checkpoint_it_exports(curve: Curve, 
         assert all(leaves[name].tobytes() == expected[name].tobytes() for name in expected)
         assert any(leaves[name].tobytes() != latest[name].tobytes() for name in latest)
 
-    absent = _convert("megatron-to-orbax", "run_convert.py", "--checkpoint", "converted", "--step", "7",
-                      "--output", "exported_absent", cwd=curve.folder)
+    absent = _convert(
+        "megatron-to-orbax",
+        "run_convert.py",
+        "--checkpoint",
+        "converted",
+        "--step",
+        "7",
+        "--output",
+        "exported_absent",
+        cwd=curve.folder,
+    )
     assert absent.returncode == 2
-    assert (f"converted holds no complete checkpoint of step 7; it has steps {case.SAVE_STEP}, {case.STEPS} "
-            f"(latest {case.STEPS})") in absent.stderr
+    assert (
+        f"converted holds no complete checkpoint of step 7; it has steps {case.SAVE_STEP}, {case.STEPS} "
+        f"(latest {case.STEPS})"
+    ) in absent.stderr
     assert not (curve.folder / "exported_absent").exists()

@@ -86,8 +86,14 @@ def test_running_without_torchrun_says_how_to_launch(tmp_path: Path) -> None:
     import sys
 
     script = compile_to(tmp_path, SPEC)
-    completed = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300,
-                               cwd=tmp_path, env={"PATH": "/usr/bin:/bin"})
+    completed = subprocess.run(
+        [sys.executable, str(script)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+        env={"PATH": "/usr/bin:/bin"},
+    )
     assert completed.returncode == 4
     assert completed.stderr.strip().endswith(
         "this script runs under torchrun (it sets RANK, WORLD_SIZE and MASTER_ADDR); launch it with: "

@@ -91,5 +91,5 @@ def test_indexed_text_trains(tmp_path: Path) -> None:
         "  outputs  metrics out/text/spec.metrics.jsonl",
     ]
     assert "\n".join(banner) + "\n" in result.stdout and result.stdout.count("run text (spec.toml)") == 1
-    assert f"this launch: steps 1-30 in " in result.stdout
+    assert "this launch: steps 1-30 in " in result.stdout
     assert result.stdout.rstrip().endswith(f"; last loss {losses[-1]:.6f}")

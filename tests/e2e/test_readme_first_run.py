@@ -35,8 +35,14 @@ def _first_run() -> tuple[str, list[list[str]]]:
 def _start(words: list[str], folder: Path) -> subprocess.Popen[str]:
     assert words[0] == "bridgec"
     environment = {"PATH": f"{BIN}:/usr/bin:/bin", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen([str(BIN / "bridgec"), *words[1:]], cwd=folder, env=environment,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [str(BIN / "bridgec"), *words[1:]],
+        cwd=folder,
+        env=environment,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def _finish(process: subprocess.Popen[str]) -> subprocess.CompletedProcess[str]:

@@ -98,8 +98,10 @@ def ended(tmp_path_factory: pytest.TempPathFactory) -> Ended:
     """Every run of this module, compiled and launched together (one forkrun start for the first launches)."""
     tmp_path = tmp_path_factory.mktemp("ends")
     # A finished run, launched again below with fewer iters.
-    finished = compile_to(tmp_path / "finished", _spec("iters = 3\neval_interval = 3\neval_iters = 1",
-                                                       ADAM + '[checkpoint]\ndir = "ckpt"\nresume = true')).parent
+    finished = compile_to(
+        tmp_path / "finished",
+        _spec("iters = 3\neval_interval = 3\neval_iters = 1", ADAM + '[checkpoint]\ndir = "ckpt"\nresume = true'),
+    ).parent
     # Data rebuilt after compiling, with too few documents for the default split.
     rebuilt = tmp_path / "rebuilt"
     rebuilt.mkdir()
@@ -107,24 +109,36 @@ def ended(tmp_path_factory: pytest.TempPathFactory) -> Ended:
     compile_to(rebuilt, _spec("iters = 2", ADAM + INDEXED))
     _documents(rebuilt, 5)
     # optax semantics in bf16 (megatron-core's mixed-precision optimizer) with every parameter decaying.
-    mixed = compile_to(tmp_path / "mixed", _spec(
-        "iters = 2\nexit_interval = 1", OPTAX_BF16 + '[checkpoint]\ndir = "ckpt"\nresume = true')).parent
-    first = run_fork([Job(folder=finished, procs=1),
-                      Job(folder=rebuilt, procs=1), Job(folder=mixed, procs=1, launches=2)])
-    compile_to(finished, _spec("iters = 2\neval_interval = 2\neval_iters = 1",
-                               ADAM + '[checkpoint]\ndir = "ckpt"\nresume = true'))
+    mixed = compile_to(
+        tmp_path / "mixed",
+        _spec("iters = 2\nexit_interval = 1", OPTAX_BF16 + '[checkpoint]\ndir = "ckpt"\nresume = true'),
+    ).parent
+    first = run_fork(
+        [Job(folder=finished, procs=1), Job(folder=rebuilt, procs=1), Job(folder=mixed, procs=1, launches=2)]
+    )
+    compile_to(
+        finished,
+        _spec("iters = 2\neval_interval = 2\neval_iters = 1", ADAM + '[checkpoint]\ndir = "ckpt"\nresume = true'),
+    )
     again = run_fork([Job(folder=finished, procs=1)])[finished]
-    return Ended(finished=first[finished] + again, rebuilt=first[rebuilt],
-                 rebuilt_prefix=rebuilt / "data" / "docs", mixed=first[mixed])
+    return Ended(
+        finished=first[finished] + again,
+        rebuilt=first[rebuilt],
+        rebuilt_prefix=rebuilt / "data" / "docs",
+        mixed=first[mixed],
+    )
 
 
 def test_an_early_stop_without_a_checkpoint_folder_is_refused_before_launch(
-        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """Every launch would stop at step 1 with nothing saved and start over: a requeue-on-75 loop."""
     (tmp_path / "spec.toml").write_text(_spec("iters = 3\nexit_interval = 1"), encoding="utf-8")
     assert bridgec(["compile", str(tmp_path / "spec.toml"), "-o", str(tmp_path / "run.py")]) == 2
-    assert ("$.train.exit_interval = 1 stops the run to resume it later, but checkpoint.dir is not set: nothing is "
-            "saved, and each launch would start over from step 0 and stop again") in capsys.readouterr().err
+    assert (
+        "$.train.exit_interval = 1 stops the run to resume it later, but checkpoint.dir is not set: nothing is "
+        "saved, and each launch would start over from step 0 and stop again"
+    ) in capsys.readouterr().err
     assert not (tmp_path / "run.py").exists()
 
 
@@ -133,9 +147,11 @@ def test_data_changed_since_compiling_exits_5_with_megatrons_arithmetic(ended: E
     [bad_data] = ended.rebuilt
     prefix = ended.rebuilt_prefix
     assert bad_data.codes == {0: 5}, _output(bad_data)
-    assert (f"bridgec: bad data:\n  {prefix} (5 documents): split [98.0, 1.0, 1.0] gives the validation "
-            "split documents round(0.98 x 5) = 5 to round(0.99 x 5) = 5, which hold no tokens, and megatron-core "
-            "would loop forever building it") in _output(bad_data)
+    assert (
+        f"bridgec: bad data:\n  {prefix} (5 documents): split [98.0, 1.0, 1.0] gives the validation "
+        "split documents round(0.98 x 5) = 5 to round(0.99 x 5) = 5, which hold no tokens, and megatron-core "
+        "would loop forever building it"
+    ) in _output(bad_data)
     assert "Traceback" not in _output(bad_data)
 
 

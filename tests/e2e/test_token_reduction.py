@@ -80,9 +80,17 @@ def single(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[float]]
 def test_step_loss_is_the_mean_over_real_tokens(single: tuple[Path, list[float]]) -> None:
     folder, losses = single
     reference = subprocess.run(
-        [str(Path(sys.executable).parent / "torchrun"), "--nproc-per-node", "1",
-         str(Path(__file__).parent / "scripts" / "reference_loss.py"), str(folder / "run.py")],
-        capture_output=True, text=True, timeout=600, cwd=folder,
+        [
+            str(Path(sys.executable).parent / "torchrun"),
+            "--nproc-per-node",
+            "1",
+            str(Path(__file__).parent / "scripts" / "reference_loss.py"),
+            str(folder / "run.py"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=folder,
     )
     assert reference.returncode == 0, reference.stderr[-4000:]
     expected = json.loads(reference.stdout.strip().splitlines()[-1])

@@ -212,7 +212,7 @@ def unscan(params: dict, config: LlamaConfig) -> dict:
     stacked = decoder.pop("layers")
     for index in range(config.num_layers):
         decoder[f"layers_{index}"] = jax.tree_util.tree_map(
-            lambda leaf: np.take(np.asarray(leaf), index, axis=config.param_scan_axis), stacked
+            lambda leaf, index=index: np.take(np.asarray(leaf), index, axis=config.param_scan_axis), stacked
         )
     return {"params": {**params["params"], "decoder": decoder}}
 
@@ -250,7 +250,9 @@ def adam_pax(learning_rate: float, b1: float, b2: float, eps: float, weight_deca
 
     def init(params: Any) -> Any:
         zeros = jax.tree_util.tree_map(jnp.zeros_like, params)
-        return optax.ScaleByAdamState(count=jnp.zeros([], jnp.int32), mu=zeros, nu=jax.tree_util.tree_map(jnp.zeros_like, params))
+        return optax.ScaleByAdamState(
+            count=jnp.zeros([], jnp.int32), mu=zeros, nu=jax.tree_util.tree_map(jnp.zeros_like, params)
+        )
 
     def decay(count: Any, beta: float) -> Any:
         t = count.astype(jnp.float32) + 1.0
@@ -309,9 +311,15 @@ def shard_like_tensor_parallel(params: dict, config: LlamaConfig) -> dict:
         name = "/".join(str(getattr(k, "key", k)) for k in path)
         ndim = np.ndim(leaf)
         unscanned_axis = {
-            "query/kernel": 1, "key/kernel": 1, "value/kernel": 1, "out/kernel": 0,
-            "wi_0/kernel": 1, "wi_1/kernel": 1, "wo/kernel": 0,
-            "token_embedder/embedding": 0, "logits_dense/kernel": 1,
+            "query/kernel": 1,
+            "key/kernel": 1,
+            "value/kernel": 1,
+            "out/kernel": 0,
+            "wi_0/kernel": 1,
+            "wi_1/kernel": 1,
+            "wo/kernel": 0,
+            "token_embedder/embedding": 0,
+            "logits_dense/kernel": 1,
         }
         axis = next((a for suffix, a in unscanned_axis.items() if name.endswith(suffix)), None)
         if axis is None:
@@ -348,7 +356,9 @@ def _training_case(out: Path, name: str, config: LlamaConfig, optimizer: str, *,
 
     steps_before, steps_after, lr, betas, eps, wd = 3, 4, 3e-3, (0.9, 0.95), 1e-8, 0.1
     params = random_params(config, seed=7)
-    batches = np.random.default_rng(11).integers(0, config.vocab_size, (steps_before + steps_after, 2, 17), dtype=np.int32)
+    batches = np.random.default_rng(11).integers(
+        0, config.vocab_size, (steps_before + steps_after, 2, 17), dtype=np.int32
+    )
     if optimizer == "adamw":
         tx = optax.adamw(lr, b1=betas[0], b2=betas[1], eps=eps, weight_decay=wd, mask=decay_mask)
     else:
@@ -382,7 +392,17 @@ def _training_case(out: Path, name: str, config: LlamaConfig, optimizer: str, *,
     )
 
 
-def _forward_case(out: Path, name: str, config: LlamaConfig, params: dict, tokens: Any, *, use_zarr3: bool, sharded: bool = False, dtype: str = "float32") -> None:
+def _forward_case(
+    out: Path,
+    name: str,
+    config: LlamaConfig,
+    params: dict,
+    tokens: Any,
+    *,
+    use_zarr3: bool,
+    sharded: bool = False,
+    dtype: str = "float32",
+) -> None:
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -418,9 +438,18 @@ def _synthetic_cases(out: Path) -> None:
 
     rng = np.random.default_rng(3)
     tree = {
-        "params": {"params": {"dense": {"kernel": jnp.asarray(rng.standard_normal((6, 5, 4)), jnp.float32)},
-                              "norm": {"scale": jnp.asarray(rng.standard_normal(7), jnp.bfloat16)}}},
-        "opt_state": (optax.ScaleByAdamState(count=jnp.asarray(5, jnp.int32), mu={"w": jnp.ones((3, 2))}, nu={"w": jnp.full((3, 2), 2.0)}), optax.EmptyState()),
+        "params": {
+            "params": {
+                "dense": {"kernel": jnp.asarray(rng.standard_normal((6, 5, 4)), jnp.float32)},
+                "norm": {"scale": jnp.asarray(rng.standard_normal(7), jnp.bfloat16)},
+            }
+        },
+        "opt_state": (
+            optax.ScaleByAdamState(
+                count=jnp.asarray(5, jnp.int32), mu={"w": jnp.ones((3, 2))}, nu={"w": jnp.full((3, 2), 2.0)}
+            ),
+            optax.EmptyState(),
+        ),
         "step": 42,
     }
     originals = {
@@ -431,7 +460,11 @@ def _synthetic_cases(out: Path) -> None:
         "opt_state.0.nu.w": np.full((3, 2), 2.0, np.float32),
     }
     assert np.asarray(tree["params"]["params"]["norm"]["scale"]).dtype == ml_dtypes.bfloat16
-    for name, zarr3, ocdbt in (("zarr3_ocdbt", True, True), ("zarr2_ocdbt", False, True), ("zarr2_plain", False, False)):
+    for name, zarr3, ocdbt in (
+        ("zarr3_ocdbt", True, True),
+        ("zarr2_ocdbt", False, True),
+        ("zarr2_plain", False, False),
+    ):
         folder = out / "synthetic" / name
         save(folder / "ckpt", 1, tree, use_zarr3=zarr3, use_ocdbt=ocdbt)
     np.savez(out / "synthetic" / "originals.npz", **originals)

@@ -25,7 +25,9 @@ from bridgec.runtime import cpu_compat
 def chunk_record(chunk: torch.nn.Module) -> list[list[Any]]:
     rows = []
     for name, param in chunk.named_parameters():
-        split = (param.partition_dim, param.partition_stride) if getattr(param, "tensor_model_parallel", False) else None
+        split = (
+            (param.partition_dim, param.partition_stride) if getattr(param, "tensor_model_parallel", False) else None
+        )
         rows.append([name, list(param.shape), split])
     return rows
 

@@ -260,7 +260,10 @@ def finished(folder: Path, returncode: int, output: str) -> Launch:
     for stderr in sorted((folder / "logs").glob("**/attempt_*/*/stderr.log")):
         rank = int(stderr.parent.name)
         stdout = stderr.with_name("stdout.log")
-        workers[rank] = (stdout.read_text(errors="replace") if stdout.exists() else "", stderr.read_text(errors="replace"))
+        workers[rank] = (
+            stdout.read_text(errors="replace") if stdout.exists() else "",
+            stderr.read_text(errors="replace"),
+        )
     codes = {int(rank): int(code) for rank, code in _FAILURE.findall(output)}
     return Launch(folder=folder, returncode=returncode, exit_codes=codes, launcher_output=output, workers=workers)
 

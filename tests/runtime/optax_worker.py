@@ -248,12 +248,30 @@ def clipped_gradients(grads: dict[str, torch.Tensor], *, max_norm: float, epsilo
 
     layout = layout_of_this_rank()
     model = build_model(
-        _provider(SHAPE, 1, "fp32"), layout=layout, init_scheme="megatron", seed=0, init_std=0.02,
-        num_layers=SHAPE.num_layers, tied_output=False, dtype="fp32", distributed_optimizer=False,
+        _provider(SHAPE, 1, "fp32"),
+        layout=layout,
+        init_scheme="megatron",
+        seed=0,
+        init_std=0.02,
+        num_layers=SHAPE.num_layers,
+        tied_output=False,
+        dtype="fp32",
+        distributed_optimizer=False,
     )
     optimizer = build_optax_optimizer(
-        model, lr=1.0, beta1=0.9, beta2=0.95, eps=1e-8, eps_root=0.0, weight_decay=0.0, decay_exclude=[],
-        gated_mlp=True, scan_layers=False, tied_output=False, path_style="linen", dtype="fp32",
+        model,
+        lr=1.0,
+        beta1=0.9,
+        beta2=0.95,
+        eps=1e-8,
+        eps_root=0.0,
+        weight_decay=0.0,
+        decay_exclude=[],
+        gated_mlp=True,
+        scan_layers=False,
+        tied_output=False,
+        path_style="linen",
+        dtype="fp32",
         distributed_optimizer=False,
     )
     params = _named(model)
@@ -287,7 +305,13 @@ def main(argv: list[str]) -> int:
 
     cpu_compat.apply()
     layout = initialize(
-        device="cpu", tensor=args.tensor, pipeline=1, virtual_pipeline=None, context=1, expert=1, seed=0,
+        device="cpu",
+        tensor=args.tensor,
+        pipeline=1,
+        virtual_pipeline=None,
+        context=1,
+        expert=1,
+        seed=0,
         timeout_minutes=2,
     )
     worst = run(torch.load(args.case), dtype="fp32", distributed_optimizer=args.distributed_optimizer)

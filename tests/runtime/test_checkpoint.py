@@ -177,8 +177,9 @@ def test_publish_moves_the_pointer_last_and_prune_keeps_the_newest(tmp_path: Pat
 
 def _save(root: Path, step: int, keep_last: int) -> None:
     """What a save does to the folder (DistCheckpointer._publish): manifest with the next sequence, publish, prune."""
-    partial = _complete(root, step, name=files.checkpoint_name(step) + files.PARTIAL_SUFFIX,
-                        sequence=files.next_sequence(root))
+    partial = _complete(
+        root, step, name=files.checkpoint_name(step) + files.PARTIAL_SUFFIX, sequence=files.next_sequence(root)
+    )
     files.publish(partial, root / files.checkpoint_name(step))
     files.prune(root, keep_last)
 
@@ -238,7 +239,9 @@ def test_checkpoint_inspect_reports_a_checkpoint_without_a_run(
     """``bridgec checkpoint inspect DIR``: the latest checkpoint, hashes of the spec and script that wrote it."""
     assert bridgec(["checkpoint", "inspect", str(straight_dp1 / "ckpt")]) == 0
     summary = capsys.readouterr().out
-    assert re.search(r"^tensors      \d+ \([\d.]+ [KM]iB\), plus \d+ other entries; --tensors lists them$", summary, re.M)
+    assert re.search(
+        r"^tensors      \d+ \([\d.]+ [KM]iB\), plus \d+ other entries; --tensors lists them$", summary, re.M
+    )
     assert "moe" not in summary and "None" not in summary  # a dense model: no MoE fields, nothing unset
     assert all(len(line) <= 100 for line in summary.splitlines() if not line.startswith(("checkpoint", "also here")))
     assert bridgec(["checkpoint", "inspect", "--tensors", str(straight_dp1 / "ckpt")]) == 0

@@ -25,6 +25,9 @@ def test_each_workaround_names_lines_that_still_exist(workaround: str, pin: chec
 
 def test_every_workaround_is_pinned_and_exists() -> None:
     assert all(callable(getattr(checkpoint_compat, name)) for name in checkpoint_compat.PINS)
-    public = {name for name, value in vars(checkpoint_compat).items()
-              if inspect.isfunction(value) and value.__module__ == checkpoint_compat.__name__}
+    public = {
+        name
+        for name, value in vars(checkpoint_compat).items()
+        if inspect.isfunction(value) and value.__module__ == checkpoint_compat.__name__
+    }
     assert public == set(checkpoint_compat.PINS)

@@ -130,14 +130,19 @@ def test_a_split_without_documents_is_refused_with_the_numbers(tmp_path: Path) -
         "building it; give that share to another split, or build the data from more documents"
         f"\n  {prefix} (5 documents): split [98.0, 1.0, 1.0] gives the test split documents round(0.99 x 5) = 5 to "
         "round(1 x 5) = 5, which hold no tokens, and megatron-core would loop forever building it; give that share "
-        "to another split, or build the data from more documents")
+        "to another split, or build the data from more documents"
+    )
     check_sources([prefix], [3.0, 1.0, 1.0])  # one document each for validation and test
 
 
 def _splits(prefix: str, cache: Path, samples: int) -> list[list[int]]:
     splits = build_splits(
-        IndexedData(prefixes=(prefix,), weights=(1.0,), split=(90.0, 10.0, 0.0)), seq_length=16, seed=1,
-        token_ids=TokenIds(vocab_size=257, eod=BYTE_EOD), eod_mask_loss=False, num_samples=(samples, 2, 0),
+        IndexedData(prefixes=(prefix,), weights=(1.0,), split=(90.0, 10.0, 0.0)),
+        seq_length=16,
+        seed=1,
+        token_ids=TokenIds(vocab_size=257, eod=BYTE_EOD),
+        eod_mask_loss=False,
+        num_samples=(samples, 2, 0),
         cache_dir=str(cache),
     )
     return [splits.train[i]["tokens"].tolist() for i in range(len(splits.train))]

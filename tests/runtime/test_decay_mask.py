@@ -96,7 +96,10 @@ def mask_decayed(tree: dict[str, Any], patterns: list[str]) -> set[str]:
 
 
 def all_leaves(tree: dict[str, Any]) -> set[str]:
-    return {jax.tree_util.keystr(path, simple=True, separator="/") for path, _ in jax.tree_util.tree_flatten_with_path(tree)[0]}
+    return {
+        jax.tree_util.keystr(path, simple=True, separator="/")
+        for path, _ in jax.tree_util.tree_flatten_with_path(tree)[0]
+    }
 
 
 def config(*, tied: bool = False, gated: bool = True, learned: bool = False) -> gpt.GPTConfig:
@@ -120,9 +123,7 @@ def ours_decayed(patterns: list[str], *, scanned: bool, tied: bool, nnx: bool) -
     return out
 
 
-LAYOUTS = [
-    dict(scanned=s, tied=t, nnx=n) for s in (True, False) for t in (True, False) for n in (False, True)
-]
+LAYOUTS = [dict(scanned=s, tied=t, nnx=n) for s in (True, False) for t in (True, False) for n in (False, True)]
 PATTERN_SETS = [
     [],
     ["norm"],
@@ -146,16 +147,39 @@ def test_decayed_set_is_optax_s(layout: dict[str, bool], patterns: list[str]) ->
     assert ours_decayed(patterns, **layout) == optax_decayed(tree, patterns)
 
 
-FRAGMENTS = ["norm", "scale", "kernel", "query", "key/", "value", "out/", "wi_0", "wi_1", "wo", "mlp", "embed",
-             "logits", "layers_0", "layers/", "^params", "^decoder", "self_attention/(query|key|value)", "mlp/wi_"]
+FRAGMENTS = [
+    "norm",
+    "scale",
+    "kernel",
+    "query",
+    "key/",
+    "value",
+    "out/",
+    "wi_0",
+    "wi_1",
+    "wo",
+    "mlp",
+    "embed",
+    "logits",
+    "layers_0",
+    "layers/",
+    "^params",
+    "^decoder",
+    "self_attention/(query|key|value)",
+    "mlp/wi_",
+]
 
 
 @settings(max_examples=150, deadline=None)
 @given(
     patterns=st.lists(st.sampled_from(FRAGMENTS), max_size=3),
-    scanned=st.booleans(), tied=st.booleans(), nnx=st.booleans(),
+    scanned=st.booleans(),
+    tied=st.booleans(),
+    nnx=st.booleans(),
 )
-def test_any_patterns_agree_with_maxtext_or_are_refused(patterns: list[str], scanned: bool, tied: bool, nnx: bool) -> None:
+def test_any_patterns_agree_with_maxtext_or_are_refused(
+    patterns: list[str], scanned: bool, tied: bool, nnx: bool
+) -> None:
     tree = maxtext_tree(scanned=scanned, tied=tied, nnx=nnx)
     expected = mask_decayed(tree, patterns)
     try:

@@ -40,7 +40,9 @@ def generated_forward_step(state, data_iterator, model):
     return output, functools.partial(masked_token_loss, batch.loss_mask)
 '''
 
-SIGTERM_IN_STEP_3 = _GENERATED_STEP + '''
+SIGTERM_IN_STEP_3 = (
+    _GENERATED_STEP
+    + '''
 
 def forward_step(state, data_iterator, model, return_schedule_plan=False):
     """Rank 0 sends itself SIGTERM during step 3 (a preemption notice); the step goes on."""
@@ -48,8 +50,11 @@ def forward_step(state, data_iterator, model, return_schedule_plan=False):
         os.kill(os.getpid(), signal.SIGTERM)
     return generated_forward_step(state, data_iterator, model)
 '''
+)
 
-NAN_IN_STEP_3 = _GENERATED_STEP + '''
+NAN_IN_STEP_3 = (
+    _GENERATED_STEP
+    + '''
 
 def forward_step(state, data_iterator, model, return_schedule_plan=False):
     """The training loss of step 3 is multiplied by nan."""
@@ -58,8 +63,11 @@ def forward_step(state, data_iterator, model, return_schedule_plan=False):
         output = output * float("nan")
     return output, loss
 '''
+)
 
-RANK_1_DIES_IN_STEP_3 = _GENERATED_STEP + '''
+RANK_1_DIES_IN_STEP_3 = (
+    _GENERATED_STEP
+    + '''
 
 def forward_step(state, data_iterator, model, return_schedule_plan=False):
     """Rank 1 kills itself (SIGKILL, no chance to clean up) during step 3."""
@@ -67,9 +75,12 @@ def forward_step(state, data_iterator, model, return_schedule_plan=False):
         os.kill(os.getpid(), signal.SIGKILL)
     return generated_forward_step(state, data_iterator, model)
 '''
+)
 
 
-STUCK_IN_STEP_2 = _GENERATED_STEP + '''
+STUCK_IN_STEP_2 = (
+    _GENERATED_STEP
+    + '''
 import time
 from pathlib import Path
 
@@ -82,6 +93,7 @@ def forward_step(state, data_iterator, model, return_schedule_plan=False):
             time.sleep(0.1)
     return generated_forward_step(state, data_iterator, model)
 '''
+)
 
 
 def test_workers_end_when_torchrun_is_killed(tmp_path: Path) -> None:

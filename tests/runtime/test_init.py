@@ -50,7 +50,9 @@ def test_draw_follows_megatrons_init_rules() -> None:
     assert torch.equal(zeros, torch.zeros(64))
     weight = draw(Init.NORMAL, "decoder.layers.0.mlp.linear_fc1.weight", (512, 512), seed=1, std=0.02, num_layers=4)
     assert weight.std().item() == pytest.approx(0.02, rel=0.02)
-    scaled = draw(Init.SCALED_NORMAL, "decoder.layers.0.mlp.linear_fc2.weight", (512, 512), seed=1, std=0.02, num_layers=4)
+    scaled = draw(
+        Init.SCALED_NORMAL, "decoder.layers.0.mlp.linear_fc2.weight", (512, 512), seed=1, std=0.02, num_layers=4
+    )
     assert scaled.std().item() == pytest.approx(0.02 / math.sqrt(8), rel=0.02)
     again = draw(Init.NORMAL, "decoder.layers.0.mlp.linear_fc1.weight", (512, 512), seed=1, std=0.02, num_layers=4)
     assert torch.equal(weight, again)
@@ -58,6 +60,13 @@ def test_draw_follows_megatrons_init_rules() -> None:
 
 def test_zero_centred_norm_scales_start_at_zero() -> None:
     """With layernorm_zero_centered_gamma the layer applies 1 + weight: a scale of 1 is stored as 0."""
-    stored = draw(Init.ONE, "decoder.layers.0.input_layernorm.weight", (8,), seed=1, std=0.02, num_layers=2,
-                  zero_centered_norms=True)
+    stored = draw(
+        Init.ONE,
+        "decoder.layers.0.input_layernorm.weight",
+        (8,),
+        seed=1,
+        std=0.02,
+        num_layers=2,
+        zero_centered_norms=True,
+    )
     assert torch.equal(stored, torch.zeros(8))

@@ -29,12 +29,22 @@ def test_mean_loss_is_the_microbatch_mean_and_zero_when_all_masked() -> None:
 
 
 def test_metadata_pairs_sum_every_other_key_over_microbatches_and_name_what_they_cannot() -> None:
-    first = {LOSS_KEY: torch.tensor([1.0, 2.0]), "aux": torch.tensor([3.0, 4.0]), "n": torch.tensor(5.0), "x": 0.5,
-             "flag": True, "note": "text", "wide": torch.zeros(3)}
+    first = {
+        LOSS_KEY: torch.tensor([1.0, 2.0]),
+        "aux": torch.tensor([3.0, 4.0]),
+        "n": torch.tensor(5.0),
+        "x": 0.5,
+        "flag": True,
+        "note": "text",
+        "wide": torch.zeros(3),
+    }
     second = {LOSS_KEY: torch.tensor([1.0, 2.0]), "aux": torch.tensor([1.0, 1.0]), "n": 7, "x": 1.5}
     pairs, unusable = metadata_pairs([first, second])
     assert {key: pair.tolist() for key, pair in pairs.items()} == {
-        "aux": [4.0, 5.0], "n": [12.0, 2.0], "x": [2.0, 2.0]}  # a number v counts as [v, 1]
+        "aux": [4.0, 5.0],
+        "n": [12.0, 2.0],
+        "x": [2.0, 2.0],
+    }  # a number v counts as [v, 1]
     assert unusable == {"flag": "a bool", "note": "a str", "wide": "a tensor of shape (3,)"}
 
 

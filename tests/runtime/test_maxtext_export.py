@@ -18,8 +18,8 @@ from bridgec.runtime.init import shard
 from bridgec.runtime.maxtext_export import ExportReport, export_maxtext, gather_full_params, unshard
 from bridgec.runtime.maxtext_import import load_maxtext_weights
 from bridgec.runtime.maxtext_layout import Dims
-from bridgec.runtime.models.gpt import GPTConfig
 from bridgec.runtime.model import build_chunks, build_model, unwrap
+from bridgec.runtime.models.gpt import GPTConfig
 from bridgec.runtime.optim import build_optimizer
 from bridgec.runtime.orbax_read import OrbaxItem
 from tests.runtime import flax_llama
@@ -114,9 +114,22 @@ def test_export_refuses_an_existing_step(exported: dict[str, ExportReport]) -> N
             directory=step_dir.parent,
             step=0,
             dims=Dims(
-                model=GPTConfig(num_layers=1, hidden=4, heads=1, groups=1, head_dim=4, ffn=4, vocab=4, seq_length=4,
-                                layernorm=False, gated=True, bias=False, qk_norm=False, tied=False,
-                                learned_positions=False),
+                model=GPTConfig(
+                    num_layers=1,
+                    hidden=4,
+                    heads=1,
+                    groups=1,
+                    head_dim=4,
+                    ffn=4,
+                    vocab=4,
+                    seq_length=4,
+                    layernorm=False,
+                    gated=True,
+                    bias=False,
+                    qk_norm=False,
+                    tied=False,
+                    learned_positions=False,
+                ),
                 vocab=4,
             ),
             scanned=True,
@@ -135,22 +148,40 @@ def test_mixed_precision_export_uses_the_fp32_main_params(
     items = cases / "scanned" / data["items"]
     model = build_model(
         ml.provider(config, tensor=1, pipeline=1, query_scaling="keep", dtype="bf16"),
-        layout=ml.single_process_layout(), init_scheme="megatron", seed=1, init_std=0.02,
-        num_layers=config["num_layers"], tied_output=False, dtype="bf16", distributed_optimizer=distributed,
+        layout=ml.single_process_layout(),
+        init_scheme="megatron",
+        seed=1,
+        init_std=0.02,
+        num_layers=config["num_layers"],
+        tied_output=False,
+        dtype="bf16",
+        distributed_optimizer=distributed,
     )
     optimizer = build_optimizer(model, ml.adam_settings(data, dtype="bf16", distributed=distributed))
     chunks = [unwrap(chunk) for chunk in model]
     load_maxtext_weights(
-        chunks, path=str(items), vocab_size=config["vocab_size"], tensor_parallel=1, tensor_rank=0,
-        query_scaling="keep", rope_layout="rotate_half", optimizer=optimizer,
+        chunks,
+        path=str(items),
+        vocab_size=config["vocab_size"],
+        tensor_parallel=1,
+        tensor_rank=0,
+        query_scaling="keep",
+        rope_layout="rotate_half",
+        optimizer=optimizer,
     )
     full = gather_full_params(chunks, tensor_group=None, pipeline_group=None, tied=False, optimizer=optimizer)
     rounded = gather_full_params(chunks, tensor_group=None, pipeline_group=None, tied=False)
     assert full is not None and rounded is not None
     assert any(not torch.equal(full[name], rounded[name]) for name in full)
     report = export_maxtext(
-        full.__getitem__, directory=tmp_path, step=0, dims=Dims.of(chunks[0], vocab_size=config["vocab_size"]),
-        scanned=True, dtype="float32", query_scaling="keep", rope_layout="rotate_half",
+        full.__getitem__,
+        directory=tmp_path,
+        step=0,
+        dims=Dims.of(chunks[0], vocab_size=config["vocab_size"]),
+        scanned=True,
+        dtype="float32",
+        query_scaling="keep",
+        rope_layout="rotate_half",
     )
     original, back = OrbaxItem(items), OrbaxItem(report.items)
     for leaf in (name for name in original.names if name.startswith("params.")):
@@ -165,7 +196,9 @@ def test_unshard_inverts_init_shard(dim: int, stride: int, tensor: int) -> None:
 
 
 @pytest.mark.parametrize("layout_name", ["tp2", "pp2"])
-def test_export_from_two_ranks_is_bit_exact(cases: Path, tmp_path_factory: pytest.TempPathFactory, layout_name: str) -> None:
+def test_export_from_two_ranks_is_bit_exact(
+    cases: Path, tmp_path_factory: pytest.TempPathFactory, layout_name: str
+) -> None:
     """Exported from two tensor-parallel ranks or two pipeline stages (gathered on rank 0) by orbax_scripts/parallel_import.py."""
     results = ml.run_parallel(cases, tmp_path_factory.mktemp("parallel"))
     for name in ("scanned", "unscanned"):
@@ -174,7 +207,9 @@ def test_export_from_two_ranks_is_bit_exact(cases: Path, tmp_path_factory: pytes
         assert "export_leaves" not in results[1][layout_name][name]
 
 
-def test_dp2_bf16_export_gathers_the_distributed_main_params(cases: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
+def test_dp2_bf16_export_gathers_the_distributed_main_params(
+    cases: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
     results = ml.run_parallel(cases, tmp_path_factory.mktemp("parallel"))
     assert results[0]["dp2"]["bf16_export"] == {"export_mismatched": []}
     assert results[1]["dp2"]["bf16_export"] == {}

@@ -153,18 +153,36 @@ def _optimizer(builder: str, model: list, config: dict, data: dict, *, distribut
     settings = ml.adam_settings(data, dtype="fp32", distributed=distributed)
     if builder == "megatron":
         optimizer = build_optimizer(model, settings)
-        return optimizer, lambda step: build_scheduler(optimizer, lr=settings.lr, min_lr=settings.min_lr, weight_decay=settings.weight_decay, schedule=ml.constant_schedule(settings.lr))
+        return optimizer, lambda step: build_scheduler(
+            optimizer,
+            lr=settings.lr,
+            min_lr=settings.min_lr,
+            weight_decay=settings.weight_decay,
+            schedule=ml.constant_schedule(settings.lr),
+        )
     from bridgec.runtime.optax_optim import build_optax_optimizer
     from bridgec.runtime.schedules import CountScheduler, constant_schedule
 
     optimizer = build_optax_optimizer(
-        model, lr=settings.lr, beta1=settings.rule.beta1, beta2=settings.rule.beta2, eps=settings.rule.eps,
-        eps_root=0.0, weight_decay=settings.weight_decay, decay_exclude=["scale"], gated_mlp=True,
-        scan_layers=config["scanned"], tied_output=config["tied"], path_style="linen", dtype="fp32",
+        model,
+        lr=settings.lr,
+        beta1=settings.rule.beta1,
+        beta2=settings.rule.beta2,
+        eps=settings.rule.eps,
+        eps_root=0.0,
+        weight_decay=settings.weight_decay,
+        decay_exclude=["scale"],
+        gated_mlp=True,
+        scan_layers=config["scanned"],
+        tied_output=config["tied"],
+        path_style="linen",
+        dtype="fp32",
         distributed_optimizer=distributed,
     )
     # The imported count is the number of updates done: the schedule continues from there.
-    return optimizer, lambda step: CountScheduler(optimizer, constant_schedule(settings.lr), weight_decay=settings.weight_decay, num_steps=step)
+    return optimizer, lambda step: CountScheduler(
+        optimizer, constant_schedule(settings.lr), weight_decay=settings.weight_decay, num_steps=step
+    )
 
 
 @pytest.mark.parametrize(
@@ -190,10 +208,22 @@ def test_resume_from_jax_optimizer_state_matches_optax(
     model = _megatron_model(layout, config, query_scaling="keep", dtype="fp32", distributed=distributed)
     optimizer, make_scheduler = _optimizer(builder, model, config, data, distributed=distributed)
     chunks = [unwrap(chunk) for chunk in model]
-    common = dict(path=path, vocab_size=config["vocab_size"], tensor_parallel=1, tensor_rank=0, query_scaling="keep", rope_layout="rotate_half")
+    common = dict(
+        path=path,
+        vocab_size=config["vocab_size"],
+        tensor_parallel=1,
+        tensor_rank=0,
+        query_scaling="keep",
+        rope_layout="rotate_half",
+    )
     _load(chunks, config, path, "keep", optimizer=optimizer)
     step = load_maxtext_optimizer_state(
-        chunks, optimizer, opt_type=data["optimizer"], adam_beta1=data["betas"][0], adam_beta2=data["betas"][1], **common
+        chunks,
+        optimizer,
+        opt_type=data["optimizer"],
+        adam_beta1=data["betas"][0],
+        adam_beta2=data["betas"][1],
+        **common,
     )
     assert step == data["steps_before"]
     scheduler = make_scheduler(step)
@@ -203,8 +233,15 @@ def test_resume_from_jax_optimizer_state_matches_optax(
     for batch in batches[step:]:
         data_iterator = iter([{"tokens": batch[:, :-1], "labels": batch[:, 1:]}])
         result = train_step(
-            ml.forward_step, [data_iterator], model, optimizer, scheduler,
-            num_microbatches=1, micro_batch_size=2, seq_length=16, clip_grad=0.0,
+            ml.forward_step,
+            [data_iterator],
+            model,
+            optimizer,
+            scheduler,
+            num_microbatches=1,
+            micro_batch_size=2,
+            seq_length=16,
+            clip_grad=0.0,
         )
         losses.append(result.loss)
     diff = np.abs(np.array(losses) - expected)
@@ -221,14 +258,24 @@ def test_adam_pax_moments_are_un_bias_corrected(cases: Path, layout: ml.Layout) 
     pax_config, pax, pax_path = _case(cases, "adam_pax_resume")
     _, _, adamw_path = _case(cases, "adamw_resume")
     chunks = _chunks(layout, pax_config, "keep")
-    common = dict(vocab_size=pax_config["vocab_size"], tensor_parallel=1, tensor_rank=0, query_scaling="keep", rope_layout="rotate_half", adam_beta1=pax["betas"][0], adam_beta2=pax["betas"][1])
+    common = dict(
+        vocab_size=pax_config["vocab_size"],
+        tensor_parallel=1,
+        tensor_rank=0,
+        query_scaling="keep",
+        rope_layout="rotate_half",
+        adam_beta1=pax["betas"][0],
+        adam_beta2=pax["betas"][1],
+    )
     from_pax = read_maxtext_adam_state(chunks, path=pax_path, opt_type="adam_pax", **common)
     from_adamw = read_maxtext_adam_state(chunks, path=adamw_path, opt_type="adamw", **common)
     assert from_pax.step == from_adamw.step == 3
     for param in from_pax.moments:
         for key in ("exp_avg", "exp_avg_sq"):
             reference = from_adamw.moments[param][key]
-            torch.testing.assert_close(from_pax.moments[param][key], reference, rtol=1e-4, atol=1e-5 * float(reference.abs().max()))
+            torch.testing.assert_close(
+                from_pax.moments[param][key], reference, rtol=1e-4, atol=1e-5 * float(reference.abs().max())
+            )
 
 
 # --------------------------------------------------------------------------------------------
@@ -253,8 +300,14 @@ def test_wrong_model_dims_list_every_leaf(cases: Path, layout: ml.Layout) -> Non
     wrong = {**config, "mlp_dim": 128, "num_layers": 2}
     message = _refused(_chunks(layout, wrong, "undo"), wrong, path)
     assert "does not fit this model; nothing was loaded. 9 difference(s)" in message
-    assert "leaf params.params.decoder.layers.mlp.wi_0.kernel has shape [64, 4, 96]; the model needs [64, 2, 128]" in message
-    assert "leaf params.params.decoder.layers.self_attention.query.kernel has shape [64, 4, 4, 16]; the model needs [64, 2, 4, 16]" in message
+    assert (
+        "leaf params.params.decoder.layers.mlp.wi_0.kernel has shape [64, 4, 96]; the model needs [64, 2, 128]"
+        in message
+    )
+    assert (
+        "leaf params.params.decoder.layers.self_attention.query.kernel has shape [64, 4, 4, 16]; the model needs [64, 2, 4, 16]"
+        in message
+    )
     assert "ffn_hidden_size=128" in message
 
 
@@ -307,7 +360,9 @@ def parallel(cases: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[int,
 @pytest.mark.parametrize("layout_name", ["tp2", "pp2"])
 @pytest.mark.parametrize("name", ["scanned", "unscanned"])
 def test_logits_match_flax_in_parallel(parallel: dict[int, dict], layout_name: str, name: str) -> None:
-    holders = [parallel[rank][layout_name][name] for rank in (0, 1) if "max_logit_diff" in parallel[rank][layout_name][name]]
+    holders = [
+        parallel[rank][layout_name][name] for rank in (0, 1) if "max_logit_diff" in parallel[rank][layout_name][name]
+    ]
     assert len(holders) == (2 if layout_name == "tp2" else 1)
     for result in holders:
         print(f"{layout_name} {name}: max |logit diff| = {result['max_logit_diff']:.2e}")
@@ -332,8 +387,10 @@ def test_tp2_disk_reads_follow_the_checkpoint_chunks(parallel: dict[int, dict]) 
     """The scanned case was saved from two JAX devices split like TP (one chunk per shard): a rank reads about half."""
     for rank in (0, 1):
         sharded, whole = parallel[rank]["tp2"]["scanned"], parallel[rank]["tp2"]["unscanned"]
-        print(f"rank {rank}: file bytes read {sharded['file_bytes_read']} of {sharded['data_bytes']} (TP-chunked), "
-              f"{whole['file_bytes_read']} of {whole['data_bytes']} (one chunk per leaf)")
+        print(
+            f"rank {rank}: file bytes read {sharded['file_bytes_read']} of {sharded['data_bytes']} (TP-chunked), "
+            f"{whole['file_bytes_read']} of {whole['data_bytes']} (one chunk per leaf)"
+        )
         assert sharded["file_bytes_read"] <= 0.6 * sharded["data_bytes"]
 
 

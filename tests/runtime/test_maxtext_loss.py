@@ -28,8 +28,14 @@ PADDED = 56  # megatron pads; the padded columns hold junk that must not count
 MICROBATCHES, BATCH, SEQ = 3, 2, 8
 
 
-def maxtext_reference(logits: list[np.ndarray], targets: list[np.ndarray], segmentation: list[np.ndarray],
-                      *, z_loss: float, multiplier: float) -> tuple[float, list[np.ndarray]]:
+def maxtext_reference(
+    logits: list[np.ndarray],
+    targets: list[np.ndarray],
+    segmentation: list[np.ndarray],
+    *,
+    z_loss: float,
+    multiplier: float,
+) -> tuple[float, list[np.ndarray]]:
     """Accumulated MaxText loss over microbatches and its gradient w.r.t. each microbatch's (unpadded) logits."""
 
     def loss_fn(all_logits: list[jax.Array]) -> jax.Array:
@@ -54,8 +60,10 @@ def make_case(*, z_loss: float, multiplier: float, seed: int = 0) -> dict[str, A
     logits = [rng.normal(0.0, 3.0, (BATCH, SEQ, VOCAB)).astype(np.float32) for _ in range(MICROBATCHES)]
     targets = [rng.integers(0, VOCAB, (BATCH, SEQ)) for _ in range(MICROBATCHES)]
     # Packed sequences: segment ids, 0 = padding (masked). Microbatches hold different token counts.
-    segmentation = [np.where(rng.random((BATCH, SEQ)) < 0.25 * (m + 1), 0, 1 + (np.arange(SEQ) >= SEQ // 2))
-                    for m in range(MICROBATCHES)]
+    segmentation = [
+        np.where(rng.random((BATCH, SEQ)) < 0.25 * (m + 1), 0, 1 + (np.arange(SEQ) >= SEQ // 2))
+        for m in range(MICROBATCHES)
+    ]
     loss, grads = maxtext_reference(logits, targets, segmentation, z_loss=z_loss, multiplier=multiplier)
     junk = [rng.normal(50.0, 1.0, (BATCH, SEQ, PADDED - VOCAB)).astype(np.float32) for _ in range(MICROBATCHES)]
     padded = lambda arrays, extra: [torch.from_numpy(np.concatenate([a, e], axis=-1)) for a, e in zip(arrays, extra)]  # noqa: E731
@@ -104,8 +112,9 @@ def test_no_tokens_gives_zero_not_nan(megatron_world1: None) -> None:
     case = make_case(**CASES["z_loss"])
     from bridgec.runtime.maxtext_loss import maxtext_loss
 
-    loss_sum, count, _ = maxtext_loss(torch.zeros(BATCH, SEQ), case["labels"][0], case["logits"][0],
-                                      z_loss_multiplier=1e-2, vocab_size=VOCAB)
+    loss_sum, count, _ = maxtext_loss(
+        torch.zeros(BATCH, SEQ), case["labels"][0], case["logits"][0], z_loss_multiplier=1e-2, vocab_size=VOCAB
+    )
     assert loss_sum.item() == 0.0 and count.item() == 0
 
 

@@ -27,8 +27,8 @@ import torch
 from bridgec.runtime.models import gpt
 from tests.e2e.harness import launch
 from tests.runtime import optax_worker
-from tests.runtime.test_decay_mask import maxtext_mask
 from tests.runtime.optax_worker import SHAPE, full_shapes, leaf_sizes
+from tests.runtime.test_decay_mask import maxtext_mask
 
 TOLERANCE = 1e-6
 STEPS = 20
@@ -173,14 +173,17 @@ def test_clip_epsilon_zero_is_optax_clip_by_global_norm(megatron_world1: None, s
     grads = {name: (g * (0.05 / norm)).astype(np.float32) for name, g in raw.items()}
     max_norm = 0.05 / scale  # scale > 1 clips, scale < 1 does not, 1.0 is the boundary
     expected = _optax_clipped(grads, max_norm)
-    ours = optax_worker.clipped_gradients({k: torch.from_numpy(v) for k, v in grads.items()}, max_norm=max_norm,
-                                          epsilon=0.0)
-    relative = max(float(np.max(np.abs(ours[k].numpy() - expected[k]) / np.maximum(np.abs(expected[k]), 1e-3)))
-                   for k in grads)
+    ours = optax_worker.clipped_gradients(
+        {k: torch.from_numpy(v) for k, v in grads.items()}, max_norm=max_norm, epsilon=0.0
+    )
+    relative = max(
+        float(np.max(np.abs(ours[k].numpy() - expected[k]) / np.maximum(np.abs(expected[k]), 1e-3))) for k in grads
+    )
     assert relative <= 1e-6
     if scale > 1.0:  # megatron's own rule, max / (norm + 1e-6), is measurably different
-        megatron = optax_worker.clipped_gradients({k: torch.from_numpy(v) for k, v in grads.items()},
-                                                  max_norm=max_norm, epsilon=1e-6)
+        megatron = optax_worker.clipped_gradients(
+            {k: torch.from_numpy(v) for k, v in grads.items()}, max_norm=max_norm, epsilon=1e-6
+        )
         assert any(not torch.equal(megatron[k], ours[k]) for k in grads)
 
 

@@ -46,8 +46,9 @@ def _model_and_optimizer(min_lr: float = 0.0) -> tuple[list, object]:
     return model, build_optimizer(model, settings)
 
 
-def _megatron_schedule(decay: str, *, warmup: int, decay_iters: int, wsd_decay_iters: int | None = None,
-                       wsd_decay_style: str = "linear") -> ScheduleSettings:
+def _megatron_schedule(
+    decay: str, *, warmup: int, decay_iters: int, wsd_decay_iters: int | None = None, wsd_decay_style: str = "linear"
+) -> ScheduleSettings:
     return ScheduleSettings(
         warmup_iters=warmup, warmup_init_lr=0.0, decay=decay, decay_iters=decay_iters,
         wsd_decay_iters=wsd_decay_iters, wsd_decay_style=wsd_decay_style,
@@ -60,8 +61,9 @@ def _scheduler(style: str, optimizer: object) -> object:
         schedule = _megatron_schedule("constant", warmup=0, decay_iters=10)
         return build_scheduler(optimizer, lr=LR, min_lr=0.0, weight_decay=WEIGHT_DECAY, schedule=schedule)
     if style == "maxtext":
-        schedule = maxtext_schedule(kind="cosine", learning_rate=LR, final_fraction=1.0, warmup_steps_fraction=0.0,
-                                    schedule_steps=10, steps=10)
+        schedule = maxtext_schedule(
+            kind="cosine", learning_rate=LR, final_fraction=1.0, warmup_steps_fraction=0.0, schedule_steps=10, steps=10
+        )
         return CountScheduler(optimizer, schedule, weight_decay=WEIGHT_DECAY)
     return CountScheduler(optimizer, constant_schedule(LR), weight_decay=WEIGHT_DECAY)
 
@@ -74,7 +76,9 @@ def test_biases_and_norm_scales_are_not_decayed_under_every_schedule_style(megat
     groups = optimizer.param_groups
     assert {group["wd_mult"] for group in groups} == {0.0, 1.0}
     decays = [(group["wd_mult"], group["weight_decay"]) for group in groups]
-    assert all(decay == WEIGHT_DECAY * multiplier for multiplier, decay in decays), f"{style}: (wd_mult, weight_decay) {decays}"
+    assert all(decay == WEIGHT_DECAY * multiplier for multiplier, decay in decays), (
+        f"{style}: (wd_mult, weight_decay) {decays}"
+    )
     for chunk in model:
         chunk.zero_grad_buffer()
     named = dict(unwrap(model[0]).named_parameters())

@@ -29,7 +29,11 @@ def _item(cases: Path, fmt: str, stats: ReadStats | None = None) -> OrbaxItem:
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_metadata_names_formats_and_shapes(cases: Path, fmt: str) -> None:
     item = _item(cases, fmt)
-    assert (item.use_zarr3, item.use_ocdbt) == {"zarr3_ocdbt": (True, True), "zarr2_ocdbt": (False, True), "zarr2_plain": (False, False)}[fmt]
+    assert (item.use_zarr3, item.use_ocdbt) == {
+        "zarr3_ocdbt": (True, True),
+        "zarr2_ocdbt": (False, True),
+        "zarr2_plain": (False, False),
+    }[fmt]
     # EmptyState / MaskedState nodes have no array; only real leaves are listed.
     assert item.names == (
         "opt_state.0.count",

@@ -29,8 +29,11 @@ def _snapshot(folder: Path) -> dict[str, int]:
 
     Not the launch's own record of how it ended (last_exit.json), which says that it was refused.
     """
-    return {str(path.relative_to(folder)): path.stat().st_mtime_ns for path in folder.rglob("*")
-            if path.is_file() and not path.name.endswith(".last_exit.json")}
+    return {
+        str(path.relative_to(folder)): path.stat().st_mtime_ns
+        for path in folder.rglob("*")
+        if path.is_file() and not path.name.endswith(".last_exit.json")
+    }
 
 
 def test_a_fresh_start_refuses_a_folder_with_checkpoints_and_overwrite_replaces_them(tmp_path: Path) -> None:
@@ -46,8 +49,11 @@ def test_a_fresh_start_refuses_a_folder_with_checkpoints_and_overwrite_replaces_
     message = again.output
     assert "Traceback" not in message
     assert f"{folder / 'ckpt'} holds 2 checkpoint(s) (iter_0000002, iter_0000004; latest iter_0000004)" in message
-    for way_out in ("resume = true under [checkpoint] to continue from step 4", "another [checkpoint] dir",
-                    "overwrite = true under [checkpoint]"):
+    for way_out in (
+        "resume = true under [checkpoint] to continue from step 4",
+        "another [checkpoint] dir",
+        "overwrite = true under [checkpoint]",
+    ):
         assert way_out in message
     assert message.count("holds 2 checkpoint(s)") == 1  # the same on every rank: printed once
     assert json.loads((folder / "out" / "spec.last_exit.json").read_text())["code"] == ExitCode.WOULD_OVERWRITE
@@ -93,7 +99,8 @@ def test_a_metrics_file_another_spec_started_is_refused(tmp_path: Path, megatron
     assert refused.value.message == (
         f"{shared} holds the metrics of another run (the spec ../a/spec.toml, as seen from its folder); this spec "
         "(../b/spec.toml) would write into it. Nothing was changed. Set [run] output_dir to a folder of this run's "
-        "own and recompile")
+        "own and recompile"
+    )
 
     shared.write_text('{"kind": "train", "step": 1}\n')  # written before launch records: nobody's claim
     outputs.claim_outputs(spec=tmp_path / "b" / "spec.toml", metrics=shared)
@@ -114,9 +121,17 @@ run(main, last_exit=Path(sys.argv[1]))
 def test_a_crash_keeps_its_traceback_and_is_recorded_as_code_1(tmp_path: Path) -> None:
     """An exception bridgec has no message for: Python's traceback and exit 1, and last_exit.json says so."""
     record = tmp_path / "out" / "spec.last_exit.json"
-    done = subprocess.run([sys.executable, "-c", CRASHING_MAIN, str(record)], env={**os.environ, "RANK": "0"},
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-c", CRASHING_MAIN, str(record)],
+        env={**os.environ, "RANK": "0"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 1
     assert "Traceback" in done.stderr and "ValueError: a bug in a hook" in done.stderr
     assert json.loads(record.read_text()) == {
-        "code": 1, "step": None, "reason": "crashed: ValueError: a bug in a hook (traceback on stderr)"}
+        "code": 1,
+        "step": None,
+        "reason": "crashed: ValueError: a bug in a hook (traceback on stderr)",
+    }

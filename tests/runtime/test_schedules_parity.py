@@ -158,7 +158,9 @@ MAXTEXT_CASES = [
 
 
 @pytest.mark.parametrize(("kind", "variant", "schedule_steps", "style"), MAXTEXT_CASES)
-def test_maxtext_schedules_match_maxtext_at_every_update(kind: str, variant: str, schedule_steps: int, style: str) -> None:
+def test_maxtext_schedules_match_maxtext_at_every_update(
+    kind: str, variant: str, schedule_steps: int, style: str
+) -> None:
     settings = dict(
         kind=kind,
         final_fraction=0.1,
@@ -207,15 +209,23 @@ def test_every_maxtext_schedule_is_finite_at_every_count_the_scheduler_reads(kin
             for schedule_steps in (1, 2, 3, 10):
                 for steps in (schedule_steps, schedule_steps + 2):
                     ours = schedules.maxtext_schedule(
-                        kind=kind, learning_rate=1.0, final_fraction=0.1, warmup_steps_fraction=warmup,
-                        schedule_steps=schedule_steps, steps=steps, wsd_decay_steps_fraction=decay, variant=variant,
+                        kind=kind,
+                        learning_rate=1.0,
+                        final_fraction=0.1,
+                        warmup_steps_fraction=warmup,
+                        schedule_steps=schedule_steps,
+                        steps=steps,
+                        wsd_decay_steps_fraction=decay,
+                        variant=variant,
                     )
                     values = [ours(count) for count in range(steps + 1)]
                     assert all(np.isfinite(values)), (warmup, decay, schedule_steps, steps, values)
 
 
 def test_maxtext_variants_differ_where_the_history_says() -> None:
-    common = dict(kind="cosine", learning_rate=1.0, final_fraction=0.1, warmup_steps_fraction=0.1, schedule_steps=100, steps=100)
+    common = dict(
+        kind="cosine", learning_rate=1.0, final_fraction=0.1, warmup_steps_fraction=0.1, schedule_steps=100, steps=100
+    )
     current = schedules.maxtext_schedule(variant="2026-02", **common)
     january = schedules.maxtext_schedule(variant="2026-01", **common)
     legacy = schedules.maxtext_schedule(variant="2025", **common)
@@ -228,8 +238,13 @@ def test_maxtext_variants_differ_where_the_history_says() -> None:
 def test_wsd_did_not_exist_in_2025() -> None:
     with pytest.raises(ValueError, match="no WSD"):
         schedules.maxtext_schedule(
-            kind="wsd", learning_rate=1.0, final_fraction=0.1, warmup_steps_fraction=0.1,
-            schedule_steps=100, steps=100, variant="2025",
+            kind="wsd",
+            learning_rate=1.0,
+            final_fraction=0.1,
+            warmup_steps_fraction=0.1,
+            schedule_steps=100,
+            steps=100,
+            variant="2025",
         )
 
 

@@ -40,7 +40,9 @@ def test_loss_hook_metadata_is_reduced_like_the_loss_logged_and_a_bad_value_warn
         # [2 x sum, count] summed over microbatches and ranks, divided once: exactly twice the loss.
         assert record["metadata"] == {"aux loss": 2 * record["loss"], "tokens": 64.0}  # micro 2 x sequence 32
     assert f"| aux loss {2 * records[0]['loss']:.6g} | tokens 64 |" in result.output
-    warning = ("bridgec: warning: the loss function's metadata 'note' is a str, not a [numerator, denominator] "
-               "tensor or a number; it is not reduced or logged")
+    warning = (
+        "bridgec: warning: the loss function's metadata 'note' is a str, not a [numerator, denominator] "
+        "tensor or a number; it is not reduced or logged"
+    )
     assert result.output.count(warning) == 1
     assert "Traceback" not in result.output

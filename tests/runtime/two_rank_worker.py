@@ -27,8 +27,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from megatron.core import parallel_state
-from megatron.core.enums import ModelType
 from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig, finalize_model_grads
+from megatron.core.enums import ModelType
 from megatron.core.pipeline_parallel import get_forward_backward_func
 from megatron.core.transformer import TransformerConfig
 
@@ -67,10 +67,14 @@ class PerTokenLosses(torch.nn.Module):
 
 
 def _local(mask: torch.Tensor) -> torch.Tensor:
-    return mask.chunk(parallel_state.get_context_parallel_world_size(), dim=1)[parallel_state.get_context_parallel_rank()]
+    return mask.chunk(parallel_state.get_context_parallel_world_size(), dim=1)[
+        parallel_state.get_context_parallel_rank()
+    ]
 
 
-def forward_step(data_iterator: Iterator[torch.Tensor], model: torch.nn.Module) -> tuple[torch.Tensor, functools.partial]:
+def forward_step(
+    data_iterator: Iterator[torch.Tensor], model: torch.nn.Module
+) -> tuple[torch.Tensor, functools.partial]:
     mask = next(data_iterator)
     return model(), functools.partial(masked_mean_loss, _local(mask))
 

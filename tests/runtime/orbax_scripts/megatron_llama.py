@@ -41,7 +41,9 @@ def padded_vocab(vocab_size: int, tensor_parallel: int, divisible_by: int = 64) 
     return -(-vocab_size // multiple) * multiple
 
 
-def transformer_config(config: dict, *, tensor: int, pipeline: int, query_scaling: str, dtype: str = "fp32") -> TransformerConfig:
+def transformer_config(
+    config: dict, *, tensor: int, pipeline: int, query_scaling: str, dtype: str = "fp32"
+) -> TransformerConfig:
     bf16 = dtype == "bf16"
     return TransformerConfig(
         bf16=bf16,
@@ -76,7 +78,9 @@ def provider(config: dict, *, tensor: int, pipeline: int, query_scaling: str, dt
 
     def build(pre_process: bool, post_process: bool, vp_stage: int | None = None) -> GPTModel:
         return GPTModel(
-            config=transformer_config(config, tensor=tensor, pipeline=pipeline, query_scaling=query_scaling, dtype=dtype),
+            config=transformer_config(
+                config, tensor=tensor, pipeline=pipeline, query_scaling=query_scaling, dtype=dtype
+            ),
             transformer_layer_spec=get_gpt_layer_local_spec(normalization="RMSNorm"),
             vocab_size=padded_vocab(config["vocab_size"], tensor),
             max_sequence_length=64,
@@ -107,7 +111,14 @@ def adam_settings(data: dict, *, dtype: str, distributed: bool) -> OptimizerSett
 
 
 def constant_schedule(lr: float) -> ScheduleSettings:
-    return ScheduleSettings(warmup_iters=0, warmup_init_lr=lr, decay="constant", decay_iters=100, wsd_decay_iters=None, wsd_decay_style="linear")
+    return ScheduleSettings(
+        warmup_iters=0,
+        warmup_init_lr=lr,
+        decay="constant",
+        decay_iters=100,
+        wsd_decay_iters=None,
+        wsd_decay_style="linear",
+    )
 
 
 def free_port() -> int:
@@ -130,7 +141,14 @@ def start_single_process() -> Layout:
 def start(*, tensor: int, pipeline: int) -> Layout:
     cpu_compat.apply()
     return initialize(
-        device="cpu", tensor=tensor, pipeline=pipeline, virtual_pipeline=None, context=1, expert=1, seed=1234, timeout_minutes=2
+        device="cpu",
+        tensor=tensor,
+        pipeline=pipeline,
+        virtual_pipeline=None,
+        context=1,
+        expert=1,
+        seed=1234,
+        timeout_minutes=2,
     )
 
 
@@ -176,8 +194,13 @@ def run_parallel(cases: Path, out: Path) -> dict[int, dict]:
         script = Path(__file__).with_name("parallel_import.py")
         command = [
             str(Path(sys.executable).with_name("torchrun")),
-            "--nproc-per-node", "2", "--master-port", str(free_port()),
-            str(script), str(cases), str(out),
+            "--nproc-per-node",
+            "2",
+            "--master-port",
+            str(free_port()),
+            str(script),
+            str(cases),
+            str(out),
         ]
         done = subprocess.run(command, capture_output=True, text=True, cwd=script.parent)
         if done.returncode != 0:

@@ -22,13 +22,13 @@ import json
 import sys
 from pathlib import Path
 
+import megatron_llama as ml
 import numpy as np
 import tensorstore as ts
 import torch
 import torch.distributed as dist
 from megatron.core import parallel_state
 
-import megatron_llama as ml
 from bridgec.runtime.maxtext_export import export_maxtext, gather_full_params
 from bridgec.runtime.maxtext_import import Dims, load_maxtext_optimizer_state, load_maxtext_weights
 from bridgec.runtime.maxtext_slots import main_slots
@@ -69,7 +69,9 @@ def pipeline_logits(chunk: torch.nn.Module, tokens: torch.Tensor, layout: ml.Lay
 def run_case(cases: Path, name: str, layout: ml.Layout, export_dir: Path) -> dict:
     config, data = ml.read_case(cases / name)
     items = cases / name / data["items"]
-    chunks = build_chunks(ml.provider(config, tensor=layout.tensor, pipeline=layout.pipeline, query_scaling="undo"), layout)
+    chunks = build_chunks(
+        ml.provider(config, tensor=layout.tensor, pipeline=layout.pipeline, query_scaling="undo"), layout
+    )
     stats = ReadStats()
     before = file_bytes_read()
     report = load_maxtext_weights(
@@ -115,7 +117,9 @@ def run_case(cases: Path, name: str, layout: ml.Layout, export_dir: Path) -> dic
             )
             original, back = OrbaxItem(items), OrbaxItem(exported.items)
             weights = [n for n in original.names if n.startswith("params.")]
-            result["export_mismatched"] = [n for n in weights if n not in back or original.read(n).tobytes() != back.read(n).tobytes()]
+            result["export_mismatched"] = [
+                n for n in weights if n not in back or original.read(n).tobytes() != back.read(n).tobytes()
+            ]
             result["export_leaves"] = len(back.names)
     return result
 
@@ -130,28 +134,64 @@ def run_resume(cases: Path, layout: ml.Layout) -> dict:
     path = str(cases / "adamw_resume" / data["items"])
     model = build_model(
         ml.provider(config, tensor=1, pipeline=1, query_scaling="keep"),
-        layout=layout, init_scheme="megatron", seed=1, init_std=0.02, num_layers=config["num_layers"],
-        tied_output=config["tied"], dtype="fp32", distributed_optimizer=True,
+        layout=layout,
+        init_scheme="megatron",
+        seed=1,
+        init_std=0.02,
+        num_layers=config["num_layers"],
+        tied_output=config["tied"],
+        dtype="fp32",
+        distributed_optimizer=True,
     )
     settings = ml.adam_settings(data, dtype="fp32", distributed=True)
     optimizer = build_optimizer(model, settings)
     chunks = [unwrap(chunk) for chunk in model]
-    common = dict(path=path, vocab_size=config["vocab_size"], tensor_parallel=1, tensor_rank=0, query_scaling="keep", rope_layout="rotate_half")
+    common = dict(
+        path=path,
+        vocab_size=config["vocab_size"],
+        tensor_parallel=1,
+        tensor_rank=0,
+        query_scaling="keep",
+        rope_layout="rotate_half",
+    )
     load_maxtext_weights(chunks, optimizer=optimizer, **common)
-    step = load_maxtext_optimizer_state(chunks, optimizer, opt_type="adamw", adam_beta1=data["betas"][0], adam_beta2=data["betas"][1], **common)
+    step = load_maxtext_optimizer_state(
+        chunks, optimizer, opt_type="adamw", adam_beta1=data["betas"][0], adam_beta2=data["betas"][1], **common
+    )
     slots = main_slots(optimizer)
     partial = sum(1 for param, slot in slots.items() if slot.end - slot.start < param.numel())
-    scheduler = build_scheduler(optimizer, lr=settings.lr, min_lr=settings.min_lr, weight_decay=settings.weight_decay, schedule=ml.constant_schedule(settings.lr))
+    scheduler = build_scheduler(
+        optimizer,
+        lr=settings.lr,
+        min_lr=settings.min_lr,
+        weight_decay=settings.weight_decay,
+        schedule=ml.constant_schedule(settings.lr),
+    )
     batches = torch.from_numpy(np.load(cases / "adamw_resume" / "batches.npy").astype(np.int64))
     losses = []
     for batch in batches[step:, layout.data_rank : layout.data_rank + 1]:
         iterator = iter([{"tokens": batch[:, :-1], "labels": batch[:, 1:]}])
-        result = train_step(ml.forward_step, [iterator], model, optimizer, scheduler, num_microbatches=1, micro_batch_size=1, seq_length=16, clip_grad=0.0)
+        result = train_step(
+            ml.forward_step,
+            [iterator],
+            model,
+            optimizer,
+            scheduler,
+            num_microbatches=1,
+            micro_batch_size=1,
+            seq_length=16,
+            clip_grad=0.0,
+        )
         losses.append(result.loss)
     expected = np.load(cases / "adamw_resume" / "losses.npy")[step:]
     owned = sum(slot.end - slot.start for slot in slots.values())
     total = sum(p.numel() for chunk in chunks for p in chunk.parameters())
-    return {"losses": losses, "expected": expected.tolist(), "owned_fraction": owned / total, "params_with_partial_range": partial}
+    return {
+        "losses": losses,
+        "expected": expected.tolist(),
+        "owned_fraction": owned / total,
+        "params_with_partial_range": partial,
+    }
 
 
 def run_bf16_export(cases: Path, layout: ml.Layout, out: Path) -> dict:
@@ -160,24 +200,45 @@ def run_bf16_export(cases: Path, layout: ml.Layout, out: Path) -> dict:
     items = cases / "scanned" / data["items"]
     model = build_model(
         ml.provider(config, tensor=1, pipeline=1, query_scaling="keep", dtype="bf16"),
-        layout=layout, init_scheme="megatron", seed=1, init_std=0.02, num_layers=config["num_layers"],
-        tied_output=False, dtype="bf16", distributed_optimizer=True,
+        layout=layout,
+        init_scheme="megatron",
+        seed=1,
+        init_std=0.02,
+        num_layers=config["num_layers"],
+        tied_output=False,
+        dtype="bf16",
+        distributed_optimizer=True,
     )
     optimizer = build_optimizer(model, ml.adam_settings(data, dtype="bf16", distributed=True))
     chunks = [unwrap(chunk) for chunk in model]
     load_maxtext_weights(
-        chunks, path=str(items), vocab_size=config["vocab_size"], tensor_parallel=1, tensor_rank=0,
-        query_scaling="keep", rope_layout="rotate_half", optimizer=optimizer,
+        chunks,
+        path=str(items),
+        vocab_size=config["vocab_size"],
+        tensor_parallel=1,
+        tensor_rank=0,
+        query_scaling="keep",
+        rope_layout="rotate_half",
+        optimizer=optimizer,
     )
     full = gather_full_params(
-        chunks, tensor_group=parallel_state.get_tensor_model_parallel_group(), pipeline_group=None, tied=False,
+        chunks,
+        tensor_group=parallel_state.get_tensor_model_parallel_group(),
+        pipeline_group=None,
+        tied=False,
         optimizer=optimizer,
     )
     if layout.data_rank != 0 or full is None:
         return {}
     exported = export_maxtext(
-        full.__getitem__, directory=out, step=0, dims=Dims.of(chunks[0], vocab_size=config["vocab_size"]),
-        scanned=True, dtype="float32", query_scaling="keep", rope_layout="rotate_half",
+        full.__getitem__,
+        directory=out,
+        step=0,
+        dims=Dims.of(chunks[0], vocab_size=config["vocab_size"]),
+        scanned=True,
+        dtype="float32",
+        query_scaling="keep",
+        rope_layout="rotate_half",
     )
     original, back = OrbaxItem(items), OrbaxItem(exported.items)
     weights = [n for n in original.names if n.startswith("params.")]
