@@ -24,7 +24,7 @@ from pathlib import Path
 import torch.distributed as dist
 from megatron.core import parallel_state
 
-from bridgec.runtime.errors import ExitCode, RunEnd
+from bridgec.runtime.errors import ExitCode
 
 MAX_LAUNCHES = 4
 
@@ -36,8 +36,7 @@ def run(path: Path, index: int) -> None:
     spec.loader.exec_module(module)
     for launch in range(1, MAX_LAUNCHES + 1):
         say(f"=== {path} launch {launch}")
-        ended = module.main()
-        code = ended.code if isinstance(ended, RunEnd) else ended
+        code = module.main().code  # a generated main() returns its RunEnd
         parallel_state.destroy_model_parallel()
         dist.barrier()
         say(f"=== {path} exit {int(code)}")
