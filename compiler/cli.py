@@ -72,7 +72,19 @@ def _read_spec_text(path: Path) -> str:
         raise UserError(f"{path}: cannot be read ({error.strerror})") from None
 
 
-def _compile(spec_path: Path, output_path: Path, *, require_data: bool = True):  # noqa: ANN202 - CompileResult
+def _overrides(words: Sequence[str]) -> tuple[Any, ...]:
+    """The key=value overrides typed after the spec (compose.Override), or a UserError naming the bad one."""
+    from bridgec.compiler.compose import OverrideError, parse_override
+
+    try:
+        return tuple(parse_override(word) for word in words)
+    except OverrideError as error:
+        raise UserError(f"override {error}") from None
+
+
+def _compile(  # noqa: ANN202 - CompileResult
+    spec_path: Path, output_path: Path, *, require_data: bool = True, overrides: Sequence[str] = ()
+):
     from bridgec.compiler.compile import compile_spec
 
     text = _read_spec_text(spec_path)
@@ -83,19 +95,21 @@ def _compile(spec_path: Path, output_path: Path, *, require_data: bool = True): 
         output_path=output_path,
         files=DiskFiles(),
         require_data=require_data,
+        overrides=_overrides(overrides),
     )
 
 
 def cmd_compile(args: argparse.Namespace) -> int:
     from bridgec.compiler.emit import write_atomic
 
-    result = _compile(Path(args.spec), Path(args.output))
+    result = _compile(Path(args.spec), Path(args.output), overrides=args.overrides)
     _print_diagnostics(result.diagnostics)
     if result.source is None:
         _err(f"bridgec: {Path(args.output)} not written: the spec has errors")
         return EXIT_SPEC_ERROR
     write_atomic(Path(args.output), result.source)
-    print(f"wrote {args.output} from {args.spec}")
+    with_overrides = f" with {shlex.join(args.overrides)}" if args.overrides else ""
+    print(f"wrote {args.output} from {args.spec}{with_overrides}")
     _how_to_launch(result.spec, args.output)
     return EXIT_OK
 
@@ -113,24 +127,29 @@ def _how_to_launch(spec: Any, output: str) -> None:
 
 
 def _check_one(spec_path: Path, output_path: Path) -> int:
-    from bridgec.compiler.emit import unified_diff
+    from bridgec.compiler.emit import overrides_of, unified_diff
 
+    try:
+        current: str | None = output_path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        current = None
+    # The overrides it was compiled with are in its header: regenerate with the same ones.
+    overrides = overrides_of(current) if current is not None else ()
+    regenerate = shlex.join(["bridgec", "compile", str(spec_path), "-o", str(output_path), *overrides])
     # CI and pre-commit checkouts hold no data: the script depends on committed files only.
-    result = _compile(spec_path, output_path, require_data=False)
+    result = _compile(spec_path, output_path, require_data=False, overrides=overrides)
     if result.source is None:
         _print_diagnostics(result.diagnostics)
         _err(f"bridgec: cannot check {output_path}: its spec {spec_path} has errors")
         return EXIT_SPEC_ERROR
-    try:
-        current = output_path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        _err(f"bridgec: {output_path} is missing; create it with: bridgec compile {spec_path} -o {output_path}")
+    if current is None:
+        _err(f"bridgec: {output_path} is missing; create it with: {regenerate}")
         return EXIT_STALE
     if current == result.source:
         print(f"{output_path} is fresh ({spec_path})")
         return EXIT_OK
     sys.stdout.write(unified_diff(current, result.source, str(output_path)))
-    _err(f"bridgec: {output_path} is stale; regenerate it with: bridgec compile {spec_path} -o {output_path}")
+    _err(f"bridgec: {output_path} is stale; regenerate it with: {regenerate}")
     return EXIT_STALE
 
 
@@ -180,17 +199,17 @@ def _check_all(root: Path) -> int:
     return max(code for code, paths in outcome.items() if paths) if found else EXIT_OK
 
 
-def _front(spec_path: Path):  # noqa: ANN202 - FrontendResult
+def _front(spec_path: Path, overrides: Sequence[str] = ()):  # noqa: ANN202 - FrontendResult
     from bridgec.compiler.frontend import read_spec
     from bridgec.compiler.validate import SpecContext
 
     text = _read_spec_text(spec_path)
     context = SpecContext(file=str(spec_path), spec_dir=spec_path.resolve().parent, files=DiskFiles())
-    return read_spec(text, str(spec_path), context)
+    return read_spec(text, str(spec_path), context, _overrides(overrides))
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    result = _front(Path(args.spec))
+    result = _front(Path(args.spec), args.overrides)
     _print_diagnostics(result.diagnostics)
     if result.spec is None or any(is_error(d) for d in result.diagnostics):
         errors = sum(1 for d in result.diagnostics if is_error(d))
@@ -203,7 +222,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 def cmd_explain(args: argparse.Namespace) -> int:
     from bridgec.compiler.explain import explain_text
 
-    result = _front(Path(args.spec))
+    result = _front(Path(args.spec), args.overrides)
     _print_diagnostics(result.diagnostics)
     if result.spec is None or any(is_error(d) for d in result.diagnostics):
         return EXIT_SPEC_ERROR
@@ -362,12 +381,34 @@ def _validate_import(output: Path, text: str) -> int:
     return EXIT_OK
 
 
+def cmd_schema(args: argparse.Namespace) -> int:
+    from bridgec.compiler.emit import write_atomic
+    from bridgec.compiler.schema import schema_text
+
+    if args.output is None:
+        sys.stdout.write(schema_text())
+    else:
+        write_atomic(Path(args.output), schema_text())
+        print(f"wrote {args.output}")
+    return EXIT_OK
+
+
 EXITS_SPEC = "exit codes: 0 ok; 2 the spec or the command line has errors (all are printed); 3 internal error"
 
 
 def _command(commands: Any, name: str, summary: str, description: str, exits: str = EXITS_SPEC) -> Any:
     """A subcommand with its one-line help (in ``bridgec --help``), a description and its exit codes."""
     return commands.add_parser(name, help=summary, description=description, epilog=exits)
+
+
+OVERRIDES_HELP = (
+    "key=value overrides applied on top of SPEC (dotted keys, TOML values: train.iters=10 "
+    "optimizer.betas=[0.9,0.95] model.normalization=rmsnorm); later ones win"
+)
+
+
+def _add_overrides(command: argparse.ArgumentParser) -> None:
+    command.add_argument("overrides", metavar="KEY=VALUE", nargs="*", help=OVERRIDES_HELP)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -389,6 +430,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     compile_.add_argument("spec", metavar="SPEC", help="the spec file (spec.toml)")
     compile_.add_argument("-o", "--output", metavar="OUT", required=True, help="the script to write (e.g. run.py)")
+    _add_overrides(compile_)
     compile_.set_defaults(handler=cmd_compile)
 
     check = _command(
@@ -414,6 +456,7 @@ def _parser() -> argparse.ArgumentParser:
         "the data and hook files it names must exist.",
     )
     validate.add_argument("spec", metavar="SPEC", help="the spec file")
+    _add_overrides(validate)
     validate.set_defaults(handler=cmd_validate)
 
     explain = _command(
@@ -424,7 +467,20 @@ def _parser() -> argparse.ArgumentParser:
         "data/pipeline coordinate, the batch arithmetic, parameters, FLOPs per token and memory per GPU.",
     )
     explain.add_argument("spec", metavar="SPEC", help="the spec file")
+    _add_overrides(explain)
     explain.set_defaults(handler=cmd_explain)
+
+    schema = _command(
+        commands,
+        "schema",
+        "print the JSON Schema of spec.toml (for Taplo / Even Better TOML)",
+        "Print (or write to OUT) a JSON Schema (draft-07) of spec files, generated from the spec classes: every "
+        "table and key with its type, choices, default and documentation, so TOML editors complete and explain "
+        "keys. Cross-field rules are bridgec validate's.",
+        "exit codes: 0 written; 3 internal error",
+    )
+    schema.add_argument("-o", "--output", metavar="OUT", help="write the schema here instead of printing it")
+    schema.set_defaults(handler=cmd_schema)
 
     data = commands.add_parser("data", help="data tools", description="Data tools: bridgec data build.")
     data_commands = data.add_subparsers(dest="data_command", metavar="DATA_COMMAND", required=True)
@@ -530,6 +586,8 @@ def run_command(argv: Sequence[str] | None, extra: Callable[[argparse.ArgumentPa
     if unknown and args.handler is cmd_import_maxtext and not any(word.startswith("-") for word in unknown):
         # argparse takes one run of positionals; MaxText's users type overrides anywhere on the line.
         args.words += unknown
+    elif unknown and hasattr(args, "overrides") and not any(word.startswith("-") for word in unknown):
+        args.overrides += unknown  # overrides typed after -o OUT
     elif unknown:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     try:

@@ -65,6 +65,8 @@ class Target:
     output_name: str
     """The output file's name (run.py)."""
     tokenizer: TokenizerInfo | None = None
+    overrides: tuple[str, ...] = ()
+    """The command-line overrides (key=value, as typed) applied to the spec."""
 
 
 def _c(name: str, value: Value, why: str | None = None, *, text: bool = False) -> Constant:
@@ -611,7 +613,7 @@ def lower(spec: Spec, target: Target) -> Plan:
         *[section for section in (_init_checkpoint_section(spec),) if section is not None],
         _output_section(spec, target),
     ]
-    regenerate = f"bridgec compile {shlex.quote(target.spec_path)} -o {shlex.quote(target.output_name)}"
+    regenerate = shlex.join(["bridgec", "compile", target.spec_path, "-o", target.output_name, *target.overrides])
     schedule, schedule_docstring = schedule_function(spec, ch)
     data_docstring, source = data_source(spec, ch)
     forward = forward_plan(spec, ch)
@@ -622,6 +624,7 @@ def lower(spec: Spec, target: Target) -> Plan:
             spec_path=target.spec_path,
             spec_sha256=target.spec_sha256,
             regenerate=regenerate,
+            overrides=target.overrides,
         ),
         run_name=spec.run.name,
         description=spec.run.description,

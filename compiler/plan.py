@@ -40,6 +40,8 @@ class Header:
     spec_sha256: str
     regenerate: str
     """The command that regenerates the file, run from its folder."""
+    overrides: tuple[str, ...] = ()
+    """The command-line overrides it was compiled with, as typed (``bridgec check`` applies them again)."""
 
 
 @attrs.frozen(kw_only=True)
