@@ -199,12 +199,13 @@ def _check_all(root: Path) -> int:
     return max(code for code, paths in outcome.items() if paths) if found else EXIT_OK
 
 
-def _front(spec_path: Path, overrides: Sequence[str] = ()):  # noqa: ANN202 - FrontendResult
+def _front(spec_path: Path, overrides: Sequence[str] = (), *, require_data: bool = True):  # noqa: ANN202
     from bridgec.compiler.frontend import read_spec
     from bridgec.compiler.validate import SpecContext
 
     text = _read_spec_text(spec_path)
-    context = SpecContext(file=str(spec_path), spec_dir=spec_path.resolve().parent, files=DiskFiles())
+    spec_dir = spec_path.resolve().parent
+    context = SpecContext(file=str(spec_path), spec_dir=spec_dir, files=DiskFiles(), require_data=require_data)
     return read_spec(text, str(spec_path), context, _overrides(overrides))
 
 
@@ -228,6 +229,29 @@ def cmd_explain(args: argparse.Namespace) -> int:
         return EXIT_SPEC_ERROR
     sys.stdout.write(explain_text(result.spec))
     return EXIT_OK
+
+
+EXIT_INCOMPATIBLE = 1
+"""bridgec diff: NEW cannot resume from OLD's checkpoints."""
+
+
+def cmd_diff(args: argparse.Namespace) -> int:
+    from bridgec.compiler.compile import tokenizer_info
+    from bridgec.compiler.spec_diff import diff_specs, report_text
+
+    specs = []
+    for path in (Path(args.old), Path(args.new)):
+        # A diff reads what a repository commits: the data itself need not be there.
+        front = _front(path, require_data=False)
+        _print_diagnostics(front.diagnostics)
+        if front.spec is None or any(is_error(d) for d in front.diagnostics):
+            _err(f"bridgec: {path} has errors; nothing compared")
+            return EXIT_SPEC_ERROR
+        specs.append((front.spec, tokenizer_info(front.spec, path.resolve().parent, DiskFiles())))
+    (old, old_tokenizer), (new, new_tokenizer) = specs
+    diff = diff_specs(old, new, old_tokenizer=old_tokenizer, new_tokenizer=new_tokenizer)
+    sys.stdout.write(report_text(diff, args.old, args.new))
+    return EXIT_INCOMPATIBLE if diff.resume_blockers else EXIT_OK
 
 
 def cmd_data_build(args: argparse.Namespace) -> int:
@@ -469,6 +493,21 @@ def _parser() -> argparse.ArgumentParser:
     explain.add_argument("spec", metavar="SPEC", help="the spec file")
     _add_overrides(explain)
     explain.set_defaults(handler=cmd_explain)
+
+    diff = _command(
+        commands,
+        "diff",
+        "what changing OLD into NEW does: keys, derived values, learning rate, resumability",
+        "Compare two specs: the keys whose effective values differ (defaults filled in), the derived values "
+        "(world size, data parallel, microbatches, tokens per step, parameters, memory per GPU), the learning-"
+        "rate curve (the largest difference and the update where), and whether NEW can resume from OLD's "
+        "checkpoints (the same parameters and shapes, the same optimizer, a layout they reshard into).",
+        "exit codes: 0 NEW can resume from OLD's checkpoints; 1 it cannot (the reasons are printed); "
+        "2 a spec has errors; 3 internal error",
+    )
+    diff.add_argument("old", metavar="OLD", help="the spec as it was (e.g. the one the checkpoints come from)")
+    diff.add_argument("new", metavar="NEW", help="the changed spec")
+    diff.set_defaults(handler=cmd_diff)
 
     schema = _command(
         commands,
