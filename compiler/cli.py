@@ -231,6 +231,35 @@ def cmd_explain(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_new(args: argparse.Namespace) -> int:
+    from bridgec.compiler import presets
+    from bridgec.compiler.emit import write_atomic
+
+    if args.list:
+        if args.name is not None:
+            args.parser.error("new --list takes no NAME")
+        sys.stdout.write(presets.catalogue_text())
+        return EXIT_OK
+    if args.name is None or args.gpus is None or args.output is None:
+        args.parser.error("new needs NAME --gpus N -o OUT (or --list)")
+    output = Path(args.output)
+    words = ["bridgec", "new", args.name, "--gpus", str(args.gpus)]
+    words += ["--nodes", str(args.nodes)] if args.nodes != 1 else []
+    try:
+        preset = presets.find(args.name)
+        text = presets.spec_text(preset, args.gpus, args.nodes, shlex.join([*words, "-o", output.name]))
+    except presets.PresetError as error:
+        raise UserError(str(error)) from None
+    # A preset must validate as written: a spec that does not is a bug in the catalogue, and is not written.
+    front = _front_text(text, output)
+    if front.spec is None or any(is_error(d) for d in front.diagnostics):
+        _print_diagnostics(front.diagnostics)
+        raise RuntimeError(f"preset {preset.name} at --gpus {args.gpus} --nodes {args.nodes} does not validate")
+    write_atomic(output, text)
+    print(f"wrote {output} ({preset.summary}, {args.gpus} GPUs); review it, then: bridgec compile {output} -o run.py")
+    return EXIT_OK
+
+
 EXIT_INCOMPATIBLE = 1
 """bridgec diff: NEW cannot resume from OLD's checkpoints."""
 
@@ -386,6 +415,15 @@ def cmd_import_maxtext(args: argparse.Namespace) -> int:
     return _validate_import(output, result.toml)
 
 
+def _front_text(text: str, path: Path):  # noqa: ANN202 - FrontendResult
+    """The front end over ``text`` that is to be written to ``path`` (its data need not exist yet)."""
+    from bridgec.compiler.frontend import read_spec
+    from bridgec.compiler.validate import SpecContext
+
+    context = SpecContext(file=str(path), spec_dir=path.resolve().parent, files=DiskFiles(), require_data=False)
+    return read_spec(text, str(path), context)
+
+
 def _validate_import(output: Path, text: str) -> int:
     """Validate the spec an import wrote, as compile will (without needing its data): say now what will not compile."""
     from bridgec.compiler.frontend import read_spec
@@ -493,6 +531,23 @@ def _parser() -> argparse.ArgumentParser:
     explain.add_argument("spec", metavar="SPEC", help="the spec file")
     _add_overrides(explain)
     explain.set_defaults(handler=cmd_explain)
+
+    new = _command(
+        commands,
+        "new",
+        "write a commented spec from a preset (Llama 3, Qwen3, Mixtral, GPT-3; pretrain or finetune)",
+        "Write OUT from the preset NAME laid out on --gpus GPUs over --nodes machines: the model shape, the "
+        "smallest model-parallel layout it runs with (data parallel is the rest), a batch that divides, and a "
+        "training recipe, each with a comment. The spec is validated after writing. --list shows the presets.",
+        "exit codes: 0 written and valid; 2 no such preset (with a did-you-mean), or a GPU count it cannot use; "
+        "3 internal error",
+    )
+    new.add_argument("name", metavar="NAME", nargs="?", help="the preset (see --list)")
+    new.add_argument("--list", action="store_true", help="list the presets and their smallest GPU counts")
+    new.add_argument("--gpus", type=int, metavar="N", help="GPUs in the run, over all nodes")
+    new.add_argument("--nodes", type=int, default=1, metavar="M", help="machines (default 1)")
+    new.add_argument("-o", "--output", metavar="OUT", help="the spec to write")
+    new.set_defaults(handler=cmd_new, parser=new)
 
     diff = _command(
         commands,
