@@ -107,11 +107,22 @@ def cmd_compile(args: argparse.Namespace) -> int:
     if result.source is None:
         _err(f"bridgec: {Path(args.output)} not written: the spec has errors")
         return EXIT_SPEC_ERROR
-    write_atomic(Path(args.output), result.source)
+    output = Path(args.output)
+    write_atomic(output, result.source)
     with_overrides = f" with {shlex.join(args.overrides)}" if args.overrides else ""
     print(f"wrote {args.output} from {args.spec}{with_overrides}")
-    _how_to_launch(result.spec, args.output)
+    for job in result.job_files:
+        write_atomic(output.parent / job.name, job.text)
+        print(f"wrote {output.parent / job.name} ({job.what})")
+    if result.job_files:
+        print(f"submit it from {output.parent}: {SUBMIT[result.spec.launch.scheduler]} {result.job_files[0].name}")
+    else:
+        _how_to_launch(result.spec, args.output)
     return EXIT_OK
+
+
+SUBMIT = {"slurm": "sbatch", "kubernetes": "kubectl apply -f"}
+"""How each scheduler's job file is submitted."""
 
 
 def _how_to_launch(spec: Any, output: str) -> None:
@@ -145,12 +156,22 @@ def _check_one(spec_path: Path, output_path: Path) -> int:
     if current is None:
         _err(f"bridgec: {output_path} is missing; create it with: {regenerate}")
         return EXIT_STALE
-    if current == result.source:
-        print(f"{output_path} is fresh ({spec_path})")
-        return EXIT_OK
-    sys.stdout.write(unified_diff(current, result.source, str(output_path)))
-    _err(f"bridgec: {output_path} is stale; regenerate it with: {regenerate}")
-    return EXIT_STALE
+    expected = [(output_path, current, result.source)]
+    for job in result.job_files:
+        path = output_path.parent / job.name
+        expected.append((path, path.read_text(encoding="utf-8") if path.is_file() else None, job.text))
+    code = EXIT_OK
+    for path, on_disk, text in expected:
+        if on_disk is None:
+            _err(f"bridgec: {path} is missing; create it with: {regenerate}")
+            code = EXIT_STALE
+        elif on_disk != text:
+            sys.stdout.write(unified_diff(on_disk, text, str(path)))
+            _err(f"bridgec: {path} is stale; regenerate it with: {regenerate}")
+            code = EXIT_STALE
+        else:
+            print(f"{path} is fresh ({spec_path})")
+    return code
 
 
 def cmd_check(args: argparse.Namespace) -> int:

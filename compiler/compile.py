@@ -18,6 +18,7 @@ import attrs
 from bridgec.compiler.compose import Override
 from bridgec.compiler.errors import Diagnostic, is_error
 from bridgec.compiler.frontend import read_spec
+from bridgec.compiler.jobs import JobFile, job_files
 from bridgec.compiler.lower import Target, TokenizerInfo, lower
 from bridgec.compiler.render import render
 from bridgec.compiler.spec import Spec
@@ -35,6 +36,8 @@ class CompileResult:
     """The script, or None when the spec has errors."""
     diagnostics: tuple[Diagnostic, ...]
     spec: Spec | None
+    job_files: tuple[JobFile, ...] = ()
+    """The scheduler's files ([launch] scheduler), written beside the script."""
 
 
 def relative_spec_path(spec_path: Path, output_path: Path) -> str:
@@ -88,4 +91,6 @@ def compile_spec(
     problems = verify(source, plan.user_strings)
     if problems:
         raise InternalError("; ".join(problems))
-    return CompileResult(source=source, diagnostics=front.diagnostics, spec=front.spec)
+    return CompileResult(
+        source=source, diagnostics=front.diagnostics, spec=front.spec, job_files=job_files(front.spec, target)
+    )

@@ -598,6 +598,11 @@ def _spec_dir(target: Target) -> str:
     return "HERE  # paths in the spec are relative to its folder"
 
 
+def regenerate_command(target: Target) -> str:
+    """The command that regenerates the script (and its job file), run from the script's folder."""
+    return shlex.join(["bridgec", "compile", target.spec_path, "-o", target.output_name, *target.overrides])
+
+
 def lower(spec: Spec, target: Target) -> Plan:
     """Resolve every value the generated script needs. Pure: no I/O."""
     ch = choices_of(spec)
@@ -613,7 +618,7 @@ def lower(spec: Spec, target: Target) -> Plan:
         *[section for section in (_init_checkpoint_section(spec),) if section is not None],
         _output_section(spec, target),
     ]
-    regenerate = shlex.join(["bridgec", "compile", target.spec_path, "-o", target.output_name, *target.overrides])
+    regenerate = regenerate_command(target)
     schedule, schedule_docstring = schedule_function(spec, ch)
     data_docstring, source = data_source(spec, ch)
     forward = forward_plan(spec, ch)
