@@ -83,7 +83,12 @@ def _overrides(words: Sequence[str]) -> tuple[Any, ...]:
 
 
 def _compile(  # noqa: ANN202 - CompileResult
-    spec_path: Path, output_path: Path, *, require_data: bool = True, overrides: Sequence[str] = ()
+    spec_path: Path,
+    output_path: Path,
+    *,
+    require_data: bool = True,
+    overrides: Sequence[str] = (),
+    ejected: bool = False,
 ):
     from bridgec.compiler.compile import compile_spec
 
@@ -96,6 +101,7 @@ def _compile(  # noqa: ANN202 - CompileResult
         files=DiskFiles(),
         require_data=require_data,
         overrides=_overrides(overrides),
+        ejected=ejected,
     )
 
 
@@ -118,6 +124,27 @@ def cmd_compile(args: argparse.Namespace) -> int:
         print(f"submit it from {output.parent}: {SUBMIT[result.spec.launch.scheduler]} {result.job_files[0].name}")
     else:
         _how_to_launch(result.spec, args.output)
+    return EXIT_OK
+
+
+def cmd_eject(args: argparse.Namespace) -> int:
+    from bridgec.compiler.emit import write_atomic
+    from bridgec.compiler.lower import launch_command
+
+    output = Path(args.output)
+    if output.exists() and not args.force:
+        raise UserError(f"{output} exists; an ejected script is hand-owned, so it is not replaced without --force")
+    result = _compile(Path(args.spec), output, overrides=args.overrides, ejected=True)
+    _print_diagnostics(result.diagnostics)
+    if result.source is None:
+        _err(f"bridgec: {output} not written: the spec has errors")
+        return EXIT_SPEC_ERROR
+    write_atomic(output, result.source)
+    print(f"wrote {output} from {args.spec}: yours to edit; bridgec compile and check no longer manage it")
+    if result.job_files:
+        names = ", ".join(job.name for job in result.job_files)
+        print(f"not written: {names} (a job file runs bridgec launch, which needs a generated script)")
+    print(f"launch it with: {launch_command(result.spec, output.name)} (from {output.parent})")
     return EXIT_OK
 
 
@@ -569,6 +596,21 @@ def _parser() -> argparse.ArgumentParser:
     new.add_argument("--nodes", type=int, default=1, metavar="M", help="machines (default 1)")
     new.add_argument("-o", "--output", metavar="OUT", help="the spec to write")
     new.set_defaults(handler=cmd_new, parser=new)
+
+    eject = _command(
+        commands,
+        "eject",
+        "write a hand-owned copy of the script (no DO-NOT-EDIT header; compile and check leave it alone)",
+        "Compile SPEC as compile does, and write the script as a file that is yours: without the generated-file "
+        "header that bridgec check and bridgec launch read, and without the advice to regenerate it. For teams "
+        "that leave the compiler; it still imports bridgec.runtime. Launch it with torchrun.",
+        "exit codes: 0 written; 2 the spec has errors, or OUT exists (without --force); 3 internal error",
+    )
+    eject.add_argument("spec", metavar="SPEC", help="the spec file")
+    eject.add_argument("-o", "--output", metavar="OUT", required=True, help="the script to write (e.g. train.py)")
+    eject.add_argument("--force", action="store_true", help="replace OUT when it exists")
+    _add_overrides(eject)
+    eject.set_defaults(handler=cmd_eject)
 
     diff = _command(
         commands,

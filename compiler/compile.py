@@ -68,6 +68,7 @@ def compile_spec(
     files: FileView,
     require_data: bool = True,
     overrides: Sequence[Override] = (),
+    ejected: bool = False,
 ) -> CompileResult:
     """Compile the spec ``text`` (read from ``spec_path``, shown as ``spec_name``) for ``output_path``.
 
@@ -85,6 +86,7 @@ def compile_spec(
         output_name=output_path.name,
         tokenizer=tokenizer_info(front.spec, spec_dir, files),
         overrides=tuple(override.text for override in overrides),
+        ejected=ejected,
     )
     plan = lower(front.spec, target)
     source = render(plan)

@@ -67,6 +67,8 @@ class Target:
     tokenizer: TokenizerInfo | None = None
     overrides: tuple[str, ...] = ()
     """The command-line overrides (key=value, as typed) applied to the spec."""
+    ejected: bool = False
+    """``bridgec eject``: the script is handed over to its user (no generated-file header)."""
 
 
 def _c(name: str, value: Value, why: str | None = None, *, text: bool = False) -> Constant:
@@ -630,6 +632,7 @@ def lower(spec: Spec, target: Target) -> Plan:
             spec_sha256=target.spec_sha256,
             regenerate=regenerate,
             overrides=target.overrides,
+            ejected=target.ejected,
         ),
         run_name=spec.run.name,
         description=spec.run.description,
