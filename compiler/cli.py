@@ -2,7 +2,8 @@
 
 Exit codes (documented in the README):
   0  success (for ``check``: everything is fresh)
-  1  ``check`` found a stale generated file (a unified diff is printed)
+  1  ``check`` found a stale generated file (a unified diff is printed); ``diff``: NEW cannot resume OLD's
+     checkpoints
   2  the spec, the input files or the command line have errors (all are printed)
   3  internal error in bridgec (a bug; please report it)
 """
@@ -525,7 +526,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="bridgec",
         description="Compile a training spec (spec.toml) into a readable megatron-core training script.",
-        epilog="exit codes: 0 ok, 1 stale (check), 2 spec or input error, 3 internal error; "
+        epilog="exit codes: 0 ok, 1 stale (check) or not resumable (diff), 2 spec or input error, 3 internal error; "
         "bridgec launch: the workers' own code. Every command has --help.",
     )
     parser.add_argument("--version", action="version", version=f"bridgec {__version__}")
