@@ -173,6 +173,12 @@ class NonFinitePolicy(enum.Enum):
     STOP = "stop"
 
 
+class LaunchScheduler(enum.Enum):
+    TORCHRUN = "torchrun"
+    SLURM = "slurm"
+    KUBERNETES = "kubernetes"
+
+
 def choice(kind: type[E], value: str) -> E:
     """The member of ``kind`` for a validated spec value (a ValueError here is a Literal without its member)."""
     return kind(value)

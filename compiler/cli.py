@@ -2,7 +2,8 @@
 
 Exit codes (documented in the README):
   0  success (for ``check``: everything is fresh)
-  1  ``check`` found a stale generated file (a unified diff is printed)
+  1  ``check`` found a stale generated file (a unified diff is printed); ``diff``: NEW cannot resume OLD's
+     checkpoints
   2  the spec, the input files or the command line have errors (all are printed)
   3  internal error in bridgec (a bug; please report it)
 """
@@ -72,7 +73,24 @@ def _read_spec_text(path: Path) -> str:
         raise UserError(f"{path}: cannot be read ({error.strerror})") from None
 
 
-def _compile(spec_path: Path, output_path: Path, *, require_data: bool = True):  # noqa: ANN202 - CompileResult
+def _overrides(words: Sequence[str]) -> tuple[Any, ...]:
+    """The key=value overrides typed after the spec (compose.Override), or a UserError naming the bad one."""
+    from bridgec.compiler.compose import OverrideError, parse_override
+
+    try:
+        return tuple(parse_override(word) for word in words)
+    except OverrideError as error:
+        raise UserError(f"override {error}") from None
+
+
+def _compile(  # noqa: ANN202 - CompileResult
+    spec_path: Path,
+    output_path: Path,
+    *,
+    require_data: bool = True,
+    overrides: Sequence[str] = (),
+    ejected: bool = False,
+):
     from bridgec.compiler.compile import compile_spec
 
     text = _read_spec_text(spec_path)
@@ -83,21 +101,56 @@ def _compile(spec_path: Path, output_path: Path, *, require_data: bool = True): 
         output_path=output_path,
         files=DiskFiles(),
         require_data=require_data,
+        overrides=_overrides(overrides),
+        ejected=ejected,
     )
 
 
 def cmd_compile(args: argparse.Namespace) -> int:
     from bridgec.compiler.emit import write_atomic
 
-    result = _compile(Path(args.spec), Path(args.output))
+    result = _compile(Path(args.spec), Path(args.output), overrides=args.overrides)
     _print_diagnostics(result.diagnostics)
     if result.source is None:
         _err(f"bridgec: {Path(args.output)} not written: the spec has errors")
         return EXIT_SPEC_ERROR
-    write_atomic(Path(args.output), result.source)
-    print(f"wrote {args.output} from {args.spec}")
-    _how_to_launch(result.spec, args.output)
+    output = Path(args.output)
+    write_atomic(output, result.source)
+    with_overrides = f" with {shlex.join(args.overrides)}" if args.overrides else ""
+    print(f"wrote {args.output} from {args.spec}{with_overrides}")
+    for job in result.job_files:
+        write_atomic(output.parent / job.name, job.text)
+        print(f"wrote {output.parent / job.name} ({job.what})")
+    if result.job_files:
+        print(f"submit it from {output.parent}: {SUBMIT[result.spec.launch.scheduler]} {result.job_files[0].name}")
+    else:
+        _how_to_launch(result.spec, args.output)
     return EXIT_OK
+
+
+def cmd_eject(args: argparse.Namespace) -> int:
+    from bridgec.compiler.emit import write_atomic
+    from bridgec.compiler.lower import launch_command
+
+    output = Path(args.output)
+    if output.exists() and not args.force:
+        raise UserError(f"{output} exists; an ejected script is hand-owned, so it is not replaced without --force")
+    result = _compile(Path(args.spec), output, overrides=args.overrides, ejected=True)
+    _print_diagnostics(result.diagnostics)
+    if result.source is None:
+        _err(f"bridgec: {output} not written: the spec has errors")
+        return EXIT_SPEC_ERROR
+    write_atomic(output, result.source)
+    print(f"wrote {output} from {args.spec}: yours to edit; bridgec compile and check no longer manage it")
+    if result.job_files:
+        names = ", ".join(job.name for job in result.job_files)
+        print(f"not written: {names} (a job file runs bridgec launch, which needs a generated script)")
+    print(f"launch it with: {launch_command(result.spec, output.name)} (from {output.parent})")
+    return EXIT_OK
+
+
+SUBMIT = {"slurm": "sbatch", "kubernetes": "kubectl apply -f"}
+"""How each scheduler's job file is submitted."""
 
 
 def _how_to_launch(spec: Any, output: str) -> None:
@@ -113,25 +166,40 @@ def _how_to_launch(spec: Any, output: str) -> None:
 
 
 def _check_one(spec_path: Path, output_path: Path) -> int:
-    from bridgec.compiler.emit import unified_diff
+    from bridgec.compiler.emit import overrides_of, unified_diff
 
+    try:
+        current: str | None = output_path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        current = None
+    # The overrides it was compiled with are in its header: regenerate with the same ones.
+    overrides = overrides_of(current) if current is not None else ()
+    regenerate = shlex.join(["bridgec", "compile", str(spec_path), "-o", str(output_path), *overrides])
     # CI and pre-commit checkouts hold no data: the script depends on committed files only.
-    result = _compile(spec_path, output_path, require_data=False)
+    result = _compile(spec_path, output_path, require_data=False, overrides=overrides)
     if result.source is None:
         _print_diagnostics(result.diagnostics)
         _err(f"bridgec: cannot check {output_path}: its spec {spec_path} has errors")
         return EXIT_SPEC_ERROR
-    try:
-        current = output_path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        _err(f"bridgec: {output_path} is missing; create it with: bridgec compile {spec_path} -o {output_path}")
+    if current is None:
+        _err(f"bridgec: {output_path} is missing; create it with: {regenerate}")
         return EXIT_STALE
-    if current == result.source:
-        print(f"{output_path} is fresh ({spec_path})")
-        return EXIT_OK
-    sys.stdout.write(unified_diff(current, result.source, str(output_path)))
-    _err(f"bridgec: {output_path} is stale; regenerate it with: bridgec compile {spec_path} -o {output_path}")
-    return EXIT_STALE
+    expected = [(output_path, current, result.source)]
+    for job in result.job_files:
+        path = output_path.parent / job.name
+        expected.append((path, path.read_text(encoding="utf-8") if path.is_file() else None, job.text))
+    code = EXIT_OK
+    for path, on_disk, text in expected:
+        if on_disk is None:
+            _err(f"bridgec: {path} is missing; create it with: {regenerate}")
+            code = EXIT_STALE
+        elif on_disk != text:
+            sys.stdout.write(unified_diff(on_disk, text, str(path)))
+            _err(f"bridgec: {path} is stale; regenerate it with: {regenerate}")
+            code = EXIT_STALE
+        else:
+            print(f"{path} is fresh ({spec_path})")
+    return code
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -180,17 +248,18 @@ def _check_all(root: Path) -> int:
     return max(code for code, paths in outcome.items() if paths) if found else EXIT_OK
 
 
-def _front(spec_path: Path):  # noqa: ANN202 - FrontendResult
+def _front(spec_path: Path, overrides: Sequence[str] = (), *, require_data: bool = True):  # noqa: ANN202
     from bridgec.compiler.frontend import read_spec
     from bridgec.compiler.validate import SpecContext
 
     text = _read_spec_text(spec_path)
-    context = SpecContext(file=str(spec_path), spec_dir=spec_path.resolve().parent, files=DiskFiles())
-    return read_spec(text, str(spec_path), context)
+    spec_dir = spec_path.resolve().parent
+    context = SpecContext(file=str(spec_path), spec_dir=spec_dir, files=DiskFiles(), require_data=require_data)
+    return read_spec(text, str(spec_path), context, _overrides(overrides))
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    result = _front(Path(args.spec))
+    result = _front(Path(args.spec), args.overrides)
     _print_diagnostics(result.diagnostics)
     if result.spec is None or any(is_error(d) for d in result.diagnostics):
         errors = sum(1 for d in result.diagnostics if is_error(d))
@@ -203,12 +272,64 @@ def cmd_validate(args: argparse.Namespace) -> int:
 def cmd_explain(args: argparse.Namespace) -> int:
     from bridgec.compiler.explain import explain_text
 
-    result = _front(Path(args.spec))
+    result = _front(Path(args.spec), args.overrides)
     _print_diagnostics(result.diagnostics)
     if result.spec is None or any(is_error(d) for d in result.diagnostics):
         return EXIT_SPEC_ERROR
     sys.stdout.write(explain_text(result.spec))
     return EXIT_OK
+
+
+def cmd_new(args: argparse.Namespace) -> int:
+    from bridgec.compiler import presets
+    from bridgec.compiler.emit import write_atomic
+
+    if args.list:
+        if args.name is not None:
+            args.parser.error("new --list takes no NAME")
+        sys.stdout.write(presets.catalogue_text())
+        return EXIT_OK
+    if args.name is None or args.gpus is None or args.output is None:
+        args.parser.error("new needs NAME --gpus N -o OUT (or --list)")
+    output = Path(args.output)
+    words = ["bridgec", "new", args.name, "--gpus", str(args.gpus)]
+    words += ["--nodes", str(args.nodes)] if args.nodes != 1 else []
+    try:
+        preset = presets.find(args.name)
+        text = presets.spec_text(preset, args.gpus, args.nodes, shlex.join([*words, "-o", output.name]))
+    except presets.PresetError as error:
+        raise UserError(str(error)) from None
+    # A preset must validate as written: a spec that does not is a bug in the catalogue, and is not written.
+    front = _front_text(text, output)
+    if front.spec is None or any(is_error(d) for d in front.diagnostics):
+        _print_diagnostics(front.diagnostics)
+        raise RuntimeError(f"preset {preset.name} at --gpus {args.gpus} --nodes {args.nodes} does not validate")
+    write_atomic(output, text)
+    print(f"wrote {output} ({preset.summary}, {args.gpus} GPUs); review it, then: bridgec compile {output} -o run.py")
+    return EXIT_OK
+
+
+EXIT_INCOMPATIBLE = 1
+"""bridgec diff: NEW cannot resume from OLD's checkpoints."""
+
+
+def cmd_diff(args: argparse.Namespace) -> int:
+    from bridgec.compiler.compile import tokenizer_info
+    from bridgec.compiler.spec_diff import diff_specs, report_text
+
+    specs = []
+    for path in (Path(args.old), Path(args.new)):
+        # A diff reads what a repository commits: the data itself need not be there.
+        front = _front(path, require_data=False)
+        _print_diagnostics(front.diagnostics)
+        if front.spec is None or any(is_error(d) for d in front.diagnostics):
+            _err(f"bridgec: {path} has errors; nothing compared")
+            return EXIT_SPEC_ERROR
+        specs.append((front.spec, tokenizer_info(front.spec, path.resolve().parent, DiskFiles())))
+    (old, old_tokenizer), (new, new_tokenizer) = specs
+    diff = diff_specs(old, new, old_tokenizer=old_tokenizer, new_tokenizer=new_tokenizer)
+    sys.stdout.write(report_text(diff, args.old, args.new))
+    return EXIT_INCOMPATIBLE if diff.resume_blockers else EXIT_OK
 
 
 def cmd_data_build(args: argparse.Namespace) -> int:
@@ -343,6 +464,15 @@ def cmd_import_maxtext(args: argparse.Namespace) -> int:
     return _validate_import(output, result.toml)
 
 
+def _front_text(text: str, path: Path):  # noqa: ANN202 - FrontendResult
+    """The front end over ``text`` that is to be written to ``path`` (its data need not exist yet)."""
+    from bridgec.compiler.frontend import read_spec
+    from bridgec.compiler.validate import SpecContext
+
+    context = SpecContext(file=str(path), spec_dir=path.resolve().parent, files=DiskFiles(), require_data=False)
+    return read_spec(text, str(path), context)
+
+
 def _validate_import(output: Path, text: str) -> int:
     """Validate the spec an import wrote, as compile will (without needing its data): say now what will not compile."""
     from bridgec.compiler.frontend import read_spec
@@ -362,6 +492,18 @@ def _validate_import(output: Path, text: str) -> int:
     return EXIT_OK
 
 
+def cmd_schema(args: argparse.Namespace) -> int:
+    from bridgec.compiler.emit import write_atomic
+    from bridgec.compiler.schema import schema_text
+
+    if args.output is None:
+        sys.stdout.write(schema_text())
+    else:
+        write_atomic(Path(args.output), schema_text())
+        print(f"wrote {args.output}")
+    return EXIT_OK
+
+
 EXITS_SPEC = "exit codes: 0 ok; 2 the spec or the command line has errors (all are printed); 3 internal error"
 
 
@@ -370,11 +512,21 @@ def _command(commands: Any, name: str, summary: str, description: str, exits: st
     return commands.add_parser(name, help=summary, description=description, epilog=exits)
 
 
+OVERRIDES_HELP = (
+    "key=value overrides applied on top of SPEC (dotted keys, TOML values: train.iters=10 "
+    "optimizer.betas=[0.9,0.95] model.normalization=rmsnorm); later ones win"
+)
+
+
+def _add_overrides(command: argparse.ArgumentParser) -> None:
+    command.add_argument("overrides", metavar="KEY=VALUE", nargs="*", help=OVERRIDES_HELP)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="bridgec",
         description="Compile a training spec (spec.toml) into a readable megatron-core training script.",
-        epilog="exit codes: 0 ok, 1 stale (check), 2 spec or input error, 3 internal error; "
+        epilog="exit codes: 0 ok, 1 stale (check) or not resumable (diff), 2 spec or input error, 3 internal error; "
         "bridgec launch: the workers' own code. Every command has --help.",
     )
     parser.add_argument("--version", action="version", version=f"bridgec {__version__}")
@@ -389,6 +541,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     compile_.add_argument("spec", metavar="SPEC", help="the spec file (spec.toml)")
     compile_.add_argument("-o", "--output", metavar="OUT", required=True, help="the script to write (e.g. run.py)")
+    _add_overrides(compile_)
     compile_.set_defaults(handler=cmd_compile)
 
     check = _command(
@@ -414,6 +567,7 @@ def _parser() -> argparse.ArgumentParser:
         "the data and hook files it names must exist.",
     )
     validate.add_argument("spec", metavar="SPEC", help="the spec file")
+    _add_overrides(validate)
     validate.set_defaults(handler=cmd_validate)
 
     explain = _command(
@@ -424,7 +578,67 @@ def _parser() -> argparse.ArgumentParser:
         "data/pipeline coordinate, the batch arithmetic, parameters, FLOPs per token and memory per GPU.",
     )
     explain.add_argument("spec", metavar="SPEC", help="the spec file")
+    _add_overrides(explain)
     explain.set_defaults(handler=cmd_explain)
+
+    new = _command(
+        commands,
+        "new",
+        "write a commented spec from a preset (Llama 3, Qwen3, Mixtral, GPT-3; pretrain or finetune)",
+        "Write OUT from the preset NAME laid out on --gpus GPUs over --nodes machines: the model shape, the "
+        "smallest model-parallel layout it runs with (data parallel is the rest), a batch that divides, and a "
+        "training recipe, each with a comment. The spec is validated after writing. --list shows the presets.",
+        "exit codes: 0 written and valid; 2 no such preset (with a did-you-mean), or a GPU count it cannot use; "
+        "3 internal error",
+    )
+    new.add_argument("name", metavar="NAME", nargs="?", help="the preset (see --list)")
+    new.add_argument("--list", action="store_true", help="list the presets and their smallest GPU counts")
+    new.add_argument("--gpus", type=int, metavar="N", help="GPUs in the run, over all nodes")
+    new.add_argument("--nodes", type=int, default=1, metavar="M", help="machines (default 1)")
+    new.add_argument("-o", "--output", metavar="OUT", help="the spec to write")
+    new.set_defaults(handler=cmd_new, parser=new)
+
+    eject = _command(
+        commands,
+        "eject",
+        "write a hand-owned copy of the script (no DO-NOT-EDIT header; compile and check leave it alone)",
+        "Compile SPEC as compile does, and write the script as a file that is yours: without the generated-file "
+        "header that bridgec check and bridgec launch read, and without the advice to regenerate it. For teams "
+        "that leave the compiler; it still imports bridgec.runtime. Launch it with torchrun.",
+        "exit codes: 0 written; 2 the spec has errors, or OUT exists (without --force); 3 internal error",
+    )
+    eject.add_argument("spec", metavar="SPEC", help="the spec file")
+    eject.add_argument("-o", "--output", metavar="OUT", required=True, help="the script to write (e.g. train.py)")
+    eject.add_argument("--force", action="store_true", help="replace OUT when it exists")
+    _add_overrides(eject)
+    eject.set_defaults(handler=cmd_eject)
+
+    diff = _command(
+        commands,
+        "diff",
+        "what changing OLD into NEW does: keys, derived values, learning rate, resumability",
+        "Compare two specs: the keys whose effective values differ (defaults filled in), the derived values "
+        "(world size, data parallel, microbatches, tokens per step, parameters, memory per GPU), the learning-"
+        "rate curve (the largest difference and the update where), and whether NEW can resume from OLD's "
+        "checkpoints (the same parameters and shapes, the same optimizer, a layout they reshard into).",
+        "exit codes: 0 NEW can resume from OLD's checkpoints; 1 it cannot (the reasons are printed); "
+        "2 a spec has errors; 3 internal error",
+    )
+    diff.add_argument("old", metavar="OLD", help="the spec as it was (e.g. the one the checkpoints come from)")
+    diff.add_argument("new", metavar="NEW", help="the changed spec")
+    diff.set_defaults(handler=cmd_diff)
+
+    schema = _command(
+        commands,
+        "schema",
+        "print the JSON Schema of spec.toml (for Taplo / Even Better TOML)",
+        "Print (or write to OUT) a JSON Schema (draft-07) of spec files, generated from the spec classes: every "
+        "table and key with its type, choices, default and documentation, so TOML editors complete and explain "
+        "keys. Cross-field rules are bridgec validate's.",
+        "exit codes: 0 written; 3 internal error",
+    )
+    schema.add_argument("-o", "--output", metavar="OUT", help="write the schema here instead of printing it")
+    schema.set_defaults(handler=cmd_schema)
 
     data = commands.add_parser("data", help="data tools", description="Data tools: bridgec data build.")
     data_commands = data.add_subparsers(dest="data_command", metavar="DATA_COMMAND", required=True)
@@ -530,6 +744,8 @@ def run_command(argv: Sequence[str] | None, extra: Callable[[argparse.ArgumentPa
     if unknown and args.handler is cmd_import_maxtext and not any(word.startswith("-") for word in unknown):
         # argparse takes one run of positionals; MaxText's users type overrides anywhere on the line.
         args.words += unknown
+    elif unknown and hasattr(args, "overrides") and not any(word.startswith("-") for word in unknown):
+        args.overrides += unknown  # overrides typed after -o OUT
     elif unknown:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     try:

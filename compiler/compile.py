@@ -8,15 +8,17 @@ tokenizer sidecar); nothing here writes anything.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import posixpath
+from collections.abc import Sequence
 from pathlib import Path
 
 import attrs
 
+from bridgec.compiler.compose import Override
 from bridgec.compiler.errors import Diagnostic, is_error
 from bridgec.compiler.frontend import read_spec
+from bridgec.compiler.jobs import JobFile, job_files
 from bridgec.compiler.lower import Target, TokenizerInfo, lower
 from bridgec.compiler.render import render
 from bridgec.compiler.spec import Spec
@@ -34,6 +36,8 @@ class CompileResult:
     """The script, or None when the spec has errors."""
     diagnostics: tuple[Diagnostic, ...]
     spec: Spec | None
+    job_files: tuple[JobFile, ...] = ()
+    """The scheduler's files ([launch] scheduler), written beside the script."""
 
 
 def relative_spec_path(spec_path: Path, output_path: Path) -> str:
@@ -56,7 +60,15 @@ def tokenizer_info(spec: Spec, spec_dir: Path, files: FileView) -> TokenizerInfo
 
 
 def compile_spec(
-    text: str, *, spec_name: str, spec_path: Path, output_path: Path, files: FileView, require_data: bool = True
+    text: str,
+    *,
+    spec_name: str,
+    spec_path: Path,
+    output_path: Path,
+    files: FileView,
+    require_data: bool = True,
+    overrides: Sequence[Override] = (),
+    ejected: bool = False,
 ) -> CompileResult:
     """Compile the spec ``text`` (read from ``spec_path``, shown as ``spec_name``) for ``output_path``.
 
@@ -65,18 +77,22 @@ def compile_spec(
     """
     spec_dir = spec_path.resolve().parent
     context = SpecContext(file=spec_name, spec_dir=spec_dir, files=files, require_data=require_data)
-    front = read_spec(text, spec_name, context)
+    front = read_spec(text, spec_name, context, overrides)
     if front.spec is None or any(is_error(d) for d in front.diagnostics):
         return CompileResult(source=None, diagnostics=front.diagnostics, spec=front.spec)
     target = Target(
-        spec_sha256=hashlib.sha256(text.encode("utf-8")).hexdigest(),
+        spec_sha256=front.sha256,
         spec_path=relative_spec_path(spec_path, output_path),
         output_name=output_path.name,
         tokenizer=tokenizer_info(front.spec, spec_dir, files),
+        overrides=tuple(override.text for override in overrides),
+        ejected=ejected,
     )
     plan = lower(front.spec, target)
     source = render(plan)
     problems = verify(source, plan.user_strings)
     if problems:
         raise InternalError("; ".join(problems))
-    return CompileResult(source=source, diagnostics=front.diagnostics, spec=front.spec)
+    return CompileResult(
+        source=source, diagnostics=front.diagnostics, spec=front.spec, job_files=job_files(front.spec, target)
+    )

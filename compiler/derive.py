@@ -33,6 +33,11 @@ def microbatches(spec: Spec) -> int:
     return spec.batch.global_batch_size // (spec.batch.micro_batch_size * data_parallel(spec))
 
 
+def tokens_per_step(spec: Spec) -> int:
+    """global x seq_length: tokens (padding included) one optimizer step trains on."""
+    return spec.batch.global_batch_size * spec.model.seq_length
+
+
 def vocab_multiple(spec: Spec) -> int:
     """The embedding rows are padded to a multiple of this: lcm(make_vocab_size_divisible_by, tensor).
 

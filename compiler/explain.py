@@ -265,7 +265,7 @@ def explain_text(spec: Spec, *, extra: tuple[str, ...] = ()) -> str:
     counts = parameter_counts(spec)
     f = flops(spec)
     mem = memory(spec)
-    tokens = g * spec.model.seq_length
+    tokens = derive.tokens_per_step(spec)
     lines = [
         f"run {spec.run.name!r}",
         "",

@@ -7,11 +7,13 @@ This is what the commands call before anything else; it reads no files itself
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 
 import attrs
 
+from bridgec.compiler.compose import Override, compose
 from bridgec.compiler.errors import Diagnostic, sort_key
-from bridgec.compiler.load import load
+from bridgec.compiler.load import load_tables
 from bridgec.compiler.locate import LineIndex
 from bridgec.compiler.mesh import MeshError, key_path
 from bridgec.compiler.mesh import resolve as resolve_mesh
@@ -29,30 +31,36 @@ class FrontendResult:
     """Key path -> line, for diagnostics of later stages."""
     diagnostics: tuple[Diagnostic, ...]
     """Errors and warnings, sorted by line then path."""
+    sha256: str = ""
+    """The spec's identity (compose.Composed.sha256): its file's sha256, or that of its bases and overrides too."""
 
 
-def read_spec(text: str, filename: str, context: SpecContext) -> FrontendResult:
-    """Load ``text`` (shown as ``filename``), resolve a JAX mesh to sizes, and validate.
+def read_spec(text: str, filename: str, context: SpecContext, overrides: Sequence[Override] = ()) -> FrontendResult:
+    """Load ``text`` (shown as ``filename``) with the bases it extends and ``overrides``, resolve a JAX mesh to
+    sizes, and validate.
 
     The returned spec carries the resolved ``[parallel]`` sizes. When the mesh
     itself is wrong, its problems are reported and the layout rules are not
     run (they would only repeat the mesh's problem in other words).
     """
-    loaded = load(text, filename)
+    composed = compose(text, filename, context.spec_dir, context.files, overrides)
+    if composed.raw is None:
+        return FrontendResult(None, composed.index, composed.diagnostics, composed.sha256)
+    loaded = load_tables(composed.raw, composed.index, filename)
     if loaded.spec is None:
         # All problems at once: the cross-field rules still check every field that did load.
         found = _check_partial(loaded.partial, loaded.index, filename, context) if loaded.partial else ()
         diagnostics = _vocab_from_data(loaded.diagnostics, loaded.partial, context) + found
-        return FrontendResult(None, loaded.index, tuple(sorted(diagnostics, key=sort_key)))
+        return FrontendResult(None, loaded.index, tuple(sorted(diagnostics, key=sort_key)), composed.sha256)
     spec, mesh_errors = resolve_mesh(loaded.spec, loaded.index.has)
     if mesh_errors:
         diagnostics = loaded.diagnostics + tuple(_mesh_diagnostic(e, loaded.index, filename) for e in mesh_errors)
-        return FrontendResult(loaded.spec, loaded.index, tuple(sorted(diagnostics, key=sort_key)))
+        return FrontendResult(loaded.spec, loaded.index, tuple(sorted(diagnostics, key=sort_key)), composed.sha256)
     found = validate(spec, loaded.index, context)
     if spec.parallel.mesh is not None:
         found = tuple(_through_mesh(d) for d in found)
     diagnostics = loaded.diagnostics + found
-    return FrontendResult(spec, loaded.index, tuple(sorted(diagnostics, key=sort_key)))
+    return FrontendResult(spec, loaded.index, tuple(sorted(diagnostics, key=sort_key)), composed.sha256)
 
 
 def _check_partial(partial: Spec, index: LineIndex, filename: str, context: SpecContext) -> tuple[Diagnostic, ...]:
@@ -116,6 +124,6 @@ def _through_mesh(diagnostic: Diagnostic) -> Diagnostic:
 
 
 def _mesh_diagnostic(error: MeshError, index: LineIndex, filename: str) -> Diagnostic:
-    return Diagnostic(
-        file=filename, line=index.line_of(key_path(error.path)), path=error.path, message=error.message, hint=error.hint
-    )
+    path = key_path(error.path)
+    file, line = index.file_of(path, filename), index.line_of(path)
+    return Diagnostic(file=file, line=line, path=error.path, message=error.message, hint=error.hint)

@@ -58,8 +58,12 @@ def load(text: str, filename: str) -> LoadResult:
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        return LoadResult(None, EMPTY_INDEX, (_syntax_diagnostic(str(exc), text, filename),))
-    index = build_index(text)
+        return LoadResult(None, EMPTY_INDEX, (syntax_diagnostic(str(exc), text, filename),))
+    return load_tables(raw, build_index(text), filename)
+
+
+def load_tables(raw: dict[str, Any], index: LineIndex, filename: str) -> LoadResult:
+    """Structure parsed TOML tables (one file's, or a composition's: see compose.py) into a :class:`Spec`."""
     try:
         spec = _CONVERTER.structure(raw, Spec)
     except (cattrs.BaseValidationError, _BadValue) as exc:
@@ -188,7 +192,7 @@ _SYNTAX_ADVICE: tuple[tuple[str, str, str], ...] = (
 )
 
 
-def _syntax_diagnostic(message: str, text: str, filename: str) -> Diagnostic:
+def syntax_diagnostic(message: str, text: str, filename: str) -> Diagnostic:
     position = _POSITION.search(message)
     reason = message[: position.start()] if position else message
     if position and position.group(1):
@@ -417,7 +421,8 @@ def _diagnose(problem: _Problem, raw: dict[str, Any], index: LineIndex, filename
 
 
 def _at(path: KeyPath, message: str, hint: str | None, index: LineIndex, filename: str) -> Diagnostic:
-    return Diagnostic(file=filename, line=index.line_of(path), path=format_path(path), message=message, hint=hint)
+    file, line = index.file_of(path, filename), index.line_of(path)
+    return Diagnostic(file=file, line=line, path=format_path(path), message=message, hint=hint)
 
 
 def _unknown(table: KeyPath, name: str, value: object, cl: type) -> tuple[str, str]:

@@ -25,16 +25,27 @@ _SCALAR_END = frozenset(",]}#\r\n")
 class LineIndex:
     """Lines of the keys, tables and array elements of one TOML document."""
 
-    lines: Mapping[KeyPath, int]
-    """Exact entries: a key's own line, a table's header line, an element's first line."""
+    lines: Mapping[KeyPath, int | None]
+    """Exact entries: a key's own line, a table's header line, an element's first line (None: a command-line
+    override, which has no line)."""
+    files: Mapping[KeyPath, str] = attrs.field(factory=dict)
+    """For a spec composed of several sources (``extends`` bases, command-line overrides): the source that
+    wrote each entry, as diagnostics name it. An entry without one was written by the spec file itself."""
+
+    def where(self, path: KeyPath) -> tuple[str | None, int | None]:
+        """The source and line of ``path``, else of its nearest written ancestor; (None, None) when unwritten."""
+        for end in range(len(path), 0, -1):
+            if path[:end] in self.lines:
+                return self.files.get(path[:end]), self.lines[path[:end]]
+        return None, None
 
     def line_of(self, path: KeyPath) -> int | None:
         """The line of ``path``, else of its nearest written ancestor, else None."""
-        for end in range(len(path), 0, -1):
-            line = self.lines.get(path[:end])
-            if line is not None:
-                return line
-        return None
+        return self.where(path)[1]
+
+    def file_of(self, path: KeyPath, spec_file: str) -> str:
+        """The source that wrote ``path`` (or its nearest written ancestor); ``spec_file`` when it is the spec."""
+        return self.where(path)[0] or spec_file
 
     def has(self, path: KeyPath) -> bool:
         """Whether ``path`` itself is written in the document (not just an ancestor)."""

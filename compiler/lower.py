@@ -65,6 +65,10 @@ class Target:
     output_name: str
     """The output file's name (run.py)."""
     tokenizer: TokenizerInfo | None = None
+    overrides: tuple[str, ...] = ()
+    """The command-line overrides (key=value, as typed) applied to the spec."""
+    ejected: bool = False
+    """``bridgec eject``: the script is handed over to its user (no generated-file header)."""
 
 
 def _c(name: str, value: Value, why: str | None = None, *, text: bool = False) -> Constant:
@@ -596,6 +600,11 @@ def _spec_dir(target: Target) -> str:
     return "HERE  # paths in the spec are relative to its folder"
 
 
+def regenerate_command(target: Target) -> str:
+    """The command that regenerates the script (and its job file), run from the script's folder."""
+    return shlex.join(["bridgec", "compile", target.spec_path, "-o", target.output_name, *target.overrides])
+
+
 def lower(spec: Spec, target: Target) -> Plan:
     """Resolve every value the generated script needs. Pure: no I/O."""
     ch = choices_of(spec)
@@ -611,7 +620,7 @@ def lower(spec: Spec, target: Target) -> Plan:
         *[section for section in (_init_checkpoint_section(spec),) if section is not None],
         _output_section(spec, target),
     ]
-    regenerate = f"bridgec compile {shlex.quote(target.spec_path)} -o {shlex.quote(target.output_name)}"
+    regenerate = regenerate_command(target)
     schedule, schedule_docstring = schedule_function(spec, ch)
     data_docstring, source = data_source(spec, ch)
     forward = forward_plan(spec, ch)
@@ -622,6 +631,8 @@ def lower(spec: Spec, target: Target) -> Plan:
             spec_path=target.spec_path,
             spec_sha256=target.spec_sha256,
             regenerate=regenerate,
+            overrides=target.overrides,
+            ejected=target.ejected,
         ),
         run_name=spec.run.name,
         description=spec.run.description,

@@ -40,6 +40,10 @@ class Header:
     spec_sha256: str
     regenerate: str
     """The command that regenerates the file, run from its folder."""
+    overrides: tuple[str, ...] = ()
+    """The command-line overrides it was compiled with, as typed (``bridgec check`` applies them again)."""
+    ejected: bool = False
+    """``bridgec eject``: a copy its user owns, without the generated-file header and the regenerate advice."""
 
 
 @attrs.frozen(kw_only=True)

@@ -9,6 +9,7 @@ become a string literal.
 from __future__ import annotations
 
 import functools
+import shlex
 from importlib import resources
 
 import jinja2
@@ -122,6 +123,7 @@ def environment() -> jinja2.Environment:
     env.filters["call"] = render_call
     env.filters["import_line"] = render_import
     env.filters["constant"] = render_constant
+    env.filters["shell_words"] = shlex.join
     return env
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterator
 
 from bridgec.compiler.derive import model_parallel, world_size
@@ -319,6 +320,47 @@ def rule_context_needs_transformer_engine(spec: Spec, ctx: SpecContext) -> Itera
         )
 
 
+# -- schedulers --------------------------------------------------------------------------------
+
+_SLURM_TIME = re.compile(r"(\d+-)?\d+(:\d{1,2}){0,2}")
+"""sbatch --time: minutes, MM:SS, HH:MM:SS, D-HH, D-HH:MM or D-HH:MM:SS."""
+
+
+def rule_scheduler_settings_match(spec: Spec, ctx: SpecContext) -> Iterator[Finding]:
+    for table, present in (
+        ("slurm", spec.launch.slurm is not None),
+        ("kubernetes", spec.launch.kubernetes is not None),
+    ):
+        if present and spec.launch.scheduler != table:
+            yield Finding(
+                about=(("launch", table), ("launch", "scheduler")),
+                message=(
+                    f"[launch.{table}] is only read with launch.scheduler = {render_value(table)}; with "
+                    f"{render_value(spec.launch.scheduler)} it would change nothing"
+                ),
+                hint=f'set scheduler = "{table}" under [launch], or remove [launch.{table}]',
+            )
+
+
+def rule_kubernetes_needs_image(spec: Spec, ctx: SpecContext) -> Iterator[Finding]:
+    if spec.launch.scheduler == "kubernetes" and spec.launch.kubernetes is None:
+        yield Finding(
+            about=(("launch", "scheduler"),),
+            message='launch.scheduler = "kubernetes" needs the container image the job runs: there is no [launch.kubernetes]',
+            hint='add [launch.kubernetes] with image = "registry/image:tag" (bridgec installed, the script in working_dir)',
+        )
+
+
+def rule_slurm_time(spec: Spec, ctx: SpecContext) -> Iterator[Finding]:
+    slurm = spec.launch.slurm
+    if slurm is not None and not _SLURM_TIME.fullmatch(slurm.time):
+        yield Finding(
+            about=(("launch", "slurm", "time"),),
+            message=f"$.launch.slurm.time = {render_value(slurm.time)} is not a SLURM time limit",
+            hint='write minutes ("90"), "HH:MM:SS" ("04:00:00") or "D-HH:MM:SS" ("1-12:00:00")',
+        )
+
+
 LAYOUT_RULES: tuple[Rule, ...] = (
     rule_world_divisible,
     rule_global_batch_divisible,
@@ -335,4 +377,7 @@ LAYOUT_RULES: tuple[Rule, ...] = (
     rule_fp8_needs_cuda_and_transformer_engine,
     rule_transformer_engine_needs_cuda,
     rule_context_needs_transformer_engine,
+    rule_scheduler_settings_match,
+    rule_kubernetes_needs_image,
+    rule_slurm_time,
 )

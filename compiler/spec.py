@@ -41,6 +41,7 @@ CheckpointLayout = Literal["maxtext"]
 RopeLayout = Literal["rotate_half", "interleaved"]
 AdamStateKind = Literal["adamw", "adam_pax"]
 NonFinitePolicy = Literal["skip", "stop"]
+LaunchScheduler = Literal["torchrun", "slurm", "kubernetes"]
 
 
 @attrs.frozen(kw_only=True)
@@ -58,6 +59,32 @@ class Run:
 
 
 @attrs.frozen(kw_only=True)
+class Slurm:
+    """[launch.slurm] (scheduler = "slurm"): the job <script>.sbatch asks SLURM for."""
+
+    time: str = "04:00:00"
+    """The job's time limit (sbatch --time: MM, HH:MM:SS or D-HH:MM:SS). SLURM sends SIGTERM 5 minutes before it: the run saves and exits 75, and the job requeues itself."""
+    partition: str | None = None
+    """sbatch --partition; unset: the cluster's default."""
+    account: str | None = None
+    """sbatch --account; unset: the user's default."""
+    container_image: str | None = None
+    """Run inside this container image (srun --container-image, the pyxis/enroot plugin), with the job's folder mounted at the same path. It must hold bridgec."""
+
+
+@attrs.frozen(kw_only=True)
+class Kubernetes:
+    """[launch.kubernetes] (scheduler = "kubernetes"): the Kubeflow PyTorchJob <script>.pytorchjob.yaml describes."""
+
+    image: str
+    """The container image: bridgec installed, and the script (with what it reads) in working_dir. Required."""
+    namespace: str = "default"
+    """The namespace the job is created in."""
+    working_dir: str = "/workspace"
+    """The folder in the image that holds the script; the job runs it from there."""
+
+
+@attrs.frozen(kw_only=True)
 class Launch:
     """[launch]: the topology the script is compiled for."""
 
@@ -69,6 +96,12 @@ class Launch:
     """Processes per machine (torchrun --nproc-per-node); one per GPU on cuda."""
     timeout_minutes: float = 10.0
     """Collective timeout: a rank that dies stops the job after at most this long."""
+    scheduler: LaunchScheduler = "torchrun"
+    """How the run is launched. torchrun: by hand (the script's docstring gives the command). slurm: compile also writes <script>.sbatch (srun + bridgec launch, rendezvous from SLURM's variables; see [launch.slurm]). kubernetes: compile also writes <script>.pytorchjob.yaml, a Kubeflow PyTorchJob (see [launch.kubernetes]). bridgec check compares these files too."""
+    slurm: Slurm | None = None
+    """scheduler = "slurm": [launch.slurm]; unset: its defaults."""
+    kubernetes: Kubernetes | None = None
+    """scheduler = "kubernetes": [launch.kubernetes] (its image is required)."""
 
 
 @attrs.frozen(kw_only=True)

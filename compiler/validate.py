@@ -51,7 +51,7 @@ def _run(rule: Rule, spec: Spec, context: SpecContext) -> list[Finding]:
 def _locate(finding: Finding, index: LineIndex, filename: str) -> Diagnostic:
     path = next((p for p in finding.about if index.has(p)), finding.about[0])
     return Diagnostic(
-        file=filename,
+        file=index.file_of(path, filename),
         line=index.line_of(path),
         path=format_path(path),
         message=finding.message,

@@ -1,4 +1,4 @@
-"""Every spec field, and every allowed value of every enumerated one, changes the compiled script.
+"""Every spec field, and every allowed value of every enumerated one, changes the compiled script (or its job file).
 
 The walk covers every leaf of the Spec classes (a new field fails
 ``test_every_field_is_walked`` until it gets alternative values here). Each
@@ -23,6 +23,7 @@ import attrs
 import pytest
 
 from bridgec.compiler import choices, spec
+from bridgec.compiler.jobs import job_files
 from bridgec.compiler.lower import Target, lower
 from bridgec.compiler.render import render
 from tests.compiler.conftest import MemoryFiles, dump_toml, front, idx_header
@@ -146,6 +147,8 @@ CONTEXT: dict[str, dict[str, Any]] = {
 """Where a field applies, merged into BASE before it is varied (default: nothing more; prefix rules below)."""
 
 PREFIX_CONTEXT: dict[str, dict[str, Any]] = {
+    "launch.slurm.": {"launch": {"scheduler": "slurm"}},
+    "launch.kubernetes.": {"launch": {"scheduler": "kubernetes", "kubernetes": {"image": "registry/a:1"}}},
     "scheduler.maxtext.": MAXTEXT,
     "init.checkpoint.": {**LLAMA, "init": {"checkpoint": {"format": "orbax", "path": "ckpt/1/items"}}},
 }
@@ -158,6 +161,13 @@ VALUES: dict[str, list[Any]] = {
     "launch.nodes": [1, 2],
     "launch.procs_per_node": [2, 4],
     "launch.timeout_minutes": [10.0, 5.0],
+    "launch.slurm.time": ["04:00:00", "1-00:00:00"],
+    "launch.slurm.partition": [None, "gpu"],
+    "launch.slurm.account": [None, "proj"],
+    "launch.slurm.container_image": [None, "nvcr.io/nvidia/pytorch:25.01-py3"],
+    "launch.kubernetes.image": ["registry/a:1", "registry/b:2"],
+    "launch.kubernetes.namespace": ["default", "ml"],
+    "launch.kubernetes.working_dir": ["/workspace", "/job"],
     "model.num_layers": [4, 8],
     "model.hidden_size": [64, 128],
     "model.num_attention_heads": [4, 8],
@@ -250,6 +260,7 @@ values only the runtime interprets, like decay or on_nonfinite, reach it as the 
 
 COMPANIONS: dict[tuple[str, object], dict[str, Any]] = {
     ("launch.device", "cuda"): {},
+    ("launch.scheduler", "kubernetes"): {"launch": {"kubernetes": {"image": "registry/a:1"}}},
     ("model.transformer_impl", "transformer_engine"): {"launch": {"device": "cuda"}},
     ("optimizer.name", "sgd"): {},
     ("scheduler.style", "maxtext"): {"scheduler": {"maxtext": {}}},
@@ -362,7 +373,8 @@ def _script(path: str, value: Any) -> str:
     result = front(dump_toml(data), FILES)
     errors = [d for d in result.diagnostics if d.severity == "error"]
     assert result.spec is not None and not errors, f"{path} = {value!r}: not a valid spec: {errors}"
-    return render(lower(result.spec, TARGET))
+    # The script and the scheduler's job file: [launch] scheduler and its tables change the job file.
+    return render(lower(result.spec, TARGET)) + "".join(job.text for job in job_files(result.spec, TARGET))
 
 
 def _values(field: Field) -> list[Any]:

@@ -1308,3 +1308,42 @@ def test_rule_both_hooks() -> None:
         ],
         files=HOOK_FILES,
     )
+
+
+@pytest.mark.parametrize("table", ["slurm", "kubernetes"])
+def test_rule_scheduler_settings_match(table: str) -> None:
+    settings = {"time": "10"} if table == "slurm" else {"image": "i:1"}
+    check(
+        {"launch": {"scheduler": "torchrun", table: settings}},
+        [
+            f'spec.toml:18: [launch.{table}] is only read with launch.scheduler = "{table}"; with "torchrun" it '
+            f'would change nothing; hint: set scheduler = "{table}" under [launch], or remove [launch.{table}]'
+        ],
+    )
+    check({"launch": {"scheduler": table, table: settings}}, [])
+
+
+def test_rule_kubernetes_needs_image() -> None:
+    check(
+        {"launch": {"scheduler": "kubernetes"}},
+        [
+            'spec.toml:17: launch.scheduler = "kubernetes" needs the container image the job runs: there is no '
+            '[launch.kubernetes]; hint: add [launch.kubernetes] with image = "registry/image:tag" (bridgec '
+            "installed, the script in working_dir)"
+        ],
+    )
+
+
+@pytest.mark.parametrize("time", ["90", "04:00:00", "1-12:00:00", "2-6", "30:00"])
+def test_rule_slurm_time_accepts_slurms_forms(time: str) -> None:
+    check({"launch": {"scheduler": "slurm", "slurm": {"time": time}}}, [])
+
+
+def test_rule_slurm_time() -> None:
+    check(
+        {"launch": {"scheduler": "slurm", "slurm": {"time": "4h"}}},
+        [
+            'spec.toml:18: $.launch.slurm.time = "4h" is not a SLURM time limit; hint: write minutes ("90"), '
+            '"HH:MM:SS" ("04:00:00") or "D-HH:MM:SS" ("1-12:00:00")'
+        ],
+    )
