@@ -215,12 +215,20 @@ def cmd_data_build(args: argparse.Namespace) -> int:
     from bridgec.runtime.data_build import DataBuildError, build_indexed_dataset
 
     try:
-        report = build_indexed_dataset(Path(args.input), Path(args.output), text_key=args.text_key)
+        report = build_indexed_dataset(
+            [Path(p) for p in args.input],
+            Path(args.output),
+            text_key=args.text_key,
+            tokenizer=None if args.tokenizer is None else Path(args.tokenizer),
+            append_eod=args.append_eod,
+            workers=args.workers,
+            progress=not args.no_progress and sys.stderr.isatty(),
+        )
     except DataBuildError as error:
         raise UserError(str(error)) from None
     print(
         f"wrote {report.prefix}.bin, {report.prefix}.idx and {report.prefix}.json: "
-        f"{report.documents} document(s), {report.tokens} tokens, tokenizer {report.tokenizer} "
+        f"{report.documents} document(s), {report.tokens} tokens ({report.dtype}), tokenizer {report.tokenizer} "
         f"(vocab {report.vocab_size}, eod {report.eod})"
     )
     return EXIT_OK
@@ -431,15 +439,32 @@ def _parser() -> argparse.ArgumentParser:
     build = _command(
         data_commands,
         "build",
-        "turn a JSON-lines text file into a megatron indexed dataset (byte-level tokenizer)",
-        "Tokenize every document of DOCS.jsonl with a byte-level tokenizer (no download; vocabulary 257, the "
-        "last id ends a document) into PREFIX.bin and PREFIX.idx, megatron's indexed dataset, and write "
-        "PREFIX.json (tokenizer, vocab_size, eod), which the compiler reads. Commit PREFIX.json with the spec.",
-        "exit codes: 0 written; 2 the input cannot be read or holds no documents; 3 internal error",
+        "tokenize JSON-lines, Parquet or text files into a megatron indexed dataset",
+        "Tokenize every document of the inputs (DOCS.jsonl: the text under --text-key of each line; DOCS.parquet: "
+        "the column --text-key; DOC.txt: the whole file is one document) into PREFIX.bin and PREFIX.idx, "
+        "megatron's indexed dataset, in the smallest token dtype the vocabulary allows, and write PREFIX.json "
+        "(tokenizer, vocab_size, eod, bos, pad, the tokenizer's sha256), which the compiler reads. Without "
+        "--tokenizer the tokenizer is byte-level (no download; vocabulary 257, id 256 ends every document). "
+        "The output is byte-identical whatever --workers is. Commit PREFIX.json with the spec.",
+        "exit codes: 0 written; 2 an input or the tokenizer cannot be read (file and line named), or no "
+        "documents, or a package is missing (with the install command); 3 internal error. Nothing is written "
+        "unless everything is.",
     )
-    build.add_argument("--input", required=True, metavar="DOCS.jsonl", help="one JSON object per line")
+    build.add_argument(
+        "--input", required=True, action="append", metavar="DOCS", help="a .jsonl, .parquet or .txt file; repeatable"
+    )
     build.add_argument("--output", required=True, metavar="PREFIX", help="writes PREFIX.bin, PREFIX.idx, PREFIX.json")
-    build.add_argument("--text-key", default="text", help="the JSON key holding each document's text (default: text)")
+    build.add_argument(
+        "--text-key", default="text", help="the JSON key or Parquet column holding each document's text (default: text)"
+    )
+    build.add_argument(
+        "--tokenizer",
+        metavar="PATH",
+        help="a Hugging Face tokenizer folder (tokenizer.json), a SentencePiece .model or a tiktoken rank file",
+    )
+    build.add_argument("--append-eod", action="store_true", help="end every document with the tokenizer's eod id")
+    build.add_argument("--workers", type=int, default=1, metavar="N", help="tokenizing processes (default: 1)")
+    build.add_argument("--no-progress", action="store_true", help="no progress bar (it is shown only on a terminal)")
     build.set_defaults(handler=cmd_data_build)
 
     checkpoint = commands.add_parser(
