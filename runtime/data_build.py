@@ -127,7 +127,9 @@ def _parquet_chunks(path: Path, text_key: str) -> Iterator[_Chunk]:
     except Exception as error:  # pyarrow raises ArrowInvalid and OSError subclasses for damaged files
         raise DataBuildError(f"{path}: not a Parquet file pyarrow can read ({error})") from None
     if text_key not in names:
-        raise DataBuildError(f"{path}: no column {text_key!r} (columns: {', '.join(names)}); choose one with --text-key")
+        raise DataBuildError(
+            f"{path}: no column {text_key!r} (columns: {', '.join(names)}); choose one with --text-key"
+        )
     row = 0
     per_row = max(1, path.stat().st_size // max(1, table.metadata.num_rows))
     for batch in table.iter_batches(batch_size=CHUNK_DOCUMENTS, columns=[text_key]):
@@ -159,16 +161,15 @@ class _Failed:
 _worker_state: dict[str, object] = {}
 
 
-def _init_worker(tokenizer: Path | None, text_key: str, append_eod: bool) -> None:
+def _init_worker(tokenizer: Path | None, text_key: str, eod: int | None) -> None:
     """Load the tokenizer once per process (Pool initializer, or the main process when workers = 1)."""
     if tokenizer is None:
         encode: Callable[[str], list[int]] = encode_bytes
     else:
         from bridgec.runtime.tokenizer import load
 
-        loaded = load(tokenizer)
-        eod = [loaded.eod] if append_eod else []
-        encode = lambda text: [*loaded.encode(text), *eod]  # noqa: E731 - closes over the loaded tokenizer
+        encoder, ending = load(tokenizer), [] if eod is None else [eod]
+        encode = lambda text: [*encoder.encode(text), *ending]  # noqa: E731 - closes over the loaded tokenizer
     _worker_state.update(encode=encode, text_key=text_key)
 
 
@@ -253,7 +254,9 @@ def build_indexed_dataset(
     bar = _Progress(sum(p.stat().st_size for p in paths if p.is_file()), progress)
     try:
         builder = IndexedDatasetBuilder(str(staged[0]), dtype=dtype)
-        for result in _encoded(_chunks(paths, text_key), (tokenizer, text_key, append_eod), workers):
+        for result in _encoded(
+            _chunks(paths, text_key), (tokenizer, text_key, sidecar["eod"] if append_eod else None), workers
+        ):
             if isinstance(result, _Failed):
                 raise DataBuildError(result.message)
             stored = result.tokens.astype(dtype)
@@ -289,7 +292,9 @@ def build_indexed_dataset(
 def _sidecar(tokenizer: Path | None, append_eod: bool) -> dict:
     if tokenizer is None:
         if append_eod:
-            raise DataBuildError("--append-eod needs --tokenizer: the byte-level tokenizer always ends documents with 256")
+            raise DataBuildError(
+                "--append-eod needs --tokenizer: the byte-level tokenizer always ends documents with 256"
+            )
         return {"tokenizer": BYTE_TOKENIZER, "vocab_size": BYTE_VOCAB_SIZE, "eod": BYTE_EOD}
     from bridgec.runtime.tokenizer import TokenizerError, describe
 

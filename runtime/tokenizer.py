@@ -71,80 +71,112 @@ class Encoder(Protocol):
     def encode(self, text: str) -> list[int]: ...
 
 
+class ReadBytes(Protocol):
+    def __call__(self, path: Path) -> bytes:
+        """The file's bytes; raises OSError (FileNotFoundError when absent) when it cannot be read."""
+        ...
+
+
+def _read_disk(path: Path) -> bytes:
+    return Path(path).read_bytes()
+
+
 def tokenizer_kind(path: Path) -> TokenizerKind:
+    """A folder is a Hugging Face tokenizer, a ``.model`` file SentencePiece, any other file a tiktoken rank file."""
     if path.is_dir():
         return "huggingface"
-    if path.suffix == ".model":
-        return "sentencepiece"
-    return "tiktoken"
+    return "sentencepiece" if path.suffix == ".model" else "tiktoken"
 
 
-def _hashed_files(path: Path, kind: TokenizerKind) -> list[Path]:
-    if kind != "huggingface":
-        return [path]
-    files = [path / "tokenizer.json"]
-    if (path / "tokenizer_config.json").is_file():
-        files.append(path / "tokenizer_config.json")
-    return files
+def describe(path: Path, read: ReadBytes = _read_disk, *, kind: TokenizerKind | None = None) -> TokenizerFacts:
+    """The vocabulary size, special ids and hash of the tokenizer at ``path``, from its files' bytes.
 
-
-def _sha256(files: list[Path]) -> str:
-    digest = hashlib.sha256()
-    for file in files:
-        digest.update(file.name.encode() + b"\0" + file.read_bytes() + b"\0")
-    return digest.hexdigest()
-
-
-def describe(path: Path) -> TokenizerFacts:
-    """Load the tokenizer at ``path`` and return its vocabulary size, special ids and hash."""
+    ``read`` reads a file (the compiler passes its FileView's, so validation reads through it);
+    ``kind`` defaults to what :func:`tokenizer_kind` tells from the disk.
+    """
     path = Path(path)
-    if not path.exists():
-        raise TokenizerError(f"{path}: no such file or folder")
-    stamp = max(file.stat().st_mtime_ns for file in (path, *(path.glob("*") if path.is_dir() else ())))
-    return _describe(path, path.resolve(), stamp)
+    kind = kind or tokenizer_kind(path)
+    names = ("tokenizer.json", "tokenizer_config.json") if kind == "huggingface" else (path.name,)
+    folder = path if kind == "huggingface" else path.parent
+    files: dict[str, bytes] = {}
+    for name in names:
+        try:
+            files[name] = read(folder / name)
+        except FileNotFoundError:
+            if name == "tokenizer_config.json":
+                continue  # optional: the special tokens then come from tokenizer.json's names
+            if kind == "huggingface":
+                raise TokenizerError(
+                    f"{path}: no such folder"
+                    if not _exists(read, path)
+                    else f"{path}: a Hugging Face tokenizer folder needs tokenizer.json, and it has none"
+                ) from None
+            raise TokenizerError(f"{path}: no such file or folder") from None
+        except IsADirectoryError:
+            raise TokenizerError(
+                f"{path}: a folder, but it has no tokenizer.json (a Hugging Face tokenizer folder needs one)"
+            ) from None
+        except OSError as error:
+            raise TokenizerError(
+                f"{folder / name}: cannot be read ({error.strerror or type(error).__name__})"
+            ) from None
+    return _describe(kind, str(path), tuple(files.items()))
+
+
+def _exists(read: ReadBytes, folder: Path) -> bool:
+    try:
+        read(folder)
+    except IsADirectoryError:
+        return True
+    except OSError:
+        return False
+    return True
 
 
 @functools.cache
-def _describe(path: Path, resolved: Path, stamp: int) -> TokenizerFacts:
-    """Cached per file and newest modification time: compile asks several rules about one tokenizer."""
-    kind = tokenizer_kind(path)
-    encoder = load(path)
-    files = _hashed_files(path, kind)
+def _describe(kind: TokenizerKind, where: str, files: tuple[tuple[str, bytes], ...]) -> TokenizerFacts:
+    """Cached per content: compile asks several rules about one tokenizer."""
+    contents = dict(files)
+    digest = hashlib.sha256()
+    for name, content in files:
+        digest.update(name.encode() + b"\0" + content + b"\0")
+    match kind:
+        case "huggingface":
+            special = _huggingface_facts(Path(where), contents)
+        case "sentencepiece":
+            special = _sentencepiece_facts(Path(where), contents[Path(where).name])
+        case "tiktoken":
+            ranks = parse_tiktoken_ranks(Path(where), contents[Path(where).name])
+            special = _Special(vocab_size=len(ranks) + 1, eod=len(ranks), bos=None, pad=None)
     return TokenizerFacts(
         kind=kind,
-        vocab_size=encoder.vocab_size,
-        eod=encoder.eod,
-        bos=encoder.bos,
-        pad=encoder.pad,
-        sha256=_sha256(files),
-        files=tuple(file.name for file in files),
+        vocab_size=special.vocab_size,
+        eod=special.eod,
+        bos=special.bos,
+        pad=special.pad,
+        sha256=digest.hexdigest(),
+        files=tuple(contents),
     )
 
 
-def load(path: Path) -> _Loaded:
-    """The tokenizer at ``path``, ready to encode; TokenizerError says what is wrong."""
-    path = Path(path)
-    if not path.exists():
-        raise TokenizerError(f"{path}: no such file or folder")
-    match tokenizer_kind(path):
-        case "huggingface":
-            return _load_huggingface(path)
-        case "sentencepiece":
-            return _load_sentencepiece(path)
-        case "tiktoken":
-            return _load_tiktoken(path)
-
-
 @attrs.frozen(kw_only=True)
-class _Loaded:
-    encoder: Encoder
+class _Special:
     vocab_size: int
     eod: int
     bos: int | None
     pad: int | None
 
-    def encode(self, text: str) -> list[int]:
-        return self.encoder.encode(text)
+
+def load(path: Path) -> Encoder:
+    """The tokenizer at ``path``, ready to encode (in a data-build worker); TokenizerError says what is wrong."""
+    path = Path(path)
+    match tokenizer_kind(path):
+        case "huggingface":
+            return _HFEncoder(_huggingface_tokenizer(path, (path / "tokenizer.json").read_text(encoding="utf-8")))
+        case "sentencepiece":
+            return _SentencePieceEncoder(_megatron_sentencepiece(path))
+        case "tiktoken":
+            return _TiktokenEncoder(tiktoken_encoding(parse_tiktoken_ranks(path, path.read_bytes())))
 
 
 def _missing(package: str) -> TokenizerError:
@@ -163,19 +195,26 @@ class _HFEncoder:
         return self._tokenizer.encode(text, add_special_tokens=False).ids
 
 
-def _load_huggingface(folder: Path) -> _Loaded:
+def _huggingface_tokenizer(folder: Path, text: str) -> object:
     try:
         from tokenizers import Tokenizer
     except ModuleNotFoundError:
         raise _missing("tokenizers") from None
-    file = folder / "tokenizer.json"
-    if not file.is_file():
-        raise TokenizerError(f"{folder}: a Hugging Face tokenizer folder needs tokenizer.json, and it has none")
     try:
-        tokenizer = Tokenizer.from_file(str(file))
+        return Tokenizer.from_str(text)
     except Exception as error:  # the Rust loader raises a bare Exception for every parse failure
-        raise TokenizerError(f"{file}: not a tokenizer file the tokenizers library can read ({error})") from None
-    config = _tokenizer_config(folder)
+        raise TokenizerError(
+            f"{folder / 'tokenizer.json'}: not a tokenizer file the tokenizers library can read ({error})"
+        ) from None
+
+
+def _huggingface_facts(folder: Path, contents: dict[str, bytes]) -> _Special:
+    try:
+        text = contents["tokenizer.json"].decode("utf-8")
+    except UnicodeDecodeError:
+        raise TokenizerError(f"{folder / 'tokenizer.json'}: not UTF-8 text") from None
+    tokenizer = _huggingface_tokenizer(folder, text)
+    config = _tokenizer_config(folder, contents.get("tokenizer_config.json"))
     eod_name = _token_name(config.get("eos_token"))
     if eod_name is None:
         vocab = tokenizer.get_vocab(with_added_tokens=True)
@@ -186,14 +225,14 @@ def _load_huggingface(folder: Path) -> _Loaded:
             f"has none of {', '.join(_HF_EOD_NAMES)}"
         )
     ids = {}
-    for role, name in (("eos_token", eod_name), *((key, _token_name(config.get(key))) for key in ("bos_token", "pad_token"))):
+    named = (("eos_token", eod_name), *((key, _token_name(config.get(key))) for key in ("bos_token", "pad_token")))
+    for role, name in named:
         if name is not None:
             token_id = tokenizer.token_to_id(name)
             if token_id is None:
                 raise TokenizerError(f"{folder}: {role} {name!r} is not a token of tokenizer.json")
             ids[role] = token_id
-    return _Loaded(
-        encoder=_HFEncoder(tokenizer),
+    return _Special(
         vocab_size=tokenizer.get_vocab_size(with_added_tokens=True),
         eod=ids["eos_token"],
         bos=ids.get("bos_token"),
@@ -201,12 +240,12 @@ def _load_huggingface(folder: Path) -> _Loaded:
     )
 
 
-def _tokenizer_config(folder: Path) -> dict:
+def _tokenizer_config(folder: Path, content: bytes | None) -> dict:
     file = folder / "tokenizer_config.json"
-    if not file.is_file():
+    if content is None:
         return {}
     try:
-        config = json.loads(file.read_text(encoding="utf-8"))
+        config = json.loads(content.decode("utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise TokenizerError(f"{file}: not a JSON file ({error})") from None
     if not isinstance(config, dict):
@@ -224,31 +263,37 @@ def _token_name(value: object) -> str | None:
 # -- SentencePiece ---------------------------------------------------------------------------------
 
 
-def _load_sentencepiece(file: Path) -> _Loaded:
+def _sentencepiece_facts(file: Path, content: bytes) -> _Special:
+    """From the model's bytes with sentencepiece itself (megatron-core's wrapper loads from a path only)."""
     try:
-        import sentencepiece  # noqa: F401 - megatron-core's wrapper imports it quietly and fails later
+        import sentencepiece
     except ModuleNotFoundError:
         raise _missing("sentencepiece") from None
-    with warnings.catch_warnings():
-        # Importing megatron-core's tokenizers imports megatron.core, which warns that TE and Apex are absent.
-        warnings.filterwarnings("ignore", message=".*(Transformer Engine|Apex)")
-        from megatron.core.tokenizers.text.libraries import SentencePieceTokenizer
-
+    processor = sentencepiece.SentencePieceProcessor()
     try:
-        tokenizer = SentencePieceTokenizer(str(file))
+        processor.LoadFromSerializedProto(content)
     except (OSError, RuntimeError, ValueError) as error:
-        raise TokenizerError(f"{file}: not a SentencePiece model ({str(error).strip() or type(error).__name__})") from None
-    processor = tokenizer.tokenizer
+        raise TokenizerError(
+            f"{file}: not a SentencePiece model ({str(error).strip() or type(error).__name__})"
+        ) from None
     eod = processor.eos_id()
     if eod < 0:
         raise TokenizerError(f"{file}: the SentencePiece model has no end-of-sequence piece (eos_id = -1)")
-    return _Loaded(
-        encoder=_SentencePieceEncoder(tokenizer),
+    return _Special(
         vocab_size=processor.get_piece_size(),
         eod=eod,
         bos=processor.bos_id() if processor.bos_id() >= 0 else None,
         pad=processor.pad_id() if processor.pad_id() >= 0 else None,
     )
+
+
+def _megatron_sentencepiece(file: Path) -> object:
+    with warnings.catch_warnings():
+        # Importing megatron-core's tokenizers imports megatron.core, which warns that TE and Apex are absent.
+        warnings.filterwarnings("ignore", message=".*(Transformer Engine|Apex)")
+        from megatron.core.tokenizers.text.libraries import SentencePieceTokenizer
+
+    return SentencePieceTokenizer(str(file))
 
 
 class _SentencePieceEncoder:
@@ -262,13 +307,10 @@ class _SentencePieceEncoder:
 # -- tiktoken ----------------------------------------------------------------------------------------
 
 
-def read_tiktoken_ranks(file: Path) -> dict[bytes, int]:
+def parse_tiktoken_ranks(file: Path, content: bytes) -> dict[bytes, int]:
     """The rank file's token -> rank map; TokenizerError names the first bad line."""
     ranks: dict[bytes, int] = {}
-    try:
-        lines = file.read_bytes().splitlines()
-    except OSError as error:
-        raise TokenizerError(f"{file}: cannot be read ({error.strerror})") from None
+    lines = content.splitlines()
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
@@ -292,7 +334,10 @@ def read_tiktoken_ranks(file: Path) -> dict[bytes, int]:
 
 def tiktoken_encoding(ranks: dict[bytes, int], name: str = "bridgec") -> object:
     """The tiktoken Encoding bridgec builds from a rank file: cl100k's pattern, <|endoftext|> after the last rank."""
-    import tiktoken
+    try:
+        import tiktoken
+    except ModuleNotFoundError:
+        raise _missing("tiktoken") from None
 
     return tiktoken.Encoding(
         name=name,
@@ -309,16 +354,3 @@ class _TiktokenEncoder:
     def encode(self, text: str) -> list[int]:
         # Text that spells <|endoftext|> is text, not the special token: only --append-eod adds it.
         return self._encoding.encode_ordinary(text)
-
-
-def _load_tiktoken(file: Path) -> _Loaded:
-    try:
-        import tiktoken  # noqa: F401
-    except ModuleNotFoundError:
-        raise _missing("tiktoken") from None
-    ranks = read_tiktoken_ranks(file)
-    try:
-        encoding = tiktoken_encoding(ranks)
-    except ValueError as error:
-        raise TokenizerError(f"{file}: tiktoken refuses the ranks ({error})") from None
-    return _Loaded(encoder=_TiktokenEncoder(encoding), vocab_size=len(ranks) + 1, eod=len(ranks), bos=None, pad=None)

@@ -31,7 +31,11 @@ def tokenizers_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _path(folder: Path, kind: str) -> Path:
-    return {"huggingface": folder / "hf", "sentencepiece": folder / "sp" / "tiny.model", "tiktoken": folder / "tk" / "tiny.tiktoken"}[kind]
+    return {
+        "huggingface": folder / "hf",
+        "sentencepiece": folder / "sp" / "tiny.model",
+        "tiktoken": folder / "tk" / "tiny.tiktoken",
+    }[kind]
 
 
 def _library_encoder(kind: str, path: Path):  # noqa: ANN202 - a str -> list[int] callable
@@ -53,7 +57,10 @@ def _library_encoder(kind: str, path: Path):  # noqa: ANN202 - a str -> list[int
 
             ranks = load_tiktoken_bpe(str(path))
             encoding = tiktoken.Encoding(
-                name="test", pat_str=TIKTOKEN_PATTERN, mergeable_ranks=ranks, special_tokens={"<|endoftext|>": len(ranks)}
+                name="test",
+                pat_str=TIKTOKEN_PATTERN,
+                mergeable_ranks=ranks,
+                special_tokens={"<|endoftext|>": len(ranks)},
             )
             return encoding.encode_ordinary
     raise AssertionError(kind)
@@ -98,7 +105,12 @@ def test_special_ids_come_from_the_tokenizer(tokenizers_dir: Path) -> None:
 
     processor = sentencepiece.SentencePieceProcessor(model_file=str(_path(tokenizers_dir, "sentencepiece")))
     sp = describe(_path(tokenizers_dir, "sentencepiece"))
-    assert (sp.eod, sp.bos, sp.pad, sp.vocab_size) == (processor.eos_id(), processor.bos_id(), None, processor.get_piece_size())
+    assert (sp.eod, sp.bos, sp.pad, sp.vocab_size) == (
+        processor.eos_id(),
+        processor.bos_id(),
+        None,
+        processor.get_piece_size(),
+    )
     tk = describe(_path(tokenizers_dir, "tiktoken"))
     assert (tk.eod, tk.vocab_size) == (tk.vocab_size - 1, 256 + 300 + 1)
 
@@ -111,7 +123,12 @@ def test_output_is_byte_identical_whatever_the_worker_count(tokenizers_dir: Path
     for workers in (1, 2, 3):
         prefix = tmp_path / f"w{workers}" / "ds"
         build_indexed_dataset(
-            big, prefix, text_key="content", tokenizer=_path(tokenizers_dir, "huggingface"), append_eod=True, workers=workers
+            big,
+            prefix,
+            text_key="content",
+            tokenizer=_path(tokenizers_dir, "huggingface"),
+            append_eod=True,
+            workers=workers,
         )
         outputs.append([Path(f"{prefix}{suffix}").read_bytes() for suffix in (".bin", ".idx", ".json")])
     assert outputs[0] == outputs[1] == outputs[2]
@@ -125,10 +142,14 @@ def test_parquet_and_text_inputs(tokenizers_dir: Path, tmp_path: Path) -> None:
     pq.write_table(pa.table({"id": list(range(len(texts))), "body": texts}), tmp_path / "docs.parquet")
     (tmp_path / "one.txt").write_text(texts[0] + "\n" + texts[1], encoding="utf-8")
     path = _path(tokenizers_dir, "tiktoken")
-    build_indexed_dataset([tmp_path / "docs.parquet", tmp_path / "one.txt"], tmp_path / "ds", text_key="body", tokenizer=path)
+    build_indexed_dataset(
+        [tmp_path / "docs.parquet", tmp_path / "one.txt"], tmp_path / "ds", text_key="body", tokenizer=path
+    )
     encode = _library_encoder("tiktoken", path)
     assert _documents(tmp_path / "ds") == [encode(t) for t in texts] + [encode(texts[0] + "\n" + texts[1])]
-    with pytest.raises(DataBuildError, match=r"docs.parquet: no column 'text' \(columns: id, body\); choose one with --text-key"):
+    with pytest.raises(
+        DataBuildError, match=r"docs.parquet: no column 'text' \(columns: id, body\); choose one with --text-key"
+    ):
         build_indexed_dataset(tmp_path / "docs.parquet", tmp_path / "x", tokenizer=path)
 
 
@@ -147,11 +168,20 @@ def test_a_large_vocabulary_gets_int32_tokens(tmp_path: Path) -> None:
     ("make", "message"),
     [
         (lambda d: d / "absent", r"absent: no such file or folder"),
-        (lambda d: _mkdir(d / "empty"), r"empty: a Hugging Face tokenizer folder needs tokenizer.json, and it has none"),
-        (lambda d: _write(d / "hf" / "tokenizer.json", '{"version": ').parent, r"hf/tokenizer.json: not a tokenizer file the tokenizers library can read"),
+        (
+            lambda d: _mkdir(d / "empty"),
+            r"empty: a Hugging Face tokenizer folder needs tokenizer.json, and it has none",
+        ),
+        (
+            lambda d: _write(d / "hf" / "tokenizer.json", '{"version": ').parent,
+            r"hf/tokenizer.json: not a tokenizer file the tokenizers library can read",
+        ),
         (lambda d: _write(d / "bad.model", "not a model"), r"bad.model: not a SentencePiece model"),
         (lambda d: _write(d / "bad.tiktoken", "aGVsbG8= 0\n!!! 1\n"), r"bad.tiktoken:2: not a tiktoken rank line"),
-        (lambda d: _write(d / "gap.tiktoken", "YQ== 0\nYg== 2\n"), r"gap.tiktoken: the ranks are not 0 to 1, each once"),
+        (
+            lambda d: _write(d / "gap.tiktoken", "YQ== 0\nYg== 2\n"),
+            r"gap.tiktoken: the ranks are not 0 to 1, each once",
+        ),
     ],
 )
 def test_a_bad_tokenizer_is_named_and_nothing_is_written(tmp_path: Path, make, message: str) -> None:  # noqa: ANN001
@@ -167,7 +197,11 @@ def test_a_malformed_line_is_named_with_workers_and_nothing_is_written(tokenizer
     (tmp_path / "docs.jsonl").write_text("".join(lines), encoding="utf-8")
     with pytest.raises(DataBuildError, match=r"docs.jsonl:301: not a JSON object \(Invalid control character"):
         build_indexed_dataset(
-            tmp_path / "docs.jsonl", tmp_path / "out" / "ds", text_key="content", tokenizer=_path(tokenizers_dir, "huggingface"), workers=2
+            tmp_path / "docs.jsonl",
+            tmp_path / "out" / "ds",
+            text_key="content",
+            tokenizer=_path(tokenizers_dir, "huggingface"),
+            workers=2,
         )
     assert list((tmp_path / "out").iterdir()) == []
 
