@@ -48,6 +48,9 @@ class DiskFiles:
         with Path(path).open("rb") as stream:
             return stream.read(size)
 
+    def read_bytes(self, path: Path) -> bytes:
+        return Path(path).read_bytes()
+
 
 def _err(text: str) -> None:
     print(text, file=sys.stderr)

@@ -53,6 +53,8 @@ class TokenizerInfo:
     name: str
     vocab_size: int
     eod: int
+    origin: str = "the dataset's tokenizer file"
+    """Where the facts come from, for EOD_TOKEN's comment."""
 
 
 @attrs.frozen(kw_only=True)
@@ -400,6 +402,9 @@ def _eod_token(spec: Spec, ch: Choices, target: Target) -> Constant:
     d = spec.data
     if d.eod_token is not None:
         return _c("EOD_TOKEN", d.eod_token)
+    if d.tokenizer is not None:
+        assert target.tokenizer is not None, "validation requires data.tokenizer to be readable"
+        return _c("EOD_TOKEN", target.tokenizer.eod, f"from {target.tokenizer.origin} ({target.tokenizer.name})")
     match ch.data:
         case c.DataKind.INDEXED:
             assert target.tokenizer is not None, "validation requires eod_token or the dataset's tokenizer file"

@@ -329,8 +329,10 @@ class Data:
     """indexed only: [[data.sources]] tables with prefix and weight."""
     split: tuple[float, float, float] = (98.0, 1.0, 1.0)
     """indexed only: train/valid/test proportions of each source's documents. Every split with a share must get at least one document of every source (megatron-core never finishes building an empty one); bridgec never reads the test split. Mock data is always split in thirds."""
+    tokenizer: str | None = None
+    """The tokenizer the data was built with (relative to the spec's folder): a Hugging Face tokenizer folder (tokenizer.json), a SentencePiece .model or a tiktoken rank file, as given to `bridgec data build --tokenizer`. The compiler reads it: vocab_size must cover it, EOD_TOKEN is its end-of-document id, and every source's PREFIX.json must name its sha256."""
     eod_token: int | None = None
-    """End-of-document token id. Default: from the dataset's tokenizer file (prefix.json), or vocab_size - 1 for mock."""
+    """End-of-document token id. Default: from data.tokenizer, else from the dataset's tokenizer file (prefix.json), or vocab_size - 1 for mock."""
     eod_mask_loss: bool = False
     """Exclude end-of-document tokens from the loss."""
 

@@ -9,6 +9,7 @@ new tables follow from line 16, in the order given.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -1308,3 +1309,111 @@ def test_rule_both_hooks() -> None:
         ],
         files=HOOK_FILES,
     )
+
+
+def _tiktoken_file(merges: int) -> bytes:
+    """A tiktoken rank file: the 256 bytes, then ``merges`` two-letter tokens (vocabulary 256 + merges + 1)."""
+    import base64
+
+    tokens = [bytes([b]) for b in range(256)] + [bytes([97 + i // 26, 97 + i % 26]) for i in range(merges)]
+    return "".join(f"{base64.b64encode(t).decode()} {rank}\n" for rank, t in enumerate(tokens)).encode()
+
+
+TOKENIZER = {"tok.tiktoken": _tiktoken_file(4)}  # vocabulary 261, eod 260
+WITH_TOKENIZER = {**INDEXED, "tokenizer": "tok.tiktoken"}
+
+
+def _built_with(files: dict[str, bytes]) -> str:
+    """The sidecar `bridgec data build --tokenizer tok.tiktoken` writes."""
+    from bridgec.runtime.tokenizer import describe
+
+    facts = describe(Path("tok.tiktoken"), lambda path: files[path.name], kind="tiktoken")
+    return f'{{"tokenizer": "tiktoken", "vocab_size": 261, "eod": 260, "tokenizer_sha256": "{facts.sha256}"}}'
+
+
+@pytest.mark.parametrize(
+    ("files", "expected"),
+    [
+        (TOKENIZER, []),
+        (
+            {},
+            [
+                'spec.toml:17: $.data.tokenizer = "tok.tiktoken" cannot be read (paths are relative to the spec\'s '
+                "folder): tok.tiktoken: no such file or folder; hint: name a Hugging Face tokenizer folder (with "
+                "tokenizer.json), a SentencePiece .model or a tiktoken rank file"
+            ],
+        ),
+        (
+            {"tok.tiktoken": b"YQ== 0\nnot base64 1\n"},
+            [
+                'spec.toml:17: $.data.tokenizer = "tok.tiktoken" cannot be read (paths are relative to the spec\'s '
+                "folder): tok.tiktoken:2: not a tiktoken rank line (expected 'BASE64TOKEN RANK'); a SentencePiece "
+                "model must end in .model, a Hugging Face tokenizer is a folder with tokenizer.json; hint: name a "
+                "Hugging Face tokenizer folder (with tokenizer.json), a SentencePiece .model or a tiktoken rank file"
+            ],
+        ),
+    ],
+    ids=["fine", "missing", "corrupt"],
+)
+def test_rule_tokenizer_readable(files: dict[str, bytes], expected: list[str]) -> None:
+    check({"model": {"vocab_size": 300}, "data": {"tokenizer": "tok.tiktoken"}}, expected, files=files)
+
+
+def test_rule_tokenizer_fits_vocab() -> None:
+    check(
+        {"model": {"vocab_size": 260}, "data": {"tokenizer": "tok.tiktoken"}},
+        [
+            'spec.toml:7: $.model.vocab_size = 260 is smaller than the vocabulary of data.tokenizer = "tok.tiktoken", '
+            "261, so some token ids would fall outside the embedding; hint: vocab_size = 261"
+        ],
+        files=TOKENIZER,
+    )
+    check({"model": {"vocab_size": 261}, "data": {"tokenizer": "tok.tiktoken"}}, [], files=TOKENIZER)
+
+
+def test_rule_tokenizer_eod() -> None:
+    check(
+        {"model": {"vocab_size": 300}, "data": {"tokenizer": "tok.tiktoken", "eod_token": 5}},
+        [
+            "spec.toml:18: warning: $.data.eod_token = 5 differs from the end-of-document id of data.tokenizer = "
+            '"tok.tiktoken", 260; hint: remove eod_token to use 260'
+        ],
+        files=TOKENIZER,
+    )
+
+
+def test_rule_tokenizer_built_the_data() -> None:
+    tables = {"model": {"vocab_size": 300}, "data": WITH_TOKENIZER}
+    check(tables, [], files={**DATA, **TOKENIZER, "data/tok.json": _built_with(TOKENIZER)})
+    other = _built_with({"tok.tiktoken": _tiktoken_file(5)})
+    rebuild = "hint: rebuild it: bridgec data build --input DOCS --tokenizer tok.tiktoken --output data/tok"
+    sha, other_sha = (json.loads(text)["tokenizer_sha256"][:12] for text in (_built_with(TOKENIZER), other))
+    check(
+        tables,
+        [
+            f'spec.toml:20: $.data.sources[0].prefix = "data/tok" was built with a tiktoken tokenizer with sha256 '
+            f"{other_sha} (data/tok.json), not "
+            f'with data.tokenizer = "tok.tiktoken" (tiktoken, sha256 {sha}), so its token ids mean other text; {rebuild}'
+        ],
+        files={**DATA, **TOKENIZER, "data/tok.json": other},
+    )
+    check(
+        tables,
+        [
+            'spec.toml:20: $.data.sources[0].prefix = "data/tok" was built with the byte-level tokenizer '
+            f'(data/tok.json), not with data.tokenizer = "tok.tiktoken" (tiktoken, sha256 {sha}), so its token ids '
+            f"mean other text; {rebuild}"
+        ],
+        files={**DATA, **TOKENIZER, "data/tok.json": '{"tokenizer": "bytes", "vocab_size": 257, "eod": 256}'},
+    )
+    check(
+        tables,
+        [
+            'spec.toml:20: $.data.sources[0].prefix = "data/tok": bridgec cannot tell which tokenizer built it, '
+            "because data/tok.json (written by `bridgec data build`) cannot be read: there is no such file; "
+            f"{rebuild}"
+        ],
+        files={**DATA, **TOKENIZER},
+    )
+    # bridgec check reads the committed tokenizer file without the data.
+    check_without_data(tables, [], files={**TOKENIZER, "data/tok.json": _built_with(TOKENIZER)})
