@@ -18,6 +18,7 @@ appear complete or not at all: each is written under a temporary name and rename
 
 from __future__ import annotations
 
+import itertools
 import json
 import multiprocessing
 import os
@@ -191,7 +192,7 @@ def _encode_chunk(chunk: _Chunk) -> _Encoded | _Failed:
             if tokens:
                 documents.append(tokens)
     lengths = np.fromiter((len(d) for d in documents), dtype=np.int64, count=len(documents))
-    flat = np.fromiter((t for d in documents for t in d), dtype=np.int64, count=int(lengths.sum()))
+    flat = np.array(list(itertools.chain.from_iterable(documents)), dtype=np.int64)
     return _Encoded(tokens=flat, lengths=lengths, size=chunk.size)
 
 
@@ -200,8 +201,11 @@ def _encoded(chunks: Iterator[_Chunk], init_args: tuple, workers: int) -> Iterat
         _init_worker(*init_args)
         yield from map(_encode_chunk, chunks)
         return
-    # spawn, not fork: the tokenizers library disables its own threads in a forked child and warns.
-    context = multiprocessing.get_context("spawn")
+    # fork: workers start in milliseconds and need no importable __main__ (spawn re-imports it, and a
+    # pool started from `python -` would respawn failing workers for ever). The parent has only
+    # loaded the tokenizer's facts, never encoded in parallel, so the tokenizers library keeps its
+    # threads in the children; they never touch torch.
+    context = multiprocessing.get_context("fork")
     with context.Pool(workers, initializer=_init_worker, initargs=init_args) as pool:
         yield from pool.imap(_encode_chunk, chunks, chunksize=1)
 

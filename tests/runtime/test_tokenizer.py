@@ -250,3 +250,12 @@ def test_token_arrays_are_stored_in_input_order(tokenizers_dir: Path, tmp_path: 
     encode = _library_encoder("tiktoken", path)
     assert _documents(tmp_path / "ds") == [encode(t) for t in texts]
     assert np.dtype(json.loads((tmp_path / "ds.json").read_text())["dtype"]) == np.uint16
+
+
+def test_a_missing_package_gives_the_install_command(tokenizers_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "sentencepiece", None)  # as if not installed: import raises ModuleNotFoundError
+    model = tokenizers_dir / "sp" / "tiny.model"
+    with pytest.raises(
+        TokenizerError, match=r"needs the Python package 'sentencepiece': pip install \"bridgec\[data\]\""
+    ):
+        describe(model.parent / "copy.model", lambda path: model.read_bytes(), kind="sentencepiece")
