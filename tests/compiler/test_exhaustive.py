@@ -13,6 +13,7 @@ leave the script unchanged, each with its reason.
 
 from __future__ import annotations
 
+import base64
 import copy
 import enum
 import types
@@ -23,9 +24,11 @@ import attrs
 import pytest
 
 from bridgec.compiler import choices, spec
+from bridgec.compiler.compile import tokenizer_info
 from bridgec.compiler.lower import Target, lower
 from bridgec.compiler.render import render
-from tests.compiler.conftest import MemoryFiles, dump_toml, front, idx_header
+from bridgec.compiler.validate import SpecContext
+from tests.compiler.conftest import SPEC_DIR, MemoryFiles, dump_toml, front, idx_header
 
 TARGET = Target(spec_sha256="0" * 64, spec_path="spec.toml", output_name="run.py")
 
@@ -45,6 +48,8 @@ FILES = MemoryFiles(
         "data/a.idx": idx_header(40),
         "data/b.bin": b"\0" * 64,
         "data/b.idx": idx_header(40),
+        # A tiktoken rank file: the 256 bytes (vocabulary 257 with the <|endoftext|> bridgec adds, eod 256).
+        "tok.tiktoken": "".join(f"{base64.b64encode(bytes([b])).decode()} {b}\n" for b in range(256)),
         "ckpt/1/items": "",
         "ckpt/2/items": "",
         "more_hooks.py": "def my_loss(loss_mask, output_tensor):\n    return output_tensor.sum(), loss_mask.sum(), {}\n",
@@ -228,6 +233,7 @@ VALUES: dict[str, list[Any]] = {
     "data.sources.weight": [1.0, 2.0],
     "data.split": [[90.0, 10.0, 0.0], [80.0, 20.0, 0.0]],
     "data.eod_token": [None, 0],
+    "data.tokenizer": [None, "tok.tiktoken"],
     "data.eod_mask_loss": [False, True],
     "loss.z_loss_multiplier": [0.0, 1e-4],
     "checkpoint.dir": [None, "ckpt"],
@@ -250,6 +256,7 @@ values only the runtime interprets, like decay or on_nonfinite, reach it as the 
 
 COMPANIONS: dict[tuple[str, object], dict[str, Any]] = {
     ("launch.device", "cuda"): {},
+    ("data.tokenizer", "tok.tiktoken"): {"model": {"vocab_size": 257}},
     ("model.transformer_impl", "transformer_engine"): {"launch": {"device": "cuda"}},
     ("optimizer.name", "sgd"): {},
     ("scheduler.style", "maxtext"): {"scheduler": {"maxtext": {}}},
@@ -362,7 +369,8 @@ def _script(path: str, value: Any) -> str:
     result = front(dump_toml(data), FILES)
     errors = [d for d in result.diagnostics if d.severity == "error"]
     assert result.spec is not None and not errors, f"{path} = {value!r}: not a valid spec: {errors}"
-    return render(lower(result.spec, TARGET))
+    context = SpecContext(file="spec.toml", spec_dir=SPEC_DIR, files=FILES)
+    return render(lower(result.spec, attrs.evolve(TARGET, tokenizer=tokenizer_info(result.spec, context))))
 
 
 def _values(field: Field) -> list[Any]:
