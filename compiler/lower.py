@@ -430,6 +430,14 @@ def _data_section(spec: Spec, ch: Choices, target: Target) -> Section:
         ]
     constants.append(_eod_token(spec, ch, target))
     constants.append(_c("EOD_MASK_LOSS", d.eod_mask_loss))
+    if d.document_masking:
+        constants.append(
+            _c(
+                "DOCUMENT_MASKING",
+                True,
+                "positions restart after each EOD_TOKEN; attention stays inside a document (block-diagonal mask)",
+            )
+        )
     constants.append(_c("TRAIN_SAMPLES", t.iters * g, f"train.iters {t.iters} x global {g}"))
     if t.eval_interval is not None:
         windows = derive.validation_windows(spec)
@@ -641,6 +649,7 @@ def lower(spec: Spec, target: Target) -> Plan:
         model=model_plan(spec, ch),
         data_docstring=data_docstring,
         data_source=source,
+        document_masking=spec.data.document_masking,
         forward=forward,
         schedule_function=schedule,
         schedule_docstring=schedule_docstring,

@@ -442,12 +442,14 @@ def _token_aware(ch: Choices) -> bool:
 
 
 def _loss_lines(spec: Spec, ch: Choices) -> tuple[str, ...]:
-    output = "output = model(batch.tokens, batch.position_ids, None, labels=batch.labels)"
+    # The attention mask is None (megatron-core's causal mask) unless documents are kept apart.
+    mask = "batch.attention_mask" if spec.data.document_masking else "None"
+    output = f"output = model(batch.tokens, batch.position_ids, {mask}, labels=batch.labels)"
     match ch.loss_source:
         case LossSource.MAXTEXT:
             return (
                 "# MaxText's loss needs the logits: no labels, so GPTModel returns [batch, seq, vocab / tensor] logits.",
-                "logits = model(batch.tokens, batch.position_ids, None)",
+                f"logits = model(batch.tokens, batch.position_ids, {mask})",
                 "loss = functools.partial(",
                 "    maxtext_loss,",
                 "    batch.loss_mask,",

@@ -335,6 +335,8 @@ class Data:
     """End-of-document token id. Default: from data.tokenizer, else from the dataset's tokenizer file (prefix.json), or vocab_size - 1 for mock."""
     eod_mask_loss: bool = False
     """Exclude end-of-document tokens from the loss."""
+    document_masking: bool = False
+    """Keep documents apart inside a sequence (Megatron's reset_position_ids + reset_attention_mask): position ids restart after each end-of-document token and attention never crosses one (a block-diagonal causal mask given to megatron-core's local attention). Needs model.transformer_impl = "local" and at most 2 pipeline stages without virtual ones."""
 
 
 @attrs.frozen(kw_only=True)

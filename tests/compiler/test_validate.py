@@ -1417,3 +1417,33 @@ def test_rule_tokenizer_built_the_data() -> None:
     )
     # bridgec check reads the committed tokenizer file without the data.
     check_without_data(tables, [], files={**TOKENIZER, "data/tok.json": _built_with(TOKENIZER)})
+
+
+def test_rule_document_masking_layout() -> None:
+    check({"data": {"document_masking": True}}, [])
+    check(
+        {
+            "launch": {"device": "cuda"},
+            "model": {"transformer_impl": "transformer_engine"},
+            "data": {"document_masking": True},
+        },
+        [
+            'spec.toml:20: $.data.document_masking = true needs model.transformer_impl = "local": bridgec gives the '
+            "block-diagonal mask to megatron-core's local attention; Transformer Engine's fused attention would "
+            "need packed-sequence (THD) parameters, which bridgec does not build yet; hint: transformer_impl = "
+            '"local" under [model], or remove document_masking'
+        ],
+    )
+    check(
+        {
+            "model": {"num_layers": 4},
+            "parallel": {"pipeline": 4},
+            "launch": {"procs_per_node": 4},
+            "data": {"document_masking": True},
+        },
+        [
+            "spec.toml:21: $.data.document_masking = true with parallel.pipeline = 4: model chunks in the middle of "
+            "the pipeline read no data, so they would not see where documents end (only the first and last stage "
+            "do); hint: pipeline = 2 or less and no virtual_pipeline, or remove document_masking"
+        ],
+    )
