@@ -217,6 +217,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
 def cmd_data_build(args: argparse.Namespace) -> int:
     from bridgec.runtime.data_build import DataBuildError, build_indexed_dataset
 
+    if args.sft:
+        return _sft_build(args)
     try:
         report = build_indexed_dataset(
             [Path(p) for p in args.input],
@@ -233,6 +235,36 @@ def cmd_data_build(args: argparse.Namespace) -> int:
         f"wrote {report.prefix}.bin, {report.prefix}.idx and {report.prefix}.json: "
         f"{report.documents} document(s), {report.tokens} tokens ({report.dtype}), tokenizer {report.tokenizer} "
         f"(vocab {report.vocab_size}, eod {report.eod})"
+    )
+    return EXIT_OK
+
+
+def _sft_build(args: argparse.Namespace) -> int:
+    from bridgec.runtime.data_build import DataBuildError
+    from bridgec.runtime.sft_build import SftSettings, build_sft_dataset
+
+    if args.tokenizer is None:
+        raise UserError("bridgec data build --sft needs --tokenizer (a Hugging Face tokenizer folder)")
+    settings = SftSettings(
+        loss_mode=args.loss_mode,
+        messages_key=args.messages_key,
+        prompt_key=args.prompt_key,
+        completion_key=args.completion_key,
+        template=None if args.chat_template is None else Path(args.chat_template),
+        max_length=args.max_length,
+        overlong=args.overlong,
+        append_eod=args.append_eod,
+    )
+    try:
+        report = build_sft_dataset(
+            [Path(p) for p in args.input], Path(args.output), tokenizer=Path(args.tokenizer), settings=settings
+        )
+    except DataBuildError as error:
+        raise UserError(str(error)) from None
+    print(
+        f"wrote {report.prefix}.bin/.idx, {report.prefix}.loss_mask.bin/.idx and {report.prefix}.json: "
+        f"{report.samples} sample(s), {report.tokens} tokens, {report.loss_tokens} in the loss "
+        f'(loss_mode "{args.loss_mode}"); {report.truncated} truncated, {report.dropped} dropped'
     )
     return EXIT_OK
 
@@ -468,6 +500,28 @@ def _parser() -> argparse.ArgumentParser:
     build.add_argument("--append-eod", action="store_true", help="end every document with the tokenizer's eod id")
     build.add_argument("--workers", type=int, default=1, metavar="N", help="tokenizing processes (default: 1)")
     build.add_argument("--no-progress", action="store_true", help="no progress bar (it is shown only on a terminal)")
+    sft = build.add_argument_group("instruction data (--sft)")
+    sft.add_argument(
+        "--sft",
+        action="store_true",
+        help="JSONL records with messages (rendered with the chat template) or prompt/completion: writes tokens, "
+        "PREFIX.loss_mask.bin/.idx and PREFIX.json",
+    )
+    sft.add_argument(
+        "--loss-mode", choices=("assistant", "last_turn", "completion", "full"), default="assistant",
+        help="tokens in the loss (default: assistant, every {%% generation %%} span or the completion)",
+    )  # fmt: skip
+    sft.add_argument(
+        "--messages-key", default="messages", help="the record's list of {role, content} (default: messages)"
+    )
+    sft.add_argument("--prompt-key", default="prompt", help="(default: prompt)")
+    sft.add_argument("--completion-key", default="completion", help="(default: completion)")
+    sft.add_argument("--chat-template", metavar="FILE", help="a Jinja chat template instead of tokenizer_config.json's")
+    sft.add_argument("--max-length", type=int, metavar="N", help="samples longer than N tokens are --overlong")
+    sft.add_argument(
+        "--overlong", choices=("error", "truncate", "drop"), default="error",
+        help="what happens to a sample longer than --max-length (default: error, naming its line)",
+    )  # fmt: skip
     build.set_defaults(handler=cmd_data_build)
 
     checkpoint = commands.add_parser(

@@ -19,8 +19,13 @@ def corpus_texts() -> list[str]:
     return [json.loads(line)[TEXT_KEY] for line in CORPUS.read_text(encoding="utf-8").splitlines()]
 
 
-def huggingface_bpe(folder: Path, *, vocab_size: int = 600) -> Path:
-    """A byte-level BPE trained with ``tokenizers``, saved as tokenizer.json + tokenizer_config.json."""
+def huggingface_bpe(
+    folder: Path, *, vocab_size: int = 600, special: tuple[str, ...] = (), config: dict | None = None
+) -> Path:
+    """A byte-level BPE trained with ``tokenizers``, saved as tokenizer.json + tokenizer_config.json.
+
+    ``special``: more special tokens (a chat template's markers); ``config``: more tokenizer_config.json keys.
+    """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     tokenizer = Tokenizer(models.BPE())
@@ -28,14 +33,14 @@ def huggingface_bpe(folder: Path, *, vocab_size: int = 600) -> Path:
     tokenizer.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
-        special_tokens=["<|endoftext|>", "<pad>"],
+        special_tokens=["<|endoftext|>", "<pad>", *special],
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
     tokenizer.train_from_iterator(corpus_texts(), trainer=trainer)
     folder.mkdir(parents=True, exist_ok=True)
     tokenizer.save(str(folder / "tokenizer.json"))
-    config = {"eos_token": "<|endoftext|>", "pad_token": "<pad>", "bos_token": None}
+    config = {"eos_token": "<|endoftext|>", "pad_token": "<pad>", "bos_token": None, **(config or {})}
     (folder / "tokenizer_config.json").write_text(json.dumps(config), encoding="utf-8")
     return folder
 
