@@ -55,7 +55,7 @@ def tokenizer_info(spec: Spec, context: SpecContext) -> TokenizerInfo | None:
             origin=f"data.tokenizer = {spec.data.tokenizer}",
         )
     spec_dir, files = context.spec_dir, context.files
-    if spec.data.kind != "indexed" or not spec.data.sources:
+    if spec.data.kind == "mock" or not spec.data.sources:
         return None
     sidecar = spec_dir / (spec.data.sources[0].prefix + ".json")
     if not files.exists(sidecar):

@@ -406,7 +406,7 @@ def _eod_token(spec: Spec, ch: Choices, target: Target) -> Constant:
         assert target.tokenizer is not None, "validation requires data.tokenizer to be readable"
         return _c("EOD_TOKEN", target.tokenizer.eod, f"from {target.tokenizer.origin} ({target.tokenizer.name})")
     match ch.data:
-        case c.DataKind.INDEXED:
+        case c.DataKind.INDEXED | c.DataKind.SFT:
             assert target.tokenizer is not None, "validation requires eod_token or the dataset's tokenizer file"
             return _c("EOD_TOKEN", target.tokenizer.eod, f"from the dataset's tokenizer file ({target.tokenizer.name})")
         case c.DataKind.MOCK:
@@ -425,7 +425,7 @@ def _data_section(spec: Spec, ch: Choices, target: Target) -> Section:
     if indexed(ch):
         constants += [
             _c("DATA_PREFIXES", tuple(source.prefix for source in d.sources), text=True),
-            _c("DATA_WEIGHTS", tuple(source.weight for source in d.sources)),
+            *(() if ch.data is c.DataKind.SFT else (_c("DATA_WEIGHTS", tuple(source.weight for source in d.sources)),)),
             _c("DATA_SPLIT", tuple(float(part) for part in d.split)),
         ]
     constants.append(_eod_token(spec, ch, target))

@@ -137,8 +137,9 @@ def optax_semantics(ch: Choices) -> bool:
 
 
 def indexed(ch: Choices) -> bool:
+    """The data are files named by [[data.sources]] (pretraining blends or one SFT dataset)."""
     match ch.data:
-        case c.DataKind.INDEXED:
+        case c.DataKind.INDEXED | c.DataKind.SFT:
             return True
         case c.DataKind.MOCK:
             return False
@@ -426,6 +427,11 @@ def data_source(spec: Spec, ch: Choices) -> tuple[str, Code]:
                     text="IndexedData(prefixes=tuple(str(SPEC_DIR / prefix) for prefix in DATA_PREFIXES), "
                     "weights=DATA_WEIGHTS, split=DATA_SPLIT)"
                 ),
+            )
+        case c.DataKind.SFT:
+            return (
+                "Train and validation splits of the SFT samples: one sample per sequence, its loss mask's tokens in the loss.",
+                Code(text="SftData(prefix=str(SPEC_DIR / DATA_PREFIXES[0]), split=DATA_SPLIT)"),
             )
         case _:
             assert_never(ch.data)

@@ -72,6 +72,13 @@ def rule_data_sources_match_kind(spec: Spec, ctx: SpecContext) -> Iterator[Findi
             ".bin/.idx files to read)",
             hint='add [[data.sources]] with prefix = "path/to/tokens" (the files\' path without .bin/.idx)',
         )
+    if kind == "sft" and count != 1:
+        yield Finding(
+            about=(("data", "sources"), ("data", "kind")),
+            message=f'$.data.kind = "sft" reads one dataset written by `bridgec data build --sft`, but '
+            f"data.sources has {count} entries",
+            hint="one [[data.sources]] table with its prefix (blending SFT datasets is not supported yet)",
+        )
     if kind == "mock" and count > 0:
         yield Finding(
             about=(("data", "sources"), ("data", "kind")),
@@ -82,12 +89,12 @@ def rule_data_sources_match_kind(spec: Spec, ctx: SpecContext) -> Iterator[Findi
 
 
 def rule_data_files_exist(spec: Spec, ctx: SpecContext) -> Iterator[Finding]:
-    if spec.data.kind != "indexed" or not ctx.require_data:
+    if spec.data.kind == "mock" or not ctx.require_data:
         return
+    # An SFT dataset also has its loss masks (bridgec data build --sft writes both).
+    extensions = (".bin", ".idx") + ((".loss_mask.bin", ".loss_mask.idx") if spec.data.kind == "sft" else ())
     for i, source in enumerate(spec.data.sources):
-        missing = [
-            source.prefix + ext for ext in (".bin", ".idx") if not ctx.files.exists(ctx.resolve(source.prefix + ext))
-        ]
+        missing = [source.prefix + ext for ext in extensions if not ctx.files.exists(ctx.resolve(source.prefix + ext))]
         if not missing:
             continue
         relative = "" if os.path.isabs(source.prefix) else " (paths are relative to the spec's folder)"
@@ -223,7 +230,7 @@ def rule_eod_token_in_vocab(spec: Spec, ctx: SpecContext) -> Iterator[Finding]:
 
 def rule_tokenizer_sidecar(spec: Spec, ctx: SpecContext) -> Iterator[Finding]:
     data = spec.data
-    if data.kind != "indexed" or not data.sources or data.tokenizer is not None:
+    if data.kind == "mock" or not data.sources or data.tokenizer is not None:
         return  # with data.tokenizer, the rule_tokenizer_* rules check every source's tokenizer file
     prefix = data.sources[0].prefix
     if ctx.require_data and not all(ctx.files.exists(ctx.resolve(prefix + ext)) for ext in (".bin", ".idx")):
@@ -337,7 +344,7 @@ def rule_tokenizer_eod(spec: Spec, ctx: SpecContext) -> Iterator[Finding]:
 
 def rule_tokenizer_built_the_data(spec: Spec, ctx: SpecContext) -> Iterator[Finding]:
     facts, data = tokenizer_facts(spec, ctx), spec.data
-    if not isinstance(facts, TokenizerFacts) or data.kind != "indexed":
+    if not isinstance(facts, TokenizerFacts) or data.kind == "mock":
         return
     shown = render_value(data.tokenizer)
     for i, source in enumerate(data.sources):

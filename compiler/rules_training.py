@@ -333,6 +333,13 @@ def rule_document_masking_layout(spec: Spec, ctx: SpecContext) -> Iterator[Findi
     if not spec.data.document_masking:
         return
     about = ("data", "document_masking")
+    if spec.data.kind == "sft":
+        yield Finding(
+            about=(about, ("data", "kind")),
+            message='$.data.document_masking = true has no effect with data.kind = "sft": each SFT sample is '
+            "alone in its sequence",
+            hint="remove document_masking",
+        )
     if spec.model.transformer_impl == "transformer_engine":
         yield Finding(
             about=(about, ("model", "transformer_impl")),

@@ -32,7 +32,7 @@ MaxTextScheduleVariant = Literal["2026-02", "2026-01", "2025"]
 OptaxScheduleKind = Literal["constant", "linear", "cosine_decay", "warmup_cosine_decay"]
 DType = Literal["fp32", "bf16", "fp16"]
 Fp8Recipe = Literal["delayed", "tensorwise", "blockwise", "mxfp8"]
-DataKind = Literal["mock", "indexed"]
+DataKind = Literal["mock", "indexed", "sft"]
 LossKind = Literal["cross_entropy"]
 Reduction = Literal["per_token", "per_microbatch"]
 InitScheme = Literal["portable", "megatron"]
@@ -324,7 +324,7 @@ class Data:
     """[data]: where tokens come from."""
 
     kind: DataKind = "mock"
-    """mock (megatron-core's synthetic, learnable sequences) or indexed (.bin/.idx files)."""
+    """mock (megatron-core's synthetic, learnable sequences), indexed (.bin/.idx files) or sft (one dataset of `bridgec data build --sft`: each sample alone in a sequence, padded, only its loss-mask tokens in the loss)."""
     sources: tuple[DataSource, ...] = ()
     """indexed only: [[data.sources]] tables with prefix and weight."""
     split: tuple[float, float, float] = (98.0, 1.0, 1.0)

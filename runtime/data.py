@@ -26,6 +26,7 @@ from megatron.core.utils import get_batch_on_this_cp_rank
 
 from bridgec.runtime.data_split import document_ranges, split_text
 from bridgec.runtime.errors import ExitCode, RunError
+from bridgec.runtime.sft_data import SftData, build_sft_splits
 
 
 @attrs.frozen(kw_only=True)
@@ -133,7 +134,7 @@ class IndexedData:
 
 
 def build_splits(
-    source: MockData | IndexedData,
+    source: MockData | IndexedData | SftData,
     *,
     seq_length: int,
     seed: int,
@@ -148,6 +149,11 @@ def build_splits(
     megatron-core builds every split that has a share of ``split``, even one
     asked for 0 samples (bridgec never reads the test split).
     """
+    if isinstance(source, SftData):
+        train, valid = build_sft_splits(
+            source, seq_length=seq_length, seed=seed, pad=token_ids.eod, num_samples=num_samples
+        )
+        return Splits(train=train, valid=valid, test=None)
     match source:
         case IndexedData(prefixes=prefixes, weights=weights, split=split):
             check_sources(prefixes, split)

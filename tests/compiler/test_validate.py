@@ -1447,3 +1447,39 @@ def test_rule_document_masking_layout() -> None:
             "do); hint: pipeline = 2 or less and no virtual_pipeline, or remove document_masking"
         ],
     )
+
+
+def test_rule_data_sources_match_kind_sft() -> None:
+    sources = [{"prefix": "data/a"}, {"prefix": "data/b"}]
+    check(
+        {"data": {"kind": "sft", "eod_token": 0, "sources": sources}},
+        [
+            'spec.toml:19: $.data.kind = "sft" reads one dataset written by `bridgec data build --sft`, but '
+            "data.sources has 2 entries; hint: one [[data.sources]] table with its prefix (blending SFT datasets is "
+            "not supported yet)"
+        ],
+        files={f"data/{n}{ext}": "" for n in "ab" for ext in (".bin", ".idx", ".loss_mask.bin", ".loss_mask.idx")},
+    )
+
+
+def test_rule_data_files_exist_sft_needs_the_loss_masks() -> None:
+    check(
+        {"data": {"kind": "sft", "eod_token": 0, "sources": [{"prefix": "data/tok"}]}},
+        [
+            'spec.toml:20: $.data.sources[0].prefix = "data/tok": data/tok.loss_mask.bin and data/tok.loss_mask.idx '
+            "do not exist (paths are relative to the spec's folder); hint: fix the prefix, or build the files with "
+            "`bridgec data build`"
+        ],
+        files=DATA,
+    )
+
+
+def test_rule_document_masking_layout_sft() -> None:
+    check(
+        {"data": {"kind": "sft", "document_masking": True, "eod_token": 0, "sources": [{"prefix": "data/tok"}]}},
+        [
+            'spec.toml:18: $.data.document_masking = true has no effect with data.kind = "sft": each SFT sample is '
+            "alone in its sequence; hint: remove document_masking"
+        ],
+        files={**DATA, "data/tok.loss_mask.bin": "", "data/tok.loss_mask.idx": idx_header(100)},
+    )
