@@ -64,8 +64,8 @@ UNSUPPORTED: dict[str, Feature] = {
         "[checkpoint] resume = true",
     ),
     "sft": Feature(
-        "Fine-tuning datasets (SFT, chat templates, packed sequences)",
-        "pretraining data: JSON lines through bridgec data build, or Megatron indexed files",
+        "Packed fine-tuning sequences (several SFT samples per sequence)",
+        '[data] kind = "sft" puts each sample alone in a padded sequence',
     ),
     "hf_data": Feature(
         "Hugging Face datasets as a data source", "export the text as JSON lines and run bridgec data build"
@@ -241,9 +241,8 @@ KEYS: dict[str, Here | str] = {
 
 VALUES: dict[tuple[str, ...], dict[str, Here | str]] = {
     ("data", "kind"): {
-        "sft": "sft",
-        "chat": "sft",
-        "finetune": "sft",
+        "chat": Here("[data]", 'kind = "sft"', "chat records are rendered with the tokenizer's chat template"),
+        "finetune": Here("[data]", 'kind = "sft"'),
         "packed": "sft",
         "hf": "hf_data",
         "huggingface": "hf_data",
