@@ -139,7 +139,9 @@ def _describe(kind: TokenizerKind, where: str, files: tuple[tuple[str, bytes], .
     contents = dict(files)
     digest = hashlib.sha256()
     for name, content in files:
-        digest.update(name.encode() + b"\0" + content + b"\0")
+        # A folder's files by their fixed names; a single file by its kind, so a renamed copy hashes the same.
+        label = name if kind == "huggingface" else kind
+        digest.update(label.encode() + b"\0" + content + b"\0")
     match kind:
         case "huggingface":
             special = _huggingface_facts(Path(where), contents)

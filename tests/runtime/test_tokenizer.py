@@ -259,3 +259,13 @@ def test_a_missing_package_gives_the_install_command(tokenizers_dir: Path, monke
         TokenizerError, match=r"needs the Python package 'sentencepiece': pip install \"bridgec\[data\]\""
     ):
         describe(model.parent / "copy.model", lambda path: model.read_bytes(), kind="sentencepiece")
+
+
+def test_the_hash_follows_the_content_not_the_file_name(tokenizers_dir: Path, tmp_path: Path) -> None:
+    original = _path(tokenizers_dir, "tiktoken")
+    copy = tmp_path / "renamed.bpe"
+    copy.write_bytes(original.read_bytes())
+    assert describe(copy).sha256 == describe(original).sha256
+    ranks = original.read_bytes().splitlines()
+    copy.write_bytes(b"\n".join(ranks[:-1]) + b"\n")  # one rank fewer: another tokenizer
+    assert describe(copy).sha256 != describe(original).sha256
