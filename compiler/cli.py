@@ -245,6 +245,11 @@ def _sft_build(args: argparse.Namespace) -> int:
 
     if args.tokenizer is None:
         raise UserError("bridgec data build --sft needs --tokenizer (a Hugging Face tokenizer folder)")
+    if args.workers != 1 or args.text_key != "text":
+        raise UserError(
+            "bridgec data build --sft tokenizes in one process and reads --messages-key or --prompt-key and "
+            "--completion-key: --workers and --text-key apply to pretraining data only"
+        )
     settings = SftSettings(
         loss_mode=args.loss_mode,
         messages_key=args.messages_key,

@@ -155,3 +155,24 @@ def test_a_template_that_wraps_every_turn_is_refused(tmp_path: Path) -> None:
         build_sft_dataset(
             [RECORDS], tmp_path / "x", tokenizer=folder, settings=SftSettings(template=tmp_path / "broken.jinja")
         )
+
+
+def test_the_command_line_refuses_options_that_sft_would_ignore(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from bridgec.compiler.cli import main
+
+    args = [
+        "data",
+        "build",
+        "--sft",
+        "--input",
+        str(RECORDS),
+        "--tokenizer",
+        str(tmp_path),
+        "--output",
+        str(tmp_path / "x"),
+    ]
+    assert main([*args, "--workers", "2"]) == 2
+    assert "--workers and --text-key apply to pretraining data only" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
