@@ -134,6 +134,7 @@ class Fp8Recipe(enum.Enum):
 class DataKind(enum.Enum):
     MOCK = "mock"
     INDEXED = "indexed"
+    SFT = "sft"
 
 
 class LossKind(enum.Enum):

@@ -49,6 +49,9 @@ class DiskFiles:
         with Path(path).open("rb") as stream:
             return stream.read(size)
 
+    def read_bytes(self, path: Path) -> bytes:
+        return Path(path).read_bytes()
+
 
 def _err(text: str) -> None:
     print(text, file=sys.stderr)
@@ -316,6 +319,7 @@ EXIT_INCOMPATIBLE = 1
 def cmd_diff(args: argparse.Namespace) -> int:
     from bridgec.compiler.compile import tokenizer_info
     from bridgec.compiler.spec_diff import diff_specs, report_text
+    from bridgec.compiler.validate import SpecContext
 
     specs = []
     for path in (Path(args.old), Path(args.new)):
@@ -325,7 +329,8 @@ def cmd_diff(args: argparse.Namespace) -> int:
         if front.spec is None or any(is_error(d) for d in front.diagnostics):
             _err(f"bridgec: {path} has errors; nothing compared")
             return EXIT_SPEC_ERROR
-        specs.append((front.spec, tokenizer_info(front.spec, path.resolve().parent, DiskFiles())))
+        context = SpecContext(file=str(path), spec_dir=path.resolve().parent, files=DiskFiles(), require_data=False)
+        specs.append((front.spec, tokenizer_info(front.spec, context)))
     (old, old_tokenizer), (new, new_tokenizer) = specs
     diff = diff_specs(old, new, old_tokenizer=old_tokenizer, new_tokenizer=new_tokenizer)
     sys.stdout.write(report_text(diff, args.old, args.new))
@@ -335,14 +340,59 @@ def cmd_diff(args: argparse.Namespace) -> int:
 def cmd_data_build(args: argparse.Namespace) -> int:
     from bridgec.runtime.data_build import DataBuildError, build_indexed_dataset
 
+    if args.sft:
+        return _sft_build(args)
     try:
-        report = build_indexed_dataset(Path(args.input), Path(args.output), text_key=args.text_key)
+        report = build_indexed_dataset(
+            [Path(p) for p in args.input],
+            Path(args.output),
+            text_key=args.text_key,
+            tokenizer=None if args.tokenizer is None else Path(args.tokenizer),
+            append_eod=args.append_eod,
+            workers=args.workers,
+            progress=not args.no_progress and sys.stderr.isatty(),
+        )
     except DataBuildError as error:
         raise UserError(str(error)) from None
     print(
         f"wrote {report.prefix}.bin, {report.prefix}.idx and {report.prefix}.json: "
-        f"{report.documents} document(s), {report.tokens} tokens, tokenizer {report.tokenizer} "
+        f"{report.documents} document(s), {report.tokens} tokens ({report.dtype}), tokenizer {report.tokenizer} "
         f"(vocab {report.vocab_size}, eod {report.eod})"
+    )
+    return EXIT_OK
+
+
+def _sft_build(args: argparse.Namespace) -> int:
+    from bridgec.runtime.data_build import DataBuildError
+    from bridgec.runtime.sft_build import SftSettings, build_sft_dataset
+
+    if args.tokenizer is None:
+        raise UserError("bridgec data build --sft needs --tokenizer (a Hugging Face tokenizer folder)")
+    if args.workers != 1 or args.text_key != "text":
+        raise UserError(
+            "bridgec data build --sft tokenizes in one process and reads --messages-key or --prompt-key and "
+            "--completion-key: --workers and --text-key apply to pretraining data only"
+        )
+    settings = SftSettings(
+        loss_mode=args.loss_mode,
+        messages_key=args.messages_key,
+        prompt_key=args.prompt_key,
+        completion_key=args.completion_key,
+        template=None if args.chat_template is None else Path(args.chat_template),
+        max_length=args.max_length,
+        overlong=args.overlong,
+        append_eod=args.append_eod,
+    )
+    try:
+        report = build_sft_dataset(
+            [Path(p) for p in args.input], Path(args.output), tokenizer=Path(args.tokenizer), settings=settings
+        )
+    except DataBuildError as error:
+        raise UserError(str(error)) from None
+    print(
+        f"wrote {report.prefix}.bin/.idx, {report.prefix}.loss_mask.bin/.idx and {report.prefix}.json: "
+        f"{report.samples} sample(s), {report.tokens} tokens, {report.loss_tokens} in the loss "
+        f'(loss_mode "{args.loss_mode}"); {report.truncated} truncated, {report.dropped} dropped'
     )
     return EXIT_OK
 
@@ -645,15 +695,54 @@ def _parser() -> argparse.ArgumentParser:
     build = _command(
         data_commands,
         "build",
-        "turn a JSON-lines text file into a megatron indexed dataset (byte-level tokenizer)",
-        "Tokenize every document of DOCS.jsonl with a byte-level tokenizer (no download; vocabulary 257, the "
-        "last id ends a document) into PREFIX.bin and PREFIX.idx, megatron's indexed dataset, and write "
-        "PREFIX.json (tokenizer, vocab_size, eod), which the compiler reads. Commit PREFIX.json with the spec.",
-        "exit codes: 0 written; 2 the input cannot be read or holds no documents; 3 internal error",
+        "tokenize JSON-lines, Parquet or text files into a megatron indexed dataset",
+        "Tokenize every document of the inputs (DOCS.jsonl: the text under --text-key of each line; DOCS.parquet: "
+        "the column --text-key; DOC.txt: the whole file is one document) into PREFIX.bin and PREFIX.idx, "
+        "megatron's indexed dataset, in the smallest token dtype the vocabulary allows, and write PREFIX.json "
+        "(tokenizer, vocab_size, eod, bos, pad, the tokenizer's sha256), which the compiler reads. Without "
+        "--tokenizer the tokenizer is byte-level (no download; vocabulary 257, id 256 ends every document). "
+        "The output is byte-identical whatever --workers is. Commit PREFIX.json with the spec.",
+        "exit codes: 0 written; 2 an input or the tokenizer cannot be read (file and line named), or no "
+        "documents, or a package is missing (with the install command); 3 internal error. Nothing is written "
+        "unless everything is.",
     )
-    build.add_argument("--input", required=True, metavar="DOCS.jsonl", help="one JSON object per line")
+    build.add_argument(
+        "--input", required=True, action="append", metavar="DOCS", help="a .jsonl, .parquet or .txt file; repeatable"
+    )
     build.add_argument("--output", required=True, metavar="PREFIX", help="writes PREFIX.bin, PREFIX.idx, PREFIX.json")
-    build.add_argument("--text-key", default="text", help="the JSON key holding each document's text (default: text)")
+    build.add_argument(
+        "--text-key", default="text", help="the JSON key or Parquet column holding each document's text (default: text)"
+    )
+    build.add_argument(
+        "--tokenizer",
+        metavar="PATH",
+        help="a Hugging Face tokenizer folder (tokenizer.json), a SentencePiece .model or a tiktoken rank file",
+    )
+    build.add_argument("--append-eod", action="store_true", help="end every document with the tokenizer's eod id")
+    build.add_argument("--workers", type=int, default=1, metavar="N", help="tokenizing processes (default: 1)")
+    build.add_argument("--no-progress", action="store_true", help="no progress bar (it is shown only on a terminal)")
+    sft = build.add_argument_group("instruction data (--sft)")
+    sft.add_argument(
+        "--sft",
+        action="store_true",
+        help="JSONL records with messages (rendered with the chat template) or prompt/completion: writes tokens, "
+        "PREFIX.loss_mask.bin/.idx and PREFIX.json",
+    )
+    sft.add_argument(
+        "--loss-mode", choices=("assistant", "last_turn", "completion", "full"), default="assistant",
+        help="tokens in the loss (default: assistant, every {%% generation %%} span or the completion)",
+    )  # fmt: skip
+    sft.add_argument(
+        "--messages-key", default="messages", help="the record's list of {role, content} (default: messages)"
+    )
+    sft.add_argument("--prompt-key", default="prompt", help="(default: prompt)")
+    sft.add_argument("--completion-key", default="completion", help="(default: completion)")
+    sft.add_argument("--chat-template", metavar="FILE", help="a Jinja chat template instead of tokenizer_config.json's")
+    sft.add_argument("--max-length", type=int, metavar="N", help="samples longer than N tokens are --overlong")
+    sft.add_argument(
+        "--overlong", choices=("error", "truncate", "drop"), default="error",
+        help="what happens to a sample longer than --max-length (default: error, naming its line)",
+    )  # fmt: skip
     build.set_defaults(handler=cmd_data_build)
 
     checkpoint = commands.add_parser(

@@ -21,9 +21,11 @@ from bridgec.compiler.frontend import read_spec
 from bridgec.compiler.jobs import JobFile, job_files
 from bridgec.compiler.lower import Target, TokenizerInfo, lower
 from bridgec.compiler.render import render
+from bridgec.compiler.rules_files import tokenizer_facts
 from bridgec.compiler.spec import Spec
 from bridgec.compiler.validate import FileView, SpecContext, parse_tokenizer_sidecar
 from bridgec.compiler.verify import verify
+from bridgec.runtime.tokenizer import TokenizerFacts
 
 
 class InternalError(Exception):
@@ -46,9 +48,18 @@ def relative_spec_path(spec_path: Path, output_path: Path) -> str:
     return posixpath.join(*relative.split(os.sep))
 
 
-def tokenizer_info(spec: Spec, spec_dir: Path, files: FileView) -> TokenizerInfo | None:
-    """The tokenizer sidecar of the first indexed source (prefix.json), when there is one."""
-    if spec.data.kind != "indexed" or not spec.data.sources:
+def tokenizer_info(spec: Spec, context: SpecContext) -> TokenizerInfo | None:
+    """data.tokenizer's facts, else the tokenizer sidecar of the first indexed source (prefix.json), when there is one."""
+    facts = tokenizer_facts(spec, context)
+    if isinstance(facts, TokenizerFacts):
+        return TokenizerInfo(
+            name=facts.kind,
+            vocab_size=facts.vocab_size,
+            eod=facts.eod,
+            origin=f"data.tokenizer = {spec.data.tokenizer}",
+        )
+    spec_dir, files = context.spec_dir, context.files
+    if spec.data.kind == "mock" or not spec.data.sources:
         return None
     sidecar = spec_dir / (spec.data.sources[0].prefix + ".json")
     if not files.exists(sidecar):
@@ -84,7 +95,7 @@ def compile_spec(
         spec_sha256=front.sha256,
         spec_path=relative_spec_path(spec_path, output_path),
         output_name=output_path.name,
-        tokenizer=tokenizer_info(front.spec, spec_dir, files),
+        tokenizer=tokenizer_info(front.spec, context),
         overrides=tuple(override.text for override in overrides),
         ejected=ejected,
     )

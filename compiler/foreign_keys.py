@@ -64,8 +64,8 @@ UNSUPPORTED: dict[str, Feature] = {
         "[checkpoint] resume = true",
     ),
     "sft": Feature(
-        "Fine-tuning datasets (SFT, chat templates, packed sequences)",
-        "pretraining data: JSON lines through bridgec data build, or Megatron indexed files",
+        "Packed fine-tuning sequences (several SFT samples per sequence)",
+        '[data] kind = "sft" puts each sample alone in a padded sequence',
     ),
     "hf_data": Feature(
         "Hugging Face datasets as a data source", "export the text as JSON lines and run bridgec data build"
@@ -90,10 +90,6 @@ UNSUPPORTED: dict[str, Feature] = {
     "families": Feature(
         "Model families other than GPT decoders (T5, BERT, Mamba and hybrids, multimodal)",
         '[model] kind = "gpt" covers GPT, Llama, Qwen and Mistral-style decoders',
-    ),
-    "doc_masking": Feature(
-        "Resetting positions and attention at document boundaries",
-        "[data] eod_mask_loss = true leaves end-of-document tokens out of the loss",
     ),
     "wd_schedule": Feature("Weight-decay schedules (start and end weight decay)", "a constant weight_decay"),
     "batch_rampup": Feature("Batch-size ramp-up", "a constant global_batch_size"),
@@ -219,8 +215,8 @@ KEYS: dict[str, Here | str] = {
         "end-of-document id; bridgec data build writes both to PREFIX.json",
     ),
     "calculate_per_token_loss": Here("[loss]", 'reduction = "per_token"'),
-    "reset_position_ids": "doc_masking",
-    "reset_attention_mask": "doc_masking",
+    "reset_position_ids": Here("[data]", "document_masking = true", "positions and attention reset together"),
+    "reset_attention_mask": Here("[data]", "document_masking = true", "positions and attention reset together"),
     # logging and tools
     "tensorboard_dir": "loggers",
     "tensorboard_log_interval": "loggers",
@@ -234,7 +230,6 @@ KEYS: dict[str, Here | str] = {
     "rng": Here("[run]", "seed"),
     "logger": Here("[train]", "log_interval", "TensorBoard and Weights & Biases logging are not supported yet"),
     "dataset": Here("[data]", "kind and [[data.sources]]"),
-    "tokenizer": Here("[data]", "eod_token", "with [model] vocab_size; bridgec data build writes both to PREFIX.json"),
     "ddp": Here("[parallel]", "distributed_optimizer"),
     "dist": Here("[launch]", "device, nodes and procs_per_node"),
     "peft": "peft",
@@ -246,9 +241,8 @@ KEYS: dict[str, Here | str] = {
 
 VALUES: dict[tuple[str, ...], dict[str, Here | str]] = {
     ("data", "kind"): {
-        "sft": "sft",
-        "chat": "sft",
-        "finetune": "sft",
+        "chat": Here("[data]", 'kind = "sft"', "chat records are rendered with the tokenizer's chat template"),
+        "finetune": Here("[data]", 'kind = "sft"'),
         "packed": "sft",
         "hf": "hf_data",
         "huggingface": "hf_data",

@@ -53,6 +53,8 @@ class TokenizerInfo:
     name: str
     vocab_size: int
     eod: int
+    origin: str = "the dataset's tokenizer file"
+    """Where the facts come from, for EOD_TOKEN's comment."""
 
 
 @attrs.frozen(kw_only=True)
@@ -404,8 +406,11 @@ def _eod_token(spec: Spec, ch: Choices, target: Target) -> Constant:
     d = spec.data
     if d.eod_token is not None:
         return _c("EOD_TOKEN", d.eod_token)
+    if d.tokenizer is not None:
+        assert target.tokenizer is not None, "validation requires data.tokenizer to be readable"
+        return _c("EOD_TOKEN", target.tokenizer.eod, f"from {target.tokenizer.origin} ({target.tokenizer.name})")
     match ch.data:
-        case c.DataKind.INDEXED:
+        case c.DataKind.INDEXED | c.DataKind.SFT:
             assert target.tokenizer is not None, "validation requires eod_token or the dataset's tokenizer file"
             return _c("EOD_TOKEN", target.tokenizer.eod, f"from the dataset's tokenizer file ({target.tokenizer.name})")
         case c.DataKind.MOCK:
@@ -424,11 +429,19 @@ def _data_section(spec: Spec, ch: Choices, target: Target) -> Section:
     if indexed(ch):
         constants += [
             _c("DATA_PREFIXES", tuple(source.prefix for source in d.sources), text=True),
-            _c("DATA_WEIGHTS", tuple(source.weight for source in d.sources)),
+            *(() if ch.data is c.DataKind.SFT else (_c("DATA_WEIGHTS", tuple(source.weight for source in d.sources)),)),
             _c("DATA_SPLIT", tuple(float(part) for part in d.split)),
         ]
     constants.append(_eod_token(spec, ch, target))
     constants.append(_c("EOD_MASK_LOSS", d.eod_mask_loss))
+    if d.document_masking:
+        constants.append(
+            _c(
+                "DOCUMENT_MASKING",
+                True,
+                "positions restart after each EOD_TOKEN; attention stays inside a document (block-diagonal mask)",
+            )
+        )
     constants.append(_c("TRAIN_SAMPLES", t.iters * g, f"train.iters {t.iters} x global {g}"))
     if t.eval_interval is not None:
         windows = derive.validation_windows(spec)
@@ -647,6 +660,7 @@ def lower(spec: Spec, target: Target) -> Plan:
         model=model_plan(spec, ch),
         data_docstring=data_docstring,
         data_source=source,
+        document_masking=spec.data.document_masking,
         forward=forward,
         schedule_function=schedule,
         schedule_docstring=schedule_docstring,

@@ -527,6 +527,8 @@ def _data_class(ch: Choices) -> str:
             return "MockData"
         case c.DataKind.INDEXED:
             return "IndexedData"
+        case c.DataKind.SFT:
+            return "SftData"
         case _:
             assert_never(ch.data)
 

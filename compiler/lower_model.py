@@ -137,8 +137,9 @@ def optax_semantics(ch: Choices) -> bool:
 
 
 def indexed(ch: Choices) -> bool:
+    """The data are files named by [[data.sources]] (pretraining blends or one SFT dataset)."""
     match ch.data:
-        case c.DataKind.INDEXED:
+        case c.DataKind.INDEXED | c.DataKind.SFT:
             return True
         case c.DataKind.MOCK:
             return False
@@ -427,6 +428,11 @@ def data_source(spec: Spec, ch: Choices) -> tuple[str, Code]:
                     "weights=DATA_WEIGHTS, split=DATA_SPLIT)"
                 ),
             )
+        case c.DataKind.SFT:
+            return (
+                "Train and validation splits of the SFT samples: one sample per sequence, its loss mask's tokens in the loss.",
+                Code(text="SftData(prefix=str(SPEC_DIR / DATA_PREFIXES[0]), split=DATA_SPLIT)"),
+            )
         case _:
             assert_never(ch.data)
 
@@ -442,12 +448,14 @@ def _token_aware(ch: Choices) -> bool:
 
 
 def _loss_lines(spec: Spec, ch: Choices) -> tuple[str, ...]:
-    output = "output = model(batch.tokens, batch.position_ids, None, labels=batch.labels)"
+    # The attention mask is None (megatron-core's causal mask) unless documents are kept apart.
+    mask = "batch.attention_mask" if spec.data.document_masking else "None"
+    output = f"output = model(batch.tokens, batch.position_ids, {mask}, labels=batch.labels)"
     match ch.loss_source:
         case LossSource.MAXTEXT:
             return (
                 "# MaxText's loss needs the logits: no labels, so GPTModel returns [batch, seq, vocab / tensor] logits.",
-                "logits = model(batch.tokens, batch.position_ids, None)",
+                f"logits = model(batch.tokens, batch.position_ids, {mask})",
                 "loss = functools.partial(",
                 "    maxtext_loss,",
                 "    batch.loss_mask,",

@@ -193,10 +193,29 @@ def map_data(reader: ConfigReader) -> None:
         'kind = "indexed" with [[data.sources]]; the spec trains on mock data until then'
     )
     if reader.get("packing"):
+        _map_packing(reader)
+
+
+def _map_packing(reader: ConfigReader) -> None:
+    """MaxText's packing (segment ids: positions and attention restart per document) is [data] document_masking."""
+    mapped = {key: value for table in ("model", "parallel") for key, value, _ in reader.tables.get(table, [])}
+    pipeline = max(1, (mapped.get("mesh") or {}).get("stage", 1)) * max(
+        1, (mapped.get("dcn_mesh") or {}).get("stage", 1)
+    )
+    if mapped.get("transformer_impl") == "transformer_engine" or pipeline > 2 or "virtual_pipeline" in mapped:
         reader.note(
             "packing true: MaxText packs documents with segment ids, so attention and positions restart at each "
-            "document; megatron-core's GPT dataset concatenates documents and attends across them"
+            "document; bridgec's [data] document_masking does the same, but only with megatron-core's local "
+            "attention and at most 2 pipeline stages, which this layout does not have, so documents attend "
+            "across each other here"
         )
+        return
+    reader.put(
+        "data",
+        "document_masking",
+        True,
+        reader.src("packing") + ": positions and attention restart at each document, as MaxText's segment ids do",
+    )
 
 
 def map_loss(reader: ConfigReader) -> None:

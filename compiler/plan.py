@@ -180,6 +180,8 @@ class Plan:
     model: ModelPlan
     data_docstring: str
     data_source: Code
+    document_masking: bool
+    """Whether datasets() asks build_splits for reset positions and a block-diagonal attention mask."""
     forward: ForwardPlan
     schedule_function: Call | None
     """learning_rate_schedule()'s return (MaxText's and optax's styles); None with megatron's scheduler."""

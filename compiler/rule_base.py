@@ -33,6 +33,10 @@ class FileView(Protocol):
         """The file's first ``size`` bytes (fewer when it is shorter); raises OSError when it cannot be read."""
         ...
 
+    def read_bytes(self, path: Path) -> bytes:
+        """The whole file (a tokenizer's); raises OSError (FileNotFoundError, IsADirectoryError) when it cannot be read."""
+        ...
+
 
 @attrs.frozen(kw_only=True)
 class SpecContext:

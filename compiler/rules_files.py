@@ -8,7 +8,7 @@ import os
 import re
 import sys
 from collections.abc import Iterator
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 
 import attrs
 
@@ -20,6 +20,7 @@ from bridgec.compiler.rule_base import (
 )
 from bridgec.compiler.spec import Data, Spec
 from bridgec.runtime.data_split import IDX_HEADER_SIZE, DocumentRange, empty_splits, idx_document_count
+from bridgec.runtime.tokenizer import TokenizerError, TokenizerFacts, TokenizerKind, describe
 
 # -- data -------------------------------------------------------------------------------------------
 
@@ -31,6 +32,8 @@ class TokenizerSidecar:
     tokenizer: str
     vocab_size: int
     eod: int
+    tokenizer_sha256: str | None = None
+    """The sha256 of the tokenizer's files (runtime/tokenizer.py); None for the byte-level tokenizer."""
 
 
 def parse_tokenizer_sidecar(text: str) -> TokenizerSidecar | str:
@@ -52,7 +55,12 @@ def parse_tokenizer_sidecar(text: str) -> TokenizerSidecar | str:
             return f"{key!r} is not {words}"
     if data["vocab_size"] < 1 or not 0 <= data["eod"] < data["vocab_size"]:
         return f"eod = {data['eod']} is not a token id of vocab_size = {data['vocab_size']}"
-    return TokenizerSidecar(tokenizer=data["tokenizer"], vocab_size=data["vocab_size"], eod=data["eod"])
+    sha256 = data.get("tokenizer_sha256")
+    if sha256 is not None and type(sha256) is not str:
+        return "'tokenizer_sha256' is not a string"
+    return TokenizerSidecar(
+        tokenizer=data["tokenizer"], vocab_size=data["vocab_size"], eod=data["eod"], tokenizer_sha256=sha256
+    )
 
 
 def rule_data_sources_match_kind(spec: Spec, ctx: SpecContext) -> Iterator[Finding]:
@@ -64,6 +72,13 @@ def rule_data_sources_match_kind(spec: Spec, ctx: SpecContext) -> Iterator[Findi
             ".bin/.idx files to read)",
             hint='add [[data.sources]] with prefix = "path/to/tokens" (the files\' path without .bin/.idx)',
         )
+    if kind == "sft" and count != 1:
+        yield Finding(
+            about=(("data", "sources"), ("data", "kind")),
+            message=f'$.data.kind = "sft" reads one dataset written by `bridgec data build --sft`, but '
+            f"data.sources has {count} entries",
+            hint="one [[data.sources]] table with its prefix (blending SFT datasets is not supported yet)",
+        )
     if kind == "mock" and count > 0:
         yield Finding(
             about=(("data", "sources"), ("data", "kind")),
@@ -74,12 +89,12 @@ def rule_data_sources_match_kind(spec: Spec, ctx: SpecContext) -> Iterator[Findi
 
 
 def rule_data_files_exist(spec: Spec, ctx: SpecContext) -> Iterator[Finding]:
-    if spec.data.kind != "indexed" or not ctx.require_data:
+    if spec.data.kind == "mock" or not ctx.require_data:
         return
+    # An SFT dataset also has its loss masks (bridgec data build --sft writes both).
+    extensions = (".bin", ".idx") + ((".loss_mask.bin", ".loss_mask.idx") if spec.data.kind == "sft" else ())
     for i, source in enumerate(spec.data.sources):
-        missing = [
-            source.prefix + ext for ext in (".bin", ".idx") if not ctx.files.exists(ctx.resolve(source.prefix + ext))
-        ]
+        missing = [source.prefix + ext for ext in extensions if not ctx.files.exists(ctx.resolve(source.prefix + ext))]
         if not missing:
             continue
         relative = "" if os.path.isabs(source.prefix) else " (paths are relative to the spec's folder)"
@@ -215,8 +230,8 @@ def rule_eod_token_in_vocab(spec: Spec, ctx: SpecContext) -> Iterator[Finding]:
 
 def rule_tokenizer_sidecar(spec: Spec, ctx: SpecContext) -> Iterator[Finding]:
     data = spec.data
-    if data.kind != "indexed" or not data.sources:
-        return
+    if data.kind == "mock" or not data.sources or data.tokenizer is not None:
+        return  # with data.tokenizer, the rule_tokenizer_* rules check every source's tokenizer file
     prefix = data.sources[0].prefix
     if ctx.require_data and not all(ctx.files.exists(ctx.resolve(prefix + ext)) for ext in (".bin", ".idx")):
         return  # rule_data_files_exist reports it; a missing dataset has no tokenizer file either
@@ -270,6 +285,95 @@ def _read_sidecar(ctx: SpecContext, name: str) -> TokenizerSidecar | str:
         return "it is not UTF-8 text"
     except OSError as exc:
         return f"it cannot be read ({exc.strerror or type(exc).__name__})"
+
+
+def tokenizer_facts(spec: Spec, ctx: SpecContext) -> TokenizerFacts | str | None:
+    """What data.tokenizer is (runtime/tokenizer.py's facts), what is wrong with it (in words), or None when unset."""
+    name = spec.data.tokenizer
+    if name is None:
+        return None
+    path = ctx.resolve(name)
+    kind = _tokenizer_kind(ctx, path)
+    try:
+        return describe(path, ctx.files.read_bytes, kind=kind)
+    except TokenizerError as error:
+        return str(error).replace(str(path), name)  # the path as the spec writes it
+
+
+def _tokenizer_kind(ctx: SpecContext, path: Path) -> TokenizerKind:
+    if ctx.files.exists(path / "tokenizer.json"):
+        return "huggingface"
+    return "sentencepiece" if path.suffix == ".model" else "tiktoken"
+
+
+def rule_tokenizer_readable(spec: Spec, ctx: SpecContext) -> Iterator[Finding]:
+    facts = tokenizer_facts(spec, ctx)
+    if isinstance(facts, str):
+        relative = "" if os.path.isabs(spec.data.tokenizer) else " (paths are relative to the spec's folder)"
+        yield Finding(
+            about=(("data", "tokenizer"),),
+            message=f"$.data.tokenizer = {render_value(spec.data.tokenizer)} cannot be read{relative}: {facts}",
+            hint="name a Hugging Face tokenizer folder (with tokenizer.json), a SentencePiece .model or a tiktoken "
+            "rank file",
+        )
+
+
+def rule_tokenizer_fits_vocab(spec: Spec, ctx: SpecContext) -> Iterator[Finding]:
+    facts = tokenizer_facts(spec, ctx)
+    if isinstance(facts, TokenizerFacts) and spec.model.vocab_size < facts.vocab_size:
+        yield Finding(
+            about=(("model", "vocab_size"), ("data", "tokenizer")),
+            message=f"$.model.vocab_size = {spec.model.vocab_size} is smaller than the vocabulary of data.tokenizer "
+            f"= {render_value(spec.data.tokenizer)}, {facts.vocab_size}, so some token ids would fall outside the "
+            f"embedding",
+            hint=f"vocab_size = {facts.vocab_size}",
+        )
+
+
+def rule_tokenizer_eod(spec: Spec, ctx: SpecContext) -> Iterator[Finding]:
+    facts, eod = tokenizer_facts(spec, ctx), spec.data.eod_token
+    if isinstance(facts, TokenizerFacts) and eod is not None and eod != facts.eod:
+        yield Finding(
+            about=(("data", "eod_token"),),
+            severity="warning",
+            message=f"$.data.eod_token = {eod} differs from the end-of-document id of data.tokenizer = "
+            f"{render_value(spec.data.tokenizer)}, {facts.eod}",
+            hint=f"remove eod_token to use {facts.eod}",
+        )
+
+
+def rule_tokenizer_built_the_data(spec: Spec, ctx: SpecContext) -> Iterator[Finding]:
+    facts, data = tokenizer_facts(spec, ctx), spec.data
+    if not isinstance(facts, TokenizerFacts) or data.kind == "mock":
+        return
+    shown = render_value(data.tokenizer)
+    for i, source in enumerate(data.sources):
+        if ctx.require_data and not all(ctx.files.exists(ctx.resolve(source.prefix + e)) for e in (".bin", ".idx")):
+            continue  # rule_data_files_exist reports it
+        name, about = source.prefix + ".json", (("data", "sources", i, "prefix"), ("data", "tokenizer"))
+        rebuild = f"rebuild it: bridgec data build --input DOCS --tokenizer {data.tokenizer} --output {source.prefix}"
+        sidecar = read_sidecar(ctx, source.prefix)
+        if sidecar is None or isinstance(sidecar, str):
+            what = "there is no such file" if sidecar is None else sidecar
+            yield Finding(
+                about=about,
+                message=f"$.data.sources[{i}].prefix = {render_value(source.prefix)}: bridgec cannot tell which "
+                f"tokenizer built it, because {name} (written by `bridgec data build`) cannot be read: {what}",
+                hint=rebuild,
+            )
+        elif sidecar.tokenizer_sha256 != facts.sha256:
+            built = (
+                "the byte-level tokenizer"
+                if sidecar.tokenizer_sha256 is None
+                else f"a {sidecar.tokenizer} tokenizer with sha256 {sidecar.tokenizer_sha256[:12]}"
+            )
+            yield Finding(
+                about=about,
+                message=f"$.data.sources[{i}].prefix = {render_value(source.prefix)} was built with {built} "
+                f"({name}), not with data.tokenizer = {shown} ({facts.kind}, sha256 {facts.sha256[:12]}), so its "
+                f"token ids mean other text",
+                hint=rebuild,
+            )
 
 
 # -- checkpoints ----------------------------------------------------------------------------------
@@ -548,6 +652,10 @@ FILE_RULES: tuple[Rule, ...] = (
     rule_splits_have_documents,
     rule_eod_token_in_vocab,
     rule_tokenizer_sidecar,
+    rule_tokenizer_readable,
+    rule_tokenizer_fits_vocab,
+    rule_tokenizer_eod,
+    rule_tokenizer_built_the_data,
     rule_checkpoint_needs_dir,
     rule_overwrite_needs_a_fresh_start,
     rule_checkpoints_need_adam,

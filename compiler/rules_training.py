@@ -329,7 +329,40 @@ def rule_unused_settings(spec: Spec, ctx: SpecContext) -> Iterator[Finding]:
             )
 
 
+def rule_document_masking_layout(spec: Spec, ctx: SpecContext) -> Iterator[Finding]:
+    if not spec.data.document_masking:
+        return
+    about = ("data", "document_masking")
+    if spec.data.kind == "sft":
+        yield Finding(
+            about=(about, ("data", "kind")),
+            message='$.data.document_masking = true has no effect with data.kind = "sft": each SFT sample is '
+            "alone in its sequence",
+            hint="remove document_masking",
+        )
+    if spec.model.transformer_impl == "transformer_engine":
+        yield Finding(
+            about=(about, ("model", "transformer_impl")),
+            message='$.data.document_masking = true needs model.transformer_impl = "local": bridgec gives the '
+            "block-diagonal mask to megatron-core's local attention; Transformer Engine's fused attention "
+            "would need packed-sequence (THD) parameters, which bridgec does not build yet",
+            hint='transformer_impl = "local" under [model], or remove document_masking',
+        )
+    p = spec.parallel
+    if p.pipeline > 2 or p.virtual_pipeline is not None:
+        shown = f"parallel.pipeline = {p.pipeline}" + (
+            f" with virtual_pipeline = {p.virtual_pipeline}" if p.virtual_pipeline is not None else ""
+        )
+        yield Finding(
+            about=(about, ("parallel", "pipeline"), ("parallel", "virtual_pipeline")),
+            message=f"$.data.document_masking = true with {shown}: model chunks in the middle of the pipeline "
+            "read no data, so they would not see where documents end (only the first and last stage do)",
+            hint="pipeline = 2 or less and no virtual_pipeline, or remove document_masking",
+        )
+
+
 TRAINING_RULES: tuple[Rule, ...] = (
+    rule_document_masking_layout,
     rule_schedule_lengths,
     rule_learning_rates,
     rule_optimizer_settings,

@@ -32,7 +32,7 @@ MaxTextScheduleVariant = Literal["2026-02", "2026-01", "2025"]
 OptaxScheduleKind = Literal["constant", "linear", "cosine_decay", "warmup_cosine_decay"]
 DType = Literal["fp32", "bf16", "fp16"]
 Fp8Recipe = Literal["delayed", "tensorwise", "blockwise", "mxfp8"]
-DataKind = Literal["mock", "indexed"]
+DataKind = Literal["mock", "indexed", "sft"]
 LossKind = Literal["cross_entropy"]
 Reduction = Literal["per_token", "per_microbatch"]
 InitScheme = Literal["portable", "megatron"]
@@ -357,15 +357,19 @@ class Data:
     """[data]: where tokens come from."""
 
     kind: DataKind = "mock"
-    """mock (megatron-core's synthetic, learnable sequences) or indexed (.bin/.idx files)."""
+    """mock (megatron-core's synthetic, learnable sequences), indexed (.bin/.idx files) or sft (one dataset of `bridgec data build --sft`: each sample alone in a sequence, padded, only its loss-mask tokens in the loss)."""
     sources: tuple[DataSource, ...] = ()
     """indexed only: [[data.sources]] tables with prefix and weight."""
     split: tuple[float, float, float] = (98.0, 1.0, 1.0)
     """indexed only: train/valid/test proportions of each source's documents. Every split with a share must get at least one document of every source (megatron-core never finishes building an empty one); bridgec never reads the test split. Mock data is always split in thirds."""
+    tokenizer: str | None = None
+    """The tokenizer the data was built with (relative to the spec's folder): a Hugging Face tokenizer folder (tokenizer.json), a SentencePiece .model or a tiktoken rank file, as given to `bridgec data build --tokenizer`. The compiler reads it: vocab_size must cover it, EOD_TOKEN is its end-of-document id, and every source's PREFIX.json must name its sha256."""
     eod_token: int | None = None
-    """End-of-document token id. Default: from the dataset's tokenizer file (prefix.json), or vocab_size - 1 for mock."""
+    """End-of-document token id. Default: from data.tokenizer, else from the dataset's tokenizer file (prefix.json), or vocab_size - 1 for mock."""
     eod_mask_loss: bool = False
     """Exclude end-of-document tokens from the loss."""
+    document_masking: bool = False
+    """Keep documents apart inside a sequence (Megatron's reset_position_ids + reset_attention_mask): position ids restart after each end-of-document token and attention never crosses one (a block-diagonal causal mask given to megatron-core's local attention). Needs model.transformer_impl = "local" and at most 2 pipeline stages without virtual ones."""
 
 
 @attrs.frozen(kw_only=True)

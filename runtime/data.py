@@ -26,6 +26,7 @@ from megatron.core.utils import get_batch_on_this_cp_rank
 
 from bridgec.runtime.data_split import document_ranges, split_text
 from bridgec.runtime.errors import ExitCode, RunError
+from bridgec.runtime.sft_data import SftData, build_sft_splits
 
 
 @attrs.frozen(kw_only=True)
@@ -133,7 +134,7 @@ class IndexedData:
 
 
 def build_splits(
-    source: MockData | IndexedData,
+    source: MockData | IndexedData | SftData,
     *,
     seq_length: int,
     seed: int,
@@ -141,12 +142,18 @@ def build_splits(
     eod_mask_loss: bool,
     num_samples: tuple[int, int, int],
     cache_dir: str,
+    document_masking: bool = False,
 ) -> Splits:
     """Build train/valid/test datasets of exactly ``num_samples`` sequences each.
 
     megatron-core builds every split that has a share of ``split``, even one
     asked for 0 samples (bridgec never reads the test split).
     """
+    if isinstance(source, SftData):
+        train, valid = build_sft_splits(
+            source, seq_length=seq_length, seed=seed, pad=token_ids.eod, num_samples=num_samples
+        )
+        return Splits(train=train, valid=valid, test=None)
     match source:
         case IndexedData(prefixes=prefixes, weights=weights, split=split):
             check_sources(prefixes, split)
@@ -163,10 +170,12 @@ def build_splits(
         split=split_setting,
         path_to_cache=cache_dir,
         tokenizer=token_ids,  # type: ignore[arg-type]  # megatron reads .eod and .vocab_size only
-        reset_position_ids=False,
-        reset_attention_mask=False,
+        # document_masking: positions restart after each eod and every sample carries its
+        # [1, seq, seq] boolean mask (True: masked), causal and block-diagonal over documents.
+        reset_position_ids=document_masking,
+        reset_attention_mask=document_masking,
         eod_mask_loss=eod_mask_loss,
-        create_attention_mask=False,
+        create_attention_mask=document_masking,
         mid_level_dataset_surplus=0.005,
     )
     os.makedirs(cache_dir, exist_ok=True)
@@ -219,6 +228,8 @@ class Batch:
     position_ids: torch.Tensor | None
     labels: torch.Tensor | None
     loss_mask: torch.Tensor | None
+    attention_mask: torch.Tensor | None = None
+    """[batch, 1, seq, seq] booleans, True where attention is masked; None: megatron-core's causal mask."""
 
 
 def next_batch(
@@ -245,4 +256,6 @@ def next_batch(
         position_ids=raw["position_ids"].to(device) if pre_process else None,
         labels=raw["labels"].to(device) if post_process else None,
         loss_mask=raw["loss_mask"].to(device) if post_process else None,
+        # Every stage that reads data runs attention, so each takes the mask (present with document masking).
+        attention_mask=raw["attention_mask"].to(device) if "attention_mask" in raw else None,
     )

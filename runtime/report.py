@@ -17,6 +17,7 @@ from megatron.core.datasets.blended_dataset import BlendedDataset
 from megatron.core.datasets.gpt_dataset import MockGPTDataset
 
 from bridgec.runtime.parallel import Layout
+from bridgec.runtime.sft_data import SftDataset
 
 
 def _shown(path: Path) -> str:
@@ -32,6 +33,8 @@ def _parts(dataset: Any) -> list[Any]:
 
 def describe_data(dataset: Any, *, samples: int, seq_length: int) -> str:
     """The training split in a line: documents and tokens, and how many epochs ``samples`` sequences read."""
+    if isinstance(dataset, SftDataset):
+        return dataset.describe(Path(dataset.tokens.path_prefix).name)
     parts = _parts(dataset)
     if any(isinstance(part, MockGPTDataset) for part in parts):
         return "mock (megatron-core's synthetic sequences)"

@@ -55,6 +55,10 @@ class MemoryFiles:
         content = self._content(path)
         return (content.encode("utf-8") if isinstance(content, str) else content)[:size]
 
+    def read_bytes(self, path: Path) -> bytes:
+        content = self._content(path)
+        return content.encode("utf-8") if isinstance(content, str) else content
+
 
 class DiskFiles:
     """A FileView over the real disk, for golden cases."""
@@ -68,6 +72,9 @@ class DiskFiles:
     def read_head(self, path: Path, size: int) -> bytes:
         with Path(path).open("rb") as stream:
             return stream.read(size)
+
+    def read_bytes(self, path: Path) -> bytes:
+        return Path(path).read_bytes()
 
 
 def spec_toml(**tables: dict[str, Any] | None) -> str:

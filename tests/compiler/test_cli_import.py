@@ -96,7 +96,7 @@ def test_an_import_that_does_not_validate_says_so_and_names_no_absolute_path(
         cwd=tmp_path / "run",
     )
     assert result.returncode == 2
-    assert 'spec.toml:38: $.model.norm_zero_centered = true needs model.transformer_impl = "transformer_engine"' in (
+    assert 'spec.toml:36: $.model.norm_zero_centered = true needs model.transformer_impl = "transformer_engine"' in (
         result.stderr
     )
     assert result.stderr.rstrip().endswith(

@@ -13,6 +13,7 @@ leave the script unchanged, each with its reason.
 
 from __future__ import annotations
 
+import base64
 import copy
 import enum
 import types
@@ -23,10 +24,12 @@ import attrs
 import pytest
 
 from bridgec.compiler import choices, spec
+from bridgec.compiler.compile import tokenizer_info
 from bridgec.compiler.jobs import job_files
 from bridgec.compiler.lower import Target, lower
 from bridgec.compiler.render import render
-from tests.compiler.conftest import MemoryFiles, dump_toml, front, idx_header
+from bridgec.compiler.validate import SpecContext
+from tests.compiler.conftest import SPEC_DIR, MemoryFiles, dump_toml, front, idx_header
 
 TARGET = Target(spec_sha256="0" * 64, spec_path="spec.toml", output_name="run.py")
 
@@ -46,6 +49,10 @@ FILES = MemoryFiles(
         "data/a.idx": idx_header(40),
         "data/b.bin": b"\0" * 64,
         "data/b.idx": idx_header(40),
+        "data/a.loss_mask.bin": b"\0" * 64,
+        "data/a.loss_mask.idx": idx_header(40),
+        # A tiktoken rank file: the 256 bytes (vocabulary 257 with the <|endoftext|> bridgec adds, eod 256).
+        "tok.tiktoken": "".join(f"{base64.b64encode(bytes([b])).decode()} {b}\n" for b in range(256)),
         "ckpt/1/items": "",
         "ckpt/2/items": "",
         "more_hooks.py": "def my_loss(loss_mask, output_tensor):\n    return output_tensor.sum(), loss_mask.sum(), {}\n",
@@ -238,7 +245,9 @@ VALUES: dict[str, list[Any]] = {
     "data.sources.weight": [1.0, 2.0],
     "data.split": [[90.0, 10.0, 0.0], [80.0, 20.0, 0.0]],
     "data.eod_token": [None, 0],
+    "data.tokenizer": [None, "tok.tiktoken"],
     "data.eod_mask_loss": [False, True],
+    "data.document_masking": [False, True],
     "loss.z_loss_multiplier": [0.0, 1e-4],
     "checkpoint.dir": [None, "ckpt"],
     "checkpoint.save_interval": [None, 5],
@@ -261,11 +270,13 @@ values only the runtime interprets, like decay or on_nonfinite, reach it as the 
 COMPANIONS: dict[tuple[str, object], dict[str, Any]] = {
     ("launch.device", "cuda"): {},
     ("launch.scheduler", "kubernetes"): {"launch": {"kubernetes": {"image": "registry/a:1"}}},
+    ("data.tokenizer", "tok.tiktoken"): {"model": {"vocab_size": 257}},
     ("model.transformer_impl", "transformer_engine"): {"launch": {"device": "cuda"}},
     ("optimizer.name", "sgd"): {},
     ("scheduler.style", "maxtext"): {"scheduler": {"maxtext": {}}},
     ("scheduler.style", "optax"): {"scheduler": {"optax": [{"kind": "constant", "value": 1e-3}]}},
     ("data.kind", "indexed"): INDEXED,
+    ("data.kind", "sft"): {"data": {**INDEXED["data"], "kind": "sft"}},
     ("scheduler.decay", "wsd"): {"scheduler": {"wsd_decay_iters": 2}},
     ("optimizer.semantics", "optax"): OPTAX,
     ("init.checkpoint.optimizer_type", "adam_pax"): {"init": {"checkpoint": {"optimizer_state": True}}},
@@ -373,8 +384,10 @@ def _script(path: str, value: Any) -> str:
     result = front(dump_toml(data), FILES)
     errors = [d for d in result.diagnostics if d.severity == "error"]
     assert result.spec is not None and not errors, f"{path} = {value!r}: not a valid spec: {errors}"
+    context = SpecContext(file="spec.toml", spec_dir=SPEC_DIR, files=FILES)
+    target = attrs.evolve(TARGET, tokenizer=tokenizer_info(result.spec, context))
     # The script and the scheduler's job file: [launch] scheduler and its tables change the job file.
-    return render(lower(result.spec, TARGET)) + "".join(job.text for job in job_files(result.spec, TARGET))
+    return render(lower(result.spec, target)) + "".join(job.text for job in job_files(result.spec, target))
 
 
 def _values(field: Field) -> list[Any]:

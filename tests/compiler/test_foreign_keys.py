@@ -34,14 +34,14 @@ def test_a_megatron_key_names_the_bridgec_key_instead_of_a_misleading_did_you_me
 
 def test_megatron_values_tables_and_dashed_flags() -> None:
     text = spec_toml(
-        data={"kind": "sft"}, optimizer={"name": "adamw"}, logger={"log_interval": 5}, train={"train-iters": 10}
+        data={"kind": "packed"}, optimizer={"name": "adamw"}, logger={"log_interval": 5}, train={"train-iters": 10}
     )
     assert messages(text) == [
         "spec.toml:14: unknown key 'train-iters' in [train]; hint: train-iters is [train] iters here",
         "spec.toml:17: $.optimizer.name = \"adamw\" must be one of 'adam', 'sgd'; hint: name = \"adamw\" is "
         '[optimizer] name = "adam" here (adam is AdamW here: decoupled weight decay)',
-        "spec.toml:19: $.data.kind = \"sft\" must be one of 'mock', 'indexed'; hint: kind = \"sft\" asks for "
-        f"fine-tuning datasets (SFT, chat templates, packed sequences), {NOT_YET}",
+        "spec.toml:19: $.data.kind = \"packed\" must be one of 'mock', 'indexed', 'sft'; hint: kind = \"packed\" "
+        f"asks for packed fine-tuning sequences (several SFT samples per sequence), {NOT_YET}",
         "spec.toml:20: unknown table [logger]; hint: logger is [train] log_interval here (TensorBoard and Weights & "
         "Biases logging are not supported yet)",
     ]

@@ -614,3 +614,18 @@ def test_ignored_axes_are_noted_in_the_same_order_in_every_process() -> None:
     }
     assert len(notes) == 1
     assert json.loads(notes.pop()) == ["ici_context_parallelism", "ici_tensor_parallelism", "ici_expert_parallelism"]
+
+
+def test_packing_is_document_masking_where_the_layout_allows_it(configs: ConfigFolder) -> None:
+    text, spec = imported(configs, "llama2-7b")
+    assert spec.data.document_masking is True
+    assert (
+        "document_masking = true  # packing true (base.yml): positions and attention restart at each document" in text
+    )
+    assert "packing true: MaxText packs" not in text  # no longer a NEEDS YOUR ACTION note
+    _, spec = imported(configs, "llama2-7b", "packing=false")
+    assert spec.data.document_masking is False
+    # Pipeline stages in the middle read no data: no document masking, and a note says why.
+    text, spec = imported(configs, "llama2-7b", "ici_pipeline_parallelism=2", "ici_tensor_parallelism=2")
+    assert spec.data.document_masking is False
+    assert "packing true: MaxText packs" in text and "document_masking does the same" in " ".join(text.split())

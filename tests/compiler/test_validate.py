@@ -9,6 +9,7 @@ new tables follow from line 16, in the order given.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -1346,4 +1347,178 @@ def test_rule_slurm_time() -> None:
             'spec.toml:18: $.launch.slurm.time = "4h" is not a SLURM time limit; hint: write minutes ("90"), '
             '"HH:MM:SS" ("04:00:00") or "D-HH:MM:SS" ("1-12:00:00")'
         ],
+    )
+
+
+def _tiktoken_file(merges: int) -> bytes:
+    """A tiktoken rank file: the 256 bytes, then ``merges`` two-letter tokens (vocabulary 256 + merges + 1)."""
+    import base64
+
+    tokens = [bytes([b]) for b in range(256)] + [bytes([97 + i // 26, 97 + i % 26]) for i in range(merges)]
+    return "".join(f"{base64.b64encode(t).decode()} {rank}\n" for rank, t in enumerate(tokens)).encode()
+
+
+TOKENIZER = {"tok.tiktoken": _tiktoken_file(4)}  # vocabulary 261, eod 260
+WITH_TOKENIZER = {**INDEXED, "tokenizer": "tok.tiktoken"}
+
+
+def _built_with(files: dict[str, bytes]) -> str:
+    """The sidecar `bridgec data build --tokenizer tok.tiktoken` writes."""
+    from bridgec.runtime.tokenizer import describe
+
+    facts = describe(Path("tok.tiktoken"), lambda path: files[path.name], kind="tiktoken")
+    return f'{{"tokenizer": "tiktoken", "vocab_size": 261, "eod": 260, "tokenizer_sha256": "{facts.sha256}"}}'
+
+
+@pytest.mark.parametrize(
+    ("files", "expected"),
+    [
+        (TOKENIZER, []),
+        (
+            {},
+            [
+                'spec.toml:17: $.data.tokenizer = "tok.tiktoken" cannot be read (paths are relative to the spec\'s '
+                "folder): tok.tiktoken: no such file or folder; hint: name a Hugging Face tokenizer folder (with "
+                "tokenizer.json), a SentencePiece .model or a tiktoken rank file"
+            ],
+        ),
+        (
+            {"tok.tiktoken": b"YQ== 0\nnot base64 1\n"},
+            [
+                'spec.toml:17: $.data.tokenizer = "tok.tiktoken" cannot be read (paths are relative to the spec\'s '
+                "folder): tok.tiktoken:2: not a tiktoken rank line (expected 'BASE64TOKEN RANK'); a SentencePiece "
+                "model must end in .model, a Hugging Face tokenizer is a folder with tokenizer.json; hint: name a "
+                "Hugging Face tokenizer folder (with tokenizer.json), a SentencePiece .model or a tiktoken rank file"
+            ],
+        ),
+    ],
+    ids=["fine", "missing", "corrupt"],
+)
+def test_rule_tokenizer_readable(files: dict[str, bytes], expected: list[str]) -> None:
+    check({"model": {"vocab_size": 300}, "data": {"tokenizer": "tok.tiktoken"}}, expected, files=files)
+
+
+def test_rule_tokenizer_fits_vocab() -> None:
+    check(
+        {"model": {"vocab_size": 260}, "data": {"tokenizer": "tok.tiktoken"}},
+        [
+            'spec.toml:7: $.model.vocab_size = 260 is smaller than the vocabulary of data.tokenizer = "tok.tiktoken", '
+            "261, so some token ids would fall outside the embedding; hint: vocab_size = 261"
+        ],
+        files=TOKENIZER,
+    )
+    check({"model": {"vocab_size": 261}, "data": {"tokenizer": "tok.tiktoken"}}, [], files=TOKENIZER)
+
+
+def test_rule_tokenizer_eod() -> None:
+    check(
+        {"model": {"vocab_size": 300}, "data": {"tokenizer": "tok.tiktoken", "eod_token": 5}},
+        [
+            "spec.toml:18: warning: $.data.eod_token = 5 differs from the end-of-document id of data.tokenizer = "
+            '"tok.tiktoken", 260; hint: remove eod_token to use 260'
+        ],
+        files=TOKENIZER,
+    )
+
+
+def test_rule_tokenizer_built_the_data() -> None:
+    tables = {"model": {"vocab_size": 300}, "data": WITH_TOKENIZER}
+    check(tables, [], files={**DATA, **TOKENIZER, "data/tok.json": _built_with(TOKENIZER)})
+    other = _built_with({"tok.tiktoken": _tiktoken_file(5)})
+    rebuild = "hint: rebuild it: bridgec data build --input DOCS --tokenizer tok.tiktoken --output data/tok"
+    sha, other_sha = (json.loads(text)["tokenizer_sha256"][:12] for text in (_built_with(TOKENIZER), other))
+    check(
+        tables,
+        [
+            f'spec.toml:20: $.data.sources[0].prefix = "data/tok" was built with a tiktoken tokenizer with sha256 '
+            f"{other_sha} (data/tok.json), not "
+            f'with data.tokenizer = "tok.tiktoken" (tiktoken, sha256 {sha}), so its token ids mean other text; {rebuild}'
+        ],
+        files={**DATA, **TOKENIZER, "data/tok.json": other},
+    )
+    check(
+        tables,
+        [
+            'spec.toml:20: $.data.sources[0].prefix = "data/tok" was built with the byte-level tokenizer '
+            f'(data/tok.json), not with data.tokenizer = "tok.tiktoken" (tiktoken, sha256 {sha}), so its token ids '
+            f"mean other text; {rebuild}"
+        ],
+        files={**DATA, **TOKENIZER, "data/tok.json": '{"tokenizer": "bytes", "vocab_size": 257, "eod": 256}'},
+    )
+    check(
+        tables,
+        [
+            'spec.toml:20: $.data.sources[0].prefix = "data/tok": bridgec cannot tell which tokenizer built it, '
+            "because data/tok.json (written by `bridgec data build`) cannot be read: there is no such file; "
+            f"{rebuild}"
+        ],
+        files={**DATA, **TOKENIZER},
+    )
+    # bridgec check reads the committed tokenizer file without the data.
+    check_without_data(tables, [], files={**TOKENIZER, "data/tok.json": _built_with(TOKENIZER)})
+
+
+def test_rule_document_masking_layout() -> None:
+    check({"data": {"document_masking": True}}, [])
+    check(
+        {
+            "launch": {"device": "cuda"},
+            "model": {"transformer_impl": "transformer_engine"},
+            "data": {"document_masking": True},
+        },
+        [
+            'spec.toml:20: $.data.document_masking = true needs model.transformer_impl = "local": bridgec gives the '
+            "block-diagonal mask to megatron-core's local attention; Transformer Engine's fused attention would "
+            "need packed-sequence (THD) parameters, which bridgec does not build yet; hint: transformer_impl = "
+            '"local" under [model], or remove document_masking'
+        ],
+    )
+    check(
+        {
+            "model": {"num_layers": 4},
+            "parallel": {"pipeline": 4},
+            "launch": {"procs_per_node": 4},
+            "data": {"document_masking": True},
+        },
+        [
+            "spec.toml:21: $.data.document_masking = true with parallel.pipeline = 4: model chunks in the middle of "
+            "the pipeline read no data, so they would not see where documents end (only the first and last stage "
+            "do); hint: pipeline = 2 or less and no virtual_pipeline, or remove document_masking"
+        ],
+    )
+
+
+def test_rule_data_sources_match_kind_sft() -> None:
+    sources = [{"prefix": "data/a"}, {"prefix": "data/b"}]
+    check(
+        {"data": {"kind": "sft", "eod_token": 0, "sources": sources}},
+        [
+            'spec.toml:19: $.data.kind = "sft" reads one dataset written by `bridgec data build --sft`, but '
+            "data.sources has 2 entries; hint: one [[data.sources]] table with its prefix (blending SFT datasets is "
+            "not supported yet)"
+        ],
+        files={f"data/{n}{ext}": "" for n in "ab" for ext in (".bin", ".idx", ".loss_mask.bin", ".loss_mask.idx")},
+    )
+
+
+def test_rule_data_files_exist_sft_needs_the_loss_masks() -> None:
+    check(
+        {"data": {"kind": "sft", "eod_token": 0, "sources": [{"prefix": "data/tok"}]}},
+        [
+            'spec.toml:20: $.data.sources[0].prefix = "data/tok": data/tok.loss_mask.bin and data/tok.loss_mask.idx '
+            "do not exist (paths are relative to the spec's folder); hint: fix the prefix, or build the files with "
+            "`bridgec data build`"
+        ],
+        files=DATA,
+    )
+
+
+def test_rule_document_masking_layout_sft() -> None:
+    check(
+        {"data": {"kind": "sft", "document_masking": True, "eod_token": 0, "sources": [{"prefix": "data/tok"}]}},
+        [
+            'spec.toml:18: $.data.document_masking = true has no effect with data.kind = "sft": each SFT sample is '
+            "alone in its sequence; hint: remove document_masking"
+        ],
+        files={**DATA, "data/tok.loss_mask.bin": "", "data/tok.loss_mask.idx": idx_header(100)},
     )

@@ -63,7 +63,7 @@ def test_data_build_round_trip(tmp_path: Path) -> None:
     assert decode_bytes(dataset[0].tolist()) == "hello"
     assert dataset[1].tolist()[-1] == BYTE_EOD
     sidecar = json.loads((tmp_path / "out" / "tiny.json").read_text())
-    assert sidecar == {"eod": 256, "tokenizer": "bytes", "vocab_size": 257}
+    assert sidecar == {"dtype": "uint16", "eod": 256, "tokenizer": "bytes", "vocab_size": 257}
     assert not list((tmp_path / "out").glob(".*"))  # no staging files left behind
     check_sources([str(tmp_path / "out" / "tiny")], [1.0, 0.0, 0.0])
 

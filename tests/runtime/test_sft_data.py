@@ -1,0 +1,57 @@
+"""[data] kind = "sft" at run time: each sample alone in a padded sequence, its mask shifted onto the predictions."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from bridgec.runtime.errors import RunError
+from bridgec.runtime.sft_build import SftSettings, build_sft_dataset
+from bridgec.runtime.sft_data import SftData, build_sft_splits
+from tests import tiny_tokenizers
+
+
+@pytest.fixture(scope="module")
+def sft_prefix(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("sft")
+    tokenizer = tiny_tokenizers.huggingface_bpe(folder / "tok")
+    pairs = [{"prompt": f"question {i}?", "completion": f"answer {i}" + " more" * (i % 4)} for i in range(10)]
+    (folder / "pairs.jsonl").write_text("".join(json.dumps(p) + "\n" for p in pairs))
+    settings = SftSettings(loss_mode="completion")
+    build_sft_dataset([folder / "pairs.jsonl"], folder / "sft", tokenizer=tokenizer, settings=settings)
+    return folder / "sft"
+
+
+def test_a_sample_fills_one_sequence_and_its_mask_marks_the_predicted_tokens(sft_prefix: Path) -> None:
+    from megatron.core.datasets.indexed_dataset import IndexedDataset
+
+    train, valid = build_sft_splits(
+        SftData(prefix=str(sft_prefix), split=(80.0, 20.0, 0.0)), seq_length=24, seed=1, pad=0, num_samples=(20, 4)
+    )
+    tokens, masks = IndexedDataset(str(sft_prefix)), IndexedDataset(f"{sft_prefix}.loss_mask")
+    assert (len(train), len(valid)) == (20, 4)
+    assert sorted(train.order[:8].tolist()) == list(range(8))  # one whole, shuffled pass over the 8 training samples
+    assert valid.order.tolist() == [8, 9, 8, 9]  # validation in order, repeated
+    sample = int(train.order[0])
+    item = train[0]
+    ids, mask = tokens[sample].tolist(), masks[sample].tolist()
+    n = len(ids)
+    assert item["tokens"][:n].tolist() == ids and item["tokens"][n:].eq(0).all()
+    assert item["labels"][: n - 1].tolist() == ids[1:]
+    # Position p predicts token p + 1: it counts exactly when token p + 1 is a completion token.
+    assert item["loss_mask"][: n - 1].tolist() == [float(m) for m in mask[1:]]
+    assert item["loss_mask"][n - 1 :].eq(0).all()
+    assert item["position_ids"].tolist() == list(range(24))
+    assert train.describe("sft").startswith("sft: 8 SFT samples, ")
+
+
+def test_a_sample_longer_than_the_sequence_is_refused(sft_prefix: Path) -> None:
+    with pytest.raises(
+        RunError,
+        match=r"does not fit a sequence of seq_length 4 \+ 1; rebuild with `bridgec data build --sft --max-length 5",
+    ):
+        build_sft_splits(
+            SftData(prefix=str(sft_prefix), split=(1.0, 0.0, 0.0)), seq_length=4, seed=1, pad=0, num_samples=(2, 0)
+        )
