@@ -147,10 +147,23 @@ CONTEXT: dict[str, dict[str, Any]] = {
 
 PREFIX_CONTEXT: dict[str, dict[str, Any]] = {
     "scheduler.maxtext.": MAXTEXT,
+    "logging.tensorboard.": {"logging": {"tensorboard": {"dir": "tb"}}},
+    "logging.wandb.": {"logging": {"wandb": {"project": "p"}}},
+    "logging.mlflow.": {"logging": {"mlflow": {"tracking_uri": "sqlite:///m.db"}}},
     "init.checkpoint.": {**LLAMA, "init": {"checkpoint": {"format": "orbax", "path": "ckpt/1/items"}}},
 }
 
 VALUES: dict[str, list[Any]] = {
+    "logging.params_norm": [False, True],
+    "logging.peak_tflops": [None, 989.0],
+    "logging.tensorboard.dir": ["tb", "elsewhere"],
+    "logging.wandb.project": ["p", "q"],
+    "logging.wandb.entity": [None, "team"],
+    "logging.wandb.name": [None, "named"],
+    "logging.wandb.tags": [[], ["a"]],
+    "logging.mlflow.tracking_uri": ["sqlite:///m.db", "http://127.0.0.1:5000"],
+    "logging.mlflow.experiment": [None, "exp"],
+    "logging.mlflow.run_name": [None, "named"],
     "run.name": ["a", "b"],
     "run.seed": [1, 2],
     "run.description": ["", "words"],

@@ -9,6 +9,7 @@ new tables follow from line 16, in the order given.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -36,10 +37,10 @@ def check_without_data(tables: dict[str, Any], expected: list[str], files: dict[
 
 
 def test_every_rule_is_registered_once_and_tested() -> None:
-    from bridgec.compiler import rules_files, rules_layout, rules_training, validate_interop
+    from bridgec.compiler import rules_files, rules_layout, rules_logging, rules_training, validate_interop
     from tests.compiler import test_validate_interop
 
-    modules = (rules_layout, rules_training, rules_files, validate_interop)
+    modules = (rules_layout, rules_training, rules_files, validate_interop, rules_logging)
     defined = {name for module in modules for name in vars(module) if name.startswith("rule_")}
     registered = [rule.__name__ for rule in RULES]
     assert sorted(registered) == sorted(defined)
@@ -1307,4 +1308,27 @@ def test_rule_both_hooks() -> None:
             "your forward_step"
         ],
         files=HOOK_FILES,
+    )
+
+
+def test_rule_sink_package_installed(monkeypatch: pytest.MonkeyPatch) -> None:
+    sinks = {
+        "logging": {
+            "tensorboard": {"dir": "tb"},
+            "wandb": {"project": "p", "mode": "offline"},
+            "mlflow": {"tracking_uri": "sqlite:///m.db"},
+        }
+    }
+    check(sinks, [])  # the test extra installs all three
+    # A None entry in sys.modules is Python's own "this module cannot be imported" (importlib's find_spec says None).
+    monkeypatch.setitem(sys.modules, "wandb", None)
+    monkeypatch.setitem(sys.modules, "mlflow", None)
+    check(
+        sinks,
+        [
+            f"spec.toml:18: [logging.wandb] needs the wandb package, which this Python ({sys.executable}) cannot "
+            "import; hint: pip install 'bridgec[wandb]' (or remove [logging.wandb])",
+            f"spec.toml:19: [logging.mlflow] needs the mlflow package, which this Python ({sys.executable}) cannot "
+            "import; hint: pip install 'bridgec[mlflow]' (or remove [logging.mlflow])",
+        ],
     )

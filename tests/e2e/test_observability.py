@@ -1,0 +1,177 @@
+"""[logging]: the sinks hold the metrics file's history, a failing sink is dropped, the console obeys its level.
+
+One launch on two pipeline stages (the logging rank is the last stage's, rank 1)
+with TensorBoard, an offline W&B run and an MLflow sqlite store; every store is
+read back with its own library's reader. A second launch points TensorBoard
+below a regular file and MLflow at a closed port: both fail for real, training
+goes on, each says so once, and the metrics file is complete.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from mlflow.tracking import MlflowClient
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from tests.conftest import free_port
+from tests.e2e.harness import compile_to, launch
+from tests.e2e.wandb_history import history
+
+SPEC = """
+[run]
+name = "watched"
+
+[launch]
+procs_per_node = {procs}
+
+[model]
+num_layers = 2
+hidden_size = 32
+num_attention_heads = 4
+vocab_size = 128
+seq_length = 32
+
+[parallel]
+pipeline = {procs}
+
+[batch]
+global_batch_size = 4
+micro_batch_size = 2
+
+[train]
+iters = 6
+eval_interval = 3
+eval_iters = 1
+
+[optimizer]
+lr = 1e-3
+
+[logging]
+{logging}
+"""
+
+SINKS = """
+level = "debug"
+params_norm = true
+
+[logging.tensorboard]
+dir = "tb"
+
+[logging.wandb]
+project = "bridgec-tests"
+mode = "offline"
+tags = ["e2e"]
+
+[logging.mlflow]
+tracking_uri = "{uri}"
+experiment = "observability"
+"""
+
+TRAIN_KEYS = {
+    "lm loss": "loss",
+    "learning-rate": "lr",
+    "grad-norm": "grad_norm",
+    "params-norm": "params_norm",
+    "loss-scale": "loss_scale",
+    "skipped-iterations": "skipped_total",
+    "throughput/tokens-per-sec": "tokens_per_second",
+    "throughput/tflops-per-device": "tflops_per_device",
+    "consumed-samples": "consumed_samples",
+    "consumed-tokens": "consumed_tokens",
+}
+"""Sink scalar -> the metrics file's key for the same number."""
+
+TIMERS = {
+    "batch-generator-time": "data",
+    "forward-backward-time": "forward_backward",
+    "optimizer-time": "optimizer",
+    "save-checkpoint-time": "save_checkpoint",
+}
+
+
+def _expected(records: list[dict]) -> dict[str, dict[int, float]]:
+    """Every sink scalar by step, from the metrics file."""
+    expected: dict[str, dict[int, float]] = {}
+    for record in records:
+        step = record["step"]
+        if record["kind"] == "train":
+            for scalar, key in TRAIN_KEYS.items():
+                expected.setdefault(scalar, {})[step] = float(record[key])
+            for scalar, key in TIMERS.items():
+                expected.setdefault(scalar, {})[step] = record["timers_s"][key]
+            expected.setdefault("mem-rss-bytes", {})[step] = float(record["memory_bytes"]["rss"])
+        elif record["kind"] == "valid":
+            expected.setdefault("lm loss validation", {})[step] = record["loss"]
+            expected.setdefault("lm loss validation ppl", {})[step] = record["perplexity"]
+    return expected
+
+
+def _close(got: dict[int, float], want: dict[int, float], name: str) -> None:
+    assert sorted(got) == sorted(want), name
+    for step, value in want.items():
+        assert math.isclose(got[step], value, rel_tol=1e-5, abs_tol=1e-9), (name, step, got[step], value)
+
+
+def test_sinks_hold_the_metrics_history(tmp_path: Path) -> None:
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    script = compile_to(tmp_path, SPEC.format(procs=2, logging=SINKS.format(uri=uri)))
+    result = launch(script, 2)
+    assert result.returncode == 0, result.explain()
+    records = result.metrics("out/watched")
+    train = [r for r in records if r["kind"] == "train"]
+    assert [r["step"] for r in train] == [1, 2, 3, 4, 5, 6]
+    assert all("mfu" not in r for r in train)  # no peak on the CPU
+    expected = _expected(records)
+    assert len(expected) == len(TRAIN_KEYS) + len(TIMERS) + 3
+
+    (events,) = (tmp_path / "tb").glob("events.out.tfevents.*")  # one writer: the logging rank's
+    board = EventAccumulator(str(tmp_path / "tb"), size_guidance={"scalars": 0})
+    board.Reload()
+    for name, want in expected.items():
+        _close({event.step: event.value for event in board.Scalars(name)}, want, f"tensorboard {name}")
+
+    (run_folder,) = (tmp_path / "out/watched/wandb").glob("offline-run-*")
+    rows = history(run_folder)
+    for name, want in expected.items():
+        _close({row["_step"]: row[name] for row in rows if name in row}, want, f"wandb {name}")
+
+    client = MlflowClient(tracking_uri=uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("observability").experiment_id])
+    assert run.info.run_name == "watched" and run.data.params["model.hidden_size"] == "32"
+    for name, want in expected.items():
+        _close({m.step: m.value for m in client.get_metric_history(run.info.run_id, name)}, want, f"mlflow {name}")
+
+    # level = "debug": a line every step, with its timers and memory; a progress estimate until the last step.
+    lines = [line for line in result.stdout.splitlines() if line.startswith("step ")]
+    assert len([line for line in lines if "validation" not in line]) == 6
+    assert "ETA 0:00:" in lines[0] and "TFLOP/s/device" in lines[0]
+    assert result.stdout.count("    timers: data ") == 6
+
+
+def test_a_failing_sink_is_dropped_and_training_goes_on(tmp_path: Path) -> None:
+    (tmp_path / "not_a_folder").write_text("a file, so no folder can be made below it\n")
+    logging = f"""
+level = "quiet"
+
+[logging.tensorboard]
+dir = "not_a_folder/tb"
+
+[logging.mlflow]
+tracking_uri = "http://127.0.0.1:{free_port()}"
+"""
+    script = compile_to(tmp_path, SPEC.format(procs=1, logging=logging))
+    # mlflow's own settings: fail at once instead of retrying a closed port for minutes.
+    result = launch(script, 1, env={"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"})
+    assert result.returncode == 0, result.explain()
+    assert [r["step"] for r in result.metrics("out/watched") if r["kind"] == "train"] == [1, 2, 3, 4, 5, 6]
+    warnings = [line for line in result.stderr.splitlines() if "bridgec: warning: the" in line]
+    assert len(warnings) == 2, result.explain()
+    assert warnings[0].startswith("bridgec: warning: the tensorboard sink failed opening (")
+    assert warnings[1].startswith("bridgec: warning: the mlflow sink failed opening (")
+    assert all(
+        w.endswith("it is disabled for the rest of this launch, the metrics file keeps every record") for w in warnings
+    )
+    # level = "quiet": no banner and no step lines, only the end summary.
+    assert result.stdout.strip().startswith("this launch: steps 1-6"), result.explain()
