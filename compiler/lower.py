@@ -450,8 +450,12 @@ def _data_section(spec: Spec, ch: Choices, target: Target) -> Section:
     return Section(title="Data and loss", constants=tuple(constants))
 
 
+def _output_dir(spec: Spec) -> str:
+    return spec.run.output_dir if spec.run.output_dir is not None else f"out/{spec.run.name}"
+
+
 def _output_section(spec: Spec, target: Target) -> Section:
-    output = spec.run.output_dir if spec.run.output_dir is not None else f"out/{spec.run.name}"
+    output = _output_dir(spec)
     constants = [
         (
             _c("OUTPUT_DIR", output, text=True)
@@ -533,6 +537,30 @@ def _logging_section(spec: Spec, ch: Choices) -> Section:
     return Section(title="Logging", constants=tuple(constants))
 
 
+def _profile_section(spec: Spec) -> Section | None:
+    p = spec.profile
+    if p is None:
+        return None
+    default_dir = f"{_output_dir(spec)}/profile"
+    return Section(
+        title="Profile (PyTorch profiler; steps are 1-based)",
+        constants=(
+            _c("PROFILE_START_STEP", p.start_step),
+            _c("PROFILE_END_STEP", p.end_step),
+            _c("PROFILE_RANKS", p.ranks),
+            (
+                _c("PROFILE_DIR", p.dir, text=True)
+                if p.dir is not None
+                else Constant(
+                    name="PROFILE_DIR", value=default_dir, why="default: <output_dir>/profile", from_spec_text=True
+                )
+            ),
+            _c("PROFILE_MEMORY_SNAPSHOT", p.memory_snapshot),
+            _c("PROFILE_NVTX", p.nvtx),
+        ),
+    )
+
+
 def _user_strings(spec: Spec) -> tuple[str, ...]:
     """Every string from the spec that the script contains, for the verify stage."""
     strings = [spec.run.name, spec.run.description, *spec.optimizer.decay_mask.exclude]
@@ -553,6 +581,8 @@ def _user_strings(spec: Spec) -> tuple[str, ...]:
         strings += [g.wandb.project, g.wandb.entity or "", g.wandb.name or "", *g.wandb.tags]
     if g.mlflow is not None:
         strings += [g.mlflow.tracking_uri, g.mlflow.experiment or "", g.mlflow.run_name or ""]
+    if spec.profile is not None and spec.profile.dir is not None:
+        strings.append(spec.profile.dir)
     return tuple(s for s in strings if s)
 
 
@@ -665,6 +695,7 @@ def lower(spec: Spec, target: Target) -> Plan:
         *[section for section in (_init_checkpoint_section(spec),) if section is not None],
         _output_section(spec, target),
         _logging_section(spec, ch),
+        *[section for section in (_profile_section(spec),) if section is not None],
     ]
     regenerate = f"bridgec compile {shlex.quote(target.spec_path)} -o {shlex.quote(target.output_name)}"
     schedule, schedule_docstring = schedule_function(spec, ch)

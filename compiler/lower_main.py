@@ -432,9 +432,27 @@ def step_plan(spec: Spec, ch: Choices) -> StepPlan:
                 *(names(("checkpointer", "built.checkpointer"), ("resume", "RESUME")) if checkpointing else ()),
                 *(names(("initial", "initial")) if spec.init.checkpoint is not None else ()),
                 *_sinks(spec),
+                *_profile(spec),
             ),
         ),
     )
+
+
+def _profile(spec: Spec) -> tuple[Argument, ...]:
+    if spec.profile is None:
+        return ()
+    settings = Call(
+        function="ProfileSettings",
+        arguments=names(
+            ("start_step", "PROFILE_START_STEP"),
+            ("end_step", "PROFILE_END_STEP"),
+            ("ranks", "PROFILE_RANKS"),
+            ("dir", "(SPEC_DIR / PROFILE_DIR).resolve()"),
+            ("memory_snapshot", "PROFILE_MEMORY_SNAPSHOT"),
+            ("nvtx", "PROFILE_NVTX"),
+        ),
+    )
+    return (arg("profile", settings),)
 
 
 SINK_CLASSES = {
@@ -550,6 +568,8 @@ def imports(spec: Spec, ch: Choices, *, schedule: Call | None, forward: ForwardP
         need["model"].add("unwrap")  # bridgec's forward_step, the query scaling and the checkpoint import use it
     if main.after_model:
         need["init"].add("scale_query_rows")
+    if spec.profile is not None:
+        need["profile"].add("ProfileSettings")
     for sink in derive.sinks(spec):
         module, name = SINK_CLASSES[sink]
         need[module].add(name)

@@ -462,6 +462,24 @@ class Logging:
 
 
 @attrs.frozen(kw_only=True)
+class Profile:
+    """[profile]: the PyTorch profiler over a few steps, CUDA memory snapshots and NVTX ranges for nsys."""
+
+    start_step: int
+    """First profiled step (1-based, counted over the whole run). Required."""
+    end_step: int
+    """Last profiled step (inclusive). Required."""
+    ranks: tuple[int, ...] = (0,)
+    """Global ranks that profile."""
+    dir: str | None = None
+    """Where traces go, relative to the spec's folder: one Chrome-trace JSON per rank (<rank>.<time>.pt.trace.json, chrome://tracing or Perfetto; also what TensorBoard's profiler plugin reads from this folder). Default: <output_dir>/profile."""
+    memory_snapshot: bool = False
+    """cuda only: record the CUDA allocator's history over the profiled steps and dump it to memory_rank<r>.pickle in dir (pytorch.org/memory_viz)."""
+    nvtx: bool = False
+    """cuda only: NVTX ranges around every step's forward-backward and optimizer phases (and megatron-core's own), for nsys."""
+
+
+@attrs.frozen(kw_only=True)
 class Spec:
     """A whole spec.toml."""
 
@@ -480,3 +498,4 @@ class Spec:
     hooks: Hooks = attrs.field(factory=Hooks)
     init: Init = attrs.field(factory=Init)
     logging: Logging = attrs.field(factory=Logging)
+    profile: Profile | None = None

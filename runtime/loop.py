@@ -23,6 +23,7 @@ from bridgec.runtime.memory import device_peak, memory
 from bridgec.runtime.metrics import LogLevel, MetricsLog, StepMeasures
 from bridgec.runtime.outputs import launch_record
 from bridgec.runtime.parallel import Layout
+from bridgec.runtime.profile import ProfileSettings, StepProfiler
 from bridgec.runtime.report import describe_data, end_summary, start_banner
 from bridgec.runtime.sinks import Sink, SinkContext, SinkSet
 from bridgec.runtime.step import MetadataKeys, StepResult, evaluate, params_norm, train_step
@@ -140,6 +141,7 @@ def train(
     resume: bool = False,
     initial: Progress | None = None,
     sinks: Sequence[Sink] = (),
+    profile: ProfileSettings | None = None,
 ) -> RunEnd:
     """Run steps until ``settings.iters``, an early stop, or a non-finite stop; return how the launch ended.
 
@@ -151,7 +153,8 @@ def train(
     latest checkpoint first, or says that it starts fresh. ``initial`` is where a
     fresh start begins (step 0 by default; the imported step when optimizer state
     came from another framework's checkpoint). ``sinks`` (TensorBoard, W&B,
-    MLflow) are opened on the logging rank only.
+    MLflow) are opened on the logging rank only; ``profile`` profiles a step range
+    ([profile], runtime.profile).
     """
     log = MetricsLog(
         path=settings.metrics_path,
@@ -224,6 +227,8 @@ def train(
     ]
     signals = StopSignals.install()
     metadata_keys = MetadataKeys()
+    profiler = StepProfiler(settings=profile, rank=layout.rank, device=layout.device)
+    profiler.start()
     saving = 0.0  # seconds spent saving since the last step's record
     try:
         while step < settings.iters:
@@ -231,6 +236,7 @@ def train(
             for timed in train_iterators:
                 if timed is not None:
                     timed.seconds = 0.0
+            profiler.before(step + 1)
             began = time.perf_counter()
             result = train_step(
                 functools.partial(forward_step, state),
@@ -245,8 +251,10 @@ def train(
                 clip_epsilon=settings.clip_epsilon,
                 stop_vote=functools.partial(_stop_vote, signals, settings, step + 1 - start.step, started),
                 metadata_keys=metadata_keys,
+                nvtx=profiler.nvtx,
             )
             seconds = time.perf_counter() - began
+            profiler.after(step + 1)
             measures = _measures(
                 result,
                 optimizer,
@@ -323,6 +331,7 @@ def train(
             raise
         raise RunError(ExitCode.PEER_FAILED, peer_failure_message(error), step=step) from None
     finally:
+        profiler.stop()
         signals.restore()
         log.close()
 

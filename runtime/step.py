@@ -30,6 +30,7 @@ from megatron.core.utils import get_model_config
 from bridgec.runtime.loss import holds_loss_shard, loss_from_sums, loss_sums, metadata_pairs, reduce_metadata
 from bridgec.runtime.optim import current_lr
 from bridgec.runtime.parallel import collective_device
+from bridgec.runtime.profile import phase
 
 ForwardStep = Callable[[Iterator[Any], torch.nn.Module], tuple[torch.Tensor, Callable[..., Any]]]
 """The two-argument forward step megatron-core's schedules call (state already bound)."""
@@ -60,7 +61,7 @@ class StepResult:
     """Wall time of the schedule's forward and backward passes (reading batches included) up to the global
     gradient norm, whose value waits for the device: so the time is the device's too."""
     optimizer_seconds: float = 0.0
-    """Wall time of clipping, the optimizer and the schedule step, up to the end-of-step collective."""
+    """Wall time of clipping, the optimizer, the schedule step and the end-of-step collective."""
 
 
 @attrs.define
@@ -124,6 +125,7 @@ def train_step(
     clip_epsilon: float = MEGATRON_CLIP_EPSILON,
     stop_vote: Callable[[], int] | None = None,
     metadata_keys: MetadataKeys | None = None,
+    nvtx: bool = False,
 ) -> StepResult:
     """Forward and backward over ``num_microbatches``, then (unless skipped) clip and update.
 
@@ -132,7 +134,8 @@ def train_step(
     whether training should stop (``stop_vote()``, read at that moment), so
     agreeing on a stop costs no extra collective. The loss function's other
     metadata entries travel in it too: pass the same ``metadata_keys`` every step
-    (it remembers which keys the buffer carries).
+    (it remembers which keys the buffer carries). The two phases are named ranges
+    in a profiler's trace, and NVTX ranges with ``nvtx`` (``runtime.profile``).
     """
     scale_losses(model, optimizer)
     for chunk in model:
@@ -140,29 +143,31 @@ def train_step(
     optimizer.zero_grad()
     loss_scale = float(optimizer.get_loss_scale())
     began = time.perf_counter()
-    forward_backward = get_forward_backward_func()
-    forward_data = forward_backward(
-        forward_step_func=forward_step,
-        data_iterator=_iterators(data_iterators),
-        model=model,
-        num_microbatches=num_microbatches,
-        seq_length=seq_length,
-        micro_batch_size=micro_batch_size,
-        decoder_seq_length=seq_length,
-        forward_only=False,
-    )
-    learning_rate = current_lr(optimizer)
-    overflow = optimizer.prepare_grads()  # fp16: unscales and updates the loss scale
-    grad_norm = float(optimizer.get_grad_norm())  # global: every rank gets the same value
+    with phase("forward-backward", nvtx=nvtx):
+        forward_backward = get_forward_backward_func()
+        forward_data = forward_backward(
+            forward_step_func=forward_step,
+            data_iterator=_iterators(data_iterators),
+            model=model,
+            num_microbatches=num_microbatches,
+            seq_length=seq_length,
+            micro_batch_size=micro_batch_size,
+            decoder_seq_length=seq_length,
+            forward_only=False,
+        )
+        learning_rate = current_lr(optimizer)
+        overflow = optimizer.prepare_grads()  # fp16: unscales and updates the loss scale
+        grad_norm = float(optimizer.get_grad_norm())  # global: every rank gets the same value
     nonfinite = not overflow and not math.isfinite(grad_norm)
     skipped = overflow or nonfinite
     backward_done = time.perf_counter()
-    if not skipped:
-        if clip_grad > 0.0:
-            clip_gradients(optimizer, max_norm=clip_grad, grad_norm=grad_norm, epsilon=clip_epsilon)
-        optimizer.step_with_ready_grads()
-        scheduler.step(increment=1)
-    end = _end_of_step(forward_data, stop_vote() if stop_vote is not None else 0, metadata_keys or MetadataKeys())
+    with phase("optimizer", nvtx=nvtx):
+        if not skipped:
+            if clip_grad > 0.0:
+                clip_gradients(optimizer, max_norm=clip_grad, grad_norm=grad_norm, epsilon=clip_epsilon)
+            optimizer.step_with_ready_grads()
+            scheduler.step(increment=1)
+        end = _end_of_step(forward_data, stop_vote() if stop_vote is not None else 0, metadata_keys or MetadataKeys())
     optimizer_done = time.perf_counter()
     return StepResult(
         loss=end.loss,

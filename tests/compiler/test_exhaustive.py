@@ -150,6 +150,7 @@ PREFIX_CONTEXT: dict[str, dict[str, Any]] = {
     "logging.tensorboard.": {"logging": {"tensorboard": {"dir": "tb"}}},
     "logging.wandb.": {"logging": {"wandb": {"project": "p"}}},
     "logging.mlflow.": {"logging": {"mlflow": {"tracking_uri": "sqlite:///m.db"}}},
+    "profile.": {"profile": {"start_step": 2, "end_step": 3}},
     "init.checkpoint.": {**LLAMA, "init": {"checkpoint": {"format": "orbax", "path": "ckpt/1/items"}}},
 }
 
@@ -164,6 +165,12 @@ VALUES: dict[str, list[Any]] = {
     "logging.mlflow.tracking_uri": ["sqlite:///m.db", "http://127.0.0.1:5000"],
     "logging.mlflow.experiment": [None, "exp"],
     "logging.mlflow.run_name": [None, "named"],
+    "profile.start_step": [2, 1],
+    "profile.end_step": [3, 4],
+    "profile.ranks": [[0], [0, 1]],
+    "profile.dir": [None, "traces"],
+    "profile.memory_snapshot": [False, True],
+    "profile.nvtx": [False, True],
     "run.name": ["a", "b"],
     "run.seed": [1, 2],
     "run.description": ["", "words"],
@@ -273,6 +280,8 @@ COMPANIONS: dict[tuple[str, object], dict[str, Any]] = {
     ("init.checkpoint.optimizer_type", "adam_pax"): {"init": {"checkpoint": {"optimizer_state": True}}},
     ("init.checkpoint.optimizer_type", "adamw"): {"init": {"checkpoint": {"optimizer_state": True}}},
     ("precision.fp8", None): {},
+    ("profile.memory_snapshot", True): {"launch": {"device": "cuda"}},
+    ("profile.nvtx", True): {"launch": {"device": "cuda"}},
     ("model.gelu_approximation", "tanh"): {},
     ("model.num_experts", 4): MOE,
 }

@@ -1332,3 +1332,37 @@ def test_rule_sink_package_installed(monkeypatch: pytest.MonkeyPatch) -> None:
             "import; hint: pip install 'bridgec[mlflow]' (or remove [logging.mlflow])",
         ],
     )
+
+
+def test_rule_profile_steps() -> None:
+    check({"profile": {"start_step": 3, "end_step": 4}}, [])
+    check(
+        {"profile": {"start_step": 4, "end_step": 3}},
+        [
+            "spec.toml:17: $.profile: steps 4 to 3 are not a range of this run's steps (1 to train.iters = 10, "
+            "start_step <= end_step); hint: e.g. start_step = 3, end_step = 4 (a few steps after the first, which "
+            "warms up)"
+        ],
+    )
+    check(
+        {"profile": {"start_step": 0, "end_step": 11, "ranks": [0, 1]}},
+        [
+            "spec.toml:17: $.profile: steps 0 to 11 are not a range of this run's steps (1 to train.iters = 10, "
+            "start_step <= end_step); hint: e.g. start_step = 3, end_step = 4 (a few steps after the first, which "
+            "warms up)",
+            "spec.toml:19: $.profile.ranks = [0, 1]: every rank must be one of this run's 0 to 0 (nodes x "
+            "procs_per_node = 1), and at least one is needed; hint: e.g. ranks = [0]",
+        ],
+    )
+
+
+def test_rule_profile_cuda_only() -> None:
+    check(
+        {"profile": {"start_step": 1, "end_step": 1, "memory_snapshot": True, "nvtx": True}},
+        [
+            "spec.toml:19: $.profile.memory_snapshot = true records CUDA's allocator history, but launch.device = "
+            '"cpu"; hint: set device = "cuda" under [launch], or remove memory_snapshot',
+            'spec.toml:20: $.profile.nvtx = true records NVTX ranges (for nsys), but launch.device = "cpu"; hint: '
+            'set device = "cuda" under [launch], or remove nvtx',
+        ],
+    )

@@ -2,13 +2,14 @@
 
 One launch on two pipeline stages (the logging rank is the last stage's, rank 1)
 with TensorBoard, an offline W&B run and an MLflow sqlite store; every store is
-read back with its own library's reader. A second launch points TensorBoard
+read back with its own library's reader; rank 1 profiles steps 2-3. A second launch points TensorBoard
 below a regular file and MLflow at a closed port: both fail for real, training
 goes on, each says so once, and the metrics file is complete.
 """
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -67,6 +68,11 @@ tags = ["e2e"]
 [logging.mlflow]
 tracking_uri = "{uri}"
 experiment = "observability"
+
+[profile]
+start_step = 2
+end_step = 3
+ranks = [1]
 """
 
 TRAIN_KEYS = {
@@ -142,6 +148,20 @@ def test_sinks_hold_the_metrics_history(tmp_path: Path) -> None:
     assert run.info.run_name == "watched" and run.data.params["model.hidden_size"] == "32"
     for name, want in expected.items():
         _close({m.step: m.value for m in client.get_metric_history(run.info.run_id, name)}, want, f"mlflow {name}")
+
+    # [profile]: rank 1 alone traced steps 2 and 3, as Chrome-trace JSON with each step's two phases.
+    (trace,) = (tmp_path / "out/watched/profile").iterdir()
+    assert trace.name.startswith("rank1.") and trace.name.endswith(".pt.trace.json")
+    events = json.loads(trace.read_text())["traceEvents"]
+    assert all({"ph", "name", "pid", "tid"} <= set(event) for event in events if event.get("ph") == "X")
+    for name in ("forward-backward", "optimizer"):
+        spans = [e for e in events if e.get("name") == name and e.get("ph") == "X"]
+        assert len(spans) == 2 and all(e["dur"] > 0 for e in spans), name
+    fb, opt = (
+        sorted(e["ts"] for e in events if e.get("name") == n and e.get("ph") == "X")
+        for n in ("forward-backward", "optimizer")
+    )
+    assert fb[0] < opt[0] < fb[1] < opt[1]  # step 2's phases, then step 3's
 
     # level = "debug": a line every step, with its timers and memory; a progress estimate until the last step.
     lines = [line for line in result.stdout.splitlines() if line.startswith("step ")]
