@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
 from typing import Any
 
 import attrs
 
-from bridgec.runtime.sinks import SinkContext
+from bridgec.runtime.sinks import Records, SinkContext
+
+BATCH_LIMIT = 1000
+"""MLflow's most metrics in one log_batch request."""
 
 
 @attrs.define
@@ -41,12 +43,15 @@ class MlflowSink:
         params = [Param(key, str(value)[:500]) for key, value in context.config.items()]
         client.log_batch(self._run_id, params=params)
 
-    def write(self, step: int, scalars: Mapping[str, float]) -> None:
+    def write(self, records: Records) -> None:
         from mlflow.entities import Metric
 
         timestamp = int(time.time() * 1000)
-        metrics = [Metric(key, float(value), timestamp, step) for key, value in scalars.items()]
-        self._client.log_batch(self._run_id, metrics=metrics)
+        metrics = [
+            Metric(key, float(value), timestamp, step) for step, scalars in records for key, value in scalars.items()
+        ]
+        for start in range(0, len(metrics), BATCH_LIMIT):
+            self._client.log_batch(self._run_id, metrics=metrics[start : start + BATCH_LIMIT])
 
     def close(self) -> None:
         if self._client is not None and self._run_id is not None:

@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import attrs
 
-from bridgec.runtime.sinks import SinkContext
+from bridgec.runtime.sinks import Records, SinkContext
 
 
 @attrs.define
 class TensorBoardSink:
-    """Writes event files into ``dir`` (torch's SummaryWriter), flushed at each write so a crash loses nothing."""
+    """Writes event files into ``dir`` (torch's SummaryWriter), flushed after each batch so a crash loses little."""
 
     dir: Path
     name: str = "tensorboard"
@@ -24,9 +23,10 @@ class TensorBoardSink:
 
         self._writer = SummaryWriter(log_dir=str(self.dir))
 
-    def write(self, step: int, scalars: Mapping[str, float]) -> None:
-        for key, value in scalars.items():
-            self._writer.add_scalar(key, value, global_step=step)
+    def write(self, records: Records) -> None:
+        for step, scalars in records:
+            for key, value in scalars.items():
+                self._writer.add_scalar(key, value, global_step=step)
         self._writer.flush()
 
     def close(self) -> None:

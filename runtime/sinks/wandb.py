@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 import attrs
 
-from bridgec.runtime.sinks import SinkContext
+from bridgec.runtime.sinks import Records, SinkContext
 
 
 @attrs.define
@@ -39,8 +38,9 @@ class WandbSink:
             settings=wandb.Settings(quiet=True),  # its run summary would drown the end of the console log
         )
 
-    def write(self, step: int, scalars: Mapping[str, float]) -> None:
-        self._run.log(dict(scalars), step=step)
+    def write(self, records: Records) -> None:
+        for step, scalars in records:
+            self._run.log(dict(scalars), step=step)
 
     def close(self) -> None:
         if self._run is not None:

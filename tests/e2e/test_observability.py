@@ -3,8 +3,9 @@
 One launch on two pipeline stages (the logging rank is the last stage's, rank 1)
 with TensorBoard, an offline W&B run and an MLflow sqlite store; every store is
 read back with its own library's reader; rank 1 profiles steps 2-3. A second launch points TensorBoard
-below a regular file and MLflow at a closed port: both fail for real, training
-goes on, each says so once, and the metrics file is complete.
+below a regular file (it cannot start) and has a loss hook replace MLflow's
+sqlite database with a folder at step 3 (its next write fails): both fail for
+real, training goes on, each says so once, and the metrics file is complete.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ from pathlib import Path
 from mlflow.tracking import MlflowClient
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from tests.conftest import free_port
 from tests.e2e.harness import compile_to, launch
 from tests.e2e.wandb_history import history
 
@@ -170,28 +170,59 @@ def test_sinks_hold_the_metrics_history(tmp_path: Path) -> None:
     assert result.stdout.count("    timers: data ") == 6
 
 
+BREAKER = """
+import torch
+from pathlib import Path
+
+calls = 0
+
+
+def loss_that_breaks_mlflow(loss_mask, output_tensor):
+    \"\"\"Cross entropy; at step 3 (this rank's 5th microbatch) MLflow's database becomes a folder under the run.\"\"\"
+    global calls
+    calls += 1
+    if calls == 5:
+        database = Path("mlflow.db")
+        database.unlink()
+        database.mkdir()
+    mask = loss_mask.reshape(-1).float()
+    losses = output_tensor.float().reshape(-1) * mask
+    count = mask.sum()
+    return losses.sum(), count.to(torch.int), {"lm loss": torch.stack([losses.sum().detach(), count])}
+"""
+
+
 def test_a_failing_sink_is_dropped_and_training_goes_on(tmp_path: Path) -> None:
+    """TensorBoard cannot start (its folder would lie below a file); MLflow's store breaks at step 3."""
     (tmp_path / "not_a_folder").write_text("a file, so no folder can be made below it\n")
+    (tmp_path / "breaker.py").write_text(BREAKER)
     logging = f"""
 level = "quiet"
+peak_tflops = 0.5
 
 [logging.tensorboard]
 dir = "not_a_folder/tb"
 
 [logging.mlflow]
-tracking_uri = "http://127.0.0.1:{free_port()}"
+tracking_uri = "sqlite:///{tmp_path}/mlflow.db"
+
+[hooks]
+file = "breaker.py"
+loss = "loss_that_breaks_mlflow"
 """
     script = compile_to(tmp_path, SPEC.format(procs=1, logging=logging))
-    # mlflow's own settings: fail at once instead of retrying a closed port for minutes.
-    result = launch(script, 1, env={"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"})
+    result = launch(script, 1)
     assert result.returncode == 0, result.explain()
-    assert [r["step"] for r in result.metrics("out/watched") if r["kind"] == "train"] == [1, 2, 3, 4, 5, 6]
+    assert (tmp_path / "mlflow.db").is_dir()  # the hook did break the store
+    train = [r for r in result.metrics("out/watched") if r["kind"] == "train"]
+    assert [r["step"] for r in train] == [1, 2, 3, 4, 5, 6]
+    assert all(r["mfu"] == r["tflops_per_device"] / 0.5 for r in train)  # the spec's peak, on any device
     warnings = [line for line in result.stderr.splitlines() if "bridgec: warning: the" in line]
     assert len(warnings) == 2, result.explain()
-    assert warnings[0].startswith("bridgec: warning: the tensorboard sink failed opening (")
-    assert warnings[1].startswith("bridgec: warning: the mlflow sink failed opening (")
-    assert all(
-        w.endswith("it is disabled for the rest of this launch, the metrics file keeps every record") for w in warnings
-    )
+    assert warnings[0].startswith("bridgec: warning: the tensorboard sink failed opening (NotADirectoryError: ")
+    assert warnings[1].startswith("bridgec: warning: the mlflow sink failed writing step"), warnings[1]
+    assert "caused by OperationalError: attempt to write a readonly database" in warnings[1], warnings[1]
+    suffix = "it is disabled for the rest of this launch, the metrics file keeps every record"
+    assert all(warning.endswith(suffix) for warning in warnings)
     # level = "quiet": no banner and no step lines, only the end summary.
     assert result.stdout.strip().startswith("this launch: steps 1-6"), result.explain()
