@@ -28,6 +28,16 @@ def rule_sink_package_installed(spec: Spec, ctx: SpecContext) -> Iterator[Findin
             )
 
 
+def rule_peak_positive(spec: Spec, ctx: SpecContext) -> Iterator[Finding]:
+    peak = spec.logging.peak_tflops
+    if peak is not None and not peak > 0:
+        yield Finding(
+            about=(("logging", "peak_tflops"),),
+            message=f"$.logging.peak_tflops = {peak:g}: MFU divides by the device's peak, which must be above 0",
+            hint="the dense bf16 TFLOP/s of one device (e.g. 989 for an H100 SXM), or remove it",
+        )
+
+
 def rule_profile_steps(spec: Spec, ctx: SpecContext) -> Iterator[Finding]:
     p = spec.profile
     if p is None:
@@ -64,4 +74,9 @@ def rule_profile_cuda_only(spec: Spec, ctx: SpecContext) -> Iterator[Finding]:
             )
 
 
-LOGGING_RULES: tuple[Rule, ...] = (rule_sink_package_installed, rule_profile_steps, rule_profile_cuda_only)
+LOGGING_RULES: tuple[Rule, ...] = (
+    rule_sink_package_installed,
+    rule_peak_positive,
+    rule_profile_steps,
+    rule_profile_cuda_only,
+)

@@ -395,7 +395,10 @@ def _flat_spec(path: Path) -> dict[str, object]:
         else:
             flat[prefix] = value
 
-    walk("", tomllib.loads(path.read_text(encoding="utf-8")))
+    try:
+        walk("", tomllib.loads(path.read_text(encoding="utf-8")))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        return {}  # the trackers then show no configuration; the run does not depend on it
     return flat
 
 

@@ -212,13 +212,12 @@ class MetricsLog:
             self._print(self._line(step, result, measures, rates, elapsed))
 
     def _shows(self, step: int) -> bool:
-        match self.level:
-            case "debug":
-                return True
-            case "info":
-                return step % self.log_interval == 0 or step == self.total_iters
-            case "quiet":
-                return False
+        """debug: every step; quiet: none; info: every log_interval steps and the last."""
+        if self.level == "debug":
+            return True
+        if self.level == "quiet":
+            return False
+        return step % self.log_interval == 0 or step == self.total_iters
 
     def _line(self, step: int, result: StepResult, measures: StepMeasures, rates: Rates, elapsed: float) -> str:
         loss = f"{result.loss:.6f}" + "".join(f" | {key} {value:.6g}" for key, value in result.metadata.items())

@@ -1366,3 +1366,14 @@ def test_rule_profile_cuda_only() -> None:
             'set device = "cuda" under [launch], or remove nvtx',
         ],
     )
+
+
+def test_rule_peak_positive() -> None:
+    check({"logging": {"peak_tflops": 989.0}}, [])
+    check(
+        {"logging": {"peak_tflops": 0.0}},
+        [
+            "spec.toml:17: $.logging.peak_tflops = 0: MFU divides by the device's peak, which must be above 0; hint: "
+            "the dense bf16 TFLOP/s of one device (e.g. 989 for an H100 SXM), or remove it"
+        ],
+    )
