@@ -26,7 +26,7 @@ from bridgec.runtime.parallel import Layout
 from bridgec.runtime.profile import ProfileSettings, StepProfiler
 from bridgec.runtime.report import describe_data, end_summary, start_banner
 from bridgec.runtime.sinks import Sink, SinkContext, SinkSet
-from bridgec.runtime.step import MetadataKeys, StepResult, evaluate, params_norm, train_step
+from bridgec.runtime.step import MetadataKeys, evaluate, params_norm, train_step
 from bridgec.runtime.stop import StopCode, StopSignals, describe
 
 
@@ -256,7 +256,6 @@ def train(
             seconds = time.perf_counter() - began
             profiler.after(step + 1)
             measures = _measures(
-                result,
                 optimizer,
                 layout,
                 settings,
@@ -355,7 +354,6 @@ class TimedIterator:
 
 
 def _measures(
-    result: StepResult,
     optimizer: ChainedOptimizer,
     layout: Layout,
     settings: LoopSettings,
