@@ -14,10 +14,12 @@ import json
 import math
 from pathlib import Path
 
+import attrs
+import pytest
 from mlflow.tracking import MlflowClient
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from tests.e2e.harness import compile_to, launch
+from tests.e2e.harness import Launch, compile_to, launch
 from tests.e2e.wandb_history import history
 
 SPEC = """
@@ -120,11 +122,25 @@ def _close(got: dict[int, float], want: dict[int, float], name: str) -> None:
         assert math.isclose(got[step], value, rel_tol=1e-5, abs_tol=1e-9), (name, step, got[step], value)
 
 
-def test_sinks_hold_the_metrics_history(tmp_path: Path) -> None:
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
-    script = compile_to(tmp_path, SPEC.format(procs=2, logging=SINKS.format(uri=uri)))
-    result = launch(script, 2)
+@attrs.frozen
+class Watched:
+    folder: Path
+    uri: str
+    result: Launch
+
+
+@pytest.fixture(scope="module")
+def watched(tmp_path_factory: pytest.TempPathFactory) -> Watched:
+    """The two-stage launch with every sink (shared: the failure test compares its parameters' norm with it)."""
+    folder = tmp_path_factory.mktemp("watched")
+    uri = f"sqlite:///{folder}/mlflow.db"
+    result = launch(compile_to(folder, SPEC.format(procs=2, logging=SINKS.format(uri=uri))), 2)
     assert result.returncode == 0, result.explain()
+    return Watched(folder=folder, uri=uri, result=result)
+
+
+def test_sinks_hold_the_metrics_history(watched: Watched) -> None:
+    tmp_path, uri, result = watched.folder, watched.uri, watched.result
     records = result.metrics("out/watched")
     train = [r for r in records if r["kind"] == "train"]
     assert [r["step"] for r in train] == [1, 2, 3, 4, 5, 6]
@@ -192,13 +208,18 @@ def loss_that_breaks_mlflow(loss_mask, output_tensor):
 """
 
 
-def test_a_failing_sink_is_dropped_and_training_goes_on(tmp_path: Path) -> None:
-    """TensorBoard cannot start (its folder would lie below a file); MLflow's store breaks at step 3."""
+def test_a_failing_sink_is_dropped_and_training_goes_on(tmp_path: Path, watched: Watched) -> None:
+    """TensorBoard cannot start (its folder would lie below a file); MLflow's store breaks at step 3.
+
+    On one process without a pipeline, the same training (portable initialisation, the hook's loss is the
+    default's): the parameters' norm, reduced over two pipeline stages there, is the same here.
+    """
     (tmp_path / "not_a_folder").write_text("a file, so no folder can be made below it\n")
     (tmp_path / "breaker.py").write_text(BREAKER)
     logging = f"""
 level = "quiet"
 peak_tflops = 0.5
+params_norm = true
 
 [logging.tensorboard]
 dir = "not_a_folder/tb"
@@ -217,6 +238,9 @@ loss = "loss_that_breaks_mlflow"
     train = [r for r in result.metrics("out/watched") if r["kind"] == "train"]
     assert [r["step"] for r in train] == [1, 2, 3, 4, 5, 6]
     assert all(r["mfu"] == r["tflops_per_device"] / 0.5 for r in train)  # the spec's peak, on any device
+    staged = [r["params_norm"] for r in watched.result.metrics("out/watched") if r["kind"] == "train"]
+    assert [r["params_norm"] for r in train] == pytest.approx(staged, rel=1e-5)
+    assert staged[0] != staged[-1]  # it follows the updates
     warnings = [line for line in result.stderr.splitlines() if "bridgec: warning: the" in line]
     assert len(warnings) == 2, result.explain()
     assert warnings[0].startswith("bridgec: warning: the tensorboard sink failed opening (NotADirectoryError: ")
