@@ -15,8 +15,12 @@ import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import attrs
+
+if TYPE_CHECKING:  # matplotlib is optional: imported only when a report is drawn
+    from matplotlib.figure import Figure
 
 PANELS = (
     ("loss", "loss"),
@@ -37,8 +41,8 @@ class Curves:
 
     label: str
     path: Path
-    train: tuple[dict[str, object], ...]
-    valid: tuple[dict[str, object], ...]
+    train: tuple[dict[str, Any], ...]
+    valid: tuple[dict[str, Any], ...]
 
 
 def label_of(path: Path) -> str:
@@ -52,8 +56,8 @@ def read_curves(path: Path, label: str) -> Curves:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as error:
         raise PlotError(f"cannot read {path}: {getattr(error, 'strerror', None) or error}") from None
-    train: list[dict[str, object]] = []
-    valid: list[dict[str, object]] = []
+    train: list[dict[str, Any]] = []
+    valid: list[dict[str, Any]] = []
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
@@ -72,15 +76,15 @@ def read_curves(path: Path, label: str) -> Curves:
     return Curves(label=label, path=path, train=tuple(train), valid=tuple(valid))
 
 
-def _value(record: dict[str, object], key: str) -> float:
+def _value(record: dict[str, Any], key: str) -> float:
     value = record.get(key)
     try:
-        return float(value)  # type: ignore[arg-type]  # "nan"/"inf" strings are how the file writes them
+        return float(value)  # "nan"/"inf" strings are how the file writes them
     except (TypeError, ValueError):
         return math.nan
 
 
-def _figure(runs: Sequence[Curves]):  # noqa: ANN202 - a matplotlib Figure, imported lazily
+def _figure(runs: Sequence[Curves]) -> Figure:
     try:
         import matplotlib
     except ImportError:
@@ -93,11 +97,11 @@ def _figure(runs: Sequence[Curves]):  # noqa: ANN202 - a matplotlib Figure, impo
     for axis, (key, title) in zip(axes.flat, PANELS):
         for index, run in enumerate(runs):
             colour = f"C{index}"
-            steps = [int(r["step"]) for r in run.train]  # type: ignore[call-overload]
+            steps = [int(r["step"]) for r in run.train]
             axis.plot(steps, [_value(r, key) for r in run.train], color=colour, label=run.label, linewidth=1.2)
             if key == "loss" and run.valid:
                 axis.plot(
-                    [int(r["step"]) for r in run.valid],  # type: ignore[call-overload]
+                    [int(r["step"]) for r in run.valid],
                     [_value(r, "loss") for r in run.valid],
                     "o--",
                     color=colour,
