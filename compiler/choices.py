@@ -180,6 +180,18 @@ class LaunchScheduler(enum.Enum):
     KUBERNETES = "kubernetes"
 
 
+class LogLevel(enum.Enum):
+    DEBUG = "debug"
+    INFO = "info"
+    QUIET = "quiet"
+
+
+class WandbMode(enum.Enum):
+    ONLINE = "online"
+    OFFLINE = "offline"
+    DISABLED = "disabled"
+
+
 def choice(kind: type[E], value: str) -> E:
     """The member of ``kind`` for a validated spec value (a ValueError here is a Literal without its member)."""
     return kind(value)

@@ -817,9 +817,11 @@ def _parser() -> argparse.ArgumentParser:
     maxtext.set_defaults(handler=cmd_import_maxtext)
     from bridgec.compiler.convert_cli import add_convert_parser
     from bridgec.compiler.launch_cli import add_launch_parser
+    from bridgec.compiler.plot_cli import add_plot_parser
 
     add_launch_parser(commands)
     add_convert_parser(commands)
+    add_plot_parser(commands)
     return parser
 
 

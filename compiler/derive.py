@@ -104,3 +104,12 @@ def validation_windows(spec: Spec) -> int:
     """Windows of eval_iters global batches the validation split holds: one per evaluation, as each evaluation
     reads the next one (Megatron-LM's order), and at least one (a finished run launched again evaluates)."""
     return max(1, evaluations(spec)) if spec.train.eval_interval is not None else 0
+
+
+SINKS = ("tensorboard", "wandb", "mlflow")
+"""The [logging] sink tables, in the order the script lists them; each is also the sink's package and extra."""
+
+
+def sinks(spec: Spec) -> tuple[str, ...]:
+    """The [logging] sink tables the spec writes."""
+    return tuple(name for name in SINKS if getattr(spec.logging, name) is not None)

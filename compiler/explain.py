@@ -15,6 +15,7 @@ import attrs
 
 from bridgec.compiler import derive
 from bridgec.compiler.spec import Spec
+from bridgec.runtime import throughput
 from bridgec.runtime.models import gpt
 
 MiB = 1024 * 1024
@@ -321,7 +322,11 @@ def explain_text(spec: Spec, *, extra: tuple[str, ...] = ()) -> str:
     return "\n".join(lines) + "\n"
 
 
-def mfu(tokens_per_second: float, spec: Spec, peak_flops: float) -> float:
-    """Model FLOPs utilisation: achieved training FLOP/s over the peak (per device)."""
-    world = derive.world_size(spec)
-    return tokens_per_second * flops(spec).train_per_token / (peak_flops * world) if peak_flops > 0 else math.nan
+def mfu(tokens_per_second: float, spec: Spec, peak_tflops: float) -> float:
+    """Model FLOPs utilisation: achieved training TFLOP/s per device over ``peak_tflops`` (the runtime's formula)."""
+    return throughput.mfu(
+        tokens_per_second,
+        flops_per_token=flops(spec).train_per_token,
+        world_size=derive.world_size(spec),
+        peak=peak_tflops,
+    )

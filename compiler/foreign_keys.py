@@ -54,10 +54,6 @@ UNSUPPORTED: dict[str, Feature] = {
         "Activation recomputation",
         "every layer keeps its activations; a smaller micro_batch_size or more tensor/pipeline parallelism fits memory",
     ),
-    "loggers": Feature(
-        "TensorBoard and Weights & Biases logging",
-        "every step is a JSON line in OUTPUT_DIR/<spec>.metrics.jsonl",
-    ),
     "pretrained": Feature(
         "Starting from a Megatron-LM or Hugging Face checkpoint (fine-tuning)",
         "[init.checkpoint] starts from an Orbax (MaxText) checkpoint; a bridgec checkpoint resumes with "
@@ -97,9 +93,9 @@ UNSUPPORTED: dict[str, Feature] = {
         "The inverse-square-root learning-rate schedule",
         "constant, linear, cosine or wsd decay, or MaxText's and optax's schedules",
     ),
-    "profiling": Feature(
-        "Profiling switches (nsys ranges, the PyTorch profiler, manual garbage collection)",
-        "run the script under your profiler",
+    "manual_gc": Feature(
+        "Manual garbage collection (gc.disable with a collection every N steps)",
+        "Python's own collector",
     ),
 }
 """Feature id -> what is missing. An entry leaves this table when the feature lands."""
@@ -218,24 +214,23 @@ KEYS: dict[str, Here | str] = {
     "reset_position_ids": Here("[data]", "document_masking = true", "positions and attention reset together"),
     "reset_attention_mask": Here("[data]", "document_masking = true", "positions and attention reset together"),
     # logging and tools
-    "tensorboard_dir": "loggers",
-    "tensorboard_log_interval": "loggers",
-    "wandb_project": "loggers",
-    "wandb_exp_name": "loggers",
-    "wandb_save_dir": "loggers",
-    "profile": "profiling",
-    "use_pytorch_profiler": "profiling",
-    "manual_gc": "profiling",
+    "tensorboard_dir": Here("[logging.tensorboard]", "dir"),
+    "tensorboard_log_interval": Here("[train]", "log_interval", "every sink writes at the log interval"),
+    "wandb_project": Here("[logging.wandb]", "project"),
+    "wandb_exp_name": Here("[logging.wandb]", "name"),
+    "wandb_save_dir": Here("[logging.wandb]", "mode", "W&B writes under OUTPUT_DIR"),
+    "use_pytorch_profiler": Here("[profile]", "start_step and end_step", "the PyTorch profiler"),
+    "manual_gc": "manual_gc",
     # Megatron Bridge's ConfigContainer tables that have no table of that name here
     "rng": Here("[run]", "seed"),
-    "logger": Here("[train]", "log_interval", "TensorBoard and Weights & Biases logging are not supported yet"),
+    "logger": Here("[logging]", "tensorboard, wandb and mlflow tables", "and [train] log_interval"),
     "dataset": Here("[data]", "kind and [[data.sources]]"),
     "ddp": Here("[parallel]", "distributed_optimizer"),
     "dist": Here("[launch]", "device, nodes and procs_per_node"),
     "peft": "peft",
     "lora": "peft",
     "comm_overlap": "overlap",
-    "profiling": "profiling",
+    "profiling": Here("[profile]", "start_step and end_step"),
 }
 """A Megatron-LM / Megatron Bridge name (Megatron-LM's --dashes as underscores) -> where it lives here, or a feature."""
 

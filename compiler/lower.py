@@ -467,8 +467,12 @@ def _data_section(spec: Spec, ch: Choices, target: Target) -> Section:
     return Section(title="Data and loss", constants=tuple(constants))
 
 
+def _output_dir(spec: Spec) -> str:
+    return spec.run.output_dir if spec.run.output_dir is not None else f"out/{spec.run.name}"
+
+
 def _output_section(spec: Spec, target: Target) -> Section:
-    output = spec.run.output_dir if spec.run.output_dir is not None else f"out/{spec.run.name}"
+    output = _output_dir(spec)
     constants = [
         (
             _c("OUTPUT_DIR", output, text=True)
@@ -503,6 +507,77 @@ def _output_section(spec: Spec, target: Target) -> Section:
     return Section(title="Outputs (paths relative to the spec's folder)", constants=tuple(constants))
 
 
+def _logging_section(spec: Spec, ch: Choices) -> Section:
+    g = spec.logging
+    f = explain.flops(spec)
+    precision = "fp8" if ch.fp8 is not None else ch.dtype.value
+    constants = [
+        _c("LOG_LEVEL", c.choice(c.LogLevel, g.level).value),
+        _c("PARAMS_NORM", g.params_norm),
+        _c(
+            "TRAIN_FLOPS_PER_TOKEN",
+            f.train_per_token,
+            f"3 x (2 x {f.matmul_params_per_token:,} matmul parameters + {f.attention_per_token:,} attention): "
+            "bridgec explain's, for TFLOP/s and MFU",
+        ),
+        _c("MFU_PRECISION", precision, "the peak-table column: fp8 with precision.fp8, else precision.dtype"),
+        (
+            _c("PEAK_TFLOPS", g.peak_tflops)
+            if g.peak_tflops is not None
+            else Constant(name="PEAK_TFLOPS", value=None, why="default: the table's peak for the GPU; none on the CPU")
+        ),
+    ]
+    if g.tensorboard is not None:
+        constants.append(_c("TENSORBOARD_DIR", g.tensorboard.dir, text=True))
+    if g.wandb is not None:
+        w = g.wandb
+        constants += [
+            _c("WANDB_PROJECT", w.project, text=True),
+            _c("WANDB_ENTITY", w.entity, text=True),
+            _c("WANDB_RUN_NAME", w.name, text=True)
+            if w.name is not None
+            else _c("WANDB_RUN_NAME", None, "default: run.name"),
+            _c("WANDB_TAGS", w.tags, text=True),
+            _c("WANDB_MODE", c.choice(c.WandbMode, w.mode).value, "WANDB_MODE in the environment wins"),
+        ]
+    if g.mlflow is not None:
+        m = g.mlflow
+        constants += [
+            _c("MLFLOW_TRACKING_URI", m.tracking_uri, text=True),
+            _c("MLFLOW_EXPERIMENT", m.experiment, text=True)
+            if m.experiment is not None
+            else _c("MLFLOW_EXPERIMENT", None, "default: run.name"),
+            _c("MLFLOW_RUN_NAME", m.run_name, text=True)
+            if m.run_name is not None
+            else _c("MLFLOW_RUN_NAME", None, "default: run.name"),
+        ]
+    return Section(title="Logging", constants=tuple(constants))
+
+
+def _profile_section(spec: Spec) -> Section | None:
+    p = spec.profile
+    if p is None:
+        return None
+    default_dir = f"{_output_dir(spec)}/profile"
+    return Section(
+        title="Profile (PyTorch profiler; steps are 1-based)",
+        constants=(
+            _c("PROFILE_START_STEP", p.start_step),
+            _c("PROFILE_END_STEP", p.end_step),
+            _c("PROFILE_RANKS", p.ranks),
+            (
+                _c("PROFILE_DIR", p.dir, text=True)
+                if p.dir is not None
+                else Constant(
+                    name="PROFILE_DIR", value=default_dir, why="default: <output_dir>/profile", from_spec_text=True
+                )
+            ),
+            _c("PROFILE_MEMORY_SNAPSHOT", p.memory_snapshot),
+            _c("PROFILE_NVTX", p.nvtx),
+        ),
+    )
+
+
 def _user_strings(spec: Spec) -> tuple[str, ...]:
     """Every string from the spec that the script contains, for the verify stage."""
     strings = [spec.run.name, spec.run.description, *spec.optimizer.decay_mask.exclude]
@@ -516,6 +591,15 @@ def _user_strings(spec: Spec) -> tuple[str, ...]:
         *hooks,
     ]
     strings += [value for value in named if value is not None]
+    g = spec.logging
+    if g.tensorboard is not None:
+        strings.append(g.tensorboard.dir)
+    if g.wandb is not None:
+        strings += [g.wandb.project, g.wandb.entity or "", g.wandb.name or "", *g.wandb.tags]
+    if g.mlflow is not None:
+        strings += [g.mlflow.tracking_uri, g.mlflow.experiment or "", g.mlflow.run_name or ""]
+    if spec.profile is not None and spec.profile.dir is not None:
+        strings.append(spec.profile.dir)
     return tuple(s for s in strings if s)
 
 
@@ -632,6 +716,8 @@ def lower(spec: Spec, target: Target) -> Plan:
         _data_section(spec, ch, target),
         *[section for section in (_init_checkpoint_section(spec),) if section is not None],
         _output_section(spec, target),
+        _logging_section(spec, ch),
+        *[section for section in (_profile_section(spec),) if section is not None],
     ]
     regenerate = regenerate_command(target)
     schedule, schedule_docstring = schedule_function(spec, ch)

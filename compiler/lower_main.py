@@ -409,6 +409,11 @@ def step_plan(spec: Spec, ch: Choices) -> StepPlan:
                     ("spec_sha256", "SPEC_SHA256"),
                     ("run_name", "RUN_NAME"),
                     ("parameters", "NUM_PARAMETERS"),
+                    ("flops_per_token", "TRAIN_FLOPS_PER_TOKEN"),
+                    ("precision", "MFU_PRECISION"),
+                    ("peak_tflops", "PEAK_TFLOPS"),
+                    ("log_level", "LOG_LEVEL"),
+                    ("params_norm", "PARAMS_NORM"),
                 ),
             ),
         ),
@@ -426,9 +431,70 @@ def step_plan(spec: Spec, ch: Choices) -> StepPlan:
                 ),
                 *(names(("checkpointer", "built.checkpointer"), ("resume", "RESUME")) if checkpointing else ()),
                 *(names(("initial", "initial")) if spec.init.checkpoint is not None else ()),
+                *_sinks(spec),
+                *_profile(spec),
             ),
         ),
     )
+
+
+def _profile(spec: Spec) -> tuple[Argument, ...]:
+    if spec.profile is None:
+        return ()
+    settings = Call(
+        function="ProfileSettings",
+        arguments=names(
+            ("start_step", "PROFILE_START_STEP"),
+            ("end_step", "PROFILE_END_STEP"),
+            ("ranks", "PROFILE_RANKS"),
+            ("dir", "(SPEC_DIR / PROFILE_DIR).resolve()"),
+            ("memory_snapshot", "PROFILE_MEMORY_SNAPSHOT"),
+            ("nvtx", "PROFILE_NVTX"),
+        ),
+    )
+    return (arg("profile", settings),)
+
+
+SINK_CLASSES = {
+    "tensorboard": ("sinks.tensorboard", "TensorBoardSink"),
+    "wandb": ("sinks.wandb", "WandbSink"),
+    "mlflow": ("sinks.mlflow", "MlflowSink"),
+}
+"""Each [logging] sink table: the runtime module and class that write it."""
+
+
+def _sinks(spec: Spec) -> tuple[Argument, ...]:
+    g = spec.logging
+    sinks: list[Call] = []
+    if g.tensorboard is not None:
+        sinks.append(
+            Call(function="TensorBoardSink", arguments=names(("dir", "(SPEC_DIR / TENSORBOARD_DIR).resolve()")))
+        )
+    if g.wandb is not None:
+        sinks.append(
+            Call(
+                function="WandbSink",
+                arguments=names(
+                    ("project", "WANDB_PROJECT"),
+                    ("entity", "WANDB_ENTITY"),
+                    ("run_name", "WANDB_RUN_NAME"),
+                    ("tags", "WANDB_TAGS"),
+                    ("mode", "WANDB_MODE"),
+                ),
+            )
+        )
+    if g.mlflow is not None:
+        sinks.append(
+            Call(
+                function="MlflowSink",
+                arguments=names(
+                    ("tracking_uri", "MLFLOW_TRACKING_URI"),
+                    ("experiment", "MLFLOW_EXPERIMENT"),
+                    ("run_name", "MLFLOW_RUN_NAME"),
+                ),
+            )
+        )
+    return (arg("sinks", Items(items=tuple(sinks))),) if sinks else ()
 
 
 def init_checkpoint_plan(spec: Spec, ch: Choices) -> InitCheckpointPlan | None:
@@ -502,6 +568,11 @@ def imports(spec: Spec, ch: Choices, *, schedule: Call | None, forward: ForwardP
         need["model"].add("unwrap")  # bridgec's forward_step, the query scaling and the checkpoint import use it
     if main.after_model:
         need["init"].add("scale_query_rows")
+    if spec.profile is not None:
+        need["profile"].add("ProfileSettings")
+    for sink in derive.sinks(spec):
+        module, name = SINK_CLASSES[sink]
+        need[module].add(name)
     _loss_imports(ch, need)
     if spec.init.checkpoint is not None:
         need["loop"].add("Progress")

@@ -42,6 +42,8 @@ RopeLayout = Literal["rotate_half", "interleaved"]
 AdamStateKind = Literal["adamw", "adam_pax"]
 NonFinitePolicy = Literal["skip", "stop"]
 LaunchScheduler = Literal["torchrun", "slurm", "kubernetes"]
+LogLevel = Literal["debug", "info", "quiet"]
+WandbMode = Literal["online", "offline", "disabled"]
 
 
 @attrs.frozen(kw_only=True)
@@ -443,6 +445,78 @@ class Init:
 
 
 @attrs.frozen(kw_only=True)
+class TensorBoard:
+    """[logging.tensorboard]: write every metric as TensorBoard scalars (pip install bridgec[tensorboard])."""
+
+    dir: str
+    """Event-file folder, relative to the spec's folder. Required."""
+
+
+@attrs.frozen(kw_only=True)
+class Wandb:
+    """[logging.wandb]: log every metric to a Weights & Biases run (pip install bridgec[wandb])."""
+
+    project: str
+    """W&B project. Required."""
+    entity: str | None = None
+    """W&B team or user; unset: your default entity."""
+    name: str | None = None
+    """The W&B run's name. Default: run.name."""
+    tags: tuple[str, ...] = ()
+    """Tags on the W&B run."""
+    mode: WandbMode = "online"
+    """online (sync as it runs), offline (a local run folder under <output_dir>/wandb; wandb sync uploads it later) or disabled. WANDB_MODE in the environment wins, as in wandb itself."""
+
+
+@attrs.frozen(kw_only=True)
+class Mlflow:
+    """[logging.mlflow]: log every metric to an MLflow run (pip install bridgec[mlflow])."""
+
+    tracking_uri: str
+    """Where the tracking store is: http(s)://host:port for a server, or sqlite:///path.db. Required."""
+    experiment: str | None = None
+    """Experiment name (created if missing). Default: run.name."""
+    run_name: str | None = None
+    """The MLflow run's name. Default: run.name."""
+
+
+@attrs.frozen(kw_only=True)
+class Logging:
+    """[logging]: what the run reports besides the console line and <spec>.metrics.jsonl (always written)."""
+
+    level: LogLevel = "info"
+    """Console detail: debug (every step's line, with timers and memory), info (a line every train.log_interval steps) or quiet (no banner or step lines: warnings, errors and the end summary only)."""
+    params_norm: bool = False
+    """Also log the L2 norm of all parameters each step (one extra all-reduce, as Megatron's log_params_norm)."""
+    peak_tflops: float | None = None
+    """Dense peak TFLOP/s of one device for MFU. Default: from the GPU's name and precision (A100, H100, H200, B200 in bf16 or fp8); unset on CPU: no MFU."""
+    tensorboard: TensorBoard | None = None
+    """[logging.tensorboard]."""
+    wandb: Wandb | None = None
+    """[logging.wandb]."""
+    mlflow: Mlflow | None = None
+    """[logging.mlflow]."""
+
+
+@attrs.frozen(kw_only=True)
+class Profile:
+    """[profile]: the PyTorch profiler over a few steps, CUDA memory snapshots and NVTX ranges for nsys."""
+
+    start_step: int
+    """First profiled step (1-based, counted over the whole run). Required."""
+    end_step: int
+    """Last profiled step (inclusive). Required."""
+    ranks: tuple[int, ...] = (0,)
+    """Global ranks that profile."""
+    dir: str | None = None
+    """Where traces go, relative to the spec's folder: one Chrome-trace JSON per rank (<rank>.<time>.pt.trace.json, chrome://tracing or Perfetto; also what TensorBoard's profiler plugin reads from this folder). Default: <output_dir>/profile."""
+    memory_snapshot: bool = False
+    """cuda only: record the CUDA allocator's history over the profiled steps and dump it to memory_rank<r>.pickle in dir (pytorch.org/memory_viz)."""
+    nvtx: bool = False
+    """cuda only: NVTX ranges around every step's forward-backward and optimizer phases (and megatron-core's own), for nsys."""
+
+
+@attrs.frozen(kw_only=True)
 class Spec:
     """A whole spec.toml."""
 
@@ -460,3 +534,5 @@ class Spec:
     checkpoint: Checkpoint = attrs.field(factory=Checkpoint)
     hooks: Hooks = attrs.field(factory=Hooks)
     init: Init = attrs.field(factory=Init)
+    logging: Logging = attrs.field(factory=Logging)
+    profile: Profile | None = None

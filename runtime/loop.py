@@ -6,7 +6,8 @@ import functools
 import json
 import os
 import time
-from collections.abc import Callable, Iterator
+import tomllib
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -18,11 +19,14 @@ from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 from bridgec.runtime.data import MicrobatchIterator, Splits
 from bridgec.runtime.entry import peer_failure, peer_failure_message
 from bridgec.runtime.errors import ExitCode, RunEnd, RunError
-from bridgec.runtime.metrics import MetricsLog
+from bridgec.runtime.memory import device_peak, memory
+from bridgec.runtime.metrics import LogLevel, MetricsLog, StepMeasures
 from bridgec.runtime.outputs import launch_record
 from bridgec.runtime.parallel import Layout
+from bridgec.runtime.profile import ProfileSettings, StepProfiler
 from bridgec.runtime.report import describe_data, end_summary, start_banner
-from bridgec.runtime.step import MetadataKeys, evaluate, train_step
+from bridgec.runtime.sinks import Sink, SinkContext, SinkSet
+from bridgec.runtime.step import MetadataKeys, evaluate, params_norm, train_step
 from bridgec.runtime.stop import StopCode, StopSignals, describe
 
 
@@ -68,6 +72,15 @@ class LoopSettings:
     run_name: str
     parameters: int
     """The model's parameter count (the compiler's), for the start banner."""
+    flops_per_token: int
+    """Training FLOPs per token (the compiler's, as ``bridgec explain`` prints them), for TFLOP/s and MFU."""
+    precision: str
+    """Which column of the peak table MFU uses: fp8, bf16, fp16 or fp32."""
+    peak_tflops: float | None = None
+    """[logging] peak_tflops; None: the table's peak for this GPU (none on the CPU)."""
+    log_level: LogLevel = "info"
+    params_norm: bool = False
+    """Compute and log the parameters' L2 norm each step (a collective on every rank)."""
 
 
 @attrs.frozen(kw_only=True)
@@ -127,6 +140,8 @@ def train(
     checkpointer: Checkpointer | None = None,
     resume: bool = False,
     initial: Progress | None = None,
+    sinks: Sequence[Sink] = (),
+    profile: ProfileSettings | None = None,
 ) -> RunEnd:
     """Run steps until ``settings.iters``, an early stop, or a non-finite stop; return how the launch ended.
 
@@ -137,13 +152,20 @@ def train(
     at the end (never the step it resumed from again); ``resume`` restores the
     latest checkpoint first, or says that it starts fresh. ``initial`` is where a
     fresh start begins (step 0 by default; the imported step when optimizer state
-    came from another framework's checkpoint).
+    came from another framework's checkpoint). ``sinks`` (TensorBoard, W&B,
+    MLflow) are opened on the logging rank only; ``profile`` profiles a step range
+    ([profile], runtime.profile).
     """
     log = MetricsLog(
         path=settings.metrics_path,
         enabled=layout.holds_loss,
         log_interval=settings.log_interval,
         total_iters=settings.iters,
+        flops_per_token=settings.flops_per_token,
+        world_size=layout.world_size,
+        peak_tflops=device_peak(layout.device, precision=settings.precision, override=settings.peak_tflops),
+        level=settings.log_level,
+        sinks=SinkSet(sinks),
     )
     fresh = initial or Progress(step=0, consumed_samples=0, skipped_steps=0, consumed_valid_samples=0)
     start = _restore(checkpointer if resume else None, log, fresh)
@@ -157,6 +179,12 @@ def train(
         resume=start.step > 0,
         record=launch_record(
             spec=settings.spec_path, metrics=settings.metrics_path, spec_sha256=settings.spec_sha256, step=start.step
+        ),
+        first_step=start.step,
+        sink_context=SinkContext(
+            run_name=settings.run_name,
+            output_dir=settings.metrics_path.parent,
+            config=_flat_spec(settings.spec_path) if layout.holds_loss and sinks else {},
         ),
     )
     log.skipped_total = start.skipped_steps
@@ -191,16 +219,24 @@ def train(
                 consumed=consumed,
                 valid_consumed=last_window,
             )
-        log.message(_summary(log, start.step, step, started))
+        log.summary(_summary(log, start.step, step, started))
         log.close()
         return RunEnd(code=ExitCode.OK, reason=done, step=step)
-    train_iterators = _iterators(splits.train, layout, settings, consumed)
+    train_iterators = [
+        None if it is None else TimedIterator(it) for it in _iterators(splits.train, layout, settings, consumed)
+    ]
     signals = StopSignals.install()
-    tokens_per_step = settings.global_batch_size * settings.seq_length
     metadata_keys = MetadataKeys()
+    profiler = StepProfiler(settings=profile, rank=layout.rank, device=layout.device)
+    profiler.start()
+    saving = 0.0  # seconds spent saving since the last step's record
     try:
         while step < settings.iters:
             state = TrainState(step=step, consumed_samples=consumed, layout=layout)
+            for timed in train_iterators:
+                if timed is not None:
+                    timed.seconds = 0.0
+            profiler.before(step + 1)
             began = time.perf_counter()
             result = train_step(
                 functools.partial(forward_step, state),
@@ -215,8 +251,20 @@ def train(
                 clip_epsilon=settings.clip_epsilon,
                 stop_vote=functools.partial(_stop_vote, signals, settings, step + 1 - start.step, started),
                 metadata_keys=metadata_keys,
+                nvtx=profiler.nvtx,
             )
             seconds = time.perf_counter() - began
+            profiler.after(step + 1)
+            measures = _measures(
+                optimizer,
+                layout,
+                settings,
+                train_iterators,
+                seconds=seconds,
+                checkpoint_seconds=saving,
+                consumed=consumed + settings.global_batch_size,
+            )
+            saving = 0.0
             if result.nonfinite and settings.on_nonfinite == "stop":
                 good = Progress(
                     step=step,
@@ -224,7 +272,7 @@ def train(
                     skipped_steps=log.skipped_total,
                     consumed_valid_samples=valid_consumed,
                 )
-                log.step(step + 1, result, tokens=tokens_per_step, seconds=seconds)
+                log.step(step + 1, result, measures)
                 # The gradient norm is global: every rank stops here with the same message.
                 message = _nonfinite_stop(
                     checkpointer, good, result.grad_norm, resumed_here=resumed and good.step == start.step
@@ -232,7 +280,7 @@ def train(
                 raise RunError(ExitCode.NONFINITE_STOP, message, every_rank=True)
             step += 1
             consumed += settings.global_batch_size
-            log.step(step, result, tokens=tokens_per_step, seconds=seconds)
+            log.step(step, result, measures)
             if settings.eval_interval and step % settings.eval_interval == 0:
                 _evaluate(
                     forward_step,
@@ -258,11 +306,11 @@ def train(
             if checkpointer is not None and (
                 stop_reason is not None or (settings.save_interval and step % settings.save_interval == 0)
             ):
-                checkpointer.save(progress)
+                saving = _timed_save(checkpointer, progress)
             if stop_reason is not None:
                 stopped = f"stopping after step {step}: {stop_reason}; {_how_to_continue(checkpointer, resume)}"
                 log.message(stopped)
-                log.message(_summary(log, start.step, step, started))
+                log.summary(_summary(log, start.step, step, started))
                 return RunEnd(code=ExitCode.STOPPED_TO_RESUME, reason=stopped, step=step)
         if checkpointer is not None:
             checkpointer.save(
@@ -273,7 +321,7 @@ def train(
                     consumed_valid_samples=valid_consumed,
                 )
             )
-        log.message(_summary(log, start.step, step, started))
+        log.summary(_summary(log, start.step, step, started))
         return RunEnd(code=ExitCode.OK, reason=f"all {settings.iters} steps ran", step=step)
     except RunError as error:
         raise error.at_step(step) from None
@@ -282,8 +330,74 @@ def train(
             raise
         raise RunError(ExitCode.PEER_FAILED, peer_failure_message(error), step=step) from None
     finally:
+        profiler.stop()
         signals.restore()
         log.close()
+
+
+class TimedIterator:
+    """Passes ``inner``'s items on and adds the time each ``next()`` took to ``seconds`` (the data timer)."""
+
+    def __init__(self, inner: Iterator[Any]) -> None:
+        self.inner = inner
+        self.seconds = 0.0
+
+    def __iter__(self) -> TimedIterator:
+        return self
+
+    def __next__(self) -> Any:
+        began = time.perf_counter()
+        try:
+            return next(self.inner)
+        finally:
+            self.seconds += time.perf_counter() - began
+
+
+def _measures(
+    optimizer: ChainedOptimizer,
+    layout: Layout,
+    settings: LoopSettings,
+    iterators: Sequence[TimedIterator | None],
+    *,
+    seconds: float,
+    checkpoint_seconds: float,
+    consumed: int,
+) -> StepMeasures:
+    """What the loop measured around a step; the parameters' norm is a collective, taken on every rank."""
+    return StepMeasures(
+        tokens=settings.global_batch_size * settings.seq_length,
+        seconds=seconds,
+        data_seconds=sum(it.seconds for it in iterators if it is not None),
+        checkpoint_seconds=checkpoint_seconds,
+        consumed_samples=consumed,
+        consumed_tokens=consumed * settings.seq_length,
+        params_norm=params_norm(optimizer) if settings.params_norm else None,
+        memory=memory(layout.device),
+    )
+
+
+def _timed_save(checkpointer: Checkpointer, progress: Progress) -> float:
+    began = time.perf_counter()
+    checkpointer.save(progress)
+    return time.perf_counter() - began
+
+
+def _flat_spec(path: Path) -> dict[str, object]:
+    """The spec as ``table.key`` -> value: the run configuration W&B and MLflow show next to the curves."""
+    flat: dict[str, object] = {}
+
+    def walk(prefix: str, value: object) -> None:
+        if isinstance(value, dict):
+            for key, inner in value.items():
+                walk(f"{prefix}.{key}" if prefix else key, inner)
+        else:
+            flat[prefix] = value
+
+    try:
+        walk("", tomllib.loads(path.read_text(encoding="utf-8")))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        return {}  # the trackers then show no configuration; the run does not depend on it
+    return flat
 
 
 def _banner(

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import sys
+import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -22,11 +23,14 @@ from megatron.core.distributed import DistributedDataParallel
 from megatron.core.optimizer.optimizer import ChainedOptimizer
 from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 from megatron.core.pipeline_parallel import get_forward_backward_func
+from megatron.core.tensor_parallel import param_is_not_tensor_parallel_duplicate
+from megatron.core.transformer.module import param_is_not_shared
 from megatron.core.utils import get_model_config
 
 from bridgec.runtime.loss import holds_loss_shard, loss_from_sums, loss_sums, metadata_pairs, reduce_metadata
 from bridgec.runtime.optim import current_lr
 from bridgec.runtime.parallel import collective_device
+from bridgec.runtime.profile import phase
 
 ForwardStep = Callable[[Iterator[Any], torch.nn.Module], tuple[torch.Tensor, Callable[..., Any]]]
 """The two-argument forward step megatron-core's schedules call (state already bound)."""
@@ -53,6 +57,11 @@ class StepResult:
     """The largest stop vote of any rank at the end of this step (0: carry on; see runtime.stop.StopCode)."""
     metadata: dict[str, float] = attrs.field(factory=dict)
     """The loss function's other metadata entries (a hook's auxiliary loss, ...), reduced like the loss."""
+    forward_backward_seconds: float = 0.0
+    """Wall time of the schedule's forward and backward passes (reading batches included) up to the global
+    gradient norm, whose value waits for the device: so the time is the device's too."""
+    optimizer_seconds: float = 0.0
+    """Wall time of clipping, the optimizer, the schedule step and the end-of-step collective."""
 
 
 @attrs.define
@@ -116,6 +125,7 @@ def train_step(
     clip_epsilon: float = MEGATRON_CLIP_EPSILON,
     stop_vote: Callable[[], int] | None = None,
     metadata_keys: MetadataKeys | None = None,
+    nvtx: bool = False,
 ) -> StepResult:
     """Forward and backward over ``num_microbatches``, then (unless skipped) clip and update.
 
@@ -124,35 +134,41 @@ def train_step(
     whether training should stop (``stop_vote()``, read at that moment), so
     agreeing on a stop costs no extra collective. The loss function's other
     metadata entries travel in it too: pass the same ``metadata_keys`` every step
-    (it remembers which keys the buffer carries).
+    (it remembers which keys the buffer carries). The two phases are named ranges
+    in a profiler's trace, and NVTX ranges with ``nvtx`` (``runtime.profile``).
     """
     scale_losses(model, optimizer)
     for chunk in model:
         chunk.zero_grad_buffer()
     optimizer.zero_grad()
     loss_scale = float(optimizer.get_loss_scale())
-    forward_backward = get_forward_backward_func()
-    forward_data = forward_backward(
-        forward_step_func=forward_step,
-        data_iterator=_iterators(data_iterators),
-        model=model,
-        num_microbatches=num_microbatches,
-        seq_length=seq_length,
-        micro_batch_size=micro_batch_size,
-        decoder_seq_length=seq_length,
-        forward_only=False,
-    )
-    learning_rate = current_lr(optimizer)
-    overflow = optimizer.prepare_grads()  # fp16: unscales and updates the loss scale
-    grad_norm = float(optimizer.get_grad_norm())  # global: every rank gets the same value
+    began = time.perf_counter()
+    with phase("forward-backward", nvtx=nvtx):
+        forward_backward = get_forward_backward_func()
+        forward_data = forward_backward(
+            forward_step_func=forward_step,
+            data_iterator=_iterators(data_iterators),
+            model=model,
+            num_microbatches=num_microbatches,
+            seq_length=seq_length,
+            micro_batch_size=micro_batch_size,
+            decoder_seq_length=seq_length,
+            forward_only=False,
+        )
+        learning_rate = current_lr(optimizer)
+        overflow = optimizer.prepare_grads()  # fp16: unscales and updates the loss scale
+        grad_norm = float(optimizer.get_grad_norm())  # global: every rank gets the same value
     nonfinite = not overflow and not math.isfinite(grad_norm)
     skipped = overflow or nonfinite
-    if not skipped:
-        if clip_grad > 0.0:
-            clip_gradients(optimizer, max_norm=clip_grad, grad_norm=grad_norm, epsilon=clip_epsilon)
-        optimizer.step_with_ready_grads()
-        scheduler.step(increment=1)
-    end = _end_of_step(forward_data, stop_vote() if stop_vote is not None else 0, metadata_keys or MetadataKeys())
+    backward_done = time.perf_counter()
+    with phase("optimizer", nvtx=nvtx):
+        if not skipped:
+            if clip_grad > 0.0:
+                clip_gradients(optimizer, max_norm=clip_grad, grad_norm=grad_norm, epsilon=clip_epsilon)
+            optimizer.step_with_ready_grads()
+            scheduler.step(increment=1)
+        end = _end_of_step(forward_data, stop_vote() if stop_vote is not None else 0, metadata_keys or MetadataKeys())
+    optimizer_done = time.perf_counter()
     return StepResult(
         loss=end.loss,
         grad_norm=grad_norm,
@@ -162,7 +178,31 @@ def train_step(
         nonfinite=nonfinite,
         stop_vote=end.stop_vote,
         metadata=end.metadata,
+        forward_backward_seconds=backward_done - began,
+        optimizer_seconds=optimizer_done - backward_done,
     )
+
+
+def params_norm(optimizer: ChainedOptimizer) -> float:
+    """The L2 norm of every parameter, counted once (Megatron's params-norm): a collective on every rank.
+
+    Reads the optimizer's (main, fp32) parameters as megatron-core's get_grad_norm
+    reads their gradients: tensor-parallel duplicates and the shared output
+    embedding are left out, and each sub-optimizer's squares are summed over its
+    gradient-statistics group (model-parallel ranks, and data ranks when the
+    distributed optimizer shards the parameters).
+    """
+    total = 0.0
+    for sub in optimizer.chained_optimizers:
+        square = torch.zeros(1, dtype=torch.float64, device=collective_device())
+        for param in sub.get_parameters():
+            if param_is_not_shared(param) and param_is_not_tensor_parallel_duplicate(param):
+                square += param.detach().double().square().sum().to(square.device)
+        group = sub.get_grad_stats_parallel_group()
+        if dist.is_initialized() and dist.get_world_size(group) > 1:
+            dist.all_reduce(square, group=group)
+        total += float(square.item())
+    return math.sqrt(total)
 
 
 def scale_losses(model: list[DistributedDataParallel], optimizer: ChainedOptimizer) -> None:

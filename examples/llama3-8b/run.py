@@ -152,6 +152,13 @@ RESUME = True
 KEEP_LAST = 2
 OVERWRITE_CHECKPOINTS = False
 
+# Logging
+LOG_LEVEL = "info"
+PARAMS_NORM = False
+TRAIN_FLOPS_PER_TOKEN = 57914425344  # 3 x (2 x 7,504,920,576 matmul parameters + 4,294,967,296 attention): bridgec explain's, for TFLOP/s and MFU
+MFU_PRECISION = "bf16"  # the peak-table column: fp8 with precision.fp8, else precision.dtype
+PEAK_TFLOPS = None  # default: the table's peak for the GPU; none on the CPU
+
 
 def transformer_config() -> TransformerConfig:
     """Shape, parallel layout and numerics of the transformer (megatron-core TransformerConfig)."""
@@ -346,6 +353,11 @@ def main() -> RunEnd:
         spec_sha256=SPEC_SHA256,
         run_name=RUN_NAME,
         parameters=NUM_PARAMETERS,
+        flops_per_token=TRAIN_FLOPS_PER_TOKEN,
+        precision=MFU_PRECISION,
+        peak_tflops=PEAK_TFLOPS,
+        log_level=LOG_LEVEL,
+        params_norm=PARAMS_NORM,
     )
     return train(
         forward_step,

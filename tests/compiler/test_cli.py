@@ -102,6 +102,7 @@ COMMANDS = [
     ["launch"],
     ["convert", "orbax-to-megatron"],
     ["convert", "megatron-to-orbax"],
+    ["plot"],
 ]
 
 

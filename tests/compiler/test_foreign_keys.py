@@ -42,8 +42,8 @@ def test_megatron_values_tables_and_dashed_flags() -> None:
         '[optimizer] name = "adam" here (adam is AdamW here: decoupled weight decay)',
         "spec.toml:19: $.data.kind = \"packed\" must be one of 'mock', 'indexed', 'sft'; hint: kind = \"packed\" "
         f"asks for packed fine-tuning sequences (several SFT samples per sequence), {NOT_YET}",
-        "spec.toml:20: unknown table [logger]; hint: logger is [train] log_interval here (TensorBoard and Weights & "
-        "Biases logging are not supported yet)",
+        "spec.toml:20: unknown table [logger]; hint: logger is [logging] tensorboard, wandb and mlflow tables here "
+        "(and [train] log_interval)",
     ]
 
 

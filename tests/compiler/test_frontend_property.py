@@ -44,11 +44,17 @@ FILES = MemoryFiles(
 )
 
 
+def _table_type(table: str) -> type:
+    """The attrs class of a spec table; an optional table ([profile]) is `Table | None`."""
+    hint = typing.get_type_hints(Spec)[table]
+    return next(arg for arg in (hint, *typing.get_args(hint)) if attrs.has(arg))
+
+
 def _paths() -> list[tuple[str, ...]]:
     """Every (table, key) of the spec, from the attrs classes, and the keys of a data source."""
     paths = []
-    for table, table_type in typing.get_type_hints(Spec).items():
-        paths += [(table, field.name) for field in attrs.fields(table_type)]
+    for table in typing.get_type_hints(Spec):
+        paths += [(table, field.name) for field in attrs.fields(_table_type(table))]
     return paths + [("data", "sources", field.name) for field in attrs.fields(DataSource)]
 
 
@@ -83,7 +89,7 @@ def _set(data: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
 
 
 def _field_type(path: tuple[str, ...]) -> Any:
-    table_type = DataSource if len(path) == 3 else typing.get_type_hints(Spec)[path[0]]
+    table_type = DataSource if len(path) == 3 else _table_type(path[0])
     return typing.get_type_hints(table_type)[path[-1]]
 
 

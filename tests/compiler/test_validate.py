@@ -10,6 +10,7 @@ new tables follow from line 16, in the order given.
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -37,10 +38,10 @@ def check_without_data(tables: dict[str, Any], expected: list[str], files: dict[
 
 
 def test_every_rule_is_registered_once_and_tested() -> None:
-    from bridgec.compiler import rules_files, rules_layout, rules_training, validate_interop
+    from bridgec.compiler import rules_files, rules_layout, rules_logging, rules_training, validate_interop
     from tests.compiler import test_validate_interop
 
-    modules = (rules_layout, rules_training, rules_files, validate_interop)
+    modules = (rules_layout, rules_training, rules_files, validate_interop, rules_logging)
     defined = {name for module in modules for name in vars(module) if name.startswith("rule_")}
     registered = [rule.__name__ for rule in RULES]
     assert sorted(registered) == sorted(defined)
@@ -1521,4 +1522,72 @@ def test_rule_document_masking_layout_sft() -> None:
             "alone in its sequence; hint: remove document_masking"
         ],
         files={**DATA, "data/tok.loss_mask.bin": "", "data/tok.loss_mask.idx": idx_header(100)},
+    )
+
+
+def test_rule_sink_package_installed(monkeypatch: pytest.MonkeyPatch) -> None:
+    sinks = {
+        "logging": {
+            "tensorboard": {"dir": "tb"},
+            "wandb": {"project": "p", "mode": "offline"},
+            "mlflow": {"tracking_uri": "sqlite:///m.db"},
+        }
+    }
+    check(sinks, [])  # the test extra installs all three
+    # A None entry in sys.modules is Python's own "this module cannot be imported" (importlib's find_spec says None).
+    monkeypatch.setitem(sys.modules, "wandb", None)
+    monkeypatch.setitem(sys.modules, "mlflow", None)
+    check(
+        sinks,
+        [
+            f"spec.toml:18: [logging.wandb] needs the wandb package, which this Python ({sys.executable}) cannot "
+            "import; hint: pip install 'bridgec[wandb]' (or remove [logging.wandb])",
+            f"spec.toml:19: [logging.mlflow] needs the mlflow package, which this Python ({sys.executable}) cannot "
+            "import; hint: pip install 'bridgec[mlflow]' (or remove [logging.mlflow])",
+        ],
+    )
+
+
+def test_rule_profile_steps() -> None:
+    check({"profile": {"start_step": 3, "end_step": 4}}, [])
+    check(
+        {"profile": {"start_step": 4, "end_step": 3}},
+        [
+            "spec.toml:17: $.profile: steps 4 to 3 are not a range of this run's steps (1 to train.iters = 10, "
+            "start_step <= end_step); hint: e.g. start_step = 3, end_step = 4 (a few steps after the first, which "
+            "warms up)"
+        ],
+    )
+    check(
+        {"profile": {"start_step": 0, "end_step": 11, "ranks": [0, 1]}},
+        [
+            "spec.toml:17: $.profile: steps 0 to 11 are not a range of this run's steps (1 to train.iters = 10, "
+            "start_step <= end_step); hint: e.g. start_step = 3, end_step = 4 (a few steps after the first, which "
+            "warms up)",
+            "spec.toml:19: $.profile.ranks = [0, 1]: every rank must be one of this run's 0 to 0 (nodes x "
+            "procs_per_node = 1), and at least one is needed; hint: e.g. ranks = [0]",
+        ],
+    )
+
+
+def test_rule_profile_cuda_only() -> None:
+    check(
+        {"profile": {"start_step": 1, "end_step": 1, "memory_snapshot": True, "nvtx": True}},
+        [
+            "spec.toml:19: $.profile.memory_snapshot = true records CUDA's allocator history, but launch.device = "
+            '"cpu"; hint: set device = "cuda" under [launch], or remove memory_snapshot',
+            'spec.toml:20: $.profile.nvtx = true records NVTX ranges (for nsys), but launch.device = "cpu"; hint: '
+            'set device = "cuda" under [launch], or remove nvtx',
+        ],
+    )
+
+
+def test_rule_peak_positive() -> None:
+    check({"logging": {"peak_tflops": 989.0}}, [])
+    check(
+        {"logging": {"peak_tflops": 0.0}},
+        [
+            "spec.toml:17: $.logging.peak_tflops = 0: MFU divides by the device's peak, which must be above 0; hint: "
+            "the dense bf16 TFLOP/s of one device (e.g. 989 for an H100 SXM), or remove it"
+        ],
     )

@@ -147,6 +147,13 @@ SPEC_SHA256 = "0bc136bef00ceae8aa233a354d4e57858f65d3075dd125dda65962cb7b6463e8"
 METRICS_FILE = "spec.metrics.jsonl"  # in OUTPUT_DIR, named after the spec: specs sharing the folder keep their own
 LAST_EXIT_FILE = "spec.last_exit.json"  # in OUTPUT_DIR: how the latest launch ended (code, reason, step)
 
+# Logging
+LOG_LEVEL = "info"
+PARAMS_NORM = False
+TRAIN_FLOPS_PER_TOKEN = 1396224  # 3 x (2 x 216,320 matmul parameters + 32,768 attention): bridgec explain's, for TFLOP/s and MFU
+MFU_PRECISION = "fp32"  # the peak-table column: fp8 with precision.fp8, else precision.dtype
+PEAK_TFLOPS = None  # default: the table's peak for the GPU; none on the CPU
+
 
 def transformer_config() -> TransformerConfig:
     """Shape, parallel layout and numerics of the transformer (megatron-core TransformerConfig)."""
@@ -343,6 +350,11 @@ def main() -> RunEnd:
         spec_sha256=SPEC_SHA256,
         run_name=RUN_NAME,
         parameters=NUM_PARAMETERS,
+        flops_per_token=TRAIN_FLOPS_PER_TOKEN,
+        precision=MFU_PRECISION,
+        peak_tflops=PEAK_TFLOPS,
+        log_level=LOG_LEVEL,
+        params_norm=PARAMS_NORM,
     )
     return train(
         forward_step,

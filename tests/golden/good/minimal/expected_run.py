@@ -142,6 +142,13 @@ SPEC_SHA256 = "eb34f8257b6a23ed3ab3a694d58a4cc14c71050103162d3479328c42f4be6a01"
 METRICS_FILE = "spec.metrics.jsonl"  # in OUTPUT_DIR, named after the spec: specs sharing the folder keep their own
 LAST_EXIT_FILE = "spec.last_exit.json"  # in OUTPUT_DIR: how the latest launch ended (code, reason, step)
 
+# Logging
+LOG_LEVEL = "info"
+PARAMS_NORM = False
+TRAIN_FLOPS_PER_TOKEN = 698112  # 3 x (2 x 108,160 matmul parameters + 16,384 attention): bridgec explain's, for TFLOP/s and MFU
+MFU_PRECISION = "fp32"  # the peak-table column: fp8 with precision.fp8, else precision.dtype
+PEAK_TFLOPS = None  # default: the table's peak for the GPU; none on the CPU
+
 
 def transformer_config() -> TransformerConfig:
     """Shape, parallel layout and numerics of the transformer (megatron-core TransformerConfig)."""
@@ -317,6 +324,11 @@ def main() -> RunEnd:
         spec_sha256=SPEC_SHA256,
         run_name=RUN_NAME,
         parameters=NUM_PARAMETERS,
+        flops_per_token=TRAIN_FLOPS_PER_TOKEN,
+        precision=MFU_PRECISION,
+        peak_tflops=PEAK_TFLOPS,
+        log_level=LOG_LEVEL,
+        params_norm=PARAMS_NORM,
     )
     return train(
         forward_step,
