@@ -90,6 +90,8 @@ CONTEXT: dict[str, dict[str, Any]] = {
     "model.norm_zero_centered": CUDA_TE,
     "parallel.context": CUDA_TE,
     "model.rotary_base": {"model": {"position_embedding": "rope"}},
+    "model.rope_scaling_factor": {"model": {"position_embedding": "rope"}},
+    "model.add_qkv_bias": {"model": {"add_bias_linear": False}},
     "model.moe_router_topk": MOE,
     "parallel.tensor": {},
     "parallel.virtual_pipeline": {"parallel": {"pipeline": 2}},
@@ -171,6 +173,8 @@ VALUES: dict[str, list[Any]] = {
     "model.norm_epsilon": [1e-5, 1e-6],
     "model.norm_zero_centered": [False, True],
     "model.rotary_base": [10000, 500000],
+    "model.rope_scaling_factor": [None, 8.0],
+    "model.add_qkv_bias": [False, True],
     "model.tie_embeddings": [True, False],
     "model.logits_multiplier": [1.0, 0.5],
     "model.add_bias_linear": [True, False],
@@ -405,7 +409,6 @@ def test_every_value_compiles_to_its_own_script(field: Field) -> None:
 SINGLE_VALUED = {
     "model.kind": "one model family so far",
     "loss.kind": "one loss so far",
-    "init.checkpoint.format": "one format so far",
     "init.checkpoint.layout": "one layout so far",
 }
 """Enumerations with one member: nothing to tell apart (a second member makes them two-valued here)."""

@@ -1,0 +1,73 @@
+"""[init.checkpoint] format = "huggingface" against real transformers: logits and loss at TP1, TP2 and PP2,
+and the bytes each rank reads.
+
+Four tiny families (tests/runtime/hf_models.py: Llama 3.1 with llama3 RoPE scaling saved as shards, Mistral in
+bf16, Qwen2 with QKV biases in fp16, Qwen3 with QK norm, head_dim != hidden / heads and tied embeddings),
+written by ``bridgec import hf`` and compiled; one torchrun launch per layout checks all four
+(tests/runtime/hf_parity_worker.py). The Llama spec keeps megatron's default vocabulary padding (300 -> 384
+rows): its real columns must match and its padded ones be zero.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.runtime.hf_models import families, import_and_compile, save
+from tests.runtime.launch import HANG_GUARD_SECONDS, TORCHRUN, environment
+
+LAYOUTS = {"tp1": (1, 1), "tp2": (2, 1), "pp2": (1, 2)}
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("hf")
+    return {family.name: save(family, root / family.name) for family in families()}
+
+
+def _launch(models: dict[str, Path], root: Path, layout: str) -> dict[int, dict[str, dict[str, float]]]:
+    tensor, pipeline = LAYOUTS[layout]
+    pairs = []
+    for name, folder in models.items():
+        padding = {"make_vocab_size_divisible_by": 128} if name == "llama" else {}
+        spec = root / f"{name}_{layout}.toml"
+        script = import_and_compile(
+            folder, spec, devices=tensor * pipeline, tensor=tensor, pipeline=pipeline, **padding
+        )
+        pairs.append(f"{script}:{folder}")
+    out = root / f"out_{layout}"
+    command = [str(TORCHRUN), "--standalone", "--nproc-per-node", str(tensor * pipeline), "-m"]
+    command += ["tests.runtime.hf_parity_worker", str(out), *pairs]
+    done = subprocess.run(
+        command, cwd=REPO, env=environment({}), capture_output=True, text=True, timeout=HANG_GUARD_SECONDS
+    )
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+    return {rank: json.loads((out / f"rank{rank}.json").read_text()) for rank in range(tensor * pipeline)}
+
+
+@pytest.mark.parametrize("layout", sorted(LAYOUTS))
+def test_logits_and_loss_match_transformers(models: dict[str, Path], tmp_path: Path, layout: str) -> None:
+    ranks = _launch(models, tmp_path, layout)
+    logits_rank = max(ranks) if layout == "pp2" else 0
+    for name in models:
+        found = ranks[logits_rank][f"{name}_{layout}"]
+        assert found["logits_diff"] <= 1e-4, (name, found)
+        assert found["logits_scale"] > 1.0, (name, found)  # real logits, not zeros on both sides
+        assert found["padded_logits_max"] == 0.0, (name, found)
+        if found["padded_vocab"] == 300:  # padded rows take part in megatron's softmax: another loss
+            assert abs(found["loss"] - found["hf_loss"]) <= 1e-5, (name, found)
+    if layout != "tp1":
+        # Each rank reads its own half of the weights (plus what both halves need: norms; on PP2 a tied
+        # embedding is read by the first stage for the embedding and by the last for the output layer).
+        for name in models:
+            for rank, results in ranks.items():
+                found = results[f"{name}_{layout}"]
+                assert 0.4 <= found["bytes_read"] / found["file_bytes"] <= 0.6, (name, rank, found)
+    else:
+        for name in models:
+            found = ranks[0][f"{name}_{layout}"]
+            assert found["bytes_read"] == found["file_bytes"], (name, found)
