@@ -82,13 +82,11 @@ class _Mapper:
     def need(self, key: str, kind: type | tuple[type, ...] = int) -> Any:
         self.used.add(key)
         if key not in self.config:
-            self.errors.append(
-                ImportProblem(key=key, message=f"config.json has no {key!r}; the model's shape needs it")
-            )
+            self.errors.append(ImportProblem(key=key, message=f"no {key!r}: the model's shape needs it"))
             return None
         value = self.config[key]
         if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
-            self.errors.append(ImportProblem(key=key, message=f"config.json: {key} = {value!r} is not a {_kind(kind)}"))
+            self.errors.append(ImportProblem(key=key, message=f"{key} = {value!r}: expected {_kind(kind)}"))
             return None
         return value
 
@@ -97,14 +95,12 @@ class _Mapper:
             self.tables.setdefault(table, []).append((key, value, comment))
 
     def refuse(self, key: str, message: str, hint: str | None = None) -> None:
-        self.errors.append(ImportProblem(key=key, message=f"config.json: {message}", hint=hint))
+        self.errors.append(ImportProblem(key=key, message=message, hint=hint))
 
 
 def _kind(kind: type | tuple[type, ...]) -> str:
     kinds = kind if isinstance(kind, tuple) else (kind,)
-    return " or ".join(
-        {int: "integer", float: "number", bool: "boolean", str: "string", dict: "table"}[k] for k in kinds
-    )
+    return " or ".join({int: "an integer", float: "a number", bool: "true or false", str: "a string"}[k] for k in kinds)
 
 
 def import_hf(
