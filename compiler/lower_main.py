@@ -361,6 +361,11 @@ def step_plan(spec: Spec, ch: Choices) -> StepPlan:
                         arguments=(
                             *names(("vocab_size", "VOCAB_SIZE"), ("global_batch_size", "GLOBAL_BATCH_SIZE")),
                             *betas,
+                            *(
+                                names(("hf_folder", "SPEC_DIR / INIT_CHECKPOINT"))
+                                if ch.checkpoint_format is c.CheckpointFormat.HUGGINGFACE
+                                else ()
+                            ),
                         ),
                     ),
                 ),
