@@ -59,9 +59,9 @@ UNSUPPORTED: dict[str, Feature] = {
         "every step is a JSON line in OUTPUT_DIR/<spec>.metrics.jsonl",
     ),
     "pretrained": Feature(
-        "Starting from a Megatron-LM or Hugging Face checkpoint (fine-tuning)",
-        "[init.checkpoint] starts from an Orbax (MaxText) checkpoint; a bridgec checkpoint resumes with "
-        "[checkpoint] resume = true",
+        "Starting from a Megatron-LM checkpoint (fine-tuning)",
+        "[init.checkpoint] starts from a Hugging Face folder (bridgec import hf) or an Orbax (MaxText) checkpoint; "
+        "a bridgec checkpoint resumes with [checkpoint] resume = true",
     ),
     "sft": Feature(
         "Fine-tuning datasets (SFT, chat templates, packed sequences)",
