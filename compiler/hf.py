@@ -27,7 +27,13 @@ from bridgec.compiler.maxtext_read import ImportProblem
 
 __all__ = ["ARCHITECTURES", "ImportResult", "import_hf"]
 
-ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM")
+ARCHITECTURES = (
+    "LlamaForCausalLM",
+    "MistralForCausalLM",
+    "Qwen2ForCausalLM",
+    "Qwen3ForCausalLM",
+    "Qwen3MoeForCausalLM",
+)
 """The families whose weights runtime.models.gpt's Hugging Face names describe."""
 
 MAX_SEQ_LENGTH = 4096
@@ -212,8 +218,10 @@ def _model(m: _Mapper, architecture: str) -> None:
     put("tie_embeddings", bool(m.get("tie_word_embeddings", False)), "tie_word_embeddings")
     put("add_bias_linear", False, "no biases in the linear layers")
     _biases(m, architecture, put)
-    if architecture == "Qwen3ForCausalLM":
+    if architecture in ("Qwen3ForCausalLM", "Qwen3MoeForCausalLM"):
         put("qk_layernorm", True, "Qwen3: q_norm and k_norm (RMSNorm per head before RoPE)")
+    if architecture == "Qwen3MoeForCausalLM":
+        _experts(m, put)
     put("dropout", 0.0, "attention_dropout = 0")
     if m.get("attention_dropout", 0.0) not in (0, 0.0):
         m.refuse("attention_dropout", "attention_dropout must be 0 (megatron's dropout would also drop hidden states)")
@@ -221,6 +229,42 @@ def _model(m: _Mapper, architecture: str) -> None:
     layer_types = m.get("layer_types")
     if layer_types is not None and any(kind != "full_attention" for kind in layer_types):
         m.refuse("layer_types", f"layer_types holds {sorted(set(layer_types))}: only full_attention maps")
+
+
+def _experts(m: _Mapper, put: Callable[[str, Any, str], None]) -> None:
+    """Qwen3-MoE: every layer's MLP is a softmax-routed mixture of experts (megatron-core's MoE, dropless)."""
+    # transformers 5 writes num_local_experts; 4.x (and the released Qwen3 MoE folders) num_experts.
+    experts_key = "num_local_experts" if "num_local_experts" in m.config else "num_experts"
+    experts = m.need(experts_key)
+    topk = m.need("num_experts_per_tok")
+    ffn = m.need("moe_intermediate_size")
+    if m.get("decoder_sparse_step", 1) != 1 or m.get("mlp_only_layers") not in (None, []):
+        m.refuse(
+            "mlp_only_layers",
+            "decoder_sparse_step / mlp_only_layers give some layers a dense MLP: bridgec's MoE models have "
+            "experts in every layer",
+        )
+    normalised = bool(m.get("norm_topk_prob", False))
+    if None in (experts, topk, ffn):
+        return
+    if topk == 1 and normalised:
+        m.refuse(
+            "norm_topk_prob",
+            "norm_topk_prob = true with one expert per token: megatron-core's top-1 "
+            "routing weighs the expert by its softmax probability",
+        )
+    # The dense intermediate_size is unused when every layer is sparse: the experts' width is the MLP width.
+    m.tables["model"] = [entry for entry in m.tables["model"] if entry[0] != "ffn_hidden_size"]
+    put("ffn_hidden_size", ffn, "moe_intermediate_size (each expert's width; intermediate_size is unused)")
+    put("num_experts", experts, experts_key)
+    put("moe_router_topk", topk, "num_experts_per_tok")
+    if not normalised and topk > 1:
+        put("moe_router_pre_softmax", True, "norm_topk_prob = false: softmax over all experts, top-k not renormalised")
+    m.used |= {"router_aux_loss_coef", "output_router_logits", "intermediate_size"}
+    m.notes.append(
+        f"router_aux_loss_coef = {m.config.get('router_aux_loss_coef')}: transformers adds the load-balancing loss "
+        "only with output_router_logits; bridgec trains without it"
+    )
 
 
 def _rope(m: _Mapper, put: Callable[[str, Any, str], None]) -> None:

@@ -468,6 +468,8 @@ _HF_LOAD = (
     "    vocab_size=VOCAB_SIZE,  # the tokenizer's; megatron's padded rows start at zero",
     "    tensor_parallel=TENSOR_PARALLEL,",
     "    tensor_rank=built.layout.tensor_rank,",
+    "    expert_parallel=EXPERT_PARALLEL,",
+    "    expert_rank=built.layout.expert_rank,",
     "    optimizer=built.optimizer,",
     ")",
 )

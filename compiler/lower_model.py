@@ -245,11 +245,11 @@ def _moe_arguments(spec: Spec, ch: Choices) -> tuple[Argument, ...]:
             dispatcher = arg("moe_token_dispatcher_type", "alltoall")
         case _:
             assert_never(ch.device)
-    pre_softmax = (
-        (arg("moe_router_pre_softmax", True, "megatron-core requires it for top-1 routing"),)
-        if spec.model.moe_router_topk == 1
-        else ()
-    )
+    pre_softmax: tuple[Argument, ...] = ()
+    if spec.model.moe_router_topk == 1:
+        pre_softmax = (arg("moe_router_pre_softmax", True, "megatron-core requires it for top-1 routing"),)
+    elif spec.model.moe_router_pre_softmax:
+        pre_softmax = (arg("moe_router_pre_softmax", True, "softmax over all experts, top-k not renormalised"),)
     return (
         *names(("num_moe_experts", "NUM_EXPERTS"), ("moe_router_topk", "MOE_ROUTER_TOPK")),
         *pre_softmax,

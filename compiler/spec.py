@@ -133,6 +133,8 @@ class Model:
     """Experts per MoE layer; unset for a dense model."""
     moe_router_topk: int = 2
     """Experts each token is routed to (MoE only)."""
+    moe_router_pre_softmax: bool = False
+    """MoE only: softmax over all experts, then the top k with those probabilities as weights (transformers' norm_topk_prob = false). Default: the top k logits, then a softmax over them (the top-k probabilities renormalised: norm_topk_prob = true). Top-1 routing always takes the softmax first (megatron-core requires it)."""
 
 
 @attrs.frozen(kw_only=True)

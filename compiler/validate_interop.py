@@ -312,11 +312,15 @@ def rule_init_checkpoint_model(spec: Spec, ctx: SpecContext) -> Iterator[Finding
         (("model", "normalization"), m.normalization == "rmsnorm", 'normalization = "rmsnorm"'),
         (("model", "add_bias_linear"), not m.add_bias_linear, "add_bias_linear = false"),
         (("model", "position_embedding"), m.position_embedding == "rope", 'position_embedding = "rope"'),
-        (("model", "num_experts"), m.num_experts is None, "a dense model (no num_experts)"),
+        (  # runtime/models/gpt.py's Hugging Face rows include Qwen3-MoE's experts; its MaxText rows do not
+            ("model", "num_experts"),
+            m.num_experts is None or init.format == "huggingface",
+            "a dense model (no num_experts)",
+        ),
         (("model", "activation"), m.activation in ("swiglu", "geglu"), 'activation = "swiglu" (or "geglu")'),
     ]
     holds = (
-        '[init.checkpoint] format = "huggingface" loads a Llama-family decoder (Llama, Mistral, Qwen2, Qwen3)'
+        '[init.checkpoint] format = "huggingface" loads a Llama-family decoder (Llama, Mistral, Qwen2, Qwen3, Qwen3-MoE)'
         if init.format == "huggingface"
         else f'[init.checkpoint] layout = "{init.layout}" holds a Llama-family decoder'
     )

@@ -299,6 +299,8 @@ def hf_to_megatron(script: Path, built: Built, *, output: Path) -> HFImportRepor
         vocab_size=built.imports.vocab_size,
         tensor_parallel=built.layout.tensor,
         tensor_rank=built.layout.tensor_rank,
+        expert_parallel=built.layout.expert,
+        expert_rank=built.layout.expert_rank,
         optimizer=built.optimizer,
     )
     built.checkpointer_in(output).save(Progress(step=0, consumed_samples=0, skipped_steps=0))

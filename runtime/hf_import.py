@@ -51,12 +51,15 @@ def load_hf_weights(
     vocab_size: int,
     tensor_parallel: int,
     tensor_rank: int,
+    expert_parallel: int = 1,
+    expert_rank: int = 0,
     optimizer: object | None = None,
     stats: ReadStats | None = None,
 ) -> HFImportReport:
     """Copy a Hugging Face folder's weights into this rank's (unwrapped) GPTModel chunks.
 
-    ``vocab_size`` is the tokenizer's (config.json's ``vocab_size``); megatron's
+    An expert-parallel rank reads its own experts (``expert_rank`` of
+    ``expert_parallel``). ``vocab_size`` is the tokenizer's (config.json's ``vocab_size``); megatron's
     padded rows are zero. Pass the optimizer when it already exists: its fp32
     main parameters are updated too (megatron's mixed-precision optimizers copy
     them back over the model at the first step). Raises RunError
@@ -76,8 +79,10 @@ def load_hf_weights(
     slots = main_slots(optimizer) if optimizer is not None else {}
     shard = Shard(size=tensor_parallel, rank=tensor_rank)
     count = 0
+    local_experts = (config.num_experts or 0) // expert_parallel
     for chunk in chunks:
-        for parameter, param in pairs(chunk, tensor_parallel=tensor_parallel):
+        held = pairs(chunk, tensor_parallel=tensor_parallel, expert_rank=expert_rank, local_experts=local_experts)
+        for parameter, param in held:
             value = read_local(folder, parameter, config, vocab_size=vocab_size, shard=shard)
             param.data.copy_(value.reshape(param.shape))
             slot = slots.get(param)

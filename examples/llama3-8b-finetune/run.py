@@ -246,6 +246,8 @@ def start_from_checkpoint(built: Built) -> Progress:
         vocab_size=VOCAB_SIZE,  # the tokenizer's; megatron's padded rows start at zero
         tensor_parallel=TENSOR_PARALLEL,
         tensor_rank=built.layout.tensor_rank,
+        expert_parallel=EXPERT_PARALLEL,
+        expert_rank=built.layout.expert_rank,
         optimizer=built.optimizer,
     )
     return Progress(step=0, consumed_samples=0, skipped_steps=0)

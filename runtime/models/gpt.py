@@ -178,7 +178,7 @@ class HFTransform(enum.Enum):
 
 @attrs.frozen(kw_only=True)
 class HuggingFace:
-    """A parameter's tensors in a Hugging Face ``*ForCausalLM`` state dict (Llama, Mistral, Qwen2, Qwen3 names).
+    """A parameter's tensors in a Hugging Face ``*ForCausalLM`` state dict (Llama, Mistral, Qwen2, Qwen3, Qwen3-MoE names).
 
     ``names`` are below ``model.layers.{layer}.`` for layer parameters, whole names
     otherwise, in the order the transform takes them.
@@ -533,6 +533,7 @@ ENTRIES: tuple[Entry, ...] = (
         shape=lambda c: (c.num_experts or 0, c.hidden),
         init=Init.NORMAL,
         when=_moe,
+        hf=HuggingFace(names=("mlp.gate.weight",), transform=HFTransform.COPY),
     ),
     Entry(
         name=_EXPERT + "linear_fc1.weight",
@@ -541,6 +542,10 @@ ENTRIES: tuple[Entry, ...] = (
         init=Init.NORMAL,
         split=Split(axis=0, gate_up=True),
         when=_moe,
+        hf=HuggingFace(
+            names=("mlp.experts.{expert}.gate_proj.weight", "mlp.experts.{expert}.up_proj.weight"),
+            transform=HFTransform.FC1,
+        ),
     ),
     Entry(
         name=_EXPERT + "linear_fc1.bias",
@@ -557,6 +562,7 @@ ENTRIES: tuple[Entry, ...] = (
         init=Init.SCALED_NORMAL,
         split=Split(axis=1),
         when=_moe,
+        hf=HuggingFace(names=("mlp.experts.{expert}.down_proj.weight",), transform=HFTransform.COPY),
     ),
     Entry(
         name=_EXPERT + "linear_fc2.bias",
@@ -841,8 +847,9 @@ HF_LAYER_PREFIX = "model.layers."
 def hf_names(parameter: Parameter) -> tuple[str, ...]:
     """The Hugging Face tensor names this parameter holds; KeyError when it has no Hugging Face counterpart."""
     hf = parameter.entry.hf
-    if hf is None or parameter.expert is not None:
+    if hf is None:
         raise KeyError(f"{parameter.name}: no Hugging Face counterpart in the Llama/Qwen/Mistral layout")
     if parameter.layer is None:
         return hf.names
-    return tuple(f"{HF_LAYER_PREFIX}{parameter.layer}.{name}" for name in hf.names)
+    names = (name.replace("{expert}", str(parameter.expert)) for name in hf.names)
+    return tuple(f"{HF_LAYER_PREFIX}{parameter.layer}.{name}" for name in names)

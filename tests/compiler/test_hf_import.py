@@ -69,6 +69,23 @@ def test_qwen3_head_dim_qk_norm_tied_and_transformers4_rope_keys() -> None:
     assert "rotary_base = 1000000  # rope_theta" in result.toml
 
 
+def test_qwen3_moe_experts_router_and_width() -> None:
+    config = {
+        **QWEN3, "architectures": ["Qwen3MoeForCausalLM"], "model_type": "qwen3_moe", "num_experts": 128,
+        "num_experts_per_tok": 8, "moe_intermediate_size": 768, "norm_topk_prob": True, "decoder_sparse_step": 1,
+        "mlp_only_layers": [], "router_aux_loss_coef": 0.001, "output_router_logits": False,
+    }  # fmt: skip
+    result = _import(config)
+    model = tomllib.loads(result.toml)["model"]
+    assert model["num_experts"] == 128 and model["moe_router_topk"] == 8 and model["ffn_hidden_size"] == 768
+    assert model["qk_layernorm"] is True and "moe_router_pre_softmax" not in model  # renormalised top-k: the default
+    assert "router_aux_loss_coef = 0.001: transformers adds the load-balancing loss" in result.notes[0]
+    unnormalised = tomllib.loads(_import({**config, "norm_topk_prob": False}).toml)["model"]
+    assert unnormalised["moe_router_pre_softmax"] is True
+    dense_layers = _import({**config, "mlp_only_layers": [0]})
+    assert dense_layers.toml is None and dense_layers.errors[0].key == "mlp_only_layers"
+
+
 def test_qwen2_gets_qkv_biases() -> None:
     result = _import({**QWEN3, "architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "head_dim": None})
     model = tomllib.loads(result.toml)["model"]

@@ -314,7 +314,7 @@ def test_rule_init_checkpoint_model_huggingface() -> None:
     found = messages(spec_toml(init=checkpoint), MemoryFiles({"hf": ""}))
     assert found[0] == (
         'spec.toml:17: [init.checkpoint] format = "huggingface" loads a Llama-family decoder (Llama, Mistral, Qwen2, '
-        'Qwen3), which needs model activation = "swiglu" (or "geglu"); hint: set activation = "swiglu" (or "geglu") '
+        'Qwen3, Qwen3-MoE), which needs model activation = "swiglu" (or "geglu"); hint: set activation = "swiglu" (or "geglu") '
         "under [model] to match the checkpoint"
     )
 

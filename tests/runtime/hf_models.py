@@ -41,7 +41,7 @@ def _sizes(**extra: object) -> dict[str, object]:
 
 def families() -> list[Family]:
     """Llama 3.1 (llama3 RoPE scaling, sharded), Mistral (bf16), Qwen2 (QKV biases, fp16), Qwen3 (QK norm,
-    head_dim 32 != 64 / 4, tied embeddings)."""
+    head_dim 32 != 64 / 4, tied embeddings), Qwen3-MoE (4 experts, top 2, softmax before top-k)."""
     llama3 = {
         "rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
         "original_max_position_embeddings": 8192, "rope_theta": 500000.0,
@@ -59,6 +59,12 @@ def families() -> list[Family]:
         ),
         Family(name="qwen2", config=transformers.Qwen2Config(**_sizes(tie_word_embeddings=False)), dtype=torch.float16),
         Family(name="qwen3", config=transformers.Qwen3Config(**_sizes(head_dim=32, tie_word_embeddings=True))),
+        Family(
+            name="qwen3moe",
+            config=transformers.Qwen3MoeConfig(
+                **_sizes(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32, norm_topk_prob=False)
+            ),
+        ),
     ]
 
 
@@ -76,14 +82,16 @@ def save(family: Family, folder: Path, *, seed: int = 0) -> Path:
 
 
 def import_and_compile(
-    model: Path, spec: Path, *, devices: int, tensor: int = 1, pipeline: int = 1, **model_keys: object
+    model: Path, spec: Path, *, devices: int, tensor: int = 1, pipeline: int = 1, expert: int = 1, **model_keys: object
 ) -> Path:
     """``bridgec import hf`` then the layout (and any [model] keys) set, then ``bridgec compile``; the script."""
     assert bridgec(["import", "hf", str(model), "--devices", str(devices), "--device", "cpu", "-o", str(spec)]) == 0
     text = spec.read_text(encoding="utf-8")
     for key, value in model_keys.items():
         text = re.sub(rf"^{key} = .*$", f"{key} = {value}", text, flags=re.M)
-    text = text.replace("\n[batch]", f"\n[parallel]\ntensor = {tensor}\npipeline = {pipeline}\n\n[batch]", 1)
+    text = text.replace(
+        "\n[batch]", f"\n[parallel]\ntensor = {tensor}\npipeline = {pipeline}\nexpert = {expert}\n\n[batch]", 1
+    )
     spec.write_text(text, encoding="utf-8")
     script = spec.with_suffix(".py")
     assert bridgec(["compile", str(spec), "-o", str(script)]) == 0

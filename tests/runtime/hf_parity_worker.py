@@ -81,6 +81,8 @@ def main() -> None:
             vocab_size=300,
             tensor_parallel=layout.tensor,
             tensor_rank=layout.tensor_rank,
+            expert_parallel=layout.expert,
+            expert_rank=layout.expert_rank,
             optimizer=built.optimizer,
             stats=stats,
         )
