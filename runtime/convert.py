@@ -313,6 +313,13 @@ def megatron_to_hf(
     """Load the checkpoint of ``step`` in ``directory`` (None: its latest) and write it as a Hugging Face folder
     ``output`` (rank 0 writes). Returns the report on rank 0, None elsewhere."""
     source = _hf_folder(script, built)
+    if built.layout.expert > 1:
+        # gather_full_params collects one expert rank's experts only.
+        raise RunError(
+            ExitCode.CHECKPOINT_ERROR,
+            f"{script} splits its experts over {built.layout.expert} expert-parallel ranks; megatron-to-hf gathers "
+            "tensor and pipeline parts only: convert with a script of the same spec compiled with expert = 1",
+        )
     found = checkpoint_files.find_step(directory.resolve(), step)
     progress = built.checkpointer_in(directory).load(step=step) if found is not None else None
     if found is None or progress is None:

@@ -61,6 +61,23 @@ def _reference(folder: Path, inputs: torch.Tensor, labels: torch.Tensor) -> tupl
     return logits, float(loss.loss)
 
 
+def _first_batch_loss(folder: Path, built) -> float:  # noqa: ANN001 - the script's Built
+    """transformers' per-token loss over the run's first global batch (one data-parallel rank: samples 0..B-1),
+    the loss the script's step 1 reports."""
+    import transformers
+
+    dataset = built.datasets().train
+    samples = [dataset[index] for index in range(built.imports.global_batch_size)]
+    tokens = torch.stack([sample["tokens"] for sample in samples])
+    labels = torch.stack([sample["labels"] for sample in samples])
+    mask = torch.stack([sample["loss_mask"] for sample in samples]).float()
+    model = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, attn_implementation="eager")
+    with torch.no_grad():
+        logits = model(tokens).logits
+    losses = torch.nn.functional.cross_entropy(logits.transpose(1, 2), labels, reduction="none")
+    return float((losses * mask).sum() / mask.sum())
+
+
 def main() -> None:
     out = Path(sys.argv[1])
     pairs = [Path(script_path) for script_path in sys.argv[2:]]
@@ -102,6 +119,8 @@ def main() -> None:
             found["padded_logits_max"] = float(logits[..., 300:].abs().max()) if vocab > 300 else 0.0
             found["loss"] = float(losses.float().mean())
             found["hf_loss"] = hf_loss
+            if layout.world_size == 1:
+                found["hf_first_batch_loss"] = _first_batch_loss(Path(folder), built)
         results[Path(script_path).stem] = found
         del built
     out.mkdir(parents=True, exist_ok=True)

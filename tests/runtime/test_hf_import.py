@@ -1,9 +1,9 @@
-"""[init.checkpoint] format = "huggingface" against real transformers: logits and loss at TP1, TP2 and PP2,
-and the bytes each rank reads.
+"""[init.checkpoint] format = "huggingface" against real transformers: logits and loss at TP1, TP2, PP2 and
+(MoE) EP2, the bytes each rank reads, and the compiled script's own step-1 loss.
 
-Four tiny families (tests/runtime/hf_models.py: Llama 3.1 with llama3 RoPE scaling saved as shards, Mistral in
-bf16, Qwen2 with QKV biases in fp16, Qwen3 with QK norm, head_dim != hidden / heads and tied embeddings),
-written by ``bridgec import hf`` and compiled; one torchrun launch per layout checks all four
+Five tiny families (tests/runtime/hf_models.py: Llama 3.1 with llama3 RoPE scaling saved as shards, Mistral in
+bf16, Qwen2 with QKV biases in fp16, Qwen3 with QK norm, head_dim != hidden / heads and tied embeddings,
+Qwen3-MoE), written by ``bridgec import hf`` and compiled; one torchrun launch per layout checks them all
 (tests/runtime/hf_parity_worker.py). The Llama spec keeps megatron's default vocabulary padding (300 -> 384
 rows): its real columns must match and its padded ones be zero.
 """
@@ -38,6 +38,10 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return {family.name: save(family, root / family.name) for family in families()}
 
 
+STEP1 = {"iters": 1, "warmup_iters": 0, "global_batch_size": 2, "micro_batch_size": 2}
+"""One training step of the Mistral script (no padded vocabulary rows) for the step-1 loss check."""
+
+
 def _launch(models: dict[str, Path], root: Path, layout: str) -> dict[int, dict[str, dict[str, float]]]:
     tensor, pipeline, expert = LAYOUTS[layout]
     procs = max(tensor * pipeline, expert)
@@ -51,6 +55,9 @@ def _launch(models: dict[str, Path], root: Path, layout: str) -> dict[int, dict[
             folder, spec, devices=procs, tensor=tensor, pipeline=pipeline, expert=expert, **padding
         )
         pairs.append(f"{script}:{folder}")
+    if layout == "tp1":
+        step1 = import_and_compile(models["mistral"], root / "step1.toml", devices=1, **STEP1)
+        pairs.append(f"{step1}:{models['mistral']}")
     out = root / f"out_{layout}"
     command = [str(TORCHRUN), "--standalone", "--nproc-per-node", str(procs), "-m"]
     command += ["tests.runtime.hf_parity_worker", str(out), *pairs]
@@ -81,12 +88,26 @@ def test_logits_and_loss_match_transformers(models: dict[str, Path], tmp_path: P
             for rank, results in ranks.items():
                 found = results[f"{name}_{layout}"]
                 assert 0.4 <= found["bytes_read"] / found["file_bytes"] <= 0.6, (name, rank, found)
-    elif layout == "ep2":
+    if layout == "tp1":
+        _check_step1_loss(root=tmp_path, expected=ranks[0]["step1"]["hf_first_batch_loss"])
+    if layout == "ep2":
         # Each expert-parallel rank reads the shared weights and its own half of the experts.
         for rank, results in ranks.items():
             found = results["qwen3moe_ep2"]
             assert 0.5 < found["bytes_read"] / found["file_bytes"] < 0.9, (rank, found)
-    else:
+    if layout == "tp1":
         for name in models:
             found = ranks[0][f"{name}_{layout}"]
             assert found["bytes_read"] == found["file_bytes"], (name, found)
+
+
+def _check_step1_loss(*, root: Path, expected: float) -> None:
+    """The compiled script's own step 1 (its data, its forward step and loss) reports transformers' loss."""
+    done = subprocess.run(
+        [str(TORCHRUN), "--standalone", "--nproc-per-node", "1", "step1.py"],
+        cwd=root, env=environment({}), capture_output=True, text=True, timeout=HANG_GUARD_SECONDS,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    metrics = [json.loads(line) for line in next(root.glob("out/**/step1.metrics.jsonl")).read_text().splitlines()]
+    first = next(line for line in metrics if line.get("step") == 1)
+    assert abs(first["loss"] - expected) <= 1e-5, (first, expected)
