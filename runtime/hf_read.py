@@ -116,17 +116,3 @@ class SafetensorsFolder:
             raise _fail(f"{self.folder / self.weight_map[name]}: tensor {name} cannot be read ({error})") from None
         self.stats.add(name, value.numel() * value.element_size())
         return value
-
-    def file_bytes(self) -> int:
-        """Bytes of tensor data the folder's files hold (what reading everything would read)."""
-        total = 0
-        for name in self.weight_map:
-            found = self._slice(name)
-            count = 1
-            for size in found.get_shape():
-                count *= size
-            total += count * _ITEMSIZE.get(str(found.get_dtype()), 4)
-        return total
-
-
-_ITEMSIZE = {"F64": 8, "F32": 4, "BF16": 2, "F16": 2, "I64": 8, "I32": 4, "U8": 1, "I8": 1, "BOOL": 1}
