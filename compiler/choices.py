@@ -153,6 +153,7 @@ class InitScheme(enum.Enum):
 
 class CheckpointFormat(enum.Enum):
     ORBAX = "orbax"
+    HUGGINGFACE = "huggingface"
 
 
 class CheckpointLayout(enum.Enum):

@@ -440,6 +440,42 @@ def _base_and_overrides(words: Sequence[str]) -> tuple[str, list[str]]:
     )
 
 
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "vocab.json", "merges.txt")
+"""Tokenizer files a Hugging Face folder may hold (named in the imported spec's tokenizer comment)."""
+
+
+def cmd_import_hf(args: argparse.Namespace) -> int:
+    from bridgec.compiler.emit import write_atomic
+    from bridgec.compiler.hf import import_hf
+
+    model_dir = Path(args.model_dir)
+    config_text = _read_input(model_dir / "config.json", "Hugging Face config")
+    output = Path(args.output)
+    folder = Path(os.path.relpath(model_dir.resolve(), output.resolve().parent)).as_posix()
+    words = [folder, "--devices", str(args.devices), "--nodes", str(args.nodes), "--device", args.device]
+    result = import_hf(
+        config_text,
+        folder=folder,
+        devices=args.devices,
+        nodes=args.nodes,
+        device=args.device,
+        tokenizer_files=[name for name in TOKENIZER_FILES if (model_dir / name).is_file()],
+        command=f"(from this spec's folder) bridgec import hf {shlex.join([*words, '-o', output.name])}",
+    )
+    for problem in result.errors:
+        hint = f"; hint: {problem.hint}" if problem.hint else ""
+        key = f"{problem.key}: " if problem.key else ""
+        _err(f"{model_dir / 'config.json'}: {key}{problem.message}{hint}")
+    if result.toml is None:
+        _err(f"bridgec: {args.output} not written: the Hugging Face config does not import")
+        return EXIT_SPEC_ERROR
+    for note in result.notes:
+        _err(f"note: {note}")
+    write_atomic(output, result.toml)
+    print(f"wrote {output}")
+    return _validate_import(output, result.toml)
+
+
 def cmd_import_maxtext(args: argparse.Namespace) -> int:
     from bridgec.compiler.emit import write_atomic
     from bridgec.compiler.maxtext import import_maxtext, model_file_name
@@ -815,6 +851,23 @@ def _parser() -> argparse.ArgumentParser:
     )
     maxtext.add_argument("-o", "--output", metavar="OUT", required=True, help="the spec to write")
     maxtext.set_defaults(handler=cmd_import_maxtext)
+    hf = _command(
+        import_commands,
+        "hf",
+        "a Hugging Face model folder (config.json + safetensors) as a spec that fine-tunes from its weights",
+        "Read MODEL_DIR/config.json, write the equivalent spec (every mapped value names its config.json key; "
+        "the keys without a counterpart are listed at its end, with what was done about each), with "
+        '[init.checkpoint] format = "huggingface" loading the folder\'s weights, and validate it. An '
+        "architecture or option bridgec cannot reproduce is refused, naming it.",
+        "exit codes: 0 written and valid; 2 the config does not import (nothing written), or the written spec "
+        "does not validate yet (its errors are printed); 3 internal error",
+    )
+    hf.add_argument("model_dir", metavar="MODEL_DIR", help="the Hugging Face model folder (config.json, weights)")
+    hf.add_argument("--devices", type=int, required=True, help="processes (GPUs) in the run, over all nodes")
+    hf.add_argument("--nodes", type=int, default=1, help="machines; default 1")
+    hf.add_argument("--device", choices=("cuda", "cpu"), default="cuda", help="the spec's [launch] device")
+    hf.add_argument("-o", "--output", metavar="OUT", required=True, help="the spec to write")
+    hf.set_defaults(handler=cmd_import_hf)
     from bridgec.compiler.convert_cli import add_convert_parser
     from bridgec.compiler.launch_cli import add_launch_parser
     from bridgec.compiler.plot_cli import add_plot_parser

@@ -145,6 +145,40 @@ def _check_step(directory: Path, step: int | None) -> None:
         )
 
 
+def hf_to_megatron_arguments(args: argparse.Namespace) -> tuple[ScriptLaunch, list[str]]:
+    """The script and the runtime's arguments; the script's Hugging Face folder is checked by the run."""
+    script = read_launch(Path(args.script))
+    output = Path(args.output).resolve()
+    if output.is_file():
+        raise InputError(f"{args.output}: is a file; --output is the bridgec checkpoint folder to create")
+    if output.is_dir() and any(child.name == "latest" or child.name.startswith("iter_") for child in output.iterdir()):
+        raise InputError(f"{args.output}: already holds bridgec checkpoints; convert into an empty or new folder")
+    return script, ["hf-to-megatron", "--script", str(script.path.resolve()), "--output", str(output)]
+
+
+def megatron_to_hf_arguments(args: argparse.Namespace) -> tuple[ScriptLaunch, list[str]]:
+    """The script and the runtime's arguments (absolute paths); refuses an existing --output before launching."""
+    script = read_launch(Path(args.script))
+    directory = _existing(Path(args.checkpoint), "checkpoint folder")
+    _check_step(directory, args.step)
+    output = Path(args.output).resolve()
+    if output.exists():
+        raise InputError(f"{args.output}: already exists; the Hugging Face folder is written new (choose another)")
+    arguments = ["megatron-to-hf", "--script", str(script.path.resolve()), "--checkpoint", str(directory)]
+    arguments += ["--output", str(output), "--dtype", args.dtype]
+    if args.step is not None:
+        arguments += ["--step", str(args.step)]
+    return script, arguments
+
+
+def cmd_hf_to_megatron(args: argparse.Namespace) -> int:
+    return _launch_checked(hf_to_megatron_arguments, args)
+
+
+def cmd_megatron_to_hf(args: argparse.Namespace) -> int:
+    return _launch_checked(megatron_to_hf_arguments, args)
+
+
 def cmd_orbax_to_megatron(args: argparse.Namespace) -> int:
     return _launch_checked(orbax_to_megatron_arguments, args)
 
@@ -249,3 +283,38 @@ def add_convert_parser(commands: Any) -> None:
     )
     _layout_options(to_orbax)
     to_orbax.set_defaults(handler=cmd_megatron_to_orbax)
+
+    from_hf = directions.add_parser(
+        "hf-to-megatron",
+        help="the script's [init.checkpoint] Hugging Face folder as a bridgec checkpoint (step 0)",
+        description='Load the Hugging Face folder RUN.py starts from ([init.checkpoint] format = "huggingface") '
+        "into its model and save it as a bridgec checkpoint in DIR, once; set [checkpoint] dir = DIR and "
+        "resume = true to train from it without reading the folder again.",
+        epilog=CONVERT_EXITS,
+    )
+    from_hf.add_argument("script", metavar="RUN.py", help="the script bridgec compile wrote")
+    from_hf.add_argument("--output", required=True, metavar="DIR", help="the bridgec checkpoint folder to create")
+    from_hf.set_defaults(handler=cmd_hf_to_megatron)
+
+    to_hf = directions.add_parser(
+        "megatron-to-hf",
+        help="a bridgec checkpoint (the latest, or --step N) as a Hugging Face folder transformers loads",
+        description="Load the checkpoint of step N of DIR (default: its latest) into RUN.py's model and write OUT: "
+        "config.json (the one of the folder RUN.py started from), sharded safetensors with "
+        "model.safetensors.index.json, and that folder's tokenizer and generation files. OUT is written under a "
+        "temporary name and renamed when complete.",
+        epilog=CONVERT_EXITS,
+    )
+    to_hf.add_argument("script", metavar="RUN.py", help="the script bridgec compile wrote")
+    to_hf.add_argument("--checkpoint", required=True, metavar="DIR", help="a [checkpoint] dir")
+    to_hf.add_argument("--output", required=True, metavar="OUT", help="the Hugging Face folder to create")
+    to_hf.add_argument(
+        "--step", type=int, metavar="N", help="export the checkpoint of step N (DIR/iter_N); default: the latest"
+    )
+    to_hf.add_argument(
+        "--dtype",
+        choices=("fp32", "bf16"),
+        default="fp32",
+        help="the tensors' dtype (fp32 main weights of a mixed-precision run are used)",
+    )
+    to_hf.set_defaults(handler=cmd_megatron_to_hf)

@@ -86,6 +86,7 @@ def gpt_config(spec: Spec) -> GPTConfig:
         layernorm=m.normalization == "layernorm",
         gated=gated_mlp(spec),
         bias=m.add_bias_linear,
+        qkv_bias=m.add_qkv_bias,
         qk_norm=m.qk_layernorm,
         tied=m.tie_embeddings,
         learned_positions=m.position_embedding == "learned",

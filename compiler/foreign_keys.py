@@ -55,9 +55,9 @@ UNSUPPORTED: dict[str, Feature] = {
         "every layer keeps its activations; a smaller micro_batch_size or more tensor/pipeline parallelism fits memory",
     ),
     "pretrained": Feature(
-        "Starting from a Megatron-LM or Hugging Face checkpoint (fine-tuning)",
-        "[init.checkpoint] starts from an Orbax (MaxText) checkpoint; a bridgec checkpoint resumes with "
-        "[checkpoint] resume = true",
+        "Starting from a Megatron-LM checkpoint (fine-tuning)",
+        "[init.checkpoint] starts from a Hugging Face folder (bridgec import hf) or an Orbax (MaxText) checkpoint; "
+        "a bridgec checkpoint resumes with [checkpoint] resume = true",
     ),
     "sft": Feature(
         "Packed fine-tuning sequences (several SFT samples per sequence)",

@@ -245,6 +245,8 @@ def _model_section(spec: Spec) -> Section:
     match position:
         case c.PositionEmbedding.ROPE:
             constants.append(_c("ROTARY_BASE", m.rotary_base))
+            if m.rope_scaling_factor is not None:
+                constants.append(_c("ROPE_SCALING_FACTOR", m.rope_scaling_factor))
         case c.PositionEmbedding.LEARNED:
             pass
         case _:
@@ -272,6 +274,15 @@ def _init_checkpoint_section(spec: Spec) -> Section | None:
     init = spec.init.checkpoint
     if init is None:
         return None
+    title = "Initial weights from a checkpoint (paths relative to the spec's folder)"
+    fmt = c.choice(c.CheckpointFormat, init.format)
+    match fmt:
+        case c.CheckpointFormat.HUGGINGFACE:
+            return Section(title=title, constants=(_c("INIT_CHECKPOINT", init.path, text=True),))
+        case c.CheckpointFormat.ORBAX:
+            pass
+        case _:
+            assert_never(fmt)
     m = spec.model
     undo = SCORES_SCALED[c.choice(c.QueryScaling, m.query_scaling)] and not m.qk_layernorm
     constants = [
@@ -288,9 +299,7 @@ def _init_checkpoint_section(spec: Spec) -> Section | None:
     ]
     if init.optimizer_state:
         constants.append(_c("INIT_OPTIMIZER_TYPE", c.choice(c.AdamStateKind, init.optimizer_type).value))
-    return Section(
-        title="Initial weights from a checkpoint (paths relative to the spec's folder)", constants=tuple(constants)
-    )
+    return Section(title=title, constants=tuple(constants))
 
 
 def _precision_section(spec: Spec, ch: Choices) -> Section:

@@ -361,6 +361,11 @@ def step_plan(spec: Spec, ch: Choices) -> StepPlan:
                         arguments=(
                             *names(("vocab_size", "VOCAB_SIZE"), ("global_batch_size", "GLOBAL_BATCH_SIZE")),
                             *betas,
+                            *(
+                                names(("hf_folder", "SPEC_DIR / INIT_CHECKPOINT"))
+                                if ch.checkpoint_format is c.CheckpointFormat.HUGGINGFACE
+                                else ()
+                            ),
                         ),
                     ),
                 ),
@@ -497,9 +502,55 @@ def _sinks(spec: Spec) -> tuple[Argument, ...]:
     return (arg("sinks", Items(items=tuple(sinks))),) if sinks else ()
 
 
+_ORBAX_DOC = (
+    "Initial weights from an Orbax checkpoint in MaxText's layout; where training starts.",
+    "",
+    "Each rank reads only the slices it holds. The optimizer already exists, so its",
+    "fp32 main parameters are updated too.",
+)
+_ORBAX_LOAD = (
+    "chunks = [unwrap(chunk) for chunk in built.model]",
+    "checkpoint = {",
+    '    "path": str(SPEC_DIR / INIT_CHECKPOINT),',
+    '    "vocab_size": VOCAB_SIZE,',
+    '    "tensor_parallel": TENSOR_PARALLEL,',
+    '    "tensor_rank": built.layout.tensor_rank,',
+    '    "query_scaling": INIT_QUERY_SCALING,',
+    '    "rope_layout": INIT_ROPE_LAYOUT,',
+    '    "param_scan_axis": INIT_PARAM_SCAN_AXIS,',
+    "}",
+    "load_maxtext_weights(chunks, optimizer=built.optimizer, **checkpoint)",
+)
+_HF_DOC = (
+    "Initial weights from a Hugging Face model folder (safetensors); training starts at step 0.",
+    "",
+    "Each rank reads only the slices it holds (its layers, its tensor-parallel part of each).",
+    "The optimizer already exists, so its fp32 main parameters are updated too.",
+)
+_HF_LOAD = (
+    "load_hf_weights(",
+    "    [unwrap(chunk) for chunk in built.model],",
+    "    path=str(SPEC_DIR / INIT_CHECKPOINT),",
+    "    vocab_size=VOCAB_SIZE,  # the tokenizer's; megatron's padded rows start at zero",
+    "    tensor_parallel=TENSOR_PARALLEL,",
+    "    tensor_rank=built.layout.tensor_rank,",
+    "    expert_parallel=EXPERT_PARALLEL,",
+    "    expert_rank=built.layout.expert_rank,",
+    "    optimizer=built.optimizer,",
+    ")",
+)
+
+
 def init_checkpoint_plan(spec: Spec, ch: Choices) -> InitCheckpointPlan | None:
-    if spec.init.checkpoint is None:
+    if spec.init.checkpoint is None or ch.checkpoint_format is None:
         return None
+    match ch.checkpoint_format:
+        case c.CheckpointFormat.ORBAX:
+            docstring, load = _ORBAX_DOC, _ORBAX_LOAD
+        case c.CheckpointFormat.HUGGINGFACE:
+            docstring, load = _HF_DOC, _HF_LOAD
+        case _:
+            assert_never(ch.checkpoint_format)
     if ch.optimizer_state:
         tail: tuple[str, ...] = (
             "# Adam moments and the update count from opt_state: training continues at that update.",
@@ -525,11 +576,25 @@ def init_checkpoint_plan(spec: Spec, ch: Choices) -> InitCheckpointPlan | None:
         )
     else:
         call = ("initial = start_from_checkpoint(built)",)
-    return InitCheckpointPlan(tail=tail, call=call)
+    return InitCheckpointPlan(docstring=docstring, body=(*load, *tail), call=call)
 
 
 # --------------------------------------------------------------------------------------------
 # Imports: what the decisions above call.
+
+
+def _init_checkpoint_imports(ch: Choices, need: dict[str, set[str]]) -> None:
+    match ch.checkpoint_format:
+        case c.CheckpointFormat.ORBAX:
+            need["maxtext_import"].add("load_maxtext_weights")
+            if ch.optimizer_state:
+                need["maxtext_import"].add("load_maxtext_optimizer_state")
+        case c.CheckpointFormat.HUGGINGFACE:
+            need["hf_import"].add("load_hf_weights")
+        case None:
+            pass
+        case _:
+            assert_never(ch.checkpoint_format)
 
 
 def imports(spec: Spec, ch: Choices, *, schedule: Call | None, forward: ForwardPlan, main: StepPlan) -> Imports:
@@ -576,9 +641,7 @@ def imports(spec: Spec, ch: Choices, *, schedule: Call | None, forward: ForwardP
     _loss_imports(ch, need)
     if spec.init.checkpoint is not None:
         need["loop"].add("Progress")
-        need["maxtext_import"].add("load_maxtext_weights")
-        if ch.optimizer_state:
-            need["maxtext_import"].add("load_maxtext_optimizer_state")
+        _init_checkpoint_imports(ch, need)
     _optimizer_imports(ch, need)
     if schedule is not None:
         need["schedules"] |= {"CountScheduler", "Schedule", schedule.function}

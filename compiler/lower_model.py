@@ -59,8 +59,10 @@ class Choices:
     data: c.DataKind
     loss: c.LossKind
     reduction: c.Reduction
+    checkpoint_format: c.CheckpointFormat | None
+    """[init.checkpoint] format (None: no [init.checkpoint])."""
     optimizer_state: bool
-    """[init.checkpoint] optimizer_state (the checkpoint's format and layout have one member each)."""
+    """[init.checkpoint] optimizer_state (orbax only; its layout has one member)."""
     loss_source: LossSource
 
 
@@ -69,7 +71,7 @@ def choices_of(spec: Spec) -> Choices:
     s = spec.scheduler
     init = spec.init.checkpoint
     if init is not None:
-        _orbax_maxtext(choice(c.CheckpointFormat, init.format), choice(c.CheckpointLayout, init.layout))
+        _maxtext_layout(choice(c.CheckpointLayout, init.layout))
     return Choices(
         device=choice(c.Device, spec.launch.device),
         normalization=choice(c.Normalization, m.normalization),
@@ -88,18 +90,14 @@ def choices_of(spec: Spec) -> Choices:
         data=choice(c.DataKind, spec.data.kind),
         loss=choice(c.LossKind, spec.loss.kind),
         reduction=choice(c.Reduction, spec.loss.reduction),
+        checkpoint_format=choice(c.CheckpointFormat, init.format) if init is not None else None,
         optimizer_state=init is not None and init.optimizer_state,
         loss_source=_loss_source(spec, choice(c.LossKind, spec.loss.kind)),
     )
 
 
-def _orbax_maxtext(fmt: c.CheckpointFormat, layout: c.CheckpointLayout) -> None:
-    """The one checkpoint format and layout [init.checkpoint] reads (load_maxtext_weights)."""
-    match fmt:
-        case c.CheckpointFormat.ORBAX:
-            pass
-        case _:
-            assert_never(fmt)
+def _maxtext_layout(layout: c.CheckpointLayout) -> None:
+    """The one Orbax layout [init.checkpoint] reads (load_maxtext_weights)."""
     match layout:
         case c.CheckpointLayout.MAXTEXT:
             pass
@@ -248,11 +246,11 @@ def _moe_arguments(spec: Spec, ch: Choices) -> tuple[Argument, ...]:
             dispatcher = arg("moe_token_dispatcher_type", "alltoall")
         case _:
             assert_never(ch.device)
-    pre_softmax = (
-        (arg("moe_router_pre_softmax", True, "megatron-core requires it for top-1 routing"),)
-        if spec.model.moe_router_topk == 1
-        else ()
-    )
+    pre_softmax: tuple[Argument, ...] = ()
+    if spec.model.moe_router_topk == 1:
+        pre_softmax = (arg("moe_router_pre_softmax", True, "megatron-core requires it for top-1 routing"),)
+    elif spec.model.moe_router_pre_softmax:
+        pre_softmax = (arg("moe_router_pre_softmax", True, "softmax over all experts, top-k not renormalised"),)
     return (
         *names(("num_moe_experts", "NUM_EXPERTS"), ("moe_router_topk", "MOE_ROUTER_TOPK")),
         *pre_softmax,
@@ -334,6 +332,7 @@ def _transformer_config(spec: Spec, ch: Choices) -> Call:
             ),
             *_query_scaling_arguments(ch),
             arg("add_bias_linear", m.add_bias_linear),
+            *((arg("add_qkv_bias", True, "query/key/value projection biases only"),) if m.add_qkv_bias else ()),
             *names(
                 ("hidden_dropout", "DROPOUT"), ("attention_dropout", "DROPOUT"), ("init_method_std", "INIT_METHOD_STD")
             ),
@@ -381,6 +380,12 @@ def _gpt_model(spec: Spec, ch: Choices) -> Call:
     match ch.position_embedding:
         case c.PositionEmbedding.ROPE:
             rotary = names(("rotary_base", "ROTARY_BASE"))
+            if spec.model.rope_scaling_factor is not None:
+                rotary = (
+                    *rotary,
+                    arg("rope_scaling", True, "Llama 3.1 frequency scaling (low 1, high 4, original context 8192)"),
+                    *names(("rope_scaling_factor", "ROPE_SCALING_FACTOR")),
+                )
         case c.PositionEmbedding.LEARNED:
             rotary = ()
         case _:

@@ -143,10 +143,12 @@ class StepPlan:
 
 @attrs.frozen(kw_only=True)
 class InitCheckpointPlan:
-    """start_from_checkpoint(): the optimizer-state import when the spec asks for it."""
+    """start_from_checkpoint(): which reader loads the weights, and the optimizer-state import when the spec asks for it."""
 
-    tail: tuple[str, ...]
-    """The lines after the weights are loaded: the optimizer state, and the Progress returned."""
+    docstring: tuple[str, ...]
+    """Its docstring's lines."""
+    body: tuple[str, ...]
+    """Its lines: the weights loaded, then the optimizer state, and the Progress returned."""
     call: tuple[str, ...]
     """main()'s lines that call it (guarded by resume when the run checkpoints)."""
 

@@ -36,7 +36,7 @@ DataKind = Literal["mock", "indexed", "sft"]
 LossKind = Literal["cross_entropy"]
 Reduction = Literal["per_token", "per_microbatch"]
 InitScheme = Literal["portable", "megatron"]
-CheckpointFormat = Literal["orbax"]
+CheckpointFormat = Literal["orbax", "huggingface"]
 CheckpointLayout = Literal["maxtext"]
 RopeLayout = Literal["rotate_half", "interleaved"]
 AdamStateKind = Literal["adamw", "adam_pax"]
@@ -148,12 +148,16 @@ class Model:
     """learned absolute positions, or rope."""
     rotary_base: int = 10000
     """RoPE theta (rope only)."""
+    rope_scaling_factor: float | None = None
+    """Llama 3.1 RoPE frequency scaling with this factor (Hugging Face rope_scaling type llama3; megatron-core's rope_scaling, which fixes low_freq_factor 1, high_freq_factor 4 and original_max_position_embeddings 8192). Unset: no scaling. rope only."""
     tie_embeddings: bool = True
     """Share the input embedding with the output projection."""
     logits_multiplier: float = 1.0
     """Multiply the output logits by this before the loss. MaxText's normalize_embedding_logits with tied embeddings is 1 / sqrt(hidden_size); megatron-core has no such option, so the runtime applies it in the loss."""
     add_bias_linear: bool = True
     """Biases in the linear layers (GPT-2 style true; Llama style false)."""
+    add_qkv_bias: bool = False
+    """A bias on the query/key/value projection even when add_bias_linear is false (Qwen2)."""
     dropout: float = 0.0
     """Dropout on attention probabilities and hidden states (MaxText's dropout_rate meaning). Megatron's default is 0.1; bridgec's is 0."""
     init_method_std: float = 0.02
@@ -164,6 +168,8 @@ class Model:
     """Experts per MoE layer; unset for a dense model."""
     moe_router_topk: int = 2
     """Experts each token is routed to (MoE only)."""
+    moe_router_pre_softmax: bool = False
+    """MoE only: softmax over all experts, then the top k with those probabilities as weights (transformers' norm_topk_prob = false). Default: the top k logits, then a softmax over them (the top-k probabilities renormalised: norm_topk_prob = true). Top-1 routing always takes the softmax first (megatron-core requires it)."""
 
 
 @attrs.frozen(kw_only=True)
@@ -419,9 +425,9 @@ class InitCheckpoint:
     """[init.checkpoint]: start from weights written by another framework."""
 
     format: CheckpointFormat
-    """orbax: an Orbax/Flax checkpoint read with tensorstore (no JAX needed)."""
+    """orbax: an Orbax/Flax checkpoint read with tensorstore (no JAX needed). huggingface: a Hugging Face model folder's safetensors (model.safetensors, or shards with model.safetensors.index.json; bridgec import hf writes the matching [model]); the other keys here are Orbax's and must stay unset."""
     path: str
-    """The checkpoint item folder, e.g. ckpt/1000/items (relative to the spec's folder)."""
+    """The checkpoint item folder, e.g. ckpt/1000/items, or the Hugging Face model folder (relative to the spec's folder)."""
     layout: CheckpointLayout = "maxtext"
     """How the tree is laid out: maxtext (MaxText's decoder parameter names, scanned or not)."""
     optimizer_state: bool = False

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from bridgec.compiler import derive
+from bridgec.compiler.errors import render_value
 from bridgec.compiler.rule_base import Finding, Rule, SpecContext
 from bridgec.compiler.spec import DecayMask, OptaxSchedulePiece, Scheduler, Spec
 from bridgec.runtime.decay_mask import DecayMaskError, UnmappedParameterError, decay_table
@@ -311,17 +312,77 @@ def rule_init_checkpoint_model(spec: Spec, ctx: SpecContext) -> Iterator[Finding
         (("model", "normalization"), m.normalization == "rmsnorm", 'normalization = "rmsnorm"'),
         (("model", "add_bias_linear"), not m.add_bias_linear, "add_bias_linear = false"),
         (("model", "position_embedding"), m.position_embedding == "rope", 'position_embedding = "rope"'),
-        (("model", "num_experts"), m.num_experts is None, "a dense model (no num_experts)"),
+        (  # runtime/models/gpt.py's Hugging Face rows include Qwen3-MoE's experts; its MaxText rows do not
+            ("model", "num_experts"),
+            m.num_experts is None or init.format == "huggingface",
+            "a dense model (no num_experts)",
+        ),
         (("model", "activation"), m.activation in ("swiglu", "geglu"), 'activation = "swiglu" (or "geglu")'),
     ]
+    holds = (
+        '[init.checkpoint] format = "huggingface" loads a Llama-family decoder (Llama, Mistral, Qwen2, Qwen3, Qwen3-MoE)'
+        if init.format == "huggingface"
+        else f'[init.checkpoint] layout = "{init.layout}" holds a Llama-family decoder'
+    )
     for path, ok, wanted in needs:
         if not ok:
             yield Finding(
                 about=(path, ("init", "checkpoint")),
-                message=f'[init.checkpoint] layout = "{init.layout}" holds a Llama-family decoder, '
-                f"which needs model {wanted}",
+                message=f"{holds}, which needs model {wanted}",
                 hint=f"set {wanted} under [model] to match the checkpoint",
             )
+
+
+_ORBAX_ONLY = (
+    ("layout", "maxtext"),
+    ("optimizer_state", False),
+    ("optimizer_type", "adamw"),
+    ("rope_layout", "rotate_half"),
+    ("param_scan_axis", 1),
+)
+"""[init.checkpoint] keys that describe an Orbax checkpoint, with their defaults."""
+
+
+def rule_huggingface_checkpoint_keys(spec: Spec, ctx: SpecContext) -> Iterator[Finding]:
+    init = spec.init.checkpoint
+    if init is None or init.format != "huggingface":
+        return
+    for key, default in _ORBAX_ONLY:
+        value = getattr(init, key)
+        if value != default:
+            yield Finding(
+                about=(("init", "checkpoint", key), ("init", "checkpoint", "format")),
+                message=f"$.init.checkpoint.{key} = {render_value(value)} describes an Orbax checkpoint; "
+                'format = "huggingface" reads weights only, in Hugging Face\'s layout',
+                hint=f"remove {key} from [init.checkpoint]",
+            )
+
+
+def rule_rope_scaling_needs_rope(spec: Spec, ctx: SpecContext) -> Iterator[Finding]:
+    m = spec.model
+    if m.rope_scaling_factor is not None and m.position_embedding != "rope":
+        yield Finding(
+            about=(("model", "rope_scaling_factor"), ("model", "position_embedding")),
+            message=f'$.model.rope_scaling_factor scales RoPE frequencies, but position_embedding = "{m.position_embedding}"',
+            hint='set position_embedding = "rope", or remove rope_scaling_factor',
+        )
+    if m.rope_scaling_factor is not None and m.rope_scaling_factor <= 0:
+        yield Finding(
+            about=(("model", "rope_scaling_factor"),),
+            message=f"$.model.rope_scaling_factor = {render_value(m.rope_scaling_factor)} must be > 0",
+            hint="Llama 3.1 and 3.2 use 8.0 or 32.0 (config.json's rope_scaling.factor)",
+        )
+
+
+def rule_qkv_bias_needs_no_linear_bias(spec: Spec, ctx: SpecContext) -> Iterator[Finding]:
+    m = spec.model
+    if m.add_qkv_bias and m.add_bias_linear:
+        yield Finding(
+            about=(("model", "add_qkv_bias"), ("model", "add_bias_linear")),
+            message="$.model.add_qkv_bias = true changes nothing: add_bias_linear = true already gives "
+            "linear_qkv a bias",
+            hint="remove add_qkv_bias, or set add_bias_linear = false (Qwen2: biases on q, k, v only)",
+        )
 
 
 INTEROP_RULES: tuple[Rule, ...] = (
@@ -336,5 +397,8 @@ INTEROP_RULES: tuple[Rule, ...] = (
     rule_gelu_approximation,
     rule_zero_centered_norm_needs_te,
     rule_init_checkpoint_model,
+    rule_huggingface_checkpoint_keys,
+    rule_rope_scaling_needs_rope,
+    rule_qkv_bias_needs_no_linear_bias,
 )
 """The JAX-interop rules; validate.RULES runs them after the core rules."""

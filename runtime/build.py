@@ -65,6 +65,9 @@ class ImportFacts:
     """Sequences per step: an imported step count becomes consumed samples."""
     adam_betas: tuple[float, float] | None = None
     """Adam's (beta1, beta2); None for sgd (no moments to import)."""
+    hf_folder: Path | None = None
+    """The Hugging Face model folder [init.checkpoint] starts from: its config.json describes the model an export
+    to Hugging Face writes, and its tokenizer files go with it."""
 
 
 @attrs.frozen(kw_only=True)

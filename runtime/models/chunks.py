@@ -32,6 +32,7 @@ def config_of(chunk: torch.nn.Module) -> GPTConfig:
         layernorm=config.normalization == "LayerNorm",
         gated=bool(config.gated_linear_unit),
         bias=bool(config.add_bias_linear),
+        qkv_bias=bool(config.add_qkv_bias),
         qk_norm=bool(config.qk_layernorm),
         tied=bool(chunk.share_embeddings_and_output_weights),
         learned_positions=chunk.position_embedding_type == "learned_absolute",

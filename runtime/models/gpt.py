@@ -59,6 +59,8 @@ class GPTConfig:
     learned_positions: bool
     transformer_engine: bool = False
     num_experts: int | None = None
+    qkv_bias: bool = False
+    """add_qkv_bias: linear_qkv has a bias even without add_bias_linear (Qwen2)."""
 
 
 class Stage(enum.Enum):
@@ -161,12 +163,29 @@ class MaxText:
         return self.gated_leaves if config.gated and self.gated_leaves is not None else self.leaves
 
 
+class HFTransform(enum.Enum):
+    """How a parameter's Hugging Face tensors become its megatron value (runtime.hf_layout does the arithmetic)."""
+
+    COPY = "copy"
+    """As stored; a split parameter is the same slice of the Hugging Face tensor along the split axis."""
+    EMBEDDING = "embedding"
+    """[V, E] rows (embed_tokens, lm_head); megatron's padded rows are zeros."""
+    QKV = "qkv"
+    """q_proj, k_proj, v_proj rows -> rows grouped per key/value head [q heads of the group..., k, v]."""
+    FC1 = "fc1"
+    """[gate_proj; up_proj] rows (each tensor-parallel rank holds its slice of both)."""
+
+
 @attrs.frozen(kw_only=True)
 class HuggingFace:
-    """A Hugging Face checkpoint name and transform: filled by the Hugging Face import (no entry has one yet)."""
+    """A parameter's tensors in a Hugging Face ``*ForCausalLM`` state dict (Llama, Mistral, Qwen2, Qwen3, Qwen3-MoE names).
 
-    name: str
-    transform: str
+    ``names`` are below ``model.layers.{layer}.`` for layer parameters, whole names
+    otherwise, in the order the transform takes them.
+    """
+
+    names: tuple[str, ...]
+    transform: HFTransform
 
 
 def _always(config: GPTConfig) -> bool:
@@ -267,6 +286,9 @@ def _qk_norm(which: str) -> MaxText:
     )
 
 
+_HF_ATTENTION_NORM = HuggingFace(names=("input_layernorm.weight",), transform=HFTransform.COPY)
+_HF_MLP_NORM = HuggingFace(names=("post_attention_layernorm.weight",), transform=HFTransform.COPY)
+
 _FC1 = MaxText(
     leaves=(_layer_leaf("mlp/wi/kernel", lambda c, v: (c.hidden, c.ffn), 1, lambda c: c.ffn),),
     gated_leaves=(
@@ -331,6 +353,7 @@ ENTRIES: tuple[Entry, ...] = (
             leaves=(MaxTextLeaf(path="params/token_embedder/embedding", shape=lambda c, v: (v, c.hidden)),),
             transform=MaxTextTransform.EMBEDDING,
         ),
+        hf=HuggingFace(names=("model.embed_tokens.weight",), transform=HFTransform.EMBEDDING),
     ),
     Entry(
         name="embedding.position_embeddings.weight",
@@ -347,6 +370,7 @@ ENTRIES: tuple[Entry, ...] = (
         init=Init.ONE,
         when=_local,
         maxtext=_ATTENTION_NORM,
+        hf=_HF_ATTENTION_NORM,
     ),
     Entry(
         name="input_layernorm.bias",
@@ -362,6 +386,7 @@ ENTRIES: tuple[Entry, ...] = (
         init=Init.ONE,
         when=_te,
         maxtext=_ATTENTION_NORM,
+        hf=_HF_ATTENTION_NORM,
     ),
     Entry(
         name="self_attention.linear_qkv.layer_norm_bias",
@@ -377,6 +402,7 @@ ENTRIES: tuple[Entry, ...] = (
         init=Init.SCALED_NORMAL,
         split=Split(axis=1),
         maxtext=_OUT,
+        hf=HuggingFace(names=("self_attn.o_proj.weight",), transform=HFTransform.COPY),
     ),
     Entry(
         name="self_attention.linear_proj.bias", stage=Stage.LAYER, shape=_vector(_hidden), init=Init.ZERO, when=_bias
@@ -388,6 +414,10 @@ ENTRIES: tuple[Entry, ...] = (
         init=Init.NORMAL,
         split=Split(axis=0),
         maxtext=_QKV,
+        hf=HuggingFace(
+            names=("self_attn.q_proj.weight", "self_attn.k_proj.weight", "self_attn.v_proj.weight"),
+            transform=HFTransform.QKV,
+        ),
     ),
     Entry(
         name="self_attention.linear_qkv.bias",
@@ -395,7 +425,10 @@ ENTRIES: tuple[Entry, ...] = (
         shape=_vector(_qkv_rows),
         init=Init.ZERO,
         split=Split(axis=0),
-        when=_bias,
+        when=lambda c: c.bias or c.qkv_bias,
+        hf=HuggingFace(
+            names=("self_attn.q_proj.bias", "self_attn.k_proj.bias", "self_attn.v_proj.bias"), transform=HFTransform.QKV
+        ),
     ),
     Entry(
         name="self_attention.q_layernorm.weight",
@@ -404,6 +437,7 @@ ENTRIES: tuple[Entry, ...] = (
         init=Init.ONE,
         when=_qk,
         maxtext=_qk_norm("query"),
+        hf=HuggingFace(names=("self_attn.q_norm.weight",), transform=HFTransform.COPY),
     ),
     Entry(
         name="self_attention.q_layernorm.bias",
@@ -419,6 +453,7 @@ ENTRIES: tuple[Entry, ...] = (
         init=Init.ONE,
         when=_qk,
         maxtext=_qk_norm("key"),
+        hf=HuggingFace(names=("self_attn.k_norm.weight",), transform=HFTransform.COPY),
     ),
     Entry(
         name="self_attention.k_layernorm.bias",
@@ -435,6 +470,7 @@ ENTRIES: tuple[Entry, ...] = (
         init=Init.ONE,
         when=lambda c: not _fused_mlp_norm(c),
         maxtext=_MLP_NORM,
+        hf=_HF_MLP_NORM,
     ),
     Entry(
         name="pre_mlp_layernorm.bias",
@@ -450,6 +486,7 @@ ENTRIES: tuple[Entry, ...] = (
         init=Init.ONE,
         when=_fused_mlp_norm,
         maxtext=_MLP_NORM,
+        hf=_HF_MLP_NORM,
     ),
     Entry(
         name="mlp.linear_fc1.layer_norm_bias",
@@ -466,6 +503,7 @@ ENTRIES: tuple[Entry, ...] = (
         split=Split(axis=0, gate_up=True),
         when=_dense,
         maxtext=_FC1,
+        hf=HuggingFace(names=("mlp.gate_proj.weight", "mlp.up_proj.weight"), transform=HFTransform.FC1),
     ),
     Entry(
         name="mlp.linear_fc1.bias",
@@ -483,6 +521,7 @@ ENTRIES: tuple[Entry, ...] = (
         split=Split(axis=1),
         when=_dense,
         maxtext=_FC2,
+        hf=HuggingFace(names=("mlp.down_proj.weight",), transform=HFTransform.COPY),
     ),
     Entry(
         name="mlp.linear_fc2.bias", stage=Stage.LAYER, shape=_vector(_hidden), init=Init.ZERO, when=_both(_dense, _bias)
@@ -494,6 +533,7 @@ ENTRIES: tuple[Entry, ...] = (
         shape=lambda c: (c.num_experts or 0, c.hidden),
         init=Init.NORMAL,
         when=_moe,
+        hf=HuggingFace(names=("mlp.gate.weight",), transform=HFTransform.COPY),
     ),
     Entry(
         name=_EXPERT + "linear_fc1.weight",
@@ -502,6 +542,10 @@ ENTRIES: tuple[Entry, ...] = (
         init=Init.NORMAL,
         split=Split(axis=0, gate_up=True),
         when=_moe,
+        hf=HuggingFace(
+            names=("mlp.experts.{expert}.gate_proj.weight", "mlp.experts.{expert}.up_proj.weight"),
+            transform=HFTransform.FC1,
+        ),
     ),
     Entry(
         name=_EXPERT + "linear_fc1.bias",
@@ -518,6 +562,7 @@ ENTRIES: tuple[Entry, ...] = (
         init=Init.SCALED_NORMAL,
         split=Split(axis=1),
         when=_moe,
+        hf=HuggingFace(names=("mlp.experts.{expert}.down_proj.weight",), transform=HFTransform.COPY),
     ),
     Entry(
         name=_EXPERT + "linear_fc2.bias",
@@ -536,6 +581,7 @@ ENTRIES: tuple[Entry, ...] = (
             leaves=(MaxTextLeaf(path="params/decoder/decoder_norm/scale", shape=lambda c, v: (c.hidden,)),),
             transform=MaxTextTransform.COPY,
         ),
+        hf=HuggingFace(names=("model.norm.weight",), transform=HFTransform.COPY),
     ),
     Entry(
         name="decoder.final_layernorm.bias", stage=Stage.LAST, shape=_vector(_hidden), init=Init.ZERO, when=_layernorm
@@ -551,6 +597,7 @@ ENTRIES: tuple[Entry, ...] = (
             leaves=(MaxTextLeaf(path="params/decoder/logits_dense/kernel", shape=lambda c, v: (c.hidden, v)),),
             transform=MaxTextTransform.LOGITS,
         ),
+        hf=HuggingFace(names=("lm_head.weight",), transform=HFTransform.EMBEDDING),
     ),
 )
 """Every kind of parameter, in megatron-core's ``named_parameters()`` order."""
@@ -561,7 +608,7 @@ OUTPUT = ENTRIES[-1]
 """The untied output layer (``bridgec explain`` counts it apart from the final norm)."""
 QKV = tuple(entry for entry in ENTRIES if entry.name.startswith("self_attention.linear_qkv.") and entry.split)
 """The fused query/key/value weight and bias: rows grouped per key/value head, ``[q heads of the group..., k, v]``."""
-_TIED_OUTPUT = attrs.evolve(OUTPUT, when=lambda c: c.tied, maxtext=EMBEDDING.maxtext)
+_TIED_OUTPUT = attrs.evolve(OUTPUT, when=lambda c: c.tied, maxtext=EMBEDDING.maxtext, hf=EMBEDDING.hf)
 """A tied model's output layer on a last chunk that is not also the first: megatron-core gives it a weight
 of its own, kept equal to the embedding (it is the embedding, under the embedding's name)."""
 
@@ -792,3 +839,17 @@ def layer_template(name: str) -> tuple[str, int | None]:
     if match is None:
         return name, None
     return LAYER_PREFIX + "{}." + match["tail"], int(match["layer"])
+
+
+HF_LAYER_PREFIX = "model.layers."
+
+
+def hf_names(parameter: Parameter) -> tuple[str, ...]:
+    """The Hugging Face tensor names this parameter holds; KeyError when it has no Hugging Face counterpart."""
+    hf = parameter.entry.hf
+    if hf is None:
+        raise KeyError(f"{parameter.name}: no Hugging Face counterpart in the Llama/Qwen/Mistral layout")
+    if parameter.layer is None:
+        return hf.names
+    names = (name.replace("{expert}", str(parameter.expert)) for name in hf.names)
+    return tuple(f"{HF_LAYER_PREFIX}{parameter.layer}.{name}" for name in names)

@@ -98,7 +98,10 @@ CONTEXT: dict[str, dict[str, Any]] = {
     "model.norm_zero_centered": CUDA_TE,
     "parallel.context": CUDA_TE,
     "model.rotary_base": {"model": {"position_embedding": "rope"}},
+    "model.rope_scaling_factor": {"model": {"position_embedding": "rope"}},
+    "model.add_qkv_bias": {"model": {"add_bias_linear": False}},
     "model.moe_router_topk": MOE,
+    "model.moe_router_pre_softmax": MOE,
     "parallel.tensor": {},
     "parallel.virtual_pipeline": {"parallel": {"pipeline": 2}},
     "parallel.expert": MOE,
@@ -208,6 +211,8 @@ VALUES: dict[str, list[Any]] = {
     "model.norm_epsilon": [1e-5, 1e-6],
     "model.norm_zero_centered": [False, True],
     "model.rotary_base": [10000, 500000],
+    "model.rope_scaling_factor": [None, 8.0],
+    "model.add_qkv_bias": [False, True],
     "model.tie_embeddings": [True, False],
     "model.logits_multiplier": [1.0, 0.5],
     "model.add_bias_linear": [True, False],
@@ -215,6 +220,7 @@ VALUES: dict[str, list[Any]] = {
     "model.init_method_std": [0.02, 0.01],
     "model.num_experts": [None, 4],
     "model.moe_router_topk": [2, 1],
+    "model.moe_router_pre_softmax": [False, True],
     "parallel.tensor": [1, 2],
     "parallel.pipeline": [1, 2],
     "parallel.virtual_pipeline": [None, 2],
@@ -452,7 +458,6 @@ def test_every_value_compiles_to_its_own_script(field: Field) -> None:
 SINGLE_VALUED = {
     "model.kind": "one model family so far",
     "loss.kind": "one loss so far",
-    "init.checkpoint.format": "one format so far",
     "init.checkpoint.layout": "one layout so far",
 }
 """Enumerations with one member: nothing to tell apart (a second member makes them two-valued here)."""

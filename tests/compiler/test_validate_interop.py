@@ -307,3 +307,61 @@ def test_rule_init_checkpoint_model() -> None:
         'normalization = "rmsnorm"',
         'position_embedding = "rope"',
     ]
+
+
+def test_rule_init_checkpoint_model_huggingface() -> None:
+    checkpoint = {"checkpoint": {"format": "huggingface", "path": "hf"}}
+    found = messages(spec_toml(init=checkpoint), MemoryFiles({"hf": ""}))
+    assert found[0] == (
+        'spec.toml:17: [init.checkpoint] format = "huggingface" loads a Llama-family decoder (Llama, Mistral, Qwen2, '
+        'Qwen3, Qwen3-MoE), which needs model activation = "swiglu" (or "geglu"); hint: set activation = "swiglu" (or "geglu") '
+        "under [model] to match the checkpoint"
+    )
+
+
+def test_rule_huggingface_checkpoint_keys() -> None:
+    check(
+        {
+            "init": {"checkpoint": {"format": "huggingface", "path": "hf", "rope_layout": "interleaved"}},
+            "model": {
+                "add_bias_linear": False,
+                "normalization": "rmsnorm",
+                "position_embedding": "rope",
+                "activation": "swiglu",
+            },
+        },
+        [
+            'spec.toml:21: $.init.checkpoint.rope_layout = "interleaved" describes an Orbax checkpoint; '
+            'format = "huggingface" reads weights only, in Hugging Face\'s layout; hint: remove rope_layout from '
+            "[init.checkpoint]"
+        ],
+        files={"hf": ""},
+    )
+
+
+def test_rule_rope_scaling_needs_rope() -> None:
+    check(
+        {"model": {"rope_scaling_factor": 8.0}},
+        [
+            'spec.toml:9: $.model.rope_scaling_factor scales RoPE frequencies, but position_embedding = "learned"; '
+            'hint: set position_embedding = "rope", or remove rope_scaling_factor'
+        ],
+    )
+    check(
+        {"model": {"rope_scaling_factor": 0.0, "position_embedding": "rope"}},
+        [
+            "spec.toml:9: $.model.rope_scaling_factor = 0.0 must be > 0; hint: Llama 3.1 and 3.2 use 8.0 or 32.0 "
+            "(config.json's rope_scaling.factor)"
+        ],
+    )
+
+
+def test_rule_qkv_bias_needs_no_linear_bias() -> None:
+    check(
+        {"model": {"add_qkv_bias": True}},
+        [
+            "spec.toml:9: $.model.add_qkv_bias = true changes nothing: add_bias_linear = true already gives "
+            "linear_qkv a bias; hint: remove add_qkv_bias, or set add_bias_linear = false (Qwen2: biases on q, k, v "
+            "only)"
+        ],
+    )
