@@ -79,7 +79,6 @@ UNSUPPORTED: dict[str, Feature] = {
         "FSDP (torch FSDP2, Megatron FSDP)",
         "[parallel] distributed_optimizer = true shards the optimizer state (ZeRO-1)",
     ),
-    "async_save": Feature("Asynchronous checkpoint saves", "saves are synchronous and atomic"),
     "mtp": Feature("Multi-token prediction", "next-token prediction only"),
     "uneven_pp": Feature("Uneven pipeline stages", "num_layers must divide evenly over the stages"),
     "moe_options": Feature(
@@ -207,7 +206,6 @@ KEYS: dict[str, Here | str] = {
     "finetune": "pretrained",
     "no_load_optim": "pretrained",
     "no_load_rng": "pretrained",
-    "async_save": "async_save",
     # data
     "data_path": Here("[[data.sources]]", "prefix", 'with weight for a blend, and kind = "indexed" under [data]'),
     "blend": Here("[[data.sources]]", "prefix", 'with weight for a blend, and kind = "indexed" under [data]'),

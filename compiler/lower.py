@@ -485,6 +485,11 @@ def _output_section(spec: Spec, target: Target) -> Section:
             _c("SAVE_INTERVAL", c.save_interval),
             _c("RESUME", c.resume),
             _c("KEEP_LAST", c.keep_last),
+            _c(
+                "ASYNC_SAVE",
+                c.async_save,
+                "written in the background; published once every rank's write finished" if c.async_save else None,
+            ),
             _c("OVERWRITE_CHECKPOINTS", c.overwrite),
         ]
     return Section(title="Outputs (paths relative to the spec's folder)", constants=tuple(constants))

@@ -280,6 +280,7 @@ def _checkpointer(spec: Spec) -> tuple[Argument, ...]:
                         ("spec_sha256", "identity.spec_sha256"),
                         ("script_sha256", "identity.script_sha256"),
                         ("spec_text", "identity.spec_text"),
+                        ("async_save", "ASYNC_SAVE"),
                     ),
                 ),
             ),

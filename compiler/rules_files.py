@@ -284,6 +284,7 @@ def rule_checkpoint_needs_dir(spec: Spec, ctx: SpecContext) -> Iterator[Finding]
         ("checkpoint", "resume"): c.resume or None,
         ("checkpoint", "keep_last"): c.keep_last,
         ("checkpoint", "overwrite"): c.overwrite or None,
+        ("checkpoint", "async_save"): c.async_save or None,
     }
     for path, value in used.items():
         if value is not None:

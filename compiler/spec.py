@@ -392,6 +392,8 @@ class Checkpoint:
     """Continue from the latest complete checkpoint in dir, or start fresh when there is none."""
     keep_last: int | None = None
     """Keep only this many of the most recently saved checkpoints (in save order, not step order); unset: keep all."""
+    async_save: bool = False
+    """Write each save in the background while training continues (megatron-core's async torch_dist writer): the save stages a copy of the state and returns; the checkpoint is published (latest moves, keep_last prunes) once every rank's write has finished. The next save, the end of training and an early stop (SIGTERM, exit_interval) wait for it; a failed background write stops every rank with exit 6 (CHECKPOINT_ERROR) and leaves the previous checkpoint as the latest."""
     overwrite: bool = False
     """resume = false over a dir that already holds checkpoints: true deletes them and starts fresh; false (the default) refuses to start (exit 10), so no run replaces another's checkpoints unasked."""
 

@@ -1005,6 +1005,14 @@ def test_rule_checkpoint_needs_dir() -> None:
             f"resumed from); {hint}"
         ],
     )
+    check(
+        {"checkpoint": {"async_save": True}},
+        [
+            "spec.toml:17: $.checkpoint.async_save = true needs checkpoint.dir (the folder checkpoints are saved in "
+            f"and resumed from); {hint}"
+        ],
+    )
+    check({"checkpoint": {"async_save": False}}, [])
 
 
 def test_rule_overwrite_needs_a_fresh_start() -> None:
