@@ -7,7 +7,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 
-for name in ("compile_bench.py", "overhead_bench.py", "runtime_bench.py"):
+for name in ("compile_bench.py", "overhead_bench.py", "runtime_bench.py", "checkpoint_bench.py"):
     print(f"== {name}")
     runpy.run_path(str(HERE / name), run_name="__main__")
     print()

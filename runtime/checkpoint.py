@@ -247,6 +247,7 @@ class DistCheckpointer:
 
     def _finalize(self, pending: PendingSave, megatron_finalize: list[Callable[[], None]]) -> None:
         """Every rank's writer has finished: agree on whether all writes succeeded, then publish (rank 0)."""
+        finalizing = time.perf_counter()
         step = pending.progress.step
         failure = ""
         try:
@@ -275,7 +276,8 @@ class DistCheckpointer:
         )
         _say(
             f"checkpoint: saved step {step} to {final} in {time.perf_counter() - pending.began:.2f} s "
-            f"(written in the background, published after step {self._now}: {self._now - step} steps later)"
+            f"(written in the background, published after step {self._now}: {self._now - step} steps later; "
+            f"finalized in {time.perf_counter() - finalizing:.2f} s)"
         )
 
     def _publish(self, progress: Progress, partial: Path, final: Path, *, has_state: bool) -> None:

@@ -89,7 +89,7 @@ def test_async_resume_at_tp2_is_exact_and_exit_interval_waits_for_the_write(tmp_
     straight = runs.launch(folder)
     assert straight.returncode == 0, straight.explain()
     reference = runs.losses(folder)
-    assert "(written in the background, published after step 6: 0 steps later)" in straight.output
+    assert "(written in the background, published after step 6: 0 steps later; finalized in" in straight.output
     root = folder / "ckpt"
     assert [step for step, _ in files.complete_checkpoints(root)] == [2, 4, 6]
 
