@@ -152,6 +152,7 @@ class InitScheme(enum.Enum):
 
 class CheckpointFormat(enum.Enum):
     ORBAX = "orbax"
+    MEGATRON = "megatron"
 
 
 class CheckpointLayout(enum.Enum):

@@ -60,8 +60,8 @@ UNSUPPORTED: dict[str, Feature] = {
     ),
     "pretrained": Feature(
         "Starting from a Megatron-LM or Hugging Face checkpoint (fine-tuning)",
-        "[init.checkpoint] starts from an Orbax (MaxText) checkpoint; a bridgec checkpoint resumes with "
-        "[checkpoint] resume = true",
+        "[init.checkpoint] starts from the weights of an Orbax (MaxText) or Megatron-LM torch_dist checkpoint "
+        '(format = "megatron"); a bridgec checkpoint resumes with [checkpoint] resume = true',
     ),
     "sft": Feature(
         "Fine-tuning datasets (SFT, chat templates, packed sequences)",

@@ -270,6 +270,10 @@ def _init_checkpoint_section(spec: Spec) -> Section | None:
     init = spec.init.checkpoint
     if init is None:
         return None
+    title = "Initial weights from a checkpoint (paths relative to the spec's folder)"
+    if c.choice(c.CheckpointFormat, init.format) is c.CheckpointFormat.MEGATRON:
+        why = "Megatron-LM's torch_dist save folder (its latest iteration) or one iter_* folder"
+        return Section(title=title, constants=(_c("INIT_CHECKPOINT", init.path, why, text=True),))
     m = spec.model
     undo = SCORES_SCALED[c.choice(c.QueryScaling, m.query_scaling)] and not m.qk_layernorm
     constants = [
@@ -286,9 +290,7 @@ def _init_checkpoint_section(spec: Spec) -> Section | None:
     ]
     if init.optimizer_state:
         constants.append(_c("INIT_OPTIMIZER_TYPE", c.choice(c.AdamStateKind, init.optimizer_type).value))
-    return Section(
-        title="Initial weights from a checkpoint (paths relative to the spec's folder)", constants=tuple(constants)
-    )
+    return Section(title=title, constants=tuple(constants))
 
 
 def _precision_section(spec: Spec, ch: Choices) -> Section:

@@ -460,7 +460,7 @@ def init_checkpoint_plan(spec: Spec, ch: Choices) -> InitCheckpointPlan | None:
         )
     else:
         call = ("initial = start_from_checkpoint(built)",)
-    return InitCheckpointPlan(tail=tail, call=call)
+    return InitCheckpointPlan(megatron=ch.init_format is c.CheckpointFormat.MEGATRON, tail=tail, call=call)
 
 
 # --------------------------------------------------------------------------------------------
@@ -506,7 +506,10 @@ def imports(spec: Spec, ch: Choices, *, schedule: Call | None, forward: ForwardP
     _loss_imports(ch, need)
     if spec.init.checkpoint is not None:
         need["loop"].add("Progress")
-        need["maxtext_import"].add("load_maxtext_weights")
+        if ch.init_format is c.CheckpointFormat.MEGATRON:
+            need["megatron_load"].add("load_megatron_weights")
+        else:
+            need["maxtext_import"].add("load_maxtext_weights")
         if ch.optimizer_state:
             need["maxtext_import"].add("load_maxtext_optimizer_state")
     _optimizer_imports(ch, need)

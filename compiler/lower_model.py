@@ -60,7 +60,9 @@ class Choices:
     loss: c.LossKind
     reduction: c.Reduction
     optimizer_state: bool
-    """[init.checkpoint] optimizer_state (the checkpoint's format and layout have one member each)."""
+    """[init.checkpoint] optimizer_state (orbax only)."""
+    init_format: c.CheckpointFormat | None
+    """[init.checkpoint] format; None without one."""
     loss_source: LossSource
 
 
@@ -69,7 +71,7 @@ def choices_of(spec: Spec) -> Choices:
     s = spec.scheduler
     init = spec.init.checkpoint
     if init is not None:
-        _orbax_maxtext(choice(c.CheckpointFormat, init.format), choice(c.CheckpointLayout, init.layout))
+        _one_layout(choice(c.CheckpointLayout, init.layout))
     return Choices(
         device=choice(c.Device, spec.launch.device),
         normalization=choice(c.Normalization, m.normalization),
@@ -89,17 +91,13 @@ def choices_of(spec: Spec) -> Choices:
         loss=choice(c.LossKind, spec.loss.kind),
         reduction=choice(c.Reduction, spec.loss.reduction),
         optimizer_state=init is not None and init.optimizer_state,
+        init_format=choice(c.CheckpointFormat, init.format) if init is not None else None,
         loss_source=_loss_source(spec, choice(c.LossKind, spec.loss.kind)),
     )
 
 
-def _orbax_maxtext(fmt: c.CheckpointFormat, layout: c.CheckpointLayout) -> None:
-    """The one checkpoint format and layout [init.checkpoint] reads (load_maxtext_weights)."""
-    match fmt:
-        case c.CheckpointFormat.ORBAX:
-            pass
-        case _:
-            assert_never(fmt)
+def _one_layout(layout: c.CheckpointLayout) -> None:
+    """The one Orbax layout [init.checkpoint] reads (load_maxtext_weights)."""
     match layout:
         case c.CheckpointLayout.MAXTEXT:
             pass

@@ -145,6 +145,8 @@ class StepPlan:
 class InitCheckpointPlan:
     """start_from_checkpoint(): the optimizer-state import when the spec asks for it."""
 
+    megatron: bool
+    """[init.checkpoint] format = "megatron" (load_megatron_weights); else Orbax in MaxText's layout."""
     tail: tuple[str, ...]
     """The lines after the weights are loaded: the optimizer state, and the Progress returned."""
     call: tuple[str, ...]

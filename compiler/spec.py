@@ -36,7 +36,7 @@ DataKind = Literal["mock", "indexed"]
 LossKind = Literal["cross_entropy"]
 Reduction = Literal["per_token", "per_microbatch"]
 InitScheme = Literal["portable", "megatron"]
-CheckpointFormat = Literal["orbax"]
+CheckpointFormat = Literal["orbax", "megatron"]
 CheckpointLayout = Literal["maxtext"]
 RopeLayout = Literal["rotate_half", "interleaved"]
 AdamStateKind = Literal["adamw", "adam_pax"]
@@ -415,9 +415,9 @@ class InitCheckpoint:
     """[init.checkpoint]: start from weights written by another framework."""
 
     format: CheckpointFormat
-    """orbax: an Orbax/Flax checkpoint read with tensorstore (no JAX needed)."""
+    """orbax: an Orbax/Flax checkpoint read with tensorstore (no JAX needed); megatron: a torch_dist checkpoint saved by Megatron-LM or Megatron Bridge (model weights; its args are compared with the spec first)."""
     path: str
-    """The checkpoint item folder, e.g. ckpt/1000/items (relative to the spec's folder)."""
+    """orbax: the checkpoint item folder, e.g. ckpt/1000/items; megatron: the save folder (its latest_checkpointed_iteration.txt names the iteration) or one iter_NNNNNNN folder (relative to the spec's folder)."""
     layout: CheckpointLayout = "maxtext"
     """How the tree is laid out: maxtext (MaxText's decoder parameter names, scanned or not)."""
     optimizer_state: bool = False
