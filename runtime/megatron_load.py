@@ -33,6 +33,7 @@ from bridgec.runtime.errors import ExitCode, RunError
 from bridgec.runtime.model import unwrap
 
 TRACKER = "latest_checkpointed_iteration.txt"
+RELEASE = "release"
 COMMON = "common.pt"
 BACKEND = "metadata.json"
 KNOWN_VERSIONS = (3.0,)
@@ -53,18 +54,23 @@ class MegatronImport:
 
 
 def iteration_folder(path: Path) -> Path:
-    """The ``iter_*`` folder of a Megatron-LM save folder (the one its tracker file names), or ``path`` itself."""
-    if _ITERATION.match(path.name):
+    """The ``iter_*`` (or ``release``) folder of a Megatron-LM save folder (its tracker file names it), or ``path``."""
+    if _ITERATION.match(path.name) or path.name == RELEASE:
         return path
     tracker = path / TRACKER
     if not tracker.is_file():
         raise RunError(
             ExitCode.CHECKPOINT_ERROR,
-            f"{path}: not a Megatron-LM checkpoint folder (no {TRACKER}, and not an iter_NNNNNNN folder)",
+            f"{path}: not a Megatron-LM checkpoint folder (no {TRACKER}, and not an iter_NNNNNNN or release folder)",
         )
     text = tracker.read_text(encoding="utf-8", errors="replace").strip()
+    if text == RELEASE:
+        return path / RELEASE  # Megatron-LM's name for a checkpoint converted or released without an iteration
     if not text.isdigit():
-        raise RunError(ExitCode.CHECKPOINT_ERROR, f"{tracker} should hold an iteration number, it holds {text[:40]!r}")
+        raise RunError(
+            ExitCode.CHECKPOINT_ERROR,
+            f"{tracker} should hold an iteration number or 'release', it holds {text[:40]!r}",
+        )
     return path / f"iter_{int(text):07d}"
 
 

@@ -144,5 +144,14 @@ def test_a_folder_that_is_no_megatron_checkpoint_is_named(tmp_path: Path) -> Non
         megatron_load.iteration_folder(tmp_path)
     assert str(raised.value) == (
         f"{tmp_path}: not a Megatron-LM checkpoint folder (no latest_checkpointed_iteration.txt, "
-        "and not an iter_NNNNNNN folder)"
+        "and not an iter_NNNNNNN or release folder)"
+    )
+    (tmp_path / "latest_checkpointed_iteration.txt").write_text("release\n")
+    assert megatron_load.iteration_folder(tmp_path) == tmp_path / "release"
+    (tmp_path / "latest_checkpointed_iteration.txt").write_text("iter 5")
+    with pytest.raises(RunError) as raised:
+        megatron_load.iteration_folder(tmp_path)
+    assert str(raised.value) == (
+        f"{tmp_path / 'latest_checkpointed_iteration.txt'} should hold an iteration number or 'release', "
+        "it holds 'iter 5'"
     )
