@@ -10,7 +10,8 @@ names: the same names bridgec's own checkpoints use, so it loads into any
 tensor/pipeline layout.
 
 Before a tensor is read, on every rank: the checkpoint version, the run's
-architecture against the checkpoint's ``args`` (when it has them), every tensor
+architecture against the checkpoint's ``args`` (when it has them) and Megatron
+Bridge's ``run_config.yaml`` (when there is one), every tensor
 this rank will read against the index, and every shard file against the byte
 ranges the index points into (a truncated copy). Every difference is named in
 one RunError (CHECKPOINT_ERROR); nothing is loaded then.
@@ -24,10 +25,11 @@ from typing import Any
 
 import attrs
 import torch
+import yaml
 from megatron.core import dist_checkpointing
 from megatron.core.distributed import DistributedDataParallel
 
-from bridgec.runtime.checkpoint_checks import gather, model_signature, tensor_problems
+from bridgec.runtime.checkpoint_checks import ARCHITECTURE, gather, model_signature, tensor_problems
 from bridgec.runtime.checkpoint_files import read_tensor_metadata
 from bridgec.runtime.errors import ExitCode, RunError
 from bridgec.runtime.model import unwrap
@@ -36,6 +38,8 @@ TRACKER = "latest_checkpointed_iteration.txt"
 RELEASE = "release"
 COMMON = "common.pt"
 BACKEND = "metadata.json"
+RUN_CONFIG = "run_config.yaml"
+"""Megatron Bridge's copy of its configuration, in every checkpoint folder it writes."""
 KNOWN_VERSIONS = (3.0,)
 """Megatron-LM's checkpoint_version values this loader reads (3.0: the current one, torch_dist included)."""
 _ITERATION = re.compile(r"^iter_(\d{7})$")
@@ -50,7 +54,7 @@ class MegatronImport:
     iteration: int
     """The iteration the checkpoint was saved at (its ``iteration`` entry)."""
     compared_args: bool
-    """Whether the checkpoint had Megatron-LM ``args`` to compare the architecture with."""
+    """Whether the checkpoint had Megatron-LM ``args`` or a Megatron Bridge run config to compare with."""
 
 
 def iteration_folder(path: Path) -> Path:
@@ -129,12 +133,44 @@ def args_view(args: Any) -> dict[str, Any]:
     return view
 
 
-def args_problems(args: Any, model: list[DistributedDataParallel]) -> list[str]:
-    """Each architecture value the checkpoint's ``args`` give differently from this run's model."""
-    ours = model_signature(model)
+_RUN_CONFIG_NAMES = {
+    **{name: name for name in ARCHITECTURE},
+    "seq_length": "max_sequence_length",
+    "position_embedding_type": "position_embedding_type",
+}
+"""Megatron Bridge's model provider fields (run_config.yaml ``model:``) under the names of :func:`model_signature`."""
+
+
+def run_config_view(config: dict[str, Any]) -> dict[str, Any]:
+    """The architecture a Megatron Bridge ``run_config.yaml`` describes (its ``model`` section)."""
+    model = config.get("model")
+    if not isinstance(model, dict):
+        return {}
+    view = {ours: model[theirs] for theirs, ours in _RUN_CONFIG_NAMES.items() if model.get(theirs) is not None}
+    if model.get("share_embeddings_and_output_weights") is not None:
+        view["tied_output"] = model["share_embeddings_and_output_weights"]
+    return view
+
+
+def read_run_config(folder: Path) -> dict[str, Any] | None:
+    """Megatron Bridge's ``run_config.yaml`` of an ``iter_*`` folder; None when there is none (Megatron-LM)."""
+    file = folder / RUN_CONFIG
+    if not file.is_file():
+        return None
+    try:
+        config = yaml.safe_load(file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
+        raise RunError(ExitCode.CHECKPOINT_ERROR, f"{file} cannot be read ({type(error).__name__}: {error})") from None
+    if not isinstance(config, dict):
+        raise RunError(ExitCode.CHECKPOINT_ERROR, f"{file}: not a Megatron Bridge run config (a mapping)")
+    return config
+
+
+def differences(view: dict[str, Any], ours: dict[str, Any], source: str) -> list[str]:
+    """Each architecture value ``view`` (read from ``source``) gives differently from this run's signature."""
     return [
-        f"{name}: the checkpoint has {value!r}, this run {ours[name]!r}"
-        for name, value in args_view(args).items()
+        f"{name}: {value!r} in {source}, {ours[name]!r} in this run"
+        for name, value in view.items()
         if name in ours and ours[name] != value
     ]
 
@@ -167,7 +203,11 @@ def load_megatron_weights(model: list[DistributedDataParallel], optimizer: Any, 
     folder = iteration_folder(path)
     common = read_common(folder)
     args = common.get("args")
-    problems = args_problems(args, model) if args is not None else []
+    run_config = read_run_config(folder)
+    ours = model_signature(model)
+    problems = differences(args_view(args), ours, "the checkpoint's args") if args is not None else []
+    if run_config is not None:
+        problems += differences(run_config_view(run_config), ours, f"{folder / RUN_CONFIG}")
     state = {_model_key(index, len(model)): unwrap(chunk).sharded_state_dict() for index, chunk in enumerate(model)}
     if not problems:
         problems = tensor_problems(state, read_tensor_metadata(folder)) + truncated_files(folder)
@@ -192,7 +232,9 @@ def load_megatron_weights(model: list[DistributedDataParallel], optimizer: Any, 
             "the run stops rather than continue from partly loaded weights",
         ) from None
     iteration = common.get("iteration", 0)
-    return MegatronImport(folder=folder, iteration=int(iteration), compared_args=args is not None)
+    return MegatronImport(
+        folder=folder, iteration=int(iteration), compared_args=args is not None or run_config is not None
+    )
 
 
 def _model_key(index: int, count: int) -> str:

@@ -93,8 +93,8 @@ def test_a_checkpoint_of_another_shape_is_refused_naming_each_difference(source:
     result = runs.launch(folder)
     assert runs.failed_with(result, ExitCode.CHECKPOINT_ERROR), result.explain()
     assert f"cannot start from {source / 'mlm' / 'iter_0000005'}; nothing was loaded:" in result.output
-    assert "hidden_size: the checkpoint has 64, this run 32" in result.output
-    assert "vocab_size: the checkpoint has 128, this run 256" in result.output
+    assert "hidden_size: 64 in the checkpoint's args, 32 in this run" in result.output
+    assert "vocab_size: 128 in the checkpoint's args, 256 in this run" in result.output
     assert "Traceback" not in result.output
     assert not (folder / "out" / "spec.metrics.jsonl").exists() or not runs.losses(folder)
 
@@ -137,6 +137,26 @@ def test_a_truncated_distcp_is_named_with_its_sizes(source: Path, tmp_path: Path
         file.truncate(size // 2)
     [problem] = megatron_load.truncated_files(folder)
     assert problem == f"{shard}: {size // 2} bytes, the index reads up to byte {size} (truncated)"
+
+
+def test_a_megatron_bridge_run_config_is_compared_with_the_model(source: Path, tmp_path: Path) -> None:
+    folder = _copy(source, tmp_path)
+    assert megatron_load.read_run_config(folder) is None  # a Megatron-LM checkpoint has none
+    ours = megatron_load.args_view(torch.load(folder / "common.pt", weights_only=False)["args"])
+    (folder / "run_config.yaml").write_text(
+        "model:\n  num_layers: 2\n  hidden_size: 96\n  seq_length: 64\n  share_embeddings_and_output_weights: true\n"
+        "  activation_func:\n    _target_: torch.nn.functional.gelu\ncheckpoint:\n  save_optim: true\n"
+    )
+    view = megatron_load.run_config_view(megatron_load.read_run_config(folder))
+    assert view == {"num_layers": 2, "hidden_size": 96, "max_sequence_length": 64, "tied_output": True}
+    assert megatron_load.differences(view, ours, "run_config.yaml") == [
+        "hidden_size: 96 in run_config.yaml, 64 in this run",
+        "max_sequence_length: 64 in run_config.yaml, 32 in this run",
+    ]
+    (folder / "run_config.yaml").write_text("model: [unclosed")
+    with pytest.raises(RunError) as raised:
+        megatron_load.read_run_config(folder)
+    assert str(raised.value).startswith(f"{folder / 'run_config.yaml'} cannot be read (ParserError:")
 
 
 def test_a_folder_that_is_no_megatron_checkpoint_is_named(tmp_path: Path) -> None:
