@@ -154,6 +154,7 @@ class InitScheme(enum.Enum):
 class CheckpointFormat(enum.Enum):
     ORBAX = "orbax"
     HUGGINGFACE = "huggingface"
+    MEGATRON = "megatron"
 
 
 class CheckpointLayout(enum.Enum):

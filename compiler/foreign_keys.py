@@ -55,9 +55,10 @@ UNSUPPORTED: dict[str, Feature] = {
         "every layer keeps its activations; a smaller micro_batch_size or more tensor/pipeline parallelism fits memory",
     ),
     "pretrained": Feature(
-        "Starting from a Megatron-LM checkpoint (fine-tuning)",
-        "[init.checkpoint] starts from a Hugging Face folder (bridgec import hf) or an Orbax (MaxText) checkpoint; "
-        "a bridgec checkpoint resumes with [checkpoint] resume = true",
+        "Megatron-LM's fine-tuning switches (finetune, no_load_optim, no_load_rng) and its optimizer state",
+        "[init.checkpoint] starts from a Hugging Face folder (bridgec import hf), an Orbax (MaxText) checkpoint or the "
+        'weights of a Megatron-LM torch_dist checkpoint (format = "megatron"); a bridgec checkpoint resumes with '
+        "[checkpoint] resume = true",
     ),
     "sft": Feature(
         "Packed fine-tuning sequences (several SFT samples per sequence)",
@@ -75,7 +76,6 @@ UNSUPPORTED: dict[str, Feature] = {
         "FSDP (torch FSDP2, Megatron FSDP)",
         "[parallel] distributed_optimizer = true shards the optimizer state (ZeRO-1)",
     ),
-    "async_save": Feature("Asynchronous checkpoint saves", "saves are synchronous and atomic"),
     "mtp": Feature("Multi-token prediction", "next-token prediction only"),
     "uneven_pp": Feature("Uneven pipeline stages", "num_layers must divide evenly over the stages"),
     "moe_options": Feature(
@@ -195,11 +195,12 @@ KEYS: dict[str, Here | str] = {
     "load": Here("[checkpoint]", "dir", "with resume = true"),
     "most_recent_k": Here("[checkpoint]", "keep_last"),
     "ckpt_format": Here("[checkpoint]", "dir", "checkpoints are always megatron-core's torch_dist format"),
-    "pretrained_checkpoint": "pretrained",
+    "pretrained_checkpoint": Here(
+        "[init.checkpoint]", 'format = "megatron" and path', "weights; optimizer state not yet"
+    ),
     "finetune": "pretrained",
     "no_load_optim": "pretrained",
     "no_load_rng": "pretrained",
-    "async_save": "async_save",
     # data
     "data_path": Here("[[data.sources]]", "prefix", 'with weight for a blend, and kind = "indexed" under [data]'),
     "blend": Here("[[data.sources]]", "prefix", 'with weight for a blend, and kind = "indexed" under [data]'),

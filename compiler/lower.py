@@ -279,6 +279,9 @@ def _init_checkpoint_section(spec: Spec) -> Section | None:
     match fmt:
         case c.CheckpointFormat.HUGGINGFACE:
             return Section(title=title, constants=(_c("INIT_CHECKPOINT", init.path, text=True),))
+        case c.CheckpointFormat.MEGATRON:
+            why = "Megatron-LM's torch_dist save folder (its latest iteration) or one iter_* folder"
+            return Section(title=title, constants=(_c("INIT_CHECKPOINT", init.path, why, text=True),))
         case c.CheckpointFormat.ORBAX:
             pass
         case _:
@@ -511,6 +514,11 @@ def _output_section(spec: Spec, target: Target) -> Section:
             _c("SAVE_INTERVAL", c.save_interval),
             _c("RESUME", c.resume),
             _c("KEEP_LAST", c.keep_last),
+            _c(
+                "ASYNC_SAVE",
+                c.async_save,
+                "written in the background; published once every rank's write finished" if c.async_save else None,
+            ),
             _c("OVERWRITE_CHECKPOINTS", c.overwrite),
         ]
     return Section(title="Outputs (paths relative to the spec's folder)", constants=tuple(constants))

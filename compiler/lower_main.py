@@ -280,6 +280,7 @@ def _checkpointer(spec: Spec) -> tuple[Argument, ...]:
                         ("spec_sha256", "identity.spec_sha256"),
                         ("script_sha256", "identity.script_sha256"),
                         ("spec_text", "identity.spec_text"),
+                        ("async_save", "ASYNC_SAVE"),
                     ),
                 ),
             ),
@@ -541,6 +542,20 @@ _HF_LOAD = (
 )
 
 
+_MEGATRON_DOC = (
+    "Initial weights from a Megatron-LM (or Megatron Bridge) torch_dist checkpoint; training starts at step 0.",
+    "",
+    "The checkpoint's args are compared with this model and every tensor with its",
+    "index before anything is read; each rank reads only the slices it holds. The",
+    "optimizer already exists, so its fp32 main parameters are updated too.",
+)
+_MEGATRON_LOAD = (
+    "loaded = load_megatron_weights(built.model, built.optimizer, path=SPEC_DIR / INIT_CHECKPOINT)",
+    "if built.layout.rank == 0:",
+    '    print(f"init: weights from {loaded.folder} (saved at iteration {loaded.iteration})", flush=True)',
+)
+
+
 def init_checkpoint_plan(spec: Spec, ch: Choices) -> InitCheckpointPlan | None:
     if spec.init.checkpoint is None or ch.checkpoint_format is None:
         return None
@@ -549,6 +564,8 @@ def init_checkpoint_plan(spec: Spec, ch: Choices) -> InitCheckpointPlan | None:
             docstring, load = _ORBAX_DOC, _ORBAX_LOAD
         case c.CheckpointFormat.HUGGINGFACE:
             docstring, load = _HF_DOC, _HF_LOAD
+        case c.CheckpointFormat.MEGATRON:
+            docstring, load = _MEGATRON_DOC, _MEGATRON_LOAD
         case _:
             assert_never(ch.checkpoint_format)
     if ch.optimizer_state:
@@ -591,6 +608,8 @@ def _init_checkpoint_imports(ch: Choices, need: dict[str, set[str]]) -> None:
                 need["maxtext_import"].add("load_maxtext_optimizer_state")
         case c.CheckpointFormat.HUGGINGFACE:
             need["hf_import"].add("load_hf_weights")
+        case c.CheckpointFormat.MEGATRON:
+            need["megatron_load"].add("load_megatron_weights")
         case None:
             pass
         case _:

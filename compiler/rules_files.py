@@ -18,7 +18,7 @@ from bridgec.compiler.rule_base import (
     Rule,
     SpecContext,
 )
-from bridgec.compiler.spec import Data, Spec
+from bridgec.compiler.spec import Data, InitCheckpoint, Spec
 from bridgec.runtime.data_split import IDX_HEADER_SIZE, DocumentRange, empty_splits, idx_document_count
 from bridgec.runtime.tokenizer import TokenizerError, TokenizerFacts, TokenizerKind, describe
 
@@ -388,6 +388,7 @@ def rule_checkpoint_needs_dir(spec: Spec, ctx: SpecContext) -> Iterator[Finding]
         ("checkpoint", "resume"): c.resume or None,
         ("checkpoint", "keep_last"): c.keep_last,
         ("checkpoint", "overwrite"): c.overwrite or None,
+        ("checkpoint", "async_save"): c.async_save or None,
     }
     for path, value in used.items():
         if value is not None:
@@ -425,6 +426,30 @@ def rule_checkpoints_need_adam(spec: Spec, ctx: SpecContext) -> Iterator[Finding
             message=f"$.init.checkpoint.optimizer_state = true loads Adam moments, but optimizer.name = "
             f'"{spec.optimizer.name}"',
             hint='use name = "adam" under [optimizer], or set optimizer_state = false',
+        )
+
+
+def rule_megatron_init_settings(spec: Spec, ctx: SpecContext) -> Iterator[Finding]:
+    """format = "megatron" reads Megatron-LM's own names and layout: the Orbax settings would change nothing."""
+    init = spec.init.checkpoint
+    if init is None or init.format != "megatron":
+        return
+    defaults = InitCheckpoint(format="megatron", path=init.path)
+    for key in ("layout", "rope_layout", "param_scan_axis", "optimizer_type"):
+        value = getattr(init, key)
+        if value != getattr(defaults, key):
+            yield Finding(
+                about=(("init", "checkpoint", key), ("init", "checkpoint", "format")),
+                message=f"$.init.checkpoint.{key} = {render_value(value)} applies to Orbax checkpoints only; "
+                'format = "megatron" reads megatron-core\'s own tensor names and layout',
+                hint=f"remove {key} from [init.checkpoint]",
+            )
+    if init.optimizer_state:
+        yield Finding(
+            about=(("init", "checkpoint", "optimizer_state"), ("init", "checkpoint", "format")),
+            message='$.init.checkpoint.optimizer_state = true is not supported yet with format = "megatron": '
+            "the model weights load, Megatron-LM's optimizer state, scheduler and iteration do not",
+            hint="set optimizer_state = false (training starts at step 0 from the checkpoint's weights)",
         )
 
 
@@ -471,7 +496,9 @@ def rule_init_checkpoint_exists(spec: Spec, ctx: SpecContext) -> Iterator[Findin
     yield Finding(
         about=(("init", "checkpoint", "path"),),
         message=f"$.init.checkpoint.path = {render_value(checkpoint.path)} does not exist{relative}",
-        hint="point it at the checkpoint's item folder, e.g. ckpt/1000/items",
+        hint="point it at the checkpoint's item folder, e.g. ckpt/1000/items"
+        if checkpoint.format == "orbax"
+        else "point it at Megatron-LM's save folder (the one holding latest_checkpointed_iteration.txt)",
     )
 
 
@@ -661,6 +688,7 @@ FILE_RULES: tuple[Rule, ...] = (
     rule_checkpoints_need_adam,
     rule_stopping_saves_a_checkpoint,
     rule_init_checkpoint_exists,
+    rule_megatron_init_settings,
     rule_hooks_need_file,
     rule_hooks_file_name,
     rule_both_hooks,

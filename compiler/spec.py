@@ -36,7 +36,7 @@ DataKind = Literal["mock", "indexed", "sft"]
 LossKind = Literal["cross_entropy"]
 Reduction = Literal["per_token", "per_microbatch"]
 InitScheme = Literal["portable", "megatron"]
-CheckpointFormat = Literal["orbax", "huggingface"]
+CheckpointFormat = Literal["orbax", "huggingface", "megatron"]
 CheckpointLayout = Literal["maxtext"]
 RopeLayout = Literal["rotate_half", "interleaved"]
 AdamStateKind = Literal["adamw", "adam_pax"]
@@ -404,6 +404,8 @@ class Checkpoint:
     """Continue from the latest complete checkpoint in dir, or start fresh when there is none."""
     keep_last: int | None = None
     """Keep only this many of the most recently saved checkpoints (in save order, not step order); unset: keep all."""
+    async_save: bool = False
+    """Write each save in the background while training continues (megatron-core's async torch_dist writer): the save stages a copy of the state and returns; the checkpoint is published (latest moves, keep_last prunes) once every rank's write has finished. The next save, the end of training and an early stop (SIGTERM, exit_interval) wait for it; a failed background write stops every rank with exit 6 (CHECKPOINT_ERROR) and leaves the previous checkpoint as the latest."""
     overwrite: bool = False
     """resume = false over a dir that already holds checkpoints: true deletes them and starts fresh; false (the default) refuses to start (exit 10), so no run replaces another's checkpoints unasked."""
 
@@ -425,9 +427,9 @@ class InitCheckpoint:
     """[init.checkpoint]: start from weights written by another framework."""
 
     format: CheckpointFormat
-    """orbax: an Orbax/Flax checkpoint read with tensorstore (no JAX needed). huggingface: a Hugging Face model folder's safetensors (model.safetensors, or shards with model.safetensors.index.json; bridgec import hf writes the matching [model]); the other keys here are Orbax's and must stay unset."""
+    """orbax: an Orbax/Flax checkpoint read with tensorstore (no JAX needed). huggingface: a Hugging Face model folder's safetensors (model.safetensors, or shards with model.safetensors.index.json; bridgec import hf writes the matching [model]). megatron: a torch_dist checkpoint saved by Megatron-LM or Megatron Bridge (model weights; its args are compared with the spec first). The other keys here are Orbax's and must stay unset for huggingface and megatron."""
     path: str
-    """The checkpoint item folder, e.g. ckpt/1000/items, or the Hugging Face model folder (relative to the spec's folder)."""
+    """orbax: the checkpoint item folder, e.g. ckpt/1000/items; huggingface: the model folder; megatron: the save folder (its latest_checkpointed_iteration.txt names the iteration) or one iter_NNNNNNN folder. Relative to the spec's folder."""
     layout: CheckpointLayout = "maxtext"
     """How the tree is laid out: maxtext (MaxText's decoder parameter names, scanned or not)."""
     optimizer_state: bool = False

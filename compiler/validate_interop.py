@@ -306,8 +306,8 @@ def rule_zero_centered_norm_needs_te(spec: Spec, ctx: SpecContext) -> Iterator[F
 
 def rule_init_checkpoint_model(spec: Spec, ctx: SpecContext) -> Iterator[Finding]:
     init, m = spec.init.checkpoint, spec.model
-    if init is None:
-        return
+    if init is None or init.format == "megatron":
+        return  # a Megatron-LM checkpoint's architecture is compared with its args at load time
     needs = [
         (("model", "normalization"), m.normalization == "rmsnorm", 'normalization = "rmsnorm"'),
         (("model", "add_bias_linear"), not m.add_bias_linear, "add_bias_linear = false"),

@@ -18,10 +18,18 @@ the checkpoint's index, on all ranks, and refuses with a message naming each
 difference before a single tensor is read (:mod:`bridgec.runtime.checkpoint_checks`).
 Where megatron-core's checkpointing needs help on CPU (no Apex or Transformer
 Engine): :mod:`bridgec.runtime.checkpoint_compat`.
+
+With ``async_save`` a save only stages the state (copies of the tensors, off the
+training path) and megatron-core's async machinery writes it in a forked process
+while training continues; the loop polls after every step, and once every rank's
+writer has finished, a finalize step (collective: every rank learns whether any
+write failed) publishes it exactly as a synchronous save does. The next save,
+the end of training and an early stop wait for the pending one first.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import random
 import time
@@ -29,16 +37,19 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import attrs
 import numpy as np
 import torch
 import torch.distributed as dist
 from megatron.core import dist_checkpointing, parallel_state, tensor_parallel
 from megatron.core.dist_checkpointing.mapping import ShardedObject
+from megatron.core.dist_checkpointing.strategies.async_utils import AsyncCallsQueue, AsyncRequest
 from megatron.core.dist_checkpointing.strategies.fully_parallel import FullyParallelSaveStrategyWrapper
 from megatron.core.dist_checkpointing.strategies.torch import TorchDistSaveShardedStrategy
 from megatron.core.distributed import DistributedDataParallel
 from megatron.core.optimizer.optimizer import ChainedOptimizer, MixedPrecisionOptimizer
 from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
+from torch.distributed.checkpoint.api import CheckpointException
 
 from bridgec.runtime import checkpoint_compat as compat
 from bridgec.runtime import checkpoint_files as files
@@ -99,11 +110,24 @@ def restore_rng_states(states: dict[str, Any]) -> None:
     tensor_parallel.get_cuda_rng_tracker().set_states(states["tracker"])
 
 
+@attrs.frozen(kw_only=True)
+class PendingSave:
+    """A save whose tensors are being written in the background (``async_save``)."""
+
+    progress: Progress
+    partial: Path
+    has_state: bool
+    previous: str
+    """What a failure leaves (see :func:`_previous`), as it stood when the save began."""
+    began: float
+    """perf_counter() when the save began."""
+
+
 class DistCheckpointer:
     """Saves and restores the whole training state in ``directory`` (see :class:`bridgec.runtime.loop.Checkpointer`).
 
-    Every rank constructs it with the same arguments and calls ``save`` and
-    ``load_latest`` together (both are collective).
+    Every rank constructs it with the same arguments and calls ``save``,
+    ``poll``, ``finish`` and ``load_latest`` together (all are collective).
     """
 
     def __init__(
@@ -118,6 +142,7 @@ class DistCheckpointer:
         spec_sha256: str,
         script_sha256: str,
         spec_text: str | None = None,
+        async_save: bool = False,
     ) -> None:
         if not directory.is_absolute():
             raise ValueError(f"checkpoint directory must be absolute (resolved by the script), got {directory}")
@@ -135,6 +160,11 @@ class DistCheckpointer:
         self.spec_text = spec_text
         self.distributed_optimizer = optimizer_kind(optimizer) == "distributed"
         self._strategy: Any = None
+        self.async_save = async_save
+        # A forked writer per save (megatron-core's TemporalAsyncCaller): nothing outlives the save it writes.
+        self._queue = AsyncCallsQueue(persistent=False) if async_save else None
+        self._now = 0
+        """The last step the loop reported (poll, finish): how far training ran while a save was written."""
 
     def has_checkpoint(self) -> bool:
         """Whether the folder holds a complete checkpoint that load_latest would restore (same answer on every rank)."""
@@ -143,7 +173,12 @@ class DistCheckpointer:
     # -- saving ---------------------------------------------------------------
 
     def save(self, progress: Progress) -> None:
-        """Write a complete checkpoint of ``progress.step``; publish it only once every rank has finished."""
+        """Write a complete checkpoint of ``progress.step``; publish it only once every rank has finished.
+
+        With ``async_save`` this waits for the pending save (if any), stages this
+        one and returns while it is written; :meth:`poll` or :meth:`finish` publishes it.
+        """
+        self.finish(progress.step)
         began = time.perf_counter()
         name = files.checkpoint_name(progress.step)
         partial = self.directory / (name + files.PARTIAL_SUFFIX)
@@ -158,6 +193,19 @@ class DistCheckpointer:
                 "skipped_steps": progress.skipped_steps,
                 "consumed_valid_samples": progress.consumed_valid_samples,
             }
+            if self._queue is not None:
+                request = dist_checkpointing.save(
+                    state, str(partial), sharded_strategy=self._save_strategy(), async_sharded_save=True
+                )
+                pending = PendingSave(
+                    progress=progress, partial=partial, has_state=has_state, previous=previous, began=began
+                )
+                self._schedule(request, pending)
+                _say(
+                    f"checkpoint: step {progress.step} staged in {time.perf_counter() - began:.2f} s, "
+                    "writing in the background"
+                )
+                return
             dist_checkpointing.save(state, str(partial), sharded_strategy=self._save_strategy())
             dist.barrier()  # every rank's shards are on disk
             _on_rank0(
@@ -177,6 +225,59 @@ class DistCheckpointer:
             ) from None
         _say(
             f"checkpoint: saved step {progress.step} to {self.directory / name} in {time.perf_counter() - began:.2f} s"
+        )
+
+    def _schedule(self, request: AsyncRequest, pending: PendingSave) -> None:
+        # megatron-core's finalize functions (gather the write results, write the index) run inside ours,
+        # so that a failed write becomes one RunError on every rank and a good one is published.
+        ours = request._replace(finalize_fns=[functools.partial(self._finalize, pending, list(request.finalize_fns))])
+        self._queue.schedule_async_request(ours)  # type: ignore[union-attr]
+
+    def poll(self, step: int) -> None:
+        """Publish the pending save if every rank's writer has finished (collective; call after every step)."""
+        if self._queue is not None:
+            self._now = step
+            self._queue.maybe_finalize_async_calls(blocking=False)
+
+    def finish(self, step: int) -> None:
+        """Wait for the pending save and publish it (collective): before a save, at the end, at an early stop."""
+        if self._queue is not None:
+            self._now = step
+            self._queue.maybe_finalize_async_calls(blocking=True)
+
+    def _finalize(self, pending: PendingSave, megatron_finalize: list[Callable[[], None]]) -> None:
+        """Every rank's writer has finished: agree on whether all writes succeeded, then publish (rank 0)."""
+        finalizing = time.perf_counter()
+        step = pending.progress.step
+        failure = ""
+        try:
+            for finalize in megatron_finalize:
+                finalize()
+        except CheckpointException as error:  # a BaseException: the writers' own failures, gathered on rank 0
+            failure = _write_failures(error)
+        except Exception as error:  # noqa: BLE001 - a full disk shows up as several exception types
+            if peer_failure(error):
+                raise
+            failure = f"{type(error).__name__}: {str(error).strip()[:500]}"
+        flag = torch.tensor([1 if failure else 0], dtype=torch.int64, device=collective_device())
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        if flag.item():
+            cause = f" ({failure})" if failure else " on another rank"
+            raise RunError(
+                ExitCode.CHECKPOINT_ERROR,
+                f"writing step {step} to {pending.partial} in the background failed{cause}; {pending.previous}",
+                every_rank=True,
+            )
+        final = self.directory / files.checkpoint_name(step)
+        _on_rank0(
+            lambda: self._publish(pending.progress, pending.partial, final, has_state=pending.has_state),
+            f"publishing {pending.partial} failed",
+            pending.previous,
+        )
+        _say(
+            f"checkpoint: saved step {step} to {final} in {time.perf_counter() - pending.began:.2f} s "
+            f"(written in the background, published after step {self._now}: {self._now - step} steps later; "
+            f"finalized in {time.perf_counter() - finalizing:.2f} s)"
         )
 
     def _publish(self, progress: Progress, partial: Path, final: Path, *, has_state: bool) -> None:
@@ -375,6 +476,16 @@ class DistCheckpointer:
                 "checkpoint: the learning-rate schedule changed since the save; using this run's: " + ", ".join(changed)
             )
         compat.restore_schedule(self.scheduler, current, saved["num_steps"])
+
+
+def _write_failures(error: CheckpointException) -> str:
+    """'rank 0: OSError: [Errno 28] No space left on device; ...' from the writers' wrapped exceptions."""
+    causes = []
+    for rank, wrapped in sorted(error.failures.items()):
+        cause = wrapped[0] if isinstance(wrapped, tuple) else wrapped
+        causes.append(f"rank {rank}: {type(cause).__name__}: {str(cause).strip()[:200]}")
+    # Only the coordinator (rank 0) learns the causes; the other ranks know that a write failed.
+    return "; ".join(causes) if causes else "a background writer failed"
 
 
 def _prepare_folder(directory: Path, partial: Path) -> None:

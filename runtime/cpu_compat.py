@@ -269,6 +269,14 @@ SCOPED_MODULES: tuple[Substitution, ...] = (
         answers=("230: torch.cuda.synchronize()",),
     ),
     Substitution(
+        module="megatron.core.dist_checkpointing.strategies.async_utils",
+        answers=(
+            "165: ten = torch.tensor([is_alive], dtype=torch.int, device=torch.cuda.current_device())",
+            "212: torch.cuda.synchronize()",
+            "604: ten = torch.tensor([call_idx], dtype=torch.int, device=torch.cuda.current_device())",
+        ),
+    ),
+    Substitution(
         module="megatron.core.dist_checkpointing.strategies.state_dict_saver",
         answers=("252: [int(len(node_failures) > 0)], dtype=torch.int, device=torch.cuda.current_device()",),
     ),

@@ -108,7 +108,13 @@ class Checkpointer(Protocol):
         """Restore the newest complete checkpoint and return its progress, or None if there is none."""
 
     def save(self, progress: Progress) -> None:
-        """Write a complete checkpoint of ``progress.step`` (atomically)."""
+        """Write a complete checkpoint of ``progress.step`` (atomically; an asynchronous one is published later)."""
+
+    def poll(self, step: int) -> None:
+        """After each step: publish a background save whose writes all finished (a no-op for synchronous saves)."""
+
+    def finish(self, step: int) -> None:
+        """Wait for a background save and publish it (a no-op for synchronous saves)."""
 
 
 def _iterators(
@@ -303,11 +309,15 @@ def train(
             if step == settings.iters:
                 break
             stop_reason = _stop_reason(StopCode(result.stop_vote), settings)
+            if checkpointer is not None:
+                checkpointer.poll(step)
             if checkpointer is not None and (
                 stop_reason is not None or (settings.save_interval and step % settings.save_interval == 0)
             ):
                 saving = _timed_save(checkpointer, progress)
             if stop_reason is not None:
+                if checkpointer is not None:
+                    checkpointer.finish(step)
                 stopped = f"stopping after step {step}: {stop_reason}; {_how_to_continue(checkpointer, resume)}"
                 log.message(stopped)
                 log.summary(_summary(log, start.step, step, started))
@@ -321,6 +331,7 @@ def train(
                     consumed_valid_samples=valid_consumed,
                 )
             )
+            checkpointer.finish(step)
         log.summary(_summary(log, start.step, step, started))
         return RunEnd(code=ExitCode.OK, reason=f"all {settings.iters} steps ran", step=step)
     except RunError as error:
@@ -464,6 +475,7 @@ def _nonfinite_stop(checkpointer: Checkpointer | None, good: Progress, grad_norm
     if resumed_here:
         return message + f"; the last good state (step {good.step}) is the checkpoint this run resumed from"
     checkpointer.save(good)
+    checkpointer.finish(good.step)
     return message + f"; the last good state (step {good.step}) is saved"
 
 

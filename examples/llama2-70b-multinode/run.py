@@ -153,6 +153,7 @@ CHECKPOINT_DIR = "/checkpoints/llama2-70b"
 SAVE_INTERVAL = 500
 RESUME = True
 KEEP_LAST = 3
+ASYNC_SAVE = False
 OVERWRITE_CHECKPOINTS = False
 
 # Logging
@@ -322,6 +323,7 @@ def build(layout: Layout, *, weights: Weights = Weights.SPEC) -> Built:
             spec_sha256=identity.spec_sha256,
             script_sha256=identity.script_sha256,
             spec_text=identity.spec_text,
+            async_save=ASYNC_SAVE,
         ),
         spec_dir=SPEC_DIR,
         imports=ImportFacts(

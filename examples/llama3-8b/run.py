@@ -150,6 +150,7 @@ CHECKPOINT_DIR = "checkpoints"
 SAVE_INTERVAL = 250
 RESUME = True
 KEEP_LAST = 2
+ASYNC_SAVE = False
 OVERWRITE_CHECKPOINTS = False
 
 # Logging
@@ -314,6 +315,7 @@ def build(layout: Layout, *, weights: Weights = Weights.SPEC) -> Built:
             spec_sha256=identity.spec_sha256,
             script_sha256=identity.script_sha256,
             spec_text=identity.spec_text,
+            async_save=ASYNC_SAVE,
         ),
         spec_dir=SPEC_DIR,
         imports=ImportFacts(

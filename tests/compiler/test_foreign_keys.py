@@ -27,8 +27,8 @@ def test_a_megatron_key_names_the_bridgec_key_instead_of_a_misleading_did_you_me
         "spec.toml:15: unknown key 'train_iters' in [train]; hint: train_iters is [train] iters here",
         "spec.toml:18: unknown key 'use_distributed_optimizer' in [optimizer]; hint: use_distributed_optimizer is "
         "[parallel] distributed_optimizer here",
-        "spec.toml:20: unknown key 'pretrained_checkpoint' in [checkpoint]; hint: pretrained_checkpoint asks for "
-        f"starting from a Megatron-LM checkpoint (fine-tuning), {NOT_YET}",
+        "spec.toml:20: unknown key 'pretrained_checkpoint' in [checkpoint]; hint: pretrained_checkpoint is "
+        '[init.checkpoint] format = "megatron" and path here (weights; optimizer state not yet)',
     ]
 
 

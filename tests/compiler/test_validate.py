@@ -1007,6 +1007,14 @@ def test_rule_checkpoint_needs_dir() -> None:
             f"resumed from); {hint}"
         ],
     )
+    check(
+        {"checkpoint": {"async_save": True}},
+        [
+            "spec.toml:17: $.checkpoint.async_save = true needs checkpoint.dir (the folder checkpoints are saved in "
+            f"and resumed from); {hint}"
+        ],
+    )
+    check({"checkpoint": {"async_save": False}}, [])
 
 
 def test_rule_overwrite_needs_a_fresh_start() -> None:
@@ -1076,6 +1084,38 @@ def test_rule_init_checkpoint_exists() -> None:
     )
     check({"init": checkpoint, "model": LLAMA}, [], files={"ckpt/1000/items": ""})
     check_without_data({"init": checkpoint, "model": LLAMA}, [])
+    check(
+        {"init": {"checkpoint": {"format": "megatron", "path": "mlm"}}},
+        [
+            'spec.toml:17: $.init.checkpoint.path = "mlm" does not exist (paths are relative to the spec\'s folder); '
+            "hint: point it at Megatron-LM's save folder (the one holding latest_checkpointed_iteration.txt)"
+        ],
+    )
+
+
+def test_rule_megatron_init_settings() -> None:
+    megatron = {"format": "megatron", "path": "mlm"}
+    # Any architecture: the checkpoint's own args are compared at load time (no Llama-family requirement).
+    check({"init": {"checkpoint": megatron}}, [], files={"mlm": ""})
+    check(
+        {
+            "init": {
+                "checkpoint": {**megatron, "rope_layout": "interleaved", "param_scan_axis": 0, "optimizer_state": True}
+            }
+        },
+        [
+            'spec.toml:17: $.init.checkpoint.optimizer_state = true is not supported yet with format = "megatron": '
+            "the model weights load, Megatron-LM's optimizer state, scheduler and iteration do not; hint: set "
+            "optimizer_state = false (training starts at step 0 from the checkpoint's weights)",
+            "spec.toml:17: $.init.checkpoint.param_scan_axis = 0 applies to Orbax checkpoints only; format = "
+            '"megatron" reads megatron-core\'s own tensor names and layout; hint: remove param_scan_axis from '
+            "[init.checkpoint]",
+            'spec.toml:17: $.init.checkpoint.rope_layout = "interleaved" applies to Orbax checkpoints only; format = '
+            '"megatron" reads megatron-core\'s own tensor names and layout; hint: remove rope_layout from '
+            "[init.checkpoint]",
+        ],
+        files={"mlm": ""},
+    )
 
 
 # -- hooks ----------------------------------------------------------------------------------------

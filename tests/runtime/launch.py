@@ -67,6 +67,7 @@ class RunSpec:
     keep_last: int | None = None
     resume: bool = False
     overwrite: bool | None = None
+    async_save: bool | None = None
     hooks: str | None = None
     """Source of a hooks file defining a function named like ``hook``; the spec names it in [hooks]."""
     hook: str = "forward_step"
@@ -95,7 +96,7 @@ class RunSpec:
             "scheduler": {"warmup_iters": 2, "decay": "cosine"},
             "checkpoint": {
                 "dir": "ckpt", "save_interval": self.save_interval, "resume": self.resume, "keep_last": self.keep_last,
-                "overwrite": self.overwrite,
+                "overwrite": self.overwrite, "async_save": self.async_save,
             },
             "hooks": {"file": HOOKS, self.hook: self.hook} if self.hooks is not None else {},
         }  # fmt: skip
@@ -187,6 +188,66 @@ if __name__ == "__main__":
 '''
 
 
+_BACKGROUND_FAULT = '''"""Written by tests/runtime/launch.py: run {script} as torchrun would, but make the background writer of
+step {step}'s save (the process megatron-core forks for an async save) {what}. Instruments the request
+bridgec's DistCheckpointer gets from dist_checkpointing.save, in this process only."""
+
+import resource
+import runpy
+import signal
+import time
+from pathlib import Path
+
+from bridgec.runtime import checkpoint
+
+
+def pause_after_writing(write, *args, **kwargs):
+    write(*args, **kwargs)
+    Path({marker!r}).touch()
+    time.sleep(3600)
+
+
+def fill_the_disk(write, *args, **kwargs):
+    # A folder that is full after 1 KiB: a larger write fails with EFBIG (SIGXFSZ ignored, as a full disk would not kill).
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (1024, 1024))
+    write(*args, **kwargs)
+
+
+def main() -> None:
+    save = checkpoint.dist_checkpointing.save
+
+    def instrumented(state, directory, **options):
+        request = save(state, directory, **options)
+        if request is not None and directory.endswith("{name}.partial"):
+            write = request.async_fn
+            request = request._replace(async_fn=lambda *args, **kwargs: {fault}(write, *args, **kwargs))
+        return request
+
+    checkpoint.dist_checkpointing.save = instrumented
+    runpy.run_path({script!r}, run_name="__main__")
+
+
+if __name__ == "__main__":
+    main()
+'''
+
+BACKGROUND_FAULTS = {
+    "pause": ("pause_after_writing", "write its files, then create the marker and sleep (the test kills the job)"),
+    "disk_full": ("fill_the_disk", "write into a size-limited folder (RLIMIT_FSIZE 1 KiB): the write fails"),
+}
+
+
+def background_fault_script(folder: Path, step: int, fault: str, marker: Path) -> str:
+    """Write the wrapper that breaks the background write of ``step`` (see _BACKGROUND_FAULT); return its name."""
+    function, what = BACKGROUND_FAULTS[fault]
+    text = _BACKGROUND_FAULT.format(
+        script=str(folder / SCRIPT), step=step, name=f"iter_{step:07d}", fault=function, what=what, marker=str(marker)
+    )
+    (folder / PAUSED).write_text(text, encoding="utf-8")
+    return PAUSED
+
+
 def paused_script(folder: Path, step: int, marker: Path) -> str:
     """Write the wrapper that pauses the save of ``step`` (see _PAUSED_RUN); return its name in ``folder``."""
     text = _PAUSED_RUN.format(script=str(folder / SCRIPT), step=step, marker=str(marker))
@@ -194,9 +255,14 @@ def paused_script(folder: Path, step: int, marker: Path) -> str:
     return PAUSED
 
 
-def launch(folder: Path, *, pause_save: tuple[int, Path] | None = None) -> Launch:
-    """Run the script compiled in ``folder``; wait for it to end. See :func:`start` for ``pause_save``."""
-    process = start(folder, pause_save=pause_save)
+def launch(
+    folder: Path,
+    *,
+    pause_save: tuple[int, Path] | None = None,
+    background_fault: tuple[int, str, Path] | None = None,
+) -> Launch:
+    """Run the script compiled in ``folder``; wait for it to end. See :func:`start` for the faults."""
+    process = start(folder, pause_save=pause_save, background_fault=background_fault)
     try:
         output, _ = process.communicate(timeout=HANG_GUARD_SECONDS)
     except subprocess.TimeoutExpired:
@@ -205,15 +271,26 @@ def launch(folder: Path, *, pause_save: tuple[int, Path] | None = None) -> Launc
     return finished(folder, process.returncode, output)
 
 
-def start(folder: Path, *, pause_save: tuple[int, Path] | None = None) -> subprocess.Popen[str]:
+def start(
+    folder: Path,
+    *,
+    pause_save: tuple[int, Path] | None = None,
+    background_fault: tuple[int, str, Path] | None = None,
+) -> subprocess.Popen[str]:
     """Start a launch and return at once (:func:`kill` ends it, workers included).
 
     ``pause_save=(step, marker)``: the save of ``step`` stops once its tensors are
     written, before it is published, and creates ``marker``: torchrun starts a
     wrapper (:func:`paused_script`) that instruments bridgec's save and runs the script.
+    ``background_fault=(step, fault, marker)``: with async_save, the background
+    writer of ``step``'s save pauses or fails (:data:`BACKGROUND_FAULTS`).
     """
     shutil.rmtree(folder / "logs", ignore_errors=True)
-    script = paused_script(folder, *pause_save) if pause_save is not None else SCRIPT
+    script = SCRIPT
+    if pause_save is not None:
+        script = paused_script(folder, *pause_save)
+    elif background_fault is not None:
+        script = background_fault_script(folder, *background_fault)
     return subprocess.Popen(
         command(folder, script), cwd=folder, env=environment({}), stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT, text=True, start_new_session=True,

@@ -1,0 +1,242 @@
+"""Initial weights from a checkpoint Megatron-LM (or Megatron Bridge) saved in the ``torch_dist`` format.
+
+Such a save folder holds ``latest_checkpointed_iteration.txt`` and one
+``iter_NNNNNNN/`` per save, each with ``common.pt`` (the entries every rank
+shares: ``args``, ``checkpoint_version``, ``iteration``, ...), ``metadata.json``
+(the dist_checkpointing backend) and the ``__*.distcp`` shards with their
+``.metadata`` index. The model's sharded state sits under ``model`` (``model0``,
+``model1``, ... with a virtual pipeline), by megatron-core's global tensor
+names: the same names bridgec's own checkpoints use, so it loads into any
+tensor/pipeline layout.
+
+Before a tensor is read, on every rank: the checkpoint version, the run's
+architecture against the checkpoint's ``args`` (when it has them) and Megatron
+Bridge's ``run_config.yaml`` (when there is one), every tensor
+this rank will read against the index, and every shard file against the byte
+ranges the index points into (a truncated copy). Every difference is named in
+one RunError (CHECKPOINT_ERROR); nothing is loaded then.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import attrs
+import torch
+import yaml
+from megatron.core import dist_checkpointing
+from megatron.core.distributed import DistributedDataParallel
+
+from bridgec.runtime.checkpoint_checks import ARCHITECTURE, gather, model_signature, tensor_problems
+from bridgec.runtime.checkpoint_files import read_tensor_metadata
+from bridgec.runtime.errors import ExitCode, RunError
+from bridgec.runtime.model import unwrap
+
+TRACKER = "latest_checkpointed_iteration.txt"
+RELEASE = "release"
+COMMON = "common.pt"
+BACKEND = "metadata.json"
+RUN_CONFIG = "run_config.yaml"
+"""Megatron Bridge's copy of its configuration, in every checkpoint folder it writes."""
+KNOWN_VERSIONS = (3.0,)
+"""Megatron-LM's checkpoint_version values this loader reads (3.0: the current one, torch_dist included)."""
+_ITERATION = re.compile(r"^iter_(\d{7})$")
+
+
+@attrs.frozen(kw_only=True)
+class MegatronImport:
+    """What :func:`load_megatron_weights` loaded."""
+
+    folder: Path
+    """The ``iter_*`` folder read."""
+    iteration: int
+    """The iteration the checkpoint was saved at (its ``iteration`` entry)."""
+    compared_args: bool
+    """Whether the checkpoint had Megatron-LM ``args`` or a Megatron Bridge run config to compare with."""
+
+
+def iteration_folder(path: Path) -> Path:
+    """The ``iter_*`` (or ``release``) folder of a Megatron-LM save folder (its tracker file names it), or ``path``."""
+    if _ITERATION.match(path.name) or path.name == RELEASE:
+        return path
+    tracker = path / TRACKER
+    if not tracker.is_file():
+        raise RunError(
+            ExitCode.CHECKPOINT_ERROR,
+            f"{path}: not a Megatron-LM checkpoint folder (no {TRACKER}, and not an iter_NNNNNNN or release folder)",
+        )
+    text = tracker.read_text(encoding="utf-8", errors="replace").strip()
+    if text == RELEASE:
+        return path / RELEASE  # Megatron-LM's name for a checkpoint converted or released without an iteration
+    if not text.isdigit():
+        raise RunError(
+            ExitCode.CHECKPOINT_ERROR,
+            f"{tracker} should hold an iteration number or 'release', it holds {text[:40]!r}",
+        )
+    return path / f"iter_{int(text):07d}"
+
+
+def read_common(folder: Path) -> dict[str, Any]:
+    """``common.pt`` of an ``iter_*`` folder, checked for a backend and a version this loader reads."""
+    if not folder.is_dir():
+        raise RunError(ExitCode.CHECKPOINT_ERROR, f"{folder}: no such checkpoint folder")
+    for name in (COMMON, BACKEND, ".metadata"):
+        if not (folder / name).is_file():
+            raise RunError(
+                ExitCode.CHECKPOINT_ERROR,
+                f"{folder / name}: missing; {folder} is not a complete torch_dist checkpoint "
+                "(an unfinished save, or another format)",
+            )
+    try:
+        common = torch.load(folder / COMMON, map_location="cpu", weights_only=False)
+    except Exception as error:  # noqa: BLE001 - any unpickling failure means a damaged file
+        raise RunError(
+            ExitCode.CHECKPOINT_ERROR, f"{folder / COMMON} cannot be read ({type(error).__name__}: {error})"
+        ) from None
+    if not isinstance(common, dict):
+        raise RunError(ExitCode.CHECKPOINT_ERROR, f"{folder / COMMON}: not a Megatron-LM common state (a dict)")
+    version = common.get("checkpoint_version")
+    if version not in KNOWN_VERSIONS:
+        raise RunError(
+            ExitCode.CHECKPOINT_ERROR,
+            f"{folder / COMMON}: checkpoint_version {version!r}; this loader reads "
+            f"{', '.join(str(known) for known in KNOWN_VERSIONS)} (Megatron-LM's torch_dist checkpoints)",
+        )
+    return common
+
+
+def args_view(args: Any) -> dict[str, Any]:
+    """The architecture Megatron-LM's ``args`` describe, under the names of :func:`model_signature`."""
+    view: dict[str, Any] = {}
+
+    def put(name: str, value: Any) -> None:
+        if value is not None:
+            view[name] = value
+
+    for name in ("num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads", "kv_channels"):
+        put(name, getattr(args, name, None))
+    heads = getattr(args, "num_attention_heads", None)
+    put("num_query_groups", args.num_query_groups if getattr(args, "group_query_attention", False) else heads)
+    put("normalization", getattr(args, "normalization", None))
+    put("gated_linear_unit", getattr(args, "swiglu", None))
+    put("add_bias_linear", getattr(args, "add_bias_linear", None))
+    put("add_qkv_bias", getattr(args, "add_qkv_bias", None))
+    put("qk_layernorm", getattr(args, "qk_layernorm", None))
+    put("num_moe_experts", getattr(args, "num_experts", None))
+    put("vocab_size", getattr(args, "padded_vocab_size", None))
+    put("max_sequence_length", getattr(args, "max_position_embeddings", None))
+    put("position_embedding_type", getattr(args, "position_embedding_type", None))
+    untie = getattr(args, "untie_embeddings_and_output_weights", None)
+    put("tied_output", None if untie is None else not untie)
+    return view
+
+
+_RUN_CONFIG_NAMES = {
+    **{name: name for name in ARCHITECTURE},
+    "seq_length": "max_sequence_length",
+    "position_embedding_type": "position_embedding_type",
+}
+"""Megatron Bridge's model provider fields (run_config.yaml ``model:``) under the names of :func:`model_signature`."""
+
+
+def run_config_view(config: dict[str, Any]) -> dict[str, Any]:
+    """The architecture a Megatron Bridge ``run_config.yaml`` describes (its ``model`` section)."""
+    model = config.get("model")
+    if not isinstance(model, dict):
+        return {}
+    view = {ours: model[theirs] for theirs, ours in _RUN_CONFIG_NAMES.items() if model.get(theirs) is not None}
+    if model.get("share_embeddings_and_output_weights") is not None:
+        view["tied_output"] = model["share_embeddings_and_output_weights"]
+    return view
+
+
+def read_run_config(folder: Path) -> dict[str, Any] | None:
+    """Megatron Bridge's ``run_config.yaml`` of an ``iter_*`` folder; None when there is none (Megatron-LM)."""
+    file = folder / RUN_CONFIG
+    if not file.is_file():
+        return None
+    try:
+        config = yaml.safe_load(file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
+        raise RunError(ExitCode.CHECKPOINT_ERROR, f"{file} cannot be read ({type(error).__name__}: {error})") from None
+    if not isinstance(config, dict):
+        raise RunError(ExitCode.CHECKPOINT_ERROR, f"{file}: not a Megatron Bridge run config (a mapping)")
+    return config
+
+
+def differences(view: dict[str, Any], ours: dict[str, Any], source: str) -> list[str]:
+    """Each architecture value ``view`` (read from ``source``) gives differently from this run's signature."""
+    return [
+        f"{name}: {value!r} in {source}, {ours[name]!r} in this run"
+        for name, value in view.items()
+        if name in ours and ours[name] != value
+    ]
+
+
+def truncated_files(folder: Path) -> list[str]:
+    """Shard files shorter than the byte ranges the index reads from them (or missing)."""
+    metadata = read_tensor_metadata(folder)
+    needed: dict[str, int] = {}
+    for info in (metadata.storage_data or {}).values():
+        name = info.relative_path
+        needed[name] = max(needed.get(name, 0), info.offset + info.length)
+    problems = []
+    for name, size in sorted(needed.items()):
+        file = folder / name
+        if not file.is_file():
+            problems.append(f"{file}: missing")
+        elif file.stat().st_size < size:
+            problems.append(f"{file}: {file.stat().st_size} bytes, the index reads up to byte {size} (truncated)")
+    return problems
+
+
+def load_megatron_weights(model: list[DistributedDataParallel], optimizer: Any, *, path: Path) -> MegatronImport:
+    """Load the model weights of the Megatron-LM checkpoint at ``path`` into ``model`` (collective).
+
+    ``path`` is a Megatron-LM save folder (its latest iteration) or one
+    ``iter_*`` folder. The optimizer's fp32 main parameters are refreshed from
+    the loaded weights. A RunError(CHECKPOINT_ERROR) lists every problem found on
+    any rank before anything is read.
+    """
+    folder = iteration_folder(path)
+    common = read_common(folder)
+    args = common.get("args")
+    run_config = read_run_config(folder)
+    ours = model_signature(model)
+    problems = differences(args_view(args), ours, "the checkpoint's args") if args is not None else []
+    if run_config is not None:
+        problems += differences(run_config_view(run_config), ours, f"{folder / RUN_CONFIG}")
+    state = {_model_key(index, len(model)): unwrap(chunk).sharded_state_dict() for index, chunk in enumerate(model)}
+    if not problems:
+        problems = tensor_problems(state, read_tensor_metadata(folder)) + truncated_files(folder)
+    problems = gather(problems)
+    if problems:
+        shown = problems[:20] + ([f"... and {len(problems) - 20} more"] if len(problems) > 20 else [])
+        raise RunError(
+            ExitCode.CHECKPOINT_ERROR,
+            f"cannot start from {folder}; nothing was loaded:\n  " + "\n  ".join(shown),
+            every_rank=True,
+        )
+    try:
+        with torch.no_grad():  # the fp32 distributed optimizer's main params are views of the model's
+            loaded = dist_checkpointing.load(state, str(folder))
+            for index, chunk in enumerate(model):
+                unwrap(chunk).load_state_dict(loaded[_model_key(index, len(model))], strict=True)
+            optimizer.reload_model_params()
+    except Exception as error:  # noqa: BLE001 - whatever broke, this run must not continue half-loaded
+        raise RunError(
+            ExitCode.CHECKPOINT_ERROR,
+            f"loading {folder} failed ({type(error).__name__}: {str(error).strip()[:500]}); "
+            "the run stops rather than continue from partly loaded weights",
+        ) from None
+    iteration = common.get("iteration", 0)
+    return MegatronImport(
+        folder=folder, iteration=int(iteration), compared_args=args is not None or run_config is not None
+    )
+
+
+def _model_key(index: int, count: int) -> str:
+    # Megatron-LM's names: "model" for one chunk, "model0", "model1", ... with a virtual pipeline.
+    return "model" if count == 1 else f"model{index}"
