@@ -59,10 +59,6 @@ UNSUPPORTED: dict[str, Feature] = {
         "[init.checkpoint] starts from an Orbax (MaxText) checkpoint; a bridgec checkpoint resumes with "
         "[checkpoint] resume = true",
     ),
-    "sft": Feature(
-        "Packed fine-tuning sequences (several SFT samples per sequence)",
-        '[data] kind = "sft" puts each sample alone in a padded sequence',
-    ),
     "hf_data": Feature(
         "Hugging Face datasets as a data source", "export the text as JSON lines and run bridgec data build"
     ),
@@ -238,7 +234,7 @@ VALUES: dict[tuple[str, ...], dict[str, Here | str]] = {
     ("data", "kind"): {
         "chat": Here("[data]", 'kind = "sft"', "chat records are rendered with the tokenizer's chat template"),
         "finetune": Here("[data]", 'kind = "sft"'),
-        "packed": "sft",
+        "packed": Here("[data]", 'kind = "sft" and packing = true', "samples packed first fit decreasing"),
         "hf": "hf_data",
         "huggingface": "hf_data",
     },

@@ -442,6 +442,15 @@ def _data_section(spec: Spec, ch: Choices, target: Target) -> Section:
                 "positions restart after each EOD_TOKEN; attention stays inside a document (block-diagonal mask)",
             )
         )
+    if d.packing:
+        constants.append(
+            _c(
+                "SFT_PACKING",
+                True,
+                "samples packed first-fit-decreasing into each sequence; positions restart and attention stays "
+                "inside a sample (block-diagonal mask)",
+            )
+        )
     constants.append(_c("TRAIN_SAMPLES", t.iters * g, f"train.iters {t.iters} x global {g}"))
     if t.eval_interval is not None:
         windows = derive.validation_windows(spec)

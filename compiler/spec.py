@@ -372,6 +372,8 @@ class Data:
     """Exclude end-of-document tokens from the loss."""
     document_masking: bool = False
     """Keep documents apart inside a sequence (Megatron's reset_position_ids + reset_attention_mask): position ids restart after each end-of-document token and attention never crosses one (a block-diagonal causal mask given to megatron-core's local attention). Needs model.transformer_impl = "local" and at most 2 pipeline stages without virtual ones."""
+    packing: bool = False
+    """sft only: pack several samples into each sequence (first fit decreasing by length, when the run builds its datasets) instead of one padded sample per sequence. Position ids restart at each sample and attention never crosses one (the block-diagonal causal mask of document_masking), so each sample trains as it would alone. Needs model.transformer_impl = "local" and at most 2 pipeline stages without virtual ones."""
 
 
 @attrs.frozen(kw_only=True)

@@ -165,9 +165,7 @@ def build_sft_splits(
         sequences = _sequences(lengths, range(part.begin, part.end), seq_length, source.packing)
         order = _repeat(np.arange(len(sequences)), count, shuffle)
         datasets.append(
-            SftDataset(
-                tokens, masks, sequences, order, seq_length=seq_length, pad=pad, packed=source.packing
-            )
+            SftDataset(tokens, masks, sequences, order, seq_length=seq_length, pad=pad, packed=source.packing)
         )
     if datasets[0] is None or len(datasets[0]) == 0:
         raise RunError(

@@ -64,6 +64,22 @@ def first_fit_decreasing(lengths: Sequence[int] | np.ndarray, seq_length: int) -
             node //= 2
             room[node] = max(room[2 * node], room[2 * node + 1])
     used = int(sizes.sum())
-    return Packing(
-        sequences=tuple(tuple(m) for m in members), used=used, capacity=len(members) * seq_length
+    return Packing(sequences=tuple(tuple(m) for m in members), used=used, capacity=len(members) * seq_length)
+
+
+def packing_line(prefix: str, seq_length: int, split: Sequence[float]) -> str:
+    """The packing of ``prefix``'s training split as a run packs it: samples, sequences, efficiency."""
+    import torch  # noqa: F401 - megatron's indexed dataset imports it
+    from megatron.core.datasets.indexed_dataset import IndexedDataset
+
+    from bridgec.runtime.data_split import document_ranges
+
+    index = IndexedDataset(prefix, mmap=True)
+    lengths = np.array(index.sequence_lengths)  # a copy: the view dies with the index's mmap
+    train = document_ranges(split, len(lengths))[0]
+    part = lengths[train.begin : train.end] if train is not None else lengths[:0]
+    packed = first_fit_decreasing(part, seq_length)
+    return (
+        f"{len(part):,} training samples packed into {len(packed.sequences):,} sequences of {seq_length}: "
+        f"packing efficiency {packed.efficiency:.1%} (sample positions {packed.used:,} / all {packed.capacity:,})"
     )

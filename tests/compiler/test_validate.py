@@ -1519,9 +1519,34 @@ def test_rule_document_masking_layout_sft() -> None:
         {"data": {"kind": "sft", "document_masking": True, "eod_token": 0, "sources": [{"prefix": "data/tok"}]}},
         [
             'spec.toml:18: $.data.document_masking = true has no effect with data.kind = "sft": each SFT sample is '
-            "alone in its sequence; hint: remove document_masking"
+            "alone in its sequence, or kept apart from the others by packing; hint: remove document_masking "
+            "(packing = true packs SFT samples and keeps them apart)"
         ],
         files={**DATA, "data/tok.loss_mask.bin": "", "data/tok.loss_mask.idx": idx_header(100)},
+    )
+
+
+def test_rule_document_masking_layout_packing() -> None:
+    sft = {"kind": "sft", "packing": True, "eod_token": 0, "sources": [{"prefix": "data/tok"}]}
+    files = {**DATA, "data/tok.loss_mask.bin": "", "data/tok.loss_mask.idx": idx_header(100)}
+    check({"data": sft}, [], files=files)
+    check(
+        {"data": {"packing": True}},
+        [
+            'spec.toml:17: $.data.packing = true packs SFT samples, but data.kind = "mock": pretraining documents '
+            'already fill their sequences back to back; hint: kind = "sft", or document_masking = true to keep '
+            "pretraining documents apart"
+        ],
+    )
+    check(
+        {"launch": {"device": "cuda"}, "model": {"transformer_impl": "transformer_engine"}, "data": sft},
+        [
+            'spec.toml:21: $.data.packing = true needs model.transformer_impl = "local": bridgec gives the '
+            "block-diagonal mask to megatron-core's local attention; Transformer Engine's fused attention would "
+            "need packed-sequence (THD) parameters, which bridgec does not build yet; hint: transformer_impl = "
+            '"local" under [model], or remove packing'
+        ],
+        files=files,
     )
 
 

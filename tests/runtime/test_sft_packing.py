@@ -114,3 +114,45 @@ def test_a_packed_batch_equals_its_samples_unpacked(megatron_world1: None, sft_p
     # Without the block-diagonal mask the packed samples attend to each other: the loss differs (the test can fail).
     crossing, _ = _loss_and_grads(model, packed_batch, mask=False)
     assert abs(float(crossing) - float(plain_loss)) > 1e-3
+
+
+def test_data_build_and_explain_report_the_packing_efficiency(
+    sft_prefix: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from bridgec.compiler.cli import main
+    from tests.compiler.conftest import spec_toml
+
+    records, tokenizer = sft_prefix.parent / "pairs.jsonl", sft_prefix.parent / "tok"
+    build = [
+        "data",
+        "build",
+        "--sft",
+        "--input",
+        str(records),
+        "--tokenizer",
+        str(tokenizer),
+        "--loss-mode",
+        "completion",
+    ]
+    assert main([*build, "--output", str(tmp_path / "data" / "sft"), "--pack", str(SEQ)]) == 0
+    from megatron.core.datasets.indexed_dataset import IndexedDataset
+
+    index = IndexedDataset(str(tmp_path / "data" / "sft"))  # its lengths are a view of its mmap: keep it alive
+    sizes = np.array(index.sequence_lengths) - 1
+    packing = first_fit_decreasing(sizes + 1, SEQ)
+    expected = f"packing efficiency {packing.efficiency:.1%} (sample positions {int(sizes.sum()):,} / all {len(packing.sequences) * SEQ:,})"
+    assert expected in capsys.readouterr().out
+
+    # A sequence too short for --max-length: refused before anything is written.
+    assert main([*build, "--output", str(tmp_path / "no" / "sft"), "--pack", "8", "--max-length", "20"]) == 2
+    assert "give --max-length 9 or less" in capsys.readouterr().err
+    assert not (tmp_path / "no").exists()
+
+    spec = spec_toml(
+        model={"vocab_size": VOCAB, "seq_length": SEQ},
+        data={"kind": "sft", "packing": True, "split": [1.0, 0.0, 0.0], "sources": [{"prefix": "data/sft"}]},
+    )
+    (tmp_path / "spec.toml").write_text(spec)
+    assert main(["explain", str(tmp_path / "spec.toml")]) == 0
+    out = capsys.readouterr().out
+    assert f"9 training samples packed into {len(packing.sequences)} sequences of {SEQ}: {expected}" in out
