@@ -192,7 +192,7 @@ KEYS: dict[str, Here | str] = {
     "most_recent_k": Here("[checkpoint]", "keep_last"),
     "ckpt_format": Here("[checkpoint]", "dir", "checkpoints are always megatron-core's torch_dist format"),
     "pretrained_checkpoint": "pretrained",
-    "finetune": "pretrained",
+    "finetune": Here("[train]", 'mode = "finetune"', "with [init.checkpoint]"),
     "no_load_optim": "pretrained",
     "no_load_rng": "pretrained",
     "async_save": "async_save",

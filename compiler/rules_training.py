@@ -374,7 +374,28 @@ def _block_diagonal_layout(spec: Spec, key: str) -> Iterator[Finding]:
         )
 
 
+def rule_finetune_start(spec: Spec, ctx: SpecContext) -> Iterator[Finding]:
+    if spec.train.mode != "finetune":
+        return
+    init = spec.init.checkpoint
+    if init is None:
+        yield Finding(
+            about=(("train", "mode"),),
+            message='$.train.mode = "finetune" needs pretrained weights to start from, and the spec has no '
+            "[init.checkpoint]",
+            hint='an [init.checkpoint] table with the format and path of the pretrained checkpoint, or mode = "pretrain"',
+        )
+    elif init.optimizer_state:
+        yield Finding(
+            about=(("init", "checkpoint", "optimizer_state"), ("train", "mode")),
+            message='$.init.checkpoint.optimizer_state = true with train.mode = "finetune": a fine-tune starts its '
+            "optimizer state and learning-rate schedule fresh at step 0, so the pretraining run's would be ignored",
+            hint='optimizer_state = false, or mode = "pretrain" to continue the pretraining run itself',
+        )
+
+
 TRAINING_RULES: tuple[Rule, ...] = (
+    rule_finetune_start,
     rule_document_masking_layout,
     rule_schedule_lengths,
     rule_learning_rates,

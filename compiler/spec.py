@@ -41,6 +41,7 @@ CheckpointLayout = Literal["maxtext"]
 RopeLayout = Literal["rotate_half", "interleaved"]
 AdamStateKind = Literal["adamw", "adam_pax"]
 NonFinitePolicy = Literal["skip", "stop"]
+TrainMode = Literal["pretrain", "finetune"]
 LaunchScheduler = Literal["torchrun", "slurm", "kubernetes"]
 LogLevel = Literal["debug", "info", "quiet"]
 WandbMode = Literal["online", "offline", "disabled"]
@@ -206,6 +207,8 @@ class Train:
 
     iters: int
     """Optimizer steps. Required."""
+    mode: TrainMode = "pretrain"
+    """pretrain, or finetune: start from pretrained weights ([init.checkpoint], required) with a fresh optimizer state and schedule at step 0 (init.checkpoint.optimizer_state must stay false); a resumed finetune run reads its own [checkpoint] dir, never the pretrained weights again."""
     log_interval: int = 1
     """Print a line every this many steps (every step goes to the metrics file)."""
     eval_interval: int | None = None

@@ -301,6 +301,7 @@ COMPANIONS: dict[tuple[str, object], dict[str, Any]] = {
     ("data.packing", True): {"data": {**INDEXED["data"], "kind": "sft"}},
     ("scheduler.decay", "wsd"): {"scheduler": {"wsd_decay_iters": 2}},
     ("optimizer.semantics", "optax"): OPTAX,
+    ("train.mode", "finetune"): PREFIX_CONTEXT["init.checkpoint."],
     ("init.checkpoint.optimizer_type", "adam_pax"): {"init": {"checkpoint": {"optimizer_state": True}}},
     ("init.checkpoint.optimizer_type", "adamw"): {"init": {"checkpoint": {"optimizer_state": True}}},
     ("precision.fp8", None): {},

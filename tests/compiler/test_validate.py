@@ -1078,6 +1078,32 @@ def test_rule_init_checkpoint_exists() -> None:
     check_without_data({"init": checkpoint, "model": LLAMA}, [])
 
 
+def test_rule_finetune_start() -> None:
+    check(
+        {"train": {"iters": 10, "mode": "finetune"}},
+        [
+            'spec.toml:14: $.train.mode = "finetune" needs pretrained weights to start from, and the spec has no '
+            "[init.checkpoint]; hint: an [init.checkpoint] table with the format and path of the pretrained "
+            'checkpoint, or mode = "pretrain"'
+        ],
+    )
+    init = {"checkpoint": {"format": "orbax", "path": "ck"}}
+    check({"train": {"iters": 10, "mode": "finetune"}, "init": init, "model": LLAMA}, [], files={"ck": ""})
+    check(
+        {
+            "train": {"iters": 10, "mode": "finetune"},
+            "init": {"checkpoint": {**init["checkpoint"], "optimizer_state": True}},
+            "model": LLAMA,
+        },
+        [
+            'spec.toml:22: $.init.checkpoint.optimizer_state = true with train.mode = "finetune": a fine-tune starts '
+            "its optimizer state and learning-rate schedule fresh at step 0, so the pretraining run's would be "
+            'ignored; hint: optimizer_state = false, or mode = "pretrain" to continue the pretraining run itself'
+        ],
+        files={"ck": ""},
+    )
+
+
 # -- hooks ----------------------------------------------------------------------------------------
 
 HOOKS = {"file": "hooks.py", "forward_step": "forward_step", "loss": "my_loss"}
