@@ -757,7 +757,7 @@ def _parser() -> argparse.ArgumentParser:
     sft.add_argument(
         "--sft",
         action="store_true",
-        help="JSONL records with messages (rendered with the chat template) or prompt/completion: writes tokens, "
+        help="JSONL or Parquet records with messages (rendered with the chat template) or prompt/completion: writes tokens, "
         "PREFIX.loss_mask.bin/.idx and PREFIX.json",
     )
     sft.add_argument(
