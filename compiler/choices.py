@@ -176,6 +176,11 @@ class NonFinitePolicy(enum.Enum):
     STOP = "stop"
 
 
+class TrainMode(enum.Enum):
+    PRETRAIN = "pretrain"
+    FINETUNE = "finetune"
+
+
 class LaunchScheduler(enum.Enum):
     TORCHRUN = "torchrun"
     SLURM = "slurm"

@@ -18,12 +18,15 @@ import sys
 import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
 from bridgec.compiler.errors import Diagnostic, format_diagnostic, is_error
 from bridgec.compiler.version import __version__
+
+if TYPE_CHECKING:
+    from bridgec.compiler.spec import Spec
 
 EXIT_OK = 0
 EXIT_STALE = 1
@@ -279,8 +282,22 @@ def cmd_explain(args: argparse.Namespace) -> int:
     _print_diagnostics(result.diagnostics)
     if result.spec is None or any(is_error(d) for d in result.diagnostics):
         return EXIT_SPEC_ERROR
-    sys.stdout.write(explain_text(result.spec))
+    sys.stdout.write(explain_text(result.spec, extra=_packing_lines(result.spec, Path(args.spec).parent)))
     return EXIT_OK
+
+
+def _packing_lines(spec: Spec, folder: Path) -> tuple[str, ...]:
+    """[data] packing: how full the training split's packed sequences are, from the dataset's sample lengths."""
+    if not spec.data.packing:
+        return ()
+    from bridgec.runtime.sft_pack import packing_line
+
+    prefix = str(folder / spec.data.sources[0].prefix)
+    return (
+        "",
+        "Packing (SFT samples, first fit decreasing)",
+        "  " + packing_line(prefix, spec.model.seq_length, spec.data.split),
+    )
 
 
 def cmd_new(args: argparse.Namespace) -> int:
@@ -342,6 +359,8 @@ def cmd_data_build(args: argparse.Namespace) -> int:
 
     if args.sft:
         return _sft_build(args)
+    if args.pack is not None:
+        raise UserError("bridgec data build --pack packs SFT samples: it needs --sft")
     try:
         report = build_indexed_dataset(
             [Path(p) for p in args.input],
@@ -373,13 +392,22 @@ def _sft_build(args: argparse.Namespace) -> int:
             "bridgec data build --sft tokenizes in one process and reads --messages-key or --prompt-key and "
             "--completion-key: --workers and --text-key apply to pretraining data only"
         )
+    max_length = args.max_length
+    if args.pack is not None:
+        # A packed sequence of N positions holds a sample of at most N + 1 tokens (its last token is a label only).
+        if args.pack < 1 or (max_length is not None and max_length > args.pack + 1):
+            raise UserError(
+                f"bridgec data build --sft --pack {args.pack}: a sequence of {args.pack} positions holds samples of "
+                f"at most {args.pack + 1} tokens; give --max-length {args.pack + 1} or less (or leave it out)"
+            )
+        max_length = args.pack + 1 if max_length is None else max_length
     settings = SftSettings(
         loss_mode=args.loss_mode,
         messages_key=args.messages_key,
         prompt_key=args.prompt_key,
         completion_key=args.completion_key,
         template=None if args.chat_template is None else Path(args.chat_template),
-        max_length=args.max_length,
+        max_length=max_length,
         overlong=args.overlong,
         append_eod=args.append_eod,
     )
@@ -394,6 +422,10 @@ def _sft_build(args: argparse.Namespace) -> int:
         f"{report.samples} sample(s), {report.tokens} tokens, {report.loss_tokens} in the loss "
         f'(loss_mode "{args.loss_mode}"); {report.truncated} truncated, {report.dropped} dropped'
     )
+    if args.pack is not None:
+        from bridgec.runtime.sft_pack import packing_line
+
+        print(packing_line(str(report.prefix), args.pack, (1.0, 0.0, 0.0)).replace("training samples", "samples"))
     return EXIT_OK
 
 
@@ -761,7 +793,7 @@ def _parser() -> argparse.ArgumentParser:
     sft.add_argument(
         "--sft",
         action="store_true",
-        help="JSONL records with messages (rendered with the chat template) or prompt/completion: writes tokens, "
+        help="JSONL or Parquet records with messages (rendered with the chat template) or prompt/completion: writes tokens, "
         "PREFIX.loss_mask.bin/.idx and PREFIX.json",
     )
     sft.add_argument(
@@ -778,6 +810,11 @@ def _parser() -> argparse.ArgumentParser:
     sft.add_argument(
         "--overlong", choices=("error", "truncate", "drop"), default="error",
         help="what happens to a sample longer than --max-length (default: error, naming its line)",
+    )  # fmt: skip
+    sft.add_argument(
+        "--pack", type=int, metavar="SEQ_LENGTH",
+        help="report how well the samples pack first-fit-decreasing into sequences of SEQ_LENGTH (as [data] "
+        "packing = true packs them when the run starts); --max-length defaults to SEQ_LENGTH + 1",
     )  # fmt: skip
     build.set_defaults(handler=cmd_data_build)
 

@@ -95,6 +95,11 @@ def gpt_config(spec: Spec) -> GPTConfig:
     )
 
 
+def block_diagonal_attention(spec: Spec) -> bool:
+    """Each batch carries a block-diagonal causal mask: documents (document_masking) or SFT samples (packing) kept apart."""
+    return spec.data.document_masking or spec.data.packing
+
+
 def evaluations(spec: Spec) -> int:
     """Evaluations during training: train.iters // eval_interval (0 without eval_interval)."""
     interval = spec.train.eval_interval

@@ -55,14 +55,10 @@ UNSUPPORTED: dict[str, Feature] = {
         "every layer keeps its activations; a smaller micro_batch_size or more tensor/pipeline parallelism fits memory",
     ),
     "pretrained": Feature(
-        "Megatron-LM's fine-tuning switches (finetune, no_load_optim, no_load_rng) and its optimizer state",
+        "Megatron-LM's checkpoint-loading switches (no_load_optim, no_load_rng) and its optimizer state",
         "[init.checkpoint] starts from a Hugging Face folder (bridgec import hf), an Orbax (MaxText) checkpoint or the "
         'weights of a Megatron-LM torch_dist checkpoint (format = "megatron"); a bridgec checkpoint resumes with '
         "[checkpoint] resume = true",
-    ),
-    "sft": Feature(
-        "Packed fine-tuning sequences (several SFT samples per sequence)",
-        '[data] kind = "sft" puts each sample alone in a padded sequence',
     ),
     "hf_data": Feature(
         "Hugging Face datasets as a data source", "export the text as JSON lines and run bridgec data build"
@@ -198,7 +194,7 @@ KEYS: dict[str, Here | str] = {
     "pretrained_checkpoint": Here(
         "[init.checkpoint]", 'format = "megatron" and path', "weights; optimizer state not yet"
     ),
-    "finetune": "pretrained",
+    "finetune": Here("[train]", 'mode = "finetune"', "with [init.checkpoint]"),
     "no_load_optim": "pretrained",
     "no_load_rng": "pretrained",
     # data
@@ -239,7 +235,7 @@ VALUES: dict[tuple[str, ...], dict[str, Here | str]] = {
     ("data", "kind"): {
         "chat": Here("[data]", 'kind = "sft"', "chat records are rendered with the tokenizer's chat template"),
         "finetune": Here("[data]", 'kind = "sft"'),
-        "packed": "sft",
+        "packed": Here("[data]", 'kind = "sft" and packing = true', "samples packed first fit decreasing"),
         "hf": "hf_data",
         "huggingface": "hf_data",
     },

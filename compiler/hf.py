@@ -337,6 +337,7 @@ def _training(m: _Mapper, *, devices: int, device: str) -> None:
     m.put("precision", "dtype", dtype, f"weights stored as {stored}" + ("" if dtype == "bf16" else "; fp32 training"))
     m.put("batch", "global_batch_size", devices, "one sequence per data-parallel rank: a starting value")
     m.put("batch", "micro_batch_size", 1, "")
+    m.put("train", "mode", "finetune", "from the folder's weights: optimizer and schedule start at step 0")
     m.put("train", "iters", 100, "a starting value")
     m.put("optimizer", "name", "adam", "fine-tuning: AdamW")
     m.put("optimizer", "lr", 1e-5, "a fine-tuning learning rate to start from")

@@ -312,9 +312,28 @@ def _precision_section(spec: Spec, ch: Choices) -> Section:
     return Section(title="Precision", constants=tuple(constants))
 
 
+def _train_mode(spec: Spec) -> tuple[Constant, ...]:
+    """finetune is named in the script; pretrain, the default, adds nothing."""
+    mode = c.choice(c.TrainMode, spec.train.mode)
+    match mode:
+        case c.TrainMode.PRETRAIN:
+            return ()
+        case c.TrainMode.FINETUNE:
+            return (
+                _c(
+                    "TRAIN_MODE",
+                    "finetune",
+                    "weights from [init.checkpoint], optimizer state and schedule fresh at step 0; a resume reads "
+                    "[checkpoint] dir, never the pretrained weights",
+                ),
+            )
+        case _:
+            assert_never(mode)
+
+
 def _train_section(spec: Spec) -> Section:
     t = spec.train
-    constants = [_c("TRAIN_ITERS", t.iters), _c("LOG_INTERVAL", t.log_interval)]
+    constants = [*_train_mode(spec), _c("TRAIN_ITERS", t.iters), _c("LOG_INTERVAL", t.log_interval)]
     if t.eval_interval is not None:
         constants += [_c("EVAL_INTERVAL", t.eval_interval), _c("EVAL_ITERS", t.eval_iters)]
     if t.exit_interval is not None:
@@ -452,6 +471,15 @@ def _data_section(spec: Spec, ch: Choices, target: Target) -> Section:
                 "DOCUMENT_MASKING",
                 True,
                 "positions restart after each EOD_TOKEN; attention stays inside a document (block-diagonal mask)",
+            )
+        )
+    if d.packing:
+        constants.append(
+            _c(
+                "SFT_PACKING",
+                True,
+                "samples packed first-fit-decreasing into each sequence; positions restart and attention stays "
+                "inside a sample (block-diagonal mask)",
             )
         )
     constants.append(_c("TRAIN_SAMPLES", t.iters * g, f"train.iters {t.iters} x global {g}"))
@@ -645,7 +673,8 @@ def _summary(spec: Spec, ch: Choices) -> tuple[str, ...]:
         f"vocab {m.vocab_size}; {explain.human_count(counts.total)} parameters.",
         f"Layout: {world_size(spec)} processes on {spec.launch.nodes} node(s), {spec.launch.device} "
         f"({BACKEND[ch.device]}): " + ", ".join(layout) + ".",
-        f"Training: {spec.train.iters} steps of {spec.batch.global_batch_size} sequences "
+        ("Fine-tuning" if spec.train.mode == "finetune" else "Training")
+        + f": {spec.train.iters} steps of {spec.batch.global_batch_size} sequences "
         f"({microbatches} microbatches of {micro} per data-parallel rank), {spec.data.kind} data, "
         f"{spec.optimizer.name} ({spec.optimizer.semantics} semantics) at lr {spec.optimizer.lr:g} "
         f"({_schedule_name(spec, ch)} schedule), "

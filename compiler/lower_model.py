@@ -435,8 +435,17 @@ def data_source(spec: Spec, ch: Choices) -> tuple[str, Code]:
             )
         case c.DataKind.SFT:
             return (
-                "Train and validation splits of the SFT samples: one sample per sequence, its loss mask's tokens in the loss.",
-                Code(text="SftData(prefix=str(SPEC_DIR / DATA_PREFIXES[0]), split=DATA_SPLIT)"),
+                (
+                    "Train and validation splits of the SFT samples, packed first-fit-decreasing into sequences "
+                    "(each sample attends to itself only), their loss masks' tokens in the loss."
+                    if spec.data.packing
+                    else "Train and validation splits of the SFT samples: one sample per sequence, its loss mask's "
+                    "tokens in the loss."
+                ),
+                Code(
+                    text="SftData(prefix=str(SPEC_DIR / DATA_PREFIXES[0]), split=DATA_SPLIT"
+                    + (", packing=SFT_PACKING)" if spec.data.packing else ")")
+                ),
             )
         case _:
             assert_never(ch.data)
@@ -453,8 +462,8 @@ def _token_aware(ch: Choices) -> bool:
 
 
 def _loss_lines(spec: Spec, ch: Choices) -> tuple[str, ...]:
-    # The attention mask is None (megatron-core's causal mask) unless documents are kept apart.
-    mask = "batch.attention_mask" if spec.data.document_masking else "None"
+    # The attention mask is None (megatron-core's causal mask) unless documents or packed samples are kept apart.
+    mask = "batch.attention_mask" if derive.block_diagonal_attention(spec) else "None"
     output = f"output = model(batch.tokens, batch.position_ids, {mask}, labels=batch.labels)"
     match ch.loss_source:
         case LossSource.MAXTEXT:

@@ -330,23 +330,36 @@ def rule_unused_settings(spec: Spec, ctx: SpecContext) -> Iterator[Finding]:
 
 
 def rule_document_masking_layout(spec: Spec, ctx: SpecContext) -> Iterator[Finding]:
-    if not spec.data.document_masking:
-        return
-    about = ("data", "document_masking")
-    if spec.data.kind == "sft":
+    if spec.data.document_masking:
+        yield from _block_diagonal_layout(spec, "document_masking")
+    if spec.data.packing:
+        yield from _block_diagonal_layout(spec, "packing")
+
+
+def _block_diagonal_layout(spec: Spec, key: str) -> Iterator[Finding]:
+    """document_masking and packing both give megatron-core's local attention a block-diagonal mask."""
+    about = ("data", key)
+    if key == "packing" and spec.data.kind != "sft":
+        yield Finding(
+            about=(about, ("data", "kind")),
+            message=f'$.data.packing = true packs SFT samples, but data.kind = "{spec.data.kind}": pretraining '
+            "documents already fill their sequences back to back",
+            hint='kind = "sft", or document_masking = true to keep pretraining documents apart',
+        )
+    if key == "document_masking" and spec.data.kind == "sft":
         yield Finding(
             about=(about, ("data", "kind")),
             message='$.data.document_masking = true has no effect with data.kind = "sft": each SFT sample is '
-            "alone in its sequence",
-            hint="remove document_masking",
+            "alone in its sequence, or kept apart from the others by packing",
+            hint="remove document_masking (packing = true packs SFT samples and keeps them apart)",
         )
     if spec.model.transformer_impl == "transformer_engine":
         yield Finding(
             about=(about, ("model", "transformer_impl")),
-            message='$.data.document_masking = true needs model.transformer_impl = "local": bridgec gives the '
+            message=f'$.data.{key} = true needs model.transformer_impl = "local": bridgec gives the '
             "block-diagonal mask to megatron-core's local attention; Transformer Engine's fused attention "
             "would need packed-sequence (THD) parameters, which bridgec does not build yet",
-            hint='transformer_impl = "local" under [model], or remove document_masking',
+            hint=f'transformer_impl = "local" under [model], or remove {key}',
         )
     p = spec.parallel
     if p.pipeline > 2 or p.virtual_pipeline is not None:
@@ -355,13 +368,34 @@ def rule_document_masking_layout(spec: Spec, ctx: SpecContext) -> Iterator[Findi
         )
         yield Finding(
             about=(about, ("parallel", "pipeline"), ("parallel", "virtual_pipeline")),
-            message=f"$.data.document_masking = true with {shown}: model chunks in the middle of the pipeline "
+            message=f"$.data.{key} = true with {shown}: model chunks in the middle of the pipeline "
             "read no data, so they would not see where documents end (only the first and last stage do)",
-            hint="pipeline = 2 or less and no virtual_pipeline, or remove document_masking",
+            hint=f"pipeline = 2 or less and no virtual_pipeline, or remove {key}",
+        )
+
+
+def rule_finetune_start(spec: Spec, ctx: SpecContext) -> Iterator[Finding]:
+    if spec.train.mode != "finetune":
+        return
+    init = spec.init.checkpoint
+    if init is None:
+        yield Finding(
+            about=(("train", "mode"),),
+            message='$.train.mode = "finetune" needs pretrained weights to start from, and the spec has no '
+            "[init.checkpoint]",
+            hint='an [init.checkpoint] table with the format and path of the pretrained checkpoint, or mode = "pretrain"',
+        )
+    elif init.optimizer_state:
+        yield Finding(
+            about=(("init", "checkpoint", "optimizer_state"), ("train", "mode")),
+            message='$.init.checkpoint.optimizer_state = true with train.mode = "finetune": a fine-tune starts its '
+            "optimizer state and learning-rate schedule fresh at step 0, so the pretraining run's would be ignored",
+            hint='optimizer_state = false, or mode = "pretrain" to continue the pretraining run itself',
         )
 
 
 TRAINING_RULES: tuple[Rule, ...] = (
+    rule_finetune_start,
     rule_document_masking_layout,
     rule_schedule_lengths,
     rule_learning_rates,

@@ -41,6 +41,7 @@ CheckpointLayout = Literal["maxtext"]
 RopeLayout = Literal["rotate_half", "interleaved"]
 AdamStateKind = Literal["adamw", "adam_pax"]
 NonFinitePolicy = Literal["skip", "stop"]
+TrainMode = Literal["pretrain", "finetune"]
 LaunchScheduler = Literal["torchrun", "slurm", "kubernetes"]
 LogLevel = Literal["debug", "info", "quiet"]
 WandbMode = Literal["online", "offline", "disabled"]
@@ -212,6 +213,8 @@ class Train:
 
     iters: int
     """Optimizer steps. Required."""
+    mode: TrainMode = "pretrain"
+    """pretrain, or finetune: start from pretrained weights ([init.checkpoint], required) with a fresh optimizer state and schedule at step 0 (init.checkpoint.optimizer_state must stay false); a resumed finetune run reads its own [checkpoint] dir, never the pretrained weights again."""
     log_interval: int = 1
     """Print a line every this many steps (every step goes to the metrics file)."""
     eval_interval: int | None = None
@@ -378,6 +381,8 @@ class Data:
     """Exclude end-of-document tokens from the loss."""
     document_masking: bool = False
     """Keep documents apart inside a sequence (Megatron's reset_position_ids + reset_attention_mask): position ids restart after each end-of-document token and attention never crosses one (a block-diagonal causal mask given to megatron-core's local attention). Needs model.transformer_impl = "local" and at most 2 pipeline stages without virtual ones."""
+    packing: bool = False
+    """sft only: pack several samples into each sequence (first fit decreasing by length, when the run builds its datasets) instead of one padded sample per sequence. Position ids restart at each sample and attention never crosses one (the block-diagonal causal mask of document_masking), so each sample trains as it would alone. Needs model.transformer_impl = "local" and at most 2 pipeline stages without virtual ones."""
 
 
 @attrs.frozen(kw_only=True)

@@ -1,6 +1,7 @@
 """``bridgec data build --sft``: instruction records -> token and loss-mask arrays in megatron's indexed format.
 
-Each JSONL line is a record in one of two shapes:
+Each JSONL line, or each row of a Parquet file (``.parquet``: a ``messages`` column of
+``list<struct<role, content>>``, or string prompt/completion columns), is a record in one of two shapes:
 
 - ``{"messages": [{"role": ..., "content": ...}, ...]}`` (system, user, assistant, tool; multi-turn),
   rendered with the chat template (``tokenizer_config.json``'s ``chat_template``, or a template file)
@@ -23,7 +24,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -158,14 +159,47 @@ def _completion_sample(tok: _Tokenizer, record: dict, where: str, settings: SftS
     return _Sample(ids=prompt_ids + completion_ids, mask=[counted] * len(prompt_ids) + [1] * len(completion_ids))
 
 
-def _records(path: Path) -> list[tuple[int, str]]:
+def _records(path: Path) -> Iterator[tuple[str, Any]]:
+    """Each record of a JSONL or Parquet file with where it is: ``file:line`` or ``file: row n``."""
     if not path.is_file():
         raise DataBuildError(f"{path}: no such file")
+    if path.suffix == ".parquet":
+        yield from _parquet_records(path)
+        return
     try:
         lines = path.read_bytes().decode("utf-8").splitlines()
     except UnicodeDecodeError as error:
         raise DataBuildError(f"{path}: not UTF-8 text (byte {error.start})") from None
-    return [(number, line) for number, line in enumerate(lines, start=1) if line.strip()]
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        where = f"{path}:{number}"
+        try:
+            yield where, json.loads(line)
+        except json.JSONDecodeError as error:
+            raise DataBuildError(f"{where}: not a JSON object ({error.msg})") from None
+
+
+def _parquet_records(path: Path) -> Iterator[tuple[str, Any]]:
+    """Rows as dicts: a messages column of list<struct<role, content>> reads as the JSONL shape does."""
+    try:
+        import pyarrow.parquet as parquet
+    except ModuleNotFoundError:
+        from bridgec.runtime.tokenizer import EXTRA_HINT
+
+        raise DataBuildError(f"{path}: reading Parquet needs the Python package 'pyarrow': {EXTRA_HINT}") from None
+    try:
+        table = parquet.ParquetFile(path)
+        batches = table.iter_batches(batch_size=1024)
+        row = 0
+        for batch in batches:
+            for record in batch.to_pylist():
+                row += 1
+                yield f"{path}: row {row}", record
+    except DataBuildError:
+        raise
+    except Exception as error:  # pyarrow raises ArrowInvalid and OSError subclasses for damaged files
+        raise DataBuildError(f"{path}: not a Parquet file pyarrow can read ({error})") from None
 
 
 def build_sft_dataset(inputs: Sequence[Path], prefix: Path, *, tokenizer: Path, settings: SftSettings) -> SftReport:
@@ -177,12 +211,7 @@ def build_sft_dataset(inputs: Sequence[Path], prefix: Path, *, tokenizer: Path, 
     samples: list[_Sample] = []
     truncated = dropped = 0
     for path in map(Path, inputs):
-        for number, line in _records(path):
-            where = f"{path}:{number}"
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise DataBuildError(f"{where}: not a JSON object ({error.msg})") from None
+        for where, record in _records(path):
             if not isinstance(record, dict):
                 raise DataBuildError(f"{where}: not a JSON object")
             if settings.messages_key in record:

@@ -8,6 +8,11 @@ sample's mask at ``t`` (a token counts when it is an assistant token). Samples a
 split is reshuffled every epoch with the run's seed, the validation split read in order, both
 repeated as often as ``num_samples`` needs. A sample longer than ``seq_length + 1`` tokens is
 refused at run start (the data build's ``--max-length`` cuts or drops them).
+
+With ``packing`` (runtime/sft_pack.py) each split's samples are packed first-fit-decreasing into
+sequences instead: position ids restart at 0 for each sample, and each sequence carries a
+``[1, seq, seq]`` block-diagonal causal mask (True: masked), so a sample attends to itself only,
+as it would alone. The sequences, not the samples, are reshuffled every epoch.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from megatron.core.datasets.indexed_dataset import IndexedDataset
 
 from bridgec.runtime.data_split import document_ranges
 from bridgec.runtime.errors import ExitCode, RunError
+from bridgec.runtime.sft_pack import first_fit_decreasing
 
 MASK_SUFFIX = ".loss_mask"
 
@@ -31,51 +37,80 @@ class SftData:
 
     prefix: str
     split: tuple[float, ...]
+    packing: bool = False
+    """Pack several samples into each sequence (first fit decreasing) instead of one sample per sequence."""
 
 
 class SftDataset(torch.utils.data.Dataset):
-    """``order``'s samples of ``prefix``, each padded into one sequence."""
+    """``order``'s sequences, each holding the samples ``sequences[i]`` lists, padded to ``seq_length``."""
 
     def __init__(
         self,
         tokens: IndexedDataset,
         masks: IndexedDataset,
-        split: range,
+        sequences: Sequence[Sequence[int]],
         order: np.ndarray,
         *,
         seq_length: int,
         pad: int,
+        packed: bool,
     ) -> None:
-        self.tokens, self.masks, self.split, self.order = tokens, masks, split, order
-        self.seq_length, self.pad = seq_length, pad
+        self.tokens, self.masks, self.sequences, self.order = tokens, masks, sequences, order
+        self.seq_length, self.pad, self.packed = seq_length, pad, packed
 
     def __len__(self) -> int:
         return len(self.order)
 
     def describe(self, path: str) -> str:
-        """The split in a line: samples, tokens, and how full its sequences are (real tokens / all tokens)."""
-        count = len(self.split)
-        lengths = self.tokens.sequence_lengths[self.split.start : self.split.stop]
-        fill = float(lengths.sum()) / (count * (self.seq_length + 1))
+        """The split in a line: samples, sequences, and how full they are (sample positions / all positions)."""
+        samples = [sample for sequence in self.sequences for sample in sequence]
+        lengths = self.tokens.sequence_lengths[samples]
+        used = int(np.maximum(lengths - 1, 0).sum())
+        fill = used / (len(self.sequences) * self.seq_length)
+        packed = f", packed into {len(self.sequences):,} sequences" if self.packed else ""
         return (
-            f"{path}: {count:,} SFT samples, {int(lengths.sum()):,} tokens in the training split, "
-            f"{fill:.1%} of their sequences' tokens real (the rest padding); this run reads {len(self):,} "
-            f"sequences, {len(self) / count:.2f} epochs"
+            f"{path}: {len(samples):,} SFT samples{packed}, {int(lengths.sum()):,} tokens in the training split, "
+            f"{fill:.1%} of their sequences' positions real (the rest padding); this run reads {len(self):,} "
+            f"sequences, {len(self) / len(self.sequences):.2f} epochs"
         )
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        sample = int(self.order[index])
-        ids = np.full(self.seq_length + 1, self.pad, dtype=np.int64)
-        mask = np.zeros(self.seq_length + 1, dtype=np.float32)
-        tokens = self.tokens[sample]
-        ids[: len(tokens)] = tokens
-        mask[: len(tokens)] = self.masks[sample]
-        return {
-            "tokens": torch.from_numpy(ids[:-1].copy()),
-            "labels": torch.from_numpy(ids[1:].copy()),
-            "loss_mask": torch.from_numpy(mask[1:].copy()),
-            "position_ids": torch.arange(self.seq_length, dtype=torch.long),
+        seq = self.seq_length
+        ids = np.full(seq, self.pad, dtype=np.int64)
+        labels = np.full(seq, self.pad, dtype=np.int64)
+        loss_mask = np.zeros(seq, dtype=np.float32)
+        position_ids = np.arange(seq, dtype=np.int64)
+        starts = []
+        at = 0
+        for sample in self.sequences[int(self.order[index])]:
+            tokens, mask = self.tokens[sample], self.masks[sample]
+            # Inputs tokens[:-1] predict tokens[1:]; the loss mask of the position predicting token t is mask[t].
+            # Alone (unpacked) the last token is also an input, predicting padding outside the loss: the same loss.
+            n = max(len(tokens) - 1, 0) if self.packed else min(len(tokens), seq)
+            ids[at : at + n] = tokens[:n]
+            labels[at : at + len(tokens) - 1] = tokens[1:]
+            loss_mask[at : at + len(tokens) - 1] = mask[1:]
+            position_ids[at : at + n] = np.arange(n)
+            starts.append(at)
+            at += n
+        item = {
+            "tokens": torch.from_numpy(ids),
+            "labels": torch.from_numpy(labels),
+            "loss_mask": torch.from_numpy(loss_mask),
         }
+        if not self.packed:
+            item["position_ids"] = torch.arange(seq, dtype=torch.long)
+            return item
+        position_ids[at:] = np.arange(seq - at)  # the padding is a block of its own: no row is fully masked
+        document = np.zeros(seq, dtype=np.int64)
+        for number, start in enumerate([*starts[1:], at], start=1):
+            document[start:] = number
+        same = document[:, None] == document[None, :]
+        causal = np.tril(np.ones((seq, seq), dtype=bool))
+        item["position_ids"] = torch.from_numpy(position_ids)
+        # megatron-core's convention (as GPTDataset's create_attention_mask): True where attention is masked.
+        item["attention_mask"] = torch.from_numpy(~(same & causal)).unsqueeze(0)
+        return item
 
 
 def _repeat(samples: np.ndarray, count: int, shuffle: np.random.Generator | None) -> np.ndarray:
@@ -84,6 +119,14 @@ def _repeat(samples: np.ndarray, count: int, shuffle: np.random.Generator | None
         return np.zeros(0, dtype=np.int64)
     passes = -(-count // len(samples))
     return np.concatenate([shuffle.permutation(samples) if shuffle else samples for _ in range(passes)])[:count]
+
+
+def _sequences(lengths: np.ndarray, part: range, seq_length: int, packing: bool) -> Sequence[Sequence[int]]:
+    """The split's samples grouped into sequences: first fit decreasing when packing, else one each."""
+    if not packing:
+        return [(sample,) for sample in part]
+    packed = first_fit_decreasing(lengths[part.start : part.stop], seq_length)
+    return [tuple(part.start + i for i in sequence) for sequence in packed.sequences]
 
 
 def build_sft_splits(
@@ -119,8 +162,11 @@ def build_sft_splits(
         if part is None or count == 0:
             datasets.append(None)
             continue
-        order = _repeat(np.arange(part.begin, part.end), count, shuffle)
-        datasets.append(SftDataset(tokens, masks, range(part.begin, part.end), order, seq_length=seq_length, pad=pad))
+        sequences = _sequences(lengths, range(part.begin, part.end), seq_length, source.packing)
+        order = _repeat(np.arange(len(sequences)), count, shuffle)
+        datasets.append(
+            SftDataset(tokens, masks, sequences, order, seq_length=seq_length, pad=pad, packed=source.packing)
+        )
     if datasets[0] is None or len(datasets[0]) == 0:
         raise RunError(
             ExitCode.DATA_ERROR, "the training split is empty: give it a share in [data] split", every_rank=True

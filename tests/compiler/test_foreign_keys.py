@@ -41,7 +41,7 @@ def test_megatron_values_tables_and_dashed_flags() -> None:
         "spec.toml:17: $.optimizer.name = \"adamw\" must be one of 'adam', 'sgd'; hint: name = \"adamw\" is "
         '[optimizer] name = "adam" here (adam is AdamW here: decoupled weight decay)',
         "spec.toml:19: $.data.kind = \"packed\" must be one of 'mock', 'indexed', 'sft'; hint: kind = \"packed\" "
-        f"asks for packed fine-tuning sequences (several SFT samples per sequence), {NOT_YET}",
+        'is [data] kind = "sft" and packing = true here (samples packed first fit decreasing)',
         "spec.toml:20: unknown table [logger]; hint: logger is [logging] tensorboard, wandb and mlflow tables here "
         "(and [train] log_interval)",
     ]

@@ -1118,6 +1118,32 @@ def test_rule_megatron_init_settings() -> None:
     )
 
 
+def test_rule_finetune_start() -> None:
+    check(
+        {"train": {"iters": 10, "mode": "finetune"}},
+        [
+            'spec.toml:14: $.train.mode = "finetune" needs pretrained weights to start from, and the spec has no '
+            "[init.checkpoint]; hint: an [init.checkpoint] table with the format and path of the pretrained "
+            'checkpoint, or mode = "pretrain"'
+        ],
+    )
+    init = {"checkpoint": {"format": "orbax", "path": "ck"}}
+    check({"train": {"iters": 10, "mode": "finetune"}, "init": init, "model": LLAMA}, [], files={"ck": ""})
+    check(
+        {
+            "train": {"iters": 10, "mode": "finetune"},
+            "init": {"checkpoint": {**init["checkpoint"], "optimizer_state": True}},
+            "model": LLAMA,
+        },
+        [
+            'spec.toml:22: $.init.checkpoint.optimizer_state = true with train.mode = "finetune": a fine-tune starts '
+            "its optimizer state and learning-rate schedule fresh at step 0, so the pretraining run's would be "
+            'ignored; hint: optimizer_state = false, or mode = "pretrain" to continue the pretraining run itself'
+        ],
+        files={"ck": ""},
+    )
+
+
 # -- hooks ----------------------------------------------------------------------------------------
 
 HOOKS = {"file": "hooks.py", "forward_step": "forward_step", "loss": "my_loss"}
@@ -1559,9 +1585,34 @@ def test_rule_document_masking_layout_sft() -> None:
         {"data": {"kind": "sft", "document_masking": True, "eod_token": 0, "sources": [{"prefix": "data/tok"}]}},
         [
             'spec.toml:18: $.data.document_masking = true has no effect with data.kind = "sft": each SFT sample is '
-            "alone in its sequence; hint: remove document_masking"
+            "alone in its sequence, or kept apart from the others by packing; hint: remove document_masking "
+            "(packing = true packs SFT samples and keeps them apart)"
         ],
         files={**DATA, "data/tok.loss_mask.bin": "", "data/tok.loss_mask.idx": idx_header(100)},
+    )
+
+
+def test_rule_document_masking_layout_packing() -> None:
+    sft = {"kind": "sft", "packing": True, "eod_token": 0, "sources": [{"prefix": "data/tok"}]}
+    files = {**DATA, "data/tok.loss_mask.bin": "", "data/tok.loss_mask.idx": idx_header(100)}
+    check({"data": sft}, [], files=files)
+    check(
+        {"data": {"packing": True}},
+        [
+            'spec.toml:17: $.data.packing = true packs SFT samples, but data.kind = "mock": pretraining documents '
+            'already fill their sequences back to back; hint: kind = "sft", or document_masking = true to keep '
+            "pretraining documents apart"
+        ],
+    )
+    check(
+        {"launch": {"device": "cuda"}, "model": {"transformer_impl": "transformer_engine"}, "data": sft},
+        [
+            'spec.toml:21: $.data.packing = true needs model.transformer_impl = "local": bridgec gives the '
+            "block-diagonal mask to megatron-core's local attention; Transformer Engine's fused attention would "
+            "need packed-sequence (THD) parameters, which bridgec does not build yet; hint: transformer_impl = "
+            '"local" under [model], or remove packing'
+        ],
+        files=files,
     )
 
 

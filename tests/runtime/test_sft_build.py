@@ -176,3 +176,28 @@ def test_the_command_line_refuses_options_that_sft_would_ignore(
     assert main([*args, "--workers", "2"]) == 2
     assert "--workers and --text-key apply to pretraining data only" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_parquet_records_build_what_the_same_jsonl_records_build(tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    folder = _tokenizer(tmp_path / "tok", "qwen")
+    conversations = [json.loads(line) for line in RECORDS.read_text(encoding="utf-8").splitlines()]
+    pq.write_table(pa.Table.from_pylist(conversations), tmp_path / "chat.parquet")
+    pairs = [{"prompt": "2 + 2?", "completion": "4"}, {"prompt": "Capital of Peru?", "completion": "Lima"}]
+    (tmp_path / "pairs.jsonl").write_text("".join(json.dumps(p) + "\n" for p in pairs))
+    pq.write_table(pa.Table.from_pylist(pairs), tmp_path / "pairs.parquet")
+    for name, settings in (("chat", SftSettings()), ("pairs", SftSettings(loss_mode="completion"))):
+        source = RECORDS if name == "chat" else tmp_path / "pairs.jsonl"
+        build_sft_dataset([source], tmp_path / f"{name}_jsonl", tokenizer=folder, settings=settings)
+        build_sft_dataset([tmp_path / f"{name}.parquet"], tmp_path / f"{name}_pq", tokenizer=folder, settings=settings)
+        assert _read(tmp_path / f"{name}_pq") == _read(tmp_path / f"{name}_jsonl")
+
+    bad = [*conversations[:2], {"messages": [{"role": "narrator", "content": "Once"}]}]
+    pq.write_table(pa.Table.from_pylist(bad), tmp_path / "bad.parquet")
+    with pytest.raises(DataBuildError, match=r"bad.parquet: row 3: messages\[0\] has the unknown role 'narrator'"):
+        build_sft_dataset([tmp_path / "bad.parquet"], tmp_path / "x", tokenizer=folder, settings=SftSettings())
+    (tmp_path / "broken.parquet").write_bytes(b"PAR1 not really")
+    with pytest.raises(DataBuildError, match=r"broken.parquet: not a Parquet file pyarrow can read"):
+        build_sft_dataset([tmp_path / "broken.parquet"], tmp_path / "x", tokenizer=folder, settings=SftSettings())

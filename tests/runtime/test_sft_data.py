@@ -33,8 +33,8 @@ def test_a_sample_fills_one_sequence_and_its_mask_marks_the_predicted_tokens(sft
     tokens, masks = IndexedDataset(str(sft_prefix)), IndexedDataset(f"{sft_prefix}.loss_mask")
     assert (len(train), len(valid)) == (20, 4)
     assert sorted(train.order[:8].tolist()) == list(range(8))  # one whole, shuffled pass over the 8 training samples
-    assert valid.order.tolist() == [8, 9, 8, 9]  # validation in order, repeated
-    sample = int(train.order[0])
+    assert [valid.sequences[i] for i in valid.order] == [(8,), (9,), (8,), (9,)]  # validation in order, repeated
+    (sample,) = train.sequences[int(train.order[0])]
     item = train[0]
     ids, mask = tokens[sample].tolist(), masks[sample].tolist()
     n = len(ids)
