@@ -35,7 +35,7 @@ def test_a_megatron_key_names_the_bridgec_key_instead_of_a_misleading_did_you_me
 
 def test_no_load_optim_names_optimizer_state() -> None:
     assert messages(spec_toml(checkpoint={"no_load_optim": True})) == [
-        "spec.toml:18: unknown key 'no_load_optim' in [checkpoint]; hint: no_load_optim is [init.checkpoint] "
+        "spec.toml:17: unknown key 'no_load_optim' in [checkpoint]; hint: no_load_optim is [init.checkpoint] "
         'optimizer_state = false here (the default, with format = "megatron")',
     ]
 
