@@ -55,9 +55,10 @@ UNSUPPORTED: dict[str, Feature] = {
         "every layer keeps its activations; a smaller micro_batch_size or more tensor/pipeline parallelism fits memory",
     ),
     "pretrained": Feature(
-        "Megatron-LM's checkpoint-loading switches (no_load_optim, no_load_rng) and its optimizer state",
-        "[init.checkpoint] starts from a Hugging Face folder (bridgec import hf), an Orbax (MaxText) checkpoint or the "
-        'weights of a Megatron-LM torch_dist checkpoint (format = "megatron"); a bridgec checkpoint resumes with '
+        "Megatron-LM's RNG states (no_load_rng)",
+        "[init.checkpoint] starts from a Hugging Face folder (bridgec import hf), an Orbax (MaxText) checkpoint or a "
+        'Megatron-LM torch_dist checkpoint (format = "megatron"; optimizer_state = true also loads its optimizer '
+        "state, schedule and iteration); its RNG states are never loaded; a bridgec checkpoint resumes with "
         "[checkpoint] resume = true",
     ),
     "hf_data": Feature(
@@ -192,10 +193,12 @@ KEYS: dict[str, Here | str] = {
     "most_recent_k": Here("[checkpoint]", "keep_last"),
     "ckpt_format": Here("[checkpoint]", "dir", "checkpoints are always megatron-core's torch_dist format"),
     "pretrained_checkpoint": Here(
-        "[init.checkpoint]", 'format = "megatron" and path', "weights; optimizer state not yet"
+        "[init.checkpoint]",
+        'format = "megatron" and path',
+        "optimizer_state = true continues its optimizer and schedule",
     ),
     "finetune": Here("[train]", 'mode = "finetune"', "with [init.checkpoint]"),
-    "no_load_optim": "pretrained",
+    "no_load_optim": Here("[init.checkpoint]", "optimizer_state = false", 'the default, with format = "megatron"'),
     "no_load_rng": "pretrained",
     # data
     "data_path": Here("[[data.sources]]", "prefix", 'with weight for a blend, and kind = "indexed" under [data]'),

@@ -556,6 +556,32 @@ _MEGATRON_LOAD = (
 )
 
 
+_MEGATRON_TRAINING_DOC = (
+    "Weights, optimizer state, schedule and position from a Megatron-LM (or Megatron Bridge) torch_dist checkpoint.",
+    "",
+    "The checkpoint's args are compared with this model and every tensor with its index",
+    "before anything is read; each rank reads only the slices it holds. Training continues",
+    "at the checkpoint's iteration, with its Adam moments, fp32 main parameters, learning-rate",
+    "schedule and consumed samples.",
+)
+_MEGATRON_TRAINING_LOAD = (
+    "loaded = load_megatron_training_state(",
+    "    built.model, built.optimizer, built.scheduler, path=SPEC_DIR / INIT_CHECKPOINT",
+    ")",
+    "if built.layout.rank == 0:",
+    "    print(",
+    '        f"init: weights and optimizer state from {loaded.folder} (continuing after iteration {loaded.step})",',
+    "        flush=True,",
+    "    )",
+    "return Progress(",
+    "    step=loaded.step,",
+    "    consumed_samples=loaded.consumed_samples,",
+    "    skipped_steps=0,",
+    "    consumed_valid_samples=loaded.consumed_valid_samples,",
+    ")",
+)
+
+
 def init_checkpoint_plan(spec: Spec, ch: Choices) -> InitCheckpointPlan | None:
     if spec.init.checkpoint is None or ch.checkpoint_format is None:
         return None
@@ -564,12 +590,16 @@ def init_checkpoint_plan(spec: Spec, ch: Choices) -> InitCheckpointPlan | None:
             docstring, load = _ORBAX_DOC, _ORBAX_LOAD
         case c.CheckpointFormat.HUGGINGFACE:
             docstring, load = _HF_DOC, _HF_LOAD
+        case c.CheckpointFormat.MEGATRON if ch.optimizer_state:
+            docstring, load = _MEGATRON_TRAINING_DOC, _MEGATRON_TRAINING_LOAD
         case c.CheckpointFormat.MEGATRON:
             docstring, load = _MEGATRON_DOC, _MEGATRON_LOAD
         case _:
             assert_never(ch.checkpoint_format)
-    if ch.optimizer_state:
-        tail: tuple[str, ...] = (
+    if ch.checkpoint_format is c.CheckpointFormat.MEGATRON and ch.optimizer_state:
+        tail: tuple[str, ...] = ()  # the load returns the Progress itself
+    elif ch.optimizer_state:
+        tail = (
             "# Adam moments and the update count from opt_state: training continues at that update.",
             "imported_step = load_maxtext_optimizer_state(",
             "    chunks,",
@@ -609,7 +639,7 @@ def _init_checkpoint_imports(ch: Choices, need: dict[str, set[str]]) -> None:
         case c.CheckpointFormat.HUGGINGFACE:
             need["hf_import"].add("load_hf_weights")
         case c.CheckpointFormat.MEGATRON:
-            need["megatron_load"].add("load_megatron_weights")
+            need["megatron_load"].add("load_megatron_training_state" if ch.optimizer_state else "load_megatron_weights")
         case None:
             pass
         case _:

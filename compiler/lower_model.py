@@ -62,7 +62,7 @@ class Choices:
     checkpoint_format: c.CheckpointFormat | None
     """[init.checkpoint] format (None: no [init.checkpoint])."""
     optimizer_state: bool
-    """[init.checkpoint] optimizer_state (orbax only; its layout has one member)."""
+    """[init.checkpoint] optimizer_state (orbax: the opt_state of a one-member layout; megatron: Megatron-LM's)."""
     loss_source: LossSource
 
 

@@ -444,13 +444,6 @@ def rule_megatron_init_settings(spec: Spec, ctx: SpecContext) -> Iterator[Findin
                 'format = "megatron" reads megatron-core\'s own tensor names and layout',
                 hint=f"remove {key} from [init.checkpoint]",
             )
-    if init.optimizer_state:
-        yield Finding(
-            about=(("init", "checkpoint", "optimizer_state"), ("init", "checkpoint", "format")),
-            message='$.init.checkpoint.optimizer_state = true is not supported yet with format = "megatron": '
-            "the model weights load, Megatron-LM's optimizer state, scheduler and iteration do not",
-            hint="set optimizer_state = false (training starts at step 0 from the checkpoint's weights)",
-        )
 
 
 def rule_stopping_saves_a_checkpoint(spec: Spec, ctx: SpecContext) -> Iterator[Finding]:

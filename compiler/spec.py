@@ -432,13 +432,13 @@ class InitCheckpoint:
     """[init.checkpoint]: start from weights written by another framework."""
 
     format: CheckpointFormat
-    """orbax: an Orbax/Flax checkpoint read with tensorstore (no JAX needed). huggingface: a Hugging Face model folder's safetensors (model.safetensors, or shards with model.safetensors.index.json; bridgec import hf writes the matching [model]). megatron: a torch_dist checkpoint saved by Megatron-LM or Megatron Bridge (model weights; its args are compared with the spec first). The other keys here are Orbax's and must stay unset for huggingface and megatron."""
+    """orbax: an Orbax/Flax checkpoint read with tensorstore (no JAX needed). huggingface: a Hugging Face model folder's safetensors (model.safetensors, or shards with model.safetensors.index.json; bridgec import hf writes the matching [model]). megatron: a torch_dist checkpoint saved by Megatron-LM or Megatron Bridge (model weights, and with optimizer_state its optimizer state, schedule and iteration; its args are compared with the spec first). The other keys here are Orbax's and must stay unset for huggingface and megatron, except optimizer_state for megatron."""
     path: str
     """orbax: the checkpoint item folder, e.g. ckpt/1000/items; huggingface: the model folder; megatron: the save folder (its latest_checkpointed_iteration.txt names the iteration) or one iter_NNNNNNN folder. Relative to the spec's folder."""
     layout: CheckpointLayout = "maxtext"
     """How the tree is laid out: maxtext (MaxText's decoder parameter names, scanned or not)."""
     optimizer_state: bool = False
-    """Also load Adam moments and the step count from opt_state, so the schedule continues where it was."""
+    """Also load the optimizer state and the step count, so training and the schedule continue where they were. orbax: Adam moments and the count from opt_state. megatron: Megatron-LM's optimizer state (Adam moments, fp32 main parameters), opt_param_scheduler and iteration, and the consumed samples of its args (the data continues there)."""
     optimizer_type: AdamStateKind = "adamw"
     """optimizer_state only: MaxText's opt_type that wrote the moments: adamw, or adam_pax (bias-corrected moments, converted on load)."""
     rope_layout: RopeLayout = "rotate_half"

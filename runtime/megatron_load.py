@@ -15,6 +15,14 @@ Bridge's ``run_config.yaml`` (when there is one), every tensor
 this rank will read against the index, and every shard file against the byte
 ranges the index points into (a truncated copy). Every difference is named in
 one RunError (CHECKPOINT_ERROR); nothing is loaded then.
+
+With the optimizer state (:func:`load_megatron_training_state`) the load also
+reads ``optimizer`` (megatron-core's optimizer sharded state, built with the
+checkpoint's own content metadata as Megatron-LM's load does), the schedule
+``opt_param_scheduler`` (Megatron-LM counts it in samples: divided by the
+checkpoint's global batch size into the updates bridgec counts) and the
+iteration and consumed samples of ``args``, so training continues where
+Megatron-LM stopped.
 """
 
 from __future__ import annotations
@@ -26,9 +34,12 @@ from typing import Any
 import attrs
 import torch
 import yaml
-from megatron.core import dist_checkpointing
+from megatron.core import dist_checkpointing, parallel_state
 from megatron.core.distributed import DistributedDataParallel
+from megatron.core.optimizer.distrib_optimizer import DistributedOptimizer
+from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 
+from bridgec.runtime import checkpoint_compat as compat
 from bridgec.runtime.checkpoint_checks import ARCHITECTURE, gather, model_signature, tensor_problems
 from bridgec.runtime.checkpoint_files import read_tensor_metadata
 from bridgec.runtime.errors import ExitCode, RunError
@@ -55,6 +66,22 @@ class MegatronImport:
     """The iteration the checkpoint was saved at (its ``iteration`` entry)."""
     compared_args: bool
     """Whether the checkpoint had Megatron-LM ``args`` or a Megatron Bridge run config to compare with."""
+
+
+@attrs.frozen(kw_only=True)
+class MegatronProgress:
+    """What :func:`load_megatron_training_state` loaded: the training position, in bridgec's units."""
+
+    folder: Path
+    """The ``iter_*`` folder read."""
+    step: int
+    """Updates applied: the checkpoint's ``iteration``."""
+    consumed_samples: int
+    """``args.consumed_train_samples``: where the training data continues."""
+    consumed_valid_samples: int
+    """``args.consumed_valid_samples``: where the validation data continues."""
+    schedule_steps: int
+    """The scheduler's ``num_steps`` (samples in Megatron-LM) over the checkpoint's global batch size."""
 
 
 def iteration_folder(path: Path) -> Path:
@@ -200,6 +227,29 @@ def load_megatron_weights(model: list[DistributedDataParallel], optimizer: Any, 
     the loaded weights. A RunError(CHECKPOINT_ERROR) lists every problem found on
     any rank before anything is read.
     """
+    imported, _ = _load(model, optimizer, None, path=path)
+    return imported
+
+
+def load_megatron_training_state(
+    model: list[DistributedDataParallel], optimizer: Any, scheduler: OptimizerParamScheduler, *, path: Path
+) -> MegatronProgress:
+    """Load weights, optimizer state, schedule and training position of a Megatron-LM checkpoint (collective).
+
+    As :func:`load_megatron_weights`; the checkpoint must also hold Megatron-LM's
+    optimizer state (not saved with ``--no-save-optim``), and a distributed
+    optimizer's state saved in a sharding megatron-core cannot reshard is refused
+    when the tensor/pipeline layout changed. ``scheduler`` continues at the
+    saved step with this run's settings.
+    """
+    _, progress = _load(model, optimizer, scheduler, path=path)
+    assert progress is not None  # with a scheduler, _load refuses a checkpoint it cannot read a position from
+    return progress
+
+
+def _load(
+    model: list[DistributedDataParallel], optimizer: Any, scheduler: OptimizerParamScheduler | None, *, path: Path
+) -> tuple[MegatronImport, MegatronProgress | None]:
     folder = iteration_folder(path)
     common = read_common(folder)
     args = common.get("args")
@@ -208,7 +258,19 @@ def load_megatron_weights(model: list[DistributedDataParallel], optimizer: Any, 
     problems = differences(args_view(args), ours, "the checkpoint's args") if args is not None else []
     if run_config is not None:
         problems += differences(run_config_view(run_config), ours, f"{folder / RUN_CONFIG}")
-    state = {_model_key(index, len(model)): unwrap(chunk).sharded_state_dict() for index, chunk in enumerate(model)}
+    model_state = {
+        _model_key(index, len(model)): unwrap(chunk).sharded_state_dict() for index, chunk in enumerate(model)
+    }
+    state: dict[str, Any] = dict(model_state)
+    progress = None
+    if scheduler is not None:
+        metadata = dist_checkpointing.load_content_metadata(str(folder)) or {}
+        training = training_problems(common, metadata, optimizer, folder=folder)
+        problems += training
+        if not training:
+            progress = megatron_progress(common, folder=folder)
+            compat.allocate_optimizer_state(optimizer)
+            state["optimizer"] = optimizer.sharded_state_dict(model_state, is_loading=True, metadata=metadata)
     if not problems:
         problems = tensor_problems(state, read_tensor_metadata(folder)) + truncated_files(folder)
     problems = gather(problems)
@@ -224,16 +286,78 @@ def load_megatron_weights(model: list[DistributedDataParallel], optimizer: Any, 
             loaded = dist_checkpointing.load(state, str(folder))
             for index, chunk in enumerate(model):
                 unwrap(chunk).load_state_dict(loaded[_model_key(index, len(model))], strict=True)
-            optimizer.reload_model_params()
+            if scheduler is None:
+                optimizer.reload_model_params()
+            else:
+                optimizer.load_state_dict(loaded["optimizer"])
+                compat.restore_distributed_steps(optimizer, loaded["optimizer"])
     except Exception as error:  # noqa: BLE001 - whatever broke, this run must not continue half-loaded
         raise RunError(
             ExitCode.CHECKPOINT_ERROR,
             f"loading {folder} failed ({type(error).__name__}: {str(error).strip()[:500]}); "
             "the run stops rather than continue from partly loaded weights",
         ) from None
+    if scheduler is not None and progress is not None:
+        compat.restore_schedule(scheduler, scheduler.state_dict(), progress.schedule_steps)
     iteration = common.get("iteration", 0)
-    return MegatronImport(
+    imported = MegatronImport(
         folder=folder, iteration=int(iteration), compared_args=args is not None or run_config is not None
+    )
+    return imported, progress
+
+
+def training_problems(common: dict[str, Any], metadata: dict[str, Any], optimizer: Any, *, folder: Path) -> list[str]:
+    """Why the optimizer state, schedule or position of ``common`` cannot continue in this run (empty: they can)."""
+    args = common.get("args")
+    if "opt_param_scheduler" not in common or getattr(args, "no_save_optim", False):
+        return [
+            f"{folder / COMMON}: no optimizer state or scheduler (saved with --no-save-optim?); "
+            "optimizer_state = true needs both"
+        ]
+    needed = ("consumed_train_samples", "global_batch_size")
+    missing = [name for name in needed if getattr(args, name, None) is None]
+    if missing:
+        return [f"{folder / COMMON}: its args lack {', '.join(missing)}, needed to continue the data and schedule"]
+    problems = []
+    samples, batch = common["opt_param_scheduler"].get("num_steps", 0), args.global_batch_size
+    if samples % batch:
+        problems.append(
+            f"{folder / COMMON}: opt_param_scheduler num_steps {samples} is not a whole number of "
+            f"global batches of {batch} samples"
+        )
+    sharding = metadata.get("distrib_optim_sharding_type")
+    distributed = any(isinstance(sub, DistributedOptimizer) for sub in optimizer.chained_optimizers)
+    if sharding is not None and sharding not in DistributedOptimizer.checkpoint_fully_reshardable_formats:
+        saved = (getattr(args, "tensor_model_parallel_size", 1), getattr(args, "pipeline_model_parallel_size", 1))
+        now = (
+            parallel_state.get_tensor_model_parallel_world_size(),
+            parallel_state.get_pipeline_model_parallel_world_size(),
+        )
+        if saved != now or not distributed:
+            problems.append(
+                f"{folder}: the distributed optimizer's state is saved as {sharding!r}, which megatron-core reads "
+                f"back only into a distributed optimizer at the saved tensor/pipeline layout (TP{saved[0]} PP{saved[1]}); "
+                f"this run is TP{now[0]} PP{now[1]}"
+                + ("" if distributed else " without a distributed optimizer")
+                + " (save with --dist-ckpt-optim-fully-reshardable, or set optimizer_state = false)"
+            )
+    elif sharding is None and distributed:
+        problems.append(
+            f"{folder}: the checkpoint holds a plain (not distributed) optimizer's state; this run uses the "
+            "distributed optimizer (set parallel.distributed_optimizer = false to continue it)"
+        )
+    return problems
+
+
+def megatron_progress(common: dict[str, Any], *, folder: Path) -> MegatronProgress:
+    """The training position of a checked ``common`` (see :func:`training_problems`)."""
+    args = common["args"]
+    return MegatronProgress(
+        folder=folder,
+        step=int(common.get("iteration", 0)),
+        consumed_samples=int(args.consumed_train_samples),
+        consumed_valid_samples=int(getattr(args, "consumed_valid_samples", 0) or 0),
+        schedule_steps=int(common["opt_param_scheduler"]["num_steps"]) // int(args.global_batch_size),
     )
 
 

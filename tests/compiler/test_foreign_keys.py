@@ -28,7 +28,15 @@ def test_a_megatron_key_names_the_bridgec_key_instead_of_a_misleading_did_you_me
         "spec.toml:18: unknown key 'use_distributed_optimizer' in [optimizer]; hint: use_distributed_optimizer is "
         "[parallel] distributed_optimizer here",
         "spec.toml:20: unknown key 'pretrained_checkpoint' in [checkpoint]; hint: pretrained_checkpoint is "
-        '[init.checkpoint] format = "megatron" and path here (weights; optimizer state not yet)',
+        '[init.checkpoint] format = "megatron" and path here (optimizer_state = true continues its optimizer and '
+        "schedule)",
+    ]
+
+
+def test_no_load_optim_names_optimizer_state() -> None:
+    assert messages(spec_toml(checkpoint={"no_load_optim": True})) == [
+        "spec.toml:17: unknown key 'no_load_optim' in [checkpoint]; hint: no_load_optim is [init.checkpoint] "
+        'optimizer_state = false here (the default, with format = "megatron")',
     ]
 
 

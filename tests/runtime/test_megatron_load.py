@@ -23,7 +23,17 @@ from tests.runtime import launch as runs
 HERE = Path(__file__).resolve().parent
 
 
-def spec(*, procs: int = 1, tensor: int = 1, hidden: int = 64, vocab: int = 128, init: str | None = None) -> str:
+def spec(
+    *,
+    procs: int = 1,
+    tensor: int = 1,
+    hidden: int = 64,
+    vocab: int = 128,
+    init: str | None = None,
+    iters: int = 2,
+    extra: str = "",
+    optimizer_state: bool = False,
+) -> str:
     text = f"""[run]
 name = "megatron-in"
 output_dir = "out"
@@ -42,14 +52,15 @@ tensor = {tensor}
 global_batch_size = 8
 micro_batch_size = 2
 [train]
-iters = 2
+iters = {iters}
 eval_interval = 2
 eval_iters = 2
 [optimizer]
 lr = 1e-3
-"""
+{extra}"""
     if init is not None:
         text += f'[init.checkpoint]\nformat = "megatron"\npath = "{init}"\n'
+        text += "optimizer_state = true\n" if optimizer_state else ""
     return text
 
 
@@ -62,16 +73,21 @@ def compiled(folder: Path, text: str) -> Path:
     return folder
 
 
+def write_megatron_lm(folder: Path, iteration: int) -> None:
+    """folder/mlm: the Megatron-LM checkpoint tests/runtime/megatron_lm_checkpoint.py writes from folder's script."""
+    written = subprocess.run(
+        [*runs.command(folder)[:-1], str(HERE / "megatron_lm_checkpoint.py"), str(folder / runs.SCRIPT),
+         str(folder / "mlm"), str(iteration)],
+        cwd=folder, env=runs.environment({}), capture_output=True, text=True, timeout=runs.HANG_GUARD_SECONDS,
+    )  # fmt: skip
+    assert written.returncode == 0, written.stdout[-3000:] + written.stderr[-3000:]
+
+
 @pytest.fixture(scope="module")
 def source(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A TP1 script's initial weights saved as Megatron-LM checkpoint source/mlm (iteration 5); the same script run."""
     folder = compiled(tmp_path_factory.mktemp("megatron_source"), spec())
-    written = subprocess.run(
-        [*runs.command(folder)[:-1], str(HERE / "megatron_lm_checkpoint.py"), str(folder / runs.SCRIPT),
-         str(folder / "mlm"), "5"],
-        cwd=folder, env=runs.environment({}), capture_output=True, text=True, timeout=runs.HANG_GUARD_SECONDS,
-    )  # fmt: skip
-    assert written.returncode == 0, written.stdout[-3000:] + written.stderr[-3000:]
+    write_megatron_lm(folder, 5)
     reference = runs.launch(folder)
     assert reference.returncode == 0, reference.explain()
     return folder
@@ -96,6 +112,68 @@ def test_a_checkpoint_of_another_shape_is_refused_naming_each_difference(source:
     assert "hidden_size: 64 in the checkpoint's args, 32 in this run" in result.output
     assert "vocab_size: 128 in the checkpoint's args, 256 in this run" in result.output
     assert "Traceback" not in result.output
+    assert not (folder / "out" / "spec.metrics.jsonl").exists() or not runs.losses(folder)
+
+
+SCHEDULE = "[scheduler]\nwarmup_iters = 1\n"
+"""Warmup, then cosine decay over 4 updates: the learning rate differs at every step."""
+TRAINED = SCHEDULE + '[checkpoint]\ndir = "ckpt"\nsave_interval = 2\n'
+"""4 updates at TP1, saved every 2."""
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A TP1 run of 4 updates (the reference), and its step-2 state saved as Megatron-LM checkpoint trained/mlm."""
+    folder = compiled(tmp_path_factory.mktemp("megatron_trained"), spec(iters=4, extra=TRAINED))
+    reference = runs.launch(folder)
+    assert reference.returncode == 0, reference.explain()
+    write_megatron_lm(folder, 2)
+    return folder
+
+
+def test_megatron_lm_optimizer_state_continues_at_tp2_as_at_tp1(trained: Path, tmp_path: Path) -> None:
+    continued = spec(procs=2, tensor=2, iters=4, extra=SCHEDULE, init=str(trained / "mlm"), optimizer_state=True)
+    folder = compiled(tmp_path, continued)
+    result = runs.launch(folder)
+    assert result.returncode == 0, result.explain()
+    assert (
+        f"init: weights and optimizer state from {trained / 'mlm' / 'iter_0000002'} (continuing after iteration 2)"
+        in result.output
+    )
+    expected = {record["step"]: record for record in runs.metrics(trained) if record["kind"] == "train"}
+    got = {record["step"]: record for record in runs.metrics(folder) if record["kind"] == "train"}
+    assert sorted(got) == [3, 4]  # the step count continues
+    for step in (3, 4):
+        assert abs(got[step]["loss"] - expected[step]["loss"]) <= 1e-6, (step, got[step], expected[step])
+        assert got[step]["lr"] == expected[step]["lr"], (step, got[step]["lr"], expected[step]["lr"])
+    assert expected[3]["lr"] != expected[2]["lr"]  # the schedule moves, so a restarted one would show
+    valid_expected, valid_got = runs.losses(trained, "valid"), runs.losses(folder, "valid")
+    assert abs(valid_got[4] - valid_expected[4]) <= 1e-6
+
+
+def test_optimizer_state_from_a_checkpoint_without_one_is_refused(source: Path, tmp_path: Path) -> None:
+    folder = compiled(tmp_path, spec(init=str(source / "mlm"), optimizer_state=True))
+    result = runs.launch(folder)
+    assert runs.failed_with(result, ExitCode.CHECKPOINT_ERROR), result.explain()
+    common = source / "mlm" / "iter_0000005" / "common.pt"
+    assert (
+        f"{common}: no optimizer state or scheduler (saved with --no-save-optim?); optimizer_state = true needs both"
+        in result.output
+    )
+    assert "Traceback" not in result.output
+
+
+def test_a_plain_optimizer_state_into_the_distributed_optimizer_is_refused(trained: Path, tmp_path: Path) -> None:
+    distributed = "[parallel]\ndistributed_optimizer = true\n"
+    text = spec(procs=2, iters=4, init=str(trained / "mlm"), optimizer_state=True).replace("[parallel]\n", distributed)
+    folder = compiled(tmp_path, text)
+    result = runs.launch(folder)
+    assert runs.failed_with(result, ExitCode.CHECKPOINT_ERROR), result.explain()
+    assert (
+        f"{trained / 'mlm' / 'iter_0000002'}: the checkpoint holds a plain (not distributed) optimizer's state; "
+        "this run uses the distributed optimizer (set parallel.distributed_optimizer = false to continue it)"
+        in result.output
+    )
     assert not (folder / "out" / "spec.metrics.jsonl").exists() or not runs.losses(folder)
 
 
