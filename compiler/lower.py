@@ -312,20 +312,18 @@ def _precision_section(spec: Spec, ch: Choices) -> Section:
     return Section(title="Precision", constants=tuple(constants))
 
 
-def _train_mode(spec: Spec) -> tuple[Constant, ...]:
-    """finetune is named in the script; pretrain, the default, adds nothing."""
+def _run_kind(spec: Spec) -> str:
+    """The header's name for the run: a fine-tune says where its weights come from and what starts fresh."""
     mode = c.choice(c.TrainMode, spec.train.mode)
     match mode:
         case c.TrainMode.PRETRAIN:
-            return ()
+            return "Training"
         case c.TrainMode.FINETUNE:
+            # The mode changes no constant: [init.checkpoint] loads the weights, and the optimizer state and
+            # schedule start at step 0 because validation refuses optimizer_state with it.
             return (
-                _c(
-                    "TRAIN_MODE",
-                    "finetune",
-                    "weights from [init.checkpoint], optimizer state and schedule fresh at step 0; a resume reads "
-                    "[checkpoint] dir, never the pretrained weights",
-                ),
+                "Fine-tuning (weights from [init.checkpoint]; optimizer state and schedule fresh at step 0; "
+                "a resume reads [checkpoint] dir, never the pretrained weights)"
             )
         case _:
             assert_never(mode)
@@ -333,7 +331,7 @@ def _train_mode(spec: Spec) -> tuple[Constant, ...]:
 
 def _train_section(spec: Spec) -> Section:
     t = spec.train
-    constants = [*_train_mode(spec), _c("TRAIN_ITERS", t.iters), _c("LOG_INTERVAL", t.log_interval)]
+    constants = [_c("TRAIN_ITERS", t.iters), _c("LOG_INTERVAL", t.log_interval)]
     if t.eval_interval is not None:
         constants += [_c("EVAL_INTERVAL", t.eval_interval), _c("EVAL_ITERS", t.eval_iters)]
     if t.exit_interval is not None:
@@ -673,8 +671,7 @@ def _summary(spec: Spec, ch: Choices) -> tuple[str, ...]:
         f"vocab {m.vocab_size}; {explain.human_count(counts.total)} parameters.",
         f"Layout: {world_size(spec)} processes on {spec.launch.nodes} node(s), {spec.launch.device} "
         f"({BACKEND[ch.device]}): " + ", ".join(layout) + ".",
-        ("Fine-tuning" if spec.train.mode == "finetune" else "Training")
-        + f": {spec.train.iters} steps of {spec.batch.global_batch_size} sequences "
+        _run_kind(spec) + f": {spec.train.iters} steps of {spec.batch.global_batch_size} sequences "
         f"({microbatches} microbatches of {micro} per data-parallel rank), {spec.data.kind} data, "
         f"{spec.optimizer.name} ({spec.optimizer.semantics} semantics) at lr {spec.optimizer.lr:g} "
         f"({_schedule_name(spec, ch)} schedule), "

@@ -8,7 +8,7 @@ Fine-tune a tiny Llama 3.1-style Hugging Face model on CPU (mock data).
 
 Model: GPT, 2 layers, hidden 64, 4 heads (grouped-query, 2 groups), swiglu, rmsnorm, rope positions, sequence 64, vocab 256; 123.71K parameters.
 Layout: 1 processes on 1 node(s), cpu (gloo): tensor 1, pipeline 1, data 1.
-Fine-tuning: 10 steps of 4 sequences (2 microbatches of 2 per data-parallel rank), mock data, adam (megatron semantics) at lr 0.001 (cosine schedule), fp32.
+Fine-tuning (weights from [init.checkpoint]; optimizer state and schedule fresh at step 0; a resume reads [checkpoint] dir, never the pretrained weights): 10 steps of 4 sequences (2 microbatches of 2 per data-parallel rank), mock data, adam (megatron semantics) at lr 0.001 (cosine schedule), fp32.
 
 One training step, in order:
 1. Forward and backward over 2 microbatches of 2 sequences on each data-parallel rank; the loss is summed over the global batch's real tokens and divided once by their count.
@@ -115,7 +115,6 @@ INIT_SCHEME = "megatron"  # [init.checkpoint] overwrites every weight
 DTYPE = "fp32"
 
 # Training loop
-TRAIN_MODE = "finetune"  # weights from [init.checkpoint], optimizer state and schedule fresh at step 0; a resume reads [checkpoint] dir, never the pretrained weights
 TRAIN_ITERS = 10
 LOG_INTERVAL = 1
 ON_NONFINITE = "skip"

@@ -8,7 +8,7 @@ Fine-tune Llama-3.1-8B from its Hugging Face weights on 8 GPUs.
 
 Model: GPT, 32 layers, hidden 4096, 32 heads (grouped-query, 8 groups), swiglu, rmsnorm, rope positions, sequence 4096, vocab 128256; 8.03B parameters.
 Layout: 8 processes on 1 node(s), cuda (nccl): tensor 2, pipeline 1, data 4.
-Fine-tuning: 1000 steps of 64 sequences (16 microbatches of 1 per data-parallel rank), mock data, adam (megatron semantics) at lr 1e-05 (cosine schedule), bf16.
+Fine-tuning (weights from [init.checkpoint]; optimizer state and schedule fresh at step 0; a resume reads [checkpoint] dir, never the pretrained weights): 1000 steps of 64 sequences (16 microbatches of 1 per data-parallel rank), mock data, adam (megatron semantics) at lr 1e-05 (cosine schedule), bf16.
 
 One training step, in order:
 1. Forward and backward over 16 microbatches of 1 sequences on each data-parallel rank; the loss is summed over the global batch's real tokens and divided once by their count.
@@ -114,7 +114,6 @@ INIT_SCHEME = "megatron"  # [init.checkpoint] overwrites every weight
 DTYPE = "bf16"
 
 # Training loop
-TRAIN_MODE = "finetune"  # weights from [init.checkpoint], optimizer state and schedule fresh at step 0; a resume reads [checkpoint] dir, never the pretrained weights
 TRAIN_ITERS = 1000
 LOG_INTERVAL = 10
 EVAL_INTERVAL = 250

@@ -73,7 +73,7 @@ def test_a_finetune_starts_fresh_and_resumes_from_its_own_checkpoints(tmp_path: 
 
     spec = SPEC.format(name="ft", iters=4, train='mode = "finetune"\nexit_interval = 2', extra=FINETUNE)
     ft = compile_to(tmp_path, spec, name="ft.toml", output="ft.py")
-    assert 'TRAIN_MODE = "finetune"' in ft.read_text()
+    assert "Fine-tuning (weights from [init.checkpoint]; optimizer state and schedule fresh at step 0" in ft.read_text()
     started = launch(ft, 1)
     # The worker exits 75 (stopped to resume later); torchrun reports that as its own failure, 1.
     assert started.returncode == 1 and "exit_interval 2 reached; checkpoint saved" in started.stdout, started.explain()
