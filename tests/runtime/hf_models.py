@@ -60,7 +60,11 @@ def families() -> list[Family]:
         ),
         Family(name="qwen2", config=transformers.Qwen2Config(**_sizes(tie_word_embeddings=False)), dtype=torch.float16),
         Family(name="qwen3", config=transformers.Qwen3Config(**_sizes(head_dim=32, tie_word_embeddings=True))),
-        Family(name="gemma", config=transformers.GemmaConfig(**_sizes(head_dim=24, tie_word_embeddings=True))),
+        # intermediate_size 128: on PP2 both stages read the tied embedding, which must stay a small share.
+        Family(
+            name="gemma",
+            config=transformers.GemmaConfig(**_sizes(head_dim=24, intermediate_size=128, tie_word_embeddings=True)),
+        ),
         Family(
             name="qwen3moe",
             config=transformers.Qwen3MoeConfig(
