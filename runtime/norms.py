@@ -22,7 +22,7 @@ from megatron.core.transformer.spec_utils import ModuleSpec
 from megatron.core.transformer.torch_norm import WrappedTorchNorm
 from megatron.core.transformer.transformer_block import TransformerBlockSubmodules, get_num_layers_to_build
 
-__all__ = ["ZeroCenteredNorm", "scale_embeddings", "zero_centered_block"]
+__all__ = ["ZeroCenteredNorm", "scale_embeddings", "zero_centered_block", "zero_centered_layer"]
 
 
 class ZeroCenteredNorm(torch.nn.Module):
@@ -59,6 +59,13 @@ def _swap(spec: object) -> object:
     return spec
 
 
+def zero_centered_layer(layer_spec: ModuleSpec) -> ModuleSpec:
+    """``layer_spec`` with ZeroCenteredNorm wherever it has megatron-core's local norm (layer norms, QK norms)."""
+    layer = _swap(layer_spec)
+    assert isinstance(layer, ModuleSpec)
+    return layer
+
+
 def zero_centered_block(
     layer_spec: ModuleSpec, *, config: TransformerConfig, vp_stage: int | None
 ) -> TransformerBlockSubmodules:
@@ -67,8 +74,7 @@ def zero_centered_block(
     A layer spec alone leaves the final norm to megatron-core (its local norm);
     the block spec names it. The layer count is megatron-core's for this chunk.
     """
-    layer = _swap(layer_spec)
-    assert isinstance(layer, ModuleSpec)
+    layer = zero_centered_layer(layer_spec)
     layers = get_num_layers_to_build(config, vp_stage=vp_stage)
     return TransformerBlockSubmodules(layer_specs=[layer] * layers, layer_norm=ZeroCenteredNorm)
 
