@@ -33,6 +33,7 @@ ARCHITECTURES = (
     "Qwen2ForCausalLM",
     "Qwen3ForCausalLM",
     "Qwen3MoeForCausalLM",
+    "GemmaForCausalLM",
 )
 """The families whose weights runtime.models.gpt's Hugging Face names describe."""
 
@@ -213,13 +214,17 @@ def _model(m: _Mapper, architecture: str) -> None:
     put("seq_length", seq, f"training length; max_position_embeddings = {positions}")
     put("normalization", "rmsnorm", "RMSNorm in every *ForCausalLM family mapped here")
     put("norm_epsilon", float(eps), "rms_norm_eps")
-    activation = m.get("hidden_act", "silu")
-    if activation != "silu":
-        m.refuse("hidden_act", f"hidden_act = {activation!r}: the gated MLP maps to swiglu only with silu")
-    put("activation", "swiglu", "hidden_act = silu: gate_proj/up_proj/down_proj")
+    if architecture == "GemmaForCausalLM":
+        _gemma(m, put, hidden)
+    else:
+        activation = m.get("hidden_act", "silu")
+        if activation != "silu":
+            m.refuse("hidden_act", f"hidden_act = {activation!r}: the gated MLP maps to swiglu only with silu")
+        put("activation", "swiglu", "hidden_act = silu: gate_proj/up_proj/down_proj")
     put("position_embedding", "rope", "rotary position embedding (rotate-half, as transformers applies it)")
     _rope(m, put)
-    put("tie_embeddings", bool(m.get("tie_word_embeddings", False)), "tie_word_embeddings")
+    tied = m.get("tie_word_embeddings", architecture == "GemmaForCausalLM")  # transformers' default per family
+    put("tie_embeddings", bool(tied), "tie_word_embeddings")
     put("add_bias_linear", False, "no biases in the linear layers")
     _biases(m, architecture, put)
     if architecture in ("Qwen3ForCausalLM", "Qwen3MoeForCausalLM"):
@@ -233,6 +238,27 @@ def _model(m: _Mapper, architecture: str) -> None:
     layer_types = m.get("layer_types")
     if layer_types is not None and any(kind != "full_attention" for kind in layer_types):
         m.refuse("layer_types", f"layer_types holds {sorted(set(layer_types))}: only full_attention maps")
+
+
+GEMMA_ACTIVATIONS = ("gelu_pytorch_tanh", "gelu")
+"""Gemma's hidden_act values that mean tanh GELU (transformers reads the released folders' "gelu" as tanh)."""
+
+
+def _gemma(m: _Mapper, put: Callable[[str, Any, str], None], hidden: int) -> None:
+    """Gemma: RMSNorm applying 1 + weight, embeddings scaled by sqrt(hidden_size), GeGLU with tanh GELU."""
+    put("norm_zero_centered", True, "Gemma's RMSNorm applies 1 + weight (weights stored zero-centred)")
+    # transformers 4.x wrote hidden_activation beside hidden_act and used it; 5.x reads hidden_act only.
+    key = "hidden_activation" if m.config.get("hidden_activation") is not None else "hidden_act"
+    activation = m.get(key, "gelu_pytorch_tanh")
+    m.used.add("hidden_act")
+    if activation not in GEMMA_ACTIVATIONS:
+        m.refuse(key, f"{key} = {activation!r}: Gemma's gated MLP maps to geglu with tanh GELU only")
+    legacy = ' (transformers reads Gemma\'s "gelu" as tanh)' if activation == "gelu" else ""
+    put("activation", "geglu", f"{key} = {activation}{legacy}: gelu(gate_proj) x up_proj, then down_proj")
+    put("gelu_approximation", "tanh", f"{key} = {activation}: the tanh approximation")
+    put("embedding_multiplier", math.sqrt(hidden), f"sqrt(hidden_size = {hidden}): Gemma scales its input embeddings")
+    if m.get("use_bidirectional_attention"):
+        m.refuse("use_bidirectional_attention", "use_bidirectional_attention = true: bridgec trains causal models")
 
 
 def _experts(m: _Mapper, put: Callable[[str, Any, str], None]) -> None:

@@ -8,6 +8,7 @@ validation passed (divisibility holds); it never rewrites a value the user set.
 
 from __future__ import annotations
 
+import math
 import shlex
 from pathlib import PurePosixPath
 from typing import assert_never
@@ -75,6 +76,15 @@ class Target:
 
 def _c(name: str, value: Value, why: str | None = None, *, text: bool = False) -> Constant:
     return Constant(name=name, value=value, why=why, from_spec_text=text)
+
+
+def _embedding_multiplier(spec: Spec) -> tuple[Constant, ...]:
+    m = spec.model
+    if m.embedding_multiplier == 1.0:
+        return ()
+    root = math.sqrt(m.hidden_size)
+    why = f"sqrt(hidden {m.hidden_size}) = {root!r}" if math.isclose(m.embedding_multiplier, root) else None
+    return (_c("EMBEDDING_MULTIPLIER", m.embedding_multiplier, why),)
 
 
 def _torchrun_options(spec: Spec) -> str:
@@ -237,6 +247,7 @@ def _model_section(spec: Spec) -> Section:
         ),
         _c("SEQ_LENGTH", m.seq_length),
         _c("TIE_EMBEDDINGS", m.tie_embeddings),
+        *_embedding_multiplier(spec),
         _c("NORM_EPSILON", m.norm_epsilon),
         _c("DROPOUT", m.dropout),
         _c("INIT_METHOD_STD", m.init_method_std),

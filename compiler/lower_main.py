@@ -19,7 +19,9 @@ from bridgec.compiler.lower_model import (
     activation_function,
     arg,
     layer_spec_function,
+    local_zero_centered,
     names,
+    scaled_embeddings,
 )
 from bridgec.compiler.plan import (
     Argument,
@@ -678,6 +680,10 @@ def imports(spec: Spec, ch: Choices, *, schedule: Call | None, forward: ForwardP
         need["checkpoint"].add("DistCheckpointer")
     if activation == "gelu_tanh":
         need["model"].add("gelu_tanh")
+    if local_zero_centered(spec, ch):
+        need["norms"].add("zero_centered_block")
+    if scaled_embeddings(spec):
+        need["norms"].add("scale_embeddings")
     if forward.hook is None or main.after_model or spec.init.checkpoint is not None:
         need["model"].add("unwrap")  # bridgec's forward_step, the query scaling and the checkpoint import use it
     if main.after_model:

@@ -376,6 +376,35 @@ def _layer_spec(spec: Spec, ch: Choices) -> Call:
     return Call(function=layer_spec_function(ch), arguments=(*experts, *rest))
 
 
+def local_zero_centered(spec: Spec, ch: Choices) -> bool:
+    """Zero-centred norms on the local path: bridgec's norm (runtime.norms) in every norm slot of the block."""
+    match ch.transformer_impl:
+        case c.TransformerImpl.LOCAL:
+            return spec.model.norm_zero_centered
+        case c.TransformerImpl.TRANSFORMER_ENGINE:
+            return False  # transformer-engine's norms honour layernorm_zero_centered_gamma themselves
+        case _:
+            assert_never(ch.transformer_impl)
+
+
+def scaled_embeddings(spec: Spec) -> bool:
+    return spec.model.embedding_multiplier != 1.0
+
+
+def _block_spec(spec: Spec, ch: Choices) -> Call:
+    layer = _layer_spec(spec, ch)
+    if not local_zero_centered(spec, ch):
+        return layer
+    return Call(
+        function="zero_centered_block",
+        arguments=(
+            arg(None, layer),
+            arg("config", Code(text="transformer_config()")),
+            arg("vp_stage", Code(text="vp_stage")),
+        ),
+    )
+
+
 def _gpt_model(spec: Spec, ch: Choices) -> Call:
     match ch.position_embedding:
         case c.PositionEmbedding.ROPE:
@@ -394,7 +423,7 @@ def _gpt_model(spec: Spec, ch: Choices) -> Call:
         function="GPTModel",
         arguments=(
             arg("config", Code(text="transformer_config()")),
-            arg("transformer_layer_spec", _layer_spec(spec, ch)),
+            arg("transformer_layer_spec", _block_spec(spec, ch)),
             *names(
                 ("vocab_size", "PADDED_VOCAB_SIZE"),
                 ("max_sequence_length", "SEQ_LENGTH"),
@@ -410,7 +439,13 @@ def _gpt_model(spec: Spec, ch: Choices) -> Call:
 
 
 def model_plan(spec: Spec, ch: Choices) -> ModelPlan:
-    return ModelPlan(config=_transformer_config(spec, ch), gpt=_gpt_model(spec, ch))
+    gpt = _gpt_model(spec, ch)
+    if scaled_embeddings(spec):
+        gpt = Call(
+            function="scale_embeddings",
+            arguments=(arg(None, gpt), arg("multiplier", Code(text="EMBEDDING_MULTIPLIER"), "megatron-core has none")),
+        )
+    return ModelPlan(config=_transformer_config(spec, ch), gpt=gpt)
 
 
 # --------------------------------------------------------------------------------------------

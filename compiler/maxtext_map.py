@@ -54,7 +54,7 @@ def map_config(
     reader = ConfigReader(config=config, origin=origin, names=names)
     _map_run(reader, model_label)
     launch = map_launch(reader, devices=devices, nodes=nodes, device=device)
-    model = map_model(reader, device=device)
+    model = map_model(reader)
     if model is None:  # no decoder block or scale to map: nothing else is read
         return reader.result()
     map_parallel_and_batch(reader, model, launch)

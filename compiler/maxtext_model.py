@@ -69,7 +69,7 @@ class _Dimensions:
     seq_length: int
 
 
-def map_model(reader: ConfigReader, *, device: str) -> ModelFacts | None:
+def map_model(reader: ConfigReader) -> ModelFacts | None:
     """[model]; None when the decoder block or the scale cannot be mapped (nothing else is then read)."""
     name = reader.get("decoder_block")
     block = BLOCKS.get(name)
@@ -98,18 +98,6 @@ def map_model(reader: ConfigReader, *, device: str) -> ModelFacts | None:
         f"{name} blocks have biases" if block.biases else f"{name} blocks have no biases",
     )
     _dropout(reader)
-    if block.layernorm and device == "cuda":
-        reader.put(
-            "model",
-            "transformer_impl",
-            "transformer_engine",
-            "norm_zero_centered needs transformer-engine's norm (megatron-core's torch norm lacks it)",
-        )
-    elif block.layernorm:
-        reader.note(
-            f"{name}'s zero-centred LayerNorm (norm_zero_centered) needs a norm applying 1 + scale: megatron-core's "
-            "local torch norm refuses layernorm_zero_centered_gamma, transformer-engine (cuda) has it"
-        )
     _experts(reader, block)
     return ModelFacts(block=block, layers=sizes.layers)
 

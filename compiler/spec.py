@@ -140,7 +140,7 @@ class Model:
     norm_epsilon: float = 1e-5
     """Epsilon inside the norms."""
     norm_zero_centered: bool = False
-    """Norm scales are stored as (scale - 1), start at 0 and are applied as 1 + scale (MaxText's gpt3 LayerNorm, megatron's layernorm_zero_centered_gamma). Same function; weight decay then pulls the scale towards 1, not 0."""
+    """Norm scales are stored as (scale - 1), start at 0 and are applied as 1 + scale (MaxText's gpt3 LayerNorm, Gemma's RMSNorm, megatron's layernorm_zero_centered_gamma). Same function; weight decay then pulls the scale towards 1, not 0. transformer_engine's norms apply it themselves; on the local path bridgec's norm does (runtime.norms.zero_centered_block)."""
     activation: Activation = "gelu"
     """gelu, swiglu (gated SiLU) or geglu (gated GELU, MaxText's ["gelu", "linear"]); gated ones have ffn_hidden_size per branch."""
     gelu_approximation: GeluApproximation = "none"
@@ -153,6 +153,8 @@ class Model:
     """Llama 3.1 RoPE frequency scaling with this factor (Hugging Face rope_scaling type llama3; megatron-core's rope_scaling, which fixes low_freq_factor 1, high_freq_factor 4 and original_max_position_embeddings 8192). Unset: no scaling. rope only."""
     tie_embeddings: bool = True
     """Share the input embedding with the output projection."""
+    embedding_multiplier: float = 1.0
+    """Multiply the word embeddings by this before the first layer (Gemma's sqrt(hidden_size), applied in the embeddings' dtype). megatron-core has no such option, so the runtime applies it to the embedding's output (runtime.norms.scale_embeddings)."""
     logits_multiplier: float = 1.0
     """Multiply the output logits by this before the loss. MaxText's normalize_embedding_logits with tied embeddings is 1 / sqrt(hidden_size); megatron-core has no such option, so the runtime applies it in the loss."""
     add_bias_linear: bool = True

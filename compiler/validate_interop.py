@@ -292,15 +292,13 @@ def rule_gelu_approximation(spec: Spec, ctx: SpecContext) -> Iterator[Finding]:
         )
 
 
-def rule_zero_centered_norm_needs_te(spec: Spec, ctx: SpecContext) -> Iterator[Finding]:
-    m = spec.model
-    if m.norm_zero_centered and m.transformer_impl != "transformer_engine":
+def rule_embedding_multiplier(spec: Spec, ctx: SpecContext) -> Iterator[Finding]:
+    multiplier = spec.model.embedding_multiplier
+    if multiplier <= 0:
         yield Finding(
-            about=(("model", "norm_zero_centered"), ("model", "transformer_impl")),
-            message="$.model.norm_zero_centered = true needs model.transformer_impl = "
-            '"transformer_engine" (megatron-core\'s local norm does not implement '
-            "layernorm_zero_centered_gamma)",
-            hint='set transformer_impl = "transformer_engine" (and device = "cuda"), or remove norm_zero_centered',
+            about=(("model", "embedding_multiplier"),),
+            message=f"$.model.embedding_multiplier = {multiplier} must be positive",
+            hint="set embedding_multiplier > 0 (1.0 leaves the embeddings as they are; Gemma: sqrt(hidden_size))",
         )
 
 
@@ -395,7 +393,7 @@ INTEROP_RULES: tuple[Rule, ...] = (
     rule_optax_pieces,
     rule_maxtext_loss,
     rule_gelu_approximation,
-    rule_zero_centered_norm_needs_te,
+    rule_embedding_multiplier,
     rule_init_checkpoint_model,
     rule_huggingface_checkpoint_keys,
     rule_rope_scaling_needs_rope,

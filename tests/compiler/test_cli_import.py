@@ -79,7 +79,7 @@ def test_import_errors_are_reported_without_writing(configs: ConfigFolder, tmp_p
 def test_an_import_that_does_not_validate_says_so_and_names_no_absolute_path(
     configs: ConfigFolder, tmp_path: Path
 ) -> None:
-    """gpt3-52k on the CPU: its zero-centred LayerNorm needs Transformer Engine, which validation says at import."""
+    """gpt3-52k with context parallelism on the CPU: it needs Transformer Engine, which validation says at import."""
     base = configs.base.resolve()
     (tmp_path / "run").mkdir()
     result = _run(
@@ -87,8 +87,9 @@ def test_an_import_that_does_not_validate_says_so_and_names_no_absolute_path(
         "maxtext",
         str(base),
         "model_name=gpt3-52k",
+        "ici_context_parallelism=2",
         "--devices",
-        "1",
+        "2",
         "--device",
         "cpu",
         "-o",
@@ -96,9 +97,7 @@ def test_an_import_that_does_not_validate_says_so_and_names_no_absolute_path(
         cwd=tmp_path / "run",
     )
     assert result.returncode == 2
-    assert 'spec.toml:36: $.model.norm_zero_centered = true needs model.transformer_impl = "transformer_engine"' in (
-        result.stderr
-    )
+    assert 'spec.toml:41: $.parallel.context = 2 needs model.transformer_impl = "transformer_engine"' in (result.stderr)
     assert result.stderr.rstrip().endswith(
         "spec.toml is written, but it does not validate yet (1 error(s) above): "
         "change what they name (or import again with other options), then: "

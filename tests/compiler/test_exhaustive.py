@@ -95,7 +95,6 @@ PIECES = {
 
 CONTEXT: dict[str, dict[str, Any]] = {
     "model.gelu_approximation": {},
-    "model.norm_zero_centered": CUDA_TE,
     "parallel.context": CUDA_TE,
     "model.rotary_base": {"model": {"position_embedding": "rope"}},
     "model.rope_scaling_factor": {"model": {"position_embedding": "rope"}},
@@ -216,6 +215,7 @@ VALUES: dict[str, list[Any]] = {
     "model.add_qkv_bias": [False, True],
     "model.tie_embeddings": [True, False],
     "model.logits_multiplier": [1.0, 0.5],
+    "model.embedding_multiplier": [1.0, 8.0],
     "model.add_bias_linear": [True, False],
     "model.dropout": [0.0, 0.1],
     "model.init_method_std": [0.02, 0.01],

@@ -38,6 +38,16 @@ QWEN3: dict[str, Any] = {
     "use_sliding_window": False, "vocab_size": 151936,
 }  # fmt: skip
 
+GEMMA: dict[str, Any] = {
+    "architectures": ["GemmaForCausalLM"], "attention_bias": False, "attention_dropout": 0.0, "bos_token_id": 2,
+    "eos_token_id": 1, "head_dim": 256, "hidden_act": "gelu", "hidden_activation": "gelu_pytorch_tanh",
+    "hidden_size": 3072, "initializer_range": 0.02, "intermediate_size": 24576, "max_position_embeddings": 8192,
+    "model_type": "gemma", "num_attention_heads": 16, "num_hidden_layers": 28, "num_key_value_heads": 16,
+    "pad_token_id": 0, "rms_norm_eps": 1e-06, "rope_scaling": None, "rope_theta": 10000.0,
+    "torch_dtype": "bfloat16", "transformers_version": "4.38.0.dev0", "use_cache": True, "vocab_size": 256000,
+}  # fmt: skip
+"""Gemma 7B's config.json as released (transformers 4.x keys; head_dim 256, not 3072 / 16)."""
+
 
 def _import(config: dict[str, Any], **kwargs: Any) -> Any:
     return import_hf(json.dumps(config), folder="model", devices=8, **kwargs)
@@ -90,6 +100,36 @@ def test_qwen2_gets_qkv_biases() -> None:
     result = _import({**QWEN3, "architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "head_dim": None})
     model = tomllib.loads(result.toml)["model"]
     assert model["add_qkv_bias"] is True and model["add_bias_linear"] is False and "qk_layernorm" not in model
+
+
+def test_gemma_zero_centred_norm_scaled_embeddings_and_tanh_geglu() -> None:
+    result = _import(GEMMA)
+    assert result.errors == ()
+    model = tomllib.loads(result.toml)["model"]
+    assert model["norm_zero_centered"] is True and model["normalization"] == "rmsnorm"
+    assert model["activation"] == "geglu" and model["gelu_approximation"] == "tanh"
+    assert model["embedding_multiplier"] == 3072**0.5 and model["head_dim"] == 256
+    assert model["tie_embeddings"] is True and model["add_bias_linear"] is False and model["num_query_groups"] == 16
+    assert "embedding_multiplier = 55.42562584220407  # sqrt(hidden_size = 3072)" in result.toml
+    assert 'activation = "geglu"  # hidden_activation = gelu_pytorch_tanh' in result.toml
+    # transformers 5 writes hidden_act only; its "gelu" in the released folders means tanh GELU too.
+    untied = {key: value for key, value in GEMMA.items() if key not in ("hidden_activation", "tie_word_embeddings")}
+    legacy = tomllib.loads(_import(untied).toml)["model"]
+    assert legacy["gelu_approximation"] == "tanh" and legacy["tie_embeddings"] is True  # Gemma's default: tied
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"hidden_activation": "relu"}, "hidden_activation = 'relu': Gemma's gated MLP maps to geglu with tanh GELU"),
+        ({"use_bidirectional_attention": True}, "use_bidirectional_attention = true: bridgec trains causal models"),
+        ({"attention_bias": True}, "attention_bias = true puts biases on q/k/v and o_proj"),
+    ],
+)
+def test_gemma_refusals_name_the_key(change: dict[str, Any], message: str) -> None:
+    result = _import({**GEMMA, **change})
+    assert result.toml is None
+    assert any(problem.message.startswith(message) for problem in result.errors), result.errors
 
 
 @pytest.mark.parametrize(

@@ -251,7 +251,8 @@ def test_array_of_tables_errors_point_at_each_element() -> None:
             "hidden_size, num_attention_heads, num_query_groups, head_dim, qk_layernorm, query_scaling, "
             "ffn_hidden_size, vocab_size, make_vocab_size_divisible_by, seq_length, normalization, norm_epsilon, "
             "norm_zero_centered, activation, gelu_approximation, position_embedding, rotary_base, "
-            "rope_scaling_factor, tie_embeddings, logits_multiplier, add_bias_linear, add_qkv_bias, dropout, "
+            "rope_scaling_factor, tie_embeddings, embedding_multiplier, logits_multiplier, add_bias_linear, add_qkv_bias, "
+            "dropout, "
             "init_method_std, transformer_impl, num_experts, moe_router_topk, moe_router_pre_softmax",
         ),
         ({"paralel": {"tensor": 2}}, "spec.toml:16: unknown table [paralel]; hint: did you mean [parallel]?"),

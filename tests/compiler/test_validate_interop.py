@@ -244,15 +244,18 @@ def test_rule_gelu_approximation() -> None:
     )
 
 
-def test_rule_zero_centered_norm_needs_te() -> None:
+def test_rule_embedding_multiplier() -> None:
     check(
-        {"model": {"norm_zero_centered": True}},
+        {"model": {"embedding_multiplier": 0.0}},
         [
-            'spec.toml:9: $.model.norm_zero_centered = true needs model.transformer_impl = "transformer_engine" '
-            "(megatron-core's local norm does not implement layernorm_zero_centered_gamma); hint: set transformer_impl = "
-            '"transformer_engine" (and device = "cuda"), or remove norm_zero_centered'
+            "spec.toml:9: $.model.embedding_multiplier = 0.0 must be positive; hint: set embedding_multiplier > 0 "
+            "(1.0 leaves the embeddings as they are; Gemma: sqrt(hidden_size))"
         ],
     )
+
+
+def test_zero_centered_norm_is_valid_on_the_local_path() -> None:
+    check({"model": {"norm_zero_centered": True}}, [])
 
 
 def test_mesh_is_resolved_before_the_layout_rules() -> None:

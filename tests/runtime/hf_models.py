@@ -41,7 +41,8 @@ def _sizes(**extra: object) -> dict[str, object]:
 
 def families() -> list[Family]:
     """Llama 3.1 (llama3 RoPE scaling, sharded), Mistral (bf16), Qwen2 (QKV biases, fp16), Qwen3 (QK norm,
-    head_dim 32 != 64 / 4, tied embeddings), Qwen3-MoE (4 experts, top 2, softmax before top-k)."""
+    head_dim 32 != 64 / 4, tied embeddings), Gemma (RMSNorm applying 1 + weight, embeddings x sqrt(64), tanh
+    GeGLU, head_dim 24, tied), Qwen3-MoE (4 experts, top 2, softmax before top-k)."""
     llama3 = {
         "rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
         "original_max_position_embeddings": 8192, "rope_theta": 500000.0,
@@ -59,6 +60,11 @@ def families() -> list[Family]:
         ),
         Family(name="qwen2", config=transformers.Qwen2Config(**_sizes(tie_word_embeddings=False)), dtype=torch.float16),
         Family(name="qwen3", config=transformers.Qwen3Config(**_sizes(head_dim=32, tie_word_embeddings=True))),
+        # intermediate_size 128: on PP2 both stages read the tied embedding, which must stay a small share.
+        Family(
+            name="gemma",
+            config=transformers.GemmaConfig(**_sizes(head_dim=24, intermediate_size=128, tie_word_embeddings=True)),
+        ),
         Family(
             name="qwen3moe",
             config=transformers.Qwen3MoeConfig(

@@ -67,3 +67,19 @@ def test_round_trip_is_bit_exact_and_transformers_loads_it(tmp_path: Path) -> No
         "convert", "megatron-to-hf", script, "--checkpoint", tmp_path / "ckpt", "--output", tmp_path / "out-fp32"
     )
     assert again.returncode == 2 and "already exists" in again.stderr and "Traceback" not in again.stderr
+
+
+def test_gemma_round_trip_is_bit_exact(tmp_path: Path) -> None:
+    """Gemma's zero-centred norm weights go through as stored (the layer applies 1 + weight): fp32 in, fp32 out."""
+    chosen = next(f for f in families() if f.name == "gemma")
+    source = save(chosen, tmp_path / "source")
+    script = import_and_compile(source, tmp_path / "spec.toml", devices=1)
+    converted = _bridgec("convert", "hf-to-megatron", script, "--output", tmp_path / "ckpt")
+    assert converted.returncode == 0, converted.stdout + converted.stderr
+    out = tmp_path / "out"
+    exported = _bridgec("convert", "megatron-to-hf", script, "--checkpoint", tmp_path / "ckpt", "--output", out)
+    assert exported.returncode == 0, exported.stdout + exported.stderr
+    before, after = _tensors(source), _tensors(out)
+    assert sorted(before) == sorted(after) and "lm_head.weight" not in after  # tied
+    for name, value in before.items():
+        assert after[name].dtype == torch.float32 and torch.equal(after[name], value), name

@@ -1,9 +1,9 @@
 """[init.checkpoint] format = "huggingface" against real transformers: logits and loss at TP1, TP2, PP2 and
 (MoE) EP2, the bytes each rank reads, and the compiled script's own step-1 loss.
 
-Five tiny families (tests/runtime/hf_models.py: Llama 3.1 with llama3 RoPE scaling saved as shards, Mistral in
+Six tiny families (tests/runtime/hf_models.py: Llama 3.1 with llama3 RoPE scaling saved as shards, Mistral in
 bf16, Qwen2 with QKV biases in fp16, Qwen3 with QK norm, head_dim != hidden / heads and tied embeddings,
-Qwen3-MoE), written by ``bridgec import hf`` and compiled; one torchrun launch per layout checks them all
+Gemma with its 1 + weight RMSNorm, scaled embeddings and tanh GeGLU, Qwen3-MoE), written by ``bridgec import hf`` and compiled; one torchrun launch per layout checks them all
 (tests/runtime/hf_parity_worker.py). The Llama spec keeps megatron's default vocabulary padding (300 -> 384
 rows): its real columns must match and its padded ones be zero.
 """
