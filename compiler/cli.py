@@ -292,11 +292,13 @@ def _packing_lines(spec: Spec, folder: Path) -> tuple[str, ...]:
         return ()
     from bridgec.runtime.sft_pack import packing_line
 
-    prefix = str(folder / spec.data.sources[0].prefix)
     return (
         "",
-        "Packing (SFT samples, first fit decreasing)",
-        "  " + packing_line(prefix, spec.model.seq_length, spec.data.split),
+        "Packing (SFT samples, first fit decreasing; each dataset of a blend packs its own samples)",
+        *(
+            "  " + packing_line(str(folder / source.prefix), spec.model.seq_length, spec.data.split)
+            for source in spec.data.sources
+        ),
     )
 
 

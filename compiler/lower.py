@@ -469,7 +469,7 @@ def _data_section(spec: Spec, ch: Choices, target: Target) -> Section:
     if indexed(ch):
         constants += [
             _c("DATA_PREFIXES", tuple(source.prefix for source in d.sources), text=True),
-            *(() if ch.data is c.DataKind.SFT else (_c("DATA_WEIGHTS", tuple(source.weight for source in d.sources)),)),
+            _c("DATA_WEIGHTS", tuple(source.weight for source in d.sources)),
             _c("DATA_SPLIT", tuple(float(part) for part in d.split)),
         ]
     constants.append(_eod_token(spec, ch, target))

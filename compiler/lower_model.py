@@ -469,17 +469,19 @@ def data_source(spec: Spec, ch: Choices) -> tuple[str, Code]:
                 ),
             )
         case c.DataKind.SFT:
+            count = len(spec.data.sources)
+            blend = f" of {count} datasets blended by weight" if count > 1 else ""
             return (
                 (
-                    "Train and validation splits of the SFT samples, packed first-fit-decreasing into sequences "
-                    "(each sample attends to itself only), their loss masks' tokens in the loss."
+                    f"Train and validation splits of the SFT samples{blend}, packed first-fit-decreasing into "
+                    "sequences (each sample attends to itself only), their loss masks' tokens in the loss."
                     if spec.data.packing
-                    else "Train and validation splits of the SFT samples: one sample per sequence, its loss mask's "
-                    "tokens in the loss."
+                    else f"Train and validation splits of the SFT samples{blend}: one sample per sequence, its loss "
+                    "mask's tokens in the loss."
                 ),
                 Code(
-                    text="SftData(prefix=str(SPEC_DIR / DATA_PREFIXES[0]), split=DATA_SPLIT"
-                    + (", packing=SFT_PACKING)" if spec.data.packing else ")")
+                    text="SftData(prefixes=tuple(str(SPEC_DIR / prefix) for prefix in DATA_PREFIXES), "
+                    "weights=DATA_WEIGHTS, split=DATA_SPLIT" + (", packing=SFT_PACKING)" if spec.data.packing else ")")
                 ),
             )
         case _:

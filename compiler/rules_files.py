@@ -72,12 +72,12 @@ def rule_data_sources_match_kind(spec: Spec, ctx: SpecContext) -> Iterator[Findi
             ".bin/.idx files to read)",
             hint='add [[data.sources]] with prefix = "path/to/tokens" (the files\' path without .bin/.idx)',
         )
-    if kind == "sft" and count != 1:
+    if kind == "sft" and count == 0:
         yield Finding(
-            about=(("data", "sources"), ("data", "kind")),
-            message=f'$.data.kind = "sft" reads one dataset written by `bridgec data build --sft`, but '
-            f"data.sources has {count} entries",
-            hint="one [[data.sources]] table with its prefix (blending SFT datasets is not supported yet)",
+            about=(("data", "kind"),),
+            message='$.data.kind = "sft" needs at least one [[data.sources]] table (a dataset written by '
+            "`bridgec data build --sft`)",
+            hint='add [[data.sources]] with prefix = "path/to/sft" (several tables are blended by weight)',
         )
     if kind == "mock" and count > 0:
         yield Finding(

@@ -370,7 +370,7 @@ class Data:
     """[data]: where tokens come from."""
 
     kind: DataKind = "mock"
-    """mock (megatron-core's synthetic, learnable sequences), indexed (.bin/.idx files) or sft (one dataset of `bridgec data build --sft`: each sample alone in a sequence, padded, only its loss-mask tokens in the loss)."""
+    """mock (megatron-core's synthetic, learnable sequences), indexed (.bin/.idx files) or sft (datasets of `bridgec data build --sft`, blended by weight: each sample alone in a sequence, padded, only its loss-mask tokens in the loss)."""
     sources: tuple[DataSource, ...] = ()
     """indexed only: [[data.sources]] tables with prefix and weight."""
     split: tuple[float, float, float] = (98.0, 1.0, 1.0)

@@ -17,7 +17,7 @@ from megatron.core.datasets.blended_dataset import BlendedDataset
 from megatron.core.datasets.gpt_dataset import MockGPTDataset
 
 from bridgec.runtime.parallel import Layout
-from bridgec.runtime.sft_data import SftDataset
+from bridgec.runtime.sft_data import SftBlend, SftDataset
 
 
 def _shown(path: Path) -> str:
@@ -35,6 +35,8 @@ def describe_data(dataset: Any, *, samples: int, seq_length: int) -> str:
     """The training split in a line: documents and tokens, and how many epochs ``samples`` sequences read."""
     if isinstance(dataset, SftDataset):
         return dataset.describe(Path(dataset.tokens.path_prefix).name)
+    if isinstance(dataset, SftBlend):
+        return dataset.describe()
     parts = _parts(dataset)
     if any(isinstance(part, MockGPTDataset) for part in parts):
         return "mock (megatron-core's synthetic sequences)"

@@ -9,6 +9,11 @@ split is reshuffled every epoch with the run's seed, the validation split read i
 repeated as often as ``num_samples`` needs. A sample longer than ``seq_length + 1`` tokens is
 refused at run start (the data build's ``--max-length`` cuts or drops them).
 
+Several datasets are blended by weight the way megatron-core blends pretraining data: its
+``build_blending_indices`` gives, for each sequence of a split, the dataset it comes from (the
+shares drawn so far stay closest to the weights), and each dataset serves its own sequences in
+its own order, repeated as often as its share needs.
+
 With ``packing`` (runtime/sft_pack.py) each split's samples are packed first-fit-decreasing into
 sequences instead: position ids restart at 0 for each sample, and each sequence carries a
 ``[1, seq, seq]`` block-diagonal causal mask (True: masked), so a sample attends to itself only,
@@ -18,6 +23,7 @@ as it would alone. The sequences, not the samples, are reshuffled every epoch.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import attrs
 import numpy as np
@@ -33,9 +39,11 @@ MASK_SUFFIX = ".loss_mask"
 
 @attrs.frozen(kw_only=True)
 class SftData:
-    """One SFT dataset: prefix.bin/.idx (tokens), prefix.loss_mask.bin/.idx, split by sample."""
+    """SFT datasets (each prefix.bin/.idx tokens and prefix.loss_mask.bin/.idx), split by sample, blended by weight."""
 
-    prefix: str
+    prefixes: tuple[str, ...]
+    weights: tuple[float, ...]
+    """Shares of the blend (normalised over all datasets); one dataset takes every sequence."""
     split: tuple[float, ...]
     packing: bool = False
     """Pack several samples into each sequence (first fit decreasing) instead of one sample per sequence."""
@@ -129,44 +137,108 @@ def _sequences(lengths: np.ndarray, part: range, seq_length: int, packing: bool)
     return [tuple(part.start + i for i in sequence) for sequence in packed.sequences]
 
 
-def build_sft_splits(
-    source: SftData, *, seq_length: int, seed: int, pad: int, num_samples: Sequence[int]
-) -> tuple[SftDataset, SftDataset | None]:
-    """The training and validation datasets of ``num_samples[0]`` and ``num_samples[1]`` sequences."""
+class SftBlend(torch.utils.data.Dataset):
+    """Sequence ``i`` is ``parts[dataset_index[i]][sample_index[i]]``: several SFT datasets blended by weight."""
+
+    def __init__(
+        self, parts: Sequence[SftDataset], dataset_index: np.ndarray, sample_index: np.ndarray, weights: np.ndarray
+    ) -> None:
+        self.parts, self.dataset_index, self.sample_index, self.weights = parts, dataset_index, sample_index, weights
+
+    def __len__(self) -> int:
+        return len(self.dataset_index)
+
+    def describe(self) -> str:
+        """Each dataset's line with its share of the blend and how many of this run's sequences it serves."""
+        counts = np.bincount(self.dataset_index, minlength=len(self.parts))
+        return "; ".join(
+            f"{part.describe(Path(part.tokens.path_prefix).name)} (weight share {share:.1%}: {int(count):,} of the {len(self):,} sequences)"
+            for part, share, count in zip(self.parts, self.weights, counts)
+        )
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        return self.parts[int(self.dataset_index[index])][int(self.sample_index[index])]
+
+
+@attrs.frozen
+class _Source:
+    prefix: str
+    tokens: IndexedDataset
+    masks: IndexedDataset
+
+
+def _open(prefix: str, seq_length: int) -> _Source:
+    """One SFT dataset's tokens and loss masks, checked against each other and ``seq_length``."""
     try:
-        tokens = IndexedDataset(source.prefix, mmap=True)
-        masks = IndexedDataset(source.prefix + MASK_SUFFIX, mmap=True)
+        tokens = IndexedDataset(prefix, mmap=True)
+        masks = IndexedDataset(prefix + MASK_SUFFIX, mmap=True)
     except (OSError, ValueError, AssertionError) as error:
         raise RunError(
-            ExitCode.DATA_ERROR, f"{source.prefix}: not an SFT dataset bridgec can read ({error})", every_rank=True
+            ExitCode.DATA_ERROR, f"{prefix}: not an SFT dataset bridgec can read ({error})", every_rank=True
         ) from None
     lengths = tokens.sequence_lengths
     if len(masks) != len(tokens) or not np.array_equal(masks.sequence_lengths, lengths):
         raise RunError(
             ExitCode.DATA_ERROR,
-            f"{source.prefix}: the loss masks ({source.prefix}{MASK_SUFFIX}) do not match the tokens sample for "
+            f"{prefix}: the loss masks ({prefix}{MASK_SUFFIX}) do not match the tokens sample for "
             "sample; rebuild with `bridgec data build --sft`",
             every_rank=True,
         )
     if (longest := int(lengths.max())) > seq_length + 1:
         raise RunError(
             ExitCode.DATA_ERROR,
-            f"{source.prefix}: a sample of {longest} tokens does not fit a sequence of seq_length {seq_length} + 1; "
+            f"{prefix}: a sample of {longest} tokens does not fit a sequence of seq_length {seq_length} + 1; "
             f"rebuild with `bridgec data build --sft --max-length {seq_length + 1} --overlong truncate` (or drop)",
             every_rank=True,
         )
-    ranges = document_ranges(source.split, len(lengths))
+    return _Source(prefix=prefix, tokens=tokens, masks=masks)
+
+
+def _blend_indices(weights: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:
+    """megatron-core's blending: for each of ``count`` sequences, its dataset and its index in that dataset."""
+    from megatron.core.datasets import helpers  # the compiled helper BlendedDataset uses
+
+    dataset_index = np.zeros(count, dtype=np.int16)
+    sample_index = np.zeros(count, dtype=np.int64)
+    helpers.build_blending_indices(dataset_index, sample_index, weights.tolist(), len(weights), count, False)
+    return dataset_index, sample_index
+
+
+def build_sft_splits(
+    source: SftData, *, seq_length: int, seed: int, pad: int, num_samples: Sequence[int]
+) -> tuple[SftDataset | SftBlend, SftDataset | SftBlend | None]:
+    """The training and validation datasets of ``num_samples[0]`` and ``num_samples[1]`` sequences."""
+    sources = [_open(prefix, seq_length) for prefix in source.prefixes]
+    weights = np.asarray(source.weights, dtype=np.float64) / sum(source.weights)
+    ranges = [document_ranges(source.split, len(s.tokens.sequence_lengths)) for s in sources]
     rng = np.random.default_rng(seed)
-    datasets = []
-    for part, count, shuffle in zip(ranges[:2], num_samples[:2], (rng, None)):
-        if part is None or count == 0:
+    datasets: list[SftDataset | SftBlend | None] = []
+    for k, (count, shuffle) in enumerate(zip(num_samples[:2], (rng, None))):
+        parts = [r[k] for r in ranges]
+        if any(part is None for part in parts) or count == 0:
             datasets.append(None)
             continue
-        sequences = _sequences(lengths, range(part.begin, part.end), seq_length, source.packing)
-        order = _repeat(np.arange(len(sequences)), count, shuffle)
-        datasets.append(
-            SftDataset(tokens, masks, sequences, order, seq_length=seq_length, pad=pad, packed=source.packing)
-        )
+        if len(sources) == 1:
+            dataset_index, sample_index = np.zeros(count, dtype=np.int16), np.arange(count, dtype=np.int64)
+        else:
+            dataset_index, sample_index = _blend_indices(weights, count)
+        built = []
+        for number, (s, part) in enumerate(zip(sources, parts)):
+            lengths = s.tokens.sequence_lengths
+            sequences = _sequences(lengths, range(part.begin, part.end), seq_length, source.packing)
+            needed = int(np.count_nonzero(dataset_index == number))
+            if needed and not sequences and len(sources) > 1:
+                raise RunError(
+                    ExitCode.DATA_ERROR,
+                    f"{s.prefix}: the {('training', 'validation')[k]} split has no samples, but the blend draws "
+                    f"{needed:,} sequences from it; give the split more samples or leave this dataset out of the blend",
+                    every_rank=True,
+                )
+            order = _repeat(np.arange(len(sequences)), needed, shuffle)
+            built.append(
+                SftDataset(s.tokens, s.masks, sequences, order, seq_length=seq_length, pad=pad, packed=source.packing)
+            )
+        datasets.append(built[0] if len(built) == 1 else SftBlend(built, dataset_index, sample_index, weights))
     if datasets[0] is None or len(datasets[0]) == 0:
         raise RunError(
             ExitCode.DATA_ERROR, "the training split is empty: give it a share in [data] split", every_rank=True

@@ -137,6 +137,7 @@ LR_DECAY_ITERS = 40  # default: train.iters 40
 
 # Data and loss
 DATA_PREFIXES = ("data/chat",)
+DATA_WEIGHTS = (1.0,)
 DATA_SPLIT = (90.0, 10.0, 0.0)
 EOD_TOKEN = 0  # from data.tokenizer = tokenizer (huggingface)
 EOD_MASK_LOSS = False
@@ -209,7 +210,7 @@ def model_provider(pre_process: bool, post_process: bool, vp_stage: int | None =
 def datasets() -> Splits:
     """Train and validation splits of the SFT samples, packed first-fit-decreasing into sequences (each sample attends to itself only), their loss masks' tokens in the loss."""
     return build_splits(
-        SftData(prefix=str(SPEC_DIR / DATA_PREFIXES[0]), split=DATA_SPLIT, packing=SFT_PACKING),
+        SftData(prefixes=tuple(str(SPEC_DIR / prefix) for prefix in DATA_PREFIXES), weights=DATA_WEIGHTS, split=DATA_SPLIT, packing=SFT_PACKING),
         seq_length=SEQ_LENGTH,
         seed=SEED,
         token_ids=TokenIds(vocab_size=VOCAB_SIZE, eod=EOD_TOKEN),

@@ -1555,14 +1555,18 @@ def test_rule_document_masking_layout() -> None:
 
 
 def test_rule_data_sources_match_kind_sft() -> None:
-    sources = [{"prefix": "data/a"}, {"prefix": "data/b"}]
     check(
-        {"data": {"kind": "sft", "eod_token": 0, "sources": sources}},
+        {"data": {"kind": "sft", "eod_token": 0}},
         [
-            'spec.toml:19: $.data.kind = "sft" reads one dataset written by `bridgec data build --sft`, but '
-            "data.sources has 2 entries; hint: one [[data.sources]] table with its prefix (blending SFT datasets is "
-            "not supported yet)"
+            'spec.toml:17: $.data.kind = "sft" needs at least one [[data.sources]] table (a dataset written by '
+            '`bridgec data build --sft`); hint: add [[data.sources]] with prefix = "path/to/sft" (several tables '
+            "are blended by weight)"
         ],
+    )
+    sources = [{"prefix": "data/a", "weight": 3.0}, {"prefix": "data/b"}]
+    check(  # several SFT datasets are a blend
+        {"data": {"kind": "sft", "eod_token": 0, "sources": sources}},
+        [],
         files={f"data/{n}{ext}": "" for n in "ab" for ext in (".bin", ".idx", ".loss_mask.bin", ".loss_mask.idx")},
     )
 

@@ -79,11 +79,13 @@ def _loss_and_grads(model: GPTModel, batch, *, mask: bool = True) -> tuple[torch
 
 def test_a_packed_batch_equals_its_samples_unpacked(megatron_world1: None, sft_prefix: Path) -> None:
     common = {"seq_length": SEQ, "seed": 1, "pad": 0}
-    packed, _ = build_sft_splits(SftData(prefix=str(sft_prefix), split=(1.0, 0.0, 0.0), packing=True), **common, num_samples=(4, 0))  # fmt: skip
+    packed, _ = build_sft_splits(SftData(prefixes=(str(sft_prefix),), weights=(1.0,), split=(1.0, 0.0, 0.0), packing=True), **common, num_samples=(4, 0))  # fmt: skip
     sequences = len(packed.sequences)
     assert sequences < 9, "the nine samples should share sequences"
     assert sorted(s for seq in packed.sequences for s in seq) == list(range(9))
-    plain, _ = build_sft_splits(SftData(prefix=str(sft_prefix), split=(1.0, 0.0, 0.0)), **common, num_samples=(9, 0))
+    plain, _ = build_sft_splits(
+        SftData(prefixes=(str(sft_prefix),), weights=(1.0,), split=(1.0, 0.0, 0.0)), **common, num_samples=(9, 0)
+    )
     plain.order = np.arange(9)  # every sample once, in order
 
     packed.order = np.arange(sequences)  # every packed sequence once
