@@ -38,3 +38,32 @@ def megatron_world1() -> Iterator[None]:
 
     model_parallel_cuda_manual_seed(1234)
     yield
+
+
+def _cpu_seconds() -> float:
+    """CPU seconds used so far by this process and every child it (or its children) waited for."""
+    import resource
+
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
+    """BRIDGEC_TEST_COST=FILE appends each test's wall and CPU seconds (children included) to FILE.
+
+    CPU seconds barely depend on what else the machine runs, so a run on a busy machine still says
+    which tests cost the suite its time on CI's two cores (tests/cost_report.py sums them per file).
+    """
+    path = os.environ.get("BRIDGEC_TEST_COST")
+    if not path:
+        yield
+        return
+    import json
+    import time
+
+    wall, cpu = time.perf_counter(), _cpu_seconds()
+    yield
+    record = {"test": item.nodeid, "wall": time.perf_counter() - wall, "cpu": _cpu_seconds() - cpu}
+    with open(path, "a", encoding="utf-8") as out:
+        out.write(json.dumps(record) + "\n")
