@@ -97,7 +97,12 @@ def gpt_config(spec: Spec) -> GPTConfig:
 
 def block_diagonal_attention(spec: Spec) -> bool:
     """Each batch carries a block-diagonal causal mask: documents (document_masking) or SFT samples (packing) kept apart."""
-    return spec.data.document_masking or spec.data.packing
+    return spec.data.document_masking or (spec.data.packing and not thd_packing(spec))
+
+
+def thd_packing(spec: Spec) -> bool:
+    """Packed SFT samples reach Transformer Engine as THD offsets (cu_seqlens), not as a [seq, seq] mask."""
+    return spec.data.packing and spec.model.transformer_impl == "transformer_engine"
 
 
 def evaluations(spec: Spec) -> int:

@@ -488,7 +488,15 @@ def _data_section(spec: Spec, ch: Choices, target: Target) -> Section:
                 "SFT_PACKING",
                 True,
                 "samples packed first-fit-decreasing into each sequence; positions restart and attention stays "
-                "inside a sample (block-diagonal mask)",
+                "inside a sample",
+            )
+        )
+    if derive.thd_packing(spec):
+        constants.append(
+            _c(
+                "PACKED_ATTENTION",
+                "thd",
+                "Transformer Engine keeps packed samples apart by their offsets (cu_seqlens, THD format), not a mask",
             )
         )
     constants.append(_c("TRAIN_SAMPLES", t.iters * g, f"train.iters {t.iters} x global {g}"))

@@ -481,7 +481,9 @@ def data_source(spec: Spec, ch: Choices) -> tuple[str, Code]:
                 ),
                 Code(
                     text="SftData(prefixes=tuple(str(SPEC_DIR / prefix) for prefix in DATA_PREFIXES), "
-                    "weights=DATA_WEIGHTS, split=DATA_SPLIT" + (", packing=SFT_PACKING)" if spec.data.packing else ")")
+                    "weights=DATA_WEIGHTS, split=DATA_SPLIT"
+                    + (", packing=SFT_PACKING" if spec.data.packing else "")
+                    + (", attention=PACKED_ATTENTION)" if derive.thd_packing(spec) else ")")
                 ),
             )
         case _:
@@ -501,12 +503,14 @@ def _token_aware(ch: Choices) -> bool:
 def _loss_lines(spec: Spec, ch: Choices) -> tuple[str, ...]:
     # The attention mask is None (megatron-core's causal mask) unless documents or packed samples are kept apart.
     mask = "batch.attention_mask" if derive.block_diagonal_attention(spec) else "None"
-    output = f"output = model(batch.tokens, batch.position_ids, {mask}, labels=batch.labels)"
+    # Packed samples for Transformer Engine: THD offsets instead of a mask (see runtime/data.py thd_params).
+    packed = ", packed_seq_params=batch.packed_seq_params" if derive.thd_packing(spec) else ""
+    output = f"output = model(batch.tokens, batch.position_ids, {mask}, labels=batch.labels{packed})"
     match ch.loss_source:
         case LossSource.MAXTEXT:
             return (
                 "# MaxText's loss needs the logits: no labels, so GPTModel returns [batch, seq, vocab / tensor] logits.",
-                f"logits = model(batch.tokens, batch.position_ids, {mask})",
+                f"logits = model(batch.tokens, batch.position_ids, {mask}{packed})",
                 "loss = functools.partial(",
                 "    maxtext_loss,",
                 "    batch.loss_mask,",

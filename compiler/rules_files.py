@@ -489,10 +489,15 @@ def rule_init_checkpoint_exists(spec: Spec, ctx: SpecContext) -> Iterator[Findin
     yield Finding(
         about=(("init", "checkpoint", "path"),),
         message=f"$.init.checkpoint.path = {render_value(checkpoint.path)} does not exist{relative}",
-        hint="point it at the checkpoint's item folder, e.g. ckpt/1000/items"
-        if checkpoint.format == "orbax"
-        else "point it at Megatron-LM's save folder (the one holding latest_checkpointed_iteration.txt)",
+        hint=_INIT_PATH_HINT[checkpoint.format],
     )
+
+
+_INIT_PATH_HINT = {
+    "orbax": "point it at the checkpoint's item folder, e.g. ckpt/1000/items",
+    "huggingface": "point it at the Hugging Face model folder (the one holding config.json and the safetensors)",
+    "megatron": "point it at Megatron-LM's save folder (the one holding latest_checkpointed_iteration.txt)",
+}
 
 
 # -- hooks ----------------------------------------------------------------------------------------

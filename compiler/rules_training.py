@@ -353,14 +353,16 @@ def _block_diagonal_layout(spec: Spec, key: str) -> Iterator[Finding]:
             "alone in its sequence, or kept apart from the others by packing",
             hint="remove document_masking (packing = true packs SFT samples and keeps them apart)",
         )
-    if spec.model.transformer_impl == "transformer_engine":
+    if spec.model.transformer_impl == "transformer_engine" and key == "document_masking":
         yield Finding(
             about=(about, ("model", "transformer_impl")),
-            message=f'$.data.{key} = true needs model.transformer_impl = "local": bridgec gives the '
+            message='$.data.document_masking = true needs model.transformer_impl = "local": bridgec gives the '
             "block-diagonal mask to megatron-core's local attention; Transformer Engine's fused attention "
-            "would need packed-sequence (THD) parameters, which bridgec does not build yet",
-            hint=f'transformer_impl = "local" under [model], or remove {key}',
+            "would need THD offsets at every end of document, which bridgec builds for packed SFT samples only",
+            hint='transformer_impl = "local" under [model], or remove document_masking',
         )
+    if spec.model.transformer_impl == "transformer_engine" and key == "packing":
+        yield from _thd_layout(spec)
     p = spec.parallel
     if p.pipeline > 2 or p.virtual_pipeline is not None:
         shown = f"parallel.pipeline = {p.pipeline}" + (
@@ -371,6 +373,26 @@ def _block_diagonal_layout(spec: Spec, key: str) -> Iterator[Finding]:
             message=f"$.data.{key} = true with {shown}: model chunks in the middle of the pipeline "
             "read no data, so they would not see where documents end (only the first and last stage do)",
             hint=f"pipeline = 2 or less and no virtual_pipeline, or remove {key}",
+        )
+
+
+def _thd_layout(spec: Spec) -> Iterator[Finding]:
+    """Packed samples reach Transformer Engine as one THD sequence per microbatch, without context parallelism."""
+    if spec.batch.micro_batch_size != 1:
+        yield Finding(
+            about=(("batch", "micro_batch_size"), ("data", "packing"), ("model", "transformer_impl")),
+            message=f"$.batch.micro_batch_size = {spec.batch.micro_batch_size} with data.packing = true on "
+            "Transformer Engine: each microbatch is one packed sequence in THD format (its samples' offsets "
+            "are the batch), so it holds exactly one",
+            hint="micro_batch_size = 1 (packing already fills each sequence with several samples)",
+        )
+    if spec.parallel.context > 1:
+        yield Finding(
+            about=(("parallel", "context"), ("data", "packing")),
+            message=f"$.parallel.context = {spec.parallel.context} with data.packing = true on Transformer Engine: "
+            "splitting packed THD sequences across context-parallel ranks (each sample padded and cut into "
+            "2 x context chunks) is not built in bridgec",
+            hint="context = 1, or remove packing",
         )
 
 

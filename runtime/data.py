@@ -22,6 +22,7 @@ import torch
 from megatron.core.datasets.blended_megatron_dataset_builder import BlendedMegatronDatasetBuilder
 from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig, MockGPTDataset
 from megatron.core.datasets.indexed_dataset import IndexedDataset
+from megatron.core.packed_seq_params import PackedSeqParams
 from megatron.core.utils import get_batch_on_this_cp_rank
 
 from bridgec.runtime.data_split import document_ranges, split_text
@@ -230,6 +231,8 @@ class Batch:
     loss_mask: torch.Tensor | None
     attention_mask: torch.Tensor | None = None
     """[batch, 1, seq, seq] booleans, True where attention is masked; None: megatron-core's causal mask."""
+    packed_seq_params: PackedSeqParams | None = None
+    """Packed SFT samples for Transformer Engine (THD format): where each sample starts; None: not packed so."""
 
 
 def next_batch(
@@ -258,4 +261,14 @@ def next_batch(
         loss_mask=raw["loss_mask"].to(device) if post_process else None,
         # Every stage that reads data runs attention, so each takes the mask (present with document masking).
         attention_mask=raw["attention_mask"].to(device) if "attention_mask" in raw else None,
+        packed_seq_params=thd_params(raw["cu_seqlens"], device) if "cu_seqlens" in raw else None,
+    )
+
+
+def thd_params(cu_seqlens: torch.Tensor, device: torch.device) -> PackedSeqParams:
+    """Transformer Engine's THD parameters of one packed sequence (micro_batch_size 1: its [1, k] offsets)."""
+    offsets = cu_seqlens.reshape(-1).to(device=device, dtype=torch.int32)
+    longest = int((offsets[1:] - offsets[:-1]).max())
+    return PackedSeqParams(
+        qkv_format="thd", cu_seqlens_q=offsets, cu_seqlens_kv=offsets, max_seqlen_q=longest, max_seqlen_kv=longest
     )

@@ -17,13 +17,17 @@ its own order, repeated as often as its share needs.
 With ``packing`` (runtime/sft_pack.py) each split's samples are packed first-fit-decreasing into
 sequences instead: position ids restart at 0 for each sample, and each sequence carries a
 ``[1, seq, seq]`` block-diagonal causal mask (True: masked), so a sample attends to itself only,
-as it would alone. The sequences, not the samples, are reshuffled every epoch.
+as it would alone. The sequences, not the samples, are reshuffled every epoch. For Transformer
+Engine (``attention = "thd"``) each sequence carries ``cu_seqlens`` instead of the mask: the
+offsets where its samples (and the trailing padding, a block of its own) start, plus the end,
+which ``runtime/data.py`` turns into megatron-core's THD ``PackedSeqParams``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Literal
 
 import attrs
 import numpy as np
@@ -47,6 +51,8 @@ class SftData:
     split: tuple[float, ...]
     packing: bool = False
     """Pack several samples into each sequence (first fit decreasing) instead of one sample per sequence."""
+    attention: Literal["mask", "thd"] = "mask"
+    """How packed samples are kept apart: a block-diagonal mask (local attention) or cu_seqlens (Transformer Engine)."""
 
 
 class SftDataset(torch.utils.data.Dataset):
@@ -62,9 +68,10 @@ class SftDataset(torch.utils.data.Dataset):
         seq_length: int,
         pad: int,
         packed: bool,
+        attention: Literal["mask", "thd"] = "mask",
     ) -> None:
         self.tokens, self.masks, self.sequences, self.order = tokens, masks, sequences, order
-        self.seq_length, self.pad, self.packed = seq_length, pad, packed
+        self.seq_length, self.pad, self.packed, self.attention = seq_length, pad, packed, attention
 
     def __len__(self) -> int:
         return len(self.order)
@@ -110,12 +117,17 @@ class SftDataset(torch.utils.data.Dataset):
             item["position_ids"] = torch.arange(seq, dtype=torch.long)
             return item
         position_ids[at:] = np.arange(seq - at)  # the padding is a block of its own: no row is fully masked
+        item["position_ids"] = torch.from_numpy(position_ids)
+        if self.attention == "thd":
+            # Transformer Engine's THD format: cumulative sequence lengths, the padding as a last block.
+            bounds = [*starts, at] + ([seq] if at < seq else [])
+            item["cu_seqlens"] = torch.tensor(bounds, dtype=torch.int32)
+            return item
         document = np.zeros(seq, dtype=np.int64)
         for number, start in enumerate([*starts[1:], at], start=1):
             document[start:] = number
         same = document[:, None] == document[None, :]
         causal = np.tril(np.ones((seq, seq), dtype=bool))
-        item["position_ids"] = torch.from_numpy(position_ids)
         # megatron-core's convention (as GPTDataset's create_attention_mask): True where attention is masked.
         item["attention_mask"] = torch.from_numpy(~(same & causal)).unsqueeze(0)
         return item
@@ -236,7 +248,16 @@ def build_sft_splits(
                 )
             order = _repeat(np.arange(len(sequences)), needed, shuffle)
             built.append(
-                SftDataset(s.tokens, s.masks, sequences, order, seq_length=seq_length, pad=pad, packed=source.packing)
+                SftDataset(
+                    s.tokens,
+                    s.masks,
+                    sequences,
+                    order,
+                    seq_length=seq_length,
+                    pad=pad,
+                    packed=source.packing,
+                    attention=source.attention,
+                )
             )
         datasets.append(built[0] if len(built) == 1 else SftBlend(built, dataset_index, sample_index, weights))
     if datasets[0] is None or len(datasets[0]) == 0:

@@ -1091,6 +1091,14 @@ def test_rule_init_checkpoint_exists() -> None:
             "hint: point it at Megatron-LM's save folder (the one holding latest_checkpointed_iteration.txt)"
         ],
     )
+    check(
+        {"init": {"checkpoint": {"format": "huggingface", "path": "llama"}}, "model": LLAMA},
+        [
+            'spec.toml:21: $.init.checkpoint.path = "llama" does not exist (paths are relative to the spec\'s '
+            "folder); hint: point it at the Hugging Face model folder (the one holding config.json and the "
+            "safetensors)"
+        ],
+    )
 
 
 def test_rule_megatron_init_settings() -> None:
@@ -1535,8 +1543,8 @@ def test_rule_document_masking_layout() -> None:
         [
             'spec.toml:20: $.data.document_masking = true needs model.transformer_impl = "local": bridgec gives the '
             "block-diagonal mask to megatron-core's local attention; Transformer Engine's fused attention would "
-            "need packed-sequence (THD) parameters, which bridgec does not build yet; hint: transformer_impl = "
-            '"local" under [model], or remove document_masking'
+            "need THD offsets at every end of document, which bridgec builds for packed SFT samples only; hint: "
+            'transformer_impl = "local" under [model], or remove document_masking'
         ],
     )
     check(
@@ -1607,13 +1615,22 @@ def test_rule_document_masking_layout_packing() -> None:
             "pretraining documents apart"
         ],
     )
+    te = {"launch": {"device": "cuda"}, "model": {"transformer_impl": "transformer_engine"}, "data": sft}
+    check({**te, "batch": {"micro_batch_size": 1}}, [], files=files)  # THD offsets instead of the mask
     check(
-        {"launch": {"device": "cuda"}, "model": {"transformer_impl": "transformer_engine"}, "data": sft},
+        {
+            **te,
+            "batch": {"micro_batch_size": 2},
+            "parallel": {"context": 2},
+            "launch": {"device": "cuda", "procs_per_node": 2},
+        },
         [
-            'spec.toml:21: $.data.packing = true needs model.transformer_impl = "local": bridgec gives the '
-            "block-diagonal mask to megatron-core's local attention; Transformer Engine's fused attention would "
-            "need packed-sequence (THD) parameters, which bridgec does not build yet; hint: transformer_impl = "
-            '"local" under [model], or remove packing'
+            "spec.toml:12: $.batch.micro_batch_size = 2 with data.packing = true on Transformer Engine: each "
+            "microbatch is one packed sequence in THD format (its samples' offsets are the batch), so it holds "
+            "exactly one; hint: micro_batch_size = 1 (packing already fills each sequence with several samples)",
+            "spec.toml:27: $.parallel.context = 2 with data.packing = true on Transformer Engine: splitting packed "
+            "THD sequences across context-parallel ranks (each sample padded and cut into 2 x context chunks) is "
+            "not built in bridgec; hint: context = 1, or remove packing",
         ],
         files=files,
     )

@@ -1,8 +1,11 @@
-"""examples/sft-tiny: the README's SFT demo rebuilds its packed chat data, compiles and learns under torchrun (DP2)."""
+"""examples/sft-tiny: the README's SFT demo makes its tiny Hugging Face model, rebuilds its packed chat data,
+compiles, and fine-tunes from those weights under torchrun (DP2)."""
 
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,9 +17,12 @@ EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "sft-tiny"
 
 
 def test_the_sft_example_trains_on_packed_chats(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    for name in ("spec.toml", "chat.jsonl", "tokenizer"):
+    for name in ("spec.toml", "chat.jsonl", "tokenizer", "make_model.py"):
         source = EXAMPLE / name
         (shutil.copytree if source.is_dir() else shutil.copy)(source, tmp_path / name)
+    made = subprocess.run([sys.executable, "make_model.py"], cwd=tmp_path, capture_output=True, text=True)
+    assert made.returncode == 0, made.stderr
+    assert (tmp_path / "model" / "model.safetensors").is_file()
     build = [
         "data",
         "build",

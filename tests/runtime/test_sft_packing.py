@@ -158,3 +158,37 @@ def test_data_build_and_explain_report_the_packing_efficiency(
     assert main(["explain", str(tmp_path / "spec.toml")]) == 0
     out = capsys.readouterr().out
     assert f"9 training samples packed into {len(packing.sequences)} sequences of {SEQ}: {expected}" in out
+
+
+def test_thd_offsets_describe_the_same_blocks_as_the_mask(sft_prefix: Path) -> None:
+    """Transformer Engine's packed sequences (attention = "thd") carry cu_seqlens instead of the mask: the blocks
+    they bound are exactly the mask's diagonal blocks, the other fields are the same, and next_batch makes
+    megatron-core's THD PackedSeqParams of them."""
+    common = {"seq_length": SEQ, "seed": 1, "pad": 0, "num_samples": (4, 0)}
+    split = (1.0, 0.0, 0.0)
+    masked, _ = build_sft_splits(SftData(prefixes=(str(sft_prefix),), weights=(1.0,), split=split, packing=True), **common)  # fmt: skip
+    thd, _ = build_sft_splits(
+        SftData(prefixes=(str(sft_prefix),), weights=(1.0,), split=split, packing=True, attention="thd"), **common
+    )
+    for index in range(len(masked)):
+        with_mask, with_offsets = masked[index], thd[index]
+        assert "attention_mask" not in with_offsets and "cu_seqlens" not in with_mask
+        for key in ("tokens", "labels", "loss_mask", "position_ids"):
+            assert with_offsets[key].equal(with_mask[key]), key
+        offsets = with_offsets["cu_seqlens"].tolist()
+        assert offsets[0] == 0 and offsets[-1] == SEQ and offsets == sorted(set(offsets))
+        blocks = torch.zeros(SEQ, SEQ, dtype=torch.bool)
+        for start, end in zip(offsets[:-1], offsets[1:]):
+            blocks[start:end, start:end] = True
+        allowed = blocks & torch.ones(SEQ, SEQ, dtype=torch.bool).tril()
+        assert (~with_mask["attention_mask"][0]).equal(allowed)
+        # Each block's positions restart at 0, as RoPE over cu_seqlens counts them.
+        assert all(with_offsets["position_ids"][start] == 0 for start in offsets[:-1])
+
+    batch = next_batch(iter([{k: v.unsqueeze(0) for k, v in thd[0].items()}]), pre_process=True, post_process=True, device=torch.device("cpu"))  # fmt: skip
+    params = batch.packed_seq_params
+    offsets = thd[0]["cu_seqlens"]
+    assert batch.attention_mask is None and params.qkv_format == "thd"
+    assert params.cu_seqlens_q.dtype == torch.int32 and params.cu_seqlens_q.equal(offsets)
+    assert params.cu_seqlens_kv.equal(offsets)
+    assert params.max_seqlen_q == params.max_seqlen_kv == int((offsets[1:] - offsets[:-1]).max())
