@@ -192,3 +192,33 @@ def test_thd_offsets_describe_the_same_blocks_as_the_mask(sft_prefix: Path) -> N
     assert params.cu_seqlens_q.dtype == torch.int32 and params.cu_seqlens_q.equal(offsets)
     assert params.cu_seqlens_kv.equal(offsets)
     assert params.max_seqlen_q == params.max_seqlen_kv == int((offsets[1:] - offsets[:-1]).max())
+
+
+def test_packed_equals_unpacked_at_tp2_pp2_and_dp2(sft_prefix: Path, tmp_path: Path) -> None:
+    """One 2-process launch (tests/runtime/packing_layout_worker.py) checks the equality above at TP2, PP2 and DP2."""
+    import subprocess
+
+    from tests.runtime.launch import HANG_GUARD_SECONDS, TORCHRUN, environment
+
+    command = [str(TORCHRUN), "--standalone", "--nproc-per-node", "2", "-m", "tests.runtime.packing_layout_worker"]
+    done = subprocess.run(
+        [*command, str(sft_prefix), str(tmp_path)],
+        cwd=Path(__file__).resolve().parents[2],
+        env=environment({}),
+        capture_output=True,
+        text=True,
+        timeout=HANG_GUARD_SECONDS,
+    )
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+    ranks = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in range(2)]
+    for rank, report in enumerate(ranks):
+        for layout in ("tp2", "pp2", "dp2"):
+            found = report[layout]
+            assert found["grad_rel"] <= 1e-6 and found["tensors"] > 0, (rank, layout, found)
+            assert found["loss_diff"] <= 1e-6 * max(1.0, found["loss"]), (rank, layout, found)
+    assert ranks[1]["pp2"]["loss"] > 0 and ranks[0]["pp2"]["loss"] == 0  # the loss lives on the last stage
+    assert ranks[0]["dp2"]["sequences"] + ranks[1]["dp2"]["sequences"] == ranks[0]["tp2"]["sequences"]
+    assert (
+        ranks[0]["dp2"]["loss"] == ranks[1]["dp2"]["loss"] == ranks[0]["tp2"]["loss"]
+        or abs(ranks[0]["dp2"]["loss"] - ranks[0]["tp2"]["loss"]) <= 1e-5 * ranks[0]["tp2"]["loss"]
+    )
