@@ -2,8 +2,9 @@
 
 The real path: bridgec data build --sft (a tiny BPE tokenizer) -> build_sft_splits(packing on and off)
 -> next_batch -> a megatron-core GPTModel with local (CPU) attention. The masked token-loss sum of
-the packed batch and its gradients must equal those of the same samples unpacked, to 1e-6 in fp32.
-In-process at DP1 (one gloo rank).
+the packed batch and its gradients must equal those of the same samples unpacked, to 1e-6 in fp32:
+in-process at DP1 (one gloo rank), and at TP2, PP2 and DP2 in one 2-process launch
+(tests/runtime/packing_layout_worker.py).
 """
 
 from __future__ import annotations
@@ -218,7 +219,5 @@ def test_packed_equals_unpacked_at_tp2_pp2_and_dp2(sft_prefix: Path, tmp_path: P
             assert found["loss_diff"] <= 1e-6 * max(1.0, found["loss"]), (rank, layout, found)
     assert ranks[1]["pp2"]["loss"] > 0 and ranks[0]["pp2"]["loss"] == 0  # the loss lives on the last stage
     assert ranks[0]["dp2"]["sequences"] + ranks[1]["dp2"]["sequences"] == ranks[0]["tp2"]["sequences"]
-    assert (
-        ranks[0]["dp2"]["loss"] == ranks[1]["dp2"]["loss"] == ranks[0]["tp2"]["loss"]
-        or abs(ranks[0]["dp2"]["loss"] - ranks[0]["tp2"]["loss"]) <= 1e-5 * ranks[0]["tp2"]["loss"]
-    )
+    # Data parallelism summed the two halves: the same loss as all the samples on one tensor-parallel pair.
+    assert abs(ranks[0]["dp2"]["loss"] - ranks[0]["tp2"]["loss"]) <= 1e-5 * ranks[0]["tp2"]["loss"]
