@@ -41,11 +41,14 @@ def megatron_world1() -> Iterator[None]:
 
 
 def _cpu_seconds() -> float:
-    """CPU seconds used so far by this process and every child it (or its children) waited for."""
+    """CPU seconds used so far by this process, every child it (or its children) waited for, and the ranks of the
+    warm launcher's launches (tests/warm.py)."""
     import resource
 
+    from tests import warm
+
     own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime + warm.cpu_seconds()
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -20,6 +20,14 @@ real torchrun.
 
 One JSON line per launch goes to stdout: folder, launch, exit code per rank,
 and whether the hang guard had to kill it.
+
+``python -m tests.e2e.forkrun --serve`` is the same launcher kept warm for a
+whole pytest session (tests/warm.py starts it once and talks to it): one JSON
+request per stdin line (a script or a ``-m`` module, its arguments, the
+folder to run in, extra environment, the log folder, the hang guard), one
+JSON reply per stdout line with each rank's exit code. As torchrun's agent
+does, the first rank that fails gets the others SIGTERM (SIGKILL 30 s later),
+so a failure never waits for the hang guard.
 """
 
 from __future__ import annotations
@@ -59,21 +67,34 @@ def _preload() -> None:
 
 def _rank(script: Path, log_dir: Path, rank: int, procs: int, port: int) -> None:
     """The forked child: become rank ``rank`` of the launch, run the script, exit with its code. Never returns."""
+    _run_rank({"script": str(script), "cwd": str(script.parent)}, log_dir, rank, procs, port)
+
+
+def _run_rank(request: dict, log_dir: Path, rank: int, procs: int, port: int) -> None:
+    """Become rank ``rank``: logs to ``log_dir``, torchrun's environment, then run the request's script or
+    module as ``__main__`` and exit with its code. Never returns."""
     code = 1
     try:
-        os.chdir(script.parent)
+        os.chdir(request["cwd"])
         for fd, suffix in ((1, "out"), (2, "err")):
             target = os.open(log_dir / f"{rank}.{suffix}", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
             os.dup2(target, fd)
             os.close(target)
+        os.environ.update(request.get("env", {}))
         os.environ.update(
             RANK=str(rank), LOCAL_RANK=str(rank), GROUP_RANK="0", WORLD_SIZE=str(procs),
             LOCAL_WORLD_SIZE=str(procs), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
         )  # fmt: skip
-        sys.argv = [str(script)]
-        sys.path[0] = str(script.parent)
         try:
-            runpy.run_path(str(script), run_name="__main__")
+            if "module" in request:
+                sys.argv = [request["module"], *request.get("args", [])]
+                sys.path[0] = request["cwd"]
+                runpy.run_module(request["module"], run_name="__main__", alter_sys=True)
+            else:
+                script = Path(request["script"])
+                sys.argv = [str(script), *request.get("args", [])]
+                sys.path[0] = str(script.parent)
+                runpy.run_path(str(script), run_name="__main__")
             code = 0
         except SystemExit as stop:
             code = stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 1)
@@ -89,11 +110,15 @@ def _rank(script: Path, log_dir: Path, rank: int, procs: int, port: int) -> None
         os._exit(code)
 
 
-def _wait(pids: list[int]) -> tuple[dict[int, int], bool]:
-    """Exit code per rank (-N: killed by signal N); kill all once the hang guard expires."""
-    deadline = time.monotonic() + HANG_GUARD_SECONDS
+def _wait(
+    pids: list[int], guard: float = HANG_GUARD_SECONDS, stop_on_failure: bool = False
+) -> tuple[dict[int, int], bool]:
+    """Exit code per rank (-N: killed by signal N); kill all once the hang guard expires. ``stop_on_failure``:
+    the first rank to fail gets the others SIGTERM (SIGKILL 30 s later), as torchrun's agent does."""
+    deadline = time.monotonic() + guard
     codes: dict[int, int] = {}
     hung = False
+    stopping_since: float | None = None
     while len(codes) < len(pids):
         for rank, pid in enumerate(pids):
             if rank in codes:
@@ -101,13 +126,25 @@ def _wait(pids: list[int]) -> tuple[dict[int, int], bool]:
             done, status = os.waitpid(pid, os.WNOHANG)
             if done:
                 codes[rank] = os.waitstatus_to_exitcode(status)
-        if len(codes) < len(pids) and time.monotonic() > deadline and not hung:
+        running = [pid for rank, pid in enumerate(pids) if rank not in codes]
+        if stop_on_failure and stopping_since is None and running and any(codes.values()):
+            stopping_since = time.monotonic()
+            _signal(running, signal.SIGTERM)
+        if stopping_since is not None and running and time.monotonic() > stopping_since + 30:
+            _signal(running, signal.SIGKILL)
+        if running and time.monotonic() > deadline and not hung:
             hung = True
-            for rank, pid in enumerate(pids):
-                if rank not in codes:
-                    os.kill(pid, signal.SIGKILL)
+            _signal(running, signal.SIGKILL)
         time.sleep(0.02)
     return codes, hung
+
+
+def _signal(pids: list[int], number: int) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, number)
+        except ProcessLookupError:
+            pass
 
 
 def launch(folder: Path, procs: int, number: int) -> dict[str, object]:
@@ -126,7 +163,41 @@ def launch(folder: Path, procs: int, number: int) -> dict[str, object]:
     return {"folder": str(folder), "launch": number, "codes": codes, "hung": hung}
 
 
+def _children_cpu() -> float:
+    import resource
+
+    used = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return used.ru_utime + used.ru_stime
+
+
+def serve() -> int:
+    """Answer launch requests from stdin, one JSON line each, until stdin closes."""
+    _preload()
+    protocol = sys.stdout
+    for line in sys.stdin:
+        request = json.loads(line)
+        log_dir = Path(request["log_dir"])
+        log_dir.mkdir(parents=True, exist_ok=True)
+        procs, port = int(request["procs"]), _free_port()
+        pids = []
+        for rank in range(procs):
+            sys.stdout.flush()
+            sys.stderr.flush()
+            pid = os.fork()
+            if pid == 0:
+                _run_rank(request, log_dir, rank, procs, port)
+            pids.append(pid)
+        before = _children_cpu()
+        codes, hung = _wait(pids, float(request.get("guard", HANG_GUARD_SECONDS)), stop_on_failure=True)
+        reply = {"codes": codes, "hung": hung, "cpu": _children_cpu() - before}
+        protocol.write(json.dumps(reply) + "\n")
+        protocol.flush()
+    return 0
+
+
 def main(argv: list[str]) -> int:
+    if argv == ["--serve"]:
+        return serve()
     jobs = json.loads(Path(argv[0]).read_text(encoding="utf-8"))
     _preload()
     for job in jobs:

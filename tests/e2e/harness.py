@@ -1,9 +1,10 @@
-"""Compile specs into a temporary folder and launch them with torchrun, as a user would.
+"""Compile specs into a temporary folder and launch them on several processes, as a user would.
 
 Every end-to-end test goes through these two functions: ``compile_to`` runs the
 real ``bridgec compile`` (in-process, same code path as the CLI) and ``launch``
-runs ``torchrun`` in a subprocess with a generous hang guard (never a timing
-assertion).
+runs the script on several ranks with a generous hang guard (never a timing
+assertion): forked from the session's warm launcher (tests/warm.py: the ranks
+skip torchrun's ~25 CPU seconds of imports), or under ``torchrun`` itself.
 """
 
 from __future__ import annotations
@@ -13,12 +14,14 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import attrs
 
 from bridgec.compiler.cli import main as bridgec
+from tests import warm
 from tests.conftest import free_port
 
 BIN = Path(sys.executable).parent
@@ -54,8 +57,29 @@ class Launch:
         return f"exit {self.returncode}\n--- stdout\n{self.stdout[-4000:]}\n--- stderr\n{self.stderr[-6000:]}"
 
 
-def launch(script: Path, nprocs: int, *, env: dict[str, str] | None = None, args: tuple[str, ...] = ()) -> Launch:
-    """``torchrun --nproc-per-node N script`` from the script's folder."""
+def launch(
+    script: Path,
+    nprocs: int,
+    *,
+    env: dict[str, str] | None = None,
+    args: tuple[str, ...] = (),
+    torchrun: bool = False,
+) -> Launch:
+    """Run ``script`` on ``nprocs`` ranks from its folder: forked from the session's warm launcher (tests/warm.py),
+    or with ``torchrun`` (``torchrun=True``, or BRIDGEC_TEST_LAUNCHER=torchrun for every launch)."""
+    if warm.enabled() and not torchrun:
+        logs = Path(tempfile.mkdtemp(prefix="ranks-"))
+        ran = warm.run(
+            nprocs, cwd=script.parent, log_dir=logs, script=script, args=args, env=env, guard=HANG_GUARD_SECONDS
+        )
+        assert not ran.hung, f"hang guard: {script} still running after {HANG_GUARD_SECONDS} s"
+        ordered = [ran.outputs[rank] for rank in sorted(ran.outputs)]
+        return Launch(
+            returncode=ran.returncode,
+            stdout="".join(out for out, _ in ordered),
+            stderr="".join(err for _, err in ordered),
+            folder=script.parent,
+        )
     environment = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", **(env or {})}
     completed = subprocess.run(
         [str(TORCHRUN), "--nproc-per-node", str(nprocs), "--master-port", str(free_port()), script.name, *args],

@@ -77,11 +77,11 @@ def _readme_example(name: str) -> tuple[str, str]:
     return found[1], found[2]
 
 
-def _run(folder: Path, hooks_file: str, source: str, hooks_table: str, *, tensor: int):
+def _run(folder: Path, hooks_file: str, source: str, hooks_table: str, *, tensor: int, torchrun: bool = False):
     folder.mkdir(parents=True)
     (folder / hooks_file).write_text(source)
     script = compile_to(folder, SPEC.format(procs=tensor, tensor=tensor) + "\n" + hooks_table)
-    return launch(script, tensor)
+    return launch(script, tensor, torchrun=torchrun)
 
 
 def _train(result) -> list[dict]:  # noqa: ANN001 - harness.Launch
@@ -115,7 +115,7 @@ def test_the_logits_example_gives_the_same_loss_at_tensor_1_and_2(tmp_path: Path
 
 def test_a_logits_hook_with_torch_cross_entropy_at_tensor_2_is_told_what_to_use(tmp_path: Path) -> None:
     table = '[hooks]\nfile = "naive.py"\nforward_step = "naive_forward_step"\n'
-    result = _run(tmp_path / "naive", "naive.py", NAIVE, table, tensor=2)
+    result = _run(tmp_path / "naive", "naive.py", NAIVE, table, tensor=2, torchrun=True)  # its failure report
     assert result.returncode != 0 and "exitcode  : 9" in result.stderr
     assert "the loss function naive_forward_step returned from" in result.stderr
     assert "naive.py:20 in naive_loss: losses = F.cross_entropy(" in result.stderr

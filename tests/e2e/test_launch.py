@@ -6,7 +6,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.harness import compile_to, launch
+from tests.e2e import harness
+from tests.e2e.harness import compile_to
+
+
+def launch(script: Path, procs: int) -> harness.Launch:
+    """These tests are about launching: always the real torchrun."""
+    return harness.launch(script, procs, torchrun=True)
+
 
 SPEC = """
 [run]

@@ -32,6 +32,7 @@ import psutil
 import torch
 
 from bridgec.compiler.cli import main as bridgec
+from tests import warm
 
 TORCHRUN = Path(sys.executable).parent / "torchrun"
 HANG_GUARD_SECONDS = 300
@@ -261,7 +262,14 @@ def launch(
     pause_save: tuple[int, Path] | None = None,
     background_fault: tuple[int, str, Path] | None = None,
 ) -> Launch:
-    """Run the script compiled in ``folder``; wait for it to end. See :func:`start` for the faults."""
+    """Run the script compiled in ``folder``; wait for it to end. See :func:`start` for the faults.
+
+    The ranks are forked from the session's warm launcher (tests/warm.py), which stops the others once one
+    fails, as torchrun does; BRIDGEC_TEST_LAUNCHER=torchrun runs torchrun itself. A launch that a test kills
+    goes through :func:`start` (always torchrun).
+    """
+    if warm.enabled():
+        return _warm_launch(folder, pause_save=pause_save, background_fault=background_fault)
     process = start(folder, pause_save=pause_save, background_fault=background_fault)
     try:
         output, _ = process.communicate(timeout=HANG_GUARD_SECONDS)
@@ -269,6 +277,30 @@ def launch(
         kill(process)
         raise AssertionError(f"hang guard: {folder} still running after {HANG_GUARD_SECONDS} s") from None
     return finished(folder, process.returncode, output)
+
+
+def _warm_launch(
+    folder: Path, *, pause_save: tuple[int, Path] | None, background_fault: tuple[int, str, Path] | None
+) -> Launch:
+    shutil.rmtree(folder / "logs", ignore_errors=True)
+    script = _script(folder, pause_save, background_fault)
+    procs = tomllib.loads((folder / SPEC).read_text(encoding="utf-8"))["launch"]["procs_per_node"]
+    ran = warm.run(procs, cwd=folder, log_dir=folder / "logs", script=folder / script, env={}, guard=HANG_GUARD_SECONDS)
+    assert not ran.hung, f"hang guard: {folder} still running after {HANG_GUARD_SECONDS} s"
+    # As torchrun's failure report: only the ranks that did not exit 0.
+    failed = {rank: code for rank, code in ran.codes.items() if code != 0}
+    summary = f"warm launcher (tests/warm.py): exit codes {ran.codes}"
+    return Launch(
+        folder=folder, returncode=ran.returncode, exit_codes=failed, launcher_output=summary, workers=ran.outputs
+    )
+
+
+def _script(folder: Path, pause_save: tuple[int, Path] | None, background_fault: tuple[int, str, Path] | None) -> str:
+    if pause_save is not None:
+        return paused_script(folder, *pause_save)
+    if background_fault is not None:
+        return background_fault_script(folder, *background_fault)
+    return SCRIPT
 
 
 def start(
@@ -286,11 +318,7 @@ def start(
     writer of ``step``'s save pauses or fails (:data:`BACKGROUND_FAULTS`).
     """
     shutil.rmtree(folder / "logs", ignore_errors=True)
-    script = SCRIPT
-    if pause_save is not None:
-        script = paused_script(folder, *pause_save)
-    elif background_fault is not None:
-        script = background_fault_script(folder, *background_fault)
+    script = _script(folder, pause_save, background_fault)
     return subprocess.Popen(
         command(folder, script), cwd=folder, env=environment({}), stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT, text=True, start_new_session=True,
