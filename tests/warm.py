@@ -19,6 +19,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import attrs
@@ -107,3 +108,29 @@ def cpu_seconds() -> float:
 
 def _read(path: Path) -> str:
     return path.read_text(errors="replace") if path.exists() else ""
+
+
+def torchrun(
+    procs: int, target: list[str], *, cwd: Path, env: dict[str, str] | None = None, timeout: float = 600
+) -> subprocess.CompletedProcess[str]:
+    """``torchrun --standalone --nproc-per-node PROCS TARGET`` (TARGET: ``script [args]`` or ``-m module [args]``),
+    warm unless BRIDGEC_TEST_LAUNCHER=torchrun; stdout and stderr are the ranks' own, rank by rank."""
+    if not enabled():
+        command = [str(Path(sys.executable).parent / "torchrun"), "--standalone", "--nproc-per-node", str(procs)]
+        environment = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", **(env or {})}
+        return subprocess.run(
+            [*command, *target], cwd=cwd, env=environment, capture_output=True, text=True, timeout=timeout
+        )
+    module = target[1] if target[0] == "-m" else None
+    rest = target[2:] if module else target[1:]
+    script = None if module else Path(cwd) / target[0]
+    logs = Path(tempfile.mkdtemp(prefix="ranks-"))
+    ran = run(
+        procs, cwd=Path(cwd), log_dir=logs, script=script, module=module, args=tuple(rest), env=env, guard=timeout
+    )
+    if ran.hung:
+        raise subprocess.TimeoutExpired(target, timeout)
+    ordered = [ran.outputs[rank] for rank in sorted(ran.outputs)]
+    return subprocess.CompletedProcess(
+        target, ran.returncode, "".join(out for out, _ in ordered), "".join(err for _, err in ordered)
+    )

@@ -7,10 +7,9 @@ per-token losses: the pipeline moves activations, not results.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
+from tests import warm
 from tests.e2e.harness import compile_to
 
 SPEC = """
@@ -40,20 +39,7 @@ SCRIPT = Path(__file__).parent / "scripts" / "collect_outputs.py"
 def _collect(folder: Path, procs: int, pipeline: int) -> list[list[float]]:
     script = compile_to(folder, SPEC.format(procs=procs, pipeline=pipeline))
     out = folder / "collected.json"
-    completed = subprocess.run(
-        [
-            str(Path(sys.executable).parent / "torchrun"),
-            "--nproc-per-node",
-            str(procs),
-            str(SCRIPT),
-            str(script),
-            str(out),
-        ],
-        cwd=folder,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    completed = warm.torchrun(procs, [str(SCRIPT), str(script), str(out)], cwd=folder)
     assert completed.returncode == 0, completed.stderr[-4000:]
     return json.loads(out.read_text())["microbatches"]
 

@@ -10,13 +10,12 @@ the same losses as DP=1 for the same global batch.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from bridgec.compiler.cli import main as bridgec
+from tests import warm
 from tests.e2e.harness import compile_to, launch
 
 DATA = Path(__file__).parent / "data" / "tiny.jsonl"
@@ -79,18 +78,8 @@ def single(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[float]]
 
 def test_step_loss_is_the_mean_over_real_tokens(single: tuple[Path, list[float]]) -> None:
     folder, losses = single
-    reference = subprocess.run(
-        [
-            str(Path(sys.executable).parent / "torchrun"),
-            "--nproc-per-node",
-            "1",
-            str(Path(__file__).parent / "scripts" / "reference_loss.py"),
-            str(folder / "run.py"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        cwd=folder,
+    reference = warm.torchrun(
+        1, [str(Path(__file__).parent / "scripts" / "reference_loss.py"), str(folder / "run.py")], cwd=folder
     )
     assert reference.returncode == 0, reference.stderr[-4000:]
     expected = json.loads(reference.stdout.strip().splitlines()[-1])

@@ -11,13 +11,13 @@ rows): its real columns must match and its padded ones be zero.
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
 
 import pytest
 
+from tests import warm
 from tests.runtime.hf_models import families, import_and_compile, save
-from tests.runtime.launch import HANG_GUARD_SECONDS, TORCHRUN, environment
+from tests.runtime.launch import HANG_GUARD_SECONDS
 
 LAYOUTS = {"tp1": (1, 1, 1), "tp2": (2, 1, 1), "pp2": (1, 2, 1), "ep2": (1, 1, 2)}
 """tensor, pipeline, expert; ep2 (2 processes, one expert-parallel group) runs the MoE family only, and tp2 all
@@ -59,11 +59,8 @@ def _launch(models: dict[str, Path], root: Path, layout: str) -> dict[int, dict[
         step1 = import_and_compile(models["mistral"], root / "step1.toml", devices=1, **STEP1)
         pairs.append(f"{step1}:{models['mistral']}")
     out = root / f"out_{layout}"
-    command = [str(TORCHRUN), "--standalone", "--nproc-per-node", str(procs), "-m"]
-    command += ["tests.runtime.hf_parity_worker", str(out), *pairs]
-    done = subprocess.run(
-        command, cwd=REPO, env=environment({}), capture_output=True, text=True, timeout=HANG_GUARD_SECONDS
-    )
+    worker = ["-m", "tests.runtime.hf_parity_worker", str(out), *pairs]
+    done = warm.torchrun(procs, worker, cwd=REPO, timeout=HANG_GUARD_SECONDS)
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
     return {rank: json.loads((out / f"rank{rank}.json").read_text()) for rank in range(procs)}
 
@@ -103,10 +100,7 @@ def test_logits_and_loss_match_transformers(models: dict[str, Path], tmp_path: P
 
 def _check_step1_loss(*, root: Path, expected: float) -> None:
     """The compiled script's own step 1 (its data, its forward step and loss) reports transformers' loss."""
-    done = subprocess.run(
-        [str(TORCHRUN), "--standalone", "--nproc-per-node", "1", "step1.py"],
-        cwd=root, env=environment({}), capture_output=True, text=True, timeout=HANG_GUARD_SECONDS,
-    )  # fmt: skip
+    done = warm.torchrun(1, ["step1.py"], cwd=root, timeout=HANG_GUARD_SECONDS)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     metrics = [json.loads(line) for line in next(root.glob("out/**/step1.metrics.jsonl")).read_text().splitlines()]
     first = next(line for line in metrics if line.get("step") == 1)

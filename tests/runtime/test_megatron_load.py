@@ -10,7 +10,7 @@ shape is refused before anything loads; damaged folders are named file by file.
 from __future__ import annotations
 
 import shutil
-import subprocess
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -18,6 +18,7 @@ import torch
 
 from bridgec.runtime import megatron_load
 from bridgec.runtime.errors import ExitCode, RunError
+from tests import warm
 from tests.runtime import launch as runs
 
 HERE = Path(__file__).resolve().parent
@@ -75,11 +76,9 @@ def compiled(folder: Path, text: str) -> Path:
 
 def write_megatron_lm(folder: Path, iteration: int) -> None:
     """folder/mlm: the Megatron-LM checkpoint tests/runtime/megatron_lm_checkpoint.py writes from folder's script."""
-    written = subprocess.run(
-        [*runs.command(folder)[:-1], str(HERE / "megatron_lm_checkpoint.py"), str(folder / runs.SCRIPT),
-         str(folder / "mlm"), str(iteration)],
-        cwd=folder, env=runs.environment({}), capture_output=True, text=True, timeout=runs.HANG_GUARD_SECONDS,
-    )  # fmt: skip
+    procs = tomllib.loads((folder / runs.SPEC).read_text(encoding="utf-8"))["launch"]["procs_per_node"]
+    writer = [str(HERE / "megatron_lm_checkpoint.py"), str(folder / runs.SCRIPT), str(folder / "mlm"), str(iteration)]
+    written = warm.torchrun(procs, writer, cwd=folder, timeout=runs.HANG_GUARD_SECONDS)
     assert written.returncode == 0, written.stdout[-3000:] + written.stderr[-3000:]
 
 

@@ -197,19 +197,10 @@ def test_thd_offsets_describe_the_same_blocks_as_the_mask(sft_prefix: Path) -> N
 
 def test_packed_equals_unpacked_at_tp2_pp2_and_dp2(sft_prefix: Path, tmp_path: Path) -> None:
     """One 2-process launch (tests/runtime/packing_layout_worker.py) checks the equality above at TP2, PP2 and DP2."""
-    import subprocess
+    from tests import warm
 
-    from tests.runtime.launch import HANG_GUARD_SECONDS, TORCHRUN, environment
-
-    command = [str(TORCHRUN), "--standalone", "--nproc-per-node", "2", "-m", "tests.runtime.packing_layout_worker"]
-    done = subprocess.run(
-        [*command, str(sft_prefix), str(tmp_path)],
-        cwd=Path(__file__).resolve().parents[2],
-        env=environment({}),
-        capture_output=True,
-        text=True,
-        timeout=HANG_GUARD_SECONDS,
-    )
+    worker = ["-m", "tests.runtime.packing_layout_worker", str(sft_prefix), str(tmp_path)]
+    done = warm.torchrun(2, worker, cwd=Path(__file__).resolve().parents[2])
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
     ranks = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in range(2)]
     for rank, report in enumerate(ranks):

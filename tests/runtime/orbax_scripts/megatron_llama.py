@@ -188,21 +188,11 @@ _parallel: dict[str, dict] = {}
 def run_parallel(cases: Path, out: Path) -> dict[int, dict]:
     """Run parallel_import.py under torchrun (2 processes; TP=2 then PP=2) once per session; per-rank results."""
     if "results" not in _parallel:
-        import subprocess
-        import sys
+        from tests import warm
 
         script = Path(__file__).with_name("parallel_import.py")
-        command = [
-            str(Path(sys.executable).with_name("torchrun")),
-            "--nproc-per-node",
-            "2",
-            "--master-port",
-            str(free_port()),
-            str(script),
-            str(cases),
-            str(out),
-        ]
-        done = subprocess.run(command, capture_output=True, text=True, cwd=script.parent)
+        command = [str(script), str(cases), str(out)]
+        done = warm.torchrun(2, command, cwd=script.parent)
         if done.returncode != 0:
             raise AssertionError(f"{' '.join(command)} failed:\n{done.stderr[-4000:]}")
         _parallel["results"] = {rank: json.loads((out / f"rank{rank}.json").read_text()) for rank in (0, 1)}
