@@ -17,7 +17,7 @@ DATA = Path(__file__).parent / "data" / "tiny.jsonl"
 def test_quickstart_trains(tmp_path: Path) -> None:
     spec = copy_example("quickstart", tmp_path)
     assert bridgec(["compile", str(spec), "-o", str(tmp_path / "run.py")]) == 0
-    result = launch(tmp_path / "run.py", 2)
+    result = launch(tmp_path / "run.py", 2, torchrun=True)  # the README's demo, launched as it says
     assert result.returncode == 0, result.explain()
     losses = result.train_losses("out/quickstart")
     assert len(losses) == 40
