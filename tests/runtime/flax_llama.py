@@ -54,6 +54,9 @@ class LlamaConfig:
     normalize_embedding_logits: bool = False
     scanned: bool = True
     param_scan_axis: int = 1
+    block: str = "llama2"  # MaxText decoder_block: llama2, mistral and qwen3 share names and maths; gemma
+    qk_norm: bool = False  # use_qk_norm (qwen3): per-head RMSNorm of q and k before RoPE, queries scaled at run time
+    activation: str = "silu"  # mlp_activations[0]: "silu" (SwiGLU) or "gelu" (tanh GeGLU, gemma)
 
 
 # --------------------------------------------------------------------------------------------
@@ -79,6 +82,7 @@ def _model(config: LlamaConfig) -> Any:
     class RMSNorm(nn.Module):
         @nn.compact
         def __call__(self, x: Any) -> Any:
+            # MaxText's RMSNorm multiplies by the scale as stored (scale_offset 0), gemma's included.
             scale = self.param("scale", nn.initializers.ones, (x.shape[-1],))
             x32 = x.astype(jnp.float32)
             y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + config.epsilon)
@@ -121,10 +125,15 @@ def _model(config: LlamaConfig) -> Any:
             q = dense_general((h, d), 1, "query")(x)
             k = dense_general((g, d), 1, "key")(x)
             v = dense_general((g, d), 1, "value")(x)
+            if config.qk_norm:
+                q, k = RMSNorm(name="query_norm")(q), RMSNorm(name="key_norm")(k)
             q, k = rope(q, positions), rope(k, positions)
             batch, seq = x.shape[:2]
             q = q.reshape(batch, seq, g, h // g, d)
-            # The query kernel carries 1/sqrt(d): no scaling here (MaxText's depth_scaling).
+            if config.qk_norm:
+                # qwen3 passes query_pre_attn_scalar = head_dim ** -0.5: attention scales the query at run time.
+                q = q * d**-0.5
+            # Otherwise the query kernel carries 1/sqrt(d): no scaling here (MaxText's depth_scaling).
             scores = jnp.einsum("bsgrd,btgd->bgrst", q, k).astype(jnp.float32)
             causal = jnp.tril(jnp.ones((seq, seq), dtype=bool))
             scores = jnp.where(causal, scores, jnp.finfo(jnp.float32).min)
@@ -137,13 +146,22 @@ def _model(config: LlamaConfig) -> Any:
         def __call__(self, x: Any) -> Any:
             gate = dense_general((config.mlp_dim,), 1, "wi_0")(x)
             up = dense_general((config.mlp_dim,), 1, "wi_1")(x)
-            return dense_general((config.emb_dim,), 1, "wo")(nn.silu(gate) * up)
+            # MaxText's "gelu" is jax.nn.gelu, whose default is the tanh approximation.
+            act = nn.silu if config.activation == "silu" else jax.nn.gelu
+            return dense_general((config.emb_dim,), 1, "wo")(act(gate) * up)
+
+    # gemma names its two norms differently; the maths is the same pre-norm residual block.
+    norm_names = (
+        ("pre_self_attention_norm", "pre_ffw_norm")
+        if config.block == "gemma"
+        else ("pre_self_attention_layer_norm", "post_self_attention_layer_norm")
+    )
 
     class Layer(nn.Module):
         @nn.compact
         def __call__(self, x: Any, positions: Any) -> Any:
-            h = x + Attention(name="self_attention")(RMSNorm(name="pre_self_attention_layer_norm")(x), positions)
-            y = h + Mlp(name="mlp")(RMSNorm(name="post_self_attention_layer_norm")(h))
+            h = x + Attention(name="self_attention")(RMSNorm(name=norm_names[0])(x), positions)
+            y = h + Mlp(name="mlp")(RMSNorm(name=norm_names[1])(h))
             return y, None
 
     class Decoder(nn.Module):
@@ -196,7 +214,8 @@ def random_params(config: LlamaConfig, seed: int) -> dict:
         name = "/".join(str(getattr(k, "key", k)) for k in path)
         if name.endswith("scale"):
             return (1.0 + 0.1 * rng.standard_normal(leaf.shape)).astype(np.float32)
-        std = 0.1 / math.sqrt(config.head_dim) if "query" in name else 0.1
+        # Under use_qk_norm MaxText does not pre-scale the query kernel.
+        std = 0.1 / math.sqrt(config.head_dim) if "query" in name and not config.qk_norm else 0.1
         return (std * rng.standard_normal(leaf.shape)).astype(np.float32)
 
     params = jax.tree_util.tree_map_with_path(draw, shapes)
@@ -494,6 +513,28 @@ def make_cases(out: Path) -> None:
     _synthetic_cases(out)
 
 
+BLOCKS = {
+    "mistral": LlamaConfig(block="mistral", rope_theta=1_000_000.0),
+    # head_dim 24 with 4 heads of a 64-wide model: head_dim != emb / heads.
+    "qwen3": LlamaConfig(block="qwen3", qk_norm=True, head_dim=24, rope_theta=1_000_000.0),
+    "gemma": LlamaConfig(block="gemma", activation="gelu"),
+}
+"""The other MaxText decoder blocks, each a small model in its own layout (tests/runtime/test_maxtext_blocks.py)."""
+
+
+def make_block_cases(out: Path) -> None:
+    """Per block: a scanned checkpoint saved from two devices split like TP, an unscanned one, and the logits."""
+    import numpy as np
+
+    tokens = np.random.default_rng(5).integers(0, LlamaConfig().vocab_size, (2, 16), dtype=np.int32)
+    np.save(out / "tokens.npy", tokens)
+    for seed, (block, config) in enumerate(BLOCKS.items()):
+        params = random_params(config, seed=20 + seed)
+        _forward_case(out, f"{block}_scanned", config, params, tokens, use_zarr3=True, sharded=True)
+        unscanned = dataclasses.replace(config, scanned=False)
+        _forward_case(out, f"{block}_unscanned", unscanned, unscan(params, config), tokens, use_zarr3=False)
+
+
 # --------------------------------------------------------------------------------------------
 # Reading back an exported checkpoint the way MaxText's load_parameters_path does.
 
@@ -548,11 +589,15 @@ def main(argv: list[str]) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     make = sub.add_parser("make")
     make.add_argument("out", type=Path)
+    blocks = sub.add_parser("make-blocks")
+    blocks.add_argument("out", type=Path)
     restore = sub.add_parser("restore", help="pairs of (exported item folder, case folder)")
     restore.add_argument("pairs", type=Path, nargs="+")
     args = parser.parse_args(argv)
     if args.command == "make":
         make_cases(args.out)
+    elif args.command == "make-blocks":
+        make_block_cases(args.out)
     else:
         pairs = zip(args.pairs[0::2], args.pairs[1::2], strict=True)
         print(json.dumps({str(items): compare_restored(items, case) for items, case in pairs}))
@@ -562,16 +607,17 @@ def main(argv: list[str]) -> int:
 _built: dict[str, Path] = {}
 
 
-def build_cases(root: Path) -> Path:
-    """Write every case under ``root`` once per test session (in a JAX subprocess); returns the folder."""
-    if "cases" not in _built:
+def build_cases(root: Path, command: str = "make") -> Path:
+    """Write every case of ``command`` (make, make-blocks) under ``root`` once per test session (in a JAX
+    subprocess); returns the folder."""
+    if command not in _built:
         import subprocess
 
-        out = Path(root) / "maxtext_cases"
+        out = Path(root) / f"maxtext_cases_{command}"
         out.mkdir(parents=True, exist_ok=True)
-        subprocess.run([sys.executable, __file__, "make", str(out)], check=True, capture_output=True, text=True)
-        _built["cases"] = out
-    return _built["cases"]
+        subprocess.run([sys.executable, __file__, command, str(out)], check=True, capture_output=True, text=True)
+        _built[command] = out
+    return _built[command]
 
 
 def restore_in_jax(pairs: list[tuple[Path, Path]]) -> dict:

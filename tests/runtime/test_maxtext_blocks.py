@@ -1,0 +1,137 @@
+"""MaxText's mistral, qwen3 and gemma decoder blocks: their checkpoints into megatron-core and back.
+
+The checkpoints and the reference logits come from tests/runtime/flax_llama.py's
+``make-blocks`` (a Flax model written from MaxText's layers: mistral is llama2's
+layer with its own RoPE base; qwen3 adds per-head RMSNorm of q and k before RoPE
+and scales queries at run time, head_dim != emb / heads; gemma names its norms
+``pre_self_attention_norm`` and ``pre_ffw_norm`` and uses tanh GeGLU), scanned and
+unscanned, every norm scale perturbed away from 1. TP=1 runs in this process;
+TP=2 in one torchrun launch (orbax_scripts/parallel_import.py), which also
+exports at TP=2 and compares bit for bit.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from bridgec.runtime.errors import RunError
+from bridgec.runtime.maxtext_export import ExportReport, export_maxtext, gather_full_params
+from bridgec.runtime.maxtext_import import load_maxtext_weights
+from bridgec.runtime.maxtext_layout import Dims
+from bridgec.runtime.model import build_chunks
+from bridgec.runtime.orbax_read import OrbaxItem
+from tests.runtime import flax_llama
+from tests.runtime.orbax_scripts import megatron_llama as ml
+
+TOLERANCE = 1e-4
+CASES = [f"{block}_{kind}" for block in flax_llama.BLOCKS for kind in ("scanned", "unscanned")]
+NAMING = {"mistral": "llama2", "qwen3": "llama2", "gemma": "gemma"}
+"""Whose leaf names each block's checkpoint uses (mistral and qwen3 name theirs as llama2 does)."""
+
+
+@pytest.fixture(scope="session")
+def cases(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return flax_llama.build_cases(tmp_path_factory.getbasetemp(), "make-blocks")
+
+
+@pytest.fixture(scope="module")
+def imported(cases: Path, megatron_world1: None, tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict]:
+    """Each case imported at TP=1 ("keep": the query kernel as stored, as MaxText trains it), then exported."""
+    out = tmp_path_factory.mktemp("blocks_exported")
+    layout = ml.single_process_layout()
+    tokens = np.load(cases / "tokens.npy").astype(np.int64)
+    results: dict[str, dict] = {}
+    for name in CASES:
+        config, data = ml.read_case(cases / name)
+        chunks = build_chunks(ml.provider(config, tensor=1, pipeline=1, query_scaling="keep"), layout)
+        report = load_maxtext_weights(
+            chunks,
+            path=str(cases / name / data["items"]),
+            vocab_size=config["vocab_size"],
+            tensor_parallel=1,
+            tensor_rank=0,
+            query_scaling="keep",
+            rope_layout="rotate_half",
+        )
+        logits = ml.logits(chunks[0], torch.from_numpy(tokens))[..., : config["vocab_size"]].numpy()
+        full = gather_full_params(chunks, tensor_group=None, pipeline_group=None, tied=config["tied"])
+        assert full is not None
+        exported: ExportReport = export_maxtext(
+            full.__getitem__,
+            directory=out / name,
+            step=0,
+            dims=Dims.of(chunks[0], vocab_size=config["vocab_size"], block=config["block"]),
+            scanned=report.scanned,
+            dtype="float32",
+            query_scaling="keep",
+            rope_layout="rotate_half",
+            zarr3=report.zarr3,
+        )
+        results[name] = {
+            "report": report,
+            "max_logit_diff": float(np.abs(logits - np.load(cases / name / "logits.npy")).max()),
+            "exported": exported,
+        }
+    return results
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_logits_match_maxtext_at_tp1(imported: dict[str, dict], cases: Path, name: str) -> None:
+    config, _ = ml.read_case(cases / name)
+    result = imported[name]
+    print(f"{name} TP1: max |logit diff| = {result['max_logit_diff']:.2e}")
+    assert result["max_logit_diff"] <= TOLERANCE
+    assert result["report"].scanned == config["scanned"]
+    assert result["report"].block == NAMING[config["block"]]
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_export_round_trip_is_bit_exact(imported: dict[str, dict], cases: Path, name: str) -> None:
+    _, data = ml.read_case(cases / name)
+    original, back = OrbaxItem(cases / name / data["items"]), OrbaxItem(imported[name]["exported"].items)
+    weights = [leaf for leaf in original.names if leaf.startswith("params.")]
+    assert sorted(back.names) == weights
+    for leaf in weights:
+        assert back.info(leaf) == original.info(leaf), leaf
+        assert back.read(leaf).tobytes() == original.read(leaf).tobytes(), leaf
+
+
+def test_qwen3_norms_are_per_head_and_perturbed(cases: Path) -> None:
+    """The q/k norm scales are head_dim wide and not all 1, so a dropped or swapped norm moves the logits."""
+    _, data = ml.read_case(cases / "qwen3_scanned")
+    item = OrbaxItem(cases / "qwen3_scanned" / data["items"])
+    query = item.read("params.params.decoder.layers.self_attention.query_norm.scale")
+    key = item.read("params.params.decoder.layers.self_attention.key_norm.scale")
+    assert query.shape == key.shape == (24, 4)  # [head_dim, layers]
+    assert not np.array_equal(query, key) and np.abs(query - 1).max() > 0.05
+
+
+def test_an_unmapped_block_is_refused_by_name(megatron_world1: None) -> None:
+    config = flax_llama.dataclasses.asdict(flax_llama.BLOCKS["mistral"])
+    chunks = build_chunks(ml.provider(config, tensor=1, pipeline=1, query_scaling="keep"), ml.single_process_layout())
+    with pytest.raises(RunError, match="decoder block 'gemma2' is not mapped; bridgec reads and writes llama2, "):
+        Dims.of(chunks[0], vocab_size=128, block="gemma2")
+
+
+# --------------------------------------------------------------------------------------------
+# TP=2 (one torchrun launch for every block).
+
+
+@pytest.fixture(scope="module")
+def parallel(cases: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[int, dict]:
+    out = tmp_path_factory.mktemp("blocks_parallel")
+    return ml.run_parallel(cases, out, "--layouts", "tp2", "--query-scaling", "keep", "--cases", *CASES)
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_logits_match_maxtext_at_tp2_and_export_is_bit_exact(parallel: dict[int, dict], name: str) -> None:
+    for rank in (0, 1):
+        result = parallel[rank]["tp2"][name]
+        print(f"{name} TP2 rank {rank}: max |logit diff| = {result['max_logit_diff']:.2e}")
+        assert result["max_logit_diff"] <= TOLERANCE
+    assert parallel[0]["tp2"][name]["export_mismatched"] == []
+    assert parallel[0]["tp2"][name]["export_leaves"] > 0
