@@ -840,7 +840,7 @@ def maxtext_paths(parameter: Parameter, config: GPTConfig, *, scanned: bool, blo
     ``block``: MaxText's decoder_block (one of :data:`MAXTEXT_BLOCKS`).
     """
     if parameter.entry.maxtext is None or parameter.expert is not None:
-        raise KeyError(f"{parameter.name}: no MaxText counterpart in the {'/'.join(MAXTEXT_BLOCKS)} layout")
+        raise KeyError(f"{parameter.name}: no MaxText counterpart in the Llama-family layout")
     leaves = parameter.entry.maxtext.leaves_for(config, block)
     if parameter.layer is None:
         return tuple(leaf.path for leaf in leaves)
