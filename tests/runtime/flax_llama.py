@@ -366,15 +366,30 @@ def read_case(folder: Path) -> tuple[LlamaConfig, dict]:
     return LlamaConfig(**data.pop("config")), data
 
 
-def _training_case(out: Path, name: str, config: LlamaConfig, optimizer: str, *, use_zarr3: bool) -> None:
-    """K optimizer steps, a full-state checkpoint (TrainState: step, params, opt_state), then N more steps' losses."""
+def _training_case(
+    out: Path,
+    name: str,
+    config: LlamaConfig,
+    optimizer: str,
+    *,
+    use_zarr3: bool,
+    steps_before: int = 3,
+    steps_after: int = 4,
+    save_initial: bool = False,
+) -> None:
+    """K optimizer steps, a full-state checkpoint (TrainState: step, params, opt_state), then N more steps' losses.
+
+    ``save_initial``: the initial weights too (params only, step 0, under ``init/``), for a curve from the start.
+    """
     import jax
     import numpy as np
     import optax
     from flax.training import train_state
 
-    steps_before, steps_after, lr, betas, eps, wd = 3, 4, 3e-3, (0.9, 0.95), 1e-8, 0.1
+    lr, betas, eps, wd = 3e-3, (0.9, 0.95), 1e-8, 0.1
     params = random_params(config, seed=7)
+    if save_initial:
+        save(out / name / "init", 0, {"params": params}, use_zarr3=use_zarr3)
     batches = np.random.default_rng(11).integers(
         0, config.vocab_size, (steps_before + steps_after, 2, 17), dtype=np.int32
     )
@@ -533,6 +548,10 @@ def make_block_cases(out: Path) -> None:
         _forward_case(out, f"{block}_scanned", config, params, tokens, use_zarr3=True, sharded=True)
         unscanned = dataclasses.replace(config, scanned=False)
         _forward_case(out, f"{block}_unscanned", unscanned, unscan(params, config), tokens, use_zarr3=False)
+        # Ten adamw steps from the initial weights, the full state saved after three.
+        _training_case(
+            out, f"{block}_curve", config, "adamw", use_zarr3=True, steps_before=3, steps_after=7, save_initial=True
+        )
 
 
 # --------------------------------------------------------------------------------------------

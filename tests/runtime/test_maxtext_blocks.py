@@ -5,9 +5,10 @@ The checkpoints and the reference logits come from tests/runtime/flax_llama.py's
 layer with its own RoPE base; qwen3 adds per-head RMSNorm of q and k before RoPE
 and scales queries at run time, head_dim != emb / heads; gemma names its norms
 ``pre_self_attention_norm`` and ``pre_ffw_norm`` and uses tanh GeGLU), scanned and
-unscanned, every norm scale perturbed away from 1. TP=1 runs in this process;
-TP=2 in one torchrun launch (orbax_scripts/parallel_import.py), which also
-exports at TP=2 and compares bit for bit.
+unscanned, every norm scale perturbed away from 1, and per block ten optax.adamw
+steps (full state saved after three). TP=1 runs in this process; TP=2 in one
+torchrun launch (orbax_scripts/parallel_import.py), which also exports at TP=2
+and compares bit for bit.
 """
 
 from __future__ import annotations
@@ -20,15 +21,18 @@ import torch
 
 from bridgec.runtime.errors import RunError
 from bridgec.runtime.maxtext_export import ExportReport, export_maxtext, gather_full_params
-from bridgec.runtime.maxtext_import import load_maxtext_weights
+from bridgec.runtime.maxtext_import import load_maxtext_optimizer_state, load_maxtext_weights
 from bridgec.runtime.maxtext_layout import Dims
-from bridgec.runtime.model import build_chunks
+from bridgec.runtime.model import build_chunks, build_model, unwrap
+from bridgec.runtime.optim import build_optimizer, build_scheduler
 from bridgec.runtime.orbax_read import OrbaxItem
+from bridgec.runtime.step import train_step
 from tests.runtime import flax_llama
 from tests.runtime.orbax_scripts import megatron_llama as ml
 
 TOLERANCE = 1e-4
 CASES = [f"{block}_{kind}" for block in flax_llama.BLOCKS for kind in ("scanned", "unscanned")]
+"""The forward cases; ``<block>_curve`` holds each block's training run."""
 NAMING = {"mistral": "llama2", "qwen3": "llama2", "gemma": "gemma"}
 """Whose leaf names each block's checkpoint uses (mistral and qwen3 name theirs as llama2 does)."""
 
@@ -115,6 +119,78 @@ def test_an_unmapped_block_is_refused_by_name(megatron_world1: None) -> None:
     chunks = build_chunks(ml.provider(config, tensor=1, pipeline=1, query_scaling="keep"), ml.single_process_layout())
     with pytest.raises(RunError, match="decoder block 'gemma2' is not mapped; bridgec reads and writes llama2, "):
         Dims.of(chunks[0], vocab_size=128, block="gemma2")
+
+
+# --------------------------------------------------------------------------------------------
+# Training: ten steps from the imported weights, and a resume from JAX's full state after three.
+
+
+def _curve(cases: Path, name: str, *, resume: bool) -> tuple[np.ndarray, np.ndarray]:
+    """megatron's losses and optax's for the block's curve case: from step 0, or from the state after 3 updates."""
+    config, data = ml.read_case(cases / name)
+    layout = ml.single_process_layout()
+    model = build_model(
+        ml.provider(config, tensor=1, pipeline=1, query_scaling="keep"),
+        layout=layout,
+        init_scheme="megatron",
+        seed=1,
+        init_std=0.02,
+        num_layers=config["num_layers"],
+        tied_output=config["tied"],
+        dtype="fp32",
+        distributed_optimizer=False,
+    )
+    settings = ml.adam_settings(data, dtype="fp32", distributed=False)
+    optimizer = build_optimizer(model, settings)
+    chunks = [unwrap(chunk) for chunk in model]
+    common = dict(
+        path=str(cases / name / (data["items"] if resume else "init/0/items")),
+        vocab_size=config["vocab_size"],
+        tensor_parallel=1,
+        tensor_rank=0,
+        query_scaling="keep",
+        rope_layout="rotate_half",
+    )
+    load_maxtext_weights(chunks, optimizer=optimizer, **common)
+    step = 0
+    if resume:
+        step = load_maxtext_optimizer_state(
+            chunks, optimizer, opt_type="adamw", adam_beta1=data["betas"][0], adam_beta2=data["betas"][1], **common
+        )
+    scheduler = build_scheduler(
+        optimizer,
+        lr=settings.lr,
+        min_lr=settings.min_lr,
+        weight_decay=settings.weight_decay,
+        schedule=ml.constant_schedule(settings.lr),
+    )
+    batches = torch.from_numpy(np.load(cases / name / "batches.npy").astype(np.int64))
+    losses = []
+    for batch in batches[step:]:
+        result = train_step(
+            ml.forward_step,
+            [iter([{"tokens": batch[:, :-1], "labels": batch[:, 1:]}])],
+            model,
+            optimizer,
+            scheduler,
+            num_microbatches=1,
+            micro_batch_size=2,
+            seq_length=16,
+            clip_grad=0.0,
+        )
+        losses.append(result.loss)
+    return np.array(losses), np.load(cases / name / "losses.npy")[step:]
+
+
+@pytest.mark.parametrize("resume", [False, True], ids=["from_step_0", "resume_after_3"])
+@pytest.mark.parametrize("block", list(flax_llama.BLOCKS))
+def test_training_curve_matches_optax(cases: Path, megatron_world1: None, block: str, resume: bool) -> None:
+    """optax.adamw in JAX vs megatron's Adam (decoupled decay, 1-D norm scales excluded on both sides), fp32."""
+    losses, expected = _curve(cases, f"{block}_curve", resume=resume)
+    assert len(losses) == (7 if resume else 10)
+    diff = np.abs(losses - expected)
+    print(f"{block} {'resume' if resume else 'curve'}: max per-step |loss - optax loss| = {diff.max():.1e}")
+    assert diff.max() <= TOLERANCE
 
 
 # --------------------------------------------------------------------------------------------
