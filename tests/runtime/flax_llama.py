@@ -57,6 +57,7 @@ class LlamaConfig:
     block: str = "llama2"  # MaxText decoder_block: llama2, mistral and qwen3 share names and maths; gemma
     qk_norm: bool = False  # use_qk_norm (qwen3): per-head RMSNorm of q and k before RoPE, queries scaled at run time
     activation: str = "silu"  # mlp_activations[0]: "silu" (SwiGLU) or "gelu" (tanh GeGLU, gemma)
+    dtype: str = "float32"  # MaxText's dtype: activations and matmuls; the weights stay float32 (weight_dtype)
 
 
 # --------------------------------------------------------------------------------------------
@@ -68,6 +69,10 @@ def _model(config: LlamaConfig) -> Any:
     import jax
     import jax.numpy as jnp
 
+    def cast(x: Any) -> Any:
+        """To MaxText's dtype: float32 weights are cast where they are used (MaxText's dtype vs weight_dtype)."""
+        return x if config.dtype == "float32" else jnp.asarray(x, jnp.dtype(config.dtype))
+
     def dense_general(features: tuple[int, ...], in_axes: int, name: str) -> Any:
         class DenseGeneral(nn.Module):
             @nn.compact
@@ -75,7 +80,7 @@ def _model(config: LlamaConfig) -> Any:
                 in_shape = x.shape[-in_axes:]
                 kernel = self.param("kernel", nn.initializers.normal(0.02), (*in_shape, *features))
                 contract = tuple(range(x.ndim - in_axes, x.ndim))
-                return jnp.tensordot(x, kernel, axes=(contract, tuple(range(in_axes))))
+                return jnp.tensordot(cast(x), cast(kernel), axes=(contract, tuple(range(in_axes))))
 
         return DenseGeneral(name=name)
 
@@ -86,7 +91,8 @@ def _model(config: LlamaConfig) -> Any:
             scale = self.param("scale", nn.initializers.ones, (x.shape[-1],))
             x32 = x.astype(jnp.float32)
             y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + config.epsilon)
-            return y * scale
+            # Normalised in float32, then scaled in MaxText's dtype (normalizations.py RMSNorm).
+            return cast(y) * cast(scale)
 
     def rope_default(x: Any, positions: Any) -> Any:
         dim = x.shape[-1]
@@ -127,7 +133,7 @@ def _model(config: LlamaConfig) -> Any:
             v = dense_general((g, d), 1, "value")(x)
             if config.qk_norm:
                 q, k = RMSNorm(name="query_norm")(q), RMSNorm(name="key_norm")(k)
-            q, k = rope(q, positions), rope(k, positions)
+            q, k = cast(rope(q, positions)), cast(rope(k, positions))
             batch, seq = x.shape[:2]
             q = q.reshape(batch, seq, g, h // g, d)
             if config.qk_norm:
@@ -137,7 +143,7 @@ def _model(config: LlamaConfig) -> Any:
             scores = jnp.einsum("bsgrd,btgd->bgrst", q, k).astype(jnp.float32)
             causal = jnp.tril(jnp.ones((seq, seq), dtype=bool))
             scores = jnp.where(causal, scores, jnp.finfo(jnp.float32).min)
-            probs = jax.nn.softmax(scores, axis=-1)
+            probs = cast(jax.nn.softmax(scores, axis=-1))
             out = jnp.einsum("bgrst,btgd->bsgrd", probs, v).reshape(batch, seq, h, d)
             return dense_general((config.emb_dim,), 2, "out")(out)
 
@@ -185,14 +191,15 @@ def _model(config: LlamaConfig) -> Any:
                 if config.normalize_embedding_logits:
                     logits = logits / jnp.sqrt(y.shape[-1])
                 return logits
-            return dense_general((config.vocab_size,), 1, "logits_dense")(y)
+            # MaxText casts the logits to float32 for the loss (cast_logits_to_fp32).
+            return dense_general((config.vocab_size,), 1, "logits_dense")(y).astype(jnp.float32)
 
     class Transformer(nn.Module):
         @nn.compact
         def __call__(self, tokens: Any) -> Any:
             embedder = nn.Embed(config.vocab_size, config.emb_dim, name="token_embedder")
             positions = jnp.broadcast_to(jnp.arange(tokens.shape[1], dtype=jnp.float32), tokens.shape)
-            return Decoder(name="decoder")(embedder(tokens), positions, embedder)
+            return Decoder(name="decoder")(cast(embedder(tokens)), positions, embedder)
 
     return Transformer()
 
@@ -551,6 +558,19 @@ def make_block_cases(out: Path) -> None:
         # Ten adamw steps from the initial weights, the full state saved after three.
         _training_case(
             out, f"{block}_curve", config, "adamw", use_zarr3=True, steps_before=3, steps_after=7, save_initial=True
+        )
+    # MaxText's default precision (dtype bfloat16, weight_dtype float32) and the same run in float32.
+    for dtype in ("bfloat16", "float32"):
+        config = dataclasses.replace(LlamaConfig(), dtype=dtype)
+        _training_case(
+            out,
+            f"llama2_{dtype}_curve",
+            config,
+            "adamw",
+            use_zarr3=True,
+            steps_before=3,
+            steps_after=7,
+            save_initial=True,
         )
 
 
