@@ -6,10 +6,10 @@ layer with its own RoPE base; qwen3 adds per-head RMSNorm of q and k before RoPE
 and scales queries at run time, head_dim != emb / heads; gemma names its norms
 ``pre_self_attention_norm`` and ``pre_ffw_norm`` and uses tanh GeGLU), scanned and
 unscanned, every norm scale perturbed away from 1, and per block ten optax.adamw
-steps (full state saved after three); and a llama2 block trained in MaxText's default
-precision (dtype bfloat16, weight_dtype float32) and in float32. TP=1 runs in this process; TP=2 in one
-torchrun launch (orbax_scripts/parallel_import.py), which also exports at TP=2
-and compares bit for bit.
+steps (full state saved after three); and a llama2 block trained in MaxText's
+default precision (dtype bfloat16, weight_dtype float32) and in float32. TP=1 runs
+in this process; TP=2 in one torchrun launch (orbax_scripts/parallel_import.py),
+which also exports at TP=2 and compares bit for bit.
 """
 
 from __future__ import annotations
