@@ -20,6 +20,7 @@ from typing import Any
 from bridgec.compiler import torchrun
 from bridgec.compiler.cli import EXIT_INTERNAL, EXIT_OK, EXIT_SPEC_ERROR
 from bridgec.compiler.torchrun import InputError, ScriptLaunch, read_launch
+from bridgec.runtime.models import gpt
 
 RUNTIME_MODULE = "bridgec.runtime.convert"
 USER_ERROR_CODES = frozenset({4, 5, 6, 11})
@@ -127,6 +128,7 @@ def megatron_to_orbax_arguments(args: argparse.Namespace) -> tuple[ScriptLaunch,
         arguments += ["--step", str(args.step)]
     if args.unscanned:
         arguments.append("--unscanned")
+    arguments += ["--decoder-block", args.decoder_block]
     return script, arguments
 
 
@@ -280,6 +282,13 @@ def add_convert_parser(commands: Any) -> None:
     )
     to_orbax.add_argument(
         "--unscanned", action="store_true", help="one decoder/layers_<i> subtree per layer (MaxText scan_layers=false)"
+    )
+    to_orbax.add_argument(
+        "--decoder-block",
+        choices=gpt.MAXTEXT_BLOCKS,
+        default="llama2",
+        help="MaxText's decoder_block, which names the leaves (gemma names its layer norms apart; llama2, "
+        "mistral and qwen3 share names)",
     )
     _layout_options(to_orbax)
     to_orbax.set_defaults(handler=cmd_megatron_to_orbax)

@@ -64,7 +64,7 @@ def map_config(
     map_precision(reader)
     map_data(reader)
     map_loss(reader)
-    map_checkpoints(reader)
+    map_checkpoints(reader, model.block)
     check_gates(reader)
     return reader.result()
 

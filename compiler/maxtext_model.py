@@ -153,6 +153,12 @@ def _logits(reader: ConfigReader, hidden: int) -> None:
     tied = bool(reader.get("logits_via_embedding"))
     normalize = bool(reader.get("normalize_embedding_logits"))
     reader.put("model", "tie_embeddings", tied, reader.src("logits_via_embedding"))
+    if tied:
+        reader.caveat(
+            "logits_via_embedding: MaxText's attend_on_embedding rounds the embedding table to bfloat16 for the "
+            "output projection even in float32 runs (each entry keeps 8 significant bits); megatron-core multiplies "
+            "by the table as it is, so tied logits differ from MaxText's by that rounding"
+        )
     if tied and normalize:
         reader.put(
             "model",

@@ -9,6 +9,7 @@ import attrs
 from bridgec.compiler.maxtext_blocks import WITH_PARAM_PATHS, DecoderBlock
 from bridgec.compiler.maxtext_keys import GATES
 from bridgec.compiler.maxtext_read import ConfigReader, show
+from bridgec.runtime.models import gpt
 
 _ADAM_KEYS = ("adam_b1", "adam_b2", "adam_eps", "adam_eps_root", "adam_weight_decay", "adamw_mask")
 
@@ -229,7 +230,7 @@ def map_loss(reader: ConfigReader) -> None:
     reader.put("loss", "z_loss_multiplier", z, reader.src("z_loss_multiplier"))
 
 
-def map_checkpoints(reader: ConfigReader) -> None:
+def map_checkpoints(reader: ConfigReader, block: DecoderBlock) -> None:
     """[checkpoint] from MaxText's checkpointing; [init.checkpoint] from the checkpoint it loads."""
     enabled = bool(reader.get("enable_checkpointing"))
     period = reader.get("checkpoint_period")
@@ -253,6 +254,14 @@ def map_checkpoints(reader: ConfigReader) -> None:
         reader.refuse(
             "load_full_state_path",
             "load_parameters_path and load_full_state_path are both set (MaxText refuses this too)",
+        )
+    elif (params or full) and block.name not in gpt.MAXTEXT_BLOCKS:
+        key = "load_parameters_path" if params else "load_full_state_path"
+        reader.refuse(
+            key,
+            f"{key} with decoder_block {block.name!r}: bridgec reads the checkpoints of MaxText's "
+            f"{', '.join(gpt.MAXTEXT_BLOCKS)} blocks; {block.name}'s checkpoint layout is not mapped",
+            f"import without {key} (the spec then starts from megatron's initializers)",
         )
     elif params or full:
         path = params or full

@@ -320,7 +320,7 @@ def rule_init_checkpoint_model(spec: Spec, ctx: SpecContext) -> Iterator[Finding
     holds = (
         '[init.checkpoint] format = "huggingface" loads a Llama-family decoder (Llama, Mistral, Qwen2, Qwen3, Qwen3-MoE)'
         if init.format == "huggingface"
-        else f'[init.checkpoint] layout = "{init.layout}" holds a Llama-family decoder'
+        else f'[init.checkpoint] layout = "{init.layout}" holds a MaxText {"/".join(gpt.MAXTEXT_BLOCKS)} decoder'
     )
     for path, ok, wanted in needs:
         if not ok:

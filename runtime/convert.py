@@ -71,6 +71,7 @@ from bridgec.runtime.maxtext_import import (  # noqa: E402
     load_maxtext_weights,
 )
 from bridgec.runtime.model import unwrap  # noqa: E402
+from bridgec.runtime.models import gpt  # noqa: E402
 from bridgec.runtime.models.chunks import config_of  # noqa: E402
 from bridgec.runtime.parallel import Layout  # noqa: E402
 
@@ -224,9 +225,10 @@ def megatron_to_orbax(
     scanned: bool,
     rope_layout: RopeLayout,
     param_scan_axis: int,
+    decoder_block: str = "llama2",
 ) -> ExportReport | None:
     """Load the checkpoint of ``step`` in ``directory`` (None: its latest) and write it as MaxText's
-    ``OUT/<step>/items`` (rank 0 writes), named after the step it holds.
+    ``OUT/<step>/items`` (rank 0 writes), named after the step it holds, with ``decoder_block``'s leaf names.
 
     Returns the report on rank 0, None elsewhere.
     """
@@ -255,7 +257,7 @@ def megatron_to_orbax(
             full.__getitem__,
             directory=output,
             step=int(target.name),
-            dims=Dims.of(chunks[0], vocab_size=built.imports.vocab_size),
+            dims=Dims.of(chunks[0], vocab_size=built.imports.vocab_size, block=decoder_block),
             scanned=scanned,
             dtype=dtype,
             query_scaling=query_scaling(chunks[0].config),
@@ -373,6 +375,7 @@ def parser() -> argparse.ArgumentParser:
     to_orbax.add_argument("--step", type=int, help="the checkpoint to export (iter_<step>); default: the latest")
     to_orbax.add_argument("--dtype", choices=tuple(DTYPES), default="fp32")
     to_orbax.add_argument("--unscanned", action="store_true")
+    to_orbax.add_argument("--decoder-block", choices=gpt.MAXTEXT_BLOCKS, default="llama2")
     for sub in (to_megatron, to_orbax):
         sub.add_argument("--rope-layout", choices=("rotate_half", "interleaved"), default="rotate_half")
         sub.add_argument("--param-scan-axis", type=int, default=1)
@@ -458,6 +461,7 @@ def main(argv: list[str] | None = None) -> ExitCode:
             scanned=not args.unscanned,
             rope_layout=args.rope_layout,
             param_scan_axis=args.param_scan_axis,
+            decoder_block=args.decoder_block,
         )
         if report is not None:
             _say(

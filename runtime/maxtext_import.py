@@ -1,4 +1,7 @@
-"""Load a MaxText Llama-family Orbax checkpoint into this rank's megatron-core GPTModel chunks: the entry points.
+"""Load a MaxText Orbax checkpoint into this rank's megatron-core GPTModel chunks: the entry points.
+
+Decoder blocks: llama2, mistral and qwen3 (one tree), gemma (its norms named apart),
+recognised by the names of the checkpoint's leaves.
 
 Every rank reads only what it holds: the layers of its pipeline stage (and
 virtual chunks) and its tensor-parallel shard of each of them, as boxes of the
@@ -37,6 +40,7 @@ from bridgec.runtime.maxtext_layout import (
     check_model,
     check_targets,
     check_tree,
+    detect_block,
     detect_scanned,
     expected_leaves,
     orbax_name,
@@ -78,6 +82,8 @@ class ImportReport:
 
     path: str
     scanned: bool
+    block: str
+    """The decoder block whose leaf names the checkpoint uses (llama2 stands for mistral and qwen3 too)."""
     zarr3: bool
     ocdbt: bool
     dtypes: tuple[str, ...]
@@ -121,6 +127,7 @@ def load_maxtext_weights(
     dims = Dims.of(chunks[0], vocab_size=vocab_size)
     item = OrbaxItem(path, stats=stats)
     scanned = detect_scanned(item, PARAMS_FIELD)
+    dims = detect_block(item, PARAMS_FIELD, dims, scanned=scanned)
     per_chunk, problems = _checked_targets(chunks, dims, tensor_parallel=tensor_parallel, query_scaling=query_scaling)
     problems += check_tree(item, dims, prefix=PARAMS_FIELD, scanned=scanned, scan_axis=param_scan_axis)
     raise_if(problems, path=path, dims=dims)
@@ -145,6 +152,7 @@ def load_maxtext_weights(
     return ImportReport(
         path=path,
         scanned=scanned,
+        block=dims.block,
         zarr3=item.use_zarr3,
         ocdbt=item.use_ocdbt,
         dtypes=tuple(sorted({item.info(name).dtype.name for name in weight_names})),
@@ -193,6 +201,7 @@ def read_maxtext_adam_state(
     item = OrbaxItem(path, stats=stats)
     prefix = moment_prefix(item)
     scanned = detect_scanned(item, PARAMS_FIELD)
+    dims = detect_block(item, PARAMS_FIELD, dims, scanned=scanned)
     per_chunk, problems = _checked_targets(chunks, dims, tensor_parallel=tensor_parallel, query_scaling=query_scaling)
     for field in ("mu", "nu"):
         problems += check_tree(item, dims, prefix=f"{prefix}.{field}", scanned=scanned, scan_axis=param_scan_axis)

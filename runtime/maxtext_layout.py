@@ -72,11 +72,18 @@ class Dims:
     model: gpt.GPTConfig
     vocab: int
     """MaxText's vocab_size (the checkpoint's embedding rows); ``model.vocab`` is megatron's padded one, >= it."""
+    block: str = "llama2"
+    """MaxText's decoder_block, which names the leaves (one of gpt.MAXTEXT_BLOCKS)."""
 
     @classmethod
-    def of(cls, chunk: torch.nn.Module, *, vocab_size: int) -> Dims:
+    def of(cls, chunk: torch.nn.Module, *, vocab_size: int, block: str = "llama2") -> Dims:
         """Sizes of an (unwrapped) GPTModel chunk; ``vocab_size`` is MaxText's, before megatron's padding."""
-        return cls(model=config_of(chunk), vocab=vocab_size)
+        if block not in gpt.MAXTEXT_BLOCKS:
+            raise RunError(
+                ExitCode.CHECKPOINT_ERROR,
+                f"decoder block {block!r} is not mapped; bridgec reads and writes {', '.join(gpt.MAXTEXT_BLOCKS)}",
+            )
+        return cls(model=config_of(chunk), vocab=vocab_size, block=block)
 
 
 def mapped(dims: Dims) -> list[gpt.Parameter]:
@@ -92,8 +99,8 @@ def stacked(parameter: gpt.Parameter, scanned: bool) -> bool:
 def leaves_of(parameter: gpt.Parameter, dims: Dims, *, scanned: bool) -> list[tuple[str, gpt.MaxTextLeaf]]:
     """(``params/...`` path, leaf) of each MaxText leaf the parameter holds, in the transform's order."""
     assert parameter.entry.maxtext is not None
-    paths = gpt.maxtext_paths(parameter, dims.model, scanned=scanned)
-    return list(zip(paths, parameter.entry.maxtext.leaves_for(dims.model), strict=True))
+    paths = gpt.maxtext_paths(parameter, dims.model, scanned=scanned, block=dims.block)
+    return list(zip(paths, parameter.entry.maxtext.leaves_for(dims.model, dims.block), strict=True))
 
 
 def expected_leaves(dims: Dims, *, scanned: bool, scan_axis: int) -> dict[str, tuple[int, ...]]:
@@ -131,6 +138,19 @@ def detect_scanned(item: OrbaxItem, prefix: str) -> bool:
             f"its top-level entries are: {', '.join(tops[:20])}",
         )
     return scanned
+
+
+def detect_block(item: OrbaxItem, prefix: str, dims: Dims, *, scanned: bool) -> Dims:
+    """``dims`` with the decoder block whose names the checkpoint's first layer uses (its attention norm).
+
+    llama2, mistral and qwen3 name their leaves alike (llama2 stands for them); gemma names its norms apart.
+    """
+    first = next(p for p in mapped(dims) if p.entry.stage is gpt.Stage.LAYER)
+    for block in ("gemma", "llama2"):
+        ((path, _),) = leaves_of(first, attrs.evolve(dims, block=block), scanned=scanned)[:1]
+        if orbax_name(prefix, path) in item.names:
+            return attrs.evolve(dims, block=block)
+    return dims
 
 
 def check_model(dims: Dims, chunk: torch.nn.Module, *, query_scaling: QueryScaling) -> list[str]:
@@ -412,7 +432,7 @@ def produce(
             yield from ((target, reader.top_value(target.parameter)) for target in group)
             continue
         parameters = [target.parameter for target in group]
-        count = len(entry.maxtext.leaves_for(reader.dims.model))
+        count = len(entry.maxtext.leaves_for(reader.dims.model, reader.dims.block))
         boxes = [reader.layers(parameters, index) for index in range(count)]
         for target in group:
             layer = int(target.parameter.layer)  # type: ignore[arg-type]

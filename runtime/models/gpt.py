@@ -150,6 +150,12 @@ class MaxTextLeaf:
     split_units: Callable[[GPTConfig], int] | None = None
 
 
+MAXTEXT_BLOCKS = ("llama2", "mistral", "qwen3", "gemma")
+"""MaxText decoder blocks whose checkpoints this table reads and writes. They share one tree and its
+arithmetic (mistral: llama2's layer with its own RoPE base; qwen3: llama2's names plus per-head q/k norm
+scales; gemma: its two layer norms under other names), so a block is only a naming here."""
+
+
 @attrs.frozen(kw_only=True)
 class MaxText:
     """A parameter's MaxText leaves (in the order the transform takes them) and the transform."""
@@ -158,8 +164,13 @@ class MaxText:
     transform: MaxTextTransform
     gated_leaves: tuple[MaxTextLeaf, ...] | None = None
     """Other leaves when the MLP is gated (linear_fc1: wi_0 and wi_1 instead of wi)."""
+    renamed: tuple[tuple[str, tuple[MaxTextLeaf, ...]], ...] = ()
+    """(decoder block, its leaves) where a block names this parameter's leaves differently."""
 
-    def leaves_for(self, config: GPTConfig) -> tuple[MaxTextLeaf, ...]:
+    def leaves_for(self, config: GPTConfig, block: str = "llama2") -> tuple[MaxTextLeaf, ...]:
+        for name, leaves in self.renamed:
+            if name == block:
+                return leaves
         return self.gated_leaves if config.gated and self.gated_leaves is not None else self.leaves
 
 
@@ -253,14 +264,17 @@ def _layer_leaf(
     return MaxTextLeaf(path=path, shape=shape, split_axis=split_axis, split_units=split_units)
 
 
-_ATTENTION_NORM = MaxText(
-    leaves=(_layer_leaf("pre_self_attention_layer_norm/scale", lambda c, v: (c.hidden,)),),
-    transform=MaxTextTransform.COPY,
-)
-_MLP_NORM = MaxText(
-    leaves=(_layer_leaf("post_self_attention_layer_norm/scale", lambda c, v: (c.hidden,)),),
-    transform=MaxTextTransform.COPY,
-)
+def _norm(path: str, gemma_path: str) -> MaxText:
+    """A layer norm's scale: llama2's name (mistral's, qwen3's) and gemma's (models/gemma.py)."""
+    return MaxText(
+        leaves=(_layer_leaf(path, lambda c, v: (c.hidden,)),),
+        transform=MaxTextTransform.COPY,
+        renamed=(("gemma", (_layer_leaf(gemma_path, lambda c, v: (c.hidden,)),)),),
+    )
+
+
+_ATTENTION_NORM = _norm("pre_self_attention_layer_norm/scale", "pre_self_attention_norm/scale")
+_MLP_NORM = _norm("post_self_attention_layer_norm/scale", "pre_ffw_norm/scale")
 _QKV = MaxText(
     leaves=(
         _layer_leaf("self_attention/query/kernel", lambda c, v: (c.hidden, c.heads, c.head_dim), 1, lambda c: c.heads),
@@ -818,15 +832,16 @@ def find(config: GPTConfig, name: str) -> Parameter:
     raise KeyError(f"{name}: not a parameter of this GPT model")
 
 
-def maxtext_paths(parameter: Parameter, config: GPTConfig, *, scanned: bool) -> tuple[str, ...]:
+def maxtext_paths(parameter: Parameter, config: GPTConfig, *, scanned: bool, block: str = "llama2") -> tuple[str, ...]:
     """The MaxText key paths (``params/...``) of the leaves this parameter holds; KeyError when it has none.
 
     ``scanned`` (MaxText ``scan_layers``): layers share one stacked leaf under
     ``params/decoder/layers/``; otherwise each layer has ``params/decoder/layers_{i}/``.
+    ``block``: MaxText's decoder_block (one of :data:`MAXTEXT_BLOCKS`).
     """
     if parameter.entry.maxtext is None or parameter.expert is not None:
         raise KeyError(f"{parameter.name}: no MaxText counterpart in the Llama-family layout")
-    leaves = parameter.entry.maxtext.leaves_for(config)
+    leaves = parameter.entry.maxtext.leaves_for(config, block)
     if parameter.layer is None:
         return tuple(leaf.path for leaf in leaves)
     layers = "params/decoder/layers" if scanned else f"params/decoder/layers_{parameter.layer}"

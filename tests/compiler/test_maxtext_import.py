@@ -558,6 +558,46 @@ def test_checkpoint_loading_becomes_init_checkpoint(configs: ConfigFolder) -> No
     assert both[0][0] == "load_full_state_path"
 
 
+def _compiles(toml: str, tmp_path: Path) -> list[str]:
+    """compile_spec's messages for ``toml`` (empty: it compiled); the files it names exist or not on disk."""
+    spec_path = tmp_path / "spec.toml"
+    spec_path.write_text(toml)
+
+    class Disk:
+        def exists(self, path: Path) -> bool:
+            return Path(path).exists()
+
+        def read_text(self, path: Path) -> str:
+            return Path(path).read_text()
+
+    result = compile_spec(
+        toml, spec_name="spec.toml", spec_path=spec_path, output_path=tmp_path / "run.py", files=Disk()
+    )
+    return [] if result.source is not None else [d.message for d in result.diagnostics]
+
+
+@pytest.mark.parametrize(("configs", "model"), model_cases(["mistral-7b", "qwen3-0.6b", "gemma-2b"]))
+def test_checkpoint_of_each_mapped_block_imports_to_a_spec_that_compiles(
+    configs: ConfigFolder, model: str, tmp_path: Path
+) -> None:
+    (tmp_path / "ckpt").mkdir()
+    toml, spec = imported(configs, model, "load_parameters_path=ckpt", "steps=10", "max_target_length=64")
+    assert spec.init.checkpoint is not None and spec.init.checkpoint.layout == "maxtext"
+    assert _compiles(toml, tmp_path) == []
+
+
+@pytest.mark.parametrize(("configs", "model"), model_cases(["gpt3-52k", "mixtral-8x7b"]))
+def test_checkpoint_of_an_unmapped_block_is_refused_at_import(configs: ConfigFolder, model: str) -> None:
+    [(key, message, hint)] = errors(configs, model, "load_parameters_path=ckpt")
+    block = model.split("-")[0]
+    assert key == "load_parameters_path"
+    assert message == (
+        f"load_parameters_path with decoder_block {block!r}: bridgec reads the checkpoints of MaxText's "
+        f"llama2, mistral, qwen3, gemma blocks; {block}'s checkpoint layout is not mapped"
+    )
+    assert hint == "import without load_parameters_path (the spec then starts from megatron's initializers)"
+
+
 def test_every_key_of_the_merged_config_is_in_the_output(configs: ConfigFolder) -> None:
     """Nothing is dropped silently: each MaxText key is named in a mapped value's comment or the closing block."""
     toml, _ = imported(configs, "qwen3-0.6b", "steps=5")

@@ -298,8 +298,8 @@ def test_rule_init_checkpoint_model() -> None:
             },
         },
         [
-            'spec.toml:9: [init.checkpoint] layout = "maxtext" holds a Llama-family decoder, which needs model a dense '
-            "model (no num_experts); hint: set a dense model (no num_experts) under [model] to match the checkpoint"
+            'spec.toml:9: [init.checkpoint] layout = "maxtext" holds a MaxText llama2/mistral/qwen3/gemma decoder, '
+            "which needs model a dense model (no num_experts); hint: set a dense model (no num_experts) under [model] to match the checkpoint"
         ],
         files={"ck": ""},
     )

@@ -54,6 +54,10 @@ class LlamaConfig:
     normalize_embedding_logits: bool = False
     scanned: bool = True
     param_scan_axis: int = 1
+    block: str = "llama2"  # MaxText decoder_block: llama2, mistral and qwen3 share names and maths; gemma
+    qk_norm: bool = False  # use_qk_norm (qwen3): per-head RMSNorm of q and k before RoPE, queries scaled at run time
+    activation: str = "silu"  # mlp_activations[0]: "silu" (SwiGLU) or "gelu" (tanh GeGLU, gemma)
+    dtype: str = "float32"  # MaxText's dtype: activations and matmuls; the weights stay float32 (weight_dtype)
 
 
 # --------------------------------------------------------------------------------------------
@@ -65,6 +69,10 @@ def _model(config: LlamaConfig) -> Any:
     import jax
     import jax.numpy as jnp
 
+    def cast(x: Any) -> Any:
+        """To MaxText's dtype: float32 weights are cast where they are used (MaxText's dtype vs weight_dtype)."""
+        return x if config.dtype == "float32" else jnp.asarray(x, jnp.dtype(config.dtype))
+
     def dense_general(features: tuple[int, ...], in_axes: int, name: str) -> Any:
         class DenseGeneral(nn.Module):
             @nn.compact
@@ -72,17 +80,19 @@ def _model(config: LlamaConfig) -> Any:
                 in_shape = x.shape[-in_axes:]
                 kernel = self.param("kernel", nn.initializers.normal(0.02), (*in_shape, *features))
                 contract = tuple(range(x.ndim - in_axes, x.ndim))
-                return jnp.tensordot(x, kernel, axes=(contract, tuple(range(in_axes))))
+                return jnp.tensordot(cast(x), cast(kernel), axes=(contract, tuple(range(in_axes))))
 
         return DenseGeneral(name=name)
 
     class RMSNorm(nn.Module):
         @nn.compact
         def __call__(self, x: Any) -> Any:
+            # MaxText's RMSNorm multiplies by the scale as stored (scale_offset 0), gemma's included.
             scale = self.param("scale", nn.initializers.ones, (x.shape[-1],))
             x32 = x.astype(jnp.float32)
             y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + config.epsilon)
-            return y * scale
+            # Normalised in float32, then scaled in MaxText's dtype (normalizations.py RMSNorm).
+            return cast(y) * cast(scale)
 
     def rope_default(x: Any, positions: Any) -> Any:
         dim = x.shape[-1]
@@ -121,14 +131,19 @@ def _model(config: LlamaConfig) -> Any:
             q = dense_general((h, d), 1, "query")(x)
             k = dense_general((g, d), 1, "key")(x)
             v = dense_general((g, d), 1, "value")(x)
-            q, k = rope(q, positions), rope(k, positions)
+            if config.qk_norm:
+                q, k = RMSNorm(name="query_norm")(q), RMSNorm(name="key_norm")(k)
+            q, k = cast(rope(q, positions)), cast(rope(k, positions))
             batch, seq = x.shape[:2]
             q = q.reshape(batch, seq, g, h // g, d)
-            # The query kernel carries 1/sqrt(d): no scaling here (MaxText's depth_scaling).
+            if config.qk_norm:
+                # qwen3 passes query_pre_attn_scalar = head_dim ** -0.5: attention scales the query at run time.
+                q = q * d**-0.5
+            # Otherwise the query kernel carries 1/sqrt(d): no scaling here (MaxText's depth_scaling).
             scores = jnp.einsum("bsgrd,btgd->bgrst", q, k).astype(jnp.float32)
             causal = jnp.tril(jnp.ones((seq, seq), dtype=bool))
             scores = jnp.where(causal, scores, jnp.finfo(jnp.float32).min)
-            probs = jax.nn.softmax(scores, axis=-1)
+            probs = cast(jax.nn.softmax(scores, axis=-1))
             out = jnp.einsum("bgrst,btgd->bsgrd", probs, v).reshape(batch, seq, h, d)
             return dense_general((config.emb_dim,), 2, "out")(out)
 
@@ -137,13 +152,22 @@ def _model(config: LlamaConfig) -> Any:
         def __call__(self, x: Any) -> Any:
             gate = dense_general((config.mlp_dim,), 1, "wi_0")(x)
             up = dense_general((config.mlp_dim,), 1, "wi_1")(x)
-            return dense_general((config.emb_dim,), 1, "wo")(nn.silu(gate) * up)
+            # MaxText's "gelu" is jax.nn.gelu, whose default is the tanh approximation.
+            act = nn.silu if config.activation == "silu" else jax.nn.gelu
+            return dense_general((config.emb_dim,), 1, "wo")(act(gate) * up)
+
+    # gemma names its two norms differently; the maths is the same pre-norm residual block.
+    norm_names = (
+        ("pre_self_attention_norm", "pre_ffw_norm")
+        if config.block == "gemma"
+        else ("pre_self_attention_layer_norm", "post_self_attention_layer_norm")
+    )
 
     class Layer(nn.Module):
         @nn.compact
         def __call__(self, x: Any, positions: Any) -> Any:
-            h = x + Attention(name="self_attention")(RMSNorm(name="pre_self_attention_layer_norm")(x), positions)
-            y = h + Mlp(name="mlp")(RMSNorm(name="post_self_attention_layer_norm")(h))
+            h = x + Attention(name="self_attention")(RMSNorm(name=norm_names[0])(x), positions)
+            y = h + Mlp(name="mlp")(RMSNorm(name=norm_names[1])(h))
             return y, None
 
     class Decoder(nn.Module):
@@ -167,14 +191,15 @@ def _model(config: LlamaConfig) -> Any:
                 if config.normalize_embedding_logits:
                     logits = logits / jnp.sqrt(y.shape[-1])
                 return logits
-            return dense_general((config.vocab_size,), 1, "logits_dense")(y)
+            # MaxText casts the logits to float32 for the loss (cast_logits_to_fp32).
+            return dense_general((config.vocab_size,), 1, "logits_dense")(y).astype(jnp.float32)
 
     class Transformer(nn.Module):
         @nn.compact
         def __call__(self, tokens: Any) -> Any:
             embedder = nn.Embed(config.vocab_size, config.emb_dim, name="token_embedder")
             positions = jnp.broadcast_to(jnp.arange(tokens.shape[1], dtype=jnp.float32), tokens.shape)
-            return Decoder(name="decoder")(embedder(tokens), positions, embedder)
+            return Decoder(name="decoder")(cast(embedder(tokens)), positions, embedder)
 
     return Transformer()
 
@@ -196,7 +221,8 @@ def random_params(config: LlamaConfig, seed: int) -> dict:
         name = "/".join(str(getattr(k, "key", k)) for k in path)
         if name.endswith("scale"):
             return (1.0 + 0.1 * rng.standard_normal(leaf.shape)).astype(np.float32)
-        std = 0.1 / math.sqrt(config.head_dim) if "query" in name else 0.1
+        # Under use_qk_norm MaxText does not pre-scale the query kernel.
+        std = 0.1 / math.sqrt(config.head_dim) if "query" in name and not config.qk_norm else 0.1
         return (std * rng.standard_normal(leaf.shape)).astype(np.float32)
 
     params = jax.tree_util.tree_map_with_path(draw, shapes)
@@ -347,15 +373,30 @@ def read_case(folder: Path) -> tuple[LlamaConfig, dict]:
     return LlamaConfig(**data.pop("config")), data
 
 
-def _training_case(out: Path, name: str, config: LlamaConfig, optimizer: str, *, use_zarr3: bool) -> None:
-    """K optimizer steps, a full-state checkpoint (TrainState: step, params, opt_state), then N more steps' losses."""
+def _training_case(
+    out: Path,
+    name: str,
+    config: LlamaConfig,
+    optimizer: str,
+    *,
+    use_zarr3: bool,
+    steps_before: int = 3,
+    steps_after: int = 4,
+    save_initial: bool = False,
+) -> None:
+    """K optimizer steps, a full-state checkpoint (TrainState: step, params, opt_state), then N more steps' losses.
+
+    ``save_initial``: the initial weights too (params only, step 0, under ``init/``), for a curve from the start.
+    """
     import jax
     import numpy as np
     import optax
     from flax.training import train_state
 
-    steps_before, steps_after, lr, betas, eps, wd = 3, 4, 3e-3, (0.9, 0.95), 1e-8, 0.1
+    lr, betas, eps, wd = 3e-3, (0.9, 0.95), 1e-8, 0.1
     params = random_params(config, seed=7)
+    if save_initial:
+        save(out / name / "init", 0, {"params": params}, use_zarr3=use_zarr3)
     batches = np.random.default_rng(11).integers(
         0, config.vocab_size, (steps_before + steps_after, 2, 17), dtype=np.int32
     )
@@ -494,6 +535,45 @@ def make_cases(out: Path) -> None:
     _synthetic_cases(out)
 
 
+BLOCKS = {
+    "mistral": LlamaConfig(block="mistral", rope_theta=1_000_000.0),
+    # head_dim 24 with 4 heads of a 64-wide model: head_dim != emb / heads.
+    "qwen3": LlamaConfig(block="qwen3", qk_norm=True, head_dim=24, rope_theta=1_000_000.0),
+    "gemma": LlamaConfig(block="gemma", activation="gelu"),
+}
+"""The other MaxText decoder blocks, each a small model in its own layout (tests/runtime/test_maxtext_blocks.py)."""
+
+
+def make_block_cases(out: Path) -> None:
+    """Per block: a scanned checkpoint saved from two devices split like TP, an unscanned one, and the logits."""
+    import numpy as np
+
+    tokens = np.random.default_rng(5).integers(0, LlamaConfig().vocab_size, (2, 16), dtype=np.int32)
+    np.save(out / "tokens.npy", tokens)
+    for seed, (block, config) in enumerate(BLOCKS.items()):
+        params = random_params(config, seed=20 + seed)
+        _forward_case(out, f"{block}_scanned", config, params, tokens, use_zarr3=True, sharded=True)
+        unscanned = dataclasses.replace(config, scanned=False)
+        _forward_case(out, f"{block}_unscanned", unscanned, unscan(params, config), tokens, use_zarr3=False)
+        # Ten adamw steps from the initial weights, the full state saved after three.
+        _training_case(
+            out, f"{block}_curve", config, "adamw", use_zarr3=True, steps_before=3, steps_after=7, save_initial=True
+        )
+    # MaxText's default precision (dtype bfloat16, weight_dtype float32) and the same run in float32.
+    for dtype in ("bfloat16", "float32"):
+        config = dataclasses.replace(LlamaConfig(), dtype=dtype)
+        _training_case(
+            out,
+            f"llama2_{dtype}_curve",
+            config,
+            "adamw",
+            use_zarr3=True,
+            steps_before=3,
+            steps_after=7,
+            save_initial=True,
+        )
+
+
 # --------------------------------------------------------------------------------------------
 # Reading back an exported checkpoint the way MaxText's load_parameters_path does.
 
@@ -548,11 +628,15 @@ def main(argv: list[str]) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     make = sub.add_parser("make")
     make.add_argument("out", type=Path)
+    blocks = sub.add_parser("make-blocks")
+    blocks.add_argument("out", type=Path)
     restore = sub.add_parser("restore", help="pairs of (exported item folder, case folder)")
     restore.add_argument("pairs", type=Path, nargs="+")
     args = parser.parse_args(argv)
     if args.command == "make":
         make_cases(args.out)
+    elif args.command == "make-blocks":
+        make_block_cases(args.out)
     else:
         pairs = zip(args.pairs[0::2], args.pairs[1::2], strict=True)
         print(json.dumps({str(items): compare_restored(items, case) for items, case in pairs}))
@@ -562,16 +646,17 @@ def main(argv: list[str]) -> int:
 _built: dict[str, Path] = {}
 
 
-def build_cases(root: Path) -> Path:
-    """Write every case under ``root`` once per test session (in a JAX subprocess); returns the folder."""
-    if "cases" not in _built:
+def build_cases(root: Path, command: str = "make") -> Path:
+    """Write every case of ``command`` (make, make-blocks) under ``root`` once per test session (in a JAX
+    subprocess); returns the folder."""
+    if command not in _built:
         import subprocess
 
-        out = Path(root) / "maxtext_cases"
+        out = Path(root) / f"maxtext_cases_{command}"
         out.mkdir(parents=True, exist_ok=True)
-        subprocess.run([sys.executable, __file__, "make", str(out)], check=True, capture_output=True, text=True)
-        _built["cases"] = out
-    return _built["cases"]
+        subprocess.run([sys.executable, __file__, command, str(out)], check=True, capture_output=True, text=True)
+        _built[command] = out
+    return _built[command]
 
 
 def restore_in_jax(pairs: list[tuple[Path, Path]]) -> dict:

@@ -45,6 +45,8 @@ def transformer_config(
     config: dict, *, tensor: int, pipeline: int, query_scaling: str, dtype: str = "fp32"
 ) -> TransformerConfig:
     bf16 = dtype == "bf16"
+    qk_norm = config.get("qk_norm", False)
+    gelu = config.get("activation", "silu") == "gelu"
     return TransformerConfig(
         bf16=bf16,
         num_layers=config["num_layers"],
@@ -56,12 +58,14 @@ def transformer_config(
         normalization="RMSNorm",
         layernorm_epsilon=config["epsilon"],
         gated_linear_unit=True,
-        activation_func=F.silu,
+        activation_func=functools.partial(F.gelu, approximate="tanh") if gelu else F.silu,
+        qk_layernorm=qk_norm,
         bias_activation_fusion=False,
         add_bias_linear=False,
         hidden_dropout=0.0,
         attention_dropout=0.0,
-        softmax_scale=1.0 if query_scaling == "keep" else None,
+        # Under qk norms MaxText scales scores by 1/sqrt(head_dim) at run time, as megatron's default does.
+        softmax_scale=1.0 if query_scaling == "keep" and not qk_norm else None,
         tensor_model_parallel_size=tensor,
         pipeline_model_parallel_size=pipeline,
         pipeline_dtype=torch.bfloat16 if bf16 else torch.float32,
@@ -81,7 +85,9 @@ def provider(config: dict, *, tensor: int, pipeline: int, query_scaling: str, dt
             config=transformer_config(
                 config, tensor=tensor, pipeline=pipeline, query_scaling=query_scaling, dtype=dtype
             ),
-            transformer_layer_spec=get_gpt_layer_local_spec(normalization="RMSNorm"),
+            transformer_layer_spec=get_gpt_layer_local_spec(
+                normalization="RMSNorm", qk_layernorm=config.get("qk_norm", False)
+            ),
             vocab_size=padded_vocab(config["vocab_size"], tensor),
             max_sequence_length=64,
             pre_process=pre_process,
@@ -185,18 +191,20 @@ def forward_step(data_iterator: Iterator[dict[str, torch.Tensor]], model: Any) -
 _parallel: dict[str, dict] = {}
 
 
-def run_parallel(cases: Path, out: Path) -> dict[int, dict]:
-    """Run parallel_import.py under torchrun (2 processes; TP=2 then PP=2) once per session; per-rank results."""
-    if "results" not in _parallel:
+def run_parallel(cases: Path, out: Path, *arguments: str) -> dict[int, dict]:
+    """Run parallel_import.py on 2 processes (TP=2 then PP=2, or as ``arguments`` say) once per session and set
+    of arguments; per-rank results."""
+    key = " ".join(arguments) or "results"
+    if key not in _parallel:
         from tests import warm
 
         script = Path(__file__).with_name("parallel_import.py")
-        command = [str(script), str(cases), str(out)]
+        command = [str(script), str(cases), str(out), *arguments]
         done = warm.torchrun(2, command, cwd=script.parent)
         if done.returncode != 0:
             raise AssertionError(f"{' '.join(command)} failed:\n{done.stderr[-4000:]}")
-        _parallel["results"] = {rank: json.loads((out / f"rank{rank}.json").read_text()) for rank in (0, 1)}
-    return _parallel["results"]
+        _parallel[key] = {rank: json.loads((out / f"rank{rank}.json").read_text()) for rank in (0, 1)}
+    return _parallel[key]
 
 
 def single_process_layout() -> Layout:

@@ -1,6 +1,7 @@
 """torchrun script: import MaxText test checkpoints at TP=2, PP=2 and DP=2 and measure parity and per-rank reads.
 
-    torchrun --nproc-per-node 2 parallel_import.py CASES OUT --layouts tp2 pp2 dp2
+    torchrun --nproc-per-node 2 parallel_import.py CASES OUT --layouts tp2 pp2 dp2 [--cases NAME ...]
+        [--query-scaling undo|keep]
 
 Per layout (megatron's groups are rebuilt in the same processes, which saves a
 launch) and per case it builds this rank's chunks, loads the checkpoint, computes the
@@ -66,11 +67,11 @@ def pipeline_logits(chunk: torch.nn.Module, tokens: torch.Tensor, layout: ml.Lay
         return ml.gather_vocab(chunk(None, positions, None))
 
 
-def run_case(cases: Path, name: str, layout: ml.Layout, export_dir: Path) -> dict:
+def run_case(cases: Path, name: str, layout: ml.Layout, export_dir: Path, query_scaling: str) -> dict:
     config, data = ml.read_case(cases / name)
     items = cases / name / data["items"]
     chunks = build_chunks(
-        ml.provider(config, tensor=layout.tensor, pipeline=layout.pipeline, query_scaling="undo"), layout
+        ml.provider(config, tensor=layout.tensor, pipeline=layout.pipeline, query_scaling=query_scaling), layout
     )
     stats = ReadStats()
     before = file_bytes_read()
@@ -80,11 +81,12 @@ def run_case(cases: Path, name: str, layout: ml.Layout, export_dir: Path) -> dic
         vocab_size=config["vocab_size"],
         tensor_parallel=layout.tensor,
         tensor_rank=layout.tensor_rank,
-        query_scaling="undo",
+        query_scaling=query_scaling,
         rope_layout="rotate_half",
         stats=stats,
     )
     result: dict = {
+        "block": report.block,
         "bytes_read": report.bytes_read,
         "per_leaf": stats.per_leaf,
         "file_bytes_read": file_bytes_read() - before,
@@ -108,10 +110,10 @@ def run_case(cases: Path, name: str, layout: ml.Layout, export_dir: Path) -> dic
                 full.__getitem__,
                 directory=export_dir / name,
                 step=0,
-                dims=Dims.of(chunks[0], vocab_size=config["vocab_size"]),
+                dims=Dims.of(chunks[0], vocab_size=config["vocab_size"], block=report.block),
                 scanned=report.scanned,
                 dtype="float32",
-                query_scaling="undo",
+                query_scaling=query_scaling,
                 rope_layout="rotate_half",
                 zarr3=report.zarr3,
             )
@@ -250,6 +252,8 @@ def main() -> int:
     parser.add_argument("cases", type=Path)
     parser.add_argument("out", type=Path)
     parser.add_argument("--layouts", nargs="+", choices=sorted(LAYOUTS), default=sorted(LAYOUTS))
+    parser.add_argument("--cases", nargs="+", default=list(CASES), dest="names")
+    parser.add_argument("--query-scaling", choices=("undo", "keep"), default="undo")
     args = parser.parse_args()
     results: dict = {}
     for name in args.layouts:
@@ -261,7 +265,10 @@ def main() -> int:
                 "bf16_export": run_bf16_export(args.cases, layout, args.out / "export-dp2-bf16"),
             }
         else:
-            results[name] = {case: run_case(args.cases, case, layout, args.out / f"export-{name}") for case in CASES}
+            results[name] = {
+                case: run_case(args.cases, case, layout, args.out / f"export-{name}", args.query_scaling)
+                for case in args.names
+            }
         results[name]["ranks"] = {"tensor": layout.tensor_rank, "pipeline": layout.pipeline_rank}
         parallel_state.destroy_model_parallel()
     results["jax_imported"] = any(module == "jax" or module.startswith("jax.") for module in sys.modules)
