@@ -263,6 +263,47 @@ def _after_model(ch: Choices) -> tuple[str, ...]:
             assert_never(ch.query_scaling)
 
 
+def _adapters(spec: Spec) -> tuple[Argument, ...]:
+    if spec.peft is None:
+        return ()
+    settings = Call(
+        function="AdapterSettings",
+        arguments=names(
+            ("method", "PEFT_METHOD"),
+            ("targets", "PEFT_TARGETS"),
+            ("rank", "PEFT_RANK"),
+            ("scaling", "PEFT_SCALING"),
+            ("dropout", "PEFT_DROPOUT"),
+            ("init_a", "PEFT_INIT_A"),
+            ("init_b", "PEFT_INIT_B"),
+        ),
+    )
+    return (arg("adapters", settings),)
+
+
+def _peft_after_load(spec: Spec) -> tuple[str, ...]:
+    """[peft] after the base weights are in: the adapters from a PEFT folder, or DoRA's magnitudes from the weights."""
+    if spec.peft is None:
+        return ()
+    if spec.peft.adapter is not None:
+        return (
+            "# The adapters from a Hugging Face PEFT folder (checked against this model's adapters first).",
+            "load_hf_adapter(",
+            "    [unwrap(chunk) for chunk in built.model],",
+            "    path=SPEC_DIR / PEFT_ADAPTER,",
+            "    tensor_parallel=TENSOR_PARALLEL,",
+            "    tensor_rank=built.layout.tensor_rank,",
+            "    optimizer=built.optimizer,",
+            ")",
+        )
+    if spec.peft.method == "dora":
+        return (
+            "# DoRA's magnitudes start as the loaded base weights' row norms.",
+            "reset_magnitudes([unwrap(chunk) for chunk in built.model], built.optimizer)",
+        )
+    return ()
+
+
 def _checkpointer(spec: Spec) -> tuple[Argument, ...]:
     if spec.checkpoint.dir is None:
         return ()
@@ -338,6 +379,7 @@ def step_plan(spec: Spec, ch: Choices) -> StepPlan:
                     ("distributed_optimizer", "DISTRIBUTED_OPTIMIZER"),
                 ),
                 *(names(("num_experts", "NUM_EXPERTS")) if spec.model.num_experts is not None else ()),
+                *_adapters(spec),
             ),
         ),
         after_model=_after_model(ch),
@@ -625,7 +667,7 @@ def init_checkpoint_plan(spec: Spec, ch: Choices) -> InitCheckpointPlan | None:
         )
     else:
         call = ("initial = start_from_checkpoint(built)",)
-    return InitCheckpointPlan(docstring=docstring, body=(*load, *tail), call=call)
+    return InitCheckpointPlan(docstring=docstring, body=(*load, *_peft_after_load(spec), *tail), call=call)
 
 
 # --------------------------------------------------------------------------------------------
@@ -690,6 +732,12 @@ def imports(spec: Spec, ch: Choices, *, schedule: Call | None, forward: ForwardP
         need["init"].add("scale_query_rows")
     if spec.profile is not None:
         need["profile"].add("ProfileSettings")
+    if spec.peft is not None:
+        need["peft"].add("AdapterSettings")
+        if spec.peft.adapter is not None:
+            need["peft_hf"].add("load_hf_adapter")
+        elif spec.peft.method == "dora" and spec.init.checkpoint is not None:
+            need["peft"].add("reset_magnitudes")
     for sink in derive.sinks(spec):
         module, name = SINK_CLASSES[sink]
         need[module].add(name)

@@ -1,0 +1,139 @@
+"""torchrun worker of tests/runtime/test_peft.py: train each compiled [peft] script for STEPS steps on fixed
+batches and, on global rank 0, the same adapters with Hugging Face peft and torch's AdamW; write OUT/rank<r>.json.
+
+    torchrun --nproc-per-node N -m tests.runtime.peft_worker OUT BASE NAME=SCRIPT=ADAPTER ...
+
+Every script has the same layout: the first one's start() sets up torch.distributed and megatron's groups and
+each script's build() builds its model on them. start_from_checkpoint() loads the base model and the peft-saved
+adapter exactly as the script's main() does; the steps run through the runtime's own train_step.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from bridgec.runtime.convert import load_script
+from bridgec.runtime.loop import TrainState
+from bridgec.runtime.model import unwrap
+from bridgec.runtime.step import train_step
+
+STEPS = 10
+VOCAB = 300
+
+
+def batches(global_batch: int, seq_length: int) -> torch.Tensor:
+    """STEPS global batches of seq_length + 1 tokens: [STEPS, global_batch, seq_length + 1]."""
+    generator = torch.Generator().manual_seed(11)
+    return torch.randint(0, VOCAB, (STEPS, global_batch, seq_length + 1), generator=generator)
+
+
+def _microbatches(tokens: torch.Tensor, *, micro: int, data_rank: int, data: int) -> list[dict[str, torch.Tensor]]:
+    """One step's microbatches of this data-parallel rank (a contiguous share of the global batch)."""
+    share = tokens.shape[0] // data
+    mine = tokens[data_rank * share : (data_rank + 1) * share]
+    out = []
+    for start in range(0, share, micro):
+        part = mine[start : start + micro]
+        inputs, labels = part[:, :-1], part[:, 1:]
+        out.append(
+            {
+                "tokens": inputs,
+                "labels": labels,
+                "loss_mask": torch.ones(labels.shape),
+                "position_ids": torch.arange(inputs.shape[1]).expand_as(inputs),
+            }
+        )
+    return out
+
+
+def _megatron(script, layout, data: torch.Tensor) -> dict[str, object]:  # noqa: ANN001
+    built = script.build(layout)
+    script.start_from_checkpoint(built)
+    chunks = [unwrap(chunk) for chunk in built.model]
+    base = {name: p.detach().clone() for chunk in chunks for name, p in chunk.named_parameters() if not p.requires_grad}
+    trainable = sum(p.numel() for chunk in chunks for p in chunk.parameters() if p.requires_grad)
+    in_optimizer = sum(p.numel() for group in built.optimizer.param_groups for p in group["params"])
+    losses = []
+    for step in range(STEPS):
+        micro = _microbatches(
+            data[step], micro=script.MICRO_BATCH_SIZE, data_rank=layout.data_rank, data=layout.data
+        )
+        state = TrainState(step=step, consumed_samples=step * script.GLOBAL_BATCH_SIZE, layout=layout)
+        result = train_step(
+            functools.partial(script.forward_step, state),
+            [iter(micro)],
+            built.model,
+            built.optimizer,
+            built.scheduler,
+            num_microbatches=script.NUM_MICROBATCHES,
+            micro_batch_size=script.MICRO_BATCH_SIZE,
+            seq_length=script.SEQ_LENGTH,
+            clip_grad=script.CLIP_GRAD,
+        )
+        losses.append(result.loss)
+    moved = [
+        name for chunk in chunks for name, p in chunk.named_parameters() if name in base and not torch.equal(p, base[name])
+    ]
+    grads = [name for chunk in chunks for name, p in chunk.named_parameters() if not p.requires_grad and (p.grad is not None or getattr(p, "main_grad", None) is not None)]
+    ddp_elements = sum(buffer.numel for chunk in built.model for buffer in chunk.buffers)
+    return {
+        "losses": losses,
+        "trainable": trainable,
+        "in_optimizer": in_optimizer,
+        "grad_buffer": ddp_elements,
+        "frozen_moved": moved,
+        "frozen_with_grads": grads,
+        "table_trainable": script.TRAINABLE_PARAMETERS,
+    }
+
+
+def _reference(base: Path, adapter: Path, data: torch.Tensor, *, lr: float, betas: tuple[float, float], eps: float) -> list[float]:
+    """Hugging Face peft: the same adapter, batches and Adam (no weight decay, constant learning rate)."""
+    import peft
+    import transformers
+
+    model = transformers.AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32, attn_implementation="eager")
+    model = peft.PeftModel.from_pretrained(model, adapter, is_trainable=True)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=lr, betas=betas, eps=eps, weight_decay=0.0)
+    losses = []
+    for step in range(STEPS):
+        inputs, labels = data[step][:, :-1], data[step][:, 1:]
+        logits = model(inputs).logits
+        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), reduction="sum")
+        loss = loss / labels.numel()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(float(loss))
+    return losses
+
+
+def main() -> None:
+    out, base = Path(sys.argv[1]), Path(sys.argv[2])
+    results: dict[str, dict[str, object]] = {}
+    layout = None
+    for triple in sys.argv[3:]:
+        name, script_path, adapter = triple.split("=")
+        script = load_script(Path(script_path))
+        if layout is None:
+            layout = script.start("peft worker")
+        data = batches(script.GLOBAL_BATCH_SIZE, script.SEQ_LENGTH)
+        found = _megatron(script, layout, data)
+        if dist.get_rank() == 0:
+            found["reference"] = _reference(
+                base, Path(adapter), data, lr=script.LR, betas=(script.ADAM_BETA1, script.ADAM_BETA2), eps=script.ADAM_EPS
+            )
+        results[name] = found
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"rank{dist.get_rank()}.json").write_text(json.dumps(results, indent=1), encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()
