@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from bridgec.runtime.convert import load_script
+import importlib.util
 from bridgec.runtime.loop import TrainState
 from bridgec.runtime.model import unwrap
 from bridgec.runtime.step import train_step
@@ -28,9 +28,12 @@ VOCAB = 300
 
 
 def batches(global_batch: int, seq_length: int) -> torch.Tensor:
-    """STEPS global batches of seq_length + 1 tokens: [STEPS, global_batch, seq_length + 1]."""
+    """STEPS global batches of seq_length + 1 tokens: [STEPS, global_batch, seq_length + 1].
+
+    One random batch, every step: the adapters learn it, so the losses fall (the check compares moving curves).
+    """
     generator = torch.Generator().manual_seed(11)
-    return torch.randint(0, VOCAB, (STEPS, global_batch, seq_length + 1), generator=generator)
+    return torch.randint(0, VOCAB, (1, global_batch, seq_length + 1), generator=generator).expand(STEPS, -1, -1)
 
 
 def _microbatches(tokens: torch.Tensor, *, micro: int, data_rank: int, data: int) -> list[dict[str, torch.Tensor]]:
@@ -115,13 +118,22 @@ def _reference(base: Path, adapter: Path, data: torch.Tensor, *, lr: float, beta
     return losses
 
 
+def load_module(path: Path):  # noqa: ANN201 - the generated script as a module
+    """The whole script (its forward_step and start_from_checkpoint too, which bridgec convert's view leaves out)."""
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def main() -> None:
     out, base = Path(sys.argv[1]), Path(sys.argv[2])
     results: dict[str, dict[str, object]] = {}
     layout = None
     for triple in sys.argv[3:]:
         name, script_path, adapter = triple.split("=")
-        script = load_script(Path(script_path))
+        script = load_module(Path(script_path))
         if layout is None:
             layout = script.start("peft worker")
         data = batches(script.GLOBAL_BATCH_SIZE, script.SEQ_LENGTH)
