@@ -24,6 +24,8 @@ REPO = Path(__file__).resolve().parents[2]
 RANK, ALPHA = 4, 8.0
 HF_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 TARGETS = ["linear_q", "linear_k", "linear_v", "linear_proj", "linear_fc1_gate", "linear_fc1_up", "linear_fc2"]
+FUSED = ["linear_qkv", "linear_proj", "linear_fc1", "linear_fc2"]
+"""megatron-core's own linears: one adapter on the fused q/k/v rows (per key/value group) and [gate; up] rows."""
 LAYOUTS = {"tp1": (1, 1), "tp2": (2, 1), "pp2": (1, 2)}
 TOLERANCE = 1e-5
 
@@ -34,8 +36,11 @@ def base(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return save(llama, tmp_path_factory.mktemp("peft") / "model")
 
 
-def make_adapter(base: Path, folder: Path, *, dora: bool) -> Path:
-    """A peft adapter with random (not zero) B, so it changes the output from the first step."""
+def make_adapter(base: Path, folder: Path, *, dora: bool, shared: bool = False) -> Path:
+    """A peft adapter with random (not zero) B, so it changes the output from the first step.
+
+    ``shared``: q/k/v and gate/up share their A, as one adapter on the fused linear_qkv and linear_fc1 does.
+    """
     import peft
     import transformers
 
@@ -44,11 +49,21 @@ def make_adapter(base: Path, folder: Path, *, dora: bool) -> Path:
     config = peft.LoraConfig(
         r=RANK, lora_alpha=ALPHA, target_modules=HF_TARGETS, use_dora=dora, init_lora_weights=False, lora_dropout=0.0
     )
-    peft.get_peft_model(model, config).save_pretrained(folder)
+    adapted = peft.get_peft_model(model, config)
+    if shared:
+        with torch.no_grad():
+            for layer in adapted.base_model.model.model.layers:
+                for first, others in ((layer.self_attn.q_proj, ("k_proj", "v_proj")), (layer.mlp.gate_proj, ("up_proj",))):
+                    for name in others:
+                        parent = layer.self_attn if name in ("k_proj", "v_proj") else layer.mlp
+                        getattr(parent, name).lora_A["default"].weight.copy_(first.lora_A["default"].weight)
+    adapted.save_pretrained(folder)
     return folder
 
 
-def write_spec(base: Path, spec: Path, *, method: str, adapter: Path, tensor: int, pipeline: int) -> Path:
+def write_spec(
+    base: Path, spec: Path, *, method: str, adapter: Path, tensor: int, pipeline: int, targets: list[str]
+) -> Path:
     """``bridgec import hf``, then the training and [peft] tables; compiled next to it."""
     procs = tensor * pipeline
     assert bridgec(["import", "hf", str(base), "--devices", str(procs), "--device", "cpu", "-o", str(spec)]) == 0
@@ -56,7 +71,7 @@ def write_spec(base: Path, spec: Path, *, method: str, adapter: Path, tensor: in
     head, _, tail = text.partition("\n[batch]")
     tail = re.sub(r"^\[(train|optimizer|scheduler)\][^\[]*", "", "[batch]" + tail, flags=re.M)
     tail = re.sub(r"^\[batch\][^\[]*", "", tail, flags=re.M)
-    targets = ", ".join(f'"{t}"' for t in TARGETS)
+    listed = ", ".join(f'"{t}"' for t in targets)
     text = (
         head
         + f"\n[parallel]\ntensor = {tensor}\npipeline = {pipeline}\n\n"
@@ -64,7 +79,7 @@ def write_spec(base: Path, spec: Path, *, method: str, adapter: Path, tensor: in
         + '[train]\nmode = "finetune"\niters = 10\n\n'
         + '[optimizer]\nname = "adam"\nlr = 0.01\nweight_decay = 0.0\nclip_grad = 0.0\n\n'
         + '[scheduler]\ndecay = "constant"\n\n'
-        + f'[peft]\nmethod = "{method}"\ntarget_modules = [{targets}]\nrank = {RANK}\nalpha = {ALPHA}\n'
+        + f'[peft]\nmethod = "{method}"\ntarget_modules = [{listed}]\nrank = {RANK}\nalpha = {ALPHA}\n'
         + f'adapter = "{adapter}"\n\n'
         + tail
     )
@@ -76,7 +91,8 @@ def write_spec(base: Path, spec: Path, *, method: str, adapter: Path, tensor: in
 
 @pytest.fixture(scope="module")
 def adapters(base: Path) -> dict[str, Path]:
-    return {method: make_adapter(base, base.parent / f"adapter_{method}", dora=method == "dora") for method in ("lora", "dora")}
+    made = {method: make_adapter(base, base.parent / f"adapter_{method}", dora=method == "dora") for method in ("lora", "dora")}
+    return {**made, "fused": make_adapter(base, base.parent / "adapter_fused", dora=False, shared=True)}
 
 
 def _launch(base: Path, adapters: dict[str, Path], root: Path, layout: str) -> dict[int, dict]:
@@ -84,7 +100,15 @@ def _launch(base: Path, adapters: dict[str, Path], root: Path, layout: str) -> d
     procs = tensor * pipeline
     triples = []
     for method, adapter in adapters.items():
-        script = write_spec(base, root / f"{method}.toml", method=method, adapter=adapter, tensor=tensor, pipeline=pipeline)
+        script = write_spec(
+            base,
+            root / f"{method}.toml",
+            method="dora" if method == "dora" else "lora",
+            adapter=adapter,
+            tensor=tensor,
+            pipeline=pipeline,
+            targets=FUSED if method == "fused" else TARGETS,
+        )
         triples.append(f"{method}={script}={adapter}")
     out = root / "out"
     command = [str(TORCHRUN), "--standalone", "--nproc-per-node", str(procs), "-m", "tests.runtime.peft_worker"]
@@ -117,3 +141,8 @@ def test_losses_match_hugging_face_peft(base: Path, adapters: dict[str, Path], t
         # The adapter table's count is the whole model's; each rank holds its tensor/pipeline share of it.
         if layout == "tp1":
             assert found["trainable"] == found["table_trainable"]
+    # Fused targets: peft trains q/k/v's A matrices apart from step 2 on, so only the first step's loss (the
+    # loaded adapter's forward, rows interleaved per group and split [gate; up] per rank) compares.
+    fused = ranks[0]["fused"]
+    assert abs(fused["losses"][0] - fused["reference"][0]) <= TOLERANCE, fused
+    assert abs(fused["losses"][0] - ranks[0]["lora"]["losses"][0]) > 1e-3  # another adapter: another loss
