@@ -325,6 +325,7 @@ def _checkpointer(spec: Spec) -> tuple[Argument, ...]:
                         ("spec_text", "identity.spec_text"),
                         ("async_save", "ASYNC_SAVE"),
                     ),
+                    *(names(("adapters_only", "True")) if spec.peft is not None else ()),
                 ),
             ),
         ),
@@ -658,8 +659,13 @@ def init_checkpoint_plan(spec: Spec, ch: Choices) -> InitCheckpointPlan | None:
         )
     else:
         tail = ("return Progress(step=0, consumed_samples=0, skipped_steps=0)",)
-    if spec.checkpoint.dir is not None:
+    if spec.checkpoint.dir is not None and spec.peft is not None:
         call: tuple[str, ...] = (
+            "# Every start loads the frozen base: a [peft] checkpoint holds the adapters and their optimizer state only.",
+            "initial = start_from_checkpoint(built)",
+        )
+    elif spec.checkpoint.dir is not None:
+        call = (
             "initial = None",
             "if not (RESUME and built.checkpointer.has_checkpoint()):  # a resumed run takes everything from its "
             "own checkpoint",

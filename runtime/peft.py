@@ -40,6 +40,8 @@ from megatron.core.tensor_parallel import (
     reduce_from_tensor_model_parallel_region,
 )
 from megatron.core.tensor_parallel.layers import set_tensor_model_parallel_attributes
+from megatron.core.transformer.mlp import apply_swiglu_sharded_factory
+from megatron.core.utils import make_sharded_tensor_for_checkpoint, make_tp_sharded_tensor_for_checkpoint
 
 from bridgec.runtime.init import name_seed, shard
 from bridgec.runtime.models import lora
@@ -216,6 +218,32 @@ class PeftLayers(torch.nn.Module):
     def __init__(self, per_layer: list[dict[str, LowRankAdapter]]) -> None:
         super().__init__()
         self.layers = torch.nn.ModuleList(torch.nn.ModuleDict(adapters) for adapters in per_layer)
+
+    def sharded_state_dict(
+        self, prefix: str = "", sharded_offsets: tuple = (), metadata: dict | None = None
+    ) -> dict[str, object]:
+        """megatron-core's dist_checkpointing view: each tensor by its global name, split as the table says.
+
+        GPTModel's recursion calls this for ``chunk.peft``. Keys use global layer numbers (no pipeline
+        offsets to add); a [gate; up] adapter of linear_fc1 is saved as two halves (megatron-core's swiglu
+        factory, as for linear_fc1's own weight), so a checkpoint loads at another tensor-parallel size.
+        """
+        found: dict[str, object] = {}
+        for local_layer, adapters in enumerate(self.layers):
+            for name, adapter in adapters.items():
+                for parameter in adapter.table:
+                    tensor = getattr(adapter, parameter.role.value)
+                    local_key = f"{prefix}layers.{local_layer}.{name}.{parameter.role.value}"
+                    key = f"{prefix}layers.{parameter.selected.layer}.{name}.{parameter.role.value}"
+                    found[local_key] = _sharded(tensor, key, parameter)
+        return found
+
+
+def _sharded(tensor: torch.Tensor, key: str, parameter: lora.AdapterParameter) -> object:
+    if parameter.split is None:
+        return make_sharded_tensor_for_checkpoint(tensor, key)
+    sharded = make_tp_sharded_tensor_for_checkpoint(tensor, key, tp_axis=parameter.split.axis)
+    return apply_swiglu_sharded_factory(sharded, ()) if parameter.stride == 2 else sharded
 
 
 def attach_adapters(

@@ -19,7 +19,8 @@ import torch
 import torch.distributed as dist
 
 import importlib.util
-from bridgec.runtime.loop import TrainState
+from bridgec.runtime.checkpoint_files import find_latest, read_tensor_metadata
+from bridgec.runtime.loop import Progress, TrainState
 from bridgec.runtime.model import unwrap
 from bridgec.runtime.step import train_step
 
@@ -55,18 +56,14 @@ def _microbatches(tokens: torch.Tensor, *, micro: int, data_rank: int, data: int
     return out
 
 
-def _megatron(script, layout, data: torch.Tensor) -> dict[str, object]:  # noqa: ANN001
-    built = script.build(layout)
-    script.start_from_checkpoint(built)
-    chunks = [unwrap(chunk) for chunk in built.model]
-    base = {name: p.detach().clone() for chunk in chunks for name, p in chunk.named_parameters() if not p.requires_grad}
-    trainable = sum(p.numel() for chunk in chunks for p in chunk.parameters() if p.requires_grad)
-    in_optimizer = sum(p.numel() for group in built.optimizer.param_groups for p in group["params"])
+SAVE_AT = 5
+"""Scripts with a [checkpoint] save after this step; a second build resumes there and runs the rest again."""
+
+
+def _steps(script, layout, built, data: torch.Tensor, steps: range) -> list[float]:  # noqa: ANN001
     losses = []
-    for step in range(STEPS):
-        micro = _microbatches(
-            data[step], micro=script.MICRO_BATCH_SIZE, data_rank=layout.data_rank, data=layout.data
-        )
+    for step in steps:
+        micro = _microbatches(data[step], micro=script.MICRO_BATCH_SIZE, data_rank=layout.data_rank, data=layout.data)
         state = TrainState(step=step, consumed_samples=step * script.GLOBAL_BATCH_SIZE, layout=layout)
         result = train_step(
             functools.partial(script.forward_step, state),
@@ -80,6 +77,36 @@ def _megatron(script, layout, data: torch.Tensor) -> dict[str, object]:  # noqa:
             clip_grad=script.CLIP_GRAD,
         )
         losses.append(result.loss)
+        if built.checkpointer is not None and step + 1 == SAVE_AT:
+            built.checkpointer.save(
+                Progress(step=SAVE_AT, consumed_samples=SAVE_AT * script.GLOBAL_BATCH_SIZE, skipped_steps=0)
+            )
+    return losses
+
+
+def _resumed(script, layout, data: torch.Tensor) -> dict[str, object]:  # noqa: ANN001
+    """A fresh build that starts as main() does on resume: the base (and peft adapter), then the checkpoint."""
+    built = script.build(layout)
+    script.start_from_checkpoint(built)
+    progress = built.checkpointer.load_latest()
+    assert progress is not None and progress.step == SAVE_AT
+    folder = find_latest(built.checkpointer.directory)
+    keys = sorted(read_tensor_metadata(folder).state_dict_metadata)
+    return {
+        "resumed_losses": _steps(script, layout, built, data, range(SAVE_AT, STEPS)),
+        "checkpoint_keys": keys,
+        "checkpoint_bytes": sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()),
+    }
+
+
+def _megatron(script, layout, data: torch.Tensor) -> dict[str, object]:  # noqa: ANN001
+    built = script.build(layout)
+    script.start_from_checkpoint(built)
+    chunks = [unwrap(chunk) for chunk in built.model]
+    base = {name: p.detach().clone() for chunk in chunks for name, p in chunk.named_parameters() if not p.requires_grad}
+    trainable = sum(p.numel() for chunk in chunks for p in chunk.parameters() if p.requires_grad)
+    in_optimizer = sum(p.numel() for group in built.optimizer.param_groups for p in group["params"])
+    losses = _steps(script, layout, built, data, range(STEPS))
     moved = [
         name for chunk in chunks for name, p in chunk.named_parameters() if name in base and not torch.equal(p, base[name])
     ]
@@ -138,6 +165,8 @@ def main() -> None:
             layout = script.start("peft worker")
         data = batches(script.GLOBAL_BATCH_SIZE, script.SEQ_LENGTH)
         found = _megatron(script, layout, data)
+        if getattr(script, "CHECKPOINT_DIR", None) is not None:
+            found.update(_resumed(script, layout, data))
         if dist.get_rank() == 0:
             found["reference"] = _reference(
                 base, Path(adapter), data, lr=script.LR, betas=(script.ADAM_BETA1, script.ADAM_BETA2), eps=script.ADAM_EPS

@@ -1,5 +1,6 @@
 """[peft] against Hugging Face peft: LoRA and DoRA adapters saved by peft, loaded through [peft] adapter, trained
-10 steps in fp32 on the same batches with Adam; per-step losses within 1e-5 of peft's at TP1, TP2 and PP2.
+10 steps in fp32 on the same batches with Adam; per-step losses within 1e-5 of peft's at TP1, TP2 and PP2, and an
+adapters-only checkpoint after step 5 that a fresh build resumes bit for bit.
 
 One torchrun launch per layout (tests/runtime/peft_worker.py) trains both methods and, on rank 0, the peft
 reference. The same launch checks that the base weights stay frozen (not moved, no gradient, no DDP buffer, no
@@ -62,7 +63,15 @@ def make_adapter(base: Path, folder: Path, *, dora: bool, shared: bool = False) 
 
 
 def write_spec(
-    base: Path, spec: Path, *, method: str, adapter: Path, tensor: int, pipeline: int, targets: list[str]
+    base: Path,
+    spec: Path,
+    *,
+    method: str,
+    adapter: Path,
+    tensor: int,
+    pipeline: int,
+    targets: list[str],
+    checkpoint: str | None = None,
 ) -> Path:
     """``bridgec import hf``, then the training and [peft] tables; compiled next to it."""
     procs = tensor * pipeline
@@ -81,6 +90,7 @@ def write_spec(
         + '[scheduler]\ndecay = "constant"\n\n'
         + f'[peft]\nmethod = "{method}"\ntarget_modules = [{listed}]\nrank = {RANK}\nalpha = {ALPHA}\n'
         + f'adapter = "{adapter}"\n\n'
+        + (f'[checkpoint]\ndir = "{checkpoint}"\n\n' if checkpoint else "")
         + tail
     )
     spec.write_text(text, encoding="utf-8")
@@ -108,6 +118,7 @@ def _launch(base: Path, adapters: dict[str, Path], root: Path, layout: str) -> d
             tensor=tensor,
             pipeline=pipeline,
             targets=FUSED if method == "fused" else TARGETS,
+            checkpoint=None if method == "fused" else f"ckpt_{method}",
         )
         triples.append(f"{method}={script}={adapter}")
     out = root / "out"
@@ -141,6 +152,13 @@ def test_losses_match_hugging_face_peft(base: Path, adapters: dict[str, Path], t
         # The adapter table's count is the whole model's; each rank holds its tensor/pipeline share of it.
         if layout == "tp1":
             assert found["trainable"] == found["table_trainable"]
+        # [checkpoint]: saved after step 5; a fresh build (base and peft adapter first, as main() on resume) that
+        # loads it runs steps 6-10 to the same losses bit for bit. Only adapters and their Adam moments are in it.
+        assert found["resumed_losses"] == found["losses"][5:], found
+        keys = found["checkpoint_keys"]
+        assert keys and all("peft.layers." in key for key in keys), [k for k in keys if "peft.layers." not in k]
+        assert "peft.layers.1.linear_fc1_gate.lora_b" in keys  # the model's own entry, besides the moments
+        assert ("optimizer.state.exp_avg_sq.peft.layers.0.linear_q.lora_a" in keys) == (layout != "pp2")
     # Fused targets: peft trains q/k/v's A matrices apart from step 2 on, so only the first step's loss (the
     # loaded adapter's forward, rows interleaved per group and split [gate; up] per rank) compares.
     fused = ranks[0]["fused"]
