@@ -156,9 +156,10 @@ def test_losses_match_hugging_face_peft(base: Path, adapters: dict[str, Path], t
         # loads it runs steps 6-10 to the same losses bit for bit. Only adapters and their Adam moments are in it.
         assert found["resumed_losses"] == found["losses"][5:], found
         keys = found["checkpoint_keys"]
-        assert keys and all("peft.layers." in key for key in keys), [k for k in keys if "peft.layers." not in k]
+        tensors = [key for key in keys if not key.startswith("rng_state/")]
+        assert tensors and all("peft.layers." in key for key in tensors), [k for k in tensors if "peft.layers." not in k]
         assert "peft.layers.1.linear_fc1_gate.lora_b" in keys  # the model's own entry, besides the moments
-        assert ("optimizer.state.exp_avg_sq.peft.layers.0.linear_q.lora_a" in keys) == (layout != "pp2")
+        assert "optimizer.state.exp_avg_sq.peft.layers.0.linear_q.lora_a" in keys
     # Fused targets: peft trains q/k/v's A matrices apart from step 2 on, so only the first step's loss (the
     # loaded adapter's forward, rows interleaved per group and split [gate; up] per rank) compares.
     fused = ranks[0]["fused"]
