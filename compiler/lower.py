@@ -289,7 +289,8 @@ def _peft_section(spec: Spec) -> Section | None:
     config = derive.gpt_config(spec)
     selected, _ = lora.select(config, peft.target_modules)
     trainable = sum(
-        math.prod(p.shape) for p in lora.adapter_parameters(config, selected, rank=peft.rank, dora=peft.method == "dora")
+        math.prod(p.shape)
+        for p in lora.adapter_parameters(config, selected, rank=peft.rank, dora=peft.method == "dora")
     )
     total = explain.parameter_counts(spec).total
     constants = [
@@ -309,7 +310,10 @@ def _peft_section(spec: Spec) -> Section | None:
     ]
     if peft.adapter is not None:
         constants.append(_c("PEFT_ADAPTER", peft.adapter, "a Hugging Face PEFT adapter folder", text=True))
-    return Section(title="Parameter-efficient fine-tuning (base weights frozen; only the adapters train)", constants=tuple(constants))
+    return Section(
+        title="Parameter-efficient fine-tuning (base weights frozen; only the adapters train)",
+        constants=tuple(constants),
+    )
 
 
 def _init_checkpoint_section(spec: Spec) -> Section | None:

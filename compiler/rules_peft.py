@@ -20,7 +20,7 @@ def rule_peft_module_types(spec: Spec, ctx: SpecContext) -> Iterator[Finding]:
         return
     yield Finding(
         about=(("peft", "method"), ("model", "transformer_impl")),
-        message=f'[peft] with model.transformer_impl = "transformer_engine": adapters wrap megatron-core\'s local '
+        message='[peft] with model.transformer_impl = "transformer_engine": adapters wrap megatron-core\'s local '
         "ColumnParallelLinear and RowParallelLinear, and transformer_engine's fused linears are another module type "
         "that has no adapter",
         hint='transformer_impl = "local"',
@@ -98,7 +98,7 @@ def rule_peft_adapter(spec: Spec, ctx: SpecContext) -> Iterator[Finding]:
             about=(("peft", "adapter"),),
             message=f"$.peft.adapter = {render_value(peft.adapter)} is a Hugging Face PEFT adapter, which is "
             'trained on a Hugging Face base model, and the spec has no [init.checkpoint] format = "huggingface"',
-            hint="an [init.checkpoint] table with format = \"huggingface\" and the base model's folder",
+            hint='an [init.checkpoint] table with format = "huggingface" and the base model\'s folder',
         )
     if not ctx.require_data:
         return

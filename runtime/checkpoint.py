@@ -341,7 +341,8 @@ class DistCheckpointer:
 
     def _sharded_state(self, *, loading: bool, with_optimizer: bool, with_rng: bool) -> dict[str, Any]:
         model_state = {
-            _model_key(index, len(self.model)): self._model_state(unwrap(chunk)) for index, chunk in enumerate(self.model)
+            _model_key(index, len(self.model)): self._model_state(unwrap(chunk))
+            for index, chunk in enumerate(self.model)
         }
         state: dict[str, Any] = dict(model_state)
         if with_optimizer:

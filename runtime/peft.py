@@ -55,6 +55,7 @@ __all__ = [
     "adapter_pairs",
     "attach_adapters",
     "local_part",
+    "local_rows",
     "reset_magnitudes",
 ]
 
@@ -172,7 +173,7 @@ class _Hook:
         return (base if added is None else base + added), bias
 
 
-def _local_rows(target: lora.Target, config: GPTConfig, tensor: int) -> torch.Tensor | None:
+def local_rows(target: lora.Target, config: GPTConfig, tensor: int) -> torch.Tensor | None:
     """The rows of this rank's base output that a per-projection adapter writes (None: all of them)."""
     match target.part:
         case lora.Part.ALL:
@@ -275,7 +276,10 @@ def attach_adapters(
             local_layer = layers.index(s.layer)
             own = [p for p in parameters if p.selected == s]
             adapter = LowRankAdapter(
-                own, settings=settings, rows=_local_rows(s.target, config, tensor_parallel), tensor_parallel=tensor_parallel
+                own,
+                settings=settings,
+                rows=local_rows(s.target, config, tensor_parallel),
+                tensor_parallel=tensor_parallel,
             )
             with torch.no_grad():
                 for p in own:

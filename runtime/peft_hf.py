@@ -17,6 +17,7 @@ from pathlib import Path
 
 import attrs
 import torch
+import torch.distributed as dist
 from safetensors.torch import load_file, save_file
 
 from bridgec.runtime.errors import ExitCode, RunError
@@ -26,7 +27,16 @@ from bridgec.runtime.models.chunks import config_of
 from bridgec.runtime.models.gpt import GPTConfig
 from bridgec.runtime.peft import LowRankAdapter, local_part
 
-__all__ = ["AdapterConfig", "hf_adapter_tensors", "load_hf_adapter", "write_hf_adapter"]
+__all__ = [
+    "AdapterConfig",
+    "FullAdapter",
+    "export_hf_adapter",
+    "gather_adapters",
+    "hf_adapter_tensors",
+    "load_hf_adapter",
+    "merge_adapters",
+    "write_hf_adapter",
+]
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
@@ -72,7 +82,11 @@ def _fuse(parameter: lora.AdapterParameter, values: list[torch.Tensor], config: 
         per_q, d = config.heads // config.groups * config.head_dim, config.head_dim
         q, k, v = values
         rest = q.shape[1:]
-        parts = [q.reshape(config.groups, per_q, *rest), k.reshape(config.groups, d, *rest), v.reshape(config.groups, d, *rest)]
+        parts = [
+            q.reshape(config.groups, per_q, *rest),
+            k.reshape(config.groups, d, *rest),
+            v.reshape(config.groups, d, *rest),
+        ]
         return torch.cat(parts, dim=1).reshape(-1, *rest)
     return torch.cat(values)
 
@@ -145,16 +159,24 @@ def load_hf_adapter(
                     )
                     continue
                 expected = [_expected(parameter, module_index, config) for module_index in range(len(names))]
-                wrong = [f"{n}: {tuple(v.shape)}, expected {e}" for n, v, e in zip(names, values, expected) if tuple(v.shape) != e]
+                wrong = [
+                    f"{n}: {tuple(v.shape)}, expected {e}"
+                    for n, v, e in zip(names, values, expected)
+                    if tuple(v.shape) != e
+                ]
                 if wrong:
                     problems += wrong
                     continue
                 full = _fuse(parameter, values, config)
-                planned.append((getattr(adapter, parameter.role.value), local_part(parameter, full, tensor_parallel, tensor_rank)))
+                planned.append(
+                    (getattr(adapter, parameter.role.value), local_part(parameter, full, tensor_parallel, tensor_rank))
+                )
     layers = {int(name[len(PREFIX) :].split(".")[0]) for name in tensors if name.startswith(PREFIX)}
     held = {p.selected.layer for chunk in chunks for adapter in _adapters(chunk) for p in adapter.table}
     # Tensors of this rank's layers that no adapter here takes: the folder adapts modules the spec does not.
-    extra = sorted(n for n in tensors if n not in used and n.startswith(PREFIX) and int(n[len(PREFIX) :].split(".")[0]) in held)
+    extra = sorted(
+        n for n in tensors if n not in used and n.startswith(PREFIX) and int(n[len(PREFIX) :].split(".")[0]) in held
+    )
     problems += [f"{n}: not an adapter of this run (compare target_modules)" for n in extra]
     if not layers:
         problems.append(f"no tensor named {PREFIX}... (not a LoRA adapter of a *ForCausalLM model)")
@@ -188,7 +210,9 @@ def _expected(parameter: lora.AdapterParameter, module_index: int, config: GPTCo
     return (rows, *whole[1:])
 
 
-def hf_adapter_tensors(parameter: lora.AdapterParameter, value: torch.Tensor, config: GPTConfig) -> dict[str, torch.Tensor]:
+def hf_adapter_tensors(
+    parameter: lora.AdapterParameter, value: torch.Tensor, config: GPTConfig
+) -> dict[str, torch.Tensor]:
     """A whole (tensor-parallel gathered) adapter parameter as peft's tensors."""
     return dict(zip(_names(parameter), _split(parameter, value, config), strict=True))
 
@@ -223,5 +247,103 @@ def write_hf_adapter(
         "modules_to_save": None,
         "layers_to_transform": None,
     }
-    save_file({name: t.contiguous() for name, t in tensors.items()}, str(folder / WEIGHTS_FILE), metadata={"format": "pt"})
+    save_file(
+        {name: t.contiguous() for name, t in tensors.items()}, str(folder / WEIGHTS_FILE), metadata={"format": "pt"}
+    )
     (folder / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
+
+
+# --------------------------------------------------------------------------------------------
+# Export: whole adapters on global rank 0, as a PEFT folder or folded into the base weights.
+
+
+@attrs.frozen(kw_only=True)
+class FullAdapter:
+    parameter: lora.AdapterParameter
+    value: torch.Tensor
+    """The whole (TP=1) fp32 tensor."""
+
+
+@torch.no_grad()
+def gather_adapters(chunks: Sequence[torch.nn.Module], *, tensor_group: object | None) -> dict[str, FullAdapter] | None:
+    """Every adapter parameter whole, by global name, on global rank 0 (None elsewhere). Collective: all ranks."""
+    tensor = dist.get_world_size(tensor_group) if tensor_group is not None else 1
+    mine: dict[str, FullAdapter] = {}
+    for chunk in chunks:
+        for adapter in _adapters(chunk):
+            for parameter in adapter.table:
+                local = getattr(adapter, parameter.role.value).detach().float()
+                mine[parameter.name] = FullAdapter(
+                    parameter=parameter, value=_whole(parameter, local, tensor, tensor_group)
+                )
+    every: list[dict[str, FullAdapter] | None] = [None] * dist.get_world_size()
+    dist.all_gather_object(every, mine)
+    if dist.get_rank() != 0:
+        return None
+    return {name: found for part in every if part for name, found in part.items()}
+
+
+def _whole(parameter: lora.AdapterParameter, local: torch.Tensor, tensor: int, group: object | None) -> torch.Tensor:
+    if parameter.split is None or tensor == 1:
+        return local
+    pieces = [torch.empty_like(local) for _ in range(tensor)]
+    dist.all_gather(pieces, local.contiguous(), group=group)
+    axis = parameter.split.axis
+    if parameter.stride == 1:
+        return torch.cat(pieces, dim=axis)
+    halves = [piece.chunk(2, dim=axis) for piece in pieces]  # each rank holds [gate_r; up_r]
+    return torch.cat([h[0] for h in halves] + [h[1] for h in halves], dim=axis)
+
+
+def export_hf_adapter(
+    adapters: dict[str, FullAdapter],
+    config: GPTConfig,
+    *,
+    output: Path,
+    scaling: float,
+    dropout: float,
+    base_model: str,
+) -> int:
+    """Write ``output`` as peft's save_pretrained does; returns the tensor count."""
+    tensors: dict[str, torch.Tensor] = {}
+    modules: set[str] = set()
+    for found in adapters.values():
+        tensors.update(hf_adapter_tensors(found.parameter, found.value, config))
+        modules.update(module.rsplit(".", 1)[-1] for module in found.parameter.selected.target.hf)
+    first = next(iter(adapters.values())).parameter
+    rank = first.shape[0] if first.role is lora.Role.A else first.shape[1]
+    dora = any(found.parameter.role is lora.Role.MAGNITUDE for found in adapters.values())
+    write_hf_adapter(
+        output, tensors, rank=rank, alpha=scaling * rank, dora=dora, dropout=dropout, modules=sorted(modules),
+        base_model=base_model,
+    )  # fmt: skip
+    return len(tensors)
+
+
+@torch.no_grad()
+def merge_adapters(
+    full: dict[str, torch.Tensor], adapters: dict[str, FullAdapter], config: GPTConfig, *, scaling: float
+) -> int:
+    """Fold every adapter into its base weight in ``full`` (global names): W + s B A on its rows, and for DoRA
+    those rows scaled to the magnitude (m / ||W + s B A|| per row). Returns how many adapters were folded."""
+    from bridgec.runtime.peft import local_rows
+
+    by_adapter: dict[str, dict[lora.Role, torch.Tensor]] = {}
+    selected: dict[str, lora.Selected] = {}
+    for found in adapters.values():
+        key = found.parameter.selected.path
+        by_adapter.setdefault(key, {})[found.parameter.role] = found.value
+        selected[key] = found.parameter.selected
+    for key, parts in by_adapter.items():
+        s = selected[key]
+        name = f"decoder.layers.{s.layer}.{s.target.base}.weight"
+        weight = full[name]
+        rows = local_rows(s.target, config, 1)
+        index = rows if rows is not None else torch.arange(weight.shape[0])
+        adapted = weight[index].float() + scaling * (parts[lora.Role.B] @ parts[lora.Role.A])
+        if lora.Role.MAGNITUDE in parts:
+            adapted = adapted * (parts[lora.Role.MAGNITUDE] / adapted.norm(dim=1)).unsqueeze(1)
+        merged = weight.clone()
+        merged[index] = adapted.to(weight.dtype)
+        full[name] = merged
+    return len(by_adapter)

@@ -10,8 +10,8 @@ from __future__ import annotations
 import torch
 from megatron.core.transformer.identity_op import IdentityOp
 
-from bridgec.runtime.models.lora import PEFT_PREFIX
 from bridgec.runtime.models.gpt import GPTConfig, Parameter, chunk_parameters
+from bridgec.runtime.models.lora import PEFT_PREFIX
 
 
 def config_of(chunk: torch.nn.Module) -> GPTConfig:

@@ -9,7 +9,9 @@ from tests.compiler.test_validate import LLAMA, check, check_without_data
 
 HF = {"checkpoint": {"format": "huggingface", "path": "model"}}
 ADAPTER = {"adapter/adapter_config.json": "{}", "adapter/adapter_model.safetensors": ""}
-AVAILABLE = "linear_qkv, linear_q, linear_k, linear_v, linear_proj, linear_fc1, linear_fc1_gate, linear_fc1_up, linear_fc2"
+AVAILABLE = (
+    "linear_qkv, linear_q, linear_k, linear_v, linear_proj, linear_fc1, linear_fc1_gate, linear_fc1_up, linear_fc2"
+)
 HINT = "hint: a name from that list, or a pattern over the global path such as decoder.layers.0.*.linear_qkv"
 
 
@@ -59,7 +61,10 @@ def test_rule_peft_targets() -> None:
 def test_rule_peft_sizes() -> None:
     check({"model": LLAMA, "peft": {"rank": 16, "alpha": 32.0, "dropout": 0.1}}, [])
     check(
-        {"model": {**LLAMA, "num_query_groups": 2}, "peft": {"rank": 40, "target_modules": ["linear_k", "linear_proj"]}},
+        {
+            "model": {**LLAMA, "num_query_groups": 2},
+            "peft": {"rank": 40, "target_modules": ["linear_k", "linear_proj"]},
+        },
         [
             "spec.toml:22: $.peft.rank = 40 is larger than linear_k (64 in, 32 out): the adapter of a layer can have at "
             "most its smaller dimension as rank; hint: rank = 32 or less, or leave those modules out of target_modules"

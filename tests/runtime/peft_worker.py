@@ -11,6 +11,7 @@ adapter exactly as the script's main() does; the steps run through the runtime's
 from __future__ import annotations
 
 import functools
+import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -18,8 +19,9 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-import importlib.util
-from bridgec.runtime.checkpoint_files import find_latest, read_tensor_metadata
+from bridgec.runtime.build import Weights
+from bridgec.runtime.checkpoint_files import find_step, read_tensor_metadata
+from bridgec.runtime.convert import megatron_to_hf
 from bridgec.runtime.loop import Progress, TrainState
 from bridgec.runtime.model import unwrap
 from bridgec.runtime.step import train_step
@@ -77,9 +79,9 @@ def _steps(script, layout, built, data: torch.Tensor, steps: range) -> list[floa
             clip_grad=script.CLIP_GRAD,
         )
         losses.append(result.loss)
-        if built.checkpointer is not None and step + 1 == SAVE_AT:
+        if built.checkpointer is not None and step + 1 in (SAVE_AT, STEPS):
             built.checkpointer.save(
-                Progress(step=SAVE_AT, consumed_samples=SAVE_AT * script.GLOBAL_BATCH_SIZE, skipped_steps=0)
+                Progress(step=step + 1, consumed_samples=(step + 1) * script.GLOBAL_BATCH_SIZE, skipped_steps=0)
             )
     return losses
 
@@ -88,9 +90,9 @@ def _resumed(script, layout, data: torch.Tensor) -> dict[str, object]:  # noqa: 
     """A fresh build that starts as main() does on resume: the base (and peft adapter), then the checkpoint."""
     built = script.build(layout)
     script.start_from_checkpoint(built)
-    progress = built.checkpointer.load_latest()
+    progress = built.checkpointer.load(step=SAVE_AT)
     assert progress is not None and progress.step == SAVE_AT
-    folder = find_latest(built.checkpointer.directory)
+    folder = find_step(built.checkpointer.directory, SAVE_AT)
     keys = sorted(read_tensor_metadata(folder).state_dict_metadata)
     return {
         "resumed_losses": _steps(script, layout, built, data, range(SAVE_AT, STEPS)),
@@ -108,9 +110,17 @@ def _megatron(script, layout, data: torch.Tensor) -> dict[str, object]:  # noqa:
     in_optimizer = sum(p.numel() for group in built.optimizer.param_groups for p in group["params"])
     losses = _steps(script, layout, built, data, range(STEPS))
     moved = [
-        name for chunk in chunks for name, p in chunk.named_parameters() if name in base and not torch.equal(p, base[name])
+        name
+        for chunk in chunks
+        for name, p in chunk.named_parameters()
+        if name in base and not torch.equal(p, base[name])
     ]
-    grads = [name for chunk in chunks for name, p in chunk.named_parameters() if not p.requires_grad and (p.grad is not None or getattr(p, "main_grad", None) is not None)]
+    grads = [
+        name
+        for chunk in chunks
+        for name, p in chunk.named_parameters()
+        if not p.requires_grad and (p.grad is not None or getattr(p, "main_grad", None) is not None)
+    ]
     ddp_elements = sum(buffer.numel for chunk in built.model for buffer in chunk.buffers)
     return {
         "losses": losses,
@@ -123,7 +133,52 @@ def _megatron(script, layout, data: torch.Tensor) -> dict[str, object]:  # noqa:
     }
 
 
-def _reference(base: Path, adapter: Path, data: torch.Tensor, *, lr: float, betas: tuple[float, float], eps: float) -> list[float]:
+def _export(script_path: Path, script, layout, out: Path) -> dict[str, str]:  # noqa: ANN001
+    """bridgec convert megatron-to-hf's runtime, from the step-10 checkpoint: a PEFT folder, and a merged model."""
+    folders = {"adapter": out / f"{script_path.stem}_adapter", "merged": out / f"{script_path.stem}_merged"}
+    for kind, folder in folders.items():
+        built = script.build(layout, weights=Weights.REPLACED)
+        directory = built.checkpointer.directory
+        megatron_to_hf(
+            script_path,
+            built,
+            directory=directory,
+            output=folder,
+            step=None,
+            dtype="float32",
+            adapter=kind == "adapter",
+        )
+    return {kind: str(folder) for kind, folder in folders.items()}
+
+
+def _compare_exports(base: Path, trained, exports: dict[str, str], data: torch.Tensor) -> dict[str, float]:  # noqa: ANN001
+    """The exports against peft's own model after the same 10 steps: its logits, and its adapter tensors."""
+    import peft
+    import transformers
+    from safetensors.torch import load_file
+
+    inputs = data[0][:, :-1]
+    with torch.no_grad():
+        expected = trained(inputs).logits
+        loaded = peft.PeftModel.from_pretrained(
+            transformers.AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32, attn_implementation="eager"),
+            exports["adapter"],
+        )
+        merged = transformers.AutoModelForCausalLM.from_pretrained(
+            exports["merged"], dtype=torch.float32, attn_implementation="eager"
+        )
+        ours = load_file(str(Path(exports["adapter"]) / "adapter_model.safetensors"))
+        theirs = peft.get_peft_model_state_dict(trained)
+        return {
+            "adapter_logits_diff": float((loaded(inputs).logits - expected).abs().max()),
+            "merged_logits_diff": float((merged(inputs).logits - expected).abs().max()),
+            "logits_scale": float(expected.abs().max()),
+            "adapter_tensor_diff": max(float((ours[k] - theirs[k]).abs().max()) for k in theirs),
+            "adapter_keys_equal": float(sorted(ours) == sorted(theirs)),
+        }
+
+
+def _reference(base: Path, adapter: Path, data: torch.Tensor, *, lr: float, betas: tuple[float, float], eps: float):  # noqa: ANN201
     """Hugging Face peft: the same adapter, batches and Adam (no weight decay, constant learning rate)."""
     import peft
     import transformers
@@ -136,13 +191,15 @@ def _reference(base: Path, adapter: Path, data: torch.Tensor, *, lr: float, beta
     for step in range(STEPS):
         inputs, labels = data[step][:, :-1], data[step][:, 1:]
         logits = model(inputs).logits
-        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), reduction="sum")
+        loss = torch.nn.functional.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), reduction="sum"
+        )
         loss = loss / labels.numel()
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
         losses.append(float(loss))
-    return losses
+    return losses, model
 
 
 def load_module(path: Path):  # noqa: ANN201 - the generated script as a module
@@ -156,6 +213,7 @@ def load_module(path: Path):  # noqa: ANN201 - the generated script as a module
 
 def main() -> None:
     out, base = Path(sys.argv[1]), Path(sys.argv[2])
+    out.mkdir(parents=True, exist_ok=True)
     results: dict[str, dict[str, object]] = {}
     layout = None
     for triple in sys.argv[3:]:
@@ -165,12 +223,21 @@ def main() -> None:
             layout = script.start("peft worker")
         data = batches(script.GLOBAL_BATCH_SIZE, script.SEQ_LENGTH)
         found = _megatron(script, layout, data)
+        exports = None
         if getattr(script, "CHECKPOINT_DIR", None) is not None:
             found.update(_resumed(script, layout, data))
+            exports = _export(Path(script_path), script, layout, out)
         if dist.get_rank() == 0:
-            found["reference"] = _reference(
-                base, Path(adapter), data, lr=script.LR, betas=(script.ADAM_BETA1, script.ADAM_BETA2), eps=script.ADAM_EPS
+            found["reference"], trained = _reference(
+                base,
+                Path(adapter),
+                data,
+                lr=script.LR,
+                betas=(script.ADAM_BETA1, script.ADAM_BETA2),
+                eps=script.ADAM_EPS,
             )
+            if exports is not None:
+                found.update(_compare_exports(base, trained, exports, data))
         results[name] = found
     out.mkdir(parents=True, exist_ok=True)
     (out / f"rank{dist.get_rank()}.json").write_text(json.dumps(results, indent=1), encoding="utf-8")

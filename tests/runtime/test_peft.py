@@ -54,7 +54,10 @@ def make_adapter(base: Path, folder: Path, *, dora: bool, shared: bool = False) 
     if shared:
         with torch.no_grad():
             for layer in adapted.base_model.model.model.layers:
-                for first, others in ((layer.self_attn.q_proj, ("k_proj", "v_proj")), (layer.mlp.gate_proj, ("up_proj",))):
+                for first, others in (
+                    (layer.self_attn.q_proj, ("k_proj", "v_proj")),
+                    (layer.mlp.gate_proj, ("up_proj",)),
+                ):
                     for name in others:
                         parent = layer.self_attn if name in ("k_proj", "v_proj") else layer.mlp
                         getattr(parent, name).lora_A["default"].weight.copy_(first.lora_A["default"].weight)
@@ -101,7 +104,10 @@ def write_spec(
 
 @pytest.fixture(scope="module")
 def adapters(base: Path) -> dict[str, Path]:
-    made = {method: make_adapter(base, base.parent / f"adapter_{method}", dora=method == "dora") for method in ("lora", "dora")}
+    made = {
+        method: make_adapter(base, base.parent / f"adapter_{method}", dora=method == "dora")
+        for method in ("lora", "dora")
+    }
     return {**made, "fused": make_adapter(base, base.parent / "adapter_fused", dora=False, shared=True)}
 
 
@@ -157,9 +163,18 @@ def test_losses_match_hugging_face_peft(base: Path, adapters: dict[str, Path], t
         assert found["resumed_losses"] == found["losses"][5:], found
         keys = found["checkpoint_keys"]
         tensors = [key for key in keys if not key.startswith("rng_state/")]
-        assert tensors and all("peft.layers." in key for key in tensors), [k for k in tensors if "peft.layers." not in k]
+        assert tensors and all("peft.layers." in key for key in tensors), [
+            k for k in tensors if "peft.layers." not in k
+        ]
         assert "peft.layers.1.linear_fc1_gate.lora_b" in keys  # the model's own entry, besides the moments
         assert "optimizer.state.exp_avg_sq.peft.layers.0.linear_q.lora_a" in keys
+        # bridgec convert megatron-to-hf (its runtime, in the launch) of the step-10 checkpoint: the PEFT folder
+        # loads with peft.PeftModel.from_pretrained onto the base and gives peft's trained model's logits, as does
+        # the merged folder with transformers alone; the adapter tensors are peft's, by the same names.
+        assert found["adapter_keys_equal"] == 1.0, found
+        assert found["adapter_tensor_diff"] <= 1e-4, found
+        assert found["adapter_logits_diff"] <= 1e-4 and found["merged_logits_diff"] <= 1e-4, found
+        assert found["logits_scale"] > 1.0
     # Fused targets: peft trains q/k/v's A matrices apart from step 2 on, so only the first step's loss (the
     # loaded adapter's forward, rows interleaved per group and split [gate; up] per rank) compares.
     fused = ranks[0]["fused"]
