@@ -325,3 +325,10 @@ def too_small(config: GPTConfig, selected: Sequence[Selected], rank: int) -> lis
         if rank > min(rows, columns):
             seen.setdefault(s.target.name, f"{s.target.name} ({columns} in, {rows} out)")
     return list(seen.values())
+
+
+def parameter_named(config: GPTConfig, name: str, *, rank: int) -> AdapterParameter:
+    """The whole model's adapter parameter of this global name (``peft.layers.{layer}.{target}.{role}``)."""
+    layer, target, _ = name.removeprefix(PEFT_PREFIX).split(".")
+    selected = Selected(layer=int(layer), target=BY_NAME[target])
+    return next(p for p in adapter_parameters(config, [selected], rank=rank, dora=True) if p.name == name)
