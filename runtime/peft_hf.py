@@ -269,19 +269,26 @@ class FullAdapter:
 def gather_adapters(chunks: Sequence[torch.nn.Module], *, tensor_group: object | None) -> dict[str, FullAdapter] | None:
     """Every adapter parameter whole, by global name, on global rank 0 (None elsewhere). Collective: all ranks."""
     tensor = dist.get_world_size(tensor_group) if tensor_group is not None else 1
-    mine: dict[str, FullAdapter] = {}
+    mine: dict[str, Any] = {}
+    rank = 0
     for chunk in chunks:
         for adapter in _adapters(chunk):
+            rank = adapter.rank
             for parameter in adapter.table:
                 local = getattr(adapter, parameter.role.value).detach().float()
-                mine[parameter.name] = FullAdapter(
-                    parameter=parameter, value=_whole(parameter, local, tensor, tensor_group)
-                )
-    every: list[dict[str, FullAdapter] | None] = [None] * dist.get_world_size()
+                mine[parameter.name] = _whole(parameter, local, tensor, tensor_group).numpy().copy()
+    every: list[dict[str, Any] | None] = [None] * dist.get_world_size()
+    # Plain arrays by name: the table's rows (AdapterParameter) hold functions, which do not pickle.
     dist.all_gather_object(every, mine)
     if dist.get_rank() != 0:
         return None
-    return {name: found for part in every if part for name, found in part.items()}
+    config = config_of(chunks[0])
+    return {
+        name: FullAdapter(parameter=lora.parameter_named(config, name, rank=rank), value=torch.from_numpy(value))
+        for part in every
+        if part
+        for name, value in part.items()
+    }
 
 
 def _whole(parameter: lora.AdapterParameter, local: torch.Tensor, tensor: int, group: object | None) -> torch.Tensor:

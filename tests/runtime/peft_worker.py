@@ -22,8 +22,10 @@ import torch.distributed as dist
 from bridgec.runtime.build import Weights
 from bridgec.runtime.checkpoint_files import find_step, read_tensor_metadata
 from bridgec.runtime.convert import megatron_to_hf
+from bridgec.runtime.errors import RunError
 from bridgec.runtime.loop import Progress, TrainState
 from bridgec.runtime.model import unwrap
+from bridgec.runtime.peft_hf import load_hf_adapter
 from bridgec.runtime.step import train_step
 
 STEPS = 10
@@ -202,6 +204,24 @@ def _reference(base: Path, adapter: Path, data: torch.Tensor, *, lr: float, beta
     return losses, model
 
 
+def _refused(script, layout, adapter: Path) -> str:  # noqa: ANN001
+    """The RunError an adapter that does not fit gives (its exit code and message), before anything is loaded."""
+    built = script.build(layout)
+    before = [p.detach().clone() for chunk in built.model for p in chunk.parameters() if p.requires_grad]
+    try:
+        load_hf_adapter(
+            [unwrap(c) for c in built.model],
+            path=adapter,
+            tensor_parallel=layout.tensor,
+            tensor_rank=layout.tensor_rank,
+        )
+    except RunError as error:
+        after = [p for chunk in built.model for p in chunk.parameters() if p.requires_grad]
+        untouched = all(torch.equal(a, b) for a, b in zip(before, after, strict=True))
+        return f"{int(error.code)} untouched={untouched} {error}"
+    return "loaded"
+
+
 def load_module(path: Path):  # noqa: ANN201 - the generated script as a module
     """The whole script (its forward_step and start_from_checkpoint too, which bridgec convert's view leaves out)."""
     spec = importlib.util.spec_from_file_location(path.stem, path)
@@ -221,6 +241,9 @@ def main() -> None:
         script = load_module(Path(script_path))
         if layout is None:
             layout = script.start("peft worker")
+        if name.startswith("refused"):
+            results[name] = {"message": _refused(script, layout, Path(adapter))}
+            continue
         data = batches(script.GLOBAL_BATCH_SIZE, script.SEQ_LENGTH)
         found = _megatron(script, layout, data)
         exports = None

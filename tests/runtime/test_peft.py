@@ -37,7 +37,7 @@ def base(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return save(llama, tmp_path_factory.mktemp("peft") / "model")
 
 
-def make_adapter(base: Path, folder: Path, *, dora: bool, shared: bool = False) -> Path:
+def make_adapter(base: Path, folder: Path, *, dora: bool, shared: bool = False, rank: int = RANK) -> Path:
     """A peft adapter with random (not zero) B, so it changes the output from the first step.
 
     ``shared``: q/k/v and gate/up share their A, as one adapter on the fused linear_qkv and linear_fc1 does.
@@ -48,7 +48,12 @@ def make_adapter(base: Path, folder: Path, *, dora: bool, shared: bool = False) 
     torch.manual_seed(3)
     model = transformers.AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
     config = peft.LoraConfig(
-        r=RANK, lora_alpha=ALPHA, target_modules=HF_TARGETS, use_dora=dora, init_lora_weights=False, lora_dropout=0.0
+        r=rank,
+        lora_alpha=ALPHA * rank / RANK,
+        target_modules=HF_TARGETS,
+        use_dora=dora,
+        init_lora_weights=False,
+        lora_dropout=0.0,
     )
     adapted = peft.get_peft_model(model, config)
     if shared:
@@ -111,7 +116,9 @@ def adapters(base: Path) -> dict[str, Path]:
     return {**made, "fused": make_adapter(base, base.parent / "adapter_fused", dora=False, shared=True)}
 
 
-def _launch(base: Path, adapters: dict[str, Path], root: Path, layout: str) -> dict[int, dict]:
+def _launch(
+    base: Path, adapters: dict[str, Path], root: Path, layout: str, refused: dict[str, Path] | None = None
+) -> dict[int, dict]:
     tensor, pipeline = LAYOUTS[layout]
     procs = tensor * pipeline
     triples = []
@@ -127,6 +134,8 @@ def _launch(base: Path, adapters: dict[str, Path], root: Path, layout: str) -> d
             checkpoint=None if method == "fused" else f"ckpt_{method}",
         )
         triples.append(f"{method}={script}={adapter}")
+    lora = triples[0].split("=")[1]
+    triples += [f"{name}={lora}={adapter}" for name, adapter in (refused or {}).items()]
     out = root / "out"
     command = [str(TORCHRUN), "--standalone", "--nproc-per-node", str(procs), "-m", "tests.runtime.peft_worker"]
     done = subprocess.run(
@@ -142,8 +151,18 @@ def _launch(base: Path, adapters: dict[str, Path], root: Path, layout: str) -> d
 
 
 @pytest.mark.parametrize("layout", sorted(LAYOUTS))
-def test_losses_match_hugging_face_peft(base: Path, adapters: dict[str, Path], tmp_path: Path, layout: str) -> None:
-    ranks = _launch(base, adapters, tmp_path, layout)
+def test_losses_match_hugging_face_peft(
+    base: Path, adapters: dict[str, Path], refused: dict[str, Path], tmp_path: Path, layout: str
+) -> None:
+    ranks = _launch(base, adapters, tmp_path, layout, refused if layout == "tp1" else None)
+    if layout == "tp1":
+        # An adapter that does not fit: exit 6 (CHECKPOINT_ERROR), every difference named, nothing loaded.
+        rank8 = ranks[0]["refused_rank"]["message"]
+        assert rank8.startswith("6 untouched=True PEFT adapter "), rank8
+        assert "r = 8, lora_alpha = 16 (scaling 2); this run's adapters: rank 4, scaling 2" in rank8
+        wider = ranks[0]["refused_base"]["message"]
+        assert wider.startswith("6 untouched=True "), wider
+        assert "base_model.model.model.layers.0.mlp.gate_proj.lora_B.weight: (128, 4), expected (96, 4)" in wider
     for method in ("lora", "dora"):
         found = ranks[0][method]
         reference = found["reference"]
