@@ -286,22 +286,25 @@ def _peft_section(spec: Spec) -> Section | None:
     peft = spec.peft
     if peft is None:
         return None
+    # The runtime takes the names (runtime.peft); choice() refuses a value no enum member has.
+    method = c.choice(c.PeftMethod, peft.method).value
+    init_a, init_b = c.choice(c.PeftInitA, peft.init_a).value, c.choice(c.PeftInitB, peft.init_b).value
     config = derive.gpt_config(spec)
     selected, _ = lora.select(config, peft.target_modules)
     trainable = sum(
         math.prod(p.shape)
-        for p in lora.adapter_parameters(config, selected, rank=peft.rank, dora=peft.method == "dora")
+        for p in lora.adapter_parameters(config, selected, rank=peft.rank, dora=method == "dora")
     )
     total = explain.parameter_counts(spec).total
     constants = [
-        _c("PEFT_METHOD", peft.method),
+        _c("PEFT_METHOD", method),
         _c("PEFT_TARGETS", peft.target_modules, f"{len(selected)} adapted linears over {config.num_layers} layers"),
         _c("PEFT_RANK", peft.rank),
         _c("PEFT_ALPHA", peft.alpha),
         _c("PEFT_SCALING", peft.alpha / peft.rank, f"alpha {peft.alpha:g} / rank {peft.rank}"),
         _c("PEFT_DROPOUT", peft.dropout),
-        _c("PEFT_INIT_A", peft.init_a),
-        _c("PEFT_INIT_B", peft.init_b),
+        _c("PEFT_INIT_A", init_a),
+        _c("PEFT_INIT_B", init_b),
         _c(
             "TRAINABLE_PARAMETERS",
             trainable,

@@ -296,12 +296,17 @@ def _peft_after_load(spec: Spec) -> tuple[str, ...]:
             "    optimizer=built.optimizer,",
             ")",
         )
-    if spec.peft.method == "dora":
-        return (
-            "# DoRA's magnitudes start as the loaded base weights' row norms.",
-            "reset_magnitudes([unwrap(chunk) for chunk in built.model], built.optimizer)",
-        )
-    return ()
+    method = c.choice(c.PeftMethod, spec.peft.method)
+    match method:
+        case c.PeftMethod.DORA:
+            return (
+                "# DoRA's magnitudes start as the loaded base weights' row norms.",
+                "reset_magnitudes([unwrap(chunk) for chunk in built.model], built.optimizer)",
+            )
+        case c.PeftMethod.LORA:
+            return ()
+        case _:
+            assert_never(method)
 
 
 def _checkpointer(spec: Spec) -> tuple[Argument, ...]:
