@@ -12,7 +12,7 @@ leave behind, not from bridgec's own arithmetic:
   which the Python and torch runtime dominate at this size; on CUDA the allocator's peak);
 - step time: median and interquartile range of ``ms_per_step`` over the steps after the first two.
 
-    .venv/bin/python bench/peft_bench.py [--steps 20] [--procs 1]
+    .venv/bin/python bench/peft_bench.py [--steps 20] [--procs 1] [--hidden 512]
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ output_dir = "out"
 procs_per_node = {procs}
 [model]
 num_layers = 4
-hidden_size = 512
+hidden_size = {hidden}
 num_attention_heads = 8
 vocab_size = 1024
 seq_length = 128
@@ -62,11 +62,11 @@ save_interval = {steps}
 LORA = '[peft]\nmethod = "lora"\nrank = 8\nalpha = 16.0'
 
 
-def launch(folder: Path, procs: int, steps: int, peft: str) -> dict[str, float | list[float]]:
+def launch(folder: Path, procs: int, steps: int, hidden: int, peft: str) -> dict[str, float | list[float]]:
     """Compile and run the spec; what its checkpoint and metrics file say."""
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
-    (folder / "spec.toml").write_text(SPEC.format(procs=procs, steps=steps, peft=peft))
+    (folder / "spec.toml").write_text(SPEC.format(procs=procs, steps=steps, hidden=hidden, peft=peft))
     subprocess.run(
         [str(BIN / "bridgec"), "compile", str(folder / "spec.toml"), "-o", str(folder / "run.py")],
         check=True,
@@ -103,12 +103,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--procs", type=int, default=1)
+    parser.add_argument(
+        "--hidden",
+        type=int,
+        default=512,
+        help="hidden size (a full fine-tuning checkpoint holds every weight and its two Adam moments)",
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as scratch:
-        full = launch(Path(scratch) / "full", args.procs, args.steps, "")
-        lora = launch(Path(scratch) / "lora", args.procs, args.steps, LORA)
+        full = launch(Path(scratch) / "full", args.procs, args.steps, args.hidden, "")
+        lora = launch(Path(scratch) / "lora", args.procs, args.steps, args.hidden, LORA)
     print(
-        f"full fine-tuning vs LoRA (rank 8 on linear_qkv/proj/fc1/fc2): 4 layers, hidden 512, swiglu, vocab 1024, "
+        f"full fine-tuning vs LoRA (rank 8 on linear_qkv/proj/fc1/fc2): 4 layers, hidden {args.hidden}, swiglu, vocab 1024, "
         f"fp32 + Adam, {args.procs} process(es), {args.steps} steps, one checkpoint at the end"
     )
     print(f"  {'':<24} {'full':>14} {'LoRA':>14} {'LoRA / full':>12}")
