@@ -14,8 +14,10 @@ import re
 import subprocess
 from pathlib import Path
 
+import attrs
 import pytest
 import torch
+import transformers
 
 from bridgec.compiler.cli import main as bridgec
 from tests.runtime.hf_models import families, save
@@ -114,6 +116,20 @@ def adapters(base: Path) -> dict[str, Path]:
         for method in ("lora", "dora")
     }
     return {**made, "fused": make_adapter(base, base.parent / "adapter_fused", dora=False, shared=True)}
+
+
+@pytest.fixture(scope="module")
+def refused(base: Path) -> dict[str, Path]:
+    """Adapters that do not fit the run's: rank 8 (same scaling), and one of a base with a wider MLP."""
+    llama = next(family for family in families() if family.name == "llama")
+    sizes = {key: getattr(llama.config, key) for key in ("vocab_size", "hidden_size", "num_hidden_layers")}
+    heads = {key: getattr(llama.config, key) for key in ("num_attention_heads", "num_key_value_heads")}
+    wider = transformers.LlamaConfig(**sizes, **heads, intermediate_size=128, tie_word_embeddings=False)
+    other = save(attrs.evolve(llama, config=wider), base.parent / "wider")
+    return {
+        "refused_rank": make_adapter(base, base.parent / "adapter_r8", dora=False, rank=8),
+        "refused_base": make_adapter(other, base.parent / "adapter_wider", dora=False),
+    }
 
 
 def _launch(
