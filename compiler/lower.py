@@ -291,10 +291,7 @@ def _peft_section(spec: Spec) -> Section | None:
     init_a, init_b = c.choice(c.PeftInitA, peft.init_a).value, c.choice(c.PeftInitB, peft.init_b).value
     config = derive.gpt_config(spec)
     selected, _ = lora.select(config, peft.target_modules)
-    trainable = sum(
-        math.prod(p.shape)
-        for p in lora.adapter_parameters(config, selected, rank=peft.rank, dora=method == "dora")
-    )
+    trainable = explain.trainable_parameters(spec) or 0
     total = explain.parameter_counts(spec).total
     constants = [
         _c("PEFT_METHOD", method),
