@@ -175,10 +175,12 @@ def load_hf_adapter(
     layers = {int(name[len(PREFIX) :].split(".")[0]) for name in tensors if name.startswith(PREFIX)}
     held = {p.selected.layer for chunk in chunks for adapter in _adapters(chunk) for p in adapter.table}
     # Tensors of this rank's layers that no adapter here takes: the folder adapts modules the spec does not.
-    extra = sorted(
-        n for n in tensors if n not in used and n.startswith(PREFIX) and int(n[len(PREFIX) :].split(".")[0]) in held
-    )
-    problems += [f"{n}: not an adapter of this run (compare target_modules)" for n in extra]
+    # A folder of another rank or method fails every tensor too: say so once, not per tensor.
+    if not any(p.startswith(("r = ", "use_dora = ")) for p in problems):
+        extra = sorted(
+            n for n in tensors if n not in used and n.startswith(PREFIX) and int(n[len(PREFIX) :].split(".")[0]) in held
+        )
+        problems += [f"{n}: not an adapter of this run (compare target_modules)" for n in extra]
     if not layers:
         problems.append(f"no tensor named {PREFIX}... (not a LoRA adapter of a *ForCausalLM model)")
     if problems:
