@@ -297,7 +297,6 @@ def _peft_section(spec: Spec) -> Section | None:
         _c("PEFT_METHOD", method),
         _c("PEFT_TARGETS", peft.target_modules, f"{len(selected)} adapted linears over {config.num_layers} layers"),
         _c("PEFT_RANK", peft.rank),
-        _c("PEFT_ALPHA", peft.alpha),
         _c("PEFT_SCALING", peft.alpha / peft.rank, f"alpha {peft.alpha:g} / rank {peft.rank}"),
         _c("PEFT_DROPOUT", peft.dropout),
         _c("PEFT_INIT_A", init_a),
