@@ -175,7 +175,10 @@ def test_losses_match_hugging_face_peft(
         # An adapter that does not fit: exit 6 (CHECKPOINT_ERROR), every difference named, nothing loaded.
         rank8 = ranks[0]["refused_rank"]["message"]
         assert rank8.startswith("6 untouched=True PEFT adapter "), rank8
-        assert "1 difference(s):\n  - r = 8, lora_alpha = 16 (scaling 2); this run's adapters: rank 4, scaling 2\n" in rank8
+        assert (
+            "1 difference(s):\n  - r = 8, lora_alpha = 16 (scaling 2); this run's adapters: rank 4, scaling 2\n"
+            in rank8
+        )
         wider = ranks[0]["refused_base"]["message"]
         assert wider.startswith("6 untouched=True "), wider
         assert "base_model.model.model.layers.0.mlp.gate_proj.lora_B.weight: (128, 4), expected (96, 4)" in wider
