@@ -114,7 +114,16 @@ def rule_peft_adapter(spec: Spec, ctx: SpecContext) -> Iterator[Finding]:
 
 def rule_peft_start(spec: Spec, ctx: SpecContext) -> Iterator[Finding]:
     init = spec.init.checkpoint
-    if spec.peft is None or init is None or not init.optimizer_state:
+    if spec.peft is None or init is None:
+        return
+    if init.format == "megatron":
+        yield Finding(
+            about=(("init", "checkpoint", "format"), ("peft", "method")),
+            message='$.init.checkpoint.format = "megatron" with [peft]: the Megatron-LM loader reads every tensor of '
+            "the model, the adapters included, which that checkpoint does not have (not supported yet)",
+            hint='convert the checkpoint to a Hugging Face folder and use format = "huggingface", or drop [peft]',
+        )
+    if not init.optimizer_state:
         return
     yield Finding(
         about=(("init", "checkpoint", "optimizer_state"), ("peft", "method")),

@@ -99,6 +99,16 @@ def test_rule_peft_adapter() -> None:
 
 
 def test_rule_peft_start() -> None:
+    megatron = {"checkpoint": {"format": "megatron", "path": "ck"}}
+    check(
+        {"model": LLAMA, "init": megatron, "peft": {}},
+        [
+            'spec.toml:21: $.init.checkpoint.format = "megatron" with [peft]: the Megatron-LM loader reads every '
+            "tensor of the model, the adapters included, which that checkpoint does not have (not supported yet); "
+            'hint: convert the checkpoint to a Hugging Face folder and use format = "huggingface", or drop [peft]'
+        ],
+        files={"ck": ""},
+    )
     init = {"checkpoint": {"format": "orbax", "path": "ck", "optimizer_state": True}}
     check(
         {"model": LLAMA, "init": init, "peft": {}},
