@@ -199,6 +199,22 @@ class WandbMode(enum.Enum):
     DISABLED = "disabled"
 
 
+class PeftMethod(enum.Enum):
+    LORA = "lora"
+    DORA = "dora"
+
+
+class PeftInitA(enum.Enum):
+    KAIMING_UNIFORM = "kaiming_uniform"
+    GAUSSIAN = "gaussian"
+    XAVIER_NORMAL = "xavier_normal"
+
+
+class PeftInitB(enum.Enum):
+    ZERO = "zero"
+    XAVIER_NORMAL = "xavier_normal"
+
+
 def choice(kind: type[E], value: str) -> E:
     """The member of ``kind`` for a validated spec value (a ValueError here is a Literal without its member)."""
     return kind(value)

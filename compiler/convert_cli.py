@@ -168,6 +168,8 @@ def megatron_to_hf_arguments(args: argparse.Namespace) -> tuple[ScriptLaunch, li
         raise InputError(f"{args.output}: already exists; the Hugging Face folder is written new (choose another)")
     arguments = ["megatron-to-hf", "--script", str(script.path.resolve()), "--checkpoint", str(directory)]
     arguments += ["--output", str(output), "--dtype", args.dtype]
+    if args.adapter:
+        arguments.append("--adapter")
     if args.step is not None:
         arguments += ["--step", str(args.step)]
     return script, arguments
@@ -325,5 +327,11 @@ def add_convert_parser(commands: Any) -> None:
         choices=("fp32", "bf16"),
         default="fp32",
         help="the tensors' dtype (fp32 main weights of a mixed-precision run are used)",
+    )
+    to_hf.add_argument(
+        "--adapter",
+        action="store_true",
+        help="[peft] scripts: write the adapters as a Hugging Face PEFT folder (adapter_config.json, "
+        "adapter_model.safetensors) instead of the base model with the adapters merged into its weights",
     )
     to_hf.set_defaults(handler=cmd_megatron_to_hf)

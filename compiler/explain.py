@@ -16,7 +16,7 @@ import attrs
 from bridgec.compiler import derive
 from bridgec.compiler.spec import Spec
 from bridgec.runtime import throughput
-from bridgec.runtime.models import gpt
+from bridgec.runtime.models import gpt, lora
 
 MiB = 1024 * 1024
 
@@ -68,6 +68,16 @@ def parameter_counts(spec: Spec) -> ParameterCounts:
         final_norm=sums[gpt.Stage.LAST],
         output=output,
     )
+
+
+def trainable_parameters(spec: Spec) -> int | None:
+    """[peft]: the adapters' parameters, the only trainable ones (runtime.models.lora's table); None without [peft]."""
+    peft = spec.peft
+    if peft is None:
+        return None
+    config = derive.gpt_config(spec)
+    selected, _ = lora.select(config, peft.target_modules)
+    return sum(_size(p) for p in lora.adapter_parameters(config, selected, rank=peft.rank, dora=peft.method == "dora"))
 
 
 def _expert_weights(spec: Spec) -> int:
@@ -295,6 +305,7 @@ def explain_text(spec: Spec, *, extra: tuple[str, ...] = ()) -> str:
         f"  final norm {counts.final_norm:,}",
         f"  output layer {counts.output:,}" + (" (tied to the embedding)" if spec.model.tie_embeddings else ""),
         f"  total {counts.total:,} ({human_count(counts.total)})",
+        *_trainable_lines(spec, counts.total),
         "",
         "FLOPs per token",
         f"  forward = 2 x {f.matmul_params_per_token:,} matmul parameters + {f.attention_per_token:,} attention"
@@ -320,6 +331,16 @@ def explain_text(spec: Spec, *, extra: tuple[str, ...] = ()) -> str:
     lines += interop_lines(spec)
     lines += list(extra)
     return "\n".join(lines) + "\n"
+
+
+def _trainable_lines(spec: Spec, total: int) -> list[str]:
+    trainable = trainable_parameters(spec)
+    if trainable is None or spec.peft is None:
+        return []
+    return [
+        f"  trainable: {spec.peft.method} adapters of rank {spec.peft.rank} on {', '.join(spec.peft.target_modules)} "
+        f"{trainable:,} ({100 * trainable / total:.3g}% of total; every base weight frozen)"
+    ]
 
 
 def mfu(tokens_per_second: float, spec: Spec, peak_tflops: float) -> float:

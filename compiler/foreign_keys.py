@@ -64,7 +64,6 @@ UNSUPPORTED: dict[str, Feature] = {
     "hf_data": Feature(
         "Hugging Face datasets as a data source", "export the text as JSON lines and run bridgec data build"
     ),
-    "peft": Feature("LoRA and other parameter-efficient fine-tuning", "full training only"),
     "overlap": Feature(
         "Communication overlap (gradient reduce, parameter gather, tensor-parallel overlap)",
         "collectives run when megatron-core's DDP and optimizer call them, without overlap",
@@ -227,8 +226,8 @@ KEYS: dict[str, Here | str] = {
     "dataset": Here("[data]", "kind and [[data.sources]]"),
     "ddp": Here("[parallel]", "distributed_optimizer"),
     "dist": Here("[launch]", "device, nodes and procs_per_node"),
-    "peft": "peft",
-    "lora": "peft",
+    "lora": Here("[peft]", 'method = "lora"', "target_modules, rank and alpha beside it"),
+    "dora": Here("[peft]", 'method = "dora"'),
     "comm_overlap": "overlap",
     "profiling": Here("[profile]", "start_step and end_step"),
 }

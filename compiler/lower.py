@@ -45,6 +45,7 @@ from bridgec.compiler.plan import Constant, Header, Plan, Section, Value
 from bridgec.compiler.render import py_literal
 from bridgec.compiler.spec import Spec
 from bridgec.compiler.version import __version__
+from bridgec.runtime.models import lora
 
 
 @attrs.frozen(kw_only=True)
@@ -279,6 +280,39 @@ def _model_section(spec: Spec) -> Section:
     else:
         constants.append(_c("INIT_SCHEME", c.choice(c.InitScheme, spec.init.scheme).value))
     return Section(title="Model", constants=tuple(constants))
+
+
+def _peft_section(spec: Spec) -> Section | None:
+    peft = spec.peft
+    if peft is None:
+        return None
+    # The runtime takes the names (runtime.peft); choice() refuses a value no enum member has.
+    method = c.choice(c.PeftMethod, peft.method).value
+    init_a, init_b = c.choice(c.PeftInitA, peft.init_a).value, c.choice(c.PeftInitB, peft.init_b).value
+    config = derive.gpt_config(spec)
+    selected, _ = lora.select(config, peft.target_modules)
+    trainable = explain.trainable_parameters(spec) or 0
+    total = explain.parameter_counts(spec).total
+    constants = [
+        _c("PEFT_METHOD", method),
+        _c("PEFT_TARGETS", peft.target_modules, f"{len(selected)} adapted linears over {config.num_layers} layers"),
+        _c("PEFT_RANK", peft.rank),
+        _c("PEFT_SCALING", peft.alpha / peft.rank, f"alpha {peft.alpha:g} / rank {peft.rank}"),
+        _c("PEFT_DROPOUT", peft.dropout),
+        _c("PEFT_INIT_A", init_a),
+        _c("PEFT_INIT_B", init_b),
+        _c(
+            "TRAINABLE_PARAMETERS",
+            trainable,
+            f"the adapters only: {100 * trainable / total:.3g}% of the {total:,} frozen base parameters",
+        ),
+    ]
+    if peft.adapter is not None:
+        constants.append(_c("PEFT_ADAPTER", peft.adapter, "a Hugging Face PEFT adapter folder", text=True))
+    return Section(
+        title="Parameter-efficient fine-tuning (base weights frozen; only the adapters train)",
+        constants=tuple(constants),
+    )
 
 
 def _init_checkpoint_section(spec: Spec) -> Section | None:
@@ -643,6 +677,7 @@ def _profile_section(spec: Spec) -> Section | None:
 def _user_strings(spec: Spec) -> tuple[str, ...]:
     """Every string from the spec that the script contains, for the verify stage."""
     strings = [spec.run.name, spec.run.description, *spec.optimizer.decay_mask.exclude]
+    strings += list(spec.peft.target_modules) if spec.peft is not None else []
     strings += [source.prefix for source in spec.data.sources]  # validation allows sources with indexed data only
     h = spec.hooks
     hooks = (h.file, h.forward_step, h.loss) if h.file is not None else ()
@@ -650,6 +685,7 @@ def _user_strings(spec: Spec) -> tuple[str, ...]:
         spec.run.output_dir,
         spec.checkpoint.dir,
         spec.init.checkpoint.path if spec.init.checkpoint is not None else None,
+        spec.peft.adapter if spec.peft is not None else None,
         *hooks,
     ]
     strings += [value for value in named if value is not None]
@@ -777,6 +813,7 @@ def lower(spec: Spec, target: Target) -> Plan:
         *_optimizer_sections(spec, ch),
         _data_section(spec, ch, target),
         *[section for section in (_init_checkpoint_section(spec),) if section is not None],
+        *[section for section in (_peft_section(spec),) if section is not None],
         _output_section(spec, target),
         _logging_section(spec, ch),
         *[section for section in (_profile_section(spec),) if section is not None],

@@ -263,6 +263,52 @@ def _after_model(ch: Choices) -> tuple[str, ...]:
             assert_never(ch.query_scaling)
 
 
+def _adapters(spec: Spec) -> tuple[Argument, ...]:
+    if spec.peft is None:
+        return ()
+    settings = Call(
+        function="AdapterSettings",
+        arguments=names(
+            ("method", "PEFT_METHOD"),
+            ("targets", "PEFT_TARGETS"),
+            ("rank", "PEFT_RANK"),
+            ("scaling", "PEFT_SCALING"),
+            ("dropout", "PEFT_DROPOUT"),
+            ("init_a", "PEFT_INIT_A"),
+            ("init_b", "PEFT_INIT_B"),
+        ),
+    )
+    return (arg("adapters", settings),)
+
+
+def _peft_after_load(spec: Spec) -> tuple[str, ...]:
+    """[peft] after the base weights are in: the adapters from a PEFT folder, or DoRA's magnitudes from the weights."""
+    if spec.peft is None:
+        return ()
+    if spec.peft.adapter is not None:
+        return (
+            "# The adapters from a Hugging Face PEFT folder (checked against this model's adapters first).",
+            "load_hf_adapter(",
+            "    [unwrap(chunk) for chunk in built.model],",
+            "    path=SPEC_DIR / PEFT_ADAPTER,",
+            "    tensor_parallel=TENSOR_PARALLEL,",
+            "    tensor_rank=built.layout.tensor_rank,",
+            "    optimizer=built.optimizer,",
+            ")",
+        )
+    method = c.choice(c.PeftMethod, spec.peft.method)
+    match method:
+        case c.PeftMethod.DORA:
+            return (
+                "# DoRA's magnitudes start as the loaded base weights' row norms.",
+                "reset_magnitudes([unwrap(chunk) for chunk in built.model], built.optimizer)",
+            )
+        case c.PeftMethod.LORA:
+            return ()
+        case _:
+            assert_never(method)
+
+
 def _checkpointer(spec: Spec) -> tuple[Argument, ...]:
     if spec.checkpoint.dir is None:
         return ()
@@ -284,6 +330,7 @@ def _checkpointer(spec: Spec) -> tuple[Argument, ...]:
                         ("spec_text", "identity.spec_text"),
                         ("async_save", "ASYNC_SAVE"),
                     ),
+                    *(names(("adapters_only", "True")) if spec.peft is not None else ()),
                 ),
             ),
         ),
@@ -338,6 +385,7 @@ def step_plan(spec: Spec, ch: Choices) -> StepPlan:
                     ("distributed_optimizer", "DISTRIBUTED_OPTIMIZER"),
                 ),
                 *(names(("num_experts", "NUM_EXPERTS")) if spec.model.num_experts is not None else ()),
+                *_adapters(spec),
             ),
         ),
         after_model=_after_model(ch),
@@ -616,8 +664,13 @@ def init_checkpoint_plan(spec: Spec, ch: Choices) -> InitCheckpointPlan | None:
         )
     else:
         tail = ("return Progress(step=0, consumed_samples=0, skipped_steps=0)",)
-    if spec.checkpoint.dir is not None:
+    if spec.checkpoint.dir is not None and spec.peft is not None:
         call: tuple[str, ...] = (
+            "# Every start loads the frozen base: a [peft] checkpoint holds the adapters and their optimizer state only.",
+            "initial = start_from_checkpoint(built)",
+        )
+    elif spec.checkpoint.dir is not None:
+        call = (
             "initial = None",
             "if not (RESUME and built.checkpointer.has_checkpoint()):  # a resumed run takes everything from its "
             "own checkpoint",
@@ -625,7 +678,7 @@ def init_checkpoint_plan(spec: Spec, ch: Choices) -> InitCheckpointPlan | None:
         )
     else:
         call = ("initial = start_from_checkpoint(built)",)
-    return InitCheckpointPlan(docstring=docstring, body=(*load, *tail), call=call)
+    return InitCheckpointPlan(docstring=docstring, body=(*load, *_peft_after_load(spec), *tail), call=call)
 
 
 # --------------------------------------------------------------------------------------------
@@ -690,6 +743,12 @@ def imports(spec: Spec, ch: Choices, *, schedule: Call | None, forward: ForwardP
         need["init"].add("scale_query_rows")
     if spec.profile is not None:
         need["profile"].add("ProfileSettings")
+    if spec.peft is not None:
+        need["peft"].add("AdapterSettings")
+        if spec.peft.adapter is not None:
+            need["peft_hf"].add("load_hf_adapter")
+        elif spec.peft.method == "dora" and spec.init.checkpoint is not None:
+            need["peft"].add("reset_magnitudes")
     for sink in derive.sinks(spec):
         module, name = SINK_CLASSES[sink]
         need[module].add(name)

@@ -45,6 +45,9 @@ TrainMode = Literal["pretrain", "finetune"]
 LaunchScheduler = Literal["torchrun", "slurm", "kubernetes"]
 LogLevel = Literal["debug", "info", "quiet"]
 WandbMode = Literal["online", "offline", "disabled"]
+PeftMethod = Literal["lora", "dora"]
+PeftInitA = Literal["kaiming_uniform", "gaussian", "xavier_normal"]
+PeftInitB = Literal["zero", "xavier_normal"]
 
 
 @attrs.frozen(kw_only=True)
@@ -532,6 +535,28 @@ class Profile:
 
 
 @attrs.frozen(kw_only=True)
+class Peft:
+    """[peft]: train low-rank adapters on frozen base weights (LoRA, or DoRA) instead of every weight."""
+
+    method: PeftMethod = "lora"
+    """lora: y = W x + (alpha / rank) B A x. dora: LoRA whose adapted weight W + (alpha / rank) B A is renormalised per output row and scaled by a trained magnitude (Liu et al. 2024, as Hugging Face peft computes it: the row norm is not differentiated)."""
+    target_modules: tuple[str, ...] = ("linear_qkv", "linear_proj", "linear_fc1", "linear_fc2")
+    """The linears that get an adapter: megatron-core's linear_qkv, linear_proj, linear_fc1, linear_fc2, or one projection inside a fused one (linear_q, linear_k, linear_v; linear_fc1_gate, linear_fc1_up: Megatron Bridge's CanonicalLoRA, each its own A and B, as Hugging Face peft adapts q_proj, k_proj, ...). A name selects it in every layer; a pattern with dots or wildcards selects by global path (decoder.layers.0.*.linear_qkv, decoder.layers.1?.mlp.*). Every base weight is frozen: no gradient, no optimizer state, no gradient all-reduce."""
+    rank: int = 8
+    """The adapters' rank r (A is r x in, B is out x r); at most the smaller dimension of every targeted linear."""
+    alpha: float = 16.0
+    """The update is scaled by alpha / rank."""
+    dropout: float = 0.0
+    """Dropout on the adapter's input (training only)."""
+    init_a: PeftInitA = "kaiming_uniform"
+    """A's initial values, drawn whole from (run.seed, the parameter's global name) so every layout starts alike: kaiming_uniform (Hugging Face peft's default: U(-1/sqrt(in), 1/sqrt(in))), gaussian (N(0, 1/rank)) or xavier_normal (Megatron Bridge's)."""
+    init_b: PeftInitB = "zero"
+    """B's initial values: zero (the adapted model starts as the base model) or xavier_normal."""
+    adapter: str | None = None
+    """A Hugging Face PEFT adapter folder (adapter_config.json + adapter_model.safetensors) whose weights the adapters start from, relative to the spec's folder; needs [init.checkpoint] format = "huggingface" (the base it was trained on). Its method, rank, alpha and target modules must be the spec's."""
+
+
+@attrs.frozen(kw_only=True)
 class Spec:
     """A whole spec.toml."""
 
@@ -549,5 +574,6 @@ class Spec:
     checkpoint: Checkpoint = attrs.field(factory=Checkpoint)
     hooks: Hooks = attrs.field(factory=Hooks)
     init: Init = attrs.field(factory=Init)
+    peft: Peft | None = None
     logging: Logging = attrs.field(factory=Logging)
     profile: Profile | None = None

@@ -102,4 +102,13 @@ class Built:
             spec_sha256=self.identity.spec_sha256,
             script_sha256=self.identity.script_sha256,
             spec_text=self.identity.spec_text,
+            # [peft]: the same adapters-only checkpoints as the run's own.
+            adapters_only=_has_adapters(self.model),
         )
+
+
+def _has_adapters(model: list[Any]) -> bool:
+    """Whether the (wrapped) chunks carry [peft] adapters (runtime.peft attaches them as chunk.peft)."""
+    from bridgec.runtime.model import unwrap
+
+    return any(hasattr(unwrap(chunk), "peft") for chunk in model)

@@ -143,6 +143,7 @@ class DistCheckpointer:
         script_sha256: str,
         spec_text: str | None = None,
         async_save: bool = False,
+        adapters_only: bool = False,
     ) -> None:
         if not directory.is_absolute():
             raise ValueError(f"checkpoint directory must be absolute (resolved by the script), got {directory}")
@@ -161,6 +162,9 @@ class DistCheckpointer:
         self.distributed_optimizer = optimizer_kind(optimizer) == "distributed"
         self._strategy: Any = None
         self.async_save = async_save
+        self.adapters_only = adapters_only
+        """[peft]: the model state saved and loaded is the adapters' alone (the frozen base comes from
+        [init.checkpoint] or the initialisation at every start, resume included)."""
         # A forked writer per save (megatron-core's TemporalAsyncCaller): nothing outlives the save it writes.
         self._queue = AsyncCallsQueue(persistent=False) if async_save else None
         self._now = 0
@@ -337,7 +341,7 @@ class DistCheckpointer:
 
     def _sharded_state(self, *, loading: bool, with_optimizer: bool, with_rng: bool) -> dict[str, Any]:
         model_state = {
-            _model_key(index, len(self.model)): unwrap(chunk).sharded_state_dict(metadata=SHARDED_METADATA)
+            _model_key(index, len(self.model)): self._model_state(unwrap(chunk))
             for index, chunk in enumerate(self.model)
         }
         state: dict[str, Any] = dict(model_state)
@@ -359,6 +363,12 @@ class DistCheckpointer:
                 replica_id=0,
             )
         return state
+
+    def _model_state(self, chunk: torch.nn.Module) -> dict[str, Any]:
+        state = chunk.sharded_state_dict(metadata=SHARDED_METADATA)
+        if not self.adapters_only:
+            return state
+        return {key: value for key, value in state.items() if key.startswith(ADAPTER_KEYS)}
 
     def _grad_scalers(self) -> list[Any]:
         """fp16's dynamic loss scalers, one per chained optimizer (none for fp32 and bf16)."""
@@ -453,7 +463,10 @@ class DistCheckpointer:
     def _load(self, path: Path, state: dict[str, Any], *, with_optimizer: bool) -> dict[str, Any]:
         loaded = dist_checkpointing.load(state, str(path))
         for index, chunk in enumerate(self.model):
-            unwrap(chunk).load_state_dict(loaded[_model_key(index, len(self.model))], strict=True)
+            model_state = loaded[_model_key(index, len(self.model))]
+            found = unwrap(chunk).load_state_dict(model_state, strict=not self.adapters_only)
+            if self.adapters_only and found.unexpected_keys:
+                raise ValueError(f"not adapters of this model: {found.unexpected_keys}")
         if with_optimizer:
             self.optimizer.load_state_dict(loaded["optimizer"])
             compat.restore_distributed_steps(self.optimizer, loaded["optimizer"])
@@ -519,6 +532,10 @@ def _on_rank0(action: Callable[[], None], what: str, previous: str) -> None:
     if flag.item():
         # Rank 0's message names the cause; the others only know that rank 0 failed.
         raise RunError(ExitCode.CHECKPOINT_ERROR, (failure or f"{what} on rank 0") + f"; {previous}", every_rank=True)
+
+
+ADAPTER_KEYS = "peft."
+"""The adapters' keys in a chunk's state (runtime.peft.PeftLayers under chunk.peft)."""
 
 
 def _model_key(index: int, count: int) -> str:

@@ -11,6 +11,7 @@ from megatron.core.transformer.module import Float16Module, MegatronModule
 
 from bridgec.runtime.init import portable_init
 from bridgec.runtime.parallel import Layout
+from bridgec.runtime.peft import AdapterSettings, attach_adapters
 
 ModelProvider = Callable[[bool, bool, "int | None"], MegatronModule]
 """(pre_process, post_process, vp_stage) -> model chunk; the generated script's model_provider."""
@@ -52,6 +53,7 @@ def build_model(
     dtype: str,
     distributed_optimizer: bool,
     num_experts: int | None = None,
+    adapters: AdapterSettings | None = None,
 ) -> list[DistributedDataParallel]:
     """Build, initialise, cast and wrap this rank's chunks in megatron's DDP.
 
@@ -60,6 +62,9 @@ def build_model(
     Gradients are reduced in fp32, synchronously after the backward pass (no
     overlap with compute); like Megatron-LM, only the first chunk's buffer is
     bucketed.
+
+    ``adapters`` ([peft]): every chunk gets its LoRA/DoRA adapters and its base weights are
+    frozen before the DDP wrap, so megatron's DDP and optimizer see only the adapters.
     """
     chunks = build_chunks(provider, layout)
     if init_scheme == "portable":
@@ -74,6 +79,8 @@ def build_model(
             expert_rank=layout.expert_rank,
             local_experts=(num_experts or 0) // layout.expert,
         )
+    if adapters is not None:
+        attach_adapters(chunks, adapters, seed=seed, tensor_parallel=layout.tensor, tensor_rank=layout.tensor_rank)
     if layout.device.type == "cuda":
         chunks = [chunk.cuda(layout.device) for chunk in chunks]
     if dtype in ("bf16", "fp16"):

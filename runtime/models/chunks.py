@@ -11,6 +11,7 @@ import torch
 from megatron.core.transformer.identity_op import IdentityOp
 
 from bridgec.runtime.models.gpt import GPTConfig, Parameter, chunk_parameters
+from bridgec.runtime.models.lora import PEFT_PREFIX
 
 
 def config_of(chunk: torch.nn.Module) -> GPTConfig:
@@ -77,7 +78,8 @@ def pairs(
             chunk, tensor_parallel=tensor_parallel, expert_rank=expert_rank, local_experts=local_experts
         )
     }
-    held = dict(chunk.named_parameters())
+    # [peft] adapters (chunk.peft) have a table of their own: runtime.models.lora, checked by runtime.peft.adapter_pairs.
+    held = {name: param for name, param in chunk.named_parameters() if not name.startswith(PEFT_PREFIX)}
     unknown = sorted(set(held) - set(listed))
     absent = sorted(set(listed) - set(held))
     wrong = sorted(name for name in set(held) & set(listed) if tuple(held[name].shape) != listed[name].local_shape)

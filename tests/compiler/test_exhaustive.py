@@ -55,6 +55,9 @@ FILES = MemoryFiles(
         "tok.tiktoken": "".join(f"{base64.b64encode(bytes([b])).decode()} {b}\n" for b in range(256)),
         "ckpt/1/items": "",
         "ckpt/2/items": "",
+        "hf": "",
+        "adapter/adapter_config.json": "{}",
+        "adapter/adapter_model.safetensors": "",
         "more_hooks.py": "def my_loss(loss_mask, output_tensor):\n    return output_tensor.sum(), loss_mask.sum(), {}\n",
         "hooks.py": "def my_loss(loss_mask, output_tensor):\n    return output_tensor.sum(), loss_mask.sum(), {}\n\n"
         "def other_loss(loss_mask, output_tensor):\n    return output_tensor.sum(), loss_mask.sum(), {}\n\n"
@@ -165,6 +168,7 @@ PREFIX_CONTEXT: dict[str, dict[str, Any]] = {
     "logging.mlflow.": {"logging": {"mlflow": {"tracking_uri": "sqlite:///m.db"}}},
     "profile.": {"profile": {"start_step": 2, "end_step": 3}},
     "init.checkpoint.": {**LLAMA, "init": {"checkpoint": {"format": "orbax", "path": "ckpt/1/items"}}},
+    "peft.": {**LLAMA, "peft": {}},
 }
 
 VALUES: dict[str, list[Any]] = {
@@ -184,6 +188,11 @@ VALUES: dict[str, list[Any]] = {
     "profile.dir": [None, "traces"],
     "profile.memory_snapshot": [False, True],
     "profile.nvtx": [False, True],
+    "peft.target_modules": [["linear_qkv"], ["linear_q", "decoder.layers.1.mlp.linear_fc2"]],
+    "peft.rank": [8, 4],
+    "peft.alpha": [16.0, 8.0],
+    "peft.dropout": [0.0, 0.1],
+    "peft.adapter": [None, "adapter"],
     "run.name": ["a", "b"],
     "run.seed": [1, 2],
     "run.description": ["", "words"],
@@ -318,6 +327,8 @@ COMPANIONS: dict[tuple[str, object], dict[str, Any]] = {
     ("profile.nvtx", True): {"launch": {"device": "cuda"}},
     ("model.gelu_approximation", "tanh"): {},
     ("model.num_experts", 4): MOE,
+    ("peft.adapter", "adapter"): {"init": {"checkpoint": {"format": "huggingface", "path": "hf"}}},
+    ("peft.adapter", None): {"init": {"checkpoint": {"format": "huggingface", "path": "hf"}}},
 }
 """Settings a value needs to be valid (merged after the field's context)."""
 

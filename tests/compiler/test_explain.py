@@ -8,11 +8,11 @@ from pathlib import Path
 import attrs
 import pytest
 
-from bridgec.compiler.explain import explain_text, flops, memory, parameter_counts, rank_layout
+from bridgec.compiler.explain import explain_text, flops, memory, parameter_counts, rank_layout, trainable_parameters
 from bridgec.compiler.load import load
 from bridgec.compiler.lower import Target, lower
 from bridgec.compiler.render import render
-from bridgec.compiler.spec import Spec
+from bridgec.compiler.spec import Peft, Spec
 from tests.compiler.conftest import spec_toml
 
 MODELS = {
@@ -125,3 +125,17 @@ def test_rank_layout_matches_megatrons_rank_generator() -> None:
                 tuple(getattr(rows[rank], f) for f in ("tensor", "data", "pipeline") if f != field) for rank in group
             }
             assert len(others) == 1  # and nothing else changes inside it
+
+
+def test_peft_trainable_parameters_are_the_adapters() -> None:
+    """A [peft] spec: the adapters' parameters, counted by hand: hidden 64, 4 heads of 16, ffn 96, 2 layers."""
+    llama = _spec(MODELS["llama"])
+    peft = Peft(method="lora", target_modules=("linear_q", "linear_fc2"), rank=4)
+    lora_spec = attrs.evolve(llama, peft=peft)
+    # linear_q: A 4 x 64 + B 64 x 4; linear_fc2: A 4 x 96 + B 64 x 4; per layer, 2 layers.
+    assert trainable_parameters(lora_spec) == 2 * ((4 * 64 + 64 * 4) + (4 * 96 + 64 * 4)) == 2304
+    # DoRA adds a magnitude per output row: 64 for each.
+    assert trainable_parameters(attrs.evolve(llama, peft=attrs.evolve(peft, method="dora"))) == 2304 + 2 * 2 * 64
+    assert trainable_parameters(llama) is None
+    text = explain_text(lora_spec)
+    assert "  trainable: lora adapters of rank 4 on linear_q, linear_fc2 2,304 (" in text

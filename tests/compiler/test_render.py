@@ -106,6 +106,7 @@ SHOWN_NOT_READ = {
     "DATA_PARALLEL": "a derived number shown with its arithmetic: world / (tensor x pipeline x context)",
     "TOKENS_PER_STEP": "a derived number shown with its arithmetic: global batch x seq_length",
     "LAYERS_PER_CHUNK": "a derived number shown with its arithmetic: layers / (pipeline x virtual)",
+    "TRAINABLE_PARAMETERS": "[peft]: a derived number shown with its share of the model (bridgec explain's count)",
 }
 """Constants no code of the script reads, each with the reason it is there."""
 

@@ -38,14 +38,14 @@ def check_without_data(tables: dict[str, Any], expected: list[str], files: dict[
 
 
 def test_every_rule_is_registered_once_and_tested() -> None:
-    from bridgec.compiler import rules_files, rules_layout, rules_logging, rules_training, validate_interop
-    from tests.compiler import test_validate_interop
+    from bridgec.compiler import rules_files, rules_layout, rules_logging, rules_peft, rules_training, validate_interop
+    from tests.compiler import test_validate_interop, test_validate_peft
 
-    modules = (rules_layout, rules_training, rules_files, validate_interop, rules_logging)
+    modules = (rules_layout, rules_training, rules_files, validate_interop, rules_logging, rules_peft)
     defined = {name for module in modules for name in vars(module) if name.startswith("rule_")}
     registered = [rule.__name__ for rule in RULES]
     assert sorted(registered) == sorted(defined)
-    tests = set(globals()) | set(vars(test_validate_interop))
+    tests = set(globals()) | set(vars(test_validate_interop)) | set(vars(test_validate_peft))
     untested = [name for name in registered if f"test_{name}" not in tests]
     assert untested == []
 
