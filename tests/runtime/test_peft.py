@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
 from pathlib import Path
 
 import attrs
@@ -20,8 +19,9 @@ import torch
 import transformers
 
 from bridgec.compiler.cli import main as bridgec
+from tests import warm
 from tests.runtime.hf_models import families, save
-from tests.runtime.launch import HANG_GUARD_SECONDS, TORCHRUN, environment
+from tests.runtime.launch import HANG_GUARD_SECONDS
 
 REPO = Path(__file__).resolve().parents[2]
 RANK, ALPHA = 4, 8.0
@@ -153,15 +153,8 @@ def _launch(
     lora = triples[0].split("=")[1]
     triples += [f"{name}={lora}={adapter}" for name, adapter in (refused or {}).items()]
     out = root / "out"
-    command = [str(TORCHRUN), "--standalone", "--nproc-per-node", str(procs), "-m", "tests.runtime.peft_worker"]
-    done = subprocess.run(
-        [*command, str(out), str(base), *triples],
-        cwd=REPO,
-        env=environment({}),
-        capture_output=True,
-        text=True,
-        timeout=HANG_GUARD_SECONDS,
-    )
+    worker = ["-m", "tests.runtime.peft_worker", str(out), str(base), *triples]
+    done = warm.torchrun(procs, worker, cwd=REPO, timeout=HANG_GUARD_SECONDS)
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
     return {rank: json.loads((out / f"rank{rank}.json").read_text()) for rank in range(procs)}
 
