@@ -57,6 +57,7 @@ class PositionEmbedding(enum.Enum):
 
 class TransformerImpl(enum.Enum):
     LOCAL = "local"
+    TORCH = "torch"
     TRANSFORMER_ENGINE = "transformer_engine"
 
 

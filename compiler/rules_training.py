@@ -356,10 +356,11 @@ def _block_diagonal_layout(spec: Spec, key: str) -> Iterator[Finding]:
     if spec.model.transformer_impl == "transformer_engine":
         yield Finding(
             about=(about, ("model", "transformer_impl")),
-            message=f'$.data.{key} = true needs model.transformer_impl = "local": bridgec gives the '
-            "block-diagonal mask to megatron-core's local attention; Transformer Engine's fused attention "
-            "would need packed-sequence (THD) parameters, which bridgec does not build yet",
-            hint=f'transformer_impl = "local" under [model], or remove {key}',
+            message=f'$.data.{key} = true needs model.transformer_impl = "local" or "torch": bridgec gives the '
+            "block-diagonal mask to megatron-core's local attention (or torch's scaled_dot_product_attention); "
+            "Transformer Engine's fused attention would need packed-sequence (THD) parameters, which bridgec "
+            "does not build yet",
+            hint=f'transformer_impl = "local" or "torch" under [model], or remove {key}',
         )
     p = spec.parallel
     if p.pipeline > 2 or p.virtual_pipeline is not None:

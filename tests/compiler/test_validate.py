@@ -38,14 +38,14 @@ def check_without_data(tables: dict[str, Any], expected: list[str], files: dict[
 
 
 def test_every_rule_is_registered_once_and_tested() -> None:
-    from bridgec.compiler import rules_files, rules_layout, rules_logging, rules_training, validate_interop
-    from tests.compiler import test_validate_interop
+    from bridgec.compiler import rules_files, rules_layout, rules_logging, rules_perf, rules_training, validate_interop
+    from tests.compiler import test_validate_interop, test_validate_perf
 
-    modules = (rules_layout, rules_training, rules_files, validate_interop, rules_logging)
+    modules = (rules_layout, rules_training, rules_perf, rules_files, validate_interop, rules_logging)
     defined = {name for module in modules for name in vars(module) if name.startswith("rule_")}
     registered = [rule.__name__ for rule in RULES]
     assert sorted(registered) == sorted(defined)
-    tests = set(globals()) | set(vars(test_validate_interop))
+    tests = set(globals()) | set(vars(test_validate_interop)) | set(vars(test_validate_perf))
     untested = [name for name in registered if f"test_{name}" not in tests]
     assert untested == []
 
@@ -1533,10 +1533,11 @@ def test_rule_document_masking_layout() -> None:
             "data": {"document_masking": True},
         },
         [
-            'spec.toml:20: $.data.document_masking = true needs model.transformer_impl = "local": bridgec gives the '
-            "block-diagonal mask to megatron-core's local attention; Transformer Engine's fused attention would "
-            "need packed-sequence (THD) parameters, which bridgec does not build yet; hint: transformer_impl = "
-            '"local" under [model], or remove document_masking'
+            'spec.toml:20: $.data.document_masking = true needs model.transformer_impl = "local" or "torch": bridgec '
+            "gives the block-diagonal mask to megatron-core's local attention (or torch's "
+            "scaled_dot_product_attention); Transformer Engine's fused attention would need packed-sequence (THD) "
+            'parameters, which bridgec does not build yet; hint: transformer_impl = "local" or "torch" under '
+            '[model], or remove document_masking'
         ],
     )
     check(
@@ -1606,10 +1607,11 @@ def test_rule_document_masking_layout_packing() -> None:
     check(
         {"launch": {"device": "cuda"}, "model": {"transformer_impl": "transformer_engine"}, "data": sft},
         [
-            'spec.toml:21: $.data.packing = true needs model.transformer_impl = "local": bridgec gives the '
-            "block-diagonal mask to megatron-core's local attention; Transformer Engine's fused attention would "
-            "need packed-sequence (THD) parameters, which bridgec does not build yet; hint: transformer_impl = "
-            '"local" under [model], or remove packing'
+            'spec.toml:21: $.data.packing = true needs model.transformer_impl = "local" or "torch": bridgec '
+            "gives the block-diagonal mask to megatron-core's local attention (or torch's "
+            "scaled_dot_product_attention); Transformer Engine's fused attention would need packed-sequence (THD) "
+            'parameters, which bridgec does not build yet; hint: transformer_impl = "local" or "torch" under '
+            '[model], or remove packing'
         ],
         files=files,
     )
