@@ -205,7 +205,7 @@ def activation_bytes(spec: Spec, recompute: Recompute) -> float:
 RECOMPUTE_CHOICES = (
     ("none", Recompute()),
     ("selective core_attn", Recompute(granularity="selective")),
-    ("selective core_attn+mlp+layernorm", Recompute(granularity="selective", modules=("core_attn", "mlp", "layernorm"))),
+    ("selective core_attn+mlp", Recompute(granularity="selective", modules=("core_attn", "mlp"))),
     ("full uniform 1", Recompute(granularity="full", method="uniform", num_layers=1)),
 )
 """The recompute choices explain sets side by side."""
@@ -237,7 +237,6 @@ def offload_fraction(spec: Spec) -> float:
 
 
 def memory(spec: Spec) -> Memory:
-    m = spec.model
     p = spec.parallel
     counts = parameter_counts(spec)
     dp = derive.data_parallel(spec)

@@ -20,9 +20,9 @@ from bridgec.compiler.lower_model import (
     arg,
     layer_spec_function,
     local_zero_centered,
-    sdpa_attention,
     names,
     scaled_embeddings,
+    sdpa_attention,
 )
 from bridgec.compiler.plan import (
     Argument,

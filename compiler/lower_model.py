@@ -249,7 +249,9 @@ def _fp8_arguments(spec: Spec, ch: Choices) -> tuple[Argument, ...]:
         if p.fp8_bf16_first_layers or p.fp8_bf16_last_layers
         else ()
     )
-    param = (arg("fp8_param", True, "precision.fp8_param_gather: parameters kept in FP8"),) if p.fp8_param_gather else ()
+    param = (
+        (arg("fp8_param", True, "precision.fp8_param_gather: parameters kept in FP8"),) if p.fp8_param_gather else ()
+    )
     return (fp8, arg("fp8_recipe", Code(text="FP8_RECIPE")), *param, *bf16_layers)
 
 
@@ -308,7 +310,11 @@ def _overlap_and_graph_arguments(spec: Spec) -> tuple[Argument, ...]:
     tp = (arg("tp_comm_overlap", True, "overlap.tensor_parallel"),) if spec.overlap.tensor_parallel else ()
     if g.impl == "none":
         return tp
-    return (*tp, arg("cuda_graph_impl", g.impl, "[cuda_graph]"), arg("cuda_graph_scope", _list(g.scope), "empty: whole layers"))
+    return (
+        *tp,
+        arg("cuda_graph_impl", g.impl, "[cuda_graph]"),
+        arg("cuda_graph_scope", _list(g.scope), "empty: whole layers"),
+    )
 
 
 def performance_arguments(spec: Spec) -> tuple[Argument, ...]:

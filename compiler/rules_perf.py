@@ -61,7 +61,7 @@ def rule_recompute_full_needs_method_and_layers(spec: Spec, ctx: SpecContext) ->
         yield Finding(
             about=(("recompute", "modules"),),
             message='$.recompute.modules is for granularity = "selective"; "full" recomputes whole layers',
-            hint="remove modules, or granularity = \"selective\"",
+            hint='remove modules, or granularity = "selective"',
         )
 
 
@@ -97,6 +97,14 @@ def rule_recompute_modules_supported(spec: Spec, ctx: SpecContext) -> Iterator[F
                 about=(("recompute", "modules"), ("model", "num_experts")),
                 message='$.recompute.modules holds "moe" but the model has no experts (model.num_experts unset)',
                 hint='use "mlp" for the dense MLP',
+            )
+        elif module == "layernorm" and spec.model.transformer_impl != "transformer_engine":
+            yield Finding(
+                about=(("recompute", "modules"), ("model", "transformer_impl")),
+                message='$.recompute.modules holds "layernorm", which needs model.transformer_impl = '
+                '"transformer_engine" (megatron-core 0.16.1\'s output-discarding checkpoint reads Transformer '
+                "Engine's FP8 state)",
+                hint='use "core_attn" or "mlp", or transformer_impl = "transformer_engine" under [model]',
             )
         elif module == "mlp" and moe:
             yield Finding(
@@ -163,7 +171,11 @@ def rule_offload_excludes(spec: Spec, ctx: SpecContext) -> Iterator[Finding]:
             ("recompute", "granularity"),
             f"recompute.granularity = {render_value(spec.recompute.granularity)}",
         ),
-        (spec.cuda_graph.impl != "none", ("cuda_graph", "impl"), f"cuda_graph.impl = {render_value(spec.cuda_graph.impl)}"),
+        (
+            spec.cuda_graph.impl != "none",
+            ("cuda_graph", "impl"),
+            f"cuda_graph.impl = {render_value(spec.cuda_graph.impl)}",
+        ),
     )
     for clash, about, shown in clashes:
         if clash:
@@ -402,7 +414,7 @@ def rule_fp8_keys_need_fp8(spec: Spec, ctx: SpecContext) -> Iterator[Finding]:
             yield Finding(
                 about=(("precision", key),),
                 message=f"$.precision.{key} = {render_value(value)} changes nothing without precision.fp8",
-                hint=f"fp8 = \"tensorwise\" (or another recipe) under [precision], or remove {key}",
+                hint=f'fp8 = "tensorwise" (or another recipe) under [precision], or remove {key}',
             )
 
 
@@ -425,8 +437,7 @@ def rule_fp8_settings(spec: Spec, ctx: SpecContext) -> Iterator[Finding]:
         if not 0 <= value <= most:
             yield Finding(
                 about=(("precision", key),),
-                message=f"$.precision.{key} = {value} must be between 0 and the {most} layers one pipeline "
-                "stage holds",
+                message=f"$.precision.{key} = {value} must be between 0 and the {most} layers one pipeline stage holds",
                 hint=f"{key} = 0 to {most}",
             )
     if p.fp8_param_gather and not spec.parallel.distributed_optimizer:

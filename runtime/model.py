@@ -13,6 +13,7 @@ from megatron.core.transformer.module import Float16Module, MegatronModule
 from bridgec.runtime.init import portable_init
 from bridgec.runtime.parallel import Layout
 
+
 @attrs.frozen(kw_only=True)
 class Overlap:
     """megatron-core DistributedDataParallelConfig fields of [overlap] (and precision.fp8_param_gather)."""

@@ -1537,7 +1537,7 @@ def test_rule_document_masking_layout() -> None:
             "gives the block-diagonal mask to megatron-core's local attention (or torch's "
             "scaled_dot_product_attention); Transformer Engine's fused attention would need packed-sequence (THD) "
             'parameters, which bridgec does not build yet; hint: transformer_impl = "local" or "torch" under '
-            '[model], or remove document_masking'
+            "[model], or remove document_masking"
         ],
     )
     check(
@@ -1611,7 +1611,7 @@ def test_rule_document_masking_layout_packing() -> None:
             "gives the block-diagonal mask to megatron-core's local attention (or torch's "
             "scaled_dot_product_attention); Transformer Engine's fused attention would need packed-sequence (THD) "
             'parameters, which bridgec does not build yet; hint: transformer_impl = "local" or "torch" under '
-            '[model], or remove packing'
+            "[model], or remove packing"
         ],
         files=files,
     )

@@ -132,10 +132,10 @@ def stage_draws() -> dict[str, object]:
 
 
 def main(argv: list[str]) -> int:
+    import sdpa_checks  # its sibling: torchrun runs this file with its folder first on sys.path
+
     from bridgec.runtime import cpu_compat
     from bridgec.runtime.parallel import initialize, shutdown
-
-    import sdpa_checks  # its sibling: torchrun runs this file with its folder first on sys.path
 
     cpu_compat.apply()
     results = {}
