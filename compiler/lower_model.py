@@ -262,20 +262,22 @@ def _list(items: tuple[str, ...]) -> Code:
 
 def _recompute_arguments(spec: Spec) -> tuple[Argument, ...]:
     r = spec.recompute
-    match r.granularity:
-        case None:
-            return ()
-        case "selective":
+    if r.granularity is None:
+        return ()
+    granularity = choice(c.RecomputeGranularity, r.granularity)
+    match granularity:
+        case c.RecomputeGranularity.SELECTIVE:
             modules = () if r.modules is None else (arg("recompute_modules", _list(r.modules)),)
             return (arg("recompute_granularity", "selective", "[recompute]"), *modules)
-        case "full":
+        case c.RecomputeGranularity.FULL:
+            assert r.method is not None, "validation requires a method with full recomputation"
             return (
                 arg("recompute_granularity", "full", "[recompute]"),
-                arg("recompute_method", r.method),
+                arg("recompute_method", choice(c.RecomputeMethod, r.method).value),
                 arg("recompute_num_layers", r.num_layers),
             )
         case _:
-            assert_never(r.granularity)
+            assert_never(granularity)
 
 
 def _offload_arguments(spec: Spec) -> tuple[Argument, ...]:
@@ -308,13 +310,19 @@ def _fusion_arguments(spec: Spec) -> tuple[Argument, ...]:
 def _overlap_and_graph_arguments(spec: Spec) -> tuple[Argument, ...]:
     g = spec.cuda_graph
     tp = (arg("tp_comm_overlap", True, "overlap.tensor_parallel"),) if spec.overlap.tensor_parallel else ()
-    if g.impl == "none":
-        return tp
-    return (
-        *tp,
-        arg("cuda_graph_impl", g.impl, "[cuda_graph]"),
-        arg("cuda_graph_scope", _list(g.scope), "empty: whole layers"),
-    )
+    impl = choice(c.CudaGraphImpl, g.impl)
+    match impl:
+        case c.CudaGraphImpl.NONE:
+            return tp
+        case c.CudaGraphImpl.LOCAL | c.CudaGraphImpl.TRANSFORMER_ENGINE:
+            scope = _list(tuple(choice(c.CudaGraphScope, item).value for item in g.scope))
+            return (
+                *tp,
+                arg("cuda_graph_impl", impl.value, "[cuda_graph]"),
+                arg("cuda_graph_scope", scope, "empty: whole layers"),
+            )
+        case _:
+            assert_never(impl)
 
 
 def performance_arguments(spec: Spec) -> tuple[Argument, ...]:
