@@ -81,6 +81,8 @@ def rule_recompute_selective_takes_modules(spec: Spec, ctx: SpecContext) -> Iter
 
 
 def rule_recompute_modules_supported(spec: Spec, ctx: SpecContext) -> Iterator[Finding]:
+    if spec.recompute.granularity != "selective":
+        return  # modules without selective granularity: rule_recompute_keys_need_granularity and the full rule
     modules = spec.recompute.modules or ()
     moe = spec.model.num_experts is not None
     for module in modules:
@@ -105,6 +107,14 @@ def rule_recompute_modules_supported(spec: Spec, ctx: SpecContext) -> Iterator[F
                 '"transformer_engine" (megatron-core 0.16.1\'s output-discarding checkpoint reads Transformer '
                 "Engine's FP8 state)",
                 hint='use "core_attn" or "mlp", or transformer_impl = "transformer_engine" under [model]',
+            )
+        elif module == "mlp" and spec.model.add_bias_linear and not moe:
+            yield Finding(
+                about=(("recompute", "modules"), ("model", "add_bias_linear")),
+                message='$.recompute.modules holds "mlp", which needs model.add_bias_linear = false (megatron-core '
+                "0.16.1 returns the MLP's output bias parameter through the checkpoint, and its backward pass "
+                "then recurses without end)",
+                hint='add_bias_linear = false under [model], or use "core_attn"',
             )
         elif module == "mlp" and moe:
             yield Finding(

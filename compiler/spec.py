@@ -388,7 +388,7 @@ class Recompute:
     num_layers: int | None = None
     """recompute_num_layers, full only (required there): layers per group (uniform) or recomputed layers per pipeline stage (block), 1 to the layers one pipeline stage holds."""
     modules: tuple[RecomputeModule, ...] | None = None
-    """recompute_modules, selective only: among core_attn (the attention scores and softmax), mlp (the dense MLP), layernorm (the two norms of a layer; transformer_engine only), moe (the MoE layer); moe_act, mla_up_proj and shared_experts need model features bridgec does not build. Default: megatron's ["core_attn"]."""
+    """recompute_modules, selective only: among core_attn (the attention scores and softmax), mlp (the dense MLP; needs model.add_bias_linear = false), layernorm (the two norms of a layer; transformer_engine only), moe (the MoE layer); moe_act, mla_up_proj and shared_experts need model features bridgec does not build. Default: megatron's ["core_attn"]."""
 
 
 @attrs.frozen(kw_only=True)

@@ -162,7 +162,7 @@ CONTEXT: dict[str, dict[str, Any]] = {
     "precision.fp8_bf16_last_layers": {**CUDA_TE, "precision": {"fp8": "tensorwise"}},
     "precision.mixed": {**CUDA_TE, "parallel": {"distributed_optimizer": True}},
     "recompute.num_layers": {"recompute": {"granularity": "full", "method": "uniform"}},
-    "recompute.modules": {"recompute": {"granularity": "selective"}},
+    "recompute.modules": {"recompute": {"granularity": "selective"}, "model": {"add_bias_linear": False}},
     "offload.activations": {"launch": {"device": "cuda"}},
     "offload.weights": {"launch": {"device": "cuda"}},
     "offload.num_layers": {"launch": {"device": "cuda"}, "offload": {"activations": True}},

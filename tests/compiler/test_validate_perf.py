@@ -62,12 +62,16 @@ def test_rule_recompute_selective_takes_modules() -> None:
 
 def test_rule_recompute_modules_supported() -> None:
     check(
-        {"recompute": {"granularity": "selective", "modules": ["moe_act", "moe", "layernorm"]}},
+        {"recompute": {"granularity": "selective", "modules": ["moe_act", "moe", "layernorm", "mlp"]}},
         [
             'spec.toml:18: $.recompute.modules holds "layernorm", which needs model.transformer_impl = '
             '"transformer_engine" (megatron-core 0.16.1\'s output-discarding checkpoint reads Transformer '
             'Engine\'s FP8 state); hint: use "core_attn" or "mlp", or transformer_impl = "transformer_engine" '
             "under [model]",
+            'spec.toml:18: $.recompute.modules holds "mlp", which needs model.add_bias_linear = false '
+            "(megatron-core 0.16.1 returns the MLP's output bias parameter through the checkpoint, and its "
+            "backward pass then recurses without end); hint: add_bias_linear = false under [model], or use "
+            '"core_attn"',
             'spec.toml:18: $.recompute.modules holds "moe" but the model has no experts (model.num_experts '
             'unset); hint: use "mlp" for the dense MLP',
             'spec.toml:18: $.recompute.modules holds "moe_act", a module bridgec\'s models do not have '

@@ -29,6 +29,7 @@ num_attention_heads = 4
 vocab_size = 128
 seq_length = 32
 position_embedding = "rope"
+add_bias_linear = false
 dropout = 0.1
 
 [parallel]
