@@ -15,6 +15,7 @@ for name in (
     "logging_bench.py",
     "checkpoint_bench.py",
     "peft_bench.py",
+    "perf_bench.py",
 ):
     print(f"== {name}")
     runpy.run_path(str(HERE / name), run_name="__main__")

@@ -57,7 +57,57 @@ class PositionEmbedding(enum.Enum):
 
 class TransformerImpl(enum.Enum):
     LOCAL = "local"
+    TORCH = "torch"
     TRANSFORMER_ENGINE = "transformer_engine"
+
+
+class MixedPrecision(enum.Enum):
+    BF16_MIXED = "bf16_mixed"
+    FP16_MIXED = "fp16_mixed"
+    BF16_WITH_FP8_DELAYED_SCALING_MIXED = "bf16_with_fp8_delayed_scaling_mixed"
+    BF16_WITH_FP8_CURRENT_SCALING_MIXED = "bf16_with_fp8_current_scaling_mixed"
+    BF16_WITH_MXFP8_MIXED = "bf16_with_mxfp8_mixed"
+    BF16_WITH_FP8_SUBCHANNEL_SCALING_MIXED = "bf16_with_fp8_subchannel_scaling_mixed"
+
+
+class RecomputeGranularity(enum.Enum):
+    SELECTIVE = "selective"
+    FULL = "full"
+
+
+class RecomputeMethod(enum.Enum):
+    UNIFORM = "uniform"
+    BLOCK = "block"
+
+
+class RecomputeModule(enum.Enum):
+    CORE_ATTN = "core_attn"
+    MLP = "mlp"
+    LAYERNORM = "layernorm"
+    MOE = "moe"
+    MOE_ACT = "moe_act"
+    MLA_UP_PROJ = "mla_up_proj"
+    SHARED_EXPERTS = "shared_experts"
+
+
+class CrossEntropyFusionImpl(enum.Enum):
+    NATIVE = "native"
+    TE = "te"
+
+
+class CudaGraphImpl(enum.Enum):
+    NONE = "none"
+    LOCAL = "local"
+    TRANSFORMER_ENGINE = "transformer_engine"
+
+
+class CudaGraphScope(enum.Enum):
+    ATTN = "attn"
+    MLP = "mlp"
+    MOE = "moe"
+    MOE_ROUTER = "moe_router"
+    MOE_PREPROCESS = "moe_preprocess"
+    FULL_ITERATION = "full_iteration"
 
 
 class OptimizerName(enum.Enum):

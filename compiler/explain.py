@@ -14,9 +14,16 @@ import math
 import attrs
 
 from bridgec.compiler import derive
-from bridgec.compiler.spec import Spec
+from bridgec.compiler.spec import Recompute, Spec
 from bridgec.runtime import throughput
 from bridgec.runtime.models import gpt, lora
+
+ATTENTION_MEMORY = {
+    "local": "unfused local attention keeping its scores",
+    "torch": "torch's fused scaled_dot_product_attention",
+    "transformer_engine": "Transformer Engine's fused attention",
+}
+"""What the activation estimate assumes of each model.transformer_impl's core attention."""
 
 MiB = 1024 * 1024
 
@@ -137,8 +144,109 @@ class Memory:
         return self.weights + self.gradients + self.optimizer + self.activations
 
 
-def memory(spec: Spec) -> Memory:
+def in_flight_microbatches(spec: Spec) -> float:
+    """Microbatches whose activations the first pipeline stage holds at once (Megatron-LM's 1F1B bound)."""
+    p = spec.parallel
+    if p.virtual_pipeline is not None:
+        return p.pipeline * (1 + (p.pipeline - 1) / (p.pipeline * p.virtual_pipeline))
+    return min(derive.microbatches(spec), p.pipeline)
+
+
+def _layer_parts(spec: Spec) -> dict[str, float]:
+    """One layer's kept activations for one microbatch on one rank, in 16-bit values, by the part that keeps them.
+
+    Korthikanti et al. (2022): 34 x s x b x h per layer with a 4h MLP (here (18 + 4 ffn / h) sbh) plus the
+    unfused attention's 5 x heads x s^2 x b. Split over tensor ranks: all of it with sequence parallelism;
+    without it 10 sbh (the norms' and dropouts' inputs) stays whole on every rank.
+    """
     m = spec.model
+    p = spec.parallel
+    s, b, h = m.seq_length, spec.batch.micro_batch_size, m.hidden_size
+    _, _, _, ffn = _dims(spec)
+    sbh = s * b * h
+    # Without sequence parallelism 10 sbh (the norms' and dropouts' inputs) stays whole on every tensor rank.
+    r = p.tensor if p.sequence_parallel else 1
+    t = p.tensor
+    parts = {
+        "layernorm": 4 * sbh / r,  # the two norms' outputs, discarded and recomputed by "layernorm"
+        "mlp": 4 * ffn / h * sbh / t,  # the MLP's two ffn-wide tensors (fc1 output, activation output)
+        # megatron-core's local attention is unfused: it keeps the scores, softmax and dropout mask of every
+        # head (5 x heads x s^2 per sequence); torch's SDPA and Transformer Engine's fused attention do not.
+        "core_attn": 5 * m.num_attention_heads * s * s * b / t if m.transformer_impl == "local" else 0.0,
+        "rest": 6 * sbh / r + 8 * sbh / t,
+    }
+    return {name: value / p.context for name, value in parts.items()}
+
+
+def activation_bytes(spec: Spec, recompute: Recompute) -> float:
+    """Activation bytes on the first pipeline stage's rank with this recomputation (and [offload] activations)."""
+    m = spec.model
+    p = spec.parallel
+    s, b, h = m.seq_length, spec.batch.micro_batch_size, m.hidden_size
+    parts = _layer_parts(spec)
+    full_layer = sum(parts.values())
+    layer_input = 2 * s * b * h / (p.tensor if p.sequence_parallel else 1) / p.context
+    layers = m.num_layers // p.pipeline
+    match recompute.granularity:
+        case None:
+            kept, transient = layers * full_layer, 0.0
+        case "selective":
+            dropped = sum(parts.get(module, 0.0) for module in (recompute.modules or ("core_attn",)))
+            kept, transient = layers * (full_layer - dropped), dropped
+        case "full":
+            n = recompute.num_layers or 1
+            if recompute.method == "block":
+                recomputed = min(n, layers)
+                kept, transient = recomputed * layer_input + (layers - recomputed) * full_layer, full_layer
+            else:  # uniform: each group of n layers keeps its input and is recomputed whole
+                kept, transient = math.ceil(layers / n) * layer_input, n * full_layer
+        case _:
+            raise AssertionError(recompute.granularity)
+    if spec.offload.activations and spec.offload.num_layers:
+        kept -= min(spec.offload.num_layers, layers) * full_layer  # moved to host memory
+    total = kept * in_flight_microbatches(spec) + transient  # one microbatch is recomputed at a time
+    total += (8 * s * b + s * b * h) * p.pipeline / (p.tensor * p.context)  # embedding input and dropout
+    if p.pipeline == 1:
+        total += s * b * h * 4 * (1 + derive.padded_vocab(spec) / h) / (p.tensor * p.context)  # output and loss
+    mixed = spec.precision.dtype in ("bf16", "fp16")
+    return total * (1 if mixed else 2)  # 16-bit values; fp32 doubles them
+
+
+RECOMPUTE_CHOICES = (
+    ("none", Recompute()),
+    ("selective core_attn", Recompute(granularity="selective")),
+    ("selective core_attn+mlp", Recompute(granularity="selective", modules=("core_attn", "mlp"))),
+    ("full uniform 1", Recompute(granularity="full", method="uniform", num_layers=1)),
+)
+"""The recompute choices explain sets side by side."""
+
+
+def recompute_name(recompute: Recompute) -> str:
+    match recompute.granularity:
+        case None:
+            return "no recomputation"
+        case "selective":
+            return "selective recomputation of " + "+".join(recompute.modules or ("core_attn",))
+        case "full":
+            return f"full recomputation, {recompute.method} {recompute.num_layers}"
+        case _:
+            raise AssertionError(recompute.granularity)
+
+
+def _optimizer_offload_line(spec: Spec, mem: Memory) -> tuple[str, ...]:
+    if not spec.offload.optimizer:
+        return ()
+    return (f"  (optimizer state: {offload_fraction(spec):g} of it in host memory, not counted in the total)",)
+
+
+def offload_fraction(spec: Spec) -> float:
+    """The share of the optimizer state [offload] optimizer keeps in host memory."""
+    if not spec.offload.optimizer:
+        return 0.0
+    return 1.0 if spec.offload.optimizer_fraction is None else spec.offload.optimizer_fraction
+
+
+def memory(spec: Spec) -> Memory:
     p = spec.parallel
     counts = parameter_counts(spec)
     dp = derive.data_parallel(spec)
@@ -154,37 +262,17 @@ def memory(spec: Spec) -> Memory:
     state = (8 if spec.optimizer.name == "adam" else 4) + (4 if mixed else 0)
     if p.distributed_optimizer:
         state = state / dp
-    micro = spec.batch.micro_batch_size
-    s, h = m.seq_length, m.hidden_size
-    _, _, _, ffn = _dims(spec)
-    per_layer = s * micro * h * (18 + 4 * ffn / h)
-    if m.transformer_impl == "local":
-        # megatron-core's local attention is unfused: it keeps the scores, softmax and dropout mask of every
-        # head (Korthikanti et al.'s 5 x heads x s^2 per sequence); Transformer Engine's fused attention does not.
-        per_layer += 5 * m.num_attention_heads * s * s * micro
-    activations = per_layer * m.num_layers / p.pipeline
-    microbatches = derive.microbatches(spec)
-    if p.virtual_pipeline is not None:
-        in_flight = p.pipeline * (1 + (p.pipeline - 1) / (p.pipeline * p.virtual_pipeline))
-    else:
-        in_flight = min(microbatches, p.pipeline)
-    activations *= in_flight
-    activations += 8 * s * micro * p.pipeline + s * micro * h * p.pipeline  # embedding input and dropout
-    if p.pipeline == 1:
-        activations += s * micro * h * 4 * (1 + derive.padded_vocab(spec) / h)  # output layer and cross entropy
-    activations /= p.tensor * p.context
-    if not mixed:
-        activations *= 2  # the formula counts 16-bit activations
+    activations = activation_bytes(spec, spec.recompute)
     return Memory(
         params_on_rank=params_on_rank,
         weights=params_on_rank * weight_bytes,
         gradients=params_on_rank * grad_bytes,
-        optimizer=params_on_rank * state,
+        optimizer=params_on_rank * state * (1 - offload_fraction(spec)),
         activations=activations,
         weight_bytes=weight_bytes,
         grad_bytes=grad_bytes,
         optimizer_bytes_per_param=state,
-        in_flight_microbatches=in_flight,
+        in_flight_microbatches=in_flight_microbatches(spec),
     )
 
 
@@ -320,13 +408,14 @@ def explain_text(spec: Spec, *, extra: tuple[str, ...] = ()) -> str:
         f"  optimizer  {human_bytes(mem.optimizer)} ({mem.optimizer_bytes_per_param:g} bytes/param"
         + (f", sharded over data {dp})" if p.distributed_optimizer else ")"),
         f"  activations {human_bytes(mem.activations)} ({mem.in_flight_microbatches:g} microbatches in flight, "
-        + (
-            "unfused local attention keeping its scores"
-            if spec.model.transformer_impl == "local"
-            else "Transformer Engine's fused attention"
-        )
-        + ", no recomputation)",
+        + ATTENTION_MEMORY[spec.model.transformer_impl]
+        + f", {recompute_name(spec.recompute)}"
+        + ("" if p.tensor == 1 or p.sequence_parallel else ", norms and dropouts whole on every tensor rank")
+        + (f", {spec.offload.num_layers} layers offloaded to host)" if spec.offload.activations else ")"),
+        *_optimizer_offload_line(spec, mem),
         f"  total      {human_bytes(mem.total)}",
+        "  activations by recompute choice: "
+        + " | ".join(f"{name} {human_bytes(activation_bytes(spec, choice))}" for name, choice in RECOMPUTE_CHOICES),
     ]
     lines += interop_lines(spec)
     lines += list(extra)

@@ -37,6 +37,7 @@ from bridgec.compiler.errors import (
     sort_key,
 )
 from bridgec.compiler.locate import EMPTY_INDEX, LineIndex, build_index
+from bridgec.compiler.mixed_precision import fill_recipe
 from bridgec.compiler.rule_base import NOT_LOADED
 from bridgec.compiler.spec import Spec
 
@@ -64,6 +65,7 @@ def load(text: str, filename: str) -> LoadResult:
 
 def load_tables(raw: dict[str, Any], index: LineIndex, filename: str) -> LoadResult:
     """Structure parsed TOML tables (one file's, or a composition's: see compose.py) into a :class:`Spec`."""
+    raw = fill_recipe(raw)
     try:
         spec = _CONVERTER.structure(raw, Spec)
     except (cattrs.BaseValidationError, _BadValue) as exc:

@@ -22,6 +22,7 @@ from bridgec.compiler.lower_model import (
     local_zero_centered,
     names,
     scaled_embeddings,
+    sdpa_attention,
 )
 from bridgec.compiler.plan import (
     Argument,
@@ -167,11 +168,41 @@ def _optimizer(spec: Spec, ch: Choices) -> tuple[tuple[str, ...], Call]:
                         ("dtype", "DTYPE"),
                         ("distributed_optimizer", "DISTRIBUTED_OPTIMIZER"),
                     ),
+                    *_optimizer_offload(spec),
                 ),
             )
             return (), Call(function="build_optimizer", arguments=(arg(None, Code(text="model")), arg(None, settings)))
         case _:
             assert_never(ch.semantics)
+
+
+def _optimizer_offload(spec: Spec) -> tuple[Argument, ...]:
+    o = spec.offload
+    if not o.optimizer:
+        return ()
+    fraction = 1.0 if o.optimizer_fraction is None else o.optimizer_fraction
+    return (arg("cpu_offload_fraction", fraction, "[offload] optimizer: HybridDeviceOptimizer"),)
+
+
+def overlapped(spec: Spec) -> bool:
+    """Some DistributedDataParallelConfig field of [overlap] (or FP8 parameter gathers) differs from megatron's."""
+    o = spec.overlap
+    return o.grad_reduce or o.param_gather or o.bucket_size is not None or spec.precision.fp8_param_gather
+
+
+def _overlap_argument(spec: Spec) -> tuple[Argument, ...]:
+    if not overlapped(spec):
+        return ()
+    o = spec.overlap
+    fields = (
+        ("grad_reduce", o.grad_reduce, False),
+        ("param_gather", o.param_gather, False),
+        ("align_param_gather", o.align_param_gather, False),
+        ("bucket_size", o.bucket_size, None),
+        ("fp8_param_gather", spec.precision.fp8_param_gather, False),
+    )
+    chosen = tuple(arg(name, value) for name, value, default in fields if value != default)
+    return (arg("overlap", Call(function="Overlap", arguments=chosen), "[overlap]: DistributedDataParallelConfig"),)
 
 
 def adam(ch: Choices) -> bool:
@@ -386,6 +417,7 @@ def step_plan(spec: Spec, ch: Choices) -> StepPlan:
                 ),
                 *(names(("num_experts", "NUM_EXPERTS")) if spec.model.num_experts is not None else ()),
                 *_adapters(spec),
+                *_overlap_argument(spec),
             ),
         ),
         after_model=_after_model(ch),
@@ -735,8 +767,12 @@ def imports(spec: Spec, ch: Choices, *, schedule: Call | None, forward: ForwardP
         need["model"].add("gelu_tanh")
     if local_zero_centered(spec, ch):
         need["norms"].add("zero_centered_block")
+    if sdpa_attention(ch):
+        need["attention"].add("sdpa_layer")
     if scaled_embeddings(spec):
         need["norms"].add("scale_embeddings")
+    if overlapped(spec):
+        need["model"].add("Overlap")
     if forward.hook is None or main.after_model or spec.init.checkpoint is not None:
         need["model"].add("unwrap")  # bridgec's forward_step, the query scaling and the checkpoint import use it
     if main.after_model:

@@ -215,7 +215,7 @@ PARAMS_DTYPE = c.table(
 )
 
 
-def _precision_arguments(ch: Choices) -> tuple[Argument, ...]:
+def _precision_arguments(spec: Spec, ch: Choices) -> tuple[Argument, ...]:
     match ch.dtype:
         case c.DType.FP32:
             flags: tuple[Argument, ...] = ()
@@ -226,12 +226,113 @@ def _precision_arguments(ch: Choices) -> tuple[Argument, ...]:
         case _:
             assert_never(ch.dtype)
     dtype = Code(text=PARAMS_DTYPE[ch.dtype])
-    fp8 = (
-        ()
-        if ch.fp8 is None
-        else (arg("fp8", "hybrid", "e4m3 forward, e5m2 gradients"), arg("fp8_recipe", Code(text="FP8_RECIPE")))
+    return (*flags, arg("params_dtype", dtype), arg("pipeline_dtype", dtype), *_fp8_arguments(spec, ch))
+
+
+def _fp8_arguments(spec: Spec, ch: Choices) -> tuple[Argument, ...]:
+    p = spec.precision
+    match ch.fp8:
+        case None:
+            return ()
+        case c.Fp8Recipe.MXFP8:
+            fp8 = arg("fp8", "e4m3", "MX block scaling is e4m3 both ways")
+        case c.Fp8Recipe.DELAYED | c.Fp8Recipe.TENSORWISE | c.Fp8Recipe.BLOCKWISE:
+            fp8 = arg("fp8", "hybrid", "e4m3 forward, e5m2 gradients")
+        case _:
+            assert_never(ch.fp8)
+    bf16_layers = (
+        (
+            arg("first_last_layers_bf16", True, "precision.fp8_bf16_first_layers / fp8_bf16_last_layers"),
+            arg("num_layers_at_start_in_bf16", p.fp8_bf16_first_layers),
+            arg("num_layers_at_end_in_bf16", p.fp8_bf16_last_layers),
+        )
+        if p.fp8_bf16_first_layers or p.fp8_bf16_last_layers
+        else ()
     )
-    return (*flags, arg("params_dtype", dtype), arg("pipeline_dtype", dtype), *fp8)
+    param = (
+        (arg("fp8_param", True, "precision.fp8_param_gather: parameters kept in FP8"),) if p.fp8_param_gather else ()
+    )
+    return (fp8, arg("fp8_recipe", Code(text="FP8_RECIPE")), *param, *bf16_layers)
+
+
+def _list(items: tuple[str, ...]) -> Code:
+    """A list literal: megatron-core checks these fields with isinstance(value, list)."""
+    return Code(text="[" + ", ".join(py_literal(item) for item in items) + "]")
+
+
+def _recompute_arguments(spec: Spec) -> tuple[Argument, ...]:
+    r = spec.recompute
+    if r.granularity is None:
+        return ()
+    granularity = choice(c.RecomputeGranularity, r.granularity)
+    match granularity:
+        case c.RecomputeGranularity.SELECTIVE:
+            modules = () if r.modules is None else (arg("recompute_modules", _list(r.modules)),)
+            return (arg("recompute_granularity", "selective", "[recompute]"), *modules)
+        case c.RecomputeGranularity.FULL:
+            assert r.method is not None, "validation requires a method with full recomputation"
+            return (
+                arg("recompute_granularity", "full", "[recompute]"),
+                arg("recompute_method", choice(c.RecomputeMethod, r.method).value),
+                arg("recompute_num_layers", r.num_layers),
+            )
+        case _:
+            assert_never(granularity)
+
+
+def _offload_arguments(spec: Spec) -> tuple[Argument, ...]:
+    o = spec.offload
+    if not (o.activations or o.weights):
+        return ()
+    return (
+        arg("cpu_offloading", True, "[offload]"),
+        arg("cpu_offloading_num_layers", o.num_layers),
+        arg("cpu_offloading_activations", o.activations),
+        arg("cpu_offloading_weights", o.weights),
+    )
+
+
+def _fusion_arguments(spec: Spec) -> tuple[Argument, ...]:
+    f = spec.fusions
+    flags = (
+        ("bias_dropout_fusion", f.bias_dropout),
+        ("apply_rope_fusion", f.apply_rope),
+        ("masked_softmax_fusion", f.masked_softmax),
+        ("gradient_accumulation_fusion", f.gradient_accumulation),
+        ("cross_entropy_loss_fusion", f.cross_entropy),
+    )
+    chosen = tuple(arg(name, True, "[fusions]") for name, on in flags if on)
+    if f.cross_entropy:
+        chosen += (arg("cross_entropy_fusion_impl", f.cross_entropy_impl),)
+    return chosen
+
+
+def _overlap_and_graph_arguments(spec: Spec) -> tuple[Argument, ...]:
+    g = spec.cuda_graph
+    tp = (arg("tp_comm_overlap", True, "overlap.tensor_parallel"),) if spec.overlap.tensor_parallel else ()
+    impl = choice(c.CudaGraphImpl, g.impl)
+    match impl:
+        case c.CudaGraphImpl.NONE:
+            return tp
+        case c.CudaGraphImpl.LOCAL | c.CudaGraphImpl.TRANSFORMER_ENGINE:
+            scope = _list(tuple(choice(c.CudaGraphScope, item).value for item in g.scope))
+            return (
+                *tp,
+                arg("cuda_graph_impl", impl.value, "[cuda_graph]"),
+                arg("cuda_graph_scope", scope, "empty: whole layers"),
+            )
+        case _:
+            assert_never(impl)
+
+
+def performance_arguments(spec: Spec) -> tuple[Argument, ...]:
+    """TransformerConfig fields of [recompute], [offload], [fusions], [cuda_graph] and overlap.tensor_parallel."""
+    return (
+        *_recompute_arguments(spec),
+        *_offload_arguments(spec),
+        *_fusion_arguments(spec),
+        *_overlap_and_graph_arguments(spec),
+    )
 
 
 def _moe_arguments(spec: Spec, ch: Choices) -> tuple[Argument, ...]:
@@ -343,7 +444,8 @@ def _transformer_config(spec: Spec, ch: Choices) -> Call:
             *virtual,
             *names(("context_parallel_size", "CONTEXT_PARALLEL"), ("sequence_parallel", "SEQUENCE_PARALLEL")),
             *_moe_arguments(spec, ch),
-            *_precision_arguments(ch),
+            *_precision_arguments(spec, ch),
+            *performance_arguments(spec),
             *per_token,
             *p2p_sync,
             arg("finalize_model_grads_func", Code(text="finalize_model_grads")),
@@ -353,7 +455,7 @@ def _transformer_config(spec: Spec, ch: Choices) -> Call:
 
 def layer_spec_function(ch: Choices) -> str:
     match ch.transformer_impl:
-        case c.TransformerImpl.LOCAL:
+        case c.TransformerImpl.LOCAL | c.TransformerImpl.TORCH:
             return "get_gpt_layer_local_spec"
         case c.TransformerImpl.TRANSFORMER_ENGINE:
             return "get_gpt_layer_with_transformer_engine_spec"
@@ -364,7 +466,7 @@ def layer_spec_function(ch: Choices) -> str:
 def _layer_spec(spec: Spec, ch: Choices) -> Call:
     experts = () if spec.model.num_experts is None else names(("num_experts", "NUM_EXPERTS"))
     match ch.transformer_impl:
-        case c.TransformerImpl.LOCAL:
+        case c.TransformerImpl.LOCAL | c.TransformerImpl.TORCH:
             rest = (
                 *((arg("qk_layernorm", True),) if spec.model.qk_layernorm else ()),
                 arg("normalization", NORMALIZATION[ch.normalization]),
@@ -373,13 +475,27 @@ def _layer_spec(spec: Spec, ch: Choices) -> Call:
             rest = (arg("qk_layernorm", spec.model.qk_layernorm),)
         case _:
             assert_never(ch.transformer_impl)
-    return Call(function=layer_spec_function(ch), arguments=(*experts, *rest))
+    layer = Call(function=layer_spec_function(ch), arguments=(*experts, *rest))
+    if sdpa_attention(ch):
+        return Call(function="sdpa_layer", arguments=(arg(None, layer),))
+    return layer
+
+
+def sdpa_attention(ch: Choices) -> bool:
+    """The local layers' core attention is bridgec's SdpaAttention (torch's scaled_dot_product_attention)."""
+    match ch.transformer_impl:
+        case c.TransformerImpl.TORCH:
+            return True
+        case c.TransformerImpl.LOCAL | c.TransformerImpl.TRANSFORMER_ENGINE:
+            return False
+        case _:
+            assert_never(ch.transformer_impl)
 
 
 def local_zero_centered(spec: Spec, ch: Choices) -> bool:
     """Zero-centred norms on the local path: bridgec's norm (runtime.norms) in every norm slot of the block."""
     match ch.transformer_impl:
-        case c.TransformerImpl.LOCAL:
+        case c.TransformerImpl.LOCAL | c.TransformerImpl.TORCH:
             return spec.model.norm_zero_centered
         case c.TransformerImpl.TRANSFORMER_ENGINE:
             return False  # transformer-engine's norms honour layernorm_zero_centered_gamma themselves

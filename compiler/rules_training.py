@@ -356,10 +356,11 @@ def _block_diagonal_layout(spec: Spec, key: str) -> Iterator[Finding]:
     if spec.model.transformer_impl == "transformer_engine" and key == "document_masking":
         yield Finding(
             about=(about, ("model", "transformer_impl")),
-            message='$.data.document_masking = true needs model.transformer_impl = "local": bridgec gives the '
-            "block-diagonal mask to megatron-core's local attention; Transformer Engine's fused attention "
-            "would need THD offsets at every end of document, which bridgec builds for packed SFT samples only",
-            hint='transformer_impl = "local" under [model], or remove document_masking',
+            message='$.data.document_masking = true needs model.transformer_impl = "local" or "torch": bridgec '
+            "gives the block-diagonal mask to megatron-core's local attention (or torch's "
+            "scaled_dot_product_attention); Transformer Engine's fused attention would need THD offsets at every "
+            "end of document, which bridgec builds for packed SFT samples only",
+            hint='transformer_impl = "local" or "torch" under [model], or remove document_masking',
         )
     if spec.model.transformer_impl == "transformer_engine" and key == "packing":
         yield from _thd_layout(spec)

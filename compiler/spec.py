@@ -19,7 +19,7 @@ Activation = Literal["gelu", "swiglu", "geglu"]
 GeluApproximation = Literal["none", "tanh"]
 QueryScaling = Literal["attention", "initial_weights", "none"]
 PositionEmbedding = Literal["learned", "rope"]
-TransformerImpl = Literal["local", "transformer_engine"]
+TransformerImpl = Literal["local", "torch", "transformer_engine"]
 OptimizerName = Literal["adam", "sgd"]
 OptimizerSemantics = Literal["megatron", "optax"]
 DecayMaskPaths = Literal["linen", "nnx"]
@@ -32,6 +32,20 @@ MaxTextScheduleVariant = Literal["2026-02", "2026-01", "2025"]
 OptaxScheduleKind = Literal["constant", "linear", "cosine_decay", "warmup_cosine_decay"]
 DType = Literal["fp32", "bf16", "fp16"]
 Fp8Recipe = Literal["delayed", "tensorwise", "blockwise", "mxfp8"]
+MixedPrecision = Literal[
+    "bf16_mixed",
+    "fp16_mixed",
+    "bf16_with_fp8_delayed_scaling_mixed",
+    "bf16_with_fp8_current_scaling_mixed",
+    "bf16_with_mxfp8_mixed",
+    "bf16_with_fp8_subchannel_scaling_mixed",
+]
+RecomputeGranularity = Literal["selective", "full"]
+RecomputeMethod = Literal["uniform", "block"]
+RecomputeModule = Literal["core_attn", "mlp", "layernorm", "moe", "moe_act", "mla_up_proj", "shared_experts"]
+CrossEntropyFusionImpl = Literal["native", "te"]
+CudaGraphImpl = Literal["none", "local", "transformer_engine"]
+CudaGraphScope = Literal["attn", "mlp", "moe", "moe_router", "moe_preprocess", "full_iteration"]
 DataKind = Literal["mock", "indexed", "sft"]
 LossKind = Literal["cross_entropy"]
 Reduction = Literal["per_token", "per_microbatch"]
@@ -169,7 +183,7 @@ class Model:
     init_method_std: float = 0.02
     """Standard deviation of the normal weight init; output projections use std / sqrt(2 x num_layers)."""
     transformer_impl: TransformerImpl = "local"
-    """local (pure PyTorch layers, runs on CPU) or transformer_engine (cuda only)."""
+    """local (megatron-core's pure PyTorch layers, runs on CPU), torch (the local layers with core attention computed by torch's fused scaled_dot_product_attention, bridgec.runtime.attention: no seq x seq score matrix kept, flash or memory-efficient kernels on cuda; same function as local) or transformer_engine (cuda only)."""
     num_experts: int | None = None
     """Experts per MoE layer; unset for a dense model."""
     moe_router_topk: int = 2
@@ -355,7 +369,89 @@ class Precision:
     dtype: DType = "fp32"
     """Parameter and compute dtype: fp32, bf16 or fp16 (mixed precision keeps fp32 master weights). fp16 scales the loss dynamically as Megatron-LM does: from 2^32, halved on overflow, with the overflowed steps skipped (expect ~20 at the start); on CPU too."""
     fp8: Fp8Recipe | None = None
-    """FP8 recipe for transformer_engine on cuda: delayed, tensorwise, blockwise or mxfp8."""
+    """FP8 recipe for transformer_engine on cuda (TransformerConfig fp8_recipe, with fp8 = "hybrid": e4m3 forward, e5m2 gradients): delayed (scales from an amax history), tensorwise (current per-tensor scaling), blockwise (128 x 128 weight blocks, 1 x 128 activation blocks) or mxfp8 (MX block scaling, Blackwell)."""
+    fp8_param_gather: bool = False
+    """fp8 only: keep the parameters in FP8 and all-gather them in FP8 (TransformerConfig fp8_param and DistributedDataParallelConfig fp8_param_gather). Needs parallel.distributed_optimizer."""
+    fp8_bf16_first_layers: int = 0
+    """fp8 only: run this many first transformer layers in bf16 rather than FP8 (TransformerConfig first_last_layers_bf16 with num_layers_at_start_in_bf16)."""
+    fp8_bf16_last_layers: int = 0
+    """fp8 only: run this many last transformer layers in bf16 rather than FP8 (TransformerConfig first_last_layers_bf16 with num_layers_at_end_in_bf16)."""
+    mixed: MixedPrecision | None = None
+    """A named recipe of Megatron Bridge's (mixed_precision.py) that fills the [precision] keys you leave out: bf16_mixed (dtype bf16), fp16_mixed (fp16), bf16_with_fp8_delayed_scaling_mixed (bf16, fp8 delayed, fp8_param_gather), bf16_with_fp8_current_scaling_mixed (bf16, fp8 tensorwise, fp8_param_gather, first and last layer in bf16), bf16_with_mxfp8_mixed (bf16, fp8 mxfp8, fp8_param_gather), bf16_with_fp8_subchannel_scaling_mixed (bf16, fp8 blockwise). Keys you write win; bridgec explain shows the result."""
+
+
+@attrs.frozen(kw_only=True)
+class Recompute:
+    """[recompute]: activation recomputation (megatron-core TransformerConfig recompute_*): activations are recomputed in the backward pass instead of kept. Same losses, less memory, more compute."""
+
+    granularity: RecomputeGranularity | None = None
+    """recompute_granularity. selective: recompute only the modules below, in every layer. full: recompute whole layers (their inputs are kept), per method and num_layers. Unset: keep every activation."""
+    method: RecomputeMethod | None = None
+    """recompute_method, full only (required there): uniform recomputes every group of num_layers layers from the group's input; block recomputes the first num_layers layers of each pipeline stage and keeps the rest."""
+    num_layers: int | None = None
+    """recompute_num_layers, full only (required there): layers per group (uniform) or recomputed layers per pipeline stage (block), 1 to the layers one pipeline stage holds."""
+    modules: tuple[RecomputeModule, ...] | None = None
+    """recompute_modules, selective only: among core_attn (the attention scores and softmax), mlp (the dense MLP; needs model.add_bias_linear = false), layernorm (the two norms of a layer; transformer_engine only), moe (the MoE layer); moe_act, mla_up_proj and shared_experts need model features bridgec does not build. Default: megatron's ["core_attn"]."""
+
+
+@attrs.frozen(kw_only=True)
+class Offload:
+    """[offload]: moving tensors to host memory during the step (megatron-core cpu_offloading*, cuda only)."""
+
+    activations: bool = False
+    """Offload the activations of num_layers layers to the CPU after their forward pass (TransformerConfig cpu_offloading with cpu_offloading_activations)."""
+    weights: bool = False
+    """Offload the weights of num_layers layers to the CPU between uses (TransformerConfig cpu_offloading with cpu_offloading_weights)."""
+    num_layers: int | None = None
+    """activations or weights (required there): how many transformer layers are offloaded (cpu_offloading_num_layers), 1 to model.num_layers - 1, as megatron-core requires."""
+    optimizer: bool = False
+    """Keep the optimizer state (and its step) on the CPU (OptimizerConfig optimizer_cpu_offload, megatron-core's HybridDeviceOptimizer). Needs parallel.distributed_optimizer."""
+    optimizer_fraction: float | None = None
+    """optimizer only: the fraction of the optimizer state kept on the CPU (optimizer_offload_fraction), in (0, 1]. Default: 1 (megatron-core's 0 would offload nothing)."""
+
+
+@attrs.frozen(kw_only=True)
+class Overlap:
+    """[overlap]: communication overlapped with computation (megatron-core DistributedDataParallelConfig and TransformerConfig)."""
+
+    grad_reduce: bool = False
+    """Reduce each bucket of gradients over the data-parallel ranks as soon as its backward pass is done, during the rest of the backward pass (overlap_grad_reduce). Same losses."""
+    param_gather: bool = False
+    """All-gather the updated parameters of the distributed optimizer bucket by bucket during the next forward pass rather than after the step (overlap_param_gather). Needs parallel.distributed_optimizer."""
+    align_param_gather: bool = False
+    """param_gather with a virtual pipeline: every pipeline stage launches its first all-gathers at once (align_param_gather)."""
+    bucket_size: int | None = None
+    """grad_reduce only: parameters per communication bucket (bucket_size; without grad_reduce megatron-core uses one bucket). Default: megatron-core's, max(40,000,000, 1,000,000 x data-parallel size)."""
+    tensor_parallel: bool = False
+    """Overlap tensor-parallel communication with the GEMMs (TransformerConfig tp_comm_overlap, Transformer Engine's userbuffers). Needs transformer_engine, cuda and parallel.sequence_parallel."""
+
+
+@attrs.frozen(kw_only=True)
+class Fusions:
+    """[fusions]: fused kernels (megatron-core TransformerConfig). Each is a CUDA kernel: cuda only."""
+
+    bias_dropout: bool = False
+    """Fuse bias + dropout + residual add (bias_dropout_fusion)."""
+    apply_rope: bool = False
+    """Fused RoPE (apply_rope_fusion; Transformer Engine's kernel, so transformer_engine). rope only."""
+    cross_entropy: bool = False
+    """Fused vocab-parallel cross entropy (cross_entropy_loss_fusion), with cross_entropy_impl. Applies to megatron-core's own loss, not to MaxText's (z_loss_multiplier, logits_multiplier)."""
+    cross_entropy_impl: CrossEntropyFusionImpl = "native"
+    """cross_entropy only: native (megatron-core's) or te (Transformer Engine's; transformer_engine) (cross_entropy_fusion_impl)."""
+    masked_softmax: bool = False
+    """Fused scale + mask + softmax in the local attention (masked_softmax_fusion; megatron's CUDA kernel). transformer_impl = "local" only: torch's and Transformer Engine's attention have no separate softmax."""
+    gradient_accumulation: bool = False
+    """Accumulate weight gradients into the fp32 main gradients inside the GEMM (gradient_accumulation_fusion; needs Transformer Engine or APEX's fused_weight_gradient_mlp_cuda)."""
+
+
+@attrs.frozen(kw_only=True)
+class CudaGraph:
+    """[cuda_graph]: capture the step's kernels as CUDA graphs (megatron-core cuda_graph_impl, cuda_graph_scope; cuda only)."""
+
+    impl: CudaGraphImpl = "none"
+    """none, local (megatron-core's capture: per layer, or the whole forward-backward with scope full_iteration) or transformer_engine (Transformer Engine's make_graphed_callables; transformer_engine)."""
+    scope: tuple[CudaGraphScope, ...] = ()
+    """What is captured (cuda_graph_scope): empty for whole layers; attn, mlp, moe, moe_router, moe_preprocess (MoE ones need an MoE model); full_iteration (local only): the whole forward-backward."""
 
 
 @attrs.frozen(kw_only=True)
@@ -385,9 +481,9 @@ class Data:
     eod_mask_loss: bool = False
     """Exclude end-of-document tokens from the loss."""
     document_masking: bool = False
-    """Keep documents apart inside a sequence (Megatron's reset_position_ids + reset_attention_mask): position ids restart after each end-of-document token and attention never crosses one (a block-diagonal causal mask given to megatron-core's local attention). Needs model.transformer_impl = "local" and at most 2 pipeline stages without virtual ones."""
+    """Keep documents apart inside a sequence (Megatron's reset_position_ids + reset_attention_mask): position ids restart after each end-of-document token and attention never crosses one (a block-diagonal causal mask given to megatron-core's local attention, or torch's scaled_dot_product_attention). Needs model.transformer_impl = "local" or "torch" and at most 2 pipeline stages without virtual ones."""
     packing: bool = False
-    """sft only: pack several samples into each sequence (first fit decreasing by length, when the run builds its datasets) instead of one padded sample per sequence. Position ids restart at each sample and attention never crosses one (the block-diagonal causal mask of document_masking), so each sample trains as it would alone. Needs model.transformer_impl = "local" and at most 2 pipeline stages without virtual ones."""
+    """sft only: pack several samples into each sequence (first fit decreasing by length, when the run builds its datasets) instead of one padded sample per sequence. Position ids restart at each sample and attention never crosses one (the block-diagonal causal mask of document_masking), so each sample trains as it would alone. Needs model.transformer_impl = "local" or "torch" and at most 2 pipeline stages without virtual ones."""
 
 
 @attrs.frozen(kw_only=True)
@@ -569,6 +665,11 @@ class Spec:
     optimizer: Optimizer
     scheduler: Scheduler = attrs.field(factory=Scheduler)
     precision: Precision = attrs.field(factory=Precision)
+    recompute: Recompute = attrs.field(factory=Recompute)
+    offload: Offload = attrs.field(factory=Offload)
+    overlap: Overlap = attrs.field(factory=Overlap)
+    fusions: Fusions = attrs.field(factory=Fusions)
+    cuda_graph: CudaGraph = attrs.field(factory=CudaGraph)
     data: Data = attrs.field(factory=Data)
     loss: Loss = attrs.field(factory=Loss)
     checkpoint: Checkpoint = attrs.field(factory=Checkpoint)

@@ -22,13 +22,22 @@ from bridgec.compiler.rules_files import FILE_RULES, TokenizerSidecar, parse_tok
 from bridgec.compiler.rules_layout import LAYOUT_RULES
 from bridgec.compiler.rules_logging import LOGGING_RULES
 from bridgec.compiler.rules_peft import PEFT_RULES
+from bridgec.compiler.rules_perf import PERF_RULES
 from bridgec.compiler.rules_training import TRAINING_RULES
 from bridgec.compiler.spec import Spec
 from bridgec.compiler.validate_interop import INTEROP_RULES
 
 __all__ = ["RULES", "FileView", "Finding", "SpecContext", "TokenizerSidecar", "parse_tokenizer_sidecar", "validate"]
 
-RULES: tuple[Rule, ...] = (*LAYOUT_RULES, *TRAINING_RULES, *FILE_RULES, *INTEROP_RULES, *LOGGING_RULES, *PEFT_RULES)
+RULES: tuple[Rule, ...] = (
+    *LAYOUT_RULES,
+    *TRAINING_RULES,
+    *PERF_RULES,
+    *FILE_RULES,
+    *INTEROP_RULES,
+    *LOGGING_RULES,
+    *PEFT_RULES,
+)
 """Every rule validate runs."""
 
 

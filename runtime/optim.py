@@ -47,6 +47,9 @@ class OptimizerSettings:
     weight_decay: float
     dtype: str
     distributed_optimizer: bool
+    cpu_offload_fraction: float | None = None
+    """[offload] optimizer: this fraction of the optimizer state on the CPU (megatron-core's
+    optimizer_cpu_offload with optimizer_offload_fraction); None: none."""
 
 
 @attrs.frozen(kw_only=True)
@@ -85,6 +88,8 @@ def build_optimizer(model: list[DistributedDataParallel], settings: OptimizerSet
         fp16=settings.dtype == "fp16",
         params_dtype=torch_dtype(settings.dtype),
         use_distributed_optimizer=settings.distributed_optimizer,
+        optimizer_cpu_offload=settings.cpu_offload_fraction is not None,
+        optimizer_offload_fraction=settings.cpu_offload_fraction or 0.0,
     )
     exclusions = ParamKey(
         with_name_predicate=ParamWithNamePredicate(

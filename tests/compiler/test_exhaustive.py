@@ -156,6 +156,43 @@ CONTEXT: dict[str, dict[str, Any]] = {
     "hooks.file": HOOK_LOSS,
     "hooks.forward_step": {"hooks": {"file": "hooks.py"}},
     "hooks.loss": HOOK_LOSS,
+    "precision.fp8_param_gather": {
+        **CUDA_TE,
+        "precision": {"fp8": "tensorwise"},
+        "parallel": {"distributed_optimizer": True},
+    },
+    "precision.fp8_bf16_first_layers": {**CUDA_TE, "precision": {"fp8": "tensorwise"}},
+    "precision.fp8_bf16_last_layers": {**CUDA_TE, "precision": {"fp8": "tensorwise"}},
+    "precision.mixed": {**CUDA_TE, "parallel": {"distributed_optimizer": True}},
+    "recompute.num_layers": {"recompute": {"granularity": "full", "method": "uniform"}},
+    "recompute.modules": {"recompute": {"granularity": "selective"}, "model": {"add_bias_linear": False}},
+    "offload.activations": {"launch": {"device": "cuda"}},
+    "offload.weights": {"launch": {"device": "cuda"}},
+    "offload.num_layers": {"launch": {"device": "cuda"}, "offload": {"activations": True}},
+    "offload.optimizer": {"launch": {"device": "cuda"}, "parallel": {"distributed_optimizer": True}},
+    "offload.optimizer_fraction": {
+        "launch": {"device": "cuda"},
+        "parallel": {"distributed_optimizer": True},
+        "offload": {"optimizer": True},
+    },
+    "overlap.param_gather": {"parallel": {"distributed_optimizer": True}},
+    "overlap.align_param_gather": {
+        "parallel": {"pipeline": 2, "virtual_pipeline": 2, "distributed_optimizer": True},
+        "overlap": {"param_gather": True},
+    },
+    "overlap.bucket_size": {"overlap": {"grad_reduce": True}},
+    "overlap.tensor_parallel": {**CUDA_TE, "parallel": {"tensor": 2, "sequence_parallel": True}},
+    "fusions.bias_dropout": {"launch": {"device": "cuda"}},
+    "fusions.apply_rope": {
+        **CUDA_TE,
+        "model": {"transformer_impl": "transformer_engine", "position_embedding": "rope"},
+    },
+    "fusions.cross_entropy": {"launch": {"device": "cuda"}},
+    "fusions.cross_entropy_impl": {**CUDA_TE, "fusions": {"cross_entropy": True}},
+    "fusions.masked_softmax": {"launch": {"device": "cuda"}},
+    "fusions.gradient_accumulation": {"launch": {"device": "cuda"}},
+    "cuda_graph.impl": CUDA_TE,
+    "cuda_graph.scope": {**CUDA_TE, "cuda_graph": {"impl": "local"}},
 }
 """Where a field applies, merged into BASE before it is varied (default: nothing more; prefix rules below)."""
 
@@ -299,6 +336,27 @@ VALUES: dict[str, list[Any]] = {
     "init.checkpoint.path": ["ckpt/1/items", "ckpt/2/items"],
     "init.checkpoint.optimizer_state": [False, True],
     "init.checkpoint.param_scan_axis": [1, 0],
+    "precision.fp8_param_gather": [False, True],
+    "precision.fp8_bf16_first_layers": [0, 1],
+    "precision.fp8_bf16_last_layers": [0, 1],
+    "recompute.num_layers": [1, 2],
+    "recompute.modules": [None, ["core_attn", "mlp"]],
+    "offload.activations": [False, True],
+    "offload.weights": [False, True],
+    "offload.num_layers": [1, 2],
+    "offload.optimizer": [False, True],
+    "offload.optimizer_fraction": [None, 0.5],
+    "overlap.grad_reduce": [False, True],
+    "overlap.param_gather": [False, True],
+    "overlap.align_param_gather": [False, True],
+    "overlap.bucket_size": [None, 1000],
+    "overlap.tensor_parallel": [False, True],
+    "fusions.bias_dropout": [False, True],
+    "fusions.apply_rope": [False, True],
+    "fusions.cross_entropy": [False, True],
+    "fusions.masked_softmax": [False, True],
+    "fusions.gradient_accumulation": [False, True],
+    "cuda_graph.scope": [[], ["attn"]],
 }
 """Values of the fields that are not enumerations (the enumerations take every allowed value)."""
 
@@ -329,6 +387,11 @@ COMPANIONS: dict[tuple[str, object], dict[str, Any]] = {
     ("model.num_experts", 4): MOE,
     ("peft.adapter", "adapter"): {"init": {"checkpoint": {"format": "huggingface", "path": "hf"}}},
     ("peft.adapter", None): {"init": {"checkpoint": {"format": "huggingface", "path": "hf"}}},
+    ("offload.activations", True): {"offload": {"num_layers": 1}},
+    ("offload.weights", True): {"offload": {"num_layers": 1}},
+    ("recompute.granularity", "full"): {"recompute": {"method": "uniform", "num_layers": 1}},
+    ("recompute.method", "uniform"): {"recompute": {"granularity": "full", "num_layers": 1}},
+    ("recompute.method", "block"): {"recompute": {"granularity": "full", "num_layers": 1}},
 }
 """Settings a value needs to be valid (merged after the field's context)."""
 

@@ -139,3 +139,43 @@ def test_peft_trainable_parameters_are_the_adapters() -> None:
     assert trainable_parameters(llama) is None
     text = explain_text(lora_spec)
     assert "  trainable: lora adapters of rank 4 on linear_q, linear_fc2 2,304 (" in text
+
+
+def _with(spec: Spec, **tables: object) -> Spec:
+    return attrs.evolve(spec, **{name: attrs.evolve(getattr(spec, name), **keys) for name, keys in tables.items()})
+
+
+def test_activation_memory_follows_recompute_offload_and_sequence_parallelism() -> None:
+    from bridgec.compiler.explain import activation_bytes
+
+    base = _spec(MODELS["gpt2"])
+    m = base.model
+    none = memory(base).activations
+    selective = memory(_with(base, recompute={"granularity": "selective"})).activations
+    # Selective core_attn drops the local attention's scores of every layer, and recomputes one layer's.
+    scores = 5 * m.num_attention_heads * m.seq_length**2 * base.batch.micro_batch_size * 2  # fp32
+    in_flight = memory(base).in_flight_microbatches
+    assert none - selective == pytest.approx(scores * (m.num_layers * in_flight - 1))
+    full = memory(_with(base, recompute={"granularity": "full", "method": "uniform", "num_layers": 1})).activations
+    assert full < selective < none
+    block_all = _with(base, recompute={"granularity": "full", "method": "block", "num_layers": m.num_layers})
+    assert activation_bytes(block_all, block_all.recompute) < none
+    offloaded = _with(base, launch={"device": "cuda"}, offload={"activations": True, "num_layers": 1})
+    assert memory(offloaded).activations < none
+    tp2 = _with(base, launch={"procs_per_node": 2}, parallel={"tensor": 2})
+    sp = _with(tp2, parallel={"tensor": 2, "sequence_parallel": True})
+    assert memory(sp).activations < memory(tp2).activations  # the norms' and dropouts' share is split too
+    text = explain_text(_with(base, recompute={"granularity": "selective", "modules": ("core_attn", "mlp")}))
+    assert "selective recomputation of core_attn+mlp" in text
+    assert "activations by recompute choice: none " in text and "| full uniform 1 " in text
+
+
+def test_optimizer_offload_and_distributed_optimizer_leave_the_gpu() -> None:
+    base = _spec(MODELS["gpt2"])
+    sharded = _with(base, launch={"procs_per_node": 4}, parallel={"distributed_optimizer": True})
+    assert memory(sharded).optimizer == pytest.approx(memory(base).optimizer / 4)
+    offloaded = _with(
+        sharded, launch={"procs_per_node": 4, "device": "cuda"}, offload={"optimizer": True, "optimizer_fraction": 0.5}
+    )
+    assert memory(offloaded).optimizer == pytest.approx(memory(sharded).optimizer / 2)
+    assert "0.5 of it in host memory" in explain_text(offloaded)

@@ -38,14 +38,27 @@ def check_without_data(tables: dict[str, Any], expected: list[str], files: dict[
 
 
 def test_every_rule_is_registered_once_and_tested() -> None:
-    from bridgec.compiler import rules_files, rules_layout, rules_logging, rules_peft, rules_training, validate_interop
-    from tests.compiler import test_validate_interop, test_validate_peft
+    from bridgec.compiler import (
+        rules_files,
+        rules_layout,
+        rules_logging,
+        rules_peft,
+        rules_perf,
+        rules_training,
+        validate_interop,
+    )
+    from tests.compiler import test_validate_interop, test_validate_peft, test_validate_perf
 
-    modules = (rules_layout, rules_training, rules_files, validate_interop, rules_logging, rules_peft)
+    modules = (rules_layout, rules_training, rules_perf, rules_files, validate_interop, rules_logging, rules_peft)
     defined = {name for module in modules for name in vars(module) if name.startswith("rule_")}
     registered = [rule.__name__ for rule in RULES]
     assert sorted(registered) == sorted(defined)
-    tests = set(globals()) | set(vars(test_validate_interop)) | set(vars(test_validate_peft))
+    tests = (
+        set(globals())
+        | set(vars(test_validate_interop))
+        | set(vars(test_validate_peft))
+        | set(vars(test_validate_perf))
+    )
     untested = [name for name in registered if f"test_{name}" not in tests]
     assert untested == []
 
@@ -1541,10 +1554,11 @@ def test_rule_document_masking_layout() -> None:
             "data": {"document_masking": True},
         },
         [
-            'spec.toml:20: $.data.document_masking = true needs model.transformer_impl = "local": bridgec gives the '
-            "block-diagonal mask to megatron-core's local attention; Transformer Engine's fused attention would "
-            "need THD offsets at every end of document, which bridgec builds for packed SFT samples only; hint: "
-            'transformer_impl = "local" under [model], or remove document_masking'
+            'spec.toml:20: $.data.document_masking = true needs model.transformer_impl = "local" or "torch": bridgec '
+            "gives the block-diagonal mask to megatron-core's local attention (or torch's "
+            "scaled_dot_product_attention); Transformer Engine's fused attention would need THD offsets at every "
+            "end of document, which bridgec builds for packed SFT samples only; hint: transformer_impl = "
+            '"local" or "torch" under [model], or remove document_masking'
         ],
     )
     check(

@@ -13,6 +13,9 @@ microbatch, so the average over microbatches is checked too.
 
 ``stages`` (pipeline parallel 2): what each stage's random streams draw after ``initialize`` (torch, NumPy,
 Python, and megatron's model-parallel tracker stream that dropout inside tensor-parallel regions uses).
+
+``sdpa_tp2`` and ``sdpa_pp2``: tests/runtime/sdpa_checks.py's differences between SdpaAttention and
+megatron-core's local attention at tensor parallel 2 and pipeline parallel 2.
 """
 
 from __future__ import annotations
@@ -129,6 +132,8 @@ def stage_draws() -> dict[str, object]:
 
 
 def main(argv: list[str]) -> int:
+    import sdpa_checks  # its sibling: torchrun runs this file with its folder first on sys.path
+
     from bridgec.runtime import cpu_compat
     from bridgec.runtime.parallel import initialize, shutdown
 
@@ -144,6 +149,12 @@ def main(argv: list[str]) -> int:
         timeout_minutes=2,
     )  # fmt: skip
     results["stages"] = stage_draws()
+    results["sdpa_pp2"] = sdpa_checks.cases()
+    parallel_state.destroy_model_parallel()
+    initialize(
+        device="cpu", tensor=2, pipeline=1, virtual_pipeline=None, context=1, expert=1, seed=0, timeout_minutes=2
+    )
+    results["sdpa_tp2"] = sdpa_checks.cases()
     Path(argv[0], f"rank{layout.rank}.json").write_text(json.dumps(results))
     shutdown()
     return 0
