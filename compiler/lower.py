@@ -608,6 +608,15 @@ def _logging_section(spec: Spec, ch: Choices) -> Section:
     return Section(title="Logging", constants=tuple(constants))
 
 
+def _callbacks_section(spec: Spec) -> Section | None:
+    if not spec.hooks.callbacks:
+        return None
+    return Section(
+        title="Callbacks (file:class, files relative to the spec's folder; called in this order on every rank)",
+        constants=(_c("CALLBACKS", spec.hooks.callbacks, text=True),),
+    )
+
+
 def _profile_section(spec: Spec) -> Section | None:
     p = spec.profile
     if p is None:
@@ -643,6 +652,7 @@ def _user_strings(spec: Spec) -> tuple[str, ...]:
         spec.checkpoint.dir,
         spec.init.checkpoint.path if spec.init.checkpoint is not None else None,
         *hooks,
+        *h.callbacks,
     ]
     strings += [value for value in named if value is not None]
     g = spec.logging
@@ -771,7 +781,7 @@ def lower(spec: Spec, target: Target) -> Plan:
         *[section for section in (_init_checkpoint_section(spec),) if section is not None],
         _output_section(spec, target),
         _logging_section(spec, ch),
-        *[section for section in (_profile_section(spec),) if section is not None],
+        *[section for section in (_callbacks_section(spec), _profile_section(spec)) if section is not None],
     ]
     regenerate = regenerate_command(target)
     schedule, schedule_docstring = schedule_function(spec, ch)

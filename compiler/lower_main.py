@@ -303,6 +303,13 @@ def _hook_load(ch: Choices) -> tuple[str, ...]:
             assert_never(ch.loss_source)
 
 
+def _callback_load(spec: Spec) -> tuple[str, ...]:
+    if not spec.hooks.callbacks:
+        return ()
+    why = "  # import the files and build the classes now: a problem is a message, not a traceback"
+    return ("callbacks = load_callbacks(SPEC_DIR, CALLBACKS)" + why,)
+
+
 def step_plan(spec: Spec, ch: Choices) -> StepPlan:
     checkpointing = spec.checkpoint.dir is not None
     evaluation = spec.train.eval_interval is not None
@@ -374,7 +381,7 @@ def step_plan(spec: Spec, ch: Choices) -> StepPlan:
                 ),
             ),
         ),
-        hook_load=_hook_load(ch),
+        hook_load=(*_hook_load(ch), *_callback_load(spec)),
         claim=Call(
             function="claim_outputs",
             arguments=(
@@ -441,6 +448,7 @@ def step_plan(spec: Spec, ch: Choices) -> StepPlan:
                 *(names(("initial", "initial")) if spec.init.checkpoint is not None else ()),
                 *_sinks(spec),
                 *_profile(spec),
+                *(names(("callbacks", "callbacks")) if spec.hooks.callbacks else ()),
             ),
         ),
     )
@@ -690,6 +698,8 @@ def imports(spec: Spec, ch: Choices, *, schedule: Call | None, forward: ForwardP
         need["init"].add("scale_query_rows")
     if spec.profile is not None:
         need["profile"].add("ProfileSettings")
+    if spec.hooks.callbacks:
+        need["callbacks"].add("load_callbacks")
     for sink in derive.sinks(spec):
         module, name = SINK_CLASSES[sink]
         need[module].add(name)

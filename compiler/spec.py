@@ -427,6 +427,8 @@ class Hooks:
     """Name of a function (state, data_iterator, model, return_schedule_plan=False) -> (output, loss_func)."""
     loss: str | None = None
     """Name of a function (loss_mask, output_tensor) -> (loss_sum, num_tokens, metadata) for reduction = "per_token", or (loss_mean, metadata) for "per_microbatch"; metadata = {"lm loss": torch.stack([numerator, denominator])} (see runtime/loss.py); every other entry (a [numerator, denominator] tensor, or a number: its mean) is reduced over microbatches and data-parallel ranks the same way, printed and written to the metrics file. Checked at every call."""
+    callbacks: tuple[str, ...] = ()
+    """Classes called at training events, each as "file.py:Class" (the file relative to the spec's folder; it need not be hooks.file). Every method whose name does not start with an underscore must be an event: on_train_start, on_train_step_start, on_train_step_end, on_train_end, on_eval_start, on_eval_end, on_checkpoint_save, on_checkpoint_load, on_exception; each takes (self, context). The class is built with no arguments on every rank, in the listed order; see README: Callbacks."""
 
 
 @attrs.frozen(kw_only=True)

@@ -1244,6 +1244,76 @@ def test_rule_hook_functions(hooks: dict[str, str], source: str | None, expected
     check({"hooks": hooks}, sorted(expected + both, key=_line), files=None if source is None else {"hooks.py": source})
 
 
+GOOD_CALLBACKS = "class Alarm:\n    def on_train_step_end(self, context):\n        pass\n"
+CALLBACKS_FILE = (
+    "class Alarm:\n"
+    "    def __init__(self):\n        self.slow = 0\n\n"
+    "    def on_train_start(self, context):\n        pass\n\n"
+    "    def on_trian_step_end(self, context):\n        pass\n\n"
+    "    def on_eval_end(self):\n        pass\n\n"
+    "    def report(self, context):\n        pass\n\n"
+    "    def _helper(self):\n        pass\n"
+)
+
+
+@pytest.mark.parametrize(
+    ("callbacks", "source", "expected"),
+    [
+        (["cb.py:Alarm"], GOOD_CALLBACKS, []),
+        (
+            ["cb.py:Alarm"],
+            CALLBACKS_FILE,
+            [
+                'spec.toml:17: $.hooks.callbacks[0] = "cb.py:Alarm": Alarm.on_eval_end (cb.py:11) takes 1 positional '
+                "parameter, but is called with 2: (self, context); hint: define it as def on_eval_end(self, context)",
+                'spec.toml:17: $.hooks.callbacks[0] = "cb.py:Alarm": Alarm.on_trian_step_end (cb.py:8) is not a '
+                "training event, so it would never be called; hint: did you mean 'on_train_step_end'?",
+                'spec.toml:17: $.hooks.callbacks[0] = "cb.py:Alarm": Alarm.report (cb.py:14) is not a training event, '
+                "so it would never be called; hint: rename it to one of on_train_start, on_train_step_start, "
+                "on_train_step_end, on_train_end, on_eval_start, on_eval_end, on_checkpoint_save, on_checkpoint_load, "
+                "on_exception, or start its name with an underscore",
+            ],
+        ),
+        (
+            ["cb.py:Alarn"],
+            CALLBACKS_FILE,
+            [
+                "spec.toml:17: $.hooks.callbacks[0] = \"cb.py:Alarn\": cb.py has no top-level class 'Alarn'; hint: did "
+                "you mean 'Alarm'?"
+            ],
+        ),
+        (
+            ["cb.py"],
+            GOOD_CALLBACKS,
+            [
+                'spec.toml:17: $.hooks.callbacks[0] = "cb.py" must be "file.py:Class": a Python file (relative to the '
+                'spec\'s folder) and the name of a class in it; hint: write it as callbacks = ["my_callbacks.py:MyCallback"]'
+            ],
+        ),
+        (
+            ["gone.py:Alarm"],
+            GOOD_CALLBACKS,
+            [
+                'spec.toml:17: $.hooks.callbacks[0] = "gone.py:Alarm" does not exist (paths are relative to the spec\'s '
+                "folder); hint: create it, or fix the path"
+            ],
+        ),
+        (
+            ["json.py:Alarm"],
+            GOOD_CALLBACKS,
+            [
+                'spec.toml:17: $.hooks.callbacks[0] = "json.py:Alarm" has the name of the standard library module '
+                "'json'; beside the generated script it would shadow that module for torch and everything else the "
+                'script imports; hint: rename it, e.g. file = "my_json.py"'
+            ],
+        ),
+    ],
+    ids=["fine", "methods", "class-typo", "no-class", "missing", "shadows-stdlib"],
+)
+def test_rule_callbacks(callbacks: list[str], source: str, expected: list[str]) -> None:
+    check({"hooks": {"callbacks": callbacks}}, expected, files={"cb.py": source, "json.py": source})
+
+
 def test_rule_hook_functions_reports_unreadable_files() -> None:
     class Undecodable(MemoryFiles):
         def read_text(self, path: object) -> str:

@@ -13,6 +13,9 @@ microbatch, so the average over microbatches is checked too.
 
 ``stages`` (pipeline parallel 2): what each stage's random streams draw after ``initialize`` (torch, NumPy,
 Python, and megatron's model-parallel tracker stream that dropout inside tensor-parallel regions uses).
+
+``kd`` (tensor parallel 2): the largest differences of the vocabulary-parallel KD loss and its gradient from
+the full-vocabulary reference of tests/runtime/kd_reference.py, each rank holding half of the vocabulary.
 """
 
 from __future__ import annotations
@@ -128,6 +131,29 @@ def stage_draws() -> dict[str, object]:
     }
 
 
+def kd_differences() -> dict[str, float]:
+    """The vocabulary-parallel KD loss at tensor = 2 against the full-vocabulary reference (tests/runtime/kd_reference)."""
+    from bridgec.runtime.distill import vocab_parallel_kl
+    from tests.runtime.kd_reference import KD_TEMPERATURE, kd_case, reference_kd
+
+    rank = parallel_state.get_tensor_model_parallel_rank()
+    student, teacher, weights = kd_case()
+    width = student.shape[-1] // 2
+    local = student[..., rank * width : (rank + 1) * width].clone().requires_grad_(True)
+    divergence = vocab_parallel_kl(
+        local,
+        teacher[..., rank * width : (rank + 1) * width],
+        temperature=KD_TEMPERATURE,
+        group=parallel_state.get_tensor_model_parallel_group(),
+    )
+    (divergence * weights).sum().backward()
+    expected, expected_grad = reference_kd(student, teacher, weights)
+    return {
+        "loss": float((divergence.double() - expected).abs().max()),
+        "grad": float((local.grad.double() - expected_grad[..., rank * width : (rank + 1) * width]).abs().max()),
+    }
+
+
 def main(argv: list[str]) -> int:
     from bridgec.runtime import cpu_compat
     from bridgec.runtime.parallel import initialize, shutdown
@@ -144,6 +170,11 @@ def main(argv: list[str]) -> int:
         timeout_minutes=2,
     )  # fmt: skip
     results["stages"] = stage_draws()
+    parallel_state.destroy_model_parallel()
+    initialize(
+        device="cpu", tensor=2, pipeline=1, virtual_pipeline=None, context=1, expert=1, seed=0, timeout_minutes=2
+    )
+    results["kd"] = kd_differences()
     Path(argv[0], f"rank{layout.rank}.json").write_text(json.dumps(results))
     shutdown()
     return 0
