@@ -14,6 +14,7 @@ for name in (
     "data_build_bench.py",
     "logging_bench.py",
     "checkpoint_bench.py",
+    "distill_bench.py",
 ):
     print(f"== {name}")
     runpy.run_path(str(HERE / name), run_name="__main__")

@@ -59,6 +59,7 @@ FILES = MemoryFiles(
         "hooks.py": "def my_loss(loss_mask, output_tensor):\n    return output_tensor.sum(), loss_mask.sum(), {}\n\n"
         "def other_loss(loss_mask, output_tensor):\n    return output_tensor.sum(), loss_mask.sum(), {}\n\n"
         "def my_step(state, data_iterator, model, return_schedule_plan=False):\n    return None, None\n",
+        "cbs.py": "class Alarm:\n    def on_train_step_end(self, context):\n        pass\n\n\nclass Counter:\n    pass\n",
     }
 )
 
@@ -286,6 +287,7 @@ VALUES: dict[str, list[Any]] = {
     "hooks.file": ["hooks.py", "more_hooks.py"],
     "hooks.forward_step": [None, "my_step"],
     "hooks.loss": ["my_loss", "other_loss"],
+    "hooks.callbacks": [[], ["cbs.py:Alarm"], ["cbs.py:Alarm", "cbs.py:Counter"]],
     "init.checkpoint.format": ["orbax", "megatron"],
     "init.checkpoint.path": ["ckpt/1/items", "ckpt/2/items"],
     "init.checkpoint.optimizer_state": [False, True],
