@@ -72,17 +72,23 @@ def main() -> None:
             plain_time, plain_rss = measure(plain)
             kd_time, kd_rss = measure(distilled)
             rounds.append((plain_time, kd_time, kd_time / plain_time, plain_rss, kd_rss, kd_rss / plain_rss))
-    print(f"\ndistillation cost (student 4 x 128, teacher 8 x 256, vocab 256, 8 x 64 tokens a step, fp32, CPU, {ROUNDS} rounds)")
+    print(
+        f"\ndistillation cost (student 4 x 128, teacher 8 x 256, vocab 256, 8 x 64 tokens a step, fp32, CPU, {ROUNDS} rounds)"
+    )
     for name, index, unit in (("step time, no teacher", 0, "ms"), ("step time, with teacher + KD", 1, "ms")):
         values = [r[index] * 1000 for r in rounds]
         print(f"{name:<40} {statistics.median(values):9.1f} {unit}   (rounds {min(values):.1f} to {max(values):.1f})")
     ratios = [r[2] for r in rounds]
-    print(f"{'step time ratio (teacher / none)':<40} {statistics.median(ratios):9.2f} x    (rounds {min(ratios):.2f} to {max(ratios):.2f})")
+    print(
+        f"{'step time ratio (teacher / none)':<40} {statistics.median(ratios):9.2f} x    (rounds {min(ratios):.2f} to {max(ratios):.2f})"
+    )
     for name, index in (("peak RSS, no teacher", 3), ("peak RSS, with teacher + KD", 4)):
         values = [r[index] / 2**20 for r in rounds]
         print(f"{name:<40} {statistics.median(values):9.1f} MiB  (rounds {min(values):.1f} to {max(values):.1f})")
     ratios = [r[5] for r in rounds]
-    print(f"{'peak RSS ratio (teacher / none)':<40} {statistics.median(ratios):9.2f} x    (rounds {min(ratios):.2f} to {max(ratios):.2f})")
+    print(
+        f"{'peak RSS ratio (teacher / none)':<40} {statistics.median(ratios):9.2f} x    (rounds {min(ratios):.2f} to {max(ratios):.2f})"
+    )
 
 
 if __name__ == "__main__":

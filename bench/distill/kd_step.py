@@ -16,7 +16,6 @@ from megatron.core.transformer import TransformerConfig
 
 from bridgec.runtime.data import next_batch
 from bridgec.runtime.distill import masked_kd_loss, vocab_parallel_kl
-from bridgec.runtime.loss import masked_token_loss
 from bridgec.runtime.model import unwrap
 
 TEMPERATURE = 2.0
