@@ -28,6 +28,9 @@ class Counter(Base):
     def _fail(self, step):
         raise KeyError(f"step {step}")
 
+    def on_exception(self, context):
+        context.user_state["counter heard"] = True
+
 
 class Listener:
     def on_exception(self, context):
@@ -48,7 +51,7 @@ def _write(folder: Path) -> Path:
 def test_events_reach_the_methods_a_class_defines_or_inherits(tmp_path: Path) -> None:
     callbacks = load_callbacks(_write(tmp_path), ["cbs.py:Counter", "cbs.py:Listener"])
     counter, listener = callbacks.callbacks
-    assert counter.events == {"on_train_step_end", "on_train_end"}  # an attribute named like an event is not one
+    assert counter.events == {"on_train_step_end", "on_train_end", "on_exception"}  # an attribute named like an event is not one
     assert listener.events == {"on_exception"}
     callbacks.fire("on_train_step_end", step=1, rank=0, holds_loss=True, losses={"lm loss": 2.5})
     callbacks.fire("on_train_end", step=1, rank=0, holds_loss=True)
@@ -72,7 +75,7 @@ def test_a_raising_callback_names_itself_the_event_and_its_own_frames(tmp_path: 
     assert lines[-1] == "  KeyError: 'step 3'"
     # The others hear of it; the callback that raised does not.
     callbacks.fire("on_exception", step=3, rank=0, holds_loss=True, error=error)
-    assert callbacks.user_state["heard"] == "CallbackError"
+    assert callbacks.user_state["heard"] == "CallbackError" and "counter heard" not in callbacks.user_state
 
 
 def test_user_state_snapshots_are_copies_and_restore_keeps_the_dict(tmp_path: Path) -> None:
