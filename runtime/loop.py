@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import sys
 import time
 import tomllib
 from collections.abc import Callable, Iterator, Sequence
@@ -404,7 +405,11 @@ def _on_exception(fire: Callable[..., None], step: int, error: BaseException) ->
     try:
         fire("on_exception", step=step, error=error)
     except CallbackError as failed:
-        print(f"bridgec: while stopping on an error: {failed.message}", flush=True)
+        print(
+            f"bridgec [rank {os.environ.get('RANK', '0')}]: while stopping: {failed.message}",
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 def _last_good(checkpointer: Checkpointer | None) -> str:

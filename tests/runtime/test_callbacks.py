@@ -51,7 +51,11 @@ def _write(folder: Path) -> Path:
 def test_events_reach_the_methods_a_class_defines_or_inherits(tmp_path: Path) -> None:
     callbacks = load_callbacks(_write(tmp_path), ["cbs.py:Counter", "cbs.py:Listener"])
     counter, listener = callbacks.callbacks
-    assert counter.events == {"on_train_step_end", "on_train_end", "on_exception"}  # an attribute named like an event is not one
+    assert counter.events == {
+        "on_train_step_end",
+        "on_train_end",
+        "on_exception",
+    }  # an attribute named like an event is not one
     assert listener.events == {"on_exception"}
     callbacks.fire("on_train_step_end", step=1, rank=0, holds_loss=True, losses={"lm loss": 2.5})
     callbacks.fire("on_train_end", step=1, rank=0, holds_loss=True)
