@@ -94,11 +94,6 @@ UNSUPPORTED: dict[str, Feature] = {
         "Manual garbage collection (gc.disable with a collection every N steps)",
         "Python's own collector",
     ),
-    "distill": Feature(
-        "Knowledge distillation as a spec table (a frozen teacher with its own [model] table and weights)",
-        "a forward_step hook that runs a teacher forward only and adds "
-        "bridgec.runtime.distill.vocab_parallel_kl to the loss (bench/distill/kd_step.py)",
-    ),
 }
 """Feature id -> what is missing. An entry leaves this table when the feature lands."""
 
@@ -234,8 +229,7 @@ KEYS: dict[str, Here | str] = {
     "dist": Here("[launch]", "device, nodes and procs_per_node"),
     "peft": "peft",
     "lora": "peft",
-    "distill": "distill",
-    "kd_config": "distill",
+    "kd_config": Here("[distill]", "temperature, kd_loss_scale, skip_lm_loss and [distill.teacher]"),
     "comm_overlap": "overlap",
     "profiling": Here("[profile]", "start_step and end_step"),
 }

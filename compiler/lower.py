@@ -18,6 +18,7 @@ import attrs
 from bridgec.compiler import choices as c
 from bridgec.compiler import derive, explain
 from bridgec.compiler.derive import data_parallel, padded_vocab, world_size
+from bridgec.compiler.lower_distill import distill_plan, distill_section, teacher_section, teacher_spec
 from bridgec.compiler.lower_main import (
     adam,
     imports,
@@ -651,6 +652,7 @@ def _user_strings(spec: Spec) -> tuple[str, ...]:
         spec.run.output_dir,
         spec.checkpoint.dir,
         spec.init.checkpoint.path if spec.init.checkpoint is not None else None,
+        spec.distill.teacher.checkpoint.path if spec.distill is not None else None,
         *hooks,
         *h.callbacks,
     ]
@@ -769,6 +771,7 @@ def regenerate_command(target: Target) -> str:
 def lower(spec: Spec, target: Target) -> Plan:
     """Resolve every value the generated script needs. Pure: no I/O."""
     ch = choices_of(spec)
+    teacher = teacher_section(_model_section(teacher_spec(spec))) if spec.distill is not None else None
     sections = [
         *_run_sections(spec, target),
         _parallel_section(spec),
@@ -779,6 +782,7 @@ def lower(spec: Spec, target: Target) -> Plan:
         *_optimizer_sections(spec, ch),
         _data_section(spec, ch, target),
         *[section for section in (_init_checkpoint_section(spec),) if section is not None],
+        *([distill_section(spec), teacher] if teacher is not None else []),
         _output_section(spec, target),
         _logging_section(spec, ch),
         *[section for section in (_callbacks_section(spec), _profile_section(spec)) if section is not None],
@@ -815,6 +819,7 @@ def lower(spec: Spec, target: Target) -> Plan:
         schedule_function=schedule,
         schedule_docstring=schedule_docstring,
         init_checkpoint=init_checkpoint_plan(spec, ch),
+        distill=distill_plan(spec, teacher) if teacher is not None else None,
         main=main,
         user_strings=_user_strings(spec),
     )

@@ -462,6 +462,28 @@ class Init:
 
 
 @attrs.frozen(kw_only=True)
+class Teacher(Model):
+    """[distill.teacher]: the frozen teacher, with every key of [model] (its own shape; the student's parallel layout)."""
+
+    checkpoint: InitCheckpoint
+    """[distill.teacher.checkpoint]: the teacher's weights, the same keys as [init.checkpoint]. Required: a teacher with random weights teaches nothing. huggingface only so far."""
+
+
+@attrs.frozen(kw_only=True)
+class Distill:
+    """[distill]: train the student against a frozen teacher's logits (knowledge distillation)."""
+
+    teacher: Teacher
+    """[distill.teacher]. Required."""
+    temperature: float = 1.0
+    """Both distributions are softened as softmax(logits / temperature); the KL loss is multiplied by temperature^2 so its gradient keeps its scale."""
+    kd_loss_scale: float = 1.0
+    """The KL loss's weight: loss = kd_loss_scale x KL (+ the cross entropy unless skip_lm_loss)."""
+    skip_lm_loss: bool = False
+    """Train on the KL loss alone (the cross entropy against the labels is still logged as "ce loss")."""
+
+
+@attrs.frozen(kw_only=True)
 class TensorBoard:
     """[logging.tensorboard]: write every metric as TensorBoard scalars (pip install bridgec[tensorboard])."""
 
@@ -553,3 +575,4 @@ class Spec:
     init: Init = attrs.field(factory=Init)
     logging: Logging = attrs.field(factory=Logging)
     profile: Profile | None = None
+    distill: Distill | None = None

@@ -20,8 +20,14 @@ from __future__ import annotations
 
 from typing import Any
 
+import attrs
 import torch
 import torch.distributed as dist
+from megatron.core import parallel_state, tensor_parallel
+from megatron.core.transformer.module import Float16Module
+
+from bridgec.runtime.loss import LOSS_KEY
+from bridgec.runtime.parallel import Layout
 
 
 def vocab_parallel_kl(
@@ -88,3 +94,91 @@ def masked_kd_loss(loss_mask: torch.Tensor, divergence: torch.Tensor) -> tuple[t
     (runtime.loss.masked_token_loss), so the step divides both by the global token count once."""
     mask = loss_mask.reshape(-1).float()
     return (divergence.reshape(-1) * mask).sum(), mask.sum()
+
+
+KD_LOSS_KEY = "kd loss"
+"""The metrics' name of the KL part: T^2 KL summed over the counted tokens, per token."""
+CE_LOSS_KEY = "ce loss"
+"""The metrics' name of the student's cross entropy against the labels, per token (logged even when skipped)."""
+
+
+@attrs.frozen(kw_only=True)
+class DistillLoss:
+    """The parts of one microbatch's distillation loss, each summed over its counted tokens."""
+
+    total: torch.Tensor
+    """kd_loss_scale x KL (+ cross entropy): what backward differentiates."""
+    kd: torch.Tensor
+    ce: torch.Tensor
+    count: torch.Tensor
+
+
+def distill_loss_parts(
+    loss_mask: torch.Tensor,
+    labels: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    logits: torch.Tensor,
+    *,
+    temperature: float,
+    kd_loss_scale: float,
+    skip_lm_loss: bool,
+    group: Any = None,
+) -> DistillLoss:
+    """The KL and cross-entropy sums of one microbatch, over ``group``'s split of the vocabulary."""
+    # The KL first: megatron-core's vocab_parallel_cross_entropy overwrites its input with the softmax in place,
+    # and logits.float() of fp32 logits is the logits themselves.
+    kd, _ = masked_kd_loss(loss_mask, vocab_parallel_kl(logits, teacher_logits, temperature=temperature, group=group))
+    ce, count = masked_kd_loss(loss_mask, tensor_parallel.vocab_parallel_cross_entropy(logits.float(), labels))
+    total = kd_loss_scale * kd if skip_lm_loss else ce + kd_loss_scale * kd
+    return DistillLoss(total=total, kd=kd, ce=ce, count=count)
+
+
+def distill_loss(
+    loss_mask: torch.Tensor,
+    labels: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    logits: torch.Tensor,
+    *,
+    temperature: float,
+    kd_loss_scale: float,
+    skip_lm_loss: bool,
+) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+    """megatron-core's token-aware loss function of a distilling forward_step: (loss sum, token count, metadata).
+
+    Like runtime.loss.masked_token_loss, sums over the counted tokens that the step divides once by the global
+    count; the metadata carries the total as the loss and its two parts by name.
+    """
+    parts = distill_loss_parts(
+        loss_mask,
+        labels,
+        teacher_logits,
+        logits,
+        temperature=temperature,
+        kd_loss_scale=kd_loss_scale,
+        skip_lm_loss=skip_lm_loss,
+        group=parallel_state.get_tensor_model_parallel_group(),
+    )
+    return (
+        parts.total,
+        parts.count.to(torch.int),
+        {
+            LOSS_KEY: torch.stack([parts.total.detach(), parts.count]),
+            KD_LOSS_KEY: torch.stack([parts.kd.detach(), parts.count]),
+            CE_LOSS_KEY: torch.stack([parts.ce.detach(), parts.count]),
+        },
+    )
+
+
+def freeze_teacher(chunk: torch.nn.Module, *, layout: Layout, dtype: str) -> torch.nn.Module:
+    """The teacher as it runs: on this rank's device, cast like the student, no gradients, eval mode.
+
+    It stays outside DDP, the optimizer and the checkpointer (the script keeps it apart from Built), so it takes
+    no gradient buffer, no optimizer state and no room in checkpoints.
+    """
+    if layout.device.type == "cuda":
+        chunk = chunk.cuda(layout.device)
+    if dtype in ("bf16", "fp16"):
+        chunk = Float16Module(chunk.config, chunk)
+    chunk.requires_grad_(False)
+    chunk.eval()
+    return chunk
