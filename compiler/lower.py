@@ -744,7 +744,7 @@ def _step(spec: Spec, ch: Choices) -> tuple[str, ...]:
     output = spec.run.output_dir if spec.run.output_dir is not None else f"out/{spec.run.name}"
     return (
         f"1. Forward and backward over {derive.microbatches(spec)} microbatches of {spec.batch.micro_batch_size} "
-        f"sequences on each data-parallel rank; the loss is {REDUCTION_WORDS[ch.reduction]}.",
+        f"sequences on each data-parallel rank; the loss is {REDUCTION_WORDS[ch.reduction]}.{_distill_words(spec)}",
         "2. The global gradient norm, over every rank's gradients.",
         f"3. A non-finite loss or gradient norm {NONFINITE_WORDS[c.choice(c.NonFinitePolicy, spec.train.on_nonfinite)]}"
         f"{overflow}.",
@@ -753,6 +753,20 @@ def _step(spec: Spec, ch: Choices) -> tuple[str, ...]:
         f"6. The learning-rate schedule ({_schedule_name(spec, ch)}) advances one update.",
         f"Every step's loss, gradient norm, learning rate and timing go to OUTPUT_DIR/METRICS_FILE ({output}/, "
         f"relative to the spec's folder); every LOG_INTERVAL ({spec.train.log_interval}) steps a line is printed.",
+    )
+
+
+def _distill_words(spec: Spec) -> str:
+    d = spec.distill
+    if d is None:
+        return ""
+    t = d.teacher
+    lm = "" if d.skip_lm_loss else " + the cross entropy"
+    return (
+        f" Distillation: a frozen teacher ({t.num_layers} layers, hidden {t.hidden_size}, "
+        f"{explain.human_count(explain.parameter_counts(teacher_spec(spec)).total)} parameters) runs forward only on "
+        f"each microbatch; the loss is kd_loss_scale {d.kd_loss_scale:g} x T^2 KL(teacher || student) at temperature "
+        f"T = {d.temperature:g}{lm}."
     )
 
 

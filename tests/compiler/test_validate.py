@@ -38,10 +38,17 @@ def check_without_data(tables: dict[str, Any], expected: list[str], files: dict[
 
 
 def test_every_rule_is_registered_once_and_tested() -> None:
-    from bridgec.compiler import rules_files, rules_layout, rules_logging, rules_training, validate_interop
+    from bridgec.compiler import (
+        rules_distill,
+        rules_files,
+        rules_layout,
+        rules_logging,
+        rules_training,
+        validate_interop,
+    )
     from tests.compiler import test_validate_interop
 
-    modules = (rules_layout, rules_training, rules_files, validate_interop, rules_logging)
+    modules = (rules_layout, rules_training, rules_files, validate_interop, rules_logging, rules_distill)
     defined = {name for module in modules for name in vars(module) if name.startswith("rule_")}
     registered = [rule.__name__ for rule in RULES]
     assert sorted(registered) == sorted(defined)
@@ -1750,4 +1757,127 @@ def test_rule_peak_positive() -> None:
             "spec.toml:17: $.logging.peak_tflops = 0: MFU divides by the device's peak, which must be above 0; hint: "
             "the dense bf16 TFLOP/s of one device (e.g. 989 for an H100 SXM), or remove it"
         ],
+    )
+
+
+# -- [distill] --------------------------------------------------------------------------------------
+
+TEACHER = {
+    "num_layers": 2,
+    "hidden_size": 64,
+    "num_attention_heads": 4,
+    "vocab_size": 128,
+    "seq_length": 32,
+    "checkpoint": {"format": "huggingface", "path": "teacher"},
+}
+TEACHER_FILES = {"teacher": ""}  # the folder
+
+
+def distill(**teacher: Any) -> dict[str, Any]:
+    return {"distill": {"teacher": {**TEACHER, **teacher}}}
+
+
+def test_a_distill_spec_is_clean() -> None:
+    check(distill(), [], TEACHER_FILES)
+
+
+def test_rule_teacher_vocab() -> None:
+    check(
+        distill(vocab_size=256),
+        [
+            "spec.toml:17: $.distill.teacher.vocab_size = 256 differs from the student's model.vocab_size = 128 (the "
+            "KL loss compares the two distributions token by token over one vocabulary); hint: distil from a teacher "
+            "that shares the student's tokenizer"
+        ],
+        TEACHER_FILES,
+    )
+    check(
+        distill(make_vocab_size_divisible_by=256),
+        [
+            "spec.toml:17: the teacher's padded vocabulary 256 (distill.teacher.make_vocab_size_divisible_by = 256) "
+            "differs from the student's 128 (model.make_vocab_size_divisible_by = 128): the two logits must split "
+            "alike over the tensor-parallel ranks; hint: give both the same make_vocab_size_divisible_by"
+        ],
+        TEACHER_FILES,
+    )
+
+
+def test_rule_teacher_sequence() -> None:
+    check(
+        distill(seq_length=16),
+        [
+            "spec.toml:17: $.distill.teacher.seq_length = 16 is shorter than the student's model.seq_length = 32 (the "
+            "teacher reads the student's sequences); hint: seq_length = 32 under [distill.teacher]"
+        ],
+        TEACHER_FILES,
+    )
+
+
+def test_rule_teacher_layout() -> None:
+    """The [model] rules run on the teacher with the student's layout: 6 heads on tensor 4 (the student's 4 fit)."""
+    check(
+        {"launch": {"procs_per_node": 4}, "parallel": {"tensor": 4}, **distill(num_attention_heads=6, hidden_size=96)},
+        [
+            "spec.toml:21: $.distill.teacher.num_attention_heads = 6 is not divisible by parallel.tensor = 4 (each "
+            "tensor-parallel rank needs whole heads) (the teacher runs on the student's layout); hint: tensor = 2 or "
+            "3, or 8 heads"
+        ],
+        TEACHER_FILES,
+    )
+
+
+def test_rule_teacher_checkpoint() -> None:
+    check(
+        distill(),
+        [
+            'spec.toml:17: $.distill.teacher.checkpoint.path = "teacher" does not exist (paths are relative to the '
+            "spec's folder); hint: point it at the teacher's Hugging Face model folder (config.json and *.safetensors)"
+        ],
+    )
+    check_without_data(distill(), [])
+    check(
+        distill(checkpoint={"format": "orbax", "path": "teacher", "optimizer_state": True}),
+        [
+            'spec.toml:17: $.distill.teacher.checkpoint.format = "orbax" is not built yet for a teacher: the '
+            'generated script loads a teacher from huggingface only; hint: format = "huggingface" (bridgec export '
+            "hf writes one from a bridgec or Megatron checkpoint)",
+            "spec.toml:17: $.distill.teacher.checkpoint.optimizer_state = true, but the frozen teacher has no "
+            "optimizer; hint: remove optimizer_state from [distill.teacher.checkpoint]",
+        ],
+        TEACHER_FILES,
+    )
+
+
+def test_rule_distill_loss() -> None:
+    check(
+        {"loss": {"reduction": "per_microbatch"}, **distill()},
+        [
+            "spec.toml:17: [distill] adds its KL loss to bridgec's token-weighted cross entropy; loss.reduction = "
+            '"per_microbatch" replaces that loss (not built together yet); hint: remove one of the two'
+        ],
+        TEACHER_FILES,
+    )
+
+
+def test_rule_distill_pipeline() -> None:
+    check(
+        {"launch": {"procs_per_node": 2}, "parallel": {"pipeline": 2}, **distill()},
+        [
+            "spec.toml:19: [distill] with parallel.pipeline = 2 is not built yet: the teacher runs whole on each "
+            "rank, beside the student's last stage; hint: pipeline = 1 (tensor and data parallelism work)"
+        ],
+        TEACHER_FILES,
+    )
+
+
+def test_rule_distill_values() -> None:
+    check(
+        {"distill": {"temperature": 0.0, "kd_loss_scale": -1.0, "teacher": TEACHER}},
+        [
+            "spec.toml:17: $.distill.temperature = 0.0 must be positive (logits are divided by it); hint: temperature "
+            "= 1.0 (the teacher's own distribution) or above to soften it",
+            "spec.toml:18: $.distill.kd_loss_scale = -1.0 must be positive; hint: kd_loss_scale = 1.0, or remove "
+            "[distill] to train on the cross entropy alone",
+        ],
+        TEACHER_FILES,
     )
