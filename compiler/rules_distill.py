@@ -106,7 +106,7 @@ def rule_teacher_checkpoint(spec: Spec, ctx: SpecContext) -> Iterator[Finding]:
                 f"$.distill.teacher.checkpoint.format = {render_value(checkpoint.format)} is not built yet for a "
                 f"teacher: the generated script loads a teacher from {', '.join(BUILT_FORMATS)} only"
             ),
-            hint='format = "huggingface" (bridgec export hf writes one from a bridgec or Megatron checkpoint)',
+            hint='format = "huggingface" (bridgec convert megatron-to-hf writes one from a bridgec checkpoint)',
         )
     if checkpoint.optimizer_state:
         yield Finding(

@@ -1839,8 +1839,8 @@ def test_rule_teacher_checkpoint() -> None:
         distill(checkpoint={"format": "orbax", "path": "teacher", "optimizer_state": True}),
         [
             'spec.toml:17: $.distill.teacher.checkpoint.format = "orbax" is not built yet for a teacher: the '
-            'generated script loads a teacher from huggingface only; hint: format = "huggingface" (bridgec export '
-            "hf writes one from a bridgec or Megatron checkpoint)",
+            'generated script loads a teacher from huggingface only; hint: format = "huggingface" (bridgec convert '
+            "megatron-to-hf writes one from a bridgec checkpoint)",
             "spec.toml:17: $.distill.teacher.checkpoint.optimizer_state = true, but the frozen teacher has no "
             "optimizer; hint: remove optimizer_state from [distill.teacher.checkpoint]",
         ],

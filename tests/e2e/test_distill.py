@@ -120,6 +120,8 @@ def make_teacher(folder: Path) -> Path:
 class Runs:
     teacher: LaunchResult
     student: LaunchResult
+    mismatched: LaunchResult
+    """A student whose [distill.teacher] says 3 layers and 8 heads: the folder has 2 and 4."""
     teacher_folder: Path
     student_folder: Path
 
@@ -132,9 +134,22 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Runs:
     student = root / "student"
     compile_to(teacher, TEACHER_SPEC.format(steps=STEPS))
     compile_to(student, STUDENT_SPEC.format(steps=STEPS))
-    results = run_fork([Job(folder=teacher, procs=2), Job(folder=student, procs=2)])
+    mismatched = root / "mismatched"
+    wrong = STUDENT_SPEC.format(steps=STEPS).split("[distill.teacher]")
+    wrong[1] = (
+        wrong[1]
+        .replace("num_layers = 2", "num_layers = 3")
+        .replace("num_attention_heads = 4", "num_attention_heads = 8")
+    )
+    compile_to(mismatched, "[distill.teacher]".join(wrong))
+    jobs = [Job(folder=teacher, procs=2), Job(folder=student, procs=2), Job(folder=mismatched, procs=2)]
+    results = run_fork(jobs)
     return Runs(
-        teacher=results[teacher][0], student=results[student][0], teacher_folder=teacher, student_folder=student
+        teacher=results[teacher][0],
+        student=results[student][0],
+        mismatched=results[mismatched][0],
+        teacher_folder=teacher,
+        student_folder=student,
     )
 
 
@@ -175,3 +190,11 @@ def test_the_checkpoint_holds_the_student_alone(runs: Runs) -> None:
     assert not any("teacher" in key for key in shapes)
     output = _output(runs.student)
     assert "distill: teacher weights from" in output
+
+
+def test_a_teacher_folder_that_does_not_fit_its_table_is_named_with_every_difference(runs: Runs) -> None:
+    assert runs.mismatched.codes == {0: 6, 1: 6}, _output(runs.mismatched)
+    output = _output(runs.mismatched)
+    assert "does not fit the teacher; nothing was loaded." in output, output
+    assert "compare the spec's [distill.teacher] with the folder's config.json" in output, output
+    assert "Traceback" not in output, output
