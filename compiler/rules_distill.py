@@ -16,9 +16,12 @@ from bridgec.compiler import derive
 from bridgec.compiler.errors import KeyPath, render_value
 from bridgec.compiler.rule_base import Finding, NotLoaded, Rule, SpecContext
 from bridgec.compiler.rules_layout import LAYOUT_RULES
-from bridgec.compiler.spec import Spec
+from bridgec.compiler.spec import InitCheckpoint, Spec
 
 TEACHER: KeyPath = ("distill", "teacher")
+
+ORBAX_ONLY = ("layout", "rope_layout", "param_scan_axis", "optimizer_type")
+"""[init.checkpoint]'s keys that only Orbax checkpoints read."""
 
 BUILT_FORMATS = ("huggingface",)
 """The teacher checkpoint formats the generated script loads so far."""
@@ -114,6 +117,16 @@ def rule_teacher_checkpoint(spec: Spec, ctx: SpecContext) -> Iterator[Finding]:
             message="$.distill.teacher.checkpoint.optimizer_state = true, but the frozen teacher has no optimizer",
             hint="remove optimizer_state from [distill.teacher.checkpoint]",
         )
+    defaults = InitCheckpoint(format=checkpoint.format, path=checkpoint.path)
+    for key in ORBAX_ONLY:
+        value = getattr(checkpoint, key)
+        if value != getattr(defaults, key):
+            yield Finding(
+                about=((*path, key),),
+                message=f"$.distill.teacher.checkpoint.{key} = {render_value(value)} applies to Orbax checkpoints "
+                "only, which a teacher cannot load yet",
+                hint=f"remove {key} from [distill.teacher.checkpoint]",
+            )
     if not ctx.require_data or ctx.files.exists(ctx.resolve(checkpoint.path)):
         return
     relative = "" if os.path.isabs(checkpoint.path) else " (paths are relative to the spec's folder)"
@@ -121,6 +134,32 @@ def rule_teacher_checkpoint(spec: Spec, ctx: SpecContext) -> Iterator[Finding]:
         about=((*path, "path"),),
         message=f"$.distill.teacher.checkpoint.path = {render_value(checkpoint.path)} does not exist{relative}",
         hint="point it at the teacher's Hugging Face model folder (config.json and *.safetensors)",
+    )
+
+
+def rule_teacher_logits_multiplier(spec: Spec, ctx: SpecContext) -> Iterator[Finding]:
+    if spec.distill is None or spec.distill.teacher.logits_multiplier == 1.0:
+        return
+    yield Finding(
+        about=((*TEACHER, "logits_multiplier"),),
+        message=(
+            f"$.distill.teacher.logits_multiplier = {spec.distill.teacher.logits_multiplier} is not built yet: the "
+            "KL loss reads the teacher's logits as its output layer gives them"
+        ),
+        hint="remove logits_multiplier from [distill.teacher]",
+    )
+
+
+def rule_teacher_query_scaling(spec: Spec, ctx: SpecContext) -> Iterator[Finding]:
+    if spec.distill is None or spec.distill.teacher.query_scaling != "initial_weights":
+        return
+    yield Finding(
+        about=((*TEACHER, "query_scaling"),),
+        message=(
+            '$.distill.teacher.query_scaling = "initial_weights" scales freshly drawn query weights, but the '
+            "teacher's weights are loaded as stored"
+        ),
+        hint='query_scaling = "none" (the scores are not scaled; the loaded weights hold the scale)',
     )
 
 
@@ -183,6 +222,8 @@ DISTILL_RULES: tuple[Rule, ...] = (
     rule_teacher_sequence,
     rule_teacher_layout,
     rule_teacher_checkpoint,
+    rule_teacher_logits_multiplier,
+    rule_teacher_query_scaling,
     rule_distill_loss,
     rule_distill_pipeline,
     rule_distill_values,

@@ -1836,6 +1836,14 @@ def test_rule_teacher_checkpoint() -> None:
     )
     check_without_data(distill(), [])
     check(
+        distill(checkpoint={"format": "huggingface", "path": "teacher", "param_scan_axis": 0}),
+        [
+            "spec.toml:17: $.distill.teacher.checkpoint.param_scan_axis = 0 applies to Orbax checkpoints only, which "
+            "a teacher cannot load yet; hint: remove param_scan_axis from [distill.teacher.checkpoint]"
+        ],
+        TEACHER_FILES,
+    )
+    check(
         distill(checkpoint={"format": "orbax", "path": "teacher", "optimizer_state": True}),
         [
             'spec.toml:17: $.distill.teacher.checkpoint.format = "orbax" is not built yet for a teacher: the '
@@ -1843,6 +1851,29 @@ def test_rule_teacher_checkpoint() -> None:
             "megatron-to-hf writes one from a bridgec checkpoint)",
             "spec.toml:17: $.distill.teacher.checkpoint.optimizer_state = true, but the frozen teacher has no "
             "optimizer; hint: remove optimizer_state from [distill.teacher.checkpoint]",
+        ],
+        TEACHER_FILES,
+    )
+
+
+def test_rule_teacher_logits_multiplier() -> None:
+    check(
+        distill(logits_multiplier=0.5),
+        [
+            "spec.toml:17: $.distill.teacher.logits_multiplier = 0.5 is not built yet: the KL loss reads the "
+            "teacher's logits as its output layer gives them; hint: remove logits_multiplier from [distill.teacher]"
+        ],
+        TEACHER_FILES,
+    )
+
+
+def test_rule_teacher_query_scaling() -> None:
+    check(
+        distill(query_scaling="initial_weights"),
+        [
+            'spec.toml:17: $.distill.teacher.query_scaling = "initial_weights" scales freshly drawn query weights, '
+            'but the teacher\'s weights are loaded as stored; hint: query_scaling = "none" (the scores are not '
+            "scaled; the loaded weights hold the scale)"
         ],
         TEACHER_FILES,
     )
