@@ -1,11 +1,12 @@
 """The cost of a frozen teacher: step time and memory of the same student with and without distillation.
 
 The student (4 layers, hidden 128) trains in the generated script twice per
-round: once with bridgec's own loss, once with bench/distill/kd_step.py, a
-forward_step hook that runs a teacher twice as wide and deep forward only and
-adds runtime.distill's vocabulary-parallel KL loss. Each round gives the ratio
-of the median step times and of the peak memory (the process's RSS on the
-CPU); rounds alternate the two runs, and the spread is over the rounds.
+round: once with bridgec's own loss, once compiled with a [distill] table whose
+teacher, twice as wide and deep (a Llama-shaped Hugging Face folder made here
+with transformers, random weights), runs forward only and adds runtime.distill's
+vocabulary-parallel KL loss. Each round gives the ratio of the median step times
+and of the peak memory (the process's RSS on the CPU); rounds alternate the two
+runs, and the spread is over the rounds.
 
     .venv/bin/python bench/distill_bench.py
 """
@@ -24,7 +25,27 @@ from runtime_bench import compile_spec, torchrun
 STEPS = 20
 WARMUP = 5
 ROUNDS = 3
-HOOK = Path(__file__).resolve().parent / "distill" / "kd_step.py"
+DISTILL = """
+[distill]
+temperature = 2.0
+
+[distill.teacher]
+num_layers = 8
+hidden_size = 256
+num_attention_heads = 8
+ffn_hidden_size = 1024
+vocab_size = 256
+seq_length = 64
+normalization = "rmsnorm"
+activation = "swiglu"
+position_embedding = "rope"
+tie_embeddings = false
+add_bias_linear = false
+
+[distill.teacher.checkpoint]
+format = "huggingface"
+path = "teacher"
+"""
 
 SPEC = """
 [run]
@@ -44,8 +65,21 @@ iters = {steps}
 log_interval = {steps}
 [optimizer]
 lr = 1e-3
-{hooks}
+{distill}
 """
+
+
+def make_teacher(folder: Path) -> None:
+    """The [distill.teacher] above as a Hugging Face folder (random weights: the cost does not depend on them)."""
+    import torch
+    import transformers
+
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(
+        vocab_size=256, hidden_size=256, intermediate_size=1024, num_hidden_layers=8, num_attention_heads=8,
+        num_key_value_heads=8, max_position_embeddings=64, tie_word_embeddings=False,
+    )  # fmt: skip
+    transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32).save_pretrained(folder)
 
 
 def measure(script: Path) -> tuple[float, int]:
@@ -62,11 +96,9 @@ def measure(script: Path) -> tuple[float, int]:
 def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         scratch = Path(folder)
-        plain = compile_spec(scratch / "plain", SPEC.format(steps=STEPS, hooks=""))
-        (scratch / "kd").mkdir()
-        shutil.copy(HOOK, scratch / "kd" / "kd_step.py")
-        hooks = '[hooks]\nfile = "kd_step.py"\nforward_step = "kd_forward_step"'
-        distilled = compile_spec(scratch / "kd", SPEC.format(steps=STEPS, hooks=hooks))
+        plain = compile_spec(scratch / "plain", SPEC.format(steps=STEPS, distill=""))
+        make_teacher(scratch / "kd" / "teacher")
+        distilled = compile_spec(scratch / "kd", SPEC.format(steps=STEPS, distill=DISTILL))
         rounds = []
         for _ in range(ROUNDS):
             plain_time, plain_rss = measure(plain)
