@@ -16,6 +16,7 @@ for name in (
     "checkpoint_bench.py",
     "peft_bench.py",
     "perf_bench.py",
+    "distill_bench.py",
 ):
     print(f"== {name}")
     runpy.run_path(str(HERE / name), run_name="__main__")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import ast
 from collections.abc import Mapping
-from typing import Literal
+from typing import Any, Literal
 
 import attrs
 import libcst as cst
@@ -40,6 +40,8 @@ LOSS = HookSignature(positional=("loss_mask", "output_tensor"))
 """The runtime binds loss_mask; megatron-core passes output_tensor."""
 SIGNATURES: Mapping[str, HookSignature] = {"forward_step": FORWARD_STEP, "loss": LOSS}
 """[hooks] key -> how the runtime calls the function it names."""
+EVENT_METHOD = HookSignature(positional=("self", "context"))
+"""How the loop calls a callback's event method: on the instance, with one CallbackContext."""
 
 
 @attrs.frozen(kw_only=True)
@@ -79,10 +81,20 @@ class Function:
 
 
 @attrs.frozen(kw_only=True)
+class ClassDef:
+    """A top-level ``class`` of the hook file, with the functions defined in its body."""
+
+    name: str
+    line: int
+    methods: Mapping[str, Function]
+
+
+@attrs.frozen(kw_only=True)
 class HookFile:
-    """A hook file that parses: its top-level functions by name (the last definition wins, as in Python)."""
+    """A hook file that parses: its top-level functions and classes by name (the last definition wins, as in Python)."""
 
     functions: Mapping[str, Function]
+    classes: Mapping[str, ClassDef] = attrs.field(factory=dict)
 
 
 @attrs.frozen(kw_only=True)
@@ -135,16 +147,28 @@ def read_hook_file(source: str) -> HookFile | Unparsable:
         return Unparsable(line=exc.raw_line, column=exc.raw_column + 1, message=exc.message)
     positions = wrapper.resolve(PositionProvider)
     functions: dict[str, Function] = {}
+    classes: dict[str, ClassDef] = {}
     for statement in wrapper.module.body:
         if isinstance(statement, cst.FunctionDef):
-            name = statement.name.value
-            functions[name] = Function(
-                name=name,
-                line=positions[statement.name].start.line,
-                is_async=statement.asynchronous is not None,
-                params=_params(statement.params),
+            functions[statement.name.value] = _function(statement, positions)
+        elif isinstance(statement, cst.ClassDef):
+            body = statement.body.body if isinstance(statement.body, cst.IndentedBlock) else ()
+            methods = {
+                node.name.value: _function(node, positions) for node in body if isinstance(node, cst.FunctionDef)
+            }
+            classes[statement.name.value] = ClassDef(
+                name=statement.name.value, line=positions[statement.name].start.line, methods=methods
             )
-    return HookFile(functions=functions)
+    return HookFile(functions=functions, classes=classes)
+
+
+def _function(statement: cst.FunctionDef, positions: Mapping[cst.CSTNode, Any]) -> Function:
+    return Function(
+        name=statement.name.value,
+        line=positions[statement.name].start.line,
+        is_async=statement.asynchronous is not None,
+        params=_params(statement.params),
+    )
 
 
 def _params(params: cst.Parameters) -> tuple[Param, ...]:
@@ -207,3 +231,44 @@ def _keyword_problem(keyword: str, first: list[Param], params: tuple[Param, ...]
     if not named and not takes_kwargs:
         return f"does not accept {keyword}=True, which megatron-core passes by keyword"
     return None
+
+
+@attrs.frozen(kw_only=True)
+class MethodProblem:
+    """A method of a callback class that the loop would never call, or could not call."""
+
+    method: Function
+    message: str
+    """What is wrong, as a phrase that follows ``Class.method (file:line)``."""
+    hint: str
+
+
+def callback_problems(cls: ClassDef, events: tuple[str, ...]) -> list[MethodProblem]:
+    """Every public method of ``cls`` must be an event, callable as ``method(context)``.
+
+    Names with a leading underscore (``__init__``, helpers) are the class's own
+    business; any other name is a typo of an event or a method nobody calls,
+    and both are worth stopping for (``on_trian_step_end`` would never fire).
+    """
+    problems: list[MethodProblem] = []
+    for name, method in cls.methods.items():
+        if name.startswith("_"):
+            continue
+        if name not in events:
+            near = close_match(name, events)
+            problems.append(
+                MethodProblem(
+                    method=method,
+                    message="is not a training event, so it would never be called",
+                    hint=f"did you mean {near!r}?"
+                    if near
+                    else "rename it to one of " + ", ".join(events) + ", or start its name with an underscore",
+                )
+            )
+            continue
+        problem = signature_problem(method, EVENT_METHOD)
+        if problem is not None:
+            problems.append(
+                MethodProblem(method=method, message=problem, hint=f"define it as def {name}(self, context)")
+            )
+    return problems

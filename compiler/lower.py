@@ -18,6 +18,7 @@ import attrs
 from bridgec.compiler import choices as c
 from bridgec.compiler import derive, explain
 from bridgec.compiler.derive import data_parallel, padded_vocab, world_size
+from bridgec.compiler.lower_distill import distill_plan, distill_section, teacher_section, teacher_spec
 from bridgec.compiler.lower_main import (
     adam,
     imports,
@@ -650,6 +651,15 @@ def _logging_section(spec: Spec, ch: Choices) -> Section:
     return Section(title="Logging", constants=tuple(constants))
 
 
+def _callbacks_section(spec: Spec) -> Section | None:
+    if not spec.hooks.callbacks:
+        return None
+    return Section(
+        title="Callbacks (file:class, files relative to the spec's folder; called in this order on every rank)",
+        constants=(_c("CALLBACKS", spec.hooks.callbacks, text=True),),
+    )
+
+
 def _profile_section(spec: Spec) -> Section | None:
     p = spec.profile
     if p is None:
@@ -686,7 +696,9 @@ def _user_strings(spec: Spec) -> tuple[str, ...]:
         spec.checkpoint.dir,
         spec.init.checkpoint.path if spec.init.checkpoint is not None else None,
         spec.peft.adapter if spec.peft is not None else None,
+        spec.distill.teacher.checkpoint.path if spec.distill is not None else None,
         *hooks,
+        *h.callbacks,
     ]
     strings += [value for value in named if value is not None]
     g = spec.logging
@@ -776,7 +788,7 @@ def _step(spec: Spec, ch: Choices) -> tuple[str, ...]:
     output = spec.run.output_dir if spec.run.output_dir is not None else f"out/{spec.run.name}"
     return (
         f"1. Forward and backward over {derive.microbatches(spec)} microbatches of {spec.batch.micro_batch_size} "
-        f"sequences on each data-parallel rank; the loss is {REDUCTION_WORDS[ch.reduction]}.",
+        f"sequences on each data-parallel rank; the loss is {REDUCTION_WORDS[ch.reduction]}.{_distill_words(spec)}",
         "2. The global gradient norm, over every rank's gradients.",
         f"3. A non-finite loss or gradient norm {NONFINITE_WORDS[c.choice(c.NonFinitePolicy, spec.train.on_nonfinite)]}"
         f"{overflow}.",
@@ -785,6 +797,20 @@ def _step(spec: Spec, ch: Choices) -> tuple[str, ...]:
         f"6. The learning-rate schedule ({_schedule_name(spec, ch)}) advances one update.",
         f"Every step's loss, gradient norm, learning rate and timing go to OUTPUT_DIR/METRICS_FILE ({output}/, "
         f"relative to the spec's folder); every LOG_INTERVAL ({spec.train.log_interval}) steps a line is printed.",
+    )
+
+
+def _distill_words(spec: Spec) -> str:
+    d = spec.distill
+    if d is None:
+        return ""
+    t = d.teacher
+    lm = "" if d.skip_lm_loss else " + the cross entropy"
+    return (
+        f" Distillation: a frozen teacher ({t.num_layers} layers, hidden {t.hidden_size}, "
+        f"{explain.human_count(explain.parameter_counts(teacher_spec(spec)).total)} parameters) runs forward only on "
+        f"each microbatch; the loss is kd_loss_scale {d.kd_loss_scale:g} x T^2 KL(teacher || student) at temperature "
+        f"T = {d.temperature:g}{lm}."
     )
 
 
@@ -803,6 +829,7 @@ def regenerate_command(target: Target) -> str:
 def lower(spec: Spec, target: Target) -> Plan:
     """Resolve every value the generated script needs. Pure: no I/O."""
     ch = choices_of(spec)
+    teacher = teacher_section(_model_section(teacher_spec(spec))) if spec.distill is not None else None
     sections = [
         *_run_sections(spec, target),
         _parallel_section(spec),
@@ -814,9 +841,10 @@ def lower(spec: Spec, target: Target) -> Plan:
         _data_section(spec, ch, target),
         *[section for section in (_init_checkpoint_section(spec),) if section is not None],
         *[section for section in (_peft_section(spec),) if section is not None],
+        *([distill_section(spec), teacher] if teacher is not None else []),
         _output_section(spec, target),
         _logging_section(spec, ch),
-        *[section for section in (_profile_section(spec),) if section is not None],
+        *[section for section in (_callbacks_section(spec), _profile_section(spec)) if section is not None],
     ]
     regenerate = regenerate_command(target)
     schedule, schedule_docstring = schedule_function(spec, ch)
@@ -850,6 +878,7 @@ def lower(spec: Spec, target: Target) -> Plan:
         schedule_function=schedule,
         schedule_docstring=schedule_docstring,
         init_checkpoint=init_checkpoint_plan(spec, ch),
+        distill=distill_plan(spec, teacher) if teacher is not None else None,
         main=main,
         user_strings=_user_strings(spec),
     )

@@ -13,11 +13,13 @@ from typing import assert_never
 from bridgec.compiler import choices as c
 from bridgec.compiler import derive
 from bridgec.compiler.choices import choice
+from bridgec.compiler.lower_distill import teacher_spec
 from bridgec.compiler.lower_model import (
     Choices,
     LossSource,
     activation_function,
     arg,
+    choices_of,
     layer_spec_function,
     local_zero_centered,
     names,
@@ -375,10 +377,17 @@ def _hook_load(ch: Choices) -> tuple[str, ...]:
             return ("forward_step.load()" + why,)
         case LossSource.HOOK_LOSS:
             return ("loss_function.load()" + why,)
-        case LossSource.TOKEN | LossSource.MEAN | LossSource.MAXTEXT:
+        case LossSource.TOKEN | LossSource.MEAN | LossSource.MAXTEXT | LossSource.DISTILL:
             return ()
         case _:
             assert_never(ch.loss_source)
+
+
+def _callback_load(spec: Spec) -> tuple[str, ...]:
+    if not spec.hooks.callbacks:
+        return ()
+    why = "  # import the files and build the classes now: a problem is a message, not a traceback"
+    return ("callbacks = load_callbacks(SPEC_DIR, CALLBACKS)" + why,)
 
 
 def step_plan(spec: Spec, ch: Choices) -> StepPlan:
@@ -454,7 +463,7 @@ def step_plan(spec: Spec, ch: Choices) -> StepPlan:
                 ),
             ),
         ),
-        hook_load=_hook_load(ch),
+        hook_load=(*_hook_load(ch), *_callback_load(spec)),
         claim=Call(
             function="claim_outputs",
             arguments=(
@@ -508,7 +517,14 @@ def step_plan(spec: Spec, ch: Choices) -> StepPlan:
         train=Call(
             function="train",
             arguments=(
-                arg(None, Code(text="forward_step")),
+                arg(
+                    None,
+                    Code(
+                        text="functools.partial(forward_step, teacher=teacher)"
+                        if spec.distill is not None
+                        else "forward_step"
+                    ),
+                ),
                 *names(
                     ("model", "built.model"),
                     ("optimizer", "built.optimizer"),
@@ -521,6 +537,7 @@ def step_plan(spec: Spec, ch: Choices) -> StepPlan:
                 *(names(("initial", "initial")) if spec.init.checkpoint is not None else ()),
                 *_sinks(spec),
                 *_profile(spec),
+                *(names(("callbacks", "callbacks")) if spec.hooks.callbacks else ()),
             ),
         ),
     )
@@ -739,13 +756,19 @@ def imports(spec: Spec, ch: Choices, *, schedule: Call | None, forward: ForwardP
     if forward.hook is None:  # bridgec's forward_step binds its loss with functools.partial
         standard.insert(0, Import(module="functools"))
     libraries = [Import(module="torch")]
-    activation = activation_function(ch)
-    if activation is not None and activation.startswith("F."):
+    # The models' own needs: the student's, and a distillation's teacher's (lowered as a student is).
+    models = [(spec, ch)]
+    if spec.distill is not None:
+        as_student = teacher_spec(spec)
+        models.append((as_student, choices_of(as_student)))
+    activations = {activation_function(model_ch) for _, model_ch in models}
+    if any(activation is not None and activation.startswith("F.") for activation in activations):
         libraries.append(Import(module="torch.nn.functional", alias="F"))
+    layer_specs = tuple(sorted({layer_spec_function(model_ch) for _, model_ch in models}))
     libraries += [
         Import(module="megatron.core.distributed", names=("finalize_model_grads",)),
         Import(module="megatron.core.models.gpt", names=("GPTModel",)),
-        Import(module="megatron.core.models.gpt.gpt_layer_specs", names=(layer_spec_function(ch),)),
+        Import(module="megatron.core.models.gpt.gpt_layer_specs", names=layer_specs),
         Import(module="megatron.core.transformer", names=("TransformerConfig",)),
     ]
     need: defaultdict[str, set[str]] = defaultdict(set)
@@ -763,13 +786,13 @@ def imports(spec: Spec, ch: Choices, *, schedule: Call | None, forward: ForwardP
         need[""].add("cpu_compat")
     if spec.checkpoint.dir is not None:
         need["checkpoint"].add("DistCheckpointer")
-    if activation == "gelu_tanh":
+    if "gelu_tanh" in activations:
         need["model"].add("gelu_tanh")
-    if local_zero_centered(spec, ch):
+    if any(local_zero_centered(model_spec, model_ch) for model_spec, model_ch in models):
         need["norms"].add("zero_centered_block")
-    if sdpa_attention(ch):
+    if any(sdpa_attention(model_ch) for _, model_ch in models):
         need["attention"].add("sdpa_layer")
-    if scaled_embeddings(spec):
+    if any(scaled_embeddings(model_spec) for model_spec, _ in models):
         need["norms"].add("scale_embeddings")
     if overlapped(spec):
         need["model"].add("Overlap")
@@ -785,6 +808,8 @@ def imports(spec: Spec, ch: Choices, *, schedule: Call | None, forward: ForwardP
             need["peft_hf"].add("load_hf_adapter")
         elif spec.peft.method == "dora" and spec.init.checkpoint is not None:
             need["peft"].add("reset_magnitudes")
+    if spec.hooks.callbacks:
+        need["callbacks"].add("load_callbacks")
     for sink in derive.sinks(spec):
         module, name = SINK_CLASSES[sink]
         need[module].add(name)
@@ -830,6 +855,10 @@ def _loss_imports(ch: Choices, need: defaultdict[str, set[str]]) -> None:
             need["loss"].add("masked_mean_loss")
         case LossSource.MAXTEXT:
             need["maxtext_loss"].add("maxtext_loss")
+        case LossSource.DISTILL:
+            need["distill"] |= {"distill_loss", "freeze_teacher"}
+            need["hf_import"].add("load_hf_weights")
+            need["model"].add("build_chunks")
         case _:
             assert_never(ch.loss_source)
     need["data"].add("next_batch")

@@ -36,6 +36,8 @@ class LossSource(enum.Enum):
     """The user's loss function."""
     HOOK_FORWARD_STEP = "hook_forward_step"
     """The user's forward_step, loss and all."""
+    DISTILL = "distill"
+    """runtime.distill's distill_loss: kd_loss_scale x KL to the frozen teacher (+ the cross entropy), per token."""
 
 
 @attrs.frozen(kw_only=True)
@@ -163,6 +165,8 @@ def _loss_source(spec: Spec, kind: c.LossKind) -> LossSource:
         return LossSource.HOOK_LOSS
     if maxtext_loss(spec):
         return LossSource.MAXTEXT
+    if spec.distill is not None:  # validation keeps it to per-token cross entropy
+        return LossSource.DISTILL
     reduction = choice(c.Reduction, spec.loss.reduction)
     match reduction:
         case c.Reduction.PER_TOKEN:
@@ -658,6 +662,25 @@ def _loss_lines(spec: Spec, ch: Choices) -> tuple[str, ...]:
                 "# Standard: the microbatch's mean token loss, averaged over microbatches and data ranks.",
                 "return output, functools.partial(masked_mean_loss, batch.loss_mask)",
             )
+        case LossSource.DISTILL:
+            return (
+                "# The teacher's logits, forward only: no graph, no gradient.",
+                "with torch.no_grad():",
+                f"    teacher_logits = teacher(batch.tokens, batch.position_ids, {mask})",
+                f"logits = model(batch.tokens, batch.position_ids, {mask})",
+                "# Token-aware: (KD_LOSS_SCALE x KL sum + cross-entropy sum, token count); divided once by the global",
+                "# count. Vocabulary-parallel: the full vocabulary is never gathered on one rank.",
+                "loss = functools.partial(",
+                "    distill_loss,",
+                "    batch.loss_mask,",
+                "    batch.labels,",
+                "    teacher_logits,",
+                "    temperature=KD_TEMPERATURE,",
+                "    kd_loss_scale=KD_LOSS_SCALE,",
+                "    skip_lm_loss=SKIP_LM_LOSS,",
+                ")",
+                "return logits, loss",
+            )
         case LossSource.HOOK_FORWARD_STEP:
             return ()
         case _:
@@ -694,8 +717,14 @@ def forward_plan(spec: Spec, ch: Choices) -> ForwardPlan:
             hook = _hook(spec, spec.hooks.forward_step)
         case LossSource.HOOK_LOSS:
             loss_hook = _hook(spec, spec.hooks.loss)
-        case LossSource.TOKEN | LossSource.MEAN | LossSource.MAXTEXT:
+        case LossSource.TOKEN | LossSource.MEAN | LossSource.MAXTEXT | LossSource.DISTILL:
             pass
         case _:
             assert_never(ch.loss_source)
-    return ForwardPlan(hook=hook, loss_hook=loss_hook, next_batch=next_batch, body=_loss_lines(spec, ch))
+    return ForwardPlan(
+        hook=hook,
+        loss_hook=loss_hook,
+        next_batch=next_batch,
+        body=_loss_lines(spec, ch),
+        keyword_parameters=", *, teacher: torch.nn.Module" if ch.loss_source is LossSource.DISTILL else "",
+    )

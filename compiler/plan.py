@@ -118,6 +118,8 @@ class ForwardPlan:
     next_batch: Call
     body: tuple[str, ...]
     """The lines after next_batch: the model call and what is returned."""
+    keyword_parameters: str = ""
+    """Parameters after the four megatron-core passes, as source (``, *, teacher: torch.nn.Module``): main() binds them."""
 
 
 @attrs.frozen(kw_only=True)
@@ -151,6 +153,16 @@ class InitCheckpointPlan:
     """Its lines: the weights loaded, then the optimizer state, and the Progress returned."""
     call: tuple[str, ...]
     """main()'s lines that call it (guarded by resume when the run checkpoints)."""
+
+
+@attrs.frozen(kw_only=True)
+class DistillPlan:
+    """[distill]: the teacher's model functions and build_teacher()."""
+
+    model: ModelPlan
+    """teacher_transformer_config()'s and teacher_model_provider()'s returns (TEACHER_* constants)."""
+    build: tuple[str, ...]
+    """build_teacher()'s lines: build, load the weights, freeze."""
 
 
 @attrs.frozen(kw_only=True)
@@ -189,6 +201,7 @@ class Plan:
     """learning_rate_schedule()'s return (MaxText's and optax's styles); None with megatron's scheduler."""
     schedule_docstring: str
     init_checkpoint: InitCheckpointPlan | None
+    distill: DistillPlan | None
     main: StepPlan
     user_strings: tuple[str, ...]
     """Every string that came from the spec, for the verify stage."""

@@ -7,12 +7,13 @@ import json
 import os
 import re
 import sys
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING
 
 import attrs
 
-from bridgec.compiler.errors import KeyPath, format_path, render_value
+from bridgec.compiler.errors import KeyPath, close_match, format_path, render_value
 from bridgec.compiler.rule_base import (
     Finding,
     Rule,
@@ -20,7 +21,11 @@ from bridgec.compiler.rule_base import (
 )
 from bridgec.compiler.spec import Data, InitCheckpoint, Spec
 from bridgec.runtime.data_split import IDX_HEADER_SIZE, DocumentRange, empty_splits, idx_document_count
+from bridgec.runtime.events import EVENTS
 from bridgec.runtime.tokenizer import TokenizerError, TokenizerFacts, TokenizerKind, describe
+
+if TYPE_CHECKING:
+    from bridgec.compiler.hooks import HookFile  # imports libcst, which only specs with hooks need
 
 # -- data -------------------------------------------------------------------------------------------
 
@@ -524,26 +529,30 @@ def rule_hooks_file_name(spec: Spec, ctx: SpecContext) -> Iterator[Finding]:
     file = spec.hooks.file
     if file is None:
         return
+    yield from _module_file_name(file, about=("hooks", "file"), shown=f"$.hooks.file = {render_value(file)}")
+
+
+def _module_file_name(file: str, *, about: KeyPath, shown: str) -> Iterator[Finding]:
+    """A Python file the script imports must be named like a module, and not like one it needs."""
     stem = PurePosixPath(file).stem
     if not file.endswith(".py") or not stem.isidentifier():
         yield Finding(
-            about=(("hooks", "file"),),
-            message=f"$.hooks.file = {render_value(file)} must be a Python file whose name is an "
-            f"identifier (it is imported as a module)",
+            about=(about,),
+            message=f"{shown} must be a Python file whose name is an identifier (it is imported as a module)",
             hint='rename it, e.g. file = "my_hooks.py"',
         )
     elif stem in sys.stdlib_module_names:
         yield Finding(
-            about=(("hooks", "file"),),
-            message=f"$.hooks.file = {render_value(file)} has the name of the standard library module "
+            about=(about,),
+            message=f"{shown} has the name of the standard library module "
             f"{stem!r}; beside the generated script it would shadow that module for torch and "
             f"everything else the script imports",
             hint=f'rename it, e.g. file = "my_{stem}.py"',
         )
     elif (distribution := script_modules().get(stem)) is not None:
         yield Finding(
-            about=(("hooks", "file"),),
-            message=f"$.hooks.file = {render_value(file)} has the name of the module {stem!r} (from "
+            about=(about,),
+            message=f"{shown} has the name of the module {stem!r} (from "
             f"{distribution}, which the generated script needs); beside the generated script "
             f"it would shadow that module for the script and everything it imports",
             hint=f'rename it, e.g. file = "my_{stem}.py"',
@@ -621,33 +630,12 @@ def rule_hook_functions(spec: Spec, ctx: SpecContext) -> Iterator[Finding]:
             hint='name one, as forward_step = "my_forward_step", or remove file',
         )
         return
-    if not ctx.files.exists(ctx.resolve(file)):
-        relative = "" if os.path.isabs(file) else " (paths are relative to the spec's folder)"
-        yield Finding(about=about, message=f"{shown} does not exist{relative}", hint="create it, or fix the path")
+    parsed = yield from _read_hook_file(file, ctx, about=about, shown=shown)
+    if parsed is None:
         return
     # libcst takes a noticeable part of a second to import: only specs that name a hook file pay for it.
     from bridgec.compiler import hooks
 
-    try:
-        parsed = hooks.read_hook_file(ctx.files.read_text(ctx.resolve(file)))
-    except UnicodeDecodeError:
-        yield Finding(about=about, message=f"{shown} is not UTF-8 text", hint="save it as UTF-8")
-        return
-    except OSError as exc:
-        yield Finding(
-            about=about,
-            message=f"{shown} cannot be read ({exc.strerror or type(exc).__name__})",
-            hint="check the file's permissions",
-        )
-        return
-    if isinstance(parsed, hooks.Unparsable):
-        where = file if parsed.line is None else f"{file}:{parsed.line}:{parsed.column}"
-        yield Finding(
-            about=about,
-            message=f"{shown} is not valid Python: {where}: {parsed.message}",
-            hint=f"fix line {parsed.line} of {file}" if parsed.line else f"fix {file}",
-        )
-        return
     for key, name in named.items():
         signature = hooks.SIGNATURES[key]
         found = hooks.find_hook(parsed, name, signature)
@@ -667,6 +655,84 @@ def rule_hook_functions(spec: Spec, ctx: SpecContext) -> Iterator[Finding]:
                 message=f"{shown}: {function.render()} at {file}:{function.line} {found.problem}",
                 hint=f"define it as def {name}({signature.render()})",
             )
+
+
+def _read_hook_file(
+    file: str, ctx: SpecContext, *, about: tuple[KeyPath, ...], shown: str
+) -> Generator[Finding, None, HookFile | None]:
+    """Parse a Python file the spec names; yield why not and return None when it cannot be."""
+    if not ctx.files.exists(ctx.resolve(file)):
+        relative = "" if os.path.isabs(file) else " (paths are relative to the spec's folder)"
+        yield Finding(about=about, message=f"{shown} does not exist{relative}", hint="create it, or fix the path")
+        return None
+    # libcst takes a noticeable part of a second to import: only specs that name a hook file pay for it.
+    from bridgec.compiler import hooks
+
+    try:
+        parsed = hooks.read_hook_file(ctx.files.read_text(ctx.resolve(file)))
+    except UnicodeDecodeError:
+        yield Finding(about=about, message=f"{shown} is not UTF-8 text", hint="save it as UTF-8")
+        return None
+    except OSError as exc:
+        yield Finding(
+            about=about,
+            message=f"{shown} cannot be read ({exc.strerror or type(exc).__name__})",
+            hint="check the file's permissions",
+        )
+        return None
+    if isinstance(parsed, hooks.Unparsable):
+        where = file if parsed.line is None else f"{file}:{parsed.line}:{parsed.column}"
+        yield Finding(
+            about=about,
+            message=f"{shown} is not valid Python: {where}: {parsed.message}",
+            hint=f"fix line {parsed.line} of {file}" if parsed.line else f"fix {file}",
+        )
+        return None
+    return parsed
+
+
+def rule_callbacks(spec: Spec, ctx: SpecContext) -> Iterator[Finding]:
+    """Each callback names a class in a Python file, and every public method of it is an event."""
+    for index, entry in enumerate(spec.hooks.callbacks):
+        about: KeyPath = ("hooks", "callbacks", index)
+        shown = f"$.hooks.callbacks[{index}] = {render_value(entry)}"
+        file, colon, name = entry.rpartition(":")
+        if not colon or not file or not name.isidentifier():
+            yield Finding(
+                about=(about,),
+                message=f'{shown} must be "file.py:Class": a Python file (relative to the spec\'s folder) '
+                "and the name of a class in it",
+                hint='write it as callbacks = ["my_callbacks.py:MyCallback"]',
+            )
+            continue
+        named_badly = list(_module_file_name(file, about=about, shown=shown))
+        if named_badly:
+            yield from named_badly
+            continue
+        parsed = yield from _read_hook_file(file, ctx, about=(about,), shown=shown)
+        if parsed is None:
+            continue
+        yield from _callback_class(parsed, file, name, about=about, shown=shown)
+
+
+def _callback_class(parsed: HookFile, file: str, name: str, *, about: KeyPath, shown: str) -> Iterator[Finding]:
+    from bridgec.compiler import hooks
+
+    cls = parsed.classes.get(name)
+    if cls is None:
+        near = close_match(name, sorted(parsed.classes))
+        yield Finding(
+            about=(about,),
+            message=f"{shown}: {file} has no top-level class {name!r}",
+            hint=f"did you mean {near!r}?" if near else f"define class {name}: at the top level of {file}",
+        )
+        return
+    for problem in hooks.callback_problems(cls, EVENTS):
+        yield Finding(
+            about=(about,),
+            message=f"{shown}: {name}.{problem.method.name} ({file}:{problem.method.line}) {problem.message}",
+            hint=problem.hint,
+        )
 
 
 FILE_RULES: tuple[Rule, ...] = (
@@ -691,4 +757,5 @@ FILE_RULES: tuple[Rule, ...] = (
     rule_hooks_file_name,
     rule_both_hooks,
     rule_hook_functions,
+    rule_callbacks,
 )

@@ -526,6 +526,8 @@ class Hooks:
     """Name of a function (state, data_iterator, model, return_schedule_plan=False) -> (output, loss_func)."""
     loss: str | None = None
     """Name of a function (loss_mask, output_tensor) -> (loss_sum, num_tokens, metadata) for reduction = "per_token", or (loss_mean, metadata) for "per_microbatch"; metadata = {"lm loss": torch.stack([numerator, denominator])} (see runtime/loss.py); every other entry (a [numerator, denominator] tensor, or a number: its mean) is reduced over microbatches and data-parallel ranks the same way, printed and written to the metrics file. Checked at every call."""
+    callbacks: tuple[str, ...] = ()
+    """Classes called at training events, each as "file.py:Class" (the file relative to the spec's folder; it need not be hooks.file). Every method whose name does not start with an underscore must be an event: on_train_start, on_train_step_start, on_train_step_end, on_train_end, on_eval_start, on_eval_end, on_checkpoint_save, on_checkpoint_load, on_exception; each takes (self, context). The class is built with no arguments on every rank, in the listed order; see README: Callbacks."""
 
 
 @attrs.frozen(kw_only=True)
@@ -556,6 +558,28 @@ class Init:
     """portable: every weight drawn from (seed, its global name), so every layout starts identical. megatron: each rank's own init (faster at scale, layout-dependent)."""
     checkpoint: InitCheckpoint | None = None
     """Load initial weights (and optionally optimizer state) from a checkpoint instead; see [init.checkpoint]."""
+
+
+@attrs.frozen(kw_only=True)
+class Teacher(Model):
+    """[distill.teacher]: the frozen teacher, with every key of [model] (its own shape; the student's parallel layout)."""
+
+    checkpoint: InitCheckpoint
+    """[distill.teacher.checkpoint]: the teacher's weights, the same keys as [init.checkpoint]. Required: a teacher with random weights teaches nothing. huggingface only so far."""
+
+
+@attrs.frozen(kw_only=True)
+class Distill:
+    """[distill]: train the student against a frozen teacher's logits (knowledge distillation)."""
+
+    teacher: Teacher
+    """[distill.teacher]. Required."""
+    temperature: float = 1.0
+    """Both distributions are softened as softmax(logits / temperature); the KL loss is multiplied by temperature^2 so its gradient keeps its scale."""
+    kd_loss_scale: float = 1.0
+    """The KL loss's weight: loss = kd_loss_scale x KL (+ the cross entropy unless skip_lm_loss)."""
+    skip_lm_loss: bool = False
+    """Train on the KL loss alone (the cross entropy against the labels is still logged as "ce loss")."""
 
 
 @attrs.frozen(kw_only=True)
@@ -678,3 +702,4 @@ class Spec:
     peft: Peft | None = None
     logging: Logging = attrs.field(factory=Logging)
     profile: Profile | None = None
+    distill: Distill | None = None

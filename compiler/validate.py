@@ -18,6 +18,7 @@ from __future__ import annotations
 from bridgec.compiler.errors import Diagnostic, format_path, sort_key
 from bridgec.compiler.locate import LineIndex
 from bridgec.compiler.rule_base import FileView, Finding, NotLoaded, Rule, SpecContext
+from bridgec.compiler.rules_distill import DISTILL_RULES
 from bridgec.compiler.rules_files import FILE_RULES, TokenizerSidecar, parse_tokenizer_sidecar
 from bridgec.compiler.rules_layout import LAYOUT_RULES
 from bridgec.compiler.rules_logging import LOGGING_RULES
@@ -37,6 +38,7 @@ RULES: tuple[Rule, ...] = (
     *INTEROP_RULES,
     *LOGGING_RULES,
     *PEFT_RULES,
+    *DISTILL_RULES,
 )
 """Every rule validate runs."""
 

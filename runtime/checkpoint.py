@@ -197,6 +197,8 @@ class DistCheckpointer:
                 "skipped_steps": progress.skipped_steps,
                 "consumed_valid_samples": progress.consumed_valid_samples,
             }
+            if progress.user_state is not None:
+                state["user_state"] = self._user_state(progress.user_state)
             if self._queue is not None:
                 request = dist_checkpointing.save(
                     state, str(partial), sharded_strategy=self._save_strategy(), async_sharded_save=True
@@ -426,7 +428,15 @@ class DistCheckpointer:
         with_optimizer = manifest.optimizer["has_state"]
         state = self._sharded_state(loading=True, with_optimizer=with_optimizer, with_rng=same_layout)
         if not problems:
-            problems = tensor_problems(state, files.read_tensor_metadata(path))
+            metadata = files.read_tensor_metadata(path)
+            problems = tensor_problems(state, metadata)
+            # Callbacks' user_state is per rank, like the RNG states: it comes back when the layout is the same.
+            # A checkpoint of a run without callbacks has none, and the callbacks then start with an empty one.
+            if any(key.startswith("user_state/") for key in metadata.state_dict_metadata):
+                if same_layout:
+                    state["user_state"] = self._user_state(None)
+                else:
+                    _say("checkpoint: the callbacks' user_state is per rank and is not restored after a layout change")
         problems = gather(problems)
         if problems:
             raise RunError(ExitCode.CHECKPOINT_ERROR, cannot_load(path, problems), every_rank=True)
@@ -457,7 +467,12 @@ class DistCheckpointer:
             skipped_steps=progress["skipped_steps"],
             # Checkpoints written before the validation position was kept evaluate from the split's start.
             consumed_valid_samples=progress.get("consumed_valid_samples", 0),
+            user_state=loaded.get("user_state"),
         )
+
+    def _user_state(self, data: dict[str, Any] | None) -> ShardedObject:
+        """This rank's callbacks' user_state as one pickled object per rank (None: the slot a load fills)."""
+        return ShardedObject("user_state", data, (self.layout.world_size,), (self.layout.rank,), replica_id=0)
 
     @torch.no_grad()  # the fp32 distributed optimizer's main params are views of the model's
     def _load(self, path: Path, state: dict[str, Any], *, with_optimizer: bool) -> dict[str, Any]:

@@ -55,6 +55,8 @@ def load_hf_weights(
     expert_rank: int = 0,
     optimizer: object | None = None,
     stats: ReadStats | None = None,
+    model: str = "this model",
+    table: str = "[model]",
 ) -> HFImportReport:
     """Copy a Hugging Face folder's weights into this rank's (unwrapped) GPTModel chunks.
 
@@ -63,7 +65,8 @@ def load_hf_weights(
     padded rows are zero. Pass the optimizer when it already exists: its fp32
     main parameters are updated too (megatron's mixed-precision optimizers copy
     them back over the model at the first step). Raises RunError
-    (CHECKPOINT_ERROR) listing every difference before copying anything.
+    (CHECKPOINT_ERROR) listing every difference before copying anything, naming the ``model`` and the spec's ``table``
+    it was built from ("the teacher", "[distill.teacher]" for a distillation's teacher).
     """
     folder = SafetensorsFolder(Path(path), stats=stats or ReadStats())
     config = config_of(chunks[0])
@@ -72,8 +75,8 @@ def load_hf_weights(
         listing = "\n".join(f"  - {problem}" for problem in problems)
         raise RunError(
             ExitCode.CHECKPOINT_ERROR,
-            f"Hugging Face folder {path} does not fit this model; nothing was loaded. "
-            f"{len(problems)} difference(s):\n{listing}\n  (compare the spec's [model] with the folder's "
+            f"Hugging Face folder {path} does not fit {model}; nothing was loaded. "
+            f"{len(problems)} difference(s):\n{listing}\n  (compare the spec's {table} with the folder's "
             "config.json, or write the spec with bridgec import hf)",
         )
     slots = main_slots(optimizer) if optimizer is not None else {}

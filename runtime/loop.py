@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import sys
 import time
 import tomllib
 from collections.abc import Callable, Iterator, Sequence
@@ -16,6 +17,8 @@ from megatron.core.distributed import DistributedDataParallel
 from megatron.core.optimizer.optimizer import ChainedOptimizer
 from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 
+from bridgec.runtime.callbacks import CallbackError, Callbacks
+from bridgec.runtime.checkpoint_files import checkpoint_name, find_latest, read_manifest
 from bridgec.runtime.data import MicrobatchIterator, Splits
 from bridgec.runtime.entry import peer_failure, peer_failure_message
 from bridgec.runtime.errors import ExitCode, RunEnd, RunError
@@ -97,6 +100,9 @@ class Progress:
     consumed_valid_samples: int = 0
     """Validation samples read by the evaluations so far, over all data-parallel ranks: where the next
     evaluation starts (Megatron-LM's consumed_valid_samples)."""
+    user_state: dict[str, Any] | None = None
+    """This rank's callbacks' ``user_state`` (a copy taken at the save); None for a run without callbacks, or
+    when the checkpoint's could not be restored (another layout)."""
 
 
 class Checkpointer(Protocol):
@@ -148,6 +154,7 @@ def train(
     initial: Progress | None = None,
     sinks: Sequence[Sink] = (),
     profile: ProfileSettings | None = None,
+    callbacks: Callbacks | None = None,
 ) -> RunEnd:
     """Run steps until ``settings.iters``, an early stop, or a non-finite stop; return how the launch ended.
 
@@ -160,7 +167,8 @@ def train(
     fresh start begins (step 0 by default; the imported step when optimizer state
     came from another framework's checkpoint). ``sinks`` (TensorBoard, W&B,
     MLflow) are opened on the logging rank only; ``profile`` profiles a step range
-    ([profile], runtime.profile).
+    ([profile], runtime.profile). ``callbacks`` are called at each event (runtime.callbacks); their
+    ``user_state`` goes into every checkpoint and comes back on resume.
     """
     log = MetricsLog(
         path=settings.metrics_path,
@@ -176,6 +184,10 @@ def train(
     fresh = initial or Progress(step=0, consumed_samples=0, skipped_steps=0, consumed_valid_samples=0)
     start = _restore(checkpointer if resume else None, log, fresh)
     resumed = start is not fresh  # restored from a checkpoint of this run (not merely started at an imported step)
+    fire = functools.partial(_fire, callbacks, layout)
+    if callbacks is not None and resumed and checkpointer is not None:
+        callbacks.restore(start.user_state or {})
+        fire("on_checkpoint_load", step=start.step, checkpoint_dir=checkpointer.directory / checkpoint_name(start.step))
     if start.step > 0 and layout.holds_loss:
         truncate_metrics(settings.metrics_path, after_step=start.step)
     elif layout.holds_loss and settings.metrics_path.is_file():
@@ -198,6 +210,7 @@ def train(
     if log.enabled:
         log.message(_banner(settings, layout, splits, checkpointer, first_step=step))
     started = time.monotonic()
+    fire("on_train_start", step=step)
     if step >= settings.iters:
         # Nothing left to train (a finished run launched again, or iters lowered): evaluate what was loaded, if the
         # spec evaluates, on the samples of the last evaluation (so the result compares with the one logged then,
@@ -224,7 +237,9 @@ def train(
                 step=step,
                 consumed=consumed,
                 valid_consumed=last_window,
+                callbacks=callbacks,
             )
+        fire("on_train_end", step=step)
         log.summary(_summary(log, start.step, step, started))
         log.close()
         return RunEnd(code=ExitCode.OK, reason=done, step=step)
@@ -242,6 +257,7 @@ def train(
             for timed in train_iterators:
                 if timed is not None:
                     timed.seconds = 0.0
+            fire("on_train_step_start", step=step + 1)
             profiler.before(step + 1)
             began = time.perf_counter()
             result = train_step(
@@ -277,6 +293,7 @@ def train(
                     consumed_samples=consumed,
                     skipped_steps=log.skipped_total,
                     consumed_valid_samples=valid_consumed,
+                    user_state=_user_state(callbacks),
                 )
                 log.step(step + 1, result, measures)
                 # The gradient norm is global: every rank stops here with the same message.
@@ -287,6 +304,20 @@ def train(
             step += 1
             consumed += settings.global_batch_size
             log.step(step, result, measures)
+            fire(
+                "on_train_step_end",
+                step=step,
+                losses={"lm loss": result.loss, **result.metadata},
+                grad_norm=result.grad_norm,
+                learning_rate=result.learning_rate,
+                skipped=result.skipped,
+                timers={
+                    "data": measures.data_seconds,
+                    "forward_backward": result.forward_backward_seconds,
+                    "optimizer": result.optimizer_seconds,
+                    "step": seconds,
+                },
+            )
             if settings.eval_interval and step % settings.eval_interval == 0:
                 _evaluate(
                     forward_step,
@@ -298,6 +329,7 @@ def train(
                     step=step,
                     consumed=consumed,
                     valid_consumed=valid_consumed,
+                    callbacks=callbacks,
                 )
                 valid_consumed += settings.eval_iters * settings.global_batch_size
             progress = Progress(
@@ -305,6 +337,7 @@ def train(
                 consumed_samples=consumed,
                 skipped_steps=log.skipped_total,
                 consumed_valid_samples=valid_consumed,
+                user_state=_user_state(callbacks),
             )
             if step == settings.iters:
                 break
@@ -315,10 +348,12 @@ def train(
                 stop_reason is not None or (settings.save_interval and step % settings.save_interval == 0)
             ):
                 saving = _timed_save(checkpointer, progress)
+                fire("on_checkpoint_save", step=step, checkpoint_dir=checkpointer.directory / checkpoint_name(step))
             if stop_reason is not None:
                 if checkpointer is not None:
                     checkpointer.finish(step)
                 stopped = f"stopping after step {step}: {stop_reason}; {_how_to_continue(checkpointer, resume)}"
+                fire("on_train_end", step=step)
                 log.message(stopped)
                 log.summary(_summary(log, start.step, step, started))
                 return RunEnd(code=ExitCode.STOPPED_TO_RESUME, reason=stopped, step=step)
@@ -329,14 +364,24 @@ def train(
                     consumed_samples=consumed,
                     skipped_steps=log.skipped_total,
                     consumed_valid_samples=valid_consumed,
+                    user_state=_user_state(callbacks),
                 )
             )
             checkpointer.finish(step)
+            fire("on_checkpoint_save", step=step, checkpoint_dir=checkpointer.directory / checkpoint_name(step))
+        fire("on_train_end", step=step)
         log.summary(_summary(log, start.step, step, started))
         return RunEnd(code=ExitCode.OK, reason=f"all {settings.iters} steps ran", step=step)
+    except CallbackError as error:
+        # No collective from here: the other ranks may not have raised. A save still being written is not
+        # published, so the latest published checkpoint stays the one a resume loads.
+        _on_exception(fire, step, error)
+        raise RunError(error.code, error.message + _last_good(checkpointer), step=step) from None
     except RunError as error:
+        _on_exception(fire, step, error)
         raise error.at_step(step) from None
     except RuntimeError as error:
+        _on_exception(fire, step, error)
         if not peer_failure(error):
             raise
         raise RunError(ExitCode.PEER_FAILED, peer_failure_message(error), step=step) from None
@@ -344,6 +389,40 @@ def train(
         profiler.stop()
         signals.restore()
         log.close()
+
+
+def _fire(callbacks: Callbacks | None, layout: Layout, event: str, **fields: Any) -> None:
+    if callbacks is not None:
+        callbacks.fire(event, rank=layout.rank, holds_loss=layout.holds_loss, **fields)
+
+
+def _user_state(callbacks: Callbacks | None) -> dict[str, Any] | None:
+    return None if callbacks is None else callbacks.snapshot()
+
+
+def _on_exception(fire: Callable[..., None], step: int, error: BaseException) -> None:
+    """Tell the callbacks the run is ending on ``error``; one that raises now only adds to the message printed."""
+    try:
+        fire("on_exception", step=step, error=error)
+    except CallbackError as failed:
+        print(
+            f"bridgec [rank {os.environ.get('RANK', '0')}]: while stopping: {failed.message}",
+            file=sys.stderr,
+            flush=True,
+        )
+
+
+def _last_good(checkpointer: Checkpointer | None) -> str:
+    """Where a resume starts after a callback stopped the run (read from the folder: no collective)."""
+    if checkpointer is None:
+        return "\n  no [checkpoint] dir: nothing was saved"
+    latest = find_latest(checkpointer.directory)
+    if latest is None:
+        return f"\n  no checkpoint was published in {checkpointer.directory}; launching again starts over"
+    return (
+        f"\n  the last good checkpoint, step {read_manifest(latest).step} ({latest}), is untouched; "
+        "fix the callback and launch again with resume = true to continue from it"
+    )
 
 
 class TimedIterator:
@@ -490,6 +569,7 @@ def _evaluate(
     step: int,
     consumed: int,
     valid_consumed: int,
+    callbacks: Callbacks | None,
 ) -> None:
     """Evaluate on the ``eval_iters`` global batches of the validation split that start at ``valid_consumed``.
 
@@ -500,6 +580,7 @@ def _evaluate(
     """
     if splits.valid is None or settings.eval_iters == 0:
         return
+    _fire(callbacks, layout, "on_eval_start", step=step)
     window = settings.eval_iters * settings.global_batch_size
     whole_windows = max(1, len(splits.valid) // window) * window
     evaluation = evaluate(
@@ -512,6 +593,8 @@ def _evaluate(
         seq_length=settings.seq_length,
     )
     log.evaluation(step, evaluation)
+    losses = {} if evaluation.loss is None else {"lm loss": evaluation.loss}
+    _fire(callbacks, layout, "on_eval_end", step=step, losses=losses)
 
 
 def truncate_metrics(path: Path, *, after_step: int) -> None:

@@ -259,7 +259,8 @@ def test_array_of_tables_errors_point_at_each_element() -> None:
         (
             {"telemetry": {"project": "x"}},
             "spec.toml:16: unknown table [telemetry]; hint: valid tables: run, launch, model, parallel, batch, train, "
-            "optimizer, scheduler, precision, data, loss, checkpoint, hooks, init, logging, profile",
+            "optimizer, scheduler, precision, recompute, offload, overlap, fusions, cuda_graph, data, loss, "
+            "checkpoint, hooks, init, peft, logging, profile, distill",
         ),
         ({"parallel": {"tensr": 2}}, "spec.toml:17: unknown key 'tensr' in [parallel]; hint: did you mean 'tensor'?"),
     ],
@@ -274,7 +275,8 @@ def test_unknown_keys_at_the_top_level() -> None:
     assert formatted(text) == [
         "spec.toml:1: unknown key 'hidden_size' at the top level; hint: hidden_size belongs in [model]",
         "spec.toml:2: unknown key 'bogus' at the top level; hint: valid tables: run, launch, model, parallel, "
-        "batch, train, optimizer, scheduler, precision, data, loss, checkpoint, hooks, init, logging, profile",
+        "batch, train, optimizer, scheduler, precision, recompute, offload, overlap, fusions, cuda_graph, data, "
+        "loss, checkpoint, hooks, init, peft, logging, profile, distill",
     ]
 
 

@@ -39,6 +39,7 @@ def check_without_data(tables: dict[str, Any], expected: list[str], files: dict[
 
 def test_every_rule_is_registered_once_and_tested() -> None:
     from bridgec.compiler import (
+        rules_distill,
         rules_files,
         rules_layout,
         rules_logging,
@@ -49,7 +50,16 @@ def test_every_rule_is_registered_once_and_tested() -> None:
     )
     from tests.compiler import test_validate_interop, test_validate_peft, test_validate_perf
 
-    modules = (rules_layout, rules_training, rules_perf, rules_files, validate_interop, rules_logging, rules_peft)
+    modules = (
+        rules_layout,
+        rules_training,
+        rules_perf,
+        rules_files,
+        validate_interop,
+        rules_logging,
+        rules_peft,
+        rules_distill,
+    )
     defined = {name for module in modules for name in vars(module) if name.startswith("rule_")}
     registered = [rule.__name__ for rule in RULES]
     assert sorted(registered) == sorted(defined)
@@ -1265,6 +1275,76 @@ def test_rule_hook_functions(hooks: dict[str, str], source: str | None, expected
     check({"hooks": hooks}, sorted(expected + both, key=_line), files=None if source is None else {"hooks.py": source})
 
 
+GOOD_CALLBACKS = "class Alarm:\n    def on_train_step_end(self, context):\n        pass\n"
+CALLBACKS_FILE = (
+    "class Alarm:\n"
+    "    def __init__(self):\n        self.slow = 0\n\n"
+    "    def on_train_start(self, context):\n        pass\n\n"
+    "    def on_trian_step_end(self, context):\n        pass\n\n"
+    "    def on_eval_end(self):\n        pass\n\n"
+    "    def report(self, context):\n        pass\n\n"
+    "    def _helper(self):\n        pass\n"
+)
+
+
+@pytest.mark.parametrize(
+    ("callbacks", "source", "expected"),
+    [
+        (["cb.py:Alarm"], GOOD_CALLBACKS, []),
+        (
+            ["cb.py:Alarm"],
+            CALLBACKS_FILE,
+            [
+                'spec.toml:17: $.hooks.callbacks[0] = "cb.py:Alarm": Alarm.on_eval_end (cb.py:11) takes 1 positional '
+                "parameter, but is called with 2: (self, context); hint: define it as def on_eval_end(self, context)",
+                'spec.toml:17: $.hooks.callbacks[0] = "cb.py:Alarm": Alarm.on_trian_step_end (cb.py:8) is not a '
+                "training event, so it would never be called; hint: did you mean 'on_train_step_end'?",
+                'spec.toml:17: $.hooks.callbacks[0] = "cb.py:Alarm": Alarm.report (cb.py:14) is not a training event, '
+                "so it would never be called; hint: rename it to one of on_train_start, on_train_step_start, "
+                "on_train_step_end, on_train_end, on_eval_start, on_eval_end, on_checkpoint_save, on_checkpoint_load, "
+                "on_exception, or start its name with an underscore",
+            ],
+        ),
+        (
+            ["cb.py:Alarn"],
+            CALLBACKS_FILE,
+            [
+                "spec.toml:17: $.hooks.callbacks[0] = \"cb.py:Alarn\": cb.py has no top-level class 'Alarn'; hint: did "
+                "you mean 'Alarm'?"
+            ],
+        ),
+        (
+            ["cb.py"],
+            GOOD_CALLBACKS,
+            [
+                'spec.toml:17: $.hooks.callbacks[0] = "cb.py" must be "file.py:Class": a Python file (relative to the '
+                'spec\'s folder) and the name of a class in it; hint: write it as callbacks = ["my_callbacks.py:MyCallback"]'
+            ],
+        ),
+        (
+            ["gone.py:Alarm"],
+            GOOD_CALLBACKS,
+            [
+                'spec.toml:17: $.hooks.callbacks[0] = "gone.py:Alarm" does not exist (paths are relative to the spec\'s '
+                "folder); hint: create it, or fix the path"
+            ],
+        ),
+        (
+            ["json.py:Alarm"],
+            GOOD_CALLBACKS,
+            [
+                'spec.toml:17: $.hooks.callbacks[0] = "json.py:Alarm" has the name of the standard library module '
+                "'json'; beside the generated script it would shadow that module for torch and everything else the "
+                'script imports; hint: rename it, e.g. file = "my_json.py"'
+            ],
+        ),
+    ],
+    ids=["fine", "methods", "class-typo", "no-class", "missing", "shadows-stdlib"],
+)
+def test_rule_callbacks(callbacks: list[str], source: str, expected: list[str]) -> None:
+    check({"hooks": {"callbacks": callbacks}}, expected, files={"cb.py": source, "json.py": source})
+
+
 def test_rule_hook_functions_reports_unreadable_files() -> None:
     class Undecodable(MemoryFiles):
         def read_text(self, path: object) -> str:
@@ -1715,4 +1795,158 @@ def test_rule_peak_positive() -> None:
             "spec.toml:17: $.logging.peak_tflops = 0: MFU divides by the device's peak, which must be above 0; hint: "
             "the dense bf16 TFLOP/s of one device (e.g. 989 for an H100 SXM), or remove it"
         ],
+    )
+
+
+# -- [distill] --------------------------------------------------------------------------------------
+
+TEACHER = {
+    "num_layers": 2,
+    "hidden_size": 64,
+    "num_attention_heads": 4,
+    "vocab_size": 128,
+    "seq_length": 32,
+    "checkpoint": {"format": "huggingface", "path": "teacher"},
+}
+TEACHER_FILES = {"teacher": ""}  # the folder
+
+
+def distill(**teacher: Any) -> dict[str, Any]:
+    return {"distill": {"teacher": {**TEACHER, **teacher}}}
+
+
+def test_a_distill_spec_is_clean() -> None:
+    check(distill(), [], TEACHER_FILES)
+
+
+def test_rule_teacher_vocab() -> None:
+    check(
+        distill(vocab_size=256),
+        [
+            "spec.toml:17: $.distill.teacher.vocab_size = 256 differs from the student's model.vocab_size = 128 (the "
+            "KL loss compares the two distributions token by token over one vocabulary); hint: distil from a teacher "
+            "that shares the student's tokenizer"
+        ],
+        TEACHER_FILES,
+    )
+    check(
+        distill(make_vocab_size_divisible_by=256),
+        [
+            "spec.toml:17: the teacher's padded vocabulary 256 (distill.teacher.make_vocab_size_divisible_by = 256) "
+            "differs from the student's 128 (model.make_vocab_size_divisible_by = 128): the two logits must split "
+            "alike over the tensor-parallel ranks; hint: give both the same make_vocab_size_divisible_by"
+        ],
+        TEACHER_FILES,
+    )
+
+
+def test_rule_teacher_sequence() -> None:
+    check(
+        distill(seq_length=16),
+        [
+            "spec.toml:17: $.distill.teacher.seq_length = 16 is shorter than the student's model.seq_length = 32 (the "
+            "teacher reads the student's sequences); hint: seq_length = 32 under [distill.teacher]"
+        ],
+        TEACHER_FILES,
+    )
+
+
+def test_rule_teacher_layout() -> None:
+    """The [model] rules run on the teacher with the student's layout: 6 heads on tensor 4 (the student's 4 fit)."""
+    check(
+        {"launch": {"procs_per_node": 4}, "parallel": {"tensor": 4}, **distill(num_attention_heads=6, hidden_size=96)},
+        [
+            "spec.toml:21: $.distill.teacher.num_attention_heads = 6 is not divisible by parallel.tensor = 4 (each "
+            "tensor-parallel rank needs whole heads) (the teacher runs on the student's layout); hint: tensor = 2 or "
+            "3, or 8 heads"
+        ],
+        TEACHER_FILES,
+    )
+
+
+def test_rule_teacher_checkpoint() -> None:
+    check(
+        distill(),
+        [
+            'spec.toml:17: $.distill.teacher.checkpoint.path = "teacher" does not exist (paths are relative to the '
+            "spec's folder); hint: point it at the teacher's Hugging Face model folder (config.json and *.safetensors)"
+        ],
+    )
+    check_without_data(distill(), [])
+    check(
+        distill(checkpoint={"format": "huggingface", "path": "teacher", "param_scan_axis": 0}),
+        [
+            "spec.toml:17: $.distill.teacher.checkpoint.param_scan_axis = 0 applies to Orbax checkpoints only, which "
+            "a teacher cannot load yet; hint: remove param_scan_axis from [distill.teacher.checkpoint]"
+        ],
+        TEACHER_FILES,
+    )
+    check(
+        distill(checkpoint={"format": "orbax", "path": "teacher", "optimizer_state": True}),
+        [
+            'spec.toml:17: $.distill.teacher.checkpoint.format = "orbax" is not built yet for a teacher: the '
+            'generated script loads a teacher from huggingface only; hint: format = "huggingface" (bridgec convert '
+            "megatron-to-hf writes one from a bridgec checkpoint)",
+            "spec.toml:17: $.distill.teacher.checkpoint.optimizer_state = true, but the frozen teacher has no "
+            "optimizer; hint: remove optimizer_state from [distill.teacher.checkpoint]",
+        ],
+        TEACHER_FILES,
+    )
+
+
+def test_rule_teacher_logits_multiplier() -> None:
+    check(
+        distill(logits_multiplier=0.5),
+        [
+            "spec.toml:17: $.distill.teacher.logits_multiplier = 0.5 is not built yet: the KL loss reads the "
+            "teacher's logits as its output layer gives them; hint: remove logits_multiplier from [distill.teacher]"
+        ],
+        TEACHER_FILES,
+    )
+
+
+def test_rule_teacher_query_scaling() -> None:
+    check(
+        distill(query_scaling="initial_weights"),
+        [
+            'spec.toml:17: $.distill.teacher.query_scaling = "initial_weights" scales freshly drawn query weights, '
+            'but the teacher\'s weights are loaded as stored; hint: query_scaling = "none" (the scores are not '
+            "scaled; the loaded weights hold the scale)"
+        ],
+        TEACHER_FILES,
+    )
+
+
+def test_rule_distill_loss() -> None:
+    check(
+        {"loss": {"reduction": "per_microbatch"}, **distill()},
+        [
+            "spec.toml:17: [distill] adds its KL loss to bridgec's token-weighted cross entropy; loss.reduction = "
+            '"per_microbatch" replaces that loss (not built together yet); hint: remove one of the two'
+        ],
+        TEACHER_FILES,
+    )
+
+
+def test_rule_distill_pipeline() -> None:
+    check(
+        {"launch": {"procs_per_node": 2}, "parallel": {"pipeline": 2}, **distill()},
+        [
+            "spec.toml:19: [distill] with parallel.pipeline = 2 is not built yet: the teacher runs whole on each "
+            "rank, beside the student's last stage; hint: pipeline = 1 (tensor and data parallelism work)"
+        ],
+        TEACHER_FILES,
+    )
+
+
+def test_rule_distill_values() -> None:
+    check(
+        {"distill": {"temperature": 0.0, "kd_loss_scale": -1.0, "teacher": TEACHER}},
+        [
+            "spec.toml:17: $.distill.temperature = 0.0 must be positive (logits are divided by it); hint: temperature "
+            "= 1.0 (the teacher's own distribution) or above to soften it",
+            "spec.toml:18: $.distill.kd_loss_scale = -1.0 must be positive; hint: kd_loss_scale = 1.0, or remove "
+            "[distill] to train on the cross entropy alone",
+        ],
+        TEACHER_FILES,
     )

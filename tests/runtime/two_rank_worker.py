@@ -16,6 +16,8 @@ Python, and megatron's model-parallel tracker stream that dropout inside tensor-
 
 ``sdpa_tp2`` and ``sdpa_pp2``: tests/runtime/sdpa_checks.py's differences between SdpaAttention and
 megatron-core's local attention at tensor parallel 2 and pipeline parallel 2.
+``kd`` (tensor parallel 2): the largest differences of the vocabulary-parallel KD loss and its gradient from
+the full-vocabulary reference of tests/runtime/kd_reference.py, each rank holding half of the vocabulary.
 """
 
 from __future__ import annotations
@@ -131,6 +133,30 @@ def stage_draws() -> dict[str, object]:
     }
 
 
+def kd_differences() -> dict[str, float]:
+    """The vocabulary-parallel KD loss at tensor = 2 against the full-vocabulary reference (tests/runtime/kd_reference)."""
+    from kd_reference import KD_TEMPERATURE, kd_case, reference_kd, relative_error  # beside this script, run as a file
+
+    from bridgec.runtime.distill import vocab_parallel_kl
+
+    rank = parallel_state.get_tensor_model_parallel_rank()
+    student, teacher, weights = kd_case()
+    width = student.shape[-1] // 2
+    local = student[..., rank * width : (rank + 1) * width].clone().requires_grad_(True)
+    divergence = vocab_parallel_kl(
+        local,
+        teacher[..., rank * width : (rank + 1) * width],
+        temperature=KD_TEMPERATURE,
+        group=parallel_state.get_tensor_model_parallel_group(),
+    )
+    (divergence * weights).sum().backward()
+    expected, expected_grad = reference_kd(student, teacher, weights)
+    return {
+        "loss": float(relative_error(divergence, expected)),
+        "grad": float((local.grad.double() - expected_grad[..., rank * width : (rank + 1) * width]).abs().max()),
+    }
+
+
 def main(argv: list[str]) -> int:
     import sdpa_checks  # its sibling: torchrun runs this file with its folder first on sys.path
 
@@ -155,6 +181,7 @@ def main(argv: list[str]) -> int:
         device="cpu", tensor=2, pipeline=1, virtual_pipeline=None, context=1, expert=1, seed=0, timeout_minutes=2
     )
     results["sdpa_tp2"] = sdpa_checks.cases()
+    results["kd"] = kd_differences()
     Path(argv[0], f"rank{layout.rank}.json").write_text(json.dumps(results))
     shutdown()
     return 0

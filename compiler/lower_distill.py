@@ -1,0 +1,106 @@
+"""Lower [distill]: the teacher's model, lowered as the student's is, under TEACHER_* names.
+
+The teacher is a second GPTModel of its own shape on the student's parallel
+layout. Lowering it as if it were the student (the spec with [distill.teacher]
+in [model]'s place) gives its constants and its two model functions; renaming
+their constants TEACHER_* keeps the student's and the teacher's apart in one
+script, while the layout's constants (TENSOR_PARALLEL, ...) stay shared.
+"""
+
+from __future__ import annotations
+
+import attrs
+
+from bridgec.compiler.lower_model import choices_of, model_plan
+from bridgec.compiler.plan import Argument, Call, Code, Constant, DistillPlan, Items, ModelPlan, Section
+from bridgec.compiler.spec import Init, Spec
+
+TEACHER_ONLY_SKIPS = ("calculate_per_token_loss", "finalize_model_grads_func")
+"""TransformerConfig arguments about the gradients: the teacher has none."""
+
+
+def teacher_spec(spec: Spec) -> Spec:
+    """The spec with the teacher in the student's place (its weights as [init.checkpoint])."""
+    assert spec.distill is not None
+    teacher = spec.distill.teacher
+    return attrs.evolve(spec, model=teacher, init=Init(checkpoint=teacher.checkpoint))
+
+
+def teacher_section(model_section: Section) -> Section:
+    """The student's [model] constants of the teacher, renamed; the init scheme does not apply (weights load)."""
+    constants = tuple(
+        attrs.evolve(constant, name=f"TEACHER_{constant.name}")
+        for constant in model_section.constants
+        if constant.name != "INIT_SCHEME"
+    )
+    return Section(title="Distillation's teacher ([distill.teacher], on the student's layout)", constants=constants)
+
+
+def distill_section(spec: Spec) -> Section:
+    assert spec.distill is not None
+    d = spec.distill
+    return Section(
+        title="Distillation (paths relative to the spec's folder)",
+        constants=(
+            Constant(name="KD_TEMPERATURE", value=d.temperature),
+            Constant(name="KD_LOSS_SCALE", value=d.kd_loss_scale),
+            Constant(name="SKIP_LM_LOSS", value=d.skip_lm_loss),
+            Constant(name="TEACHER_CHECKPOINT", value=d.teacher.checkpoint.path, from_spec_text=True),
+        ),
+    )
+
+
+def distill_plan(spec: Spec, teacher_constants: Section) -> DistillPlan | None:
+    if spec.distill is None:
+        return None
+    as_student = teacher_spec(spec)
+    student_names = {constant.name.removeprefix("TEACHER_") for constant in teacher_constants.constants}
+    renames = {name: f"TEACHER_{name}" for name in student_names}
+    renames["transformer_config()"] = "teacher_transformer_config()"
+    plan = model_plan(as_student, choices_of(as_student))
+    config = Call(
+        function=plan.config.function,
+        arguments=tuple(a for a in plan.config.arguments if a.name not in TEACHER_ONLY_SKIPS),
+    )
+    model = ModelPlan(config=_renamed(config, renames), gpt=_renamed(plan.gpt, renames))
+    return DistillPlan(model=model, build=_BUILD)
+
+
+_BUILD = (
+    "chunks = build_chunks(teacher_model_provider, layout)  # one: the pipeline is one stage",
+    "load_hf_weights(",
+    "    chunks,",
+    "    path=str(SPEC_DIR / TEACHER_CHECKPOINT),",
+    "    vocab_size=TEACHER_VOCAB_SIZE,",
+    "    tensor_parallel=TENSOR_PARALLEL,",
+    "    tensor_rank=layout.tensor_rank,",
+    "    expert_parallel=EXPERT_PARALLEL,",
+    "    expert_rank=layout.expert_rank,",
+    '    model="the teacher",',
+    '    table="[distill.teacher]",',
+    ")",
+    "if layout.rank == 0:",
+    '    print(f"distill: teacher weights from {SPEC_DIR / TEACHER_CHECKPOINT}", flush=True)',
+    "return freeze_teacher(chunks[0], layout=layout, dtype=DTYPE)",
+)
+
+
+def _renamed(call: Call, renames: dict[str, str]) -> Call:
+    """``call`` with every Code that names a renamed constant (or function call) renamed, nested calls too."""
+    return Call(function=call.function, arguments=tuple(_renamed_argument(a, renames) for a in call.arguments))
+
+
+def _renamed_argument(argument: Argument, renames: dict[str, str]) -> Argument:
+    value = argument.value
+    if isinstance(value, Code):
+        value = Code(text=renames.get(value.text, value.text))
+    elif isinstance(value, Call):
+        value = _renamed(value, renames)
+    elif isinstance(value, Items):
+        value = Items(
+            items=tuple(
+                _renamed(item, renames) if isinstance(item, Call) else Code(text=renames.get(item.text, item.text))
+                for item in value.items
+            )
+        )
+    return attrs.evolve(argument, value=value)

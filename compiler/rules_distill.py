@@ -1,0 +1,230 @@
+"""Rules of [distill]: a teacher the student can learn from, on the student's parallel layout.
+
+The teacher's own [model] keys are checked by the [model] rules themselves: each
+layout rule runs on the spec with the teacher in the student's place, and what it
+finds about the model is reported at ``distill.teacher``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import attrs
+
+from bridgec.compiler import derive
+from bridgec.compiler.errors import KeyPath, render_value
+from bridgec.compiler.rule_base import Finding, NotLoaded, Rule, SpecContext
+from bridgec.compiler.rules_layout import LAYOUT_RULES
+from bridgec.compiler.spec import InitCheckpoint, Spec
+
+TEACHER: KeyPath = ("distill", "teacher")
+
+ORBAX_ONLY = ("layout", "rope_layout", "param_scan_axis", "optimizer_type")
+"""[init.checkpoint]'s keys that only Orbax checkpoints read."""
+
+BUILT_FORMATS = ("huggingface",)
+"""The teacher checkpoint formats the generated script loads so far."""
+
+
+def rule_teacher_vocab(spec: Spec, ctx: SpecContext) -> Iterator[Finding]:
+    if spec.distill is None:
+        return
+    teacher, student = spec.distill.teacher.vocab_size, spec.model.vocab_size
+    if teacher != student:
+        yield Finding(
+            about=((*TEACHER, "vocab_size"), ("model", "vocab_size")),
+            message=(
+                f"$.distill.teacher.vocab_size = {teacher} differs from the student's model.vocab_size = {student} "
+                "(the KL loss compares the two distributions token by token over one vocabulary)"
+            ),
+            hint="distil from a teacher that shares the student's tokenizer",
+        )
+        return
+    teacher_padded = derive.padded_vocab(_as_student(spec))
+    student_padded = derive.padded_vocab(spec)
+    if teacher_padded != student_padded:
+        yield Finding(
+            about=((*TEACHER, "make_vocab_size_divisible_by"), ("model", "make_vocab_size_divisible_by")),
+            message=(
+                f"the teacher's padded vocabulary {teacher_padded} (distill.teacher.make_vocab_size_divisible_by = "
+                f"{spec.distill.teacher.make_vocab_size_divisible_by}) differs from the student's {student_padded} "
+                f"(model.make_vocab_size_divisible_by = {spec.model.make_vocab_size_divisible_by}): the two "
+                "logits must split alike over the tensor-parallel ranks"
+            ),
+            hint="give both the same make_vocab_size_divisible_by",
+        )
+
+
+def rule_teacher_sequence(spec: Spec, ctx: SpecContext) -> Iterator[Finding]:
+    if spec.distill is None:
+        return
+    teacher, student = spec.distill.teacher.seq_length, spec.model.seq_length
+    if teacher < student:
+        yield Finding(
+            about=((*TEACHER, "seq_length"), ("model", "seq_length")),
+            message=(
+                f"$.distill.teacher.seq_length = {teacher} is shorter than the student's model.seq_length = "
+                f"{student} (the teacher reads the student's sequences)"
+            ),
+            hint=f"seq_length = {student} under [distill.teacher]",
+        )
+
+
+def rule_teacher_layout(spec: Spec, ctx: SpecContext) -> Iterator[Finding]:
+    """The [model] rules, on the teacher with the student's parallel layout."""
+    if spec.distill is None:
+        return
+    as_student = _as_student(spec)
+    for rule in LAYOUT_RULES:
+        try:
+            findings = list(rule(as_student, ctx))
+        except NotLoaded:
+            continue
+        for finding in findings:
+            if finding.about[0][0] == "model":  # the others are the student's own, reported once already
+                yield _at_teacher(finding)
+
+
+def _as_student(spec: Spec) -> Spec:
+    assert spec.distill is not None
+    return attrs.evolve(spec, model=spec.distill.teacher)
+
+
+def _at_teacher(finding: Finding) -> Finding:
+    about = tuple((*TEACHER, *path[1:]) if path[0] == "model" else path for path in finding.about)
+    message = finding.message.replace("$.model.", "$.distill.teacher.").replace(" model.", " distill.teacher.")
+    return attrs.evolve(finding, about=about, message=f"{message} (the teacher runs on the student's layout)")
+
+
+def rule_teacher_checkpoint(spec: Spec, ctx: SpecContext) -> Iterator[Finding]:
+    if spec.distill is None:
+        return
+    checkpoint = spec.distill.teacher.checkpoint
+    path: KeyPath = (*TEACHER, "checkpoint")
+    if checkpoint.format not in BUILT_FORMATS:
+        yield Finding(
+            about=((*path, "format"),),
+            message=(
+                f"$.distill.teacher.checkpoint.format = {render_value(checkpoint.format)} is not built yet for a "
+                f"teacher: the generated script loads a teacher from {', '.join(BUILT_FORMATS)} only"
+            ),
+            hint='format = "huggingface" (bridgec convert megatron-to-hf writes one from a bridgec checkpoint)',
+        )
+    if checkpoint.optimizer_state:
+        yield Finding(
+            about=((*path, "optimizer_state"),),
+            message="$.distill.teacher.checkpoint.optimizer_state = true, but the frozen teacher has no optimizer",
+            hint="remove optimizer_state from [distill.teacher.checkpoint]",
+        )
+    defaults = InitCheckpoint(format=checkpoint.format, path=checkpoint.path)
+    for key in ORBAX_ONLY:
+        value = getattr(checkpoint, key)
+        if value != getattr(defaults, key):
+            yield Finding(
+                about=((*path, key),),
+                message=f"$.distill.teacher.checkpoint.{key} = {render_value(value)} applies to Orbax checkpoints "
+                "only, which a teacher cannot load yet",
+                hint=f"remove {key} from [distill.teacher.checkpoint]",
+            )
+    if not ctx.require_data or ctx.files.exists(ctx.resolve(checkpoint.path)):
+        return
+    relative = "" if os.path.isabs(checkpoint.path) else " (paths are relative to the spec's folder)"
+    yield Finding(
+        about=((*path, "path"),),
+        message=f"$.distill.teacher.checkpoint.path = {render_value(checkpoint.path)} does not exist{relative}",
+        hint="point it at the teacher's Hugging Face model folder (config.json and *.safetensors)",
+    )
+
+
+def rule_teacher_logits_multiplier(spec: Spec, ctx: SpecContext) -> Iterator[Finding]:
+    if spec.distill is None or spec.distill.teacher.logits_multiplier == 1.0:
+        return
+    yield Finding(
+        about=((*TEACHER, "logits_multiplier"),),
+        message=(
+            f"$.distill.teacher.logits_multiplier = {spec.distill.teacher.logits_multiplier} is not built yet: the "
+            "KL loss reads the teacher's logits as its output layer gives them"
+        ),
+        hint="remove logits_multiplier from [distill.teacher]",
+    )
+
+
+def rule_teacher_query_scaling(spec: Spec, ctx: SpecContext) -> Iterator[Finding]:
+    if spec.distill is None or spec.distill.teacher.query_scaling != "initial_weights":
+        return
+    yield Finding(
+        about=((*TEACHER, "query_scaling"),),
+        message=(
+            '$.distill.teacher.query_scaling = "initial_weights" scales freshly drawn query weights, but the '
+            "teacher's weights are loaded as stored"
+        ),
+        hint='query_scaling = "none" (the scores are not scaled; the loaded weights hold the scale)',
+    )
+
+
+def rule_distill_loss(spec: Spec, ctx: SpecContext) -> Iterator[Finding]:
+    """Distillation adds to bridgec's token-weighted cross entropy: the hooks and the other losses replace it."""
+    if spec.distill is None:
+        return
+    others: list[tuple[KeyPath, str]] = []
+    if spec.hooks.forward_step is not None:
+        others.append((("hooks", "forward_step"), f"hooks.forward_step = {render_value(spec.hooks.forward_step)}"))
+    if spec.hooks.loss is not None:
+        others.append((("hooks", "loss"), f"hooks.loss = {render_value(spec.hooks.loss)}"))
+    if spec.loss.reduction != "per_token":
+        others.append((("loss", "reduction"), f"loss.reduction = {render_value(spec.loss.reduction)}"))
+    if spec.loss.z_loss_multiplier != 0.0 or spec.model.logits_multiplier != 1.0:
+        others.append((("loss", "z_loss_multiplier"), "MaxText's loss (z_loss_multiplier or logits_multiplier)"))
+    for about, what in others:
+        yield Finding(
+            about=(about, ("distill",)),
+            message=(
+                f"[distill] adds its KL loss to bridgec's token-weighted cross entropy; {what} replaces that loss "
+                "(not built together yet)"
+            ),
+            hint="remove one of the two",
+        )
+
+
+def rule_distill_pipeline(spec: Spec, ctx: SpecContext) -> Iterator[Finding]:
+    if spec.distill is None or spec.parallel.pipeline == 1:
+        return
+    yield Finding(
+        about=(("parallel", "pipeline"), ("distill",)),
+        message=(
+            f"[distill] with parallel.pipeline = {spec.parallel.pipeline} is not built yet: the teacher runs "
+            "whole on each rank, beside the student's last stage"
+        ),
+        hint="pipeline = 1 (tensor and data parallelism work)",
+    )
+
+
+def rule_distill_values(spec: Spec, ctx: SpecContext) -> Iterator[Finding]:
+    if spec.distill is None:
+        return
+    if spec.distill.temperature <= 0:
+        yield Finding(
+            about=(("distill", "temperature"),),
+            message=f"$.distill.temperature = {spec.distill.temperature} must be positive (logits are divided by it)",
+            hint="temperature = 1.0 (the teacher's own distribution) or above to soften it",
+        )
+    if spec.distill.kd_loss_scale <= 0:
+        yield Finding(
+            about=(("distill", "kd_loss_scale"),),
+            message=f"$.distill.kd_loss_scale = {spec.distill.kd_loss_scale} must be positive",
+            hint="kd_loss_scale = 1.0, or remove [distill] to train on the cross entropy alone",
+        )
+
+
+DISTILL_RULES: tuple[Rule, ...] = (
+    rule_teacher_vocab,
+    rule_teacher_sequence,
+    rule_teacher_layout,
+    rule_teacher_checkpoint,
+    rule_teacher_logits_multiplier,
+    rule_teacher_query_scaling,
+    rule_distill_loss,
+    rule_distill_pipeline,
+    rule_distill_values,
+)
