@@ -13,7 +13,6 @@ against a real model.
 from __future__ import annotations
 
 import json
-import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +28,16 @@ from tests.runtime import inventory_worker
 
 ROOT = Path(__file__).resolve().parents[2]
 SPECS = sorted([*ROOT.glob("tests/golden/good/*/spec.toml"), *ROOT.glob("examples/*/spec.toml")])
+
+
+def _tables(spec_path: Path) -> dict[str, Any]:
+    """The spec's tables with its ``extends`` chain applied (as bridgec compiles it)."""
+    from bridgec.compiler.cli import DiskFiles
+    from bridgec.compiler.compose import compose
+
+    composed = compose(spec_path.read_text(), spec_path.name, spec_path.parent, DiskFiles())
+    assert composed.raw is not None, composed.diagnostics
+    return composed.raw
 
 
 def _toml(tables: dict[str, dict[str, Any]]) -> str:
@@ -53,7 +62,7 @@ def _layouts(model: dict[str, Any]) -> list[dict[str, Any]]:
 
 def _variant(spec_path: Path, layout: dict[str, Any], folder: Path) -> Path:
     """The spec's [model] (local layer spec) in a 2-process run with ``layout``, compiled by bridgec."""
-    model = {**tomllib.loads(spec_path.read_text())["model"], "transformer_impl": "local"}
+    model = {**_tables(spec_path)["model"], "transformer_impl": "local"}
     parallel = {"tensor": layout["tensor"], "pipeline": layout["pipeline"], "expert": layout["expert"]}
     if layout["virtual"]:
         parallel["virtual_pipeline"] = layout["virtual"]
@@ -91,7 +100,7 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, tuple[Pat
     root = tmp_path_factory.mktemp("inventory")
     cases: dict[str, tuple[Path, dict[str, Any]]] = {}
     for spec_path in SPECS:
-        model = tomllib.loads(spec_path.read_text())["model"]
+        model = _tables(spec_path)["model"]
         for layout in _layouts(model):
             case = f"{spec_path.parent.name}-tp{layout['tensor']}-pp{layout['pipeline']}-vp{layout['virtual']}-ep{layout['expert']}"
             cases[case] = (_variant(spec_path, layout, root / case), layout)
