@@ -441,8 +441,10 @@ def _unknown(table: KeyPath, name: str, value: object, cl: type) -> tuple[str, s
         shown = f"[{dotted(table + (match,))}]" if attrs.has(types[match]) else repr(match)
         return message, f"did you mean {shown}?"
     homes = [label for label, home in _tables(Spec, ()) if name in _field_types(home)]
-    if len(homes) == 1:
-        return message, f"{name} belongs in {homes[0]}"
+    # A table that repeats another's keys ([distill.teacher] is [model]'s) leaves the top-level one the home.
+    top_level = [label for label in homes if "." not in label]
+    if len(homes) == 1 or len(top_level) == 1:
+        return message, f"{name} belongs in {(top_level or homes)[0]}"
     if not table:
         return message, "valid tables: " + ", ".join(types)
     return message, f"valid keys in {_table_label(table)}: " + ", ".join(types)
