@@ -244,6 +244,12 @@ def megatron_to_orbax(
     target = output / str(progress.step)
     _refuse_everywhere(target.exists(), f"{target} already exists; choose another --output")
     chunks = [unwrap(chunk) for chunk in built.model]
+    normalization = chunks[0].config.normalization
+    _refuse_everywhere(
+        (decoder_block == "gpt3") != (normalization == "LayerNorm"),
+        f"--decoder-block {decoder_block} does not fit this model ({normalization}): MaxText's gpt3 block holds "
+        "LayerNorm models, its other blocks RMSNorm ones",
+    )
     full = gather_full_params(
         chunks,
         tensor_group=parallel_state.get_tensor_model_parallel_group(),

@@ -1,11 +1,13 @@
-"""MaxText's mistral, qwen3 and gemma decoder blocks: their checkpoints into megatron-core and back.
+"""MaxText's mistral, qwen3, gemma and gpt3 decoder blocks: their checkpoints into megatron-core and back.
 
 The checkpoints and the reference logits come from tests/runtime/flax_llama.py's
 ``make-blocks`` (a Flax model written from MaxText's layers: mistral is llama2's
 layer with its own RoPE base; qwen3 adds per-head RMSNorm of q and k before RoPE
 and scales queries at run time, head_dim != emb / heads; gemma names its norms
-``pre_self_attention_norm`` and ``pre_ffw_norm`` and uses tanh GeGLU), scanned and
-unscanned, every norm scale perturbed away from 1, and per block ten optax.adamw
+``pre_self_attention_norm`` and ``pre_ffw_norm`` and uses tanh GeGLU; gpt3 has a
+fused biased qkv_proj, LayerNorm with biases applied as 1 + scale, learned
+positions, a biased tanh-gelu MLP and tied logits), two layers, scanned and
+unscanned, every norm scale and bias perturbed, and per block ten optax.adamw
 steps (full state saved after three); and a llama2 block trained in MaxText's
 default precision (dtype bfloat16, weight_dtype float32) and in float32. TP=1 runs
 in this process; TP=2 in one torchrun launch (orbax_scripts/parallel_import.py),
@@ -34,7 +36,7 @@ from tests.runtime.orbax_scripts import megatron_llama as ml
 TOLERANCE = 1e-4
 CASES = [f"{block}_{kind}" for block in flax_llama.BLOCKS for kind in ("scanned", "unscanned")]
 """The forward cases; ``<block>_curve`` holds each block's training run."""
-NAMING = {"mistral": "llama2", "qwen3": "llama2", "gemma": "gemma"}
+NAMING = {"mistral": "llama2", "qwen3": "llama2", "gemma": "gemma", "gpt3": "gpt3"}
 """Whose leaf names each block's checkpoint uses (mistral and qwen3 name theirs as llama2 does)."""
 
 
@@ -111,7 +113,7 @@ def test_qwen3_norms_are_per_head_and_perturbed(cases: Path) -> None:
     item = OrbaxItem(cases / "qwen3_scanned" / data["items"])
     query = item.read("params.params.decoder.layers.self_attention.query_norm.scale")
     key = item.read("params.params.decoder.layers.self_attention.key_norm.scale")
-    assert query.shape == key.shape == (24, 4)  # [head_dim, layers]
+    assert query.shape == key.shape == (24, 2)  # [head_dim, layers]
     assert not np.array_equal(query, key) and np.abs(query - 1).max() > 0.05
 
 
