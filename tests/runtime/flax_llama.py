@@ -290,7 +290,8 @@ def forward(config: LlamaConfig, params: dict, tokens: Any) -> Any:
     return jax.jit(model.apply)(params, tokens)
 
 
-def loss_fn(config: LlamaConfig) -> Any:
+def loss_fn(config: LlamaConfig, *, with_logits: bool = False) -> Any:
+    """Mean next-token cross entropy of a batch [B, S + 1]; ``with_logits``: (loss, logits) for has_aux."""
     import jax.numpy as jnp
     import optax
 
@@ -298,7 +299,8 @@ def loss_fn(config: LlamaConfig) -> Any:
 
     def loss(params: dict, batch: Any) -> Any:
         logits = model.apply(params, batch[:, :-1])
-        return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, batch[:, 1:]))
+        value = jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, batch[:, 1:]))
+        return (value, logits) if with_logits else value
 
     return loss
 
@@ -427,10 +429,12 @@ def _training_case(
     steps_before: int = 3,
     steps_after: int = 4,
     save_initial: bool = False,
-) -> None:
+) -> tuple[Any, Any, Any]:
     """K optimizer steps, a full-state checkpoint (TrainState: step, params, opt_state), then N more steps' losses.
 
     ``save_initial``: the initial weights too (params only, step 0, under ``init/``), for a curve from the start.
+    Returns (initial params, the batches, the float32 logits of the first batch's inputs under the initial
+    params): the first step's forward, so a forward case of these weights needs no compile of its own.
     """
     import jax
     import numpy as np
@@ -448,20 +452,22 @@ def _training_case(
         tx = optax.adamw(lr, b1=betas[0], b2=betas[1], eps=eps, weight_decay=wd, mask=decay_mask)
     else:
         tx = adam_pax(lr, betas[0], betas[1], eps, wd, decay_mask)
-    loss = loss_fn(config)
+    loss = loss_fn(config, with_logits=True)
     state = train_state.TrainState.create(apply_fn=None, params=params, tx=tx)
 
     @jax.jit
     def step(state: Any, batch: Any) -> Any:
-        value, grads = jax.value_and_grad(loss)(state.params, batch)
-        return state.apply_gradients(grads=grads), value
+        (value, logits), grads = jax.value_and_grad(loss, has_aux=True)(state.params, batch)
+        return state.apply_gradients(grads=grads), value, logits
 
-    losses = []
+    losses, first_logits = [], None
     for index in range(steps_before + steps_after):
         if index == steps_before:
             items = save(out / name / "ckpt", steps_before, state, use_zarr3=use_zarr3)
-        state, value = step(state, batches[index])
+        state, value, logits = step(state, batches[index])
         losses.append(float(value))
+        if index == 0:
+            first_logits = np.asarray(logits, dtype=np.float32)
     np.save(out / name / "batches.npy", batches)
     np.save(out / name / "losses.npy", np.array(losses, dtype=np.float64))
     _write_case(
@@ -475,6 +481,7 @@ def _training_case(
         weight_decay=wd,
         steps_before=steps_before,
     )
+    return params, batches, first_logits
 
 
 def _forward_case(
@@ -601,26 +608,27 @@ BLOCKS = {
 
 
 def make_block_cases(out: Path) -> None:
-    """Per block: a scanned checkpoint saved from two devices split like TP, an unscanned one, and the logits."""
+    """Per block: ten adamw steps from the initial weights (the full state saved after three); those weights
+    as a scanned checkpoint saved from two devices split like TP and as an unscanned one, with the logits of
+    the first batch's inputs. One XLA compile per block (the training step's forward gives the logits)."""
     import numpy as np
 
-    tokens = np.random.default_rng(5).integers(0, LlamaConfig().vocab_size, (2, 16), dtype=np.int32)
-    np.save(out / "tokens.npy", tokens)
-    for seed, (block, config) in enumerate(BLOCKS.items()):
-        params = random_params(config, seed=20 + seed)
-        logits = _forward_case(out, f"{block}_scanned", config, params, tokens, use_zarr3=True, sharded=True)
+    for block, config in BLOCKS.items():
+        params, batches, logits = _training_case(
+            out, f"{block}_curve", config, "adamw", use_zarr3=True, steps_before=3, steps_after=7, save_initial=True
+        )
+        tokens = batches[0][:, :-1]
+        if not (out / "tokens.npy").exists():
+            np.save(out / "tokens.npy", tokens)
+        assert np.array_equal(np.load(out / "tokens.npy"), tokens)  # every block draws the same batches
+        _forward_case(out, f"{block}_scanned", config, params, tokens, use_zarr3=True, sharded=True, logits=logits)
         unscanned = dataclasses.replace(config, scanned=False)
-        # The same weights unstacked: the scanned model's logits are the reference (one XLA compile fewer).
         _forward_case(
             out, f"{block}_unscanned", unscanned, unscan(params, config), tokens, use_zarr3=False, logits=logits
         )
-        # Ten adamw steps from the initial weights, the full state saved after three.
-        _training_case(
-            out, f"{block}_curve", config, "adamw", use_zarr3=True, steps_before=3, steps_after=7, save_initial=True
-        )
     # MaxText's default precision (dtype bfloat16, weight_dtype float32) and the same run in float32.
     for dtype in ("bfloat16", "float32"):
-        config = dataclasses.replace(LlamaConfig(), dtype=dtype)
+        config = dataclasses.replace(LlamaConfig(), dtype=dtype, num_layers=2)
         _training_case(
             out,
             f"llama2_{dtype}_curve",
