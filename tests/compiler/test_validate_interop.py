@@ -317,11 +317,11 @@ def test_rule_init_checkpoint_model_gpt3() -> None:
     found = messages(spec_toml(init=checkpoint, model={"activation": "swiglu"}), MemoryFiles({"ck": ""}))
     assert [m.split(":", 2)[2] for m in found] == [
         ' [init.checkpoint] layout = "maxtext" with a LayerNorm model holds a MaxText gpt3 decoder (LayerNorm with '
-        "biases, applied as 1 + scale), which needs model norm_zero_centered = true; hint: set "
-        "norm_zero_centered = true under [model] to match the checkpoint",
-        ' [init.checkpoint] layout = "maxtext" with a LayerNorm model holds a MaxText gpt3 decoder (LayerNorm with '
         'biases, applied as 1 + scale), which needs model activation = "gelu"; hint: set activation = "gelu" '
         "under [model] to match the checkpoint",
+        ' [init.checkpoint] layout = "maxtext" with a LayerNorm model holds a MaxText gpt3 decoder (LayerNorm with '
+        "biases, applied as 1 + scale), which needs model norm_zero_centered = true; hint: set "
+        "norm_zero_centered = true under [model] to match the checkpoint",
     ]
     fitting = {"norm_zero_centered": True, "gelu_approximation": "tanh"}
     assert messages(spec_toml(init=checkpoint, model=fitting), MemoryFiles({"ck": ""})) == []
