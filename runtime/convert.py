@@ -70,6 +70,7 @@ from bridgec.runtime.maxtext_import import (  # noqa: E402
     load_maxtext_optimizer_state,
     load_maxtext_weights,
 )
+from bridgec.runtime.maxtext_layout import check_model  # noqa: E402
 from bridgec.runtime.model import unwrap  # noqa: E402
 from bridgec.runtime.models import gpt  # noqa: E402
 from bridgec.runtime.models.chunks import config_of  # noqa: E402
@@ -244,11 +245,10 @@ def megatron_to_orbax(
     target = output / str(progress.step)
     _refuse_everywhere(target.exists(), f"{target} already exists; choose another --output")
     chunks = [unwrap(chunk) for chunk in built.model]
-    normalization = chunks[0].config.normalization
+    dims = Dims.of(chunks[0], vocab_size=built.imports.vocab_size, block=decoder_block)
+    problems = check_model(dims, chunks[0], query_scaling=query_scaling(chunks[0].config))
     _refuse_everywhere(
-        (decoder_block == "gpt3") != (normalization == "LayerNorm"),
-        f"--decoder-block {decoder_block} does not fit this model ({normalization}): MaxText's gpt3 block holds "
-        "LayerNorm models, its other blocks RMSNorm ones",
+        bool(problems), f"--decoder-block {decoder_block} does not fit this model: {'; '.join(problems)}"
     )
     full = gather_full_params(
         chunks,
@@ -263,7 +263,7 @@ def megatron_to_orbax(
             full.__getitem__,
             directory=output,
             step=int(target.name),
-            dims=Dims.of(chunks[0], vocab_size=built.imports.vocab_size, block=decoder_block),
+            dims=dims,
             scanned=scanned,
             dtype=dtype,
             query_scaling=query_scaling(chunks[0].config),

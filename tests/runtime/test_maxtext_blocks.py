@@ -25,7 +25,7 @@ import torch
 from bridgec.runtime.errors import RunError
 from bridgec.runtime.maxtext_export import ExportReport, export_maxtext, gather_full_params
 from bridgec.runtime.maxtext_import import load_maxtext_optimizer_state, load_maxtext_weights
-from bridgec.runtime.maxtext_layout import Dims
+from bridgec.runtime.maxtext_layout import Dims, check_model
 from bridgec.runtime.model import build_chunks, build_model, unwrap
 from bridgec.runtime.optim import build_optimizer, build_scheduler
 from bridgec.runtime.orbax_read import OrbaxItem
@@ -122,6 +122,35 @@ def test_an_unmapped_block_is_refused_by_name(megatron_world1: None) -> None:
     chunks = build_chunks(ml.provider(config, tensor=1, pipeline=1, query_scaling="keep"), ml.single_process_layout())
     with pytest.raises(RunError, match="decoder block 'gemma2' is not mapped; bridgec reads and writes llama2, "):
         Dims.of(chunks[0], vocab_size=128, block="gemma2")
+
+
+def test_a_block_that_does_not_fit_the_model_is_refused_naming_each_difference(megatron_world1: None) -> None:
+    """gpt3's checkpoints fit LayerNorm models with biases and learned positions only, and the others the reverse
+    (checked on import, and before ``megatron-to-orbax --decoder-block`` writes anything)."""
+    layout = ml.single_process_layout()
+    built = {}
+    for block in ("gpt3", "mistral"):
+        config = flax_llama.dataclasses.asdict(flax_llama.BLOCKS[block])
+        built[block] = build_chunks(ml.provider(config, tensor=1, pipeline=1, query_scaling="keep"), layout)[0]
+    gpt3_model, mistral_model = built["gpt3"], built["mistral"]
+    as_llama = check_model(Dims.of(gpt3_model, vocab_size=128, block="mistral"), gpt3_model, query_scaling="keep")
+    assert as_llama == [
+        "model normalization is LayerNorm; MaxText Llama-family blocks use RMSNorm",
+        "model has linear biases (add_bias_linear); MaxText Llama-family checkpoints have none",
+        "model position embedding is learned_absolute; MaxText Llama-family uses rope",
+        "query_scaling 'keep' needs TransformerConfig(softmax_scale=1.0) (the query kernel carries 1/sqrt(head_dim)); "
+        "model has softmax_scale=None",
+    ]
+    as_gpt3 = check_model(Dims.of(mistral_model, vocab_size=128, block="gpt3"), mistral_model, query_scaling="keep")
+    assert as_gpt3 == [
+        "model normalization is RMSNorm; MaxText's gpt3 block uses LayerNorm",
+        "model has no linear biases (add_bias_linear); MaxText's gpt3 checkpoints have them",
+        "model position embedding is rope; MaxText's gpt3 block learns absolute positions (trainable_position_size)",
+        "model MLP is gated; MaxText's gpt3 MLP is one wi with one activation",
+        "model has 2 query groups for 4 heads; gpt3 needs as many as heads",
+        "MaxText's gpt3 block divides the query by sqrt(head_dim) at run time (its kernel is not pre-scaled): the "
+        "model needs megatron's default softmax scale; it has softmax_scale=1.0",
+    ]
 
 
 # --------------------------------------------------------------------------------------------
