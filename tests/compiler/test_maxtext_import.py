@@ -573,6 +573,8 @@ def _compiles(toml: str, tmp_path: Path) -> list[str]:
     result = compile_spec(
         toml, spec_name="spec.toml", spec_path=spec_path, output_path=tmp_path / "run.py", files=Disk()
     )
+    if result.source is not None:
+        (tmp_path / "run.py").write_text(result.source)
     return [] if result.source is not None else [d.message for d in result.diagnostics]
 
 
@@ -586,6 +588,9 @@ def test_checkpoint_of_each_mapped_block_imports_to_a_spec_that_compiles(
     toml, spec = imported(configs, model, "load_parameters_path=ckpt", "steps=10", f"max_target_length={length}")
     assert spec.init.checkpoint is not None and spec.init.checkpoint.layout == "maxtext"
     assert _compiles(toml, tmp_path) == []
+    # The query kernel stays as MaxText trains it: pre-scaled (query_scaling initial_weights), or not pre-scaled
+    # because the block scales at run time (qwen3 under use_qk_norm; gpt3, whose model scales scores itself).
+    assert 'INIT_QUERY_SCALING = "keep"' in (tmp_path / "run.py").read_text()
 
 
 @pytest.mark.parametrize(("configs", "model"), model_cases(["mixtral-8x7b"]))
