@@ -333,7 +333,9 @@ def _init_checkpoint_section(spec: Spec) -> Section | None:
         case _:
             assert_never(fmt)
     m = spec.model
-    undo = SCORES_SCALED[c.choice(c.QueryScaling, m.query_scaling)] and not m.qk_layernorm
+    # A LayerNorm model reads MaxText's gpt3 checkpoints (validate_interop), whose query kernel is not pre-scaled.
+    gpt3 = m.normalization == "layernorm"
+    undo = SCORES_SCALED[c.choice(c.QueryScaling, m.query_scaling)] and not m.qk_layernorm and not gpt3
     constants = [
         _c("INIT_CHECKPOINT", init.path, text=True),
         _c(
@@ -341,6 +343,8 @@ def _init_checkpoint_section(spec: Spec) -> Section | None:
             "undo" if undo else "keep",
             "MaxText pre-scales the query kernel by 1/sqrt(head_dim); megatron scales attention scores, so undo it"
             if undo
+            else "MaxText's gpt3 divides queries by sqrt(head_dim) at run time: the query kernel stays as stored"
+            if gpt3
             else f'model.query_scaling = "{m.query_scaling}": the query kernel stays as stored',
         ),
         _c("INIT_ROPE_LAYOUT", c.choice(c.RopeLayout, init.rope_layout).value),

@@ -64,3 +64,13 @@ BLOCKS: dict[str, DecoderBlock] = {
 
 WITH_PARAM_PATHS = tuple(name for name, block in BLOCKS.items() if block.param_paths)
 """The blocks whose MaxText parameter paths are mapped (an adamw_mask needs one of them)."""
+
+INEXPRESSIBLE: dict[str, str] = {
+    "gemma2": (
+        "its sandwich norms (post_self_attention_norm and post_ffw_norm on each branch's output, models/gemma2.py) "
+        "and its attention logit soft-capping (attn_logits_soft_cap) have no counterpart in megatron-core 0.16.1: "
+        "TransformerLayer has only pre-branch norms (input_layernorm, pre_mlp_layernorm) and its attention no "
+        "soft cap"
+    ),
+}
+"""Blocks megatron-core cannot express, with what it lacks (the refusal names it rather than approximating)."""

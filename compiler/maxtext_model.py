@@ -10,7 +10,7 @@ from typing import Any
 
 import attrs
 
-from bridgec.compiler.maxtext_blocks import BLOCKS, DecoderBlock
+from bridgec.compiler.maxtext_blocks import BLOCKS, INEXPRESSIBLE, DecoderBlock
 from bridgec.compiler.maxtext_keys import MOE_KEYS
 from bridgec.compiler.maxtext_read import ConfigReader, show
 
@@ -74,7 +74,8 @@ def map_model(reader: ConfigReader) -> ModelFacts | None:
     name = reader.get("decoder_block")
     block = BLOCKS.get(name)
     if block is None:
-        reader.refuse("decoder_block", f"decoder_block {name!r} is not mapped; bridgec maps {', '.join(BLOCKS)}")
+        why = f": {INEXPRESSIBLE[name]}" if name in INEXPRESSIBLE else ""
+        reader.refuse("decoder_block", f"decoder_block {name!r} is not mapped{why}; bridgec maps {', '.join(BLOCKS)}")
         return None
     sizes = _dimensions(reader, block)
     if sizes is None:

@@ -265,6 +265,7 @@ def map_checkpoints(reader: ConfigReader, block: DecoderBlock) -> None:
         )
     elif params or full:
         path = params or full
+        _refuse_unmapped_tree(reader, block, "load_parameters_path" if params else "load_full_state_path")
         reader.put("init.checkpoint", "format", "orbax")
         reader.put(
             "init.checkpoint", "path", path, reader.src("load_parameters_path" if params else "load_full_state_path")
@@ -282,6 +283,38 @@ def map_checkpoints(reader: ConfigReader, block: DecoderBlock) -> None:
         reader.caveat(
             "initial weights: bridgec's own init ([init] scheme portable), not MaxText's "
             "initializers; set load_parameters_path to start from MaxText weights"
+        )
+
+
+def _refuse_unmapped_tree(reader: ConfigReader, block: DecoderBlock, key: str) -> None:
+    """fused_qkv and fused_mlp change the checkpoint's tree: only gpt3's fused qkv_proj (its own layer) is mapped.
+
+    attentions.py with fused_qkv stores one ``qkv_proj`` instead of query/key/value; gpt3.py without it stores
+    biased query/key/value; linears.py MlpBlock with fused_mlp stores one ``wi`` [emb, activations, mlp].
+    """
+    fused_qkv = bool(reader.get("fused_qkv"))
+    if fused_qkv != (block.name == "gpt3"):
+        reader.refuse(
+            "fused_qkv",
+            f"fused_qkv = {str(fused_qkv).lower()} with decoder_block {block.name!r} and {key}: the checkpoint "
+            f"stores {'one fused qkv_proj' if fused_qkv else 'separate query, key and value kernels'}, a layout "
+            "bridgec does not map (it reads gpt3's fused qkv_proj and the other blocks' separate kernels)",
+            f"import without {key}, or convert the checkpoint with fused_qkv = {str(not fused_qkv).lower()}",
+        )
+    positions, length = reader.get("trainable_position_size", -1), reader.get("max_target_length")
+    if block.learned_positions and positions > 0 and positions != length:
+        reader.refuse(
+            "trainable_position_size",
+            f"trainable_position_size {positions} with {key}: the checkpoint holds {positions} learned positions; "
+            f"megatron-core's model holds max_target_length ({length}) of them, and a checkpoint is never cut",
+            f"set max_target_length={positions}",
+        )
+    if reader.get("fused_mlp"):
+        reader.refuse(
+            "fused_mlp",
+            f"fused_mlp = true with {key}: the checkpoint stores one mlp/wi [emb, activations, mlp], a layout "
+            "bridgec does not map",
+            f"import without {key}, or convert the checkpoint with fused_mlp = false",
         )
 
 

@@ -302,10 +302,38 @@ def rule_embedding_multiplier(spec: Spec, ctx: SpecContext) -> Iterator[Finding]
         )
 
 
+LLAMA_FAMILY = tuple(block for block in gpt.MAXTEXT_BLOCKS if block != "gpt3")
+"""The MaxText blocks with RMSNorm, RoPE and no biases (a LayerNorm model's checkpoint is read as gpt3's)."""
+
+
+def _gpt3_checkpoint_model(spec: Spec) -> Iterator[Finding]:
+    """A LayerNorm model takes a MaxText gpt3 checkpoint (models/gpt3.py), which fixes the rest of its shape."""
+    init, m = spec.init.checkpoint, spec.model
+    assert init is not None
+    needs = [
+        (("model", "add_bias_linear"), m.add_bias_linear, "add_bias_linear = true"),
+        (("model", "position_embedding"), m.position_embedding == "learned", 'position_embedding = "learned"'),
+        (("model", "norm_zero_centered"), m.norm_zero_centered, "norm_zero_centered = true"),
+        (("model", "num_experts"), m.num_experts is None, "a dense model (no num_experts)"),
+        (("model", "activation"), m.activation == "gelu", 'activation = "gelu"'),
+    ]
+    for path, ok, wanted in needs:
+        if not ok:
+            yield Finding(
+                about=(path, ("init", "checkpoint")),
+                message=f'[init.checkpoint] layout = "{init.layout}" with a LayerNorm model holds a MaxText gpt3 '
+                f"decoder (LayerNorm with biases, applied as 1 + scale), which needs model {wanted}",
+                hint=f"set {wanted} under [model] to match the checkpoint",
+            )
+
+
 def rule_init_checkpoint_model(spec: Spec, ctx: SpecContext) -> Iterator[Finding]:
     init, m = spec.init.checkpoint, spec.model
     if init is None or init.format == "megatron":
         return  # a Megatron-LM checkpoint's architecture is compared with its args at load time
+    if init.format == "orbax" and m.normalization == "layernorm":
+        yield from _gpt3_checkpoint_model(spec)
+        return
     needs = [
         (("model", "normalization"), m.normalization == "rmsnorm", 'normalization = "rmsnorm"'),
         (("model", "add_bias_linear"), not m.add_bias_linear, "add_bias_linear = false"),
@@ -320,7 +348,7 @@ def rule_init_checkpoint_model(spec: Spec, ctx: SpecContext) -> Iterator[Finding
     holds = (
         '[init.checkpoint] format = "huggingface" loads a Llama-family decoder (Llama, Mistral, Qwen2, Qwen3, Qwen3-MoE)'
         if init.format == "huggingface"
-        else f'[init.checkpoint] layout = "{init.layout}" holds a MaxText {"/".join(gpt.MAXTEXT_BLOCKS)} decoder'
+        else f'[init.checkpoint] layout = "{init.layout}" holds a MaxText {"/".join(LLAMA_FAMILY)} decoder'
     )
     for path, ok, wanted in needs:
         if not ok:

@@ -71,6 +71,7 @@ from bridgec.runtime.maxtext_import import (  # noqa: E402
     load_maxtext_optimizer_state,
     load_maxtext_weights,
 )
+from bridgec.runtime.maxtext_layout import check_model  # noqa: E402
 from bridgec.runtime.model import unwrap  # noqa: E402
 from bridgec.runtime.models import gpt  # noqa: E402
 from bridgec.runtime.models.chunks import config_of  # noqa: E402
@@ -247,6 +248,11 @@ def megatron_to_orbax(
     target = output / str(progress.step)
     _refuse_everywhere(target.exists(), f"{target} already exists; choose another --output")
     chunks = [unwrap(chunk) for chunk in built.model]
+    dims = Dims.of(chunks[0], vocab_size=built.imports.vocab_size, block=decoder_block)
+    problems = check_model(dims, chunks[0], query_scaling=query_scaling(chunks[0].config))
+    _refuse_everywhere(
+        bool(problems), f"--decoder-block {decoder_block} does not fit this model: {'; '.join(problems)}"
+    )
     full = gather_full_params(
         chunks,
         tensor_group=parallel_state.get_tensor_model_parallel_group(),
@@ -260,7 +266,7 @@ def megatron_to_orbax(
             full.__getitem__,
             directory=output,
             step=int(target.name),
-            dims=Dims.of(chunks[0], vocab_size=built.imports.vocab_size, block=decoder_block),
+            dims=dims,
             scanned=scanned,
             dtype=dtype,
             query_scaling=query_scaling(chunks[0].config),

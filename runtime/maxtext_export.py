@@ -50,6 +50,7 @@ from bridgec.runtime.maxtext_layout import (
     leaves_of,
     mapped,
     orbax_name,
+    query_kernel_factor,
     rope_permutation,
     stacked,
 )
@@ -112,6 +113,10 @@ def maxtext_leaves(
     match kind:
         case gpt.MaxTextTransform.QKV:
             return split_qkv(weight, dims, query_factor=query_factor, interleaved=interleaved)
+        case gpt.MaxTextTransform.QKV_FUSED:
+            return (weight.t().reshape(m.hidden, m.heads, 3, m.head_dim).permute(0, 2, 1, 3),)
+        case gpt.MaxTextTransform.QKV_FUSED_BIAS:
+            return (weight.reshape(m.heads, 3, m.head_dim).permute(1, 0, 2),)
         case gpt.MaxTextTransform.OUT:
             return (weight.t().reshape(m.heads, m.head_dim, m.hidden),)
         case gpt.MaxTextTransform.FC1:
@@ -246,10 +251,10 @@ def export_maxtext(
         written += array.nbytes
 
     interleaved = rope_layout == "interleaved"
-    query_factor = math.sqrt(dims.model.head_dim) if query_scaling == "undo" else 1.0
+    query_factor = query_kernel_factor(dims, query_scaling)
     for parameter in mapped(dims):
         assert parameter.entry.maxtext is not None
-        kind = parameter.entry.maxtext.transform
+        kind = parameter.entry.maxtext.for_block(dims.block).transform
         values = maxtext_leaves(kind, fetch(parameter.name), dims, query_factor=query_factor, interleaved=interleaved)
         for (path, _), value in zip(leaves_of(parameter, dims, scanned=scanned), values, strict=True):
             write(path, value, parameter.layer if stacked(parameter, scanned) else None)

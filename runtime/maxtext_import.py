@@ -1,6 +1,7 @@
 """Load a MaxText Orbax checkpoint into this rank's megatron-core GPTModel chunks: the entry points.
 
 Decoder blocks: llama2, mistral and qwen3 (one tree), gemma (its norms named apart),
+gpt3 (fused biased qkv_proj, LayerNorm with biases, learned positions),
 recognised by the names of the checkpoint's leaves.
 
 Every rank reads only what it holds: the layers of its pipeline stage (and
@@ -20,7 +21,6 @@ difference.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Literal
 
@@ -45,6 +45,7 @@ from bridgec.runtime.maxtext_layout import (
     expected_leaves,
     orbax_name,
     produce,
+    query_kernel_factor,
     raise_if,
     targets,
 )
@@ -135,7 +136,7 @@ def load_maxtext_weights(
     slots = main_slots(optimizer) if optimizer is not None else {}
     transform = Transform(
         rope_interleaved=rope_layout == "interleaved",
-        query_factor=math.sqrt(dims.model.head_dim) if query_scaling == "undo" else 1.0,
+        query_factor=query_kernel_factor(dims, query_scaling),
     )
     shard = Shard(size=tensor_parallel, rank=tensor_rank)
     reader = LeafReader(item, prefix=PARAMS_FIELD, dims=dims, shard=shard, scanned=scanned, scan_axis=param_scan_axis)
@@ -210,7 +211,7 @@ def read_maxtext_adam_state(
     raise_if(problems, path=path, dims=dims)
 
     step = int(item.read(f"{prefix}.count"))
-    scale = math.sqrt(dims.model.head_dim) if query_scaling == "undo" else 1.0
+    scale = query_kernel_factor(dims, query_scaling)
     corrections = {"mu": 1.0, "nu": 1.0}
     if opt_type == "adam_pax":
         corrections = {"mu": 1.0 - adam_beta1**step, "nu": 1.0 - adam_beta2**step}

@@ -54,6 +54,7 @@ import torch
 from bridgec.runtime.errors import ExitCode, RunError
 from bridgec.runtime.models import gpt
 from bridgec.runtime.models.chunks import config_of, pairs
+from bridgec.runtime.norms import ZeroCenteredNorm
 from bridgec.runtime.orbax_read import OrbaxItem
 
 QueryScaling = Literal["undo", "keep"]
@@ -143,9 +144,14 @@ def detect_scanned(item: OrbaxItem, prefix: str) -> bool:
 def detect_block(item: OrbaxItem, prefix: str, dims: Dims, *, scanned: bool) -> Dims:
     """``dims`` with the decoder block whose names the checkpoint's first layer uses (its attention norm).
 
-    llama2, mistral and qwen3 name their leaves alike (llama2 stands for them); gemma names its norms apart.
+    llama2, mistral and qwen3 name their leaves alike (llama2 stands for them); gemma names its norms apart;
+    gpt3 names its attention norm as gemma does, and is told apart by its fused ``qkv_proj``.
     """
     first = next(p for p in mapped(dims) if p.entry.stage is gpt.Stage.LAYER)
+    qkv = next(p for p in mapped(dims) if p.entry.name == "self_attention.linear_qkv.weight")
+    ((path, _),) = leaves_of(qkv, attrs.evolve(dims, block="gpt3"), scanned=scanned)
+    if orbax_name(prefix, path) in item.names:
+        return attrs.evolve(dims, block="gpt3")
     for block in ("gemma", "llama2"):
         ((path, _),) = leaves_of(first, attrs.evolve(dims, block=block), scanned=scanned)[:1]
         if orbax_name(prefix, path) in item.names:
@@ -153,17 +159,61 @@ def detect_block(item: OrbaxItem, prefix: str, dims: Dims, *, scanned: bool) -> 
     return dims
 
 
-def check_model(dims: Dims, chunk: torch.nn.Module, *, query_scaling: QueryScaling) -> list[str]:
-    """What the megatron model must be for a Llama-family checkpoint to fit it."""
+def query_prescaled(dims: Dims) -> bool:
+    """Whether the checkpoint's query kernel carries 1/sqrt(D) (MaxText's init_query_w; not under use_qk_norm,
+    nor in gpt3, which scales the query at run time)."""
+    return not dims.model.qk_norm and dims.block not in gpt.RUNTIME_QUERY_SCALING_BLOCKS
+
+
+def query_kernel_factor(dims: Dims, query_scaling: QueryScaling) -> float:
+    """What the query kernel is multiplied by on import (divided by on export): sqrt(D) to undo a pre-scaling."""
+    return math.sqrt(dims.model.head_dim) if query_scaling == "undo" and query_prescaled(dims) else 1.0
+
+
+def _check_gpt3(dims: Dims, chunk: torch.nn.Module) -> list[str]:
+    """gpt3 (models/gpt3.py): LayerNorm with biases applied as 1 + scale, biased linears, learned positions, MHA."""
     config = chunk.config  # type: ignore[attr-defined]
     model = dims.model
     problems = []
-    if config.normalization != "RMSNorm":
-        problems.append(f"model normalization is {config.normalization}; MaxText Llama-family blocks use RMSNorm")
-    if config.add_bias_linear:
-        problems.append("model has linear biases (add_bias_linear); MaxText Llama-family checkpoints have none")
-    if getattr(chunk, "position_embedding_type", "rope") != "rope":
-        problems.append(f"model position embedding is {chunk.position_embedding_type}; MaxText Llama-family uses rope")
+    if config.normalization != "LayerNorm":
+        problems.append(f"model normalization is {config.normalization}; MaxText's gpt3 block uses LayerNorm")
+    elif not config.layernorm_zero_centered_gamma and not any(
+        isinstance(module, ZeroCenteredNorm) for module in chunk.modules()
+    ):  # transformer_engine's norms apply 1 + weight themselves; the local layers need bridgec's
+        problems.append(
+            "model norms apply their weight as stored; MaxText's gpt3 LayerNorm applies 1 + scale "
+            "([model] norm_zero_centered = true)"
+        )
+    if not config.add_bias_linear:
+        problems.append("model has no linear biases (add_bias_linear); MaxText's gpt3 checkpoints have them")
+    if getattr(chunk, "position_embedding_type", "rope") != "learned_absolute":
+        problems.append(
+            f"model position embedding is {getattr(chunk, 'position_embedding_type', 'rope')}; "
+            "MaxText's gpt3 block learns absolute positions (trainable_position_size)"
+        )
+    if model.gated:
+        problems.append("model MLP is gated; MaxText's gpt3 MLP is one wi with one activation")
+    if model.groups != model.heads:
+        problems.append(f"model has {model.groups} query groups for {model.heads} heads; gpt3 needs as many as heads")
+    return problems
+
+
+def check_model(dims: Dims, chunk: torch.nn.Module, *, query_scaling: QueryScaling) -> list[str]:
+    """What the megatron model must be for a checkpoint of ``dims.block`` to fit it."""
+    config = chunk.config  # type: ignore[attr-defined]
+    model = dims.model
+    problems = []
+    if dims.block == "gpt3":
+        problems += _check_gpt3(dims, chunk)
+    else:
+        if config.normalization != "RMSNorm":
+            problems.append(f"model normalization is {config.normalization}; MaxText Llama-family blocks use RMSNorm")
+        if config.add_bias_linear or model.qkv_bias:
+            problems.append("model has linear biases (add_bias_linear); MaxText Llama-family checkpoints have none")
+        if getattr(chunk, "position_embedding_type", "rope") != "rope":
+            problems.append(
+                f"model position embedding is {chunk.position_embedding_type}; MaxText Llama-family uses rope"
+            )
     if model.num_experts is not None:
         problems.append(f"model has MoE layers ({model.num_experts} experts); MaxText Llama-family blocks are dense")
     if model.vocab < dims.vocab:
@@ -173,6 +223,13 @@ def check_model(dims: Dims, chunk: torch.nn.Module, *, query_scaling: QueryScali
             "query_scaling 'undo' with qk norms: MaxText does not pre-scale queries under use_qk_norm; use 'keep'"
         )
     softmax_scale = config.softmax_scale
+    if not query_prescaled(dims) and not model.qk_norm:
+        if softmax_scale not in (None, 1.0 / math.sqrt(model.head_dim)):
+            problems.append(
+                f"MaxText's {dims.block} block divides the query by sqrt(head_dim) at run time (its kernel is not "
+                f"pre-scaled): the model needs megatron's default softmax scale; it has softmax_scale={softmax_scale}"
+            )
+        return problems
     if query_scaling == "keep" and not model.qk_norm and softmax_scale != 1.0:
         problems.append(
             "query_scaling 'keep' needs TransformerConfig(softmax_scale=1.0) "
@@ -277,6 +334,13 @@ def assemble(kind: gpt.MaxTextTransform, leaves: list[torch.Tensor], transform: 
     match kind:
         case gpt.MaxTextTransform.QKV:
             return fuse_qkv(*leaves, transform)
+        case gpt.MaxTextTransform.QKV_FUSED:
+            # [E, 3, h, D] -> [E, h, 3, D]: each head's q, k, v rows together (one query per key/value group).
+            (kernel,) = leaves
+            return kernel.permute(0, 2, 1, 3).reshape(kernel.shape[0], -1).t()
+        case gpt.MaxTextTransform.QKV_FUSED_BIAS:
+            (bias,) = leaves
+            return bias.permute(1, 0, 2).reshape(-1)
         case gpt.MaxTextTransform.OUT:
             (out,) = leaves
             return out.reshape(-1, out.shape[-1]).t()
@@ -394,7 +458,7 @@ class LeafReader:
     def top_value(self, parameter: gpt.Parameter) -> torch.Tensor:
         """The local value of a top-level parameter: embedding rows, output rows (padded), or the final norm."""
         assert parameter.entry.maxtext is not None
-        kind = parameter.entry.maxtext.transform
+        kind = parameter.entry.maxtext.for_block(self.dims.block).transform
         padded_rows = vocab_rows(self.dims, self.shard)[1]
         match kind:
             case gpt.MaxTextTransform.EMBEDDING:
@@ -405,6 +469,8 @@ class LeafReader:
                 return self.top(parameter, rows_axis=None)
             case (
                 gpt.MaxTextTransform.QKV
+                | gpt.MaxTextTransform.QKV_FUSED
+                | gpt.MaxTextTransform.QKV_FUSED_BIAS
                 | gpt.MaxTextTransform.OUT
                 | gpt.MaxTextTransform.FC1
                 | gpt.MaxTextTransform.TRANSPOSE
@@ -436,4 +502,9 @@ def produce(
         boxes = [reader.layers(parameters, index) for index in range(count)]
         for target in group:
             layer = int(target.parameter.layer)  # type: ignore[arg-type]
-            yield target, assemble(entry.maxtext.transform, [box[layer] for box in boxes], transform)
+            yield (
+                target,
+                assemble(
+                    entry.maxtext.for_block(reader.dims.block).transform, [box[layer] for box in boxes], transform
+                ),
+            )

@@ -116,6 +116,10 @@ class MaxTextTransform(enum.Enum):
     """wo [F, E] -> [E, F]."""
     QK_NORM = "qk_norm"
     """Per-head norm scales: the RoPE row permutation applies to them too."""
+    QKV_FUSED = "qkv_fused"
+    """gpt3's qkv_proj kernel [E, 3, H, D] (H = G) -> rows per head [q, k, v], transposed."""
+    QKV_FUSED_BIAS = "qkv_fused_bias"
+    """gpt3's qkv_proj bias [3, H, D] -> rows per head [q, k, v]."""
 
 
 @attrs.frozen(kw_only=True)
@@ -150,10 +154,15 @@ class MaxTextLeaf:
     split_units: Callable[[GPTConfig], int] | None = None
 
 
-MAXTEXT_BLOCKS = ("llama2", "mistral", "qwen3", "gemma")
-"""MaxText decoder blocks whose checkpoints this table reads and writes. They share one tree and its
-arithmetic (mistral: llama2's layer with its own RoPE base; qwen3: llama2's names plus per-head q/k norm
-scales; gemma: its two layer norms under other names), so a block is only a naming here."""
+MAXTEXT_BLOCKS = ("llama2", "mistral", "qwen3", "gemma", "gpt3")
+"""MaxText decoder blocks whose checkpoints this table reads and writes. The first four share one tree and
+its arithmetic (mistral: llama2's layer with its own RoPE base; qwen3: llama2's names plus per-head q/k norm
+scales; gemma: its two layer norms under other names), so a block is only a naming there; gpt3 (models/gpt3.py)
+also stores its attention apart: one fused, biased ``qkv_proj`` (see :class:`MaxText` ``blocks``)."""
+
+RUNTIME_QUERY_SCALING_BLOCKS = ("gpt3",)
+"""Blocks whose attention divides the query by sqrt(head_dim) at run time (gpt3.py ``query /= depth_scaling``):
+the query kernel is not pre-scaled, so there is nothing to undo and megatron's default softmax scale applies."""
 
 
 @attrs.frozen(kw_only=True)
@@ -166,12 +175,22 @@ class MaxText:
     """Other leaves when the MLP is gated (linear_fc1: wi_0 and wi_1 instead of wi)."""
     renamed: tuple[tuple[str, tuple[MaxTextLeaf, ...]], ...] = ()
     """(decoder block, its leaves) where a block names this parameter's leaves differently."""
+    stored_apart: tuple[tuple[str, MaxText], ...] = ()
+    """(decoder block, its leaves and transform) where a block stores this parameter in other arrays (gpt3's qkv)."""
+
+    def for_block(self, block: str) -> MaxText:
+        """This parameter's leaves and transform in ``block``'s checkpoints."""
+        for name, other in self.stored_apart:
+            if name == block:
+                return other
+        return self
 
     def leaves_for(self, config: GPTConfig, block: str = "llama2") -> tuple[MaxTextLeaf, ...]:
-        for name, leaves in self.renamed:
+        own = self.for_block(block)
+        for name, leaves in own.renamed:
             if name == block:
                 return leaves
-        return self.gated_leaves if config.gated and self.gated_leaves is not None else self.leaves
+        return own.gated_leaves if config.gated and own.gated_leaves is not None else own.leaves
 
 
 class HFTransform(enum.Enum):
@@ -264,17 +283,34 @@ def _layer_leaf(
     return MaxTextLeaf(path=path, shape=shape, split_axis=split_axis, split_units=split_units)
 
 
-def _norm(path: str, gemma_path: str) -> MaxText:
-    """A layer norm's scale: llama2's name (mistral's, qwen3's) and gemma's (models/gemma.py)."""
+def _norm(path: str, gemma_path: str, gpt3_path: str) -> MaxText:
+    """A layer norm's scale: llama2's name (mistral's, qwen3's), gemma's (models/gemma.py) and gpt3's."""
     return MaxText(
         leaves=(_layer_leaf(path, lambda c, v: (c.hidden,)),),
         transform=MaxTextTransform.COPY,
-        renamed=(("gemma", (_layer_leaf(gemma_path, lambda c, v: (c.hidden,)),)),),
+        renamed=(
+            ("gemma", (_layer_leaf(gemma_path, lambda c, v: (c.hidden,)),)),
+            ("gpt3", (_layer_leaf(gpt3_path, lambda c, v: (c.hidden,)),)),
+        ),
     )
 
 
-_ATTENTION_NORM = _norm("pre_self_attention_layer_norm/scale", "pre_self_attention_norm/scale")
-_MLP_NORM = _norm("post_self_attention_layer_norm/scale", "pre_ffw_norm/scale")
+def _vector_leaf(path: str, split_units: Callable[[GPTConfig], int] | None = None) -> MaxText:
+    """A gpt3 bias (or norm bias) [E] or [F], copied as stored; ``split_units``: split like the ffn columns."""
+    size = (lambda c, v: (c.ffn,)) if split_units is not None else (lambda c, v: (c.hidden,))
+    return MaxText(
+        leaves=(_layer_leaf(path, size, 0 if split_units is not None else None, split_units),),
+        transform=MaxTextTransform.COPY,
+    )
+
+
+_ATTENTION_NORM = _norm(
+    "pre_self_attention_layer_norm/scale", "pre_self_attention_norm/scale", "pre_self_attention_norm/scale"
+)
+_MLP_NORM = _norm("post_self_attention_layer_norm/scale", "pre_ffw_norm/scale", "mlp/mlp_layer_norm/scale")
+# gpt3 only (the other blocks have neither biases nor LayerNorm: runtime.maxtext_layout.check_model refuses them).
+_ATTENTION_NORM_BIAS = _vector_leaf("pre_self_attention_norm/bias")
+_MLP_NORM_BIAS = _vector_leaf("mlp/mlp_layer_norm/bias")
 _QKV = MaxText(
     leaves=(
         _layer_leaf("self_attention/query/kernel", lambda c, v: (c.hidden, c.heads, c.head_dim), 1, lambda c: c.heads),
@@ -284,6 +320,26 @@ _QKV = MaxText(
         ),
     ),
     transform=MaxTextTransform.QKV,
+    stored_apart=(
+        (
+            "gpt3",
+            MaxText(
+                leaves=(
+                    _layer_leaf(
+                        "self_attention/qkv_proj/kernel",
+                        lambda c, v: (c.hidden, 3, c.heads, c.head_dim),
+                        2,
+                        lambda c: c.heads,
+                    ),
+                ),
+                transform=MaxTextTransform.QKV_FUSED,
+            ),
+        ),
+    ),
+)
+_QKV_BIAS = MaxText(
+    leaves=(_layer_leaf("self_attention/qkv_proj/bias", lambda c, v: (3, c.heads, c.head_dim), 1, lambda c: c.heads),),
+    transform=MaxTextTransform.QKV_FUSED_BIAS,
 )
 _OUT = MaxText(
     leaves=(
@@ -375,6 +431,14 @@ ENTRIES: tuple[Entry, ...] = (
         shape=lambda c: (c.seq_length, c.hidden),
         init=Init.NORMAL,
         when=lambda c: c.learned_positions,
+        maxtext=MaxText(  # gpt3: trainable_position_size rows, which must be the model's seq_length
+            leaves=(
+                MaxTextLeaf(
+                    path="params/decoder/position_embedder/embedding", shape=lambda c, v: (c.seq_length, c.hidden)
+                ),
+            ),
+            transform=MaxTextTransform.COPY,
+        ),
     ),
     # Each layer: attention.
     Entry(
@@ -392,6 +456,7 @@ ENTRIES: tuple[Entry, ...] = (
         shape=_vector(_hidden),
         init=Init.ZERO,
         when=_both(_local, _layernorm),
+        maxtext=_ATTENTION_NORM_BIAS,
     ),
     Entry(
         name="self_attention.linear_qkv.layer_norm_weight",
@@ -408,6 +473,7 @@ ENTRIES: tuple[Entry, ...] = (
         shape=_vector(_hidden),
         init=Init.ZERO,
         when=_both(_te, _layernorm),
+        maxtext=_ATTENTION_NORM_BIAS,
     ),
     Entry(
         name="self_attention.linear_proj.weight",
@@ -419,7 +485,12 @@ ENTRIES: tuple[Entry, ...] = (
         hf=HuggingFace(names=("self_attn.o_proj.weight",), transform=HFTransform.COPY),
     ),
     Entry(
-        name="self_attention.linear_proj.bias", stage=Stage.LAYER, shape=_vector(_hidden), init=Init.ZERO, when=_bias
+        name="self_attention.linear_proj.bias",
+        stage=Stage.LAYER,
+        shape=_vector(_hidden),
+        init=Init.ZERO,
+        when=_bias,
+        maxtext=_vector_leaf("self_attention/out/bias"),
     ),
     Entry(
         name="self_attention.linear_qkv.weight",
@@ -440,6 +511,7 @@ ENTRIES: tuple[Entry, ...] = (
         init=Init.ZERO,
         split=Split(axis=0),
         when=lambda c: c.bias or c.qkv_bias,
+        maxtext=_QKV_BIAS,
         hf=HuggingFace(
             names=("self_attn.q_proj.bias", "self_attn.k_proj.bias", "self_attn.v_proj.bias"), transform=HFTransform.QKV
         ),
@@ -492,6 +564,7 @@ ENTRIES: tuple[Entry, ...] = (
         shape=_vector(_hidden),
         init=Init.ZERO,
         when=lambda c: not _fused_mlp_norm(c) and c.layernorm,
+        maxtext=_MLP_NORM_BIAS,
     ),
     Entry(
         name="mlp.linear_fc1.layer_norm_weight",
@@ -508,6 +581,7 @@ ENTRIES: tuple[Entry, ...] = (
         shape=_vector(_hidden),
         init=Init.ZERO,
         when=_both(_fused_mlp_norm, _layernorm),
+        maxtext=_MLP_NORM_BIAS,
     ),
     Entry(
         name="mlp.linear_fc1.weight",
@@ -526,6 +600,7 @@ ENTRIES: tuple[Entry, ...] = (
         init=Init.ZERO,
         split=Split(axis=0, gate_up=True),
         when=_both(_dense, _bias),
+        maxtext=_vector_leaf("mlp/wi/bias", split_units=lambda c: c.ffn),
     ),
     Entry(
         name="mlp.linear_fc2.weight",
@@ -538,7 +613,12 @@ ENTRIES: tuple[Entry, ...] = (
         hf=HuggingFace(names=("mlp.down_proj.weight",), transform=HFTransform.COPY),
     ),
     Entry(
-        name="mlp.linear_fc2.bias", stage=Stage.LAYER, shape=_vector(_hidden), init=Init.ZERO, when=_both(_dense, _bias)
+        name="mlp.linear_fc2.bias",
+        stage=Stage.LAYER,
+        shape=_vector(_hidden),
+        init=Init.ZERO,
+        when=_both(_dense, _bias),
+        maxtext=_vector_leaf("mlp/wo/bias"),
     ),
     # Each layer: MoE (router, then every expert's two linears).
     Entry(
@@ -598,7 +678,15 @@ ENTRIES: tuple[Entry, ...] = (
         hf=HuggingFace(names=("model.norm.weight",), transform=HFTransform.COPY),
     ),
     Entry(
-        name="decoder.final_layernorm.bias", stage=Stage.LAST, shape=_vector(_hidden), init=Init.ZERO, when=_layernorm
+        name="decoder.final_layernorm.bias",
+        stage=Stage.LAST,
+        shape=_vector(_hidden),
+        init=Init.ZERO,
+        when=_layernorm,
+        maxtext=MaxText(
+            leaves=(MaxTextLeaf(path="params/decoder/decoder_norm/bias", shape=lambda c, v: (c.hidden,)),),
+            transform=MaxTextTransform.COPY,
+        ),
     ),
     Entry(
         name="output_layer.weight",

@@ -573,29 +573,77 @@ def _compiles(toml: str, tmp_path: Path) -> list[str]:
     result = compile_spec(
         toml, spec_name="spec.toml", spec_path=spec_path, output_path=tmp_path / "run.py", files=Disk()
     )
+    if result.source is not None:
+        (tmp_path / "run.py").write_text(result.source)
     return [] if result.source is not None else [d.message for d in result.diagnostics]
 
 
-@pytest.mark.parametrize(("configs", "model"), model_cases(["mistral-7b", "qwen3-0.6b", "gemma-2b"]))
+@pytest.mark.parametrize(("configs", "model"), model_cases(["mistral-7b", "qwen3-0.6b", "gemma-2b", "gpt3-52k"]))
 def test_checkpoint_of_each_mapped_block_imports_to_a_spec_that_compiles(
     configs: ConfigFolder, model: str, tmp_path: Path
 ) -> None:
     (tmp_path / "ckpt").mkdir()
-    toml, spec = imported(configs, model, "load_parameters_path=ckpt", "steps=10", "max_target_length=64")
+    # gpt3-52k's checkpoint holds 2048 learned positions: the model must have as many.
+    length = 2048 if model == "gpt3-52k" else 64
+    toml, spec = imported(configs, model, "load_parameters_path=ckpt", "steps=10", f"max_target_length={length}")
     assert spec.init.checkpoint is not None and spec.init.checkpoint.layout == "maxtext"
     assert _compiles(toml, tmp_path) == []
+    # The query kernel stays as MaxText trains it: pre-scaled (query_scaling initial_weights), or not pre-scaled
+    # because the block scales at run time (qwen3 under use_qk_norm; gpt3, whose model scales scores itself).
+    assert 'INIT_QUERY_SCALING = "keep"' in (tmp_path / "run.py").read_text()
 
 
-@pytest.mark.parametrize(("configs", "model"), model_cases(["gpt3-52k", "mixtral-8x7b"]))
+@pytest.mark.parametrize(("configs", "model"), model_cases(["mixtral-8x7b"]))
 def test_checkpoint_of_an_unmapped_block_is_refused_at_import(configs: ConfigFolder, model: str) -> None:
     [(key, message, hint)] = errors(configs, model, "load_parameters_path=ckpt")
     block = model.split("-")[0]
     assert key == "load_parameters_path"
     assert message == (
         f"load_parameters_path with decoder_block {block!r}: bridgec reads the checkpoints of MaxText's "
-        f"llama2, mistral, qwen3, gemma blocks; {block}'s checkpoint layout is not mapped"
+        f"llama2, mistral, qwen3, gemma, gpt3 blocks; {block}'s checkpoint layout is not mapped"
     )
     assert hint == "import without load_parameters_path (the spec then starts from megatron's initializers)"
+
+
+def test_gemma2_is_refused_naming_what_megatron_core_lacks() -> None:
+    configs = model_cases(["gemma-2b"])[0].values[0]
+    [(key, message, _)] = errors(configs, "gemma-2b", "decoder_block=gemma2", "override_model_config=true")
+    assert key == "decoder_block"
+    assert message.startswith(
+        "decoder_block 'gemma2' is not mapped: its sandwich norms (post_self_attention_norm and post_ffw_norm on "
+        "each branch's output, models/gemma2.py) and its attention logit soft-capping (attn_logits_soft_cap) have "
+        "no counterpart in megatron-core 0.16.1"
+    )
+
+
+@pytest.mark.parametrize(
+    ("configs", "model", "override", "key", "stores"),
+    [
+        (*model_cases(["gpt3-52k"])[0].values, "fused_qkv=false", "fused_qkv", "separate query, key and value kernels"),
+        (*model_cases(["llama2-7b"])[0].values, "fused_qkv=true", "fused_qkv", "one fused qkv_proj"),
+        # The fixtures' base.yml predates fused_mlp: MaxText's own base.yml (the shared folder, skipped without it).
+        pytest.param(
+            *model_cases(["llama2-7b"])[1].values,
+            "fused_mlp=true",
+            "fused_mlp",
+            "one mlp/wi [emb, activations, mlp]",
+            marks=model_cases(["llama2-7b"])[1].marks,
+        ),
+        (
+            *model_cases(["gpt3-52k"])[0].values,
+            "max_target_length=64",
+            "trainable_position_size",
+            "the checkpoint holds 2048 learned positions; megatron-core's model holds max_target_length (64)",
+        ),
+    ],
+)
+def test_checkpoint_tree_options_without_a_mapping_are_refused(
+    configs: ConfigFolder, model: str, override: str, key: str, stores: str
+) -> None:
+    """fused_qkv / fused_mlp change the checkpoint's tree; a tree bridgec does not read is refused naming the key."""
+    overrides = ("load_parameters_path=ckpt", "override_model_config=true", override)
+    found = [e for e in errors(configs, model, *overrides) if e[0] == key]
+    assert len(found) == 1 and stores in found[0][1]
 
 
 def test_every_key_of_the_merged_config_is_in_the_output(configs: ConfigFolder) -> None:

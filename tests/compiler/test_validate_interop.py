@@ -303,13 +303,28 @@ def test_rule_init_checkpoint_model() -> None:
         ],
         files={"ck": ""},
     )
-    messages_default = messages(spec_toml(init=checkpoint), MemoryFiles({"ck": ""}))
-    assert [m.split(" which needs model ")[1].split(";")[0] for m in messages_default] == [
+    rmsnorm = messages(spec_toml(init=checkpoint, model={"normalization": "rmsnorm"}), MemoryFiles({"ck": ""}))
+    assert [m.split(" which needs model ")[1].split(";")[0] for m in rmsnorm] == [
         'activation = "swiglu" (or "geglu")',
         "add_bias_linear = false",
-        'normalization = "rmsnorm"',
         'position_embedding = "rope"',
     ]
+
+
+def test_rule_init_checkpoint_model_gpt3() -> None:
+    """A LayerNorm model reads a MaxText gpt3 checkpoint, whose LayerNorm applies 1 + scale."""
+    checkpoint = {"checkpoint": {"format": "orbax", "path": "ck"}}
+    found = messages(spec_toml(init=checkpoint, model={"activation": "swiglu"}), MemoryFiles({"ck": ""}))
+    assert [m.split(":", 2)[2] for m in found] == [
+        ' [init.checkpoint] layout = "maxtext" with a LayerNorm model holds a MaxText gpt3 decoder (LayerNorm with '
+        'biases, applied as 1 + scale), which needs model activation = "gelu"; hint: set activation = "gelu" '
+        "under [model] to match the checkpoint",
+        ' [init.checkpoint] layout = "maxtext" with a LayerNorm model holds a MaxText gpt3 decoder (LayerNorm with '
+        "biases, applied as 1 + scale), which needs model norm_zero_centered = true; hint: set "
+        "norm_zero_centered = true under [model] to match the checkpoint",
+    ]
+    fitting = {"norm_zero_centered": True, "gelu_approximation": "tanh"}
+    assert messages(spec_toml(init=checkpoint, model=fitting), MemoryFiles({"ck": ""})) == []
 
 
 def test_rule_init_checkpoint_model_huggingface() -> None:

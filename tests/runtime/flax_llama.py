@@ -58,6 +58,7 @@ class LlamaConfig:
     qk_norm: bool = False  # use_qk_norm (qwen3): per-head RMSNorm of q and k before RoPE, queries scaled at run time
     activation: str = "silu"  # mlp_activations[0]: "silu" (SwiGLU) or "gelu" (tanh GeGLU, gemma)
     dtype: str = "float32"  # MaxText's dtype: activations and matmuls; the weights stay float32 (weight_dtype)
+    trainable_position_size: int = -1  # gpt3: learned positions (position_embedder) instead of RoPE
 
 
 # --------------------------------------------------------------------------------------------
@@ -73,6 +74,8 @@ def _model(config: LlamaConfig) -> Any:
         """To MaxText's dtype: float32 weights are cast where they are used (MaxText's dtype vs weight_dtype)."""
         return x if config.dtype == "float32" else jnp.asarray(x, jnp.dtype(config.dtype))
 
+    gpt3 = config.block == "gpt3"
+
     def dense_general(features: tuple[int, ...], in_axes: int, name: str) -> Any:
         class DenseGeneral(nn.Module):
             @nn.compact
@@ -80,9 +83,23 @@ def _model(config: LlamaConfig) -> Any:
                 in_shape = x.shape[-in_axes:]
                 kernel = self.param("kernel", nn.initializers.normal(0.02), (*in_shape, *features))
                 contract = tuple(range(x.ndim - in_axes, x.ndim))
-                return jnp.tensordot(cast(x), cast(kernel), axes=(contract, tuple(range(in_axes))))
+                y = jnp.tensordot(cast(x), cast(kernel), axes=(contract, tuple(range(in_axes))))
+                if gpt3:  # gpt3's DenseGenerals have biases of the output's shape (linears.py use_bias)
+                    y = y + cast(self.param("bias", nn.initializers.zeros, features))
+                return y
 
         return DenseGeneral(name=name)
+
+    class LayerNorm(nn.Module):
+        """gpt3.py Gpt3LayerNorm: (x - mean) * rsqrt(var + eps) * (scale + 1) + bias (the scale is zero-centred)."""
+
+        @nn.compact
+        def __call__(self, x: Any) -> Any:
+            scale = self.param("scale", nn.initializers.zeros, (x.shape[-1],))
+            bias = self.param("bias", nn.initializers.zeros, (x.shape[-1],))
+            mean = jnp.mean(x, axis=-1, keepdims=True)
+            var = jnp.mean(jnp.square(x - mean), axis=-1, keepdims=True)
+            return (x - mean) * jax.lax.rsqrt(var + config.epsilon) * (cast(scale) + 1) + cast(bias)
 
     class RMSNorm(nn.Module):
         @nn.compact
@@ -128,13 +145,23 @@ def _model(config: LlamaConfig) -> Any:
         @nn.compact
         def __call__(self, x: Any, positions: Any) -> Any:
             h, g, d = config.num_heads, config.num_kv_heads, config.head_dim
+            batch, seq = x.shape[:2]
+            if gpt3:
+                # gpt3.py: one fused qkv_proj [E, 3, H, D] (MHA), no RoPE, the query divided by sqrt(D) here.
+                qkv = dense_general((3, h, d), 1, "qkv_proj")(x)
+                q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+                q = (q / jnp.sqrt(d)).reshape(batch, seq, g, h // g, d)
+                scores = jnp.einsum("bsgrd,btgd->bgrst", q, k).astype(jnp.float32)
+                causal = jnp.tril(jnp.ones((seq, seq), dtype=bool))
+                probs = cast(jax.nn.softmax(jnp.where(causal, scores, jnp.finfo(jnp.float32).min), axis=-1))
+                out = jnp.einsum("bgrst,btgd->bsgrd", probs, v).reshape(batch, seq, h, d)
+                return dense_general((config.emb_dim,), 2, "out")(out)
             q = dense_general((h, d), 1, "query")(x)
             k = dense_general((g, d), 1, "key")(x)
             v = dense_general((g, d), 1, "value")(x)
             if config.qk_norm:
                 q, k = RMSNorm(name="query_norm")(q), RMSNorm(name="key_norm")(k)
             q, k = cast(rope(q, positions)), cast(rope(k, positions))
-            batch, seq = x.shape[:2]
             q = q.reshape(batch, seq, g, h // g, d)
             if config.qk_norm:
                 # qwen3 passes query_pre_attn_scalar = head_dim ** -0.5: attention scales the query at run time.
@@ -150,6 +177,11 @@ def _model(config: LlamaConfig) -> Any:
     class Mlp(nn.Module):
         @nn.compact
         def __call__(self, x: Any) -> Any:
+            if gpt3:
+                # MlpBlock(use_pre_norm, use_bias, activations ["gelu"]): its own LayerNorm, one wi, tanh gelu.
+                x = LayerNorm(name="mlp_layer_norm")(x)
+                hidden = jax.nn.gelu(dense_general((config.mlp_dim,), 1, "wi")(x))
+                return dense_general((config.emb_dim,), 1, "wo")(hidden)
             gate = dense_general((config.mlp_dim,), 1, "wi_0")(x)
             up = dense_general((config.mlp_dim,), 1, "wi_1")(x)
             # MaxText's "gelu" is jax.nn.gelu, whose default is the tanh approximation.
@@ -166,6 +198,9 @@ def _model(config: LlamaConfig) -> Any:
     class Layer(nn.Module):
         @nn.compact
         def __call__(self, x: Any, positions: Any) -> Any:
+            if gpt3:
+                h = x + Attention(name="self_attention")(LayerNorm(name="pre_self_attention_norm")(x), positions)
+                return h + Mlp(name="mlp")(h), None
             h = x + Attention(name="self_attention")(RMSNorm(name=norm_names[0])(x), positions)
             y = h + Mlp(name="mlp")(RMSNorm(name=norm_names[1])(h))
             return y, None
@@ -173,6 +208,9 @@ def _model(config: LlamaConfig) -> Any:
     class Decoder(nn.Module):
         @nn.compact
         def __call__(self, y: Any, positions: Any, embedder: Any) -> Any:
+            if gpt3:  # decoders.py: trainable_position_size learned rows, added to the token embedding
+                table = nn.Embed(config.trainable_position_size, config.emb_dim, name="position_embedder")
+                y = y + cast(table(positions.astype(jnp.int32)))
             if config.scanned:
                 stack = nn.scan(
                     Layer,
@@ -185,7 +223,7 @@ def _model(config: LlamaConfig) -> Any:
             else:
                 for index in range(config.num_layers):
                     y, _ = Layer(name=f"layers_{index}")(y, positions)
-            y = RMSNorm(name="decoder_norm")(y)
+            y = (LayerNorm if gpt3 else RMSNorm)(name="decoder_norm")(y)
             if config.tied:
                 logits = embedder.attend(y)
                 if config.normalize_embedding_logits:
@@ -220,7 +258,9 @@ def random_params(config: LlamaConfig, seed: int) -> dict:
     def draw(path: tuple, leaf: Any) -> Any:
         name = "/".join(str(getattr(k, "key", k)) for k in path)
         if name.endswith("scale"):
-            return (1.0 + 0.1 * rng.standard_normal(leaf.shape)).astype(np.float32)
+            # gpt3's LayerNorm stores scale - 1 (applied as 1 + scale): noise around 0 there, around 1 elsewhere.
+            centre = 0.0 if config.block == "gpt3" else 1.0
+            return (centre + 0.1 * rng.standard_normal(leaf.shape)).astype(np.float32)
         # Under use_qk_norm MaxText does not pre-scale the query kernel.
         std = 0.1 / math.sqrt(config.head_dim) if "query" in name and not config.qk_norm else 0.1
         return (std * rng.standard_normal(leaf.shape)).astype(np.float32)
@@ -250,7 +290,8 @@ def forward(config: LlamaConfig, params: dict, tokens: Any) -> Any:
     return jax.jit(model.apply)(params, tokens)
 
 
-def loss_fn(config: LlamaConfig) -> Any:
+def loss_fn(config: LlamaConfig, *, with_logits: bool = False) -> Any:
+    """Mean next-token cross entropy of a batch [B, S + 1]; ``with_logits``: (loss, logits) for has_aux."""
     import jax.numpy as jnp
     import optax
 
@@ -258,7 +299,8 @@ def loss_fn(config: LlamaConfig) -> Any:
 
     def loss(params: dict, batch: Any) -> Any:
         logits = model.apply(params, batch[:, :-1])
-        return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, batch[:, 1:]))
+        value = jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, batch[:, 1:]))
+        return (value, logits) if with_logits else value
 
     return loss
 
@@ -302,10 +344,10 @@ def adam_pax(learning_rate: float, b1: float, b2: float, eps: float, weight_deca
 
 
 def decay_mask(params: Any) -> Any:
-    """Decay everything but norm scales (Megatron's rule for this model: its 1-D parameters)."""
+    """Decay everything but norm scales and biases (Megatron's rule: its 1-D parameters and biases)."""
     import jax
 
-    return jax.tree_util.tree_map_with_path(lambda path, _: not str(path[-1].key).endswith("scale"), params)
+    return jax.tree_util.tree_map_with_path(lambda path, _: str(path[-1].key) not in ("scale", "bias"), params)
 
 
 # --------------------------------------------------------------------------------------------
@@ -344,6 +386,10 @@ def shard_like_tensor_parallel(params: dict, config: LlamaConfig) -> dict:
             "wi_0/kernel": 1,
             "wi_1/kernel": 1,
             "wo/kernel": 0,
+            "qkv_proj/kernel": 2,
+            "qkv_proj/bias": 1,
+            "wi/kernel": 1,
+            "wi/bias": 0,
             "token_embedder/embedding": 0,
             "logits_dense/kernel": 1,
         }
@@ -383,10 +429,12 @@ def _training_case(
     steps_before: int = 3,
     steps_after: int = 4,
     save_initial: bool = False,
-) -> None:
+) -> tuple[Any, Any, Any]:
     """K optimizer steps, a full-state checkpoint (TrainState: step, params, opt_state), then N more steps' losses.
 
     ``save_initial``: the initial weights too (params only, step 0, under ``init/``), for a curve from the start.
+    Returns (initial params, the batches, the float32 logits of the first batch's inputs under the initial
+    params): the first step's forward, so a forward case of these weights needs no compile of its own.
     """
     import jax
     import numpy as np
@@ -404,20 +452,22 @@ def _training_case(
         tx = optax.adamw(lr, b1=betas[0], b2=betas[1], eps=eps, weight_decay=wd, mask=decay_mask)
     else:
         tx = adam_pax(lr, betas[0], betas[1], eps, wd, decay_mask)
-    loss = loss_fn(config)
+    loss = loss_fn(config, with_logits=True)
     state = train_state.TrainState.create(apply_fn=None, params=params, tx=tx)
 
     @jax.jit
     def step(state: Any, batch: Any) -> Any:
-        value, grads = jax.value_and_grad(loss)(state.params, batch)
-        return state.apply_gradients(grads=grads), value
+        (value, logits), grads = jax.value_and_grad(loss, has_aux=True)(state.params, batch)
+        return state.apply_gradients(grads=grads), value, logits
 
-    losses = []
+    losses, first_logits = [], None
     for index in range(steps_before + steps_after):
         if index == steps_before:
             items = save(out / name / "ckpt", steps_before, state, use_zarr3=use_zarr3)
-        state, value = step(state, batches[index])
+        state, value, logits = step(state, batches[index])
         losses.append(float(value))
+        if index == 0:
+            first_logits = np.asarray(logits, dtype=np.float32)
     np.save(out / name / "batches.npy", batches)
     np.save(out / name / "losses.npy", np.array(losses, dtype=np.float64))
     _write_case(
@@ -431,6 +481,7 @@ def _training_case(
         weight_decay=wd,
         steps_before=steps_before,
     )
+    return params, batches, first_logits
 
 
 def _forward_case(
@@ -443,20 +494,28 @@ def _forward_case(
     use_zarr3: bool,
     sharded: bool = False,
     dtype: str = "float32",
-) -> None:
+    logits: Any = None,
+) -> Any:
+    """``logits``: the reference logits when already computed (an unscanned copy of a scanned case's weights)."""
     import jax
     import jax.numpy as jnp
     import numpy as np
 
     if dtype == "bfloat16":
         params = jax.tree_util.tree_map(lambda leaf: jnp.asarray(leaf, jnp.bfloat16), params)
-    # The forward runs in fp32 on the (possibly bf16-valued) weights.
-    as_fp32 = jax.tree_util.tree_map(lambda leaf: jnp.asarray(leaf, jnp.float32), params)
-    logits = np.asarray(forward(config, as_fp32, tokens), dtype=np.float32)
+    if logits is None:
+        # The forward runs in fp32 on the (possibly bf16-valued) weights.
+        as_fp32 = jax.tree_util.tree_map(lambda leaf: jnp.asarray(leaf, jnp.float32), params)
+        logits = np.asarray(forward(config, as_fp32, tokens), dtype=np.float32)
+    else:
+        # Same values, other tree: it must be the tree the model of this config has (checked without compiling).
+        shapes = jax.eval_shape(_model(config).init, jax.random.key(0), np.zeros((1, 4), np.int32))
+        assert jax.tree_util.tree_structure(shapes) == jax.tree_util.tree_structure(params), config
     saved = shard_like_tensor_parallel(params, config) if sharded else params
     items = save(out / name / "ckpt", 0, {"params": saved}, use_zarr3=use_zarr3)
     np.save(out / name / "logits.npy", logits)
     _write_case(out / name, config, items=str(items.relative_to(out / name)), dtype=dtype, zarr3=use_zarr3)
+    return logits
 
 
 def _broken_case(out: Path, params: dict) -> None:
@@ -536,32 +595,40 @@ def make_cases(out: Path) -> None:
 
 
 BLOCKS = {
-    "mistral": LlamaConfig(block="mistral", rope_theta=1_000_000.0),
+    "mistral": LlamaConfig(block="mistral", rope_theta=1_000_000.0, num_layers=2),
     # head_dim 24 with 4 heads of a 64-wide model: head_dim != emb / heads.
-    "qwen3": LlamaConfig(block="qwen3", qk_norm=True, head_dim=24, rope_theta=1_000_000.0),
-    "gemma": LlamaConfig(block="gemma", activation="gelu"),
+    "qwen3": LlamaConfig(block="qwen3", qk_norm=True, head_dim=24, rope_theta=1_000_000.0, num_layers=2),
+    "gemma": LlamaConfig(block="gemma", activation="gelu", num_layers=2),
+    # gpt3-52k's shape of model: MHA, tied logits, learned positions for the test's 16 tokens.
+    "gpt3": LlamaConfig(
+        block="gpt3", num_kv_heads=4, activation="gelu", tied=True, trainable_position_size=16, num_layers=2
+    ),
 }
 """The other MaxText decoder blocks, each a small model in its own layout (tests/runtime/test_maxtext_blocks.py)."""
 
 
 def make_block_cases(out: Path) -> None:
-    """Per block: a scanned checkpoint saved from two devices split like TP, an unscanned one, and the logits."""
+    """Per block: ten adamw steps from the initial weights (the full state saved after three); those weights
+    as a scanned checkpoint saved from two devices split like TP and as an unscanned one, with the logits of
+    the first batch's inputs. One XLA compile per block (the training step's forward gives the logits)."""
     import numpy as np
 
-    tokens = np.random.default_rng(5).integers(0, LlamaConfig().vocab_size, (2, 16), dtype=np.int32)
-    np.save(out / "tokens.npy", tokens)
-    for seed, (block, config) in enumerate(BLOCKS.items()):
-        params = random_params(config, seed=20 + seed)
-        _forward_case(out, f"{block}_scanned", config, params, tokens, use_zarr3=True, sharded=True)
-        unscanned = dataclasses.replace(config, scanned=False)
-        _forward_case(out, f"{block}_unscanned", unscanned, unscan(params, config), tokens, use_zarr3=False)
-        # Ten adamw steps from the initial weights, the full state saved after three.
-        _training_case(
+    for block, config in BLOCKS.items():
+        params, batches, logits = _training_case(
             out, f"{block}_curve", config, "adamw", use_zarr3=True, steps_before=3, steps_after=7, save_initial=True
+        )
+        tokens = batches[0][:, :-1]
+        if not (out / "tokens.npy").exists():
+            np.save(out / "tokens.npy", tokens)
+        assert np.array_equal(np.load(out / "tokens.npy"), tokens)  # every block draws the same batches
+        _forward_case(out, f"{block}_scanned", config, params, tokens, use_zarr3=True, sharded=True, logits=logits)
+        unscanned = dataclasses.replace(config, scanned=False)
+        _forward_case(
+            out, f"{block}_unscanned", unscanned, unscan(params, config), tokens, use_zarr3=False, logits=logits
         )
     # MaxText's default precision (dtype bfloat16, weight_dtype float32) and the same run in float32.
     for dtype in ("bfloat16", "float32"):
-        config = dataclasses.replace(LlamaConfig(), dtype=dtype)
+        config = dataclasses.replace(LlamaConfig(), dtype=dtype, num_layers=2)
         _training_case(
             out,
             f"llama2_{dtype}_curve",

@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+import attrs
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -213,11 +214,18 @@ def test_tied_output_copy_is_the_embedding() -> None:
 
 
 def test_unmapped_parameter_is_an_error_only_when_patterns_are_given() -> None:
+    model = attrs.evolve(config(), num_experts=2)
+    router = gpt.find(model, "decoder.layers.0.mlp.router.weight")
+    assert decide(router, [], config=model, scan_layers=True, style="linen").decays
+    with pytest.raises(DecayMaskError, match="mlp.router.weight has no MaxText path"):
+        decide(router, ["norm"], config=model, scan_layers=True, style="linen")
+
+
+def test_learned_positions_have_gpt3_s_path() -> None:
     model = config(tied=True, gated=False, learned=True)
     positions = gpt.find(model, "embedding.position_embeddings.weight")
-    assert decide(positions, [], config=model, scan_layers=True, style="linen").decays
-    with pytest.raises(DecayMaskError, match="position_embeddings.weight has no MaxText path"):
-        decide(positions, ["norm"], config=model, scan_layers=True, style="linen")
+    assert gpt.maxtext_paths(positions, model, scanned=True) == ("params/decoder/position_embedder/embedding",)
+    assert not decide(positions, ["position_embedder"], config=model, scan_layers=True, style="linen").decays
 
 
 def test_summary_folds_layers() -> None:

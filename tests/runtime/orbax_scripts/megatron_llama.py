@@ -23,6 +23,7 @@ from megatron.core.transformer import TransformerConfig
 
 from bridgec.runtime import cpu_compat
 from bridgec.runtime.loss import masked_token_loss
+from bridgec.runtime.norms import zero_centered_block
 from bridgec.runtime.optim import Adam, OptimizerSettings, ScheduleSettings
 from bridgec.runtime.parallel import Layout, initialize
 
@@ -47,6 +48,7 @@ def transformer_config(
     bf16 = dtype == "bf16"
     qk_norm = config.get("qk_norm", False)
     gelu = config.get("activation", "silu") == "gelu"
+    gpt3 = config.get("block") == "gpt3"
     return TransformerConfig(
         bf16=bf16,
         num_layers=config["num_layers"],
@@ -55,17 +57,18 @@ def transformer_config(
         num_query_groups=config["num_kv_heads"],
         kv_channels=config["head_dim"],
         ffn_hidden_size=config["mlp_dim"],
-        normalization="RMSNorm",
+        normalization="LayerNorm" if gpt3 else "RMSNorm",
         layernorm_epsilon=config["epsilon"],
-        gated_linear_unit=True,
+        gated_linear_unit=not gpt3,
         activation_func=functools.partial(F.gelu, approximate="tanh") if gelu else F.silu,
         qk_layernorm=qk_norm,
         bias_activation_fusion=False,
-        add_bias_linear=False,
+        add_bias_linear=gpt3,
         hidden_dropout=0.0,
         attention_dropout=0.0,
         # Under qk norms MaxText scales scores by 1/sqrt(head_dim) at run time, as megatron's default does.
-        softmax_scale=1.0 if query_scaling == "keep" and not qk_norm else None,
+        # So does gpt3 (its query kernel is not pre-scaled).
+        softmax_scale=1.0 if query_scaling == "keep" and not qk_norm and not gpt3 else None,
         tensor_model_parallel_size=tensor,
         pipeline_model_parallel_size=pipeline,
         pipeline_dtype=torch.bfloat16 if bf16 else torch.float32,
@@ -80,20 +83,26 @@ def transformer_config(
 def provider(config: dict, *, tensor: int, pipeline: int, query_scaling: str, dtype: str = "fp32") -> Any:
     """(pre_process, post_process, vp_stage) -> GPTModel, as a generated script's model_provider."""
 
+    gpt3 = config.get("block") == "gpt3"
+
     def build(pre_process: bool, post_process: bool, vp_stage: int | None = None) -> GPTModel:
+        transformer = transformer_config(
+            config, tensor=tensor, pipeline=pipeline, query_scaling=query_scaling, dtype=dtype
+        )
+        layer = get_gpt_layer_local_spec(
+            normalization="LayerNorm" if gpt3 else "RMSNorm", qk_layernorm=config.get("qk_norm", False)
+        )
         return GPTModel(
-            config=transformer_config(
-                config, tensor=tensor, pipeline=pipeline, query_scaling=query_scaling, dtype=dtype
-            ),
-            transformer_layer_spec=get_gpt_layer_local_spec(
-                normalization="RMSNorm", qk_layernorm=config.get("qk_norm", False)
-            ),
+            config=transformer,
+            # gpt3's LayerNorm applies 1 + scale (bridgec's zero-centred norm on the local layers).
+            transformer_layer_spec=zero_centered_block(layer, config=transformer, vp_stage=vp_stage) if gpt3 else layer,
             vocab_size=padded_vocab(config["vocab_size"], tensor),
-            max_sequence_length=64,
+            # gpt3: as many learned positions as MaxText's trainable_position_size.
+            max_sequence_length=config["trainable_position_size"] if gpt3 else 64,
             pre_process=pre_process,
             post_process=post_process,
             share_embeddings_and_output_weights=config["tied"],
-            position_embedding_type="rope",
+            position_embedding_type="learned_absolute" if gpt3 else "rope",
             rotary_base=int(config["rope_theta"]),
             rope_scaling=config["rope_type"] == "llama3.1",
             rope_scaling_factor=8.0,
