@@ -107,6 +107,7 @@ SHOWN_NOT_READ = {
     "TOKENS_PER_STEP": "a derived number shown with its arithmetic: global batch x seq_length",
     "LAYERS_PER_CHUNK": "a derived number shown with its arithmetic: layers / (pipeline x virtual)",
     "TRAINABLE_PARAMETERS": "[peft]: a derived number shown with its share of the model (bridgec explain's count)",
+    "TEACHER_NUM_PARAMETERS": "[distill]: the teacher's size, a derived number shown with its arithmetic",
 }
 """Constants no code of the script reads, each with the reason it is there."""
 
