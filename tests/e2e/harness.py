@@ -14,7 +14,6 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -68,18 +67,8 @@ def launch(
     """Run ``script`` on ``nprocs`` ranks from its folder: forked from the session's warm launcher (tests/warm.py),
     or with ``torchrun`` (``torchrun=True``, or BRIDGEC_TEST_LAUNCHER=torchrun for every launch)."""
     if warm.enabled() and not torchrun:
-        logs = Path(tempfile.mkdtemp(prefix="ranks-"))
-        ran = warm.run(
-            nprocs, cwd=script.parent, log_dir=logs, script=script, args=args, env=env, guard=HANG_GUARD_SECONDS
-        )
-        assert not ran.hung, f"hang guard: {script} still running after {HANG_GUARD_SECONDS} s"
-        ordered = [ran.outputs[rank] for rank in sorted(ran.outputs)]
-        return Launch(
-            returncode=ran.returncode,
-            stdout="".join(out for out, _ in ordered),
-            stderr="".join(err for _, err in ordered),
-            folder=script.parent,
-        )
+        done = warm.torchrun(nprocs, [script.name, *args], cwd=script.parent, env=env, timeout=HANG_GUARD_SECONDS)
+        return Launch(returncode=done.returncode, stdout=done.stdout, stderr=done.stderr, folder=script.parent)
     environment = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", **(env or {})}
     completed = subprocess.run(
         [str(TORCHRUN), "--nproc-per-node", str(nprocs), "--master-port", str(free_port()), script.name, *args],
