@@ -149,6 +149,8 @@ def import_hf(
     _model(m, architecture)
     if m.errors:
         return ImportResult(toml=None, notes=tuple(m.notes), errors=tuple(m.errors))
+    if device == "cuda":
+        m.put("model", "transformer_impl", "transformer_engine", "--device cuda: Transformer Engine's fused layers")
     _training(m, devices=devices, device=device)
     if "tokenizer.json" in tokenizer_files:
         m.put(

@@ -71,6 +71,14 @@ def test_llama31_maps_every_value_with_its_key() -> None:
     assert "#   - initializer_range = 0.02: the weights come from the folder" in result.toml
 
 
+def test_device_picks_the_layers_and_the_dtype() -> None:
+    """cuda gets Transformer Engine's fused layers and the stored bf16; cpu megatron-core's local layers in fp32."""
+    cuda = tomllib.loads(_import(LLAMA).toml)
+    assert cuda["model"]["transformer_impl"] == "transformer_engine" and cuda["precision"]["dtype"] == "bf16"
+    cpu = tomllib.loads(_import(LLAMA, device="cpu").toml)
+    assert "transformer_impl" not in cpu["model"] and cpu["precision"]["dtype"] == "fp32"
+
+
 def test_qwen3_head_dim_qk_norm_tied_and_transformers4_rope_keys() -> None:
     result = _import(QWEN3)
     model = tomllib.loads(result.toml)["model"]
