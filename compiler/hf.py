@@ -22,8 +22,9 @@ from typing import Any
 
 import attrs
 
-from bridgec.compiler.maxtext import ImportResult, _bullets, _toml, _wrap
+from bridgec.compiler.maxtext import ImportResult
 from bridgec.compiler.maxtext_read import ImportProblem
+from bridgec.compiler.spec_text import comment_bullets, toml_value, wrap_words
 
 __all__ = ["ARCHITECTURES", "ImportResult", "import_hf"]
 
@@ -160,11 +161,11 @@ def import_hf(
     m.put("init.checkpoint", "path", folder, "config.json's folder, relative to this spec")
     lines = _header(folder, command, tokenizer_files)
     if m.notes:
-        lines += ["#", "# NEEDS YOUR ACTION:", *_bullets(m.notes)]
+        lines += ["#", "# NEEDS YOUR ACTION:", *comment_bullets(m.notes)]
     for table, entries in m.tables.items():
         lines += ["", f"[{table}]"]
         for key, value, comment in entries:
-            text = f"{key} = {_toml(value)}"
+            text = f"{key} = {toml_value(value)}"
             lines.append(f"{text}  # {comment}" if comment else text)
     lines += ["", *_closing(m)]
     return ImportResult(toml="\n".join(lines) + "\n", notes=tuple(m.notes), errors=())
@@ -403,7 +404,7 @@ def _closing(m: _Mapper) -> list[str]:
         lines.append(f"#   - {key} = {_show(m.config[key])}: {_IGNORED[key]}")
     if read:
         lines += ["# Read, and nothing to set for them (the spec's defaults or implied by the values above):"]
-        lines += [f"#   {line}" for line in _wrap(", ".join(f"{k} = {_show(m.config[k])}" for k in read), 96, "")]
+        lines += [f"#   {line}" for line in wrap_words(", ".join(f"{k} = {_show(m.config[k])}" for k in read), 96, "")]
     if unknown:
         lines += ["# NOT REVIEWED by this bridgec (a newer transformers?): check that these change nothing:"]
         lines += [f"#   - {key} = {_show(m.config[key])}" for key in unknown]

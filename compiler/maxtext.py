@@ -35,6 +35,7 @@ import yaml
 from bridgec.compiler.maxtext_keys import GATES, ignored_reason
 from bridgec.compiler.maxtext_map import map_config
 from bridgec.compiler.maxtext_read import ImportProblem, MappedConfig, maxtext_value, show
+from bridgec.compiler.spec_text import comment_bullets, toml_value, wrap_words
 
 __all__ = ["ImportProblem", "ImportResult", "import_maxtext", "model_file_name", "parse_overrides"]
 
@@ -205,11 +206,11 @@ def render(mapped: MappedConfig, header: list[str], closing: list[str] | None = 
     """The spec: header, notes, the tables, then ``closing`` (default: the comment block of unmapped keys)."""
     lines = list(header)
     if mapped.notes:
-        lines += ["#", "# NEEDS YOUR ACTION:", *_bullets(mapped.notes)]
+        lines += ["#", "# NEEDS YOUR ACTION:", *comment_bullets(mapped.notes)]
     for table, entries in mapped.tables.items():
         lines += ["", f"[{table}]"]
         for key, value, comment in entries:
-            text = f"{key} = {_toml(value)}"
+            text = f"{key} = {toml_value(value)}"
             lines.append(f"{text}  # {comment}" if comment else text)
     lines += ["", *(_closing_block(mapped) if closing is None else closing)]
     return "\n".join(lines) + "\n"
@@ -251,58 +252,20 @@ def _closing_block(mapped: MappedConfig) -> list[str]:
     rule = "# " + "-" * 98
     lines = [rule, "# MaxText keys with no counterpart in this spec, and what was done about each.", rule]
     if mapped.caveats:
-        lines += ["# Mapped, with a caveat:", *_bullets(mapped.caveats)]
+        lines += ["# Mapped, with a caveat:", *comment_bullets(mapped.caveats)]
     if chosen:
-        lines += ["# Set in the model file or on the command line, no effect here:", *_bullets(sorted(chosen))]
+        lines += ["# Set in the model file or on the command line, no effect here:", *comment_bullets(sorted(chosen))]
     if implied:
         lines += ["# Read, and nothing to set for them (the spec's defaults or implied by the values above):"]
-        lines += [f"#   {line}" for line in _wrap(", ".join(implied), 96, "")]
+        lines += [f"#   {line}" for line in wrap_words(", ".join(implied), 96, "")]
     if unreviewed:
         lines += ["# NOT REVIEWED by this bridgec (a newer MaxText?): check that these change nothing:"]
         lines += [f"#   - {key} = {show(mapped.config[key])}" for key in sorted(unreviewed)]
     if neutral:
         lines += [f"# Checked, at values that change nothing ({len(neutral)}):"]
-        lines += [f"#   {line}" for line in _wrap(", ".join(sorted(neutral)), 96, "")]
+        lines += [f"#   {line}" for line in wrap_words(", ".join(sorted(neutral)), 96, "")]
     for reason in sorted(ignored):
         keys = sorted(ignored[reason])
         lines += [f"# Ignored, {reason} ({len(keys)}):"]
-        lines += [f"#   {line}" for line in _wrap(", ".join(keys), 96, "")]
-    return lines
-
-
-def _toml(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str):
-        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    if isinstance(value, float):
-        return repr(value)
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, list):
-        return "[" + ", ".join(_toml(v) for v in value) + "]"
-    if isinstance(value, dict):
-        return "{ " + ", ".join(f"{k} = {_toml(v)}" for k, v in value.items()) + " }"
-    raise TypeError(f"no TOML form for {value!r}")
-
-
-def _bullets(items: Sequence[str]) -> list[str]:
-    """Comment lines, one wrapped bullet per item."""
-    lines = []
-    for item in items:
-        wrapped = _wrap(item, 94, "")
-        lines += [f"#   - {wrapped[0]}", *(f"#     {line}" for line in wrapped[1:])]
-    return lines
-
-
-def _wrap(text: str, width: int, indent: str) -> list[str]:
-    """Greedy word wrap; continuation lines get ``indent``."""
-    lines, current = [], ""
-    for word in text.split(" "):
-        if current and len(current) + 1 + len(word) > width:
-            lines.append(current)
-            current = indent + word
-        else:
-            current = f"{current} {word}" if current else word
-    lines.append(current)
+        lines += [f"#   {line}" for line in wrap_words(", ".join(keys), 96, "")]
     return lines
