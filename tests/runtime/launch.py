@@ -39,6 +39,7 @@ HANG_GUARD_SECONDS = 300
 SPEC = "spec.toml"
 SCRIPT = "run.py"
 HOOKS = "faults.py"
+CALLBACKS = "callbacks.py"
 PAUSED = "paused_run.py"
 _FAILURE = re.compile(r"rank\s*:\s*(\d+) \(local_rank: \d+\)\s*\n\s*exitcode\s*:\s*(-?\d+)")
 
@@ -73,6 +74,9 @@ class RunSpec:
     """Source of a hooks file defining a function named like ``hook``; the spec names it in [hooks]."""
     hook: str = "forward_step"
     """The [hooks] key (forward_step or loss) naming the hooks file's function of that name."""
+    callbacks: str | None = None
+    """Source of a callbacks file (written as callbacks.py); [hooks] callbacks lists ``callback_classes`` of it."""
+    callback_classes: tuple[str, ...] = ()
 
     def toml(self) -> str:
         tables: dict[str, dict[str, Any]] = {
@@ -99,7 +103,10 @@ class RunSpec:
                 "dir": "ckpt", "save_interval": self.save_interval, "resume": self.resume, "keep_last": self.keep_last,
                 "overwrite": self.overwrite, "async_save": self.async_save,
             },
-            "hooks": {"file": HOOKS, self.hook: self.hook} if self.hooks is not None else {},
+            "hooks": {
+                **({"file": HOOKS, self.hook: self.hook} if self.hooks is not None else {}),
+                **({"callbacks": [f"{CALLBACKS}:{name}" for name in self.callback_classes]} if self.callbacks else {}),
+            },
         }  # fmt: skip
         return "\n".join(_table(name, values) for name, values in tables.items() if values)
 
@@ -116,6 +123,8 @@ def prepare(folder: Path, spec: RunSpec) -> Path:
     (folder / SPEC).write_text(spec.toml(), encoding="utf-8")
     if spec.hooks is not None:
         (folder / HOOKS).write_text(spec.hooks, encoding="utf-8")
+    if spec.callbacks is not None:
+        (folder / CALLBACKS).write_text(spec.callbacks, encoding="utf-8")
     code = bridgec(["compile", str(folder / SPEC), "-o", str(folder / SCRIPT)])
     assert code == 0, f"bridgec compile {folder / SPEC} -o {folder / SCRIPT} exited {code}"
     return folder

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import attrs
 import pytest
+import torch
 
 from bridgec.compiler.cli import main as bridgec
 from bridgec.runtime import checkpoint_files as files
@@ -39,7 +40,33 @@ class Killed:
     """Losses the killed run logged for every step: its own straight-run reference."""
 
 
-DP2 = runs.RunSpec(procs=2, distributed_optimizer=True, save_interval=2, keep_last=2, resume=True)
+TALLY = """
+import json, random, torch
+
+
+class Tally:
+    \"\"\"user_state keeps each step, a Python random draw and the loss; every step is also appended to a file.\"\"\"
+
+    def on_train_start(self, context):
+        for key in ("steps", "draws", "losses"):
+            context.user_state.setdefault(key, [])
+
+    def on_train_step_end(self, context):
+        record = {"step": context.step, "draw": random.random(), "loss": context.losses["lm loss"]}
+        for key, value in (("steps", record["step"]), ("draws", record["draw"]), ("losses", record["loss"])):
+            context.user_state[key].append(value)
+        with open(f"tally_rank{context.rank}.jsonl", "a") as handle:
+            handle.write(json.dumps(record) + "\\n")
+
+    def on_train_end(self, context):
+        torch.save(dict(context.user_state), f"tally_rank{context.rank}.pt")
+"""
+"""A callback whose user_state must come back from the checkpoint bit for bit after kill -9."""
+
+DP2 = runs.RunSpec(
+    procs=2, distributed_optimizer=True, save_interval=2, keep_last=2, resume=True, callbacks=TALLY,
+    callback_classes=("Tally",),
+)  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -97,6 +124,16 @@ def test_kill_during_save_keeps_the_previous_checkpoint(killed_dp2: Killed) -> N
     assert runs.losses(folder) == killed_dp2.reference  # bit-identical; every step logged once
     # keep_last = 2: iter 2 went once 6 was complete; the dead save's folder is gone.
     assert sorted(p.name for p in root.iterdir()) == ["iter_0000004", "iter_0000006", "latest"]
+    # [hooks] callbacks: user_state comes back as step 4 saved it (not as the killed launch left it after step 6),
+    # so the resumed run ends with what one uninterrupted run would hold: the killed launch's own first records.
+    for rank in range(DP2.procs):
+        lines = [json.loads(line) for line in (folder / f"tally_rank{rank}.jsonl").read_text().splitlines()]
+        first = {record["step"]: record for record in reversed(lines)}
+        assert [record["step"] for record in lines] == [1, 2, 3, 4, 5, 6, 5, 6]
+        state = torch.load(folder / f"tally_rank{rank}.pt")
+        assert state["steps"] == [1, 2, 3, 4, 5, 6]
+        assert state["draws"] == [first[step]["draw"] for step in range(1, 7)]  # Python's RNG restored too
+        assert state["losses"] == [first[step]["loss"] for step in range(1, 7)]
 
 
 @pytest.mark.parametrize("layout", [{"tensor": 2}, {"pipeline": 2}], ids=["tp1-to-tp2", "tp1-to-pp2"])
