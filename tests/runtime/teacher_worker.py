@@ -3,9 +3,10 @@
     write RUN.py ROOT             (1 process) RUN.py's model (a teacher-shaped student whose [init.checkpoint] is
                                   the Hugging Face folder) saved three ways: ROOT/bridgec (bridgec convert
                                   hf-to-megatron), ROOT/mlm (Megatron-LM's torch_dist structure, iteration 3) and
-                                  ROOT/orbax/0/items (bridgec convert megatron-to-orbax of ROOT/bridgec, scanned);
-                                  and ROOT/refused.json: the RunError of ROOT/bridgec's optimizer state loaded
-                                  as Megatron-LM's
+                                  ROOT/orbax/0/items and ROOT/orbax_unscanned/0/items (bridgec convert
+                                  megatron-to-orbax of ROOT/bridgec, scanned and not); and ROOT/student.json:
+                                  ROOT/bridgec's weights loaded into the (zeroed) DDP student as format
+                                  "megatron", and the RunError of its optimizer state loaded as Megatron-LM's
     check OUT.json NAME=RUN.py... (the scripts' processes) each script's build_teacher(), the first one's start();
                                   per rank, each teacher's local logits on fixed tokens against the first one's
                                   (largest absolute difference), or the RunError its load raised
@@ -28,7 +29,7 @@ from megatron.core import dist_checkpointing
 
 from bridgec.runtime import convert
 from bridgec.runtime.errors import RunError
-from bridgec.runtime.megatron_load import load_megatron_training_state
+from bridgec.runtime.megatron_load import load_megatron_training_state, load_megatron_weights
 from bridgec.runtime.model import unwrap
 from tests.runtime.megatron_lm_checkpoint import megatron_args
 
@@ -51,21 +52,35 @@ def write(script: Path, root: Path) -> None:
     }
     dist_checkpointing.save(state, str(folder), sharded_strategy=("torch_dist", 1))
     (root / "mlm" / "latest_checkpointed_iteration.txt").write_text(str(ITERATION))
+    found = {"student": _student_from_bridgec(built, root / "bridgec")}
     # A bridgec checkpoint's optimizer state continues with [checkpoint] resume, not as Megatron-LM's.
     try:
         load_megatron_training_state(built.model, built.optimizer, built.scheduler, path=root / "bridgec")
     except RunError as error:
-        (root / "refused.json").write_text(json.dumps({"code": int(error.code), "message": error.message}))
-    convert.megatron_to_orbax(
-        built,
-        directory=root / "bridgec",
-        output=root / "orbax",
-        step=None,
-        dtype="float32",
-        scanned=True,
-        rope_layout="rotate_half",
-        param_scan_axis=1,
-    )
+        found["refused"] = {"code": int(error.code), "message": error.message}
+    (root / "student.json").write_text(json.dumps(found))
+    for scanned, output in ((True, "orbax"), (False, "orbax_unscanned")):
+        convert.megatron_to_orbax(
+            built,
+            directory=root / "bridgec",
+            output=root / output,
+            step=None,
+            dtype="float32",
+            scanned=scanned,
+            rope_layout="rotate_half",
+            param_scan_axis=1,
+        )
+
+
+def _student_from_bridgec(built: Any, path: Path) -> float:
+    """[init.checkpoint] format = "megatron" of a bridgec checkpoint into the student (DDP, its optimizer): the
+    weights it holds, after every parameter was zeroed (largest absolute difference)."""
+    saved = {name: param.detach().clone() for name, param in built.model[0].named_parameters()}
+    with torch.no_grad():
+        for param in built.model[0].parameters():
+            param.zero_()
+    load_megatron_weights(built.model, built.optimizer, path=path)
+    return max((param - saved[name]).abs().max().item() for name, param in built.model[0].named_parameters())
 
 
 def _module(name: str, script: Path) -> ModuleType:

@@ -59,6 +59,7 @@ WRITER = (
 SOURCES = {
     "hf": ("huggingface", "teacher"),
     "orbax": ("orbax", "orbax/0/items"),
+    "orbax_unscanned": ("orbax", "orbax_unscanned/0/items"),
     "megatron_lm": ("megatron", "mlm"),
     "bridgec": ("megatron", "bridgec"),
 }
@@ -123,7 +124,7 @@ def tp2(root: Path) -> dict[int, dict[str, Any]]:
     return _check(root, 2, scripts)
 
 
-@pytest.mark.parametrize("source", ["orbax", "megatron_lm", "bridgec"])
+@pytest.mark.parametrize("source", ["orbax", "orbax_unscanned", "megatron_lm", "bridgec"])
 @pytest.mark.parametrize("layout", ["tp1", "tp2"])
 def test_a_teacher_from_each_format_gives_the_hugging_face_teachers_logits(
     source: str, layout: str, request: pytest.FixtureRequest
@@ -156,12 +157,15 @@ def test_a_teacher_checkpoint_that_does_not_fit_the_teacher_stops_naming_what_di
     assert f"ffn_hidden_size: 128 in {manifest}, 96 in this run" in bridgec, bridgec
 
 
-def test_a_bridgec_checkpoints_optimizer_state_is_not_read_as_megatron_lms(root: Path) -> None:
-    """format = "megatron" reads a bridgec checkpoint's weights; its optimizer state continues with resume."""
-    refused = json.loads((root / "refused.json").read_text())
+def test_a_bridgec_checkpoint_is_a_students_megatron_init_checkpoint_weights_only(root: Path) -> None:
+    """format = "megatron" reads a bridgec checkpoint's weights into a (zeroed) student; its optimizer state
+    continues with [checkpoint] resume, not as Megatron-LM's."""
+    found = json.loads((root / "student.json").read_text())
+    assert found["student"] == 0.0
+    refused, folder = found["refused"], root / "bridgec" / "iter_0000000"
     assert refused["code"] == ExitCode.CHECKPOINT_ERROR
     assert refused["message"] == (
-        f"cannot start from {root / 'bridgec' / 'iter_0000000'}; nothing was loaded:\n  {root / 'bridgec' / 'iter_0000000'}: "
-        "a bridgec checkpoint; optimizer_state = true reads Megatron-LM's optimizer state and schedule (continue a "
-        "bridgec run with [checkpoint] dir and resume = true, or set optimizer_state = false)"
+        f"cannot start from {folder}; nothing was loaded:\n  {folder}: a bridgec checkpoint; optimizer_state = true "
+        "reads Megatron-LM's optimizer state and schedule (continue a bridgec run with [checkpoint] dir and "
+        "resume = true, or set optimizer_state = false)"
     )
