@@ -842,7 +842,7 @@ def regenerate_command(target: Target) -> str:
 def lower(spec: Spec, target: Target) -> Plan:
     """Resolve every value the generated script needs. Pure: no I/O."""
     ch = choices_of(spec)
-    teacher = teacher_section(_model_section(teacher_spec(spec))) if spec.distill is not None else None
+    teacher = teacher_section(spec, _model_section(teacher_spec(spec))) if spec.distill is not None else None
     sections = [
         *_run_sections(spec, target),
         _parallel_section(spec),

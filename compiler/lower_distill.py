@@ -29,12 +29,13 @@ def teacher_spec(spec: Spec) -> Spec:
     return attrs.evolve(spec, model=teacher, init=Init(checkpoint=teacher.checkpoint))
 
 
-def teacher_section(model_section: Section) -> Section:
+def teacher_section(spec: Spec, model_section: Section) -> Section:
     """The student's [model] constants of the teacher, renamed; the init scheme does not apply (weights load)."""
+    unread = {"INIT_SCHEME", *_UNREAD_BY_LOADER[_format(spec)]}
     constants = tuple(
         attrs.evolve(constant, name=f"TEACHER_{constant.name}")
         for constant in model_section.constants
-        if constant.name != "INIT_SCHEME"
+        if constant.name not in unread
     )
     return Section(title="Distillation's teacher ([distill.teacher], on the student's layout)", constants=constants)
 
@@ -74,10 +75,25 @@ def distill_plan(spec: Spec, teacher_constants: Section) -> DistillPlan | None:
     return DistillPlan(model=model, build=(_BUILD_CHUNKS, *_load(spec), _FREEZE))
 
 
+def _format(spec: Spec) -> c.CheckpointFormat:
+    assert spec.distill is not None
+    return c.choice(c.CheckpointFormat, spec.distill.teacher.checkpoint.format)
+
+
+_UNREAD_BY_LOADER: dict[c.CheckpointFormat, tuple[str, ...]] = {
+    c.CheckpointFormat.HUGGINGFACE: (),
+    c.CheckpointFormat.ORBAX: (),
+    # The tokenizer's vocabulary: what the Hugging Face and Orbax loaders pad to megatron's; a Megatron checkpoint
+    # holds the padded rows already (its args or manifest compared with TEACHER_PADDED_VOCAB_SIZE's model).
+    c.CheckpointFormat.MEGATRON: ("VOCAB_SIZE",),
+}
+"""[model] constants of the teacher that nothing reads with that checkpoint format (the student's are read by
+its data and metrics; the teacher's only by its loader)."""
+
+
 def _load(spec: Spec) -> tuple[str, ...]:
     """build_teacher()'s load of the weights: the student's [init.checkpoint] loader of that format."""
-    assert spec.distill is not None
-    fmt = c.choice(c.CheckpointFormat, spec.distill.teacher.checkpoint.format)
+    fmt = _format(spec)
     match fmt:
         case c.CheckpointFormat.HUGGINGFACE:
             return _HF_LOAD

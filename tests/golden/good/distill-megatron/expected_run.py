@@ -151,7 +151,6 @@ TEACHER_NUM_ATTENTION_HEADS = 8
 TEACHER_NUM_QUERY_GROUPS = 2
 TEACHER_HEAD_DIM = 16  # hidden 128 / heads 8
 TEACHER_FFN_HIDDEN_SIZE = 512  # default: 4 x hidden 128
-TEACHER_VOCAB_SIZE = 128
 TEACHER_PADDED_VOCAB_SIZE = 128  # vocab 128 rounded up to a multiple of 128 (lcm of make_vocab_size_divisible_by 128 and tensor 2)
 TEACHER_SEQ_LENGTH = 32
 TEACHER_TIE_EMBEDDINGS = False
