@@ -316,6 +316,13 @@ def _peft_section(spec: Spec) -> Section | None:
     )
 
 
+def _teacher_checkpoint_section(spec: Spec) -> Section:
+    """The teacher's weights, as [init.checkpoint] constants of the teacher lowered as a student."""
+    section = _init_checkpoint_section(teacher_spec(spec))
+    assert section is not None  # [distill.teacher.checkpoint] is required
+    return section
+
+
 def _init_checkpoint_section(spec: Spec) -> Section | None:
     init = spec.init.checkpoint
     if init is None:
@@ -326,7 +333,9 @@ def _init_checkpoint_section(spec: Spec) -> Section | None:
         case c.CheckpointFormat.HUGGINGFACE:
             return Section(title=title, constants=(_c("INIT_CHECKPOINT", init.path, text=True),))
         case c.CheckpointFormat.MEGATRON:
-            why = "Megatron-LM's torch_dist save folder (its latest iteration) or one iter_* folder"
+            why = (
+                "Megatron-LM's torch_dist save folder or a bridgec [checkpoint] dir (its latest), or one iter_* folder"
+            )
             return Section(title=title, constants=(_c("INIT_CHECKPOINT", init.path, why, text=True),))
         case c.CheckpointFormat.ORBAX:
             pass
@@ -833,7 +842,7 @@ def regenerate_command(target: Target) -> str:
 def lower(spec: Spec, target: Target) -> Plan:
     """Resolve every value the generated script needs. Pure: no I/O."""
     ch = choices_of(spec)
-    teacher = teacher_section(_model_section(teacher_spec(spec))) if spec.distill is not None else None
+    teacher = teacher_section(spec, _model_section(teacher_spec(spec))) if spec.distill is not None else None
     sections = [
         *_run_sections(spec, target),
         _parallel_section(spec),
@@ -845,7 +854,7 @@ def lower(spec: Spec, target: Target) -> Plan:
         _data_section(spec, ch, target),
         *[section for section in (_init_checkpoint_section(spec),) if section is not None],
         *[section for section in (_peft_section(spec),) if section is not None],
-        *([distill_section(spec), teacher] if teacher is not None else []),
+        *([distill_section(spec, _teacher_checkpoint_section(spec)), teacher] if teacher is not None else []),
         _output_section(spec, target),
         _logging_section(spec, ch),
         *[section for section in (_callbacks_section(spec), _profile_section(spec)) if section is not None],

@@ -9,8 +9,11 @@ script, while the layout's constants (TENSOR_PARALLEL, ...) stay shared.
 
 from __future__ import annotations
 
+from typing import assert_never
+
 import attrs
 
+from bridgec.compiler import choices as c
 from bridgec.compiler.lower_model import choices_of, model_plan
 from bridgec.compiler.plan import Argument, Call, Code, Constant, DistillPlan, Items, ModelPlan, Section
 from bridgec.compiler.spec import Init, Spec
@@ -26,17 +29,20 @@ def teacher_spec(spec: Spec) -> Spec:
     return attrs.evolve(spec, model=teacher, init=Init(checkpoint=teacher.checkpoint))
 
 
-def teacher_section(model_section: Section) -> Section:
+def teacher_section(spec: Spec, model_section: Section) -> Section:
     """The student's [model] constants of the teacher, renamed; the init scheme does not apply (weights load)."""
+    unread = {"INIT_SCHEME", *_UNREAD_BY_LOADER[_format(spec)]}
     constants = tuple(
         attrs.evolve(constant, name=f"TEACHER_{constant.name}")
         for constant in model_section.constants
-        if constant.name != "INIT_SCHEME"
+        if constant.name not in unread
     )
     return Section(title="Distillation's teacher ([distill.teacher], on the student's layout)", constants=constants)
 
 
-def distill_section(spec: Spec) -> Section:
+def distill_section(spec: Spec, checkpoint: Section) -> Section:
+    """[distill]'s constants, and the teacher's checkpoint ones: ``checkpoint`` is the [init.checkpoint] section
+    of the teacher lowered as a student (INIT_CHECKPOINT, ...), its constants renamed TEACHER_*."""
     assert spec.distill is not None
     d = spec.distill
     return Section(
@@ -45,7 +51,10 @@ def distill_section(spec: Spec) -> Section:
             Constant(name="KD_TEMPERATURE", value=d.temperature),
             Constant(name="KD_LOSS_SCALE", value=d.kd_loss_scale),
             Constant(name="SKIP_LM_LOSS", value=d.skip_lm_loss),
-            Constant(name="TEACHER_CHECKPOINT", value=d.teacher.checkpoint.path, from_spec_text=True),
+            *(
+                attrs.evolve(constant, name=constant.name.replace("INIT_", "TEACHER_", 1))
+                for constant in checkpoint.constants
+            ),
         ),
     )
 
@@ -63,11 +72,42 @@ def distill_plan(spec: Spec, teacher_constants: Section) -> DistillPlan | None:
         arguments=tuple(a for a in plan.config.arguments if a.name not in TEACHER_ONLY_SKIPS),
     )
     model = ModelPlan(config=_renamed(config, renames), gpt=_renamed(plan.gpt, renames))
-    return DistillPlan(model=model, build=_BUILD)
+    return DistillPlan(model=model, build=(_BUILD_CHUNKS, *_load(spec), _FREEZE))
 
 
-_BUILD = (
-    "chunks = build_chunks(teacher_model_provider, layout)  # one: the pipeline is one stage",
+def _format(spec: Spec) -> c.CheckpointFormat:
+    assert spec.distill is not None
+    return c.choice(c.CheckpointFormat, spec.distill.teacher.checkpoint.format)
+
+
+_UNREAD_BY_LOADER: dict[c.CheckpointFormat, tuple[str, ...]] = {
+    c.CheckpointFormat.HUGGINGFACE: (),
+    c.CheckpointFormat.ORBAX: (),
+    # The tokenizer's vocabulary: what the Hugging Face and Orbax loaders pad to megatron's; a Megatron checkpoint
+    # holds the padded rows already (its args or manifest compared with TEACHER_PADDED_VOCAB_SIZE's model).
+    c.CheckpointFormat.MEGATRON: ("VOCAB_SIZE",),
+}
+"""[model] constants of the teacher that nothing reads with that checkpoint format (the student's are read by
+its data and metrics; the teacher's only by its loader)."""
+
+
+def _load(spec: Spec) -> tuple[str, ...]:
+    """build_teacher()'s load of the weights: the student's [init.checkpoint] loader of that format."""
+    fmt = _format(spec)
+    match fmt:
+        case c.CheckpointFormat.HUGGINGFACE:
+            return _HF_LOAD
+        case c.CheckpointFormat.ORBAX:
+            return _ORBAX_LOAD
+        case c.CheckpointFormat.MEGATRON:
+            return _MEGATRON_LOAD
+        case _:
+            assert_never(fmt)
+
+
+_BUILD_CHUNKS = "chunks = build_chunks(teacher_model_provider, layout)  # one: the pipeline is one stage"
+_FREEZE = "return freeze_teacher(chunks[0], layout=layout, dtype=DTYPE)"
+_HF_LOAD = (
     "load_hf_weights(",
     "    chunks,",
     "    path=str(SPEC_DIR / TEACHER_CHECKPOINT),",
@@ -81,7 +121,27 @@ _BUILD = (
     ")",
     "if layout.rank == 0:",
     '    print(f"distill: teacher weights from {SPEC_DIR / TEACHER_CHECKPOINT}", flush=True)',
-    "return freeze_teacher(chunks[0], layout=layout, dtype=DTYPE)",
+)
+_ORBAX_LOAD = (
+    "with naming_the_teacher():  # the Orbax loader's errors speak of 'this model'",
+    "    load_maxtext_weights(",
+    "        chunks,",
+    "        path=str(SPEC_DIR / TEACHER_CHECKPOINT),",
+    "        vocab_size=TEACHER_VOCAB_SIZE,",
+    "        tensor_parallel=TENSOR_PARALLEL,",
+    "        tensor_rank=layout.tensor_rank,",
+    "        query_scaling=TEACHER_QUERY_SCALING,",
+    "        rope_layout=TEACHER_ROPE_LAYOUT,",
+    "        param_scan_axis=TEACHER_PARAM_SCAN_AXIS,",
+    "    )",
+    "if layout.rank == 0:",
+    '    print(f"distill: teacher weights from {SPEC_DIR / TEACHER_CHECKPOINT}", flush=True)',
+)
+_MEGATRON_LOAD = (
+    "with naming_the_teacher():  # the Megatron-LM loader's errors speak of 'this run'",
+    "    loaded = load_megatron_weights(chunks, None, path=SPEC_DIR / TEACHER_CHECKPOINT)  # no optimizer",
+    "if layout.rank == 0:",
+    '    print(f"distill: teacher weights from {loaded.folder} (saved at iteration {loaded.iteration})", flush=True)',
 )
 
 

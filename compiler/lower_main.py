@@ -817,6 +817,11 @@ def imports(spec: Spec, ch: Choices, *, schedule: Call | None, forward: ForwardP
     if spec.init.checkpoint is not None:
         need["loop"].add("Progress")
         _init_checkpoint_imports(ch, need)
+    if spec.distill is not None:  # the teacher's weights: the student's loader of that format
+        teacher_ch = choices_of(teacher_spec(spec))
+        _init_checkpoint_imports(teacher_ch, need)
+        if teacher_ch.checkpoint_format is not c.CheckpointFormat.HUGGINGFACE:
+            need["distill"].add("naming_the_teacher")
     _optimizer_imports(ch, need)
     if schedule is not None:
         need["schedules"] |= {"CountScheduler", "Schedule", schedule.function}
@@ -857,7 +862,6 @@ def _loss_imports(ch: Choices, need: defaultdict[str, set[str]]) -> None:
             need["maxtext_loss"].add("maxtext_loss")
         case LossSource.DISTILL:
             need["distill"] |= {"distill_loss", "freeze_teacher"}
-            need["hf_import"].add("load_hf_weights")
             need["model"].add("build_chunks")
         case _:
             assert_never(ch.loss_source)

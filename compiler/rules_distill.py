@@ -7,7 +7,6 @@ finds about the model is reported at ``distill.teacher``.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 
 import attrs
@@ -15,16 +14,12 @@ import attrs
 from bridgec.compiler import derive
 from bridgec.compiler.errors import KeyPath, render_value
 from bridgec.compiler.rule_base import Finding, NotLoaded, Rule, SpecContext
+from bridgec.compiler.rules_files import rule_init_checkpoint_exists, rule_megatron_init_settings
 from bridgec.compiler.rules_layout import LAYOUT_RULES
-from bridgec.compiler.spec import InitCheckpoint, Spec
+from bridgec.compiler.spec import Init, Spec
+from bridgec.compiler.validate_interop import rule_huggingface_checkpoint_keys, rule_init_checkpoint_model
 
 TEACHER: KeyPath = ("distill", "teacher")
-
-ORBAX_ONLY = ("layout", "rope_layout", "param_scan_axis", "optimizer_type")
-"""[init.checkpoint]'s keys that only Orbax checkpoints read."""
-
-BUILT_FORMATS = ("huggingface",)
-"""The teacher checkpoint formats the generated script loads so far."""
 
 
 def rule_teacher_vocab(spec: Spec, ctx: SpecContext) -> Iterator[Finding]:
@@ -97,44 +92,56 @@ def _at_teacher(finding: Finding) -> Finding:
     return attrs.evolve(finding, about=about, message=f"{message} (the teacher runs on the student's layout)")
 
 
+CHECKPOINT_RULES: tuple[Rule, ...] = (
+    rule_init_checkpoint_model,
+    rule_huggingface_checkpoint_keys,
+    rule_megatron_init_settings,
+    rule_init_checkpoint_exists,
+)
+"""The [init.checkpoint] rules: the teacher's weights are read by the student's loaders, which need the same."""
+
+
 def rule_teacher_checkpoint(spec: Spec, ctx: SpecContext) -> Iterator[Finding]:
+    """The [init.checkpoint] rules, on the teacher's checkpoint with the teacher as the model it loads into."""
     if spec.distill is None:
         return
     checkpoint = spec.distill.teacher.checkpoint
-    path: KeyPath = (*TEACHER, "checkpoint")
-    if checkpoint.format not in BUILT_FORMATS:
-        yield Finding(
-            about=((*path, "format"),),
-            message=(
-                f"$.distill.teacher.checkpoint.format = {render_value(checkpoint.format)} is not built yet for a "
-                f"teacher: the generated script loads a teacher from {', '.join(BUILT_FORMATS)} only"
-            ),
-            hint='format = "huggingface" (bridgec convert megatron-to-hf writes one from a bridgec checkpoint)',
-        )
     if checkpoint.optimizer_state:
         yield Finding(
-            about=((*path, "optimizer_state"),),
+            about=((*TEACHER, "checkpoint", "optimizer_state"),),
             message="$.distill.teacher.checkpoint.optimizer_state = true, but the frozen teacher has no optimizer",
             hint="remove optimizer_state from [distill.teacher.checkpoint]",
         )
-    defaults = InitCheckpoint(format=checkpoint.format, path=checkpoint.path)
-    for key in ORBAX_ONLY:
-        value = getattr(checkpoint, key)
-        if value != getattr(defaults, key):
-            yield Finding(
-                about=((*path, key),),
-                message=f"$.distill.teacher.checkpoint.{key} = {render_value(value)} applies to Orbax checkpoints "
-                "only, which a teacher cannot load yet",
-                hint=f"remove {key} from [distill.teacher.checkpoint]",
-            )
-    if not ctx.require_data or ctx.files.exists(ctx.resolve(checkpoint.path)):
-        return
-    relative = "" if os.path.isabs(checkpoint.path) else " (paths are relative to the spec's folder)"
-    yield Finding(
-        about=((*path, "path"),),
-        message=f"$.distill.teacher.checkpoint.path = {render_value(checkpoint.path)} does not exist{relative}",
-        hint="point it at the teacher's Hugging Face model folder (config.json and *.safetensors)",
-    )
+    weights_only = attrs.evolve(checkpoint, optimizer_state=False)  # reported above, once
+    as_student = attrs.evolve(spec, model=spec.distill.teacher, init=Init(checkpoint=weights_only))
+    for rule in CHECKPOINT_RULES:
+        try:
+            findings = list(rule(as_student, ctx))
+        except NotLoaded:
+            continue
+        yield from (_checkpoint_at_teacher(finding) for finding in findings)
+
+
+_CHECKPOINT_WORDS = (
+    ("$.init.checkpoint.", "$.distill.teacher.checkpoint."),
+    ("[init.checkpoint]", "[distill.teacher.checkpoint]"),
+    ("needs model ", "needs [distill.teacher] "),
+    ("under [model]", "under [distill.teacher]"),
+)
+"""How an [init.checkpoint] rule's words about the student read when the rule ran on the teacher."""
+
+
+def _checkpoint_at_teacher(finding: Finding) -> Finding:
+    def moved(path: KeyPath) -> KeyPath:
+        if path[:2] == ("init", "checkpoint"):
+            return (*TEACHER, *path[1:])
+        return (*TEACHER, *path[1:]) if path[0] == "model" else path
+
+    message, hint = finding.message, finding.hint
+    for student, teacher in _CHECKPOINT_WORDS:
+        message = message.replace(student, teacher)
+        hint = hint.replace(student, teacher)
+    return attrs.evolve(finding, about=tuple(moved(path) for path in finding.about), message=message, hint=hint)
 
 
 def rule_teacher_logits_multiplier(spec: Spec, ctx: SpecContext) -> Iterator[Finding]:

@@ -501,7 +501,8 @@ def rule_init_checkpoint_exists(spec: Spec, ctx: SpecContext) -> Iterator[Findin
 _INIT_PATH_HINT = {
     "orbax": "point it at the checkpoint's item folder, e.g. ckpt/1000/items",
     "huggingface": "point it at the Hugging Face model folder (the one holding config.json and the safetensors)",
-    "megatron": "point it at Megatron-LM's save folder (the one holding latest_checkpointed_iteration.txt)",
+    "megatron": "point it at Megatron-LM's save folder (the one holding latest_checkpointed_iteration.txt), a "
+    "bridgec [checkpoint] dir or one iter_* folder",
 }
 
 

@@ -535,9 +535,9 @@ class InitCheckpoint:
     """[init.checkpoint]: start from weights written by another framework."""
 
     format: CheckpointFormat
-    """orbax: an Orbax/Flax checkpoint read with tensorstore (no JAX needed). huggingface: a Hugging Face model folder's safetensors (model.safetensors, or shards with model.safetensors.index.json; bridgec import hf writes the matching [model]). megatron: a torch_dist checkpoint saved by Megatron-LM or Megatron Bridge (model weights, and with optimizer_state its optimizer state, schedule and iteration; its args are compared with the spec first). The other keys here are Orbax's and must stay unset for huggingface and megatron, except optimizer_state for megatron."""
+    """orbax: an Orbax/Flax checkpoint read with tensorstore (no JAX needed). huggingface: a Hugging Face model folder's safetensors (model.safetensors, or shards with model.safetensors.index.json; bridgec import hf writes the matching [model]). megatron: a torch_dist checkpoint saved by Megatron-LM or Megatron Bridge (model weights, and with optimizer_state its optimizer state, schedule and iteration; its args are compared with the spec first), or the weights of one a bridgec run saved (its manifest's model is compared; its optimizer state continues only with [checkpoint] resume). The other keys here are Orbax's and must stay unset for huggingface and megatron, except optimizer_state for megatron."""
     path: str
-    """orbax: the checkpoint item folder, e.g. ckpt/1000/items; huggingface: the model folder; megatron: the save folder (its latest_checkpointed_iteration.txt names the iteration) or one iter_NNNNNNN folder. Relative to the spec's folder."""
+    """orbax: the checkpoint item folder, e.g. ckpt/1000/items; huggingface: the model folder; megatron: the save folder (its latest_checkpointed_iteration.txt names the iteration; for a bridgec [checkpoint] dir its latest) or one iter_NNNNNNN folder. Relative to the spec's folder."""
     layout: CheckpointLayout = "maxtext"
     """How the tree is laid out: maxtext (MaxText's decoder parameter names, scanned or not)."""
     optimizer_state: bool = False
@@ -565,7 +565,7 @@ class Teacher(Model):
     """[distill.teacher]: the frozen teacher, with every key of [model] (its own shape; the student's parallel layout)."""
 
     checkpoint: InitCheckpoint
-    """[distill.teacher.checkpoint]: the teacher's weights, the same keys as [init.checkpoint]. Required: a teacher with random weights teaches nothing. huggingface only so far."""
+    """[distill.teacher.checkpoint]: the teacher's weights, with the keys of [init.checkpoint], read by its loaders on the student's layout: huggingface, orbax (MaxText's layout) or megatron (Megatron-LM, Megatron Bridge or a bridgec run's checkpoint). Weights only: optimizer_state must stay unset. Required: a teacher with random weights teaches nothing."""
 
 
 @attrs.frozen(kw_only=True)

@@ -18,6 +18,8 @@ slice of p and q, so backward is local (no collective); the teacher gets none.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 import attrs
@@ -26,6 +28,7 @@ import torch.distributed as dist
 from megatron.core import parallel_state, tensor_parallel
 from megatron.core.transformer.module import Float16Module
 
+from bridgec.runtime.errors import RunError
 from bridgec.runtime.loss import LOSS_KEY
 from bridgec.runtime.parallel import Layout
 
@@ -182,3 +185,22 @@ def freeze_teacher(chunk: torch.nn.Module, *, layout: Layout, dtype: str) -> tor
     chunk.requires_grad_(False)
     chunk.eval()
     return chunk
+
+
+@contextlib.contextmanager
+def naming_the_teacher() -> Iterator[None]:
+    """A RunError of the loaders inside (the student's own: Orbax, Megatron-LM, bridgec) names the teacher.
+
+    Those loaders speak of "this model" and "this run"; in a distillation's script the model they load is the
+    teacher, whose shape is [distill.teacher]'s. The code and every_rank stay the loader's (CHECKPOINT_ERROR: exit 6).
+    """
+    try:
+        yield
+    except RunError as error:
+        raise RunError(
+            error.code,
+            "loading the teacher's weights failed ([distill.teacher]; below, 'this model' and 'this run' mean the "
+            f"teacher):\n{error.message}",
+            every_rank=error.every_rank,
+            step=error.step,
+        ) from None

@@ -9,6 +9,12 @@ shares: ``args``, ``checkpoint_version``, ``iteration``, ...), ``metadata.json``
 names: the same names bridgec's own checkpoints use, so it loads into any
 tensor/pipeline layout.
 
+A checkpoint bridgec saved (a ``[checkpoint] dir``: its ``latest`` names the
+folder) is the same torch_dist structure under the same names, so it loads here
+too, weights only: its manifest (``bridgec.json``) stands in for Megatron-LM's
+``checkpoint_version`` and ``args`` (its model architecture is compared, its
+file sizes checked). Its optimizer state continues with ``[checkpoint] resume``.
+
 Before a tensor is read, on every rank: the checkpoint version, the run's
 architecture against the checkpoint's ``args`` (when it has them) and Megatron
 Bridge's ``run_config.yaml`` (when there is one), every tensor
@@ -28,6 +34,7 @@ Megatron-LM stopped.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +47,7 @@ from megatron.core.optimizer.distrib_optimizer import DistributedOptimizer
 from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 
 from bridgec.runtime import checkpoint_compat as compat
+from bridgec.runtime import checkpoint_files as files
 from bridgec.runtime.checkpoint_checks import ARCHITECTURE, gather, model_signature, tensor_problems
 from bridgec.runtime.checkpoint_files import read_tensor_metadata
 from bridgec.runtime.errors import ExitCode, RunError
@@ -65,7 +73,8 @@ class MegatronImport:
     iteration: int
     """The iteration the checkpoint was saved at (its ``iteration`` entry)."""
     compared_args: bool
-    """Whether the checkpoint had Megatron-LM ``args`` or a Megatron Bridge run config to compare with."""
+    """Whether the checkpoint had Megatron-LM ``args``, a Megatron Bridge run config or a bridgec manifest to
+    compare with."""
 
 
 @attrs.frozen(kw_only=True)
@@ -85,9 +94,14 @@ class MegatronProgress:
 
 
 def iteration_folder(path: Path) -> Path:
-    """The ``iter_*`` (or ``release``) folder of a Megatron-LM save folder (its tracker file names it), or ``path``."""
+    """The ``iter_*`` (or ``release``) folder of a Megatron-LM save folder (its tracker file names it), of a
+    bridgec ``[checkpoint] dir`` (the one its ``latest`` names), or ``path`` itself."""
     if _ITERATION.match(path.name) or path.name == RELEASE:
         return path
+    if (path / files.POINTER).is_file() or files.complete_checkpoints(path):
+        latest = files.find_latest(path)
+        assert latest is not None  # a pointer names a folder, or there is a complete checkpoint
+        return latest
     tracker = path / TRACKER
     if not tracker.is_file():
         raise RunError(
@@ -124,6 +138,8 @@ def read_common(folder: Path) -> dict[str, Any]:
         ) from None
     if not isinstance(common, dict):
         raise RunError(ExitCode.CHECKPOINT_ERROR, f"{folder / COMMON}: not a Megatron-LM common state (a dict)")
+    if (folder / files.MANIFEST).is_file():
+        return common  # bridgec's own: its manifest, not a checkpoint_version, says what it holds
     version = common.get("checkpoint_version")
     if version not in KNOWN_VERSIONS:
         raise RunError(
@@ -219,13 +235,15 @@ def truncated_files(folder: Path) -> list[str]:
     return problems
 
 
-def load_megatron_weights(model: list[DistributedDataParallel], optimizer: Any, *, path: Path) -> MegatronImport:
+def load_megatron_weights(model: Sequence[torch.nn.Module], optimizer: Any | None, *, path: Path) -> MegatronImport:
     """Load the model weights of the Megatron-LM checkpoint at ``path`` into ``model`` (collective).
 
-    ``path`` is a Megatron-LM save folder (its latest iteration) or one
-    ``iter_*`` folder. The optimizer's fp32 main parameters are refreshed from
-    the loaded weights. A RunError(CHECKPOINT_ERROR) lists every problem found on
-    any rank before anything is read.
+    ``path`` is a Megatron-LM save folder (its latest iteration), a bridgec
+    ``[checkpoint] dir`` (its latest) or one ``iter_*`` folder; ``model`` the
+    chunks, wrapped (DDP) or not. The optimizer's fp32 main parameters are
+    refreshed from the loaded weights (None: a model without one, a frozen
+    teacher). A RunError(CHECKPOINT_ERROR) lists every problem found on any rank
+    before anything is read.
     """
     imported, _ = _load(model, optimizer, None, path=path)
     return imported
@@ -247,23 +265,52 @@ def load_megatron_training_state(
     return progress
 
 
+def architecture_views(folder: Path, common: dict[str, Any]) -> list[tuple[dict[str, Any], str]]:
+    """Each description of the saved model the checkpoint holds, with where it is from: Megatron-LM's ``args``,
+    Megatron Bridge's ``run_config.yaml``, bridgec's manifest."""
+    views = []
+    if common.get("args") is not None:
+        views.append((args_view(common["args"]), "the checkpoint's args"))
+    run_config = read_run_config(folder)
+    if run_config is not None:
+        views.append((run_config_view(run_config), f"{folder / RUN_CONFIG}"))
+    manifest = bridgec_manifest(folder)
+    if manifest is not None:
+        views.append((manifest.model, f"{folder / files.MANIFEST}"))
+    return views
+
+
+def bridgec_manifest(folder: Path) -> files.Manifest | None:
+    """The manifest of a checkpoint bridgec saved; None for Megatron-LM's and Megatron Bridge's."""
+    return files.read_manifest(folder) if (folder / files.MANIFEST).is_file() else None
+
+
 def _load(
-    model: list[DistributedDataParallel], optimizer: Any, scheduler: OptimizerParamScheduler | None, *, path: Path
+    model: Sequence[torch.nn.Module],
+    optimizer: Any | None,
+    scheduler: OptimizerParamScheduler | None,
+    *,
+    path: Path,
 ) -> tuple[MegatronImport, MegatronProgress | None]:
     folder = iteration_folder(path)
     common = read_common(folder)
-    args = common.get("args")
-    run_config = read_run_config(folder)
-    ours = model_signature(model)
-    problems = differences(args_view(args), ours, "the checkpoint's args") if args is not None else []
-    if run_config is not None:
-        problems += differences(run_config_view(run_config), ours, f"{folder / RUN_CONFIG}")
+    manifest = bridgec_manifest(folder)
+    ours = model_signature(list(model))
+    views = architecture_views(folder, common)
+    problems = [problem for view, source in views for problem in differences(view, ours, source)]
+    if manifest is not None:
+        problems += files.file_problems(folder, manifest)
     model_state = {
         _model_key(index, len(model)): unwrap(chunk).sharded_state_dict() for index, chunk in enumerate(model)
     }
     state: dict[str, Any] = dict(model_state)
     progress = None
-    if scheduler is not None:
+    if scheduler is not None and manifest is not None:
+        problems.append(
+            f"{folder}: a bridgec checkpoint; optimizer_state = true reads Megatron-LM's optimizer state and "
+            "schedule (continue a bridgec run with [checkpoint] dir and resume = true, or set optimizer_state = false)"
+        )
+    elif scheduler is not None:
         metadata = dist_checkpointing.load_content_metadata(str(folder)) or {}
         training = training_problems(common, metadata, optimizer, folder=folder)
         problems += training
@@ -286,9 +333,9 @@ def _load(
             loaded = dist_checkpointing.load(state, str(folder))
             for index, chunk in enumerate(model):
                 unwrap(chunk).load_state_dict(loaded[_model_key(index, len(model))], strict=True)
-            if scheduler is None:
+            if scheduler is None and optimizer is not None:
                 optimizer.reload_model_params()
-            else:
+            elif scheduler is not None:
                 optimizer.load_state_dict(loaded["optimizer"])
                 compat.restore_distributed_steps(optimizer, loaded["optimizer"])
     except Exception as error:  # noqa: BLE001 - whatever broke, this run must not continue half-loaded
@@ -299,10 +346,8 @@ def _load(
         ) from None
     if scheduler is not None and progress is not None:
         compat.restore_schedule(scheduler, scheduler.state_dict(), progress.schedule_steps)
-    iteration = common.get("iteration", 0)
-    imported = MegatronImport(
-        folder=folder, iteration=int(iteration), compared_args=args is not None or run_config is not None
-    )
+    iteration = manifest.step if manifest is not None else common.get("iteration", 0)
+    imported = MegatronImport(folder=folder, iteration=int(iteration), compared_args=bool(views))
     return imported, progress
 
 

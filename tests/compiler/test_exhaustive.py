@@ -402,7 +402,11 @@ for _kind, _fields in PIECES.items():
 COMPANIONS.update({("precision.fp8", recipe): {} for recipe in get_args(spec.Fp8Recipe)})
 
 # [distill.teacher] has [model]'s keys: the same values, in the same contexts moved under the teacher.
-TEACHER = {**BASE["model"], "checkpoint": {"format": "huggingface", "path": "ckpt/1/items"}}
+# Its weights from a Megatron-LM checkpoint, whose architecture is compared at load time: any [model] value is a
+# valid teacher there (the Hugging Face and Orbax loaders read Llama-family decoders only).
+TEACHER = {**BASE["model"], "checkpoint": {"format": "megatron", "path": "ckpt/1/items"}}
+ORBAX_TEACHER = {**TEACHER, **LLAMA["model"], "checkpoint": {"format": "orbax", "path": "ckpt/1/items"}}
+PREFIX_CONTEXT["distill.teacher.checkpoint."] = {"distill": {"teacher": ORBAX_TEACHER}}
 PREFIX_CONTEXT["distill."] = {"distill": {"teacher": TEACHER}}
 
 
@@ -427,16 +431,15 @@ VALUES.update(
         "distill.kd_loss_scale": [1.0, 0.5],
         "distill.skip_lm_loss": [False, True],
         "distill.teacher.checkpoint.path": ["ckpt/1/items", "ckpt/2/items"],
+        "distill.teacher.checkpoint.format": ["orbax", "megatron", "huggingface"],
+        "distill.teacher.checkpoint.param_scan_axis": [1, 0],
     }
 )
 NOT_BUILT: dict[str, str] = {
     "distill.teacher.logits_multiplier": "refused (rule_teacher_logits_multiplier)",
-    "distill.teacher.checkpoint.format": "huggingface only (rule_teacher_checkpoint)",
     "distill.teacher.checkpoint.optimizer_state": "the teacher has no optimizer (rule_teacher_checkpoint)",
-    "distill.teacher.checkpoint.layout": "Orbax only (rule_teacher_checkpoint)",
-    "distill.teacher.checkpoint.optimizer_type": "Orbax only (rule_teacher_checkpoint)",
-    "distill.teacher.checkpoint.rope_layout": "Orbax only (rule_teacher_checkpoint)",
-    "distill.teacher.checkpoint.param_scan_axis": "Orbax only (rule_teacher_checkpoint)",
+    "distill.teacher.checkpoint.optimizer_type": "optimizer_state only, which the teacher has not "
+    "(rule_teacher_checkpoint)",
 }
 """Fields validation refuses any value but the default of, with the rule that does: nothing to walk."""
 for _path in NOT_BUILT:
@@ -595,5 +598,6 @@ SINGLE_VALUED = {
     "distill.teacher.kind": "one model family so far",
     "loss.kind": "one loss so far",
     "init.checkpoint.layout": "one layout so far",
+    "distill.teacher.checkpoint.layout": "one layout so far",
 }
 """Enumerations with one member: nothing to tell apart (a second member makes them two-valued here)."""

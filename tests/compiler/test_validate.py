@@ -1111,7 +1111,8 @@ def test_rule_init_checkpoint_exists() -> None:
         {"init": {"checkpoint": {"format": "megatron", "path": "mlm"}}},
         [
             'spec.toml:17: $.init.checkpoint.path = "mlm" does not exist (paths are relative to the spec\'s folder); '
-            "hint: point it at Megatron-LM's save folder (the one holding latest_checkpointed_iteration.txt)"
+            "hint: point it at Megatron-LM's save folder (the one holding latest_checkpointed_iteration.txt), a "
+            "bridgec [checkpoint] dir or one iter_* folder"
         ],
     )
     check(
@@ -1806,6 +1807,10 @@ TEACHER = {
     "num_attention_heads": 4,
     "vocab_size": 128,
     "seq_length": 32,
+    "normalization": "rmsnorm",  # a Llama: what the Hugging Face loader reads
+    "activation": "swiglu",
+    "position_embedding": "rope",
+    "add_bias_linear": False,
     "checkpoint": {"format": "huggingface", "path": "teacher"},
 }
 TEACHER_FILES = {"teacher": ""}  # the folder
@@ -1865,30 +1870,58 @@ def test_rule_teacher_layout() -> None:
 
 
 def test_rule_teacher_checkpoint() -> None:
+    """The [init.checkpoint] rules run on the teacher's checkpoint, with the teacher as the model it loads into."""
     check(
         distill(),
         [
             'spec.toml:17: $.distill.teacher.checkpoint.path = "teacher" does not exist (paths are relative to the '
-            "spec's folder); hint: point it at the teacher's Hugging Face model folder (config.json and *.safetensors)"
+            "spec's folder); hint: point it at the Hugging Face model folder (the one holding config.json and the "
+            "safetensors)"
+        ],
+    )
+    check(
+        distill(checkpoint={"format": "megatron", "path": "teacher"}),
+        [
+            'spec.toml:17: $.distill.teacher.checkpoint.path = "teacher" does not exist (paths are relative to the '
+            "spec's folder); hint: point it at Megatron-LM's save folder (the one holding "
+            "latest_checkpointed_iteration.txt), a bridgec [checkpoint] dir or one iter_* folder"
         ],
     )
     check_without_data(distill(), [])
     check(
         distill(checkpoint={"format": "huggingface", "path": "teacher", "param_scan_axis": 0}),
         [
-            "spec.toml:17: $.distill.teacher.checkpoint.param_scan_axis = 0 applies to Orbax checkpoints only, which "
-            "a teacher cannot load yet; hint: remove param_scan_axis from [distill.teacher.checkpoint]"
+            "spec.toml:17: $.distill.teacher.checkpoint.param_scan_axis = 0 describes an Orbax checkpoint; "
+            'format = "huggingface" reads weights only, in Hugging Face\'s layout; hint: remove param_scan_axis '
+            "from [distill.teacher.checkpoint]"
         ],
         TEACHER_FILES,
     )
     check(
-        distill(checkpoint={"format": "orbax", "path": "teacher", "optimizer_state": True}),
+        distill(checkpoint={"format": "megatron", "path": "teacher", "rope_layout": "interleaved"}),
         [
-            'spec.toml:17: $.distill.teacher.checkpoint.format = "orbax" is not built yet for a teacher: the '
-            'generated script loads a teacher from huggingface only; hint: format = "huggingface" (bridgec convert '
-            "megatron-to-hf writes one from a bridgec checkpoint)",
+            'spec.toml:17: $.distill.teacher.checkpoint.rope_layout = "interleaved" applies to Orbax checkpoints '
+            'only; format = "megatron" reads megatron-core\'s own tensor names and layout; hint: remove rope_layout '
+            "from [distill.teacher.checkpoint]"
+        ],
+        TEACHER_FILES,
+    )
+    check(  # Orbax's own keys are read for an Orbax teacher; the optimizer state never is
+        distill(
+            checkpoint={"format": "orbax", "path": "teacher", "optimizer_state": True, "rope_layout": "interleaved"}
+        ),
+        [
             "spec.toml:17: $.distill.teacher.checkpoint.optimizer_state = true, but the frozen teacher has no "
             "optimizer; hint: remove optimizer_state from [distill.teacher.checkpoint]",
+        ],
+        TEACHER_FILES,
+    )
+    check(
+        distill(activation="gelu", checkpoint={"format": "orbax", "path": "teacher"}),
+        [
+            'spec.toml:17: [distill.teacher.checkpoint] layout = "maxtext" holds a MaxText '
+            'llama2/mistral/qwen3/gemma decoder, which needs [distill.teacher] activation = "swiglu" (or "geglu"); '
+            'hint: set activation = "swiglu" (or "geglu") under [distill.teacher] to match the checkpoint'
         ],
         TEACHER_FILES,
     )

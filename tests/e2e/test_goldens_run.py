@@ -49,6 +49,10 @@ CASES = sorted(path.name for path in GOOD.iterdir() if (path / "spec.toml").is_f
 NOT_RUN = {
     "distill": "its teacher folder holds only a placeholder config.json (compiling needs the path, not weights); "
     "tests/e2e/test_distill.py trains a student against a real Hugging Face teacher",
+    "distill-megatron": "its teacher folder holds only a placeholder latest (compiling needs the path); "
+    "tests/runtime/test_distill_teachers.py loads teachers from Megatron-LM and bridgec checkpoints",
+    "distill-orbax": "its teacher folder holds only a placeholder _METADATA (compiling needs the path); "
+    "tests/runtime/test_distill_teachers.py loads a teacher from a MaxText Orbax checkpoint",
 }
 """CPU goldens that are compiled but not run here, each with the reason."""
 CPU_CASES = [case for case in CASES if _runs_on_cpu(case) and case not in NOT_RUN]
@@ -129,7 +133,13 @@ def test_golden_trains_on_cpu(case: str, golden_run: Callable[[str], GoldenRun])
 
 def test_only_the_cuda_goldens_and_the_listed_ones_are_skipped() -> None:
     """A golden that runs on CPU is never left out by accident (the filter reads [launch] device and NOT_RUN)."""
-    assert [case for case in CASES if case not in CPU_CASES] == ["cuda_te_fp8_cp", "cuda_te_perf_knobs", "distill"]
+    assert [case for case in CASES if case not in CPU_CASES] == [
+        "cuda_te_fp8_cp",
+        "cuda_te_perf_knobs",
+        "distill",
+        "distill-megatron",
+        "distill-orbax",
+    ]
     assert all(not _runs_on_cpu(case) for case in ("cuda_te_fp8_cp", "cuda_te_perf_knobs"))
 
 
