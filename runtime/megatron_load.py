@@ -106,7 +106,8 @@ def iteration_folder(path: Path) -> Path:
     if not tracker.is_file():
         raise RunError(
             ExitCode.CHECKPOINT_ERROR,
-            f"{path}: not a Megatron-LM checkpoint folder (no {TRACKER}, and not an iter_NNNNNNN or release folder)",
+            f"{path}: not a Megatron-LM checkpoint folder (no {TRACKER}, and not an iter_NNNNNNN or release "
+            f"folder) nor a bridgec one (no {files.POINTER} and no complete iter_NNNNNNN inside)",
         )
     text = tracker.read_text(encoding="utf-8", errors="replace").strip()
     if text == RELEASE:

@@ -241,7 +241,7 @@ def test_a_folder_that_is_no_megatron_checkpoint_is_named(tmp_path: Path) -> Non
         megatron_load.iteration_folder(tmp_path)
     assert str(raised.value) == (
         f"{tmp_path}: not a Megatron-LM checkpoint folder (no latest_checkpointed_iteration.txt, "
-        "and not an iter_NNNNNNN or release folder)"
+        "and not an iter_NNNNNNN or release folder) nor a bridgec one (no latest and no complete iter_NNNNNNN inside)"
     )
     (tmp_path / "latest_checkpointed_iteration.txt").write_text("release\n")
     assert megatron_load.iteration_folder(tmp_path) == tmp_path / "release"
