@@ -1,6 +1,6 @@
 """torchrun script: import MaxText test checkpoints at TP=2, PP=2 and DP=2 and measure parity and per-rank reads.
 
-    torchrun --nproc-per-node 2 parallel_import.py CASES OUT --layouts tp2 pp2 dp2 [--cases NAME ...]
+    torchrun --nproc-per-node 2 parallel_import.py CASES OUT --layouts tp2 pp2 dp2 ep2 [--cases NAME ...]
         [--query-scaling undo|keep]
 
 Per layout (megatron's groups are rebuilt in the same processes, which saves a
@@ -39,7 +39,8 @@ from bridgec.runtime.orbax_read import OrbaxItem, ReadStats
 from bridgec.runtime.step import train_step
 
 CASES = ("scanned", "unscanned")
-LAYOUTS = {"tp2": (2, 1), "pp2": (1, 2), "dp2": (1, 1)}
+LAYOUTS = {"tp2": (2, 1, 1), "pp2": (1, 2, 1), "dp2": (1, 1, 1), "ep2": (1, 1, 2)}
+"""(tensor, pipeline, expert) parallel sizes; ep2 splits the experts of MoE cases (the others are skipped there)."""
 
 
 def file_bytes_read() -> int:
@@ -83,6 +84,8 @@ def run_case(cases: Path, name: str, layout: ml.Layout, export_dir: Path, query_
         tensor_rank=layout.tensor_rank,
         query_scaling=query_scaling,
         rope_layout="rotate_half",
+        expert_parallel=layout.expert,
+        expert_rank=layout.expert_rank,
         stats=stats,
     )
     result: dict = {
@@ -98,12 +101,13 @@ def run_case(cases: Path, name: str, layout: ml.Layout, export_dir: Path, query_
     logits = ml.logits(chunks[0], tokens) if layout.pipeline == 1 else pipeline_logits(chunks[0], tokens, layout)
     if logits is not None:
         result["max_logit_diff"] = float(np.abs(logits[..., : config["vocab_size"]].numpy() - expected).max())
-    if layout.tensor > 1 or layout.pipeline > 1:
+    if layout.tensor > 1 or layout.pipeline > 1 or layout.expert > 1:
         full = gather_full_params(
             chunks,
             tensor_group=parallel_state.get_tensor_model_parallel_group(),
             pipeline_group=parallel_state.get_pipeline_model_parallel_group(),
             tied=config["tied"],
+            expert_group=parallel_state.get_expert_model_parallel_group() if layout.expert > 1 else None,
         )
         if full is not None:
             exported = export_maxtext(
@@ -257,19 +261,24 @@ def main() -> int:
     args = parser.parse_args()
     results: dict = {}
     for name in args.layouts:
-        tensor, pipeline = LAYOUTS[name]
-        layout = ml.start(tensor=tensor, pipeline=pipeline)
+        tensor, pipeline, expert = LAYOUTS[name]
+        layout = ml.start(tensor=tensor, pipeline=pipeline, expert=expert)
         if name == "dp2":
             results[name] = {
                 "resume": run_resume(args.cases, layout),
                 "bf16_export": run_bf16_export(args.cases, layout, args.out / "export-dp2-bf16"),
             }
         else:
+            names = [case for case in args.names if expert == 1 or ml.read_case(args.cases / case)[0].get("num_experts")]
             results[name] = {
                 case: run_case(args.cases, case, layout, args.out / f"export-{name}", args.query_scaling)
-                for case in args.names
+                for case in names
             }
-        results[name]["ranks"] = {"tensor": layout.tensor_rank, "pipeline": layout.pipeline_rank}
+        results[name]["ranks"] = {
+            "tensor": layout.tensor_rank,
+            "pipeline": layout.pipeline_rank,
+            "expert": layout.expert_rank,
+        }
         parallel_state.destroy_model_parallel()
     results["jax_imported"] = any(module == "jax" or module.startswith("jax.") for module in sys.modules)
     args.out.mkdir(parents=True, exist_ok=True)
