@@ -600,6 +600,9 @@ def test_checkpoint_of_each_mapped_block_imports_to_a_spec_that_compiles(
     # The query kernel stays as MaxText trains it: pre-scaled (query_scaling initial_weights), or not pre-scaled
     # because the block scales at run time (qwen3 under use_qk_norm; gpt3, whose model scales scores itself).
     assert 'INIT_QUERY_SCALING = "keep"' in (tmp_path / "run.py").read_text()
+    # An expert-parallel rank of an MoE model reads its own experts.
+    reads_experts = 'checkpoint["expert_rank"] = built.layout.expert_rank' in (tmp_path / "run.py").read_text()
+    assert reads_experts == (spec.model.num_experts is not None)
 
 
 def test_gemma2_is_refused_naming_what_megatron_core_lacks() -> None:

@@ -89,7 +89,14 @@ def test_rule_decay_mask_applies_to_moe_routers_and_experts() -> None:
     decay, and one that splits an expert's fused wi_0 + wi_1 is refused at compile time."""
     moe = {**ROPE, "num_experts": 4}
     optimizer = {"lr": 1e-3, "semantics": "optax"}
-    check({"model": moe, "optimizer": {**optimizer, "decay_mask": {"exclude": ["norm", "gate"]}}, "scheduler": MAXTEXT_SCHEDULE}, [])
+    check(
+        {
+            "model": moe,
+            "optimizer": {**optimizer, "decay_mask": {"exclude": ["norm", "gate"]}},
+            "scheduler": MAXTEXT_SCHEDULE,
+        },
+        [],
+    )
     found = messages(
         spec_toml(model=moe, optimizer={**optimizer, "decay_mask": {"exclude": ["wi_1"]}}, scheduler=MAXTEXT_SCHEDULE)
     )

@@ -43,7 +43,7 @@ def padded_vocab(vocab_size: int, tensor_parallel: int, divisible_by: int = 64) 
 
 
 def transformer_config(
-    config: dict, *, tensor: int, pipeline: int, query_scaling: str, dtype: str = "fp32"
+    config: dict, *, tensor: int, pipeline: int, query_scaling: str, dtype: str = "fp32", expert: int = 1
 ) -> TransformerConfig:
     bf16 = dtype == "bf16"
     qk_norm = config.get("qk_norm", False)
@@ -77,6 +77,8 @@ def transformer_config(
         moe_router_topk=config.get("experts_per_token", 2) if experts else 2,
         tensor_model_parallel_size=tensor,
         pipeline_model_parallel_size=pipeline,
+        # Expert weights of an expert-parallel model are not reduced over data-parallel ranks (allreduce=False).
+        expert_model_parallel_size=expert,
         pipeline_dtype=torch.bfloat16 if bf16 else torch.float32,
         params_dtype=torch.float32,
         use_cpu_initialization=True,
@@ -86,14 +88,16 @@ def transformer_config(
     )
 
 
-def provider(config: dict, *, tensor: int, pipeline: int, query_scaling: str, dtype: str = "fp32") -> Any:
+def provider(
+    config: dict, *, tensor: int, pipeline: int, query_scaling: str, dtype: str = "fp32", expert: int = 1
+) -> Any:
     """(pre_process, post_process, vp_stage) -> GPTModel, as a generated script's model_provider."""
 
     gpt3 = config.get("block") == "gpt3"
 
     def build(pre_process: bool, post_process: bool, vp_stage: int | None = None) -> GPTModel:
         transformer = transformer_config(
-            config, tensor=tensor, pipeline=pipeline, query_scaling=query_scaling, dtype=dtype
+            config, tensor=tensor, pipeline=pipeline, query_scaling=query_scaling, dtype=dtype, expert=expert
         )
         layer = get_gpt_layer_local_spec(
             num_experts=config.get("num_experts") or None,

@@ -12,7 +12,8 @@ data size. At TP=2 and PP=2 it also exports the model back (gathered on rank
 0) and compares every leaf with the original, bit for bit. At DP=2 it resumes the
 adamw case's JAX optimizer state into the distributed optimizer and trains the
 remaining steps (:func:`run_resume`), and exports a bf16 model's fp32 main
-parameters, split over the two ranks (:func:`run_bf16_export`). Finally it records whether JAX was ever
+parameters, split over the two ranks (:func:`run_bf16_export`). At EP=2 (MoE cases only) it also trains
+each MoE block's curve case from its initial weights (:func:`run_curve`). Finally it records whether JAX was ever
 imported (it must not be).
 """
 
@@ -72,7 +73,14 @@ def run_case(cases: Path, name: str, layout: ml.Layout, export_dir: Path, query_
     config, data = ml.read_case(cases / name)
     items = cases / name / data["items"]
     chunks = build_chunks(
-        ml.provider(config, tensor=layout.tensor, pipeline=layout.pipeline, query_scaling=query_scaling), layout
+        ml.provider(
+            config,
+            tensor=layout.tensor,
+            pipeline=layout.pipeline,
+            query_scaling=query_scaling,
+            expert=layout.expert,
+        ),
+        layout,
     )
     stats = ReadStats()
     before = file_bytes_read()
@@ -200,6 +208,60 @@ def run_resume(cases: Path, layout: ml.Layout) -> dict:
     }
 
 
+def run_curve(cases: Path, name: str, layout: ml.Layout) -> dict:
+    """Ten steps from the case's initial weights, each data-parallel rank taking one of a step's two sequences
+    (under EP=2 the dense weights are data-parallel over both ranks and each rank holds half the experts)."""
+    config, data = ml.read_case(cases / name)
+    model = build_model(
+        ml.provider(config, tensor=1, pipeline=1, query_scaling="keep", expert=layout.expert),
+        layout=layout,
+        init_scheme="megatron",
+        seed=1,
+        init_std=0.02,
+        num_layers=config["num_layers"],
+        tied_output=config["tied"],
+        dtype="fp32",
+        distributed_optimizer=False,
+    )
+    settings = ml.adam_settings(data, dtype="fp32", distributed=False)
+    optimizer = build_optimizer(model, settings)
+    load_maxtext_weights(
+        [unwrap(chunk) for chunk in model],
+        optimizer=optimizer,
+        path=str(cases / name / "init/0/items"),
+        vocab_size=config["vocab_size"],
+        tensor_parallel=1,
+        tensor_rank=0,
+        query_scaling="keep",
+        rope_layout="rotate_half",
+        expert_parallel=layout.expert,
+        expert_rank=layout.expert_rank,
+    )
+    scheduler = build_scheduler(
+        optimizer,
+        lr=settings.lr,
+        min_lr=settings.min_lr,
+        weight_decay=settings.weight_decay,
+        schedule=ml.constant_schedule(settings.lr),
+    )
+    batches = torch.from_numpy(np.load(cases / name / "batches.npy").astype(np.int64))
+    losses = []
+    for batch in batches[:, layout.data_rank : layout.data_rank + 1]:
+        result = train_step(
+            ml.forward_step,
+            [iter([{"tokens": batch[:, :-1], "labels": batch[:, 1:]}])],
+            model,
+            optimizer,
+            scheduler,
+            num_microbatches=1,
+            micro_batch_size=1,
+            seq_length=16,
+            clip_grad=0.0,
+        )
+        losses.append(result.loss)
+    return {"losses": losses, "expected": np.load(cases / name / "losses.npy").tolist()}
+
+
 def run_bf16_export(cases: Path, layout: ml.Layout, out: Path) -> dict:
     """DP=2, bf16 model, distributed optimizer: export gathers the fp32 main ranges of both ranks, bit-exact."""
     config, data = ml.read_case(cases / "scanned")
@@ -269,11 +331,16 @@ def main() -> int:
                 "bf16_export": run_bf16_export(args.cases, layout, args.out / "export-dp2-bf16"),
             }
         else:
-            names = [case for case in args.names if expert == 1 or ml.read_case(args.cases / case)[0].get("num_experts")]
+            names = [
+                case for case in args.names if expert == 1 or ml.read_case(args.cases / case)[0].get("num_experts")
+            ]
             results[name] = {
                 case: run_case(args.cases, case, layout, args.out / f"export-{name}", args.query_scaling)
                 for case in names
             }
+            if expert > 1:  # and ten training steps of each MoE block, split over the expert-parallel ranks
+                blocks = sorted({case.rsplit("_", 1)[0] for case in names})
+                results[name]["curves"] = {block: run_curve(args.cases, f"{block}_curve", layout) for block in blocks}
         results[name]["ranks"] = {
             "tensor": layout.tensor_rank,
             "pipeline": layout.pipeline_rank,
