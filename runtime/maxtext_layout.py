@@ -1,4 +1,4 @@
-"""The MaxText Llama-family checkpoint layout against megatron-core's GPTModel: leaves, checks, transforms, reads.
+"""MaxText checkpoint layouts against megatron-core's GPTModel: leaves, checks, transforms, reads.
 
 What each megatron parameter's MaxText leaves are, their shapes and
 tensor-parallel boxes, come from the parameter table
@@ -20,8 +20,12 @@ vocab; shapes of one unscanned MaxText layer):
   V / TP); an untied ``output_layer`` <- ``logits_dense``
   [E, V] transposed, padded the same way; a tied output layer on the last
   pipeline stage takes the embedding;
+* mixtral's MoE block (X experts): ``mlp.router.weight`` [X, E] <- ``MoeBlock_0/gate/kernel``
+  [E, X] transposed; expert x's ``linear_fc1`` [2F, E] <- ``[wi_0[x]; wi_1[x]]`` transposed and
+  ``linear_fc2`` [E, F] <- ``wo[x]`` transposed, from the stacked ``wi_0``, ``wi_1`` [X, E, F] and
+  ``wo`` [X, F, E]; an expert-parallel rank reads the consecutive experts it holds, in one box;
 * scanned checkpoints stack layers at ``param_scan_axis`` (MaxText default 1:
-  query [E, L, H, D], norm scales [E, L]); unscanned ones have ``layers_{i}``.
+  query [E, L, H, D], norm scales [E, L], wi_0 [X, L, E, F]); unscanned ones have ``layers_{i}``.
 
 Two MaxText conventions need a decision from the caller:
 

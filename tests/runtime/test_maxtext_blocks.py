@@ -315,3 +315,69 @@ def test_mixtral_curve_at_ep2_matches_optax(parallel: dict[int, dict], block: st
         print(f"{block} EP2 rank {rank}: max per-step |loss - optax loss| = {diff.max():.1e}")
         assert len(curve["losses"]) == 10
         assert diff.max() <= TOLERANCE
+
+
+# --------------------------------------------------------------------------------------------
+# The compiled script: [init.checkpoint] from a mixtral checkpoint, experts split over expert-parallel ranks.
+
+_MIXTRAL_SPEC = """
+[run]
+name = "mixtral"
+seed = 7
+
+[launch]
+procs_per_node = {procs}
+
+[model]
+num_layers = 2
+hidden_size = 64
+num_attention_heads = 4
+num_query_groups = 2
+head_dim = 16
+ffn_hidden_size = 96
+vocab_size = 128
+make_vocab_size_divisible_by = 1
+seq_length = 16
+normalization = "rmsnorm"
+activation = "swiglu"
+position_embedding = "rope"
+rotary_base = 1000000
+query_scaling = "initial_weights"
+tie_embeddings = false
+add_bias_linear = false
+num_experts = 4
+moe_router_topk = 2
+
+[init.checkpoint]
+format = "orbax"
+path = "{items}"
+
+[parallel]
+expert = {expert}
+
+[batch]
+global_batch_size = 2
+micro_batch_size = 1
+
+[train]
+iters = 3
+
+[optimizer]
+lr = 3e-3
+"""
+
+
+def test_compiled_script_starts_from_a_mixtral_checkpoint_alike_at_ep1_and_ep2(cases: Path, tmp_path: Path) -> None:
+    """Each expert-parallel rank of the compiled script reads its own experts: its losses are the one-process run's
+    (a rank reading another's experts, or all of them, would change the first loss or fail the load)."""
+    from tests.e2e.harness import compile_to, launch
+
+    items = cases / "mixtral_curve" / "init" / "0" / "items"
+    runs = []
+    for procs, expert in ((1, 1), (2, 2)):
+        script = compile_to(tmp_path / f"ep{expert}", _MIXTRAL_SPEC.format(procs=procs, expert=expert, items=items))
+        result = launch(script, procs)
+        assert result.returncode == 0, result.explain()
+        runs.append(result.train_losses("out/mixtral"))
+    print(f"mixtral from Orbax, EP1 vs EP2 losses: {runs}")
+    assert len(runs[0]) == 3 and max(abs(a - b) for a, b in zip(*runs, strict=True)) <= 1e-5
