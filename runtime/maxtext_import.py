@@ -92,7 +92,7 @@ class ImportReport:
     path: str
     scanned: bool
     block: str
-    """The decoder block whose leaf names the checkpoint uses (llama2 stands for mistral and qwen3 too)."""
+    """The decoder block whose leaf names the checkpoint uses (llama2 stands for mistral, qwen3 and mixtral too)."""
     zarr3: bool
     ocdbt: bool
     dtypes: tuple[str, ...]

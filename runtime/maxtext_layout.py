@@ -148,8 +148,9 @@ def detect_scanned(item: OrbaxItem, prefix: str) -> bool:
 def detect_block(item: OrbaxItem, prefix: str, dims: Dims, *, scanned: bool) -> Dims:
     """``dims`` with the decoder block whose names the checkpoint's first layer uses (its attention norm).
 
-    llama2, mistral and qwen3 name their leaves alike (llama2 stands for them); gemma names its norms apart;
-    gpt3 names its attention norm as gemma does, and is told apart by its fused ``qkv_proj``.
+    llama2, mistral, qwen3 and mixtral name their leaves alike (llama2 stands for them; mixtral adds
+    ``MoeBlock_0``); gemma names its norms apart; gpt3 names its attention norm as gemma does, and is told
+    apart by its fused ``qkv_proj``.
     """
     first = next(p for p in mapped(dims) if p.entry.stage is gpt.Stage.LAYER)
     qkv = next(p for p in mapped(dims) if p.entry.name == "self_attention.linear_qkv.weight")
