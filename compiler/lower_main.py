@@ -621,6 +621,11 @@ _ORBAX_LOAD = (
     "}",
     "load_maxtext_weights(chunks, optimizer=built.optimizer, **checkpoint)",
 )
+_ORBAX_EXPERTS = (
+    "# An expert-parallel rank reads its own experts of each MoE layer (MaxText stacks them in one leaf).",
+    'checkpoint["expert_parallel"] = EXPERT_PARALLEL',
+    'checkpoint["expert_rank"] = built.layout.expert_rank',
+)
 _HF_DOC = (
     "Initial weights from a Hugging Face model folder (safetensors); training starts at step 0.",
     "",
@@ -687,6 +692,8 @@ def init_checkpoint_plan(spec: Spec, ch: Choices) -> InitCheckpointPlan | None:
     match ch.checkpoint_format:
         case c.CheckpointFormat.ORBAX:
             docstring, load = _ORBAX_DOC, _ORBAX_LOAD
+            if spec.model.num_experts is not None:
+                load = (*load[:-1], *_ORBAX_EXPERTS, load[-1])
         case c.CheckpointFormat.HUGGINGFACE:
             docstring, load = _HF_DOC, _HF_LOAD
         case c.CheckpointFormat.MEGATRON if ch.optimizer_state:

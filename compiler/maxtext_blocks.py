@@ -47,7 +47,7 @@ BLOCKS: dict[str, DecoderBlock] = {
         _rope_block("llama2", query_scale_in_init=True, param_paths=True),
         _rope_block("mistral", query_scale_in_init=True, param_paths=True),
         _rope_block("qwen3", query_scale_in_init=False, param_paths=True),
-        _rope_block("mixtral", query_scale_in_init=True, experts=True, param_paths=False),
+        _rope_block("mixtral", query_scale_in_init=True, experts=True, param_paths=True),
         _rope_block("gemma", query_scale_in_init=True, param_paths=False),
         DecoderBlock(
             name="gpt3",

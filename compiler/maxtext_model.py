@@ -256,7 +256,15 @@ def _experts(reader: ConfigReader, block: DecoderBlock) -> None:
         )
     reader.skip(("routed_bias_update_rate", "topk_routing_group"), "only DeepSeek-style routing reads it")
     reader.put("model", "num_experts", experts, reader.src("num_experts"))
-    reader.put("model", "moe_router_topk", int(reader.get("num_experts_per_tok")), reader.src("num_experts_per_tok"))
+    topk = int(reader.get("num_experts_per_tok"))
+    if topk == 1:
+        reader.refuse(
+            "num_experts_per_tok",
+            "num_experts_per_tok = 1: mixtral's softmax over the one chosen logit weighs its expert by 1; "
+            "megatron-core's top-1 routing weighs it by the softmax over every expert (moe_router_pre_softmax, "
+            "which it requires for top-1)",
+        )
+    reader.put("model", "moe_router_topk", topk, reader.src("num_experts_per_tok"))
     reader.caveat(
         "MoE: megatron-core's defaults match MaxText's mixtral routing (top-k of the router logits, then softmax "
         "over the k; dropless; no auxiliary loss). Expert weights are separate parameters in Megatron and one "

@@ -327,6 +327,26 @@ def _gpt3_checkpoint_model(spec: Spec) -> Iterator[Finding]:
             )
 
 
+def _mixtral_routing(spec: Spec) -> list[tuple[tuple[str, str], bool, str]]:
+    """MaxText's MoE checkpoints are mixtral's (layers/moe.py get_topk): the top k router logits, then a softmax
+    over those k. megatron-core computes that without moe_router_pre_softmax, and for k > 1 only (top-1 routing
+    takes its softmax over every expert first, where mixtral's weight is 1)."""
+    m = spec.model
+    return [
+        (
+            ("model", "moe_router_pre_softmax"),
+            not m.moe_router_pre_softmax,
+            "moe_router_pre_softmax = false (mixtral: softmax over the top k router logits)",
+        ),
+        (
+            ("model", "moe_router_topk"),
+            m.moe_router_topk > 1,
+            "moe_router_topk > 1 (mixtral's top-1 weight is 1; megatron-core's top-1 routing weighs by the softmax "
+            "over every expert)",
+        ),
+    ]
+
+
 def rule_init_checkpoint_model(spec: Spec, ctx: SpecContext) -> Iterator[Finding]:
     init, m = spec.init.checkpoint, spec.model
     if init is None or init.format == "megatron":
@@ -338,13 +358,10 @@ def rule_init_checkpoint_model(spec: Spec, ctx: SpecContext) -> Iterator[Finding
         (("model", "normalization"), m.normalization == "rmsnorm", 'normalization = "rmsnorm"'),
         (("model", "add_bias_linear"), not m.add_bias_linear, "add_bias_linear = false"),
         (("model", "position_embedding"), m.position_embedding == "rope", 'position_embedding = "rope"'),
-        (  # runtime/models/gpt.py's Hugging Face rows include Qwen3-MoE's experts; its MaxText rows do not
-            ("model", "num_experts"),
-            m.num_experts is None or init.format == "huggingface",
-            "a dense model (no num_experts)",
-        ),
         (("model", "activation"), m.activation in ("swiglu", "geglu"), 'activation = "swiglu" (or "geglu")'),
     ]
+    if init.format == "orbax" and m.num_experts is not None:
+        needs += _mixtral_routing(spec)
     holds = (
         '[init.checkpoint] format = "huggingface" loads a Llama-family decoder (Llama, Mistral, Qwen2, Qwen3, Qwen3-MoE)'
         if init.format == "huggingface"

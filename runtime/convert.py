@@ -193,6 +193,8 @@ def orbax_to_megatron(
         "query_scaling": query_scaling(chunks[0].config),
         "rope_layout": rope_layout,
         "param_scan_axis": param_scan_axis,
+        "expert_parallel": built.layout.expert,
+        "expert_rank": built.layout.expert_rank,
     }
     imported = load_maxtext_weights(chunks, optimizer=built.optimizer, **common)
     step = 0
@@ -259,6 +261,7 @@ def megatron_to_orbax(
         pipeline_group=parallel_state.get_pipeline_model_parallel_group(),
         tied=bool(chunks[0].share_embeddings_and_output_weights),
         optimizer=built.optimizer if has_state else None,
+        expert_group=parallel_state.get_expert_model_parallel_group() if built.layout.expert > 1 else None,
     )
     report = None
     if full is not None and dist.get_rank() == 0:  # global rank 0 is the first of its model-parallel group
@@ -381,6 +384,7 @@ def megatron_to_hf(
         pipeline_group=parallel_state.get_pipeline_model_parallel_group(),
         tied=bool(chunks[0].share_embeddings_and_output_weights),
         optimizer=built.optimizer if has_state else None,
+        expert_group=parallel_state.get_expert_model_parallel_group() if built.layout.expert > 1 else None,
     )
     report = None
     if full is not None and dist.get_rank() == 0:

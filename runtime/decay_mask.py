@@ -41,7 +41,7 @@ class DecayMaskError(ValueError):
 
 
 class UnmappedParameterError(DecayMaskError):
-    """A parameter has no MaxText path, so no pattern can decide its decay (MoE routers and experts, for now)."""
+    """A parameter has no MaxText path, so no pattern can decide its decay (a LayerNorm model's qk norm biases)."""
 
 
 @attrs.frozen(kw_only=True)
@@ -68,7 +68,7 @@ def path_strings(parameter: Parameter, config: GPTConfig, *, scan_layers: bool, 
         raise UnmappedParameterError(
             f"decay mask: parameter {parameter.name} has no MaxText path in bridgec.runtime.models.gpt "
             f"({error.args[0]}), so regexes over MaxText paths cannot decide its weight decay; only the "
-            "Llama-family layout (llama2/llama3/mistral/qwen3 blocks) is mapped"
+            "Llama-family layout (llama2/llama3/mistral/qwen3/mixtral blocks) is mapped"
         ) from None
     if style == "nnx":
         return tuple(path.removeprefix("params/") for path in paths)

@@ -242,12 +242,16 @@ def export_maxtext(
 
     written = 0
 
-    def write(path: str, value: torch.Tensor, layer: int | None = None) -> None:
+    def write(path: str, leaf: gpt.MaxTextLeaf, value: torch.Tensor, parameter: gpt.Parameter) -> None:
+        """One layer's (and one expert's) value into its place in the leaf."""
         nonlocal written
         array = _as_numpy(value, dtype)
-        store = stores[path]
-        target = store[(slice(None),) * param_scan_axis + (layer,)] if layer is not None else store
-        target.write(array).result()
+        index: list[slice | int] = [slice(None)] * len(leaf.shape(dims.model, dims.vocab))
+        if leaf.expert_axis is not None:
+            index[leaf.expert_axis] = int(parameter.expert)  # type: ignore[arg-type]
+        if stacked(parameter, scanned):
+            index.insert(param_scan_axis, int(parameter.layer))  # type: ignore[arg-type]
+        stores[path][tuple(index)].write(array).result()
         written += array.nbytes
 
     interleaved = rope_layout == "interleaved"
@@ -256,8 +260,8 @@ def export_maxtext(
         assert parameter.entry.maxtext is not None
         kind = parameter.entry.maxtext.for_block(dims.block).transform
         values = maxtext_leaves(kind, fetch(parameter.name), dims, query_factor=query_factor, interleaved=interleaved)
-        for (path, _), value in zip(leaves_of(parameter, dims, scanned=scanned), values, strict=True):
-            write(path, value, parameter.layer if stacked(parameter, scanned) else None)
+        for (path, leaf), value in zip(leaves_of(parameter, dims, scanned=scanned), values, strict=True):
+            write(path, leaf, value, parameter)
 
     (items / "_METADATA").write_text(json.dumps(_tree_metadata(names, zarr3)))
     now = time.time_ns()
@@ -329,6 +333,7 @@ def gather_full_params(
     pipeline_group: dist.ProcessGroup | None,
     tied: bool,
     optimizer: object | None = None,
+    expert_group: dist.ProcessGroup | None = None,
 ) -> dict[str, torch.Tensor] | None:
     """Full (TP=1) fp32 tensors of every parameter, by global name, on the first rank of the model-parallel group.
 
@@ -336,17 +341,22 @@ def gather_full_params(
     parameters rather than the bf16 model copies. Collective over the tensor and
     pipeline groups, and with a distributed optimizer over the data-parallel
     group too: call it on every rank. Returns None on all but the first rank of
-    each model-parallel group. Holds the whole model on the receiving rank: for
-    conversion-sized runs.
+    each model-parallel group (and of the expert group). Holds the whole model on the receiving rank: for
+    conversion-sized runs. ``expert_group`` (megatron's expert-model-parallel group): each of its ranks
+    holds its own experts of every MoE layer, gathered from all of them.
     """
     tensor_size = dist.get_world_size(tensor_group) if tensor_group is not None else 1
+    expert_size = dist.get_world_size(expert_group) if expert_group is not None else 1
+    expert_rank = dist.get_rank(expert_group) if expert_group is not None else 0
     slots = main_slots(optimizer) if optimizer is not None else {}
     sharded = _sharded_main_groups(optimizer)
     stage: dict[str, torch.Tensor] = {}
     for chunk in chunks:
         if bool(chunk.share_embeddings_and_output_weights) != tied:
             raise ValueError(f"gather_full_params: tied={tied}, but the model chunk says otherwise")
-        for parameter, param in pairs(chunk, tensor_parallel=tensor_size):
+        experts = chunk.config.num_moe_experts or 0
+        held = pairs(chunk, tensor_parallel=tensor_size, expert_rank=expert_rank, local_experts=experts // expert_size)
+        for parameter, param in held:
             if parameter.tied_copy:
                 continue  # the embedding's copy
             value = _fp32_value(param, slots.get(param), sharded.get(param))
@@ -355,10 +365,16 @@ def gather_full_params(
                 dist.all_gather(pieces, value.contiguous(), group=tensor_group)
                 value = unshard(pieces, dim=parameter.split.axis, stride=parameter.stride)
             stage[parameter.name] = value
+    if expert_size > 1:
+        ours = {name: value for name, value in stage.items() if ".mlp.experts." in name}
+        everyone: list[dict[str, torch.Tensor] | None] = [None] * expert_size
+        dist.all_gather_object(everyone, ours, group=expert_group)
+        for part in everyone:
+            stage.update(part or {})
     if tensor_group is not None and dist.get_rank(tensor_group) != 0:
         return None
     if pipeline_group is None or dist.get_world_size(pipeline_group) == 1:
-        return stage
+        return stage if expert_rank == 0 else None
     stages: list[dict[str, torch.Tensor] | None] = [None] * dist.get_world_size(pipeline_group)
     first = dist.get_global_rank(pipeline_group, 0)
     dist.gather_object(stage, stages if dist.get_rank() == first else None, dst=first, group=pipeline_group)
@@ -367,4 +383,4 @@ def gather_full_params(
     merged: dict[str, torch.Tensor] = {}
     for part in stages:
         merged.update(part or {})
-    return merged
+    return merged if expert_rank == 0 else None

@@ -1,7 +1,8 @@
 """Load a MaxText Orbax checkpoint into this rank's megatron-core GPTModel chunks: the entry points.
 
-Decoder blocks: llama2, mistral and qwen3 (one tree), gemma (its norms named apart),
-gpt3 (fused biased qkv_proj, LayerNorm with biases, learned positions),
+Decoder blocks: llama2, mistral and qwen3 (one tree), mixtral (that tree with an MoE block:
+router and stacked expert weights; an expert-parallel rank reads its own experts), gemma (its
+norms named apart), gpt3 (fused biased qkv_proj, LayerNorm with biases, learned positions),
 recognised by the names of the checkpoint's leaves.
 
 Every rank reads only what it holds: the layers of its pipeline stage (and
@@ -67,13 +68,20 @@ __all__ = [
 
 
 def _checked_targets(
-    chunks: Sequence[torch.nn.Module], dims: Dims, *, tensor_parallel: int, query_scaling: QueryScaling
+    chunks: Sequence[torch.nn.Module],
+    dims: Dims,
+    *,
+    tensor_parallel: int,
+    expert_parallel: int,
+    expert_rank: int,
+    query_scaling: QueryScaling,
 ) -> tuple[list[list[Target]], list[str]]:
-    """This rank's targets per chunk and what is wrong with the model (MoE models are refused, without targets)."""
+    """This rank's targets per chunk and what is wrong with the model."""
     problems = check_model(dims, chunks[0], query_scaling=query_scaling)
-    if dims.model.num_experts is not None:
-        return [], problems
-    per_chunk = [targets([chunk], tensor_parallel=tensor_parallel) for chunk in chunks]
+    per_chunk = [
+        targets([chunk], tensor_parallel=tensor_parallel, expert_parallel=expert_parallel, expert_rank=expert_rank)
+        for chunk in chunks
+    ]
     return per_chunk, problems + check_targets([target for found in per_chunk for target in found])
 
 
@@ -84,7 +92,7 @@ class ImportReport:
     path: str
     scanned: bool
     block: str
-    """The decoder block whose leaf names the checkpoint uses (llama2 stands for mistral and qwen3 too)."""
+    """The decoder block whose leaf names the checkpoint uses (llama2 stands for mistral, qwen3 and mixtral too)."""
     zarr3: bool
     ocdbt: bool
     dtypes: tuple[str, ...]
@@ -110,6 +118,8 @@ def load_maxtext_weights(
     query_scaling: QueryScaling,
     rope_layout: RopeLayout,
     param_scan_axis: int = 1,
+    expert_parallel: int = 1,
+    expert_rank: int = 0,
     optimizer: object | None = None,
     stats: ReadStats | None = None,
 ) -> ImportReport:
@@ -122,14 +132,22 @@ def load_maxtext_weights(
     weights into their fp32 main parameters when they are built, and the first
     step copies those back over the model, so a load after build_optimizer that
     skips them is lost. Passing the optimizer also gives the main parameters the
-    checkpoint's fp32 values rather than their bf16 rounding. Raises RunError
+    checkpoint's fp32 values rather than their bf16 rounding. An expert-parallel rank
+    (``expert_rank`` of ``expert_parallel``) reads its own experts of each MoE layer. Raises RunError
     (CHECKPOINT_ERROR) listing every difference before copying anything.
     """
     dims = Dims.of(chunks[0], vocab_size=vocab_size)
     item = OrbaxItem(path, stats=stats)
     scanned = detect_scanned(item, PARAMS_FIELD)
     dims = detect_block(item, PARAMS_FIELD, dims, scanned=scanned)
-    per_chunk, problems = _checked_targets(chunks, dims, tensor_parallel=tensor_parallel, query_scaling=query_scaling)
+    per_chunk, problems = _checked_targets(
+        chunks,
+        dims,
+        tensor_parallel=tensor_parallel,
+        expert_parallel=expert_parallel,
+        expert_rank=expert_rank,
+        query_scaling=query_scaling,
+    )
     problems += check_tree(item, dims, prefix=PARAMS_FIELD, scanned=scanned, scan_axis=param_scan_axis)
     raise_if(problems, path=path, dims=dims)
 
@@ -188,6 +206,8 @@ def read_maxtext_adam_state(
     adam_beta1: float,
     adam_beta2: float,
     param_scan_axis: int = 1,
+    expert_parallel: int = 1,
+    expert_rank: int = 0,
     stats: ReadStats | None = None,
 ) -> AdamState:
     """Read MaxText's Adam state (``mu``, ``nu``, ``count``) for this rank's parameters.
@@ -203,7 +223,14 @@ def read_maxtext_adam_state(
     prefix = moment_prefix(item)
     scanned = detect_scanned(item, PARAMS_FIELD)
     dims = detect_block(item, PARAMS_FIELD, dims, scanned=scanned)
-    per_chunk, problems = _checked_targets(chunks, dims, tensor_parallel=tensor_parallel, query_scaling=query_scaling)
+    per_chunk, problems = _checked_targets(
+        chunks,
+        dims,
+        tensor_parallel=tensor_parallel,
+        expert_parallel=expert_parallel,
+        expert_rank=expert_rank,
+        query_scaling=query_scaling,
+    )
     for field in ("mu", "nu"):
         problems += check_tree(item, dims, prefix=f"{prefix}.{field}", scanned=scanned, scan_axis=param_scan_axis)
     if f"{prefix}.count" not in item:
@@ -243,6 +270,8 @@ def load_maxtext_optimizer_state(
     adam_beta1: float,
     adam_beta2: float,
     param_scan_axis: int = 1,
+    expert_parallel: int = 1,
+    expert_rank: int = 0,
 ) -> int:
     """:func:`read_maxtext_adam_state` then :func:`set_megatron_adam_state`; returns the step count (updates done)."""
     state = read_maxtext_adam_state(
@@ -257,6 +286,8 @@ def load_maxtext_optimizer_state(
         adam_beta1=adam_beta1,
         adam_beta2=adam_beta2,
         param_scan_axis=param_scan_axis,
+        expert_parallel=expert_parallel,
+        expert_rank=expert_rank,
     )
     set_megatron_adam_state(optimizer, state)
     return state.step

@@ -1,4 +1,4 @@
-"""The MaxText Llama-family checkpoint layout against megatron-core's GPTModel: leaves, checks, transforms, reads.
+"""MaxText checkpoint layouts against megatron-core's GPTModel: leaves, checks, transforms, reads.
 
 What each megatron parameter's MaxText leaves are, their shapes and
 tensor-parallel boxes, come from the parameter table
@@ -20,8 +20,12 @@ vocab; shapes of one unscanned MaxText layer):
   V / TP); an untied ``output_layer`` <- ``logits_dense``
   [E, V] transposed, padded the same way; a tied output layer on the last
   pipeline stage takes the embedding;
+* mixtral's MoE block (X experts): ``mlp.router.weight`` [X, E] <- ``MoeBlock_0/gate/kernel``
+  [E, X] transposed; expert x's ``linear_fc1`` [2F, E] <- ``[wi_0[x]; wi_1[x]]`` transposed and
+  ``linear_fc2`` [E, F] <- ``wo[x]`` transposed, from the stacked ``wi_0``, ``wi_1`` [X, E, F] and
+  ``wo`` [X, F, E]; an expert-parallel rank reads the consecutive experts it holds, in one box;
 * scanned checkpoints stack layers at ``param_scan_axis`` (MaxText default 1:
-  query [E, L, H, D], norm scales [E, L]); unscanned ones have ``layers_{i}``.
+  query [E, L, H, D], norm scales [E, L], wi_0 [X, L, E, F]); unscanned ones have ``layers_{i}``.
 
 Two MaxText conventions need a decision from the caller:
 
@@ -144,8 +148,9 @@ def detect_scanned(item: OrbaxItem, prefix: str) -> bool:
 def detect_block(item: OrbaxItem, prefix: str, dims: Dims, *, scanned: bool) -> Dims:
     """``dims`` with the decoder block whose names the checkpoint's first layer uses (its attention norm).
 
-    llama2, mistral and qwen3 name their leaves alike (llama2 stands for them); gemma names its norms apart;
-    gpt3 names its attention norm as gemma does, and is told apart by its fused ``qkv_proj``.
+    llama2, mistral, qwen3 and mixtral name their leaves alike (llama2 stands for them; mixtral adds
+    ``MoeBlock_0``); gemma names its norms apart; gpt3 names its attention norm as gemma does, and is told
+    apart by its fused ``qkv_proj``.
     """
     first = next(p for p in mapped(dims) if p.entry.stage is gpt.Stage.LAYER)
     qkv = next(p for p in mapped(dims) if p.entry.name == "self_attention.linear_qkv.weight")
@@ -198,6 +203,38 @@ def _check_gpt3(dims: Dims, chunk: torch.nn.Module) -> list[str]:
     return problems
 
 
+_MIXTRAL_ROUTING = (
+    ("moe_router_pre_softmax", False, "top-k of the router logits first, then the softmax over those k"),
+    ("moe_router_score_function", "softmax", "softmax routing scores"),
+    ("moe_router_topk_scaling_factor", None, "unscaled routing weights"),
+    ("moe_router_num_groups", None, "no group-limited routing"),
+    ("moe_router_enable_expert_bias", False, "no routing bias"),
+    ("moe_expert_capacity_factor", None, "dropless routing (capacity_factor -1)"),
+    ("moe_aux_loss_coeff", 0.0, "no load-balancing loss (load_balance_loss_weight 0)"),
+    ("moe_z_loss_coeff", None, "no router z-loss"),
+    ("moe_input_jitter_eps", None, "no input jitter"),
+    ("moe_shared_expert_intermediate_size", None, "no shared experts"),
+    ("moe_apply_probs_on_input", False, "routing weights applied to the experts' outputs"),
+)
+"""megatron-core MoE settings and the values that compute MaxText's mixtral MoE block (layers/moe.py
+RoutedMoE.get_topk: ``top_k(gate_logits)``, then ``softmax`` over the k, float32; dropless; no auxiliary loss)."""
+
+
+def _check_moe(dims: Dims, config: object) -> list[str]:
+    """An MoE model fits a mixtral checkpoint when its experts are gated and its router routes as mixtral's."""
+    model = dims.model
+    if dims.block not in gpt.MOE_BLOCKS:
+        return [f"model has MoE layers ({model.num_experts} experts); MaxText's {dims.block} block is dense"]
+    problems = []
+    if not model.gated:
+        problems.append("model experts are not gated; mixtral's experts hold wi_0 (gate) and wi_1 (up)")
+    for name, wanted, meaning in _MIXTRAL_ROUTING:
+        value = getattr(config, name)
+        if value != wanted:
+            problems.append(f"model has {name}={value!r}; mixtral's MoE needs {wanted!r} ({meaning})")
+    return problems
+
+
 def check_model(dims: Dims, chunk: torch.nn.Module, *, query_scaling: QueryScaling) -> list[str]:
     """What the megatron model must be for a checkpoint of ``dims.block`` to fit it."""
     config = chunk.config  # type: ignore[attr-defined]
@@ -215,7 +252,7 @@ def check_model(dims: Dims, chunk: torch.nn.Module, *, query_scaling: QueryScali
                 f"model position embedding is {chunk.position_embedding_type}; MaxText Llama-family uses rope"
             )
     if model.num_experts is not None:
-        problems.append(f"model has MoE layers ({model.num_experts} experts); MaxText Llama-family blocks are dense")
+        problems += _check_moe(dims, config)
     if model.vocab < dims.vocab:
         problems.append(f"model vocabulary {model.vocab} is smaller than the checkpoint's {dims.vocab}")
     if model.qk_norm and query_scaling == "undo":
@@ -404,13 +441,19 @@ class Target:
     param: torch.nn.Parameter
 
 
-def targets(chunks: Sequence[torch.nn.Module], *, tensor_parallel: int) -> list[Target]:
-    """Every parameter of this rank's chunks (dense models: MoE is refused by :func:`check_model`)."""
-    return [
-        Target(parameter=parameter, param=param)
-        for chunk in chunks
-        for parameter, param in pairs(chunk, tensor_parallel=tensor_parallel)
-    ]
+def targets(
+    chunks: Sequence[torch.nn.Module], *, tensor_parallel: int, expert_parallel: int = 1, expert_rank: int = 0
+) -> list[Target]:
+    """Every parameter of this rank's chunks; an expert-parallel rank holds experts
+    ``expert_rank x local .. (expert_rank + 1) x local - 1`` of each MoE layer."""
+    found = []
+    for chunk in chunks:
+        experts = config_of(chunk).num_experts or 0
+        held = pairs(
+            chunk, tensor_parallel=tensor_parallel, expert_rank=expert_rank, local_experts=experts // expert_parallel
+        )
+        found += [Target(parameter=parameter, param=param) for parameter, param in held]
+    return found
 
 
 def check_targets(found: list[Target]) -> list[str]:
@@ -430,22 +473,37 @@ class LeafReader:
         self.item, self.prefix, self.dims, self.shard = item, prefix, dims, shard
         self.scanned, self.scan_axis = scanned, scan_axis
 
-    def layers(self, parameters: list[gpt.Parameter], index: int) -> dict[int, torch.Tensor]:
-        """Box of the ``index``-th leaf of each of these layer parameters (one kind), per layer."""
+    def layers(self, parameters: list[gpt.Parameter], index: int) -> dict[tuple[int, int | None], torch.Tensor]:
+        """Box of the ``index``-th leaf of each of these layer parameters (one kind), per (layer, expert)."""
         layers = [int(p.layer) for p in parameters if p.layer is not None]
         path, leaf = leaves_of(parameters[0], self.dims, scanned=self.scanned)[index]
         box = layer_box(leaf, self.dims, self.shard)
+        experts = [int(p.expert) for p in parameters if p.expert is not None]
+        if leaf.expert_axis is not None:
+            # An expert-parallel rank holds consecutive experts: one read covers them.
+            box[leaf.expert_axis] = slice(min(experts), max(experts) + 1)
+
+        def one(stack: torch.Tensor, parameter: gpt.Parameter) -> torch.Tensor:
+            if leaf.expert_axis is None:
+                return stack
+            return stack.select(leaf.expert_axis, int(parameter.expert) - min(experts))  # type: ignore[arg-type]
+
         if self.scanned:
             # Layers of one chunk are consecutive: one read covers them all.
             first, last = min(layers), max(layers)
             full = box[: self.scan_axis] + [slice(first, last + 1)] + box[self.scan_axis :]
             block = self.item.read_torch(orbax_name(self.prefix, path), full)
-            return {layer: block.select(self.scan_axis, layer - first) for layer in layers}
-        boxes = {}
+            return {
+                (int(p.layer), p.expert): one(block.select(self.scan_axis, int(p.layer) - first), p)  # type: ignore[arg-type]
+                for p in parameters
+            }
+        read: dict[int, torch.Tensor] = {}
         for parameter in parameters:
-            (path, _) = leaves_of(parameter, self.dims, scanned=False)[index]
-            boxes[int(parameter.layer)] = self.item.read_torch(orbax_name(self.prefix, path), box)  # type: ignore[arg-type]
-        return boxes
+            layer = int(parameter.layer)  # type: ignore[arg-type]
+            if layer not in read:
+                (path, _) = leaves_of(parameter, self.dims, scanned=False)[index]
+                read[layer] = self.item.read_torch(orbax_name(self.prefix, path), box)
+        return {(int(p.layer), p.expert): one(read[int(p.layer)], p) for p in parameters}  # type: ignore[arg-type]
 
     def top(self, parameter: gpt.Parameter, rows_axis: int | None) -> torch.Tensor:
         """A top-level leaf; ``rows_axis`` is its vocabulary axis (padded rows are added by the caller)."""
@@ -501,10 +559,8 @@ def produce(
         count = len(entry.maxtext.leaves_for(reader.dims.model, reader.dims.block))
         boxes = [reader.layers(parameters, index) for index in range(count)]
         for target in group:
-            layer = int(target.parameter.layer)  # type: ignore[arg-type]
+            key = (int(target.parameter.layer), target.parameter.expert)  # type: ignore[arg-type]
             yield (
                 target,
-                assemble(
-                    entry.maxtext.for_block(reader.dims.block).transform, [box[layer] for box in boxes], transform
-                ),
+                assemble(entry.maxtext.for_block(reader.dims.block).transform, [box[key] for box in boxes], transform),
             )

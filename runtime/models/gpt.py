@@ -152,13 +152,20 @@ class MaxTextLeaf:
     shape: Callable[[GPTConfig, int], tuple[int, ...]]
     split_axis: int | None = None
     split_units: Callable[[GPTConfig], int] | None = None
+    expert_axis: int | None = None
+    """MoE leaves stack every expert along this axis (of the unscanned shape); an expert's parameter is one index."""
 
 
-MAXTEXT_BLOCKS = ("llama2", "mistral", "qwen3", "gemma", "gpt3")
-"""MaxText decoder blocks whose checkpoints this table reads and writes. The first four share one tree and
+MAXTEXT_BLOCKS = ("llama2", "mistral", "qwen3", "mixtral", "gemma", "gpt3")
+"""MaxText decoder blocks whose checkpoints this table reads and writes. The first five share one tree and
 its arithmetic (mistral: llama2's layer with its own RoPE base; qwen3: llama2's names plus per-head q/k norm
-scales; gemma: its two layer norms under other names), so a block is only a naming there; gpt3 (models/gpt3.py)
-also stores its attention apart: one fused, biased ``qkv_proj`` (see :class:`MaxText` ``blocks``)."""
+scales; mixtral: llama2's attention and norms with an MoE block, ``MoeBlock_0``, for the MLP; gemma: its two
+layer norms under other names), so a block is only a naming there; gpt3 (models/gpt3.py) also stores its
+attention apart: one fused, biased ``qkv_proj`` (see :class:`MaxText` ``blocks``)."""
+
+MOE_BLOCKS = ("llama2", "mixtral")
+"""Blocks whose checkpoints may hold MoE layers: mixtral's, named as llama2's outside ``MoeBlock_0`` (so a
+checkpoint is recognised as llama2's, and its MoE leaves say it is mixtral's)."""
 
 RUNTIME_QUERY_SCALING_BLOCKS = ("gpt3",)
 """Blocks whose attention divides the query by sqrt(head_dim) at run time (gpt3.py ``query /= depth_scaling``):
@@ -369,6 +376,39 @@ _FC1 = MaxText(
 )
 _FC2 = MaxText(
     leaves=(_layer_leaf("mlp/wo/kernel", lambda c, v: (c.ffn, c.hidden), 0, lambda c: c.ffn),),
+    transform=MaxTextTransform.TRANSPOSE,
+)
+
+
+# mixtral's MoE block (layers/moe.py RoutedMoE, as ``MoeBlock_0``): the router is a DenseGeneral kernel
+# [E, X]; the experts' weights are bare arrays stacking every expert first: wi_0, wi_1 [X, E, F], wo [X, F, E].
+_ROUTER = MaxText(
+    leaves=(_layer_leaf("MoeBlock_0/gate/kernel", lambda c, v: (c.hidden, c.num_experts or 0)),),
+    transform=MaxTextTransform.TRANSPOSE,
+)
+_EXPERT_FC1 = MaxText(
+    leaves=tuple(
+        MaxTextLeaf(
+            path=f"MoeBlock_0/{name}",
+            shape=lambda c, v: (c.num_experts or 0, c.hidden, c.ffn),
+            split_axis=2,
+            split_units=lambda c: c.ffn,
+            expert_axis=0,
+        )
+        for name in ("wi_0", "wi_1")
+    ),
+    transform=MaxTextTransform.FC1,
+)
+_EXPERT_FC2 = MaxText(
+    leaves=(
+        MaxTextLeaf(
+            path="MoeBlock_0/wo",
+            shape=lambda c, v: (c.num_experts or 0, c.ffn, c.hidden),
+            split_axis=1,
+            split_units=lambda c: c.ffn,
+            expert_axis=0,
+        ),
+    ),
     transform=MaxTextTransform.TRANSPOSE,
 )
 
@@ -627,6 +667,7 @@ ENTRIES: tuple[Entry, ...] = (
         shape=lambda c: (c.num_experts or 0, c.hidden),
         init=Init.NORMAL,
         when=_moe,
+        maxtext=_ROUTER,
         hf=HuggingFace(names=("mlp.gate.weight",), transform=HFTransform.COPY),
     ),
     Entry(
@@ -636,6 +677,7 @@ ENTRIES: tuple[Entry, ...] = (
         init=Init.NORMAL,
         split=Split(axis=0, gate_up=True),
         when=_moe,
+        maxtext=_EXPERT_FC1,
         hf=HuggingFace(
             names=("mlp.experts.{expert}.gate_proj.weight", "mlp.experts.{expert}.up_proj.weight"),
             transform=HFTransform.FC1,
@@ -656,6 +698,7 @@ ENTRIES: tuple[Entry, ...] = (
         init=Init.SCALED_NORMAL,
         split=Split(axis=1),
         when=_moe,
+        maxtext=_EXPERT_FC2,
         hf=HuggingFace(names=("mlp.experts.{expert}.down_proj.weight",), transform=HFTransform.COPY),
     ),
     Entry(
@@ -927,7 +970,7 @@ def maxtext_paths(parameter: Parameter, config: GPTConfig, *, scanned: bool, blo
     ``params/decoder/layers/``; otherwise each layer has ``params/decoder/layers_{i}/``.
     ``block``: MaxText's decoder_block (one of :data:`MAXTEXT_BLOCKS`).
     """
-    if parameter.entry.maxtext is None or parameter.expert is not None:
+    if parameter.entry.maxtext is None:
         raise KeyError(f"{parameter.name}: no MaxText counterpart in the Llama-family layout")
     leaves = parameter.entry.maxtext.leaves_for(config, block)
     if parameter.layer is None:

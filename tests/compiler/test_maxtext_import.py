@@ -485,6 +485,13 @@ def test_mixtral_maps_to_megatron_moe_and_refuses_what_it_cannot_express(configs
     )
     [(key, message, _)] = errors(configs, "mixtral-8x7b", "capacity_factor=1.25")
     assert key == "capacity_factor" and "dropless routing" in message
+    [(key, message, _)] = errors(configs, "mixtral-8x7b", "num_experts_per_tok=1", "override_model_config=true")
+    assert key == "num_experts_per_tok"
+    assert message == (
+        "num_experts_per_tok = 1: mixtral's softmax over the one chosen logit weighs its expert by 1; "
+        "megatron-core's top-1 routing weighs it by the softmax over every expert (moe_router_pre_softmax, which "
+        "it requires for top-1)"
+    )
 
 
 def test_dropout_as_maxtext_means_it(configs: ConfigFolder) -> None:
@@ -578,7 +585,9 @@ def _compiles(toml: str, tmp_path: Path) -> list[str]:
     return [] if result.source is not None else [d.message for d in result.diagnostics]
 
 
-@pytest.mark.parametrize(("configs", "model"), model_cases(["mistral-7b", "qwen3-0.6b", "gemma-2b", "gpt3-52k"]))
+@pytest.mark.parametrize(
+    ("configs", "model"), model_cases(["mistral-7b", "qwen3-0.6b", "mixtral-8x7b", "gemma-2b", "gpt3-52k"])
+)
 def test_checkpoint_of_each_mapped_block_imports_to_a_spec_that_compiles(
     configs: ConfigFolder, model: str, tmp_path: Path
 ) -> None:
@@ -591,18 +600,9 @@ def test_checkpoint_of_each_mapped_block_imports_to_a_spec_that_compiles(
     # The query kernel stays as MaxText trains it: pre-scaled (query_scaling initial_weights), or not pre-scaled
     # because the block scales at run time (qwen3 under use_qk_norm; gpt3, whose model scales scores itself).
     assert 'INIT_QUERY_SCALING = "keep"' in (tmp_path / "run.py").read_text()
-
-
-@pytest.mark.parametrize(("configs", "model"), model_cases(["mixtral-8x7b"]))
-def test_checkpoint_of_an_unmapped_block_is_refused_at_import(configs: ConfigFolder, model: str) -> None:
-    [(key, message, hint)] = errors(configs, model, "load_parameters_path=ckpt")
-    block = model.split("-")[0]
-    assert key == "load_parameters_path"
-    assert message == (
-        f"load_parameters_path with decoder_block {block!r}: bridgec reads the checkpoints of MaxText's "
-        f"llama2, mistral, qwen3, gemma, gpt3 blocks; {block}'s checkpoint layout is not mapped"
-    )
-    assert hint == "import without load_parameters_path (the spec then starts from megatron's initializers)"
+    # An expert-parallel rank of an MoE model reads its own experts.
+    reads_experts = 'checkpoint["expert_rank"] = built.layout.expert_rank' in (tmp_path / "run.py").read_text()
+    assert reads_experts == (spec.model.num_experts is not None)
 
 
 def test_gemma2_is_refused_naming_what_megatron_core_lacks() -> None:

@@ -84,25 +84,24 @@ def test_rule_decay_mask_applies() -> None:
     )
 
 
-def test_rule_decay_mask_applies_checks_moe_routers_and_experts() -> None:
-    """The router and expert parameters are checked at compile time too (they used to fail only at run start)."""
+def test_rule_decay_mask_applies_to_moe_routers_and_experts() -> None:
+    """Routers and experts have mixtral's MaxText paths (MoeBlock_0/gate, wi_0, wi_1, wo): patterns decide their
+    decay, and one that splits an expert's fused wi_0 + wi_1 is refused at compile time."""
     moe = {**ROPE, "num_experts": 4}
+    optimizer = {"lr": 1e-3, "semantics": "optax"}
     check(
         {
             "model": moe,
-            "optimizer": {"lr": 1e-3, "semantics": "optax", "decay_mask": {"exclude": ["norm"]}},
+            "optimizer": {**optimizer, "decay_mask": {"exclude": ["norm", "gate"]}},
             "scheduler": MAXTEXT_SCHEDULE,
         },
-        [
-            "spec.toml:22: $.optimizer.decay_mask.exclude cannot be applied to this model: decay mask: parameter "
-            "decoder.layers.0.mlp.router.weight has no MaxText path in bridgec.runtime.models.gpt "
-            "(decoder.layers.0.mlp.router.weight: no MaxText counterpart in the Llama-family layout), so regexes over "
-            "MaxText paths cannot decide its weight decay; only the Llama-family layout (llama2/llama3/mistral/qwen3 "
-            "blocks) is mapped; hint: remove exclude (with no patterns every parameter decays, as with MaxText's "
-            "adamw_mask = [])"
-        ],
+        [],
     )
-    check({"model": moe, "optimizer": {"lr": 1e-3, "semantics": "optax"}, "scheduler": MAXTEXT_SCHEDULE}, [])
+    found = messages(
+        spec_toml(model=moe, optimizer={**optimizer, "decay_mask": {"exclude": ["wi_1"]}}, scheduler=MAXTEXT_SCHEDULE)
+    )
+    assert len(found) == 1 and "decoder.layers.0.mlp.experts.0.linear_fc1.weight" in found[0], found
+    check({"model": moe, "optimizer": optimizer, "scheduler": MAXTEXT_SCHEDULE}, [])
 
 
 def test_rule_schedule_style_tables() -> None:
@@ -297,9 +296,33 @@ def test_rule_init_checkpoint_model() -> None:
                 "activation": "swiglu",
             },
         },
+        [],
+        files={"ck": ""},
+    )
+    # An MoE model takes mixtral's checkpoint: the top k router logits, then a softmax over those k.
+    check(
+        {
+            "init": checkpoint,
+            "model": {
+                "num_experts": 4,
+                "moe_router_topk": 1,
+                "moe_router_pre_softmax": True,
+                "add_bias_linear": False,
+                "normalization": "rmsnorm",
+                "position_embedding": "rope",
+                "activation": "swiglu",
+            },
+        },
         [
-            'spec.toml:9: [init.checkpoint] layout = "maxtext" holds a MaxText llama2/mistral/qwen3/gemma decoder, '
-            "which needs model a dense model (no num_experts); hint: set a dense model (no num_experts) under [model] to match the checkpoint"
+            'spec.toml:10: [init.checkpoint] layout = "maxtext" holds a MaxText llama2/mistral/qwen3/mixtral/gemma '
+            "decoder, which needs model moe_router_topk > 1 (mixtral's top-1 weight is 1; megatron-core's top-1 "
+            "routing weighs by the softmax over every expert); hint: set moe_router_topk > 1 (mixtral's top-1 weight "
+            "is 1; megatron-core's top-1 routing weighs by the softmax over every expert) under [model] to match the "
+            "checkpoint",
+            'spec.toml:11: [init.checkpoint] layout = "maxtext" holds a MaxText llama2/mistral/qwen3/mixtral/gemma '
+            "decoder, which needs model moe_router_pre_softmax = false (mixtral: softmax over the top k router "
+            "logits); hint: set moe_router_pre_softmax = false (mixtral: softmax over the top k router logits) under "
+            "[model] to match the checkpoint",
         ],
         files={"ck": ""},
     )

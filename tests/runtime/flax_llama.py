@@ -59,6 +59,8 @@ class LlamaConfig:
     activation: str = "silu"  # mlp_activations[0]: "silu" (SwiGLU) or "gelu" (tanh GeGLU, gemma)
     dtype: str = "float32"  # MaxText's dtype: activations and matmuls; the weights stay float32 (weight_dtype)
     trainable_position_size: int = -1  # gpt3: learned positions (position_embedder) instead of RoPE
+    num_experts: int = 0  # mixtral: the MLP is MaxText's MoE block (MoeBlock_0) with this many experts
+    experts_per_token: int = 2  # num_experts_per_tok
 
 
 # --------------------------------------------------------------------------------------------
@@ -188,6 +190,31 @@ def _model(config: LlamaConfig) -> Any:
             act = nn.silu if config.activation == "silu" else jax.nn.gelu
             return dense_general((config.emb_dim,), 1, "wo")(act(gate) * up)
 
+    class MoeBlock(nn.Module):
+        """layers/moe.py RoutedMoE as mixtral uses it, computed densely: the router is a DenseGeneral ``gate``
+        [E, X]; the experts' weights are bare arrays wi_0, wi_1 [X, E, F] and wo [X, F, E]. get_topk takes
+        ``top_k`` of the router logits, then ``softmax`` over those k in float32 (no renormalisation, no
+        bias, no scaling); dropless (capacity_factor -1); the weights multiply each chosen expert's output
+        (unpermute). Every expert runs on every token here, weighted 0 unless chosen: the same sums."""
+
+        @nn.compact
+        def __call__(self, x: Any) -> Any:
+            experts, emb, mlp = config.num_experts, config.emb_dim, config.mlp_dim
+            init = nn.initializers.normal(0.02)
+            logits = dense_general((experts,), 1, "gate")(x)
+            wi_0 = self.param("wi_0", init, (experts, emb, mlp))
+            wi_1 = self.param("wi_1", init, (experts, emb, mlp))
+            wo = self.param("wo", init, (experts, mlp, emb))
+            weights, chosen = jax.lax.top_k(logits, config.experts_per_token)
+            weights = cast(jax.nn.softmax(weights.astype(jnp.float32), axis=-1))
+            combine = jnp.sum(jax.nn.one_hot(chosen, experts, dtype=weights.dtype) * weights[..., None], axis=-2)
+            act = nn.silu if config.activation == "silu" else jax.nn.gelu
+            hidden = act(jnp.einsum("bse,xef->bsxf", cast(x), cast(wi_0))) * jnp.einsum(
+                "bse,xef->bsxf", cast(x), cast(wi_1)
+            )
+            out = jnp.einsum("bsxf,xfe->bsxe", hidden, cast(wo))
+            return jnp.einsum("bsxe,bsx->bse", out, combine)
+
     # gemma names its two norms differently; the maths is the same pre-norm residual block.
     norm_names = (
         ("pre_self_attention_norm", "pre_ffw_norm")
@@ -202,7 +229,8 @@ def _model(config: LlamaConfig) -> Any:
                 h = x + Attention(name="self_attention")(LayerNorm(name="pre_self_attention_norm")(x), positions)
                 return h + Mlp(name="mlp")(h), None
             h = x + Attention(name="self_attention")(RMSNorm(name=norm_names[0])(x), positions)
-            y = h + Mlp(name="mlp")(RMSNorm(name=norm_names[1])(h))
+            mlp = MoeBlock(name="MoeBlock_0") if config.num_experts else Mlp(name="mlp")
+            y = h + mlp(RMSNorm(name=norm_names[1])(h))
             return y, None
 
     class Decoder(nn.Module):
@@ -392,6 +420,9 @@ def shard_like_tensor_parallel(params: dict, config: LlamaConfig) -> dict:
             "wi/bias": 0,
             "token_embedder/embedding": 0,
             "logits_dense/kernel": 1,
+            "MoeBlock_0/wi_0": 2,  # [X, E, F]: the expert weights split along F
+            "MoeBlock_0/wi_1": 2,
+            "MoeBlock_0/wo": 1,
         }
         axis = next((a for suffix, a in unscanned_axis.items() if name.endswith(suffix)), None)
         if axis is None:
@@ -603,6 +634,8 @@ BLOCKS = {
     "gpt3": LlamaConfig(
         block="gpt3", num_kv_heads=4, activation="gelu", tied=True, trainable_position_size=16, num_layers=2
     ),
+    # mixtral: llama2's attention with MaxText's MoE block, 4 experts, top 2.
+    "mixtral": LlamaConfig(block="mixtral", rope_theta=1_000_000.0, num_layers=2, num_experts=4),
 }
 """The other MaxText decoder blocks, each a small model in its own layout (tests/runtime/test_maxtext_blocks.py)."""
 

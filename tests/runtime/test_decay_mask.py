@@ -214,11 +214,29 @@ def test_tied_output_copy_is_the_embedding() -> None:
 
 
 def test_unmapped_parameter_is_an_error_only_when_patterns_are_given() -> None:
+    """A LayerNorm model's per-head q norm bias has no MaxText leaf (gpt3 has no qk norms)."""
+    model = attrs.evolve(config(), layernorm=True)
+    bias = gpt.find(model, "decoder.layers.0.self_attention.q_layernorm.bias")
+    assert decide(bias, [], config=model, scan_layers=True, style="linen").decays  # no patterns: all decay
+    with pytest.raises(DecayMaskError, match="q_layernorm.bias has no MaxText path"):
+        decide(bias, ["norm"], config=model, scan_layers=True, style="linen")
+
+
+def test_moe_router_and_experts_have_mixtral_s_paths() -> None:
+    """mixtral's MoeBlock_0: the router kernel, and each expert's fused linear_fc1 holding its index of wi_0 and
+    wi_1 (one decay setting for both), so patterns decide them like any other leaf."""
     model = attrs.evolve(config(), num_experts=2)
     router = gpt.find(model, "decoder.layers.0.mlp.router.weight")
-    assert decide(router, [], config=model, scan_layers=True, style="linen").decays
-    with pytest.raises(DecayMaskError, match="mlp.router.weight has no MaxText path"):
-        decide(router, ["norm"], config=model, scan_layers=True, style="linen")
+    fc1 = gpt.find(model, "decoder.layers.1.mlp.experts.1.linear_fc1.weight")
+    assert gpt.maxtext_paths(router, model, scanned=True) == ("params/decoder/layers/MoeBlock_0/gate/kernel",)
+    assert gpt.maxtext_paths(fc1, model, scanned=False) == (
+        "params/decoder/layers_1/MoeBlock_0/wi_0",
+        "params/decoder/layers_1/MoeBlock_0/wi_1",
+    )
+    assert not decide(router, ["gate"], config=model, scan_layers=True, style="nnx").decays
+    assert decide(fc1, ["gate"], config=model, scan_layers=True, style="nnx").decays
+    with pytest.raises(DecayMaskError, match="wi_0"):
+        decide(fc1, ["wi_0"], config=model, scan_layers=True, style="nnx")
 
 
 def test_learned_positions_have_gpt3_s_path() -> None:

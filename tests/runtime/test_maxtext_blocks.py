@@ -1,4 +1,4 @@
-"""MaxText's mistral, qwen3, gemma and gpt3 decoder blocks: their checkpoints into megatron-core and back.
+"""MaxText's mistral, qwen3, mixtral, gemma and gpt3 decoder blocks: their checkpoints into megatron-core and back.
 
 The checkpoints and the reference logits come from tests/runtime/flax_llama.py's
 ``make-blocks`` (a Flax model written from MaxText's layers: mistral is llama2's
@@ -6,12 +6,13 @@ layer with its own RoPE base; qwen3 adds per-head RMSNorm of q and k before RoPE
 and scales queries at run time, head_dim != emb / heads; gemma names its norms
 ``pre_self_attention_norm`` and ``pre_ffw_norm`` and uses tanh GeGLU; gpt3 has a
 fused biased qkv_proj, LayerNorm with biases applied as 1 + scale, learned
-positions, a biased tanh-gelu MLP and tied logits), two layers, scanned and
+positions, a biased tanh-gelu MLP and tied logits; mixtral is llama2's attention with MaxText's MoE block,
+4 experts, top 2), two layers, scanned and
 unscanned, every norm scale and bias perturbed, and per block ten optax.adamw
 steps (full state saved after three); and a llama2 block trained in MaxText's
 default precision (dtype bfloat16, weight_dtype float32) and in float32. TP=1 runs
-in this process; TP=2 in one torchrun launch (orbax_scripts/parallel_import.py),
-which also exports at TP=2 and compares bit for bit.
+in this process; TP=2 (and EP=2 for mixtral) in one torchrun launch
+(orbax_scripts/parallel_import.py), which also exports there and compares bit for bit.
 """
 
 from __future__ import annotations
@@ -36,8 +37,9 @@ from tests.runtime.orbax_scripts import megatron_llama as ml
 TOLERANCE = 1e-4
 CASES = [f"{block}_{kind}" for block in flax_llama.BLOCKS for kind in ("scanned", "unscanned")]
 """The forward cases; ``<block>_curve`` holds each block's training run."""
-NAMING = {"mistral": "llama2", "qwen3": "llama2", "gemma": "gemma", "gpt3": "gpt3"}
-"""Whose leaf names each block's checkpoint uses (mistral and qwen3 name theirs as llama2 does)."""
+NAMING = {"mistral": "llama2", "qwen3": "llama2", "mixtral": "llama2", "gemma": "gemma", "gpt3": "gpt3"}
+"""Whose leaf names each block's checkpoint uses (mistral, qwen3 and mixtral name theirs as llama2 does)."""
+MOE_CASES = [name for name in CASES if flax_llama.BLOCKS[name.split("_")[0]].num_experts]
 
 
 @pytest.fixture(scope="session")
@@ -253,7 +255,7 @@ def test_bf16_curve_is_within_bf16_noise_of_maxtext_s(cases: Path, megatron_worl
 @pytest.fixture(scope="module")
 def parallel(cases: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[int, dict]:
     out = tmp_path_factory.mktemp("blocks_parallel")
-    return ml.run_parallel(cases, out, "--layouts", "tp2", "--query-scaling", "keep", "--cases", *CASES)
+    return ml.run_parallel(cases, out, "--layouts", "tp2", "ep2", "--query-scaling", "keep", "--cases", *CASES)
 
 
 @pytest.mark.parametrize("name", CASES)
@@ -264,3 +266,118 @@ def test_logits_match_maxtext_at_tp2_and_export_is_bit_exact(parallel: dict[int,
         assert result["max_logit_diff"] <= TOLERANCE
     assert parallel[0]["tp2"][name]["export_mismatched"] == []
     assert parallel[0]["tp2"][name]["export_leaves"] > 0
+
+
+@pytest.mark.parametrize("name", MOE_CASES)
+def test_mixtral_at_ep2_reads_its_experts_matches_maxtext_and_exports_bit_exact(
+    parallel: dict[int, dict], cases: Path, name: str
+) -> None:
+    """Each expert-parallel rank reads half the experts of each stacked expert leaf; the export gathers them."""
+    _, data = ml.read_case(cases / name)
+    item = OrbaxItem(cases / name / data["items"])
+    for rank in (0, 1):
+        result = parallel[rank]["ep2"][name]
+        print(f"{name} EP2 rank {rank}: max |logit diff| = {result['max_logit_diff']:.2e}")
+        assert result["max_logit_diff"] <= TOLERANCE
+        experts = [leaf for leaf in result["per_leaf"] if leaf.split(".")[-1] in ("wi_0", "wi_1", "wo")]
+        assert len(experts) == 3 * (1 if "_scanned" in name else 2)
+        for leaf in experts:
+            assert result["per_leaf"][leaf] == item.info(leaf).nbytes // 2, leaf
+    assert parallel[0]["ep2"][name]["export_mismatched"] == []
+    assert parallel[0]["ep2"][name]["export_leaves"] > 0
+
+
+def test_moe_models_fit_mixtral_s_routing_only(megatron_world1: None) -> None:
+    """A mixtral checkpoint needs megatron's MoE to route as MaxText's does; a dense block's checkpoint has no
+    experts at all (checked on import, and before ``megatron-to-orbax`` writes anything)."""
+    config = flax_llama.dataclasses.asdict(flax_llama.BLOCKS["mixtral"])
+    chunk = build_chunks(ml.provider(config, tensor=1, pipeline=1, query_scaling="keep"), ml.single_process_layout())[0]
+    assert check_model(Dims.of(chunk, vocab_size=128, block="mixtral"), chunk, query_scaling="keep") == []
+    assert check_model(Dims.of(chunk, vocab_size=128, block="gemma"), chunk, query_scaling="keep") == [
+        "model has MoE layers (4 experts); MaxText's gemma block is dense"
+    ]
+    chunk.config.moe_router_pre_softmax = True
+    chunk.config.moe_aux_loss_coeff = 0.01
+    assert check_model(Dims.of(chunk, vocab_size=128, block="mixtral"), chunk, query_scaling="keep") == [
+        "model has moe_router_pre_softmax=True; mixtral's MoE needs False (top-k of the router logits first, "
+        "then the softmax over those k)",
+        "model has moe_aux_loss_coeff=0.01; mixtral's MoE needs 0.0 (no load-balancing loss "
+        "(load_balance_loss_weight 0))",
+    ]
+
+
+@pytest.mark.parametrize("block", sorted({name.rsplit("_", 1)[0] for name in MOE_CASES}))
+def test_mixtral_curve_at_ep2_matches_optax(parallel: dict[int, dict], block: str) -> None:
+    """Ten steps with the experts split over two expert-parallel ranks (each rank one sequence of the batch)."""
+    for rank in (0, 1):
+        curve = parallel[rank]["ep2"]["curves"][block]
+        diff = np.abs(np.array(curve["losses"]) - np.array(curve["expected"]))
+        print(f"{block} EP2 rank {rank}: max per-step |loss - optax loss| = {diff.max():.1e}")
+        assert len(curve["losses"]) == 10
+        assert diff.max() <= TOLERANCE
+
+
+# --------------------------------------------------------------------------------------------
+# The compiled script: [init.checkpoint] from a mixtral checkpoint, experts split over expert-parallel ranks.
+
+_MIXTRAL_SPEC = """
+[run]
+name = "mixtral"
+seed = 7
+
+[launch]
+procs_per_node = {procs}
+
+[model]
+num_layers = 2
+hidden_size = 64
+num_attention_heads = 4
+num_query_groups = 2
+head_dim = 16
+ffn_hidden_size = 96
+vocab_size = 128
+make_vocab_size_divisible_by = 1
+seq_length = 16
+normalization = "rmsnorm"
+activation = "swiglu"
+position_embedding = "rope"
+rotary_base = 1000000
+query_scaling = "initial_weights"
+tie_embeddings = false
+add_bias_linear = false
+num_experts = 4
+moe_router_topk = 2
+
+[init.checkpoint]
+format = "orbax"
+path = "{items}"
+
+[parallel]
+expert = {expert}
+
+[batch]
+global_batch_size = 2
+micro_batch_size = 1
+
+[train]
+iters = 3
+
+[optimizer]
+lr = 3e-3
+"""
+
+
+def test_compiled_script_starts_from_a_mixtral_checkpoint_alike_at_ep1_and_ep2(cases: Path, tmp_path: Path) -> None:
+    """Each expert-parallel rank of the compiled script reads its own experts: its losses are the one-process run's
+    (a rank reading another's experts, or all of them, would change the first loss or fail the load)."""
+    from tests.e2e.harness import compile_to, launch
+
+    items = cases / "mixtral_curve" / "init" / "0" / "items"
+    runs = []
+    for procs, expert in ((1, 1), (2, 2)):
+        script = compile_to(tmp_path / f"ep{expert}", _MIXTRAL_SPEC.format(procs=procs, expert=expert, items=items))
+        result = launch(script, procs)
+        assert result.returncode == 0, result.explain()
+        runs.append(result.train_losses("out/mixtral"))
+    print(f"mixtral from Orbax, EP1 vs EP2 losses: {runs}")
+    assert len(runs[0]) == 3 and max(abs(a - b) for a, b in zip(*runs, strict=True)) <= 1e-5

@@ -43,12 +43,13 @@ def padded_vocab(vocab_size: int, tensor_parallel: int, divisible_by: int = 64) 
 
 
 def transformer_config(
-    config: dict, *, tensor: int, pipeline: int, query_scaling: str, dtype: str = "fp32"
+    config: dict, *, tensor: int, pipeline: int, query_scaling: str, dtype: str = "fp32", expert: int = 1
 ) -> TransformerConfig:
     bf16 = dtype == "bf16"
     qk_norm = config.get("qk_norm", False)
     gelu = config.get("activation", "silu") == "gelu"
     gpt3 = config.get("block") == "gpt3"
+    experts = config.get("num_experts") or None
     return TransformerConfig(
         bf16=bf16,
         num_layers=config["num_layers"],
@@ -69,8 +70,15 @@ def transformer_config(
         # Under qk norms MaxText scales scores by 1/sqrt(head_dim) at run time, as megatron's default does.
         # So does gpt3 (its query kernel is not pre-scaled).
         softmax_scale=1.0 if query_scaling == "keep" and not qk_norm and not gpt3 else None,
+        # mixtral: megatron-core's MoE with its default routing (top-k of the logits, then softmax over the k;
+        # dropless; no auxiliary loss), which is MaxText's. Only the forward runs under TP here: megatron-core
+        # trains MoE with TP only under sequence parallelism, which its local (CPU) norms refuse.
+        num_moe_experts=experts,
+        moe_router_topk=config.get("experts_per_token", 2) if experts else 2,
         tensor_model_parallel_size=tensor,
         pipeline_model_parallel_size=pipeline,
+        # Expert weights of an expert-parallel model are not reduced over data-parallel ranks (allreduce=False).
+        expert_model_parallel_size=expert,
         pipeline_dtype=torch.bfloat16 if bf16 else torch.float32,
         params_dtype=torch.float32,
         use_cpu_initialization=True,
@@ -80,17 +88,21 @@ def transformer_config(
     )
 
 
-def provider(config: dict, *, tensor: int, pipeline: int, query_scaling: str, dtype: str = "fp32") -> Any:
+def provider(
+    config: dict, *, tensor: int, pipeline: int, query_scaling: str, dtype: str = "fp32", expert: int = 1
+) -> Any:
     """(pre_process, post_process, vp_stage) -> GPTModel, as a generated script's model_provider."""
 
     gpt3 = config.get("block") == "gpt3"
 
     def build(pre_process: bool, post_process: bool, vp_stage: int | None = None) -> GPTModel:
         transformer = transformer_config(
-            config, tensor=tensor, pipeline=pipeline, query_scaling=query_scaling, dtype=dtype
+            config, tensor=tensor, pipeline=pipeline, query_scaling=query_scaling, dtype=dtype, expert=expert
         )
         layer = get_gpt_layer_local_spec(
-            normalization="LayerNorm" if gpt3 else "RMSNorm", qk_layernorm=config.get("qk_norm", False)
+            num_experts=config.get("num_experts") or None,
+            normalization="LayerNorm" if gpt3 else "RMSNorm",
+            qk_layernorm=config.get("qk_norm", False),
         )
         return GPTModel(
             config=transformer,
@@ -153,7 +165,7 @@ def start_single_process() -> Layout:
     return start(tensor=1, pipeline=1)
 
 
-def start(*, tensor: int, pipeline: int) -> Layout:
+def start(*, tensor: int, pipeline: int, expert: int = 1) -> Layout:
     cpu_compat.apply()
     return initialize(
         device="cpu",
@@ -161,7 +173,7 @@ def start(*, tensor: int, pipeline: int) -> Layout:
         pipeline=pipeline,
         virtual_pipeline=None,
         context=1,
-        expert=1,
+        expert=expert,
         seed=1234,
         timeout_minutes=2,
     )

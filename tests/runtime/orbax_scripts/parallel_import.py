@@ -1,6 +1,6 @@
 """torchrun script: import MaxText test checkpoints at TP=2, PP=2 and DP=2 and measure parity and per-rank reads.
 
-    torchrun --nproc-per-node 2 parallel_import.py CASES OUT --layouts tp2 pp2 dp2 [--cases NAME ...]
+    torchrun --nproc-per-node 2 parallel_import.py CASES OUT --layouts tp2 pp2 dp2 ep2 [--cases NAME ...]
         [--query-scaling undo|keep]
 
 Per layout (megatron's groups are rebuilt in the same processes, which saves a
@@ -12,7 +12,8 @@ data size. At TP=2 and PP=2 it also exports the model back (gathered on rank
 0) and compares every leaf with the original, bit for bit. At DP=2 it resumes the
 adamw case's JAX optimizer state into the distributed optimizer and trains the
 remaining steps (:func:`run_resume`), and exports a bf16 model's fp32 main
-parameters, split over the two ranks (:func:`run_bf16_export`). Finally it records whether JAX was ever
+parameters, split over the two ranks (:func:`run_bf16_export`). At EP=2 (MoE cases only) it also trains
+each MoE block's curve case from its initial weights (:func:`run_curve`). Finally it records whether JAX was ever
 imported (it must not be).
 """
 
@@ -39,7 +40,8 @@ from bridgec.runtime.orbax_read import OrbaxItem, ReadStats
 from bridgec.runtime.step import train_step
 
 CASES = ("scanned", "unscanned")
-LAYOUTS = {"tp2": (2, 1), "pp2": (1, 2), "dp2": (1, 1)}
+LAYOUTS = {"tp2": (2, 1, 1), "pp2": (1, 2, 1), "dp2": (1, 1, 1), "ep2": (1, 1, 2)}
+"""(tensor, pipeline, expert) parallel sizes; ep2 splits the experts of MoE cases (the others are skipped there)."""
 
 
 def file_bytes_read() -> int:
@@ -71,7 +73,14 @@ def run_case(cases: Path, name: str, layout: ml.Layout, export_dir: Path, query_
     config, data = ml.read_case(cases / name)
     items = cases / name / data["items"]
     chunks = build_chunks(
-        ml.provider(config, tensor=layout.tensor, pipeline=layout.pipeline, query_scaling=query_scaling), layout
+        ml.provider(
+            config,
+            tensor=layout.tensor,
+            pipeline=layout.pipeline,
+            query_scaling=query_scaling,
+            expert=layout.expert,
+        ),
+        layout,
     )
     stats = ReadStats()
     before = file_bytes_read()
@@ -83,6 +92,8 @@ def run_case(cases: Path, name: str, layout: ml.Layout, export_dir: Path, query_
         tensor_rank=layout.tensor_rank,
         query_scaling=query_scaling,
         rope_layout="rotate_half",
+        expert_parallel=layout.expert,
+        expert_rank=layout.expert_rank,
         stats=stats,
     )
     result: dict = {
@@ -98,12 +109,13 @@ def run_case(cases: Path, name: str, layout: ml.Layout, export_dir: Path, query_
     logits = ml.logits(chunks[0], tokens) if layout.pipeline == 1 else pipeline_logits(chunks[0], tokens, layout)
     if logits is not None:
         result["max_logit_diff"] = float(np.abs(logits[..., : config["vocab_size"]].numpy() - expected).max())
-    if layout.tensor > 1 or layout.pipeline > 1:
+    if layout.tensor > 1 or layout.pipeline > 1 or layout.expert > 1:
         full = gather_full_params(
             chunks,
             tensor_group=parallel_state.get_tensor_model_parallel_group(),
             pipeline_group=parallel_state.get_pipeline_model_parallel_group(),
             tied=config["tied"],
+            expert_group=parallel_state.get_expert_model_parallel_group() if layout.expert > 1 else None,
         )
         if full is not None:
             exported = export_maxtext(
@@ -196,6 +208,60 @@ def run_resume(cases: Path, layout: ml.Layout) -> dict:
     }
 
 
+def run_curve(cases: Path, name: str, layout: ml.Layout) -> dict:
+    """Ten steps from the case's initial weights, each data-parallel rank taking one of a step's two sequences
+    (under EP=2 the dense weights are data-parallel over both ranks and each rank holds half the experts)."""
+    config, data = ml.read_case(cases / name)
+    model = build_model(
+        ml.provider(config, tensor=1, pipeline=1, query_scaling="keep", expert=layout.expert),
+        layout=layout,
+        init_scheme="megatron",
+        seed=1,
+        init_std=0.02,
+        num_layers=config["num_layers"],
+        tied_output=config["tied"],
+        dtype="fp32",
+        distributed_optimizer=False,
+    )
+    settings = ml.adam_settings(data, dtype="fp32", distributed=False)
+    optimizer = build_optimizer(model, settings)
+    load_maxtext_weights(
+        [unwrap(chunk) for chunk in model],
+        optimizer=optimizer,
+        path=str(cases / name / "init/0/items"),
+        vocab_size=config["vocab_size"],
+        tensor_parallel=1,
+        tensor_rank=0,
+        query_scaling="keep",
+        rope_layout="rotate_half",
+        expert_parallel=layout.expert,
+        expert_rank=layout.expert_rank,
+    )
+    scheduler = build_scheduler(
+        optimizer,
+        lr=settings.lr,
+        min_lr=settings.min_lr,
+        weight_decay=settings.weight_decay,
+        schedule=ml.constant_schedule(settings.lr),
+    )
+    batches = torch.from_numpy(np.load(cases / name / "batches.npy").astype(np.int64))
+    losses = []
+    for batch in batches[:, layout.data_rank : layout.data_rank + 1]:
+        result = train_step(
+            ml.forward_step,
+            [iter([{"tokens": batch[:, :-1], "labels": batch[:, 1:]}])],
+            model,
+            optimizer,
+            scheduler,
+            num_microbatches=1,
+            micro_batch_size=1,
+            seq_length=16,
+            clip_grad=0.0,
+        )
+        losses.append(result.loss)
+    return {"losses": losses, "expected": np.load(cases / name / "losses.npy").tolist()}
+
+
 def run_bf16_export(cases: Path, layout: ml.Layout, out: Path) -> dict:
     """DP=2, bf16 model, distributed optimizer: export gathers the fp32 main ranges of both ranks, bit-exact."""
     config, data = ml.read_case(cases / "scanned")
@@ -257,19 +323,29 @@ def main() -> int:
     args = parser.parse_args()
     results: dict = {}
     for name in args.layouts:
-        tensor, pipeline = LAYOUTS[name]
-        layout = ml.start(tensor=tensor, pipeline=pipeline)
+        tensor, pipeline, expert = LAYOUTS[name]
+        layout = ml.start(tensor=tensor, pipeline=pipeline, expert=expert)
         if name == "dp2":
             results[name] = {
                 "resume": run_resume(args.cases, layout),
                 "bf16_export": run_bf16_export(args.cases, layout, args.out / "export-dp2-bf16"),
             }
         else:
+            names = [
+                case for case in args.names if expert == 1 or ml.read_case(args.cases / case)[0].get("num_experts")
+            ]
             results[name] = {
                 case: run_case(args.cases, case, layout, args.out / f"export-{name}", args.query_scaling)
-                for case in args.names
+                for case in names
             }
-        results[name]["ranks"] = {"tensor": layout.tensor_rank, "pipeline": layout.pipeline_rank}
+            if expert > 1:  # and ten training steps of each MoE block, split over the expert-parallel ranks
+                blocks = sorted({case.rsplit("_", 1)[0] for case in names})
+                results[name]["curves"] = {block: run_curve(args.cases, f"{block}_curve", layout) for block in blocks}
+        results[name]["ranks"] = {
+            "tensor": layout.tensor_rank,
+            "pipeline": layout.pipeline_rank,
+            "expert": layout.expert_rank,
+        }
         parallel_state.destroy_model_parallel()
     results["jax_imported"] = any(module == "jax" or module.startswith("jax.") for module in sys.modules)
     args.out.mkdir(parents=True, exist_ok=True)
