@@ -1920,7 +1920,7 @@ def test_rule_teacher_checkpoint() -> None:
         distill(activation="gelu", checkpoint={"format": "orbax", "path": "teacher"}),
         [
             'spec.toml:17: [distill.teacher.checkpoint] layout = "maxtext" holds a MaxText '
-            'llama2/mistral/qwen3/gemma decoder, which needs [distill.teacher] activation = "swiglu" (or "geglu"); '
+            'llama2/mistral/qwen3/mixtral/gemma decoder, which needs [distill.teacher] activation = "swiglu" (or "geglu"); '
             'hint: set activation = "swiglu" (or "geglu") under [distill.teacher] to match the checkpoint'
         ],
         TEACHER_FILES,
