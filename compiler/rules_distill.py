@@ -13,6 +13,7 @@ import attrs
 
 from bridgec.compiler import derive
 from bridgec.compiler.errors import KeyPath, render_value
+from bridgec.compiler.lower_distill import whole_teacher
 from bridgec.compiler.rule_base import Finding, NotLoaded, Rule, SpecContext
 from bridgec.compiler.rules_files import rule_init_checkpoint_exists, rule_megatron_init_settings
 from bridgec.compiler.rules_layout import LAYOUT_RULES
@@ -82,8 +83,7 @@ def rule_teacher_layout(spec: Spec, ctx: SpecContext) -> Iterator[Finding]:
 
 
 def _as_student(spec: Spec) -> Spec:
-    assert spec.distill is not None
-    return attrs.evolve(spec, model=spec.distill.teacher)
+    return whole_teacher(spec)  # one pipeline stage: the teacher is never split into stages
 
 
 def _at_teacher(finding: Finding) -> Finding:
@@ -113,7 +113,7 @@ def rule_teacher_checkpoint(spec: Spec, ctx: SpecContext) -> Iterator[Finding]:
             hint="remove optimizer_state from [distill.teacher.checkpoint]",
         )
     weights_only = attrs.evolve(checkpoint, optimizer_state=False)  # reported above, once
-    as_student = attrs.evolve(spec, model=spec.distill.teacher, init=Init(checkpoint=weights_only))
+    as_student = attrs.evolve(_as_student(spec), init=Init(checkpoint=weights_only))
     for rule in CHECKPOINT_RULES:
         try:
             findings = list(rule(as_student, ctx))
@@ -194,19 +194,6 @@ def rule_distill_loss(spec: Spec, ctx: SpecContext) -> Iterator[Finding]:
         )
 
 
-def rule_distill_pipeline(spec: Spec, ctx: SpecContext) -> Iterator[Finding]:
-    if spec.distill is None or spec.parallel.pipeline == 1:
-        return
-    yield Finding(
-        about=(("parallel", "pipeline"), ("distill",)),
-        message=(
-            f"[distill] with parallel.pipeline = {spec.parallel.pipeline} is not built yet: the teacher runs "
-            "whole on each rank, beside the student's last stage"
-        ),
-        hint="pipeline = 1 (tensor and data parallelism work)",
-    )
-
-
 def rule_distill_values(spec: Spec, ctx: SpecContext) -> Iterator[Finding]:
     if spec.distill is None:
         return
@@ -232,6 +219,5 @@ DISTILL_RULES: tuple[Rule, ...] = (
     rule_teacher_logits_multiplier,
     rule_teacher_query_scaling,
     rule_distill_loss,
-    rule_distill_pipeline,
     rule_distill_values,
 )
