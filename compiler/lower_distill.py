@@ -118,11 +118,12 @@ def _build(spec: Spec) -> tuple[str, ...]:
     if spec.parallel.pipeline == 1:
         return (_BUILD_CHUNKS, *_load(spec), _FREEZE)
     per_rank = teacher_rank_parameters(spec)
+    sliced = "" if spec.parallel.tensor == 1 else f", 1/{spec.parallel.tensor} of each split matrix"
     where = (
         f"# The teacher runs whole on the last pipeline stage, beside the student's output layer: "
         f"{per_rank:,} parameters",
-        f"# on each of its ranks (all {spec.distill.teacher.num_layers} layers, "
-        f"1/{spec.parallel.tensor} of each split matrix); the other stages keep none of it.",
+        f"# on each of its ranks (all {spec.distill.teacher.num_layers} layers{sliced}); the other stages keep none "
+        "of it.",
     )
     return (
         *where,
