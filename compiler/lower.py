@@ -18,13 +18,7 @@ import attrs
 from bridgec.compiler import choices as c
 from bridgec.compiler import derive, explain
 from bridgec.compiler.derive import data_parallel, padded_vocab, world_size
-from bridgec.compiler.lower_distill import (
-    distill_plan,
-    distill_section,
-    teacher_rank_parameters,
-    teacher_section,
-    teacher_spec,
-)
+from bridgec.compiler.lower_distill import distill_plan, distill_section, teacher_section, teacher_spec
 from bridgec.compiler.lower_main import (
     adam,
     imports,
@@ -829,7 +823,7 @@ def _distill_words(spec: Spec) -> str:
         ""
         if spec.parallel.pipeline == 1
         else (
-            f", whole on the last pipeline stage alone ({explain.human_count(teacher_rank_parameters(spec))} "
+            f", whole on the last pipeline stage alone ({explain.human_count(explain.teacher_rank_parameters(spec))} "
             "parameters on each of its ranks)"
         )
     )

@@ -16,43 +16,24 @@ teacher_inputs). Its memory all sits on the last stage's ranks.
 
 from __future__ import annotations
 
-import math
 from typing import assert_never
 
 import attrs
 
 from bridgec.compiler import choices as c
-from bridgec.compiler import derive
+from bridgec.compiler import derive, explain
 from bridgec.compiler.lower_model import arg, choices_of, model_plan
 from bridgec.compiler.plan import Argument, Call, Code, Constant, DistillPlan, Items, ModelPlan, Section
 from bridgec.compiler.spec import Init, Spec
-from bridgec.runtime.models import gpt
 
 TEACHER_ONLY_SKIPS = ("calculate_per_token_loss", "finalize_model_grads_func")
 """TransformerConfig arguments about the gradients: the teacher has none."""
 
 
-def whole_teacher(spec: Spec) -> Spec:
-    """The spec with the teacher in the student's place, on one pipeline stage: the teacher is whole wherever it
-    runs (on the student's last stage under pipeline parallelism)."""
-    assert spec.distill is not None
-    whole = attrs.evolve(spec.parallel, pipeline=1, virtual_pipeline=None)
-    return attrs.evolve(spec, model=spec.distill.teacher, parallel=whole)
-
-
 def teacher_spec(spec: Spec) -> Spec:
-    """:func:`whole_teacher` with the teacher's weights as [init.checkpoint]."""
+    """derive.whole_teacher with the teacher's weights as [init.checkpoint]."""
     assert spec.distill is not None
-    return attrs.evolve(whole_teacher(spec), init=Init(checkpoint=spec.distill.teacher.checkpoint))
-
-
-def teacher_rank_parameters(spec: Spec) -> int:
-    """The teacher's parameters on one rank that holds it: all its layers, this tensor-parallel rank's slices."""
-    as_student = teacher_spec(spec)
-    [chunk] = gpt.rank_parameters(
-        derive.gpt_config(as_student), tensor=spec.parallel.tensor, expert=spec.parallel.expert
-    )
-    return sum(math.prod(parameter.local_shape) for parameter in chunk)
+    return attrs.evolve(derive.whole_teacher(spec), init=Init(checkpoint=spec.distill.teacher.checkpoint))
 
 
 def teacher_section(spec: Spec, model_section: Section) -> Section:
@@ -117,7 +98,7 @@ def _build(spec: Spec) -> tuple[str, ...]:
     assert spec.distill is not None
     if spec.parallel.pipeline == 1:
         return (_BUILD_CHUNKS, *_load(spec), _FREEZE)
-    per_rank = teacher_rank_parameters(spec)
+    per_rank = explain.teacher_rank_parameters(spec)
     sliced = "" if spec.parallel.tensor == 1 else f", 1/{spec.parallel.tensor} of each split matrix"
     where = (
         f"# The teacher runs whole on the last pipeline stage, beside the student's output layer: "

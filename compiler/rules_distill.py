@@ -13,7 +13,6 @@ import attrs
 
 from bridgec.compiler import derive
 from bridgec.compiler.errors import KeyPath, render_value
-from bridgec.compiler.lower_distill import whole_teacher
 from bridgec.compiler.rule_base import Finding, NotLoaded, Rule, SpecContext
 from bridgec.compiler.rules_files import rule_init_checkpoint_exists, rule_megatron_init_settings
 from bridgec.compiler.rules_layout import LAYOUT_RULES
@@ -83,7 +82,7 @@ def rule_teacher_layout(spec: Spec, ctx: SpecContext) -> Iterator[Finding]:
 
 
 def _as_student(spec: Spec) -> Spec:
-    return whole_teacher(spec)  # one pipeline stage: the teacher is never split into stages
+    return derive.whole_teacher(spec)  # one pipeline stage: the teacher is never split into stages
 
 
 def _at_teacher(finding: Finding) -> Finding:
