@@ -245,7 +245,7 @@ def test_a_teacher_folder_that_does_not_fit_its_table_is_named_with_every_differ
 
 def test_pipeline_parallel_distillation_equals_the_unpipelined_run(runs: Runs) -> None:
     """The teacher whole on the last stage: per step the same loss, KL, cross entropy and gradient norm as at
-    pipeline 1 (the later steps' losses also carry the earlier updates, so the gradients themselves).
+    pipeline 1 (the later steps' losses follow from the earlier steps' gradients).
 
     Bound: 1e-6 relative (fp32 summation order). Measured: identical losses and parts, gradient norms within
     5.1e-8; without virtual stages (PP2 alone) within 1.3e-7 on losses.
