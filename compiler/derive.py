@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import math
 
+import attrs
+
 from bridgec.compiler.spec import Spec
 from bridgec.runtime.models.gpt import GPTConfig
 
@@ -124,3 +126,11 @@ SINKS = ("tensorboard", "wandb", "mlflow")
 def sinks(spec: Spec) -> tuple[str, ...]:
     """The [logging] sink tables the spec writes."""
     return tuple(name for name in SINKS if getattr(spec.logging, name) is not None)
+
+
+def whole_teacher(spec: Spec) -> Spec:
+    """[distill]: the spec with the teacher in the student's place, on one pipeline stage. The teacher is never
+    split into stages: it runs whole wherever it runs (on the student's last stage under pipeline parallelism)."""
+    assert spec.distill is not None
+    whole = attrs.evolve(spec.parallel, pipeline=1, virtual_pipeline=None)
+    return attrs.evolve(spec, model=spec.distill.teacher, parallel=whole)

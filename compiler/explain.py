@@ -417,9 +417,42 @@ def explain_text(spec: Spec, *, extra: tuple[str, ...] = ()) -> str:
         "  activations by recompute choice: "
         + " | ".join(f"{name} {human_bytes(activation_bytes(spec, choice))}" for name, choice in RECOMPUTE_CHOICES),
     ]
+    lines += _teacher_lines(spec, mem.weight_bytes)
     lines += interop_lines(spec)
     lines += list(extra)
     return "\n".join(lines) + "\n"
+
+
+def teacher_rank_parameters(spec: Spec) -> int:
+    """[distill]: the teacher's parameters on one rank that holds it: all its layers, that tensor rank's slices."""
+    teacher = derive.whole_teacher(spec)
+    [chunk] = gpt.rank_parameters(derive.gpt_config(teacher), tensor=spec.parallel.tensor, expert=spec.parallel.expert)
+    return sum(math.prod(parameter.local_shape) for parameter in chunk)
+
+
+def _teacher_lines(spec: Spec, weight_bytes: int) -> list[str]:
+    """Where the frozen teacher lives and what its weights take there (outside the student's estimate)."""
+    if spec.distill is None:
+        return []
+    total = parameter_counts(derive.whole_teacher(spec)).total
+    per_rank = teacher_rank_parameters(spec)
+    last = spec.parallel.pipeline - 1
+    if spec.parallel.pipeline == 1:
+        holders = "every rank"
+    else:
+        ranks = [row.rank for row in rank_layout(spec) if row.pipeline == last]
+        shown = ", ".join(map(str, ranks[:8])) + (f", ... ({len(ranks)} ranks)" if len(ranks) > 8 else "")
+        holders = (
+            f"the last pipeline stage's ranks {shown}, whole (the other stages load it at the start, then drop it)"
+        )
+    return [
+        "",
+        "Distillation teacher (frozen, forward only: no gradients, no optimizer state)",
+        f"  parameters {total:,} ({human_count(total)}); on each rank that holds it {per_rank:,}",
+        f"  held by {holders}",
+        f"  weights    {human_bytes(per_rank * weight_bytes)} per holding rank ({weight_bytes} bytes/param), "
+        "on top of the estimate above",
+    ]
 
 
 def _trainable_lines(spec: Spec, total: int) -> list[str]:

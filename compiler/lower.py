@@ -819,11 +819,19 @@ def _distill_words(spec: Spec) -> str:
         return ""
     t = d.teacher
     lm = "" if d.skip_lm_loss else " + the cross entropy"
+    where = (
+        ""
+        if spec.parallel.pipeline == 1
+        else (
+            f", whole on the last pipeline stage alone ({explain.human_count(explain.teacher_rank_parameters(spec))} "
+            "parameters on each of its ranks)"
+        )
+    )
     return (
         f" Distillation: a frozen teacher ({t.num_layers} layers, hidden {t.hidden_size}, "
         f"{explain.human_count(explain.parameter_counts(teacher_spec(spec)).total)} parameters) runs forward only on "
-        f"each microbatch; the loss is kd_loss_scale {d.kd_loss_scale:g} x T^2 KL(teacher || student) at temperature "
-        f"T = {d.temperature:g}{lm}."
+        f"each microbatch{where}; the loss is kd_loss_scale {d.kd_loss_scale:g} x T^2 KL(teacher || student) at "
+        f"temperature T = {d.temperature:g}{lm}."
     )
 
 

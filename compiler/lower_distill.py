@@ -1,10 +1,17 @@
 """Lower [distill]: the teacher's model, lowered as the student's is, under TEACHER_* names.
 
-The teacher is a second GPTModel of its own shape on the student's parallel
-layout. Lowering it as if it were the student (the spec with [distill.teacher]
-in [model]'s place) gives its constants and its two model functions; renaming
-their constants TEACHER_* keeps the student's and the teacher's apart in one
-script, while the layout's constants (TENSOR_PARALLEL, ...) stay shared.
+The teacher is a second GPTModel of its own shape on the student's tensor,
+context and data layout. Lowering it as if it were the student (the spec with
+[distill.teacher] in [model]'s place) gives its constants and its two model
+functions; renaming their constants TEACHER_* keeps the student's and the
+teacher's apart in one script, while the layout's constants (TENSOR_PARALLEL,
+...) stay shared.
+
+The teacher is never split into pipeline stages: it is one chunk, whole (its
+embedding, every layer and its output layer), and with parallel.pipeline > 1
+it lives on the student's last stage alone, where the student's logits and the
+loss are, reading the microbatch's tokens there (runtime.data.next_batch's
+teacher_inputs). Its memory all sits on the last stage's ranks.
 """
 
 from __future__ import annotations
@@ -14,7 +21,8 @@ from typing import assert_never
 import attrs
 
 from bridgec.compiler import choices as c
-from bridgec.compiler.lower_model import choices_of, model_plan
+from bridgec.compiler import derive, explain
+from bridgec.compiler.lower_model import arg, choices_of, model_plan
 from bridgec.compiler.plan import Argument, Call, Code, Constant, DistillPlan, Items, ModelPlan, Section
 from bridgec.compiler.spec import Init, Spec
 
@@ -23,10 +31,9 @@ TEACHER_ONLY_SKIPS = ("calculate_per_token_loss", "finalize_model_grads_func")
 
 
 def teacher_spec(spec: Spec) -> Spec:
-    """The spec with the teacher in the student's place (its weights as [init.checkpoint])."""
+    """derive.whole_teacher with the teacher's weights as [init.checkpoint]."""
     assert spec.distill is not None
-    teacher = spec.distill.teacher
-    return attrs.evolve(spec, model=teacher, init=Init(checkpoint=teacher.checkpoint))
+    return attrs.evolve(derive.whole_teacher(spec), init=Init(checkpoint=spec.distill.teacher.checkpoint))
 
 
 def teacher_section(spec: Spec, model_section: Section) -> Section:
@@ -71,8 +78,42 @@ def distill_plan(spec: Spec, teacher_constants: Section) -> DistillPlan | None:
         function=plan.config.function,
         arguments=tuple(a for a in plan.config.arguments if a.name not in TEACHER_ONLY_SKIPS),
     )
+    if spec.parallel.pipeline > 1:
+        config = Call(function=config.function, arguments=tuple(map(_whole, config.arguments)))
     model = ModelPlan(config=_renamed(config, renames), gpt=_renamed(plan.gpt, renames))
-    return DistillPlan(model=model, build=(_BUILD_CHUNKS, *_load(spec), _FREEZE))
+    kept = "torch.nn.Module" if spec.parallel.pipeline == 1 else "torch.nn.Module | None"
+    return DistillPlan(model=model, build=_build(spec), teacher_type=kept)
+
+
+def _whole(argument: Argument) -> Argument:
+    """The teacher's config is one pipeline stage: megatron-core then builds all its layers in one chunk."""
+    if argument.name != "pipeline_model_parallel_size":
+        return argument
+    return arg(argument.name, 1, "whole, on the student's last stage: PIPELINE_PARALLEL splits the student alone")
+
+
+def _build(spec: Spec) -> tuple[str, ...]:
+    """build_teacher()'s lines: build the one chunk, load its weights, freeze it (and, under pipeline
+    parallelism, keep it on the last stage alone)."""
+    assert spec.distill is not None
+    if spec.parallel.pipeline == 1:
+        return (_BUILD_CHUNKS, *_load(spec), _FREEZE)
+    per_rank = explain.teacher_rank_parameters(spec)
+    sliced = "" if spec.parallel.tensor == 1 else f", 1/{spec.parallel.tensor} of each split matrix"
+    where = (
+        f"# The teacher runs whole on the last pipeline stage, beside the student's output layer: "
+        f"{per_rank:,} parameters",
+        f"# on each of its ranks (all {spec.distill.teacher.num_layers} layers{sliced}); the other stages keep none "
+        "of it.",
+    )
+    return (
+        *where,
+        "# Every rank builds and loads it: the loaders' checks stop every rank alike when the weights do not fit,",
+        "# and a Megatron checkpoint's read is collective over all ranks. The stages before the last drop it.",
+        _BUILD_WHOLE,
+        *_load(spec),
+        _FREEZE_LAST,
+    )
 
 
 def _format(spec: Spec) -> c.CheckpointFormat:
@@ -100,13 +141,15 @@ def _load(spec: Spec) -> tuple[str, ...]:
         case c.CheckpointFormat.ORBAX:
             return _ORBAX_LOAD
         case c.CheckpointFormat.MEGATRON:
-            return _MEGATRON_LOAD
+            return _MEGATRON_LOAD if spec.parallel.pipeline == 1 else _MEGATRON_LOAD_STAGES
         case _:
             assert_never(fmt)
 
 
 _BUILD_CHUNKS = "chunks = build_chunks(teacher_model_provider, layout)  # one: the pipeline is one stage"
 _FREEZE = "return freeze_teacher(chunks[0], layout=layout, dtype=DTYPE)"
+_BUILD_WHOLE = "chunks = [teacher_model_provider(True, True)]  # whole: embedding, every layer, output layer"
+_FREEZE_LAST = "return freeze_teacher(chunks[0], layout=layout, dtype=DTYPE) if layout.is_last_stage else None"
 _HF_LOAD = (
     "load_hf_weights(",
     "    chunks,",
@@ -142,6 +185,15 @@ _MEGATRON_LOAD = (
     "    loaded = load_megatron_weights(chunks, None, path=SPEC_DIR / TEACHER_CHECKPOINT)  # no optimizer",
     "if layout.rank == 0:",
     '    print(f"distill: teacher weights from {loaded.folder} (saved at iteration {loaded.iteration})", flush=True)',
+)
+
+_MEGATRON_LOAD_STAGES = (
+    "with naming_the_teacher():  # the Megatron-LM loader's errors speak of 'this run'",
+    "    # Each pipeline stage holds a copy while it loads: copies of stages past the first are replicas.",
+    "    loaded = load_megatron_weights(",
+    "        chunks, None, path=SPEC_DIR / TEACHER_CHECKPOINT, replica=layout.pipeline_rank",
+    "    )  # no optimizer",
+    *_MEGATRON_LOAD[2:],
 )
 
 

@@ -664,9 +664,7 @@ def _loss_lines(spec: Spec, ch: Choices) -> tuple[str, ...]:
             )
         case LossSource.DISTILL:
             return (
-                "# The teacher's logits, forward only: no graph, no gradient.",
-                "with torch.no_grad():",
-                f"    teacher_logits = teacher(batch.tokens, batch.position_ids, {mask})",
+                *_teacher_lines(spec, mask),
                 f"logits = model(batch.tokens, batch.position_ids, {mask})",
                 "# Token-aware: (KD_LOSS_SCALE x KL sum + cross-entropy sum, token count); divided once by the global",
                 "# count. Vocabulary-parallel: the full vocabulary is never gathered on one rank.",
@@ -685,6 +683,25 @@ def _loss_lines(spec: Spec, ch: Choices) -> tuple[str, ...]:
             return ()
         case _:
             assert_never(ch.loss_source)
+
+
+def _teacher_lines(spec: Spec, mask: str) -> tuple[str, ...]:
+    """The teacher's logits of the microbatch; under pipeline parallelism on the last stage alone (the only one
+    that holds the teacher, and the one whose loss function reads them)."""
+    if spec.parallel.pipeline == 1:
+        return (
+            "# The teacher's logits, forward only: no graph, no gradient.",
+            "with torch.no_grad():",
+            f"    teacher_logits = teacher(batch.tokens, batch.position_ids, {mask})",
+        )
+    return (
+        "# The teacher's logits, forward only, on the last stage: the teacher lives there, whole, and reads the",
+        "# microbatch's tokens (next_batch's teacher_inputs); the other stages' chunks have no loss to give them to.",
+        "teacher_logits = None",
+        "if chunk.post_process:",
+        "    with torch.no_grad():",
+        f"        teacher_logits = teacher(batch.tokens, batch.position_ids, {mask})",
+    )
 
 
 def _hook(spec: Spec, name: str | None) -> Code | None:
@@ -709,6 +726,7 @@ def forward_plan(spec: Spec, ch: Choices) -> ForwardPlan:
                 ("device", "state.layout.device"),
             ),
             *context,
+            *_teacher_inputs(spec),
         ),
     )
     hook = loss_hook = None
@@ -726,5 +744,16 @@ def forward_plan(spec: Spec, ch: Choices) -> ForwardPlan:
         loss_hook=loss_hook,
         next_batch=next_batch,
         body=_loss_lines(spec, ch),
-        keyword_parameters=", *, teacher: torch.nn.Module" if ch.loss_source is LossSource.DISTILL else "",
+        keyword_parameters=_teacher_parameter(spec) if ch.loss_source is LossSource.DISTILL else "",
     )
+
+
+def _teacher_inputs(spec: Spec) -> tuple[Argument, ...]:
+    if spec.distill is None or spec.parallel.pipeline == 1:
+        return ()
+    return (arg("teacher_inputs", True, "the last stage's teacher reads the tokens and position ids too"),)
+
+
+def _teacher_parameter(spec: Spec) -> str:
+    # None on the stages before the last: they hold no teacher.
+    return ", *, teacher: torch.nn.Module" + ("" if spec.parallel.pipeline == 1 else " | None")

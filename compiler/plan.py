@@ -163,6 +163,8 @@ class DistillPlan:
     """teacher_transformer_config()'s and teacher_model_provider()'s returns (TEACHER_* constants)."""
     build: tuple[str, ...]
     """build_teacher()'s lines: build, load the weights, freeze."""
+    teacher_type: str
+    """What build_teacher() returns: the teacher, or None on the pipeline stages that hold none of it."""
 
 
 @attrs.frozen(kw_only=True)

@@ -82,8 +82,7 @@ def rule_teacher_layout(spec: Spec, ctx: SpecContext) -> Iterator[Finding]:
 
 
 def _as_student(spec: Spec) -> Spec:
-    assert spec.distill is not None
-    return attrs.evolve(spec, model=spec.distill.teacher)
+    return derive.whole_teacher(spec)  # one pipeline stage: the teacher is never split into stages
 
 
 def _at_teacher(finding: Finding) -> Finding:
@@ -113,7 +112,7 @@ def rule_teacher_checkpoint(spec: Spec, ctx: SpecContext) -> Iterator[Finding]:
             hint="remove optimizer_state from [distill.teacher.checkpoint]",
         )
     weights_only = attrs.evolve(checkpoint, optimizer_state=False)  # reported above, once
-    as_student = attrs.evolve(spec, model=spec.distill.teacher, init=Init(checkpoint=weights_only))
+    as_student = attrs.evolve(_as_student(spec), init=Init(checkpoint=weights_only))
     for rule in CHECKPOINT_RULES:
         try:
             findings = list(rule(as_student, ctx))
@@ -194,19 +193,6 @@ def rule_distill_loss(spec: Spec, ctx: SpecContext) -> Iterator[Finding]:
         )
 
 
-def rule_distill_pipeline(spec: Spec, ctx: SpecContext) -> Iterator[Finding]:
-    if spec.distill is None or spec.parallel.pipeline == 1:
-        return
-    yield Finding(
-        about=(("parallel", "pipeline"), ("distill",)),
-        message=(
-            f"[distill] with parallel.pipeline = {spec.parallel.pipeline} is not built yet: the teacher runs "
-            "whole on each rank, beside the student's last stage"
-        ),
-        hint="pipeline = 1 (tensor and data parallelism work)",
-    )
-
-
 def rule_distill_values(spec: Spec, ctx: SpecContext) -> Iterator[Finding]:
     if spec.distill is None:
         return
@@ -232,6 +218,5 @@ DISTILL_RULES: tuple[Rule, ...] = (
     rule_teacher_logits_multiplier,
     rule_teacher_query_scaling,
     rule_distill_loss,
-    rule_distill_pipeline,
     rule_distill_values,
 )

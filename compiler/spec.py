@@ -562,7 +562,7 @@ class Init:
 
 @attrs.frozen(kw_only=True)
 class Teacher(Model):
-    """[distill.teacher]: the frozen teacher, with every key of [model] (its own shape; the student's parallel layout)."""
+    """[distill.teacher]: the frozen teacher, with every key of [model] (its own shape; the student's tensor, context and data layout; never split into pipeline stages: with parallel.pipeline > 1 it runs whole on the student's last stage)."""
 
     checkpoint: InitCheckpoint
     """[distill.teacher.checkpoint]: the teacher's weights, with the keys of [init.checkpoint], read by its loaders on the student's layout: huggingface, orbax (MaxText's layout) or megatron (Megatron-LM, Megatron Bridge or a bridgec run's checkpoint). Weights only: optimizer_state must stay unset. Required: a teacher with random weights teaches nothing."""

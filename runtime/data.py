@@ -242,21 +242,26 @@ def next_batch(
     post_process: bool,
     device: torch.device,
     context_parallel: bool = False,
+    teacher_inputs: bool = False,
 ) -> Batch:
     """Take the next microbatch for a model chunk: inputs on the first stage, targets on the last.
 
     Middle pipeline chunks read nothing (their input arrives from the previous stage).
     With context parallelism each rank keeps its two load-balanced sequence chunks
-    (megatron-core's ``get_batch_on_this_cp_rank``).
+    (megatron-core's ``get_batch_on_this_cp_rank``). ``teacher_inputs``: the last
+    stage takes the tokens and position ids too, for a distillation's teacher that
+    runs whole there (the student's own chunk there ignores them: it reads the
+    previous stage's hidden states).
     """
     if not (pre_process or post_process) or data_iterator is None:
         return Batch(tokens=None, position_ids=None, labels=None, loss_mask=None)
     raw = next(data_iterator)
     if context_parallel:
         raw = get_batch_on_this_cp_rank(dict(raw))
+    inputs = pre_process or (teacher_inputs and post_process)
     return Batch(
-        tokens=raw["tokens"].to(device) if pre_process else None,
-        position_ids=raw["position_ids"].to(device) if pre_process else None,
+        tokens=raw["tokens"].to(device) if inputs else None,
+        position_ids=raw["position_ids"].to(device) if inputs else None,
         labels=raw["labels"].to(device) if post_process else None,
         loss_mask=raw["loss_mask"].to(device) if post_process else None,
         # Every stage that reads data runs attention, so each takes the mask (present with document masking).

@@ -42,6 +42,7 @@ import attrs
 import torch
 import yaml
 from megatron.core import dist_checkpointing, parallel_state
+from megatron.core.dist_checkpointing.dict_utils import nested_values
 from megatron.core.distributed import DistributedDataParallel
 from megatron.core.optimizer.distrib_optimizer import DistributedOptimizer
 from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
@@ -236,7 +237,9 @@ def truncated_files(folder: Path) -> list[str]:
     return problems
 
 
-def load_megatron_weights(model: Sequence[torch.nn.Module], optimizer: Any | None, *, path: Path) -> MegatronImport:
+def load_megatron_weights(
+    model: Sequence[torch.nn.Module], optimizer: Any | None, *, path: Path, replica: int = 0
+) -> MegatronImport:
     """Load the model weights of the Megatron-LM checkpoint at ``path`` into ``model`` (collective).
 
     ``path`` is a Megatron-LM save folder (its latest iteration), a bridgec
@@ -245,8 +248,14 @@ def load_megatron_weights(model: Sequence[torch.nn.Module], optimizer: Any | Non
     refreshed from the loaded weights (None: a model without one, a frozen
     teacher). A RunError(CHECKPOINT_ERROR) lists every problem found on any rank
     before anything is read.
+
+    ``replica``: which copy of ``model`` this rank holds when ranks that
+    megatron-core's layout tells apart hold the same one (a distillation's
+    teacher, whole on every pipeline stage while it loads: its stage's number).
+    Copies other than 0 are marked non-main replicas, so that megatron-core's
+    check that each shard is read by one main replica counts each once.
     """
-    imported, _ = _load(model, optimizer, None, path=path)
+    imported, _ = _load(model, optimizer, None, path=path, replica=replica)
     return imported
 
 
@@ -292,6 +301,7 @@ def _load(
     scheduler: OptimizerParamScheduler | None,
     *,
     path: Path,
+    replica: int = 0,
 ) -> tuple[MegatronImport, MegatronProgress | None]:
     folder = iteration_folder(path)
     common = read_common(folder)
@@ -304,6 +314,8 @@ def _load(
     model_state = {
         _model_key(index, len(model)): unwrap(chunk).sharded_state_dict() for index, chunk in enumerate(model)
     }
+    if replica:
+        _mark_replica(model_state, replica)
     state: dict[str, Any] = dict(model_state)
     progress = None
     if scheduler is not None and manifest is not None:
@@ -350,6 +362,13 @@ def _load(
     iteration = manifest.step if manifest is not None else common.get("iteration", 0)
     imported = MegatronImport(folder=folder, iteration=int(iteration), compared_args=bool(views))
     return imported, progress
+
+
+def _mark_replica(state: dict[str, Any], replica: int) -> None:
+    """Append ``replica`` to every sharded entry's replica id (megatron-core's main replica: all zeros)."""
+    for entry in nested_values(state):
+        ids = entry.replica_id if isinstance(entry.replica_id, tuple) else (entry.replica_id,)
+        entry.replica_id = (*ids, replica)
 
 
 def training_problems(common: dict[str, Any], metadata: dict[str, Any], optimizer: Any, *, folder: Path) -> list[str]:

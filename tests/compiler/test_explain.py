@@ -179,3 +179,24 @@ def test_optimizer_offload_and_distributed_optimizer_leave_the_gpu() -> None:
     )
     assert memory(offloaded).optimizer == pytest.approx(memory(sharded).optimizer / 2)
     assert "0.5 of it in host memory" in explain_text(offloaded)
+
+
+def test_a_pipelined_distillation_puts_the_whole_teacher_on_the_last_stage() -> None:
+    """tests/golden/good/distill-pipeline: tensor 2 x pipeline 2, a 3-layer teacher (hidden 128, 8 heads in 2
+    query groups of head 16, swiglu ffn 512, vocab 128, untied), counted by hand per tensor rank:
+    per layer qkv 192 x 128 / 2 + proj 128 x 128 / 2 + fc1 1024 x 128 / 2 + fc2 128 x 512 / 2 + 2 norms of 128
+    = 119,040; 3 layers + embedding 8,192 + output 8,192 + final norm 128 = 373,632."""
+    folder = Path(__file__).resolve().parents[1] / "golden" / "good" / "distill-pipeline"
+    result = load((folder / "spec.toml").read_text(), "spec.toml")
+    assert result.spec is not None, result.diagnostics
+    text = explain_text(result.spec)
+    assert text.endswith(
+        "Distillation teacher (frozen, forward only: no gradients, no optimizer state)\n"
+        "  parameters 746,368 (746.37K); on each rank that holds it 373,632\n"
+        "  held by the last pipeline stage's ranks 2, 3, whole (the other stages load it at the start, then drop it)\n"
+        "  weights    1.43 MiB per holding rank (4 bytes/param), on top of the estimate above\n"
+    ), text
+    unpipelined = attrs.evolve(
+        result.spec, parallel=attrs.evolve(result.spec.parallel, pipeline=1, virtual_pipeline=None)
+    )
+    assert "  held by every rank\n" in explain_text(unpipelined)

@@ -1961,12 +1961,20 @@ def test_rule_distill_loss() -> None:
     )
 
 
-def test_rule_distill_pipeline() -> None:
+def test_a_pipelined_students_teacher_is_whole_so_its_layers_need_not_divide_the_pipeline() -> None:
+    """The teacher runs whole on the last stage: the layout rules see it on one stage, the student on two."""
+    pipelined = {"launch": {"procs_per_node": 2}, "parallel": {"pipeline": 2, "virtual_pipeline": 2}}
+    check({**pipelined, "model": {"num_layers": 4}, **distill(num_layers=3)}, [], TEACHER_FILES)
     check(
-        {"launch": {"procs_per_node": 2}, "parallel": {"pipeline": 2}, **distill()},
-        [
-            "spec.toml:19: [distill] with parallel.pipeline = 2 is not built yet: the teacher runs whole on each "
-            "rank, beside the student's last stage; hint: pipeline = 1 (tensor and data parallelism work)"
+        {
+            "launch": {"procs_per_node": 2},
+            "parallel": {"pipeline": 2},
+            "model": {"num_layers": 3},
+            **distill(num_layers=3),
+        },
+        [  # the student's layers only: the teacher's 3 are fine
+            "spec.toml:4: $.model.num_layers = 3 is not divisible by parallel.pipeline = 2 (each pipeline stage "
+            "holds the same number of layers); hint: num_layers = 2 or 4, or pipeline = 1 or 3"
         ],
         TEACHER_FILES,
     )

@@ -4,9 +4,10 @@ One Hugging Face teacher (tests/e2e/test_distill.py's tiny Llama) is saved three
 tests/runtime/teacher_worker.py (python -m) in one launch, through the converters a user runs: a bridgec
 checkpoint (convert hf-to-megatron), a Megatron-LM torch_dist checkpoint of the same weights,
 and a scanned MaxText Orbax checkpoint (convert megatron-to-orbax). Then one launch per layout
-(TP1, TP2) builds each distillation script's teacher with its generated build_teacher() and
-compares its vocabulary-parallel logits with the Hugging Face teacher's on the same rank; the
-TP2 launch also loads teachers whose [distill.teacher] does not fit their checkpoint.
+(TP1 x PP2, TP2) builds each distillation script's teacher with its generated build_teacher() and
+compares its vocabulary-parallel logits with the Hugging Face teacher's on the same rank (under
+pipeline parallelism the last stage keeps the whole teacher, the first keeps none); the TP2 launch
+also loads teachers whose [distill.teacher] does not fit their checkpoint.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from tests.e2e.test_distill import TEACHER, make_teacher
 REPO = Path(__file__).resolve().parents[2]
 WORKER = ["-m", "tests.runtime.teacher_worker"]
 STUDENT = """
-num_layers = 1
+num_layers = 2
 hidden_size = 32
 num_attention_heads = 2
 vocab_size = 128
@@ -35,10 +36,11 @@ tie_embeddings = false
 """
 COMMON = """
 [launch]
-procs_per_node = {tensor}
+procs_per_node = {procs}
 
 [parallel]
 tensor = {tensor}
+pipeline = {pipeline}
 
 [batch]
 global_batch_size = 8
@@ -53,7 +55,7 @@ lr = 1e-3
 WRITER = (
     '[run]\nname = "writer"\noutput_dir = "out"\n\n[model]'
     + TEACHER
-    + COMMON.format(tensor=1)
+    + COMMON.format(procs=1, tensor=1, pipeline=1)
     + '\n[init.checkpoint]\nformat = "huggingface"\npath = "../teacher"\n'
 )
 SOURCES = {
@@ -72,11 +74,11 @@ MISFITS = {
 """Teachers whose [distill.teacher] does not fit their checkpoint: source, and the key changed."""
 
 
-def distill_spec(tensor: int, fmt: str, path: Path, teacher: str = TEACHER) -> str:
+def distill_spec(tensor: int, pipeline: int, fmt: str, path: Path, teacher: str = TEACHER) -> str:
     return (
         '[run]\nname = "student"\noutput_dir = "out"\n\n[model]'
         + STUDENT
-        + COMMON.format(tensor=tensor)
+        + COMMON.format(procs=tensor * pipeline, tensor=tensor, pipeline=pipeline)
         + "\n[distill]\n\n[distill.teacher]"
         + teacher
         + f'\n[distill.teacher.checkpoint]\nformat = "{fmt}"\npath = "{path}"\n'
@@ -93,44 +95,48 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def _check(root: Path, tensor: int, scripts: dict[str, Path]) -> dict[int, dict[str, Any]]:
-    folder = root / f"tp{tensor}"
+def _check(root: Path, layout: str, procs: int, scripts: dict[str, Path]) -> dict[int, dict[str, Any]]:
+    folder = root / layout
     out = folder / "found.json"
     pairs = [f"{name}={script}" for name, script in scripts.items()]
-    ran = warm.torchrun(tensor, [*WORKER, "check", str(out), *pairs], cwd=REPO)
+    ran = warm.torchrun(procs, [*WORKER, "check", str(out), *pairs], cwd=REPO)
     assert ran.returncode == 0, ran.stdout[-3000:] + ran.stderr[-3000:]
-    return {rank: json.loads((folder / f"found.{rank}.json").read_text()) for rank in range(tensor)}
+    return {rank: json.loads((folder / f"found.{rank}.json").read_text()) for rank in range(procs)}
 
 
-def _scripts(root: Path, tensor: int) -> dict[str, Path]:
+def _scripts(root: Path, layout: str, tensor: int, pipeline: int) -> dict[str, Path]:
     return {
-        name: compile_to(root / f"tp{tensor}" / name, distill_spec(tensor, fmt, root / path))
+        name: compile_to(root / layout / name, distill_spec(tensor, pipeline, fmt, root / path))
         for name, (fmt, path) in SOURCES.items()
     }
 
 
 @pytest.fixture(scope="module")
-def tp1(root: Path) -> dict[int, dict[str, Any]]:
-    return _check(root, 1, _scripts(root, 1))
+def tp1pp2(root: Path) -> dict[int, dict[str, Any]]:
+    """Rank 0: the first pipeline stage (no teacher kept); rank 1: the last, the whole teacher at tensor 1."""
+    return _check(root, "tp1pp2", 2, _scripts(root, "tp1pp2", 1, 2))
 
 
 @pytest.fixture(scope="module")
 def tp2(root: Path) -> dict[int, dict[str, Any]]:
-    scripts = _scripts(root, 2)
+    scripts = _scripts(root, "tp2", 2, 1)
     for name, (source, key, changed) in MISFITS.items():
         fmt, path = SOURCES[source]
-        spec = distill_spec(2, fmt, root / path, TEACHER.replace(key, changed))
+        spec = distill_spec(2, 1, fmt, root / path, TEACHER.replace(key, changed))
         scripts[name] = compile_to(root / "tp2" / name, spec)
-    return _check(root, 2, scripts)
+    return _check(root, "tp2", 2, scripts)
 
 
 @pytest.mark.parametrize("source", ["orbax", "orbax_unscanned", "megatron_lm", "bridgec"])
-@pytest.mark.parametrize("layout", ["tp1", "tp2"])
+@pytest.mark.parametrize("layout", ["tp1pp2", "tp2"])
 def test_a_teacher_from_each_format_gives_the_hugging_face_teachers_logits(
     source: str, layout: str, request: pytest.FixtureRequest
 ) -> None:
-    found: dict[int, dict[str, Any]] = request.getfixturevalue(layout)
-    tensor = len(found)
+    found: dict[int, dict[str, Any]] = dict(request.getfixturevalue(layout))  # a copy: the fixture is shared
+    tensor = 2 if layout == "tp2" else 1
+    if layout == "tp1pp2":  # the first stage loaded the teacher (every rank does) and kept none of it
+        first = found.pop(0)
+        assert first[source] == {"kept": False}, first[source]
     for rank, checks in found.items():
         assert checks["hf"]["max_diff"] == 0.0
         assert checks[source]["shape"] == [2, 32, 128 // tensor], checks[source]  # this rank's vocabulary slice

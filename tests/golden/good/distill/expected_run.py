@@ -251,7 +251,7 @@ def teacher_transformer_config() -> TransformerConfig:
 
 
 def teacher_model_provider(pre_process: bool, post_process: bool, vp_stage: int | None = None) -> GPTModel:
-    """The teacher's one chunk (the pipeline is one stage)."""
+    """The teacher's one chunk: it is never split into pipeline stages."""
     return GPTModel(
         config=teacher_transformer_config(),
         transformer_layer_spec=get_gpt_layer_local_spec(
