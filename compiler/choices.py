@@ -211,6 +211,11 @@ class CheckpointLayout(enum.Enum):
     MAXTEXT = "maxtext"
 
 
+class LayerLoss(enum.Enum):
+    COSINE = "cosine"
+    MSE = "mse"
+
+
 class RopeLayout(enum.Enum):
     ROTATE_HALF = "rotate_half"
     INTERLEAVED = "interleaved"

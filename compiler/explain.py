@@ -452,6 +452,21 @@ def _teacher_lines(spec: Spec, weight_bytes: int) -> list[str]:
         f"  held by {holders}",
         f"  weights    {human_bytes(per_rank * weight_bytes)} per holding rank ({weight_bytes} bytes/param), "
         "on top of the estimate above",
+        *_layer_pair_lines(spec),
+    ]
+
+
+def _layer_pair_lines(spec: Spec) -> list[str]:
+    """[[distill.layers]]: the pairs whose hidden-state losses join the total, as logged."""
+    assert spec.distill is not None
+    if not spec.distill.layers:
+        return []
+    return [
+        "  layer pairs (output hidden states; each loss logged as 'layer STUDENT-TEACHER LOSS loss')",
+        *(
+            f"    student layer {pair.student} - teacher layer {pair.teacher}: {pair.loss} x {pair.scale:g}"
+            for pair in spec.distill.layers
+        ),
     ]
 
 

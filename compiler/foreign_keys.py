@@ -228,7 +228,12 @@ KEYS: dict[str, Here | str] = {
     "dist": Here("[launch]", "device, nodes and procs_per_node"),
     "lora": Here("[peft]", 'method = "lora"', "target_modules, rank and alpha beside it"),
     "dora": Here("[peft]", 'method = "dora"'),
-    "kd_config": Here("[distill]", "temperature, kd_loss_scale, skip_lm_loss and [distill.teacher]"),
+    "kd_config": Here(
+        "[distill]", "temperature, kd_loss_scale, skip_lm_loss, [distill.teacher] and [[distill.layers]]"
+    ),
+    "intermediate_layer_pairs": Here(
+        "[[distill.layers]]", "student and teacher", "0-based layer indices, with loss and scale beside them"
+    ),
     "comm_overlap": "overlap",
     "profiling": Here("[profile]", "start_step and end_step"),
 }

@@ -831,7 +831,16 @@ def _distill_words(spec: Spec) -> str:
         f" Distillation: a frozen teacher ({t.num_layers} layers, hidden {t.hidden_size}, "
         f"{explain.human_count(explain.parameter_counts(teacher_spec(spec)).total)} parameters) runs forward only on "
         f"each microbatch{where}; the loss is kd_loss_scale {d.kd_loss_scale:g} x T^2 KL(teacher || student) at "
-        f"temperature T = {d.temperature:g}{lm}."
+        f"temperature T = {d.temperature:g}{lm}{_layer_words(spec)}."
+    )
+
+
+def _layer_words(spec: Spec) -> str:
+    """[[distill.layers]]: each pair's scaled hidden-state loss, as the header states the total."""
+    assert spec.distill is not None
+    return "".join(
+        f" + {pair.scale:g} x {pair.loss} loss of the student's layer {pair.student} to the teacher's {pair.teacher}"
+        for pair in spec.distill.layers
     )
 
 

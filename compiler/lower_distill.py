@@ -58,12 +58,24 @@ def distill_section(spec: Spec, checkpoint: Section) -> Section:
             Constant(name="KD_TEMPERATURE", value=d.temperature),
             Constant(name="KD_LOSS_SCALE", value=d.kd_loss_scale),
             Constant(name="SKIP_LM_LOSS", value=d.skip_lm_loss),
+            *_layer_pairs(spec),
             *(
                 attrs.evolve(constant, name=constant.name.replace("INIT_", "TEACHER_", 1))
                 for constant in checkpoint.constants
             ),
         ),
     )
+
+
+def _layer_pairs(spec: Spec) -> tuple[Constant, ...]:
+    """[[distill.layers]] as rows of literals (runtime.distill_layers.layer_pairs reads them)."""
+    assert spec.distill is not None
+    if not spec.distill.layers:
+        return ()
+    rows = tuple(
+        (pair.student, pair.teacher, c.choice(c.LayerLoss, pair.loss).value, pair.scale) for pair in spec.distill.layers
+    )
+    return (Constant(name="KD_LAYER_PAIRS", value=rows, why="(student layer, teacher layer, loss, scale), 0-based"),)
 
 
 def distill_plan(spec: Spec, teacher_constants: Section) -> DistillPlan | None:

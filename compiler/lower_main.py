@@ -829,6 +829,8 @@ def imports(spec: Spec, ch: Choices, *, schedule: Call | None, forward: ForwardP
         _init_checkpoint_imports(teacher_ch, need)
         if teacher_ch.checkpoint_format is not c.CheckpointFormat.HUGGINGFACE:
             need["distill"].add("naming_the_teacher")
+        if spec.distill.layers:  # [[distill.layers]]: hooks that catch the pairs' hidden states
+            need["distill_layers"] |= {"HiddenStates", "capturing_layers", "layer_pairs"}
     _optimizer_imports(ch, need)
     if schedule is not None:
         need["schedules"] |= {"CountScheduler", "Schedule", schedule.function}

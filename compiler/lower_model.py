@@ -665,9 +665,8 @@ def _loss_lines(spec: Spec, ch: Choices) -> tuple[str, ...]:
         case LossSource.DISTILL:
             return (
                 *_teacher_lines(spec, mask),
-                f"logits = model(batch.tokens, batch.position_ids, {mask})",
-                "# Token-aware: (KD_LOSS_SCALE x KL sum + cross-entropy sum, token count); divided once by the global",
-                "# count. Vocabulary-parallel: the full vocabulary is never gathered on one rank.",
+                *_student_lines(spec, mask),
+                *(_PAIRS_LOSS_WORDS if _layers(spec) else _KD_LOSS_WORDS),
                 "loss = functools.partial(",
                 "    distill_loss,",
                 "    batch.loss_mask,",
@@ -676,6 +675,11 @@ def _loss_lines(spec: Spec, ch: Choices) -> tuple[str, ...]:
                 "    temperature=KD_TEMPERATURE,",
                 "    kd_loss_scale=KD_LOSS_SCALE,",
                 "    skip_lm_loss=SKIP_LM_LOSS,",
+                *(
+                    ("    hidden=HiddenStates(pairs=pairs, student=student_hidden, teacher=teacher_hidden),",)
+                    if _layers(spec)
+                    else ()
+                ),
                 ")",
                 "return logits, loss",
             )
@@ -685,22 +689,62 @@ def _loss_lines(spec: Spec, ch: Choices) -> tuple[str, ...]:
             assert_never(ch.loss_source)
 
 
+_KD_LOSS_WORDS = (
+    "# Token-aware: (KD_LOSS_SCALE x KL sum + cross-entropy sum, token count); divided once by the global",
+    "# count. Vocabulary-parallel: the full vocabulary is never gathered on one rank.",
+)
+_PAIRS_LOSS_WORDS = (
+    "# Token-aware: (KD_LOSS_SCALE x KL sum + cross-entropy sum + each pair's scale x its layer loss",
+    "# sum, token count); divided once by the global count. Vocabulary-parallel: the full vocabulary",
+    "# is never gathered on one rank.",
+)
+
+
+def _layers(spec: Spec) -> bool:
+    """[[distill.layers]] pairs to catch and compare."""
+    return spec.distill is not None and bool(spec.distill.layers)
+
+
 def _teacher_lines(spec: Spec, mask: str) -> tuple[str, ...]:
-    """The teacher's logits of the microbatch; under pipeline parallelism on the last stage alone (the only one
-    that holds the teacher, and the one whose loss function reads them)."""
+    """The teacher's logits of the microbatch (and its [[distill.layers]] hidden states); under pipeline
+    parallelism on the last stage alone (the only one that holds the teacher, and the one whose loss function
+    reads them)."""
+    if _layers(spec):
+        context = (
+            "torch.no_grad(), capturing_layers(unwrap(teacher), [pair.teacher for pair in pairs]) as teacher_hidden"
+        )
+        caught = ("pairs = layer_pairs(KD_LAYER_PAIRS)",)
+        words = "; the pairs' teacher layers' hidden states caught on the way."
+    else:
+        context, caught, words = "torch.no_grad()", (), "."
     if spec.parallel.pipeline == 1:
         return (
-            "# The teacher's logits, forward only: no graph, no gradient.",
-            "with torch.no_grad():",
+            *caught,
+            f"# The teacher's logits, forward only: no graph, no gradient{words}",
+            f"with {context}:",
             f"    teacher_logits = teacher(batch.tokens, batch.position_ids, {mask})",
         )
     return (
+        *caught,
         "# The teacher's logits, forward only, on the last stage: the teacher lives there, whole, and reads the",
         "# microbatch's tokens (next_batch's teacher_inputs); the other stages' chunks have no loss to give them to.",
-        "teacher_logits = None",
+        "teacher_logits, teacher_hidden = None, {}" if caught else "teacher_logits = None",
         "if chunk.post_process:",
-        "    with torch.no_grad():",
+        f"    with {context}:",
         f"        teacher_logits = teacher(batch.tokens, batch.position_ids, {mask})",
+    )
+
+
+def _student_lines(spec: Spec, mask: str) -> tuple[str, ...]:
+    """The student's logits; with [[distill.layers]], its paired layers' output hidden states caught in the graph
+    backward runs through (this chunk's: under pipeline parallelism the last chunk holds them)."""
+    forward = f"logits = model(batch.tokens, batch.position_ids, {mask})"
+    if not _layers(spec):
+        return (forward,)
+    return (
+        "# The pairs' student layers' output hidden states, as the graph that backward runs through holds them.",
+        "with capturing_layers(chunk, [pair.student for pair in pairs]) as student_hidden:",
+        f"    {forward}",
     )
 
 

@@ -210,6 +210,98 @@ def rule_distill_values(spec: Spec, ctx: SpecContext) -> Iterator[Finding]:
         )
 
 
+def rule_distill_layer_width(spec: Spec, ctx: SpecContext) -> Iterator[Finding]:
+    if spec.distill is None or not spec.distill.layers:
+        return
+    student, teacher = spec.model.hidden_size, spec.distill.teacher.hidden_size
+    if student != teacher:
+        yield Finding(
+            about=(("distill", "layers"), ("model", "hidden_size"), (*TEACHER, "hidden_size")),
+            message=(
+                f"[[distill.layers]] compares hidden states of the student's model.hidden_size = {student} with the "
+                f"teacher's distill.teacher.hidden_size = {teacher}: a projection between the two widths is not built"
+            ),
+            hint="distil layers from a teacher of the student's hidden_size, or remove [[distill.layers]]",
+        )
+
+
+def rule_distill_layer_indices(spec: Spec, ctx: SpecContext) -> Iterator[Finding]:
+    if spec.distill is None:
+        return
+    for i, pair in enumerate(spec.distill.layers):
+        for key, index, table, layers in (
+            ("student", pair.student, "model", spec.model.num_layers),
+            ("teacher", pair.teacher, "distill.teacher", spec.distill.teacher.num_layers),
+        ):
+            if not 0 <= index < layers:
+                yield Finding(
+                    about=(("distill", "layers", i, key),),
+                    message=(
+                        f"$.distill.layers[{i}].{key} = {index} is not a layer of the {key}: {table}.num_layers = "
+                        f"{layers} (layers are 0-based)"
+                    ),
+                    hint=f"a layer from 0 to {layers - 1}",
+                )
+        if pair.scale <= 0:
+            yield Finding(
+                about=(("distill", "layers", i, "scale"),),
+                message=f"$.distill.layers[{i}].scale = {pair.scale} must be positive",
+                hint="scale = 1.0, or remove the entry",
+            )
+
+
+def rule_distill_layer_stage(spec: Spec, ctx: SpecContext) -> Iterator[Finding]:
+    """Under pipeline parallelism the teacher runs on the last stage, beside the last model chunk's layers."""
+    if spec.distill is None or spec.parallel.pipeline == 1:
+        return
+    pipeline, virtual = spec.parallel.pipeline, spec.parallel.virtual_pipeline or 1
+    per_chunk = spec.model.num_layers // (pipeline * virtual)
+    first, last = spec.model.num_layers - per_chunk, spec.model.num_layers - 1
+    paired = f"layer {last}" if first == last else f"layers {first} to {last}"
+    for i, pair in enumerate(spec.distill.layers):
+        if first <= pair.student <= last or not 0 <= pair.student <= last:  # out of range: rule_distill_layer_indices
+            continue
+        chunk = pair.student // per_chunk  # megatron-core's interleaving: chunk c runs on stage c % pipeline
+        if virtual > 1:
+            at = f"in model chunk {chunk // pipeline} of pipeline stage {chunk % pipeline}"
+            teacher = f"beside the last model chunk of the last stage ({pipeline - 1})"
+        else:
+            at, teacher = f"on pipeline stage {chunk}", f"on the last stage ({pipeline - 1})"
+        yield Finding(
+            about=(("distill", "layers", i, "student"), ("parallel", "pipeline")),
+            message=(
+                f"$.distill.layers[{i}].student = {pair.student} is {at}, but the teacher runs {teacher}, where "
+                f"the pairs' states meet: only its {paired} can be paired"
+            ),
+            hint=f"student = {last}" if first == last else f"a student layer from {first} to {last}",
+        )
+
+
+def rule_distill_layer_parallel(spec: Spec, ctx: SpecContext) -> Iterator[Finding]:
+    """Activation recompute runs a layer's forward again; sequence parallelism shards its output over the tensor
+    ranks: neither is built with layer pairs."""
+    if spec.distill is None or not spec.distill.layers:
+        return
+    if spec.recompute.granularity == "full":
+        yield Finding(
+            about=(("distill", "layers"), ("recompute", "granularity")),
+            message=(
+                '[[distill.layers]] with recompute.granularity = "full" is not built: a recomputed layer runs its '
+                "forward without a graph first, so its caught hidden states would carry no gradient"
+            ),
+            hint='remove [[distill.layers]], or use granularity = "selective" (it recomputes inside the layers)',
+        )
+    if spec.parallel.sequence_parallel:
+        yield Finding(
+            about=(("distill", "layers"), ("parallel", "sequence_parallel")),
+            message=(
+                "[[distill.layers]] with parallel.sequence_parallel = true is not built: the hidden states between "
+                "layers are then split along the sequence over the tensor-parallel ranks"
+            ),
+            hint="remove one of the two",
+        )
+
+
 DISTILL_RULES: tuple[Rule, ...] = (
     rule_teacher_vocab,
     rule_teacher_sequence,
@@ -219,4 +311,8 @@ DISTILL_RULES: tuple[Rule, ...] = (
     rule_teacher_query_scaling,
     rule_distill_loss,
     rule_distill_values,
+    rule_distill_layer_width,
+    rule_distill_layer_indices,
+    rule_distill_layer_stage,
+    rule_distill_layer_parallel,
 )

@@ -54,6 +54,7 @@ CheckpointFormat = Literal["orbax", "huggingface", "megatron"]
 CheckpointLayout = Literal["maxtext"]
 RopeLayout = Literal["rotate_half", "interleaved"]
 AdamStateKind = Literal["adamw", "adam_pax"]
+LayerLoss = Literal["cosine", "mse"]
 NonFinitePolicy = Literal["skip", "stop"]
 TrainMode = Literal["pretrain", "finetune"]
 LaunchScheduler = Literal["torchrun", "slurm", "kubernetes"]
@@ -569,6 +570,20 @@ class Teacher(Model):
 
 
 @attrs.frozen(kw_only=True)
+class DistillLayer:
+    """One [[distill.layers]] entry: a loss between a student layer's and a teacher layer's output hidden states (ModelOpt's intermediate_layer_pairs). The two models must share hidden_size (no projection is built)."""
+
+    student: int
+    """The student's transformer layer, 0-based over the whole model (Hugging Face's model.layers.N, megatron-core's decoder.layers.N at pipeline 1). With parallel.pipeline > 1 it must be one of the last pipeline stage's layers (the last model chunk's, with virtual_pipeline), where the teacher runs. Required."""
+    teacher: int
+    """The teacher's transformer layer, 0-based. Required."""
+    loss: LayerLoss = "cosine"
+    """Per token: cosine (1 - the cosine similarity of the two hidden-state vectors, ModelOpt's default for hidden states) or mse (the mean over the hidden dimension of the squared difference). Either is weighted by the loss mask and summed over the tokens, then divided by the global token count, as the LM loss is. For both losses on one pair, give two entries."""
+    scale: float = 1.0
+    """The pair's weight in the total loss: loss += scale x this layer loss. The layer loss is logged unscaled, per token, as "layer STUDENT-TEACHER LOSS loss"."""
+
+
+@attrs.frozen(kw_only=True)
 class Distill:
     """[distill]: train the student against a frozen teacher's logits (knowledge distillation)."""
 
@@ -580,6 +595,8 @@ class Distill:
     """The KL loss's weight: loss = kd_loss_scale x KL (+ the cross entropy unless skip_lm_loss)."""
     skip_lm_loss: bool = False
     """Train on the KL loss alone (the cross entropy against the labels is still logged as "ce loss")."""
+    layers: tuple[DistillLayer, ...] = ()
+    """[[distill.layers]]: intermediate layer pairs whose hidden-state losses are added to the total. Not with [recompute] granularity = "full" or parallel.sequence_parallel."""
 
 
 @attrs.frozen(kw_only=True)

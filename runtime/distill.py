@@ -28,6 +28,7 @@ import torch.distributed as dist
 from megatron.core import parallel_state, tensor_parallel
 from megatron.core.transformer.module import Float16Module
 
+from bridgec.runtime.distill_layers import HiddenStates, layer_loss_sums
 from bridgec.runtime.errors import RunError
 from bridgec.runtime.loss import LOSS_KEY
 from bridgec.runtime.parallel import Layout
@@ -110,10 +111,12 @@ class DistillLoss:
     """The parts of one microbatch's distillation loss, each summed over its counted tokens."""
 
     total: torch.Tensor
-    """kd_loss_scale x KL (+ cross entropy): what backward differentiates."""
+    """kd_loss_scale x KL (+ cross entropy) (+ each layer pair's scale x its loss): what backward differentiates."""
     kd: torch.Tensor
     ce: torch.Tensor
     count: torch.Tensor
+    layers: dict[str, torch.Tensor] = attrs.field(factory=dict)
+    """Each [[distill.layers]] pair's loss, unscaled, by its metrics key (runtime.distill_layers)."""
 
 
 def distill_loss_parts(
@@ -126,14 +129,19 @@ def distill_loss_parts(
     kd_loss_scale: float,
     skip_lm_loss: bool,
     group: Any = None,
+    hidden: HiddenStates | None = None,
 ) -> DistillLoss:
-    """The KL and cross-entropy sums of one microbatch, over ``group``'s split of the vocabulary."""
+    """The KL and cross-entropy sums of one microbatch, over ``group``'s split of the vocabulary, and the layer
+    pairs' sums when ``hidden`` holds their states."""
     # The KL first: megatron-core's vocab_parallel_cross_entropy overwrites its input with the softmax in place,
     # and logits.float() of fp32 logits is the logits themselves.
     kd, _ = masked_kd_loss(loss_mask, vocab_parallel_kl(logits, teacher_logits, temperature=temperature, group=group))
     ce, count = masked_kd_loss(loss_mask, tensor_parallel.vocab_parallel_cross_entropy(logits.float(), labels))
     total = kd_loss_scale * kd if skip_lm_loss else ce + kd_loss_scale * kd
-    return DistillLoss(total=total, kd=kd, ce=ce, count=count)
+    layers = layer_loss_sums(loss_mask, hidden) if hidden is not None else {}
+    for pair in () if hidden is None else hidden.pairs:
+        total = total + pair.scale * layers[pair.key]
+    return DistillLoss(total=total, kd=kd, ce=ce, count=count, layers=layers)
 
 
 def distill_loss(
@@ -145,11 +153,13 @@ def distill_loss(
     temperature: float,
     kd_loss_scale: float,
     skip_lm_loss: bool,
+    hidden: HiddenStates | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
     """megatron-core's token-aware loss function of a distilling forward_step: (loss sum, token count, metadata).
 
     Like runtime.loss.masked_token_loss, sums over the counted tokens that the step divides once by the global
-    count; the metadata carries the total as the loss and its two parts by name.
+    count; the metadata carries the total as the loss and its parts by name (the KL, the cross entropy and each
+    layer pair's loss, hidden: the [[distill.layers]] pairs and their caught states).
     """
     parts = distill_loss_parts(
         loss_mask,
@@ -160,6 +170,7 @@ def distill_loss(
         kd_loss_scale=kd_loss_scale,
         skip_lm_loss=skip_lm_loss,
         group=parallel_state.get_tensor_model_parallel_group(),
+        hidden=hidden,
     )
     return (
         parts.total,
@@ -168,6 +179,7 @@ def distill_loss(
             LOSS_KEY: torch.stack([parts.total.detach(), parts.count]),
             KD_LOSS_KEY: torch.stack([parts.kd.detach(), parts.count]),
             CE_LOSS_KEY: torch.stack([parts.ce.detach(), parts.count]),
+            **{key: torch.stack([value.detach(), parts.count]) for key, value in parts.layers.items()},
         },
     )
 

@@ -433,8 +433,13 @@ VALUES.update(
         "distill.teacher.checkpoint.path": ["ckpt/1/items", "ckpt/2/items"],
         "distill.teacher.checkpoint.format": ["orbax", "megatron", "huggingface"],
         "distill.teacher.checkpoint.param_scan_axis": [1, 0],
+        "distill.layers.student": [3, 2],
+        "distill.layers.teacher": [3, 1],
+        "distill.layers.scale": [1.0, 0.5],
     }
 )
+for _key in ("student", "teacher", "loss", "scale"):  # one [[distill.layers]] pair, varied key by key
+    CONTEXT[f"distill.layers.{_key}"] = {"distill": {"teacher": TEACHER, "layers": [{"student": 3, "teacher": 3}]}}
 NOT_BUILT: dict[str, str] = {
     "distill.teacher.logits_multiplier": "refused (rule_teacher_logits_multiplier)",
     "distill.teacher.checkpoint.optimizer_state": "the teacher has no optimizer (rule_teacher_checkpoint)",

@@ -200,3 +200,16 @@ def test_a_pipelined_distillation_puts_the_whole_teacher_on_the_last_stage() -> 
         result.spec, parallel=attrs.evolve(result.spec.parallel, pipeline=1, virtual_pipeline=None)
     )
     assert "  held by every rank\n" in explain_text(unpipelined)
+
+
+def test_explain_lists_the_distillation_layer_pairs() -> None:
+    """tests/golden/good/distill-layers: its two [[distill.layers]] entries close the teacher's section."""
+    folder = Path(__file__).resolve().parents[1] / "golden" / "good" / "distill-layers"
+    result = load((folder / "spec.toml").read_text(), "spec.toml")
+    assert result.spec is not None, result.diagnostics
+    assert explain_text(result.spec).endswith(
+        "on top of the estimate above\n"
+        "  layer pairs (output hidden states; each loss logged as 'layer STUDENT-TEACHER LOSS loss')\n"
+        "    student layer 3 - teacher layer 2: cosine x 1\n"
+        "    student layer 3 - teacher layer 2: mse x 0.1\n"
+    )

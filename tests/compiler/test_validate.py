@@ -1991,3 +1991,113 @@ def test_rule_distill_values() -> None:
         ],
         TEACHER_FILES,
     )
+
+
+def layers(*pairs: dict[str, Any], **teacher: Any) -> dict[str, Any]:
+    """[distill] with [[distill.layers]] entries."""
+    return {"distill": {"teacher": {**TEACHER, **teacher}, "layers": list(pairs)}}
+
+
+def test_a_distill_spec_with_layer_pairs_is_clean() -> None:
+    check(
+        layers({"student": 1, "teacher": 1}, {"student": 0, "teacher": 1, "loss": "mse", "scale": 0.5}),
+        [],
+        TEACHER_FILES,
+    )
+
+
+def test_rule_distill_layer_width() -> None:
+    check(
+        layers({"student": 1, "teacher": 1}, hidden_size=128, num_attention_heads=8),
+        [
+            "spec.toml:18: [[distill.layers]] compares hidden states of the student's model.hidden_size = 64 with the "
+            "teacher's distill.teacher.hidden_size = 128: a projection between the two widths is not built; hint: "
+            "distil layers from a teacher of the student's hidden_size, or remove [[distill.layers]]"
+        ],
+        TEACHER_FILES,
+    )
+
+
+def test_rule_distill_layer_indices() -> None:
+    check(
+        layers({"student": 2, "teacher": -1, "scale": 0.0}),
+        [
+            "spec.toml:19: $.distill.layers[0].student = 2 is not a layer of the student: model.num_layers = 2 "
+            "(layers are 0-based); hint: a layer from 0 to 1",
+            "spec.toml:20: $.distill.layers[0].teacher = -1 is not a layer of the teacher: "
+            "distill.teacher.num_layers = 2 (layers are 0-based); hint: a layer from 0 to 1",
+            "spec.toml:21: $.distill.layers[0].scale = 0.0 must be positive; hint: scale = 1.0, or remove the entry",
+        ],
+        TEACHER_FILES,
+    )
+
+
+def test_a_layer_loss_outside_cosine_and_mse_is_refused() -> None:
+    check(
+        layers({"student": 1, "teacher": 1, "loss": "kl"}),
+        [
+            "spec.toml:21: $.distill.layers[0].loss = \"kl\" must be one of 'cosine', 'mse'; hint: the default is loss = \"cosine\""
+        ],
+        TEACHER_FILES,
+    )
+
+
+def test_rule_distill_layer_stage() -> None:
+    pipelined = {"launch": {"procs_per_node": 2}, "model": {"num_layers": 4}}
+    check(
+        {
+            **pipelined,
+            "parallel": {"pipeline": 2},
+            **layers({"student": 1, "teacher": 0}, {"student": 2, "teacher": 0}),
+        },
+        [
+            "spec.toml:23: $.distill.layers[0].student = 1 is on pipeline stage 0, but the teacher runs on the last "
+            "stage (1), where the pairs' states meet: only its layers 2 to 3 can be paired; hint: a student layer "
+            "from 2 to 3"
+        ],
+        TEACHER_FILES,
+    )
+    check(
+        {
+            **pipelined,
+            "parallel": {"pipeline": 2, "virtual_pipeline": 2},
+            **layers({"student": 2, "teacher": 0}, {"student": 3, "teacher": 0}),
+        },
+        [
+            "spec.toml:24: $.distill.layers[0].student = 2 is in model chunk 1 of pipeline stage 0, but the teacher "
+            "runs beside the last model chunk of the last stage (1), where the pairs' states meet: only its layer 3 "
+            "can be paired; hint: student = 3"
+        ],
+        TEACHER_FILES,
+    )
+
+
+def test_rule_distill_layer_parallel() -> None:
+    check(
+        {
+            "recompute": {"granularity": "full", "method": "uniform", "num_layers": 1},
+            **layers({"student": 1, "teacher": 1}),
+        },
+        [
+            'spec.toml:22: [[distill.layers]] with recompute.granularity = "full" is not built: a recomputed layer '
+            "runs its forward without a graph first, so its caught hidden states would carry no gradient; hint: "
+            'remove [[distill.layers]], or use granularity = "selective" (it recomputes inside the layers)'
+        ],
+        TEACHER_FILES,
+    )
+    check(
+        {
+            "launch": {"procs_per_node": 2},
+            "parallel": {"tensor": 2, "sequence_parallel": True},
+            **layers({"student": 1, "teacher": 1}),
+        },
+        [
+            'spec.toml:20: $.parallel.sequence_parallel = true needs model.transformer_impl = "transformer_engine" '
+            "(megatron-core's local torch norms refuse sequence parallelism); hint: set transformer_impl = "
+            '"transformer_engine" (and device = "cuda"), or remove sequence_parallel',
+            "spec.toml:23: [[distill.layers]] with parallel.sequence_parallel = true is not built: the hidden states "
+            "between layers are then split along the sequence over the tensor-parallel ranks; hint: remove one of the "
+            "two",
+        ],
+        TEACHER_FILES,
+    )

@@ -49,6 +49,8 @@ CASES = sorted(path.name for path in GOOD.iterdir() if (path / "spec.toml").is_f
 NOT_RUN = {
     "distill": "its teacher folder holds only a placeholder config.json (compiling needs the path, not weights); "
     "tests/e2e/test_distill.py trains a student against a real Hugging Face teacher",
+    "distill-layers": "its teacher folder holds only a placeholder latest (compiling needs the path); "
+    "tests/e2e/test_distill.py distils with layer pairs at tensor 2 and at tensor 2 x pipeline 2 x virtual pipeline 2",
     "distill-megatron": "its teacher folder holds only a placeholder latest (compiling needs the path); "
     "tests/runtime/test_distill_teachers.py loads teachers from Megatron-LM and bridgec checkpoints",
     "distill-orbax": "its teacher folder holds only a placeholder _METADATA (compiling needs the path); "
@@ -140,6 +142,7 @@ def test_only_the_cuda_goldens_and_the_listed_ones_are_skipped() -> None:
         "cuda_te_fp8_cp",
         "cuda_te_perf_knobs",
         "distill",
+        "distill-layers",
         "distill-megatron",
         "distill-orbax",
         "distill-pipeline",

@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from bridgec.runtime.distill import distill_loss, distill_loss_parts, freeze_teacher, masked_kd_loss, vocab_parallel_kl
+from bridgec.runtime.distill_layers import HiddenStates, LayerPair, hidden_state_loss, layer_loss_sums
 from bridgec.runtime.parallel import Layout
-from tests.runtime.kd_reference import KD_TEMPERATURE, kd_case, reference_kd, relative_error
+from tests.runtime.kd_reference import KD_TEMPERATURE, kd_case, layer_loss_differences, reference_kd, relative_error
 
 
 def test_kd_loss_and_gradient_match_the_reference_at_tensor_1() -> None:
@@ -26,6 +27,33 @@ def test_kd_loss_and_gradient_match_the_reference_at_tensor_2(two_ranks: dict[in
     for rank in (0, 1):
         assert two_ranks[rank]["kd"]["loss"] <= 1e-6, two_ranks[rank]["kd"]
         assert two_ranks[rank]["kd"]["grad"] <= 1e-6, two_ranks[rank]["kd"]
+
+
+LAYER_CHECKS = {
+    "cosine loss": 1e-6,
+    "cosine grad": 1e-6,
+    "mse loss": 1e-6,
+    "mse grad": 1e-6,
+    "layer 0 weights reached": True,
+    "layer 1 weights untouched": True,
+}
+"""What kd_reference.layer_loss_differences must find: bounds on the differences, and the two gradient facts."""
+
+
+def _layer_checks_pass(found: dict[str, float | bool]) -> bool:
+    return set(found) == set(LAYER_CHECKS) and all(
+        found[key] is bound if isinstance(bound, bool) else found[key] <= bound for key, bound in LAYER_CHECKS.items()
+    )
+
+
+def test_layer_losses_and_gradients_match_the_reference_at_tensor_1(megatron_world1: None) -> None:
+    found = layer_loss_differences()
+    assert _layer_checks_pass(found), found
+
+
+def test_layer_losses_and_gradients_match_the_reference_at_tensor_2(two_ranks: dict[int, dict[str, Any]]) -> None:
+    for rank in (0, 1):
+        assert _layer_checks_pass(two_ranks[rank]["kd_layers"]), two_ranks[rank]["kd_layers"]
 
 
 def test_kd_loss_is_zero_for_a_student_that_matches_and_the_teacher_gets_no_gradient() -> None:
@@ -119,3 +147,17 @@ def test_a_frozen_teacher_takes_no_gradient(megatron_world1: None) -> None:
     assert all(param.grad is None for param in frozen.parameters())
     assert all(param.grad is not None for param in student.parameters())
     assert set(metadata) == {"lm loss", "kd loss", "ce loss"}
+
+
+def test_layer_losses_refuse_states_that_do_not_pair() -> None:
+    state = torch.zeros(4, 2, 8)
+    with pytest.raises(ValueError) as error:
+        hidden_state_loss(state, torch.zeros(4, 2, 16), loss="cosine")
+    assert str(error.value) == "student hidden states (4, 2, 8) and teacher's (4, 2, 16) differ"
+    with pytest.raises(ValueError) as error:
+        hidden_state_loss(state, state, loss="kl")
+    assert str(error.value) == "unknown layer loss 'kl' (cosine or mse)"
+    pairs = (LayerPair(student=3, teacher=1, loss="mse", scale=1.0),)
+    with pytest.raises(ValueError) as error:
+        layer_loss_sums(torch.ones(2, 4), HiddenStates(pairs=pairs, student={2: state}, teacher={1: state}))
+    assert str(error.value) == "the student's layer 3 was not caught in this forward (layers caught: [2])"

@@ -18,6 +18,8 @@ Python, and megatron's model-parallel tracker stream that dropout inside tensor-
 megatron-core's local attention at tensor parallel 2 and pipeline parallel 2.
 ``kd`` (tensor parallel 2): the largest differences of the vocabulary-parallel KD loss and its gradient from
 the full-vocabulary reference of tests/runtime/kd_reference.py, each rank holding half of the vocabulary.
+``kd_layers`` (tensor parallel 2): kd_reference.layer_loss_differences, [[distill.layers]]' hidden-state losses of
+a two-layer GPTModel split over the two ranks.
 """
 
 from __future__ import annotations
@@ -182,6 +184,9 @@ def main(argv: list[str]) -> int:
     )
     results["sdpa_tp2"] = sdpa_checks.cases()
     results["kd"] = kd_differences()
+    from kd_reference import layer_loss_differences  # beside this script, run as a file
+
+    results["kd_layers"] = layer_loss_differences()
     Path(argv[0], f"rank{layout.rank}.json").write_text(json.dumps(results))
     shutdown()
     return 0
