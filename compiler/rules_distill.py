@@ -250,6 +250,26 @@ def rule_distill_layer_indices(spec: Spec, ctx: SpecContext) -> Iterator[Finding
             )
 
 
+def rule_distill_layer_repeated(spec: Spec, ctx: SpecContext) -> Iterator[Finding]:
+    """Each pair's loss is logged under (student, teacher, loss): a second entry of the three would share its name."""
+    if spec.distill is None:
+        return
+    first: dict[tuple[int, int, str], int] = {}
+    for i, pair in enumerate(spec.distill.layers):
+        key = (pair.student, pair.teacher, pair.loss)
+        if key not in first:
+            first[key] = i
+            continue
+        yield Finding(
+            about=(("distill", "layers", i),),
+            message=(
+                f"$.distill.layers[{i}] repeats $.distill.layers[{first[key]}] (student = {pair.student}, teacher = "
+                f"{pair.teacher}, loss = {render_value(pair.loss)}): each pair's loss is logged once, by those three"
+            ),
+            hint="keep one entry, its scale the sum of the two",
+        )
+
+
 def rule_distill_layer_stage(spec: Spec, ctx: SpecContext) -> Iterator[Finding]:
     """Under pipeline parallelism the teacher runs on the last stage, beside the last model chunk's layers."""
     if spec.distill is None or spec.parallel.pipeline == 1:
@@ -313,6 +333,7 @@ DISTILL_RULES: tuple[Rule, ...] = (
     rule_distill_values,
     rule_distill_layer_width,
     rule_distill_layer_indices,
+    rule_distill_layer_repeated,
     rule_distill_layer_stage,
     rule_distill_layer_parallel,
 )

@@ -2101,3 +2101,18 @@ def test_rule_distill_layer_parallel() -> None:
         ],
         TEACHER_FILES,
     )
+
+
+def test_rule_distill_layer_repeated() -> None:
+    check(
+        layers(
+            {"student": 1, "teacher": 1},
+            {"student": 1, "teacher": 1, "loss": "mse"},
+            {"student": 1, "teacher": 1, "loss": "cosine", "scale": 2.0},
+        ),
+        [
+            'spec.toml:25: $.distill.layers[2] repeats $.distill.layers[0] (student = 1, teacher = 1, loss = "cosine"): '
+            "each pair's loss is logged once, by those three; hint: keep one entry, its scale the sum of the two"
+        ],
+        TEACHER_FILES,
+    )
