@@ -800,4 +800,4 @@ def _teacher_inputs(spec: Spec) -> tuple[Argument, ...]:
 
 def _teacher_parameter(spec: Spec) -> str:
     # None on the stages before the last: they hold no teacher.
-    return ", *, teacher: torch.nn.Module" + ("" if spec.parallel.pipeline == 1 else " | None")
+    return "teacher: torch.nn.Module" + ("" if spec.parallel.pipeline == 1 else " | None")

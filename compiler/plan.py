@@ -119,7 +119,8 @@ class ForwardPlan:
     body: tuple[str, ...]
     """The lines after next_batch: the model call and what is returned."""
     keyword_parameters: str = ""
-    """Parameters after the four megatron-core passes, as source (``, *, teacher: torch.nn.Module``): main() binds them."""
+    """Keyword-only parameters after the four megatron-core passes, as source (``teacher: torch.nn.Module``): main()
+    binds them."""
 
 
 @attrs.frozen(kw_only=True)

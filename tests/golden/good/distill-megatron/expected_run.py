@@ -294,7 +294,10 @@ def datasets() -> Splits:
     )
 
 
-def forward_step(state: TrainState, data_iterator, model, return_schedule_plan: bool = False, *, teacher: torch.nn.Module):  # noqa: ANN001
+def forward_step(
+    state: TrainState, data_iterator, model, return_schedule_plan: bool = False,  # noqa: ANN001
+    *, teacher: torch.nn.Module,
+):
     """One microbatch: inputs enter on the first pipeline stage, the per-token loss leaves the last."""
     chunk = unwrap(model)
     batch = next_batch(
