@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import torch
 import torch.distributed as dist
 from megatron.core.dist_checkpointing.dict_utils import nested_values
 from megatron.core.dist_checkpointing.mapping import ShardedObject, ShardedTensor, ShardedTensorFactory
@@ -124,8 +125,10 @@ def sharded_items(state: dict[str, Any]) -> Iterator[ShardedTensor | ShardedObje
             yield item
 
 
-def tensor_problems(state: dict[str, Any], metadata: Metadata) -> list[str]:
-    """What this rank would read that the checkpoint lacks or stores with another shape or dtype."""
+def tensor_problems(state: dict[str, Any], metadata: Metadata, *, any_dtype: bool = False) -> list[str]:
+    """What this rank would read that the checkpoint lacks or stores with another shape or dtype.
+
+    ``any_dtype``: another dtype is no problem (weights alone are read, and megatron-core's load casts them)."""
     stored = metadata.state_dict_metadata
     missing: list[str] = []
     problems: list[str] = []
@@ -137,7 +140,7 @@ def tensor_problems(state: dict[str, Any], metadata: Metadata) -> list[str]:
         entry = stored.get(item.key)
         if not isinstance(entry, TensorStorageMetadata):
             missing.append(item.key)
-        elif tuple(entry.size) != tuple(item.global_shape) or entry.properties.dtype != item.dtype:
+        elif tuple(entry.size) != tuple(item.global_shape) or (not any_dtype and entry.properties.dtype != item.dtype):
             problems.append(
                 f"tensor {item.key}: the checkpoint has {shape_text(entry.size)} {entry.properties.dtype}, "
                 f"this run {shape_text(item.global_shape)} {item.dtype}"
@@ -147,6 +150,21 @@ def tensor_problems(state: dict[str, Any], metadata: Metadata) -> list[str]:
         shown = ", ".join(unique[:8]) + (f" and {len(unique) - 8} more" if len(unique) > 8 else "")
         problems.append(f"not in the checkpoint: {shown}")
     return problems
+
+
+def dtype_casts(state: dict[str, Any], metadata: Metadata) -> list[str]:
+    """Each "stored -> this run" dtype pair among the tensors this rank reads that differ (sorted, once each)."""
+    stored = metadata.state_dict_metadata
+    casts = set()
+    for item in sharded_items(state):
+        entry = stored.get(item.key) if isinstance(item, ShardedTensor) else None
+        if isinstance(entry, TensorStorageMetadata) and entry.properties.dtype != item.dtype:
+            casts.add(f"{_dtype(entry.properties.dtype)} -> {_dtype(item.dtype)}")
+    return sorted(casts)
+
+
+def _dtype(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
 
 
 def shape_text(shape: Any) -> str:

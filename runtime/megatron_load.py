@@ -40,6 +40,7 @@ from typing import Any
 
 import attrs
 import torch
+import torch.distributed as dist
 import yaml
 from megatron.core import dist_checkpointing, parallel_state
 from megatron.core.dist_checkpointing.dict_utils import nested_values
@@ -49,7 +50,7 @@ from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 
 from bridgec.runtime import checkpoint_compat as compat
 from bridgec.runtime import checkpoint_files as files
-from bridgec.runtime.checkpoint_checks import ARCHITECTURE, gather, model_signature, tensor_problems
+from bridgec.runtime.checkpoint_checks import ARCHITECTURE, dtype_casts, gather, model_signature, tensor_problems
 from bridgec.runtime.checkpoint_files import read_tensor_metadata
 from bridgec.runtime.errors import ExitCode, RunError
 from bridgec.runtime.model import unwrap
@@ -76,6 +77,9 @@ class MegatronImport:
     compared_args: bool
     """Whether the checkpoint had Megatron-LM ``args``, a Megatron Bridge run config or a bridgec manifest to
     compare with."""
+    casts: tuple[str, ...] = ()
+    """The dtype changes the load made on this rank ("float32 -> bfloat16"): the weights are stored in another
+    dtype than this run's, and megatron-core's load cast them (rounding to nearest)."""
 
 
 @attrs.frozen(kw_only=True)
@@ -307,6 +311,10 @@ def _load(
     common = read_common(folder)
     manifest = bridgec_manifest(folder)
     ours = model_signature(list(model))
+    weights_only = scheduler is None
+    if weights_only:
+        # Weights alone are cast on load (an fp32 checkpoint into a bf16 run); optimizer state is never.
+        del ours["params_dtype"]
     views = architecture_views(folder, common)
     problems = [problem for view, source in views for problem in differences(view, ours, source)]
     if manifest is not None:
@@ -331,8 +339,11 @@ def _load(
             progress = megatron_progress(common, folder=folder)
             compat.allocate_optimizer_state(optimizer)
             state["optimizer"] = optimizer.sharded_state_dict(model_state, is_loading=True, metadata=metadata)
+    casts: list[str] = []
     if not problems:
-        problems = tensor_problems(state, read_tensor_metadata(folder)) + truncated_files(folder)
+        metadata = read_tensor_metadata(folder)
+        problems = tensor_problems(state, metadata, any_dtype=weights_only) + truncated_files(folder)
+        casts = dtype_casts(state, metadata)
     problems = gather(problems)
     if problems:
         shown = problems[:20] + ([f"... and {len(problems) - 20} more"] if len(problems) > 20 else [])
@@ -360,7 +371,9 @@ def _load(
     if scheduler is not None and progress is not None:
         compat.restore_schedule(scheduler, scheduler.state_dict(), progress.schedule_steps)
     iteration = manifest.step if manifest is not None else common.get("iteration", 0)
-    imported = MegatronImport(folder=folder, iteration=int(iteration), compared_args=bool(views))
+    imported = MegatronImport(folder=folder, iteration=int(iteration), compared_args=bool(views), casts=tuple(casts))
+    if casts and dist.get_rank() == 0:
+        print(f"{folder}: weights stored as {', '.join(casts)} (this run's dtype), cast on load", flush=True)
     return imported, progress
 
 

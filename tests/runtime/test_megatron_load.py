@@ -103,6 +103,23 @@ def test_a_megatron_lm_checkpoint_loads_at_tp2_with_the_same_losses(source: Path
         assert all(abs(got[step] - expected[step]) <= 1e-6 for step in expected), (kind, got, expected)
 
 
+def test_fp32_weights_start_a_bf16_run_cast_on_load(source: Path, tmp_path: Path) -> None:
+    """Weights alone are cast to the run's dtype (megatron-core's load rounds to nearest); the losses are the fp32
+    run's within bf16's resolution (2^-8 relative per value; the bound allows the losses' accumulated error)."""
+    folder = compiled(
+        tmp_path, spec(procs=2, tensor=2, init=str(source / "mlm"), extra='[precision]\ndtype = "bf16"\n')
+    )
+    result = runs.launch(folder)
+    assert result.returncode == 0, result.explain()
+    assert (
+        f"{source / 'mlm' / 'iter_0000005'}: weights stored as float32 -> bfloat16 (this run's dtype), cast on load"
+        in (result.output)
+    )
+    expected, got = runs.losses(source), runs.losses(folder)
+    assert sorted(got) == sorted(expected)
+    assert all(abs(got[step] - expected[step]) <= 0.02 * expected[step] for step in expected), (got, expected)
+
+
 def test_a_checkpoint_of_another_shape_is_refused_naming_each_difference(source: Path, tmp_path: Path) -> None:
     folder = compiled(tmp_path, spec(hidden=32, vocab=256, init=str(source / "mlm")))
     result = runs.launch(folder)
