@@ -16,6 +16,7 @@ from bridgec.compiler.errors import KeyPath, render_value
 from bridgec.compiler.rule_base import Finding, NotLoaded, Rule, SpecContext
 from bridgec.compiler.rules_files import rule_init_checkpoint_exists, rule_megatron_init_settings
 from bridgec.compiler.rules_layout import LAYOUT_RULES
+from bridgec.compiler.rules_training import rule_counts_at_least_one, rule_model_numbers
 from bridgec.compiler.spec import Init, Spec
 from bridgec.compiler.validate_interop import rule_huggingface_checkpoint_keys, rule_init_checkpoint_model
 
@@ -81,14 +82,60 @@ def rule_teacher_layout(spec: Spec, ctx: SpecContext) -> Iterator[Finding]:
                 yield _at_teacher(finding)
 
 
+VALUE_RULES: tuple[Rule, ...] = (rule_counts_at_least_one, rule_model_numbers)
+"""The [model] rules of single values (counts at least 1, dropout in [0, 1), ...), which the teacher's keys obey too."""
+
+
+def rule_teacher_values(spec: Spec, ctx: SpecContext) -> Iterator[Finding]:
+    """The [model] value rules, on the teacher's keys."""
+    if spec.distill is None:
+        return
+    as_student = _as_student(spec)
+    for rule in VALUE_RULES:
+        for finding in rule(as_student, ctx):
+            if finding.about[0][0] == "model":  # the others are the student's own, reported once already
+                yield _renamed(finding)
+
+
+def rule_teacher_frozen_settings(spec: Spec, ctx: SpecContext) -> Iterator[Finding]:
+    """Keys of [model] that act on training or on drawn weights: the frozen, loaded teacher has neither."""
+    if spec.distill is None:
+        return
+    teacher = spec.distill.teacher
+    if teacher.dropout != 0.0:
+        yield Finding(
+            about=((*TEACHER, "dropout"),),
+            message=(
+                f"$.distill.teacher.dropout = {render_value(teacher.dropout)} changes nothing: the frozen teacher "
+                "runs in eval mode, where dropout never applies"
+            ),
+            hint="remove dropout from [distill.teacher]",
+        )
+    if teacher.init_method_std != 0.02:
+        yield Finding(
+            about=((*TEACHER, "init_method_std"),),
+            message=(
+                f"$.distill.teacher.init_method_std = {render_value(teacher.init_method_std)} changes nothing: "
+                "the teacher's weights are loaded from [distill.teacher.checkpoint], never drawn"
+            ),
+            hint="remove init_method_std from [distill.teacher]",
+        )
+
+
 def _as_student(spec: Spec) -> Spec:
     return derive.whole_teacher(spec)  # one pipeline stage: the teacher is never split into stages
 
 
 def _at_teacher(finding: Finding) -> Finding:
+    renamed = _renamed(finding)
+    return attrs.evolve(renamed, message=f"{renamed.message} (the teacher runs on the student's layout)")
+
+
+def _renamed(finding: Finding) -> Finding:
+    """A finding about [model] said of [distill.teacher]."""
     about = tuple((*TEACHER, *path[1:]) if path[0] == "model" else path for path in finding.about)
     message = finding.message.replace("$.model.", "$.distill.teacher.").replace(" model.", " distill.teacher.")
-    return attrs.evolve(finding, about=about, message=f"{message} (the teacher runs on the student's layout)")
+    return attrs.evolve(finding, about=about, message=message)
 
 
 CHECKPOINT_RULES: tuple[Rule, ...] = (
@@ -325,6 +372,8 @@ def rule_distill_layer_parallel(spec: Spec, ctx: SpecContext) -> Iterator[Findin
 DISTILL_RULES: tuple[Rule, ...] = (
     rule_teacher_vocab,
     rule_teacher_sequence,
+    rule_teacher_values,
+    rule_teacher_frozen_settings,
     rule_teacher_layout,
     rule_teacher_checkpoint,
     rule_teacher_logits_multiplier,

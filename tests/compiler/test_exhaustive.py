@@ -443,6 +443,8 @@ for _key in ("student", "teacher", "loss", "scale"):  # one [[distill.layers]] p
 NOT_BUILT: dict[str, str] = {
     "distill.teacher.logits_multiplier": "refused (rule_teacher_logits_multiplier)",
     "distill.teacher.checkpoint.optimizer_state": "the teacher has no optimizer (rule_teacher_checkpoint)",
+    "distill.teacher.dropout": "the frozen teacher runs in eval mode (rule_teacher_frozen_settings)",
+    "distill.teacher.init_method_std": "the teacher's weights are loaded (rule_teacher_frozen_settings)",
     "distill.teacher.checkpoint.optimizer_type": "optimizer_state only, which the teacher has not "
     "(rule_teacher_checkpoint)",
 }

@@ -1938,6 +1938,34 @@ def test_rule_teacher_logits_multiplier() -> None:
     )
 
 
+def test_rule_teacher_values() -> None:
+    """[model]'s value rules hold for the teacher's keys (before them, these compiled and failed at run time)."""
+    check(
+        distill(num_layers=0, num_attention_heads=0, rotary_base=0),
+        [
+            "spec.toml:17: $.distill.teacher.num_attention_heads = 0 must be at least 1; hint: set "
+            "num_attention_heads to 1 or more",
+            "spec.toml:17: $.distill.teacher.num_layers = 0 must be at least 1; hint: set num_layers to 1 or more",
+            "spec.toml:17: $.distill.teacher.rotary_base = 0 must be at least 1; hint: rotary_base = 10000",
+        ],
+        TEACHER_FILES,
+    )
+
+
+def test_rule_teacher_frozen_settings() -> None:
+    check(
+        distill(dropout=0.1, init_method_std=0.5),
+        [
+            "spec.toml:17: $.distill.teacher.dropout = 0.1 changes nothing: the frozen teacher runs in eval mode, "
+            "where dropout never applies; hint: remove dropout from [distill.teacher]",
+            "spec.toml:17: $.distill.teacher.init_method_std = 0.5 changes nothing: the teacher's weights are "
+            "loaded from [distill.teacher.checkpoint], never drawn; hint: remove init_method_std from "
+            "[distill.teacher]",
+        ],
+        TEACHER_FILES,
+    )
+
+
 def test_rule_teacher_query_scaling() -> None:
     check(
         distill(query_scaling="initial_weights"),
