@@ -58,7 +58,14 @@ def model_signature(model: list[DistributedDataParallel]) -> dict[str, Any]:
     signature["max_sequence_length"] = gpt.max_sequence_length
     signature["position_embedding_type"] = gpt.position_embedding_type
     signature["tied_output"] = gpt.share_embeddings_and_output_weights
+    if gpt.position_embedding_type == "rope":
+        signature["rotary_base"] = gpt.rotary_base
+        signature["rotary_percent"] = gpt.rotary_percent
     return signature
+
+
+RECORDED_LATER = ("rotary_base", "rotary_percent")
+"""Signature keys that manifests written before they were recorded lack: compared only when recorded."""
 
 
 def layout_record(layout: Layout) -> dict[str, int | None]:
@@ -89,6 +96,8 @@ def manifest_problems(
     problems = []
     running = model_signature(model)
     for key in sorted(set(running) | set(manifest.model)):
+        if key in RECORDED_LATER and key not in manifest.model:
+            continue
         if manifest.model.get(key) != running.get(key):
             problems.append(
                 f"model {key}: the checkpoint has {manifest.model.get(key)!r}, this run {running.get(key)!r}"

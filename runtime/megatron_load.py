@@ -177,6 +177,9 @@ def args_view(args: Any) -> dict[str, Any]:
     put("vocab_size", getattr(args, "padded_vocab_size", None))
     put("max_sequence_length", getattr(args, "max_position_embeddings", None))
     put("position_embedding_type", getattr(args, "position_embedding_type", None))
+    if getattr(args, "position_embedding_type", None) == "rope":
+        put("rotary_base", getattr(args, "rotary_base", None))
+        put("rotary_percent", getattr(args, "rotary_percent", None))
     untie = getattr(args, "untie_embeddings_and_output_weights", None)
     put("tied_output", None if untie is None else not untie)
     return view

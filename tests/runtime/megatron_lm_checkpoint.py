@@ -60,6 +60,8 @@ def megatron_args(model: torch.nn.Module, layout: object, iteration: int) -> arg
         padded_vocab_size=model.vocab_size,
         max_position_embeddings=model.max_sequence_length,
         position_embedding_type=model.position_embedding_type,
+        rotary_base=model.rotary_base,
+        rotary_percent=model.rotary_percent,
         untie_embeddings_and_output_weights=not model.share_embeddings_and_output_weights,
         tensor_model_parallel_size=layout.tensor,  # type: ignore[attr-defined]
         pipeline_model_parallel_size=layout.pipeline,  # type: ignore[attr-defined]

@@ -70,6 +70,12 @@ MISFITS = {
     "orbax_ffn": ("orbax", "ffn_hidden_size = 128", "ffn_hidden_size = 96"),
     "megatron_lm_layers": ("megatron_lm", "num_layers = 2", "num_layers = 3"),
     "bridgec_ffn": ("bridgec", "ffn_hidden_size = 128", "ffn_hidden_size = 96"),
+    "megatron_lm_rope": (
+        "megatron_lm",
+        'position_embedding = "rope"',
+        'position_embedding = "rope"\nrotary_base = 500000',
+    ),
+    "bridgec_rope": ("bridgec", 'position_embedding = "rope"', 'position_embedding = "rope"\nrotary_base = 500000'),
 }
 """Teachers whose [distill.teacher] does not fit their checkpoint: source, and the key changed."""
 
@@ -154,13 +160,16 @@ def test_a_teacher_checkpoint_that_does_not_fit_the_teacher_stops_naming_what_di
                 "loading the teacher's weights failed ([distill.teacher]; below, 'this model' and 'this run' mean "
                 "the teacher):\n"
             ), checks[name]
-    orbax, megatron_lm, bridgec = (tp2[0][name]["message"] for name in MISFITS)
+    orbax, megatron_lm, bridgec, megatron_lm_rope, bridgec_rope = (tp2[0][name]["message"] for name in MISFITS)
     assert (
         "leaf params.params.decoder.layers.mlp.wo.kernel has shape [128, 2, 64]; the model needs [96, 2, 64]" in orbax
     )
     assert "num_layers: 2 in the checkpoint's args, 3 in this run" in megatron_lm, megatron_lm
     manifest = root / "bridgec" / "iter_0000000" / "bridgec.json"
     assert f"ffn_hidden_size: 128 in {manifest}, 96 in this run" in bridgec, bridgec
+    # RoPE's base changes no shape: only the recorded architecture tells a wrong one apart.
+    assert "rotary_base: 10000 in the checkpoint's args, 500000 in this run" in megatron_lm_rope, megatron_lm_rope
+    assert f"rotary_base: 10000 in {manifest}, 500000 in this run" in bridgec_rope, bridgec_rope
 
 
 def test_a_bridgec_checkpoint_is_a_students_megatron_init_checkpoint_weights_only(root: Path) -> None:
