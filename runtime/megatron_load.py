@@ -47,6 +47,7 @@ from megatron.core.dist_checkpointing.dict_utils import nested_values
 from megatron.core.distributed import DistributedDataParallel
 from megatron.core.optimizer.distrib_optimizer import DistributedOptimizer
 from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
+from torch.distributed.checkpoint.metadata import Metadata
 
 from bridgec.runtime import checkpoint_compat as compat
 from bridgec.runtime import checkpoint_files as files
@@ -227,9 +228,10 @@ def differences(view: dict[str, Any], ours: dict[str, Any], source: str) -> list
     ]
 
 
-def truncated_files(folder: Path) -> list[str]:
-    """Shard files shorter than the byte ranges the index reads from them (or missing)."""
-    metadata = read_tensor_metadata(folder)
+def truncated_files(folder: Path, metadata: Metadata | None = None) -> list[str]:
+    """Shard files shorter than the byte ranges the index reads from them (or missing); ``metadata``: the folder's
+    tensor index when the caller has read it already."""
+    metadata = metadata if metadata is not None else read_tensor_metadata(folder)
     needed: dict[str, int] = {}
     for info in (metadata.storage_data or {}).values():
         name = info.relative_path
@@ -282,16 +284,17 @@ def load_megatron_training_state(
     return progress
 
 
-def architecture_views(folder: Path, common: dict[str, Any]) -> list[tuple[dict[str, Any], str]]:
+def architecture_views(
+    folder: Path, common: dict[str, Any], manifest: files.Manifest | None
+) -> list[tuple[dict[str, Any], str]]:
     """Each description of the saved model the checkpoint holds, with where it is from: Megatron-LM's ``args``,
-    Megatron Bridge's ``run_config.yaml``, bridgec's manifest."""
+    Megatron Bridge's ``run_config.yaml``, bridgec's manifest (:func:`bridgec_manifest`)."""
     views = []
     if common.get("args") is not None:
         views.append((args_view(common["args"]), "the checkpoint's args"))
     run_config = read_run_config(folder)
     if run_config is not None:
         views.append((run_config_view(run_config), f"{folder / RUN_CONFIG}"))
-    manifest = bridgec_manifest(folder)
     if manifest is not None:
         views.append((manifest.model, f"{folder / files.MANIFEST}"))
     return views
@@ -318,7 +321,7 @@ def _load(
     if weights_only:
         # Weights alone are cast on load (an fp32 checkpoint into a bf16 run); optimizer state is never.
         del ours["params_dtype"]
-    views = architecture_views(folder, common)
+    views = architecture_views(folder, common, manifest)
     problems = [problem for view, source in views for problem in differences(view, ours, source)]
     if manifest is not None:
         problems += files.file_problems(folder, manifest)
@@ -345,7 +348,7 @@ def _load(
     casts: list[str] = []
     if not problems:
         metadata = read_tensor_metadata(folder)
-        problems = tensor_problems(state, metadata, any_dtype=weights_only) + truncated_files(folder)
+        problems = tensor_problems(state, metadata, any_dtype=weights_only) + truncated_files(folder, metadata)
         casts = dtype_casts(state, metadata)
     problems = gather(problems)
     if problems:
