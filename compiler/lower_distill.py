@@ -22,7 +22,7 @@ import attrs
 
 from bridgec.compiler import choices as c
 from bridgec.compiler import derive, explain
-from bridgec.compiler.lower_model import arg, choices_of, model_plan
+from bridgec.compiler.lower_model import arg, choices_of, model_plan, teacher_type
 from bridgec.compiler.plan import Argument, Call, Code, Constant, DistillPlan, Items, ModelPlan, Section
 from bridgec.compiler.spec import Init, Spec
 
@@ -93,8 +93,7 @@ def distill_plan(spec: Spec, teacher_constants: Section) -> DistillPlan | None:
     if spec.parallel.pipeline > 1:
         config = Call(function=config.function, arguments=tuple(map(_whole, config.arguments)))
     model = ModelPlan(config=_renamed(config, renames), gpt=_renamed(plan.gpt, renames))
-    kept = "torch.nn.Module" if spec.parallel.pipeline == 1 else "torch.nn.Module | None"
-    return DistillPlan(model=model, build=_build(spec), teacher_type=kept)
+    return DistillPlan(model=model, build=_build(spec), teacher_type=teacher_type(spec))
 
 
 def _whole(argument: Argument) -> Argument:

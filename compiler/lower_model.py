@@ -798,6 +798,10 @@ def _teacher_inputs(spec: Spec) -> tuple[Argument, ...]:
     return (arg("teacher_inputs", True, "the last stage's teacher reads the tokens and position ids too"),)
 
 
+def teacher_type(spec: Spec) -> str:
+    """The teacher's type in the script: None on the pipeline stages before the last, which hold none of it."""
+    return "torch.nn.Module" if spec.parallel.pipeline == 1 else "torch.nn.Module | None"
+
+
 def _teacher_parameter(spec: Spec) -> str:
-    # None on the stages before the last: they hold no teacher.
-    return "teacher: torch.nn.Module" + ("" if spec.parallel.pipeline == 1 else " | None")
+    return f"teacher: {teacher_type(spec)}"
