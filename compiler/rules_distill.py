@@ -17,7 +17,7 @@ from bridgec.compiler.rule_base import Finding, NotLoaded, Rule, SpecContext
 from bridgec.compiler.rules_files import rule_init_checkpoint_exists, rule_megatron_init_settings
 from bridgec.compiler.rules_layout import LAYOUT_RULES
 from bridgec.compiler.rules_training import rule_counts_at_least_one, rule_model_numbers
-from bridgec.compiler.spec import Init, Spec
+from bridgec.compiler.spec import Init, Spec, Teacher
 from bridgec.compiler.validate_interop import rule_huggingface_checkpoint_keys, rule_init_checkpoint_model
 
 TEACHER: KeyPath = ("distill", "teacher")
@@ -71,15 +71,7 @@ def rule_teacher_layout(spec: Spec, ctx: SpecContext) -> Iterator[Finding]:
     """The [model] rules, on the teacher with the student's parallel layout."""
     if spec.distill is None:
         return
-    as_student = _as_student(spec)
-    for rule in LAYOUT_RULES:
-        try:
-            findings = list(rule(as_student, ctx))
-        except NotLoaded:
-            continue
-        for finding in findings:
-            if finding.about[0][0] == "model":  # the others are the student's own, reported once already
-                yield _at_teacher(finding)
+    yield from (_at_teacher(finding) for finding in _model_findings(LAYOUT_RULES, spec, ctx))
 
 
 VALUE_RULES: tuple[Rule, ...] = (rule_counts_at_least_one, rule_model_numbers)
@@ -90,11 +82,19 @@ def rule_teacher_values(spec: Spec, ctx: SpecContext) -> Iterator[Finding]:
     """The [model] value rules, on the teacher's keys."""
     if spec.distill is None:
         return
+    yield from (_renamed(finding) for finding in _model_findings(VALUE_RULES, spec, ctx))
+
+
+def _model_findings(rules: tuple[Rule, ...], spec: Spec, ctx: SpecContext) -> Iterator[Finding]:
+    """What ``rules`` find about [model] when the teacher is the model (the others are the student's own,
+    reported once already)."""
     as_student = _as_student(spec)
-    for rule in VALUE_RULES:
-        for finding in rule(as_student, ctx):
-            if finding.about[0][0] == "model":  # the others are the student's own, reported once already
-                yield _renamed(finding)
+    for rule in rules:
+        try:
+            findings = list(rule(as_student, ctx))
+        except NotLoaded:
+            continue
+        yield from (finding for finding in findings if finding.about[0][0] == "model")
 
 
 def rule_teacher_frozen_settings(spec: Spec, ctx: SpecContext) -> Iterator[Finding]:
@@ -102,7 +102,8 @@ def rule_teacher_frozen_settings(spec: Spec, ctx: SpecContext) -> Iterator[Findi
     if spec.distill is None:
         return
     teacher = spec.distill.teacher
-    if teacher.dropout != 0.0:
+    defaults = attrs.fields(Teacher)
+    if teacher.dropout != defaults.dropout.default:
         yield Finding(
             about=((*TEACHER, "dropout"),),
             message=(
@@ -111,7 +112,7 @@ def rule_teacher_frozen_settings(spec: Spec, ctx: SpecContext) -> Iterator[Findi
             ),
             hint="remove dropout from [distill.teacher]",
         )
-    if teacher.init_method_std != 0.02:
+    if teacher.init_method_std != defaults.init_method_std.default:
         yield Finding(
             about=((*TEACHER, "init_method_std"),),
             message=(
