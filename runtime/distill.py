@@ -138,9 +138,11 @@ def distill_loss_parts(
     kd, _ = masked_kd_loss(loss_mask, vocab_parallel_kl(logits, teacher_logits, temperature=temperature, group=group))
     ce, count = masked_kd_loss(loss_mask, tensor_parallel.vocab_parallel_cross_entropy(logits.float(), labels))
     total = kd_loss_scale * kd if skip_lm_loss else ce + kd_loss_scale * kd
-    layers = layer_loss_sums(loss_mask, hidden) if hidden is not None else {}
-    for pair in () if hidden is None else hidden.pairs:
-        total = total + pair.scale * layers[pair.key]
+    layers: dict[str, torch.Tensor] = {}
+    if hidden is not None:
+        layers = layer_loss_sums(loss_mask, hidden)
+        for pair in hidden.pairs:
+            total = total + pair.scale * layers[pair.key]
     return DistillLoss(total=total, kd=kd, ce=ce, count=count, layers=layers)
 
 
