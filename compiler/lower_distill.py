@@ -149,6 +149,8 @@ def _load(spec: Spec) -> tuple[str, ...]:
     match fmt:
         case c.CheckpointFormat.HUGGINGFACE:
             return _HF_LOAD
+        case c.CheckpointFormat.ORBAX if spec.distill is not None and spec.distill.teacher.num_experts is not None:
+            return (*_ORBAX_LOAD[:10], *_ORBAX_EXPERTS, *_ORBAX_LOAD[10:])
         case c.CheckpointFormat.ORBAX:
             return _ORBAX_LOAD
         case c.CheckpointFormat.MEGATRON:
@@ -190,6 +192,11 @@ _ORBAX_LOAD = (
     "    )",
     "if layout.rank == 0:",
     '    print(f"distill: teacher weights from {SPEC_DIR / TEACHER_CHECKPOINT}", flush=True)',
+)
+_ORBAX_EXPERTS = (
+    "        # An expert-parallel rank reads its own experts of each MoE layer (MaxText stacks them in one leaf).",
+    "        expert_parallel=EXPERT_PARALLEL,",
+    "        expert_rank=layout.expert_rank,",
 )
 _MEGATRON_LOAD = (
     "with naming_the_teacher():  # the Megatron-LM loader's errors speak of 'this run'",

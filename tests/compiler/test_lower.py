@@ -98,3 +98,25 @@ def test_user_strings_are_collected_for_verification() -> None:
     plan = _plan(run={"name": "x", "description": "hello"}, checkpoint={"dir": "ckpt"})
     assert plan.user_strings == ("x", "hello", "ckpt")
     assert tomllib  # the spec helpers round-trip through real TOML
+
+
+def test_an_moe_teachers_orbax_load_reads_its_experts_on_each_expert_rank() -> None:
+    """The teacher runs on the student's layout, experts split over EXPERT_PARALLEL: its Orbax load gets the rank,
+    as the student's [init.checkpoint] load does (without it each rank would read every expert)."""
+    teacher = {
+        "num_layers": 2, "hidden_size": 64, "num_attention_heads": 4, "vocab_size": 128, "seq_length": 32,
+        "num_experts": 4, "checkpoint": {"format": "orbax", "path": "teacher/0/items"},
+    }  # fmt: skip
+    moe = {"num_experts": 4, "add_bias_linear": False}
+    plan = _plan(model=moe, parallel={"expert": 2}, launch={"procs_per_node": 2}, distill={"teacher": teacher})
+    assert plan.distill is not None
+    build = "\n".join(plan.distill.build)
+    assert "        param_scan_axis=TEACHER_PARAM_SCAN_AXIS,\n        # An expert-parallel rank" in build
+    assert "        expert_parallel=EXPERT_PARALLEL,\n        expert_rank=layout.expert_rank,\n    )" in build
+    dense = _plan(
+        model=moe,
+        parallel={"expert": 2},
+        launch={"procs_per_node": 2},
+        distill={"teacher": {k: v for k, v in teacher.items() if k != "num_experts"}},
+    )
+    assert dense.distill is not None and "expert_parallel" not in "\n".join(dense.distill.build)
